@@ -1,0 +1,1 @@
+"""The production world: asyncio transport, LMDB storage, servers, client library, local cluster."""

@@ -1,0 +1,1 @@
+"""History model and checkers: histories as JSONL, and the safety and liveness checkers run over them."""

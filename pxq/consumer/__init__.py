@@ -1,0 +1,1 @@
+"""The consumer machine: ownership, pull, handler outcomes, retries, rate limit."""

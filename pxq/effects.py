@@ -1,0 +1,294 @@
+"""The driver contract: what every protocol node consumes and produces.
+
+Every protocol component of pxq (Paxos replica, store node, lock node, scheduler,
+consumer, producer) is a pure state machine with one entry point::
+
+    step(now: Now, inp: Input) -> Effects
+    next_deadline() -> int | None          # monotonic ms, or None for "no timer"
+
+A *driver* (``sim`` for the deterministic simulator, ``net`` for real sockets and LMDB)
+owns the clock, the network, the disk and randomness, and feeds the node. Both drivers
+implement the obligations documented on each field below in the same way; the contract
+is written up for users in ``docs/protocol.md``.
+
+This module imports nothing but the standard library's typing helpers: it is the floor of
+the pure core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol, TypeAlias, runtime_checkable
+
+NodeId: TypeAlias = str
+"""A node's name in the cluster configuration (for example ``"s0"``). Stable across restarts."""
+
+TraceValue: TypeAlias = int | str | bytes | bool | None
+
+
+# --------------------------------------------------------------------------------------------
+# Time
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Now:
+    """The node's view of time at the moment of a step, in integer milliseconds.
+
+    ``mono_ms`` is the node's monotonic clock: it never goes backwards for one incarnation of
+    a node, has an arbitrary origin, and may drift against other nodes' clocks within the
+    configured bound. Timeouts, leases and batching use it and nothing else.
+
+    ``wall_ms`` is the node's wall clock (Unix epoch ms). It may jump and disagree between
+    nodes; it is only stamped into records (for example an item's enqueue time, used by
+    replay-by-time) and never used to decide safety.
+    """
+
+    mono_ms: int
+    wall_ms: int
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs: the closed union a node's ``step`` accepts.
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Boot:
+    """The first input of every incarnation of a node.
+
+    When the driver delivers it, the node's storage view holds exactly what the disk made
+    durable before the previous incarnation ended (nothing more: unsynced writes of a node
+    that lost power are gone). The node rebuilds its state from the view and may emit
+    effects (for example, re-announce itself).
+    """
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Received:
+    """A message from a peer node arrived.
+
+    Drivers deliver each message at most once per transmission but the network may drop,
+    duplicate, delay and reorder messages; nodes must tolerate all four.
+    """
+
+    src: NodeId
+    msg: object
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Wake:
+    """The node's deadline (the last value of ``next_deadline()``) has been reached.
+
+    A driver may deliver a ``Wake`` late (a paused process, a busy loop) or spuriously; the
+    node must check its own deadlines against ``now``.
+    """
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientCall:
+    """A request from an external client (not a peer node).
+
+    ``call_id`` is chosen by the driver and is unique per incarnation of the node; the node
+    answers it with at most one ``Reply`` carrying the same id, possibly from a later step.
+    A node that crashes never answers its open calls: clients see a timeout, which they must
+    treat as an unknown outcome.
+    """
+
+    call_id: int
+    request: object
+
+
+Input: TypeAlias = Boot | Received | Wake | ClientCall
+
+
+# --------------------------------------------------------------------------------------------
+# Writes: the persistent state changes of one step.
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Put:
+    """Store ``value`` under ``key`` in ``table`` (replacing any previous value)."""
+
+    table: str
+    key: bytes
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Delete:
+    """Remove ``key`` from ``table``; a missing key is not an error."""
+
+    table: str
+    key: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeleteRange:
+    """Remove every key ``k`` of ``table`` with ``start <= k < end`` (bytewise order)."""
+
+    table: str
+    start: bytes
+    end: bytes
+
+
+Write: TypeAlias = Put | Delete | DeleteRange
+
+
+# --------------------------------------------------------------------------------------------
+# Outputs
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Send:
+    """A message for peer ``dst``. Released only once the step's writes are durable."""
+
+    dst: NodeId
+    msg: object
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reply:
+    """The answer to ``ClientCall(call_id)``. Released only once the step's writes are durable."""
+
+    call_id: int
+    response: object
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TraceEvent:
+    """Something worth recording (a master change, a chosen value, a detected anomaly).
+
+    Drivers stamp it with the node and time and feed it to the trace digest (in the
+    simulator) or the log (in production). It carries no obligation and never waits.
+    """
+
+    kind: str
+    fields: tuple[tuple[str, TraceValue], ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Effects:
+    """Everything one ``step`` asks of its driver, in order of obligation.
+
+    1. ``writes``: applied to storage atomically and in order, as one batch. The storage view
+       reflects them immediately (read-your-writes), but they are durable only once the
+       driver has synced them.
+    2. ``sends`` and 3. ``replies``: released only after every write emitted by this step
+       *and by every earlier step of the same incarnation* is durable (fsync returned). A
+       driver may group-commit the writes of several consecutive steps in one sync, provided
+       it releases nothing from those steps before that sync. Output of one step is released
+       in the order listed; outputs of different steps are released in step order.
+    4. ``trace``: recorded at once, never delayed, never a reason to wait.
+
+    If a write or sync fails (an fsync error, a full disk, a checksum failure on read), the
+    driver crashes the node: it never retries an fsync and never releases the step's output.
+    """
+
+    writes: tuple[Write, ...] = ()
+    sends: tuple[Send, ...] = ()
+    replies: tuple[Reply, ...] = ()
+    trace: tuple[TraceEvent, ...] = ()
+
+
+NO_EFFECTS = Effects()
+
+
+@dataclass(slots=True)
+class EffectsBuilder:
+    """A mutable accumulator that nodes use while handling one input; ``build()`` freezes it."""
+
+    writes: list[Write] = field(default_factory=list)
+    sends: list[Send] = field(default_factory=list)
+    replies: list[Reply] = field(default_factory=list)
+    trace: list[TraceEvent] = field(default_factory=list)
+
+    def put(self, table: str, key: bytes, value: bytes) -> None:
+        self.writes.append(Put(table=table, key=key, value=value))
+
+    def delete(self, table: str, key: bytes) -> None:
+        self.writes.append(Delete(table=table, key=key))
+
+    def delete_range(self, table: str, start: bytes, end: bytes) -> None:
+        self.writes.append(DeleteRange(table=table, start=start, end=end))
+
+    def send(self, dst: NodeId, msg: object) -> None:
+        self.sends.append(Send(dst=dst, msg=msg))
+
+    def reply(self, call_id: int, response: object) -> None:
+        self.replies.append(Reply(call_id=call_id, response=response))
+
+    def event(self, kind: str, **fields: TraceValue) -> None:
+        self.trace.append(TraceEvent(kind=kind, fields=tuple(sorted(fields.items()))))
+
+    def build(self) -> Effects:
+        if not (self.writes or self.sends or self.replies or self.trace):
+            return NO_EFFECTS
+        return Effects(
+            writes=tuple(self.writes),
+            sends=tuple(self.sends),
+            replies=tuple(self.replies),
+            trace=tuple(self.trace),
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Storage view and node protocols
+
+
+class StorageCorruption(Exception):
+    """A stored record failed its checksum on read. The driver crashes the node."""
+
+
+class InvariantViolation(Exception):
+    """A node detected that a protocol invariant is broken (for example two replicas
+    disagree on a chosen value). This is never handled: it crashes the node loudly and the
+    simulator reports it as a safety failure."""
+
+
+@runtime_checkable
+class StorageView(Protocol):
+    """Read-only access to a node's own storage, injected at construction.
+
+    Reads see every write the node has emitted so far (read-your-writes), whether or not it
+    is durable yet. Keys are bytes compared bytewise; integers in keys are big-endian so that
+    bytewise order is numeric order. A read that finds a corrupt record raises
+    ``StorageCorruption``.
+    """
+
+    def get(self, table: str, key: bytes) -> bytes | None:
+        """The value stored under ``key``, or None."""
+        ...
+
+    def scan(
+        self, table: str, start: bytes = b"", end: bytes | None = None, *, reverse: bool = False
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Pairs with ``start <= key < end`` (``end=None``: no upper bound) in key order
+        (descending with ``reverse=True``)."""
+        ...
+
+
+class Node(Protocol):
+    """A protocol state machine. Implementations are deterministic functions of their
+    construction arguments (configuration, storage view, seeded ``random.Random``) and the
+    sequence of ``(now, input)`` pairs they were stepped with."""
+
+    def step(self, now: Now, inp: Input) -> Effects:
+        """Handle one input and say what the driver must do."""
+        ...
+
+    def next_deadline(self) -> int | None:
+        """The monotonic ms at which the node wants a ``Wake``, or None. Re-read after every
+        step; a driver keeps exactly one timer per node armed at this value."""
+        ...
+
+
+def u64(n: int) -> bytes:
+    """Encode a non-negative integer as an 8-byte big-endian key part."""
+    return n.to_bytes(8, "big")
+
+
+def from_u64(b: bytes) -> int:
+    """Decode an 8-byte big-endian key part."""
+    if len(b) != 8:
+        raise ValueError(f"expected 8 bytes, got {len(b)}")
+    return int.from_bytes(b, "big")

@@ -1,0 +1,1 @@
+"""The lock service state machine and node."""

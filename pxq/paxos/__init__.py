@@ -1,0 +1,1 @@
+"""Multi-Paxos replicated log: acceptor, proposer, learner, master lease, catch-up, checkpoint."""

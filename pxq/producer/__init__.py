@@ -1,0 +1,1 @@
+"""The producer machine: routing, batching, retries with dedupe ids."""

@@ -1,0 +1,1 @@
+"""Load balancing as pure functions, and the scheduler node."""

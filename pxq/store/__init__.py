@@ -1,0 +1,1 @@
+"""The queue state machine on the replicated log, and the store node."""

@@ -1,0 +1,1 @@
+"""The deterministic simulated world: SimPy event heap, network, disk, clocks, nemesis, scenarios, workloads, swarm."""
