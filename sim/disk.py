@@ -1,0 +1,281 @@
+"""The simulated disk of one node: pending and durable state, fsync latency, and disk faults.
+
+Model (after turmoil-fs, FoundationDB's AsyncFileNonDurable and LMDB's semantics):
+
+- Each step's writes form one *batch*, applied atomically. The node reads through a view
+  that shows every batch submitted so far (read-your-writes); only synced batches are
+  *durable*.
+- ``sync`` makes every batch submitted so far durable after a latency drawn from the fsync
+  distribution plus a per-KiB write cost. Syncs are serial: a sync requested while another is
+  running starts when it ends and covers everything submitted by then (group commit).
+- A process crash without power loss keeps submitted batches (the OS page cache writes them);
+  a power loss drops every unsynced batch. With ``torn=True`` the batch being synced at that
+  moment reaches the medium only partly; recovery finds its checksum broken and discards it
+  whole, which keeps batches atomic (as LMDB's meta pages do) and is counted.
+- Every stored value carries a CRC-32; a bit flip corrupts a durable value and the next read
+  of it raises ``StorageCorruption``.
+- An fsync error fails the sync (the driver then crashes the node; the batches it covered are
+  lost). A full disk rejects a batch that would exceed the capacity (``DiskFull``).
+- A lying fsync (negative control only) reports success without making anything durable.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import simpy
+
+from pxq.effects import Delete, DeleteRange, Put, StorageCorruption, Write
+from sim.memstore import MemoryStore
+from sim.network import DelaySpec
+
+
+class DiskFull(Exception):
+    """The batch does not fit in the disk's capacity."""
+
+
+class FsyncError(Exception):
+    """The disk failed an fsync."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DiskSpec:
+    """Baseline disk behaviour."""
+
+    fsync: DelaySpec = DelaySpec(dist="uniform", mean_us=1000, min_us=500, max_us=2000)
+    write_us_per_kib: int = 2
+    capacity_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.write_us_per_kib < 0:
+            raise ValueError("write_us_per_kib must not be negative")
+        if self.capacity_bytes is not None and self.capacity_bytes <= 0:
+            raise ValueError("capacity_bytes must be positive")
+
+
+@dataclass(slots=True)
+class DiskStats:
+    batches: int = 0
+    syncs: int = 0
+    synced_batches: int = 0
+    bytes_written: int = 0
+    lost_batches: int = 0
+    torn_batches_discarded: int = 0
+    corrupt_reads: int = 0
+    bitflips: int = 0
+    fsync_errors: int = 0
+    full_rejections: int = 0
+
+
+def _seal(value: bytes) -> bytes:
+    return value + zlib.crc32(value).to_bytes(4, "big")
+
+
+def _unseal(table: str, key: bytes, stored: bytes) -> bytes:
+    value, crc = stored[:-4], stored[-4:]
+    if len(stored) < 4 or zlib.crc32(value).to_bytes(4, "big") != crc:
+        raise StorageCorruption(f"checksum mismatch in table {table!r} at key {key.hex()}")
+    return value
+
+
+def _sealed(writes: tuple[Write, ...]) -> list[Write]:
+    return [
+        Put(table=w.table, key=w.key, value=_seal(w.value)) if isinstance(w, Put) else w
+        for w in writes
+    ]
+
+
+def _batch_bytes(writes: list[Write]) -> int:
+    n = 0
+    for w in writes:
+        match w:
+            case Put(key=k, value=v):
+                n += len(k) + len(v)
+            case Delete(key=k):
+                n += len(k)
+            case DeleteRange(start=s, end=e):
+                n += len(s) + len(e)
+    return n
+
+
+class DiskView:
+    """The node's read-only view: everything submitted, values checked against their CRC."""
+
+    __slots__ = ("_disk",)
+
+    def __init__(self, disk: SimDisk) -> None:
+        self._disk = disk
+
+    def get(self, table: str, key: bytes) -> bytes | None:
+        stored = self._disk.visible.get(table, key)
+        if stored is None:
+            return None
+        return self._disk.checked(table, key, stored)
+
+    def scan(
+        self, table: str, start: bytes = b"", end: bytes | None = None, *, reverse: bool = False
+    ) -> Iterator[tuple[bytes, bytes]]:
+        disk = self._disk
+        for key, stored in disk.visible.scan(table, start, end, reverse=reverse):
+            yield key, disk.checked(table, key, stored)
+
+
+class SimDisk:
+    """One node's disk inside a SimPy environment."""
+
+    def __init__(self, env: simpy.Environment, rng: random.Random, spec: DiskSpec) -> None:
+        self.env = env
+        self.rng = rng
+        self.baseline = spec
+        self.spec = spec
+        self.durable = MemoryStore()
+        self.visible = MemoryStore()
+        self.pending: list[tuple[int, list[Write]]] = []
+        self.next_batch = 1
+        self.durable_upto = 0
+        self.stats = DiskStats()
+        self.lying = False
+        self.lied: list[list[Write]] = []
+        self.fail_next_fsync = False
+        self.torn_on_power_loss = False
+        self._syncing: tuple[int, int] | None = None  # (generation, covers batch id)
+        self._sync_wanted = False
+        self._generation = 0
+        self._on_synced: Callable[[int], None] | None = None
+        self._on_error: Callable[[Exception], None] | None = None
+
+    def view(self) -> DiskView:
+        return DiskView(self)
+
+    def checked(self, table: str, key: bytes, stored: bytes) -> bytes:
+        try:
+            return _unseal(table, key, stored)
+        except StorageCorruption:
+            self.stats.corrupt_reads += 1
+            raise
+
+    def attach(
+        self, on_synced: Callable[[int], None], on_error: Callable[[Exception], None]
+    ) -> None:
+        """Register the host's callbacks: ``on_synced(batch_id)`` once every batch up to
+        ``batch_id`` is durable, ``on_error(exc)`` when a sync fails."""
+        self._on_synced = on_synced
+        self._on_error = on_error
+
+    # -- writing -------------------------------------------------------------------------
+
+    def submit(self, writes: tuple[Write, ...]) -> int:
+        """Accept one step's batch; return its id. Raises DiskFull (nothing applied)."""
+        sealed = _sealed(writes)
+        size = _batch_bytes(sealed)
+        cap = self.spec.capacity_bytes
+        if cap is not None and self.visible.size_bytes() + size > cap:
+            self.stats.full_rejections += 1
+            raise DiskFull(f"batch of {size} bytes does not fit in {cap} bytes")
+        batch_id = self.next_batch
+        self.next_batch += 1
+        self.visible.apply(sealed)
+        self.pending.append((batch_id, sealed))
+        self.stats.batches += 1
+        self.stats.bytes_written += size
+        return batch_id
+
+    def request_sync(self) -> None:
+        """Make every batch submitted so far durable, then call ``on_synced``."""
+        if self._syncing is not None:
+            self._sync_wanted = True
+            return
+        if not self.pending:
+            if self._on_synced is not None:
+                self._on_synced(self.next_batch - 1)
+            return
+        self._start_sync()
+
+    def _start_sync(self) -> None:
+        covers = self.next_batch - 1
+        size = sum(_batch_bytes(w) for b, w in self.pending if b <= covers)
+        latency = self.spec.fsync.draw(self.rng) + self.spec.write_us_per_kib * size // 1024
+        self._syncing = (self._generation, covers)
+        self._sync_wanted = False
+        ev = self.env.timeout(latency)
+        gen = self._generation
+        ev.callbacks.append(lambda _e: self._sync_done(gen, covers))
+
+    def _sync_done(self, generation: int, covers: int) -> None:
+        if generation != self._generation:
+            return  # the node crashed while this sync was running
+        self._syncing = None
+        self.stats.syncs += 1
+        if self.fail_next_fsync:
+            self.fail_next_fsync = False
+            self.stats.fsync_errors += 1
+            if self._on_error is not None:
+                self._on_error(FsyncError("fsync failed (injected)"))
+            return
+        keep: list[tuple[int, list[Write]]] = []
+        for batch_id, writes in self.pending:
+            if batch_id > covers:
+                keep.append((batch_id, writes))
+            elif self.lying:
+                self.lied.append(writes)  # reported durable, still only in the page cache
+            else:
+                self.durable.apply(writes)
+                self.stats.synced_batches += 1
+        self.pending = keep
+        self.durable_upto = covers
+        if self._on_synced is not None:
+            self._on_synced(covers)
+        if self._sync_wanted and self._syncing is None:
+            self.request_sync()
+
+    # -- faults --------------------------------------------------------------------------
+
+    def crash(self, *, power_loss: bool) -> None:
+        """The node's process died. Without power loss the OS still writes every submitted
+        batch; with power loss every unsynced batch is gone (and one may be torn)."""
+        in_flight = self._syncing
+        self._generation += 1
+        self._syncing = None
+        self._sync_wanted = False
+        if not power_loss:
+            for writes in self.lied:
+                self.durable.apply(writes)
+            for _batch_id, writes in self.pending:
+                self.durable.apply(writes)
+        else:
+            if self.torn_on_power_loss and in_flight is not None and self.pending:
+                self._tear(self.pending[0][1])
+            self.stats.lost_batches += len(self.pending) + len(self.lied)
+        self.pending = []
+        self.lied = []
+        self.visible = self.durable.copy()
+
+    def _tear(self, writes: list[Write]) -> None:
+        """A power loss in the middle of writing ``writes``: only a prefix of the batch
+        reaches the medium. Recovery (the write-ahead check a storage engine runs at open)
+        finds the batch's checksum does not cover what is there and discards the prefix, so
+        the batch is lost whole and never applied in part."""
+        del writes  # whatever prefix reached the medium fails the batch checksum
+        self.stats.torn_batches_discarded += 1
+
+    def bitflip(self) -> tuple[str, bytes] | None:
+        """Flip one bit of one random durable value; return (table, key) or None if empty."""
+        names = sorted(t for t, tab in self.durable.tables.items() if tab.keys)
+        if not names:
+            return None
+        table = names[self.rng.randrange(len(names))]
+        keys = self.durable.tables[table].keys
+        key = keys[self.rng.randrange(len(keys))]
+        stored = bytearray(self.durable.tables[table].values[key])
+        bit = self.rng.randrange(len(stored) * 8)
+        stored[bit // 8] ^= 1 << (bit % 8)
+        flipped = bytes(stored)
+        before = self.durable.tables[table].values[key]
+        self.durable.tables[table].values[key] = flipped
+        if self.visible.get(table, key) == before:  # not overwritten by a pending batch
+            self.visible.tables[table].values[key] = flipped
+        self.stats.bitflips += 1
+        return table, key

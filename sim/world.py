@@ -1,0 +1,360 @@
+"""The simulated world: SimPy as the event heap, pure nodes stepped from callbacks.
+
+``World`` owns the environment, the network, each node's disk and clock, and the trace
+digest. ``NodeHost`` is the simulator's driver of one node and applies the driver contract
+exactly (``pxq/effects.py``): a step's writes go to the node's disk as one batch; its sends
+and replies wait until every batch up to and including that step is durable (syncs are
+group-committed by the disk); output is released in step order; one timer per node is armed
+at ``next_deadline()``. Process faults (crash with or without power loss, restart from the
+durable state alone, pause and resume) live here too.
+
+Simulated time is integer microseconds; nodes see integer milliseconds through their clocks.
+Clients (workload processes) are network endpoints too; their requests arrive at a node as
+``ClientCall`` and replies travel back over the simulated network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import msgpack
+import simpy
+
+from pxq.effects import (
+    Boot,
+    ClientCall,
+    Effects,
+    Input,
+    InvariantViolation,
+    Node,
+    NodeId,
+    Received,
+    Reply,
+    Send,
+    StorageCorruption,
+    StorageView,
+    TraceEvent,
+    TraceValue,
+    Wake,
+)
+from sim.clock import NodeClock
+from sim.disk import DiskFull, DiskSpec, SimDisk
+from sim.network import Network, NetworkSpec
+from sim.rng import stream
+
+NodeFactory = Callable[[NodeId, StorageView, random.Random], Node]
+"""Builds one incarnation of a node from its durable storage and its random stream."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallMsg:
+    """A client request on the simulated wire: ``req_id`` lets the client match the reply."""
+
+    req_id: int
+    request: object
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyMsg:
+    req_id: int
+    response: object
+
+
+@dataclass(slots=True)
+class Violation:
+    """A safety failure detected inside the world (an InvariantViolation raised by a node)."""
+
+    time_us: int
+    node: NodeId
+    message: str
+
+
+@dataclass(slots=True)
+class TraceRecord:
+    time_us: int
+    node: str
+    kind: str
+    fields: tuple[tuple[str, TraceValue], ...]
+
+
+TraceListener = Callable[[TraceRecord], None]
+
+
+@dataclass(slots=True)
+class _Outbox:
+    batch_id: int
+    sends: tuple[Send, ...]
+    replies: tuple[Reply, ...]
+
+
+@dataclass(slots=True)
+class NodeHost:
+    """The simulator's driver of one node."""
+
+    world: World
+    node_id: NodeId
+    factory: NodeFactory
+    disk: SimDisk
+    clock: NodeClock
+    node: Node | None = None
+    incarnation: int = 0
+    crashed: bool = True
+    paused: bool = False
+    reply_before_persist: bool = False
+    paused_inbox: list[Input] = field(default_factory=list)
+    outbox: deque[_Outbox] = field(default_factory=deque)
+    calls: dict[int, tuple[str, int]] = field(default_factory=dict)
+    next_call_id: int = 1
+    timer_token: int = 0
+    armed_deadline: int | None = None
+    steps: int = 0
+    crashes: int = 0
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Build a new incarnation from the durable disk and boot it."""
+        if not self.crashed:
+            return
+        self.incarnation += 1
+        self.crashed = False
+        self.paused = False
+        self.paused_inbox.clear()
+        self.outbox.clear()
+        self.calls.clear()
+        rng = stream(self.world.seed, f"node/{self.node_id}/{self.incarnation}")
+        self.disk.attach(self._synced, self._disk_error)
+        self.world.record(self.node_id, "boot", (("incarnation", self.incarnation),))
+        self.node = self.factory(self.node_id, self.disk.view(), rng)
+        self.step(Boot())
+
+    def crash(self, *, power_loss: bool, reason: str = "nemesis") -> None:
+        if self.crashed:
+            return
+        self.crashed = True
+        self.crashes += 1
+        self.node = None
+        self.timer_token += 1
+        self.armed_deadline = None
+        self.outbox.clear()
+        self.calls.clear()
+        self.paused_inbox.clear()
+        self.disk.crash(power_loss=power_loss)
+        self.world.record(self.node_id, "crash", (("power_loss", power_loss), ("reason", reason)))
+
+    def pause(self) -> None:
+        if not self.crashed:
+            self.paused = True
+
+    def resume(self) -> None:
+        if self.crashed or not self.paused:
+            return
+        self.paused = False
+        inbox, self.paused_inbox = self.paused_inbox, []
+        for inp in inbox:
+            self.step(inp)
+        self.step(Wake())
+
+    # -- stepping ------------------------------------------------------------------------
+
+    def step(self, inp: Input) -> None:
+        node = self.node
+        if node is None or self.crashed:
+            return
+        if self.paused:
+            if not isinstance(inp, Wake):
+                self.paused_inbox.append(inp)
+            return
+        now = self.clock.now(self.world.now_us)
+        self.steps += 1
+        try:
+            fx = node.step(now, inp)
+        except InvariantViolation as exc:
+            self.world.violation(self.node_id, str(exc))
+            self.crash(power_loss=False, reason="invariant violation")
+            return
+        except StorageCorruption as exc:
+            self.world.record(self.node_id, "storage_corruption", (("error", str(exc)),))
+            self.crash(power_loss=False, reason="storage corruption")
+            return
+        self._apply(fx)
+        self._arm_timer()
+
+    def _apply(self, fx: Effects) -> None:
+        for ev in fx.trace:
+            self.world.trace(self.node_id, ev)
+        if fx.writes:
+            try:
+                batch_id = self.disk.submit(fx.writes)
+            except DiskFull as exc:
+                self.world.record(self.node_id, "disk_full", (("error", str(exc)),))
+                self.crash(power_loss=False, reason="disk full")
+                return
+        else:
+            batch_id = self.disk.next_batch - 1
+        if not (fx.sends or fx.replies):
+            if fx.writes:
+                self.disk.request_sync()
+            return
+        if self.reply_before_persist or (
+            not self.outbox and batch_id <= self.disk.durable_upto and not fx.writes
+        ):
+            self._release(fx.sends, fx.replies)
+            if fx.writes:
+                self.disk.request_sync()
+            return
+        self.outbox.append(_Outbox(batch_id, fx.sends, fx.replies))
+        self.disk.request_sync()
+
+    def _synced(self, upto: int) -> None:
+        outbox = self.outbox
+        while outbox and outbox[0].batch_id <= upto:
+            item = outbox.popleft()
+            self._release(item.sends, item.replies)
+            if self.crashed:
+                return
+
+    def _disk_error(self, exc: Exception) -> None:
+        self.world.record(self.node_id, "fsync_error", (("error", str(exc)),))
+        # The batches the failed sync covered may or may not be on the medium: lose them.
+        self.crash(power_loss=True, reason="fsync error")
+
+    def _release(self, sends: tuple[Send, ...], replies: tuple[Reply, ...]) -> None:
+        net = self.world.network
+        for s in sends:
+            net.send(self.node_id, s.dst, s.msg)
+        for r in replies:
+            target = self.calls.pop(r.call_id, None)
+            if target is not None:
+                client, req_id = target
+                net.send(self.node_id, client, ReplyMsg(req_id, r.response))
+
+    def _arm_timer(self) -> None:
+        node = self.node
+        if node is None:
+            return
+        deadline = node.next_deadline()
+        if deadline == self.armed_deadline:
+            return  # the armed timer already serves it
+        self.timer_token += 1
+        self.armed_deadline = deadline
+        if deadline is None:
+            return
+        now_us = self.world.now_us
+        at = self.clock.sim_us_at(deadline, now_us)
+        token = self.timer_token
+        ev = self.world.env.timeout(max(at - now_us, 1))
+        ev.callbacks.append(lambda _e: self._fire(token))
+
+    def _fire(self, token: int) -> None:
+        if token == self.timer_token and not self.crashed:
+            self.armed_deadline = None
+            self.step(Wake())
+
+    def receive(self, src: str, payload: object) -> None:
+        if self.crashed:
+            return
+        if isinstance(payload, CallMsg):
+            call_id = self.next_call_id
+            self.next_call_id += 1
+            self.calls[call_id] = (src, payload.req_id)
+            self.step(ClientCall(call_id=call_id, request=payload.request))
+        else:
+            self.step(Received(src=src, msg=payload))
+
+
+class World:
+    """Everything in one simulated run, derived from one seed."""
+
+    def __init__(
+        self,
+        *,
+        seed: int,
+        network: NetworkSpec,
+        disk: DiskSpec,
+        drift_ppm_max: int = 0,
+        skew_ms_max: int = 0,
+    ) -> None:
+        self.seed = seed
+        self.env = simpy.Environment()
+        self.network = Network(self.env, stream(seed, "network"), network, self._deliver)
+        self.disk_spec = disk
+        self.hosts: dict[NodeId, NodeHost] = {}
+        self.endpoints: dict[str, Callable[[str, object], None]] = {}
+        self.violations: list[Violation] = []
+        self.listeners: list[TraceListener] = []
+        self.trace_count = 0
+        self._digest = hashlib.sha256()
+        self._clock_rng = stream(seed, "clocks")
+        self.drift_ppm_max = drift_ppm_max
+        self.skew_ms_max = skew_ms_max
+
+    # -- construction --------------------------------------------------------------------
+
+    def add_node(self, node_id: NodeId, factory: NodeFactory) -> NodeHost:
+        if node_id in self.hosts or node_id in self.endpoints:
+            raise ValueError(f"duplicate endpoint {node_id!r}")
+        rng = self._clock_rng
+        drift = rng.randint(-self.drift_ppm_max, self.drift_ppm_max) if self.drift_ppm_max else 0
+        skew = rng.randint(-self.skew_ms_max, self.skew_ms_max) if self.skew_ms_max else 0
+        origin_us = rng.randrange(1_000_000_000) * 1000
+        clock = NodeClock(origin_us=origin_us, drift_ppm=drift, skew_ms=skew)
+        disk = SimDisk(self.env, stream(self.seed, f"disk/{node_id}"), self.disk_spec)
+        host = NodeHost(world=self, node_id=node_id, factory=factory, disk=disk, clock=clock)
+        self.hosts[node_id] = host
+        return host
+
+    def add_endpoint(self, name: str, receive: Callable[[str, object], None]) -> None:
+        """A non-node endpoint (a workload client) that receives replies and messages."""
+        if name in self.hosts or name in self.endpoints:
+            raise ValueError(f"duplicate endpoint {name!r}")
+        self.endpoints[name] = receive
+
+    def start(self) -> None:
+        for node_id in sorted(self.hosts):
+            self.hosts[node_id].start()
+
+    # -- events --------------------------------------------------------------------------
+
+    def _deliver(self, src: str, dst: str, payload: object) -> None:
+        host = self.hosts.get(dst)
+        if host is not None:
+            host.receive(src, payload)
+            return
+        endpoint = self.endpoints.get(dst)
+        if endpoint is not None:
+            endpoint(src, payload)
+
+    def call_later(self, delay_us: int, fn: Callable[[], None]) -> None:
+        ev = self.env.timeout(max(0, delay_us))
+        ev.callbacks.append(lambda _e: fn())
+
+    def trace(self, node: str, ev: TraceEvent) -> None:
+        self.record(node, ev.kind, ev.fields)
+
+    def record(self, node: str, kind: str, fields: tuple[tuple[str, TraceValue], ...]) -> None:
+        """Feed one event into the trace digest and to the listeners."""
+        self.trace_count += 1
+        rec = TraceRecord(self.now_us, node, kind, fields)
+        self._digest.update(msgpack.packb([rec.time_us, node, kind, [list(kv) for kv in fields]]))
+        for listener in self.listeners:
+            listener(rec)
+
+    def violation(self, node: NodeId, message: str) -> None:
+        self.violations.append(Violation(self.now_us, node, message))
+        self.record(node, "violation", (("message", message),))
+
+    @property
+    def now_us(self) -> int:
+        return int(self.env.now)
+
+    def digest(self) -> str:
+        return self._digest.hexdigest()
+
+    def run_until(self, time_us: int) -> None:
+        if time_us > self.env.now:
+            self.env.run(until=time_us)

@@ -1,0 +1,344 @@
+"""Each fault model of the simulator, measured on its own."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from functools import partial
+
+import pytest
+import simpy
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pxq.effects import Put, StorageCorruption, StorageView
+from sim.clock import NodeClock
+from sim.disk import DiskFull, DiskSpec, SimDisk
+from sim.network import DelaySpec, Network, NetworkSpec
+from sim.world import CallMsg, ReplyMsg, World
+from tests.sim_nodes import CounterNode, Ping
+
+N = 20_000
+
+
+def _net(
+    spec: NetworkSpec, seed: int = 1
+) -> tuple[simpy.Environment, Network, list[tuple[str, str, object]]]:
+    env = simpy.Environment()
+    got: list[tuple[str, str, object]] = []
+    net = Network(env, random.Random(seed), spec, lambda s, d, p: got.append((s, d, p)))
+    return env, net, got
+
+
+def test_configured_loss_drops_about_that_share() -> None:
+    env, net, got = _net(NetworkSpec(loss=0.10))
+    for i in range(N):
+        net.send("a", "b", i)
+    env.run()
+    share = 1 - len(got) / N
+    assert 0.09 < share < 0.11
+    assert net.stats.lost == N - len(got)
+
+
+def test_configured_duplication_duplicates_about_that_share() -> None:
+    env, net, got = _net(NetworkSpec(duplicate=0.05))
+    for i in range(N):
+        net.send("a", "b", i)
+    env.run()
+    extra = len(got) - N
+    assert 0.04 * N < extra < 0.06 * N
+    assert sorted(set(p for _, _, p in got)) == list(range(N))  # type: ignore[type-var]
+
+
+def test_paths_are_fifo_without_reordering_and_not_with_it() -> None:
+    spec = NetworkSpec(delay=DelaySpec(dist="uniform", min_us=100, max_us=5000))
+    env, net, got = _net(spec)
+    for i in range(2000):
+        net.send("a", "b", i)
+    env.run()
+    assert [p for _, _, p in got] == list(range(2000))
+
+    env, net, got = _net(NetworkSpec(delay=spec.delay, reorder=0.2, reorder_us=10_000))
+    for i in range(2000):
+        net.send("a", "b", i)
+    env.run()
+    order = [p for _, _, p in got if isinstance(p, int)]
+    assert sorted(order) == list(range(2000))
+    inversions = sum(1 for x, y in itertools.pairwise(order) if x > y)
+    assert inversions > 50
+    assert 0.15 * 2000 < net.stats.reordered < 0.25 * 2000
+
+
+def test_partition_blocks_exactly_the_named_paths() -> None:
+    nodes = ["a", "b", "c"]
+    for direction, blocked in [
+        ("both", {("a", "b"), ("a", "c"), ("b", "a"), ("c", "a")}),
+        ("out", {("a", "b"), ("a", "c")}),
+        ("in", {("b", "a"), ("c", "a")}),
+    ]:
+        env, net, got = _net(NetworkSpec())
+        net.partition(["a"], ["b", "c"], direction)
+        for s in nodes:
+            for d in nodes:
+                if s != d:
+                    net.send(s, d, (s, d))
+        env.run()
+        delivered = {p for _, _, p in got}
+        every = {(s, d) for s in nodes for d in nodes if s != d}
+        assert delivered == every - blocked, direction
+        net.heal()
+        net.send("a", "b", "after")
+        env.run()
+        assert got[-1][2] == "after"
+
+
+def test_partition_drops_messages_already_in_flight() -> None:
+    env, net, got = _net(NetworkSpec(delay=DelaySpec(dist="constant", mean_us=1000)))
+    net.send("a", "b", 1)
+    env.run(until=500)
+    net.partition(["a"], ["b"])
+    env.run()
+    assert got == []
+
+
+def test_clog_holds_messages_until_unclogged() -> None:
+    env, net, got = _net(NetworkSpec())
+    net.clog("a", "b")
+    for i in range(10):
+        net.send("a", "b", i)
+    net.send("b", "a", "other way")
+    env.run()
+    assert [p for _, _, p in got] == ["other way"]
+    net.unclog("a", "b")
+    env.run()
+    assert [p for _, _, p in got][1:] == list(range(10))
+
+
+def _disk(spec: DiskSpec | None = None) -> tuple[simpy.Environment, SimDisk, list[int]]:
+    env = simpy.Environment()
+    disk = SimDisk(env, random.Random(3), spec or DiskSpec())
+    synced: list[int] = []
+    disk.attach(synced.append, lambda e: synced.append(-1))
+    return env, disk, synced
+
+
+def _put(i: int) -> tuple[Put, ...]:
+    return (Put(table="t", key=i.to_bytes(4, "big"), value=b"v%d" % i),)
+
+
+def test_power_loss_drops_exactly_the_unsynced_writes() -> None:
+    env, disk, synced = _disk()
+    for i in range(5):
+        disk.submit(_put(i))
+    disk.request_sync()
+    env.run()
+    assert synced == [5]
+    for i in range(5, 9):
+        disk.submit(_put(i))
+    assert len(list(disk.view().scan("t"))) == 9  # read-your-writes before the sync
+    disk.crash(power_loss=True)
+    keys = [int.from_bytes(k, "big") for k, _ in disk.view().scan("t")]
+    assert keys == list(range(5))
+    assert disk.stats.lost_batches == 4
+
+
+def test_process_crash_without_power_loss_keeps_submitted_writes() -> None:
+    _env, disk, _ = _disk()
+    for i in range(3):
+        disk.submit(_put(i))
+    disk.crash(power_loss=False)
+    assert len(list(disk.view().scan("t"))) == 3
+
+
+def test_torn_batch_is_discarded_whole_and_counted() -> None:
+    env, disk, _synced = _disk()
+    disk.submit(_put(0))
+    disk.request_sync()
+    env.run()
+    disk.torn_on_power_loss = True
+    disk.submit((Put(table="t", key=b"x1", value=b"a"), Put(table="t", key=b"x2", value=b"b")))
+    disk.request_sync()
+    env.run(until=env.now + 1)  # the sync is in flight
+    disk.crash(power_loss=True)
+    assert disk.stats.torn_batches_discarded == 1
+    assert [k for k, _ in disk.view().scan("t")] == [(0).to_bytes(4, "big")]
+
+
+def test_bitflip_is_caught_on_read() -> None:
+    env, disk, _ = _disk()
+    disk.submit(_put(0))
+    disk.request_sync()
+    env.run()
+    assert disk.bitflip() == ("t", (0).to_bytes(4, "big"))
+    with pytest.raises(StorageCorruption):
+        disk.view().get("t", (0).to_bytes(4, "big"))
+    assert disk.stats.corrupt_reads == 1
+
+
+def test_full_disk_rejects_the_batch_and_keeps_the_rest() -> None:
+    _env, disk, _ = _disk(DiskSpec(capacity_bytes=40))
+    disk.submit(_put(0))
+    with pytest.raises(DiskFull):
+        disk.submit((Put(table="t", key=b"k", value=b"x" * 100),))
+    assert [k for k, _ in disk.view().scan("t")] == [(0).to_bytes(4, "big")]
+
+
+def test_fsync_error_is_reported_and_nothing_becomes_durable() -> None:
+    env, disk, synced = _disk()
+    disk.submit(_put(0))
+    disk.fail_next_fsync = True
+    disk.request_sync()
+    env.run()
+    assert synced == [-1]
+    assert disk.durable_upto == 0
+    assert list(disk.durable.scan("t")) == []
+
+
+def test_lying_fsync_acknowledges_writes_that_a_power_loss_then_drops() -> None:
+    env, disk, synced = _disk()
+    disk.lying = True
+    disk.submit(_put(0))
+    disk.request_sync()
+    env.run()
+    assert synced == [1]
+    disk.crash(power_loss=True)
+    assert list(disk.view().scan("t")) == []
+
+
+def test_group_commit_covers_batches_submitted_while_a_sync_runs() -> None:
+    env, disk, synced = _disk(DiskSpec(fsync=DelaySpec(dist="constant", mean_us=1000)))
+    disk.submit(_put(0))
+    disk.request_sync()
+    for i in range(1, 10):
+        disk.submit(_put(i))
+        disk.request_sync()
+    env.run()
+    assert synced == [1, 10]
+    assert disk.stats.syncs == 2
+
+
+def test_clock_drift_is_measured_and_monotonic_time_never_goes_back() -> None:
+    clock = NodeClock(origin_us=5_000_000, drift_ppm=1000, skew_ms=0)
+    t0 = clock.now(0).mono_ms
+    assert clock.now(10_000_000).mono_ms - t0 == 10_010
+    clock.set_drift(10_000_000, -1000)
+    before = clock.now(10_000_000)
+    assert clock.now(20_000_000).mono_ms - before.mono_ms == 9_990
+    assert clock.now(10_000_000).wall_ms == before.wall_ms
+    clock.jump_wall(-5000)
+    assert clock.now(10_000_000).wall_ms == before.wall_ms - 5000
+    assert clock.now(10_000_000).mono_ms == before.mono_ms
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(-5000, 5000),
+    st.integers(0, 10**12),
+    st.integers(0, 10**10),
+    st.integers(0, 10**7),
+)
+def test_timer_inverse_finds_the_first_instant_the_deadline_is_reached(
+    drift: int, origin: int, now_us: int, ahead_ms: int
+) -> None:
+    clock = NodeClock(origin_us=origin, drift_ppm=drift, skew_ms=0)
+    deadline = clock.now(now_us).mono_ms + ahead_ms
+    t = clock.sim_us_at(deadline, now_us)
+    assert t >= now_us
+    assert clock.now(t).mono_ms >= deadline
+    assert t == now_us or clock.now(t - 1).mono_ms < deadline
+
+
+def _world(fsync_us: int = 5000, net_us: int = 100) -> World:
+    return World(
+        seed=7,
+        network=NetworkSpec(delay=DelaySpec(dist="constant", mean_us=net_us)),
+        disk=DiskSpec(fsync=DelaySpec(dist="constant", mean_us=fsync_us), write_us_per_kib=0),
+    )
+
+
+def test_driver_releases_replies_only_after_the_write_is_durable() -> None:
+    world = _world()
+    world.add_node("n0", lambda nid, view, rng: CounterNode(nid, [], view, rng))
+    replies: list[tuple[int, object]] = []
+    world.add_endpoint("c0", lambda src, p: replies.append((world.now_us, p)))
+    world.start()
+    world.run_until(10_000)
+    world.network.send("c0", "n0", CallMsg(1, "bump"))
+    world.run_until(100_000)
+    # 100 us to the node, 5000 us fsync, 100 us back
+    assert replies == [(10_000 + 100 + 5000 + 100, ReplyMsg(1, 1))]
+
+
+def test_negative_control_reply_before_persist_is_observable() -> None:
+    world = _world()
+    host = world.add_node("n0", lambda nid, view, rng: CounterNode(nid, [], view, rng))
+    host.reply_before_persist = True
+    replies: list[tuple[int, object]] = []
+    world.add_endpoint("c0", lambda src, p: replies.append((world.now_us, p)))
+    world.start()
+    world.run_until(10_000)
+    world.network.send("c0", "n0", CallMsg(1, "bump"))
+    world.run_until(10_150)
+    host.crash(power_loss=True)
+    host.start()
+    world.run_until(50_000)
+    assert replies == [(10_200, ReplyMsg(1, 1))]
+    node = host.node
+    assert isinstance(node, CounterNode)
+    assert node.count == 0  # acknowledged, then lost: what the checkers must catch
+
+
+def test_restart_rebuilds_from_durable_state_only() -> None:
+    world = _world()
+    host = world.add_node("n0", lambda nid, view, rng: CounterNode(nid, [], view, rng, tick_ms=1))
+    world.start()
+    world.run_until(100_000)
+    node = host.node
+    assert isinstance(node, CounterNode)
+    count = node.count
+    durable = host.disk.durable.get("counter", b"n")
+    assert durable is not None and count > 10
+    host.crash(power_loss=True)
+    host.start()
+    node = host.node
+    assert isinstance(node, CounterNode)
+    assert node.count == int.from_bytes(durable[:-4], "big") < count + 1
+
+
+def test_paused_node_buffers_input_and_handles_it_on_resume() -> None:
+    world = _world()
+    host = world.add_node("n0", lambda nid, view, rng: CounterNode(nid, [], view, rng))
+    world.add_node("n1", lambda nid, view, rng: CounterNode(nid, ["n0"], view, rng, tick_ms=10))
+    world.start()
+    host.pause()
+    world.run_until(200_000)
+    node = host.node
+    assert isinstance(node, CounterNode)
+    assert node.received == []
+    host.resume()
+    assert len(node.received) >= 15
+    assert all(isinstance(n, int) for _, n in node.received)
+    assert Ping(1) == Ping(1)
+
+
+def _counter(nid: str, view: StorageView, rng: random.Random, *, peers: list[str]) -> CounterNode:
+    return CounterNode(nid, peers, view, rng, tick_ms=3)
+
+
+def test_same_seed_same_digest_and_a_different_seed_differs() -> None:
+    def run(seed: int) -> str:
+        world = World(
+            seed=seed,
+            network=NetworkSpec(loss=0.1, reorder=0.3),
+            disk=DiskSpec(),
+            drift_ppm_max=200,
+        )
+        for i in range(3):
+            peers = [f"n{j}" for j in range(3) if j != i]
+            world.add_node(f"n{i}", partial(_counter, peers=peers))
+        world.start()
+        world.run_until(300_000)
+        return world.digest()
+
+    assert run(1) == run(1)
+    assert run(1) != run(2)
