@@ -2,7 +2,9 @@
 
 Messages travel between named endpoints (nodes and clients). Each directed path is FIFO, like
 a TCP connection, unless reordering is on: then a message may take an extra random delay and
-overtake others. A partition blocks directed paths (both ways for a symmetric one); a message
+overtake others. Duplication and reordering model a datagram-like peer network; traffic of
+client endpoints rides a stream (as client connections do) and is never duplicated or
+reordered, only lost, blocked or held. A partition blocks directed paths (both ways for a symmetric one); a message
 is dropped if its path is blocked when it is sent or when it would arrive. A clogged path
 holds its messages (nothing is lost) until it is unclogged, as FoundationDB's clogging does.
 Every random draw comes from the network's own stream.
@@ -103,6 +105,9 @@ class Network:
         self.clogged: dict[tuple[str, str], list[object]] = {}
         self.stats = NetworkStats()
         self._path_last_us: dict[tuple[str, str], int] = {}
+        self.stream_endpoints: set[str] = set()
+        """Endpoints whose traffic rides a TCP-like stream (clients): never duplicated or
+        reordered, though it can still be lost, blocked or held."""
 
     # -- faults --------------------------------------------------------------------------
 
@@ -162,13 +167,14 @@ class Network:
         if spec.loss and rng.random() < spec.loss:
             stats.lost += 1
             return
-        copies = 2 if spec.duplicate and rng.random() < spec.duplicate else 1
+        stream = src in self.stream_endpoints or dst in self.stream_endpoints
+        copies = 2 if spec.duplicate and not stream and rng.random() < spec.duplicate else 1
         stats.duplicated += copies - 1
         for _ in range(copies):
             now = int(self.env.now)
             arrive = now + spec.delay.draw(rng)
             path = (src, dst)
-            if spec.reorder and rng.random() < spec.reorder:
+            if spec.reorder and not stream and rng.random() < spec.reorder:
                 stats.reordered += 1
                 arrive += int(rng.random() * spec.reorder_us)
             else:

@@ -313,6 +313,7 @@ class World:
         if name in self.hosts or name in self.endpoints:
             raise ValueError(f"duplicate endpoint {name!r}")
         self.endpoints[name] = receive
+        self.network.stream_endpoints.add(name)
 
     def start(self) -> None:
         for node_id in sorted(self.hosts):

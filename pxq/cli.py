@@ -1,0 +1,158 @@
+"""The ``pxq`` command line. The one module of ``pxq/`` that may import ``sim``, ``net`` and
+I/O libraries; it imports them lazily, inside the commands, so ``pxq --help`` stays fast.
+
+Exit codes: 0 when every expectation is met, 1 when a check or expectation fails, 2 for bad
+input (an unreadable or invalid scenario, bad arguments), with the reason on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+
+def _bad_input(message: str) -> None:
+    click.echo(f"pxq: error: {message}", err=True)
+    sys.exit(EXIT_BAD_INPUT)
+
+
+@click.group()
+@click.version_option(package_name="pxq")
+def main() -> None:
+    """pxq: a Paxos-replicated distributed queue, simulation-first."""
+
+
+@main.group()
+def sim() -> None:
+    """Deterministic simulation: run scenarios and seed swarms."""
+
+
+@sim.command("run")
+@click.argument("scenario_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--seed", type=click.IntRange(min=0), default=None, help="Seed (default: the file's)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option(
+    "--history", type=click.Path(dir_okay=False, path_type=Path), help="Write the history (JSONL)."
+)
+@click.option(
+    "--trace", type=click.Path(dir_okay=False, path_type=Path), help="Write the trace (JSONL)."
+)
+def sim_run(
+    scenario_file: Path, seed: int | None, as_json: bool, history: Path | None, trace: Path | None
+) -> None:
+    """Run SCENARIO_FILE once and check the outcome."""
+    from sim import runner, scenario
+
+    try:
+        scn = scenario.load(scenario_file)
+        runner.paxos_config(scn)
+    except (scenario.ScenarioError, ValueError) as exc:
+        _bad_input(str(exc))
+        return
+    run_seed = scn.seed if seed is None else seed
+    history_out = runner.write_jsonl(history) if history else None
+    trace_out = runner.write_jsonl(trace) if trace else None
+    try:
+        result = runner.run(scn, run_seed, history_out=history_out, trace_out=trace_out)
+    finally:
+        for f in (history_out, trace_out):
+            if f is not None:
+                f.close()
+    if as_json:
+        click.echo(json.dumps(result.to_json(), sort_keys=True))
+    else:
+        verdict = "OK" if result.ok else "FAILED"
+        click.echo(f"{verdict}: {scn.name} seed {run_seed} (expect safety {scn.expect_safety})")
+        for name, check in result.checks.items():
+            click.echo(f"  {'pass' if check.ok else 'FAIL'} {name}: {check.summary}")
+        click.echo(f"  trace digest {result.trace_digest}")
+        click.echo(f"  simulated {result.sim_time_ms} ms in {result.wall_s:.2f} s wall")
+        if not result.ok:
+            click.echo(f"  reproduce: {result.repro}")
+    sys.exit(EXIT_OK if result.ok else EXIT_FAILED)
+
+
+@sim.command("swarm")
+@click.argument("scenario_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--seeds", "seeds_text", required=True, help="Seed range A-B (inclusive).")
+@click.option("--jobs", type=click.IntRange(min=1, max=64), default=2, help="Worker processes.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def sim_swarm(scenario_file: Path, seeds_text: str, jobs: int, as_json: bool) -> None:
+    """Run SCENARIO_FILE over many seeds in parallel."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from sim import runner, scenario, swarm
+
+    try:
+        seeds = swarm.parse_seeds(seeds_text)
+        scn = scenario.load(scenario_file)
+        runner.paxos_config(scn)
+    except (scenario.ScenarioError, ValueError) as exc:
+        _bad_input(str(exc))
+        return
+    started = time.perf_counter()
+    failures: list[Any] = []
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=None if not as_json else _stderr_console(),
+        transient=as_json,
+    ) as progress:
+        task = progress.add_task(scn.name, total=len(seeds))
+
+        def done(out: swarm.SeedOutcome) -> None:
+            progress.advance(task)
+            if not out.ok:
+                failures.append(out)
+                progress.console.print(
+                    f"[red]seed {out.seed} failed[/red] ({', '.join(out.failed_checks)}"
+                    f"{': ' + out.error if out.error else ''}); reproduce: {out.repro}"
+                )
+
+        outcomes = swarm.run_swarm(str(scenario_file), seeds, jobs, done)
+    wall = time.perf_counter() - started
+    failed = [o.seed for o in outcomes if not o.ok]
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "scenario": scn.name,
+                    "runs": len(outcomes),
+                    "ok": not failed,
+                    "failed": failed,
+                    "failures": [o.to_json() for o in outcomes if not o.ok],
+                    "wall_s": round(wall, 2),
+                    "sim_time_ms": sum(o.sim_time_ms for o in outcomes),
+                },
+                sort_keys=True,
+            )
+        )
+    else:
+        click.echo(f"{len(outcomes)} runs, {len(failed)} failed, {wall:.1f} s wall")
+        for o in outcomes:
+            if not o.ok:
+                click.echo(f"  seed {o.seed}: {', '.join(o.failed_checks)}; reproduce: {o.repro}")
+    sys.exit(EXIT_FAILED if failed else EXIT_OK)
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""``Replica``: the node that hosts every Paxos group of one replica set on one machine.
+
+It implements the ``Node`` protocol of ``pxq.effects``: it routes peer messages by group,
+answers client ``Propose`` calls (or redirects them), fires the groups' timers on ``Wake``
+and rebuilds everything from its storage view on ``Boot``. The protocol itself lives in
+``group.py``; this module owns only dispatch, the deadline and the snapshot cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, assert_never
+
+from pxq.effects import (
+    Boot,
+    ClientCall,
+    Effects,
+    EffectsBuilder,
+    Input,
+    InvariantViolation,
+    NodeId,
+    Now,
+    Received,
+    StorageView,
+    Wake,
+)
+from pxq.paxos.config import PaxosConfig
+from pxq.paxos.group import Group, SnapshotCache
+from pxq.paxos.messages import (
+    Accept,
+    Accepted,
+    Handover,
+    Heartbeat,
+    HeartbeatAck,
+    LearnReply,
+    LearnRequest,
+    Prepare,
+    Promise,
+    Propose,
+    ProposeRejected,
+    SnapshotChunk,
+    SnapshotRequest,
+)
+from pxq.paxos.sm import StateMachine
+
+if TYPE_CHECKING:
+    import random
+
+_TICKS_PER_WAKE_MAX = 3
+
+_PEER_TYPES = (
+    Prepare,
+    Promise,
+    Accept,
+    Accepted,
+    Heartbeat,
+    HeartbeatAck,
+    Handover,
+    LearnRequest,
+    LearnReply,
+    SnapshotRequest,
+    SnapshotChunk,
+)
+
+
+class Replica:
+    """One member of a Paxos replica set, hosting ``config.groups`` groups; a ``Node``."""
+
+    def __init__(
+        self,
+        node_id: NodeId,
+        config: PaxosConfig,
+        storage: StorageView,
+        rng: random.Random,
+        state_machines: Callable[[int], StateMachine],
+    ) -> None:
+        if node_id not in config.replicas:
+            raise ValueError(f"node_id: {node_id!r} is not in replicas {config.replicas}")
+        self.node_id = node_id
+        self.config = config
+        self.storage = storage
+        self.rng = rng
+        self.state_machines = state_machines
+        self.groups: list[Group] = []
+        self.snapshots = SnapshotCache(config.snapshot_cache_max)
+        self.booted = False
+
+    # -- Node protocol --------------------------------------------------------------------------
+
+    def step(self, now: Now, inp: Input) -> Effects:
+        t = now.mono_ms
+        fx = EffectsBuilder()
+        match inp:
+            case Boot():
+                self._boot(t, fx)
+            case Received(src=src, msg=msg):
+                self._require_boot()
+                self._on_received(t, src, msg, fx)
+            case Wake():
+                self._require_boot()
+                for g in self.groups:
+                    # A tick may change the group's role and so expose another timer that is
+                    # already due (a failed candidate's catch-up retry): handle it now too.
+                    for _ in range(_TICKS_PER_WAKE_MAX):
+                        d = g.deadline()
+                        if d is None or d > t:
+                            break
+                        g.tick(t, fx)
+            case ClientCall(call_id=call_id, request=request):
+                self._require_boot()
+                self._on_call(t, call_id, request, fx)
+            case _:
+                assert_never(inp)
+        for g in self.groups:
+            g.finish(fx)
+        return fx.build()
+
+    def next_deadline(self) -> int | None:
+        best: int | None = None
+        for g in self.groups:
+            d = g.deadline()
+            if d is not None and (best is None or d < best):
+                best = d
+        return best
+
+    # -- queries for the node that wraps this one -------------------------------------------------
+
+    def is_master(self, group: int, now: Now) -> bool:
+        """True while this replica holds the lease of ``group`` and may serve it."""
+        return self.groups[group].is_master(now.mono_ms)
+
+    def master_of(self, group: int) -> NodeId | None:
+        """The master of ``group`` as far as this replica knows (possibly stale)."""
+        return self.groups[group].master_of()
+
+    def applied(self, group: int) -> int:
+        """The last instance of ``group`` applied to its state machine here."""
+        return self.groups[group].learner.applied
+
+    def state_machine(self, group: int) -> StateMachine:
+        return self.groups[group].learner.sm
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _require_boot(self) -> None:
+        if not self.booted:
+            raise InvariantViolation("the first input of an incarnation must be Boot")
+
+    def _boot(self, t: int, fx: EffectsBuilder) -> None:
+        # A new incarnation: forget everything volatile and rebuild from storage.
+        self.snapshots = SnapshotCache(self.config.snapshot_cache_max)
+        self.groups = [
+            Group(
+                group=g,
+                me=self.node_id,
+                config=self.config,
+                view=self.storage,
+                rng=self.rng,
+                sm_factory=self.state_machines,
+                snapshots=self.snapshots,
+            )
+            for g in range(self.config.groups)
+        ]
+        for g in self.groups:
+            g.boot(t, fx)
+        self.booted = True
+
+    def _on_received(self, t: int, src: NodeId, msg: object, fx: EffectsBuilder) -> None:
+        if src not in self.config.replicas or src == self.node_id:
+            fx.event("dropped", reason="unknown source", source=src)
+            return
+        if not isinstance(msg, _PEER_TYPES):
+            fx.event("dropped", reason="unknown message", source=src)
+            return
+        if not 0 <= msg.group < len(self.groups):
+            fx.event("dropped", reason="unknown group", source=src, group=msg.group)
+            return
+        self.groups[msg.group].on_message(t, src, msg, fx)
+
+    def _on_call(self, t: int, call_id: int, request: object, fx: EffectsBuilder) -> None:
+        if not isinstance(request, Propose):
+            fx.reply(call_id, ProposeRejected(group=-1, reason="unknown request"))
+            return
+        if not 0 <= request.group < len(self.groups):
+            fx.reply(call_id, ProposeRejected(group=request.group, reason="no such group"))
+            return
+        self.groups[request.group].on_propose(t, call_id, request.value, fx)

@@ -1,0 +1,343 @@
+"""The nemesis: resolves fault targets when a fault fires, applies faults and their inverses,
+and generates the background random faults of a swarm seed.
+
+Every fault it applies is written to the history (process ``"nemesis"``, type ``info``) with
+the nodes it resolved, and fed into the trace digest, so a failing run says exactly what was
+done to whom and when.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import replace
+from functools import partial
+
+from pxq.check.history import JSON, HistoryWriter
+from pxq.effects import NodeId
+from sim.scenario import SELECTOR_RE, FaultSpec, RandomFaultSpec, Scenario
+from sim.world import TraceRecord, World
+
+MasterOf = Callable[[int], NodeId | None]
+
+
+class Nemesis:
+    """Applies a scenario's faults to a world."""
+
+    def __init__(
+        self,
+        world: World,
+        history: HistoryWriter,
+        rng: random.Random,
+        replicas: list[NodeId],
+        master_of: MasterOf,
+    ) -> None:
+        self.world = world
+        self.history = history
+        self.rng = rng
+        self.replicas = replicas
+        self.master_of = master_of
+        self.crash_order: list[NodeId] = []
+        self.pause_order: list[NodeId] = []
+        self.partitions: list[tuple[list[NodeId], list[NodeId]]] = []
+        self.applied = 0
+
+    @property
+    def f(self) -> int:
+        """How many replicas may be down at once while a majority stays up."""
+        return (len(self.replicas) - 1) // 2
+
+    # -- selectors -----------------------------------------------------------------------
+
+    def resolve(self, selector: str, group: int = 0) -> list[NodeId]:
+        m = SELECTOR_RE.match(selector)
+        if m is None:
+            raise ValueError(f"unknown selector {selector!r}")
+        nodes = self.replicas
+        if selector == "master":
+            master = self.master_of(group)
+            return [master] if master is not None else [self.rng.choice(nodes)]
+        if m.group(2) is not None:
+            master = self.master_of(group)
+            followers = [n for n in nodes if n != master]
+            i = int(m.group(2))
+            return [followers[i % len(followers)]]
+        if m.group(3) is not None:
+            return [selector]
+        match selector:
+            case "any":
+                return [self.rng.choice(nodes)]
+            case "all":
+                return list(nodes)
+            case "minority":
+                return sorted(self.rng.sample(nodes, self.f))
+            case "majority":
+                return sorted(self.rng.sample(nodes, len(nodes) - self.f))
+            case "crashed":
+                down = [n for n in self.crash_order if self.world.hosts[n].crashed]
+                return down[-1:]
+            case "paused":
+                paused = [n for n in self.pause_order if self.world.hosts[n].paused]
+                return paused[-1:]
+        raise ValueError(f"unknown selector {selector!r}")
+
+    # -- scheduling ----------------------------------------------------------------------
+
+    def schedule(self, fault: FaultSpec) -> None:
+        if fault.at_ms is not None:
+            self.world.call_later(fault.at_ms * 1000 - self.world.now_us, lambda: self.fire(fault))
+            return
+        after = fault.after
+        assert after is not None
+        wanted = set(self.resolve(after.node)) if after.node is not None else None
+        seen = 0
+
+        def listen(rec: TraceRecord) -> None:
+            nonlocal seen
+            if rec.kind != after.event or (wanted is not None and rec.node not in wanted):
+                return
+            seen += 1
+            if seen == after.count:
+                self.world.listeners.remove(listen)
+                self.world.call_later(after.delay_ms * 1000, lambda: self.fire(fault))
+
+        self.world.listeners.append(listen)
+
+    def fire(self, fault: FaultSpec) -> None:
+        targets = self.resolve(fault.target, fault.group) if fault.target is not None else []
+        undo = self.apply(fault, targets)
+        if fault.duration_ms is not None and undo is not None:
+            self.world.call_later(fault.duration_ms * 1000, undo)
+
+    # -- applying ------------------------------------------------------------------------
+
+    def _log(self, action: str, targets: list[NodeId], **extra: object) -> None:
+        self.applied += 1
+        time_ms = self.world.now_us // 1000
+        fields: dict[str, JSON] = {k: str(v) for k, v in extra.items()}
+        value: list[JSON] = list(targets)
+        self.history.invoke(time_ms, "nemesis", action, value, **fields)
+        self.history.info(time_ms, "nemesis", action, value, **fields)
+        self.world.record(
+            "nemesis",
+            action,
+            (("targets", ",".join(targets)), *sorted((k, str(v)) for k, v in extra.items())),
+        )
+
+    def apply(self, fault: FaultSpec, targets: list[NodeId]) -> Callable[[], None] | None:
+        """Apply ``fault`` to ``targets`` now; return its inverse, if it has one."""
+        world, net = self.world, self.world.network
+        action = fault.action
+        if not targets and action in ("crash", "restart", "pause", "resume", "clock", "disk"):
+            self._log(action, [], skipped="no target")
+            return None
+        self._log(action, targets)
+        match action:
+            case "partition":
+                rest = [n for n in self._endpoints() if n not in targets]
+                net.partition(targets, rest, fault.direction)
+                return lambda: self._unpartition(targets, rest)
+            case "heal":
+                self.heal_network()
+            case "clog" | "unclog":
+                peers = (
+                    self.resolve(fault.peer)
+                    if fault.peer
+                    else [n for n in self.replicas if n not in targets]
+                )
+                paths = [(a, b) for a in targets for b in peers if a != b]
+                if fault.direction in ("both", "in"):
+                    paths += [(b, a) for a in targets for b in peers if a != b]
+                if action == "unclog":
+                    for a, b in paths:
+                        net.unclog(a, b)
+                    return None
+                for a, b in paths:
+                    net.clog(a, b)
+                return lambda: self._unclog(paths)
+            case "loss":
+                net.spec = replace(net.spec, loss=fault.rate)
+                return lambda: self._restore_network(action)
+            case "duplicate":
+                net.spec = replace(net.spec, duplicate=fault.rate)
+                return lambda: self._restore_network(action)
+            case "reorder":
+                net.spec = replace(net.spec, reorder=fault.rate)
+                return lambda: self._restore_network(action)
+            case "delay":
+                assert fault.delay is not None
+                net.spec = replace(net.spec, delay=fault.delay)
+                return lambda: self._restore_network("delay")
+            case "crash":
+                for n in targets:
+                    world.hosts[n].crash(power_loss=fault.power_loss)
+                    self.crash_order.append(n)
+                return lambda: self.restart(targets)
+            case "restart":
+                self.restart(targets)
+            case "pause":
+                for n in targets:
+                    world.hosts[n].pause()
+                    self.pause_order.append(n)
+                return lambda: self.resume(targets)
+            case "resume":
+                self.resume(targets)
+            case "clock":
+                for n in targets:
+                    clock = world.hosts[n].clock
+                    if fault.drift_ppm is not None:
+                        clock.set_drift(world.now_us, fault.drift_ppm)
+                    if fault.skew_ms:
+                        clock.jump_wall(fault.skew_ms)
+            case "disk":
+                return self._disk(fault, targets)
+            case "reply_before_persist":
+                for n in targets:
+                    world.hosts[n].reply_before_persist = True
+                return lambda: self._set_reply_before_persist(targets, False)
+        return None
+
+    def _disk(self, fault: FaultSpec, targets: list[NodeId]) -> Callable[[], None] | None:
+        disks = [self.world.hosts[n].disk for n in targets]
+        kind = fault.disk_fault
+        for disk in disks:
+            match kind:
+                case "bitflip":
+                    disk.bitflip()
+                case "fsync_error":
+                    disk.fail_next_fsync = True
+                case "torn":
+                    disk.torn_on_power_loss = True
+                case "full":
+                    disk.spec = replace(disk.spec, capacity_bytes=max(1, disk.visible.size_bytes()))
+                case "slow":
+                    disk.spec = replace(disk.spec, fsync=fault.fsync or disk.spec.fsync)
+                case "lying_fsync":
+                    disk.lying = True
+        if kind in ("bitflip", "fsync_error"):
+            return None
+
+        def undo() -> None:
+            self._log(f"restore_disk_{kind}", targets)
+            for disk in disks:
+                disk.spec = disk.baseline
+                disk.torn_on_power_loss = False
+                disk.lying = False
+
+        return undo
+
+    def _endpoints(self) -> list[str]:
+        return sorted(self.world.hosts) + sorted(self.world.endpoints)
+
+    def _unpartition(self, side: list[NodeId], rest: list[NodeId]) -> None:
+        self._log("heal_partition", side)
+        self.world.network.unpartition(side, rest)
+
+    def _unclog(self, paths: list[tuple[str, str]]) -> None:
+        self._log("unclog", sorted({a for a, _ in paths}))
+        for a, b in paths:
+            self.world.network.unclog(a, b)
+
+    def _restore_network(self, field_name: str) -> None:
+        self._log(f"restore_{field_name}", [])
+        net = self.world.network
+        net.spec = replace(net.spec, **{field_name: getattr(net.baseline, field_name)})
+
+    def _set_reply_before_persist(self, targets: list[NodeId], on: bool) -> None:
+        for n in targets:
+            self.world.hosts[n].reply_before_persist = on
+
+    def restart(self, targets: list[NodeId]) -> None:
+        down = [n for n in targets if self.world.hosts[n].crashed]
+        if down:
+            self._log("restart", down)
+        for n in down:
+            self.world.hosts[n].start()
+
+    def resume(self, targets: list[NodeId]) -> None:
+        paused = [n for n in targets if self.world.hosts[n].paused]
+        if paused:
+            self._log("resume", paused)
+        for n in paused:
+            self.world.hosts[n].resume()
+
+    def heal_network(self) -> None:
+        self.world.network.heal()
+
+    def heal_all(self, *, restart: bool) -> None:
+        """The final phase: every network fault gone, disks honest, everyone resumed and,
+        with ``restart``, every crashed node restarted."""
+        self._log("heal_all", [])
+        self.world.network.heal()
+        for n in self.replicas:
+            host = self.world.hosts[n]
+            host.disk.spec = host.disk.baseline
+            host.disk.torn_on_power_loss = False
+            host.disk.fail_next_fsync = False
+            host.reply_before_persist = False
+        self.resume(list(self.replicas))
+        if restart:
+            self.restart(list(self.replicas))
+
+    # -- random faults -------------------------------------------------------------------
+
+    def random_faults(self, spec: RandomFaultSpec, scenario: Scenario, until_ms: int) -> None:
+        """Schedule the seed's background faults until ``until_ms``: the seed picks which
+        kinds are on (each with probability 1/2, at least one) and each kind's mean interval;
+        faults stay within what a correct cluster survives (at most a minority of replicas
+        crashed or paused at once, drift within the clock bound)."""
+        rng = self.rng
+        kinds = [k for k in spec.kinds if rng.random() < 0.5] or [rng.choice(spec.kinds)]
+        self._log("swarm_options", [], kinds=",".join(kinds))
+        for kind in kinds:
+            mean_ms = rng.randint(spec.interval_ms_min, spec.interval_ms_max)
+            t = 0
+            while True:
+                t += 1 + int(rng.expovariate(1.0 / mean_ms))
+                if t >= until_ms:
+                    break
+                duration = rng.randint(1, spec.duration_ms_max)
+                self.world.call_later(
+                    t * 1000 - self.world.now_us,
+                    partial(self._random_fault, kind, duration, scenario),
+                )
+
+    def _random_fault(self, kind: str, duration_ms: int, scenario: Scenario) -> None:
+        rng = self.rng
+        down = [
+            n for n in self.replicas if self.world.hosts[n].crashed or self.world.hosts[n].paused
+        ]
+        undo: Callable[[], None] | None = None
+        match kind:
+            case "partition":
+                side = sorted(rng.sample(self.replicas, rng.randint(1, max(1, self.f))))
+                direction = rng.choice(["both", "both", "in", "out"])
+                fault = FaultSpec(action="partition", at_ms=0, direction=direction)  # type: ignore[arg-type]
+                undo = self.apply(fault, side)
+            case "crash" | "torn" | "pause":
+                if len(down) >= self.f:
+                    return
+                target = [rng.choice([n for n in self.replicas if n not in down])]
+                if kind == "pause":
+                    undo = self.apply(FaultSpec(action="pause", at_ms=0), target)
+                else:
+                    if kind == "torn":
+                        self.world.hosts[target[0]].disk.torn_on_power_loss = True
+                    power_loss = kind == "torn" or rng.random() < 0.5
+                    undo = self.apply(
+                        FaultSpec(action="crash", at_ms=0, power_loss=power_loss), target
+                    )
+            case "clog":
+                a, b = rng.sample(self.replicas, 2)
+                undo = self.apply(FaultSpec(action="clog", at_ms=0, peer=b, direction="out"), [a])
+            case "loss" | "duplicate" | "reorder":
+                rate = rng.choice([0.01, 0.05, 0.1, 0.2])
+                undo = self.apply(FaultSpec(action=kind, at_ms=0, rate=rate), [])
+            case "clock":
+                bound = scenario.clock.drift_ppm_max
+                drift = rng.randint(-bound, bound)
+                self.apply(
+                    FaultSpec(action="clock", at_ms=0, drift_ppm=drift), [rng.choice(self.replicas)]
+                )
+        if undo is not None:
+            self.world.call_later(duration_ms * 1000, undo)

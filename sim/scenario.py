@@ -1,0 +1,525 @@
+"""Scenario files: the TOML schema, its loader and validation.
+
+A scenario scripts one simulated run: the cluster, the baseline network, disk and clocks,
+the workload, a timed list of faults (each at a time or after a traced event, with an
+optional duration that schedules the inverse), background random faults for swarms, the
+final phase (heal, restart, liveness bound), the checks, and the expectation (``pass``, or
+``fail`` for a negative control). Unknown keys and bad values are rejected with the file,
+the key path and the reason. The format is documented in ``docs/simulation.md``.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from sim.disk import DiskSpec
+from sim.network import DelaySpec, NetworkSpec
+
+SCHEMA_VERSION = 1
+
+ACTIONS = (
+    "partition",
+    "heal",
+    "clog",
+    "unclog",
+    "loss",
+    "duplicate",
+    "reorder",
+    "delay",
+    "crash",
+    "restart",
+    "pause",
+    "resume",
+    "clock",
+    "disk",
+    "reply_before_persist",
+)
+"""Fault actions a scenario may use."""
+
+TARGETED = {
+    "partition",
+    "clog",
+    "unclog",
+    "crash",
+    "restart",
+    "pause",
+    "resume",
+    "clock",
+    "disk",
+    "reply_before_persist",
+}
+DISK_FAULTS = ("bitflip", "fsync_error", "full", "slow", "lying_fsync", "torn")
+CHECKS = ("agreement", "no_loss", "realtime_order", "liveness")
+RANDOM_FAULT_KINDS = (
+    "partition",
+    "crash",
+    "pause",
+    "clog",
+    "loss",
+    "duplicate",
+    "reorder",
+    "clock",
+    "torn",
+)
+WORKLOADS = ("log",)
+
+SELECTOR_RE = re.compile(
+    r"^(master|any|minority|majority|all|crashed|paused|follower\[(\d+)\]|n(\d+))$"
+)
+"""Node selectors, resolved when the fault fires: ``master`` (of ``group``), ``follower[i]``
+(the i-th replica that is not the master, in name order), ``any`` (one at random),
+``minority`` / ``majority`` (a random minority or majority set), ``all``, ``crashed`` (the
+most recently crashed node that is still down), ``paused`` (likewise), or a node name
+``nK``."""
+
+
+class ScenarioError(Exception):
+    """A scenario file is unreadable or invalid. ``str()`` names the file, key and reason."""
+
+    def __init__(self, file: str, key: str, reason: str) -> None:
+        super().__init__(f"{file}: {key}: {reason}" if key else f"{file}: {reason}")
+        self.file = file
+        self.key = key
+        self.reason = reason
+
+
+# --------------------------------------------------------------------------------------------
+# The schema
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterSpec:
+    replicas: int = 3
+    groups: int = 1
+    paxos: tuple[tuple[str, int], ...] = ()
+    """Overrides of ``PaxosConfig`` fields (validated against it when the run starts)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClockSpec:
+    drift_ppm_max: int = 100
+    skew_ms_max: int = 1000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkloadSpec:
+    kind: Literal["log"] = "log"
+    clients: int = 3
+    rate_per_s: int = 200
+    value_bytes: int = 100
+    timeout_ms: int = 2000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AfterSpec:
+    event: str
+    count: int = 1
+    node: str | None = None
+    delay_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FaultSpec:
+    """One scripted fault. ``params`` holds the action's own keys, already validated."""
+
+    action: str
+    at_ms: int | None = None
+    after: AfterSpec | None = None
+    target: str | None = None
+    group: int = 0
+    duration_ms: int | None = None
+    direction: Literal["both", "in", "out"] = "both"
+    power_loss: bool = True
+    rate: float = 0.0
+    delay: DelaySpec | None = None
+    drift_ppm: int | None = None
+    skew_ms: int = 0
+    disk_fault: str | None = None
+    fsync: DelaySpec | None = None
+    peer: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RandomFaultSpec:
+    """Background faults: when ``enabled``, the seed picks which of ``kinds`` are on and how
+    often each fires (mean interval between ``interval_ms_min`` and ``interval_ms_max``); at
+    most a minority of replicas is down or paused at once."""
+
+    enabled: bool = False
+    kinds: tuple[str, ...] = RANDOM_FAULT_KINDS
+    interval_ms_min: int = 200
+    interval_ms_max: int = 3000
+    duration_ms_max: int = 3000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FinalSpec:
+    heal_all: bool = True
+    restart_all: bool = True
+    liveness_ms: int = 5000
+    quiesce_ms: int = 3000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Scenario:
+    version: int
+    name: str
+    description: str
+    seed: int
+    duration_ms: int
+    cluster: ClusterSpec
+    network: NetworkSpec
+    disk: DiskSpec
+    clock: ClockSpec
+    workload: WorkloadSpec
+    faults: tuple[FaultSpec, ...]
+    random_faults: RandomFaultSpec
+    final: FinalSpec
+    checks: tuple[str, ...]
+    expect_safety: Literal["pass", "fail"]
+    file: str = "<scenario>"
+
+
+# --------------------------------------------------------------------------------------------
+# Validation helpers
+
+_MISSING: Any = object()
+
+
+class _Table:
+    """A TOML table being read: typed accessors that name the key path on error, and a
+    final check that no unknown key is left."""
+
+    def __init__(self, data: object, path: str, file: str) -> None:
+        if not isinstance(data, dict):
+            raise ScenarioError(file, path, f"must be a table, got {type(data).__name__}")
+        self.data: dict[str, object] = data
+        self.path = path
+        self.file = file
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def error(self, name: str, reason: str) -> ScenarioError:
+        return ScenarioError(self.file, self.key(name), reason)
+
+    def has(self, name: str) -> bool:
+        return name in self.data
+
+    def _get(self, name: str, default: object) -> object:
+        self.seen.add(name)
+        if name not in self.data:
+            if default is _MISSING:
+                raise self.error(name, "is required")
+            return default
+        return self.data[name]
+
+    def integer(
+        self, name: str, default: Any = _MISSING, *, lo: int | None = None, hi: int | None = None
+    ) -> Any:
+        v = self._get(name, default)
+        if v is default and default is not _MISSING:
+            return v
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise self.error(name, f"must be an integer, got {_show(v)}")
+        if lo is not None and v < lo:
+            raise self.error(name, f"must be >= {lo}, got {v}")
+        if hi is not None and v > hi:
+            raise self.error(name, f"must be <= {hi}, got {v}")
+        return v
+
+    def prob(self, name: str, default: float) -> float:
+        v = self._get(name, default)
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise self.error(name, f"must be a number, got {_show(v)}")
+        if not 0.0 <= float(v) <= 1.0:
+            raise self.error(name, f"must be a probability between 0 and 1, got {v}")
+        return float(v)
+
+    def text(
+        self, name: str, default: Any = _MISSING, *, choices: tuple[str, ...] | None = None
+    ) -> Any:
+        v = self._get(name, default)
+        if v is default and default is not _MISSING:
+            return v
+        if not isinstance(v, str):
+            raise self.error(name, f"must be a string, got {_show(v)}")
+        if choices is not None and v not in choices:
+            raise self.error(name, f"must be one of {', '.join(choices)}; got {v!r}")
+        return v
+
+    def flag(self, name: str, default: bool) -> bool:
+        v = self._get(name, default)
+        if not isinstance(v, bool):
+            raise self.error(name, f"must be true or false, got {_show(v)}")
+        return v
+
+    def table(self, name: str) -> _Table:
+        v = self._get(name, {})
+        return _Table(v, self.key(name), self.file)
+
+    def strings(
+        self, name: str, default: tuple[str, ...], choices: tuple[str, ...]
+    ) -> tuple[str, ...]:
+        v = self._get(name, default)
+        if v is default:
+            return default
+        if not isinstance(v, list):
+            raise self.error(name, f"must be a list of strings, got {_show(v)}")
+        out = []
+        for i, item in enumerate(v):
+            if not isinstance(item, str) or item not in choices:
+                raise ScenarioError(
+                    self.file,
+                    f"{self.key(name)}[{i}]",
+                    f"must be one of {', '.join(choices)}; got {item!r}",
+                )
+            out.append(item)
+        return tuple(out)
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.seen)
+        if unknown:
+            raise self.error(unknown[0], "unknown key")
+
+
+def _show(v: object) -> str:
+    return f"{type(v).__name__} {v!r}"
+
+
+def _delay(t: _Table, name: str, default: DelaySpec | None) -> DelaySpec | None:
+    if not t.has(name):
+        t.seen.add(name)
+        return default
+    d = t.table(name)
+    dist = d.text("dist", "uniform", choices=("constant", "uniform", "exponential"))
+    ms = {k: d.integer(k, None, lo=0) for k in ("mean_ms", "min_ms", "max_ms")}
+    us = {k: d.integer(k, None, lo=0) for k in ("mean_us", "min_us", "max_us")}
+    d.done()
+    values: dict[str, int] = {}
+    for base in ("mean", "min", "max"):
+        if ms[f"{base}_ms"] is not None and us[f"{base}_us"] is not None:
+            raise d.error(f"{base}_us", f"give {base}_ms or {base}_us, not both")
+        if ms[f"{base}_ms"] is not None:
+            values[f"{base}_us"] = ms[f"{base}_ms"] * 1000
+        elif us[f"{base}_us"] is not None:
+            values[f"{base}_us"] = us[f"{base}_us"]
+    if dist == "constant":
+        values.setdefault("mean_us", values.get("min_us", 1000))
+        values.setdefault("min_us", values["mean_us"])
+        values.setdefault("max_us", values["mean_us"])
+    elif dist == "uniform":
+        values.setdefault("min_us", 0)
+        values.setdefault("max_us", max(values["min_us"], values.get("mean_us", 0) * 2))
+        values.setdefault("mean_us", (values["min_us"] + values["max_us"]) // 2)
+    else:
+        if "mean_us" not in values:
+            raise d.error("mean_ms", "is required for an exponential delay")
+        values.setdefault("min_us", 0)
+        values.setdefault("max_us", values["mean_us"] * 20)
+    try:
+        return DelaySpec(dist=dist, **values)
+    except ValueError as exc:
+        raise ScenarioError(t.file, t.key(name), str(exc)) from None
+
+
+def _selector(t: _Table, name: str, required: bool) -> str | None:
+    v = t.text(name, _MISSING if required else None)
+    if v is None:
+        return None
+    if not SELECTOR_RE.match(v):
+        raise t.error(
+            name,
+            f"unknown selector {v!r} (expected master, follower[i], any, minority, "
+            "majority, all, crashed, paused or a node name nK)",
+        )
+    return str(v)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def load(path: str | Path) -> Scenario:
+    """Read and validate a scenario file."""
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ScenarioError(file, "", f"cannot read: {exc.strerror or exc}") from None
+    return loads(text, file=file)
+
+
+def loads(text: str, *, file: str = "<scenario>") -> Scenario:
+    """Parse and validate scenario text."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(file, "", f"invalid TOML: {exc}") from None
+    return _scenario(_Table(data, "", file))
+
+
+def _scenario(t: _Table) -> Scenario:
+    version = t.integer("version")
+    if version != SCHEMA_VERSION:
+        raise t.error("version", f"unsupported version {version} (this pxq reads {SCHEMA_VERSION})")
+    name = t.text("name")
+    description = t.text("description", "")
+    seed = t.integer("seed", 0, lo=0)
+    duration_ms = t.integer("duration_ms", lo=1)
+
+    c = t.table("cluster")
+    replicas = c.integer("replicas", 3, lo=1, hi=9)
+    if replicas % 2 == 0:
+        raise c.error("replicas", f"must be odd, got {replicas}")
+    groups = c.integer("groups", 1, lo=1, hi=1024)
+    p = c.table("paxos")
+    paxos = tuple(sorted((k, p.integer(k, lo=0)) for k in list(p.data)))
+    p.done()
+    c.done()
+    cluster = ClusterSpec(replicas=replicas, groups=groups, paxos=paxos)
+
+    n = t.table("network")
+    try:
+        network = NetworkSpec(
+            delay=_delay(n, "delay", NetworkSpec().delay) or NetworkSpec().delay,
+            loss=n.prob("loss", 0.0),
+            duplicate=n.prob("duplicate", 0.0),
+            reorder=n.prob("reorder", 0.0),
+            reorder_us=n.integer("reorder_ms", 20, lo=0) * 1000,
+        )
+    except ValueError as exc:
+        raise ScenarioError(t.file, "network", str(exc)) from None
+    n.done()
+
+    d = t.table("disk")
+    disk = DiskSpec(
+        fsync=_delay(d, "fsync", DiskSpec().fsync) or DiskSpec().fsync,
+        write_us_per_kib=d.integer("write_us_per_kib", 2, lo=0),
+        capacity_bytes=d.integer("capacity_bytes", None, lo=1),
+    )
+    d.done()
+
+    k = t.table("clock")
+    clock = ClockSpec(
+        drift_ppm_max=k.integer("drift_ppm_max", 100, lo=0, hi=100_000),
+        skew_ms_max=k.integer("skew_ms_max", 1000, lo=0),
+    )
+    k.done()
+
+    w = t.table("workload")
+    workload = WorkloadSpec(
+        kind=w.text("kind", "log", choices=WORKLOADS),
+        clients=w.integer("clients", 3, lo=0, hi=1000),
+        rate_per_s=w.integer("rate_per_s", 200, lo=1),
+        value_bytes=w.integer("value_bytes", 100, lo=1, hi=1 << 20),
+        timeout_ms=w.integer("timeout_ms", 2000, lo=1),
+    )
+    w.done()
+
+    t.seen.add("faults")
+    raw_faults = t.data.get("faults", [])
+    if not isinstance(raw_faults, list):
+        raise t.error("faults", "must be an array of tables ([[faults]])")
+    faults = tuple(
+        _fault(_Table(f, f"faults[{i}]", t.file), replicas) for i, f in enumerate(raw_faults)
+    )
+
+    r = t.table("random_faults")
+    random_faults = RandomFaultSpec(
+        enabled=r.flag("enabled", False),
+        kinds=r.strings("kinds", RANDOM_FAULT_KINDS, RANDOM_FAULT_KINDS),
+        interval_ms_min=r.integer("interval_ms_min", 200, lo=1),
+        interval_ms_max=r.integer("interval_ms_max", 3000, lo=1),
+        duration_ms_max=r.integer("duration_ms_max", 3000, lo=1),
+    )
+    if random_faults.interval_ms_min > random_faults.interval_ms_max:
+        raise r.error("interval_ms_min", "must not exceed interval_ms_max")
+    r.done()
+
+    f = t.table("final")
+    final = FinalSpec(
+        heal_all=f.flag("heal_all", True),
+        restart_all=f.flag("restart_all", True),
+        liveness_ms=f.integer("liveness_ms", 5000, lo=1),
+        quiesce_ms=f.integer("quiesce_ms", 3000, lo=0),
+    )
+    f.done()
+
+    checks = t.strings("checks", CHECKS, CHECKS)
+    e = t.table("expect")
+    safety = e.text("safety", "pass", choices=("pass", "fail"))
+    e.done()
+    t.done()
+    return Scenario(
+        version=version,
+        name=name,
+        description=description,
+        seed=seed,
+        duration_ms=duration_ms,
+        cluster=cluster,
+        network=network,
+        disk=disk,
+        clock=clock,
+        workload=workload,
+        faults=faults,
+        random_faults=random_faults,
+        final=final,
+        checks=checks,
+        expect_safety=safety,
+        file=t.file,
+    )
+
+
+def _fault(t: _Table, replicas: int) -> FaultSpec:
+    action = t.text("action", choices=ACTIONS)
+    at_ms = t.integer("at_ms", None, lo=0)
+    after: AfterSpec | None = None
+    if t.has("after"):
+        a = t.table("after")
+        after = AfterSpec(
+            event=a.text("event"),
+            count=a.integer("count", 1, lo=1),
+            node=_selector(a, "node", False),
+            delay_ms=a.integer("delay_ms", 0, lo=0),
+        )
+        a.done()
+    if (at_ms is None) == (after is None):
+        raise t.error("at_ms", "give exactly one of at_ms or after")
+    target = _selector(t, "target", action in TARGETED and action != "unclog")
+    if target is not None and target.startswith("n") and int(target[1:]) >= replicas:
+        raise t.error(
+            "target", f"node {target} does not exist (the cluster has {replicas} replicas)"
+        )
+    fault = FaultSpec(
+        action=action,
+        at_ms=at_ms,
+        after=after,
+        target=target,
+        group=t.integer("group", 0, lo=0),
+        duration_ms=t.integer("duration_ms", None, lo=1),
+        direction=t.text("direction", "both", choices=("both", "in", "out")),
+        power_loss=t.flag("power_loss", True) if action == "crash" else True,
+        rate=t.prob("rate", 0.0) if action in ("loss", "duplicate", "reorder") else 0.0,
+        delay=_delay(t, "delay", None) if action == "delay" else None,
+        drift_ppm=t.integer("drift_ppm", None, lo=-100_000, hi=100_000)
+        if action == "clock"
+        else None,
+        skew_ms=t.integer("skew_ms", 0) if action == "clock" else 0,
+        disk_fault=t.text("fault", choices=DISK_FAULTS) if action == "disk" else None,
+        fsync=_delay(t, "fsync", None) if action == "disk" else None,
+        peer=_selector(t, "peer", False) if action in ("clog", "unclog") else None,
+    )
+    if action == "delay" and fault.delay is None:
+        raise t.error("delay", "is required for a delay fault")
+    if action == "disk" and fault.disk_fault == "slow" and fault.fsync is None:
+        raise t.error("fsync", "is required for a slow disk")
+    if action in ("heal", "restart", "resume", "unclog") and fault.duration_ms is not None:
+        raise t.error("duration_ms", f"{action} has no inverse to schedule")
+    t.done()
+    return fault

@@ -1,0 +1,150 @@
+"""Scenario files: valid ones load into the schema; invalid ones are rejected with the file,
+the key path and the reason, and the CLI exits 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from pxq.cli import main
+from sim.scenario import ScenarioError, loads
+
+GOOD = """
+version = 1
+name = "example"
+description = "a master partition"
+seed = 5
+duration_ms = 10000
+checks = ["agreement", "no_loss", "liveness"]
+
+[cluster]
+replicas = 3
+groups = 2
+paxos = { lease_ms = 900 }
+
+[network]
+delay = { dist = "exponential", mean_ms = 2, min_ms = 1, max_ms = 50 }
+loss = 0.01
+reorder = 0.1
+
+[disk]
+fsync = { dist = "uniform", min_us = 300, max_us = 3000 }
+
+[workload]
+clients = 4
+rate_per_s = 300
+
+[[faults]]
+at_ms = 3000
+action = "partition"
+target = "master"
+direction = "in"
+duration_ms = 2000
+
+[[faults]]
+after = { event = "master", count = 2, delay_ms = 10 }
+action = "crash"
+target = "follower[1]"
+power_loss = false
+
+[[faults]]
+at_ms = 8000
+action = "disk"
+target = "n2"
+fault = "slow"
+fsync = { dist = "constant", mean_ms = 20 }
+
+[final]
+liveness_ms = 4000
+
+[expect]
+safety = "pass"
+"""
+
+
+def test_a_valid_scenario_loads_into_the_schema() -> None:
+    scn = loads(GOOD, file="good.toml")
+    assert scn.name == "example" and scn.seed == 5 and scn.cluster.groups == 2
+    assert scn.cluster.paxos == (("lease_ms", 900),)
+    assert scn.network.delay.dist == "exponential" and scn.network.delay.mean_us == 2000
+    assert scn.disk.fsync.min_us == 300
+    first, second, third = scn.faults
+    assert first.target == "master" and first.direction == "in" and first.duration_ms == 2000
+    assert second.after is not None and second.after.count == 2 and not second.power_loss
+    assert third.disk_fault == "slow" and third.fsync is not None
+    assert scn.checks == ("agreement", "no_loss", "liveness")
+
+
+@pytest.mark.parametrize(
+    ("edit", "key", "reason"),
+    [
+        (("[workload]", "[workload]\nspeed = 3"), "workload.speed", "unknown key"),
+        (("rate_per_s = 300", 'rate_per_s = "fast"'), "workload.rate_per_s", "must be an integer"),
+        (('target = "follower[1]"', 'target = "leader"'), "faults[1].target", "unknown selector"),
+        (("at_ms = 3000", "at_ms = -5"), "faults[0].at_ms", "must be >= 0"),
+        (("loss = 0.01", "loss = 1.5"), "network.loss", "probability"),
+        (("replicas = 3", "replicas = 4"), "cluster.replicas", "must be odd"),
+        (('action = "crash"', 'action = "explode"'), "faults[1].action", "must be one of"),
+        (("power_loss = false", "power_loss = false\nrate = 0.5"), "faults[1].rate", "unknown key"),
+        (("version = 1", "version = 9"), "version", "unsupported version"),
+        (('target = "n2"', 'target = "n7"'), "faults[2].target", "does not exist"),
+        (('safety = "pass"', 'safety = "maybe"'), "expect.safety", "must be one of"),
+        (("duration_ms = 10000", "duration_ms = 0"), "duration_ms", "must be >= 1"),
+        (('checks = ["agreement"', 'checks = ["agreemnt"'), "checks[0]", "must be one of"),
+    ],
+)
+def test_invalid_values_are_rejected_naming_the_key(
+    edit: tuple[str, str], key: str, reason: str
+) -> None:
+    text = GOOD.replace(edit[0], edit[1], 1)
+    assert text != GOOD
+    with pytest.raises(ScenarioError) as err:
+        loads(text, file="bad.toml")
+    assert err.value.key == key
+    assert reason in err.value.reason
+    assert str(err.value).startswith(f"bad.toml: {key}: ")
+
+
+def test_a_fault_needs_exactly_one_trigger() -> None:
+    text = GOOD.replace("at_ms = 3000\n", "", 1)
+    with pytest.raises(ScenarioError, match=r"faults\[0\]\.at_ms: give exactly one"):
+        loads(text)
+
+
+def test_invalid_toml_is_rejected() -> None:
+    with pytest.raises(ScenarioError, match="invalid TOML"):
+        loads("version = = 1", file="x.toml")
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (GOOD.replace("[workload]", "[workload]\nspeed = 3"), "workload.speed: unknown key"),
+        (GOOD.replace('target = "follower[1]"', 'target = "leader"'), "unknown selector"),
+        (GOOD.replace("at_ms = 3000", "at_ms = -1"), "faults[0].at_ms: must be >= 0"),
+        (GOOD.replace("rate_per_s = 300", "rate_per_s = true"), "must be an integer"),
+        (GOOD.replace("lease_ms = 900", "lease_msx = 900"), "cluster.paxos.lease_msx: unknown key"),
+    ],
+)
+def test_cli_exits_2_with_a_message_naming_the_key(
+    tmp_path: Path, content: str, needle: str
+) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(content)
+    result = CliRunner().invoke(main, ["sim", "run", str(path), "--seed", "1"])
+    assert result.exit_code == 2, result.output
+    assert needle in result.output
+    assert str(path) in result.output
+
+
+def test_cli_exits_2_for_a_missing_file_and_bad_seeds(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["sim", "run", str(tmp_path / "nope.toml")])
+    assert result.exit_code == 2 and "cannot read" in result.output
+    path = tmp_path / "good.toml"
+    path.write_text(GOOD)
+    result = CliRunner().invoke(main, ["sim", "swarm", str(path), "--seeds", "9-3"])
+    assert result.exit_code == 2 and "empty" in result.output
+    result = CliRunner().invoke(main, ["sim", "run", str(path), "--seed", "-4"])
+    assert result.exit_code == 2
