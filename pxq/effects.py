@@ -170,9 +170,10 @@ class TraceEvent:
 class Effects:
     """Everything one ``step`` asks of its driver, in order of obligation.
 
-    1. ``writes``: applied to storage atomically and in order, as one batch. The storage view
-       reflects them immediately (read-your-writes), but they are durable only once the
-       driver has synced them.
+    1. ``writes``: applied to storage atomically and in order, as one batch, after ``step``
+       returns. From the next step on the storage view reflects them (read-your-writes across
+       steps), but they are durable only once the driver has synced them. Within one step the
+       view does not show that step's own writes: a node keeps what it just wrote in memory.
     2. ``sends`` and 3. ``replies``: released only after every write emitted by this step
        *and by every earlier step of the same incarnation* is durable (fsync returned). A
        driver may group-commit the writes of several consecutive steps in one sync, provided
@@ -249,8 +250,9 @@ class InvariantViolation(Exception):
 class StorageView(Protocol):
     """Read-only access to a node's own storage, injected at construction.
 
-    Reads see every write the node has emitted so far (read-your-writes), whether or not it
-    is durable yet. Keys are bytes compared bytewise; integers in keys are big-endian so that
+    Reads see every write of the node's earlier steps (read-your-writes across steps),
+    whether or not it is durable yet; they do not see the writes the current step is about to
+    return. Keys are bytes compared bytewise; integers in keys are big-endian so that
     bytewise order is numeric order. A read that finds a corrupt record raises
     ``StorageCorruption``.
     """
