@@ -1,0 +1,106 @@
+"""The limits of the production driver, named in one place (DESIGN section 7).
+
+``NetConfig`` holds every bound the ``net`` package enforces: frame sizes, queue lengths,
+connection counts, timeouts, backoff, LMDB map sizes. Identity (cluster id, node name,
+addresses, data dir) is not a limit and is passed to the runner separately.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pxq import codec
+
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NetConfig:
+    """Bounds of the transport, the storage and the client of one process."""
+
+    # -- framing ----------------------------------------------------------------------------
+    frame_bytes_max: int = 16 * MIB
+    """Largest frame payload (after the 4-byte length) sent or accepted; a peer announcing a
+    longer frame is disconnected before anything is buffered for it."""
+
+    # -- inbound connections ----------------------------------------------------------------
+    connections_max: int = 1024
+    """Inbound connections (peers and clients) open at once; more are closed on accept."""
+    first_frame_timeout_ms: int = 5_000
+    """An inbound connection that has not sent a complete Hello or Call by then is closed
+    (bounds the cost of idle or trickling connections)."""
+    conn_calls_open_max: int = 4096
+    """Unanswered calls per client connection before the node stops reading from it (the
+    frames already read are still handled, so this is a soft bound by one read's worth)."""
+    write_buffer_high_bytes: int = 4 * MIB
+    """Transport write buffer above which writing pauses (asyncio backpressure)."""
+    write_buffer_low_bytes: int = 1 * MIB
+    """Transport write buffer below which writing resumes."""
+
+    # -- outbound peer links ----------------------------------------------------------------
+    peer_queue_max: int = 8192
+    """Frames queued for one peer while it is unreachable or slow; the oldest is dropped
+    beyond this (Paxos tolerates loss) and counted."""
+    peer_queue_bytes_max: int = 64 * MIB
+    """The same bound in bytes."""
+    peer_connect_timeout_ms: int = 2_000
+    """One TCP connect attempt to a peer."""
+    peer_backoff_initial_ms: int = 20
+    """First reconnect delay after a failed or lost peer connection (before jitter)."""
+    peer_backoff_max_ms: int = 2_000
+    """Cap of the doubling reconnect delay; a connection that lived this long resets it."""
+
+    # -- storage ----------------------------------------------------------------------------
+    map_size_bytes: int = 1 * GIB
+    """Initial LMDB map size (virtual address space; the file grows as data is written)."""
+    map_size_max_bytes: int = 256 * GIB
+    """The map doubles when full, up to this; beyond it the node stops with StorageFull."""
+    tables_max: int = 128
+    """LMDB named databases (one per table name) per node."""
+    scan_chunk_items: int = 256
+    """Items a scan reads per cursor positioning; later chunks see writes applied since."""
+
+    # -- client -----------------------------------------------------------------------------
+    client_calls_inflight_max: int = 4096
+    """Calls one client connection may have outstanding; more wait for a slot."""
+    client_connect_timeout_ms: int = 5_000
+    """One client TCP connect attempt."""
+
+    def __post_init__(self) -> None:
+        # Invariants are checked always, never with assert (DESIGN section 7).
+        positive = {
+            "frame_bytes_max": self.frame_bytes_max,
+            "connections_max": self.connections_max,
+            "first_frame_timeout_ms": self.first_frame_timeout_ms,
+            "conn_calls_open_max": self.conn_calls_open_max,
+            "write_buffer_high_bytes": self.write_buffer_high_bytes,
+            "peer_queue_max": self.peer_queue_max,
+            "peer_queue_bytes_max": self.peer_queue_bytes_max,
+            "peer_connect_timeout_ms": self.peer_connect_timeout_ms,
+            "peer_backoff_initial_ms": self.peer_backoff_initial_ms,
+            "peer_backoff_max_ms": self.peer_backoff_max_ms,
+            "map_size_bytes": self.map_size_bytes,
+            "map_size_max_bytes": self.map_size_max_bytes,
+            "tables_max": self.tables_max,
+            "scan_chunk_items": self.scan_chunk_items,
+            "client_calls_inflight_max": self.client_calls_inflight_max,
+            "client_connect_timeout_ms": self.client_connect_timeout_ms,
+        }
+        for name, value in positive.items():
+            if value <= 0:
+                raise ValueError(f"NetConfig.{name} must be positive, got {value}")
+        if self.frame_bytes_max > codec.FRAME_BYTES_MAX:
+            raise ValueError(
+                f"NetConfig.frame_bytes_max {self.frame_bytes_max} exceeds the codec's "
+                f"limit {codec.FRAME_BYTES_MAX}"
+            )
+        if self.frame_bytes_max >= 2**32:
+            raise ValueError("NetConfig.frame_bytes_max must fit the 4-byte length prefix")
+        if not 0 <= self.write_buffer_low_bytes <= self.write_buffer_high_bytes:
+            raise ValueError("NetConfig needs 0 <= write_buffer_low_bytes <= high")
+        if self.peer_backoff_initial_ms > self.peer_backoff_max_ms:
+            raise ValueError("NetConfig needs peer_backoff_initial_ms <= peer_backoff_max_ms")
+        if self.map_size_bytes > self.map_size_max_bytes:
+            raise ValueError("NetConfig needs map_size_bytes <= map_size_max_bytes")

@@ -1,0 +1,80 @@
+"""The exceptions of the production driver, in one hierarchy rooted at ``NetError``.
+
+Startup problems (busy port, unusable or foreign data dir) are ``StartupError``s with a
+message naming the problem; storage failures that must stop a node are ``StorageError``s;
+client-side call failures whose outcome is unknown are ``CallOutcomeUnknown``s.
+"""
+
+from __future__ import annotations
+
+
+class NetError(Exception):
+    """Base of every error raised by the ``net`` package."""
+
+
+# -- startup ------------------------------------------------------------------------------
+
+
+class StartupError(NetError):
+    """A node cannot start; the message names the problem."""
+
+
+class AddressInUse(StartupError):
+    """The listen address is taken by another socket."""
+
+
+class DataDirError(StartupError):
+    """The data dir is missing, unreadable, locked by another process or malformed."""
+
+
+class DataDirMismatch(DataDirError):
+    """The data dir belongs to another cluster or another node."""
+
+
+class BootFailed(StartupError):
+    """The node could not be built or failed while handling ``Boot`` (for example a checksum
+    failure while reading its state)."""
+
+
+# -- storage ------------------------------------------------------------------------------
+
+
+class StorageError(NetError):
+    """LMDB failed (I/O error, bad key size, ...). The node stops; nothing is retried."""
+
+
+class StorageFull(StorageError):
+    """The map cannot grow any further (or the disk is full); the failed batch was aborted
+    as a whole, so nothing of it stays."""
+
+
+# -- framing ------------------------------------------------------------------------------
+
+
+class FrameError(NetError):
+    """A byte stream is not a sequence of well-formed frames (bad or oversized length)."""
+
+
+# -- client -------------------------------------------------------------------------------
+
+
+class CallError(NetError):
+    """A call failed."""
+
+
+class CallOutcomeUnknown(CallError):
+    """The request may or may not have been applied by the node."""
+
+
+class CallTimeout(CallOutcomeUnknown):
+    """No reply within the timeout. The outcome is unknown."""
+
+
+class ConnectionLost(CallOutcomeUnknown):
+    """The connection closed (or the node broke the protocol) while the call was open. The
+    outcome is unknown."""
+
+
+class NotConnected(CallError):
+    """The connection was already closed when the call was made: the request was not sent,
+    so this failure is definite."""

@@ -1,0 +1,536 @@
+"""``NodeRunner``: the production driver of one node, on an asyncio event loop.
+
+It implements the driver contract of ``pxq.effects`` the way ``sim.world.NodeHost`` does:
+
+* An incarnation starts from the durable LMDB state alone: the node is built by its factory
+  ``(node_id, storage_view, rng)`` and stepped with ``Boot()`` before anything else.
+* Inputs (``Received`` from peer connections, ``ClientCall`` from client connections with call
+  ids unique per incarnation, ``Wake`` from the timer) are stepped as they arrive. Each step's
+  writes go into the storage's open transaction at once (read-your-writes).
+* Group commit per loop turn: the first step of a turn that leaves something to do schedules
+  one end-of-turn callback (``loop.call_soon``). It runs before the I/O callbacks of the next
+  loop iteration, so it covers every input the previous poll delivered; it commits once
+  (fsync), THEN releases the sends and replies of those steps in step order, and writes each
+  connection's frames in one write. A step that wrote nothing, when no earlier output is still
+  waiting, has its output released at once (it still goes out in the same write).
+* Exactly one timer (``loop.call_at``) is armed at ``next_deadline()``, re-read after every
+  step. Monotonic ms come from ``time.monotonic_ns() // 1_000_000`` and wall ms from
+  ``time.time_ns() // 1_000_000``; the timer is armed in the loop's own clock from the
+  difference, so it works with any loop implementation.
+* ``InvariantViolation``, ``StorageCorruption`` or a ``StorageError`` (``StorageFull``
+  included) from a step or a commit, or any other exception from the node, stops the node:
+  logged at error level, the failed turn's writes aborted and its output dropped (nothing of
+  it is released), listener and connections closed, storage closed. A commit is never retried.
+* Trace events go to the ``pxq.net.trace`` logger (debug level) and to an optional callback.
+
+Peer messages to the node itself are delivered in memory on a later loop callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Protocol
+
+from net.config import NetConfig
+from net.envelope import CallReply, Hello
+from net.errors import BootFailed, NetError, StorageError
+from net.framing import encode_frame
+from net.storage import LmdbStorage
+from net.transport import InboundConnection, PeerLink, listen
+from pxq import codec
+from pxq.effects import (
+    Boot,
+    ClientCall,
+    Input,
+    InvariantViolation,
+    Node,
+    NodeId,
+    Now,
+    Received,
+    Reply,
+    Send,
+    StorageCorruption,
+    StorageView,
+    TraceEvent,
+    Wake,
+    Write,
+)
+
+log = logging.getLogger("pxq.net.runner")
+trace_log = logging.getLogger("pxq.net.trace")
+
+NodeFactory = Callable[[NodeId, StorageView, random.Random], Node]
+"""Builds one incarnation of a node from its storage view and its random stream."""
+
+TraceListener = Callable[[NodeId, TraceEvent], None]
+
+
+class DriverStorage(StorageView, Protocol):
+    """What the runner needs of its storage (``LmdbStorage``, or a test double)."""
+
+    @property
+    def pending(self) -> bool: ...
+
+    def apply(self, writes: tuple[Write, ...]) -> None: ...
+
+    def commit(self) -> bool: ...
+
+    def abort(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+StorageOpener = Callable[[Path, str, NodeId, NetConfig], DriverStorage]
+
+
+def open_lmdb(data_dir: Path, cluster: str, node: NodeId, config: NetConfig) -> DriverStorage:
+    """The default storage: ``LmdbStorage`` in ``data_dir``."""
+    return LmdbStorage.open(data_dir, cluster=cluster, node=node, config=config)
+
+
+class RunnerState(Enum):
+    NEW = "new"
+    RUNNING = "running"
+    STOPPED = "stopped"  # by stop()
+    CRASHED = "crashed"  # by a failure; see crash_reason
+
+
+@dataclass(slots=True)
+class RunnerStats:
+    """Counters of one runner (one incarnation)."""
+
+    steps: int = 0
+    turns: int = 0
+    commits: int = 0
+    sends: int = 0
+    replies: int = 0
+    calls: int = 0
+    sends_unroutable: int = 0
+    encode_failures: int = 0
+    connections_refused: int = 0
+
+
+def monotonic_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class NodeRunner:
+    """Hosts one node: listener, peer links, storage, timer (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        node_id: NodeId,
+        cluster: str,
+        data_dir: Path | str,
+        factory: NodeFactory,
+        peers: Mapping[NodeId, tuple[str, int]] | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        config: NetConfig | None = None,
+        seed: int | None = None,
+        storage_opener: StorageOpener = open_lmdb,
+        on_trace: TraceListener | None = None,
+    ) -> None:
+        if not node_id or not cluster:
+            raise ValueError("node_id and cluster must be non-empty")
+        self.node_id = node_id
+        self.cluster = cluster
+        self.data_dir = Path(data_dir)
+        self.config = config or NetConfig()
+        self._factory = factory
+        self._peers: dict[NodeId, tuple[str, int]] = dict(peers or {})
+        self._host = host
+        self._port = port
+        # Production seeds from the OS; tests pass a seed to replay the node's choices.
+        self._seed = seed if seed is not None else int.from_bytes(os.urandom(16), "big")
+        self._storage_opener = storage_opener
+        self._on_trace = on_trace
+        self.state = RunnerState.NEW
+        self.crash_reason: str | None = None
+        self.stats = RunnerStats()
+        self._node: Node | None = None
+        self._storage: DriverStorage | None = None
+        self._server: asyncio.Server | None = None
+        self._address: tuple[str, int] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._links: dict[NodeId, PeerLink] = {}
+        self._conns: dict[InboundConnection, None] = {}  # insertion-ordered set
+        self._calls: dict[int, tuple[InboundConnection, int]] = {}
+        self._next_call_id = 1
+        self._outbox: list[tuple[tuple[Send, ...], tuple[Reply, ...]]] = []
+        self._dirty_conns: list[InboundConnection] = []
+        self._dirty_links: dict[NodeId, PeerLink] = {}
+        self._turn_scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed_deadline: int | None = None
+        self._stopped: asyncio.Future[None] | None = None
+        self._link_rng = random.Random(self._seed ^ 0x5EED)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound listen address (the real port when started with port 0); it stays
+        readable after the runner stopped."""
+        if self._address is None:
+            raise NetError(f"node {self.node_id} was not started")
+        return self._address
+
+    @property
+    def running(self) -> bool:
+        return self.state is RunnerState.RUNNING
+
+    @property
+    def storage(self) -> DriverStorage | None:
+        return self._storage
+
+    @property
+    def node(self) -> Node | None:
+        return self._node
+
+    def link(self, peer: NodeId) -> PeerLink | None:
+        """The outbound link to ``peer``, if one was created."""
+        return self._links.get(peer)
+
+    async def start(self) -> None:
+        """Open the storage, bind the listener, boot the node, then start accepting.
+
+        Raises a ``StartupError`` naming the problem (busy port, unusable or foreign data
+        dir, ``BootFailed``); nothing stays open then.
+        """
+        if self.state is not RunnerState.NEW:
+            raise NetError(f"runner of {self.node_id} was already started")
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._stopped = loop.create_future()
+        storage = self._storage_opener(self.data_dir, self.cluster, self.node_id, self.config)
+        try:
+            server = await listen(
+                lambda: InboundConnection(self, self.config), self._host, self._port
+            )
+        except BaseException:
+            storage.close()
+            raise
+        self._storage = storage
+        self._server = server
+        name = server.sockets[0].getsockname()
+        self._address = (str(name[0]), int(name[1]))
+        self.state = RunnerState.RUNNING
+        rng = random.Random(self._seed)
+        address = self.address
+        try:
+            self._node = self._factory(self.node_id, storage, rng)
+        except Exception as exc:
+            self._crash(f"node factory failed: {type(exc).__name__}: {exc}", exc)
+        else:
+            self._step(Boot())
+        if self.state is not RunnerState.RUNNING:
+            raise BootFailed(f"node {self.node_id} stopped while booting: {self.crash_reason}")
+        await server.start_serving()
+        log.info("node %s of cluster %s listening on %s:%d", self.node_id, self.cluster, *address)
+
+    async def stop(self) -> None:
+        """Graceful stop: finish the current turn (commit, release), close everything."""
+        if self.state is RunnerState.NEW:
+            self.state = RunnerState.STOPPED
+            return
+        if self.state is not RunnerState.RUNNING:
+            return
+        self._end_turn()
+        if self.state is not RunnerState.RUNNING:
+            return  # the final commit failed: _crash closed everything
+        self.state = RunnerState.STOPPED
+        self._shutdown()
+        server = self._server
+        if server is not None:
+            await server.wait_closed()
+        log.info("node %s stopped", self.node_id)
+
+    async def wait_stopped(self) -> str | None:
+        """Wait until the runner stops; the crash reason, or None after ``stop()``."""
+        if self._stopped is None:
+            raise NetError(f"runner of {self.node_id} was never started")
+        await asyncio.shield(self._stopped)
+        return self.crash_reason
+
+    def update_peers(self, peers: Mapping[NodeId, tuple[str, int]]) -> None:
+        """Replace the peer address book (for example once ephemeral ports are known)."""
+        self._peers = dict(peers)
+        for peer, link in self._links.items():
+            address = self._peers.get(peer)
+            if address is not None:
+                link.set_address(address)
+
+    def _crash(self, reason: str, exc: BaseException | None) -> None:
+        if self.state is not RunnerState.RUNNING:
+            return
+        log.error("node %s stopped: %s", self.node_id, reason, exc_info=exc)
+        self.state = RunnerState.CRASHED
+        self.crash_reason = reason
+        # Nothing of the failed turn is released, and its writes never become durable.
+        self._outbox.clear()
+        self._dirty_conns.clear()
+        self._dirty_links.clear()
+        if self._storage is not None:
+            try:
+                self._storage.abort()
+            except Exception:
+                log.exception("node %s: abort after the failure failed too", self.node_id)
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        """Close listener, connections, links, timer and storage (common to stop and crash)."""
+        self._node = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._armed_deadline = None
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self._conns):
+            conn.close("node stopping", level=logging.DEBUG)
+        self._conns.clear()
+        self._calls.clear()
+        for link in self._links.values():
+            link.close()
+        if self._storage is not None:
+            try:
+                self._storage.close()
+            except Exception:
+                log.exception("node %s: closing the storage failed", self.node_id)
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
+
+    # -- stepping -----------------------------------------------------------------------------
+
+    def _step(self, inp: Input) -> None:
+        node = self._node
+        storage = self._storage
+        if node is None or storage is None:
+            return
+        self.stats.steps += 1
+        now = Now(mono_ms=time.monotonic_ns() // 1_000_000, wall_ms=time.time_ns() // 1_000_000)
+        try:
+            fx = node.step(now, inp)
+            if fx.trace:
+                self._trace(fx.trace)
+            if fx.writes:
+                storage.apply(fx.writes)
+        except InvariantViolation as exc:
+            self._crash(f"invariant violation: {exc}", exc)
+            return
+        except StorageCorruption as exc:
+            self._crash(f"storage corruption: {exc}", exc)
+            return
+        except StorageError as exc:
+            self._crash(f"storage failure: {type(exc).__name__}: {exc}", exc)
+            return
+        except Exception as exc:
+            self._crash(f"node raised {type(exc).__name__}: {exc}", exc)
+            return
+        if fx.sends or fx.replies:
+            if self._outbox or storage.pending:
+                self._outbox.append((fx.sends, fx.replies))
+            else:
+                self._release(fx.sends, fx.replies)
+        if storage.pending or self._outbox or self._dirty_conns or self._dirty_links:
+            self._schedule_turn_end()
+        self._arm_timer()
+
+    def _trace(self, events: tuple[TraceEvent, ...]) -> None:
+        if trace_log.isEnabledFor(logging.DEBUG):
+            for ev in events:
+                trace_log.debug("%s %s %s", self.node_id, ev.kind, dict(ev.fields))
+        listener = self._on_trace
+        if listener is not None:
+            for ev in events:
+                listener(self.node_id, ev)
+
+    def _schedule_turn_end(self) -> None:
+        if not self._turn_scheduled and self._loop is not None:
+            self._turn_scheduled = True
+            self._loop.call_soon(self._end_turn)
+
+    def _end_turn(self) -> None:
+        self._turn_scheduled = False
+        storage = self._storage
+        if self.state is not RunnerState.RUNNING or storage is None:
+            return
+        self.stats.turns += 1
+        if storage.pending:
+            try:
+                storage.commit()
+            except (StorageError, StorageCorruption) as exc:
+                self._crash(f"commit failed: {type(exc).__name__}: {exc}", exc)
+                return
+            except Exception as exc:
+                self._crash(f"commit raised {type(exc).__name__}: {exc}", exc)
+                return
+            self.stats.commits += 1
+        outbox, self._outbox = self._outbox, []
+        for sends, replies in outbox:
+            self._release(sends, replies)
+        conns, self._dirty_conns = self._dirty_conns, []
+        for conn in conns:
+            conn.flush()
+        links, self._dirty_links = self._dirty_links, {}
+        for link in links.values():
+            link.flush()
+
+    def _release(self, sends: tuple[Send, ...], replies: tuple[Reply, ...]) -> None:
+        """Hand durable output to the connections (written at the end of the turn)."""
+        frame_bytes_max = self.config.frame_bytes_max
+        last_msg: object = None
+        last_frame = b""
+        for send in sends:
+            dst = send.dst
+            if dst == self.node_id:
+                self._loop_back(send.msg)
+                continue
+            link = self._links.get(dst) or self._new_link(dst)
+            if link is None:
+                self.stats.sends_unroutable += 1
+                log.warning("node %s: no address for peer %r; message dropped", self.node_id, dst)
+                continue
+            msg = send.msg
+            if msg is not last_msg:  # a broadcast encodes its message once
+                try:
+                    last_frame = encode_frame(msg, frame_bytes_max=frame_bytes_max)
+                except codec.CodecError as exc:
+                    self.stats.encode_failures += 1
+                    log.error(
+                        "node %s: cannot encode %s for %s: %s",
+                        self.node_id,
+                        type(msg).__name__,
+                        dst,
+                        exc,
+                    )
+                    continue
+                last_msg = msg
+            link.enqueue(last_frame)
+            self.stats.sends += 1
+            self._dirty_links[dst] = link
+        for reply in replies:
+            target = self._calls.pop(reply.call_id, None)
+            if target is None:
+                continue  # the client connection is gone (or the id is unknown)
+            conn, req_id = target
+            conn.open_calls.discard(reply.call_id)
+            try:
+                body = codec.encode(reply.response, frame_bytes_max=frame_bytes_max)
+                data = encode_frame(
+                    CallReply(req_id=req_id, response=body), frame_bytes_max=frame_bytes_max
+                )
+            except codec.CodecError as exc:
+                self.stats.encode_failures += 1
+                log.error(
+                    "node %s: cannot encode the response %s: %s",
+                    self.node_id,
+                    type(reply.response).__name__,
+                    exc,
+                )
+                conn.calls_changed()
+                continue
+            self.stats.replies += 1
+            if conn.queue(data):
+                self._dirty_conns.append(conn)
+            conn.calls_changed()
+
+    def _new_link(self, peer: NodeId) -> PeerLink | None:
+        address = self._peers.get(peer)
+        if address is None:
+            return None
+        link = PeerLink(
+            local=self.node_id,
+            cluster=self.cluster,
+            peer=peer,
+            address=address,
+            config=self.config,
+            rng=random.Random(self._link_rng.getrandbits(64)),
+        )
+        self._links[peer] = link
+        return link
+
+    def _loop_back(self, msg: object) -> None:
+        loop = self._loop
+        if loop is not None:
+            self.stats.sends += 1
+            loop.call_soon(self._step_if_running, Received(src=self.node_id, msg=msg))
+
+    def _step_if_running(self, inp: Input) -> None:
+        if self.state is RunnerState.RUNNING:
+            self._step(inp)
+
+    # -- the timer ----------------------------------------------------------------------------
+
+    def _arm_timer(self) -> None:
+        node = self._node
+        loop = self._loop
+        if node is None or loop is None:
+            return
+        deadline = node.next_deadline()
+        if deadline == self._armed_deadline and (deadline is None or self._timer is not None):
+            return  # the armed timer already serves it
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._armed_deadline = deadline
+        if deadline is None:
+            return
+        # Arm in the loop's clock: the deadline is reached once monotonic_ns >= deadline ms.
+        delay_s = max(0, deadline * 1_000_000 - time.monotonic_ns()) / 1e9
+        self._timer = loop.call_at(loop.time() + delay_s, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._armed_deadline = None
+        if self.state is RunnerState.RUNNING:
+            self._step(Wake())
+
+    # -- InboundHost --------------------------------------------------------------------------
+
+    def connection_opened(self, conn: InboundConnection) -> bool:
+        if self.state is not RunnerState.RUNNING or len(self._conns) >= self.config.connections_max:
+            self.stats.connections_refused += 1
+            return False
+        self._conns[conn] = None
+        return True
+
+    def accept_hello(self, conn: InboundConnection, hello: Hello) -> str | None:
+        if hello.cluster != self.cluster:
+            return f"cluster {hello.cluster!r} is not {self.cluster!r}"
+        if hello.node not in self._peers:
+            return f"node {hello.node!r} is not a known peer"
+        return None
+
+    def peer_message(self, src: NodeId, msg: object) -> None:
+        self._step(Received(src=src, msg=msg))
+
+    def client_call(self, conn: InboundConnection, req_id: int, request: object) -> None:
+        call_id = self._next_call_id
+        self._next_call_id += 1
+        self._calls[call_id] = (conn, req_id)
+        conn.open_calls.add(call_id)
+        self.stats.calls += 1
+        self._step(ClientCall(call_id=call_id, request=request))
+        conn.calls_changed()
+
+    def connection_closed(self, conn: InboundConnection) -> None:
+        self._conns.pop(conn, None)
+        calls = self._calls
+        for call_id in conn.open_calls:
+            calls.pop(call_id, None)
+        conn.open_calls.clear()

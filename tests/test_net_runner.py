@@ -1,0 +1,645 @@
+"""NodeRunner over loopback TCP and LMDB: the driver contract in production.
+
+Behaviours checked: a reply leaves only after its write is committed (checked at the socket,
+with a negative control that releases first); a failed commit releases nothing and stops the
+node; group commit (many calls, fewer commits); restart recovers from LMDB alone; three nodes
+exchange messages over TCP, also after a peer restarts; the timer wakes the node at its
+deadline; malformed input closes only its own connection and steps nothing; an
+InvariantViolation stops the node; startup errors are named; peer queues are bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from net.client import NodeClient
+from net.config import NetConfig
+from net.envelope import Call, CallReply, Hello
+from net.errors import (
+    AddressInUse,
+    BootFailed,
+    CallTimeout,
+    ConnectionLost,
+    DataDirError,
+    DataDirMismatch,
+    NotConnected,
+    StorageFull,
+)
+from net.framing import HEADER, FrameDecoder, encode_frame, frame
+from net.runner import DriverStorage, NodeRunner, RunnerState
+from net.storage import LmdbStorage
+from pxq import codec
+from pxq.effects import Write
+from tests.test_net_storage import _flip, _tamper
+from tests.test_net_support import (
+    CLUSTER,
+    FAST,
+    Blob,
+    Broadcast,
+    Count,
+    Explode,
+    GetBlob,
+    GetCount,
+    Hold,
+    Incr,
+    Ping,
+    Recorder,
+    counter_of,
+    make_runner,
+    run_async,
+    wait_until,
+)
+
+T = 5.0  # call timeout in seconds; every wait below is bounded
+
+
+async def connect(runner: NodeRunner) -> NodeClient:
+    host, port = runner.address
+    return await NodeClient.connect(host, port, config=FAST)
+
+
+def raw_socket(runner: NodeRunner) -> socket.socket:
+    sock = socket.create_connection(runner.address, timeout=T)
+    sock.setblocking(False)
+    return sock
+
+
+async def recv_all(sock: socket.socket, *, until_closed: bool, timeout_s: float = T) -> bytes:
+    """Read from a non-blocking socket until it closes (or until some bytes arrived)."""
+    loop = asyncio.get_running_loop()
+    data = b""
+    end = loop.time() + timeout_s
+    while loop.time() < end:
+        try:
+            chunk = sock.recv(65536)
+        except BlockingIOError:
+            if data and not until_closed:
+                return data
+            await asyncio.sleep(0.001)
+            continue
+        except ConnectionResetError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+    raise AssertionError("socket did not close" if until_closed else "no data arrived")
+
+
+def call_frame(req_id: int, request: object) -> bytes:
+    return encode_frame(Call(req_id=req_id, request=codec.encode(request)), frame_bytes_max=2**20)
+
+
+def decode_replies(data: bytes) -> list[tuple[int, object]]:
+    out = []
+    for payload in FrameDecoder(frame_bytes_max=2**20).feed(data):
+        reply = codec.decode(payload)
+        assert isinstance(reply, CallReply)
+        out.append((reply.req_id, codec.decode(reply.response)))
+    return out
+
+
+# -- persist before reply -------------------------------------------------------------------
+
+
+class PeekingStorage(LmdbStorage):
+    """Records, at each commit, whether reply bytes already reached the client's socket."""
+
+    sock: socket.socket | None = None
+    seen_at_commit: list[bool] = []
+
+    def commit(self) -> bool:
+        if self.pending and self.sock is not None:
+            try:
+                self.sock.recv(1, socket.MSG_PEEK)
+                self.seen_at_commit.append(True)
+            except BlockingIOError:
+                self.seen_at_commit.append(False)
+        return super().commit()
+
+
+def peeking_opener(data_dir: Path, cluster: str, node: str, config: NetConfig) -> DriverStorage:
+    return PeekingStorage.open(data_dir, cluster=cluster, node=node, config=config)
+
+
+class ReleasesBeforeCommit(NodeRunner):
+    """A broken driver (negative control): releases the turn's output, then commits."""
+
+    def _end_turn(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        for sends, replies in outbox:
+            self._release(sends, replies)
+        for conn in self._dirty_conns:
+            conn.flush()
+        self._dirty_conns = []
+        super()._end_turn()
+
+
+@pytest.mark.parametrize("broken", [False, True], ids=["runner", "negative-control"])
+def test_reply_reaches_the_socket_only_after_the_commit(tmp_path: Path, broken: bool) -> None:
+    async def main() -> list[bool]:
+        cls = ReleasesBeforeCommit if broken else NodeRunner
+        runner = cls(
+            node_id="n0",
+            cluster=CLUSTER,
+            data_dir=tmp_path / "n0",
+            factory=make_runner(tmp_path)._factory,
+            config=FAST,
+            storage_opener=peeking_opener,
+        )
+        await runner.start()
+        storage = runner.storage
+        assert isinstance(storage, PeekingStorage)
+        storage.seen_at_commit = []
+        sock = raw_socket(runner)
+        storage.sock = sock
+        try:
+            for i in range(1, 4):
+                sock.send(call_frame(i, Incr()))
+                replies = decode_replies(await recv_all(sock, until_closed=False))
+                assert replies == [(i, Count(n=i))]
+        finally:
+            sock.close()
+            await runner.stop()
+        return storage.seen_at_commit
+
+    seen = run_async(main())
+    assert len(seen) == 3
+    if broken:
+        # The instrument sees a reply released before its commit (loopback delivers within
+        # the sending syscall, so this holds unless softirqs were deferred every time).
+        assert any(seen)
+    else:
+        assert not any(seen)  # no reply byte reached the client before any commit
+
+
+class FailingStorage(LmdbStorage):
+    fail_commit = False
+
+    def commit(self) -> bool:
+        if self.fail_commit and self.pending:
+            raise StorageFull("disk full (test)")
+        return super().commit()
+
+
+def test_failed_commit_releases_nothing_and_stops_the_node(tmp_path: Path) -> None:
+    def opener(data_dir: Path, cluster: str, node: str, config: NetConfig) -> DriverStorage:
+        return FailingStorage.open(data_dir, cluster=cluster, node=node, config=config)
+
+    async def main() -> None:
+        runner = make_runner(tmp_path, storage_opener=opener)
+        await runner.start()
+        client = await connect(runner)
+        assert await client.call(Incr(), T) == Count(n=1)
+        storage = runner.storage
+        assert isinstance(storage, FailingStorage)
+        storage.fail_commit = True
+        with pytest.raises(ConnectionLost):
+            await client.call(Incr(), T)
+        assert await runner.wait_stopped() is not None
+        assert runner.state is RunnerState.CRASHED
+        assert runner.crash_reason is not None and "disk full" in runner.crash_reason
+        with pytest.raises(OSError):  # the listener is closed
+            await connect(runner)
+        await client.close()
+        # The failed turn's write never became durable.
+        again = make_runner(tmp_path)
+        await again.start()
+        client = await connect(again)
+        assert await client.call(GetCount(), T) == Count(n=1)
+        await client.close()
+        await again.stop()
+
+    run_async(main())
+
+
+def test_pipelined_calls_are_group_committed_and_all_answered(tmp_path: Path) -> None:
+    async def main() -> None:
+        runner = make_runner(tmp_path)
+        await runner.start()
+        client = await connect(runner)
+        commits_before = runner.stats.commits
+        results = await asyncio.gather(*(client.call(Incr(), T) for _ in range(500)))
+        assert sorted(r.n for r in results if isinstance(r, Count)) == list(range(1, 501))
+        commits = runner.stats.commits - commits_before
+        assert 1 <= commits < 500  # several calls per fsync
+        assert client.inflight == 0
+        await client.close()
+        await runner.stop()
+
+    run_async(main())
+
+
+def test_restart_recovers_from_lmdb_alone(tmp_path: Path) -> None:
+    async def main() -> None:
+        runner = make_runner(tmp_path)
+        await runner.start()
+        client = await connect(runner)
+        for i in range(1, 6):
+            assert await client.call(Incr(by=2), T) == Count(n=2 * i)
+        await client.close()
+        await runner.stop()
+        assert runner.state is RunnerState.STOPPED
+        # A new incarnation: a new runner and node, the same data dir.
+        runner = make_runner(tmp_path)
+        await runner.start()
+        client = await connect(runner)
+        assert await client.call(GetCount(), T) == Count(n=10)
+        assert await client.call(Incr(), T) == Count(n=11)
+        await client.close()
+        await runner.stop()
+
+    run_async(main())
+
+
+def test_timer_wakes_the_node_at_its_deadline(tmp_path: Path) -> None:
+    async def main() -> None:
+        runner = make_runner(tmp_path, tick_ms=20)
+        await runner.start()
+        node = counter_of(runner)
+        await wait_until(lambda: len(node.wakeups) >= 5, what="5 timer wakeups")
+        await runner.stop()
+        for w in node.wakeups:
+            assert w.mono_ms >= w.deadline  # never early (the node would ignore it)
+        late = sorted(w.mono_ms - w.deadline for w in node.wakeups)
+        assert late[len(late) // 2] <= 50  # and, on a loaded VM, not wildly late
+
+    run_async(main())
+
+
+# -- three nodes ----------------------------------------------------------------------------
+
+
+async def start_cluster(tmp_path: Path, n: int = 3, **kwargs: Any) -> list[NodeRunner]:
+    names = [f"n{i}" for i in range(n)]
+    runners = [make_runner(tmp_path, name, peers=names, **kwargs) for name in names]
+    for r in runners:
+        await r.start()
+    book = {r.node_id: r.address for r in runners}
+    for r in runners:
+        r.update_peers(book)
+    return runners
+
+
+def pings_from(runner: NodeRunner) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for src, msg in counter_of(runner).received:
+        if isinstance(msg, Ping):
+            counts[src] = counts.get(src, 0) + 1
+    return counts
+
+
+def test_three_nodes_exchange_messages_over_tcp(tmp_path: Path) -> None:
+    async def main() -> None:
+        runners = await start_cluster(tmp_path, tick_ms=10)
+        try:
+
+            def everyone_heard_everyone() -> bool:
+                for r in runners:
+                    heard = pings_from(r)
+                    others = [o.node_id for o in runners if o is not r]
+                    if any(heard.get(o, 0) < 3 for o in others):
+                        return False
+                return True
+
+            await wait_until(everyone_heard_everyone, what="pings between all pairs")
+            # A client-triggered broadcast carries the node's current counter.
+            client = await connect(runners[0])
+            assert await client.call(Incr(by=41), T) == Count(n=41)
+            assert await client.call(Broadcast(), T) == Count(n=41)
+            for r in runners[1:]:
+                await wait_until(
+                    lambda r=r: ("n0", Ping(n=41)) in counter_of(r).received,
+                    what="the broadcast ping",
+                )
+            await client.close()
+            for r in runners:
+                link = r.link("n1" if r.node_id != "n1" else "n0")
+                assert link is not None and link.dropped == 0
+        finally:
+            for r in runners:
+                await r.stop()
+
+    run_async(main())
+
+
+def test_peer_link_reconnects_after_the_peer_restarts(tmp_path: Path) -> None:
+    async def main() -> None:
+        a, b = await start_cluster(tmp_path, 2)
+        try:
+            client = await connect(a)
+            await client.call(Broadcast(), T)
+            await wait_until(lambda: len(pings_from(b)) == 1, what="first ping")
+            port = b.address[1]
+            await b.stop()
+            # Sends while b is down are queued or lost, never an error for a.
+            await client.call(Broadcast(), T)
+            b = make_runner(tmp_path, "n1", peers=["n0", "n1"], port=port)
+            await b.start()
+            b.update_peers({"n0": a.address, "n1": b.address})
+            node_b = counter_of(b)
+
+            async def pinged() -> None:
+                while not any(src == "n0" for src, _ in node_b.received):
+                    await client.call(Broadcast(), T)
+                    await asyncio.sleep(0.01)
+
+            await asyncio.wait_for(pinged(), T)
+            link = a.link("n1")
+            assert link is not None and link.connects >= 2
+            await client.close()
+        finally:
+            await a.stop()
+            await b.stop()
+
+    run_async(main())
+
+
+def test_peer_queue_is_bounded_and_drops_the_oldest(tmp_path: Path) -> None:
+    async def main() -> None:
+        with socket.socket() as unused:  # a port nobody listens on
+            unused.bind(("127.0.0.1", 0))
+            dead = unused.getsockname()
+        config = NetConfig(
+            peer_queue_max=10, peer_backoff_initial_ms=1000, peer_backoff_max_ms=1000
+        )
+        runner = make_runner(tmp_path, "n0", peers=["n0", "n1"], config=config)
+        await runner.start()
+        runner.update_peers({"n1": dead})
+        client = await connect(runner)
+        for _ in range(25):
+            await client.call(Broadcast(), T)
+        link = runner.link("n1")
+        assert link is not None
+        assert link.queued == 10
+        assert link.dropped == 15
+        assert runner.running
+        await client.close()
+        await runner.stop()
+
+    run_async(main())
+
+
+# -- hostile or broken input ----------------------------------------------------------------
+
+BAD_STREAMS = {
+    "garbage": b"\xde\xad\xbe\xef" * 8,
+    "oversized-length": HEADER.pack(FAST.frame_bytes_max + 1) + b"x",
+    "empty-frame": HEADER.pack(0),
+    "not-msgpack": frame(b"\xc1\xc1"),
+    "unknown-tag": frame(b"\x93\x01\xcd\x03\xe7\x01"),  # [1, 999, 1]
+    "first-frame-not-hello-or-call": encode_frame(Ping(n=1), frame_bytes_max=1024),
+    "hello-of-another-cluster": encode_frame(Hello(node="n1", cluster="x"), frame_bytes_max=1024),
+    "hello-of-an-unknown-node": encode_frame(
+        Hello(node="zz", cluster=CLUSTER), frame_bytes_max=1024
+    ),
+    "call-with-garbage-request": encode_frame(
+        Call(req_id=1, request=b"\x01"), frame_bytes_max=1024
+    ),
+    "call-then-ping": call_frame(1, GetCount()) + encode_frame(Ping(n=1), frame_bytes_max=1024),
+}
+
+
+def test_malformed_input_closes_only_its_connection_and_steps_nothing(tmp_path: Path) -> None:
+    async def main() -> None:
+        runners = await start_cluster(tmp_path, 2)
+        a = runners[0]
+        try:
+            client = await connect(a)
+            assert await client.call(Incr(), T) == Count(n=1)
+            for name, stream in BAD_STREAMS.items():
+                steps = a.stats.steps
+                inputs = counter_of(a).inputs
+                sock = raw_socket(a)
+                sock.send(stream)
+                rest = await recv_all(sock, until_closed=True)
+                sock.close()
+                if name == "call-then-ping":  # the valid call before the violation is answered
+                    assert decode_replies(rest) == [(1, Count(n=1))]
+                    steps += 1
+                    inputs += 1
+                else:
+                    assert rest == b"", name
+                assert a.stats.steps == steps, name
+                assert counter_of(a).inputs == inputs, name
+                # The node, its other clients and its peers carry on.
+                assert a.running
+                assert await client.call(GetCount(), T) == Count(n=1)
+            await client.call(Broadcast(), T)
+            await wait_until(lambda: pings_from(runners[1]).get("n0") == 1, what="a ping")
+            await client.close()
+        finally:
+            for r in runners:
+                await r.stop()
+
+    run_async(main())
+
+
+def test_silent_connection_is_closed_after_the_first_frame_timeout(tmp_path: Path) -> None:
+    async def main() -> None:
+        runner = make_runner(tmp_path, config=NetConfig(first_frame_timeout_ms=30))
+        await runner.start()
+        sock = raw_socket(runner)
+        sock.send(b"\x00\x00\x00")  # never completes a frame
+        assert await recv_all(sock, until_closed=True) == b""
+        sock.close()
+        await runner.stop()
+
+    run_async(main())
+
+
+def test_invariant_violation_stops_the_node(tmp_path: Path) -> None:
+    recorder = Recorder()
+
+    async def main() -> None:
+        runner = make_runner(tmp_path, on_trace=recorder)
+        await runner.start()
+        client = await connect(runner)
+        other = await connect(runner)
+        held = asyncio.ensure_future(other.call(Hold(), T))
+        await asyncio.sleep(0.01)
+        with pytest.raises(ConnectionLost):
+            await client.call(Explode(), T)
+        with pytest.raises(ConnectionLost):
+            await held
+        reason = await runner.wait_stopped()
+        assert reason is not None and "invariant violation: asked to explode" in reason
+        with pytest.raises(NotConnected):
+            await client.call(GetCount(), T)
+        await client.close()
+        await other.close()
+
+    run_async(main())
+    assert recorder.events == [("n0", "booted")]
+
+
+# -- client behaviour -----------------------------------------------------------------------
+
+
+def test_client_timeout_and_connection_loss_are_outcome_unknown(tmp_path: Path) -> None:
+    async def main() -> None:
+        runner = make_runner(tmp_path)
+        await runner.start()
+        client = await connect(runner)
+        with pytest.raises(CallTimeout, match="outcome unknown"):
+            await client.call(Hold(), 0.05)
+        # The connection still works after a timeout; open calls fail when the node stops.
+        assert await client.call(Incr(), T) == Count(n=1)
+        held = [asyncio.ensure_future(client.call(Hold(), T)) for _ in range(3)]
+        await asyncio.sleep(0.01)
+        await runner.stop()
+        for h in held:
+            with pytest.raises(ConnectionLost):
+                await h
+        assert client.closed
+        with pytest.raises(NotConnected):
+            await client.call(GetCount(), T)
+        await client.close()
+
+    run_async(main())
+
+
+def test_large_responses_flow_under_write_backpressure(tmp_path: Path) -> None:
+    config = NetConfig(write_buffer_high_bytes=64 * 1024, write_buffer_low_bytes=16 * 1024)
+
+    async def main() -> None:
+        runner = make_runner(tmp_path, config=config)
+        await runner.start()
+        client = await connect(runner)
+        size = 512 * 1024
+        replies = await asyncio.gather(*(client.call(GetBlob(size=size), T) for _ in range(16)))
+        assert all(r == Blob(data=b"x" * size) for r in replies)
+        await client.close()
+        await runner.stop()
+
+    run_async(main())
+
+
+# -- startup errors -------------------------------------------------------------------------
+
+
+def test_busy_port_is_a_named_startup_error_and_leaves_the_data_dir_free(tmp_path: Path) -> None:
+    async def main() -> None:
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            port = busy.getsockname()[1]
+            runner = make_runner(tmp_path, port=port)
+            with pytest.raises(AddressInUse, match=f"127.0.0.1:{port}.*in use"):
+                await runner.start()
+        runner = make_runner(tmp_path)  # the data dir was released
+        await runner.start()
+        await runner.stop()
+
+    run_async(main())
+
+
+def test_data_dir_errors_are_named_at_startup(tmp_path: Path) -> None:
+    async def main() -> None:
+        (tmp_path / "file").write_text("x")
+        runner = NodeRunner(
+            node_id="n0",
+            cluster=CLUSTER,
+            data_dir=tmp_path / "file",
+            factory=make_runner(tmp_path)._factory,
+        )
+        with pytest.raises(DataDirError, match="not a directory"):
+            await runner.start()
+        first = make_runner(tmp_path, "n0")
+        await first.start()
+        await first.stop()
+        other = NodeRunner(
+            node_id="n1",
+            cluster=CLUSTER,
+            data_dir=tmp_path / "n0",
+            factory=make_runner(tmp_path)._factory,
+        )
+        with pytest.raises(DataDirMismatch, match="belongs to node 'n0'"):
+            await other.start()
+        running = make_runner(tmp_path, "n0")
+        await running.start()
+        with pytest.raises(DataDirError, match="in use"):
+            await make_runner(tmp_path, "n0").start()
+        await running.stop()
+
+    run_async(main())
+
+
+def test_a_node_that_fails_at_boot_is_a_startup_error(tmp_path: Path) -> None:
+    def broken(node_id: str, storage: Any, rng: Any) -> Any:
+        raise RuntimeError("cannot build")
+
+    async def main() -> None:
+        runner = NodeRunner(node_id="n0", cluster=CLUSTER, data_dir=tmp_path, factory=broken)
+        with pytest.raises(BootFailed, match="cannot build"):
+            await runner.start()
+        assert runner.state is RunnerState.CRASHED
+
+    run_async(main())
+
+
+def test_driver_storage_protocol_matches_lmdb_storage(tmp_path: Path) -> None:
+    storage: DriverStorage = LmdbStorage.open(tmp_path, cluster="c", node="n", config=FAST)
+    writes: tuple[Write, ...] = ()
+    storage.apply(writes)
+    assert storage.commit() is False
+    storage.close()
+
+
+# -- limits ---------------------------------------------------------------------------------
+
+
+def test_a_client_with_too_many_open_calls_is_not_read_from(tmp_path: Path) -> None:
+    async def main() -> None:
+        runner = make_runner(tmp_path, config=NetConfig(conn_calls_open_max=2))
+        await runner.start()
+        node = counter_of(runner)
+        sock = raw_socket(runner)
+        sock.send(call_frame(1, Hold()) + call_frame(2, Hold()))
+        await wait_until(lambda: node.inputs == 3, what="Boot and two calls")
+        sock.send(call_frame(3, Incr()))
+        await asyncio.sleep(0.05)
+        assert node.inputs == 3  # the third call waits in the socket, unread
+        other = await connect(runner)  # other connections are unaffected
+        assert await other.call(Incr(), T) == Count(n=1)
+        await other.close()
+        sock.close()
+        await runner.stop()
+
+    run_async(main())
+
+
+def test_connections_beyond_the_limit_are_refused(tmp_path: Path) -> None:
+    async def main() -> None:
+        runner = make_runner(tmp_path, config=NetConfig(connections_max=1))
+        await runner.start()
+        first = await connect(runner)
+        assert await first.call(Incr(), T) == Count(n=1)
+        extra = raw_socket(runner)
+        assert await recv_all(extra, until_closed=True) == b""
+        extra.close()
+        assert runner.stats.connections_refused == 1
+        assert await first.call(Incr(), T) == Count(n=2)
+        await first.close()
+        await runner.stop()
+
+    run_async(main())
+
+
+def test_a_corrupt_record_read_at_boot_stops_the_node(tmp_path: Path) -> None:
+    async def main() -> None:
+        runner = make_runner(tmp_path)
+        await runner.start()
+        client = await connect(runner)
+        assert await client.call(Incr(), T) == Count(n=1)
+        await client.close()
+        await runner.stop()
+        _tamper(tmp_path / "n0", "counter", b"n", _flip(0))
+        with pytest.raises(BootFailed, match="storage corruption: CRC mismatch"):
+            await make_runner(tmp_path).start()
+
+    run_async(main())

@@ -1,0 +1,376 @@
+"""LmdbStorage: the production StorageView with CRC-sealed values and group commit.
+
+Behaviours checked: round trips, forward and reverse scans with bounds (also across scan
+chunks), DeleteRange, read-your-writes before commit, durability across reopen and loss of
+uncommitted writes, agreement with the simulator's MemoryStore on random operation sequences,
+CRC corruption detected on get and scan, a full map growing transparently or failing as
+StorageFull with nothing partial left, and the data-dir marker and lock.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import lmdb
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from net.config import KIB, MIB, NetConfig
+from net.errors import DataDirError, DataDirMismatch, StorageError, StorageFull
+from net.storage import MARKER_NAME, LmdbStorage
+from pxq.effects import Delete, DeleteRange, Put, StorageCorruption, StorageView, Write
+from sim.memstore import MemoryStore
+
+CONFIG = NetConfig(map_size_bytes=16 * MIB, scan_chunk_items=3)
+
+
+def open_storage(path: Path, config: NetConfig = CONFIG, node: str = "s0") -> LmdbStorage:
+    return LmdbStorage.open(path, cluster="c1", node=node, config=config)
+
+
+def k(i: int) -> bytes:
+    return i.to_bytes(2, "big")
+
+
+def test_storage_is_a_storage_view(tmp_path: Path) -> None:
+    s = open_storage(tmp_path)
+    try:
+        assert isinstance(s, StorageView)
+    finally:
+        s.close()
+
+
+def test_round_trip_and_overwrite(tmp_path: Path) -> None:
+    s = open_storage(tmp_path)
+    try:
+        assert s.get("t", b"a") is None
+        s.apply([Put(table="t", key=b"a", value=b"1"), Put(table="u", key=b"a", value=b"")])
+        s.apply([Put(table="t", key=b"a", value=b"2")])
+        assert s.get("t", b"a") == b"2"
+        assert s.get("u", b"a") == b""
+        assert s.commit() is True
+        assert s.commit() is False  # nothing new
+        assert s.get("t", b"a") == b"2"
+        s.apply([Delete(table="t", key=b"a"), Delete(table="t", key=b"zz")])
+        s.apply([Delete(table="missing", key=b"a")])
+        assert s.get("t", b"a") is None
+        s.commit()
+    finally:
+        s.close()
+
+
+def test_scans_forward_reverse_bounded_and_across_chunks(tmp_path: Path) -> None:
+    s = open_storage(tmp_path)  # 3 items per chunk: every scan below crosses chunks
+    try:
+        s.apply([Put(table="t", key=k(i), value=b"v%d" % i) for i in range(20)])
+        assert [key for key, _ in s.scan("t")] == [k(i) for i in range(20)]
+        assert [key for key, _ in s.scan("t", reverse=True)] == [k(i) for i in reversed(range(20))]
+        assert [key for key, _ in s.scan("t", k(5), k(12))] == [k(i) for i in range(5, 12)]
+        assert [key for key, _ in s.scan("t", k(5), k(12), reverse=True)] == [
+            k(i) for i in reversed(range(5, 12))
+        ]
+        # Bounds that are not keys, and empty ranges.
+        assert [key for key, _ in s.scan("t", b"\x00\x05\x00", b"\x00\x08\x00")] == [
+            k(6),
+            k(7),
+            k(8),
+        ]
+        assert list(s.scan("t", k(7), k(7))) == []
+        assert list(s.scan("t", k(9), k(3), reverse=True)) == []
+        assert list(s.scan("t", b"", b"", reverse=True)) == []
+        assert list(s.scan("missing")) == []
+        assert dict(s.scan("t"))[k(4)] == b"v4"
+    finally:
+        s.close()
+
+
+def test_scan_survives_writes_and_commits_between_chunks(tmp_path: Path) -> None:
+    s = open_storage(tmp_path)
+    try:
+        s.apply([Put(table="t", key=k(i), value=b"x") for i in range(10)])
+        s.commit()
+        it = s.scan("t")
+        first = [next(it)[0] for _ in range(3)]
+        # A write and a commit while the iterator is open: later chunks see them.
+        s.apply([Delete(table="t", key=k(5)), Put(table="t", key=k(50), value=b"y")])
+        s.commit()
+        rest = [key for key, _ in it]
+        assert first == [k(0), k(1), k(2)]
+        assert rest == [k(3), k(4), k(6), k(7), k(8), k(9), k(50)]
+    finally:
+        s.close()
+
+
+def test_delete_range_removes_exactly_the_half_open_range(tmp_path: Path) -> None:
+    s = open_storage(tmp_path)
+    try:
+        s.apply([Put(table="t", key=k(i), value=b"x") for i in range(10)])
+        s.apply([DeleteRange(table="t", start=k(3), end=k(7))])
+        assert [key for key, _ in s.scan("t")] == [k(i) for i in (0, 1, 2, 7, 8, 9)]
+        s.apply([DeleteRange(table="t", start=k(8), end=b"\xff")])
+        s.apply([DeleteRange(table="t", start=k(5), end=k(1))])  # empty: no-op
+        s.apply([DeleteRange(table="missing", start=b"", end=b"\xff")])
+        assert [key for key, _ in s.scan("t")] == [k(i) for i in (0, 1, 2, 7)]
+        s.apply([DeleteRange(table="t", start=b"", end=b"\xff\xff\xff")])
+        assert list(s.scan("t")) == []
+    finally:
+        s.close()
+
+
+def test_reads_see_uncommitted_writes_and_abort_discards_them(tmp_path: Path) -> None:
+    s = open_storage(tmp_path)
+    try:
+        s.apply([Put(table="t", key=b"a", value=b"1")])
+        s.commit()
+        s.apply([Put(table="t", key=b"a", value=b"2"), Put(table="new", key=b"b", value=b"3")])
+        assert s.pending
+        assert s.get("t", b"a") == b"2"
+        assert list(s.scan("new")) == [(b"b", b"3")]
+        s.abort()
+        assert not s.pending
+        assert s.get("t", b"a") == b"1"
+        assert s.get("new", b"b") is None  # the table created by the aborted txn is gone
+        s.apply([Put(table="new", key=b"c", value=b"4")])  # and can be created again
+        s.commit()
+        assert s.get("new", b"c") == b"4"
+    finally:
+        s.close()
+
+
+def test_committed_writes_survive_reopen_and_uncommitted_do_not(tmp_path: Path) -> None:
+    s = open_storage(tmp_path)
+    s.apply([Put(table="t", key=b"a", value=b"durable")])
+    s.apply([Put(table="u", key=b"b", value=b"durable too")])
+    s.commit()
+    s.apply([Put(table="t", key=b"c", value=b"lost")])
+    s.close()  # without commit: the last write is gone
+    s = open_storage(tmp_path)
+    try:
+        assert s.get("t", b"a") == b"durable"
+        assert s.get("u", b"b") == b"durable too"
+        assert s.get("t", b"c") is None
+    finally:
+        s.close()
+
+
+def test_put_of_a_key_lmdb_cannot_store_is_a_storage_error(tmp_path: Path) -> None:
+    s = open_storage(tmp_path)
+    try:
+        assert s.get("t", b"") is None
+        assert s.get("t", b"x" * 600) is None
+        with pytest.raises(StorageError, match="1 to 511 bytes"):
+            s.apply([Put(table="t", key=b"", value=b"v")])
+        with pytest.raises(StorageError, match="failed earlier"):
+            s.apply([Put(table="t", key=b"a", value=b"v")])
+    finally:
+        s.close()
+
+
+# -- agreement with the simulator's MemoryStore ------------------------------------------
+
+_keys = st.binary(min_size=1, max_size=3).map(lambda b: b.replace(b"\x00", b"\x01"))
+_tables = st.sampled_from(["a", "b"])
+_ops = st.one_of(
+    st.builds(
+        lambda t, key, v: Put(table=t, key=key, value=v), _tables, _keys, st.binary(max_size=8)
+    ),
+    st.builds(lambda t, key: Delete(table=t, key=key), _tables, _keys),
+    st.builds(lambda t, a, b: DeleteRange(table=t, start=a, end=b), _tables, _keys, _keys),
+    st.just("commit"),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(_ops, max_size=40), start=_keys, end=st.none() | _keys)
+def test_storage_agrees_with_memory_store(
+    ops: list[Write | str], start: bytes, end: bytes | None
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        s = open_storage(Path(tmp), NetConfig(map_size_bytes=4 * MIB, scan_chunk_items=2))
+        model = MemoryStore()
+        try:
+            for op in ops:
+                if isinstance(op, str):
+                    s.commit()
+                else:
+                    s.apply([op])
+                    model.apply([op])
+                for table in ("a", "b"):
+                    assert list(s.scan(table)) == list(model.scan(table))
+            for table in ("a", "b"):
+                for reverse in (False, True):
+                    got = list(s.scan(table, start, end, reverse=reverse))
+                    assert got == list(model.scan(table, start, end, reverse=reverse))
+                for key, value in model.scan(table):
+                    assert s.get(table, key) == value
+        finally:
+            s.close()
+
+
+# -- corruption ---------------------------------------------------------------------------
+
+
+def _tamper(path: Path, table: str, key: bytes, change: object) -> None:
+    """Rewrite the raw LMDB record behind the storage's back."""
+    env = lmdb.open(str(path), max_dbs=8, map_size=16 * MIB)
+    try:
+        db = env.open_db(table.encode())
+        with env.begin(write=True) as txn:
+            raw = txn.get(key, db=db)
+            assert raw is not None
+            assert callable(change)
+            txn.put(key, change(raw), db=db)
+    finally:
+        env.close()
+
+
+def _flip(index: int) -> object:
+    def change(raw: bytes) -> bytes:
+        b = bytearray(raw)
+        b[index] ^= 0x40
+        return bytes(b)
+
+    return change
+
+
+@pytest.mark.parametrize(
+    "change",
+    [_flip(0), _flip(-1), _flip(-5), lambda raw: raw[:2], lambda raw: raw + b"!"],
+    ids=["value-byte", "crc-byte", "last-value-byte", "truncated", "extended"],
+)
+def test_corrupt_record_is_detected_on_get_and_scan(tmp_path: Path, change: object) -> None:
+    s = open_storage(tmp_path)
+    s.apply([Put(table="t", key=b"k%d" % i, value=b"value-%d" % i) for i in range(5)])
+    s.commit()
+    s.close()
+    _tamper(tmp_path, "t", b"k2", change)
+    s = open_storage(tmp_path)
+    try:
+        assert s.get("t", b"k1") == b"value-1"  # its neighbours are fine
+        with pytest.raises(StorageCorruption, match="k2"):
+            s.get("t", b"k2")
+        with pytest.raises(StorageCorruption):
+            list(s.scan("t"))
+        with pytest.raises(StorageCorruption):
+            list(s.scan("t", reverse=True))
+    finally:
+        s.close()
+
+
+def test_a_value_moved_to_another_key_fails_its_checksum(tmp_path: Path) -> None:
+    s = open_storage(tmp_path)
+    s.apply([Put(table="t", key=b"a", value=b"1"), Put(table="t", key=b"b", value=b"2")])
+    s.commit()
+    s.close()
+    env = lmdb.open(str(tmp_path), max_dbs=8, map_size=16 * MIB)
+    db = env.open_db(b"t")
+    with env.begin(write=True) as txn:
+        raw_a = txn.get(b"a", db=db)
+        assert raw_a is not None
+        txn.put(b"b", raw_a, db=db)
+    env.close()
+    s = open_storage(tmp_path)
+    try:
+        with pytest.raises(StorageCorruption):
+            s.get("t", b"b")
+    finally:
+        s.close()
+
+
+# -- a full map ---------------------------------------------------------------------------
+
+
+def test_full_map_grows_and_the_batch_commits(tmp_path: Path) -> None:
+    config = NetConfig(map_size_bytes=256 * KIB, map_size_max_bytes=16 * MIB)
+    s = open_storage(tmp_path, config)
+    try:
+        # Several steps of one turn; together far more than the initial map.
+        for step in range(8):
+            s.apply([Put(table="t", key=k(step * 100 + i), value=b"v" * 1000) for i in range(100)])
+        s.commit()
+        assert s.map_grows >= 1
+        assert s.map_size > 256 * KIB
+        assert sum(1 for _ in s.scan("t")) == 800
+    finally:
+        s.close()
+    s = open_storage(tmp_path, config)
+    try:
+        assert sum(1 for _ in s.scan("t")) == 800
+    finally:
+        s.close()
+
+
+def test_map_that_cannot_grow_fails_with_nothing_partial_and_service_resumes(
+    tmp_path: Path,
+) -> None:
+    small = NetConfig(map_size_bytes=128 * KIB, map_size_max_bytes=256 * KIB)
+    s = open_storage(tmp_path, small)
+    try:
+        s.apply([Put(table="base", key=b"a", value=b"kept")])
+        s.commit()
+        with pytest.raises(StorageFull, match="map_size_max_bytes"):
+            for step in range(10):  # the turn's earlier steps are aborted too
+                s.apply(
+                    [Put(table="t", key=k(step * 50 + i), value=b"v" * 1000) for i in range(50)]
+                )
+            s.commit()
+        assert not s.pending
+        assert list(s.scan("t")) == []
+        assert s.get("base", b"a") == b"kept"
+        # The storage is consistent at its last commit and takes a small batch again.
+        s.apply([Put(table="base", key=b"b", value=b"small")])
+        s.commit()
+    finally:
+        s.close()
+    # With more room (a larger configured maximum) the big batch fits.
+    s = open_storage(tmp_path, NetConfig(map_size_bytes=128 * KIB, map_size_max_bytes=64 * MIB))
+    try:
+        assert s.get("base", b"b") == b"small"
+        assert list(s.scan("t")) == []
+        s.apply([Put(table="t", key=k(i), value=b"v" * 1000) for i in range(500)])
+        s.commit()
+        assert sum(1 for _ in s.scan("t")) == 500
+    finally:
+        s.close()
+
+
+def test_too_many_tables_is_a_storage_error(tmp_path: Path) -> None:
+    s = open_storage(tmp_path, NetConfig(tables_max=2))
+    try:
+        s.apply([Put(table="a", key=b"k", value=b"")])
+        s.apply([Put(table="b", key=b"k", value=b"")])
+        with pytest.raises(StorageError, match="tables_max"):
+            s.apply([Put(table="c", key=b"k", value=b"")])
+    finally:
+        s.close()
+
+
+# -- data dir -----------------------------------------------------------------------------
+
+
+def test_data_dir_of_another_node_or_cluster_is_refused(tmp_path: Path) -> None:
+    open_storage(tmp_path, node="s0").close()
+    with pytest.raises(DataDirMismatch, match="belongs to node 's0' of cluster 'c1'"):
+        open_storage(tmp_path, node="s1")
+    with pytest.raises(DataDirMismatch, match="cluster 'c1'"):
+        LmdbStorage.open(tmp_path, cluster="other", node="s0", config=CONFIG)
+    open_storage(tmp_path, node="s0").close()  # the right node still opens it
+
+
+def test_data_dir_problems_are_named(tmp_path: Path) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("not a dir")
+    with pytest.raises(DataDirError, match="not a directory"):
+        open_storage(a_file)
+    s = open_storage(tmp_path / "d")
+    with pytest.raises(DataDirError, match="in use"):
+        open_storage(tmp_path / "d")
+    s.close()
+    (tmp_path / "d" / MARKER_NAME).write_text("{not json")
+    with pytest.raises(DataDirError, match="malformed"):
+        open_storage(tmp_path / "d")
+    (tmp_path / "d" / MARKER_NAME).unlink()
+    with pytest.raises(DataDirError, match=r"no pxq-node\.json"):
+        open_storage(tmp_path / "d")
