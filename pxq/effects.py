@@ -233,6 +233,31 @@ class EffectsBuilder:
 
 
 # --------------------------------------------------------------------------------------------
+# Client machines
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Request:
+    """Sent by a *client* machine (producer, consumer): ``Send(dst=node, msg=Request(...))``.
+
+    The driver delivers ``body`` to node ``dst`` as a ``ClientCall``; the node's ``Reply`` comes
+    back to the client machine as ``Received(src=dst, msg=Response(req_id, body))``. A lost
+    request or reply is never reported: the client machine keeps its own deadline.
+    """
+
+    req_id: int
+    body: object
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Response:
+    """The answer to ``Request(req_id)``, as a client machine receives it."""
+
+    req_id: int
+    body: object
+
+
+# --------------------------------------------------------------------------------------------
 # Storage view and node protocols
 
 

@@ -1,0 +1,214 @@
+"""The store's client API: what producers, consumers and operators send to a store node, and
+what it answers (codec tags 64-127).
+
+Addressing: a queue is ``(topic, queue)``; a consumer group reads it through its own cursor
+``(topic, group, queue)``. Offsets are dense per queue, starting at 0: the cursor of a group is
+the offset of the next item it has not yet handled. Retry levels and dead letters are derived
+topics that share the placement of their base topic (see ``placement.py``):
+``"{topic}.retry.{group}.{level}"`` and ``"{topic}.dlq.{group}"``.
+
+Answers are precise about outcomes: ``StoreRedirect`` and ``StoreError(definite=True)`` mean
+the request did not take effect; ``StoreError(definite=False)`` means it may have (the
+client must treat it like a timeout).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pxq.codec import message
+
+
+@message(64)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Item:
+    """One item as a producer hands it over."""
+
+    key: bytes
+    payload: bytes
+    kind: str = ""
+    """What the item is about; consumer groups may subscribe to some kinds only (PhxQueue's
+    pub ids). Empty: the default kind."""
+
+
+@message(65)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Enqueue:
+    """Append ``items`` to one queue, atomically and in order.
+
+    ``(producer, seq)`` makes the call idempotent: a retry with the same pair is answered with
+    the original receipt and appends nothing (within the store's dedupe window). ``seq``
+    increases per producer.
+    """
+
+    topic: str
+    queue: int
+    producer: str
+    seq: int
+    items: tuple[Item, ...]
+
+
+@message(66)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EnqueueOk:
+    """The items are durable on a majority at offsets ``first_offset .. first_offset+count-1``.
+    ``duplicate``: this answers a retry of an enqueue that had already been applied."""
+
+    topic: str
+    queue: int
+    first_offset: int
+    count: int
+    duplicate: bool = False
+
+
+@message(67)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Get:
+    """Read up to ``items_max`` items / ``bytes_max`` payload bytes of a queue from ``cursor``,
+    keeping only the kinds ``group`` subscribes to. Served by the master only."""
+
+    topic: str
+    group: str
+    queue: int
+    cursor: int
+    items_max: int
+    bytes_max: int
+
+
+@message(68)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredItem:
+    """An item as stored and delivered."""
+
+    offset: int
+    enqueued_ms: int
+    """Wall ms stamped by the master that proposed the enqueue (used by replay-by-time)."""
+    key: bytes
+    payload: bytes
+    kind: str = ""
+    attempt: int = 0
+    """0 for a first delivery from the base topic; n on retry level n."""
+    not_before_ms: int = 0
+    """Wall ms before which a consumer must not hand the item to its handler (retry delay)."""
+
+
+@message(69)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GetOk:
+    """Items from the requested cursor on (possibly none). ``next_cursor`` is where the next
+    Get should start (past filtered-out items too); ``committed`` is the group's replicated
+    cursor; ``first_offset`` the oldest offset retention kept; ``end_offset`` the next offset
+    an enqueue will take."""
+
+    topic: str
+    group: str
+    queue: int
+    items: tuple[StoredItem, ...]
+    next_cursor: int
+    committed: int
+    first_offset: int
+    end_offset: int
+
+
+@message(70)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommitCursor:
+    """Advance ``group``'s cursor on a queue to ``cursor`` (replicated through the log).
+
+    ``token`` is the fencing token of the consumer's lock on (group, queue): a commit whose
+    token is lower than the highest token the store has seen for that cursor is rejected
+    (``StoreError("stale_token")``). 0 means no lock (allowed while locks are off).
+    A cursor never moves backwards through a commit (only through a Seek).
+    """
+
+    topic: str
+    group: str
+    queue: int
+    cursor: int
+    token: int = 0
+
+
+@message(71)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommitOk:
+    topic: str
+    group: str
+    queue: int
+    cursor: int
+
+
+@message(72)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Seek:
+    """Rewind (or advance) ``group`` on one queue, or on every queue of the topic this store
+    holds when ``queue`` is None, to an offset or to the first item enqueued at or after a wall
+    time. Exactly one of ``offset`` and ``time_ms`` is given. Replicated and applied once; a
+    target below the retention floor lands on the floor."""
+
+    topic: str
+    group: str
+    queue: int | None
+    offset: int | None = None
+    time_ms: int | None = None
+
+
+@message(73)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SeekOk:
+    topic: str
+    group: str
+    positions: tuple[tuple[int, int], ...]
+    """(queue, new cursor) for every queue that moved."""
+
+
+@message(74)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Retry:
+    """The handler failed on the item at ``offset`` of a queue of ``topic`` (a base topic or
+    one of its retry levels): atomically append a copy to the next retry level of ``group``
+    (or to its dead-letter topic after the last level) with the level's delay, and advance the
+    group's cursor past ``offset``. Fenced by ``token`` like a commit."""
+
+    topic: str
+    group: str
+    queue: int
+    offset: int
+    token: int = 0
+
+
+@message(75)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryOk:
+    topic: str
+    group: str
+    queue: int
+    cursor: int
+    moved_to: str
+    """The topic the item went to (a retry level or the dead-letter topic)."""
+    moved_offset: int
+
+
+@message(76)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoreRedirect:
+    """This node is not the master of the queue's Paxos group: nothing happened. ``master``
+    is the node believed to be master, if any."""
+
+    master: str | None
+
+
+@message(77)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoreError:
+    """A request failed. ``definite``: it certainly took no effect. Codes: ``unknown_topic``,
+    ``unknown_group``, ``bad_queue``, ``too_large``, ``overloaded``, ``stale_token``,
+    ``bad_request`` (definite); ``unknown`` (mastership lost while the request was in flight:
+    it may still be applied)."""
+
+    code: str
+    message: str
+    definite: bool = True
+
+
+StoreRequest = Enqueue | Get | CommitCursor | Seek | Retry
+StoreResponse = EnqueueOk | GetOk | CommitOk | SeekOk | RetryOk | StoreRedirect | StoreError
