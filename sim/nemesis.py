@@ -284,8 +284,8 @@ class Nemesis:
     def random_faults(self, spec: RandomFaultSpec, scenario: Scenario, until_ms: int) -> None:
         """Schedule the seed's background faults until ``until_ms``: the seed picks which
         kinds are on (each with probability 1/2, at least one) and each kind's mean interval;
-        faults stay within what a correct cluster survives (at most a minority of replicas
-        crashed or paused at once, drift within the clock bound)."""
+        faults stay within what a correct cluster survives without losing a value (at most
+        ``max_down`` replicas crashed or paused at once, drift within the clock bound)."""
         rng = self.rng
         kinds = [k for k in spec.kinds if rng.random() < 0.5] or [rng.choice(spec.kinds)]
         self._log("swarm_options", [], kinds=",".join(kinds))
@@ -315,7 +315,8 @@ class Nemesis:
                 fault = FaultSpec(action="partition", at_ms=0, direction=direction)  # type: ignore[arg-type]
                 undo = self.apply(fault, side)
             case "crash" | "torn" | "pause":
-                if len(down) >= self.f:
+                limit = {"minority": self.f, "majority": self.f + 1, "all": len(self.replicas)}
+                if len(down) >= limit[scenario.random_faults.max_down]:
                     return
                 target = [rng.choice([n for n in self.replicas if n not in down])]
                 if kind == "pause":

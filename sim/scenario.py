@@ -147,13 +147,16 @@ class FaultSpec:
 class RandomFaultSpec:
     """Background faults: when ``enabled``, the seed picks which of ``kinds`` are on and how
     often each fires (mean interval between ``interval_ms_min`` and ``interval_ms_max``); at
-    most a minority of replicas is down or paused at once."""
+    most ``max_down`` replicas are crashed or paused at once."""
 
     enabled: bool = False
     kinds: tuple[str, ...] = RANDOM_FAULT_KINDS
     interval_ms_min: int = 200
     interval_ms_max: int = 3000
     duration_ms_max: int = 3000
+    max_down: Literal["minority", "majority", "all"] = "majority"
+    """How many replicas random faults may crash or pause at once. A majority down stalls
+    the cluster (no quorum) but must never cost an acknowledged value."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -437,6 +440,7 @@ def _scenario(t: _Table) -> Scenario:
         interval_ms_min=r.integer("interval_ms_min", 200, lo=1),
         interval_ms_max=r.integer("interval_ms_max", 3000, lo=1),
         duration_ms_max=r.integer("duration_ms_max", 3000, lo=1),
+        max_down=r.text("max_down", "majority", choices=("minority", "majority", "all")),
     )
     if random_faults.interval_ms_min > random_faults.interval_ms_max:
         raise r.error("interval_ms_min", "must not exceed interval_ms_max")

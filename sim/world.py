@@ -34,6 +34,8 @@ from pxq.effects import (
     NodeId,
     Received,
     Reply,
+    Request,
+    Response,
     Send,
     StorageCorruption,
     StorageView,
@@ -45,6 +47,9 @@ from sim.clock import NodeClock
 from sim.disk import DiskFull, DiskSpec, SimDisk
 from sim.network import Network, NetworkSpec
 from sim.rng import stream
+
+HANDLER = "handler"
+"""The pseudo-destination a consumer machine sends deliveries to; its host's handler runs them."""
 
 NodeFactory = Callable[[NodeId, StorageView, random.Random], Node]
 """Builds one incarnation of a node from its durable storage and its random stream."""
@@ -105,6 +110,8 @@ class NodeHost:
     crashed: bool = True
     paused: bool = False
     reply_before_persist: bool = False
+    handler: Callable[[object], None] | None = None
+    """For client machines: receives what the machine sends to ``HANDLER``."""
     paused_inbox: list[Input] = field(default_factory=list)
     outbox: deque[_Outbox] = field(default_factory=deque)
     calls: dict[int, tuple[str, int]] = field(default_factory=dict)
@@ -226,7 +233,13 @@ class NodeHost:
     def _release(self, sends: tuple[Send, ...], replies: tuple[Reply, ...]) -> None:
         net = self.world.network
         for s in sends:
-            net.send(self.node_id, s.dst, s.msg)
+            msg = s.msg
+            if isinstance(msg, Request):
+                net.send(self.node_id, s.dst, CallMsg(msg.req_id, msg.body))
+            elif s.dst == HANDLER and self.handler is not None:
+                self.handler(msg)
+            else:
+                net.send(self.node_id, s.dst, msg)
         for r in replies:
             target = self.calls.pop(r.call_id, None)
             if target is not None:
@@ -263,6 +276,8 @@ class NodeHost:
             self.next_call_id += 1
             self.calls[call_id] = (src, payload.req_id)
             self.step(ClientCall(call_id=call_id, request=payload.request))
+        elif isinstance(payload, ReplyMsg):
+            self.step(Received(src=src, msg=Response(req_id=payload.req_id, body=payload.response)))
         else:
             self.step(Received(src=src, msg=payload))
 
@@ -306,6 +321,17 @@ class World:
         disk = SimDisk(self.env, stream(self.seed, f"disk/{node_id}"), self.disk_spec)
         host = NodeHost(world=self, node_id=node_id, factory=factory, disk=disk, clock=clock)
         self.hosts[node_id] = host
+        return host
+
+    def add_client(
+        self, node_id: NodeId, factory: NodeFactory, handler: Callable[[object], None] | None = None
+    ) -> NodeHost:
+        """A client machine (producer, consumer): a node whose traffic rides streams (never
+        duplicated or reordered), whose ``Request`` sends become client calls, and whose
+        deliveries to ``HANDLER`` go to ``handler``."""
+        host = self.add_node(node_id, factory)
+        host.handler = handler
+        self.network.stream_endpoints.add(node_id)
         return host
 
     def add_endpoint(self, name: str, receive: Callable[[str, object], None]) -> None:

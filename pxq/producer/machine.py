@@ -1,0 +1,429 @@
+"""``Producer``: the client machine that turns application ``Produce`` calls into batched,
+idempotent ``Enqueue`` requests to store masters.
+
+It owns routing (key -> queue -> store -> Paxos group -> believed master), per-queue batching,
+retries that reuse the batch's dedupe id, and the classification of every call's outcome into
+``Produced`` / ``ProduceFailed`` (definite) / ``ProduceUnknown``. It writes nothing to disk.
+
+How it talks (see ``pxq.effects``): the application calls it with
+``ClientCall(call_id, Produce(...))`` and gets ``Reply(call_id, Produced | ProduceFailed |
+ProduceUnknown)``; it sends ``Send(dst=replica, msg=Request(req_id, Enqueue(...)))`` and
+receives ``Received(src=replica, msg=Response(req_id, answer))``.
+
+Semantics:
+
+* **Batching.** Calls are grouped per (topic, queue), in arrival order, into batches of at
+  most ``batch_items_max`` items and ``batch_bytes_max`` key+payload bytes; a batch leaves when
+  it is full or its oldest call has waited ``linger_ms``.
+* **One batch in flight per queue.** The next batch of a queue accumulates while the previous
+  one is in flight and leaves only once that one is finished (acknowledged or given up). This
+  is what keeps per-queue (hence per-key) order across retries: acknowledged calls of one
+  queue get increasing offsets in the order they were accepted by the producer.
+* **Idempotent retries.** Each batch gets ``(producer_id, seq)`` once, ``seq`` increasing per
+  producer; every re-send of the batch (after a timeout, ``StoreError(definite=False)``, a
+  redirect or ``overloaded``) carries the same pair and the same items, so the store appends
+  it at most once (within its dedupe window) and answers a duplicate with the original
+  receipt. Item ``i`` of a batch gets offset ``first_offset + i``. A late ``EnqueueOk`` to a
+  superseded attempt of the current batch is accepted (it is the same batch).
+* **Outcome.** Re-sends are bounded by ``retries_max`` and by the call's overall deadline
+  (``call_timeout_ms`` from the arrival of the batch's oldest call). When either runs out, the
+  batch's calls get ``ProduceUnknown`` if any attempt may have been applied (a timeout, an
+  indefinite error, or an attempt still in flight), and ``ProduceFailed`` if every attempt was
+  definitely refused (redirects, definite errors). A non-retryable definite error ends the
+  batch at once with the same rule.
+* **Dedupe ids across restarts.** ``producer_id`` must never be reused by another incarnation
+  (the store would take a fresh batch for a retry of an old one and drop it). By default it
+  is ``"{name}.{64 random bits}"`` drawn from the injected ``rng``, so the driver must give
+  each incarnation its own random stream (or pass a unique ``producer_id``).
+
+What this leaves to the store: deduplicating by the exact ``(producer, seq)`` pair, or by the
+highest ``seq`` per (producer, topic, queue). Not by the highest ``seq`` per producer alone:
+batches of different queues are in flight concurrently and may arrive out of ``seq`` order.
+
+Known ordering caveat: a batch given up with ``ProduceUnknown`` may still be applied later
+(an old master's proposal that gets chosen), after the queue's next batch. Order is
+guaranteed between acknowledged calls only.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeAlias, assert_never
+
+from pxq.effects import (
+    Boot,
+    ClientCall,
+    Effects,
+    EffectsBuilder,
+    Input,
+    InvariantViolation,
+    NodeId,
+    Now,
+    Received,
+    Request,
+    Response,
+    Wake,
+)
+from pxq.producer.messages import Produce, Produced, ProduceFailed, ProduceUnknown
+from pxq.producer.settings import ProducerSettings
+from pxq.routing import Location, Router, backoff_ms
+from pxq.store.messages import Enqueue, EnqueueOk, Item, StoreError, StoreRedirect
+from pxq.store.placement import queue_of
+from pxq.timers import Timers
+
+if TYPE_CHECKING:
+    import random
+
+QueueKey: TypeAlias = tuple[str, int]
+"""(topic, queue)."""
+
+RETRYABLE_DEFINITE = frozenset({"overloaded"})
+"""Definite store errors worth re-sending after a backoff; any other definite error ends the
+batch (the request itself is wrong: unknown topic, bad queue, too large...)."""
+
+
+@dataclass(slots=True, eq=False)
+class _Call:
+    call_id: int
+    item: Item
+    size: int
+    arrived_ms: int
+    deadline_ms: int
+
+
+@dataclass(slots=True, eq=False)
+class _Batch:
+    seq: int
+    calls: tuple[_Call, ...]
+    body: Enqueue
+    deadline_ms: int
+    target: NodeId = ""
+    sends: int = 0
+    req_id: int | None = None
+    """The attempt in flight, if any."""
+    req_ids: list[int] = field(default_factory=list)
+    """Every attempt's id, so a late answer to a superseded attempt is still recognised."""
+    attempt_deadline_ms: int = 0
+    resend_at_ms: int | None = None
+    failures: int = 0
+    possibly_applied: bool = False
+    last_code: str = "unavailable"
+    last_message: str = ""
+
+
+@dataclass(slots=True, eq=False)
+class _QueueState:
+    topic: str
+    queue: int
+    loc: Location
+    waiting: deque[_Call] = field(default_factory=deque)
+    waiting_bytes: int = 0
+    batch: _Batch | None = None
+
+
+class Producer:
+    """The producer client machine (a ``Node``): see the module docstring."""
+
+    def __init__(
+        self,
+        settings: ProducerSettings,
+        rng: random.Random,
+        *,
+        name: str = "producer",
+        producer_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self._rng = rng
+        self.producer_id = (
+            producer_id if producer_id is not None else f"{name}.{rng.getrandbits(64):016x}"
+        )
+        self._router = Router(settings.stores, settings.groups_per_store)
+        self._queues: dict[QueueKey, _QueueState] = {}
+        self._timers: Timers[QueueKey] = Timers()
+        self._reqs: dict[int, tuple[QueueKey, int]] = {}
+        self._next_req_id = 1
+        self._next_seq = 1
+        self._held_calls = 0
+        self._held_bytes = 0
+
+    # -- introspection (tests, metrics) --------------------------------------------------------
+
+    @property
+    def held_calls(self) -> int:
+        """Produce calls accepted and not yet answered."""
+        return self._held_calls
+
+    def in_flight(self) -> dict[QueueKey, int]:
+        """(topic, queue) -> seq of the batch in flight there."""
+        return {k: qs.batch.seq for k, qs in self._queues.items() if qs.batch is not None}
+
+    def route(self, topic: str, key: bytes) -> tuple[int, str, int]:
+        """(queue, store, Paxos group) that ``key`` of ``topic`` goes to."""
+        queue = queue_of(key, self.settings.topics[topic])
+        store, group = self._router.locate(topic, queue)
+        return queue, store, group
+
+    # -- Node protocol -------------------------------------------------------------------------
+
+    def next_deadline(self) -> int | None:
+        return self._timers.earliest()
+
+    def step(self, now: Now, inp: Input) -> Effects:
+        fx = EffectsBuilder()
+        match inp:
+            case Boot():
+                pass  # a fresh incarnation holds nothing: open calls died with the old one
+            case ClientCall(call_id=call_id, request=request):
+                self._on_call(now, call_id, request, fx)
+            case Received(src=src, msg=Response() as resp):
+                self._on_response(now, src, resp, fx)
+            case Received(src=src, msg=msg):
+                fx.event("producer.unexpected", src=src, type=type(msg).__name__)
+            case Wake():
+                for key in self._timers.pop_due(now.mono_ms):
+                    qs = self._queues.get(key)
+                    if qs is not None:
+                        self._service(now, qs, fx)
+            case _:
+                assert_never(inp)
+        return fx.build()
+
+    # -- calls ---------------------------------------------------------------------------------
+
+    def _on_call(self, now: Now, call_id: int, request: object, fx: EffectsBuilder) -> None:
+        s = self.settings
+        if not isinstance(request, Produce):
+            fx.reply(call_id, ProduceFailed(code="bad_request", message="expected Produce"))
+            return
+        queues = s.topics.get(request.topic)
+        if queues is None:
+            fx.reply(
+                call_id,
+                ProduceFailed(code="unknown_topic", message=f"no topic {request.topic!r}"),
+            )
+            return
+        size = len(request.key) + len(request.payload)
+        if size > s.batch_bytes_max:
+            fx.reply(
+                call_id,
+                ProduceFailed(
+                    code="too_large", message=f"{size} bytes > batch_bytes_max {s.batch_bytes_max}"
+                ),
+            )
+            return
+        if self._held_calls >= s.pending_max or self._held_bytes + size > s.pending_bytes_max:
+            fx.reply(call_id, ProduceFailed(code="overloaded", message="producer queue full"))
+            return
+        queue = queue_of(request.key, queues)
+        key = (request.topic, queue)
+        qs = self._queues.get(key)
+        if qs is None:
+            qs = _QueueState(
+                topic=request.topic, queue=queue, loc=self._router.locate(request.topic, queue)
+            )
+            self._queues[key] = qs
+        item = Item(key=request.key, payload=request.payload, kind=request.kind)
+        qs.waiting.append(
+            _Call(
+                call_id=call_id,
+                item=item,
+                size=size,
+                arrived_ms=now.mono_ms,
+                deadline_ms=now.mono_ms + s.call_timeout_ms,
+            )
+        )
+        qs.waiting_bytes += size
+        self._held_calls += 1
+        self._held_bytes += size
+        self._pump(now, qs, fx)
+        self._rearm(qs)
+
+    # -- batches -------------------------------------------------------------------------------
+
+    def _ready(self, now: Now, qs: _QueueState) -> bool:
+        s = self.settings
+        return (
+            len(qs.waiting) >= s.batch_items_max
+            or qs.waiting_bytes >= s.batch_bytes_max
+            or qs.waiting[0].arrived_ms + s.linger_ms <= now.mono_ms
+        )
+
+    def _pump(self, now: Now, qs: _QueueState, fx: EffectsBuilder) -> None:
+        """Send the queue's next batch if none is in flight and one is ready."""
+        if qs.batch is not None or not qs.waiting or not self._ready(now, qs):
+            return
+        s = self.settings
+        calls: list[_Call] = []
+        size = 0
+        while qs.waiting and len(calls) < s.batch_items_max:
+            nxt = qs.waiting[0]
+            if calls and size + nxt.size > s.batch_bytes_max:
+                break
+            calls.append(qs.waiting.popleft())
+            size += nxt.size
+        qs.waiting_bytes -= size
+        seq = self._next_seq
+        self._next_seq += 1
+        body = Enqueue(
+            topic=qs.topic,
+            queue=qs.queue,
+            producer=self.producer_id,
+            seq=seq,
+            items=tuple(c.item for c in calls),
+        )
+        # Oldest call first: the batch's fate is decided by its oldest call's deadline.
+        qs.batch = _Batch(seq=seq, calls=tuple(calls), body=body, deadline_ms=calls[0].deadline_ms)
+        self._send_attempt(now, qs, qs.batch, fx)
+
+    def _send_attempt(self, now: Now, qs: _QueueState, b: _Batch, fx: EffectsBuilder) -> None:
+        req_id = self._next_req_id
+        self._next_req_id += 1
+        b.sends += 1
+        b.req_id = req_id
+        b.req_ids.append(req_id)
+        b.resend_at_ms = None
+        b.target = self._router.master(qs.loc)
+        b.attempt_deadline_ms = min(now.mono_ms + self.settings.request_timeout_ms, b.deadline_ms)
+        self._reqs[req_id] = ((qs.topic, qs.queue), b.seq)
+        fx.send(b.target, Request(req_id=req_id, body=b.body))
+
+    def _again(
+        self, now: Now, qs: _QueueState, b: _Batch, fx: EffectsBuilder, *, wait: bool
+    ) -> None:
+        """The current attempt failed; re-send (at once or after a backoff) if allowed."""
+        b.req_id = None
+        b.failures += 1
+        if b.sends > self.settings.retries_max:
+            self._give_up(qs, b, "retries exhausted", fx)
+            return
+        if not wait:
+            self._send_attempt(now, qs, b, fx)
+            return
+        s = self.settings
+        b.resend_at_ms = now.mono_ms + backoff_ms(
+            self._rng, b.failures, s.backoff_ms, s.backoff_max_ms
+        )
+
+    def _give_up(self, qs: _QueueState, b: _Batch, why: str, fx: EffectsBuilder) -> None:
+        if b.possibly_applied or b.req_id is not None:
+            reply: object = ProduceUnknown(reason=f"{why} ({b.last_code})")
+            fx.event("producer.unknown", topic=qs.topic, queue=qs.queue, seq=b.seq, why=why)
+        else:
+            reply = ProduceFailed(code=b.last_code, message=f"{why}: {b.last_message}".rstrip(": "))
+        self._finish(qs, b, [reply] * len(b.calls), fx)
+
+    def _finish(
+        self, qs: _QueueState, b: _Batch, replies: list[object], fx: EffectsBuilder
+    ) -> None:
+        for call, reply in zip(b.calls, replies, strict=True):
+            fx.reply(call.call_id, reply)
+            self._held_calls -= 1
+            self._held_bytes -= call.size
+        for req_id in b.req_ids:
+            self._reqs.pop(req_id, None)
+        qs.batch = None
+
+    # -- timers --------------------------------------------------------------------------------
+
+    def _service(self, now: Now, qs: _QueueState, fx: EffectsBuilder) -> None:
+        b = qs.batch
+        t = now.mono_ms
+        if b is not None:
+            if t >= b.deadline_ms:
+                self._give_up(qs, b, "deadline", fx)
+            elif b.req_id is not None and t >= b.attempt_deadline_ms:
+                # No answer: the attempt may have been applied. Try the next replica at once
+                # (the wait already happened); a live master redirects us back cheaply.
+                b.possibly_applied = True
+                b.last_code, b.last_message = "timeout", "no answer"
+                self._router.rotate(qs.loc, b.target)
+                self._again(now, qs, b, fx, wait=False)
+            elif b.req_id is None and b.resend_at_ms is not None and t >= b.resend_at_ms:
+                self._send_attempt(now, qs, b, fx)
+        while qs.waiting and qs.waiting[0].deadline_ms <= t:
+            # Never sent: a definite failure.
+            call = qs.waiting.popleft()
+            qs.waiting_bytes -= call.size
+            self._held_calls -= 1
+            self._held_bytes -= call.size
+            fx.reply(
+                call.call_id,
+                ProduceFailed(code="timeout", message="deadline passed before it was sent"),
+            )
+        self._pump(now, qs, fx)
+        self._rearm(qs)
+
+    def _rearm(self, qs: _QueueState) -> None:
+        key = (qs.topic, qs.queue)
+        b = qs.batch
+        if b is None and not qs.waiting:
+            del self._queues[key]
+            self._timers.set(key, None)
+            return
+        at: list[int] = []
+        if b is not None:
+            at.append(b.deadline_ms)
+            if b.req_id is not None:
+                at.append(b.attempt_deadline_ms)
+            elif b.resend_at_ms is not None:
+                at.append(b.resend_at_ms)
+        if qs.waiting:
+            at.append(qs.waiting[0].deadline_ms)
+            if b is None:
+                at.append(qs.waiting[0].arrived_ms + self.settings.linger_ms)
+        self._timers.set(key, min(at))
+
+    # -- answers -------------------------------------------------------------------------------
+
+    def _on_response(self, now: Now, src: NodeId, resp: Response, fx: EffectsBuilder) -> None:
+        entry = self._reqs.get(resp.req_id)
+        if entry is None:
+            return  # a late answer to a batch already finished
+        key, seq = entry
+        qs = self._queues.get(key)
+        b = qs.batch if qs is not None else None
+        if qs is None or b is None or b.seq != seq:
+            return
+        current = resp.req_id == b.req_id
+        body = resp.body
+        match body:
+            case EnqueueOk():
+                self._on_enqueued(qs, b, src, body, fx)
+            case _ if not current:
+                pass  # a superseded attempt's refusal says nothing about the current one
+            case StoreRedirect(master=master):
+                b.last_code, b.last_message = "unavailable", f"redirected by {src}"
+                known = self._router.redirected(qs.loc, src, master)
+                self._again(now, qs, b, fx, wait=not known)
+            case StoreError(definite=False):
+                b.possibly_applied = True
+                b.last_code, b.last_message = body.code, body.message
+                self._again(now, qs, b, fx, wait=True)
+            case StoreError(code=code) if code in RETRYABLE_DEFINITE:
+                b.last_code, b.last_message = body.code, body.message
+                self._again(now, qs, b, fx, wait=True)
+            case StoreError():
+                b.last_code, b.last_message = body.code, body.message
+                b.req_id = None
+                self._give_up(qs, b, "refused", fx)
+            case _:
+                fx.event("producer.unexpected", src=src, type=type(body).__name__)
+                return  # the attempt's timeout decides
+        self._pump(now, qs, fx)
+        self._rearm(qs)
+
+    def _on_enqueued(
+        self, qs: _QueueState, b: _Batch, src: NodeId, ok: EnqueueOk, fx: EffectsBuilder
+    ) -> None:
+        if ok.topic != qs.topic or ok.queue != qs.queue or ok.count != len(b.calls):
+            raise InvariantViolation(
+                f"EnqueueOk {ok} does not match batch seq {b.seq} of {qs.topic}/{qs.queue} "
+                f"with {len(b.calls)} items"
+            )
+        self._router.answered(qs.loc, src)
+        replies: list[object] = [
+            Produced(topic=qs.topic, queue=qs.queue, offset=ok.first_offset + i)
+            for i in range(len(b.calls))
+        ]
+        self._finish(qs, b, replies, fx)
