@@ -150,8 +150,19 @@ class NodeHost:
         self.outbox.clear()
         self.calls.clear()
         self.paused_inbox.clear()
+        torn_before = self.disk.stats.torn_batches_discarded
+        lost_before = self.disk.stats.lost_batches
         self.disk.crash(power_loss=power_loss)
-        self.world.record(self.node_id, "crash", (("power_loss", power_loss), ("reason", reason)))
+        self.world.record(
+            self.node_id,
+            "crash",
+            (
+                ("lost_batches", self.disk.stats.lost_batches - lost_before),
+                ("power_loss", power_loss),
+                ("reason", reason),
+                ("torn_batches", self.disk.stats.torn_batches_discarded - torn_before),
+            ),
+        )
 
     def pause(self) -> None:
         if not self.crashed:
