@@ -1,0 +1,289 @@
+"""Cluster configuration: TOML loading, validation errors that name file and key path, the
+embedded default, and the lookups derived from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pxq.config import (
+    DEFAULT_TOML,
+    ConfigError,
+    Limits,
+    Retention,
+    default_config,
+    load_config,
+    loads_config,
+)
+from pxq.paxos.config import PaxosConfig
+from pxq.store.placement import StoreRing
+
+BASE = """
+[cluster]
+name = "c"
+[[stores]]
+name = "a"
+groups = 2
+[[stores.replicas]]
+node = "a0"
+port = 7000
+"""
+
+
+def error(text: str) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        loads_config(text, file="x.toml")
+    return info.value
+
+
+def test_default_config_is_a_local_three_replica_store() -> None:
+    c = default_config()
+    assert c.name == "local"
+    (store,) = c.stores
+    assert store.groups == 4 and store.nodes == ("s0", "s1", "s2")
+    assert [(r.host, r.port, r.zone) for r in store.replicas] == [
+        ("127.0.0.1", 7101, "z0"),
+        ("127.0.0.1", 7102, "z0"),
+        ("127.0.0.1", 7103, "z0"),
+    ]
+    assert store.paxos.replicas == ("s0", "s1", "s2") and store.paxos.groups == 4
+    (topic,) = c.topics
+    assert (topic.name, topic.queues) == ("events", 8)
+    assert [g.name for g in topic.consumer_groups] == ["default"]
+    assert c.limits == Limits()
+    assert loads_config(DEFAULT_TOML) == c
+
+
+def test_load_config_reads_a_file(tmp_path: Path) -> None:
+    p = tmp_path / "cluster.toml"
+    p.write_text(BASE)
+    assert load_config(p).stores[0].name == "a"
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "missing.toml")
+    assert str(info.value).startswith(str(tmp_path / "missing.toml"))
+
+
+def test_errors_name_the_file_and_the_key_path() -> None:
+    e = error(BASE + "[[topics]]\nname = 'events'\nqueues = 'eight'\n")
+    assert (e.file, e.key_path) == ("x.toml", "topics[0].queues")
+    assert str(e) == "x.toml: topics[0].queues: expected an integer, got a string"
+
+
+@pytest.mark.parametrize(
+    ("extra", "path"),
+    [
+        ("[limits]\nfoo = 1\n", "limits.foo"),
+        ("[[topics]]\nname = 't'\nqueues = 1\ncolour = 'red'\n", "topics[0].colour"),
+        (
+            "[[topics]]\nname = 't'\nqueues = 1\n[topics.retention]\nhold = 1\n",
+            "topics[0].retention.hold",
+        ),
+        ("[extra]\n", "extra"),
+    ],
+)
+def test_unknown_keys_are_rejected(extra: str, path: str) -> None:
+    e = error(BASE + extra)
+    assert e.key_path == path and "unknown key" in e.reason
+
+
+def test_unknown_key_in_a_replica_and_in_paxos_overrides() -> None:
+    e = error(BASE.replace("port = 7000", "port = 7000\nweight = 2"))
+    assert e.key_path == "stores[0].replicas[0].weight"
+    e = error(BASE + "[stores.paxos]\nleese_ms = 5\n")
+    assert e.key_path == "stores[0].paxos.leese_ms"
+
+
+@pytest.mark.parametrize(
+    ("text", "path"),
+    [
+        (BASE.replace("groups = 2", "groups = true"), "stores[0].groups"),
+        (BASE.replace("groups = 2", "groups = 2.0"), "stores[0].groups"),
+        (BASE.replace('name = "c"', "name = 3"), "cluster.name"),
+        (BASE + "[limits]\nget_items_max = 0\n", "limits.get_items_max"),
+        (
+            BASE + "[[topics]]\nname='t'\nqueues=2\n[[topics.consumer_groups]]\nname='g'\n"
+            "dead_letter = 'yes'\n",
+            "topics[0].consumer_groups[0].dead_letter",
+        ),
+        (
+            BASE + "[[topics]]\nname='t'\nqueues=2\n[[topics.consumer_groups]]\nname='g'\n"
+            "retries = [{ delay_ms = -1 }]\n",
+            "topics[0].consumer_groups[0].retries[0].delay_ms",
+        ),
+        (
+            BASE + "[[topics]]\nname='t'\nqueues=2\n[[topics.consumer_groups]]\nname='g'\n"
+            "rate = { items_per_s = 0, burst = 1 }\n",
+            "topics[0].consumer_groups[0].rate.items_per_s",
+        ),
+        (BASE + "[stores.paxos]\nlease_ms = 'long'\n", "stores[0].paxos.lease_ms"),
+        (BASE + "[stores.paxos]\nheartbeat_ms = 900\n", "stores[0].paxos.heartbeat_ms"),
+        (BASE + "[stores.paxos]\nvalue_bytes_max = 1024\n", "stores[0].paxos.value_bytes_max"),
+    ],
+)
+def test_wrong_types_and_values_are_rejected(text: str, path: str) -> None:
+    assert error(text).key_path == path
+
+
+@pytest.mark.parametrize("name", ["a.b", "with space", "", "é", "x" * 65])
+def test_topic_names_allow_letters_digits_underscore_and_dash_only(name: str) -> None:
+    e = error(BASE + f"[[topics]]\nname = '{name}'\nqueues = 1\n")
+    assert e.key_path == "topics[0].name"
+    assert loads_config(BASE + "[[topics]]\nname = 'Ab_9-x'\nqueues = 1\n").topics[0].name
+
+
+def test_duplicate_names_are_rejected() -> None:
+    topic = "[[topics]]\nname = 't'\nqueues = 1\n"
+    assert error(BASE + topic + topic).key_path == "topics[1].name"
+    group = "[[topics.consumer_groups]]\nname = 'g'\n"
+    assert error(BASE + topic + group + group).key_path == "topics[0].consumer_groups[1].name"
+    store = BASE.split("[[stores]]")[1]
+    e = error(BASE + "[[stores]]" + store.replace("a0", "b0").replace("7000", "7001"))
+    assert e.key_path == "stores[1].name"
+    e = error(BASE + "[[stores]]" + store.replace('"a"', '"b"').replace("7000", "7001"))
+    assert e.key_path == "stores[1].replicas[0].node" and "a0" in e.reason
+
+
+def test_ports_must_be_valid_and_distinct_per_host() -> None:
+    assert error(BASE.replace("7000", "0")).key_path == "stores[0].replicas[0].port"
+    assert error(BASE.replace("7000", "65536")).key_path == "stores[0].replicas[0].port"
+    two = (
+        BASE
+        + "[[stores.replicas]]\nnode = 'a1'\nport = 7000\n[[stores.replicas]]\nnode = 'a2'\nport = 7002\n"
+    )
+    assert error(two).key_path == "stores[0].replicas[1].port"
+    other_host = two.replace(
+        "node = 'a1'\nport = 7000", "node = 'a1'\nport = 7000\nhost = '10.0.0.2'"
+    )
+    assert loads_config(other_host).stores[0].replicas[1].host == "10.0.0.2"
+
+
+def test_replica_count_must_be_odd() -> None:
+    two = BASE + "[[stores.replicas]]\nnode = 'a1'\nport = 7001\n"
+    assert error(two).key_path == "stores[0].replicas"
+
+
+def test_consumer_group_queues_all_or_a_list() -> None:
+    text = BASE + "[[topics]]\nname = 't'\nqueues = 4\n[[topics.consumer_groups]]\nname = 'g'\n"
+    c = loads_config(text + "queues = 'all'\n")
+    g = c.topics[0].consumer_groups[0]
+    assert g.queues is None and all(g.subscribes_queue(q) for q in range(4))
+    g = loads_config(text + "queues = [3, 1]\n").topics[0].consumer_groups[0]
+    assert g.queues == (1, 3) and g.subscribes_queue(3) and not g.subscribes_queue(0)
+    assert error(text + "queues = 'some'\n").key_path == "topics[0].consumer_groups[0].queues"
+    assert error(text + "queues = [4]\n").key_path == "topics[0].consumer_groups[0].queues[0]"
+    assert error(text + "queues = [1, 1]\n").key_path == "topics[0].consumer_groups[0].queues[1]"
+    assert error(text + "queues = []\n").key_path == "topics[0].consumer_groups[0].queues"
+    assert error(text + "queues = ['1']\n").key_path == "topics[0].consumer_groups[0].queues[0]"
+
+
+def test_consumer_group_defaults_and_options() -> None:
+    text = BASE + (
+        "[[topics]]\nname = 't'\nqueues = 4\n[topics.retention]\nhold_items = 10\n"
+        "[[topics.consumer_groups]]\nname = 'plain'\n"
+        "[[topics.consumer_groups]]\nname = 'picky'\nkinds = ['b', 'a']\n"
+        "rate = { items_per_s = 100, burst = 10 }\n"
+        "retries = [{ delay_ms = 5 }, { delay_ms = 50 }]\ndead_letter = false\n"
+    )
+    t = loads_config(text).topics[0]
+    plain, picky = t.consumer_groups
+    assert t.retention == Retention(hold_items=10, hold_ms=None)
+    assert (plain.kinds, plain.rate, plain.retries, plain.dead_letter) == (None, None, (), True)
+    assert plain.subscribes_kind("anything")
+    assert (
+        picky.kinds == ("a", "b") and picky.subscribes_kind("a") and not picky.subscribes_kind("")
+    )
+    assert picky.rate is not None and (picky.rate.items_per_s, picky.rate.burst) == (100, 10)
+    assert [r.delay_ms for r in picky.retries] == [5, 50] and not picky.dead_letter
+
+
+def test_limits_bound_queues_groups_and_retry_levels() -> None:
+    lim = "[limits]\nqueues_max = 4\nconsumer_groups_max = 1\nretry_levels_max = 1\n"
+    assert error(BASE + lim + "[[topics]]\nname='t'\nqueues=5\n").key_path == "topics[0].queues"
+    groups = "[[topics]]\nname='t'\nqueues=1\n[[topics.consumer_groups]]\nname='a'\n"
+    assert error(BASE + lim + groups + "[[topics.consumer_groups]]\nname='b'\n").key_path == (
+        "topics[0].consumer_groups"
+    )
+    retries = groups + "retries = [{ delay_ms = 1 }, { delay_ms = 2 }]\n"
+    assert error(BASE + lim + retries).key_path == "topics[0].consumer_groups[0].retries"
+
+
+def test_batching_is_bounded_by_the_enqueue_limit() -> None:
+    c = loads_config(BASE + "[batching]\nlinger_ms = 0\n")
+    assert (c.batching.linger_ms, c.batching.items_max) == (0, 100)
+    e = error(BASE + "[limits]\nenqueue_items_max = 10\n[batching]\nitems_max = 11\n")
+    assert e.key_path == "batching.items_max"
+
+
+def test_paxos_overrides_reach_the_replica_set_configuration() -> None:
+    c = loads_config(BASE + "[stores.paxos]\nlease_ms = 2000\nheartbeat_ms = 300\n")
+    s = c.stores[0]
+    assert s.paxos_overrides == (("heartbeat_ms", 300), ("lease_ms", 2000))
+    assert (s.paxos.lease_ms, s.paxos.heartbeat_ms, s.paxos.groups) == (2000, 300, 2)
+    assert s.paxos.replicas == ("a0",)
+    # One item of the largest size fits a proposal.
+    assert s.paxos.value_bytes_max >= c.limits.item_bytes_max
+    assert PaxosConfig(replicas=("x",)).lease_ms == 1000
+
+
+def test_topic_lookup_includes_derived_retry_and_dead_letter_topics() -> None:
+    c = default_config()
+    base = c.topic("events")
+    assert base is not None and base.level == 0 and base.owner is None
+    r2 = c.topic("events.retry.default.2")
+    assert r2 is not None and (r2.level, r2.owner, r2.queues) == (2, "default", 8)
+    dlq = c.topic("events.dlq.default")
+    assert dlq is not None and (dlq.level, dlq.owner) == (-1, "default")
+    assert c.topic("events.retry.default.3") is None  # only two levels configured
+    assert c.topic("events.retry.other.1") is None
+    assert c.topic("nope") is None
+    assert c.base_topic("events") is base.base and c.base_topic("events.dlq.default") is None
+
+
+def test_subscribed_groups_of_a_topic_and_queue() -> None:
+    text = BASE + (
+        "[[topics]]\nname = 't'\nqueues = 4\n"
+        "[[topics.consumer_groups]]\nname = 'all'\n"
+        "[[topics.consumer_groups]]\nname = 'some'\nqueues = [2]\nkinds = ['x']\n"
+    )
+    c = loads_config(text)
+    assert c.subscribed_groups("t") == ("all", "some")
+    assert c.subscribed_groups("t", 0) == ("all",)
+    assert c.subscribed_groups("t", 2) == ("all", "some")
+    # A derived topic is read by its owner only, on every queue and every kind.
+    assert c.subscribed_groups("t.dlq.some", 0) == ("some",)
+    info = c.topic("t.dlq.some")
+    assert info is not None and info.subscribers[0].kinds is None
+    assert c.subscribed_groups("unknown") == ()
+
+
+def test_store_for_follows_the_ring_and_derived_topics_follow_their_base() -> None:
+    stores = "".join(
+        f"[[stores]]\nname = 's{i}'\ngroups = 2\n[[stores.replicas]]\nnode = 'n{i}'\nport = {7000 + i}\n"
+        for i in range(3)
+    )
+    c = loads_config(
+        "[cluster]\nname='c'\n" + stores + "[[topics]]\nname='t'\nqueues=32\n"
+        "[[topics.consumer_groups]]\nname='g'\nretries=[{delay_ms=1}]\n"
+    )
+    ring = StoreRing(["s0", "s1", "s2"])
+    owners = [c.store_for("t", q) for q in range(32)]
+    assert owners == [ring.store_of("t", q) for q in range(32)]
+    assert len(set(owners)) == 3
+    assert [c.store_for("t.retry.g.1", q) for q in range(32)] == owners
+    held = [q for s in ("s0", "s1", "s2") for g in range(2) for q in c.queues_of("t", s, g)]
+    assert sorted(held) == list(range(32))
+    for q in c.queues_of("t", "s1", 1):
+        assert q % 2 == 1 and owners[q] == "s1"
+
+
+def test_invalid_toml_is_a_config_error() -> None:
+    e = error("[cluster\nname=")
+    assert e.key_path == "-" and "invalid TOML" in e.reason
+
+
+def test_missing_sections_are_reported() -> None:
+    assert error("").key_path == "cluster"
+    assert error("[cluster]\nname='c'\n").key_path == "stores"
+    assert error("stores = []\n[cluster]\nname='c'\n").key_path == "stores"
+    assert error(BASE.replace('node = "a0"\n', "")).key_path == "stores[0].replicas[0].node"

@@ -1,0 +1,439 @@
+"""Store nodes (``pxq.store.node.StoreNode``) in a small deterministic in-process cluster:
+requests, redirects, reads on the master, failover, retention ticks.
+
+``StoreCluster`` is the store's version of ``tests/paxos_harness.Cluster``: N StoreNodes with
+instantly syncing ``MemoryStore`` disks, a pool of in-flight messages delivered after a fixed
+latency, integer true time (every clock runs at true rate from the same origin), crash and
+restart. Writes are applied before the step's sends and replies leave, as the driver contract
+requires. After every step it checks that no group has two lease holders.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import pytest
+
+from pxq.config import DEFAULT_TOML, ClusterConfig, default_config, loads_config
+from pxq.effects import Boot, ClientCall, Input, Now, Received, Wake
+from pxq.store.messages import (
+    CommitCursor,
+    CommitOk,
+    Enqueue,
+    EnqueueOk,
+    Get,
+    GetOk,
+    Item,
+    Retry,
+    RetryOk,
+    Seek,
+    SeekOk,
+    StoreError,
+    StoreRedirect,
+)
+from pxq.store.node import StoreNode
+from pxq.store.records import Q_ITEM
+from sim.memstore import MemoryStore
+
+WALL_ORIGIN = 1_700_000_000_000
+SPIN_MAX = 10_000
+"""Wakes one node may take at one instant before the harness calls it a spinning timer."""
+
+
+@dataclass(slots=True)
+class Flight:
+    seq: int
+    at: int
+    src: str
+    dst: str
+    msg: object
+
+
+@dataclass(slots=True)
+class StoreCluster:
+    config: ClusterConfig
+    store: str
+    latency_ms: int = 1
+    seed: int = 0
+    time: int = 0
+    disks: dict[str, MemoryStore] = field(default_factory=dict)
+    nodes: dict[str, StoreNode | None] = field(default_factory=dict)
+    incarnation: dict[str, int] = field(default_factory=dict)
+    pool: list[Flight] = field(default_factory=list)
+    responses: dict[int, object | None] = field(default_factory=dict)
+    seq: int = 0
+    next_call: int = 1
+    wakes_now: dict[str, int] = field(default_factory=dict)
+    trace: list[tuple[str, str]] = field(default_factory=list)
+
+    @classmethod
+    def make(cls, config: ClusterConfig | None = None, store: str | None = None) -> StoreCluster:
+        config = config or default_config()
+        c = cls(config=config, store=store or config.stores[0].name)
+        for name in config.store(c.store).nodes:
+            c.disks[name] = MemoryStore()
+            c.incarnation[name] = 0
+            c.nodes[name] = None
+            c.restart(name)
+        return c
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.config.store(self.store).nodes
+
+    def now(self) -> Now:
+        return Now(mono_ms=self.time, wall_ms=WALL_ORIGIN + self.time)
+
+    def step(self, name: str, inp: Input) -> None:
+        node = self.nodes[name]
+        assert node is not None
+        fx = node.step(self.now(), inp)
+        self.disks[name].apply(fx.writes)
+        for s in fx.sends:
+            self.seq += 1
+            self.pool.append(Flight(self.seq, self.time + self.latency_ms, name, s.dst, s.msg))
+        for r in fx.replies:
+            assert self.responses.get(r.call_id) is None, f"call {r.call_id} answered twice"
+            self.responses[r.call_id] = r.response
+        self.trace.extend((name, ev.kind) for ev in fx.trace)
+        self.check_single_master()
+
+    def restart(self, name: str) -> None:
+        self.incarnation[name] += 1
+        rng = random.Random(f"{self.seed}/{name}/{self.incarnation[name]}")
+        self.nodes[name] = StoreNode(name, self.config, self.store, self.disks[name], rng)
+        self.step(name, Boot())
+
+    def crash(self, name: str) -> None:
+        self.nodes[name] = None
+        self.pool = [f for f in self.pool if f.dst != name]
+
+    def call(self, name: str, request: object) -> int:
+        call_id = self.next_call
+        self.next_call += 1
+        self.responses[call_id] = None
+        self.step(name, ClientCall(call_id=call_id, request=request))
+        return call_id
+
+    def run(self, ms: int) -> None:
+        end = self.time + ms
+        while True:
+            t_msg = min((f.at for f in self.pool), default=None)
+            timer: tuple[int, str] | None = None
+            for name, node in self.nodes.items():
+                d = None if node is None else node.next_deadline()
+                if d is not None and (timer is None or d < timer[0]):
+                    timer = (d, name)
+            t_next = t_msg
+            if timer is not None and (t_next is None or timer[0] < t_next):
+                t_next = timer[0]
+            if t_next is None or t_next > end:
+                break
+            if t_next > self.time:
+                self.time = t_next
+                self.wakes_now.clear()
+            if t_msg is not None and t_msg <= self.time:
+                f = min((f for f in self.pool if f.at <= self.time), key=lambda f: f.seq)
+                self.pool.remove(f)
+                if self.nodes[f.dst] is not None:
+                    self.step(f.dst, Received(src=f.src, msg=f.msg))
+            elif timer is not None:
+                n = self.wakes_now[timer[1]] = self.wakes_now.get(timer[1], 0) + 1
+                assert n < SPIN_MAX, f"{timer[1]} keeps asking for a Wake at {self.time}"
+                self.step(timer[1], Wake())
+        self.time = end
+
+    def run_until(self, predicate: object, within_ms: int, step_ms: int = 5) -> bool:
+        assert callable(predicate)
+        end = self.time + within_ms
+        while self.time < end:
+            if predicate():
+                return True
+            self.run(step_ms)
+        return bool(predicate())
+
+    def masters(self, group: int) -> list[str]:
+        now = self.now()
+        return [n for n, node in self.nodes.items() if node and node.is_master(group, now)]
+
+    def check_single_master(self) -> None:
+        for g in range(self.config.store(self.store).groups):
+            m = self.masters(g)
+            assert len(m) <= 1, f"two masters of group {g} at {self.time}: {m}"
+
+    def wait_master(self, group: int, within_ms: int = 5000) -> str:
+        assert self.run_until(lambda: bool(self.masters(group)), within_ms), "no master"
+        return self.masters(group)[0]
+
+    def request(self, name: str, request: object, within_ms: int = 2000) -> object:
+        call_id = self.call(name, request)
+        assert self.run_until(lambda: self.responses[call_id] is not None, within_ms), (
+            f"no answer to {request!r}"
+        )
+        return self.responses[call_id]
+
+    def request_ok(self, request: object, group: int, within_ms: int = 10_000) -> object:
+        """Send ``request`` to the master of ``group``, following redirects."""
+        end = self.time + within_ms
+        target = self.names[0]
+        while self.time < end:
+            if self.nodes[target] is None:
+                target = self.names[(self.names.index(target) + 1) % len(self.names)]
+                continue
+            r = self.request(target, request)
+            if isinstance(r, StoreRedirect):
+                if r.master is not None and r.master != target and self.nodes[r.master]:
+                    target = r.master
+                else:
+                    self.run(50)
+                    target = self.names[(self.names.index(target) + 1) % len(self.names)]
+                continue
+            if isinstance(r, StoreError) and r.code == "unknown":
+                self.run(50)
+                continue
+            return r
+        raise AssertionError(f"no answer to {request!r} within {within_ms} ms")
+
+
+def enqueue(queue: int, seq: int, n: int = 1, producer: str = "p") -> Enqueue:
+    return Enqueue(
+        topic="events",
+        queue=queue,
+        producer=producer,
+        seq=seq,
+        items=tuple(Item(key=f"{seq}.{i}".encode(), payload=b"v" * 20) for i in range(n)),
+    )
+
+
+def get(queue: int, cursor: int = 0, topic: str = "events") -> Get:
+    return Get(
+        topic=topic, group="default", queue=queue, cursor=cursor, items_max=100, bytes_max=1 << 20
+    )
+
+
+def test_enqueue_then_get_on_the_master_sees_the_items() -> None:
+    c = StoreCluster.make()
+    m = c.wait_master(1)
+    r = c.request(m, enqueue(queue=5, seq=1, n=3))  # queue 5 is in group 1
+    assert r == EnqueueOk(topic="events", queue=5, first_offset=0, count=3)
+    # Asked in the very next step after the acknowledgement, the master serves the items.
+    got = c.responses[c.call(m, get(5))]
+    assert isinstance(got, GetOk)
+    assert [i.key for i in got.items] == [b"1.0", b"1.1", b"1.2"]
+    assert all(i.enqueued_ms >= WALL_ORIGIN for i in got.items)
+
+
+def test_followers_redirect_writes_and_reads_to_the_master() -> None:
+    c = StoreCluster.make()
+    m = c.wait_master(2)
+    c.run(300)  # heartbeats tell the followers who the master is
+    for name in c.names:
+        if name == m:
+            continue
+        assert c.request(name, enqueue(queue=2, seq=1)) == StoreRedirect(master=m)
+        assert c.request(name, get(2)) == StoreRedirect(master=m)
+
+
+def test_invalid_requests_fail_at_once_without_a_proposal() -> None:
+    c = StoreCluster.make()
+    m = c.wait_master(0)
+    applied = c.nodes[m].applied(0)  # type: ignore[union-attr]
+
+    def answer(request: object) -> str:
+        call_id = c.call(m, request)
+        r = c.responses[call_id]  # answered in the same step
+        assert isinstance(r, StoreError) and r.definite, r
+        return r.code
+
+    assert answer(Enqueue(topic="nope", queue=0, producer="p", seq=1, items=())) == (
+        "unknown_topic"
+    )
+    assert answer(enqueue(queue=8, seq=1)) == "bad_queue"
+    assert answer(Enqueue(topic="events", queue=0, producer="p", seq=1, items=())) == (
+        "bad_request"
+    )
+    big = Item(key=b"k", payload=b"x" * (c.config.limits.item_bytes_max + 1))
+    assert answer(Enqueue(topic="events", queue=0, producer="p", seq=1, items=(big,))) == (
+        "too_large"
+    )
+    many = tuple(Item(key=b"k", payload=b"") for _ in range(1001))
+    assert answer(Enqueue(topic="events", queue=0, producer="p", seq=1, items=many)) == (
+        "too_large"
+    )
+    # Each item is allowed, but together they do not fit one Paxos value.
+    halves = tuple(Item(key=b"k", payload=b"x" * (700 * 1024)) for _ in range(2))
+    assert answer(Enqueue(topic="events", queue=0, producer="p", seq=1, items=halves)) == (
+        "too_large"
+    )
+    assert answer(
+        Enqueue(topic="events.dlq.default", queue=0, producer="p", seq=1, items=halves)
+    ) == ("unknown_topic")
+    assert answer(CommitCursor(topic="events", group="nobody", queue=0, cursor=0)) == (
+        "unknown_group"
+    )
+    assert answer(Seek(topic="events", group="default", queue=0)) == "bad_request"
+    assert answer(Retry(topic="events.dlq.default", group="default", queue=0, offset=0)) == (
+        "bad_request"
+    )
+    assert answer("hello") == "bad_request"
+    c.run(50)
+    assert c.nodes[m].applied(0) == applied  # type: ignore[union-attr]
+
+
+def test_commit_retry_and_seek_through_the_log() -> None:
+    c = StoreCluster.make()
+    c.wait_master(3)
+    assert isinstance(c.request_ok(enqueue(queue=3, seq=1, n=5), group=3), EnqueueOk)
+    r = c.request_ok(CommitCursor(topic="events", group="default", queue=3, cursor=2, token=7), 3)
+    assert r == CommitOk(topic="events", group="default", queue=3, cursor=2)
+    r = c.request_ok(CommitCursor(topic="events", group="default", queue=3, cursor=4, token=6), 3)
+    assert isinstance(r, StoreError) and r.code == "stale_token"
+    r = c.request_ok(Retry(topic="events", group="default", queue=3, offset=2, token=7), 3)
+    assert isinstance(r, RetryOk) and r.moved_to == "events.retry.default.1" and r.cursor == 3
+    r = c.request_ok(Seek(topic="events", group="default", queue=3, offset=1), 3)
+    assert r == SeekOk(topic="events", group="default", positions=((3, 1),))
+    got = c.request_ok(get(3, cursor=0, topic="events.retry.default.1"), 3)
+    assert isinstance(got, GetOk) and [(i.key, i.attempt) for i in got.items] == [(b"1.2", 1)]
+    assert got.items[0].not_before_ms >= WALL_ORIGIN + 1000
+
+
+def test_failover_keeps_acknowledged_items_and_cursors() -> None:
+    c = StoreCluster.make()
+    old = c.wait_master(0)
+    for seq in range(1, 6):
+        assert isinstance(c.request_ok(enqueue(queue=4, seq=seq, n=2), group=0), EnqueueOk)
+    r = c.request_ok(CommitCursor(topic="events", group="default", queue=4, cursor=6), 0)
+    assert isinstance(r, CommitOk)
+    c.crash(old)
+    new = c.wait_master(0, within_ms=5000)
+    assert new != old
+    got = c.request_ok(get(4), group=0)
+    assert isinstance(got, GetOk)
+    assert got.committed == 6 and got.end_offset == 10
+    assert [i.offset for i in got.items] == list(range(10))
+    # A producer retry of an acknowledged enqueue is still recognised by the new master.
+    again = c.request_ok(enqueue(queue=4, seq=5, n=2), group=0)
+    assert isinstance(again, EnqueueOk) and again.duplicate and again.first_offset == 8
+    # The old master comes back, catches up, and serves the same state once it leads again.
+    c.restart(old)
+    c.run(4000)
+    final = c.request_ok(get(4), group=0)
+    assert isinstance(final, GetOk) and final.end_offset == 10 and final.committed == 6
+
+
+def test_master_proposes_retention_ticks_that_empty_consumed_queues() -> None:
+    c = StoreCluster.make()
+    c.wait_master(1)
+    assert isinstance(c.request_ok(enqueue(queue=1, seq=1, n=4), group=1), EnqueueOk)
+    r = c.request_ok(CommitCursor(topic="events", group="default", queue=1, cursor=4), 1)
+    assert isinstance(r, CommitOk)
+    c.run(2 * c.config.store(c.store).retention_tick_ms + 500)
+    got = c.request_ok(get(1), group=1)
+    assert isinstance(got, GetOk) and (got.first_offset, got.end_offset) == (4, 4)
+    for name in c.names:  # every replica applied the tick
+        table = c.disks[name].tables.get(Q_ITEM)
+        assert table is None or not table.keys, name
+
+
+def test_idle_groups_propose_no_ticks() -> None:
+    c = StoreCluster.make()
+    c.run(3000)
+    applied = {g: c.nodes[c.wait_master(g)].applied(g) for g in range(4)}  # type: ignore[union-attr]
+    c.run(5000)
+    assert {g: c.nodes[c.masters(g)[0]].applied(g) for g in range(4)} == applied  # type: ignore[union-attr]
+
+
+def test_no_ticks_while_nothing_is_removable() -> None:
+    c = StoreCluster.make()
+    m = c.wait_master(1)
+    assert isinstance(c.request_ok(enqueue(queue=1, seq=1, n=4), group=1), EnqueueOk)
+    c.run(300)
+    node = c.nodes[m]
+    assert node is not None
+    applied = node.applied(1)
+    c.run(5 * c.config.store(c.store).retention_tick_ms)  # the consumer group never commits
+    assert node.applied(1) == applied
+    r = c.request_ok(CommitCursor(topic="events", group="default", queue=1, cursor=4), 1)
+    assert isinstance(r, CommitOk)
+    c.run(2 * c.config.store(c.store).retention_tick_ms)
+    assert node.applied(1) == applied + 2  # the commit, then one tick
+    c.run(5 * c.config.store(c.store).retention_tick_ms)
+    assert node.applied(1) == applied + 2
+
+
+def test_a_lagging_replica_installs_a_queue_store_snapshot() -> None:
+    text = DEFAULT_TOML + "\n[stores.paxos]\ncheckpoint_every = 4\nlog_hold = 1\n"
+    text = text.replace(
+        "[[topics]]",
+        '[[stores.replicas]]\nnode = "s3"\nport = 7104\n'
+        '[[stores.replicas]]\nnode = "s4"\nport = 7105\n\n[[topics]]',
+        1,
+    )
+    c = StoreCluster.make(loads_config(text, file="snap.toml"))
+    c.wait_master(0)
+    c.crash("s4")  # group 0 prefers s0; s4 misses everything below
+    for seq in range(1, 16):
+        assert isinstance(c.request_ok(enqueue(queue=0, seq=seq, n=3), group=0), EnqueueOk)
+    r = c.request_ok(CommitCursor(topic="events", group="default", queue=0, cursor=7), 0)
+    assert isinstance(r, CommitOk)
+    c.restart("s4")
+    assert c.run_until(
+        lambda: c.nodes["s4"].applied(0) == c.nodes["s0"].applied(0),  # type: ignore[union-attr]
+        within_ms=5000,
+    )
+    assert ("s4", "snapshot_installed") in c.trace
+    lo, hi = (0).to_bytes(4, "big"), (1).to_bytes(4, "big")
+    for table in ("q_queue", "q_item", "q_cursor", "q_producer", "q_dedupe"):
+        assert list(c.disks["s4"].scan(table, lo, hi)) == list(c.disks["s0"].scan(table, lo, hi))
+    sm = c.nodes["s4"].state_machine(0)  # type: ignore[union-attr]
+    assert sm.offsets("events", 0) == (0, 45) and sm.cursor("events", "default", 0) == 7
+
+
+SOLO = """
+[cluster]
+name = "solo"
+[[stores]]
+name = "one"
+groups = 3
+[[stores.replicas]]
+node = "n0"
+port = 7000
+[[topics]]
+name = "events"
+queues = 6
+[[topics.consumer_groups]]
+name = "default"
+"""
+
+
+def test_seek_over_all_queues_spans_every_group() -> None:
+    c = StoreCluster.make(loads_config(SOLO, file="solo.toml"))
+    for g in range(3):
+        c.wait_master(g)
+    for q in range(6):
+        assert isinstance(c.request("n0", enqueue(queue=q, seq=q + 1, n=3)), EnqueueOk)
+        r = c.request("n0", CommitCursor(topic="events", group="default", queue=q, cursor=3))
+        assert isinstance(r, CommitOk)
+    r = c.request("n0", Seek(topic="events", group="default", queue=None, offset=1))
+    assert r == SeekOk(topic="events", group="default", positions=tuple((q, 1) for q in range(6)))
+
+
+def test_seek_over_all_queues_reports_groups_mastered_elsewhere() -> None:
+    c = StoreCluster.make()
+    for g in range(4):
+        c.wait_master(g)
+    c.run(300)
+    for q in range(8):
+        assert isinstance(c.request_ok(enqueue(queue=q, seq=q + 1, n=2), group=q % 4), EnqueueOk)
+    r = c.request("s0", Seek(topic="events", group="default", queue=None, offset=0))
+    # s0 masters only some groups: nothing moved (all cursors are at 0) where it is master,
+    # and the others redirected; the answer says the outcome is partial.
+    assert isinstance(r, StoreError) and r.code == "partial" and not r.definite
+
+
+@pytest.mark.parametrize("request_", [get(0), enqueue(queue=0, seq=1)])
+def test_requests_before_a_master_exists_are_redirected(request_: object) -> None:
+    c = StoreCluster.make()
+    r = c.request("s1", request_)
+    assert isinstance(r, StoreRedirect)
