@@ -396,13 +396,14 @@ def test_retry_moves_through_the_levels_then_to_the_dead_letter_topic() -> None:
     assert err(d.one(retry("t.dlq.all", 0, 9000))) == "bad_request"
 
 
-def test_retry_without_dead_letters_drops_after_the_last_level() -> None:
+def test_retry_without_dead_letters_keeps_the_item_after_the_last_level() -> None:
     d = Disk()
     d.one(enq(1, 1, queue=1, kind="x"))
     r = d.one(
         RetryCmd(topic="t", group="odd", queue=1, offset=0, token=0, wall_ms=1)
     )  # odd has no retry levels and no dead letters
-    assert isinstance(r, RetryOk) and (r.moved_to, r.moved_offset, r.cursor) == ("", -1, 1)
+    assert err(r) == "no_dead_letter"
+    assert d.qs.cursor("t", "odd", 1) == 0  # the item stays, to be redelivered in place
     assert d.qs.offsets("t.dlq.odd", 1) == (0, 0)
 
 

@@ -200,10 +200,13 @@ class StoreRedirect:
 @message(77)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StoreError:
-    """A request failed. ``definite``: it certainly took no effect. Codes: ``unknown_topic``,
-    ``unknown_group``, ``bad_queue``, ``too_large``, ``overloaded``, ``stale_token``,
-    ``bad_request`` (definite); ``unknown`` (mastership lost while the request was in flight:
-    it may still be applied)."""
+    """A request failed. ``definite``: it certainly took no effect. Definite codes:
+    ``unknown_topic``, ``unknown_group``, ``bad_queue``, ``too_large``, ``overloaded``,
+    ``stale_token`` (a newer lock holder exists), ``stale_sequence`` (an enqueue retry older than
+    the dedupe window), ``bad_cursor`` (beyond the end), ``stale_offset`` (a retry of an item the
+    cursor already passed), ``no_dead_letter`` (no level left and no dead-letter topic),
+    ``partial`` (a seek over all queues reached only some groups), ``bad_request``. Indefinite:
+    ``unknown`` (mastership lost while the request was in flight: it may still be applied)."""
 
     code: str
     message: str

@@ -25,8 +25,10 @@ Semantics, beyond the client API's docstrings (``messages.py``):
   (answered with the current cursor). Seek moves a cursor either way and keeps the token.
 * Retry: the item at ``offset`` (not below the cursor: ``stale_offset``) is copied, with
   attempt + 1 and ``not_before_ms`` = proposer time + the level's delay, to the next retry
-  level of the group, or to its dead-letter topic after the last level (dropped if the group
-  says ``dead_letter = false``); the cursor moves past ``offset`` in the same command.
+  level of the group, or to its dead-letter topic after the last level; the cursor moves past
+  ``offset`` in the same command. A group with ``dead_letter = false`` gets ``no_dead_letter``
+  after its last level and the item stays (its consumer redelivers it in place): nothing is
+  ever dropped silently.
 * Retention (``pxq.config`` states the rule): a tick removes whole rows (enqueue batches)
   below the floor; the floor never passes a subscribed group's cursor, checked on every tick.
 """
@@ -572,6 +574,13 @@ class QueueStore:
             not_before = cmd.wall_ms + cg.retries[level - 1].delay_ms
         elif cg.dead_letter:
             moved_to = dead_letter_topic(info.base.name, cg.name)
+        else:
+            # Without a dead-letter topic the item stays where it is: a queue never drops an
+            # item silently. The consumer redelivers it in place instead of retrying it.
+            return _error(
+                "no_dead_letter",
+                f"{cmd.group!r} has no retry level after {info.level} and no dead-letter topic",
+            )
         if moved_to:
             tq = self._queue(moved_to, cmd.queue)
             stamp = max(cmd.wall_ms, tq.last_ms)
