@@ -52,7 +52,8 @@ Schema (defaults in parentheses)::
     kinds = ["a", "b"]                   # (all kinds)
     rate = { items_per_s = 1000, burst = 100 }   # (no limit)
     retries = [{ delay_ms = 1000 }]      # ([]): retry levels; empty: straight to dead letters
-    dead_letter = true                   # (true); false: an item failing its last level is dropped
+    dead_letter = true                   # (true); false: an item failing its last level stays
+                                         # in place and is redelivered (never dropped)
 
 Retention rule: an item at offset o of a queue, enqueued at wall time t, is removable when every
 consumer group subscribed to that queue has its cursor > o, and o < end_offset - hold_items,

@@ -41,6 +41,9 @@ class Nemesis:
         self.pause_order: list[NodeId] = []
         self.partitions: list[tuple[list[NodeId], list[NodeId]]] = []
         self.applied = 0
+        self.consumers: list[str] = []
+        self.producers: list[str] = []
+        self.on_seek: Callable[[FaultSpec], None] | None = None
 
     @property
     def f(self) -> int:
@@ -64,6 +67,12 @@ class Nemesis:
             return [followers[i % len(followers)]]
         if m.group(3) is not None:
             return [selector]
+        if m.group(4) is not None or m.group(5) is not None:
+            pool = self.consumers if m.group(4) is not None else self.producers
+            i = int(m.group(4) if m.group(4) is not None else m.group(5))
+            if not pool:
+                raise ValueError(f"selector {selector!r} needs the queue workload")
+            return [pool[i % len(pool)]]
         match selector:
             case "any":
                 return [self.rng.choice(nodes)]
@@ -131,7 +140,8 @@ class Nemesis:
         if not targets and action in ("crash", "restart", "pause", "resume", "clock", "disk"):
             self._log(action, [], skipped="no target")
             return None
-        self._log(action, targets)
+        # A seek is recorded by the workload as the operator's own operation.
+        self._log("seek_requested" if action == "seek" else action, targets)
         match action:
             case "partition":
                 rest = [n for n in self._endpoints() if n not in targets]
@@ -191,6 +201,9 @@ class Nemesis:
                         clock.jump_wall(fault.skew_ms)
             case "disk":
                 return self._disk(fault, targets)
+            case "seek":
+                if self.on_seek is not None:
+                    self.on_seek(fault)
             case "reply_before_persist":
                 for n in targets:
                     world.hosts[n].reply_before_persist = True
@@ -275,9 +288,10 @@ class Nemesis:
             host.disk.torn_on_power_loss = False
             host.disk.fail_next_fsync = False
             host.reply_before_persist = False
-        self.resume(list(self.replicas))
+        everyone = sorted(self.world.hosts)
+        self.resume(everyone)
         if restart:
-            self.restart(list(self.replicas))
+            self.restart(everyone)
 
     # -- random faults -------------------------------------------------------------------
 

@@ -18,18 +18,26 @@ from typing import Any, TextIO
 
 from pxq.check.history import HistoryWriter
 from pxq.check.log import check_agreement, check_liveness, check_no_loss, check_realtime_order
+from pxq.check.queue import check_queue_order, check_replay, check_retry_flow, check_total_queue
 from pxq.check.result import CheckResult
+from pxq.config import ConfigError
 from pxq.effects import NodeId, StorageView
 from pxq.paxos.config import PaxosConfig
 from pxq.paxos.logsm import RecordingLog
 from pxq.paxos.replica import Replica
+from pxq.store.node import StoreNode
+from pxq.store.sm import QueueStore
 from sim.nemesis import Nemesis
+from sim.queue_workload import TOPIC, QueueWorkload, cluster_config
 from sim.rng import stream
 from sim.scenario import Scenario
 from sim.workload import LogClient, value_id
 from sim.world import TraceRecord, World
 
-SAFETY_CHECKS = ("invariants", "agreement", "no_loss", "realtime_order")
+DRAIN_BOUND_US = 10_000_000
+"""How long (simulated) reading the dead-letter queues after a run may take."""
+BATCH_ROW_ITEMS_MAX = 1000
+"""Items one stored row may hold (an enqueue batch): retention removes whole rows."""
 
 
 @dataclass(slots=True)
@@ -65,7 +73,8 @@ class RunResult:
 
 
 def paxos_config(scn: Scenario) -> PaxosConfig:
-    """The cluster's Paxos configuration: defaults, then the scenario's overrides."""
+    """The cluster's Paxos configuration: defaults, then the scenario's overrides (this also
+    validates the overrides, for the queue workload too)."""
     replicas = tuple(f"n{i}" for i in range(scn.cluster.replicas))
     base = PaxosConfig(replicas=replicas, groups=scn.cluster.groups)
     overrides: dict[str, Any] = dict(scn.cluster.paxos)
@@ -78,8 +87,179 @@ def paxos_config(scn: Scenario) -> PaxosConfig:
         raise ValueError(f"{scn.file}: cluster.paxos: {exc}") from None
 
 
-def _state_machine(storage: StorageView) -> Any:
-    return lambda group: RecordingLog(storage, group)
+def validate(scn: Scenario) -> None:
+    """Check what the scenario loader cannot: Paxos overrides and, for the queue workload,
+    the cluster configuration it implies. Raises ValueError naming the file and key."""
+    paxos_config(scn)
+    if scn.workload.kind == "queue":
+        try:
+            cluster_config(scn)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
+
+class _LogSystem:
+    """The replicated-log workload: Paxos replicas with ``RecordingLog``, appending clients."""
+
+    def __init__(self, scn: Scenario, world: World, history: HistoryWriter, seed: int) -> None:
+        self.scn = scn
+        self.world = world
+        self.history = history
+        self.config = paxos_config(scn)
+        self.replicas = list(self.config.replicas)
+        for node_id in self.replicas:
+            world.add_node(node_id, self._factory)
+        self.clients = [
+            LogClient(
+                name=f"c{i}",
+                index=i,
+                clients=scn.workload.clients,
+                world=world,
+                history=history,
+                rng=stream(seed, f"client/{i}"),
+                replicas=self.replicas,
+                groups=self.config.groups,
+                rate_per_s=scn.workload.rate_per_s / max(1, scn.workload.clients),
+                value_bytes=scn.workload.value_bytes,
+                timeout_ms=scn.workload.timeout_ms,
+            )
+            for i in range(scn.workload.clients)
+        ]
+
+    def _factory(self, node_id: NodeId, storage: StorageView, rng: Any) -> Replica:
+        return Replica(node_id, self.config, storage, rng, lambda g: RecordingLog(storage, g))
+
+    def attach(self, nemesis: Nemesis) -> None:
+        del nemesis  # the log workload has no client processes to target
+
+    def start(self) -> None:
+        for client in self.clients:
+            client.start()
+
+    def stop(self) -> None:
+        for client in self.clients:
+            client.stop()
+
+    def finish(self) -> None:
+        """Nothing to collect after the quiesce."""
+
+    def checks(self, heal_ms: int) -> dict[str, CheckResult]:
+        ops, names = self.history.ops, self.scn.checks
+        out: dict[str, CheckResult] = {}
+        chosen = _chosen_log(self.world, self.replicas, self.scn.cluster.groups)
+        if "no_loss" in names:
+            out["no_loss"] = check_no_loss(ops, chosen)
+        if "realtime_order" in names:
+            out["realtime_order"] = check_realtime_order(ops, chosen)
+        if "liveness" in names:
+            out["liveness"] = check_liveness(ops, heal_ms, self.scn.final.liveness_ms)
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        keys = ("invoke", "ok", "fail", "info", "redirect")
+        return {k: sum(c.counts[k] for c in self.clients) for k in keys}
+
+
+class _QueueSystem:
+    """The queue workload: store replicas, producers and consumer groups."""
+
+    def __init__(self, scn: Scenario, world: World, history: HistoryWriter, seed: int) -> None:
+        self.scn = scn
+        self.world = world
+        self.history = history
+        self.workload = QueueWorkload(scn, world, history, seed)
+        self.replicas = self.workload.replicas
+
+    def attach(self, nemesis: Nemesis) -> None:
+        nemesis.consumers = list(self.workload.consumers)
+        nemesis.producers = list(self.workload.producers)
+        nemesis.on_seek = self.workload.seek
+
+    def start(self) -> None:
+        self.workload.start()
+
+    def stop(self) -> None:
+        self.workload.stop()
+
+    def finish(self) -> None:
+        """Read the dead-letter queues into the history (bounded in simulated time)."""
+        drained = False
+
+        def done() -> None:
+            nonlocal drained
+            drained = True
+
+        self.workload.drain_dead_letters(done)
+        deadline = self.world.now_us + DRAIN_BOUND_US
+        while not drained and self.world.now_us < deadline:
+            self.world.run_until(min(deadline, self.world.now_us + 100_000))
+
+    def checks(self, heal_ms: int) -> dict[str, CheckResult]:
+        ops, names, w = self.history.ops, self.scn.checks, self.scn.workload
+        groups = self.workload.groups
+        out: dict[str, CheckResult] = {}
+        if "total_queue" in names:
+            subscriptions = {g: {TOPIC: range(w.queues)} for g in groups}
+            out["total_queue"] = check_total_queue(
+                ops, subscriptions, duplicates_allowed=w.duplicates_allowed
+            )
+        if "queue_order" in names:
+            out["queue_order"] = check_queue_order(ops)
+        if "replay" in names:
+            out["replay"] = check_replay(ops)
+        if "retry_flow" in names:
+            retries = {g: len(w.retry_delays_ms) for g in groups}
+            out["retry_flow"] = check_retry_flow(ops, retries, dead_letter=w.dead_letter)
+        if "retention" in names:
+            out["retention"] = self._retention()
+        if "liveness" in names:
+            out["liveness"] = check_liveness(ops, heal_ms, self.scn.final.liveness_ms, f="enqueue")
+        return out
+
+    def _retention(self) -> CheckResult:
+        """With every group caught up, each queue keeps at most the hold plus one stored row
+        (rows are removed whole) behind the slowest cursor."""
+        w = self.scn.workload
+        hold = w.hold_items
+        slack = hold + BATCH_ROW_ITEMS_MAX if hold is not None else None
+        over: list[dict[str, int]] = []
+        stored = enqueued = 0
+        for q in range(w.queues):
+            group = q % self.scn.cluster.groups
+            sm = _live_state_machine(self.world, self.replicas, group)
+            if sm is None:
+                continue
+            first, end = sm.offsets(TOPIC, q)
+            stored += end - first
+            enqueued += end
+            if slack is not None and end - first > slack:
+                over.append({"queue": q, "kept": end - first, "allowed": slack})
+        ok = not over
+        return CheckResult(
+            name="retention",
+            ok=ok,
+            summary=(
+                f"retention: ok, {stored} of {enqueued} items kept"
+                + ("" if hold is None else f" (hold {hold} per queue)")
+                if ok
+                else f"retention: FAILED, {len(over)} queues keep more than the hold allows"
+            ),
+            details={"stored": stored, "enqueued": enqueued, "over": over[:10]},
+        )
+
+    def stats(self) -> dict[str, Any]:
+        return self.workload.stats()
+
+
+def _live_state_machine(world: World, replicas: list[NodeId], group: int) -> QueueStore | None:
+    for node_id in replicas:
+        host = world.hosts[node_id]
+        node = host.node
+        if not host.crashed and isinstance(node, StoreNode):
+            sm = node.state_machine(group)
+            if isinstance(sm, QueueStore):
+                return sm
+    return None
 
 
 def run(
@@ -91,8 +271,6 @@ def run(
 ) -> RunResult:
     """Run ``scn`` with ``seed`` (which replaces the file's own seed)."""
     started = time.perf_counter()
-    config = paxos_config(scn)
-    replicas = list(config.replicas)
     world = World(
         seed=seed,
         network=scn.network,
@@ -101,13 +279,12 @@ def run(
         skew_ms_max=scn.clock.skew_ms_max,
     )
     history = HistoryWriter(history_out if history_out is not None else io.StringIO())
-
-    def factory(node_id: NodeId, storage: StorageView, rng: Any) -> Replica:
-        return Replica(node_id, config, storage, rng, _state_machine(storage))
-
-    for node_id in replicas:
-        world.add_node(node_id, factory)
-
+    system: _LogSystem | _QueueSystem = (
+        _QueueSystem(scn, world, history, seed)
+        if scn.workload.kind == "queue"
+        else _LogSystem(scn, world, history, seed)
+    )
+    replicas = system.replicas
     checksums: dict[str, dict[int, dict[int, int]]] = {n: {} for n in replicas}
     last_master: dict[int, NodeId] = {}
 
@@ -141,33 +318,16 @@ def run(
             node = host.node
             if (
                 not host.crashed
-                and isinstance(node, Replica)
+                and isinstance(node, Replica | StoreNode)
                 and node.is_master(group, host.clock.now(now_us))
             ):
                 return node_id
         return last_master.get(group)
 
     nemesis = Nemesis(world, history, stream(seed, "faults"), replicas, master_of)
-    clients = [
-        LogClient(
-            name=f"c{i}",
-            index=i,
-            clients=scn.workload.clients,
-            world=world,
-            history=history,
-            rng=stream(seed, f"client/{i}"),
-            replicas=replicas,
-            groups=config.groups,
-            rate_per_s=scn.workload.rate_per_s / max(1, scn.workload.clients),
-            value_bytes=scn.workload.value_bytes,
-            timeout_ms=scn.workload.timeout_ms,
-        )
-        for i in range(scn.workload.clients)
-    ]
-
+    system.attach(nemesis)
     world.start()
-    for client in clients:
-        client.start()
+    system.start()
     for fault in scn.faults:
         nemesis.schedule(fault)
     if scn.random_faults.enabled:
@@ -179,15 +339,16 @@ def run(
     if scn.final.heal_all:
         nemesis.heal_all(restart=scn.final.restart_all)
     world.run_until(end_safety_us + scn.final.liveness_ms * 1000)
-    for client in clients:
-        client.stop()
+    system.stop()
     quiesce_us = max(scn.final.quiesce_ms, scn.workload.timeout_ms + 1) * 1000
     world.run_until(world.now_us + quiesce_us)
+    system.finish()
 
-    checks = _check(
-        scn, world=world, history=history, replicas=replicas, checksums=checksums, heal_ms=heal_ms
-    )
-    safety_ok = all(checks[name].ok for name in SAFETY_CHECKS if name in checks)
+    checks: dict[str, CheckResult] = {"invariants": _invariants(world)}
+    if "agreement" in scn.checks:
+        checks["agreement"] = check_agreement(checksums)
+    checks |= system.checks(heal_ms)
+    safety_ok = all(c.ok for name, c in checks.items() if name != "liveness")
     if scn.expect_safety == "pass":
         ok = safety_ok and all(c.ok for c in checks.values())
     else:
@@ -203,10 +364,7 @@ def run(
             "blocked": world.network.stats.blocked,
             "duplicated": world.network.stats.duplicated,
         },
-        "clients": {
-            k: sum(c.counts[k] for c in clients)
-            for k in ("invoke", "ok", "fail", "info", "redirect")
-        },
+        "clients": system.stats(),
         "crashes": sum(h.crashes for h in world.hosts.values()),
         "violations": [v.message for v in world.violations[:5]],
     }
@@ -247,17 +405,8 @@ def _chosen_log(
     return out
 
 
-def _check(
-    scn: Scenario,
-    *,
-    world: World,
-    history: HistoryWriter,
-    replicas: list[NodeId],
-    checksums: dict[str, dict[int, dict[int, int]]],
-    heal_ms: int,
-) -> dict[str, CheckResult]:
-    checks: dict[str, CheckResult] = {}
-    checks["invariants"] = CheckResult(
+def _invariants(world: World) -> CheckResult:
+    return CheckResult(
         name="invariants",
         ok=not world.violations,
         summary=(
@@ -267,17 +416,6 @@ def _check(
         ),
         details={"violations": [v.message for v in world.violations[:10]]},
     )
-    ops = history.ops
-    chosen = _chosen_log(world, replicas, scn.cluster.groups)
-    if "agreement" in scn.checks:
-        checks["agreement"] = check_agreement(checksums)
-    if "no_loss" in scn.checks:
-        checks["no_loss"] = check_no_loss(ops, chosen)
-    if "realtime_order" in scn.checks:
-        checks["realtime_order"] = check_realtime_order(ops, chosen)
-    if "liveness" in scn.checks:
-        checks["liveness"] = check_liveness(ops, heal_ms, scn.final.liveness_ms)
-    return checks
 
 
 def write_jsonl(path: Path) -> TextIO:

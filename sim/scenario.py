@@ -37,8 +37,9 @@ ACTIONS = (
     "clock",
     "disk",
     "reply_before_persist",
+    "seek",
 )
-"""Fault actions a scenario may use."""
+"""Fault actions a scenario may use (``seek`` is an operator's replay, not a fault)."""
 
 TARGETED = {
     "partition",
@@ -53,7 +54,27 @@ TARGETED = {
     "reply_before_persist",
 }
 DISK_FAULTS = ("bitflip", "fsync_error", "full", "slow", "lying_fsync", "torn")
-CHECKS = ("agreement", "no_loss", "realtime_order", "liveness")
+CHECKS = (
+    "agreement",
+    "no_loss",
+    "realtime_order",
+    "liveness",
+    "total_queue",
+    "queue_order",
+    "replay",
+    "retry_flow",
+    "retention",
+)
+LOG_CHECKS = ("agreement", "no_loss", "realtime_order", "liveness")
+QUEUE_CHECKS = (
+    "agreement",
+    "total_queue",
+    "queue_order",
+    "replay",
+    "retry_flow",
+    "retention",
+    "liveness",
+)
 RANDOM_FAULT_KINDS = (
     "partition",
     "crash",
@@ -65,16 +86,17 @@ RANDOM_FAULT_KINDS = (
     "clock",
     "torn",
 )
-WORKLOADS = ("log",)
+WORKLOADS = ("log", "queue")
 
 SELECTOR_RE = re.compile(
-    r"^(master|any|minority|majority|all|crashed|paused|follower\[(\d+)\]|n(\d+))$"
+    r"^(master|any|minority|majority|all|crashed|paused|follower\[(\d+)\]|n(\d+)"
+    r"|consumer\[(\d+)\]|producer\[(\d+)\])$"
 )
 """Node selectors, resolved when the fault fires: ``master`` (of ``group``), ``follower[i]``
 (the i-th replica that is not the master, in name order), ``any`` (one at random),
 ``minority`` / ``majority`` (a random minority or majority set), ``all``, ``crashed`` (the
-most recently crashed node that is still down), ``paused`` (likewise), or a node name
-``nK``."""
+most recently crashed node that is still down), ``paused`` (likewise), a node name ``nK``,
+or, with the queue workload, ``consumer[i]`` / ``producer[i]`` (client processes)."""
 
 
 class ScenarioError(Exception):
@@ -107,11 +129,33 @@ class ClockSpec:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WorkloadSpec:
-    kind: Literal["log"] = "log"
+    """The workload. ``log``: clients append unique values to the replicated log. ``queue``:
+    producers enqueue unique items to one topic, consumer groups consume them."""
+
+    kind: Literal["log", "queue"] = "log"
     clients: int = 3
     rate_per_s: int = 200
     value_bytes: int = 100
     timeout_ms: int = 2000
+    # -- queue workload --------------------------------------------------------------------
+    producers: int = 2
+    concurrency: int = 4
+    """Application processes per producer, each with one call in flight."""
+    queues: int = 8
+    consumer_groups: int = 2
+    consumers_per_group: int = 2
+    fail_rate: float = 0.0
+    """Probability that a handler fails an item (it then goes through the retry levels)."""
+    handle_ms: int = 1
+    slow_handle_ms: int | None = None
+    """If set, the last consumer group's handler takes this long per batch (a slow group)."""
+    retry_delays_ms: tuple[int, ...] = ()
+    dead_letter: bool = True
+    hold_items: int | None = None
+    """Retention hold (items kept behind the slowest group); None: no count hold."""
+    duplicates_allowed: bool = True
+    """False: any duplicate delivery to a group is a violation (idempotent producer, no
+    consumer crash)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -141,6 +185,14 @@ class FaultSpec:
     disk_fault: str | None = None
     fsync: DelaySpec | None = None
     peer: str | None = None
+    consumer_group: str | None = None
+    """seek: the consumer group to move."""
+    queue: int | None = None
+    """seek: the queue (None: every queue of the topic)."""
+    offset: int | None = None
+    """seek: the target offset."""
+    back_ms: int | None = None
+    """seek: the target time, this long before the seek."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -331,6 +383,17 @@ def _delay(t: _Table, name: str, default: DelaySpec | None) -> DelaySpec | None:
         raise ScenarioError(t.file, t.key(name), str(exc)) from None
 
 
+def _ints(t: _Table, name: str) -> tuple[int, ...]:
+    v = t._get(name, ())
+    if v == ():
+        return ()
+    if not isinstance(v, list) or not all(
+        isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v
+    ):
+        raise t.error(name, f"must be a list of non-negative integers, got {_show(v)}")
+    return tuple(v)
+
+
 def _selector(t: _Table, name: str, required: bool) -> str | None:
     v = t.text(name, _MISSING if required else None)
     if v is None:
@@ -416,13 +479,32 @@ def _scenario(t: _Table) -> Scenario:
     k.done()
 
     w = t.table("workload")
-    workload = WorkloadSpec(
-        kind=w.text("kind", "log", choices=WORKLOADS),
-        clients=w.integer("clients", 3, lo=0, hi=1000),
-        rate_per_s=w.integer("rate_per_s", 200, lo=1),
-        value_bytes=w.integer("value_bytes", 100, lo=1, hi=1 << 20),
-        timeout_ms=w.integer("timeout_ms", 2000, lo=1),
-    )
+    kind = w.text("kind", "log", choices=WORKLOADS)
+    common = {
+        "clients": w.integer("clients", 3, lo=0, hi=1000),
+        "rate_per_s": w.integer("rate_per_s", 200, lo=1),
+        "value_bytes": w.integer("value_bytes", 100, lo=16, hi=1 << 20),
+        "timeout_ms": w.integer("timeout_ms", 2000, lo=1),
+    }
+    if kind == "queue":
+        workload = WorkloadSpec(
+            kind="queue",
+            producers=w.integer("producers", 2, lo=1, hi=100),
+            concurrency=w.integer("concurrency", 4, lo=1, hi=100),
+            queues=w.integer("queues", 8, lo=1, hi=4096),
+            consumer_groups=w.integer("consumer_groups", 2, lo=0, hi=16),
+            consumers_per_group=w.integer("consumers_per_group", 2, lo=1, hi=64),
+            fail_rate=w.prob("fail_rate", 0.0),
+            handle_ms=w.integer("handle_ms", 1, lo=0),
+            slow_handle_ms=w.integer("slow_handle_ms", None, lo=0),
+            retry_delays_ms=_ints(w, "retry_delays_ms"),
+            dead_letter=w.flag("dead_letter", True),
+            hold_items=w.integer("hold_items", None, lo=0),
+            duplicates_allowed=w.flag("duplicates_allowed", True),
+            **common,
+        )
+    else:
+        workload = WorkloadSpec(kind="log", **common)
     w.done()
 
     t.seen.add("faults")
@@ -455,7 +537,14 @@ def _scenario(t: _Table) -> Scenario:
     )
     f.done()
 
-    checks = t.strings("checks", CHECKS, CHECKS)
+    default_checks = QUEUE_CHECKS if workload.kind == "queue" else LOG_CHECKS
+    checks = t.strings("checks", default_checks, CHECKS)
+    if workload.kind == "log" and not set(checks) <= set(LOG_CHECKS):
+        bad = sorted(set(checks) - set(LOG_CHECKS))[0]
+        raise t.error("checks", f"{bad!r} needs the queue workload")
+    if workload.kind == "queue" and not set(checks) <= set(QUEUE_CHECKS):
+        bad = sorted(set(checks) - set(QUEUE_CHECKS))[0]
+        raise t.error("checks", f"{bad!r} needs the log workload")
     e = t.table("expect")
     safety = e.text("safety", "pass", choices=("pass", "fail"))
     e.done()
@@ -518,7 +607,13 @@ def _fault(t: _Table, replicas: int) -> FaultSpec:
         disk_fault=t.text("fault", choices=DISK_FAULTS) if action == "disk" else None,
         fsync=_delay(t, "fsync", None) if action == "disk" else None,
         peer=_selector(t, "peer", False) if action in ("clog", "unclog") else None,
+        consumer_group=t.text("consumer_group") if action == "seek" else None,
+        queue=t.integer("queue", None, lo=0) if action == "seek" else None,
+        offset=t.integer("offset", None, lo=0) if action == "seek" else None,
+        back_ms=t.integer("back_ms", None, lo=0) if action == "seek" else None,
     )
+    if action == "seek" and (fault.offset is None) == (fault.back_ms is None):
+        raise t.error("offset", "a seek needs exactly one of offset or back_ms")
     if action == "delay" and fault.delay is None:
         raise t.error("delay", "is required for a delay fault")
     if action == "disk" and fault.disk_fault == "slow" and fault.fsync is None:

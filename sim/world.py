@@ -115,6 +115,8 @@ class NodeHost:
     paused_inbox: list[Input] = field(default_factory=list)
     outbox: deque[_Outbox] = field(default_factory=deque)
     calls: dict[int, tuple[str, int]] = field(default_factory=dict)
+    local_calls: dict[int, Callable[[object], None]] = field(default_factory=dict)
+    """Calls made by code in the same simulated process (a workload's application)."""
     next_call_id: int = 1
     timer_token: int = 0
     armed_deadline: int | None = None
@@ -256,6 +258,10 @@ class NodeHost:
             if target is not None:
                 client, req_id = target
                 net.send(self.node_id, client, ReplyMsg(req_id, r.response))
+                continue
+            local = self.local_calls.pop(r.call_id, None)
+            if local is not None:
+                local(r.response)
 
     def _arm_timer(self) -> None:
         node = self.node
@@ -278,6 +284,17 @@ class NodeHost:
         if token == self.timer_token and not self.crashed:
             self.armed_deadline = None
             self.step(Wake())
+
+    def local_call(self, request: object, on_reply: Callable[[object], None]) -> bool:
+        """A call from inside the node's own process (no network). ``on_reply`` gets the
+        response; it is never called if the process crashes first. False if it is down."""
+        if self.crashed:
+            return False
+        call_id = self.next_call_id
+        self.next_call_id += 1
+        self.local_calls[call_id] = on_reply
+        self.step(ClientCall(call_id=call_id, request=request))
+        return True
 
     def receive(self, src: str, payload: object) -> None:
         if self.crashed:

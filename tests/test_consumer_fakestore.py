@@ -3,9 +3,11 @@ tests of the fake itself (so the producer and consumer tests rest on checked sem
 
 ``FakeStore`` implements the store API of ``pxq.store.messages`` in memory, for every store of
 a layout at once: per-queue item lists with dense offsets, per-group cursors (monotone commits,
-fenced by tokens), ``Retry`` moves to retry levels and the dead-letter topic with the level's
-delay, enqueue dedupe by ``(producer, seq)``, kind filtering, and mastership (a non-master
-replica answers ``StoreRedirect``).
+fenced by tokens, checked against the cursor's seek epoch), ``Seek`` by offset of one queue
+(which moves the cursor either way and increments its epoch; ``FakeStore.seek`` applies one
+directly, as an operator would), ``Retry`` moves to retry levels and the dead-letter
+topic with the level's delay, enqueue dedupe by ``(producer, seq)``, kind filtering, and
+mastership (a non-master replica answers ``StoreRedirect``).
 
 ``Harness`` steps one client machine: its store requests reach the fake store after
 ``latency_ms`` and the answer comes back after as long again, either of which a test may drop;
@@ -31,6 +33,8 @@ from pxq.store.messages import (
     GetOk,
     Retry,
     RetryOk,
+    Seek,
+    SeekOk,
     StoredItem,
     StoreError,
     StoreRedirect,
@@ -61,6 +65,8 @@ class FakeStore:
     queues: dict[tuple[str, int], list[StoredItem]] = field(default_factory=dict)
     cursors: dict[tuple[str, str, int], int] = field(default_factory=dict)
     tokens: dict[tuple[str, str, int], int] = field(default_factory=dict)
+    epochs: dict[tuple[str, str, int], int] = field(default_factory=dict)
+    """Seek epoch per cursor (absent: 0)."""
     dedupe: dict[tuple[str, int], EnqueueOk] = field(default_factory=dict)
     masters: dict[Location, str | None] = field(default_factory=dict)
     retry_checks_cursor: bool = True
@@ -95,12 +101,29 @@ class FakeStore:
     def cursor(self, topic: str, group: str, queue: int) -> int:
         return self.cursors.get((topic, group, queue), 0)
 
-    def _fenced(self, topic: str, group: str, queue: int, token: int) -> bool:
+    def epoch(self, topic: str, group: str, queue: int) -> int:
+        return self.epochs.get((topic, group, queue), 0)
+
+    def seek(self, topic: str, group: str, queue: int, offset: int) -> int:
+        """An operator's Seek applied at once: the cursor moves to ``offset`` (clamped to the
+        queue) and its epoch goes up. Returns the new cursor."""
+        k = (topic, group, queue)
+        self.cursors[k] = min(max(offset, 0), len(self.items(topic, queue)))
+        self.epochs[k] = self.epochs.get(k, 0) + 1
+        return self.cursors[k]
+
+    def _refused(self, topic: str, group: str, queue: int, token: int, epoch: int) -> object:
+        """The error for a commit or retry with a stale token or a wrong epoch, or None (and
+        the token is recorded as the highest seen)."""
         k = (topic, group, queue)
         if token < self.tokens.get(k, 0):
-            return True
+            return StoreError(code="stale_token", message="stale")
+        if epoch < self.epoch(topic, group, queue):
+            return StoreError(code="stale_epoch", message="a seek since")
+        if epoch > self.epoch(topic, group, queue):
+            return StoreError(code="bad_request", message="epoch from the future")
         self.tokens[k] = token
-        return False
+        return None
 
     def handle(self, node: str, body: object, wall_ms: int) -> object:
         topic = getattr(body, "topic", None)
@@ -119,8 +142,9 @@ class FakeStore:
             case Get():
                 return self._get(body)
             case CommitCursor():
-                if self._fenced(body.topic, body.group, body.queue, body.token):
-                    return StoreError(code="stale_token", message="stale")
+                refused = self._refused(body.topic, body.group, body.queue, body.token, body.epoch)
+                if refused is not None:
+                    return refused
                 k = (body.topic, body.group, body.queue)
                 if body.cursor > len(self.items(body.topic, body.queue)):
                     return StoreError(code="bad_cursor", message="beyond the end")
@@ -131,6 +155,10 @@ class FakeStore:
                 )
             case Retry():
                 return self._retry(body, wall_ms)
+            case Seek(offset=int(offset)):
+                moved = self.seek(body.topic, body.group, queue, offset)
+                self.applied.append(body)
+                return SeekOk(topic=body.topic, group=body.group, positions=((queue, moved),))
             case _:
                 return StoreError(code="bad_request", message=type(body).__name__)
 
@@ -180,14 +208,16 @@ class FakeStore:
             committed=self.cursor(g.topic, g.group, g.queue),
             first_offset=0,
             end_offset=len(q),
+            epoch=self.epoch(g.topic, g.group, g.queue),
         )
 
     def _retry(self, r: Retry, wall_ms: int) -> object:
-        if self._fenced(r.topic, r.group, r.queue, r.token):
-            return StoreError(code="stale_token", message="stale")
         q = self.items(r.topic, r.queue)
         if not 0 <= r.offset < len(q):
             return StoreError(code="bad_request", message="no such offset")
+        refused = self._refused(r.topic, r.group, r.queue, r.token, r.epoch)
+        if refused is not None:
+            return refused
         k = (r.topic, r.group, r.queue)
         if self.retry_checks_cursor and r.offset < self.cursors.get(k, 0):
             return StoreError(code="stale_offset", message="below the cursor")
@@ -405,3 +435,29 @@ def test_fake_store_retry_moves_through_levels_to_the_dead_letter_topic() -> Non
     ok2 = store.handle(master, Retry(topic=ok.moved_to, group="g", queue=0, offset=0), WALL0)
     assert isinstance(ok2, RetryOk) and ok2.moved_to == dead_letter_topic("t", "g")
     assert store.items(ok2.moved_to, 0)[0].attempt == 2
+
+
+def test_fake_store_seek_raises_the_epoch_and_refuses_older_commits_and_retries() -> None:
+    store = FakeStore()
+    for i in range(5):
+        store.append("t", 0, b"k", str(i).encode())
+    master = store.master_of(store.locate("t", 0))
+    assert master is not None
+    get = Get(topic="t", group="g", queue=0, cursor=0, items_max=0, bytes_max=9)
+    assert isinstance(ok := store.handle(master, get, WALL0), GetOk) and ok.epoch == 0
+    commit = CommitCursor(topic="t", group="g", queue=0, cursor=4)
+    assert isinstance(store.handle(master, commit, WALL0), CommitOk)
+    seek = Seek(topic="t", group="g", queue=0, offset=1)
+    assert store.handle(master, seek, WALL0) == SeekOk(topic="t", group="g", positions=((0, 1),))
+    assert isinstance(ok := store.handle(master, get, WALL0), GetOk)
+    assert (ok.committed, ok.epoch) == (1, 1)
+    stale = store.handle(master, commit, WALL0)
+    assert isinstance(stale, StoreError) and stale.code == "stale_epoch"
+    retry = Retry(topic="t", group="g", queue=0, offset=2)
+    stale = store.handle(master, retry, WALL0)
+    assert isinstance(stale, StoreError) and stale.code == "stale_epoch"
+    assert store.cursor("t", "g", 0) == 1 and not store.items(retry_topic("t", "g", 1), 0)
+    ahead = store.handle(master, CommitCursor(topic="t", group="g", queue=0, cursor=4, epoch=2), 0)
+    assert isinstance(ahead, StoreError) and ahead.code == "bad_request"
+    now = store.handle(master, CommitCursor(topic="t", group="g", queue=0, cursor=4, epoch=1), 0)
+    assert isinstance(now, CommitOk) and now.cursor == 4

@@ -30,6 +30,15 @@ def test_the_scenario_directory_holds_the_families() -> None:
         "rolling-restarts",
         "long-partition-snapshot",
         "swarm-log",
+        "queue-master-crash",
+        "queue-master-partition",
+        "queue-consumer-crash",
+        "queue-producer-retry-storm",
+        "queue-replay",
+        "queue-slow-group-retention",
+        "queue-retries",
+        "queue-network-storm",
+        "swarm-queue",
     } | NEGATIVE <= names
 
 
@@ -46,21 +55,26 @@ def test_scenario_meets_its_expectation(path: Path) -> None:
     else:
         assert failing == {}
         assert result.stats["clients"]["ok"] > 100, "the workload made too little progress"
+        if scn.workload.kind == "queue":
+            assert result.stats["clients"]["deliver"] >= result.stats["clients"]["ok"]
 
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
 def test_scenario_at_other_seeds(path: Path) -> None:
-    if path.stem == "swarm-log":
-        pytest.skip("covered by the swarm test")
+    if path.stem.startswith("swarm-"):
+        pytest.skip("covered by the swarm tests")
     outcomes = swarm.run_swarm(str(path), range(101, 103), jobs=1)
     bad = [(o.seed, o.failed_checks, o.error) for o in outcomes if not o.ok]
     assert bad == []
 
 
-def test_swarm_of_seeds_with_random_faults_passes() -> None:
-    outcomes = swarm.run_swarm(str(ROOT / "scenarios" / "swarm-log.toml"), range(1, 41), jobs=2)
+@pytest.mark.parametrize(("name", "seeds"), [("swarm-log", 40), ("swarm-queue", 30)])
+def test_swarm_of_seeds_with_random_faults_passes(name: str, seeds: int) -> None:
+    outcomes = swarm.run_swarm(
+        str(ROOT / "scenarios" / f"{name}.toml"), range(1, seeds + 1), jobs=2
+    )
     bad = [(o.seed, o.failed_checks, o.error, o.repro) for o in outcomes if not o.ok]
-    assert len(outcomes) == 40
+    assert len(outcomes) == seeds
     assert bad == []
 
 

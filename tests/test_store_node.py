@@ -273,6 +273,12 @@ def test_invalid_requests_fail_at_once_without_a_proposal() -> None:
         "unknown_group"
     )
     assert answer(Seek(topic="events", group="default", queue=0)) == "bad_request"
+    assert answer(CommitCursor(topic="events", group="default", queue=0, cursor=0, epoch=-1)) == (
+        "bad_request"
+    )
+    assert answer(Retry(topic="events", group="default", queue=0, offset=0, epoch=-1)) == (
+        "bad_request"
+    )
     assert answer(Retry(topic="events.dlq.default", group="default", queue=0, offset=0)) == (
         "bad_request"
     )
@@ -296,6 +302,19 @@ def test_commit_retry_and_seek_through_the_log() -> None:
     got = c.request_ok(get(3, cursor=0, topic="events.retry.default.1"), 3)
     assert isinstance(got, GetOk) and [(i.key, i.attempt) for i in got.items] == [(b"1.2", 1)]
     assert got.items[0].not_before_ms >= WALL_ORIGIN + 1000
+    # The seek raised the cursor's epoch: requests based on the Get before it are refused.
+    got = c.request_ok(get(3), 3)
+    assert isinstance(got, GetOk) and (got.committed, got.epoch) == (1, 1)
+    r = c.request_ok(CommitCursor(topic="events", group="default", queue=3, cursor=4, token=7), 3)
+    assert isinstance(r, StoreError) and r.code == "stale_epoch" and r.definite
+    r = c.request_ok(Retry(topic="events", group="default", queue=3, offset=3, token=7), 3)
+    assert isinstance(r, StoreError) and r.code == "stale_epoch" and r.definite
+    r = c.request_ok(
+        CommitCursor(topic="events", group="default", queue=3, cursor=4, token=7, epoch=1), 3
+    )
+    assert r == CommitOk(topic="events", group="default", queue=3, cursor=4)
+    r = c.request_ok(Retry(topic="events", group="default", queue=3, offset=4, token=7, epoch=1), 3)
+    assert isinstance(r, RetryOk) and r.cursor == 5
 
 
 def test_failover_keeps_acknowledged_items_and_cursors() -> None:

@@ -4,8 +4,10 @@ the test applies each step's writes to the store afterwards, as a driver does.""
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 
+import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -15,11 +17,13 @@ from pxq.config import ClusterConfig, loads_config
 from pxq.effects import EffectsBuilder, InvariantViolation
 from pxq.store.commands import (
     Command,
+    CommandError,
     CommitCmd,
     EnqueueCmd,
     RetryCmd,
     SeekCmd,
     TickCmd,
+    decode_command,
     encode_command,
 )
 from pxq.store.messages import (
@@ -31,8 +35,15 @@ from pxq.store.messages import (
     SeekOk,
     StoreError,
 )
-from pxq.store.records import Q_DEDUPE, Q_ITEM, Q_PRODUCER, pack_items
-from pxq.store.sm import QueueStore
+from pxq.store.records import (
+    Q_DEDUPE,
+    Q_ITEM,
+    Q_PRODUCER,
+    decode_cursor,
+    encode_cursor,
+    pack_items,
+)
+from pxq.store.sm import SNAPSHOT_MAGIC, QueueStore
 from sim.memstore import MemoryStore
 
 CONFIG = """
@@ -154,9 +165,19 @@ def enq(
 
 
 def commit(
-    cursor: int, *, group: str = "all", queue: int = 0, token: int = 0, topic: str = "t"
+    cursor: int,
+    *,
+    group: str = "all",
+    queue: int = 0,
+    token: int = 0,
+    topic: str = "t",
+    epoch: int = 0,
 ) -> CommitCmd:
-    return CommitCmd(topic=topic, group=group, queue=queue, cursor=cursor, token=token)
+    return CommitCmd(topic=topic, group=group, queue=queue, cursor=cursor, token=token, epoch=epoch)
+
+
+def seek(offset: int, *, group: str = "all", queue: int | None = 0, topic: str = "t") -> SeekCmd:
+    return SeekCmd(topic=topic, group=group, queue=queue, offset=offset, time_ms=None)
 
 
 def err(r: object) -> str:
@@ -364,12 +385,102 @@ def test_seek_without_queue_moves_every_subscribed_queue_of_the_group() -> None:
     )
 
 
+# -- seek epochs ------------------------------------------------------------------------------
+
+
+def test_every_seek_increments_the_cursor_epoch_even_if_the_position_stays() -> None:
+    d = Disk()
+    d.one(enq(1, 10))
+    assert d.get().epoch == 0 and d.qs.epoch("t", "all", 0) == 0
+    d.one(commit(5))
+    assert d.get().epoch == 0  # commits keep the epoch
+    d.one(seek(2))
+    assert (d.get().committed, d.get().epoch) == (2, 1)
+    r = d.one(seek(2))
+    assert isinstance(r, SeekOk) and r.positions == ()  # did not move, yet
+    assert (d.get().committed, d.get().epoch) == (2, 2)
+    d.one(SeekCmd(topic="t", group="all", queue=0, offset=None, time_ms=0))
+    assert d.get().epoch == 3
+    # Only the sought group's cursor: another group on the queue keeps its epoch.
+    d.one(enq(2, 1, queue=1, kind="x"))
+    d.one(seek(0, queue=1))
+    assert d.get(group="odd", queue=1).epoch == 0
+    assert d.get(group="all", queue=1).epoch == 1
+    # A seek over every queue counts on each queue that has state (queue 2 never held
+    # anything: there is no cursor to set and nothing a stale commit could skip).
+    d.one(seek(0, queue=None))
+    assert [d.qs.epoch("t", "all", q) for q in range(4)] == [4, 2, 0, 0]
+
+
+def test_a_commit_with_the_epoch_before_a_seek_is_stale_and_changes_nothing() -> None:
+    d = Disk()
+    d.one(enq(1, 10))
+    d.one(commit(4, token=2))
+    d.one(seek(1))
+    # The consumer's commit was based on a Get before the seek: it would undo the rewind.
+    assert err(d.one(commit(8, token=3))) == "stale_epoch"
+    assert (d.get().committed, d.get().epoch) == (1, 1)
+    assert err(d.one(commit(0, token=1))) == "stale_token"  # the token is checked first
+    # The refused commit did not record its token 3: token 2 still commits.
+    r = d.one(commit(3, token=2, epoch=1))
+    assert isinstance(r, CommitOk) and r.cursor == 3
+    assert err(d.one(commit(9, token=2, epoch=2))) == "bad_request"  # no Get showed epoch 2
+    assert d.qs.cursor("t", "all", 0) == 3
+
+
+def test_a_retry_with_the_epoch_before_a_seek_is_stale_and_moves_nothing() -> None:
+    d = Disk()
+    d.one(enq(1, 10))
+    d.one(commit(4))
+    d.one(seek(2))
+    assert err(d.one(retry("t", 6, 100))) == "stale_epoch"
+    # Even for an offset the cursor passed: stale_offset would tell the consumer its earlier
+    # attempt was applied, which the seek makes meaningless.
+    d.one(seek(8))
+    assert err(d.one(retry("t", 3, 100, epoch=1))) == "stale_epoch"
+    assert d.qs.cursor("t", "all", 0) == 8
+    assert d.qs.offsets("t.retry.all.1", 0) == (0, 0)
+    assert err(d.one(retry("t", 8, 100, epoch=3))) == "bad_request"
+    r = d.one(retry("t", 8, 100, epoch=2))
+    assert isinstance(r, RetryOk) and r.cursor == 9
+    assert d.get().epoch == 2  # a retry keeps the epoch
+    assert err(d.one(retry("t", 8, 100, epoch=2))) == "stale_offset"
+
+
+def test_epoch_fields_are_in_the_command_encoding_and_the_old_shapes_are_refused() -> None:
+    cmd = commit(3, token=2, epoch=7)
+    assert decode_command(encode_command(cmd)) == cmd
+    r = retry("t", 1, 5, token=2, epoch=9)
+    assert decode_command(encode_command(r)) == r
+    old_commit = msgpack.packb([2, "t", "all", 0, 3, 2], use_bin_type=True)
+    old_retry = msgpack.packb([4, "t", "all", 0, 1, 2, 5], use_bin_type=True)
+    negative = msgpack.packb([2, "t", "all", 0, 3, 2, -1], use_bin_type=True)
+    for value in (old_commit, old_retry, negative):
+        with pytest.raises(CommandError):
+            decode_command(value)
+        assert err(codec.decode(Disk().qs.apply(1, 0, value, EffectsBuilder()))) == "bad_request"
+
+
+def test_cursor_records_carry_the_epoch_and_decode_strictly() -> None:
+    assert decode_cursor(encode_cursor(5, 6, 7)) == (5, 6, 7)
+    with pytest.raises(struct.error):
+        decode_cursor(struct.pack(">QQ", 5, 6))  # the record before seek epochs
+
+
 # -- retry -----------------------------------------------------------------------------------
 
 
-def retry(topic: str, offset: int, wall_ms: int, *, queue: int = 0, token: int = 0) -> RetryCmd:
+def retry(
+    topic: str, offset: int, wall_ms: int, *, queue: int = 0, token: int = 0, epoch: int = 0
+) -> RetryCmd:
     return RetryCmd(
-        topic=topic, group="all", queue=queue, offset=offset, token=token, wall_ms=wall_ms
+        topic=topic,
+        group="all",
+        queue=queue,
+        offset=offset,
+        token=token,
+        wall_ms=wall_ms,
+        epoch=epoch,
     )
 
 
@@ -605,9 +716,12 @@ def populate(d: Disk) -> None:
     for seq in range(1, 8):
         d.one(enq(seq, 3, queue=seq % 4, kind="x" if seq % 2 else "y", wall_ms=seq * 10))
     d.one(commit(2, queue=1, token=3))
-    d.one(retry("t", 2, 500, queue=1, token=3))
+    d.one(seek(1, queue=1))
+    d.one(seek(0, queue=1))
+    d.one(retry("t", 1, 500, queue=1, token=3, epoch=2))
     d.one(enq(1, producer="q"))
     d.one(TickCmd(wall_ms=10**6))
+    assert (d.qs.cursor("t", "all", 1), d.qs.epoch("t", "all", 1)) == (2, 2)
 
 
 def all_gets(d: Disk) -> list[object]:
@@ -630,13 +744,17 @@ def test_snapshot_and_install_give_identical_gets() -> None:
     dst.qs.install(src.qs.snapshot(), fx)
     dst.mem.apply(fx.writes)
     dst.qs.end_step()
-    assert all_gets(dst) == all_gets(src)
+    assert all_gets(dst) == all_gets(src)  # GetOk.epoch included
     assert dst.mem.tables.keys() == src.mem.tables.keys()
     for name, table in src.mem.tables.items():
         assert dst.mem.tables[name].values == table.values, name
     # The dedupe state came along too.
     assert ok(dst.one(enq(7, 3, queue=3, kind="x", wall_ms=70))).duplicate
     assert ok(src.one(enq(7, 3, queue=3, kind="x", wall_ms=70))).duplicate
+    # So did the seek epochs: a commit based on a Get before the last seek is still stale.
+    assert dst.qs.epoch("t", "all", 1) == 2
+    assert err(dst.one(commit(3, queue=1, token=3, epoch=1))) == "stale_epoch"
+    assert isinstance(dst.one(commit(3, queue=1, token=3, epoch=2)), CommitOk)
 
 
 def test_commands_applied_in_the_step_of_an_install_see_the_installed_state() -> None:
@@ -645,11 +763,12 @@ def test_commands_applied_in_the_step_of_an_install_see_the_installed_state() ->
     dst = Disk()
     fx = EffectsBuilder()
     dst.qs.install(src.qs.snapshot(), fx)
-    r = codec.decode(dst.qs.apply(50, 0, encode_command(retry("t", 3, 900, queue=1, token=3)), fx))
+    value = encode_command(retry("t", 3, 900, queue=1, token=3, epoch=2))
+    r = codec.decode(dst.qs.apply(50, 0, value, fx))
     assert isinstance(r, RetryOk), r
     dst.mem.apply(fx.writes)
     dst.qs.end_step()
-    assert [i.key for i in dst.get(topic="t.retry.all.1", queue=1).items] == [b"k1.2", b"k5.0"]
+    assert [i.key for i in dst.get(topic="t.retry.all.1", queue=1).items] == [b"k1.1", b"k5.0"]
 
 
 def test_a_corrupt_snapshot_is_refused() -> None:
@@ -660,6 +779,9 @@ def test_a_corrupt_snapshot_is_refused() -> None:
         Disk().qs.install(snap[:-3], EffectsBuilder())
     with pytest.raises(InvariantViolation):
         Disk().qs.install(b"nope" + snap, EffectsBuilder())
+    # A version 1 snapshot (cursor records without the epoch) is refused before any write.
+    with pytest.raises(InvariantViolation):
+        Disk().qs.install(b"PXQS\x01" + snap[len(SNAPSHOT_MAGIC) :], EffectsBuilder())
 
 
 def test_load_rebuilds_the_state_from_storage() -> None:
@@ -670,12 +792,16 @@ def test_load_rebuilds_the_state_from_storage() -> None:
     fresh.load()
     d.qs = fresh
     assert all_gets(d) == before
+    assert fresh.epoch("t", "all", 1) == 2
+    assert err(d.one(commit(3, queue=1, token=3, epoch=1))) == "stale_epoch"
     assert ok(d.one(enq(1, producer="q"))).duplicate
 
 
 # -- determinism -----------------------------------------------------------------------------
 
 _topics = st.sampled_from(["t", "t.retry.all.1", "t.retry.all.2", "kept", "nosub"])
+_epochs = st.integers(0, 3)
+"""Seek epochs of commits and retries: current, stale or ahead (the seeks raise them)."""
 _commands = st.one_of(
     st.builds(
         lambda seq, n, q, t, p, k: enq(seq, n, queue=q, wall_ms=t, producer=p, kind=k),
@@ -687,12 +813,13 @@ _commands = st.one_of(
         st.sampled_from(["", "x"]),
     ),
     st.builds(
-        lambda c, g, q, tok, top: commit(c, group=g, queue=q, token=tok, topic=top),
+        lambda c, g, q, tok, top, ep: commit(c, group=g, queue=q, token=tok, topic=top, epoch=ep),
         st.integers(0, 12),
         st.sampled_from(["all", "odd", "g"]),
         st.integers(0, 1),
         st.integers(0, 3),
         _topics,
+        _epochs,
     ),
     st.builds(
         lambda top, g, q, off, t: SeekCmd(
@@ -705,14 +832,15 @@ _commands = st.one_of(
         st.integers(0, 5000),
     ),
     st.builds(
-        lambda top, off, q, t, tok: RetryCmd(
-            topic=top, group="all", queue=q, offset=off, token=tok, wall_ms=t
+        lambda top, off, q, t, tok, ep: RetryCmd(
+            topic=top, group="all", queue=q, offset=off, token=tok, wall_ms=t, epoch=ep
         ),
         _topics,
         st.integers(0, 12),
         st.integers(0, 1),
         st.integers(0, 5000),
         st.integers(0, 3),
+        _epochs,
     ),
     st.builds(TickCmd, wall_ms=st.integers(0, 10_000)),
 )

@@ -11,12 +11,13 @@ Streams. Owning queue ``q`` of base topic ``t`` means consuming one *stream* per
 ``t.retry.<group>.1 .. n`` (the dead-letter topic is not consumed). Each stream runs one
 sequential pipeline, and at most one delivery of a stream is out at a time::
 
-    read committed cursor -> [tokens] -> Get -> [wait not_before] -> Deliver -> Handled
-        -> Retry each failed offset, in order -> CommitCursor (asynchronous) -> Get ...
+    read committed cursor and seek epoch -> [tokens] -> Get -> [wait not_before] -> Deliver
+        -> Handled -> Retry each failed offset, in order -> CommitCursor (asynchronous) -> Get
+        ...   (a seek, seen at any point: -> [wait for the delivery out] -> read cursor ...)
 
-* **Start.** A new stream first reads the group's committed cursor (``Get`` with
-  ``items_max=0``) and starts there, so a restarted or re-assigned consumer redelivers whatever
-  was delivered but not committed before (at-least-once).
+* **Start.** A new stream first reads the group's committed cursor and its seek epoch (``Get``
+  with ``items_max=0``) and starts there, so a restarted or re-assigned consumer redelivers
+  whatever was delivered but not committed before (at-least-once).
 * **Delivery.** ``Send(dst=HANDLER, msg=Deliver(...))`` with the fetched items in offset order;
   the driver answers with ``Received(src=HANDLER, msg=Handled(delivery_id, failed))``. Items of
   a retry level are not delivered before their ``not_before_ms`` (the node's wall clock); the
@@ -34,7 +35,7 @@ sequential pipeline, and at most one delivery of a stream is out at a time::
 * **Commits** are ``CommitCursor(target)``, at most one in flight per stream, always carrying
   the latest target, overlapping the next Get and delivery. The store's commit is idempotent
   and monotone, so a commit with an unknown outcome (timeout, indefinite error) is simply
-  re-sent.
+  re-sent. Every commit and Retry carries the stream's seek epoch (below).
 * **Retry with an unknown outcome.** A ``Retry`` that a store applied twice would move the
   item twice, so after a timeout or an indefinite error the machine re-reads the committed
   cursor with ``Get(items_max=0)``: a cursor past the offset proves the Retry was applied
@@ -43,8 +44,10 @@ sequential pipeline, and at most one delivery of a stream is out at a time::
   also counts as applied. What can still be duplicated: against a store without that
   apply-time check, a Retry still in flight inside an old master (chosen only after the new
   master answered the re-read) may be applied after the re-issue, leaving two copies of the
-  item in the next level; pxq's store refuses the second one. After a Seek rewinds the
-  cursor below moved items, they are delivered (and may be moved) again, as replay intends.
+  item in the next level; pxq's store refuses the second one. A re-read showing a newer seek
+  epoch, or a re-issued Retry answered ``stale_epoch``, is a seek (below): the stream restarts
+  whether or not the Retry was applied before it. After a Seek rewinds the cursor below moved
+  items, they are delivered (and may be moved) again, as replay intends.
 * **Redirects and errors.** Redirects are followed (and move the believed master), timeouts
   rotate to the next replica, indefinite errors and ``overloaded`` back off exponentially up
   to ``backoff_max_ms``; store requests are retried without a count limit because giving up
@@ -52,9 +55,17 @@ sequential pipeline, and at most one delivery of a stream is out at a time::
   unknown topic or group, a bad queue or cursor: configurations disagree) stops the stream
   until ownership changes, with a ``consumer.stopped`` trace event: retrying cannot help and
   skipping would lose items.
-* **Seek detection.** A Get whose ``committed`` is below what the store already confirmed to
-  us (a replay rewound the group), or beyond the Get's own cursor (a seek forward, or another
-  holder committed), restarts the stream from ``committed``.
+* **Seeks.** Each cursor has a seek epoch that every applied Seek increments (``messages.py``).
+  A stream takes the epoch from its starting probe and sends it with each commit and Retry;
+  the store refuses those from before a later Seek with ``stale_epoch``, so a commit issued
+  before a rewind can never undo it. A Get answer with a higher epoch, or a ``stale_epoch``
+  answer, means a Seek happened: the stream restarts from the committed cursor (a new probe),
+  discarding its fetched items, failed offsets, commit target and requests in flight. A
+  delivery still with the handler is first waited for (phase ``DRAIN``, bounded by
+  ``handle_timeout_ms``) and its outcome ignored, so a stream never has two deliveries out;
+  its items come again from the new cursor if the seek went back that far. Nothing else
+  moves a stream to a cursor it did not reach itself (another holder's commits show as
+  ``stale_token`` once the lock moved on).
 * **Ownership drop** stops a stream at once: its in-flight answers and its delivery's
   ``Handled`` are discarded, no commit or retry is sent for it afterwards (one already in
   flight may still land; it is correct for the items it covers).
@@ -128,7 +139,8 @@ StreamKey: TypeAlias = tuple[str, int]
 
 RETRYABLE_DEFINITE = frozenset({"overloaded"})
 """Definite store errors worth re-sending after a backoff; any other definite error (except
-``stale_offset`` answering a Retry) stops the stream."""
+``stale_offset`` answering a Retry, and ``stale_epoch``: a seek, the stream restarts) stops the
+stream."""
 
 _TOKENS: StreamKey = ("", -1)
 """The timer key of the rate-limit wake-up (no topic is named "")."""
@@ -144,6 +156,7 @@ class Phase(Enum):
     HANDLE = "handle"  # a delivery is with the handler
     RETRY = "retry"  # Retry of the first failed offset in flight (or backing off)
     CHECK = "check"  # re-reading the cursor after a Retry with an unknown outcome
+    DRAIN = "drain"  # a seek showed while a delivery was out: wait for it, ignore its outcome
     STOPPED = "stopped"  # stale fencing token: nothing until ownership changes
 
 
@@ -154,13 +167,18 @@ class _Stream:
     level: int
     token: int
     loc: Location
-    epoch: int
+    gen: int
+    """Incarnation of the stream in this machine: answers and ``Handled`` of an earlier one
+    (before a restart) are discarded."""
     terminal: bool
     """A failed item here has nowhere to go: redeliver in place instead of Retry."""
     phase: Phase = Phase.CURSOR
 
     cursor: int = 0
     """Next offset to fetch."""
+    seek_epoch: int = 0
+    """The cursor's seek epoch that ``cursor`` is based on (from the starting probe), sent
+    with every commit and retry."""
     buffered: deque[StoredItem] = field(default_factory=deque)
     """Fetched, not yet delivered (at most one Get's worth)."""
     buffered_end: int = 0
@@ -170,7 +188,6 @@ class _Stream:
     req_target: NodeId = ""
     req_deadline_ms: int = 0
     req_cursor: int = 0
-    req_known: int = 0
     reserved: int = 0
     """Tokens reserved for the Get in flight."""
     wake_ms: int | None = None
@@ -206,6 +223,8 @@ class StreamView:
     committed: int
     commit_target: int
     buffered: int
+    epoch: int
+    """The cursor's seek epoch the stream's position is based on."""
 
 
 class Consumer:
@@ -226,12 +245,12 @@ class Consumer:
         self._owned: dict[tuple[str, int], OwnedQueue] = {}
         self._timers: Timers[StreamKey] = Timers()
         self._reqs: dict[int, tuple[StreamKey, int, bool]] = {}
-        """req_id -> (stream, epoch, is_commit)."""
+        """req_id -> (stream, gen, is_commit)."""
         self._deliveries: dict[int, tuple[StreamKey, int]] = {}
         self._token_waiters: deque[tuple[StreamKey, int]] = deque()
         self._next_req_id = 1
         self._next_delivery_id = 1
-        self._next_epoch = 1
+        self._next_gen = 1
         self._bucket: TokenBucket | None = None
         self._share = share
         initial = tuple(_owned_queue(q) for q in owned)
@@ -252,6 +271,7 @@ class Consumer:
                 committed=s.known,
                 commit_target=s.commit_target,
                 buffered=len(s.buffered),
+                epoch=s.seek_epoch,
             )
             for k, s in self._streams.items()
         }
@@ -392,19 +412,22 @@ class Consumer:
 
     def _new_stream(self, key: StreamKey, level: int, token: int) -> _Stream:
         s = self.settings
-        epoch = self._next_epoch
-        self._next_epoch += 1
         st = _Stream(
             topic=key[0],
             queue=key[1],
             level=level,
             token=token,
             loc=self._router.locate(key[0], key[1]),
-            epoch=epoch,
+            gen=self._new_gen(),
             terminal=level >= s.retry_levels and not s.dead_letter,
         )
         self._streams[key] = st
         return st
+
+    def _new_gen(self) -> int:
+        gen = self._next_gen
+        self._next_gen += 1
+        return gen
 
     def _drop(self, key: StreamKey) -> None:
         st = self._streams.pop(key, None)
@@ -428,7 +451,7 @@ class Consumer:
         req_id = self._next_req_id
         self._next_req_id += 1
         target = self._router.master(st.loc)
-        self._reqs[req_id] = ((st.topic, st.queue), st.epoch, commit)
+        self._reqs[req_id] = ((st.topic, st.queue), st.gen, commit)
         fx.send(target, Request(req_id=req_id, body=body))
         if commit:
             st.commit_target_node = target
@@ -463,7 +486,7 @@ class Consumer:
                     )
                     if n == 0:
                         st.phase = Phase.TOKENS
-                        self._token_waiters.append(((st.topic, st.queue), st.epoch))
+                        self._token_waiters.append(((st.topic, st.queue), st.gen))
                         self._arm_tokens()
                         return
                 st.phase = Phase.FETCH
@@ -483,13 +506,13 @@ class Consumer:
                     queue=st.queue,
                     offset=st.failed[0],
                     token=st.token,
+                    epoch=st.seek_epoch,
                 )
-            case Phase.HOLD | Phase.HANDLE | Phase.STOPPED:
+            case Phase.HOLD | Phase.HANDLE | Phase.DRAIN | Phase.STOPPED:
                 raise InvariantViolation(f"no request to issue in phase {st.phase}")
             case _:
                 assert_never(st.phase)
         st.req_cursor = st.cursor
-        st.req_known = st.known
         st.req_deadline_ms = now.mono_ms + s.request_timeout_ms
         st.req_id = self._send(st, body, fx, commit=False)
 
@@ -522,6 +545,51 @@ class Consumer:
         st.failed.clear()
         fx.event("consumer.stopped", topic=st.topic, queue=st.queue, code=code)
 
+    def _restart(self, now: Now, st: _Stream, why: str, fx: EffectsBuilder) -> None:
+        """A Seek moved the cursor (``why``: what showed it): forget everything based on the
+        old position (fetched items, failed offsets, the commit target, requests in flight,
+        the outcome of a delivery out) and start over from the committed cursor."""
+        fx.event(
+            "consumer.seek_detected",
+            topic=st.topic,
+            queue=st.queue,
+            at=st.cursor,
+            epoch=st.seek_epoch,
+            by=why,
+        )
+        key = (st.topic, st.queue)
+        self._refund(now, st)
+        for req_id in (st.req_id, st.commit_req):
+            if req_id is not None:
+                self._reqs.pop(req_id, None)
+        if st.phase is Phase.TOKENS:
+            self._token_waiters = deque(w for w in self._token_waiters if w[0] != key)
+            self._arm_tokens()
+        st.gen = self._new_gen()
+        st.req_id = st.commit_req = None
+        st.wake_ms = st.commit_wake_ms = None
+        st.failures = st.commit_failures = st.empty_polls = 0
+        st.buffered.clear()
+        st.failed.clear()
+        # Nothing to commit until the probe reads the cursor (commit_target <= known).
+        st.cursor = st.known = st.commit_target = 0
+        if st.delivery_id is not None:
+            # At most one delivery of a stream is out at a time: let the handler give this one
+            # back (or time out) before delivering from the new position.
+            self._deliveries[st.delivery_id] = (key, st.gen)
+            st.phase = Phase.DRAIN
+            return
+        st.delivered = ()
+        st.phase = Phase.CURSOR
+        self._issue(now, st, fx)
+
+    def _drained(self, now: Now, st: _Stream, fx: EffectsBuilder) -> None:
+        """The delivery that was out when a seek showed is back (its outcome is ignored)."""
+        st.delivery_id = None
+        st.delivered = ()
+        st.phase = Phase.CURSOR
+        self._issue(now, st, fx)
+
     def _deliver(self, now: Now, st: _Stream, fx: EffectsBuilder) -> None:
         """Hand the due prefix of the buffered items to the handler, or go fetch more."""
         if not st.buffered:
@@ -542,7 +610,7 @@ class Consumer:
         st.delivered = tuple(items)
         st.delivery_id = self._next_delivery_id
         self._next_delivery_id += 1
-        self._deliveries[st.delivery_id] = ((st.topic, st.queue), st.epoch)
+        self._deliveries[st.delivery_id] = ((st.topic, st.queue), st.gen)
         st.handle_deadline_ms = now.mono_ms + self.settings.handle_timeout_ms
         st.phase = Phase.HANDLE
         fx.send(
@@ -560,11 +628,14 @@ class Consumer:
         entry = self._deliveries.pop(handled.delivery_id, None)
         if entry is None:
             return  # a dropped stream's, or a delivery that already timed out
-        key, epoch = entry
+        key, gen = entry
         st = self._streams.get(key)
-        if st is None or st.epoch != epoch or st.delivery_id != handled.delivery_id:
+        if st is None or st.gen != gen or st.delivery_id != handled.delivery_id:
             return
-        self._outcome(now, st, handled.failed, fx)
+        if st.phase is Phase.DRAIN:
+            self._drained(now, st, fx)
+        else:
+            self._outcome(now, st, handled.failed, fx)
         self._rearm(st)
 
     def _outcome(
@@ -626,6 +697,7 @@ class Consumer:
             queue=st.queue,
             cursor=st.commit_target,
             token=st.token,
+            epoch=st.seek_epoch,
         )
         st.commit_req = self._send(st, body, fx, commit=True)
 
@@ -635,9 +707,9 @@ class Consumer:
         entry = self._reqs.pop(resp.req_id, None)
         if entry is None:
             return  # superseded, or its stream was dropped
-        key, epoch, is_commit = entry
+        key, gen, is_commit = entry
         st = self._streams.get(key)
-        if st is None or st.epoch != epoch:
+        if st is None or st.gen != gen:
             return
         if is_commit:
             if st.commit_req == resp.req_id:
@@ -663,6 +735,11 @@ class Consumer:
                 if st.phase is Phase.RETRY:
                     st.phase = Phase.CHECK
                 self._back_off(now, st)
+            case StoreError(code="stale_epoch") if st.phase is Phase.RETRY:
+                # A Seek moved the cursor since the read this Retry is based on: the store
+                # refused it. Start over from the sought cursor (the item may be delivered
+                # again, as the replay intends).
+                self._restart(now, st, "retry", fx)
             case StoreError(code="stale_offset") if st.phase is Phase.RETRY:
                 # The cursor is already past the offset: an earlier attempt of this Retry was
                 # applied (pxq's store refuses to move an item below the cursor).
@@ -710,10 +787,18 @@ class Consumer:
         st.failures = 0
         if st.phase is Phase.CURSOR:
             st.cursor = st.known = st.commit_target = ok.committed
+            st.seek_epoch = ok.epoch
             st.phase = Phase.FETCH
             self._issue(now, st, fx)
             return
+        if ok.epoch > st.seek_epoch:
+            # A Seek moved the cursor since our start: whatever we hold or would commit is
+            # based on the old position. (A lower epoch can only be older applied state; the
+            # items are still right, and our commits carry our epoch: go on.)
+            self._restart(now, st, "get", fx)
+            return
         if st.phase is Phase.CHECK:
+            # Same epoch: nothing but our own Retry moves the cursor past the failed offset.
             if ok.committed > st.failed[0]:
                 st.known = max(st.known, ok.committed)
                 fx.event("consumer.retry_confirmed", topic=st.topic, queue=st.queue)
@@ -732,18 +817,6 @@ class Consumer:
             or any(a.offset >= b.offset for a, b in zip(ok.items, ok.items[1:], strict=False))
         ):
             raise InvariantViolation(f"GetOk from cursor {prev} is out of order: {ok}")
-        if ok.committed < st.req_known or ok.committed > prev:
-            # Someone else moved the cursor (a replay, or another holder): follow it.
-            fx.event(
-                "consumer.cursor_moved",
-                topic=st.topic,
-                queue=st.queue,
-                at=prev,
-                committed=ok.committed,
-            )
-            st.cursor = st.known = st.commit_target = ok.committed
-            self._issue(now, st, fx)
-            return
         if ok.first_offset > prev:
             fx.event("consumer.gap", topic=st.topic, queue=st.queue, at=prev, first=ok.first_offset)
         st.cursor = ok.next_cursor
@@ -781,6 +854,11 @@ class Consumer:
                     return
             case StoreError(definite=False) | StoreError(code="overloaded"):
                 pass  # a commit is idempotent: back off and re-send
+            case StoreError(code="stale_epoch"):
+                # A Seek moved the cursor since the read this commit is based on: the store
+                # refused the commit (it would have undone the seek). Start over from there.
+                self._restart(now, st, "commit", fx)
+                return
             case StoreError():
                 self._stop(st, body.code, fx)  # permanent: see _on_main_answer
                 return
@@ -807,7 +885,10 @@ class Consumer:
         if st.delivery_id is not None and t >= st.handle_deadline_ms:
             self._deliveries.pop(st.delivery_id, None)
             fx.event("consumer.handle_timeout", topic=st.topic, queue=st.queue)
-            self._outcome(now, st, [item.offset for item in st.delivered], fx)
+            if st.phase is Phase.DRAIN:
+                self._drained(now, st, fx)
+            else:
+                self._outcome(now, st, [item.offset for item in st.delivered], fx)
         if st.wake_ms is not None and t >= st.wake_ms:
             st.wake_ms = None
             if st.phase is Phase.HOLD:
@@ -850,9 +931,9 @@ class Consumer:
     def _serve_token_waiters(self, now: Now, fx: EffectsBuilder) -> None:
         bucket = self._bucket
         while self._token_waiters and bucket is not None and bucket.available(now.mono_ms) > 0:
-            key, epoch = self._token_waiters.popleft()
+            key, gen = self._token_waiters.popleft()
             st = self._streams.get(key)
-            if st is None or st.epoch != epoch or st.phase is not Phase.TOKENS:
+            if st is None or st.gen != gen or st.phase is not Phase.TOKENS:
                 continue
             self._issue(now, st, fx, waited=True)
             self._rearm(st)

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pxq.effects import NodeId
 from pxq.producer.settings import check_layout, frozen_mapping
 from pxq.store.placement import DLQ_MARK, RETRY_MARK
+
+if TYPE_CHECKING:
+    from pxq.config import ClusterConfig, ConsumerGroupConfig
 
 MiB = 1024 * 1024
 
@@ -118,3 +122,46 @@ class ConsumerSettings:
         if self.rate_burst is not None:
             return self.rate_burst
         return max(1, self.rate_items_per_s or 0)
+
+
+def consumer_settings(
+    config: ClusterConfig, group: str, topic: str | None = None, **overrides: int
+) -> ConsumerSettings:
+    """The settings of a consumer of ``group`` (on ``topic`` only, if given): the cluster's
+    stores, the base topics the group subscribes to, its retry levels, dead-letter choice and
+    rate limit from the configuration; ``overrides`` replace any other field by name.
+
+    One consumer machine applies one retry/dead-letter/rate policy, so a group whose
+    subscriptions on several topics differ in those needs one consumer per topic: a
+    ``ValueError`` says so rather than silently using one topic's policy for all.
+    """
+    topics: dict[str, int] = {}
+    policies: dict[str, ConsumerGroupConfig] = {}
+    for t in config.topics:
+        found = t.group(group)
+        if found is not None and (topic is None or t.name == topic):
+            topics[t.name] = t.queues
+            policies[t.name] = found
+    if not policies:
+        where = "no topic" if topic is None else f"topic {topic!r}"
+        raise ValueError(f"{where} has a consumer group named {group!r}")
+    names = sorted(policies)
+    cg = policies[names[0]]
+    for name in names[1:]:
+        other = policies[name]
+        if (other.retries, other.dead_letter, other.rate) != (cg.retries, cg.dead_letter, cg.rate):
+            raise ValueError(
+                f"consumer group {group!r} has different retries, dead-letter or rate settings "
+                f"on topics {names[0]!r} and {name!r}: run one consumer per topic"
+            )
+    return ConsumerSettings(
+        group=group,
+        stores={s.name: s.nodes for s in config.stores},
+        groups_per_store={s.name: s.groups for s in config.stores},
+        topics=topics,
+        retry_delays_ms=tuple(r.delay_ms for r in cg.retries),
+        dead_letter=cg.dead_letter,
+        rate_items_per_s=None if cg.rate is None else cg.rate.items_per_s,
+        rate_burst=None if cg.rate is None else cg.rate.burst,
+        **overrides,
+    )

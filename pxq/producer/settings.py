@@ -10,8 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from pxq.effects import NodeId
+
+if TYPE_CHECKING:
+    from pxq.config import ClusterConfig
 
 MiB = 1024 * 1024
 
@@ -107,3 +111,17 @@ class ProducerSettings:
             raise ValueError("backoff_max_ms: must be >= backoff_ms")
         if self.pending_bytes_max < self.batch_bytes_max:
             raise ValueError("pending_bytes_max: must be >= batch_bytes_max")
+
+
+def producer_settings(config: ClusterConfig, **overrides: int) -> ProducerSettings:
+    """The producer settings of a cluster: its stores, their groups, its base topics, and the
+    ``[batching]`` table; ``overrides`` replace any other field by name."""
+    return ProducerSettings(
+        stores={s.name: s.nodes for s in config.stores},
+        groups_per_store={s.name: s.groups for s in config.stores},
+        topics={t.name: t.queues for t in config.topics},
+        linger_ms=overrides.pop("linger_ms", config.batching.linger_ms),
+        batch_items_max=overrides.pop("batch_items_max", config.batching.items_max),
+        batch_bytes_max=overrides.pop("batch_bytes_max", config.batching.bytes_max),
+        **overrides,
+    )

@@ -6,6 +6,9 @@ registered codec message. An enqueue carries its items as one msgpack ``bin`` ho
 on the development VM for an enqueue of 100 items of 100 bytes: decoding and checking this form
 takes ~11 us, the registered ``Enqueue`` message through ``pxq.codec`` ~96 us.
 
+Commit and retry commands carry the seek epoch of the cursor they are based on (last field);
+the old shapes without it are not accepted (nothing was deployed with them).
+
 Commands carry the proposing master's wall time where the result depends on time (enqueue
 stamps, retry delays, retention holds): applying never reads a clock.
 
@@ -53,6 +56,8 @@ class CommitCmd:
     queue: int
     cursor: int
     token: int
+    epoch: int = 0
+    """The cursor's seek epoch the commit is based on (``CommitCursor.epoch``)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -73,6 +78,8 @@ class RetryCmd:
     offset: int
     token: int
     wall_ms: int
+    epoch: int = 0
+    """The cursor's seek epoch the retry is based on (``Retry.epoch``)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -99,7 +106,15 @@ def encode_command(cmd: Command) -> bytes:
                 cmd.items,
             ]
         case CommitCmd():
-            fields = [OP_COMMIT, cmd.topic, cmd.group, cmd.queue, cmd.cursor, cmd.token]
+            fields = [
+                OP_COMMIT,
+                cmd.topic,
+                cmd.group,
+                cmd.queue,
+                cmd.cursor,
+                cmd.token,
+                cmd.epoch,
+            ]
         case SeekCmd():
             fields = [OP_SEEK, cmd.topic, cmd.group, cmd.queue, cmd.offset, cmd.time_ms]
         case RetryCmd():
@@ -111,6 +126,7 @@ def encode_command(cmd: Command) -> bytes:
                 cmd.offset,
                 cmd.token,
                 cmd.wall_ms,
+                cmd.epoch,
             ]
         case TickCmd():
             fields = [OP_TICK, cmd.wall_ms]
@@ -160,13 +176,14 @@ def decode_command(value: bytes) -> Command:
             wall_ms=_u(fields[5]),
             items=items,
         )
-    if op == OP_COMMIT and n == 6:
+    if op == OP_COMMIT and n == 7:
         return CommitCmd(
             topic=_s(fields[1]),
             group=_s(fields[2]),
             queue=_u(fields[3]),
             cursor=_u(fields[4]),
             token=_u(fields[5]),
+            epoch=_u(fields[6]),
         )
     if op == OP_SEEK and n == 6:
         return SeekCmd(
@@ -176,7 +193,7 @@ def decode_command(value: bytes) -> Command:
             offset=_opt_u(fields[4]),
             time_ms=None if fields[5] is None else _i(fields[5]),
         )
-    if op == OP_RETRY and n == 7:
+    if op == OP_RETRY and n == 8:
         return RetryCmd(
             topic=_s(fields[1]),
             group=_s(fields[2]),
@@ -184,6 +201,7 @@ def decode_command(value: bytes) -> Command:
             offset=_u(fields[4]),
             token=_u(fields[5]),
             wall_ms=_u(fields[6]),
+            epoch=_u(fields[7]),
         )
     if op == OP_TICK and n == 2:
         return TickCmd(wall_ms=_u(fields[1]))

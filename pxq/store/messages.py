@@ -3,7 +3,14 @@ what it answers (codec tags 64-127).
 
 Addressing: a queue is ``(topic, queue)``; a consumer group reads it through its own cursor
 ``(topic, group, queue)``. Offsets are dense per queue, starting at 0: the cursor of a group is
-the offset of the next item it has not yet handled. Retry levels and dead letters are derived
+the offset of the next item it has not yet handled.
+
+Seek epochs: every cursor has an ``epoch``, 0 at first, incremented by each applied ``Seek``
+that sets the cursor (whether or not its position changes). ``GetOk`` reports it; a consumer
+sends the epoch of the Get its position is based on with every ``CommitCursor`` and ``Retry``,
+and the store refuses one from before the latest seek (``stale_epoch``). So a commit issued
+before an operator's rewind cannot move the cursor forward again once the rewind is applied:
+the consumer learns of the seek instead, and restarts from the rewound cursor. Retry levels and dead letters are derived
 topics that share the placement of their base topic (see ``placement.py``):
 ``"{topic}.retry.{group}.{level}"`` and ``"{topic}.dlq.{group}"``.
 
@@ -98,7 +105,8 @@ class GetOk:
     """Items from the requested cursor on (possibly none). ``next_cursor`` is where the next
     Get should start (past filtered-out items too); ``committed`` is the group's replicated
     cursor; ``first_offset`` the oldest offset retention kept; ``end_offset`` the next offset
-    an enqueue will take."""
+    an enqueue will take; ``epoch`` the seek epoch of the group's cursor (see the module
+    docstring), read together with ``committed``."""
 
     topic: str
     group: str
@@ -108,6 +116,7 @@ class GetOk:
     committed: int
     first_offset: int
     end_offset: int
+    epoch: int = 0
 
 
 @message(70)
@@ -119,6 +128,11 @@ class CommitCursor:
     token is lower than the highest token the store has seen for that cursor is rejected
     (``StoreError("stale_token")``). 0 means no lock (allowed while locks are off).
     A cursor never moves backwards through a commit (only through a Seek).
+
+    ``epoch`` is the cursor's seek epoch as reported by the ``GetOk`` that the consumer's
+    position is based on: below the cursor's current epoch (a Seek was applied since) the
+    commit is refused with ``StoreError("stale_epoch")`` and changes nothing; above it, with
+    ``bad_request``.
     """
 
     topic: str
@@ -126,6 +140,7 @@ class CommitCursor:
     queue: int
     cursor: int
     token: int = 0
+    epoch: int = 0
 
 
 @message(71)
@@ -143,7 +158,9 @@ class Seek:
     """Rewind (or advance) ``group`` on one queue, or on every queue of the topic this store
     holds when ``queue`` is None, to an offset or to the first item enqueued at or after a wall
     time. Exactly one of ``offset`` and ``time_ms`` is given. Replicated and applied once; a
-    target below the retention floor lands on the floor."""
+    target below the retention floor lands on the floor. Every cursor the seek sets gets its
+    epoch incremented, even if its position stays (a queue that never held anything has no
+    cursor to set), so commits and retries based on an earlier Get are refused."""
 
     topic: str
     group: str
@@ -167,13 +184,15 @@ class Retry:
     """The handler failed on the item at ``offset`` of a queue of ``topic`` (a base topic or
     one of its retry levels): atomically append a copy to the next retry level of ``group``
     (or to its dead-letter topic after the last level) with the level's delay, and advance the
-    group's cursor past ``offset``. Fenced by ``token`` like a commit."""
+    group's cursor past ``offset``. Fenced by ``token`` and checked against the cursor's
+    seek ``epoch`` like a commit (``stale_epoch``, ``bad_request``)."""
 
     topic: str
     group: str
     queue: int
     offset: int
     token: int = 0
+    epoch: int = 0
 
 
 @message(75)
@@ -202,10 +221,12 @@ class StoreRedirect:
 class StoreError:
     """A request failed. ``definite``: it certainly took no effect. Definite codes:
     ``unknown_topic``, ``unknown_group``, ``bad_queue``, ``too_large``, ``overloaded``,
-    ``stale_token`` (a newer lock holder exists), ``stale_sequence`` (an enqueue retry older than
-    the dedupe window), ``bad_cursor`` (beyond the end), ``stale_offset`` (a retry of an item the
-    cursor already passed), ``no_dead_letter`` (no level left and no dead-letter topic),
-    ``partial`` (a seek over all queues reached only some groups), ``bad_request``. Indefinite:
+    ``stale_token`` (a newer lock holder exists), ``stale_epoch`` (a commit or retry based on a
+    Get from before the cursor's latest Seek: re-read the cursor and restart from it),
+    ``stale_sequence`` (an enqueue retry older than the dedupe window), ``bad_cursor`` (beyond
+    the end), ``stale_offset`` (a retry of an item the cursor already passed), ``no_dead_letter``
+    (no level left and no dead-letter topic), ``partial`` (a seek over all queues reached only
+    some groups), ``bad_request`` (malformed, or a seek epoch above the cursor's). Indefinite:
     ``unknown`` (mastership lost while the request was in flight: it may still be applied)."""
 
     code: str

@@ -333,8 +333,10 @@ class StoreNode:
         target = self._target(req.topic, req.group, req.queue)
         if isinstance(target, StoreError):
             return target
-        if req.cursor < 0 or req.items_max < 1 or req.bytes_max < 1:
-            return _bad("bad_request", "cursor must be >= 0, items_max and bytes_max >= 1")
+        if req.cursor < 0 or req.items_max < 0 or req.bytes_max < 0:
+            # items_max = 0 is a probe: no items, but the group's committed cursor and the
+            # queue's bounds (how a consumer learns where to start).
+            return _bad("bad_request", "cursor, items_max and bytes_max must be >= 0")
         group = req.queue % self.groups
         if not self.replica.is_master(group, now):
             return StoreRedirect(master=self._master_hint(group))
@@ -387,10 +389,15 @@ class StoreNode:
         target = self._target(req.topic, req.group, req.queue)
         if isinstance(target, StoreError):
             return target
-        if req.cursor < 0 or req.token < 0:
-            return _bad("bad_request", "cursor and token must be >= 0")
+        if req.cursor < 0 or req.token < 0 or req.epoch < 0:
+            return _bad("bad_request", "cursor, token and epoch must be >= 0")
         return CommitCmd(
-            topic=req.topic, group=req.group, queue=req.queue, cursor=req.cursor, token=req.token
+            topic=req.topic,
+            group=req.group,
+            queue=req.queue,
+            cursor=req.cursor,
+            token=req.token,
+            epoch=req.epoch,
         )
 
     def _seek_cmd(self, req: Seek) -> Command | StoreError:
@@ -415,8 +422,8 @@ class StoreNode:
             return target
         if target.level < 0:
             return _bad("bad_request", f"{req.topic!r} is a dead-letter topic: no retry")
-        if req.offset < 0 or req.token < 0:
-            return _bad("bad_request", "offset and token must be >= 0")
+        if req.offset < 0 or req.token < 0 or req.epoch < 0:
+            return _bad("bad_request", "offset, token and epoch must be >= 0")
         return RetryCmd(
             topic=req.topic,
             group=req.group,
@@ -424,6 +431,7 @@ class StoreNode:
             offset=req.offset,
             token=req.token,
             wall_ms=_wall(now),
+            epoch=req.epoch,
         )
 
 

@@ -10,7 +10,7 @@ two names never share a prefix ambiguously.
 |--------------|--------------------------------------------------|--------------------------------|
 | ``q_queue``  | group, topic, u32 queue                          | first offset, end offset, last enqueue ms |
 | ``q_item``   | group, topic, u32 queue, u64 first offset        | one enqueue batch (a *row*)    |
-| ``q_cursor`` | group, topic, u32 queue, consumer group          | cursor, highest fencing token  |
+| ``q_cursor`` | group, topic, u32 queue, consumer group          | cursor, highest fencing token, seek epoch |
 | ``q_producer`` | group, producer                                | highest seq, last use (instance, slot) |
 | ``q_dedupe`` | group, producer, u64 seq                         | receipt: topic, queue, first offset, count |
 
@@ -45,7 +45,7 @@ _U64 = struct.Struct(">Q")
 _QUEUE_META = struct.Struct(">QQQ")
 _ROW_HEAD = struct.Struct(">QIQI")
 ROW_HEAD_BYTES: Final = _ROW_HEAD.size
-_CURSOR = struct.Struct(">QQ")
+_CURSOR = struct.Struct(">QQQ")
 _PRODUCER = struct.Struct(">QQI")
 _RECEIPT = struct.Struct(">QII")
 
@@ -123,13 +123,15 @@ def decode_queue_meta(value: bytes) -> tuple[int, int, int]:
     return first, end, last_ms
 
 
-def encode_cursor(cursor: int, token: int) -> bytes:
-    return _CURSOR.pack(cursor, token)
+def encode_cursor(cursor: int, token: int, epoch: int) -> bytes:
+    return _CURSOR.pack(cursor, token, epoch)
 
 
-def decode_cursor(value: bytes) -> tuple[int, int]:
-    cursor, token = _CURSOR.unpack(value)
-    return cursor, token
+def decode_cursor(value: bytes) -> tuple[int, int, int]:
+    """(cursor, highest fencing token, seek epoch); a value of any other length (such as the
+    16-byte record before seek epochs) raises ``struct.error``."""
+    cursor, token, epoch = _CURSOR.unpack(value)
+    return cursor, token, epoch
 
 
 def encode_producer(high: int, instance: int, slot: int) -> bytes:

@@ -20,10 +20,16 @@ Semantics, beyond the client API's docstrings (``messages.py``):
   is appended; a seq at or below ``high - window`` is answered ``stale_sequence`` (definite).
   Producers beyond ``producers_max`` are forgotten least recently used first (an evicted
   producer's late retry is appended again: the window is the guarantee).
-* Commit: a token below the highest seen for the cursor is ``stale_token``; a cursor beyond
-  the queue's end is ``bad_cursor``; a lower cursor than the current one leaves it unchanged
-  (answered with the current cursor). Seek moves a cursor either way and keeps the token.
-* Retry: the item at ``offset`` (not below the cursor: ``stale_offset``) is copied, with
+* Seek epochs: each cursor has an epoch (0 at first, persisted with it, so in snapshots too).
+  Seek moves a cursor either way, keeps its token and increments its epoch, even when the
+  position stays: a commit or retry carries the epoch of the Get it is based on, and one
+  below the cursor's epoch is ``stale_epoch`` and changes nothing, so a commit issued before a
+  rewind cannot undo it. An epoch above the cursor's is ``bad_request`` (no Get reported it).
+* Commit: a token below the highest seen for the cursor is ``stale_token``; then the epoch is
+  checked; a cursor beyond the queue's end is ``bad_cursor``; a lower cursor than the current
+  one leaves it unchanged (answered with the current cursor).
+* Retry: fenced and epoch-checked like a commit (after ``bad_cursor`` for an offset beyond the
+  end); the item at ``offset`` (not below the cursor: ``stale_offset``) is copied, with
   attempt + 1 and ``not_before_ms`` = proposer time + the level's delay, to the next retry
   level of the group, or to its dead-letter topic after the last level; the cursor moves past
   ``offset`` in the same command. A group with ``dead_letter = false`` gets ``no_dead_letter``
@@ -96,8 +102,9 @@ from pxq.store.records import (
     unpack_items,
 )
 
-SNAPSHOT_MAGIC = b"PXQS\x01"
-"""First bytes of a queue store snapshot (format version 1)."""
+SNAPSHOT_MAGIC = b"PXQS\x02"
+"""First bytes of a queue store snapshot (format version 2: cursor records carry the seek
+epoch; a version 1 snapshot is refused like a corrupt one)."""
 _DEDUPE_DELETES_MAX = 8
 """Above this many sequence numbers leaving the window at once, one range delete is cheaper."""
 
@@ -116,7 +123,12 @@ class _Queue:
     last_ms: int = 0
     """Enqueue stamp of the newest row."""
     cursors: dict[str, list[int]] = field(default_factory=dict)
-    """Consumer group -> [cursor, highest fencing token]."""
+    """Consumer group -> [cursor, highest fencing token, seek epoch]."""
+
+    def cursor_of(self, group: str) -> tuple[int, int, int]:
+        """(cursor, highest token, seek epoch) of ``group``; all 0 if it has no record."""
+        c = self.cursors.get(group)
+        return (0, 0, 0) if c is None else (c[0], c[1], c[2])
 
 
 @dataclass(slots=True)
@@ -261,7 +273,7 @@ class QueueStore:
                 first_offset=0,
                 end_offset=0,
             )
-        committed = q.cursors.get(req.group, [0, 0])[0]
+        committed, _, epoch = q.cursor_of(req.group)
         items, next_cursor = self._read(q, cg, req.cursor, req.items_max, req.bytes_max)
         return GetOk(
             topic=req.topic,
@@ -272,6 +284,7 @@ class QueueStore:
             committed=committed,
             first_offset=q.first,
             end_offset=q.end,
+            epoch=epoch,
         )
 
     def offsets(self, topic: str, queue: int) -> tuple[int, int]:
@@ -281,7 +294,12 @@ class QueueStore:
 
     def cursor(self, topic: str, group: str, queue: int) -> int:
         q = self.queues.get((topic, queue))
-        return 0 if q is None else q.cursors.get(group, [0, 0])[0]
+        return 0 if q is None else q.cursor_of(group)[0]
+
+    def epoch(self, topic: str, group: str, queue: int) -> int:
+        """The seek epoch of ``group``'s cursor on a queue."""
+        q = self.queues.get((topic, queue))
+        return 0 if q is None else q.cursor_of(group)[2]
 
     def retention_due(self, wall_ms: int) -> bool:
         """Whether a retention tick proposed at ``wall_ms`` would remove anything (the master
@@ -309,8 +327,8 @@ class QueueStore:
             )
         for key, value in cursor_recs:
             _, topic, queue, group = parse_cursor_key(key)
-            cursor, token = decode_cursor(value)
-            self._queue(topic, queue).cursors[group] = [cursor, token]
+            cursor, token, epoch = decode_cursor(value)
+            self._queue(topic, queue).cursors[group] = [cursor, token, epoch]
         found = []
         for key, value in producer_recs:
             high, instance, slot = decode_producer(value)
@@ -333,9 +351,9 @@ class QueueStore:
     def _save_queue(self, q: _Queue) -> None:
         self.db.put(Q_QUEUE, q.prefix, encode_queue_meta(q.first, q.end, q.last_ms))
 
-    def _save_cursor(self, q: _Queue, group: str, cursor: int, token: int) -> None:
-        q.cursors[group] = [cursor, token]
-        self.db.put(Q_CURSOR, cursor_key(q.prefix, group), encode_cursor(cursor, token))
+    def _save_cursor(self, q: _Queue, group: str, cursor: int, token: int, epoch: int) -> None:
+        q.cursors[group] = [cursor, token, epoch]
+        self.db.put(Q_CURSOR, cursor_key(q.prefix, group), encode_cursor(cursor, token, epoch))
 
     def queue_problem(
         self, info: TopicInfo, queue: int, cg: ConsumerGroupConfig | None = None
@@ -495,17 +513,20 @@ class QueueStore:
         if isinstance(target, bytes):
             return target
         q = self.queues.get((cmd.topic, cmd.queue))
-        cursor, token = [0, 0] if q is None else q.cursors.get(cmd.group, [0, 0])
+        cursor, token, epoch = (0, 0, 0) if q is None else q.cursor_of(cmd.group)
         end = 0 if q is None else q.end
         if cmd.token < token:
             return _error(
                 "stale_token", f"token {cmd.token} is below {token}, the highest seen here"
             )
+        problem = _epoch_problem(cmd.epoch, epoch)
+        if problem is not None:
+            return problem
         if cmd.cursor > end:
             return _error("bad_cursor", f"cursor {cmd.cursor} is beyond the end offset {end}")
         new = max(cursor, cmd.cursor)
         if new != cursor or cmd.token != token:
-            self._save_cursor(self._queue(cmd.topic, cmd.queue), cmd.group, new, cmd.token)
+            self._save_cursor(self._queue(cmd.topic, cmd.queue), cmd.group, new, cmd.token, epoch)
         return _encode(CommitOk(topic=cmd.topic, group=cmd.group, queue=cmd.queue, cursor=new))
 
     def _seek(self, cmd: SeekCmd) -> bytes:
@@ -532,9 +553,11 @@ class QueueStore:
                 position = min(max(cmd.offset, q.first), q.end)
             else:
                 position = self._first_at_or_after(q, cmd.time_ms or 0)
-            cursor, token = q.cursors.get(cmd.group, [0, 0])
+            cursor, token, epoch = q.cursor_of(cmd.group)
+            # The epoch moves even if the position stays: a commit based on an earlier Get
+            # must not carry the cursor past the seek's target.
+            self._save_cursor(q, cmd.group, position, token, epoch + 1)
             if position != cursor:
-                self._save_cursor(q, cmd.group, position, token)
                 moved.append((queue, position))
         return _encode(SeekOk(topic=cmd.topic, group=cmd.group, positions=tuple(moved)))
 
@@ -554,11 +577,16 @@ class QueueStore:
         end = 0 if q is None else q.end
         if q is None or cmd.offset >= end:
             return _error("bad_cursor", f"offset {cmd.offset} is beyond the end offset {end}")
-        cursor, token = q.cursors.get(cmd.group, [0, 0])
+        cursor, token, epoch = q.cursor_of(cmd.group)
         if cmd.token < token:
             return _error(
                 "stale_token", f"token {cmd.token} is below {token}, the highest seen here"
             )
+        # Before stale_offset: a consumer takes stale_offset as proof that its earlier
+        # attempt was applied, which holds only within one epoch.
+        problem = _epoch_problem(cmd.epoch, epoch)
+        if problem is not None:
+            return problem
         if cmd.offset < cursor or cmd.offset < q.first:
             return _error(
                 "stale_offset",
@@ -594,7 +622,7 @@ class QueueStore:
             tq.last_ms = stamp
             self._save_queue(tq)
         new = cmd.offset + 1
-        self._save_cursor(q, cmd.group, new, cmd.token)
+        self._save_cursor(q, cmd.group, new, cmd.token, epoch)
         return _encode(
             RetryOk(
                 topic=cmd.topic,
@@ -634,7 +662,7 @@ class QueueStore:
         if info is None:
             return None  # a topic no longer configured: keep its data (no rule applies)
         subscribers = info.subscribers_of(q.queue)
-        slowest = min((q.cursors.get(g.name, [0, 0])[0] for g in subscribers), default=q.end)
+        slowest = min((q.cursor_of(g.name)[0] for g in subscribers), default=q.end)
         floor = min(slowest, q.end)
         hold = info.retention
         keep_from = q.end if hold.hold_items is None else max(0, q.end - hold.hold_items)
@@ -697,6 +725,20 @@ class QueueStore:
                 if len(out) >= items_max or scanned >= scan_max:
                     return tuple(out), pos
         return tuple(out), pos
+
+
+def _epoch_problem(sent: int, current: int) -> bytes | None:
+    """The error answering a commit or retry based on seek epoch ``sent`` when the cursor is at
+    epoch ``current``, or None if they agree."""
+    if sent < current:
+        return _error(
+            "stale_epoch",
+            f"epoch {sent} is below the cursor's epoch {current}: a seek moved the cursor "
+            "since the read this request is based on",
+        )
+    if sent > current:
+        return _error("bad_request", f"epoch {sent} is above the cursor's epoch {current}")
+    return None
 
 
 def _parse_snapshot(data: bytes, group: int) -> list[tuple[str, bytes, bytes]]:

@@ -1,5 +1,4 @@
-"""The ``pxq`` command line. The one module of ``pxq/`` that may import ``sim``, ``net`` and
-I/O libraries; it imports them lazily, inside the commands, so ``pxq --help`` stays fast.
+"""``pxq sim``: run scenarios and seed swarms in the deterministic simulator.
 
 Exit codes: 0 when every expectation is met, 1 when a check or expectation fails, 2 for bad
 input (an unreadable or invalid scenario, bad arguments), with the reason on stderr.
@@ -15,23 +14,11 @@ from typing import Any
 
 import click
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
-
-
-def _bad_input(message: str) -> None:
-    click.echo(f"pxq: error: {message}", err=True)
-    sys.exit(EXIT_BAD_INPUT)
+from pxq.cli.common import EXIT_FAILED, EXIT_OK
+from pxq.cli.common import bad_input as _bad_input
 
 
 @click.group()
-@click.version_option(package_name="pxq")
-def main() -> None:
-    """pxq: a Paxos-replicated distributed queue, simulation-first."""
-
-
-@main.group()
 def sim() -> None:
     """Deterministic simulation: run scenarios and seed swarms."""
 
@@ -56,7 +43,7 @@ def sim_run(
 
     try:
         scn = scenario.load(scenario_file)
-        runner.paxos_config(scn)
+        runner.validate(scn)
     except (scenario.ScenarioError, ValueError) as exc:
         _bad_input(str(exc))
         return
@@ -97,7 +84,7 @@ def sim_swarm(scenario_file: Path, seeds_text: str, jobs: int, as_json: bool) ->
     try:
         seeds = swarm.parse_seeds(seeds_text)
         scn = scenario.load(scenario_file)
-        runner.paxos_config(scn)
+        runner.validate(scn)
     except (scenario.ScenarioError, ValueError) as exc:
         _bad_input(str(exc))
         return
@@ -152,7 +139,3 @@ def _stderr_console() -> Any:
     from rich.console import Console
 
     return Console(stderr=True)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,312 @@
+"""The asyncio driver of pxq's *client* machines (``Producer``, ``Consumer``).
+
+This module owns two things:
+
+* ``NodePool``: one lazily opened, reused ``NodeClient`` connection per store replica,
+  addressed by node name from the cluster configuration. A connection that failed is
+  dropped and re-opened by the next call.
+* ``MachineDriver``: runs one pure client machine on the event loop, implementing the driver
+  contract of ``pxq.effects`` for client machines:
+
+  - application calls become ``ClientCall`` inputs (``MachineDriver.call`` returns a future
+    resolved by the machine's ``Reply``);
+  - ``Send(dst=node, msg=Request(req_id, body))`` becomes ``NodeClient.call(body)`` on the
+    pool's connection to ``node``; the answer comes back as
+    ``Received(src=node, msg=Response(req_id, body))``. A timeout, a lost connection or a
+    failed connect produces *no* ``Response``: the machine keeps its own deadlines (the call
+    timeout is set a little above the machine's request timeout, so a late answer can still
+    be used). Nothing else is invented on the machine's behalf;
+  - ``Send(dst=HANDLER, msg=...)`` goes to the ``on_handler`` callback (the consumer API),
+    which answers later through ``MachineDriver.feed``;
+  - exactly one timer (``loop.call_at``) is armed at ``next_deadline()``, re-read after every
+    step; ``now`` is monotonic ms from ``time.monotonic_ns`` and wall ms from ``time.time_ns``;
+  - client machines write nothing: a step that returns writes, or raises, stops the driver
+    (``MachineFailed``) and fails every open call.
+
+Inputs fed while a step is running (a callback that answers at once) are queued and stepped
+right after it, so steps never nest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+
+from net.client import NodeClient
+from net.client_types import ClientClosed, MachineFailed, OutcomeUnknown
+from net.config import NetConfig
+from net.errors import NetError, NotConnected
+from pxq import codec
+from pxq.consumer.messages import HANDLER
+from pxq.effects import (
+    Boot,
+    ClientCall,
+    Effects,
+    Input,
+    Node,
+    NodeId,
+    Now,
+    Received,
+    Request,
+    Response,
+    TraceEvent,
+    Wake,
+)
+
+log = logging.getLogger("pxq.client")
+trace_log = logging.getLogger("pxq.client.trace")
+
+CALL_TIMEOUT_MARGIN_S = 0.25
+"""How much longer a node call may take than the machine's request timeout: an answer that
+arrives a little after the machine re-sent is still useful (a producer accepts a late
+``EnqueueOk`` of a superseded attempt)."""
+
+TraceListener = Callable[[TraceEvent], None]
+
+
+def now() -> Now:
+    """The driver's clock, in integer ms."""
+    return Now(mono_ms=time.monotonic_ns() // 1_000_000, wall_ms=time.time_ns() // 1_000_000)
+
+
+class NodePool:
+    """One lazily opened, reused connection per node (see the module docstring)."""
+
+    def __init__(
+        self, addresses: Mapping[NodeId, tuple[str, int]], net_config: NetConfig | None = None
+    ) -> None:
+        self._addresses = dict(addresses)
+        self._net_config = net_config or NetConfig()
+        self._clients: dict[NodeId, NodeClient] = {}
+        self._connecting: dict[NodeId, asyncio.Task[NodeClient]] = {}
+        self._closed = False
+
+    async def call(self, node: NodeId, request: object, timeout_s: float) -> object:
+        """Send ``request`` to ``node`` and return its answer.
+
+        Raises ``CallTimeout`` / ``ConnectionLost`` (outcome unknown), ``NotConnected`` or
+        ``OSError`` (not sent: unknown node, connect refused), ``TimeoutError`` from a connect
+        that did not finish within ``timeout_s`` (not sent), ``codec.CodecError`` (not
+        encodable, not sent)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        async with asyncio.timeout(timeout_s):
+            client = await self._client(node)
+        return await client.call(request, max(0.001, deadline - loop.time()))
+
+    async def _client(self, node: NodeId) -> NodeClient:
+        if self._closed:
+            raise NotConnected("the client is closed")
+        client = self._clients.get(node)
+        if client is not None and not client.closed:
+            return client
+        task = self._connecting.get(node)
+        if task is None:
+            address = self._addresses.get(node)
+            if address is None:
+                raise NotConnected(f"no address for node {node!r} in the configuration")
+            task = asyncio.get_running_loop().create_task(self._open(node, *address))
+            self._connecting[node] = task
+        # Shielded: one waiter giving up does not cancel the connect others wait for.
+        return await asyncio.shield(task)
+
+    async def _open(self, node: NodeId, host: str, port: int) -> NodeClient:
+        try:
+            client = await NodeClient.connect(host, port, config=self._net_config)
+        finally:
+            self._connecting.pop(node, None)
+        if self._closed:
+            await client.close()
+            raise NotConnected("the client is closed")
+        old = self._clients.get(node)
+        self._clients[node] = client
+        if old is not None:
+            await old.close()
+        return client
+
+    async def close(self) -> None:
+        """Close every connection; calls still open fail with ``ConnectionLost``."""
+        self._closed = True
+        connecting = list(self._connecting.values())
+        for task in connecting:
+            task.cancel()
+        if connecting:
+            await asyncio.gather(*connecting, return_exceptions=True)
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.close()
+
+
+class MachineDriver:
+    """Runs one client machine on the running event loop (see the module docstring)."""
+
+    def __init__(
+        self,
+        machine: Node,
+        pool: NodePool,
+        *,
+        request_timeout_ms: int,
+        name: str,
+        on_handler: Callable[[object], None] | None = None,
+        on_trace: TraceListener | None = None,
+        on_failure: Callable[[MachineFailed], None] | None = None,
+    ) -> None:
+        self.machine = machine
+        self.name = name
+        self._pool = pool
+        self._call_timeout_s = request_timeout_ms / 1000 + CALL_TIMEOUT_MARGIN_S
+        self._on_handler = on_handler
+        self._on_trace = on_trace
+        self._on_failure = on_failure
+        self._loop = asyncio.get_running_loop()
+        self._calls: dict[int, asyncio.Future[object]] = {}
+        self._next_call_id = 1
+        self._inputs: deque[Input] = deque()
+        self._stepping = False
+        self._rpcs: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed: int | None = None
+        self._closed = False
+        self.failure: MachineFailed | None = None
+        self.progress = asyncio.Event()
+        """Set after every batch of steps; waiters clear it and wait again (cheap polling of
+        the machine's state, for example commits catching up)."""
+        self.feed(Boot())
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def open_calls(self) -> int:
+        """Application calls not yet answered whose caller still waits (a cancelled wait does
+        not count: nobody is left to tell the outcome to)."""
+        return sum(1 for fut in self._calls.values() if not fut.done())
+
+    def call(self, request: object) -> asyncio.Future[object]:
+        """Hand ``request`` to the machine as a ``ClientCall``; the future gets its reply."""
+        if self.failure is not None:
+            raise self.failure
+        if self._closed:
+            raise ClientClosed(f"{self.name} is closed")
+        call_id = self._next_call_id
+        self._next_call_id += 1
+        fut: asyncio.Future[object] = self._loop.create_future()
+        self._calls[call_id] = fut
+        self.feed(ClientCall(call_id=call_id, request=request))
+        return fut
+
+    def feed(self, inp: Input) -> None:
+        """Step the machine with ``inp`` (queued if a step is running: steps never nest)."""
+        if self._closed:
+            return
+        self._inputs.append(inp)
+        if self._stepping:
+            return
+        self._stepping = True
+        try:
+            while self._inputs and not self._closed:
+                self._step(self._inputs.popleft())
+        finally:
+            self._stepping = False
+            self._inputs.clear()
+        if not self._closed:
+            self._arm_timer()
+        self.progress.set()
+
+    def _step(self, inp: Input) -> None:
+        try:
+            fx = self.machine.step(now(), inp)
+        except Exception as exc:
+            self._fail(f"{type(exc).__name__}: {exc}")
+            return
+        if fx.writes:
+            self._fail("a client machine returned writes (it must not persist anything)")
+            return
+        try:
+            self._release(fx)
+        except Exception as exc:
+            self._fail(f"releasing the output failed: {type(exc).__name__}: {exc}")
+
+    def _release(self, fx: Effects) -> None:
+        for event in fx.trace:
+            trace_log.debug("%s %s %s", self.name, event.kind, dict(event.fields))
+            if self._on_trace is not None:
+                self._on_trace(event)
+        for send in fx.sends:
+            msg = send.msg
+            if send.dst == HANDLER:
+                if self._on_handler is not None:
+                    self._on_handler(msg)
+            elif isinstance(msg, Request):
+                task = self._loop.create_task(self._rpc(send.dst, msg))
+                self._rpcs.add(task)
+                task.add_done_callback(self._rpcs.discard)
+            else:
+                log.warning("%s: dropping %s to %s", self.name, type(msg).__name__, send.dst)
+        for reply in fx.replies:
+            fut = self._calls.pop(reply.call_id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(reply.response)
+
+    async def _rpc(self, dst: NodeId, req: Request) -> None:
+        try:
+            body = await self._pool.call(dst, req.body, self._call_timeout_s)
+        except (NetError, OSError, TimeoutError) as exc:
+            # No Response: the machine's own deadline decides what happens next.
+            log.debug("%s: request %d to %s: %s", self.name, req.req_id, dst, exc)
+            return
+        except codec.CodecError as exc:
+            log.warning("%s: cannot send request %d to %s: %s", self.name, req.req_id, dst, exc)
+            return
+        self.feed(Received(src=dst, msg=Response(req_id=req.req_id, body=body)))
+
+    def _arm_timer(self) -> None:
+        deadline = self.machine.next_deadline()
+        if deadline == self._armed and (deadline is None or self._timer is not None):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._armed = deadline
+        if deadline is None:
+            return
+        delay_s = max(0, deadline * 1_000_000 - time.monotonic_ns()) / 1e9
+        self._timer = self._loop.call_at(self._loop.time() + delay_s, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._armed = None
+        self.feed(Wake())
+
+    def _fail(self, reason: str) -> None:
+        log.error("%s stopped: %s", self.name, reason)
+        self.failure = MachineFailed(f"{self.name} stopped: {reason}")
+        self._shutdown(self.failure)
+        if self._on_failure is not None:
+            self._on_failure(self.failure)
+
+    def _shutdown(self, error: Exception) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for task in list(self._rpcs):
+            task.cancel()
+        calls, self._calls = self._calls, {}
+        for fut in calls.values():
+            if not fut.done():
+                fut.set_exception(error)
+        self.progress.set()
+
+    async def close(self) -> None:
+        """Stop the machine. Calls still open fail with ``OutcomeUnknown``: they may have been
+        sent already. Connections belong to the pool and stay open."""
+        if not self._closed:
+            self._shutdown(OutcomeUnknown(f"{self.name} closed while the call was open"))
+        rpcs = list(self._rpcs)
+        if rpcs:
+            await asyncio.gather(*rpcs, return_exceptions=True)

@@ -1,0 +1,89 @@
+"""The value types and exceptions of the public client API (``pxq.AsyncClient``, ``pxq.Client``).
+
+This module owns what an application sees of a call's outcome: the ``Receipt`` of an enqueue,
+the ``Item`` a consumer handler gets, and the ``PxqError`` hierarchy that tells a definite
+failure (``EnqueueFailed``: certainly not enqueued, safe to retry as a new item) from an
+unknown outcome (``OutcomeUnknown``: it may or may not have taken effect). It has no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class PxqError(Exception):
+    """Base of every error the pxq client API raises."""
+
+
+class OutcomeUnknown(PxqError):
+    """The request may or may not have taken effect (timeouts, lost connections, a master
+    that lost its lease while the request was in flight, a client closed with calls open).
+
+    For an enqueue: the item may be in the queue or not. Retrying it as a new item may create
+    a duplicate; not retrying it may lose it. Consumers must be idempotent either way."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"outcome unknown: {reason}")
+        self.reason = reason
+
+
+class EnqueueFailed(PxqError):
+    """The item was definitely not enqueued; retrying it as a new item is safe.
+
+    ``code`` is one of the producer's definite codes (``pxq.producer.messages.ProduceFailed``):
+    ``unknown_topic``, ``too_large``, ``overloaded`` (the client's own bound on held calls),
+    ``bad_request``, ``timeout`` (its deadline passed before it was sent), ``unavailable``
+    (every attempt was redirected or refused), or a definite store error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}" if message else code)
+        self.code = code
+        self.message = message
+
+
+class RequestFailed(PxqError):
+    """An admin request (``seek``) was definitely refused by the store (``code`` is the
+    store's ``StoreError.code``, for example ``unknown_group`` or ``bad_queue``)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}" if message else code)
+        self.code = code
+        self.message = message
+
+
+class ClientClosed(PxqError):
+    """The client (or consumer) was closed; no new calls are accepted."""
+
+
+class MachineFailed(PxqError):
+    """The client's protocol machine detected a broken invariant (for example a store answer
+    that contradicts the request) and stopped; the client must be closed and re-created."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Receipt:
+    """Where an enqueued item is: durable on a majority of the store's replicas at ``offset``
+    of ``queue`` of ``topic``. Items with the same key go to the same queue, and acknowledged
+    items of one queue have increasing offsets in the order they were enqueued."""
+
+    topic: str
+    queue: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Item:
+    """One item as a consumer handler receives it.
+
+    ``topic`` is the topic it was read from: the base topic, or a retry level of the group
+    (``"{topic}.retry.{group}.{n}"``) when ``attempt`` is ``n`` > 0. ``offset`` is its offset
+    in that topic's queue; ``enqueued_ms`` the wall time (Unix ms) its store stamped."""
+
+    topic: str
+    queue: int
+    offset: int
+    key: bytes
+    payload: bytes
+    kind: str
+    attempt: int
+    enqueued_ms: int

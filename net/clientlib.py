@@ -1,0 +1,558 @@
+"""The pxq client library: ``AsyncClient`` (asyncio) and ``Client`` (blocking), re-exported as
+``pxq.AsyncClient`` and ``pxq.Client``.
+
+This module owns the application-facing API over the pure client machines: an
+``AsyncClient`` holds the cluster configuration, one connection per store replica (shared by
+everything it runs), one ``Producer`` machine (made on the first enqueue) and any number of
+consumers (``net.client_consumer``), plus the admin calls (``seek``, ``peek``) that follow
+redirects themselves. Routing, batching, dedupe ids, retries, redirects, commits, retry
+levels and rate limits all happen in the machines (``pxq.producer``, ``pxq.consumer``).
+
+Example::
+
+    import asyncio
+    import pxq
+
+    async def main() -> None:
+        async with await pxq.AsyncClient.connect("cluster.toml") as client:
+            receipt = await client.enqueue("events", b"hello", key="user-42")
+            print(receipt.queue, receipt.offset)
+
+            async def handle(item: pxq.Item) -> None:
+                print(item.key, item.payload)       # raise to send it to the retry level
+
+            async with client.consumer("default") as consumer:
+                task = asyncio.create_task(consumer.run(handle))
+                await asyncio.sleep(1)
+                consumer.stop()
+                await task
+
+    asyncio.run(main())
+
+Semantics an application must know:
+
+* ``enqueue`` returns a ``Receipt`` once the item is durable on a majority. It raises
+  ``EnqueueFailed`` when the item was definitely not enqueued and ``OutcomeUnknown`` when it
+  may have been (timeouts, a cluster down, a master lost mid-request): retrying the latter
+  may duplicate the item. Retries *inside* the client reuse the batch's dedupe id, so they
+  never duplicate. Items with the same key keep their order (among acknowledged ones).
+* Concurrent ``enqueue`` calls (and ``enqueue_many``) are batched per queue by the producer
+  machine (``[batching]`` of the configuration: ``linger_ms``, ``items_max``, ``bytes_max``).
+* Consumers deliver at least once: an item is delivered again if its consumer stops before
+  the commit of its delivery was confirmed, and a handler that failed is retried from the
+  retry level. Handlers must be idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Literal, TypeAlias, overload
+
+from net.client_consumer import AsyncConsumer, Batch, Handler
+from net.client_driver import CALL_TIMEOUT_MARGIN_S, MachineDriver, NodePool
+from net.client_sync import BlockingConsumer, Client
+from net.client_types import (
+    ClientClosed,
+    EnqueueFailed,
+    Item,
+    MachineFailed,
+    OutcomeUnknown,
+    PxqError,
+    Receipt,
+    RequestFailed,
+)
+from net.config import NetConfig
+from net.errors import CallOutcomeUnknown, NetError
+from pxq.config import ClusterConfig, default_config, load_config
+from pxq.consumer.messages import OwnedQueue
+from pxq.consumer.settings import consumer_settings
+from pxq.effects import NodeId
+from pxq.producer.machine import Producer
+from pxq.producer.messages import Produce, Produced, ProduceFailed, ProduceUnknown
+from pxq.producer.settings import producer_settings
+from pxq.routing import Router, backoff_ms
+from pxq.store.messages import Get, GetOk, Seek, SeekOk, StoredItem, StoreError, StoreRedirect
+
+__all__ = [
+    "AsyncClient",
+    "AsyncConsumer",
+    "Batch",
+    "BlockingConsumer",
+    "Client",
+    "ClientClosed",
+    "ConfigSource",
+    "EnqueueFailed",
+    "Handler",
+    "Item",
+    "Key",
+    "MachineFailed",
+    "OutcomeUnknown",
+    "PxqError",
+    "Receipt",
+    "RequestFailed",
+    "resolve_config",
+]
+
+ConfigSource: TypeAlias = ClusterConfig | str | Path | None
+"""A cluster configuration, a path to its TOML file, or None (see ``resolve_config``)."""
+Key: TypeAlias = bytes | str | None
+"""An item key: bytes, a str (UTF-8 encoded), or None for a random key (items spread)."""
+
+DEFAULT_CONFIG_PATH = Path(".pxq") / "cluster.toml"
+"""Where ``resolve_config(None)`` looks first, relative to the working directory."""
+RANDOM_KEY_BYTES = 8
+ADMIN_ATTEMPTS_MAX = 16
+"""Attempts of one admin request (redirects and timeouts included) before giving up."""
+ADMIN_BACKOFF_MS = 20
+ADMIN_BACKOFF_MAX_MS = 500
+PEEK_ITEMS_MAX = 10_000
+PEEK_BYTES_MAX = 16 * 1024 * 1024
+SETTLE_TIMEOUT_MARGIN_S = 1.0
+
+
+def resolve_config(config: ConfigSource = None) -> ClusterConfig:
+    """The cluster configuration to use: ``config`` itself, the TOML file at that path, or
+    for None ``./.pxq/cluster.toml`` if it exists, else the embedded default (a local
+    3-replica store on 127.0.0.1:7101-7103, as ``pxq cluster up`` starts it). Raises
+    ``pxq.config.ConfigError`` for an unreadable or invalid file."""
+    if isinstance(config, ClusterConfig):
+        return config
+    if config is None:
+        if DEFAULT_CONFIG_PATH.is_file():
+            return load_config(DEFAULT_CONFIG_PATH)
+        return default_config()
+    return load_config(config)
+
+
+def _key_bytes(key: Key, rng: random.Random) -> bytes:
+    if key is None:
+        return rng.randbytes(RANDOM_KEY_BYTES)
+    if isinstance(key, str):
+        return key.encode()
+    if isinstance(key, bytes | bytearray | memoryview):
+        return bytes(key)
+    raise TypeError(f"key: expected bytes, str or None, got {type(key).__name__}")
+
+
+def _payload_bytes(payload: bytes | bytearray | memoryview) -> bytes:
+    if isinstance(payload, bytes):
+        return payload
+    if isinstance(payload, bytearray | memoryview):
+        return bytes(payload)
+    hint = " (encode str payloads first, e.g. text.encode())" if isinstance(payload, str) else ""
+    raise TypeError(f"payload: expected bytes, got {type(payload).__name__}{hint}")
+
+
+def _receipt(reply: object) -> Receipt:
+    match reply:
+        case Produced(topic=topic, queue=queue, offset=offset):
+            return Receipt(topic=topic, queue=queue, offset=offset)
+        case ProduceFailed(code=code, message=message):
+            raise EnqueueFailed(code, message)
+        case ProduceUnknown(reason=reason):
+            raise OutcomeUnknown(reason)
+        case _:
+            raise MachineFailed(f"unexpected producer reply {reply!r}")
+
+
+class AsyncClient:
+    """A connection to one pxq cluster, for producing, consuming and admin calls.
+
+    Create it with ``await AsyncClient.connect(...)`` inside a running event loop; close it
+    with ``await client.close()`` or ``async with``. Connections to store replicas open
+    lazily on first use and are reused. Not thread-safe: use it from its event loop only
+    (``pxq.Client`` is the blocking, thread-safe wrapper)."""
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        *,
+        name: str = "pxq-client",
+        request_timeout_ms: int | None = None,
+        call_timeout_ms: int | None = None,
+        producer_options: Mapping[str, int] | None = None,
+        net_config: NetConfig | None = None,
+    ) -> None:
+        self.config = config
+        self.name = name
+        self._rng = random.Random(int.from_bytes(os.urandom(16), "big"))
+        timeouts: dict[str, int] = {}
+        if request_timeout_ms is not None:
+            timeouts["request_timeout_ms"] = request_timeout_ms
+        self._timeouts = timeouts
+        producer: dict[str, int] = dict(timeouts)
+        if call_timeout_ms is not None:
+            producer["call_timeout_ms"] = call_timeout_ms
+        producer.update(producer_options or {})
+        # Validate now (a bad option is a ValueError at connect, not at the first enqueue).
+        self._producer_settings = producer_settings(config, **producer)
+        self._request_timeout_ms = self._producer_settings.request_timeout_ms
+        self._call_timeout_ms = self._producer_settings.call_timeout_ms
+        addresses: dict[NodeId, tuple[str, int]] = {
+            r.node: (r.host, r.port) for s in config.stores for r in s.replicas
+        }
+        self._pool = NodePool(addresses, net_config)
+        self._router = Router(
+            {s.name: s.nodes for s in config.stores}, {s.name: s.groups for s in config.stores}
+        )
+        self._producer: MachineDriver | None = None
+        self._consumers: set[AsyncConsumer] = set()
+        self._closed = False
+
+    @classmethod
+    async def connect(
+        cls,
+        config: ConfigSource = None,
+        *,
+        name: str = "pxq-client",
+        request_timeout_ms: int | None = None,
+        call_timeout_ms: int | None = None,
+        producer_options: Mapping[str, int] | None = None,
+        net_config: NetConfig | None = None,
+    ) -> AsyncClient:
+        """A client of the cluster described by ``config`` (see ``resolve_config``).
+
+        ``request_timeout_ms``: one attempt of any store request without an answer is
+        retried after this (default 1000). ``call_timeout_ms``: overall deadline of one
+        enqueue (default 10000). ``producer_options``: other ``ProducerSettings`` fields
+        (``linger_ms``, ``batch_items_max``, ``retries_max``, ``pending_max``...).
+        Connections open lazily, so this does not fail when the cluster is down."""
+        return cls(
+            resolve_config(config),
+            name=name,
+            request_timeout_ms=request_timeout_ms,
+            call_timeout_ms=call_timeout_ms,
+            producer_options=producer_options,
+            net_config=net_config,
+        )
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- producing -------------------------------------------------------------------------
+
+    def _producer_driver(self) -> MachineDriver:
+        if self._closed:
+            raise ClientClosed("the client is closed")
+        driver = self._producer
+        if driver is None or (driver.closed and driver.failure is None):
+            rng = random.Random(self._rng.getrandbits(128))
+            machine = Producer(self._producer_settings, rng, name=self.name)
+            driver = MachineDriver(
+                machine, self._pool, request_timeout_ms=self._request_timeout_ms, name="producer"
+            )
+            self._producer = driver
+        return driver
+
+    async def enqueue(
+        self,
+        topic: str,
+        payload: bytes | bytearray | memoryview,
+        key: Key = None,
+        kind: str = "",
+    ) -> Receipt:
+        """Enqueue one item on ``topic`` and wait until it is durable on a majority.
+
+        ``key`` decides the queue (same key, same queue, same order); None picks a random
+        key. ``kind`` is the item's kind (consumer groups may subscribe to some kinds only).
+        Raises ``EnqueueFailed`` (definitely not enqueued: unknown topic, too large, the
+        client's bound on held calls, refused everywhere) or ``OutcomeUnknown`` (maybe
+        enqueued: no answer within ``call_timeout_ms``, for example with the cluster down)."""
+        fut = self._produce(topic, payload, key, kind)
+        return _receipt(await fut)
+
+    def _produce(
+        self, topic: str, payload: bytes | bytearray | memoryview, key: Key, kind: str
+    ) -> asyncio.Future[object]:
+        request = Produce(
+            topic=topic, key=_key_bytes(key, self._rng), payload=_payload_bytes(payload), kind=kind
+        )
+        return self._producer_driver().call(request)
+
+    @overload
+    async def enqueue_many(
+        self,
+        topic: str,
+        items: Iterable[tuple[Key, bytes | bytearray | memoryview]],
+        *,
+        kind: str = "",
+        return_exceptions: Literal[False] = False,
+    ) -> list[Receipt]: ...
+
+    @overload
+    async def enqueue_many(
+        self,
+        topic: str,
+        items: Iterable[tuple[Key, bytes | bytearray | memoryview]],
+        *,
+        kind: str = "",
+        return_exceptions: Literal[True],
+    ) -> list[Receipt | PxqError]: ...
+
+    async def enqueue_many(
+        self,
+        topic: str,
+        items: Iterable[tuple[Key, bytes | bytearray | memoryview]],
+        *,
+        kind: str = "",
+        return_exceptions: bool = False,
+    ) -> list[Receipt] | list[Receipt | PxqError]:
+        """Enqueue ``(key, payload)`` pairs concurrently (batched per queue; items of one key
+        keep their order) and wait for all of them.
+
+        Returns the receipts in input order. Each item succeeds or fails on its own: with
+        ``return_exceptions=True`` a failed item's slot holds its ``EnqueueFailed`` /
+        ``OutcomeUnknown``; otherwise, after every item finished, the first failure (in input
+        order) is raised, and the other items may have been enqueued."""
+        futures = [self._produce(topic, payload, key, kind) for key, payload in items]
+        results: list[Receipt | PxqError] = []
+        for fut in futures:
+            try:
+                results.append(_receipt(await fut))
+            except PxqError as exc:
+                results.append(exc)
+        if return_exceptions:
+            return results
+        receipts: list[Receipt] = []
+        for r in results:
+            if isinstance(r, PxqError):
+                raise r
+            receipts.append(r)
+        return receipts
+
+    # -- consuming -------------------------------------------------------------------------
+
+    def consumer(
+        self,
+        group: str,
+        topic: str | None = None,
+        queues: Sequence[int] | None = None,
+        *,
+        concurrency: int = 16,
+        close_timeout_s: float = 5.0,
+        options: Mapping[str, int] | None = None,
+    ) -> AsyncConsumer:
+        """A consumer of ``group``: of ``topic`` (default: every topic the group subscribes
+        to), owning ``queues`` (default: every queue of those topics the group subscribes
+        to). Start it with ``run(handler)`` or ``batches()``; see ``net.client_consumer``.
+
+        ``concurrency`` bounds handler calls at once (``run``). ``options`` overrides
+        ``ConsumerSettings`` fields (``get_items_max``, ``poll_empty_max_ms``,
+        ``handle_timeout_ms``...). Raises ``ValueError`` for an unknown group, a topic the
+        group does not consume, or a queue it is not subscribed to."""
+        if self._closed:
+            raise ClientClosed("the client is closed")
+        overrides = dict(self._timeouts)
+        overrides.update(options or {})
+        subscribed_topics = [t for t in self.config.topics if t.group(group) is not None]
+        if not subscribed_topics:
+            raise ValueError(f"no topic has a consumer group named {group!r}")
+        if topic is not None:
+            subscribed_topics = [t for t in subscribed_topics if t.name == topic]
+            if not subscribed_topics:
+                raise ValueError(f"consumer group {group!r} does not consume topic {topic!r}")
+        settings = consumer_settings(self.config, group, topic, **overrides)
+        owned: list[OwnedQueue] = []
+        for cfg in subscribed_topics:
+            cg = cfg.group(group)
+            if cg is None:  # pragma: no cover - filtered above
+                continue
+            chosen = (
+                [q for q in range(cfg.queues) if cg.subscribes_queue(q)]
+                if queues is None
+                else list(queues)
+            )
+            for q in chosen:
+                if not 0 <= q < cfg.queues or not cg.subscribes_queue(q):
+                    raise ValueError(
+                        f"consumer group {group!r} is not subscribed to queue {q} of {cfg.name!r}"
+                    )
+                owned.append(OwnedQueue(topic=cfg.name, queue=q))
+        consumer = AsyncConsumer(
+            settings=settings,
+            owned=tuple(owned),
+            pool=self._pool,
+            rng=random.Random(self._rng.getrandbits(128)),
+            concurrency=concurrency,
+            close_timeout_s=close_timeout_s,
+            on_close=self._consumers.discard,
+        )
+        self._consumers.add(consumer)
+        return consumer
+
+    # -- admin -----------------------------------------------------------------------------
+
+    async def seek(
+        self,
+        topic: str,
+        group: str,
+        queue: int | None = None,
+        *,
+        offset: int | None = None,
+        time_ms: int | None = None,
+    ) -> dict[int, int]:
+        """Move ``group``'s cursor on ``queue`` of ``topic`` (None: on every queue the group
+        is subscribed to) to ``offset`` or to the first item enqueued at or after wall time
+        ``time_ms`` (exactly one of the two). A target below the retention floor lands on the
+        floor. Running consumers of the group notice and restart from the new cursor.
+
+        Returns ``{queue: new cursor}`` for the queues that have a cursor. Raises
+        ``RequestFailed`` (refused: unknown topic or group, bad queue...) or
+        ``OutcomeUnknown`` (no answer; seeking again to the same target is harmless)."""
+        if (offset is None) == (time_ms is None):
+            raise ValueError("seek: give exactly one of offset and time_ms")
+        info = self.config.topic(topic)
+        if info is None:
+            raise RequestFailed("unknown_topic", f"no topic {topic!r}")
+        cg = info.group(group)
+        if cg is None:
+            raise RequestFailed("unknown_group", f"{group!r} does not consume {topic!r}")
+        if queue is None:
+            targets = [q for q in range(info.queues) if cg.subscribes_queue(q)]
+        else:
+            targets = [queue]
+        positions: dict[int, int] = {}
+        for q in targets:
+            request = Seek(topic=topic, group=group, queue=q, offset=offset, time_ms=time_ms)
+            answer = await self._admin(topic, q, request)
+            if not isinstance(answer, SeekOk):
+                raise MachineFailed(f"unexpected answer to Seek: {answer!r}")
+            positions.update(dict(answer.positions))
+        return positions
+
+    async def peek(
+        self,
+        topic: str,
+        group: str,
+        queue: int,
+        *,
+        offset: int | None = None,
+        count: int = 100,
+    ) -> list[Item]:
+        """Read up to ``count`` items of ``queue`` of ``topic`` as ``group`` sees them (its
+        kinds only), from ``offset`` (None: the group's committed cursor), without
+        committing anything. ``topic`` may be a retry-level or dead-letter topic of the
+        group (``"{topic}.dlq.{group}"``), which is how dead letters are inspected."""
+        if not 0 <= count <= PEEK_ITEMS_MAX:
+            raise ValueError(f"count: must be in 0..{PEEK_ITEMS_MAX}")
+        if offset is None:
+            probe = Get(topic=topic, group=group, queue=queue, cursor=0, items_max=0, bytes_max=0)
+            first = await self._admin(topic, queue, probe)
+            if not isinstance(first, GetOk):
+                raise MachineFailed(f"unexpected answer to Get: {first!r}")
+            offset = first.committed
+        request = Get(
+            topic=topic,
+            group=group,
+            queue=queue,
+            cursor=offset,
+            items_max=count,
+            bytes_max=PEEK_BYTES_MAX,
+        )
+        answer = await self._admin(topic, queue, request)
+        if not isinstance(answer, GetOk):
+            raise MachineFailed(f"unexpected answer to Get: {answer!r}")
+        return [_stored_item(topic, queue, it) for it in answer.items]
+
+    async def _admin(self, topic: str, queue: int, request: object) -> object:
+        """Send ``request`` to the master of ``queue``'s Paxos group, following redirects;
+        retry timeouts on the next replica, bounded by attempts and ``call_timeout_ms``."""
+        if self._closed:
+            raise ClientClosed("the client is closed")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._call_timeout_ms / 1000
+        loc = self._router.locate(topic, queue)
+        timeout_s = self._request_timeout_ms / 1000 + CALL_TIMEOUT_MARGIN_S
+        maybe_applied = False
+        last = "no attempt"
+        failures = 0
+        for _ in range(ADMIN_ATTEMPTS_MAX):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            target = self._router.master(loc)
+            wait = False
+            try:
+                answer = await self._pool.call(target, request, min(timeout_s, remaining))
+            except (CallOutcomeUnknown, TimeoutError) as exc:
+                maybe_applied = maybe_applied or isinstance(exc, CallOutcomeUnknown)
+                last = f"{target}: {exc}"
+                self._router.rotate(loc, target)
+                wait = isinstance(exc, TimeoutError)
+            except (NetError, OSError) as exc:
+                last = f"{target}: {exc}"
+                self._router.rotate(loc, target)
+                wait = True
+            else:
+                match answer:
+                    case StoreRedirect(master=master):
+                        last = f"{target} redirected (master {master})"
+                        wait = not self._router.redirected(loc, target, master)
+                    case StoreError(definite=False):
+                        maybe_applied = True
+                        last = f"{answer.code}: {answer.message}"
+                        wait = True
+                    case StoreError(code="overloaded"):
+                        last = f"{answer.code}: {answer.message}"
+                        wait = True
+                    case StoreError(code=code, message=message):
+                        raise RequestFailed(code, message)
+                    case _:
+                        self._router.answered(loc, target)
+                        return answer
+            if wait:
+                failures += 1
+                delay = backoff_ms(self._rng, failures, ADMIN_BACKOFF_MS, ADMIN_BACKOFF_MAX_MS)
+                await asyncio.sleep(min(delay / 1000, max(0.0, deadline - loop.time())))
+        if maybe_applied:
+            raise OutcomeUnknown(f"{type(request).__name__} gave up: {last}")
+        raise RequestFailed("unavailable", f"{type(request).__name__} gave up: {last}")
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Close consumers (their handled deliveries are committed first, bounded), wait for
+        enqueues in flight (bounded by ``call_timeout_ms``), close the connections.
+        Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for consumer in list(self._consumers):
+            await consumer.close()
+        producer = self._producer
+        if producer is not None:
+            loop = asyncio.get_running_loop()
+            end = loop.time() + self._call_timeout_ms / 1000 + SETTLE_TIMEOUT_MARGIN_S
+            while producer.open_calls and not producer.closed and loop.time() < end:
+                producer.progress.clear()
+                try:
+                    async with asyncio.timeout(max(0.0, end - loop.time())):
+                        await producer.progress.wait()
+                except TimeoutError:
+                    break
+            await producer.close()
+        await self._pool.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def _stored_item(topic: str, queue: int, it: StoredItem) -> Item:
+    return Item(
+        topic=topic,
+        queue=queue,
+        offset=it.offset,
+        key=it.key,
+        payload=it.payload,
+        kind=it.kind,
+        attempt=it.attempt,
+        enqueued_ms=it.enqueued_ms,
+    )

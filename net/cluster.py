@@ -1,0 +1,521 @@
+"""``pxq cluster up|status|down``: a complete cluster on this machine, one OS process per
+replica.
+
+This module owns the cluster home (``./.pxq`` by default) and the lifecycle of the node
+processes in it::
+
+    .pxq/cluster.toml        the embedded default configuration, written by ``up`` if absent
+    .pxq/run/<node>.pid      the pid of each running node process
+    .pxq/run/cluster.json    which configuration file the running cluster was started from
+    .pxq/logs/<node>.log     each node's stdout and stderr (appended; one header per start)
+    .pxq/data/<node>/        each node's LMDB data dir
+
+``up`` starts every replica of every store as ``python -m pxq.cli node run`` (``net.server``)
+in a session of its own, so that the nodes outlive the command, then waits (bounded) until
+every Paxos group has a master, probed as ``net.local`` does. A node that exits meanwhile
+fails the start: the others are stopped and its log tail is reported. ``status`` reports per
+node whether its process is alive, its port accepts connections and which groups it masters.
+``down`` sends SIGTERM, waits (bounded), SIGKILLs stragglers and removes the pid files.
+
+A pid is only ever signalled after checking (``/proc/<pid>/cmdline``) that it still is the
+``pxq node run`` of that node, so a stale pid file never leads to signalling a stranger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from net.config import NetConfig
+from net.errors import NetError
+from net.local import GroupKey, node_masters, probe_request, probed_groups, wait_for_masters
+from pxq.config import DEFAULT_TOML, ClusterConfig, load_config
+
+HOME_DEFAULT: Final = Path(".pxq")
+CONFIG_NAME: Final = "cluster.toml"
+STATE_NAME: Final = "cluster.json"
+LOG_TAIL_LINES: Final = 20
+LOG_TAIL_BYTES: Final = 64 * 1024
+UP_TIMEOUT_S: Final = 30.0
+DOWN_TIMEOUT_S: Final = 10.0
+KILL_TIMEOUT_S: Final = 5.0
+POLL_S: Final = 0.05
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+
+class ClusterError(NetError):
+    """``up``, ``status`` or ``down`` cannot do what was asked; the message says why."""
+
+
+class ClusterRunning(ClusterError):
+    """``up`` was asked to start over a cluster whose node processes are alive."""
+
+
+class NodeExited(ClusterError):
+    """A node process exited while the cluster was starting."""
+
+    def __init__(self, node: str, returncode: int, log_file: Path, log_tail: str) -> None:
+        super().__init__(f"node {node} exited with code {returncode} while starting")
+        self.node = node
+        self.returncode = returncode
+        self.log_file = log_file
+        self.log_tail = log_tail
+
+
+class NoMasters(ClusterError):
+    """Some Paxos group had no master when the start timeout ran out."""
+
+
+# -- the cluster home ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterHome:
+    """The directory holding a local cluster's config, pid files, logs and data."""
+
+    root: Path = HOME_DEFAULT
+
+    @property
+    def default_config(self) -> Path:
+        return self.root / CONFIG_NAME
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def data_root(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def state_file(self) -> Path:
+        return self.run_dir / STATE_NAME
+
+    def pid_file(self, node: str) -> Path:
+        return self.run_dir / f"{node}.pid"
+
+    def log_file(self, node: str) -> Path:
+        return self.logs_dir / f"{node}.log"
+
+    def data_dir(self, node: str) -> Path:
+        return self.data_root / node
+
+    def pid_files(self) -> dict[str, Path]:
+        """Every pid file present, by node name."""
+        if not self.run_dir.is_dir():
+            return {}
+        return {p.stem: p for p in sorted(self.run_dir.glob("*.pid"))}
+
+    def recorded_config(self) -> Path | None:
+        """The configuration file the cluster was last started from, if recorded."""
+        try:
+            state = json.loads(self.state_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        path = state.get("config") if isinstance(state, dict) else None
+        return Path(path) if isinstance(path, str) else None
+
+    def config_for_status(self, explicit: Path | None) -> Path:
+        """``explicit``, else the file the running cluster was started from, else the default."""
+        if explicit is not None:
+            return explicit
+        recorded = self.recorded_config()
+        if recorded is not None and recorded.exists():
+            return recorded
+        return self.default_config
+
+
+# -- processes ----------------------------------------------------------------------------------
+
+
+def read_pid(path: Path) -> int | None:
+    """The pid in ``path``; None if it is missing or malformed."""
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def is_node_process(pid: int, node: str) -> bool:
+    """Whether ``pid`` is alive (not a zombie) and is the ``pxq node run`` of ``node``.
+
+    Where ``/proc`` is not available only liveness is checked."""
+    proc = Path("/proc")
+    if not (proc / "self").exists():  # pragma: no cover - Linux has /proc
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    try:
+        stat = (proc / str(pid) / "stat").read_text(encoding="utf-8", errors="replace")
+        cmdline = (proc / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return False
+    # The state follows the parenthesised command name, which may itself hold parentheses.
+    state = stat.rsplit(")", 1)[-1].split()[:1]
+    if state in (["Z"], ["X"]):
+        return False
+    args = [a.decode(errors="replace") for a in cmdline.split(b"\0")]
+    return "node" in args and "run" in args and _option(args, "--node") == node
+
+
+def _option(args: list[str], name: str) -> str | None:
+    for i, arg in enumerate(args[:-1]):
+        if arg == name:
+            return args[i + 1]
+    return None
+
+
+def live_nodes(home: ClusterHome) -> dict[str, int]:
+    """The node processes of ``home`` that are running, by node name."""
+    live: dict[str, int] = {}
+    for node, path in home.pid_files().items():
+        pid = read_pid(path)
+        if pid is not None and is_node_process(pid, node):
+            live[node] = pid
+    return live
+
+
+def node_command(config_file: Path, node: str, data_dir: Path) -> list[str]:
+    """The command line of one node process (the same interpreter as this one)."""
+    return [
+        sys.executable,
+        "-m",
+        "pxq.cli",
+        "node",
+        "run",
+        "--config",
+        str(config_file),
+        "--node",
+        node,
+        "--data-dir",
+        str(data_dir),
+    ]
+
+
+def _child_env() -> dict[str, str]:
+    """This environment, with the directory this ``pxq`` was imported from first on the path,
+    so that the nodes run the same code as the command that starts them."""
+    import pxq
+
+    env = dict(os.environ)
+    source_root = str(Path(pxq.__file__).resolve().parent.parent)
+    path = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = source_root if not path else f"{source_root}{os.pathsep}{path}"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last ``lines`` lines of a log file ("" if it cannot be read)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - LOG_TAIL_BYTES))
+            data = f.read()
+    except OSError:
+        return ""
+    return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+
+
+# -- up -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NodeProcess:
+    node: str
+    store: str
+    host: str
+    port: int
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class UpResult:
+    config_file: Path
+    config: ClusterConfig
+    nodes: tuple[NodeProcess, ...]
+    masters: dict[GroupKey, str]
+    elapsed_s: float
+    wrote_default_config: bool
+
+
+def prepare_config(home: ClusterHome, config_file: Path | None) -> tuple[Path, bool]:
+    """The configuration file ``up`` uses: ``config_file``, or the home's default, which is
+    written from the embedded default if absent. Returns (path, whether it was written)."""
+    if config_file is not None:
+        return config_file, False
+    path = home.default_config
+    if path.exists():
+        return path, False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, DEFAULT_TOML)
+    return path, True
+
+
+async def up(
+    home: ClusterHome,
+    config_file: Path | None = None,
+    *,
+    timeout_s: float = UP_TIMEOUT_S,
+    net_config: NetConfig | None = None,
+) -> UpResult:
+    """Start every replica as a node process and wait until every group has a master.
+
+    Raises ``ConfigError`` (invalid configuration), ``ClusterRunning`` (node processes of
+    ``home`` are alive), ``NodeExited`` or ``NoMasters``; on the last two (and on any other
+    failure) every node process it started is stopped again and its pid file removed.
+    """
+    started_at = time.monotonic()
+    path, wrote = prepare_config(home, config_file)
+    config = load_config(path)
+    config_abs = path.resolve()
+    live = live_nodes(home)
+    if live:
+        running = ", ".join(f"{n} (pid {p})" for n, p in sorted(live.items()))
+        raise ClusterRunning(
+            f"a cluster is already running from {home.root}: {running}; "
+            f"stop it first with `pxq cluster down`"
+        )
+    for stale in home.pid_files().values():
+        stale.unlink(missing_ok=True)
+    for d in (home.run_dir, home.logs_dir, home.data_root):
+        d.mkdir(parents=True, exist_ok=True)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    nodes: list[NodeProcess] = []
+    try:
+        env = _child_env()
+        for store in config.stores:
+            for replica in store.replicas:
+                node = replica.node
+                log_path = home.log_file(node)
+                with log_path.open("ab") as log:
+                    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+                    log.write(f"---- {stamp} pxq cluster up: starting {node} ----\n".encode())
+                    log.flush()
+                    proc = subprocess.Popen(
+                        node_command(config_abs, node, home.data_dir(node).resolve()),
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        env=env,
+                        start_new_session=True,
+                    )
+                procs[node] = proc
+                _write_atomic(home.pid_file(node), f"{proc.pid}\n")
+                nodes.append(NodeProcess(node, store.name, replica.host, replica.port, proc.pid))
+        _write_atomic(
+            home.state_file,
+            json.dumps({"config": str(config_abs), "nodes": sorted(procs)}, indent=2) + "\n",
+        )
+
+        def check() -> None:
+            for node, proc in procs.items():
+                code = proc.poll()
+                if code is not None:
+                    log_path = home.log_file(node)
+                    raise NodeExited(node, code, log_path, log_tail(log_path))
+
+        try:
+            masters = await wait_for_masters(
+                config,
+                net_config,
+                timeout_s=timeout_s,
+                nodes=lambda: [n for n, p in procs.items() if p.returncode is None],
+                check=check,
+            )
+        except ClusterError:
+            raise
+        except NetError as exc:
+            raise NoMasters(f"{exc}; see the logs in {home.logs_dir}") from exc
+    except BaseException:
+        _terminate(procs.values())
+        for node in procs:
+            home.pid_file(node).unlink(missing_ok=True)
+        home.state_file.unlink(missing_ok=True)
+        raise
+    return UpResult(
+        config_file=path,
+        config=config,
+        nodes=tuple(nodes),
+        masters=masters,
+        elapsed_s=time.monotonic() - started_at,
+        wrote_default_config=wrote,
+    )
+
+
+def _terminate(procs: Iterable[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM our own children, wait (bounded), SIGKILL the rest, reap them all."""
+    procs = list(procs)
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + KILL_TIMEOUT_S
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait()
+
+
+# -- status -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    node: str
+    store: str
+    host: str
+    port: int
+    pid: int | None
+    """The pid from the pid file (None: no pid file)."""
+    alive: bool
+    """The pid is a running ``pxq node run`` of this node."""
+    accepting: bool
+    """A TCP connection to the node's address succeeded."""
+    masters: tuple[int, ...] = ()
+    """Groups of its store this node masters now."""
+
+    @property
+    def up(self) -> bool:
+        return self.alive and self.accepting
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterStatus:
+    config_file: Path
+    config: ClusterConfig
+    nodes: tuple[NodeStatus, ...]
+    without_master: tuple[GroupKey, ...] = field(default=())
+
+    @property
+    def all_up(self) -> bool:
+        return all(n.up for n in self.nodes)
+
+
+async def status(
+    home: ClusterHome, config_file: Path | None = None, net_config: NetConfig | None = None
+) -> ClusterStatus:
+    """Probe every replica of the configuration (concurrently). Raises ``ConfigError``."""
+    path = home.config_for_status(config_file)
+    config = load_config(path)
+    pid_files = home.pid_files()
+    jobs = []
+    for store in config.stores:
+        probes = {
+            g: p for g in range(store.groups) if (p := probe_request(config, store, g)) is not None
+        }
+        for replica in store.replicas:
+            jobs.append((store, replica, probes))
+    answers = await asyncio.gather(
+        *(node_masters(replica, probes, net_config) for _, replica, probes in jobs)
+    )
+    nodes: list[NodeStatus] = []
+    mastered: set[GroupKey] = set()
+    for (store, replica, _), groups in zip(jobs, answers, strict=True):
+        pid_file = pid_files.get(replica.node)
+        pid = read_pid(pid_file) if pid_file is not None else None
+        nodes.append(
+            NodeStatus(
+                node=replica.node,
+                store=store.name,
+                host=replica.host,
+                port=replica.port,
+                pid=pid,
+                alive=pid is not None and is_node_process(pid, replica.node),
+                accepting=groups is not None,
+                masters=tuple(groups or ()),
+            )
+        )
+        mastered.update((store.name, g) for g in groups or ())
+    without = tuple(k for k in probed_groups(config) if k not in mastered)
+    return ClusterStatus(path, config, tuple(nodes), without)
+
+
+# -- down ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStop:
+    node: str
+    pid: int | None
+    outcome: str
+    """"stopped" (exited after SIGTERM), "killed" (needed SIGKILL), "not running" (stale or
+    missing pid, nothing signalled) or "survived" (still alive after SIGKILL)."""
+
+
+def down(home: ClusterHome, timeout_s: float = DOWN_TIMEOUT_S) -> list[NodeStop]:
+    """Stop every node process of ``home``: SIGTERM, wait up to ``timeout_s``, SIGKILL the
+    stragglers, remove the pid files. Idempotent: with nothing running it only tidies up."""
+    outcomes: dict[str, NodeStop] = {}
+    signalled: dict[str, int] = {}
+    for node, path in home.pid_files().items():
+        pid = read_pid(path)
+        if pid is None or not is_node_process(pid, node):
+            outcomes[node] = NodeStop(node, pid, "not running")
+            continue
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            outcomes[node] = NodeStop(node, pid, "not running")
+            continue
+        signalled[node] = pid
+    remaining = _wait_gone(signalled, timeout_s)
+    for node, pid in signalled.items():
+        if node not in remaining:
+            outcomes[node] = NodeStop(node, pid, "stopped")
+    if remaining:
+        for pid in remaining.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        survivors = _wait_gone(remaining, KILL_TIMEOUT_S)
+        for node, pid in remaining.items():
+            outcomes[node] = NodeStop(node, pid, "survived" if node in survivors else "killed")
+    for node, path in home.pid_files().items():
+        if node in outcomes and outcomes[node].outcome != "survived":
+            path.unlink(missing_ok=True)
+    if not any(o.outcome == "survived" for o in outcomes.values()):
+        home.state_file.unlink(missing_ok=True)
+    return [outcomes[n] for n in sorted(outcomes)]
+
+
+def _wait_gone(pids: dict[str, int], timeout_s: float) -> dict[str, int]:
+    """Wait until the processes are gone; those still alive after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    remaining = dict(pids)
+    while remaining:
+        remaining = {n: p for n, p in remaining.items() if is_node_process(p, n)}
+        if not remaining or time.monotonic() >= deadline:
+            break
+        time.sleep(POLL_S)
+    return remaining

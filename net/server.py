@@ -1,0 +1,127 @@
+"""``pxq node run``: one store replica as a long-running server process.
+
+This module owns what turns a cluster file and a node name into a running replica: finding the
+node's store and address in the configuration, building its ``NodeRunner`` (``StoreNode`` via
+``net.local.store_factory``, LMDB in the data dir, the listener bound to exactly the configured
+host and port), stderr logging, and the signal handling of a service: SIGTERM or SIGINT stops
+the node gracefully (no new connections, the current turn committed and released, LMDB
+closed). It is what a systemd unit executes; ``net.cluster`` starts one such process per
+replica for ``pxq cluster up``.
+
+Startup problems are raised as ``StartupError``s naming the problem (``UnknownNode`` here,
+``AddressInUse``, ``DataDirError``/``DataDirMismatch`` and ``BootFailed`` from the runner);
+nothing stays open then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Final
+
+from net.config import NetConfig
+from net.errors import StartupError
+from net.local import peers_of, store_factory
+from net.runner import NodeRunner
+from pxq.config import ClusterConfig, ReplicaConfig, StoreConfig
+
+log = logging.getLogger("pxq.net.server")
+
+STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
+LOG_FORMAT: Final = "%(asctime)s {node} %(levelname)s %(name)s: %(message)s"
+
+
+class UnknownNode(StartupError):
+    """The node name is not a replica of any store in the configuration."""
+
+
+def default_data_dir(node: str) -> Path:
+    """Where ``pxq node run`` keeps a node's data when no ``--data-dir`` is given."""
+    return Path(".pxq") / "data" / node
+
+
+def replica_of(config: ClusterConfig, node: str) -> tuple[StoreConfig, ReplicaConfig]:
+    """The store and replica entry of ``node``; ``UnknownNode`` if it has none."""
+    store = config.store_of_node(node)
+    if store is None:
+        known = ", ".join(n for s in config.stores for n in s.nodes)
+        raise UnknownNode(f"node {node!r} is not a replica in the configuration (known: {known})")
+    return store, next(r for r in store.replicas if r.node == node)
+
+
+def build_runner(
+    config: ClusterConfig,
+    node: str,
+    data_dir: Path,
+    net_config: NetConfig | None = None,
+) -> NodeRunner:
+    """The runner of ``node``'s replica: its store's ``StoreNode``, at its configured address."""
+    store, replica = replica_of(config, node)
+    return NodeRunner(
+        node_id=node,
+        cluster=config.name,
+        data_dir=data_dir,
+        factory=store_factory(config, store),
+        peers=peers_of(store),
+        host=replica.host,
+        port=replica.port,
+        config=net_config,
+    )
+
+
+async def serve(runner: NodeRunner) -> str | None:
+    """Start ``runner`` and run it until SIGTERM/SIGINT (then stop it gracefully) or until it
+    stops by itself. Returns the crash reason, or None after a requested stop.
+
+    Raises the runner's ``StartupError`` if it cannot start. Must run in the main thread (it
+    installs the signal handlers, and removes them before returning).
+    """
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if not stop_requested.is_set():
+            log.info("node %s: %s received, stopping", runner.node_id, sig.name)
+            stop_requested.set()
+
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        # A signal during startup takes effect as soon as the runner is up.
+        await runner.start()
+        stopped = asyncio.ensure_future(runner.wait_stopped())
+        requested = asyncio.ensure_future(stop_requested.wait())
+        try:
+            await asyncio.wait((stopped, requested), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            requested.cancel()
+        if not stopped.done():
+            await runner.stop()
+        return await stopped
+    finally:
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+
+
+def configure_logging(node: str, level: int = logging.INFO) -> None:
+    """Log records of every logger to stderr, each line naming the node and the level."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT.replace("{node}", node)))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+def run_node(
+    config: ClusterConfig, node: str, data_dir: Path, net_config: NetConfig | None = None
+) -> str | None:
+    """Run ``node`` until it is told to stop (see ``serve``); blocks. Returns the crash reason,
+    or None after a graceful stop. Raises ``StartupError`` if it cannot start."""
+    runner = build_runner(config, node, data_dir, net_config)
+    log.info("starting node %s of cluster %s (data dir %s)", node, config.name, data_dir.resolve())
+    return asyncio.run(serve(runner))

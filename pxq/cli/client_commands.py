@@ -1,0 +1,392 @@
+"""``pxq produce``, ``pxq consume`` and ``pxq echo``: the client library on the command line.
+
+Each command reads the cluster configuration from ``--config`` (default: ``./.pxq/cluster.toml``
+if it exists, else the embedded default that ``pxq cluster up`` starts) and runs one
+``pxq.AsyncClient`` on a fresh event loop. The client library (``net.clientlib``) is imported
+only when a command runs, so ``pxq --help`` stays fast.
+
+Exit codes: 0 on success; 1 when an item failed or its outcome is unknown (``produce``), when
+fewer than ``--count`` items arrived in time (``consume``), or when the echo item was not seen
+in time (``echo``); 2 for bad input (an invalid configuration, an unknown topic or group).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
+
+import click
+
+from pxq.cli.common import EXIT_FAILED, EXIT_OK, bad_input
+
+if TYPE_CHECKING:
+    from net.clientlib import AsyncConsumer, Item, Receipt
+    from pxq.config import ClusterConfig
+
+PRODUCE_WINDOW = 1000
+"""Enqueues ``pxq produce`` keeps open at once (input lines read ahead of their receipts)."""
+ECHO_KEY_TRIES_MAX = 10_000
+"""Keys tried to find one that lands on a queue the echo group is subscribed to."""
+ECHO_POLL_MS = 5
+"""The echo consumer's longest wait between polls of an empty queue (keeps latency honest)."""
+READY_POLL_S = 0.005
+
+CONFIG_OPTION = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Cluster file (default: ./.pxq/cluster.toml if present, else the embedded default).",
+)
+
+
+def _load(config_path: Path | None) -> ClusterConfig:
+    from net.clientlib import resolve_config
+    from pxq.config import ConfigError
+
+    try:
+        return resolve_config(config_path)
+    except ConfigError as exc:
+        bad_input(str(exc))
+        raise  # unreachable: bad_input exits
+
+
+_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+
+
+def _text(data: bytes) -> str:
+    """Bytes as one printable field: UTF-8, with backslash, tab, newline and CR escaped, and
+    bytes that are not UTF-8 as ``\\xNN``."""
+    text = data.decode("utf-8", "surrogateescape").translate(_ESCAPES)
+    return _UNDECODABLE.sub(lambda m: f"\\x{ord(m.group()) - 0xDC00:02x}", text)
+
+
+def _item_line(item: Item) -> str:
+    return f"{item.queue}\t{item.offset}\t{_text(item.key)}\t{_text(item.payload)}"
+
+
+# --------------------------------------------------------------------------------------------
+# produce
+
+
+@click.command("produce")
+@click.option("--topic", required=True, help="Topic to enqueue on.")
+@click.option("--key", default=None, help="Key of every item (default: a random key per item).")
+@click.option("--kind", default="", help="Kind of every item (default: the default kind).")
+@click.option(
+    "--call-timeout-ms",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Give up on an item after this long (outcome unknown); default 10000.",
+)
+@CONFIG_OPTION
+def produce(
+    topic: str, key: str | None, kind: str, call_timeout_ms: int | None, config_path: Path | None
+) -> None:
+    """Enqueue one item per line of stdin; print each receipt (TOPIC QUEUE OFFSET, tab
+    separated) in input order. Items with the same key keep their order."""
+    config = _load(config_path)
+    if config.base_topic(topic) is None:
+        bad_input(f"no topic {topic!r} in the configuration")
+    failed = asyncio.run(
+        _produce(
+            config,
+            topic=topic,
+            key=key,
+            kind=kind,
+            call_timeout_ms=call_timeout_ms,
+            stdin=sys.stdin.buffer,
+        )
+    )
+    sys.exit(EXIT_FAILED if failed else EXIT_OK)
+
+
+async def _produce(
+    config: ClusterConfig,
+    *,
+    topic: str,
+    key: str | None,
+    kind: str,
+    call_timeout_ms: int | None,
+    stdin: BinaryIO,
+) -> int:
+    from net.clientlib import AsyncClient, EnqueueFailed, OutcomeUnknown
+
+    loop = asyncio.get_running_loop()
+    window: asyncio.Queue[tuple[int, asyncio.Task[Receipt]] | None] = asyncio.Queue(
+        maxsize=PRODUCE_WINDOW
+    )
+    failed = 0
+
+    async def report() -> None:
+        nonlocal failed
+        while (entry := await window.get()) is not None:
+            line_no, task = entry
+            try:
+                r = await task
+            except EnqueueFailed as exc:
+                failed += 1
+                click.echo(f"pxq: line {line_no}: not enqueued: {exc}", err=True)
+            except OutcomeUnknown as exc:
+                failed += 1
+                click.echo(f"pxq: line {line_no}: {exc}", err=True)
+            else:
+                click.echo(f"{r.topic}\t{r.queue}\t{r.offset}")
+
+    async with await AsyncClient.connect(config, call_timeout_ms=call_timeout_ms) as client:
+        reporter = loop.create_task(report())
+        line_no = 0
+        while True:
+            line = await loop.run_in_executor(None, stdin.readline)
+            if not line:
+                break
+            line_no += 1
+            payload = line.removesuffix(b"\n").removesuffix(b"\r")
+            # Tasks start in creation order, so the producer sees the lines in input order.
+            task = loop.create_task(client.enqueue(topic, payload, key=key, kind=kind))
+            await window.put((line_no, task))
+        await window.put(None)
+        await reporter
+    sys.stdout.flush()
+    return failed
+
+
+# --------------------------------------------------------------------------------------------
+# consume
+
+
+@click.command("consume")
+@click.option("--group", required=True, help="Consumer group to consume for.")
+@click.option("--topic", default=None, help="Topic (default: every topic the group consumes).")
+@click.option(
+    "--count",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Stop after this many items (then exactly these are committed).",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Stop after this many seconds without a new item (default: never).",
+)
+@CONFIG_OPTION
+def consume(
+    group: str,
+    topic: str | None,
+    count: int | None,
+    timeout_s: float | None,
+    config_path: Path | None,
+) -> None:
+    """Print items of GROUP, one per line (QUEUE OFFSET KEY PAYLOAD, tab separated; tab,
+    newline and backslash escaped), committing each batch once it is printed.
+
+    Items arrive in offset order per queue, at least once: an item printed by a consume that
+    was killed before its commit is printed again by the next one. Items of the group's
+    retry levels show the retry level's queue and offset."""
+    config = _load(config_path)
+    consumed = [t.name for t in config.topics if t.group(group) is not None]
+    if not consumed:
+        bad_input(f"no topic has a consumer group named {group!r}")
+    if topic is not None and topic not in consumed:
+        bad_input(f"consumer group {group!r} does not consume topic {topic!r}")
+    try:
+        printed = asyncio.run(_consume(config, group, topic, count, timeout_s))
+    except ValueError as exc:  # the group's topics need one consumer each (see --topic)
+        bad_input(str(exc))
+        return
+    sys.exit(EXIT_FAILED if count is not None and printed < count else EXIT_OK)
+
+
+async def _consume(
+    config: ClusterConfig,
+    group: str,
+    topic: str | None,
+    count: int | None,
+    timeout_s: float | None,
+) -> int:
+    from net.clientlib import AsyncClient
+
+    loop = asyncio.get_running_loop()
+    # With --count, one item per delivery: a delivery is committed as a whole, so this is
+    # what makes "exactly the printed items are committed" hold.
+    options = {"get_items_max": 1} if count is not None else {}
+    printed = 0
+    last = loop.time()
+    async with await AsyncClient.connect(config) as client:
+        consumer = client.consumer(group, topic, options=options)
+
+        async def watchdog() -> None:
+            if timeout_s is None:
+                return
+            while True:
+                idle = loop.time() - last
+                if idle >= timeout_s:
+                    consumer.stop()
+                    return
+                await asyncio.sleep(timeout_s - idle)
+
+        dog = loop.create_task(watchdog())
+        try:
+            async with consumer:
+                async for batch in consumer.batches():
+                    for item in batch:
+                        click.echo(_item_line(item))
+                        printed += 1
+                    sys.stdout.flush()  # printed before the batch is committed
+                    last = loop.time()
+                    if count is not None and printed >= count:
+                        consumer.stop()  # this batch is still committed
+        finally:
+            dog.cancel()
+    return printed
+
+
+# --------------------------------------------------------------------------------------------
+# echo
+
+
+@click.command("echo")
+@click.option("--topic", default=None, help="Topic (default: the first one with a group).")
+@click.option("--group", default=None, help="Consumer group (default: the topic's first).")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Give up (exit 1) if the item is not seen within this many seconds.",
+)
+@CONFIG_OPTION
+def echo(topic: str | None, group: str | None, timeout_s: float, config_path: Path | None) -> None:
+    """Enqueue one item with a unique payload, consume until it is seen, and print the
+    enqueue and round-trip latencies (PhxQueue's echo test).
+
+    The echo consumes for GROUP on the item's queue and commits what it reads there: point
+    it at a topic or group reserved for health checks."""
+    config = _load(config_path)
+    chosen = [t for t in config.topics if t.consumer_groups and topic in (None, t.name)]
+    if not chosen:
+        what = f"topic {topic!r} with a consumer group" if topic else "topic with a group"
+        bad_input(f"no {what} in the configuration")
+        return
+    t = chosen[0]
+    cg = t.consumer_groups[0] if group is None else t.group(group)
+    if cg is None:
+        bad_input(f"topic {t.name!r} has no consumer group {group!r}")
+        return
+    from pxq.store.placement import queue_of
+
+    nonce = os.urandom(8).hex()
+    for i in range(ECHO_KEY_TRIES_MAX):
+        key = f"pxq-echo-{nonce}-{i}"
+        queue = queue_of(key.encode(), t.queues)
+        if cg.subscribes_queue(queue):
+            break
+    else:
+        bad_input(f"group {cg.name!r} is subscribed to no queue of {t.name!r}")
+        return
+    payload = f"pxq-echo {nonce} {time.time_ns()}".encode()
+    ok = asyncio.run(
+        _echo(
+            config,
+            topic=t.name,
+            group=cg.name,
+            key=key,
+            queue=queue,
+            payload=payload,
+            timeout_s=timeout_s,
+        )
+    )
+    sys.exit(EXIT_OK if ok else EXIT_FAILED)
+
+
+async def _echo(
+    config: ClusterConfig,
+    *,
+    topic: str,
+    group: str,
+    key: str,
+    queue: int,
+    payload: bytes,
+    timeout_s: float,
+) -> bool:
+    from net.clientlib import AsyncClient, PxqError
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    seen = asyncio.Event()
+    seen_at = 0.0
+    call_timeout_ms = max(1, int(timeout_s * 1000))
+    async with await AsyncClient.connect(config, call_timeout_ms=call_timeout_ms) as client:
+        consumer = client.consumer(
+            group,
+            topic,
+            [queue],
+            options={"poll_empty_ms": 1, "poll_empty_max_ms": ECHO_POLL_MS},
+        )
+
+        async def watch() -> None:
+            nonlocal seen_at
+            async for batch in consumer.batches():
+                if any(item.payload == payload for item in batch):
+                    seen_at = time.perf_counter()
+                    seen.set()
+                    consumer.stop()
+
+        async with consumer:
+            watcher = loop.create_task(watch())
+            # Start the clock once the consumer is polling, so the figure is the queue's.
+            await _until_polling(consumer, deadline)
+            start = time.perf_counter()
+            try:
+                receipt = await asyncio.wait_for(
+                    client.enqueue(topic, payload, key=key), max(0.001, deadline - loop.time())
+                )
+            except (PxqError, TimeoutError) as exc:
+                click.echo(f"pxq: echo: enqueue failed: {exc or 'timed out'}", err=True)
+                consumer.stop()
+                await watcher
+                return False
+            acked = time.perf_counter()
+            try:
+                async with asyncio.timeout(max(0.001, deadline - loop.time())):
+                    await seen.wait()
+            except TimeoutError:
+                click.echo(
+                    f"pxq: echo: item {topic}/{receipt.queue}@{receipt.offset} not seen "
+                    f"within {timeout_s:g} s",
+                    err=True,
+                )
+                consumer.stop()
+                await watcher
+                return False
+            await watcher
+    click.echo(
+        f"echo {topic}/{receipt.queue}@{receipt.offset} group {group}: "
+        f"enqueue {(acked - start) * 1000:.1f} ms, round trip {(seen_at - start) * 1000:.1f} ms"
+    )
+    return True
+
+
+async def _until_polling(consumer: AsyncConsumer, deadline: float) -> None:
+    """Wait (bounded) until the echo consumer's streams have read their cursors."""
+    loop = asyncio.get_running_loop()
+    while loop.time() < deadline:
+        views = consumer.machine.streams().values()
+        if views and all(v.phase != "cursor" for v in views):
+            return
+        await asyncio.sleep(READY_POLL_S)
+
+
+def register(group: click.Group) -> None:
+    """Add ``produce``, ``consume`` and ``echo`` to the ``pxq`` command group."""
+    for command in (produce, consume, echo):
+        group.add_command(command)

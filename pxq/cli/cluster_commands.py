@@ -1,0 +1,198 @@
+"""``pxq cluster``: start, inspect and stop a complete local cluster, one process per replica.
+
+``up`` with no arguments runs the embedded default (one store of three replicas on
+127.0.0.1:7101-7103) from ``./.pxq``; see ``net.cluster`` for the layout of that directory.
+
+Exit codes: ``up`` 0 once every Paxos group has a master, 1 when a node exited while starting
+or no master was elected in time (everything it started is stopped again), 2 for bad input (an
+invalid configuration, a cluster already running); ``status`` 0 when every node's process is
+alive and its port accepts connections, 1 otherwise, 2 for an invalid configuration; ``down``
+0, or 1 if a process survived SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+import click
+
+from pxq.cli.common import EXIT_FAILED, EXIT_OK, bad_input
+
+if TYPE_CHECKING:
+    from net.cluster import UpResult
+
+HOME_HELP = "The cluster's directory: config, pid files, logs and data."
+
+
+def _bad_input(message: str) -> NoReturn:
+    bad_input(message)
+    raise SystemExit(2)  # pragma: no cover - bad_input exits
+
+
+@click.group()
+def cluster() -> None:
+    """A complete cluster on this machine (the embedded default: 3 replicas on 127.0.0.1)."""
+
+
+@cluster.command("up")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The cluster file (default: ./.pxq/cluster.toml, written from the embedded "
+    "default if absent).",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0.1, max=3600),
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for every Paxos group to have a master.",
+)
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".pxq"),
+    show_default=True,
+    help=HOME_HELP,
+)
+def cluster_up(config_file: Path | None, timeout_s: float, home: Path) -> None:
+    """Start every replica as a process of its own and wait for the masters."""
+    from net.cluster import ClusterHome, ClusterRunning, NodeExited, NoMasters, up
+    from pxq.config import ConfigError
+
+    try:
+        result = asyncio.run(up(ClusterHome(home), config_file, timeout_s=timeout_s))
+    except (ConfigError, ClusterRunning) as exc:
+        _bad_input(str(exc))
+    except NodeExited as exc:
+        click.echo(f"pxq: {exc}; the other nodes were stopped", err=True)
+        click.echo(f"---- last lines of {exc.log_file} ----", err=True)
+        click.echo(exc.log_tail or "(empty)", err=True)
+        sys.exit(EXIT_FAILED)
+    except NoMasters as exc:
+        click.echo(f"pxq: {exc}; the nodes were stopped", err=True)
+        sys.exit(EXIT_FAILED)
+    _print_up(result, home, default_config=config_file is None)
+    sys.exit(EXIT_OK)
+
+
+def _print_up(result: UpResult, home: Path, *, default_config: bool) -> None:
+    config = result.config
+    groups = len(result.masters)
+    if result.wrote_default_config:
+        click.echo(f"wrote the embedded default configuration to {result.config_file}")
+    click.echo(
+        f'cluster "{config.name}" is up: {len(result.nodes)} nodes, a master for each of the '
+        f"{groups} Paxos groups after {result.elapsed_s:.1f} s"
+    )
+    by_node: dict[str, list[str]] = {}
+    for (store, number), node in sorted(result.masters.items()):
+        by_node.setdefault(node, []).append(f"{store}/{number}")
+    width = max(4, *(len(n.node) for n in result.nodes))
+    click.echo(f"  {'node':<{width}}  {'address':<21}  {'pid':>7}  masters")
+    for n in result.nodes:
+        address = f"{n.host}:{n.port}"
+        masters = " ".join(by_node.get(n.node, [])) or "-"
+        click.echo(f"  {n.node:<{width}}  {address:<21}  {n.pid:>7}  {masters}")
+    click.echo(f"config {result.config_file}; logs {home}/logs/NODE.log; data {home}/data/NODE")
+    topic = config.topics[0] if config.topics else None
+    group = topic.consumer_groups[0].name if topic and topic.consumer_groups else None
+    if topic is not None and group is not None:
+        cfg = "" if default_config else f" --config {result.config_file}"
+        click.echo("")
+        click.echo("produce and consume:")
+        click.echo(f"  pxq produce{cfg} --topic {topic.name}")
+        click.echo(f"  pxq consume{cfg} --group {group}")
+        click.echo("from Python:")
+        click.echo("  import pxq")
+        click.echo(f'  with pxq.Client.from_config("{result.config_file}") as client:')
+        click.echo(f'      client.producer("{topic.name}").enqueue(b"hello", key="user-42")')
+    click.echo("")
+    click.echo("status: pxq cluster status    stop: pxq cluster down")
+
+
+@cluster.command("status")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The cluster file (default: the one the cluster was started from).",
+)
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".pxq"),
+    show_default=True,
+    help=HOME_HELP,
+)
+def cluster_status(config_file: Path | None, home: Path) -> None:
+    """Per node: process alive, port accepting, groups it masters."""
+    from net.cluster import ClusterHome, status
+    from pxq.config import ConfigError
+
+    try:
+        st = asyncio.run(status(ClusterHome(home), config_file))
+    except ConfigError as exc:
+        _bad_input(str(exc))
+    width = max(4, *(len(n.node) for n in st.nodes))
+    click.echo(f'cluster "{st.config.name}" ({st.config_file})')
+    click.echo(f"  {'node':<{width}}  {'address':<21}  {'pid':>7}  process  port       masters")
+    for n in st.nodes:
+        address = f"{n.host}:{n.port}"
+        pid = str(n.pid) if n.pid is not None else "-"
+        process = "alive" if n.alive else "dead"
+        port = "accepting" if n.accepting else "closed"
+        masters = " ".join(f"{n.store}/{g}" for g in n.masters) or "-"
+        click.echo(
+            f"  {n.node:<{width}}  {address:<21}  {pid:>7}  {process:<7}  {port:<9}  {masters}"
+        )
+    if st.without_master:
+        missing = " ".join(f"{s}/{g}" for s, g in st.without_master)
+        click.echo(f"groups without a master: {missing}")
+    down_nodes = [n.node for n in st.nodes if not n.up]
+    if down_nodes:
+        click.echo(f"not up: {', '.join(down_nodes)}")
+        sys.exit(EXIT_FAILED)
+    click.echo("all nodes up")
+    sys.exit(EXIT_OK)
+
+
+@cluster.command("down")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0, max=3600),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait after SIGTERM before sending SIGKILL.",
+)
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".pxq"),
+    show_default=True,
+    help=HOME_HELP,
+)
+def cluster_down(timeout_s: float, home: Path) -> None:
+    """Stop every node (SIGTERM, then SIGKILL after --timeout) and remove the pid files."""
+    from net.cluster import ClusterHome, down
+
+    stops = down(ClusterHome(home), timeout_s)
+    if not stops:
+        click.echo(f"no cluster running from {home}")
+        sys.exit(EXIT_OK)
+    for s in stops:
+        pid = f" (pid {s.pid})" if s.pid is not None else ""
+        click.echo(f"  {s.node}{pid}: {s.outcome}")
+    survived = [s.node for s in stops if s.outcome == "survived"]
+    if survived:
+        click.echo(f"pxq: still running after SIGKILL: {', '.join(survived)}", err=True)
+        sys.exit(EXIT_FAILED)
+    sys.exit(EXIT_OK)

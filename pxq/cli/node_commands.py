@@ -1,0 +1,86 @@
+"""``pxq node``: run one store replica in the foreground (what a systemd unit executes).
+
+Exit codes: 0 after a graceful stop (SIGTERM or SIGINT), 1 when the node stopped by itself
+(a storage failure, an invariant violation) or failed while booting from its data, 2 for bad
+input: an unreadable or invalid configuration, an unknown node name, a busy port, a data dir
+that belongs to another cluster or node or is in use by another process. The reason is one
+line on stderr.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import click
+
+from pxq.cli.common import EXIT_FAILED, EXIT_OK, bad_input
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _bad_input(message: str) -> NoReturn:
+    bad_input(message)
+    raise SystemExit(2)  # pragma: no cover - bad_input exits
+
+
+@click.group()
+def node() -> None:
+    """Run one store replica of a cluster."""
+
+
+@node.command("run")
+@click.option(
+    "--config",
+    "config_file",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The cluster file (TOML).",
+)
+@click.option("--node", "node_name", required=True, help="The replica to run (a node name).")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The node's data directory (default: ./.pxq/data/NODE).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS),
+    default="info",
+    show_default=True,
+    help="Lowest level logged to stderr.",
+)
+def node_run(config_file: Path, node_name: str, data_dir: Path | None, log_level: str) -> None:
+    """Run NODE's replica until SIGTERM or SIGINT.
+
+    It binds exactly the host and port the cluster file gives the node, keeps its state in
+    LMDB under the data directory, and logs to stderr.
+    """
+    from net.errors import BootFailed, StartupError
+    from net.server import configure_logging, default_data_dir, replica_of, run_node
+    from pxq.config import ConfigError, load_config
+
+    try:
+        config = load_config(config_file)
+    except ConfigError as exc:
+        _bad_input(str(exc))
+    try:
+        replica_of(config, node_name)
+    except StartupError as exc:
+        _bad_input(f"{config_file}: {exc}")
+    configure_logging(node_name, getattr(logging, log_level.upper()))
+    directory = data_dir if data_dir is not None else default_data_dir(node_name)
+    try:
+        crash = run_node(config, node_name, directory)
+    except BootFailed as exc:
+        click.echo(f"pxq: node {node_name} failed to boot: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    except StartupError as exc:
+        _bad_input(f"node {node_name}: {exc}")
+    if crash is not None:
+        click.echo(f"pxq: node {node_name} stopped: {crash}", err=True)
+        sys.exit(EXIT_FAILED)
+    sys.exit(EXIT_OK)

@@ -1,0 +1,441 @@
+"""The queue workload: producers and consumer groups over a simulated store.
+
+Built from a scenario: one store of ``[cluster] replicas`` replicas and ``groups`` Paxos
+groups (``StoreNode``), one topic ``t0`` of ``queues`` queues, ``consumer_groups`` consumer
+groups ``g0``, ``g1``, … each of ``consumers_per_group`` consumer processes (``Consumer``
+machines; a group's queues are split over its consumers, statically: ownership through locks
+comes with the lock service), and ``producers`` producer processes (``Producer`` machines),
+each running ``concurrency`` application processes that make one ``Produce`` call at a time
+with Poisson arrivals.
+
+Every operation goes into the history in the format the queue checkers read
+(``pxq/check/queue.py``): ``enqueue`` (invoke, then ok with the offset, fail or info),
+``deliver`` and ``handle`` for every item a handler sees (a handler fails an item with the
+scenario's ``fail_rate``), ``seek`` for an operator's replay, and ``consumer_crash`` /
+``consumer_start``. After the run, ``drain_dead_letters`` reads every dead-letter queue and
+records what it holds as deliveries, so the checkers see where failed items ended.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pxq.check.history import JSON, HistoryWriter
+from pxq.config import ClusterConfig, loads_config
+from pxq.consumer.machine import Consumer
+from pxq.consumer.messages import Deliver, Handled, OwnedQueue
+from pxq.consumer.settings import consumer_settings
+from pxq.effects import NodeId, Received, StorageView
+from pxq.producer.machine import Producer
+from pxq.producer.messages import Produce, Produced, ProduceFailed, ProduceUnknown
+from pxq.producer.settings import producer_settings
+from pxq.store.messages import Get, GetOk, Seek, SeekOk, StoreError, StoreRedirect
+from pxq.store.node import StoreNode
+from pxq.store.placement import dead_letter_topic, group_of, queue_of
+from sim.rng import stream
+from sim.scenario import FaultSpec, Scenario
+from sim.world import HANDLER, CallMsg, ReplyMsg, TraceRecord, World
+
+TOPIC = "t0"
+STORE = "s0"
+SEPARATOR = b"|"
+ADMIN = "admin"
+ADMIN_TIMEOUT_US = 1_000_000
+ADMIN_ATTEMPTS_MAX = 20
+DRAIN_ITEMS_MAX = 10_000
+
+
+def msg_id_of(payload: bytes) -> str:
+    return payload.split(SEPARATOR, 1)[0].decode("ascii", "replace")
+
+
+def cluster_config(scn: Scenario) -> ClusterConfig:
+    """The cluster configuration a queue scenario describes."""
+    w = scn.workload
+    lines = [
+        "[cluster]",
+        'name = "sim"',
+        "[[stores]]",
+        f'name = "{STORE}"',
+        f"groups = {scn.cluster.groups}",
+    ]
+    if scn.cluster.paxos:
+        lines.append("[stores.paxos]")
+        lines += [f"{k} = {v}" for k, v in scn.cluster.paxos]
+    for i in range(scn.cluster.replicas):
+        lines += ["[[stores.replicas]]", f'node = "n{i}"', f"port = {7101 + i}"]
+    lines += ["[[topics]]", f'name = "{TOPIC}"', f"queues = {w.queues}"]
+    if w.hold_items is not None:
+        lines += ["[topics.retention]", f"hold_items = {w.hold_items}"]
+    for g in range(w.consumer_groups):
+        retries = ", ".join(f"{{ delay_ms = {d} }}" for d in w.retry_delays_ms)
+        lines += [
+            "[[topics.consumer_groups]]",
+            f'name = "g{g}"',
+            f"retries = [{retries}]",
+            f"dead_letter = {'true' if w.dead_letter else 'false'}",
+        ]
+    return loads_config("\n".join(lines) + "\n", file=f"{scn.file} (queue cluster)")
+
+
+@dataclass(slots=True)
+class _AppProcess:
+    """One application process of a producer: one call in flight at a time."""
+
+    producer: str
+    process: int
+    seq: int = 0
+    busy: bool = False
+    msg_id: str = ""
+    extra: dict[str, JSON] | None = None
+
+
+class QueueWorkload:
+    """Builds the store, producers and consumers into a world and drives them."""
+
+    def __init__(self, scn: Scenario, world: World, history: HistoryWriter, seed: int) -> None:
+        self.scn = scn
+        self.world = world
+        self.history = history
+        self.seed = seed
+        self.config = cluster_config(scn)
+        w = scn.workload
+        self.replicas = [f"n{i}" for i in range(scn.cluster.replicas)]
+        self.groups = [f"g{g}" for g in range(w.consumer_groups)]
+        self.rng = stream(seed, "queue-workload")
+        self.running = False
+        self.counts = {"invoke": 0, "ok": 0, "fail": 0, "info": 0, "deliver": 0, "handle_fail": 0}
+        self.admin_seq = 0
+        self.admin_pending: dict[int, Callable[[object], None]] = {}
+        self.masters: dict[int, NodeId] = {}
+
+        for node in self.replicas:
+            world.add_node(node, self._store_factory)
+        self.producers: list[str] = []
+        self.apps: list[_AppProcess] = []
+        self.next_process = 0
+        for p in range(w.producers):
+            name = f"p{p}"
+            self.producers.append(name)
+            world.add_client(name, self._producer_factory)
+            for _ in range(w.concurrency):
+                self.apps.append(_AppProcess(name, self._new_process()))
+        self.consumers: list[str] = []
+        self.consumer_group: dict[str, str] = {}
+        self.ownership: dict[str, tuple[OwnedQueue, ...]] = {}
+        for g in self.groups:
+            for c in range(w.consumers_per_group):
+                name = f"{g}-c{c}"
+                self.consumers.append(name)
+                self.consumer_group[name] = g
+                self.ownership[name] = tuple(
+                    OwnedQueue(topic=TOPIC, queue=q, token=0)
+                    for q in range(w.queues)
+                    if q % w.consumers_per_group == c
+                )
+                world.add_client(name, self._consumer_factory, self._handler_for(name))
+        world.add_endpoint(ADMIN, self._admin_receive)
+        world.listeners.append(self._on_trace)
+
+    # -- factories ----------------------------------------------------------------------
+
+    def _store_factory(
+        self, node_id: NodeId, storage: StorageView, rng: random.Random
+    ) -> StoreNode:
+        return StoreNode(node_id, self.config, STORE, storage, rng)
+
+    def _producer_factory(
+        self, node_id: NodeId, storage: StorageView, rng: random.Random
+    ) -> Producer:
+        settings = producer_settings(self.config, request_timeout_ms=500, call_timeout_ms=5000)
+        return Producer(settings, rng, name=node_id)
+
+    def _consumer_factory(
+        self, node_id: NodeId, storage: StorageView, rng: random.Random
+    ) -> Consumer:
+        settings = consumer_settings(
+            self.config, self.consumer_group[node_id], request_timeout_ms=500, backoff_max_ms=500
+        )
+        return Consumer(settings, rng, owned=self.ownership[node_id])
+
+    def _new_process(self) -> int:
+        self.next_process += 1
+        return self.next_process
+
+    # -- producing ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.running = True
+        for app in self.apps:
+            self._schedule(app)
+
+    def stop(self) -> None:
+        self.running = False
+
+    def _now_ms(self) -> int:
+        return self.world.now_us // 1000
+
+    def _schedule(self, app: _AppProcess) -> None:
+        w = self.scn.workload
+        per_process = w.rate_per_s / max(1, len(self.apps))
+        gap = int(self.rng.expovariate(1.0) * 1_000_000 / per_process) + 1
+        self.world.call_later(gap, lambda: self._produce(app))
+
+    def _produce(self, app: _AppProcess) -> None:
+        if not self.running:
+            return
+        host = self.world.hosts[app.producer]
+        if app.busy or host.crashed:
+            self._schedule(app)
+            return
+        app.seq += 1
+        msg_id = f"{app.producer}.{app.process}.{app.seq}"
+        key = f"k{self.rng.randrange(1000)}".encode()
+        pad = max(0, self.scn.workload.value_bytes - len(msg_id) - 1)
+        payload = msg_id.encode() + SEPARATOR + b"." * pad
+        queue = queue_of(key, self.scn.workload.queues)
+        extra: dict[str, JSON] = {"topic": TOPIC, "queue": queue, "key": key.decode()}
+        self.history.invoke(self._now_ms(), app.process, "enqueue", msg_id, **extra)
+        self.counts["invoke"] += 1
+        app.busy = True
+        app.msg_id = msg_id
+        app.extra = extra
+        incarnation = host.incarnation
+
+        def done(response: object) -> None:
+            if host.incarnation != incarnation:
+                return
+            self._produced(app, msg_id, extra, response)
+
+        host.local_call(Produce(topic=TOPIC, key=key, payload=payload), done)
+
+    def _produced(
+        self, app: _AppProcess, msg_id: str, extra: dict[str, JSON], response: object
+    ) -> None:
+        now = self._now_ms()
+        app.busy = False
+        match response:
+            case Produced(offset=offset):
+                self.counts["ok"] += 1
+                self.history.ok(now, app.process, "enqueue", msg_id, **extra, offset=offset)
+            case ProduceFailed(code=code):
+                self.counts["fail"] += 1
+                self.history.fail(now, app.process, "enqueue", msg_id, **extra, reason=code)
+            case ProduceUnknown(reason=reason):
+                self._info(app, msg_id, extra, reason)
+            case other:
+                self._info(app, msg_id, extra, f"unexpected reply {type(other).__name__}")
+        self._schedule(app)
+
+    def _info(self, app: _AppProcess, msg_id: str, extra: dict[str, JSON], reason: str) -> None:
+        self.counts["info"] += 1
+        self.history.info(self._now_ms(), app.process, "enqueue", msg_id, **extra, reason=reason)
+        app.process = self._new_process()  # retire the process (Jepsen semantics)
+
+    def _producer_crashed(self, producer: str) -> None:
+        """Calls in flight in a crashed producer process have unknown outcomes."""
+        for app in self.apps:
+            if app.producer == producer and app.busy:
+                app.busy = False
+                self._info(app, app.msg_id, app.extra or {}, "producer crashed")
+                self._schedule(app)
+
+    # -- consuming ----------------------------------------------------------------------
+
+    def _handler_for(self, consumer: str) -> Callable[[object], None]:
+        def handle(msg: object) -> None:
+            if isinstance(msg, Deliver):
+                self._handle(consumer, msg)
+
+        return handle
+
+    def _handle(self, consumer: str, d: Deliver) -> None:
+        host = self.world.hosts[consumer]
+        incarnation = host.incarnation
+        now = self._now_ms()
+        failed: list[int] = []
+        for item in d.items:
+            msg_id = msg_id_of(item.payload)
+            extra: dict[str, JSON] = {
+                "group": d.group,
+                "topic": d.topic,
+                "queue": d.queue,
+                "offset": item.offset,
+                "attempt": item.attempt,
+            }
+            self.history.invoke(now, consumer, "deliver", msg_id, **extra)
+            self.history.ok(now, consumer, "deliver", msg_id, **extra)
+            self.counts["deliver"] += 1
+            fail = self.rng.random() < self.scn.workload.fail_rate
+            outcome = "fail" if fail else "ok"
+            self.history.invoke(now, consumer, "handle", msg_id, **extra)
+            self.history.ok(now, consumer, "handle", msg_id, **extra, outcome=outcome)
+            if fail:
+                self.counts["handle_fail"] += 1
+                failed.append(item.offset)
+
+        def finish() -> None:
+            if host.incarnation == incarnation and not host.crashed:
+                host.step(
+                    Received(
+                        src=HANDLER, msg=Handled(delivery_id=d.delivery_id, failed=tuple(failed))
+                    )
+                )
+
+        w = self.scn.workload
+        slow = w.slow_handle_ms is not None and d.group == self.groups[-1]
+        handle_ms = w.slow_handle_ms if slow and w.slow_handle_ms is not None else w.handle_ms
+        self.world.call_later(handle_ms * 1000, finish)
+
+    def _on_trace(self, rec: TraceRecord) -> None:
+        if rec.kind not in ("crash", "boot"):
+            return
+        node = rec.node
+        group = self.consumer_group.get(node)
+        if group is not None:
+            f = "consumer_crash" if rec.kind == "crash" else "consumer_start"
+            if rec.kind == "boot" and dict(rec.fields).get("incarnation") == 1:
+                return
+            now = self._now_ms()
+            self.history.invoke(now, "nemesis", f, node, group=group)
+            self.history.info(now, "nemesis", f, node, group=group)
+        elif node in self.producers and rec.kind == "crash":
+            self._producer_crashed(node)
+
+    # -- operator: seek and dead letters --------------------------------------------------
+
+    def _admin_call(self, queue: int, request: object, done: Callable[[object], None]) -> None:
+        """Send ``request`` for ``queue`` to its group's master, following redirects."""
+        group = group_of(queue, self.scn.cluster.groups)
+        attempts = 0
+
+        def attempt() -> None:
+            nonlocal attempts
+            attempts += 1
+            if attempts > ADMIN_ATTEMPTS_MAX:
+                done(StoreError(code="unknown", message="no answer", definite=False))
+                return
+            target = self.masters.get(group, self.replicas[group % len(self.replicas)])
+            self.admin_seq += 1
+            req_id = self.admin_seq
+            answered = False
+
+            def on_reply(response: object) -> None:
+                nonlocal answered
+                answered = True
+                if isinstance(response, StoreRedirect):
+                    if response.master is not None:
+                        self.masters[group] = response.master
+                    else:
+                        self.masters[group] = self.rng.choice(self.replicas)
+                    self.world.call_later(20_000, attempt)
+                    return
+                done(response)
+
+            def on_timeout() -> None:
+                if not answered:
+                    self.admin_pending.pop(req_id, None)
+                    self.masters[group] = self.rng.choice(self.replicas)
+                    attempt()
+
+            self.admin_pending[req_id] = on_reply
+            self.world.network.send(ADMIN, target, CallMsg(req_id, request))
+            self.world.call_later(ADMIN_TIMEOUT_US, on_timeout)
+
+        attempt()
+
+    def _admin_receive(self, src: str, payload: object) -> None:
+        if isinstance(payload, ReplyMsg):
+            cb = self.admin_pending.pop(payload.req_id, None)
+            if cb is not None:
+                cb(payload.response)
+
+    def seek(self, fault: FaultSpec) -> None:
+        """An operator's replay: move a group on one queue (or each queue) back."""
+        group = fault.consumer_group or self.groups[0]
+        queues = range(self.scn.workload.queues) if fault.queue is None else [fault.queue]
+        for queue in queues:
+            now = self._now_ms()
+            target: dict[str, JSON] = (
+                {"offset": fault.offset}
+                if fault.offset is not None
+                else {"target_ms": self._wall_ms() - (fault.back_ms or 0)}
+            )
+            process = f"admin.{group}.{queue}.{self.admin_seq}"
+            self.history.invoke(
+                now, process, "seek", None, group=group, topic=TOPIC, queue=queue, **target
+            )
+            request = Seek(
+                topic=TOPIC,
+                group=group,
+                queue=queue,
+                offset=fault.offset,
+                time_ms=target.get("target_ms") if fault.offset is None else None,  # type: ignore[arg-type]
+            )
+
+            def done(
+                response: object, p: str = process, q: int = queue, t: dict[str, JSON] = target
+            ) -> None:
+                at = self._now_ms()
+                extra: dict[str, JSON] = {"group": group, "topic": TOPIC, "queue": q, **t}
+                if isinstance(response, SeekOk):
+                    positions: list[JSON] = [[qq, c] for qq, c in response.positions]
+                    self.history.ok(at, p, "seek", None, **extra, positions=positions)
+                elif isinstance(response, StoreError) and response.definite:
+                    self.history.fail(at, p, "seek", None, **extra, reason=response.code)
+                else:
+                    self.history.info(at, p, "seek", None, **extra)
+
+            self._admin_call(queue, request, done)
+
+    def _wall_ms(self) -> int:
+        # The operator's idea of now: the first replica's wall clock.
+        host = self.world.hosts[self.replicas[0]]
+        return host.clock.now(self.world.now_us).wall_ms
+
+    def drain_dead_letters(self, on_done: Callable[[], None]) -> None:
+        """Read every dead-letter queue once and record its items as deliveries to the group
+        (process ``dlq``), so the checkers see where failed items ended."""
+        pending = 0
+        if not self.scn.workload.dead_letter:
+            on_done()
+            return
+        for group in self.groups:
+            topic = dead_letter_topic(TOPIC, group)
+            for queue in range(self.scn.workload.queues):
+                pending += 1
+
+                def done(response: object, g: str = group, t: str = topic, q: int = queue) -> None:
+                    nonlocal pending
+                    if isinstance(response, GetOk):
+                        now = self._now_ms()
+                        for item in response.items:
+                            extra: dict[str, JSON] = {
+                                "group": g,
+                                "topic": t,
+                                "queue": q,
+                                "offset": item.offset,
+                                "attempt": item.attempt,
+                            }
+                            msg_id = msg_id_of(item.payload)
+                            self.history.invoke(now, "dlq", "deliver", msg_id, **extra)
+                            self.history.ok(now, "dlq", "deliver", msg_id, **extra)
+                    pending -= 1
+                    if pending == 0:
+                        on_done()
+
+                request = Get(
+                    topic=topic,
+                    group=group,
+                    queue=queue,
+                    cursor=0,
+                    items_max=DRAIN_ITEMS_MAX,
+                    bytes_max=64 << 20,
+                )
+                self._admin_call(queue, request, done)
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self.counts)

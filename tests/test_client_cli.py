@@ -1,0 +1,151 @@
+"""``pxq produce``, ``pxq consume`` and ``pxq echo`` against a running local cluster.
+
+Goal: the commands do what their help says, with the documented exit codes: produce prints
+one receipt per input line in order (exit 1 when an item failed or its outcome is unknown);
+consume prints QUEUE OFFSET KEY PAYLOAD lines and commits what it printed, so a second
+consume does not print them again (exit 1 when fewer than ``--count`` items came in time);
+echo prints its latencies; bad input exits 2.
+
+Method: the cluster runs in this process (a ``LocalCluster`` on a background thread's loop,
+module-scoped); each command runs as a subprocess (``python -m pxq.cli``) with ``--config``
+pointing at the generated cluster file, bounded by ``COMMAND_TIMEOUT_S``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.test_client_support import BackgroundCluster, dead_config, start_cluster
+
+TOPICS = """
+[[topics]]
+name = "cli"
+queues = 2
+[[topics.consumer_groups]]
+name = "readers"
+
+[[topics]]
+name = "health"
+queues = 2
+[[topics.consumer_groups]]
+name = "echo"
+"""
+
+COMMAND_TIMEOUT_S = 30.0
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundCluster]:
+    yield from start_cluster(tmp_path_factory, "client-cli", TOPICS)
+
+
+def pxq_cli(
+    *args: str, stdin: str = "", cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pxq.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT_S,
+        check=False,
+        cwd=cwd,
+    )
+
+
+def test_produce_prints_receipts_and_consume_prints_and_commits_them(
+    cluster: BackgroundCluster,
+) -> None:
+    config = str(cluster.config_path)
+    lines = ["first line", "second\tline", "third \\ line"]
+    produced = pxq_cli(
+        "produce", "--topic", "cli", "--key", "k1", "--config", config, stdin="\n".join(lines)
+    )
+    assert produced.returncode == 0, produced.stderr
+    receipts = [line.split("\t") for line in produced.stdout.splitlines()]
+    assert len(receipts) == 3
+    assert {r[0] for r in receipts} == {"cli"}
+    assert len({r[1] for r in receipts}) == 1  # one key, one queue
+    queue = receipts[0][1]
+    assert [int(r[2]) for r in receipts] == [0, 1, 2]  # input order is offset order
+
+    consumed = pxq_cli(
+        "consume", "--group", "readers", "--count", "2", "--timeout", "10", "--config", config
+    )
+    assert consumed.returncode == 0, consumed.stderr
+    assert consumed.stdout.splitlines() == [
+        f"{queue}\t0\tk1\tfirst line",
+        f"{queue}\t1\tk1\tsecond\\tline",
+    ]
+
+    # Exactly the printed items were committed: the next consume starts at the third.
+    rest = pxq_cli(
+        "consume", "--group", "readers", "--topic", "cli", "--timeout", "1", "--config", config
+    )
+    assert rest.returncode == 0, rest.stderr
+    assert rest.stdout.splitlines() == [f"{queue}\t2\tk1\tthird \\\\ line"]
+
+    # Nothing left: --count not reached within --timeout is exit 1.
+    empty = pxq_cli(
+        "consume", "--group", "readers", "--count", "1", "--timeout", "0.5", "--config", config
+    )
+    assert empty.returncode == 1
+    assert empty.stdout == ""
+
+
+def test_echo_sees_its_item_and_prints_the_latency(cluster: BackgroundCluster) -> None:
+    done = pxq_cli(
+        "echo", "--topic", "health", "--timeout", "10", "--config", str(cluster.config_path)
+    )
+    assert done.returncode == 0, done.stderr
+    assert "round trip" in done.stdout and "group echo" in done.stdout
+
+
+def test_produce_with_the_cluster_down_exits_1(tmp_path: Path) -> None:
+    done = pxq_cli(
+        "produce",
+        "--topic",
+        "t",
+        "--call-timeout-ms",
+        "300",
+        "--config",
+        str(dead_config(tmp_path)),
+        stdin="x\n",
+    )
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert "line 1" in done.stderr and "outcome unknown" in done.stderr
+
+
+def test_echo_exits_1_when_the_item_is_not_seen(tmp_path: Path) -> None:
+    done = pxq_cli("echo", "--timeout", "0.5", "--config", str(dead_config(tmp_path)))
+    assert done.returncode == 1
+    assert "echo" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("produce", "--topic", "no-such-topic"),
+        ("consume", "--group", "no-such-group"),
+        ("consume", "--group", "readers", "--topic", "health"),
+        ("echo", "--group", "no-such-group"),
+        ("consume", "--group", "readers", "--count", "0"),
+    ],
+)
+def test_bad_input_exits_2(cluster: BackgroundCluster, args: tuple[str, ...]) -> None:
+    done = pxq_cli(*args, "--config", str(cluster.config_path))
+    assert done.returncode == 2, (done.stdout, done.stderr)
+
+
+def test_an_invalid_config_file_exits_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[cluster]\nname = 'x'\n[[stores]]\n")
+    done = pxq_cli("produce", "--topic", "t", "--config", str(bad))
+    assert done.returncode == 2
+    assert "bad.toml" in done.stderr
