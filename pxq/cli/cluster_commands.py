@@ -111,8 +111,8 @@ def _print_up(result: UpResult, home: Path, *, default_config: bool) -> None:
         click.echo(f"  pxq consume{cfg} --group {group}")
         click.echo("from Python:")
         click.echo("  import pxq")
-        click.echo(f'  with pxq.Client.from_config("{result.config_file}") as client:')
-        click.echo(f'      client.producer("{topic.name}").enqueue(b"hello", key="user-42")')
+        click.echo(f'  with pxq.Client("{result.config_file}") as client:')
+        click.echo(f'      print(client.enqueue("{topic.name}", b"hello", key="user-42"))')
     click.echo("")
     click.echo("status: pxq cluster status    stop: pxq cluster down")
 
