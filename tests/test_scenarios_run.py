@@ -95,8 +95,9 @@ def _digest_in_subprocess(path: Path, seed: int, hashseed: str) -> str:
     return digest
 
 
-def test_same_seed_gives_the_same_digest_under_different_hash_seeds() -> None:
-    path = ROOT / "scenarios" / "swarm-log.toml"
+@pytest.mark.parametrize("name", ["swarm-log", "swarm-queue"])
+def test_same_seed_gives_the_same_digest_under_different_hash_seeds(name: str) -> None:
+    path = ROOT / "scenarios" / f"{name}.toml"
     first = _digest_in_subprocess(path, 7, "1")
     assert _digest_in_subprocess(path, 7, "2") == first
     assert _digest_in_subprocess(path, 7, "random") == first
