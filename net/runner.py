@@ -240,6 +240,14 @@ class NodeRunner:
         if self.state is not RunnerState.RUNNING:
             raise BootFailed(f"node {self.node_id} stopped while booting: {self.crash_reason}")
         await server.start_serving()
+        # Say hello to every peer at once: a peer that was backing off from reconnecting to
+        # us (we were down) retries immediately, so a restarted replica hears its group's
+        # master within a heartbeat instead of campaigning and unseating it.
+        for peer in sorted(self._peers):
+            if peer != self.node_id:
+                link = self._links.get(peer) or self._new_link(peer)
+                if link is not None:
+                    link.open()
         log.info("node %s of cluster %s listening on %s:%d", self.node_id, self.cluster, *address)
 
     async def stop(self) -> None:
@@ -514,6 +522,9 @@ class NodeRunner:
             return f"cluster {hello.cluster!r} is not {self.cluster!r}"
         if hello.node not in self._peers:
             return f"node {hello.node!r} is not a known peer"
+        link = self._links.get(hello.node)
+        if link is not None:
+            link.peer_alive()
         return None
 
     def peer_message(self, src: NodeId, msg: object) -> None:

@@ -455,6 +455,26 @@ class PeerLink:
         else:
             self._state = _LinkState.IDLE  # connect again on the next frame
 
+    def open(self) -> None:
+        """Connect now, even with nothing to send (the Hello tells the peer we are up)."""
+        if self._state is _LinkState.IDLE:
+            self._connect()
+
+    def peer_alive(self) -> None:
+        """The peer just connected to us, so it is back: if we are waiting out a backoff,
+        reconnect now. Without this, a restarted replica hears nothing from the master for up
+        to ``peer_backoff_max_ms``, campaigns after a lease, and disturbs a healthy master."""
+        if self._state is not _LinkState.BACKOFF:
+            return
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        self._attempts = 0
+        if self._queue:
+            self._connect()
+        else:
+            self._state = _LinkState.IDLE
+
     def _set_paused(self, paused: bool) -> None:
         self._paused = paused
         if not paused:

@@ -1,0 +1,736 @@
+"""Linearizability checking: a Wing-Gong-Lowe search with Porcupine's optimisations, and models.
+
+This module owns the generic checker (``check_operations``, ``check_linearizable``), the
+``Operation`` record it searches over, the adapter from Jepsen histories
+(``operations_from_history``), and the sequential specifications (models) of the register,
+the key-value map, the lock service and the queue log.
+
+The search (Wing & Gong 1993, with Lowe's memoisation, as Porcupine does it):
+
+* **P-compositionality.** A model splits the operations into independent partitions (per key,
+  per queue); the history is linearizable iff every partition is, so each is searched alone.
+* **Data layout.** Calls and returns are entries of a doubly linked list held in flat ``list``
+  arrays; linearizing an operation lifts its call and return out of the list in O(1), and
+  backtracking puts them back. At equal positions calls sort before returns (closed
+  intervals: operations that touch are concurrent).
+* **Memoisation.** The set of linearized operations is an ``int`` bitset; a configuration
+  ``(bitset, model state)`` that was reached before is not explored again, so model states
+  must be hashable and compare by value.
+* **Info operations** (``return_index is None``: the outcome is unknown) are optional, as in
+  Knossos: they have no return entry, so they may be linearized at any point after their
+  call, or never. The search succeeds once every *completed* operation is linearized. Info
+  operations that a model calls ``read_only`` are dropped up front: they cannot change state,
+  so including them never helps.
+* **Budget.** ``max_steps`` bounds the number of model steps over the whole check (there is
+  no clock in the pure core). Exceeding it gives the verdict ``"unknown"``, never a hang.
+* **Counterexample.** For an illegal partition the checker searches for the shortest prefix
+  of it (cut at a return) that is already illegal: an operation that returned before the cut
+  stays as it was, one that returned after it becomes an info operation. Illegality is
+  monotone in the cut, so a binary search finds the smallest one; the operation returning
+  just before the cut is the one that cannot be linearized (``stuck``). The report also
+  carries the longest partial linearization the search reached on that prefix.
+
+Verdicts map onto ``CheckResult`` with ``ok=True`` only for ``"ok"``: an ``"unknown"`` result
+is not a pass (``details["verdict"]`` tells it apart from ``"illegal"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal, Protocol, TypeAlias, TypeVar
+
+from pxq.check.history import JSON, Op, Process, pair_ops
+from pxq.check.result import CheckResult
+
+S = TypeVar("S", bound=Hashable)
+
+Verdict: TypeAlias = Literal["ok", "illegal", "unknown"]
+
+MAX_STEPS_DEFAULT: Final = 1_000_000
+"""Model steps a check may take over all partitions before it answers ``"unknown"``."""
+
+COUNTEREXAMPLE_OPS_MAX: Final = 24
+"""Operations of the minimal failing prefix listed in a report (the latest ones by call)."""
+
+
+class _Unknown:
+    """The output of an operation whose outcome is unknown (an info operation)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "UNKNOWN"
+
+
+UNKNOWN: Final = _Unknown()
+"""The ``output`` of every info operation; models must accept any outcome for it."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Operation:
+    """One operation to linearize.
+
+    ``call_index`` and ``return_index`` are positions in the history (or any integer clock on
+    which every process's operations do not overlap); ``return_index`` is None for an
+    operation whose outcome is unknown (its ``output`` is then ``UNKNOWN``). ``input`` and
+    ``output`` are what the model's ``step`` receives; they must be hashable.
+    """
+
+    call_index: int
+    return_index: int | None
+    process: Process
+    input: Any
+    output: Any
+
+    def to_json(self, model: Model[Any] | None = None) -> dict[str, JSON]:
+        """A JSON-compatible description (the model's, when given)."""
+        text = (
+            model.describe(self.input, self.output)
+            if model is not None
+            else f"{self.input!r} -> {self.output!r}"
+        )
+        return {
+            "call_index": self.call_index,
+            "return_index": self.return_index,
+            "process": self.process,
+            "op": text,
+        }
+
+
+class Model(Protocol[S]):
+    """A sequential specification. ``step`` must be a pure function of its arguments."""
+
+    name: str
+
+    def init(self) -> S:
+        """The state before any operation."""
+        ...
+
+    def step(self, state: S, input: Any, output: Any) -> tuple[bool, S]:
+        """Whether ``input`` applied to ``state`` can answer ``output`` (any answer when it is
+        ``UNKNOWN``), and the state after it."""
+        ...
+
+    def partition(self, ops: Sequence[Operation]) -> list[list[Operation]]:
+        """Independent parts of ``ops`` (deterministic order); ``[list(ops)]`` if there are none."""
+        ...
+
+    def read_only(self, input: Any) -> bool:
+        """Whether ``input`` never changes the state (an info read can then be dropped)."""
+        ...
+
+    def describe(self, input: Any, output: Any) -> str:
+        """A short human-readable form of one operation."""
+        ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Counterexample:
+    """Why one partition is not linearizable."""
+
+    partition: int
+    """Index of the partition in the model's ``partition`` order."""
+    stuck: Operation
+    """The operation that cannot be linearized after the ones that returned before it."""
+    operations: tuple[Operation, ...]
+    """The minimal illegal prefix of the partition (ops returning after the cut are info)."""
+    longest: tuple[Operation, ...]
+    """The longest partial linearization the search reached on that prefix, in order."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Linearization:
+    """The outcome of ``check_operations``."""
+
+    verdict: Verdict
+    steps: int
+    """Model steps taken (including the counterexample search)."""
+    partitions: int
+    operations: int
+    counterexample: Counterexample | None = None
+    unknown_partition: int | None = None
+    """The partition whose search ran out of budget (verdict ``"unknown"``)."""
+
+    def to_check_result(self, model: Model[Any], name: str = "linearizable") -> CheckResult:
+        """This outcome as a ``CheckResult`` (``ok`` only for the verdict ``"ok"``)."""
+        details: dict[str, object] = {
+            "model": model.name,
+            "verdict": self.verdict,
+            "steps": self.steps,
+            "partitions": self.partitions,
+            "operations": self.operations,
+        }
+        if self.verdict == "ok":
+            summary = f"{name}: ok, {self.operations} ops in {self.partitions} partitions"
+        elif self.verdict == "unknown":
+            summary = (
+                f"{name}: UNKNOWN, step budget exhausted in partition {self.unknown_partition}"
+            )
+            details["unknown-partition"] = self.unknown_partition
+        else:
+            cx = self.counterexample
+            if cx is None:  # pragma: no cover - an illegal verdict always carries one
+                raise ValueError("illegal verdict without a counterexample")
+            summary = (
+                f"{name}: FAILED, partition {cx.partition}: "
+                f"{model.describe(cx.stuck.input, cx.stuck.output)} "
+                f"(op {cx.stuck.call_index}) cannot be linearized"
+            )
+            shown = sorted(cx.operations, key=lambda o: o.call_index)[-COUNTEREXAMPLE_OPS_MAX:]
+            details["counterexample"] = {
+                "partition": cx.partition,
+                "stuck": cx.stuck.to_json(model),
+                "prefix-operations": len(cx.operations),
+                "operations": [o.to_json(model) for o in shown],
+                "longest-linearization": [
+                    o.to_json(model) for o in cx.longest[-COUNTEREXAMPLE_OPS_MAX:]
+                ],
+            }
+        return CheckResult(name=name, ok=self.verdict == "ok", summary=summary, details=details)
+
+
+# --------------------------------------------------------------------------------------------
+# The search
+
+
+class _BudgetExhausted(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class _Budget:
+    left: int
+    used: int = 0
+
+
+def _search(model: Model[Any], ops: Sequence[Operation], budget: _Budget) -> tuple[bool, list[int]]:
+    """WGL over one partition: (linearizable, the longest (partial) linearization reached, as
+    indexes into ``ops``). Raises ``_BudgetExhausted`` when the budget runs out."""
+    n = len(ops)
+    events: list[tuple[int, int, int]] = []
+    for i, op in enumerate(ops):
+        events.append((op.call_index, 0, i))
+        if op.return_index is not None:
+            events.append((op.return_index, 1, i))
+    events.sort()
+    m = len(events)
+    # Entry 0 is the list head; entries 1..m are the events; -1 ends the list.
+    nxt = [*range(1, m + 1), -1]
+    prv = [-1, *range(m)]
+    op_of = [-1] * (m + 1)
+    is_call = [False] * (m + 1)
+    ret_entry = [-1] * n
+    call_entry = [-1] * n
+    for e, (_, kind, i) in enumerate(events, start=1):
+        op_of[e] = i
+        if kind == 0:
+            is_call[e] = True
+            call_entry[i] = e
+        else:
+            ret_entry[i] = e
+    inputs = [op.input for op in ops]
+    outputs = [op.output for op in ops]
+    bits = [1 << i for i in range(n)]
+    remaining = sum(1 for op in ops if op.return_index is not None)
+    step = model.step
+    state = model.init()
+    linearized = 0
+    cache: set[tuple[int, Hashable]] = {(0, state)}
+    stack: list[tuple[int, Any]] = []
+    longest: list[int] = []
+    left = budget.left
+    used = 0
+    entry = nxt[0]
+    while remaining:
+        if entry == -1 or not is_call[entry]:
+            if not stack:
+                budget.left = left - used
+                budget.used += used
+                return False, longest
+            entry, state = stack.pop()
+            i = op_of[entry]
+            linearized &= ~bits[i]
+            r = ret_entry[i]
+            if r != -1:  # unlift in reverse order: the return, then the call
+                remaining += 1
+                nxt[prv[r]] = r
+                if nxt[r] != -1:
+                    prv[nxt[r]] = r
+            nxt[prv[entry]] = entry
+            if nxt[entry] != -1:
+                prv[nxt[entry]] = entry
+            entry = nxt[entry]
+            continue
+        used += 1
+        if used > left:
+            budget.left = 0
+            budget.used += used
+            raise _BudgetExhausted
+        i = op_of[entry]
+        ok, new_state = step(state, inputs[i], outputs[i])
+        if ok:
+            new_linearized = linearized | bits[i]
+            key = (new_linearized, new_state)
+            if key not in cache:
+                cache.add(key)
+                stack.append((entry, state))
+                state = new_state
+                linearized = new_linearized
+                # Lift the call, then its return.
+                after = nxt[entry]
+                nxt[prv[entry]] = after
+                if after != -1:
+                    prv[after] = prv[entry]
+                r = ret_entry[i]
+                if r != -1:
+                    remaining -= 1
+                    after = nxt[r]
+                    nxt[prv[r]] = after
+                    if after != -1:
+                        prv[after] = prv[r]
+                if len(stack) > len(longest):
+                    longest = [op_of[e] for e, _ in stack]
+                entry = nxt[0]
+                continue
+        entry = nxt[entry]
+    budget.left = left - used
+    budget.used += used
+    return True, [op_of[e] for e, _ in stack]
+
+
+def _truncate(ops: Sequence[Operation], cut: int) -> list[Operation]:
+    """The prefix of ``ops`` called before ``cut``; ops returning at or after it become info."""
+    out: list[Operation] = []
+    for op in ops:
+        if op.call_index >= cut:
+            continue
+        if op.return_index is None or op.return_index < cut:
+            out.append(op)
+            continue
+        out.append(
+            Operation(
+                call_index=op.call_index,
+                return_index=None,
+                process=op.process,
+                input=op.input,
+                output=UNKNOWN,
+            )
+        )
+    return out
+
+
+def _counterexample(
+    model: Model[Any], index: int, ops: Sequence[Operation], budget: _Budget
+) -> Counterexample:
+    """The minimal illegal prefix of an illegal partition (see the module docstring)."""
+    returns = sorted(op.return_index for op in ops if op.return_index is not None)
+    lo, hi = 0, len(returns) - 1  # returns[hi] + 1 is a known illegal cut (the whole history)
+    best: list[Operation] = list(ops)
+    try:
+        while lo < hi:
+            mid = (lo + hi) // 2
+            prefix = _truncate(ops, returns[mid] + 1)
+            ok, _ = _search(model, prefix, budget)
+            if ok:
+                lo = mid + 1
+            else:
+                hi = mid
+        best = _truncate(ops, returns[hi] + 1)
+        _, longest_ids = _search(model, best, budget)
+    except _BudgetExhausted:
+        # Keep the smallest illegal prefix known so far; the search reached nothing useful.
+        best = _truncate(ops, returns[hi] + 1)
+        longest_ids = []
+    cut = returns[hi]
+    stuck = next(op for op in ops if op.return_index == cut)
+    return Counterexample(
+        partition=index,
+        stuck=stuck,
+        operations=tuple(best),
+        longest=tuple(best[i] for i in longest_ids),
+    )
+
+
+def check_operations(
+    model: Model[Any], ops: Iterable[Operation], *, max_steps: int = MAX_STEPS_DEFAULT
+) -> Linearization:
+    """Is the concurrent history ``ops`` linearizable with respect to ``model``?
+
+    Partitions are searched in the model's order, sharing one budget of ``max_steps`` model
+    steps. The first illegal partition ends the check (its counterexample search uses what is
+    left of the budget); the first partition that exhausts the budget ends it with the verdict
+    ``"unknown"`` (later partitions are not searched).
+    """
+    if max_steps < 0:
+        raise ValueError("max_steps must be >= 0")
+    kept: list[Operation] = []
+    for op in ops:
+        if op.return_index is not None and op.return_index < op.call_index:
+            raise ValueError(f"operation {op.call_index} returns before it is called")
+        if op.return_index is None and model.read_only(op.input):
+            continue  # an info read cannot constrain anything
+        kept.append(op)
+    parts = model.partition(kept)
+    budget = _Budget(left=max_steps)
+    for index, part in enumerate(parts):
+        try:
+            ok, _ = _search(model, part, budget)
+        except _BudgetExhausted:
+            return Linearization(
+                verdict="unknown",
+                steps=budget.used,
+                partitions=len(parts),
+                operations=len(kept),
+                unknown_partition=index,
+            )
+        if not ok:
+            cx = _counterexample(model, index, part, budget)
+            return Linearization(
+                verdict="illegal",
+                steps=budget.used,
+                partitions=len(parts),
+                operations=len(kept),
+                counterexample=cx,
+            )
+    return Linearization(
+        verdict="ok", steps=budget.used, partitions=len(parts), operations=len(kept)
+    )
+
+
+def check_linearizable(
+    model: Model[Any],
+    ops: Iterable[Operation],
+    *,
+    max_steps: int = MAX_STEPS_DEFAULT,
+    name: str = "linearizable",
+) -> CheckResult:
+    """``check_operations`` as a ``CheckResult``."""
+    return check_operations(model, ops, max_steps=max_steps).to_check_result(model, name)
+
+
+# --------------------------------------------------------------------------------------------
+# From histories
+
+Converter: TypeAlias = Callable[[Op, Op | None], tuple[Any, Any] | None]
+"""``(invoke, completion or None) -> (input, output)``, or None to leave the op out. It is
+called for ``ok`` completions and for unknown outcomes (``info`` or never completed); the
+output it returns for an unknown outcome is ignored (replaced by ``UNKNOWN``)."""
+
+
+def operations_from_history(ops: Iterable[Op], convert: Converter) -> list[Operation]:
+    """Pair a Jepsen history and turn it into ``Operation``s.
+
+    ``fail`` completions are left out (the operation definitely did not take effect); ``info``
+    and never-completed invokes become operations with ``return_index=None`` and output
+    ``UNKNOWN``; call and return indexes are the history indexes of the invoke and completion.
+    Nemesis operations are left out.
+    """
+    out: list[Operation] = []
+    for invoke, completion in pair_ops(ops):
+        if invoke.process == "nemesis":
+            continue
+        if completion is not None and completion.type == "fail":
+            continue
+        converted = convert(invoke, completion)
+        if converted is None:
+            continue
+        inp, outp = converted
+        done = completion is not None and completion.type == "ok"
+        out.append(
+            Operation(
+                call_index=invoke.index,
+                return_index=completion.index if done and completion is not None else None,
+                process=invoke.process,
+                input=inp,
+                output=outp if done else UNKNOWN,
+            )
+        )
+    return out
+
+
+def _partition_by(
+    ops: Sequence[Operation], key: Callable[[Any], Hashable]
+) -> list[list[Operation]]:
+    """Operations grouped by ``key(input)``, groups in order of first appearance."""
+    groups: dict[Hashable, list[Operation]] = {}
+    for op in ops:
+        groups.setdefault(key(op.input), []).append(op)
+    return list(groups.values())
+
+
+# --------------------------------------------------------------------------------------------
+# Register and key-value map
+
+RegisterInput: TypeAlias = tuple[str, Any]
+"""``("read", None)`` -> the value read; ``("write", v)`` -> None; ``("cas", (old, new))`` ->
+whether it swapped (True) or found another value (False)."""
+
+
+def _register_step(state: Any, op: str, arg: Any, output: Any) -> tuple[bool, Any]:
+    if op == "read":
+        return (output is UNKNOWN or output == state), state
+    if op == "write":
+        return True, arg
+    if op == "cas":
+        old, new = arg
+        swapped = state == old
+        if output is UNKNOWN:
+            return True, new if swapped else state
+        if output != swapped:
+            return False, state
+        return True, new if swapped else state
+    raise ValueError(f"unknown register operation {op!r}")
+
+
+class RegisterModel:
+    """One register, initially ``initial``; inputs are ``RegisterInput``; one partition."""
+
+    __slots__ = ("initial", "name")
+
+    def __init__(self, initial: Hashable = None) -> None:
+        self.name = "register"
+        self.initial = initial
+
+    def init(self) -> Any:
+        return self.initial
+
+    def step(self, state: Any, input: Any, output: Any) -> tuple[bool, Any]:
+        op, arg = input
+        return _register_step(state, op, arg, output)
+
+    def partition(self, ops: Sequence[Operation]) -> list[list[Operation]]:
+        return [list(ops)] if ops else []
+
+    def read_only(self, input: Any) -> bool:
+        return bool(input[0] == "read")
+
+    def describe(self, input: Any, output: Any) -> str:
+        op, arg = input
+        shown = "" if arg is None else repr(arg)
+        return f"{op}({shown}) -> {output!r}"
+
+
+class KVModel:
+    """A map of independent registers, partitioned per key.
+
+    Inputs are ``(key, op, arg)`` with ``op`` and ``arg`` as in ``RegisterInput``; every key
+    starts at ``initial`` (None: absent).
+    """
+
+    __slots__ = ("initial", "name")
+
+    def __init__(self, initial: Hashable = None) -> None:
+        self.name = "kv"
+        self.initial = initial
+
+    def init(self) -> Any:
+        return self.initial
+
+    def step(self, state: Any, input: Any, output: Any) -> tuple[bool, Any]:
+        _, op, arg = input
+        return _register_step(state, op, arg, output)
+
+    def partition(self, ops: Sequence[Operation]) -> list[list[Operation]]:
+        return _partition_by(ops, lambda inp: inp[0])
+
+    def read_only(self, input: Any) -> bool:
+        return bool(input[1] == "read")
+
+    def describe(self, input: Any, output: Any) -> str:
+        key, op, arg = input
+        shown = "" if arg is None else repr(arg)
+        return f"{op}({key!r}{', ' if shown else ''}{shown}) -> {output!r}"
+
+
+# --------------------------------------------------------------------------------------------
+# Lock service
+
+LockInput: TypeAlias = tuple[str, str, str, int | None, int, int | None]
+"""``(op, key, holder, version, lease_ms, at_ms)``:
+
+* ``("acquire", key, holder, expected_version or None, lease_ms, at_ms)``
+* ``("renew", key, holder, version, lease_ms, at_ms)``
+* ``("release", key, holder, version, 0, at_ms)``
+* ``("read", key, "", None, 0, at_ms)``
+
+``at_ms`` is the time the lock state machine applied the command at (the proposer's time,
+raised to the group's latest: ``LockOk.at_ms`` / ``LockDenied.at_ms``). It is None when
+unknown (an info operation); the model then uses the latest time it has seen for the key, the
+earliest the command could have been applied at (an approximation, see ``LockModel``).
+"""
+
+LockOutput: TypeAlias = tuple[bool, str, int, int]
+"""``(ok, holder, version, expiry_ms)``: for a success, the entry after the command (a grant
+or renewal: the requester, its fencing token and lease expiry; a release: ``""``, the version,
+0; a read: the entry as it stands); for a denial, the entry that caused it. A free or expired
+entry reads as ``("", version, 0)``, version 0 for a key never granted."""
+
+LockState: TypeAlias = tuple[str, int, int, int]
+"""``(holder, version, expiry_ms, time_ms)`` of one key; holder ``""`` when free."""
+
+
+def lock_transition(state: LockState, input: LockInput) -> tuple[LockState, LockOutput]:
+    """The lock service's sequential semantics for one key (the state machine applies the same
+    rules; ``tests/test_lock_sm.py`` checks that they agree).
+
+    At time ``t`` an entry is *held* iff it has a holder and ``t < expiry``. Versions (fencing
+    tokens) are per key, start at 1 and grow by one at every grant to a new owner, never
+    reused: a free key keeps its last version as a floor.
+    """
+    op, _, who, version, lease_ms, at_ms = input
+    holder, current, expiry, time_ms = state
+    t = time_ms if at_ms is None else max(at_ms, time_ms)
+    held = holder != "" and t < expiry
+    view: LockOutput = (True, holder, current, expiry) if held else (True, "", current, 0)
+    if op == "read":
+        return (holder, current, expiry, t), view
+    if op == "acquire":
+        if held and holder == who:
+            return (who, current, t + lease_ms, t), (True, who, current, t + lease_ms)
+        if not held or version == current:
+            return (who, current + 1, t + lease_ms, t), (True, who, current + 1, t + lease_ms)
+        return (holder, current, expiry, t), (False, *view[1:])
+    if op == "renew":
+        if held and holder == who and version == current:
+            return (who, current, t + lease_ms, t), (True, who, current, t + lease_ms)
+        return (holder, current, expiry, t), (False, *view[1:])
+    if op == "release":
+        if version == current and (not held or holder == who):
+            return ("", current, 0, t), (True, "", current, 0)
+        return (holder, current, expiry, t), (False, *view[1:])
+    raise ValueError(f"unknown lock operation {op!r}")
+
+
+class LockModel:
+    """The lock service per key (partitioned per key); inputs ``LockInput``, outputs
+    ``LockOutput``.
+
+    The state carries the key's latest apply time, so a linearization that would apply
+    commands against the order of their ``at_ms`` is refused (the log applies them in order
+    and time never goes back in it). Known approximation: an info operation of unknown
+    ``at_ms`` is applied at the latest time seen for its key, which can shorten a lease it
+    grants (a later denial naming it can then fail to linearize).
+    """
+
+    __slots__ = ("name",)
+
+    def __init__(self) -> None:
+        self.name = "lock"
+
+    def init(self) -> LockState:
+        return ("", 0, 0, 0)
+
+    def step(self, state: Any, input: Any, output: Any) -> tuple[bool, Any]:
+        at_ms = input[5]
+        if at_ms is not None and at_ms < state[3]:
+            return False, state
+        new_state, result = lock_transition(state, input)
+        if output is UNKNOWN:
+            return True, new_state
+        return result == output, new_state
+
+    def partition(self, ops: Sequence[Operation]) -> list[list[Operation]]:
+        return _partition_by(ops, lambda inp: inp[1])
+
+    def read_only(self, input: Any) -> bool:
+        return bool(input[0] == "read")
+
+    def describe(self, input: Any, output: Any) -> str:
+        op, key, who, version, lease_ms, at_ms = input
+        args = [repr(key)]
+        if op != "read":
+            args += [repr(who), f"v={version}"]
+        if op in ("acquire", "renew"):
+            args.append(f"lease={lease_ms}")
+        return f"{op}({', '.join(args)}) @{at_ms} -> {output!r}"
+
+
+# --------------------------------------------------------------------------------------------
+# Queue log
+
+
+class QueueLogModel:
+    """An append-only log per queue (partitioned per queue).
+
+    Inputs: ``("append", queue, value)`` -> the offset it got; ``("read", queue, offset)`` ->
+    the value at ``offset``, or None if the log is not that long yet.
+
+    States are ``(length, node)`` where ``node`` interns the log's content: equal contents get
+    the same node number, so a state hashes in O(1) and the search never copies a log. The
+    intern table lives in the model instance (use one instance per check, or accept that it
+    grows with every check it serves).
+    """
+
+    __slots__ = ("_children", "_nodes", "name")
+
+    def __init__(self) -> None:
+        self.name = "queue-log"
+        self._nodes: list[tuple[int, Hashable]] = [(-1, None)]
+        """node -> (parent node, value appended last); node 0 is the empty log."""
+        self._children: dict[tuple[int, Hashable], int] = {}
+
+    def init(self) -> tuple[int, int]:
+        return (0, 0)
+
+    def _child(self, node: int, value: Hashable) -> int:
+        key = (node, value)
+        child = self._children.get(key)
+        if child is None:
+            child = len(self._nodes)
+            self._nodes.append(key)
+            self._children[key] = child
+        return child
+
+    def _value_at(self, length: int, node: int, offset: int) -> Hashable:
+        nodes = self._nodes
+        for _ in range(length - 1 - offset):
+            node = nodes[node][0]
+        return nodes[node][1]
+
+    def step(self, state: Any, input: Any, output: Any) -> tuple[bool, Any]:
+        op, _, arg = input
+        length, node = state
+        if op == "append":
+            if output is not UNKNOWN and output != length:
+                return False, state
+            return True, (length + 1, self._child(node, arg))
+        if op == "read":
+            if output is UNKNOWN:
+                return True, state
+            if arg >= length:
+                return output is None, state
+            return output == self._value_at(length, node, arg), state
+        raise ValueError(f"unknown queue-log operation {op!r}")
+
+    def partition(self, ops: Sequence[Operation]) -> list[list[Operation]]:
+        return _partition_by(ops, lambda inp: inp[1])
+
+    def read_only(self, input: Any) -> bool:
+        return bool(input[0] == "read")
+
+    def describe(self, input: Any, output: Any) -> str:
+        op, queue, arg = input
+        return f"{op}(q={queue!r}, {arg!r}) -> {output!r}"
+
+
+# --------------------------------------------------------------------------------------------
+# History conventions for the models above
+
+
+def kv_from_history(invoke: Op, completion: Op | None) -> tuple[Any, Any] | None:
+    """Converter for key-value histories: ``f`` is ``read``/``write``/``cas``, the key is the
+    extra field ``key``; ``value`` is the written value, ``[old, new]`` for a cas, and the
+    read value in a read's ``ok`` completion. A cas that found another value completes ``fail``
+    (it did not take effect, so it is left out)."""
+    key = invoke.get("key")
+    if invoke.f == "read":
+        return (key, "read", None), None if completion is None else completion.value
+    if invoke.f == "write":
+        return (key, "write", invoke.value), None
+    if invoke.f == "cas":
+        pair = invoke.value
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise ValueError(f"op {invoke.index}: cas value must be [old, new]")
+        return (key, "cas", (pair[0], pair[1])), True
+    return None

@@ -1,0 +1,149 @@
+"""The commands of the lock state machine: the values a lock node proposes through Paxos.
+
+Encoding: one compact positional msgpack array per command (not a registered codec message,
+as for the store's commands)::
+
+    [1, key, holder, lease_ms, expected_version | nil, now_ms]   acquire
+    [2, key, holder, version, lease_ms, now_ms]                  renew
+    [3, key, holder, version, now_ms]                            release
+    [4, key, now_ms]                                             read (ordered through the log)
+    [5, now_ms]                                                  cleanup of expired entries
+
+Every command carries the proposing master's wall time ``now_ms``, so applying never reads a
+clock. ``decode_command`` of any byte string returns a command whose fields have exactly their
+declared types, or raises ``CommandError`` (a chosen value is applied on every replica, so a
+malformed one must become an error result, never a crash). Semantic limits (lengths, lease
+range) are checked by the state machine, which answers ``bad_request``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final, TypeAlias
+
+import msgpack
+
+OP_ACQUIRE: Final = 1
+OP_RENEW: Final = 2
+OP_RELEASE: Final = 3
+OP_READ: Final = 4
+OP_CLEANUP: Final = 5
+
+_U64_MAX: Final = 2**64 - 1
+
+
+class CommandError(Exception):
+    """A value is not a valid lock command."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AcquireCmd:
+    key: str
+    holder: str
+    lease_ms: int
+    expected_version: int | None
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RenewCmd:
+    key: str
+    holder: str
+    version: int
+    lease_ms: int
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReleaseCmd:
+    key: str
+    holder: str
+    version: int
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReadCmd:
+    key: str
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CleanupCmd:
+    """Free the expired entries (keeping their versions), as of ``now_ms``."""
+
+    now_ms: int
+
+
+Command: TypeAlias = AcquireCmd | RenewCmd | ReleaseCmd | ReadCmd | CleanupCmd
+
+
+def encode_command(cmd: Command) -> bytes:
+    fields: list[Any]
+    match cmd:
+        case AcquireCmd():
+            fields = [
+                OP_ACQUIRE,
+                cmd.key,
+                cmd.holder,
+                cmd.lease_ms,
+                cmd.expected_version,
+                cmd.now_ms,
+            ]
+        case RenewCmd():
+            fields = [OP_RENEW, cmd.key, cmd.holder, cmd.version, cmd.lease_ms, cmd.now_ms]
+        case ReleaseCmd():
+            fields = [OP_RELEASE, cmd.key, cmd.holder, cmd.version, cmd.now_ms]
+        case ReadCmd():
+            fields = [OP_READ, cmd.key, cmd.now_ms]
+        case CleanupCmd():
+            fields = [OP_CLEANUP, cmd.now_ms]
+    data: bytes = msgpack.packb(fields, use_bin_type=True)
+    return data
+
+
+def _u(v: object) -> int:
+    if type(v) is not int or not 0 <= v <= _U64_MAX:
+        raise CommandError("expected an unsigned 64-bit integer")
+    return v
+
+
+def _s(v: object) -> str:
+    if type(v) is not str:
+        raise CommandError("expected a string")
+    return v
+
+
+def decode_command(value: bytes) -> Command:
+    try:
+        fields = msgpack.unpackb(value, raw=False, max_array_len=8, max_map_len=0, max_ext_len=0)
+    except Exception as exc:  # malformed input of any sort is a bad command
+        raise CommandError(f"not a msgpack array: {type(exc).__name__}") from None
+    if type(fields) is not list or not fields:
+        raise CommandError("not a command array")
+    op, n = fields[0], len(fields)
+    if op == OP_ACQUIRE and n == 6:
+        return AcquireCmd(
+            key=_s(fields[1]),
+            holder=_s(fields[2]),
+            lease_ms=_u(fields[3]),
+            expected_version=None if fields[4] is None else _u(fields[4]),
+            now_ms=_u(fields[5]),
+        )
+    if op == OP_RENEW and n == 6:
+        return RenewCmd(
+            key=_s(fields[1]),
+            holder=_s(fields[2]),
+            version=_u(fields[3]),
+            lease_ms=_u(fields[4]),
+            now_ms=_u(fields[5]),
+        )
+    if op == OP_RELEASE and n == 5:
+        return ReleaseCmd(
+            key=_s(fields[1]), holder=_s(fields[2]), version=_u(fields[3]), now_ms=_u(fields[4])
+        )
+    if op == OP_READ and n == 3:
+        return ReadCmd(key=_s(fields[1]), now_ms=_u(fields[2]))
+    if op == OP_CLEANUP and n == 2:
+        return CleanupCmd(now_ms=_u(fields[1]))
+    raise CommandError(f"unknown command {op!r} with {n} fields")
