@@ -3,18 +3,20 @@
 It owns the figures quoted for the client library: the latency of one ``enqueue`` awaited at a
 time (p50/p99), the throughput of ``enqueue_many``, and the echo round trip (enqueue, then
 seen by a polling consumer). It starts a ``LocalCluster`` (3 replicas, 2 Paxos groups, LMDB
-with fsync) on free loopback ports in a temporary directory, in this process.
+with fsync) on free loopback ports in a temporary directory, in this process. Throughput
+under concurrent load, CPU per item and the baselines are ``pxq bench`` (``net.bench``),
+whose helpers (free ports, percentiles) this module shares.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import tempfile
 import time
 from pathlib import Path
 
+from net.bench import free_ports, percentile
 from net.clientlib import AsyncClient
 from net.local import LocalCluster
 from pxq.config import loads_config
@@ -22,21 +24,10 @@ from pxq.config import loads_config
 ECHO_ROUNDS = 20
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def _toml(linger_ms: int) -> str:
     lines = ["[cluster]", 'name = "bench"', "[batching]", f"linger_ms = {linger_ms}"]
     lines += ["[[stores]]", 'name = "s0"', "groups = 2"]
-    for i, port in enumerate(_free_ports(3)):
+    for i, port in enumerate(free_ports(3)):
         lines += ["[[stores.replicas]]", f'node = "n{i}"', f"port = {port}"]
     lines += ["[[topics]]", 'name = "bench"', "queues = 8"]
     lines += ["[[topics.consumer_groups]]", 'name = "g"']
@@ -44,8 +35,7 @@ def _toml(linger_ms: int) -> str:
 
 
 def _pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000
+    return percentile(sorted(values), p * 100) * 1000
 
 
 async def bench(items: int, linger_ms: int) -> None:

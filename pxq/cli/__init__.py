@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import click
 
+from pxq.cli.bench_commands import register as register_bench_commands
 from pxq.cli.client_commands import register as register_client_commands
 from pxq.cli.cluster_commands import cluster
 from pxq.cli.node_commands import node
@@ -25,3 +26,4 @@ main.add_command(sim)
 main.add_command(node)
 main.add_command(cluster)
 register_client_commands(main)
+register_bench_commands(main)

@@ -1,0 +1,188 @@
+"""``pxq plot``: PNG charts of ``pxq bench`` output (matplotlib, Agg backend).
+
+* ``timeline_plots(lines, out_dir, stem)``: for every run in a bench output file, throughput
+  (items/s) and latency (p50/p99/p999) per second over time, one PNG per run
+  (``<stem>-run<N>.png``).
+* ``sweep_plot(lines, x, out_dir, stem)``: several runs' summary lines against one parameter
+  (``inflight``, ``payload_bytes`` or ``groups``): throughput, latency p50/p99 and CPU µs per
+  item against ``x`` (log scale), one PNG (``<stem>-sweep-<x>.png``).
+
+Input lines are JSON objects with a ``"type"`` (``"second"``, ``"summary"``, ...; see
+``net.bench``); lines of other types and blank lines are ignored. Raises ``PlotError`` for
+input without anything to plot.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+SWEEP_X: Final = ("inflight", "payload_bytes", "groups")
+X_LABELS: Final = {
+    "inflight": "enqueue calls in flight",
+    "payload_bytes": "payload (bytes)",
+    "groups": "Paxos groups",
+}
+
+
+class PlotError(Exception):
+    """The input holds nothing to plot (or cannot be read)."""
+
+
+def read_lines(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file; ``PlotError`` for unreadable or invalid input."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PlotError(f"cannot read {path}: {exc}") from exc
+    lines: list[dict[str, Any]] = []
+    for n, raw in enumerate(text.splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except ValueError as exc:
+            raise PlotError(f"{path}:{n}: not JSON: {exc}") from exc
+        if isinstance(obj, dict):
+            lines.append(obj)
+    return lines
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plain_log_y(ax: Any) -> None:
+    """A log y axis with plain numbers (30, 60) when the data span 10x or more; else linear
+    from 0 (a log axis over a narrow range shows almost no tick labels)."""
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    ys = [y for line in ax.get_lines() for y in line.get_ydata() if y > 0]
+    if not ys or max(ys) / min(ys) < 10:
+        ax.set_ylim(bottom=0)
+        return
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _label(summary: dict[str, Any] | None, run: int) -> str:
+    if summary is None:
+        return f"run {run}"
+    return (
+        f"run {run}: {summary.get('mode', '?')}, {summary.get('inflight')} in flight, "
+        f"{summary.get('payload_bytes')} B, {summary.get('groups')} group(s)"
+    )
+
+
+def timeline_plots(lines: Iterable[dict[str, Any]], out_dir: Path, stem: str) -> list[Path]:
+    """One throughput + latency over time PNG per run; returns the files written."""
+    seconds: dict[int, list[dict[str, Any]]] = {}
+    summaries: dict[int, dict[str, Any]] = {}
+    for line in lines:
+        run = int(line.get("run", 0))
+        if line.get("type") == "second":
+            seconds.setdefault(run, []).append(line)
+        elif line.get("type") == "summary":
+            summaries[run] = line
+    if not seconds:
+        raise PlotError('no per-second lines ("type": "second") to plot')
+    plt = _pyplot()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for run, rows in sorted(seconds.items()):
+        rows.sort(key=lambda r: float(r.get("t_s", 0)))
+        t = [float(r.get("t_s", 0)) for r in rows]
+        fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+        ax1.plot(t, [float(r.get("items_s") or 0) for r in rows], marker="o", ms=3)
+        ax1.set_ylabel("acked items/s")
+        ax1.set_ylim(bottom=0)
+        ax1.grid(True, alpha=0.3)
+        summary = summaries.get(run)
+        ax1.set_title(_label(summary, run), fontsize=9)
+        has_latency = False
+        for key in ("p50_ms", "p99_ms", "p999_ms"):
+            pts = [(x, float(r[key])) for x, r in zip(t, rows, strict=True) if r.get(key)]
+            if pts:
+                has_latency = True
+                ax2.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=key[:-3])
+        if has_latency:
+            _plain_log_y(ax2)
+            ax2.legend(fontsize=8)
+        ax2.set_ylabel("latency (ms)")
+        ax2.set_xlabel("second of the measured window")
+        ax2.grid(True, alpha=0.3, which="both")
+        fig.tight_layout()
+        path = out_dir / f"{stem}-run{run}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def sweep_plot(lines: Sequence[dict[str, Any]], x: str, out_dir: Path, stem: str) -> Path:
+    """Throughput, latency and CPU per item of the summary lines against ``x``."""
+    if x not in SWEEP_X:
+        raise PlotError(f"--x must be one of {', '.join(SWEEP_X)}")
+    rows = [
+        r
+        for r in lines
+        if r.get("type") == "summary" and r.get("mode") == "enqueue" and r.get(x) is not None
+    ]
+    if not rows:
+        raise PlotError('no enqueue summary lines ("type": "summary") to plot')
+    rows.sort(key=lambda r: float(r[x]))
+    xs = [float(r[x]) for r in rows]
+    plt = _pyplot()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig, (ax1, ax2, ax3) = plt.subplots(3, 1, figsize=(8, 9), sharex=True)
+    ax1.plot(xs, [float(r.get("items_s") or 0) for r in rows], marker="o")
+    ax1.set_ylabel("acked items/s")
+    ax1.set_ylim(bottom=0)
+    if x == "payload_bytes":
+        ax1b = ax1.twinx()
+        mbs = [float(r.get("items_s") or 0) * float(r[x]) / 1e6 for r in rows]
+        ax1b.plot(xs, mbs, marker="x", color="tab:gray", linestyle="--")
+        ax1b.set_ylabel("payload MB/s", color="tab:gray")
+    for key in ("p50_ms", "p99_ms", "p999_ms"):
+        pts = [(a, float(r[key])) for a, r in zip(xs, rows, strict=True) if r.get(key)]
+        if pts:
+            ax2.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=key[:-3])
+    _plain_log_y(ax2)
+    ax2.set_ylabel("latency (ms)")
+    ax2.legend(fontsize=8)
+    cpu = [
+        (a, float(r["cpu_us_per_item"]))
+        for a, r in zip(xs, rows, strict=True)
+        if r.get("cpu_us_per_item")
+    ]
+    if cpu:
+        ax3.plot([p[0] for p in cpu], [p[1] for p in cpu], marker="o")
+        _plain_log_y(ax3)
+    ax3.set_ylabel("CPU µs per item (all processes)")
+    ax3.set_xlabel(X_LABELS[x])
+    for ax in (ax1, ax2, ax3):
+        ax.grid(True, alpha=0.3, which="both")
+        if len(set(xs)) > 1 and min(xs) > 0 and max(xs) / min(xs) >= 10:
+            from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+            ax.set_xscale("log")
+            ax.set_xticks(sorted(set(xs)))
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
+    load = [r.get("loadavg_before", [None])[0] for r in rows if r.get("loadavg_before")]
+    note = f"1-min load {min(load)}-{max(load)}" if load else ""
+    ax1.set_title(f"pxq bench sweep over {X_LABELS[x]} ({len(rows)} runs) {note}", fontsize=9)
+    fig.tight_layout()
+    path = out_dir / f"{stem}-sweep-{x}.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

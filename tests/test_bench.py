@@ -1,0 +1,202 @@
+"""``pxq bench`` and ``pxq plot`` end to end, on a cluster the bench starts itself.
+
+Behaviours checked: a short closed-loop run (``--start-cluster``, 2 s, 4 in flight) writes
+valid JSON lines: a machine line, one line per measured second and a summary with the
+documented fields (throughput, latency percentiles, CPU seconds of every node and of the
+bench, CPU µs per item); a short drain run reports the drained count; ``pxq plot`` writes PNG
+files for a timeline and for a sweep; bad arguments exit 2; the baselines are skipped with a
+note when their tools are absent. No timing assertions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from net import bench_baselines
+from net.bench import latency_fields, percentile, proc_cpu_s
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT_S = 90.0
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SECOND_FIELDS = {"type", "run", "t_s", "items", "items_s", "p50_ms", "p99_ms", "p999_ms"}
+SUMMARY_FIELDS = {
+    "type",
+    "run",
+    "mode",
+    "inflight",
+    "payload_bytes",
+    "groups",
+    "acked",
+    "errors",
+    "items_s",
+    "p50_ms",
+    "p99_ms",
+    "p999_ms",
+    "cpu_s",
+    "cpu_s_total",
+    "cpu_us_per_item",
+    "loadavg_before",
+    "loadavg_after",
+    "node_pids",
+    "fsync_probe_p50_ms",
+}
+
+
+def pxq(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    return subprocess.run(
+        [sys.executable, "-m", "pxq.cli", *args],
+        check=False,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def bench_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("bench")
+    out = tmp / "run.jsonl"
+    r = pxq(
+        "bench",
+        "--start-cluster",
+        "--duration-s",
+        "2",
+        "--warmup-s",
+        "0.5",
+        "--inflight",
+        "4",
+        "--no-progress",
+        "--out",
+        str(out),
+        cwd=tmp,
+    )
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_bench_writes_second_and_summary_lines(bench_out: Path) -> None:
+    lines = read_jsonl(bench_out)
+    assert lines[0]["type"] == "machine"
+    assert lines[0]["nproc"] >= 1 and len(lines[0]["loadavg"]) == 3
+    seconds = [x for x in lines if x["type"] == "second"]
+    summaries = [x for x in lines if x["type"] == "summary"]
+    assert [s["t_s"] for s in seconds] == [1, 2]
+    for s in seconds:
+        assert s.keys() >= SECOND_FIELDS
+    assert len(summaries) == 1
+    summary = summaries[0]
+    assert summary.keys() >= SUMMARY_FIELDS
+    assert summary["mode"] == "enqueue" and summary["inflight"] == 4
+    assert summary["acked"] > 0 and summary["errors"] == 0
+    assert summary["acked"] == sum(s["items"] for s in seconds)
+    assert set(summary["cpu_s"]) == {*summary["node_pids"], "bench"}
+    assert len(summary["node_pids"]) == 3
+    assert summary["cpu_us_per_item"] > 0
+
+
+def test_plot_timeline_writes_png(bench_out: Path, tmp_path: Path) -> None:
+    r = pxq("plot", str(bench_out), "--out", str(tmp_path / "plots"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    written = [Path(p) for p in r.stdout.split()]
+    assert written and all(p.read_bytes().startswith(PNG_MAGIC) for p in written)
+
+
+def test_plot_sweep_writes_png(bench_out: Path, tmp_path: Path) -> None:
+    summary = next(x for x in read_jsonl(bench_out) if x["type"] == "summary")
+    sweep = tmp_path / "sweep.jsonl"
+    with sweep.open("w") as f:
+        for n, inflight in enumerate((1, 10, 100)):
+            f.write(json.dumps({**summary, "run": n, "inflight": inflight}) + "\n")
+    r = pxq("plot", "--sweep", str(sweep), "--x", "inflight", "--out", str(tmp_path), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    png = tmp_path / "sweep-sweep-inflight.png"
+    assert png.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_drain_reports_drained_items(tmp_path: Path) -> None:
+    out = tmp_path / "drain.jsonl"
+    r = pxq(
+        "bench",
+        "--start-cluster",
+        "--drain",
+        "300",
+        "--inflight",
+        "50",
+        "--duration-s",
+        "1",
+        "--no-progress",
+        "--out",
+        str(out),
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    summary = next(x for x in read_jsonl(out) if x["type"] == "summary")
+    assert summary["mode"] == "drain"
+    assert summary["filled"] == 300
+    assert summary["drained"] >= 300
+    assert not summary["timed_out"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["bench", "--start-cluster", "--inflight", "0"],
+        ["bench", "--start-cluster", "--inflight", "a,b"],
+        ["bench", "--start-cluster", "--payload-bytes", "0"],
+        ["bench", "--start-cluster", "--duration-s", "0"],
+        ["bench", "--groups", "2"],
+        ["bench", "--config", "missing.toml"],
+        ["bench", "--start-cluster", "--drain", "10", "--inflight", "1,2"],
+        ["plot"],
+        ["plot", "--sweep", "missing.jsonl"],
+    ],
+)
+def test_bad_arguments_exit_2(args: list[str], tmp_path: Path) -> None:
+    r = pxq(*args, cwd=tmp_path)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+
+
+def test_plot_of_nothing_exits_1(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"type": "machine"}\n')
+    assert pxq("plot", str(empty), cwd=tmp_path).returncode == 1
+
+
+def test_baselines_skip_with_a_note(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PXQ_LIMITS_DIR", str(tmp_path / "absent"))
+    c = bench_baselines.baseline_c(200, 100, 1.0)
+    assert "absent" in c["skipped"]
+    monkeypatch.setattr("net.bench_baselines.shutil.which", lambda _name: None)
+    r = bench_baselines.baseline_r(100, 1.0)
+    assert "apt-get install -y redis-server" in r["skipped"]
+    lines: list[dict[str, Any]] = []
+    summary = {"mode": "enqueue", "run": 0, "inflight": 200, "payload_bytes": 100, "items_s": 1.0}
+    bench_baselines.run_baselines([summary], 1.0, lines.append, lambda _t: None)
+    ratios = lines[-1]
+    assert ratios["type"] == "ratios" and ratios["pxq_over_c"] is None
+
+
+def test_helpers() -> None:
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 99) == 4.0
+    assert latency_fields([])["p50_ms"] is None
+    assert latency_fields([0.001])["p999_ms"] == 1.0
+    assert bench_baselines.c_shape(200) == (100, 2)
+    assert bench_baselines.c_shape(1) == (1, 1)
+    assert proc_cpu_s(os.getpid()) is not None
