@@ -17,16 +17,19 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from pxq.check.history import HistoryWriter
+from pxq.check.lock import check_fencing, check_lock_linearizable, check_lock_liveness
 from pxq.check.log import check_agreement, check_liveness, check_no_loss, check_realtime_order
 from pxq.check.queue import check_queue_order, check_replay, check_retry_flow, check_total_queue
 from pxq.check.result import CheckResult
 from pxq.config import ConfigError
 from pxq.effects import NodeId, StorageView
+from pxq.lock.node import LockNode
 from pxq.paxos.config import PaxosConfig
 from pxq.paxos.logsm import RecordingLog
 from pxq.paxos.replica import Replica
 from pxq.store.node import StoreNode
 from pxq.store.sm import QueueStore
+from sim.lock_workload import LockClient
 from sim.nemesis import Nemesis
 from sim.queue_workload import TOPIC, QueueWorkload, cluster_config
 from sim.rng import stream
@@ -160,6 +163,70 @@ class _LogSystem:
         return {k: sum(c.counts[k] for c in self.clients) for k in keys}
 
 
+class _LockSystem:
+    """The lock workload: lock nodes (``LockNode``) and clients acquiring, renewing,
+    releasing and reading locks (``sim/lock_workload.py``)."""
+
+    def __init__(self, scn: Scenario, world: World, history: HistoryWriter, seed: int) -> None:
+        self.scn = scn
+        self.world = world
+        self.history = history
+        self.config = paxos_config(scn)
+        self.replicas = list(self.config.replicas)
+        for node_id in self.replicas:
+            world.add_node(node_id, self._factory)
+        w = scn.workload
+        self.clients = [
+            LockClient(
+                name=f"c{i}",
+                index=i,
+                clients=w.clients,
+                world=world,
+                history=history,
+                rng=stream(seed, f"lock-client/{i}"),
+                replicas=self.replicas,
+                groups=self.config.groups,
+                keys=w.keys,
+                rate_per_s=w.rate_per_s / max(1, w.clients),
+                lease_ms=w.lease_ms,
+                timeout_ms=w.timeout_ms,
+            )
+            for i in range(w.clients)
+        ]
+
+    def _factory(self, node_id: NodeId, storage: StorageView, rng: Any) -> LockNode:
+        return LockNode(node_id, self.config, storage, rng)
+
+    def attach(self, nemesis: Nemesis) -> None:
+        del nemesis  # the lock clients are endpoints, not fault targets
+
+    def start(self) -> None:
+        for client in self.clients:
+            client.start()
+
+    def stop(self) -> None:
+        for client in self.clients:
+            client.stop()
+
+    def finish(self) -> None:
+        """Nothing to collect after the quiesce."""
+
+    def checks(self, heal_ms: int) -> dict[str, CheckResult]:
+        ops, names = self.history.ops, self.scn.checks
+        out: dict[str, CheckResult] = {}
+        if "linearizable" in names:
+            out["linearizable"] = check_lock_linearizable(ops)
+        if "fencing" in names:
+            out["fencing"] = check_fencing(ops)
+        if "liveness" in names:
+            out["liveness"] = check_lock_liveness(ops, heal_ms, self.scn.final.liveness_ms)
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        keys = ("invoke", "ok", "granted", "denied", "fail", "info", "redirect")
+        return {k: sum(c.counts[k] for c in self.clients) for k in keys}
+
+
 class _QueueSystem:
     """The queue workload: store replicas, producers and consumer groups."""
 
@@ -279,11 +346,13 @@ def run(
         skew_ms_max=scn.clock.skew_ms_max,
     )
     history = HistoryWriter(history_out if history_out is not None else io.StringIO())
-    system: _LogSystem | _QueueSystem = (
-        _QueueSystem(scn, world, history, seed)
-        if scn.workload.kind == "queue"
-        else _LogSystem(scn, world, history, seed)
-    )
+    system: _LogSystem | _QueueSystem | _LockSystem
+    if scn.workload.kind == "queue":
+        system = _QueueSystem(scn, world, history, seed)
+    elif scn.workload.kind == "lock":
+        system = _LockSystem(scn, world, history, seed)
+    else:
+        system = _LogSystem(scn, world, history, seed)
     replicas = system.replicas
     checksums: dict[str, dict[int, dict[int, int]]] = {n: {} for n in replicas}
     last_master: dict[int, NodeId] = {}
@@ -318,7 +387,7 @@ def run(
             node = host.node
             if (
                 not host.crashed
-                and isinstance(node, Replica | StoreNode)
+                and isinstance(node, Replica | StoreNode | LockNode)
                 and node.is_master(group, host.clock.now(now_us))
             ):
                 return node_id

@@ -64,6 +64,8 @@ CHECKS = (
     "replay",
     "retry_flow",
     "retention",
+    "linearizable",
+    "fencing",
 )
 LOG_CHECKS = ("agreement", "no_loss", "realtime_order", "liveness")
 QUEUE_CHECKS = (
@@ -86,7 +88,9 @@ RANDOM_FAULT_KINDS = (
     "clock",
     "torn",
 )
-WORKLOADS = ("log", "queue")
+LOCK_CHECKS = ("agreement", "linearizable", "fencing", "liveness")
+CHECKS_OF_KIND = {"log": LOG_CHECKS, "queue": QUEUE_CHECKS, "lock": LOCK_CHECKS}
+WORKLOADS = ("log", "queue", "lock")
 
 SELECTOR_RE = re.compile(
     r"^(master|any|minority|majority|all|crashed|paused|follower\[(\d+)\]|n(\d+)"
@@ -130,9 +134,10 @@ class ClockSpec:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WorkloadSpec:
     """The workload. ``log``: clients append unique values to the replicated log. ``queue``:
-    producers enqueue unique items to one topic, consumer groups consume them."""
+    producers enqueue unique items to one topic, consumer groups consume them. ``lock``:
+    clients acquire, renew, release and read locks of the lock service."""
 
-    kind: Literal["log", "queue"] = "log"
+    kind: Literal["log", "queue", "lock"] = "log"
     clients: int = 3
     rate_per_s: int = 200
     value_bytes: int = 100
@@ -156,6 +161,11 @@ class WorkloadSpec:
     duplicates_allowed: bool = True
     """False: any duplicate delivery to a group is a violation (idempotent producer, no
     consumer crash)."""
+    # -- lock workload ---------------------------------------------------------------------
+    keys: int = 4
+    """Lock keys the clients contend for."""
+    lease_ms: int = 1000
+    """The lease every acquire and renew asks for."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -503,6 +513,13 @@ def _scenario(t: _Table) -> Scenario:
             duplicates_allowed=w.flag("duplicates_allowed", True),
             **common,
         )
+    elif kind == "lock":
+        workload = WorkloadSpec(
+            kind="lock",
+            keys=w.integer("keys", 4, lo=1, hi=10_000),
+            lease_ms=w.integer("lease_ms", 1000, lo=1, hi=24 * 60 * 60 * 1000),
+            **common,
+        )
     else:
         workload = WorkloadSpec(kind="log", **common)
     w.done()
@@ -537,14 +554,12 @@ def _scenario(t: _Table) -> Scenario:
     )
     f.done()
 
-    default_checks = QUEUE_CHECKS if workload.kind == "queue" else LOG_CHECKS
-    checks = t.strings("checks", default_checks, CHECKS)
-    if workload.kind == "log" and not set(checks) <= set(LOG_CHECKS):
-        bad = sorted(set(checks) - set(LOG_CHECKS))[0]
-        raise t.error("checks", f"{bad!r} needs the queue workload")
-    if workload.kind == "queue" and not set(checks) <= set(QUEUE_CHECKS):
-        bad = sorted(set(checks) - set(QUEUE_CHECKS))[0]
-        raise t.error("checks", f"{bad!r} needs the log workload")
+    allowed = CHECKS_OF_KIND[workload.kind]
+    checks = t.strings("checks", allowed, CHECKS)
+    if not set(checks) <= set(allowed):
+        bad = sorted(set(checks) - set(allowed))[0]
+        needs = " or ".join(k for k, v in CHECKS_OF_KIND.items() if bad in v)
+        raise t.error("checks", f"{bad!r} needs the {needs} workload")
     e = t.table("expect")
     safety = e.text("safety", "pass", choices=("pass", "fail"))
     e.done()

@@ -39,6 +39,9 @@ def test_the_scenario_directory_holds_the_families() -> None:
         "queue-retries",
         "queue-network-storm",
         "swarm-queue",
+        "lock-master-partition",
+        "lock-crash-restart",
+        "swarm-lock",
     } | NEGATIVE <= names
 
 
@@ -68,7 +71,9 @@ def test_scenario_at_other_seeds(path: Path) -> None:
     assert bad == []
 
 
-@pytest.mark.parametrize(("name", "seeds"), [("swarm-log", 40), ("swarm-queue", 30)])
+@pytest.mark.parametrize(
+    ("name", "seeds"), [("swarm-log", 40), ("swarm-queue", 30), ("swarm-lock", 30)]
+)
 def test_swarm_of_seeds_with_random_faults_passes(name: str, seeds: int) -> None:
     outcomes = swarm.run_swarm(
         str(ROOT / "scenarios" / f"{name}.toml"), range(1, seeds + 1), jobs=2

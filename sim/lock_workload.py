@@ -1,0 +1,327 @@
+"""The lock workload: simulated clients of the lock service, their history, and its checks.
+
+Built from a scenario with ``[workload] kind = "lock"``: ``[cluster] replicas`` lock nodes
+(``LockNode``, ``groups`` Paxos groups each), lock keys ``k0`` … ``k{keys-1}``, and
+``clients`` client endpoints ``c0``, ``c1``, … Each client runs one logical process at a time
+(Jepsen semantics) with Poisson arrivals at ``rate_per_s / clients``. It acquires random keys
+for ``lease_ms``, holds what it gets for a random time (renewing it every half lease), then
+releases it; between those it reads random keys (locally at the master or through the log).
+The holder name is the client's name, so a later process of the same client is the same
+holder. Requests go to the master of the key's group as far as the client knows, following
+``LockRedirect``; a timeout (``timeout_ms``) is recorded ``info`` and retires the process.
+
+History (``f`` = ``acquire`` / ``renew`` / ``release`` / ``read``; ``value`` is unused)::
+
+    invoke  key, holder (the client; "" for a read), version (renew/release: the token held;
+            acquire: the expected version, always None here), lease_ms (0 for release/read),
+            through_log (reads)
+    ok      key, outcome ("ok": LockOk, "denied": LockDenied), holder, version, expiry_ms
+            (the entry the answer carries), at_ms (the apply time the answer carries)
+    fail    reason (a definite LockError: the command took no effect)
+    info    reason (a timeout or an indefinite LockError: it may take effect, once)
+
+A denial is an ``ok`` completion: the command was applied, and refused.
+
+The checks (``check_lock_linearizable``, ``check_fencing``, ``check_lock_liveness``) live in
+``pxq/check/lock.py``.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Final
+
+from pxq.check.history import JSON, HistoryWriter
+from pxq.effects import NodeId
+from pxq.lock.messages import (
+    Acquire,
+    LockDenied,
+    LockError,
+    LockOk,
+    LockRedirect,
+    ReadLock,
+    Release,
+    Renew,
+)
+from pxq.lock.node import group_of_key
+from sim.world import CallMsg, ReplyMsg, World
+
+REDIRECT_BACKOFF_US: Final = 20_000
+LEASE_MARGIN_MS: Final = 50
+"""A client considers its lease lost this long before ``lease_ms`` after sending the request
+(its own drift allowance, as ``pxq.lock.messages`` advises)."""
+
+
+def key_name(i: int) -> str:
+    return f"k{i}"
+
+
+@dataclass(slots=True)
+class _Held:
+    version: int
+    valid_until_us: int
+    """The client's own idea of its lease: sent time + lease - margin."""
+    renew_at_us: int
+    release_at_us: int
+
+
+@dataclass(slots=True)
+class _Op:
+    process: int
+    f: str
+    key: str
+    request: object
+    group: int
+    req_id: int
+    target: NodeId
+    token: int
+    sent_us: int
+    extra: dict[str, JSON]
+
+
+class LockClient:
+    """One client endpoint of the lock workload."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        index: int,
+        clients: int,
+        world: World,
+        history: HistoryWriter,
+        rng: random.Random,
+        replicas: list[NodeId],
+        groups: int,
+        keys: int,
+        rate_per_s: float,
+        lease_ms: int,
+        timeout_ms: int,
+    ) -> None:
+        self.name = name
+        self.world = world
+        self.history = history
+        self.rng = rng
+        self.replicas = replicas
+        self.groups = groups
+        self.keys = [key_name(i) for i in range(keys)]
+        self.mean_gap_us = 1_000_000 / rate_per_s
+        self.lease_ms = lease_ms
+        self.timeout_us = timeout_ms * 1000
+        self.process = index
+        self.process_stride = clients
+        self.req_seq = 0
+        self.op: _Op | None = None
+        self.held: dict[str, _Held] = {}
+        self.masters: dict[int, NodeId] = {}
+        self.running = False
+        self.counts = {
+            "invoke": 0,
+            "ok": 0,
+            "granted": 0,
+            "denied": 0,
+            "fail": 0,
+            "info": 0,
+            "redirect": 0,
+        }
+        world.add_endpoint(name, self.receive)
+
+    def start(self) -> None:
+        self.running = True
+        self._schedule_next()
+
+    def stop(self) -> None:
+        """Invoke nothing new; an operation in flight still completes or times out."""
+        self.running = False
+
+    def _schedule_next(self) -> None:
+        gap = int(self.rng.expovariate(1.0) * self.mean_gap_us) + 1
+        self.world.call_later(gap, self._arrival)
+
+    def _arrival(self) -> None:
+        if not self.running:
+            return
+        if self.op is None:
+            self._invoke()
+        self._schedule_next()
+
+    def _now_ms(self) -> int:
+        return self.world.now_us // 1000
+
+    # -- choosing an operation -------------------------------------------------------------
+
+    def _choose(self) -> tuple[str, str, object, dict[str, JSON]]:
+        now = self.world.now_us
+        for key in sorted(self.held):
+            if self.held[key].valid_until_us <= now:
+                del self.held[key]  # lost: the client stops using the token
+        held = sorted(self.held)
+        for key in held:
+            h = self.held[key]
+            if h.release_at_us <= now:
+                return self._release(key, h.version)
+        for key in held:
+            h = self.held[key]
+            if h.renew_at_us <= now:
+                return self._renew(key, h.version)
+        r = self.rng.random()
+        key = self.rng.choice(self.keys)
+        if r < 0.6:
+            return (
+                "acquire",
+                key,
+                Acquire(key=key, holder=self.name, lease_ms=self.lease_ms),
+                {"key": key, "holder": self.name, "version": None, "lease_ms": self.lease_ms},
+            )
+        if r < 0.9 or not held:
+            through_log = self.rng.random() < 0.5
+            return (
+                "read",
+                key,
+                ReadLock(key=key, through_log=through_log),
+                {
+                    "key": key,
+                    "holder": "",
+                    "version": None,
+                    "lease_ms": 0,
+                    "through_log": through_log,
+                },
+            )
+        key = self.rng.choice(held)  # an early renewal
+        return self._renew(key, self.held[key].version)
+
+    def _renew(self, key: str, version: int) -> tuple[str, str, object, dict[str, JSON]]:
+        return (
+            "renew",
+            key,
+            Renew(key=key, holder=self.name, version=version, lease_ms=self.lease_ms),
+            {"key": key, "holder": self.name, "version": version, "lease_ms": self.lease_ms},
+        )
+
+    def _release(self, key: str, version: int) -> tuple[str, str, object, dict[str, JSON]]:
+        return (
+            "release",
+            key,
+            Release(key=key, holder=self.name, version=version),
+            {"key": key, "holder": self.name, "version": version, "lease_ms": 0},
+        )
+
+    # -- the operation in flight -------------------------------------------------------------
+
+    def _invoke(self) -> None:
+        f, key, request, extra = self._choose()
+        group = group_of_key(key, self.groups)
+        target = self.masters.get(group) or self.replicas[group % len(self.replicas)]
+        self.req_seq += 1
+        op = _Op(
+            process=self.process,
+            f=f,
+            key=key,
+            request=request,
+            group=group,
+            req_id=self.req_seq,
+            target=target,
+            token=self.req_seq,
+            sent_us=self.world.now_us,
+            extra=extra,
+        )
+        self.op = op
+        self.counts["invoke"] += 1
+        self.history.invoke(self._now_ms(), op.process, f, None, **extra)
+        self._send(op)
+        token = op.token
+        self.world.call_later(self.timeout_us, lambda: self._timeout(token))
+
+    def _send(self, op: _Op) -> None:
+        self.req_seq += 1
+        op.req_id = self.req_seq
+        self.world.network.send(self.name, op.target, CallMsg(op.req_id, op.request))
+
+    def _resend(self, op: _Op) -> None:
+        if self.op is op:
+            self._send(op)
+
+    def _timeout(self, token: int) -> None:
+        op = self.op
+        if op is None or op.token != token:
+            return
+        self.masters.pop(op.group, None)  # ask someone else next time
+        self._unknown(op, "timeout")
+
+    def _unknown(self, op: _Op, reason: str) -> None:
+        self.op = None
+        self.counts["info"] += 1
+        self.history.info(self._now_ms(), op.process, op.f, None, key=op.key, reason=reason)
+        self.process += self.process_stride  # retire the process (Jepsen semantics)
+        if op.f == "release":
+            self.held.pop(op.key, None)  # stop using it whatever happened
+
+    def receive(self, src: str, payload: object) -> None:
+        op = self.op
+        if not isinstance(payload, ReplyMsg) or op is None or payload.req_id != op.req_id:
+            return  # a late reply to an operation already completed
+        match payload.response:
+            case LockOk() | LockDenied() as answer:
+                self.masters[op.group] = src
+                self._answered(op, answer)
+            case LockRedirect(master=master):
+                self.counts["redirect"] += 1
+                if master is not None and master != op.target:
+                    self.masters[op.group] = master
+                    op.target = master
+                    self._send(op)
+                else:
+                    self.masters.pop(op.group, None)
+                    op.target = self.rng.choice(self.replicas)
+                    self.world.call_later(REDIRECT_BACKOFF_US, lambda: self._resend(op))
+            case LockError(code=code, definite=True):
+                self.op = None
+                self.counts["fail"] += 1
+                self.history.fail(self._now_ms(), op.process, op.f, None, key=op.key, reason=code)
+            case LockError(code=code):
+                self._unknown(op, code)
+            case other:
+                self._unknown(op, f"unexpected reply {type(other).__name__}")
+
+    def _answered(self, op: _Op, answer: LockOk | LockDenied) -> None:
+        self.op = None
+        granted = isinstance(answer, LockOk)
+        self.counts["ok"] += 1
+        self.counts["granted" if granted else "denied"] += 1
+        self.history.ok(
+            self._now_ms(),
+            op.process,
+            op.f,
+            None,
+            key=op.key,
+            outcome="ok" if granted else "denied",
+            holder=answer.holder,
+            version=answer.version,
+            expiry_ms=answer.expiry_ms,
+            at_ms=answer.at_ms,
+        )
+        now = self.world.now_us
+        if op.f in ("acquire", "renew"):
+            if granted and answer.holder == self.name:
+                lease_us = self.lease_ms * 1000
+                previous = self.held.get(op.key)
+                release_at = (
+                    previous.release_at_us
+                    if previous is not None and previous.version == answer.version
+                    else now + self.rng.randint(lease_us // 2, 3 * lease_us)
+                )
+                self.held[op.key] = _Held(
+                    version=answer.version,
+                    valid_until_us=op.sent_us + lease_us - LEASE_MARGIN_MS * 1000,
+                    renew_at_us=op.sent_us + lease_us // 2,
+                    release_at_us=release_at,
+                )
+            elif op.f == "renew":
+                self.held.pop(op.key, None)  # denied: the lock was lost
+        elif op.f == "release":
+            self.held.pop(op.key, None)
+
+
+# --------------------------------------------------------------------------------------------
+# The history as linearizability operations

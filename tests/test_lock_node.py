@@ -1,0 +1,522 @@
+"""Lock nodes (``pxq.lock.node.LockNode``) in a small deterministic in-process cluster:
+acquire, renew, release and reads through the log, redirects, validation, failover with a
+lagging wall clock, cleanup; and the lock workload's checkers (``sim/lock_workload.py``) on
+hand-made histories, including the negative cases they must catch.
+
+``LockCluster`` follows ``tests/test_store_node.StoreCluster``: N LockNodes with instantly
+syncing ``MemoryStore`` disks, messages delivered after a fixed latency, integer true time
+(monotonic clocks at true rate; each node's wall clock may be offset), crash and restart.
+After every step it checks that no group has two lease holders.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from dataclasses import dataclass, field
+
+import pytest
+
+from pxq.check.history import HistoryWriter, Op
+from pxq.check.linear import LockModel, check_linearizable, operations_from_history
+from pxq.check.lock import (
+    check_fencing,
+    check_lock_linearizable,
+    check_lock_liveness,
+    lock_from_history,
+)
+from pxq.effects import Boot, ClientCall, Input, Now, Received, Wake
+from pxq.lock.messages import (
+    Acquire,
+    LockDenied,
+    LockError,
+    LockOk,
+    LockRedirect,
+    ReadLock,
+    Release,
+    Renew,
+)
+from pxq.lock.node import LockNode, group_of_key
+from pxq.paxos.config import PaxosConfig
+from sim import scenario
+from sim.memstore import MemoryStore
+
+WALL_ORIGIN = 1_700_000_000_000
+SPIN_MAX = 10_000
+NAMES = ("l0", "l1", "l2")
+
+
+@dataclass(slots=True)
+class Flight:
+    seq: int
+    at: int
+    src: str
+    dst: str
+    msg: object
+
+
+@dataclass(slots=True)
+class LockCluster:
+    config: PaxosConfig
+    cleanup_tick_ms: int = 200
+    latency_ms: int = 1
+    time: int = 0
+    wall_offset: dict[str, int] = field(default_factory=dict)
+    disks: dict[str, MemoryStore] = field(default_factory=dict)
+    nodes: dict[str, LockNode | None] = field(default_factory=dict)
+    incarnation: dict[str, int] = field(default_factory=dict)
+    pool: list[Flight] = field(default_factory=list)
+    responses: dict[int, object | None] = field(default_factory=dict)
+    seq: int = 0
+    next_call: int = 1
+    wakes_now: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def make(cls, groups: int = 2, cleanup_tick_ms: int = 200) -> LockCluster:
+        c = cls(config=PaxosConfig(replicas=NAMES, groups=groups), cleanup_tick_ms=cleanup_tick_ms)
+        for name in NAMES:
+            c.disks[name] = MemoryStore()
+            c.incarnation[name] = 0
+            c.nodes[name] = None
+            c.wall_offset[name] = 0
+            c.restart(name)
+        return c
+
+    def now(self, name: str | None = None) -> Now:
+        offset = 0 if name is None else self.wall_offset[name]
+        return Now(mono_ms=self.time, wall_ms=WALL_ORIGIN + self.time + offset)
+
+    def node(self, name: str) -> LockNode:
+        node = self.nodes[name]
+        assert node is not None
+        return node
+
+    def step(self, name: str, inp: Input) -> None:
+        fx = self.node(name).step(self.now(name), inp)
+        self.disks[name].apply(fx.writes)
+        for s in fx.sends:
+            self.seq += 1
+            self.pool.append(Flight(self.seq, self.time + self.latency_ms, name, s.dst, s.msg))
+        for r in fx.replies:
+            assert self.responses.get(r.call_id) is None, f"call {r.call_id} answered twice"
+            self.responses[r.call_id] = r.response
+        for g in range(self.config.groups):
+            assert len(self.masters(g)) <= 1, f"two masters of group {g} at {self.time}"
+
+    def restart(self, name: str) -> None:
+        self.incarnation[name] += 1
+        rng = random.Random(f"lock/{name}/{self.incarnation[name]}")
+        self.nodes[name] = LockNode(
+            name, self.config, self.disks[name], rng, cleanup_tick_ms=self.cleanup_tick_ms
+        )
+        self.step(name, Boot())
+
+    def crash(self, name: str) -> None:
+        self.nodes[name] = None
+        self.pool = [f for f in self.pool if f.dst != name]
+
+    def call(self, name: str, request: object) -> int:
+        call_id = self.next_call
+        self.next_call += 1
+        self.responses[call_id] = None
+        self.step(name, ClientCall(call_id=call_id, request=request))
+        return call_id
+
+    def run(self, ms: int) -> None:
+        end = self.time + ms
+        while True:
+            t_msg = min((f.at for f in self.pool), default=None)
+            timer: tuple[int, str] | None = None
+            for name, node in self.nodes.items():
+                d = None if node is None else node.next_deadline()
+                if d is not None and (timer is None or d < timer[0]):
+                    timer = (d, name)
+            t_next = t_msg
+            if timer is not None and (t_next is None or timer[0] < t_next):
+                t_next = timer[0]
+            if t_next is None or t_next > end:
+                break
+            if t_next > self.time:
+                self.time = t_next
+                self.wakes_now.clear()
+            if t_msg is not None and t_msg <= self.time:
+                f = min((f for f in self.pool if f.at <= self.time), key=lambda f: f.seq)
+                self.pool.remove(f)
+                if self.nodes[f.dst] is not None:
+                    self.step(f.dst, Received(src=f.src, msg=f.msg))
+            elif timer is not None:
+                n = self.wakes_now[timer[1]] = self.wakes_now.get(timer[1], 0) + 1
+                assert n < SPIN_MAX, f"{timer[1]} keeps asking for a Wake at {self.time}"
+                self.step(timer[1], Wake())
+        self.time = end
+
+    def run_until(self, predicate: object, within_ms: int, step_ms: int = 5) -> bool:
+        assert callable(predicate)
+        end = self.time + within_ms
+        while self.time < end:
+            if predicate():
+                return True
+            self.run(step_ms)
+        return bool(predicate())
+
+    def masters(self, group: int) -> list[str]:
+        now = self.now()
+        return [n for n, node in self.nodes.items() if node and node.is_master(group, now)]
+
+    def wait_master(self, group: int, within_ms: int = 5000) -> str:
+        assert self.run_until(lambda: bool(self.masters(group)), within_ms), "no master"
+        return self.masters(group)[0]
+
+    def request(self, name: str, request: object, within_ms: int = 2000) -> object:
+        call_id = self.call(name, request)
+        assert self.run_until(lambda: self.responses[call_id] is not None, within_ms), (
+            f"no answer to {request!r}"
+        )
+        return self.responses[call_id]
+
+    def request_ok(self, request: object, key: str, within_ms: int = 10_000) -> object:
+        """Send ``request`` to the master of ``key``'s group, following redirects."""
+        end = self.time + within_ms
+        target = NAMES[0]
+        while self.time < end:
+            if self.nodes[target] is None:
+                target = NAMES[(NAMES.index(target) + 1) % len(NAMES)]
+                continue
+            r = self.request(target, request)
+            if isinstance(r, LockRedirect):
+                if r.master is not None and r.master != target and self.nodes[r.master]:
+                    target = r.master
+                else:
+                    self.run(50)
+                    target = NAMES[(NAMES.index(target) + 1) % len(NAMES)]
+                continue
+            if isinstance(r, LockError) and r.code == "unknown":
+                self.run(50)
+                continue
+            return r
+        raise AssertionError(f"no answer to {request!r} within {within_ms} ms")
+
+    def master_of_key(self, key: str) -> str:
+        return self.wait_master(group_of_key(key, self.config.groups))
+
+
+LEASE = 1000
+
+
+def acquire(key: str, holder: str, lease: int = LEASE) -> Acquire:
+    return Acquire(key=key, holder=holder, lease_ms=lease)
+
+
+# --------------------------------------------------------------------------------------------
+# The node
+
+
+def test_keys_map_to_groups_by_crc32_of_their_utf8_bytes() -> None:
+    assert group_of_key("queue/7", 4) == zlib.crc32(b"queue/7") % 4
+    assert group_of_key("ключ", 3) == zlib.crc32("ключ".encode()) % 3
+    assert {group_of_key(f"k{i}", 4) for i in range(50)} == {0, 1, 2, 3}
+    with pytest.raises(ValueError):
+        group_of_key("k", 0)
+
+
+def test_acquire_renew_release_and_reads_through_the_log() -> None:
+    c = LockCluster.make()
+    m = c.master_of_key("a")
+    node = c.node(m)
+    group = node.group_of("a")
+    applied = node.applied(group)
+    got = c.request(m, acquire("a", "alice"))
+    assert isinstance(got, LockOk) and (got.holder, got.version) == ("alice", 1)
+    assert got.expiry_ms == got.at_ms + LEASE and got.at_ms >= WALL_ORIGIN
+    assert node.applied(group) == applied + 1  # it went through the log
+    # Another holder is denied with the entry that caused it.
+    denied = c.request(m, acquire("a", "bob"))
+    assert isinstance(denied, LockDenied)
+    assert (denied.holder, denied.version, denied.expiry_ms) == ("alice", 1, got.expiry_ms)
+    # A renewal keeps the token and moves the expiry; a re-acquire by the holder too.
+    c.run(100)
+    renewed = c.request(m, Renew(key="a", holder="alice", version=1, lease_ms=LEASE))
+    assert isinstance(renewed, LockOk) and renewed.version == 1
+    assert renewed.expiry_ms > got.expiry_ms
+    again = c.request(m, acquire("a", "alice"))
+    assert isinstance(again, LockOk) and again.version == 1
+    # Reads: through the log and locally at the master see the same entry.
+    logged = c.request(m, ReadLock(key="a", through_log=True))
+    assert isinstance(logged, LockOk) and (logged.holder, logged.version) == ("alice", 1)
+    local = c.responses[c.call(m, ReadLock(key="a"))]  # answered in the same step
+    assert isinstance(local, LockOk) and (local.holder, local.version) == ("alice", 1)
+    assert local.at_ms == logged.at_ms  # the group's time: the last applied command's
+    # A stale release is denied; the holder's release frees the key at once, keeping the token.
+    stale = c.request(m, Release(key="a", holder="alice", version=7))
+    assert isinstance(stale, LockDenied)
+    freed = c.request(m, Release(key="a", holder="alice", version=1))
+    assert isinstance(freed, LockOk)
+    assert freed == LockOk(key="a", holder="", version=1, expiry_ms=0, at_ms=freed.at_ms)
+    bob = c.request(m, acquire("a", "bob"))
+    assert isinstance(bob, LockOk) and (bob.holder, bob.version) == ("bob", 2)
+    # A renewal by the previous holder with its old token is refused.
+    old = c.request(m, Renew(key="a", holder="alice", version=1, lease_ms=LEASE))
+    assert isinstance(old, LockDenied) and (old.holder, old.version) == ("bob", 2)
+
+
+def test_followers_redirect_writes_and_local_reads_to_the_master() -> None:
+    c = LockCluster.make()
+    m = c.master_of_key("b")
+    c.run(300)  # heartbeats tell the followers who the master is
+    for name in NAMES:
+        if name == m:
+            continue
+        assert c.request(name, acquire("b", "x")) == LockRedirect(master=m)
+        assert c.responses[c.call(name, ReadLock(key="b"))] == LockRedirect(master=m)
+        assert c.request(name, ReadLock(key="b", through_log=True)) == LockRedirect(master=m)
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        Acquire(key="", holder="h", lease_ms=10),
+        Acquire(key="k" * 256, holder="h", lease_ms=10),
+        Acquire(key="k", holder="", lease_ms=10),
+        Acquire(key="k", holder="h", lease_ms=0),
+        Acquire(key="k", holder="h", lease_ms=24 * 60 * 60 * 1000 + 1),
+        Acquire(key="k", holder="h", lease_ms=10, expected_version=-1),
+        Renew(key="k", holder="h", version=-1, lease_ms=10),
+        Renew(key="k", holder="h" * 256, version=1, lease_ms=10),
+        Release(key="k", holder="h", version=-2),
+        ReadLock(key=""),
+        ReadLock(key="\udc80", through_log=True),
+        "not a lock request",
+    ],
+)
+def test_invalid_requests_fail_at_once_without_a_proposal(request_: object) -> None:
+    c = LockCluster.make(groups=1)
+    m = c.wait_master(0)
+    applied = c.node(m).applied(0)
+    r = c.responses[c.call(m, request_)]  # answered in the same step
+    assert isinstance(r, LockError) and r.definite and r.code == "bad_request", r
+    c.run(50)
+    assert c.node(m).applied(0) == applied
+
+
+def test_failover_keeps_versions_monotonic_even_with_a_lagging_wall_clock() -> None:
+    c = LockCluster.make(groups=1)
+    old = c.wait_master(0)
+    got = c.request_ok(acquire("f", "alice"), "f")
+    assert isinstance(got, LockOk) and got.version == 1
+    freed = c.request_ok(Release(key="f", holder="alice", version=1), "f")
+    assert isinstance(freed, LockOk)
+    held = c.request_ok(acquire("f", "bob", lease=5000), "f")
+    assert isinstance(held, LockOk) and held.version == 2
+    # Every other replica's wall clock is 10 s behind the old master's.
+    for name in NAMES:
+        if name != old:
+            c.wall_offset[name] = -10_000
+    c.crash(old)
+    new = c.wait_master(0, within_ms=5000)
+    assert new != old
+    # The log's time never goes back: bob's lease still holds on the new master.
+    denied = c.request_ok(acquire("f", "carol"), "f")
+    assert isinstance(denied, LockDenied) and (denied.holder, denied.version) == ("bob", 2)
+    assert denied.at_ms >= held.at_ms
+    renewed = c.request_ok(Renew(key="f", holder="bob", version=2, lease_ms=LEASE), "f")
+    assert isinstance(renewed, LockOk) and renewed.version == 2
+    freed = c.request_ok(Release(key="f", holder="bob", version=2), "f")
+    assert isinstance(freed, LockOk)
+    carol = c.request_ok(acquire("f", "carol"), "f")
+    assert isinstance(carol, LockOk) and carol.version == 3  # never a reused token
+    # The old master comes back, catches up, and knows the same entry.
+    c.restart(old)
+    c.run(2000)
+    table = c.node(old).state_machine(0)
+    assert dict(table.items())["f"].version == 3
+
+
+def test_master_proposes_cleanup_of_expired_entries_on_every_replica() -> None:
+    c = LockCluster.make(groups=1, cleanup_tick_ms=100)
+    m = c.wait_master(0)
+    got = c.request(m, acquire("c", "alice", lease=50))
+    assert isinstance(got, LockOk)
+    applied = c.node(m).applied(0)
+    c.run(500)
+    assert c.node(m).applied(0) == applied + 1  # exactly one cleanup, then nothing to free
+    for name in NAMES:
+        entry = dict(c.node(name).state_machine(0).items())["c"]
+        assert (entry.holder, entry.version, entry.expiry_ms) == ("", 1, 0), name
+    # The local read now reports the key free, at the cleanup's time.
+    local = c.responses[c.call(m, ReadLock(key="c"))]
+    assert isinstance(local, LockOk) and local.holder == "" and local.at_ms >= got.expiry_ms
+    c.run(1000)
+    assert c.node(m).applied(0) == applied + 1
+
+
+def test_no_cleanup_while_leases_are_in_force() -> None:
+    c = LockCluster.make(groups=1, cleanup_tick_ms=100)
+    m = c.wait_master(0)
+    assert isinstance(c.request(m, acquire("d", "alice", lease=60_000)), LockOk)
+    applied = c.node(m).applied(0)
+    c.run(2000)
+    assert c.node(m).applied(0) == applied
+
+
+# --------------------------------------------------------------------------------------------
+# The workload's checkers on hand-made histories
+
+
+class H:
+    """A tiny history builder in the lock workload's format."""
+
+    def __init__(self) -> None:
+        self.w = HistoryWriter()
+        self.t = 0
+
+    def op(
+        self,
+        process: int,
+        f: str,
+        key: str,
+        holder: str,
+        version: int | None,
+        lease: int,
+        result: tuple[str, str, int, int, int] | None,
+    ) -> None:
+        """One operation; ``result`` = (outcome, holder, version, expiry, at) or None (info)."""
+        self.t += 1
+        self.w.invoke(
+            self.t, process, f, None, key=key, holder=holder, version=version, lease_ms=lease
+        )
+        self.t += 1
+        if result is None:
+            self.w.info(self.t, process, f, None, key=key, reason="timeout")
+            return
+        outcome, h, v, e, at = result
+        self.w.ok(
+            self.t,
+            process,
+            f,
+            None,
+            key=key,
+            outcome=outcome,
+            holder=h,
+            version=v,
+            expiry_ms=e,
+            at_ms=at,
+        )
+
+    @property
+    def ops(self) -> list[Op]:
+        return self.w.ops
+
+
+def test_checks_pass_a_correct_history() -> None:
+    h = H()
+    h.op(1, "acquire", "k", "a", None, 100, ("ok", "a", 1, 1100, 1000))
+    h.op(2, "acquire", "k", "b", None, 100, ("denied", "a", 1, 1100, 1050))
+    h.op(1, "renew", "k", "a", 1, 100, ("ok", "a", 1, 1160, 1060))
+    h.op(1, "release", "k", "a", 1, 0, ("ok", "", 1, 0, 1070))
+    h.op(2, "acquire", "k", "b", None, 100, ("ok", "b", 2, 1180, 1080))
+    h.op(3, "read", "k", "", None, 0, ("ok", "b", 2, 1180, 1090))
+    assert check_lock_linearizable(h.ops).ok
+    assert check_fencing(h.ops).ok
+    live = check_lock_liveness(h.ops, heal_time_ms=0, bound_ms=100)
+    assert live.ok and live.details["recovery_ms"] == 2
+    assert not check_lock_liveness(h.ops, heal_time_ms=1000, bound_ms=100).ok
+
+
+def test_checks_catch_two_holders_at_once() -> None:
+    h = H()
+    h.op(1, "acquire", "k", "a", None, 100, ("ok", "a", 1, 1100, 1000))
+    h.op(2, "acquire", "k", "b", None, 100, ("ok", "b", 2, 1150, 1050))  # a's lease holds
+    lin = check_lock_linearizable(h.ops)
+    assert not lin.ok and lin.details["verdict"] == "illegal"
+    fencing = check_fencing(h.ops)
+    assert not fencing.ok and fencing.details["overlapping-leases"]
+
+
+def test_fencing_catches_a_token_that_goes_back() -> None:
+    h = H()
+    h.op(1, "acquire", "k", "a", None, 100, ("ok", "a", 5, 1100, 1000))
+    h.op(2, "acquire", "k", "b", None, 100, ("ok", "b", 4, 1300, 1200))  # after a: lower token
+    fencing = check_fencing(h.ops)
+    assert not fencing.ok and fencing.details["token-went-back"]
+    h2 = H()
+    h2.op(1, "acquire", "k", "a", None, 100, ("ok", "a", 1, 1100, 1000))
+    h2.op(2, "acquire", "k", "b", None, 100, ("ok", "b", 1, 1300, 1200))  # a reused token
+    assert check_fencing(h2.ops).details["two-holders-of-a-version"]
+
+
+def test_a_release_ends_the_lease_for_the_fencing_check() -> None:
+    h = H()
+    h.op(1, "acquire", "k", "a", None, 100, ("ok", "a", 1, 1100, 1000))
+    h.op(1, "release", "k", "a", 1, 0, ("ok", "", 1, 0, 1010))
+    h.op(2, "acquire", "k", "b", None, 100, ("ok", "b", 2, 1120, 1020))
+    assert check_fencing(h.ops).ok
+    assert check_lock_linearizable(h.ops).ok
+
+
+def test_a_release_of_unknown_outcome_excuses_the_next_grant_only_after_it_was_sent() -> None:
+    h = H()
+    h.op(1, "acquire", "k", "a", None, 100, ("ok", "a", 1, 1100, 1000))
+    h.op(1, "release", "k", "a", 1, 0, None)  # sent; the answer was lost
+    h.op(2, "acquire", "k", "b", None, 100, ("ok", "b", 2, 1120, 1020))
+    assert check_fencing(h.ops).ok
+    assert check_lock_linearizable(h.ops).ok
+    h2 = H()
+    h2.op(1, "acquire", "k", "a", None, 100, ("ok", "a", 1, 1100, 1000))
+    h2.op(2, "acquire", "k", "b", None, 100, ("ok", "b", 2, 1120, 1020))
+    h2.op(1, "release", "k", "a", 1, 0, None)  # sent after b's grant: no excuse
+    assert check_fencing(h2.ops).details["overlapping-leases"]
+
+
+def test_an_info_grant_applied_later_is_linearizable_where_lock_model_gives_a_false_alarm() -> None:
+    # a's acquire times out but was applied at 1500 (expiry 1600); b's denial names that
+    # expiry. LockModel applies the unknown acquire at the latest time it saw (1000) and
+    # cannot explain the denial; the lease model keeps the apply time open.
+    h = H()
+    h.op(9, "read", "k", "", None, 0, ("ok", "", 0, 0, 1000))
+    h.op(1, "acquire", "k", "a", None, 100, None)
+    h.op(2, "acquire", "k", "b", None, 100, ("denied", "a", 1, 1600, 1550))
+    h.op(2 + 10, "acquire", "k", "b", None, 100, ("ok", "b", 2, 1800, 1700))
+    assert check_lock_linearizable(h.ops).ok
+    ops = operations_from_history(h.ops, lock_from_history)
+    assert not check_linearizable(LockModel(), ops).ok
+    # But the unknown grant cannot be placed where its lease would contradict an answer:
+    # the expiry a denial names must be at least the earliest the grant could have had.
+    h2 = H()
+    h2.op(9, "read", "k", "", None, 0, ("ok", "", 0, 0, 1000))
+    h2.op(1, "acquire", "k", "a", None, 100, None)
+    h2.op(2, "acquire", "k", "b", None, 100, ("denied", "a", 1, 1050, 1010))  # < 1000 + 100
+    assert not check_lock_linearizable(h2.ops).ok
+    # Nor may a later answer show the key free while that lease must still hold.
+    h3 = H()
+    h3.op(1, "acquire", "k", "a", None, 100, None)
+    h3.op(2, "acquire", "k", "b", None, 100, ("denied", "a", 1, 1600, 1550))
+    h3.op(3, "read", "k", "", None, 0, ("ok", "", 1, 0, 1560))
+    assert not check_lock_linearizable(h3.ops).ok
+
+
+# --------------------------------------------------------------------------------------------
+# The scenario schema
+
+
+def test_a_lock_scenario_loads_with_its_fields_and_checks() -> None:
+    scn = scenario.loads(
+        'version = 1\nname = "x"\nduration_ms = 10\n'
+        '[workload]\nkind = "lock"\nclients = 2\nkeys = 3\nlease_ms = 700\ntimeout_ms = 900\n'
+    )
+    assert scn.workload.kind == "lock"
+    assert (scn.workload.keys, scn.workload.lease_ms, scn.workload.timeout_ms) == (3, 700, 900)
+    assert scn.checks == scenario.LOCK_CHECKS
+
+
+def test_a_lock_scenario_refuses_checks_of_other_workloads() -> None:
+    with pytest.raises(scenario.ScenarioError, match="'no_loss' needs the log workload"):
+        scenario.loads(
+            'version = 1\nname = "x"\nduration_ms = 10\nchecks = ["no_loss"]\n'
+            '[workload]\nkind = "lock"\n'
+        )
+    with pytest.raises(scenario.ScenarioError, match="'fencing' needs the lock workload"):
+        scenario.loads('version = 1\nname = "x"\nduration_ms = 10\nchecks = ["fencing"]\n')
+    with pytest.raises(scenario.ScenarioError, match=r"workload\.keys"):
+        scenario.loads(
+            'version = 1\nname = "x"\nduration_ms = 10\n[workload]\nkind = "lock"\nkeys = 0\n'
+        )
