@@ -294,9 +294,22 @@ class StorageView(Protocol):
         ...
 
 
+class Rng(Protocol):
+    """The randomness a node is handed (a seeded ``random.Random`` satisfies it). The pure core
+    never imports ``random``: the driver derives the stream from the run's seed."""
+
+    def random(self) -> float: ...
+
+    def randrange(self, start: int, stop: int | None = None, step: int = 1) -> int: ...
+
+    def randint(self, a: int, b: int) -> int: ...
+
+    def getrandbits(self, k: int, /) -> int: ...
+
+
 class Node(Protocol):
     """A protocol state machine. Implementations are deterministic functions of their
-    construction arguments (configuration, storage view, seeded ``random.Random``) and the
+    construction arguments (configuration, storage view, a seeded ``Rng``) and the
     sequence of ``(now, input)`` pairs they were stepped with."""
 
     def step(self, now: Now, inp: Input) -> Effects:

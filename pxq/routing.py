@@ -13,13 +13,10 @@ redirect.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TypeAlias
 
-from pxq.effects import NodeId
+from pxq.effects import NodeId, Rng
 from pxq.store.placement import StoreRing, group_of
-
-if TYPE_CHECKING:
-    import random
 
 Location: TypeAlias = tuple[str, int]
 """(store name, Paxos group index within the store)."""
@@ -86,7 +83,7 @@ class Router:
         return nxt
 
 
-def backoff_ms(rng: random.Random, failures: int, base_ms: int, cap_ms: int) -> int:
+def backoff_ms(rng: Rng, failures: int, base_ms: int, cap_ms: int) -> int:
     """Delay before the next attempt after ``failures`` consecutive failures (>= 1):
     exponential from ``base_ms`` up to ``cap_ms``, with the upper half jittered so that many
     clients that failed together do not come back together."""

@@ -89,7 +89,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, TypeAlias, assert_never
+from typing import TypeAlias, assert_never
 
 from pxq.consumer.messages import (
     HANDLER,
@@ -114,6 +114,7 @@ from pxq.effects import (
     Received,
     Request,
     Response,
+    Rng,
     Wake,
 )
 from pxq.routing import Location, Router, backoff_ms
@@ -130,9 +131,6 @@ from pxq.store.messages import (
 )
 from pxq.store.placement import retry_topic
 from pxq.timers import Timers
-
-if TYPE_CHECKING:
-    import random
 
 StreamKey: TypeAlias = tuple[str, int]
 """(topic, queue): a base topic or one of the group's retry levels."""
@@ -233,7 +231,7 @@ class Consumer:
     def __init__(
         self,
         settings: ConsumerSettings,
-        rng: random.Random,
+        rng: Rng,
         *,
         owned: Iterable[OwnedQueue | tuple[str, int]] = (),
         share: tuple[int, int] = (1, 1),

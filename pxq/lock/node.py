@@ -49,6 +49,7 @@ from pxq.effects import (
     Now,
     Received,
     Reply,
+    Rng,
     StorageView,
     Wake,
 )
@@ -80,8 +81,6 @@ from pxq.paxos.messages import Propose, ProposeOk, ProposeRejected, ProposeUnkno
 from pxq.paxos.replica import Replica
 
 if TYPE_CHECKING:
-    import random
-
     from pxq.paxos.sm import StateMachine
 
 CLEANUP_TICK_MS_DEFAULT: Final = 500
@@ -117,7 +116,7 @@ class LockNode:
         node_id: NodeId,
         config: PaxosConfig,
         storage: StorageView,
-        rng: random.Random,
+        rng: Rng,
         *,
         keys_max: int = KEYS_MAX_DEFAULT,
         cleanup_tick_ms: int = CLEANUP_TICK_MS_DEFAULT,

@@ -21,9 +21,9 @@ import enum
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, assert_never
+from typing import assert_never
 
-from pxq.effects import EffectsBuilder, InvariantViolation, NodeId, StorageView
+from pxq.effects import EffectsBuilder, InvariantViolation, NodeId, Rng, StorageView
 from pxq.paxos.acceptor import Acceptor
 from pxq.paxos.ballot import NO_BALLOT, next_ballot, owner_index
 from pxq.paxos.config import PaxosConfig
@@ -59,9 +59,6 @@ from pxq.paxos.records import (
     log_key,
 )
 from pxq.paxos.sm import StateMachine
-
-if TYPE_CHECKING:
-    import random
 
 
 class Role(enum.Enum):
@@ -151,7 +148,7 @@ class Group:
         me: NodeId,
         config: PaxosConfig,
         view: StorageView,
-        rng: random.Random,
+        rng: Rng,
         sm_factory: Callable[[int], StateMachine],
         snapshots: SnapshotCache,
     ) -> None:

@@ -9,7 +9,7 @@ and rebuilds everything from its storage view on ``Boot``. The protocol itself l
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, assert_never
+from typing import assert_never
 
 from pxq.effects import (
     Boot,
@@ -21,6 +21,7 @@ from pxq.effects import (
     NodeId,
     Now,
     Received,
+    Rng,
     StorageView,
     Wake,
 )
@@ -42,9 +43,6 @@ from pxq.paxos.messages import (
     SnapshotRequest,
 )
 from pxq.paxos.sm import StateMachine
-
-if TYPE_CHECKING:
-    import random
 
 _TICKS_PER_WAKE_MAX = 3
 
@@ -71,7 +69,7 @@ class Replica:
         node_id: NodeId,
         config: PaxosConfig,
         storage: StorageView,
-        rng: random.Random,
+        rng: Rng,
         state_machines: Callable[[int], StateMachine],
     ) -> None:
         if node_id not in config.replicas:

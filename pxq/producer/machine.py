@@ -49,7 +49,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeAlias, assert_never
+from typing import TypeAlias, assert_never
 
 from pxq.effects import (
     Boot,
@@ -63,6 +63,7 @@ from pxq.effects import (
     Received,
     Request,
     Response,
+    Rng,
     Wake,
 )
 from pxq.producer.messages import Produce, Produced, ProduceFailed, ProduceUnknown
@@ -71,9 +72,6 @@ from pxq.routing import Location, Router, backoff_ms
 from pxq.store.messages import Enqueue, EnqueueOk, Item, StoreError, StoreRedirect
 from pxq.store.placement import queue_of
 from pxq.timers import Timers
-
-if TYPE_CHECKING:
-    import random
 
 QueueKey: TypeAlias = tuple[str, int]
 """(topic, queue)."""
@@ -128,7 +126,7 @@ class Producer:
     def __init__(
         self,
         settings: ProducerSettings,
-        rng: random.Random,
+        rng: Rng,
         *,
         name: str = "producer",
         producer_id: str | None = None,

@@ -41,6 +41,7 @@ from pxq.effects import (
     Now,
     Received,
     Reply,
+    Rng,
     StorageView,
     Wake,
 )
@@ -69,8 +70,6 @@ from pxq.store.records import NAME_BYTES_MAX, pack_items
 from pxq.store.sm import QueueStore
 
 if TYPE_CHECKING:
-    import random
-
     from pxq.paxos.sm import StateMachine
 
 SEEK_ALL_QUEUED_MAX: Final = 1
@@ -108,7 +107,7 @@ class StoreNode:
         config: ClusterConfig,
         store_name: str,
         storage: StorageView,
-        rng: random.Random,
+        rng: Rng,
     ) -> None:
         self.store = config.store(store_name)
         if node_id not in self.store.nodes:
