@@ -25,8 +25,13 @@ Stopping (``stop``/``close``, or the end of ``batches``) waits for handlers in f
 the commits of finished deliveries to be confirmed (bounded by ``close_timeout_s``), then
 drops the queues: deliveries not yet handled are left uncommitted and come again.
 
-Ownership: without the lock service, the consumer owns exactly the queues it was given;
-two consumers of one group that own the same queue both consume it (duplicates, not loss).
+Ownership: with ``ownership`` settings (a cluster with a lock service, no queues chosen by
+the application), the machine is a ``pxq.consumer.ownership.ConsumerProcess``: a session
+starts with ``Join`` (the process takes its share of the group's queues through the lock
+service, fenced, and keeps following membership changes) and ends with ``Leave`` (every queue
+stopped, every lock released at once, so the other consumers take them over without waiting
+for a lease). Without, the consumer owns exactly the queues it was given; two consumers of one
+group that own the same queue both consume it (duplicates, not loss).
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from pxq.consumer.messages import (
     OwnershipSet,
     SetOwnership,
 )
+from pxq.consumer.ownership import ConsumerProcess, Join, Joined, Leave, Left, OwnershipSettings
 from pxq.consumer.settings import ConsumerSettings
 from pxq.effects import Received, TraceEvent
 from pxq.store.messages import StoredItem
@@ -139,6 +145,7 @@ class AsyncConsumer:
         *,
         settings: ConsumerSettings,
         owned: tuple[OwnedQueue, ...],
+        ownership: OwnershipSettings | None = None,
         pool: NodePool,
         rng: random.Random,
         concurrency: int = CONCURRENCY_DEFAULT,
@@ -150,9 +157,14 @@ class AsyncConsumer:
         self.group = settings.group
         self.owned = owned
         self._settings = settings
-        self._machine = ConsumerMachine(settings, rng)
+        self._process: ConsumerProcess | None = None
+        if ownership is not None:
+            self._process = ConsumerProcess(settings, ownership, rng, active=False)
+            self._machine = self._process.consumer
+        else:
+            self._machine = ConsumerMachine(settings, rng)
         self._driver = MachineDriver(
-            self._machine,
+            self._process if self._process is not None else self._machine,
             pool,
             request_timeout_ms=settings.request_timeout_ms,
             name=f"consumer of {settings.group}",
@@ -304,10 +316,18 @@ class AsyncConsumer:
         self._ready = asyncio.Queue()
         return self._session
 
+    @property
+    def holder(self) -> str | None:
+        """This consumer's incarnation in the lock service (None without one)."""
+        return None if self._process is None else self._process.ownership.holder
+
     async def _acquire(self) -> None:
-        answer = await self._driver.call(SetOwnership(queues=self.owned))
+        if self._process is not None:
+            answer = await self._driver.call(Join())
+        else:
+            answer = await self._driver.call(SetOwnership(queues=self.owned))
         match answer:
-            case OwnershipSet():
+            case OwnershipSet() | Joined():
                 self._accepting = True
             case OwnershipRejected(code=code, message=message):
                 raise RequestFailed(code, message)
@@ -336,9 +356,12 @@ class AsyncConsumer:
                     await asyncio.gather(*pending, return_exceptions=True)
             await self._settle()
             if not self._driver.closed:
+                request: object = Leave() if self._process is not None else SetOwnership(queues=())
                 try:
                     async with asyncio.timeout(self._close_timeout_s):
-                        await self._driver.call(SetOwnership(queues=()))
+                        answer = await self._driver.call(request)
+                    if self._process is not None and not isinstance(answer, Left):
+                        log.warning("consumer of %s: leave answered %r", self.group, answer)
                 except (TimeoutError, PxqError):
                     pass  # the driver is being closed: the streams die with it
         finally:
@@ -432,7 +455,18 @@ class AsyncConsumer:
         return True
 
     def _on_trace(self, event: TraceEvent) -> None:
-        if event.kind == "consumer.stopped":
+        if event.kind in ("own.start", "own.stop"):
+            fields = dict(event.fields)
+            log.info(
+                "consumer of %s %s %s/%s (token %s%s)",
+                self.group,
+                "took" if event.kind == "own.start" else "gave up",
+                fields.get("topic"),
+                fields.get("queue"),
+                fields.get("token"),
+                f", {fields['why']!s}" if "why" in fields else "",
+            )
+        elif event.kind == "consumer.stopped":
             fields = dict(event.fields)
             topic, queue, code = fields.get("topic"), fields.get("queue"), fields.get("code")
             log.warning("consumer of %s stopped %s/%s: %s", self.group, topic, queue, code)

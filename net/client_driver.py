@@ -2,9 +2,11 @@
 
 This module owns two things:
 
-* ``NodePool``: one lazily opened, reused ``NodeClient`` connection per store replica,
-  addressed by node name from the cluster configuration. A connection that failed is
-  dropped and re-opened by the next call.
+* ``NodePool``: one lazily opened, reused ``NodeClient`` connection per node, addressed by
+  node name from the cluster configuration: every store replica and every lock replica
+  (``node_addresses``, ``NodePool.for_config``), so a client machine sends a ``Request`` to a
+  lock node exactly as the producer and consumer send to store nodes. A connection that
+  failed is dropped and re-opened by the next call.
 * ``MachineDriver``: runs one pure client machine on the event loop, implementing the driver
   contract of ``pxq.effects`` for client machines:
 
@@ -40,6 +42,7 @@ from net.client_types import ClientClosed, MachineFailed, OutcomeUnknown
 from net.config import NetConfig
 from net.errors import NetError, NotConnected
 from pxq import codec
+from pxq.config import ClusterConfig
 from pxq.consumer.messages import HANDLER
 from pxq.effects import (
     Boot,
@@ -72,6 +75,12 @@ def now() -> Now:
     return Now(mono_ms=time.monotonic_ns() // 1_000_000, wall_ms=time.time_ns() // 1_000_000)
 
 
+def node_addresses(config: ClusterConfig) -> dict[NodeId, tuple[str, int]]:
+    """The address book of a client: (host, port) of every node of ``config`` by name, the
+    replicas of each store and the lock replicas (``ClusterConfig.all_nodes``)."""
+    return config.node_addresses()
+
+
 class NodePool:
     """One lazily opened, reused connection per node (see the module docstring)."""
 
@@ -83,6 +92,15 @@ class NodePool:
         self._clients: dict[NodeId, NodeClient] = {}
         self._connecting: dict[NodeId, asyncio.Task[NodeClient]] = {}
         self._closed = False
+
+    @classmethod
+    def for_config(cls, config: ClusterConfig, net_config: NetConfig | None = None) -> NodePool:
+        """A pool that reaches every node of ``config``: store replicas and lock replicas."""
+        return cls(node_addresses(config), net_config)
+
+    def address_of(self, node: NodeId) -> tuple[str, int] | None:
+        """Where ``node`` is reached; None if the pool has no address for it."""
+        return self._addresses.get(node)
 
     async def call(self, node: NodeId, request: object, timeout_s: float) -> object:
         """Send ``request`` to ``node`` and return its answer.

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from net.client_consumer import AsyncConsumer, Batch, Handler
 from net.client_types import ClientClosed, Item, PxqError, Receipt
+from net.transport import new_event_loop
 
 if TYPE_CHECKING:
     from net.clientlib import ConfigSource, Key
@@ -43,7 +44,7 @@ class _LoopThread:
     """An event loop running forever in a daemon thread."""
 
     def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_event_loop()  # uvloop's when installed
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._thread.start()
 
@@ -170,6 +171,7 @@ class Client:
         concurrency: int = 16,
         close_timeout_s: float = 5.0,
         options: Mapping[str, int] | None = None,
+        name: str | None = None,
     ) -> BlockingConsumer:
         """A consumer of ``group`` (see ``AsyncClient.consumer``)."""
 
@@ -181,6 +183,7 @@ class Client:
                 concurrency=concurrency,
                 close_timeout_s=close_timeout_s,
                 options=options,
+                name=name,
             )
 
         return BlockingConsumer(self._thread.run(make()), self._thread)

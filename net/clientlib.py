@@ -48,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import socket
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal, TypeAlias, overload
@@ -69,8 +70,8 @@ from net.config import NetConfig
 from net.errors import CallOutcomeUnknown, NetError
 from pxq.config import ClusterConfig, default_config, load_config
 from pxq.consumer.messages import OwnedQueue
+from pxq.consumer.ownership import ownership_settings
 from pxq.consumer.settings import consumer_settings
-from pxq.effects import NodeId
 from pxq.producer.machine import Producer
 from pxq.producer.messages import Produce, Produced, ProduceFailed, ProduceUnknown
 from pxq.producer.settings import producer_settings
@@ -192,15 +193,13 @@ class AsyncClient:
         self._producer_settings = producer_settings(config, **producer)
         self._request_timeout_ms = self._producer_settings.request_timeout_ms
         self._call_timeout_ms = self._producer_settings.call_timeout_ms
-        addresses: dict[NodeId, tuple[str, int]] = {
-            r.node: (r.host, r.port) for s in config.stores for r in s.replicas
-        }
-        self._pool = NodePool(addresses, net_config)
+        self._pool = NodePool.for_config(config, net_config)  # stores and lock replicas
         self._router = Router(
             {s.name: s.nodes for s in config.stores}, {s.name: s.groups for s in config.stores}
         )
         self._producer: MachineDriver | None = None
         self._consumers: set[AsyncConsumer] = set()
+        self._consumer_count = 0
         self._closed = False
 
     @classmethod
@@ -336,10 +335,18 @@ class AsyncClient:
         concurrency: int = 16,
         close_timeout_s: float = 5.0,
         options: Mapping[str, int] | None = None,
+        name: str | None = None,
     ) -> AsyncConsumer:
         """A consumer of ``group``: of ``topic`` (default: every topic the group subscribes
-        to), owning ``queues`` (default: every queue of those topics the group subscribes
         to). Start it with ``run(handler)`` or ``batches()``; see ``net.client_consumer``.
+
+        Which queues it consumes: with ``queues`` given, exactly those (no lock service
+        involved: the application keeps two consumers from sharing a queue). Without, if the
+        cluster runs a lock service (``[locks]``), the group's queues are shared among all its
+        running consumers through it: each queue is owned by one consumer at a time, fenced,
+        spread by consistent hashing (or the scheduler), and moved on within one lease when a
+        consumer dies (``name`` names this consumer among them; default: host, pid and a
+        counter). Without a lock service: every queue the group subscribes to.
 
         ``concurrency`` bounds handler calls at once (``run``). ``options`` overrides
         ``ConsumerSettings`` fields (``get_items_max``, ``poll_empty_max_ms``,
@@ -373,9 +380,15 @@ class AsyncClient:
                         f"consumer group {group!r} is not subscribed to queue {q} of {cfg.name!r}"
                     )
                 owned.append(OwnedQueue(topic=cfg.name, queue=q))
+        ownership = None
+        if queues is None and self.config.locks is not None:
+            self._consumer_count += 1
+            who = name or f"{socket.gethostname()}-{os.getpid()}-{self._consumer_count}"
+            ownership = ownership_settings(self.config, group, who.replace("/", "_"), topic)
         consumer = AsyncConsumer(
             settings=settings,
             owned=tuple(owned),
+            ownership=ownership,
             pool=self._pool,
             rng=random.Random(self._rng.getrandbits(128)),
             concurrency=concurrency,

@@ -1,5 +1,5 @@
 """``pxq cluster up|status|down``: a complete cluster on this machine, one OS process per
-replica.
+replica (store replicas and lock replicas alike).
 
 This module owns the cluster home (``./.pxq`` by default) and the lifecycle of the node
 processes in it::
@@ -10,11 +10,13 @@ processes in it::
     .pxq/logs/<node>.log     each node's stdout and stderr (appended; one header per start)
     .pxq/data/<node>/        each node's LMDB data dir
 
-``up`` starts every replica of every store as ``python -m pxq.cli node run`` (``net.server``)
-in a session of its own, so that the nodes outlive the command, then waits (bounded) until
-every Paxos group has a master, probed as ``net.local`` does. A node that exits meanwhile
-fails the start: the others are stopped and its log tail is reported. ``status`` reports per
-node whether its process is alive, its port accepts connections and which groups it masters.
+``up`` starts every replica of every store, then every replica of the lock service (if the
+configuration has ``[locks]``), each as ``python -m pxq.cli node run`` (``net.server``) in a
+session of its own, so that the nodes outlive the command, then waits (bounded) until every
+Paxos group has a master, store groups and lock groups alike, probed as ``net.local`` does. A
+node that exits meanwhile fails the start: the others are stopped and its log tail is
+reported. ``status`` reports per node its role, whether its process is alive, its port accepts
+connections and which groups it masters (``store0/1``, ``locks/0``).
 ``down`` sends SIGTERM, waits (bounded), SIGKILLs stragglers and removes the pid files.
 
 A pid is only ever signalled after checking (``/proc/<pid>/cmdline``) that it still is the
@@ -38,8 +40,8 @@ from typing import Final
 
 from net.config import NetConfig
 from net.errors import NetError
-from net.local import GroupKey, node_masters, probe_request, probed_groups, wait_for_masters
-from pxq.config import DEFAULT_TOML, ClusterConfig, load_config
+from net.local import GroupKey, node_masters, probed_groups, service_probes, wait_for_masters
+from pxq.config import DEFAULT_TOML, ClusterConfig, Role, load_config
 
 HOME_DEFAULT: Final = Path(".pxq")
 CONFIG_NAME: Final = "cluster.toml"
@@ -251,7 +253,9 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 @dataclass(frozen=True, slots=True)
 class NodeProcess:
     node: str
-    store: str
+    role: Role
+    service: str
+    """The node's store, or ``LOCKS_SERVICE`` for a lock replica."""
     host: str
     port: int
     pid: int
@@ -287,7 +291,8 @@ async def up(
     timeout_s: float = UP_TIMEOUT_S,
     net_config: NetConfig | None = None,
 ) -> UpResult:
-    """Start every replica as a node process and wait until every group has a master.
+    """Start every replica (stores', then the lock service's) as a node process and wait
+    until every group, store or lock, has a master.
 
     Raises ``ConfigError`` (invalid configuration), ``ClusterRunning`` (node processes of
     ``home`` are alive), ``NodeExited`` or ``NoMasters``; on the last two (and on any other
@@ -312,25 +317,24 @@ async def up(
     nodes: list[NodeProcess] = []
     try:
         env = _child_env()
-        for store in config.stores:
-            for replica in store.replicas:
-                node = replica.node
-                log_path = home.log_file(node)
-                with log_path.open("ab") as log:
-                    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-                    log.write(f"---- {stamp} pxq cluster up: starting {node} ----\n".encode())
-                    log.flush()
-                    proc = subprocess.Popen(
-                        node_command(config_abs, node, home.data_dir(node).resolve()),
-                        stdin=subprocess.DEVNULL,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        env=env,
-                        start_new_session=True,
-                    )
-                procs[node] = proc
-                _write_atomic(home.pid_file(node), f"{proc.pid}\n")
-                nodes.append(NodeProcess(node, store.name, replica.host, replica.port, proc.pid))
+        for info in config.all_nodes():
+            node = info.node
+            log_path = home.log_file(node)
+            with log_path.open("ab") as log:
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+                log.write(f"---- {stamp} pxq cluster up: starting {node} ----\n".encode())
+                log.flush()
+                proc = subprocess.Popen(
+                    node_command(config_abs, node, home.data_dir(node).resolve()),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                )
+            procs[node] = proc
+            _write_atomic(home.pid_file(node), f"{proc.pid}\n")
+            nodes.append(NodeProcess(node, info.role, info.service, info.host, info.port, proc.pid))
         _write_atomic(
             home.state_file,
             json.dumps({"config": str(config_abs), "nodes": sorted(procs)}, indent=2) + "\n",
@@ -394,7 +398,9 @@ def _terminate(procs: Iterable[subprocess.Popen[bytes]]) -> None:
 @dataclass(frozen=True, slots=True)
 class NodeStatus:
     node: str
-    store: str
+    role: Role
+    service: str
+    """The node's store, or ``LOCKS_SERVICE`` for a lock replica."""
     host: str
     port: int
     pid: int | None
@@ -404,7 +410,7 @@ class NodeStatus:
     accepting: bool
     """A TCP connection to the node's address succeeded."""
     masters: tuple[int, ...] = ()
-    """Groups of its store this node masters now."""
+    """Groups of its service (its store, or the lock service) this node masters now."""
 
     @property
     def up(self) -> bool:
@@ -416,48 +422,55 @@ class ClusterStatus:
     config_file: Path
     config: ClusterConfig
     nodes: tuple[NodeStatus, ...]
+    """Store replicas first, then lock replicas, in configuration order."""
     without_master: tuple[GroupKey, ...] = field(default=())
 
     @property
     def all_up(self) -> bool:
         return all(n.up for n in self.nodes)
 
+    @property
+    def masters(self) -> dict[GroupKey, str]:
+        """The master of each group that has one, ``(service, group) -> node``."""
+        found: dict[GroupKey, str] = {}
+        for n in self.nodes:
+            for g in n.masters:
+                found.setdefault((n.service, g), n.node)
+        return found
+
 
 async def status(
     home: ClusterHome, config_file: Path | None = None, net_config: NetConfig | None = None
 ) -> ClusterStatus:
-    """Probe every replica of the configuration (concurrently). Raises ``ConfigError``."""
+    """Probe every replica of the configuration, store and lock replicas (concurrently).
+    Raises ``ConfigError``."""
     path = home.config_for_status(config_file)
     config = load_config(path)
     pid_files = home.pid_files()
-    jobs = []
-    for store in config.stores:
-        probes = {
-            g: p for g in range(store.groups) if (p := probe_request(config, store, g)) is not None
-        }
-        for replica in store.replicas:
-            jobs.append((store, replica, probes))
+    probes = {sp.service: sp.probes for sp in service_probes(config)}
+    infos = config.all_nodes()
     answers = await asyncio.gather(
-        *(node_masters(replica, probes, net_config) for _, replica, probes in jobs)
+        *(node_masters(info, probes[info.service], net_config) for info in infos)
     )
     nodes: list[NodeStatus] = []
     mastered: set[GroupKey] = set()
-    for (store, replica, _), groups in zip(jobs, answers, strict=True):
-        pid_file = pid_files.get(replica.node)
+    for info, groups in zip(infos, answers, strict=True):
+        pid_file = pid_files.get(info.node)
         pid = read_pid(pid_file) if pid_file is not None else None
         nodes.append(
             NodeStatus(
-                node=replica.node,
-                store=store.name,
-                host=replica.host,
-                port=replica.port,
+                node=info.node,
+                role=info.role,
+                service=info.service,
+                host=info.host,
+                port=info.port,
                 pid=pid,
-                alive=pid is not None and is_node_process(pid, replica.node),
+                alive=pid is not None and is_node_process(pid, info.node),
                 accepting=groups is not None,
                 masters=tuple(groups or ()),
             )
         )
-        mastered.update((store.name, g) for g in groups or ())
+        mastered.update((info.service, g) for g in groups or ())
     without = tuple(k for k in probed_groups(config) if k not in mastered)
     return ClusterStatus(path, config, tuple(nodes), without)
 

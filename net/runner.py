@@ -6,21 +6,32 @@ It implements the driver contract of ``pxq.effects`` the way ``sim.world.NodeHos
   ``(node_id, storage_view, rng)`` and stepped with ``Boot()`` before anything else.
 * Inputs (``Received`` from peer connections, ``ClientCall`` from client connections with call
   ids unique per incarnation, ``Wake`` from the timer) are stepped as they arrive. Each step's
-  writes go into the storage's open transaction at once (read-your-writes).
-* Group commit per loop turn: the first step of a turn that leaves something to do schedules
-  one end-of-turn callback (``loop.call_soon``). It runs before the I/O callbacks of the next
-  loop iteration, so it covers every input the previous poll delivered; it commits once
-  (fsync), THEN releases the sends and replies of those steps in step order, and writes each
-  connection's frames in one write. A step that wrote nothing, when no earlier output is still
-  waiting, has its output released at once (it still goes out in the same write).
+  writes go into the storage's open batch at once, an in-memory overlay that every later
+  read sees (read-your-writes; ``net.storage``).
+* Group commit off the loop thread: the first step of a turn that leaves something to do
+  schedules one end-of-turn callback (``loop.call_soon``). It runs before the I/O callbacks of
+  the next loop iteration, so it covers every input the previous poll delivered. If no commit
+  is running, it seals the open batch and hands it to the node's one writer thread, which
+  commits it in one LMDB transaction (fsync) while the loop keeps receiving and stepping; the
+  writes of steps taken meanwhile form the next batch, sealed as soon as the running commit
+  completes. Batches commit one at a time, in order.
+* Output waits for durability: each step's sends and replies are tagged with the batch that
+  holds the last write applied so far (its own, or an earlier step's that it may have read),
+  and are released, in step order, only once that batch is durable; each connection's frames
+  of one release go out in one write. A step with nothing undurable before it, when no
+  earlier output is still waiting, has its output released at once.
 * Exactly one timer (``loop.call_at``) is armed at ``next_deadline()``, re-read after every
   step. Monotonic ms come from ``time.monotonic_ns() // 1_000_000`` and wall ms from
   ``time.time_ns() // 1_000_000``; the timer is armed in the loop's own clock from the
   difference, so it works with any loop implementation.
 * ``InvariantViolation``, ``StorageCorruption`` or a ``StorageError`` (``StorageFull``
   included) from a step or a commit, or any other exception from the node, stops the node:
-  logged at error level, the failed turn's writes aborted and its output dropped (nothing of
-  it is released), listener and connections closed, storage closed. A commit is never retried.
+  logged at error level, every write not yet durable dropped and every output still held
+  dropped (nothing of it is released), listener and connections closed, the writer thread
+  joined, storage closed. A commit is never retried (a full map grows and writes the same
+  batch again: LMDB reports it before writing anything).
+* ``stop()`` waits for the running commit, commits what is left on the loop thread, releases
+  everything, then closes.
 * Trace events go to the ``pxq.net.trace`` logger (debug level) and to an optional callback.
 
 Peer messages to the node itself are delivered in memory on a later loop callback.
@@ -29,10 +40,12 @@ Peer messages to the node itself are delivered in memory on a later loop callbac
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -43,7 +56,7 @@ from net.config import NetConfig
 from net.envelope import CallReply, Hello
 from net.errors import BootFailed, NetError, StorageError
 from net.framing import encode_frame
-from net.storage import LmdbStorage
+from net.storage import LmdbStorage, SealedBatch, WriteOutcome
 from net.transport import InboundConnection, PeerLink, listen
 from pxq import codec
 from pxq.effects import (
@@ -72,6 +85,10 @@ NodeFactory = Callable[[NodeId, StorageView, random.Random], Node]
 
 TraceListener = Callable[[NodeId, TraceEvent], None]
 
+STOP_WRITE_WAITS_MAX = 64
+"""Commits a graceful stop waits for (each one started while the previous ran) before it
+commits the rest on the loop thread."""
+
 
 class DriverStorage(StorageView, Protocol):
     """What the runner needs of its storage (``LmdbStorage``, or a test double)."""
@@ -79,7 +96,19 @@ class DriverStorage(StorageView, Protocol):
     @property
     def pending(self) -> bool: ...
 
+    @property
+    def horizon_seq(self) -> int: ...
+
+    @property
+    def durable_seq(self) -> int: ...
+
     def apply(self, writes: tuple[Write, ...]) -> None: ...
+
+    def seal(self) -> SealedBatch | None: ...
+
+    def write(self, batch: SealedBatch) -> WriteOutcome: ...
+
+    def written(self, outcome: WriteOutcome) -> None: ...
 
     def commit(self) -> bool: ...
 
@@ -110,6 +139,7 @@ class RunnerStats:
     steps: int = 0
     turns: int = 0
     commits: int = 0
+    map_full_rewrites: int = 0
     sends: int = 0
     replies: int = 0
     calls: int = 0
@@ -170,7 +200,10 @@ class NodeRunner:
         self._conns: dict[InboundConnection, None] = {}  # insertion-ordered set
         self._calls: dict[int, tuple[InboundConnection, int]] = {}
         self._next_call_id = 1
-        self._outbox: list[tuple[tuple[Send, ...], tuple[Reply, ...]]] = []
+        # Output held until durable: (batch it waits for, sends, replies), in step order.
+        self._outbox: deque[tuple[int, tuple[Send, ...], tuple[Reply, ...]]] = deque()
+        self._writer: concurrent.futures.ThreadPoolExecutor | None = None
+        self._writing: asyncio.Future[WriteOutcome] | None = None
         self._dirty_conns: list[InboundConnection] = []
         self._dirty_links: dict[NodeId, PeerLink] = {}
         self._turn_scheduled = False
@@ -226,6 +259,9 @@ class NodeRunner:
             raise
         self._storage = storage
         self._server = server
+        self._writer = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"pxq-writer-{self.node_id}"
+        )
         name = server.sockets[0].getsockname()
         self._address = (str(name[0]), int(name[1]))
         self.state = RunnerState.RUNNING
@@ -257,7 +293,7 @@ class NodeRunner:
             return
         if self.state is not RunnerState.RUNNING:
             return
-        self._end_turn()
+        await self._finish_writes()
         if self.state is not RunnerState.RUNNING:
             return  # the final commit failed: _crash closed everything
         self.state = RunnerState.STOPPED
@@ -288,7 +324,8 @@ class NodeRunner:
         log.error("node %s stopped: %s", self.node_id, reason, exc_info=exc)
         self.state = RunnerState.CRASHED
         self.crash_reason = reason
-        # Nothing of the failed turn is released, and its writes never become durable.
+        # Nothing held is released, and writes not yet durable never become durable (a commit
+        # running on the writer thread may still complete: durable, but never announced).
         self._outbox.clear()
         self._dirty_conns.clear()
         self._dirty_links.clear()
@@ -314,6 +351,11 @@ class NodeRunner:
         self._calls.clear()
         for link in self._links.values():
             link.close()
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            # A commit still running must finish before the environment closes (LMDB).
+            writer.shutdown(wait=True)
+        self._writing = None
         if self._storage is not None:
             try:
                 self._storage.close()
@@ -350,8 +392,9 @@ class NodeRunner:
             self._crash(f"node raised {type(exc).__name__}: {exc}", exc)
             return
         if fx.sends or fx.replies:
-            if self._outbox or storage.pending:
-                self._outbox.append((fx.sends, fx.replies))
+            horizon = storage.horizon_seq
+            if self._outbox or horizon > storage.durable_seq:
+                self._outbox.append((horizon, fx.sends, fx.replies))
             else:
                 self._release(fx.sends, fx.replies)
         if storage.pending or self._outbox or self._dirty_conns or self._dirty_links:
@@ -378,18 +421,60 @@ class NodeRunner:
         if self.state is not RunnerState.RUNNING or storage is None:
             return
         self.stats.turns += 1
-        if storage.pending:
-            try:
-                storage.commit()
-            except (StorageError, StorageCorruption) as exc:
-                self._crash(f"commit failed: {type(exc).__name__}: {exc}", exc)
-                return
-            except Exception as exc:
-                self._crash(f"commit raised {type(exc).__name__}: {exc}", exc)
-                return
-            self.stats.commits += 1
-        outbox, self._outbox = self._outbox, []
-        for sends, replies in outbox:
+        if self._writing is None and storage.pending:
+            self._start_write(storage)
+        self._release_durable(storage)
+
+    def _start_write(self, storage: DriverStorage) -> None:
+        """Seal the open batch and commit it on the writer thread."""
+        try:
+            batch = storage.seal()
+        except Exception as exc:
+            self._crash(f"sealing the batch failed: {type(exc).__name__}: {exc}", exc)
+            return
+        if batch is not None:
+            self._submit(storage, batch)
+
+    def _submit(self, storage: DriverStorage, batch: SealedBatch) -> None:
+        loop = self._loop
+        writer = self._writer
+        if loop is None or writer is None:
+            return
+        fut = loop.run_in_executor(writer, storage.write, batch)
+        self._writing = fut
+        fut.add_done_callback(self._write_done)
+
+    def _write_done(self, fut: asyncio.Future[WriteOutcome]) -> None:
+        if fut is not self._writing:
+            return  # the runner stopped meanwhile
+        self._writing = None
+        storage = self._storage
+        if self.state is not RunnerState.RUNNING or storage is None:
+            return
+        try:
+            outcome = fut.result()
+            storage.written(outcome)
+        except (StorageError, StorageCorruption) as exc:
+            self._crash(f"commit failed: {type(exc).__name__}: {exc}", exc)
+            return
+        except Exception as exc:
+            self._crash(f"commit raised {type(exc).__name__}: {exc}", exc)
+            return
+        if not outcome.committed:  # a full map, grown by written(): the same batch again
+            self.stats.map_full_rewrites += 1
+            self._submit(storage, outcome.batch)
+            return
+        self.stats.commits += 1
+        if storage.pending:  # everything stepped while that commit ran: the next group
+            self._start_write(storage)
+        self._release_durable(storage)
+
+    def _release_durable(self, storage: DriverStorage) -> None:
+        """Release held output whose batch is durable (in step order), then write it out."""
+        outbox = self._outbox
+        durable = storage.durable_seq
+        while outbox and outbox[0][0] <= durable:
+            _, sends, replies = outbox.popleft()
             self._release(sends, replies)
         conns, self._dirty_conns = self._dirty_conns, []
         for conn in conns:
@@ -397,6 +482,32 @@ class NodeRunner:
         links, self._dirty_links = self._dirty_links, {}
         for link in links.values():
             link.flush()
+
+    async def _finish_writes(self) -> None:
+        """For a graceful stop: wait for the running commit, commit the rest on this thread,
+        release everything."""
+        for _ in range(STOP_WRITE_WAITS_MAX):
+            writing = self._writing
+            if writing is None:
+                break
+            await asyncio.wait((writing,))
+            await asyncio.sleep(0)  # let _write_done run (it may start the next batch)
+        storage = self._storage
+        if self.state is not RunnerState.RUNNING or storage is None:
+            return
+        if self._writing is not None:
+            self._crash("the last commits did not finish while stopping", None)
+            return
+        try:
+            if storage.commit():
+                self.stats.commits += 1
+        except (StorageError, StorageCorruption) as exc:
+            self._crash(f"commit failed: {type(exc).__name__}: {exc}", exc)
+            return
+        except Exception as exc:
+            self._crash(f"commit raised {type(exc).__name__}: {exc}", exc)
+            return
+        self._release_durable(storage)
 
     def _release(self, sends: tuple[Send, ...], replies: tuple[Reply, ...]) -> None:
         """Hand durable output to the connections (written at the end of the turn)."""

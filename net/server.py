@@ -1,8 +1,10 @@
-"""``pxq node run``: one store replica as a long-running server process.
+"""``pxq node run``: one replica (of a store, or of the lock service) as a long-running server
+process.
 
 This module owns what turns a cluster file and a node name into a running replica: finding the
-node's store and address in the configuration, building its ``NodeRunner`` (``StoreNode`` via
-``net.local.store_factory``, LMDB in the data dir, the listener bound to exactly the configured
+node's role and address in the configuration, building its ``NodeRunner`` (a ``StoreNode`` for
+a store replica, a ``LockNode`` hosting every lock group for a lock replica, both via
+``net.local.node_spec``; LMDB in the data dir, the listener bound to exactly the configured
 host and port), stderr logging, and the signal handling of a service: SIGTERM or SIGINT stops
 the node gracefully (no new connections, the current turn committed and released, LMDB
 closed). It is what a systemd unit executes; ``net.cluster`` starts one such process per
@@ -22,11 +24,12 @@ import sys
 from pathlib import Path
 from typing import Final
 
+from net import transport
 from net.config import NetConfig
 from net.errors import StartupError
-from net.local import peers_of, store_factory
+from net.local import NodeSpec, node_spec
 from net.runner import NodeRunner
-from pxq.config import ClusterConfig, ReplicaConfig, StoreConfig
+from pxq.config import ClusterConfig, NodeInfo
 
 log = logging.getLogger("pxq.net.server")
 
@@ -35,7 +38,7 @@ LOG_FORMAT: Final = "%(asctime)s {node} %(levelname)s %(name)s: %(message)s"
 
 
 class UnknownNode(StartupError):
-    """The node name is not a replica of any store in the configuration."""
+    """The node name is not a replica of any store nor of the lock service."""
 
 
 def default_data_dir(node: str) -> Path:
@@ -43,13 +46,18 @@ def default_data_dir(node: str) -> Path:
     return Path(".pxq") / "data" / node
 
 
-def replica_of(config: ClusterConfig, node: str) -> tuple[StoreConfig, ReplicaConfig]:
-    """The store and replica entry of ``node``; ``UnknownNode`` if it has none."""
-    store = config.store_of_node(node)
-    if store is None:
-        known = ", ".join(n for s in config.stores for n in s.nodes)
+def _spec_of(config: ClusterConfig, node: str) -> NodeSpec:
+    spec = node_spec(config, node)
+    if spec is None:
+        known = ", ".join(info.node for info in config.all_nodes())
         raise UnknownNode(f"node {node!r} is not a replica in the configuration (known: {known})")
-    return store, next(r for r in store.replicas if r.node == node)
+    return spec
+
+
+def node_of(config: ClusterConfig, node: str) -> NodeInfo:
+    """The configuration entry of ``node`` (its role, service and address); ``UnknownNode`` if
+    it is neither a store replica nor a lock replica."""
+    return _spec_of(config, node).info
 
 
 def build_runner(
@@ -58,16 +66,17 @@ def build_runner(
     data_dir: Path,
     net_config: NetConfig | None = None,
 ) -> NodeRunner:
-    """The runner of ``node``'s replica: its store's ``StoreNode``, at its configured address."""
-    store, replica = replica_of(config, node)
+    """The runner of ``node``'s replica at its configured address: its store's ``StoreNode``,
+    or a ``LockNode`` for a lock replica."""
+    spec = _spec_of(config, node)
     return NodeRunner(
         node_id=node,
         cluster=config.name,
         data_dir=data_dir,
-        factory=store_factory(config, store),
-        peers=peers_of(store),
-        host=replica.host,
-        port=replica.port,
+        factory=spec.factory,
+        peers=spec.peers,
+        host=spec.info.host,
+        port=spec.info.port,
         config=net_config,
     )
 
@@ -123,5 +132,14 @@ def run_node(
     """Run ``node`` until it is told to stop (see ``serve``); blocks. Returns the crash reason,
     or None after a graceful stop. Raises ``StartupError`` if it cannot start."""
     runner = build_runner(config, node, data_dir, net_config)
-    log.info("starting node %s of cluster %s (data dir %s)", node, config.name, data_dir.resolve())
-    return asyncio.run(serve(runner))
+    info = node_of(config, node)
+    log.info(
+        "starting %s node %s (%s) of cluster %s (data dir %s)",
+        info.role,
+        node,
+        info.service,
+        config.name,
+        data_dir.resolve(),
+    )
+    # uvloop when installed (net.transport.new_event_loop), asyncio's own loop otherwise.
+    return transport.run(serve(runner))

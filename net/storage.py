@@ -11,19 +11,28 @@
   ``NetConfig.tables_max``);
 * values sealed with a CRC-32 suffix computed over the table name, the key and the value,
   checked on every read (a mismatch raises ``StorageCorruption``);
-* one write transaction at a time, opened lazily. Reads go through it, so they see every
-  write applied so far, committed or not (read-your-writes, as ``pxq.effects`` requires).
-  ``apply`` adds one step's writes to it, ``commit`` makes all of them durable at once
-  (``sync=True``: fdatasync of the data, then a synchronous meta page write): the runner
-  applies every step of one loop turn and commits once (group commit);
-* a full map: the transaction is aborted, the map doubled (up to
-  ``NetConfig.map_size_max_bytes``) and the whole uncommitted batch replayed; when the map
-  cannot grow, ``StorageFull`` is raised with nothing of the batch left.
+* writes in layers, durable in order. ``apply`` adds one step's writes to the *open batch*,
+  an in-memory layer (per table: a dict of values and tombstones with sorted keys, plus the
+  deleted ranges). ``seal`` closes it and numbers it (1, 2, ...); ``write`` commits a sealed
+  batch in one LMDB transaction (``sync=True``: fdatasync of the data, then a synchronous meta
+  page write) and may run on a dedicated writer thread; ``written`` (back on the owner's
+  thread) drops the layer from the overlay and advances ``durable_seq``. Reads (``get``,
+  ``scan``) look through the open layer, then the sealed layers newest first, then a read
+  transaction on LMDB renewed after each commit: a node reads its own writes whether they
+  are durable or not (read-your-writes, as ``pxq.effects`` requires). ``commit`` does seal,
+  write and written at once on the calling thread (tests, tools, a runner's final turn).
+  The runner (``net.runner``) seals all steps of one loop turn into one batch (group commit)
+  and keeps stepping while the writer thread syncs it;
+* a full map: ``write`` reports it before anything is written; ``written`` doubles the map
+  (up to ``NetConfig.map_size_max_bytes``) on the owner's thread, where no read transaction
+  is then open, and the batch is written again; when the map cannot grow, ``StorageFull`` is
+  raised with every batch not yet durable dropped.
 
-It is not thread-safe: LMDB write transactions belong to the thread that opened them, and
-the runner calls everything from its event loop thread. A commit blocks that thread for the
-fsync (about 0.15-0.25 ms on this VM's disk in fast mode, see limits.md section 2); frames
-arriving meanwhile wait in kernel buffers and form the next turn's group.
+Threads: ``write`` touches nothing the other methods change, and LMDB is opened with
+``MDB_NOTLS`` (py-lmdb always does), so a read transaction on the owner's thread and the
+write transaction on the writer thread coexist. Everything else belongs to one thread, and at
+most one ``write`` runs at a time, in sealing order; nothing else (``close`` included) may run
+while a ``write`` is running.
 
 LMDB keys are 1 to 511 bytes: a ``Put`` of an empty or longer key raises ``StorageError``;
 reads and deletes of such keys find nothing.
@@ -31,12 +40,14 @@ reads and deletes of such keys find nothing.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import fcntl
 import json
 import os
 import struct
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,11 +78,172 @@ class _Table:
     crc_seed: int  # CRC-32 of the table name, the start of every value's checksum
 
 
+_MISSING: Final = object()
+"""``_Layer.lookup``: the layer says nothing about the key (read the layers below)."""
+
+
+class _LayerTable:
+    """One table's writes in one layer: a value, or None for a deleted key; keys sorted."""
+
+    __slots__ = ("keys", "values")
+
+    def __init__(self) -> None:
+        self.values: dict[bytes, bytes | None] = {}
+        self.keys: list[bytes] = []
+
+    def set(self, key: bytes, value: bytes | None) -> None:
+        if key not in self.values:
+            keys = self.keys
+            if not keys or key > keys[-1]:
+                keys.append(key)
+            else:
+                bisect.insort(keys, key)
+        self.values[key] = value
+
+    def drop_range(self, start: bytes, end: bytes) -> None:
+        keys = self.keys
+        lo = bisect.bisect_left(keys, start)
+        hi = bisect.bisect_left(keys, end)
+        values = self.values
+        for key in keys[lo:hi]:
+            del values[key]
+        del keys[lo:hi]
+
+    def select(
+        self, start: bytes, end: bytes | None, reverse: bool
+    ) -> list[tuple[bytes, bytes | None]]:
+        keys = self.keys
+        lo = bisect.bisect_left(keys, start)
+        hi = len(keys) if end is None else bisect.bisect_left(keys, end)
+        chosen = keys[lo:hi]
+        if reverse:
+            chosen.reverse()
+        values = self.values
+        return [(key, values[key]) for key in chosen]
+
+
+class _Layer:
+    """The writes of one future transaction, readable before they are durable.
+
+    ``writes`` keeps them in order for the transaction; ``tables`` and ``ranges`` answer
+    reads: within a layer a key's latest ``Put``/``Delete`` wins over the layer's
+    ``DeleteRange``s (a range drops the layer's earlier writes of its keys when applied),
+    and the ranges hide the keys of the layers below.
+    """
+
+    __slots__ = ("bytes", "ranges", "seq", "tables", "writes")
+
+    def __init__(self) -> None:
+        self.seq = 0  # set when sealed
+        self.writes: list[Write] = []
+        self.tables: dict[str, _LayerTable] = {}
+        self.ranges: dict[str, list[tuple[bytes, bytes]]] = {}
+        self.bytes = 0
+
+    def add(self, w: Write) -> None:
+        self.writes.append(w)
+        match w:
+            case Put(table=table, key=key, value=value):
+                t = self.tables.get(table)
+                if t is None:
+                    t = self.tables[table] = _LayerTable()
+                t.set(key, value)
+                self.bytes += len(key) + len(value)
+            case Delete(table=table, key=key):
+                t = self.tables.get(table)
+                if t is None:
+                    t = self.tables[table] = _LayerTable()
+                t.set(key, None)
+                self.bytes += len(key)
+            case DeleteRange(table=table, start=start, end=end):
+                if start < end:
+                    t = self.tables.get(table)
+                    if t is not None:
+                        t.drop_range(start, end)
+                    self.ranges.setdefault(table, []).append((start, end))
+                    self.bytes += len(start) + len(end)
+            case _:
+                assert_never(w)
+
+    def touches(self, table: str) -> bool:
+        return table in self.tables or table in self.ranges
+
+    def lookup(self, table: str, key: bytes) -> object:
+        """The key's value in this layer, None if deleted here, ``_MISSING`` if untouched."""
+        t = self.tables.get(table)
+        if t is not None:
+            value = t.values.get(key, _MISSING)
+            if value is not _MISSING:
+                return value
+        ranges = self.ranges.get(table)
+        if ranges and any(s <= key < e for s, e in ranges):
+            return None
+        return _MISSING
+
+    def over(
+        self,
+        table: str,
+        below: Iterator[tuple[bytes, bytes]],
+        start: bytes,
+        end: bytes | None,
+        reverse: bool,
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """``below`` (the same scan of the layers under this one) with this layer on top."""
+        t = self.tables.get(table)
+        mine = [] if t is None else t.select(start, end, reverse)
+        overridden: dict[bytes, bytes | None] = {} if t is None else t.values
+        ranges = self.ranges.get(table) or []
+        i = 0
+        n = len(mine)
+        for key, value in below:
+            if key in overridden or (ranges and any(s <= key < e for s, e in ranges)):
+                continue
+            while i < n and (mine[i][0] > key if reverse else mine[i][0] < key):
+                k, v = mine[i]
+                i += 1
+                if v is not None:
+                    yield k, v
+            yield key, value
+        while i < n:
+            k, v = mine[i]
+            i += 1
+            if v is not None:
+                yield k, v
+
+
+class SealedBatch:
+    """The writes handed to one transaction (``LmdbStorage.seal``); opaque to callers."""
+
+    __slots__ = ("_layer",)
+
+    def __init__(self, layer: _Layer) -> None:
+        self._layer = layer
+
+    @property
+    def seq(self) -> int:
+        """Batches are numbered 1, 2, ... in sealing order; they must commit in that order."""
+        return self._layer.seq
+
+    @property
+    def writes(self) -> int:
+        return len(self._layer.writes)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOutcome:
+    """What ``LmdbStorage.write`` did with a batch: committed (with the tables it created),
+    or not, because the map was full (nothing was written; grow and write it again)."""
+
+    batch: SealedBatch
+    committed: bool
+    new_tables: dict[str, lmdb._Database]
+
+
 class LmdbStorage:
-    """One node's LMDB environment: a ``StorageView`` plus ``apply``/``commit``."""
+    """One node's LMDB environment: a ``StorageView`` plus ``apply``/``commit`` (see the
+    module docstring for the layers and the writer-thread protocol)."""
 
     __slots__ = (
-        "_batch",
         "_chunk",
         "_closed",
         "_env",
@@ -80,10 +252,15 @@ class LmdbStorage:
         "_lock_fd",
         "_map_size",
         "_map_size_max",
-        "_new_tables",
+        "_next_seq",
+        "_open",
+        "_pending_tables",
+        "_rtxn",
+        "_sealed",
         "_tables",
-        "_txn",
+        "_tables_max",
         "commits",
+        "durable_seq",
         "map_grows",
         "path",
     )
@@ -102,16 +279,21 @@ class LmdbStorage:
         self._env = env
         self._lock_fd = lock_fd
         self._tables = tables
+        self._tables_max = config.tables_max
         self._chunk = config.scan_chunk_items
         self._map_size = env.info()["map_size"]
         self._map_size_max = max(config.map_size_max_bytes, self._map_size)
         self._key_max = env.max_key_size()
-        self._txn: lmdb.Transaction[bytes] | None = None
-        self._batch: list[Write] = []  # every write in the open transaction, for replay
-        self._new_tables: list[str] = []  # tables created by the open transaction
+        self._rtxn: lmdb.Transaction[bytes] | None = None
+        self._open = _Layer()  # writes applied since the last seal
+        self._sealed: deque[_Layer] = deque()  # sealed, not yet committed; oldest first
+        self._pending_tables: set[str] = set()  # tables written by a layer, not in LMDB yet
+        self._next_seq = 1
         self._failed: str | None = None
         self._closed = False
         self.commits = 0
+        self.durable_seq = 0
+        """The last batch known durable (``written`` of it returned)."""
         self.map_grows = 0
 
     # -- opening ------------------------------------------------------------------------------
@@ -159,11 +341,22 @@ class LmdbStorage:
     # -- StorageView --------------------------------------------------------------------------
 
     def get(self, table: str, key: bytes) -> bytes | None:
-        """The value under ``key`` in ``table``, including uncommitted writes."""
-        t = self._tables.get(table)
-        if t is None or not 0 < len(key) <= self._key_max:
+        """The value under ``key`` in ``table``, including writes not yet durable."""
+        if not 0 < len(key) <= self._key_max:
             return None
-        raw = self._write_txn().get(key, db=t.db)
+        layer = self._open
+        if layer.writes:
+            found = layer.lookup(table, key)
+            if found is not _MISSING:
+                return found  # type: ignore[return-value]
+        for layer in reversed(self._sealed):
+            found = layer.lookup(table, key)
+            if found is not _MISSING:
+                return found  # type: ignore[return-value]
+        t = self._tables.get(table)
+        if t is None:
+            return None
+        raw = self._read_txn().get(key, db=t.db)
         if raw is None:
             return None
         return _unseal(table, t.crc_seed, key, raw)
@@ -171,15 +364,24 @@ class LmdbStorage:
     def scan(
         self, table: str, start: bytes = b"", end: bytes | None = None, *, reverse: bool = False
     ) -> Iterator[tuple[bytes, bytes]]:
-        """Pairs with ``start <= key < end`` in key order (descending with ``reverse``).
+        """Pairs with ``start <= key < end`` in key order (descending with ``reverse``),
+        including writes not yet durable.
 
         Reads ``scan_chunk_items`` pairs per cursor positioning and re-seeks after the last
-        key for the next chunk, so an iterator survives writes and commits made while it is
-        open; later chunks see those writes.
+        key for the next chunk, so an iterator survives commits made while it is open;
+        later chunks see them.
         """
-        if reverse:
-            return self._scan_reverse(table, start, end)
-        return self._scan_forward(table, start, end)
+        it = (
+            self._scan_reverse(table, start, end)
+            if reverse
+            else self._scan_forward(table, start, end)
+        )
+        for layer in self._sealed:
+            if layer.touches(table):
+                it = layer.over(table, it, start, end, reverse)
+        if self._open.touches(table):
+            it = self._open.over(table, it, start, end, reverse)
+        return it
 
     def _scan_forward(
         self, table: str, start: bytes, end: bytes | None
@@ -191,7 +393,7 @@ class LmdbStorage:
             if t is None:
                 return
             chunk: list[tuple[bytes, bytes]] = []
-            cursor = self._write_txn().cursor(t.db)
+            cursor = self._read_txn().cursor(t.db)
             try:
                 if after is None:
                     found = cursor.set_range(start) if start else cursor.first()
@@ -224,7 +426,7 @@ class LmdbStorage:
             if t is None or below == b"":
                 return
             chunk: list[tuple[bytes, bytes]] = []
-            cursor = self._write_txn().cursor(t.db)
+            cursor = self._read_txn().cursor(t.db)
             try:
                 if below is None:
                     found = cursor.last()
@@ -251,8 +453,27 @@ class LmdbStorage:
 
     @property
     def pending(self) -> bool:
-        """Whether writes were applied since the last commit."""
-        return bool(self._batch)
+        """Whether writes were applied since the last seal (or commit)."""
+        return bool(self._open.writes)
+
+    @property
+    def unwritten(self) -> int:
+        """Sealed batches not yet committed (being written, or waiting for their turn)."""
+        return len(self._sealed)
+
+    @property
+    def overlay_bytes(self) -> int:
+        """Key and value bytes held in memory until they are durable (all layers)."""
+        return self._open.bytes + sum(layer.bytes for layer in self._sealed)
+
+    @property
+    def horizon_seq(self) -> int:
+        """The batch that will hold the last write applied so far: the open batch's number if
+        it has writes, else the last sealed one's (``durable_seq`` if all are durable). Output
+        that may depend on what was read is safe to release once ``durable_seq`` reaches it."""
+        if self._open.writes:
+            return self._next_seq
+        return self._sealed[-1].seq if self._sealed else self.durable_seq
 
     @property
     def map_size(self) -> int:
@@ -260,69 +481,148 @@ class LmdbStorage:
         return self._map_size
 
     def apply(self, writes: Iterable[Write]) -> None:
-        """Apply one step's writes to the open transaction, in order.
+        """Add one step's writes to the open batch, in order; reads see them at once.
 
-        Raises ``StorageFull`` if the map is full and cannot grow (the whole uncommitted
-        batch, of this and earlier steps, is then aborted) and ``StorageError`` on any other
-        LMDB failure (the storage is then unusable).
+        Raises ``StorageError`` for a write LMDB can never store (a ``Put`` key that is empty
+        or longer than LMDB's limit, a table name out of bounds, more tables than
+        ``NetConfig.tables_max``); the storage is then unusable.
         """
         self._check_usable()
-        writes = tuple(writes)
-        self._batch.extend(writes)
+        layer = self._open
+        key_max = self._key_max
+        for w in writes:
+            if type(w) is Put:
+                if not 0 < len(w.key) <= key_max:
+                    raise self._fail(
+                        f"Put of a {len(w.key)}-byte key in table {w.table!r}: LMDB keys are "
+                        f"1 to {key_max} bytes"
+                    )
+                table = w.table
+                if table not in self._tables and table not in self._pending_tables:
+                    self._admit_table(table)
+            elif type(w) is Delete and not 0 < len(w.key) <= key_max:
+                continue  # LMDB holds no such key: nothing to delete
+            layer.add(w)
+
+    def _admit_table(self, table: str) -> None:
+        name = table.encode()
+        if not 0 < len(name) <= self._key_max:
+            raise self._fail(f"table name {table!r} must be 1 to {self._key_max} bytes")
+        if len(self._tables) + len(self._pending_tables) >= self._tables_max:
+            raise self._fail(
+                f"table {table!r} would exceed NetConfig.tables_max "
+                f"({len(self._tables) + len(self._pending_tables)} exist)"
+            )
+        self._pending_tables.add(table)
+
+    def seal(self) -> SealedBatch | None:
+        """Close the open batch (None if it has no writes); later writes go to a new one.
+        The sealed batch stays readable until ``written`` reports it durable."""
+        self._check_usable()
+        layer = self._open
+        if not layer.writes:
+            return None
+        layer.seq = self._next_seq
+        self._next_seq += 1
+        self._sealed.append(layer)
+        self._open = _Layer()
+        return SealedBatch(layer)
+
+    def write(self, batch: SealedBatch) -> WriteOutcome:
+        """Commit ``batch`` in one durable LMDB transaction (fdatasync of the data, then the
+        synchronous meta page write). May run on another thread than every other method (one
+        call at a time, in sealing order); touches no state the other methods change.
+
+        Returns ``committed=False`` if the map is full (nothing written: the caller grows the
+        map with ``written`` and writes the batch again). Raises ``StorageError`` on any other
+        LMDB failure (``StorageFull`` for a full disk); nothing of the batch is then durable
+        as far as the caller can tell, and the storage must not be used again.
+        """
+        layer = batch._layer
+        new_tables: dict[str, lmdb._Database] = {}
         try:
-            self._apply_writes(writes)
-        except lmdb.MapFullError:
-            self._grow_and_replay()
+            txn = self._env.begin(write=True)
         except lmdb.Error as exc:
-            raise self._fail(f"LMDB write failed: {type(exc).__name__}: {exc}") from exc
+            raise StorageError(f"cannot begin a transaction: {exc}") from exc
+        try:
+            self._write_all(txn, layer.writes, new_tables)
+            txn.commit()
+        except lmdb.MapFullError:
+            with contextlib.suppress(lmdb.Error):
+                txn.abort()
+            return WriteOutcome(batch=batch, committed=False, new_tables={})
+        except lmdb.Error as exc:
+            with contextlib.suppress(lmdb.Error):
+                txn.abort()
+            if isinstance(exc, lmdb.DiskError) or _is_enospc(exc):
+                raise StorageFull(f"disk full during commit: {exc}") from exc
+            raise StorageError(f"commit failed: {type(exc).__name__}: {exc}") from exc
+        except BaseException:
+            with contextlib.suppress(lmdb.Error):
+                txn.abort()
+            raise
+        return WriteOutcome(batch=batch, committed=True, new_tables=new_tables)
+
+    def written(self, outcome: WriteOutcome) -> None:
+        """Take the result of ``write`` into account (on the thread that applies and reads).
+
+        A committed batch leaves the overlay (reads now find it in LMDB) and ``durable_seq``
+        advances to it. For an uncommitted one (full map) the map is doubled, up to
+        ``NetConfig.map_size_max_bytes``; at the maximum ``StorageFull`` is raised and every
+        batch not yet durable is dropped (the storage stays usable at its last commit).
+        """
+        self._check_usable()
+        batch = outcome.batch
+        if not self._sealed or self._sealed[0] is not batch._layer:
+            raise self._fail(f"batch {batch.seq} completed out of order")
+        if not outcome.committed:
+            self._grow()
+            return
+        self._sealed.popleft()
+        self._drop_rtxn()  # the next read sees the new commit
+        for name, db in outcome.new_tables.items():
+            self._tables[name] = _Table(db=db, crc_seed=crc32(name.encode()))
+            self._pending_tables.discard(name)
+        self.durable_seq = batch.seq
+        self.commits += 1
 
     def commit(self) -> bool:
-        """Make every applied write durable in one transaction; False if there were none.
+        """Make every applied write durable now, on this thread; False if there were none.
 
-        Raises ``StorageFull`` or ``StorageError`` as ``apply`` does. A failed commit is never
-        retried, except after a full map, which LMDB reports before writing anything.
+        Raises ``StorageFull`` (the map could not grow: nothing of the uncommitted writes is
+        left, the storage stays usable) or ``StorageError`` (the storage is unusable). A
+        failed commit is never retried, except after a full map, which LMDB reports before
+        writing anything. Not to be called while a ``write`` runs on another thread.
         """
         self._check_usable()
-        if not self._batch:
+        self.seal()
+        if not self._sealed:
             return False
-        while True:
-            txn = self._txn
-            if txn is None:  # a replay after growth failed to reopen: cannot happen
-                raise self._fail("no open transaction to commit")
+        while self._sealed:
+            batch = SealedBatch(self._sealed[0])
             try:
-                txn.commit()
-            except lmdb.MapFullError:
-                # LMDB ran out of pages while saving its free list, before any I/O: the
-                # transaction is gone, the durable state is the previous commit.
-                self._txn = None
-                self._forget_new_tables()
-                self._grow_and_replay()
-                continue
-            except lmdb.Error as exc:
-                self._txn = None
-                self._forget_new_tables()
-                if isinstance(exc, lmdb.DiskError) or _is_enospc(exc):
-                    raise self._fail(f"disk full during commit: {exc}", full=True) from exc
-                raise self._fail(f"commit failed: {type(exc).__name__}: {exc}") from exc
-            break
-        self._txn = None
-        self._new_tables.clear()
-        self._batch.clear()
-        self.commits += 1
+                outcome = self.write(batch)
+            except StorageFull as exc:
+                raise self._fail(str(exc), full=True) from exc
+            except StorageError as exc:
+                raise self._fail(str(exc)) from exc
+            self.written(outcome)
         return True
 
     def abort(self) -> None:
-        """Discard every write applied since the last commit."""
-        self._abort_txn()
-        self._batch.clear()
+        """Discard every write not yet durable (open and sealed batches)."""
+        self._open = _Layer()
+        self._sealed.clear()
+        self._pending_tables.clear()
 
     def close(self) -> None:
-        """Abort uncommitted writes, close the environment and release the data dir lock."""
+        """Drop writes not yet durable, close the environment and release the data dir lock.
+        No ``write`` may be running on another thread."""
         if self._closed:
             return
         self._closed = True
-        self._abort_txn()
-        self._batch.clear()
+        self.abort()
+        self._drop_rtxn()
         self._env.close()
         os.close(self._lock_fd)
 
@@ -334,98 +634,86 @@ class LmdbStorage:
         if self._failed is not None:
             raise StorageError(f"storage of {self.path} failed earlier: {self._failed}")
 
-    def _write_txn(self) -> lmdb.Transaction[bytes]:
-        txn = self._txn
+    def _read_txn(self) -> lmdb.Transaction[bytes]:
+        txn = self._rtxn
         if txn is None:
             self._check_usable()
             try:
-                txn = self._txn = self._env.begin(write=True)
+                txn = self._rtxn = self._env.begin(write=False)
             except lmdb.Error as exc:
-                raise self._fail(f"cannot begin a transaction: {exc}") from exc
+                raise self._fail(f"cannot begin a read transaction: {exc}") from exc
         return txn
 
-    def _apply_writes(self, writes: Iterable[Write]) -> None:
-        txn = self._write_txn()
-        key_max = self._key_max
+    def _drop_rtxn(self) -> None:
+        txn, self._rtxn = self._rtxn, None
+        if txn is not None:
+            with contextlib.suppress(lmdb.Error):
+                txn.abort()
+
+    def _write_all(
+        self,
+        txn: lmdb.Transaction[bytes],
+        writes: list[Write],
+        new_tables: dict[str, lmdb._Database],
+    ) -> None:
+        tables = self._tables
         for w in writes:
             match w:
                 case Put(table=table, key=key, value=value):
-                    if not 0 < len(key) <= key_max:
-                        raise self._fail(
-                            f"Put of a {len(key)}-byte key in table {table!r}: LMDB keys are "
-                            f"1 to {key_max} bytes"
-                        )
-                    t = self._tables.get(table) or self._create_table(table, txn)
-                    sealed = value + _CRC.pack(crc32(value, crc32(key, t.crc_seed)))
-                    txn.put(key, sealed, db=t.db)
+                    t = tables.get(table)
+                    if t is None:
+                        db = new_tables.get(table)
+                        if db is None:
+                            db = new_tables[table] = self._create_db(table, txn)
+                        seed = crc32(table.encode())
+                    else:
+                        db = t.db
+                        seed = t.crc_seed
+                    sealed = value + _CRC.pack(crc32(value, crc32(key, seed)))
+                    txn.put(key, sealed, db=db)
                 case Delete(table=table, key=key):
-                    found = self._tables.get(table)
-                    if found is not None and 0 < len(key) <= key_max:
+                    found = tables.get(table)
+                    if found is not None:
                         txn.delete(key, db=found.db)
+                    elif table in new_tables:
+                        txn.delete(key, db=new_tables[table])
                 case DeleteRange(table=table, start=start, end=end):
-                    found = self._tables.get(table)
-                    if found is not None and start < end:
-                        _delete_range(txn, found.db, start, end)
+                    found = tables.get(table)
+                    db = found.db if found is not None else new_tables.get(table)
+                    if db is not None and start < end:
+                        _delete_range(txn, db, start, end)
                 case _:
                     assert_never(w)
 
-    def _create_table(self, table: str, txn: lmdb.Transaction[bytes]) -> _Table:
-        name = table.encode()
-        if not 0 < len(name) <= self._key_max:
-            raise self._fail(f"table name {table!r} must be 1 to {self._key_max} bytes")
+    def _create_db(self, table: str, txn: lmdb.Transaction[bytes]) -> lmdb._Database:
         try:
-            db = self._env.open_db(name, txn=txn, create=True)
+            return self._env.open_db(table.encode(), txn=txn, create=True)
         except lmdb.DbsFullError as exc:
-            raise self._fail(
+            raise StorageError(
                 f"table {table!r} would exceed NetConfig.tables_max ({len(self._tables)} exist)"
             ) from exc
-        t = _Table(db=db, crc_seed=crc32(name))
-        self._tables[table] = t
-        # LMDB closes the handle of a database created by a transaction that aborts.
-        self._new_tables.append(table)
-        return t
 
-    def _forget_new_tables(self) -> None:
-        for table in self._new_tables:
-            self._tables.pop(table, None)
-        self._new_tables.clear()
-
-    def _abort_txn(self) -> None:
-        txn, self._txn = self._txn, None
-        if txn is not None:
-            with contextlib.suppress(lmdb.Error):  # already freed by a failed commit
-                txn.abort()
-        self._forget_new_tables()
-
-    def _grow_and_replay(self) -> None:
-        """Abort, double the map and replay the batch until it fits or the map is at its max."""
-        while True:
-            self._abort_txn()
-            size = min(self._map_size * 2, self._map_size_max)
-            if size <= self._map_size:
-                self._batch.clear()
-                raise StorageFull(
-                    f"LMDB map of {self.path} is full at {self._map_size} bytes "
-                    f"(NetConfig.map_size_max_bytes); the uncommitted batch was aborted"
-                )
-            try:
-                self._env.set_mapsize(size)
-            except lmdb.Error as exc:
-                raise self._fail(f"cannot grow the LMDB map to {size} bytes: {exc}") from exc
-            self._map_size = self._env.info()["map_size"]
-            self.map_grows += 1
-            try:
-                self._apply_writes(self._batch)
-                return
-            except lmdb.MapFullError:
-                continue
-            except lmdb.Error as exc:
-                raise self._fail(f"LMDB write failed: {type(exc).__name__}: {exc}") from exc
+    def _grow(self) -> None:
+        """Double the map after a full-map write, or raise ``StorageFull`` at the maximum."""
+        size = min(self._map_size * 2, self._map_size_max)
+        if size <= self._map_size:
+            self.abort()
+            raise StorageFull(
+                f"LMDB map of {self.path} is full at {self._map_size} bytes "
+                f"(NetConfig.map_size_max_bytes); the writes not yet durable were dropped"
+            )
+        self._drop_rtxn()  # no transaction of this process may be open while remapping
+        try:
+            self._env.set_mapsize(size)
+        except lmdb.Error as exc:
+            raise self._fail(f"cannot grow the LMDB map to {size} bytes: {exc}") from exc
+        self._map_size = self._env.info()["map_size"]
+        self.map_grows += 1
 
     def _fail(self, reason: str, *, full: bool = False) -> StorageError:
-        """Abort, make the storage unusable and return the error to raise."""
-        self._abort_txn()
-        self._batch.clear()
+        """Drop the writes not yet durable, make the storage unusable, return the error."""
+        self.abort()
+        self._drop_rtxn()
         self._failed = reason
         return StorageFull(reason) if full else StorageError(reason)
 

@@ -16,6 +16,9 @@ This module owns the connection-level behaviour of the production wire, on top o
   in ``dropped``) while disconnected or while the transport asks to pause, and reconnects
   with jittered exponential backoff while it has something to send.
 * ``listen``: binds a server socket, with a clear ``StartupError`` for a busy port.
+* ``new_event_loop`` and ``run``: the event loop pxq's processes run on: uvloop's when it is
+  installed (faster sockets and callbacks, see ``docs/performance.md``), else asyncio's
+  default. Both set ``TCP_NODELAY`` on every TCP socket they create or accept.
 
 The node-facing decisions (is this Hello acceptable, what to do with a message or a call)
 belong to the ``InboundHost``, which the runner implements.
@@ -28,9 +31,9 @@ import errno
 import logging
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from enum import Enum
-from typing import Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 from net.config import NetConfig
 from net.envelope import ENVELOPES, Call, Hello
@@ -40,6 +43,23 @@ from pxq.codec import CodecError
 from pxq.effects import NodeId
 
 log = logging.getLogger("pxq.net.transport")
+
+T = TypeVar("T")
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A new event loop: uvloop's if importable, else asyncio's default."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(main)`` on ``new_event_loop()``."""
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(main)
 
 
 class InboundHost(Protocol):
@@ -99,11 +119,11 @@ class InboundConnection(asyncio.Protocol):
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        peername = transport.get_extra_info("peername")
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        tcp = self._transport = cast(asyncio.Transport, transport)
+        peername = tcp.get_extra_info("peername")
         self.label = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else "?"
-        transport.set_write_buffer_limits(
+        tcp.set_write_buffer_limits(
             high=self._config.write_buffer_high_bytes, low=self._config.write_buffer_low_bytes
         )
         if not self._host.connection_opened(self):
@@ -489,9 +509,9 @@ class _PeerProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        self._link._connected(transport)
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self._transport = cast(asyncio.Transport, transport)
+        self._link._connected(self._transport)
 
     def data_received(self, data: bytes) -> None:
         log.info("peer %s wrote on a one-way link; closing it", self._link.peer)

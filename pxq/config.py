@@ -2,9 +2,10 @@
 and the key path.
 
 This module owns the schema of a cluster file (stores and their replicas, topics with their
-retention and consumer groups, the store's hard limits, the producer's batching) and the
-lookups every component derives from it: a topic by name (derived retry and dead-letter topics
-included), the store of a queue, the consumer groups subscribed to a queue.
+retention and consumer groups, the store's hard limits, the producer's batching, the lock
+service and its replicas, the consumers' ownership timing) and the lookups every component
+derives from it: a topic by name (derived retry and dead-letter topics included), the store of
+a queue, the consumer groups subscribed to a queue, every node with its role and address.
 
 Every replica of a store must run with the same configuration: the queue state machine reads
 retention, retry levels and subscriptions from it while applying commands, so two replicas
@@ -40,6 +41,25 @@ Schema (defaults in parentheses)::
     zone = "z0"                          # ("z0")
     [stores.paxos]                       # optional overrides of pxq.paxos.config.PaxosConfig
     lease_ms = 1000
+    [locks]                              # optional: the lock service (absent: none)
+    groups = 1                           # (1) Paxos groups; key k lives in crc32(k) mod groups
+    keys_max = 100000                    # (100000) keys one group holds
+    values_bytes_max = 67108864          # (64 MiB) value bytes one group holds, >= 65536
+    cleanup_tick_ms = 500                # (500) how often a master looks for expired leases
+    [[locks.replicas]]                   # an odd count from 1 to 9, like a store's
+    node = "l0"                          # unique across stores and locks
+    host = "127.0.0.1"                   # ("127.0.0.1")
+    port = 7201                          # (host, port) unique across all nodes
+    zone = "z0"                          # ("z0")
+    [locks.paxos]                        # optional overrides of PaxosConfig, as [stores.paxos]
+    lease_ms = 1000
+    [ownership]                          # consumers' ownership of queues (defaults if absent)
+    lease_ms = 3000                      # a consumer's lease on a queue and its membership key
+    margin_ms = 600                      # lease considered lost this long before it expires
+    poll_ms = 500                        # membership and assignment re-read period
+    renew_ms = 1000                      # lease renewal period
+    weight = 1                           # the consumer's default weight (consistent hashing)
+    scheduler = false                    # follow a scheduler's published assignment
     [[topics]]
     name = "events"                      # letters, digits, "_" and "-" only
     queues = 8
@@ -61,6 +81,15 @@ and t < now - hold_ms (now: the wall time of the master proposing the retention 
 absent hold is no constraint. The store may keep removable items longer (it removes whole
 enqueue batches), never shorter.
 
+Ownership rule: 0 < margin_ms < lease_ms <= LEASE_MS_MAX, 0 < renew_ms <= (lease_ms -
+margin_ms) / 2 (two renewals fit in the time a holder trusts its lease), 0 < poll_ms < lease_ms,
+1 <= weight <= OWNERSHIP_WEIGHT_MAX. ``margin_ms`` must cover the clock skew between lock
+replicas (the service stamps leases with its master's wall clock) and the holder's drift.
+
+Node names are unique across stores and the lock service, and (host, port) across all nodes.
+A store may not be named ``"locks"``: that name stands for the lock service wherever Paxos
+groups are named as ``service/group`` (``locks/0``).
+
 Store Paxos defaults: a store's ``value_bytes_max`` and ``batch_bytes_max`` default to
 ``item_bytes_max`` plus ``ENQUEUE_HEADROOM_BYTES`` (at least the PaxosConfig defaults), so that
 one item of the largest allowed size fits one proposal; an explicit override below that is an
@@ -75,8 +104,11 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
+from pxq.lock.messages import LEASE_MS_MAX, VALUE_BYTES_MAX
+from pxq.lock.node import CLEANUP_TICK_MS_DEFAULT
+from pxq.lock.sm import KEYS_MAX_DEFAULT, VALUES_BYTES_MAX_DEFAULT
 from pxq.paxos.config import PaxosConfig
 from pxq.store.placement import (
     DLQ_MARK,
@@ -100,6 +132,16 @@ framing), added to ``item_bytes_max`` to size a store's largest Paxos value."""
 
 PORT_MAX: Final = 65535
 REPLICAS_PER_STORE_MAX: Final = 9
+"""Replicas of one store, and of the lock service (an odd count from 1)."""
+LOCK_GROUPS_MAX: Final = 1024
+"""Paxos groups of the lock service."""
+OWNERSHIP_WEIGHT_MAX: Final = 1000
+"""Largest consumer weight (a consumer takes a share of queues proportional to it)."""
+LOCKS_SERVICE: Final = "locks"
+"""The service name of the lock service where Paxos groups are named ``service/group``; no
+store may have it."""
+
+Role = Literal["store", "lock"]
 
 
 class ConfigError(Exception):
@@ -175,6 +217,109 @@ class StoreConfig:
     @property
     def nodes(self) -> tuple[str, ...]:
         return tuple(r.node for r in self.replicas)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LockServiceConfig:
+    """The ``[locks]`` table: the lock service's replica set and the ``LockNode`` settings.
+
+    Every replica hosts every group (``groups`` Paxos groups; a key lives in group
+    ``pxq.lock.node.group_of_key(key, groups)``)."""
+
+    groups: int = 1
+    """Paxos groups of the service."""
+    replicas: tuple[ReplicaConfig, ...]
+    """The lock nodes, in the order every replica agrees on (Paxos ballot tiebreak)."""
+    keys_max: int = KEYS_MAX_DEFAULT
+    """Keys one group holds; acquiring a new key beyond it is refused (``too_many_keys``)."""
+    values_bytes_max: int = VALUES_BYTES_MAX_DEFAULT
+    """Bytes of values (data attached to lock entries) one group holds in all; a grant or
+    renewal beyond it is refused. At least ``pxq.lock.messages.VALUE_BYTES_MAX``."""
+    cleanup_tick_ms: int = CLEANUP_TICK_MS_DEFAULT
+    """How often each group's master checks whether a cleanup would free an expired lease."""
+    paxos_overrides: tuple[tuple[str, int], ...] = ()
+    """The ``[locks.paxos]`` table as given (sorted by key)."""
+    paxos: PaxosConfig
+    """The replica set's Paxos configuration: replicas, groups, defaults and overrides."""
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        return tuple(r.node for r in self.replicas)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OwnershipConfig:
+    """The ``[ownership]`` table: how consumers hold (group, queue) pairs through the lock
+    service. Invalid combinations raise ``ValueError`` naming the field (see the module
+    docstring's ownership rule)."""
+
+    lease_ms: int = 3000
+    """A consumer's lease on each queue it owns and on its membership key."""
+    margin_ms: int = 600
+    """A holder considers its lease lost this long before it would expire: covers the clock
+    skew between lock replicas and the drift between holder and service."""
+    poll_ms: int = 500
+    """How often a consumer re-reads the membership and the assignment."""
+    renew_ms: int = 1000
+    """How often a consumer renews its leases."""
+    weight: int = 1
+    """This consumer's default weight for consistent hashing (its share of the queues)."""
+    scheduler: bool = False
+    """Whether consumers follow a scheduler's published assignment instead of hashing."""
+
+    def __post_init__(self) -> None:
+        problem = ownership_problem(self)
+        if problem is not None:
+            key, reason = problem
+            raise ValueError(f"{key}: {reason}")
+
+    @property
+    def trusted_ms(self) -> int:
+        """How long after sending a grant or renewal a holder may still rely on it."""
+        return self.lease_ms - self.margin_ms
+
+
+def ownership_problem(o: OwnershipConfig) -> tuple[str, str] | None:
+    """The first rule ``o`` breaks, as (field, reason); None if it is valid."""
+    ints = ("lease_ms", "margin_ms", "poll_ms", "renew_ms", "weight")
+    for name in ints:
+        if type(getattr(o, name)) is not int:
+            return name, f"expected an integer, got {_kind(getattr(o, name))}"
+    if type(o.scheduler) is not bool:
+        return "scheduler", f"expected a boolean, got {_kind(o.scheduler)}"
+    if not 1 <= o.lease_ms <= LEASE_MS_MAX:
+        return "lease_ms", f"must be 1..{LEASE_MS_MAX}, got {o.lease_ms}"
+    if not 0 < o.margin_ms < o.lease_ms:
+        return "margin_ms", f"must be > 0 and < lease_ms = {o.lease_ms}, got {o.margin_ms}"
+    renew_max = (o.lease_ms - o.margin_ms) // 2
+    if not 0 < o.renew_ms <= renew_max:
+        return (
+            "renew_ms",
+            f"must be > 0 and <= (lease_ms - margin_ms) / 2 = {renew_max}, got {o.renew_ms}",
+        )
+    if not 0 < o.poll_ms < o.lease_ms:
+        return "poll_ms", f"must be > 0 and < lease_ms = {o.lease_ms}, got {o.poll_ms}"
+    if not 1 <= o.weight <= OWNERSHIP_WEIGHT_MAX:
+        return "weight", f"must be 1..{OWNERSHIP_WEIGHT_MAX}, got {o.weight}"
+    return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeInfo:
+    """One node of the cluster (a store replica or a lock replica) and where it listens."""
+
+    node: str
+    role: Role
+    """``"store"``: a replica of a store (``StoreNode``); ``"lock"``: of the lock service."""
+    service: str
+    """The store's name, or ``LOCKS_SERVICE`` for a lock replica."""
+    host: str
+    port: int
+    zone: str
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.host, self.port)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -283,6 +428,10 @@ class ClusterConfig:
     topics: tuple[TopicConfig, ...] = ()
     limits: Limits = Limits()
     batching: Batching = Batching()
+    locks: LockServiceConfig | None = None
+    """The lock service; None when the file has no ``[locks]`` table."""
+    ownership: OwnershipConfig = OwnershipConfig()
+    """The consumers' ownership timing (the ``[ownership]`` table, defaults if absent)."""
     _ring: StoreRing | None = field(default=None, repr=False, compare=False)
     _topics: dict[str, TopicInfo] = field(default_factory=dict, repr=False, compare=False)
     _queues_cache: dict[tuple[str, str, int], tuple[int, ...]] = field(
@@ -331,6 +480,41 @@ class ClusterConfig:
             if node in s.nodes:
                 return s
         return None
+
+    def all_nodes(self) -> tuple[NodeInfo, ...]:
+        """Every node of the cluster: the replicas of each store in configuration order, then
+        the lock replicas."""
+        found = [
+            NodeInfo(
+                node=r.node, role="store", service=s.name, host=r.host, port=r.port, zone=r.zone
+            )
+            for s in self.stores
+            for r in s.replicas
+        ]
+        if self.locks is not None:
+            found += [
+                NodeInfo(
+                    node=r.node,
+                    role="lock",
+                    service=LOCKS_SERVICE,
+                    host=r.host,
+                    port=r.port,
+                    zone=r.zone,
+                )
+                for r in self.locks.replicas
+            ]
+        return tuple(found)
+
+    def node_info(self, node: str) -> NodeInfo | None:
+        """The store or lock replica named ``node``; None if there is none."""
+        for info in self.all_nodes():
+            if info.node == node:
+                return info
+        return None
+
+    def node_addresses(self) -> dict[str, tuple[str, int]]:
+        """(host, port) of every node (stores and locks), by node name."""
+        return {info.node: info.address for info in self.all_nodes()}
 
     def store_for(self, topic: str, queue: int) -> str:
         """The store holding ``queue`` of ``topic`` (derived topics follow their base)."""
@@ -393,7 +577,8 @@ def loads_config(text: str, *, file: str = "<string>") -> ClusterConfig:
 
 
 DEFAULT_TOML: Final = """\
-# The embedded default: one store of three replicas on 127.0.0.1 (pxq cluster up).
+# The embedded default: one store of three replicas and a lock service of three replicas
+# on 127.0.0.1 (pxq cluster up).
 [cluster]
 name = "local"
 
@@ -413,6 +598,22 @@ port = 7102
 node = "s2"
 port = 7103
 
+# The lock service: three replicas, one Paxos group (consumers take queues through it).
+[locks]
+groups = 1
+
+[[locks.replicas]]
+node = "l0"
+port = 7201
+
+[[locks.replicas]]
+node = "l1"
+port = 7202
+
+[[locks.replicas]]
+node = "l2"
+port = 7203
+
 [[topics]]
 name = "events"
 queues = 8
@@ -424,12 +625,18 @@ retries = [{ delay_ms = 1000 }, { delay_ms = 10000 }]
 
 
 def default_config() -> ClusterConfig:
-    """A local 3-replica store on 127.0.0.1 (ports 7101-7103, 4 groups), topic "events" with 8
-    queues and consumer group "default"."""
+    """A local 3-replica store on 127.0.0.1 (ports 7101-7103, 4 groups), a 3-replica lock
+    service (nodes l0-l2, ports 7201-7203, 1 group), topic "events" with 8 queues and consumer
+    group "default"; ownership defaults."""
     return loads_config(DEFAULT_TOML, file="<default>")
 
 
 _MISSING: Any = object()
+_PAXOS_FIELDS: Final = tuple(
+    f.name for f in dataclasses.fields(PaxosConfig) if f.name not in ("replicas", "groups")
+)
+"""The ``PaxosConfig`` fields a ``paxos`` table may override (membership comes from the
+replicas and the group count)."""
 
 
 class _Parser:
@@ -514,7 +721,9 @@ class _Parser:
     # -- sections ---------------------------------------------------------------------------------
 
     def cluster(self, doc: Mapping[str, Any]) -> ClusterConfig:
-        self.table(doc, "", ("cluster", "limits", "batching", "stores", "topics"))
+        self.table(
+            doc, "", ("cluster", "limits", "batching", "stores", "locks", "ownership", "topics")
+        )
         if "cluster" not in doc:
             raise self.error("cluster", "missing")
         c = self.table(doc["cluster"], "cluster", ("name",))
@@ -528,11 +737,20 @@ class _Parser:
             raise self.error("stores", "at least one store is needed")
         stores = tuple(self.store(s, f"stores[{i}]", limits) for i, s in enumerate(stores_raw))
         self.check_unique([s.name for s in stores], "stores", "name", "store")
+        for i, s in enumerate(stores):
+            if s.name == LOCKS_SERVICE:
+                raise self.error(
+                    f"stores[{i}].name", f"{LOCKS_SERVICE!r} is reserved for the lock service"
+                )
+        locks = self.locks(doc["locks"]) if "locks" in doc else None
+        ownership = self.ownership(doc.get("ownership", {}))
         nodes = [
             (f"stores[{i}].replicas[{j}]", r)
             for i, s in enumerate(stores)
             for j, r in enumerate(s.replicas)
         ]
+        if locks is not None:
+            nodes += [(f"locks.replicas[{j}]", r) for j, r in enumerate(locks.replicas)]
         seen_nodes: dict[str, str] = {}
         seen_addrs: dict[tuple[str, int], str] = {}
         for path, r in nodes:
@@ -551,7 +769,13 @@ class _Parser:
         topics = tuple(self.topic(t, f"topics[{i}]", limits) for i, t in enumerate(topics_raw))
         self.check_unique([t.name for t in topics], "topics", "name", "topic")
         return ClusterConfig(
-            name=name, stores=stores, topics=topics, limits=limits, batching=batching
+            name=name,
+            stores=stores,
+            topics=topics,
+            limits=limits,
+            batching=batching,
+            locks=locks,
+            ownership=ownership,
         )
 
     def check_unique(self, names: list[str], path: str, key: str, what: str) -> None:
@@ -594,22 +818,9 @@ class _Parser:
         name = self.name(d, "name", path)
         groups = self.integer(d, "groups", path, minimum=1)
         tick = self.integer(d, "retention_tick_ms", path, default=1000, minimum=1)
-        if "replicas" not in d:
-            raise self.error(_join(path, "replicas"), "missing")
-        reps_raw = self.array(d["replicas"], _join(path, "replicas"))
-        n = len(reps_raw)
-        if n < 1 or n > REPLICAS_PER_STORE_MAX or n % 2 == 0:
-            raise self.error(
-                _join(path, "replicas"),
-                f"need an odd count from 1 to {REPLICAS_PER_STORE_MAX}, got {n}",
-            )
-        replicas = tuple(self.replica(r, f"{path}.replicas[{j}]") for j, r in enumerate(reps_raw))
-        fields = tuple(
-            f.name for f in dataclasses.fields(PaxosConfig) if f.name not in ("replicas", "groups")
-        )
+        replicas = self.replicas(d, path)
         ppath = _join(path, "paxos")
-        pd = self.table(d.get("paxos", {}), ppath, fields)
-        overrides = {k: self.integer(pd, k, ppath) for k in sorted(pd)}
+        overrides = self.paxos_overrides(d.get("paxos", {}), ppath)
         # One item of the largest allowed size must fit one proposal.
         needed = limits.item_bytes_max + ENQUEUE_HEADROOM_BYTES
         kwargs = dict(overrides)
@@ -624,14 +835,7 @@ class _Parser:
                 _join(ppath, "value_bytes_max"),
                 f"must be >= limits.item_bytes_max + {ENQUEUE_HEADROOM_BYTES} = {needed}",
             )
-        try:
-            paxos = PaxosConfig(replicas=tuple(r.node for r in replicas), groups=groups, **kwargs)
-        except ValueError as exc:
-            text = str(exc)
-            key, _, reason = text.partition(": ")
-            if key in fields:
-                raise self.error(_join(ppath, key), reason) from exc
-            raise self.error(ppath, text) from exc
+        paxos = self.paxos(replicas, groups, kwargs, ppath)
         return StoreConfig(
             name=name,
             groups=groups,
@@ -640,6 +844,90 @@ class _Parser:
             paxos_overrides=tuple(sorted(overrides.items())),
             paxos=paxos,
         )
+
+    def replicas(self, d: Mapping[str, Any], path: str) -> tuple[ReplicaConfig, ...]:
+        """The ``replicas`` array of the table ``d`` at ``path``: an odd count from 1."""
+        if "replicas" not in d:
+            raise self.error(_join(path, "replicas"), "missing")
+        reps_raw = self.array(d["replicas"], _join(path, "replicas"))
+        n = len(reps_raw)
+        if n < 1 or n > REPLICAS_PER_STORE_MAX or n % 2 == 0:
+            raise self.error(
+                _join(path, "replicas"),
+                f"need an odd count from 1 to {REPLICAS_PER_STORE_MAX}, got {n}",
+            )
+        return tuple(self.replica(r, f"{path}.replicas[{j}]") for j, r in enumerate(reps_raw))
+
+    def paxos_overrides(self, raw: object, path: str) -> dict[str, int]:
+        """A ``paxos`` table: integer overrides of ``PaxosConfig`` fields (not the membership)."""
+        pd = self.table(raw, path, _PAXOS_FIELDS)
+        return {k: self.integer(pd, k, path) for k in sorted(pd)}
+
+    def paxos(
+        self,
+        replicas: tuple[ReplicaConfig, ...],
+        groups: int,
+        overrides: Mapping[str, int],
+        path: str,
+    ) -> PaxosConfig:
+        """The ``PaxosConfig`` of a replica set; its complaints name a key under ``path``."""
+        try:
+            return PaxosConfig(
+                replicas=tuple(r.node for r in replicas), groups=groups, **dict(overrides)
+            )
+        except ValueError as exc:
+            text = str(exc)
+            key, _, reason = text.partition(": ")
+            if key in _PAXOS_FIELDS:
+                raise self.error(_join(path, key), reason) from exc
+            raise self.error(path, text) from exc
+
+    def locks(self, raw: object) -> LockServiceConfig:
+        path = "locks"
+        d = self.table(
+            raw,
+            path,
+            ("groups", "keys_max", "values_bytes_max", "cleanup_tick_ms", "replicas", "paxos"),
+        )
+        groups = self.integer(d, "groups", path, default=1, minimum=1, maximum=LOCK_GROUPS_MAX)
+        keys_max = self.integer(d, "keys_max", path, default=KEYS_MAX_DEFAULT, minimum=1)
+        values_bytes_max = self.integer(
+            d,
+            "values_bytes_max",
+            path,
+            default=VALUES_BYTES_MAX_DEFAULT,
+            minimum=VALUE_BYTES_MAX,
+        )
+        tick = self.integer(d, "cleanup_tick_ms", path, default=CLEANUP_TICK_MS_DEFAULT, minimum=1)
+        replicas = self.replicas(d, path)
+        ppath = _join(path, "paxos")
+        overrides = self.paxos_overrides(d.get("paxos", {}), ppath)
+        return LockServiceConfig(
+            groups=groups,
+            replicas=replicas,
+            keys_max=keys_max,
+            values_bytes_max=values_bytes_max,
+            cleanup_tick_ms=tick,
+            paxos_overrides=tuple(sorted(overrides.items())),
+            paxos=self.paxos(replicas, groups, overrides, ppath),
+        )
+
+    def ownership(self, raw: object) -> OwnershipConfig:
+        path = "ownership"
+        names = tuple(f.name for f in dataclasses.fields(OwnershipConfig))
+        d = self.table(raw, path, names)
+        defaults = OwnershipConfig()
+        values: dict[str, Any] = {
+            n: self.integer(d, n, path, default=getattr(defaults, n))
+            for n in names
+            if n != "scheduler"
+        }
+        values["scheduler"] = self.boolean(d, "scheduler", path, default=defaults.scheduler)
+        try:
+            return OwnershipConfig(**values)
+        except ValueError as exc:
+            key, _, reason = str(exc).partition(": ")
+            raise self.error(_join(path, key), reason) from exc
 
     def replica(self, raw: object, path: str) -> ReplicaConfig:
         d = self.table(raw, path, ("node", "host", "port", "zone"))

@@ -1,26 +1,37 @@
 """The lock workload: simulated clients of the lock service, their history, and its checks.
 
 Built from a scenario with ``[workload] kind = "lock"``: ``[cluster] replicas`` lock nodes
-(``LockNode``, ``groups`` Paxos groups each), lock keys ``k0`` … ``k{keys-1}``, and
+(``LockNode``, ``groups`` Paxos groups each), lock keys ``d0/k0``, ``d1/k1``, ``d0/k2`` …
+(``keys`` of them over ``DIRS`` directories, whose hashes spread them over the groups), and
 ``clients`` client endpoints ``c0``, ``c1``, … Each client runs one logical process at a time
 (Jepsen semantics) with Poisson arrivals at ``rate_per_s / clients``. It acquires random keys
-for ``lease_ms``, holds what it gets for a random time (renewing it every half lease), then
-releases it; between those it reads random keys (locally at the master or through the log).
-The holder name is the client's name, so a later process of the same client is the same
-holder. Requests go to the master of the key's group as far as the client knows, following
+for ``lease_ms`` (most acquires carrying a value), holds what it gets for a random time
+(renewing it every half lease, some renewals replacing the value), then releases it; between
+those it reads random keys and lists random directories (locally at the master or through the
+log; listings of a random size, some starting after a key, so that ``more`` shows). The
+holder name is the client's name, so a later process of the same client is the same holder.
+Requests go to the master of the key's group as far as the client knows, following
 ``LockRedirect``; a timeout (``timeout_ms``) is recorded ``info`` and retires the process.
 
-History (``f`` = ``acquire`` / ``renew`` / ``release`` / ``read``; ``value`` is unused)::
+History (``f`` = ``acquire`` / ``renew`` / ``release`` / ``read`` / ``list``; ``value`` is the
+lock value as text, ``pxq.check.lock.value_text``)::
 
     invoke  key, holder (the client; "" for a read), version (renew/release: the token held;
             acquire: the expected version, always None here), lease_ms (0 for release/read),
-            through_log (reads)
+            through_log (reads); value: the value an acquire or renew sets (None: a renew
+            keeping the value; None for release/read)
     ok      key, outcome ("ok": LockOk, "denied": LockDenied), holder, version, expiry_ms
-            (the entry the answer carries), at_ms (the apply time the answer carries)
+            (the entry the answer carries), at_ms (the apply time the answer carries); value:
+            the entry's value in the answer
     fail    reason (a definite LockError: the command took no effect)
     info    reason (a timeout or an indefinite LockError: it may take effect, once)
 
-A denial is an ``ok`` completion: the command was applied, and refused.
+    list invoke  prefix, start_after, entries_max, through_log
+    list ok      prefix, entries ([key, holder, version, expiry_ms, value] each), more, at_ms
+
+A denial is an ``ok`` completion: the command was applied, and refused. The checker reads a
+listing as a read of every key of the directory it covers (``pxq.check.lock``), so values and
+listings are checked by the same linearizability search as everything else.
 
 The checks (``check_lock_linearizable``, ``check_fencing``, ``check_lock_liveness``) live in
 ``pxq/check/lock.py``.
@@ -33,28 +44,35 @@ from dataclasses import dataclass
 from typing import Final
 
 from pxq.check.history import JSON, HistoryWriter
+from pxq.check.lock import value_text
 from pxq.effects import NodeId
 from pxq.lock.messages import (
     Acquire,
+    ListLocks,
     LockDenied,
     LockError,
+    LockList,
     LockOk,
     LockRedirect,
     ReadLock,
     Release,
     Renew,
+    directory_of,
+    group_of_key,
 )
-from pxq.lock.node import group_of_key
 from sim.world import CallMsg, ReplyMsg, World
 
 REDIRECT_BACKOFF_US: Final = 20_000
+LIST_F: Final = "list"
 LEASE_MARGIN_MS: Final = 50
 """A client considers its lease lost this long before ``lease_ms`` after sending the request
 (its own drift allowance, as ``pxq.lock.messages`` advises)."""
+DIRS: Final = 2
+"""Directories the keys are spread over (``d0/`` and ``d1/`` fall in different groups of two)."""
 
 
 def key_name(i: int) -> str:
-    return f"k{i}"
+    return f"d{i % DIRS}/k{i}"
 
 
 @dataclass(slots=True)
@@ -106,12 +124,14 @@ class LockClient:
         self.replicas = replicas
         self.groups = groups
         self.keys = [key_name(i) for i in range(keys)]
+        self.dirs = sorted({directory_of(k) for k in self.keys})
         self.mean_gap_us = 1_000_000 / rate_per_s
         self.lease_ms = lease_ms
         self.timeout_us = timeout_ms * 1000
         self.process = index
         self.process_stride = clients
         self.req_seq = 0
+        self.values_made = 0
         self.op: _Op | None = None
         self.held: dict[str, _Held] = {}
         self.masters: dict[int, NodeId] = {}
@@ -168,12 +188,21 @@ class LockClient:
         r = self.rng.random()
         key = self.rng.choice(self.keys)
         if r < 0.6:
+            value = self._new_value() if self.rng.random() < 0.7 else b""
             return (
                 "acquire",
                 key,
-                Acquire(key=key, holder=self.name, lease_ms=self.lease_ms),
-                {"key": key, "holder": self.name, "version": None, "lease_ms": self.lease_ms},
+                Acquire(key=key, holder=self.name, lease_ms=self.lease_ms, value=value),
+                {
+                    "key": key,
+                    "holder": self.name,
+                    "version": None,
+                    "lease_ms": self.lease_ms,
+                    "value": value_text(value),
+                },
             )
+        if r < 0.7:
+            return self._list()
         if r < 0.9 or not held:
             through_log = self.rng.random() < 0.5
             return (
@@ -191,12 +220,46 @@ class LockClient:
         key = self.rng.choice(held)  # an early renewal
         return self._renew(key, self.held[key].version)
 
+    def _new_value(self) -> bytes:
+        self.values_made += 1
+        return f"{self.name}.{self.values_made}".encode()
+
+    def _list(self) -> tuple[str, str, object, dict[str, JSON]]:
+        prefix = self.rng.choice(self.dirs)
+        mine = [k for k in self.keys if directory_of(k) == prefix]
+        start_after = self.rng.choice(mine) if self.rng.random() < 0.2 else ""
+        entries_max = self.rng.randint(1, len(mine))
+        through_log = self.rng.random() < 0.5
+        return (
+            LIST_F,
+            prefix,
+            ListLocks(
+                prefix=prefix,
+                entries_max=entries_max,
+                through_log=through_log,
+                start_after=start_after,
+            ),
+            {
+                "prefix": prefix,
+                "start_after": start_after,
+                "entries_max": entries_max,
+                "through_log": through_log,
+            },
+        )
+
     def _renew(self, key: str, version: int) -> tuple[str, str, object, dict[str, JSON]]:
+        value = self._new_value() if self.rng.random() < 0.3 else None
         return (
             "renew",
             key,
-            Renew(key=key, holder=self.name, version=version, lease_ms=self.lease_ms),
-            {"key": key, "holder": self.name, "version": version, "lease_ms": self.lease_ms},
+            Renew(key=key, holder=self.name, version=version, lease_ms=self.lease_ms, value=value),
+            {
+                "key": key,
+                "holder": self.name,
+                "version": version,
+                "lease_ms": self.lease_ms,
+                "value": None if value is None else value_text(value),
+            },
         )
 
     def _release(self, key: str, version: int) -> tuple[str, str, object, dict[str, JSON]]:
@@ -228,7 +291,8 @@ class LockClient:
         )
         self.op = op
         self.counts["invoke"] += 1
-        self.history.invoke(self._now_ms(), op.process, f, None, **extra)
+        value = extra.pop("value", None)  # the op's core ``value`` field, not an extra
+        self.history.invoke(self._now_ms(), op.process, f, value, **extra)
         self._send(op)
         token = op.token
         self.world.call_later(self.timeout_us, lambda: self._timeout(token))
@@ -262,9 +326,12 @@ class LockClient:
         if not isinstance(payload, ReplyMsg) or op is None or payload.req_id != op.req_id:
             return  # a late reply to an operation already completed
         match payload.response:
-            case LockOk() | LockDenied() as answer:
+            case LockOk() | LockDenied() as answer if op.f != LIST_F:
                 self.masters[op.group] = src
                 self._answered(op, answer)
+            case LockList() as listing if op.f == LIST_F:
+                self.masters[op.group] = src
+                self._listed(op, listing)
             case LockRedirect(master=master):
                 self.counts["redirect"] += 1
                 if master is not None and master != op.target:
@@ -284,6 +351,23 @@ class LockClient:
             case other:
                 self._unknown(op, f"unexpected reply {type(other).__name__}")
 
+    def _listed(self, op: _Op, listing: LockList) -> None:
+        self.op = None
+        self.counts["ok"] += 1
+        self.history.ok(
+            self._now_ms(),
+            op.process,
+            op.f,
+            None,
+            prefix=listing.prefix,
+            entries=[
+                [e.key, e.holder, e.version, e.expiry_ms, value_text(e.value)]
+                for e in listing.entries
+            ],
+            more=listing.more,
+            at_ms=listing.at_ms,
+        )
+
     def _answered(self, op: _Op, answer: LockOk | LockDenied) -> None:
         self.op = None
         granted = isinstance(answer, LockOk)
@@ -293,7 +377,7 @@ class LockClient:
             self._now_ms(),
             op.process,
             op.f,
-            None,
+            value_text(answer.value),
             key=op.key,
             outcome="ok" if granted else "denied",
             holder=answer.holder,
@@ -321,7 +405,3 @@ class LockClient:
                 self.held.pop(op.key, None)  # denied: the lock was lost
         elif op.f == "release":
             self.held.pop(op.key, None)
-
-
-# --------------------------------------------------------------------------------------------
-# The history as linearizability operations

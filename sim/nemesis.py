@@ -43,6 +43,9 @@ class Nemesis:
         self.applied = 0
         self.consumers: list[str] = []
         self.producers: list[str] = []
+        self.locks: list[NodeId] = []
+        self.schedulers: list[str] = []
+        self.lock_master_of: MasterOf | None = None
         self.on_seek: Callable[[FaultSpec], None] | None = None
 
     @property
@@ -67,6 +70,19 @@ class Nemesis:
             return [followers[i % len(followers)]]
         if m.group(3) is not None:
             return [selector]
+        if selector == "lock_master":
+            if self.lock_master_of is None or not self.locks:
+                raise ValueError("selector 'lock_master' needs consumers owning through locks")
+            master = self.lock_master_of(group)
+            return [master] if master is not None else [self.rng.choice(self.locks)]
+        for index, pool, what in (
+            (6, self.locks, "lock replicas"),
+            (7, self.schedulers, "schedulers"),
+        ):
+            if m.group(index) is not None:
+                if not pool:
+                    raise ValueError(f"selector {selector!r}: this workload has no {what}")
+                return [pool[int(m.group(index)) % len(pool)]]
         if m.group(4) is not None or m.group(5) is not None:
             pool = self.consumers if m.group(4) is not None else self.producers
             i = int(m.group(4) if m.group(4) is not None else m.group(5))
@@ -282,7 +298,7 @@ class Nemesis:
         with ``restart``, every crashed node restarted."""
         self._log("heal_all", [])
         self.world.network.heal()
-        for n in self.replicas:
+        for n in self.replicas + self.locks:
             host = self.world.hosts[n]
             host.disk.spec = host.disk.baseline
             host.disk.torn_on_power_loss = False
@@ -348,6 +364,17 @@ class Nemesis:
             case "loss" | "duplicate" | "reorder":
                 rate = rng.choice([0.01, 0.05, 0.1, 0.2])
                 undo = self.apply(FaultSpec(action=kind, at_ms=0, rate=rate), [])
+            case "consumer_crash" | "consumer_pause":
+                live = [
+                    n
+                    for n in self.consumers
+                    if not self.world.hosts[n].crashed and not self.world.hosts[n].paused
+                ]
+                if len(live) <= 1:
+                    return  # keep one consumer up, so the queues always have somewhere to go
+                target = [rng.choice(live)]
+                action = "crash" if kind == "consumer_crash" else "pause"
+                undo = self.apply(FaultSpec(action=action, at_ms=0), target)
             case "clock":
                 bound = scenario.clock.drift_ppm_max
                 drift = rng.randint(-bound, bound)

@@ -2,11 +2,18 @@
 
 Built from a scenario: one store of ``[cluster] replicas`` replicas and ``groups`` Paxos
 groups (``StoreNode``), one topic ``t0`` of ``queues`` queues, ``consumer_groups`` consumer
-groups ``g0``, ``g1``, … each of ``consumers_per_group`` consumer processes (``Consumer``
-machines; a group's queues are split over its consumers, statically: ownership through locks
-comes with the lock service), and ``producers`` producer processes (``Producer`` machines),
-each running ``concurrency`` application processes that make one ``Produce`` call at a time
-with Poisson arrivals.
+groups ``g0``, ``g1``, … each of ``consumers_per_group`` consumer processes, and ``producers``
+producer processes (``Producer`` machines), each running ``concurrency`` application processes
+that make one ``Produce`` call at a time with Poisson arrivals (with ``hot_share``, that share
+of the items goes to the first ``hot_queues`` queues: a load skew).
+
+Consumers own queues in one of two ways. ``ownership = "static"``: each is a ``Consumer``
+machine with a fixed split of the queues. ``ownership = "locks"``: each is a
+``ConsumerProcess`` taking queues through a lock service of ``lock_replicas`` replicas
+(``l0``, ``l1``, …; ``LockNode``), spread by consistent hashing or, with ``schedulers``
+scheduler processes (``sched0``, …), by the active scheduler's assignment. Ownership changes
+go into the history as ``own_start`` / ``own_stop`` (with the fencing token and the holder)
+for the ownership checkers (``pxq/check/ownership.py``).
 
 Every operation goes into the history in the format the queue checkers read
 (``pxq/check/queue.py``): ``enqueue`` (invoke, then ok with the offset, fail or info),
@@ -27,11 +34,15 @@ from pxq.check.history import JSON, HistoryWriter
 from pxq.config import ClusterConfig, loads_config
 from pxq.consumer.machine import Consumer
 from pxq.consumer.messages import Deliver, Handled, OwnedQueue
+from pxq.consumer.ownership import ConsumerProcess, OwnershipSettings
 from pxq.consumer.settings import consumer_settings
-from pxq.effects import NodeId, Received, StorageView
+from pxq.effects import Node, NodeId, Received, StorageView
+from pxq.lock.node import LockNode
+from pxq.paxos.config import PaxosConfig
 from pxq.producer.machine import Producer
 from pxq.producer.messages import Produce, Produced, ProduceFailed, ProduceUnknown
 from pxq.producer.settings import producer_settings
+from pxq.scheduler.node import Scheduler, SchedulerSettings
 from pxq.store.messages import Get, GetOk, Seek, SeekOk, StoreError, StoreRedirect
 from pxq.store.node import StoreNode
 from pxq.store.placement import dead_letter_topic, group_of, queue_of
@@ -78,6 +89,9 @@ def cluster_config(scn: Scenario) -> ClusterConfig:
             f"retries = [{retries}]",
             f"dead_letter = {'true' if w.dead_letter else 'false'}",
         ]
+        if w.rate_items_per_s is not None:
+            burst = "" if w.rate_burst is None else f", burst = {w.rate_burst}"
+            lines.append(f"rate = {{ items_per_s = {w.rate_items_per_s}{burst} }}")
     return loads_config("\n".join(lines) + "\n", file=f"{scn.file} (queue cluster)")
 
 
@@ -111,6 +125,7 @@ class QueueWorkload:
         self.admin_seq = 0
         self.admin_pending: dict[int, Callable[[object], None]] = {}
         self.masters: dict[int, NodeId] = {}
+        self.publishes: list[tuple[int, dict[str, object]]] = []
 
         for node in self.replicas:
             world.add_node(node, self._store_factory)
@@ -123,6 +138,18 @@ class QueueWorkload:
             world.add_client(name, self._producer_factory)
             for _ in range(w.concurrency):
                 self.apps.append(_AppProcess(name, self._new_process()))
+        self.locks: list[NodeId] = []
+        self.schedulers: list[str] = []
+        self.lock_config: PaxosConfig | None = None
+        if w.ownership == "locks":
+            self.locks = [f"l{i}" for i in range(w.lock_replicas)]
+            self.lock_config = PaxosConfig(replicas=tuple(self.locks), groups=1)
+            for node in self.locks:
+                world.add_node(node, self._lock_factory)
+            for i in range(w.schedulers):
+                name = f"sched{i}"
+                self.schedulers.append(name)
+                world.add_client(name, self._scheduler_factory)
         self.consumers: list[str] = []
         self.consumer_group: dict[str, str] = {}
         self.ownership: dict[str, tuple[OwnedQueue, ...]] = {}
@@ -137,6 +164,13 @@ class QueueWorkload:
                     if q % w.consumers_per_group == c
                 )
                 world.add_client(name, self._consumer_factory, self._handler_for(name))
+        self.hot_keys: list[bytes] = []
+        if w.hot_queues and w.hot_share > 0:
+            self.hot_keys = [
+                k
+                for k in (f"k{i}".encode() for i in range(1000))
+                if queue_of(k, w.queues) < w.hot_queues
+            ]
         world.add_endpoint(ADMIN, self._admin_receive)
         world.listeners.append(self._on_trace)
 
@@ -153,13 +187,46 @@ class QueueWorkload:
         settings = producer_settings(self.config, request_timeout_ms=500, call_timeout_ms=5000)
         return Producer(settings, rng, name=node_id)
 
-    def _consumer_factory(
-        self, node_id: NodeId, storage: StorageView, rng: random.Random
-    ) -> Consumer:
-        settings = consumer_settings(
-            self.config, self.consumer_group[node_id], request_timeout_ms=500, backoff_max_ms=500
+    def _consumer_factory(self, node_id: NodeId, storage: StorageView, rng: random.Random) -> Node:
+        group = self.consumer_group[node_id]
+        settings = consumer_settings(self.config, group, request_timeout_ms=500, backoff_max_ms=500)
+        if self.lock_config is None:
+            return Consumer(settings, rng, owned=self.ownership[node_id])
+        w = self.scn.workload
+        own = OwnershipSettings(
+            consumer=node_id,
+            group=group,
+            queues=tuple((TOPIC, q) for q in range(w.queues)),
+            lock_nodes=self.lock_config.replicas,
+            lock_groups=self.lock_config.groups,
+            lease_ms=w.lease_ms,
+            margin_ms=w.margin_ms,
+            renew_ms=w.renew_ms,
+            poll_ms=w.poll_ms,
+            use_scheduler=bool(self.schedulers),
         )
-        return Consumer(settings, rng, owned=self.ownership[node_id])
+        return ConsumerProcess(settings, own, rng)
+
+    def _lock_factory(self, node_id: NodeId, storage: StorageView, rng: random.Random) -> LockNode:
+        assert self.lock_config is not None
+        return LockNode(node_id, self.lock_config, storage, rng)
+
+    def _scheduler_factory(
+        self, node_id: NodeId, storage: StorageView, rng: random.Random
+    ) -> Scheduler:
+        assert self.lock_config is not None
+        w = self.scn.workload
+        settings = SchedulerSettings(
+            name=node_id,
+            groups={g: tuple((TOPIC, q) for q in range(w.queues)) for g in self.groups},
+            lock_nodes=self.lock_config.replicas,
+            lock_groups=self.lock_config.groups,
+            lease_ms=w.lease_ms,
+            margin_ms=w.margin_ms,
+            renew_ms=w.renew_ms,
+            band_pct=w.band_pct,
+        )
+        return Scheduler(settings, rng)
 
     def _new_process(self) -> int:
         self.next_process += 1
@@ -193,7 +260,10 @@ class QueueWorkload:
             return
         app.seq += 1
         msg_id = f"{app.producer}.{app.process}.{app.seq}"
-        key = f"k{self.rng.randrange(1000)}".encode()
+        if self.hot_keys and self.rng.random() < self.scn.workload.hot_share:
+            key = self.hot_keys[self.rng.randrange(len(self.hot_keys))]
+        else:
+            key = f"k{self.rng.randrange(1000)}".encode()
         pad = max(0, self.scn.workload.value_bytes - len(msg_id) - 1)
         payload = msg_id.encode() + SEPARATOR + b"." * pad
         queue = queue_of(key, self.scn.workload.queues)
@@ -291,17 +361,31 @@ class QueueWorkload:
         self.world.call_later(handle_ms * 1000, finish)
 
     def _on_trace(self, rec: TraceRecord) -> None:
+        if rec.kind in ("own.start", "own.stop"):
+            f = dict(rec.fields)
+            op = "own_start" if rec.kind == "own.start" else "own_stop"
+            extra: dict[str, JSON] = {
+                k: v for k, v in f.items() if isinstance(v, str | int) and not isinstance(v, bool)
+            }
+            extra["t_us"] = rec.time_us
+            now = self._now_ms()
+            self.history.invoke(now, rec.node, op, rec.node, **extra)
+            self.history.ok(now, rec.node, op, rec.node, **extra)
+            return
+        if rec.kind == "sched.publish":
+            self.publishes.append((rec.time_us, dict(rec.fields)))
+            return
         if rec.kind not in ("crash", "boot"):
             return
         node = rec.node
         group = self.consumer_group.get(node)
         if group is not None:
-            f = "consumer_crash" if rec.kind == "crash" else "consumer_start"
+            kind = "consumer_crash" if rec.kind == "crash" else "consumer_start"
             if rec.kind == "boot" and dict(rec.fields).get("incarnation") == 1:
                 return
             now = self._now_ms()
-            self.history.invoke(now, "nemesis", f, node, group=group)
-            self.history.info(now, "nemesis", f, node, group=group)
+            self.history.invoke(now, "nemesis", kind, node, group=group)
+            self.history.info(now, "nemesis", kind, node, group=group)
         elif node in self.producers and rec.kind == "crash":
             self._producer_crashed(node)
 

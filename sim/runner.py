@@ -19,14 +19,16 @@ from typing import Any, TextIO
 from pxq.check.history import HistoryWriter
 from pxq.check.lock import check_fencing, check_lock_linearizable, check_lock_liveness
 from pxq.check.log import check_agreement, check_liveness, check_no_loss, check_realtime_order
+from pxq.check.ownership import check_failover, check_ownership, check_rate_limit
 from pxq.check.queue import check_queue_order, check_replay, check_retry_flow, check_total_queue
-from pxq.check.result import CheckResult
+from pxq.check.result import CheckResult, Offenders, verdict
 from pxq.config import ConfigError
 from pxq.effects import NodeId, StorageView
 from pxq.lock.node import LockNode
 from pxq.paxos.config import PaxosConfig
 from pxq.paxos.logsm import RecordingLog
 from pxq.paxos.replica import Replica
+from pxq.scheduler.node import Scheduler
 from pxq.store.node import StoreNode
 from pxq.store.sm import QueueStore
 from sim.lock_workload import LockClient
@@ -38,6 +40,8 @@ from sim.workload import LogClient, value_id
 from sim.world import TraceRecord, World
 
 DRAIN_BOUND_US = 10_000_000
+FAILOVER_SLACK_MS = 1000
+"""A dead consumer's queues must be granted again within its lease plus this."""
 """How long (simulated) reading the dead-letter queues after a run may take."""
 BATCH_ROW_ITEMS_MAX = 1000
 """Items one stored row may hold (an enqueue batch): retention removes whole rows."""
@@ -240,7 +244,22 @@ class _QueueSystem:
     def attach(self, nemesis: Nemesis) -> None:
         nemesis.consumers = list(self.workload.consumers)
         nemesis.producers = list(self.workload.producers)
+        nemesis.locks = list(self.workload.locks)
+        nemesis.schedulers = list(self.workload.schedulers)
+        nemesis.lock_master_of = self._lock_master_of
         nemesis.on_seek = self.workload.seek
+
+    def _lock_master_of(self, group: int) -> NodeId | None:
+        for node_id in self.workload.locks:
+            host = self.world.hosts[node_id]
+            node = host.node
+            if (
+                not host.crashed
+                and isinstance(node, LockNode)
+                and node.is_master(group, host.clock.now(self.world.now_us))
+            ):
+                return node_id
+        return None
 
     def start(self) -> None:
         self.workload.start()
@@ -281,7 +300,61 @@ class _QueueSystem:
             out["retention"] = self._retention()
         if "liveness" in names:
             out["liveness"] = check_liveness(ops, heal_ms, self.scn.final.liveness_ms, f="enqueue")
+        consumers = self.workload.consumers
+        if "ownership" in names:
+            out["ownership"] = check_ownership(ops, consumers)
+        if "failover" in names:
+            bound = w.lease_ms + FAILOVER_SLACK_MS
+            out["failover"] = check_failover(ops, consumers, bound)
+        if "rate_limit" in names and w.rate_items_per_s is not None:
+            burst = w.rate_burst if w.rate_burst is not None else max(1, w.rate_items_per_s)
+            out["rate_limit"] = check_rate_limit(ops, consumers, w.rate_items_per_s, burst)
+        if "balance" in names:
+            out["balance"] = self._balance()
         return out
+
+    def _balance(self) -> CheckResult:
+        """After the run, the active scheduler's assignment of each group keeps every live
+        consumer's load (items enqueued to its queues in the second half of the run) within
+        the hysteresis band of the mean plus one queue's load (queues are indivisible)."""
+        w = self.scn.workload
+        half_ms = self.scn.duration_ms // 2
+        loads: dict[tuple[str, int], int] = {}
+        for op in self.history.ops:
+            if op.f == "enqueue" and op.type == "ok" and op.time_ms >= half_ms:
+                q = op.get("queue")
+                if isinstance(q, int):
+                    loads[(TOPIC, q)] = loads.get((TOPIC, q), 0) + 1
+        published: dict[str, dict[tuple[str, int], str]] = {}
+        for name in self.workload.schedulers:
+            host = self.world.hosts[name]
+            node = host.node
+            now_ms = host.clock.now(self.world.now_us).mono_ms
+            if isinstance(node, Scheduler) and not host.crashed and node.is_leader(now_ms):
+                published = node.published
+        bad = Offenders()
+        spreads: dict[str, object] = {}
+        for group in self.workload.groups:
+            assignment = published.get(group)
+            if not assignment:
+                bad.add({"group": group, "problem": "no assignment published"})
+                continue
+            per: dict[str, int] = {}
+            for queue_id, owner in assignment.items():
+                per[owner] = per.get(owner, 0) + loads.get(queue_id, 0)
+            members = sorted(set(assignment.values()))
+            mean = sum(per.values()) / max(1, len(members))
+            top = max(per.values(), default=0)
+            allowed = mean * (100 + w.band_pct) / 100 + max(loads.values(), default=0)
+            spreads[group] = {"mean": round(mean), "max": top, "allowed": round(allowed)}
+            if top > allowed:
+                bad.add({"group": group, "max": top, "allowed": round(allowed)})
+        return verdict(
+            "balance",
+            {"unbalanced": bad},
+            passed="every group's load within the band of the mean (plus one queue)",
+            details={"groups": spreads, "publishes": len(self.workload.publishes)},
+        )
 
     def _retention(self) -> CheckResult:
         """With every group caught up, each queue keeps at most the hold plus one stored row
@@ -361,7 +434,12 @@ def run(
         if rec.kind == "applied":
             f = dict(rec.fields)
             group, instance, checksum = f.get("group"), f.get("instance"), f.get("checksum")
-            if isinstance(group, int) and isinstance(instance, int) and isinstance(checksum, int):
+            if (
+                rec.node in checksums  # the store's (or log's) replicas, not the lock service's
+                and isinstance(group, int)
+                and isinstance(instance, int)
+                and isinstance(checksum, int)
+            ):
                 checksums[rec.node].setdefault(group, {})[instance] = checksum
         elif rec.kind == "master":
             f = dict(rec.fields)

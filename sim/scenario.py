@@ -66,6 +66,10 @@ CHECKS = (
     "retention",
     "linearizable",
     "fencing",
+    "ownership",
+    "failover",
+    "rate_limit",
+    "balance",
 )
 LOG_CHECKS = ("agreement", "no_loss", "realtime_order", "liveness")
 QUEUE_CHECKS = (
@@ -76,6 +80,10 @@ QUEUE_CHECKS = (
     "retry_flow",
     "retention",
     "liveness",
+    "ownership",
+    "failover",
+    "rate_limit",
+    "balance",
 )
 RANDOM_FAULT_KINDS = (
     "partition",
@@ -87,20 +95,26 @@ RANDOM_FAULT_KINDS = (
     "reorder",
     "clock",
     "torn",
+    "consumer_crash",
+    "consumer_pause",
 )
+RANDOM_FAULT_DEFAULT = RANDOM_FAULT_KINDS[:-2]
+"""The kinds a swarm draws from unless it lists its own (consumer faults are opt-in)."""
 LOCK_CHECKS = ("agreement", "linearizable", "fencing", "liveness")
 CHECKS_OF_KIND = {"log": LOG_CHECKS, "queue": QUEUE_CHECKS, "lock": LOCK_CHECKS}
 WORKLOADS = ("log", "queue", "lock")
 
 SELECTOR_RE = re.compile(
     r"^(master|any|minority|majority|all|crashed|paused|follower\[(\d+)\]|n(\d+)"
-    r"|consumer\[(\d+)\]|producer\[(\d+)\])$"
+    r"|consumer\[(\d+)\]|producer\[(\d+)\]|lock\[(\d+)\]|scheduler\[(\d+)\]|lock_master)$"
 )
 """Node selectors, resolved when the fault fires: ``master`` (of ``group``), ``follower[i]``
 (the i-th replica that is not the master, in name order), ``any`` (one at random),
 ``minority`` / ``majority`` (a random minority or majority set), ``all``, ``crashed`` (the
 most recently crashed node that is still down), ``paused`` (likewise), a node name ``nK``,
-or, with the queue workload, ``consumer[i]`` / ``producer[i]`` (client processes)."""
+or, with the queue workload, ``consumer[i]`` / ``producer[i]`` (client processes), and with
+consumers owning queues through locks, ``lock[i]`` (a lock replica), ``lock_master`` (the
+master of lock group ``group``) and ``scheduler[i]``."""
 
 
 class ScenarioError(Exception):
@@ -165,7 +179,27 @@ class WorkloadSpec:
     keys: int = 4
     """Lock keys the clients contend for."""
     lease_ms: int = 1000
-    """The lease every acquire and renew asks for."""
+    """The lease every acquire and renew asks for (the lock workload), or the consumers'
+    ownership lease (the queue workload with ``ownership = "locks"``)."""
+    # -- queue workload: ownership through the lock service -------------------------------
+    ownership: Literal["static", "locks"] = "static"
+    """``static``: each consumer owns a fixed split of the queues. ``locks``: consumers take
+    queues through the lock service (``lock_replicas`` replicas), spread by consistent
+    hashing or, with ``schedulers``, by the active scheduler."""
+    lock_replicas: int = 3
+    schedulers: int = 0
+    margin_ms: int = 600
+    renew_ms: int = 1000
+    poll_ms: int = 500
+    rate_items_per_s: int | None = None
+    """Each consumer group's dequeue rate limit (items/s), None: unlimited."""
+    rate_burst: int | None = None
+    hot_queues: int = 0
+    """With ``hot_share``: a load skew, this share of the items goes to the first
+    ``hot_queues`` queues."""
+    hot_share: float = 0.0
+    band_pct: int = 20
+    """The scheduler's hysteresis band (percent around the mean load)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -412,7 +446,8 @@ def _selector(t: _Table, name: str, required: bool) -> str | None:
         raise t.error(
             name,
             f"unknown selector {v!r} (expected master, follower[i], any, minority, "
-            "majority, all, crashed, paused or a node name nK)",
+            "majority, all, crashed, paused, a node name nK, consumer[i], producer[i], "
+            "lock[i], lock_master or scheduler[i])",
         )
     return str(v)
 
@@ -511,8 +546,32 @@ def _scenario(t: _Table) -> Scenario:
             dead_letter=w.flag("dead_letter", True),
             hold_items=w.integer("hold_items", None, lo=0),
             duplicates_allowed=w.flag("duplicates_allowed", True),
+            ownership=w.text("ownership", "static", choices=("static", "locks")),
+            lease_ms=w.integer("lease_ms", 3000, lo=100, hi=600_000),
+            lock_replicas=w.integer("lock_replicas", 3, lo=1, hi=9),
+            schedulers=w.integer("schedulers", 0, lo=0, hi=4),
+            margin_ms=w.integer("margin_ms", 600, lo=1),
+            renew_ms=w.integer("renew_ms", 1000, lo=1),
+            poll_ms=w.integer("poll_ms", 500, lo=1),
+            rate_items_per_s=w.integer("rate_items_per_s", None, lo=0),
+            rate_burst=w.integer("rate_burst", None, lo=1),
+            hot_queues=w.integer("hot_queues", 0, lo=0),
+            hot_share=w.prob("hot_share", 0.0),
+            band_pct=w.integer("band_pct", 20, lo=0, hi=100),
             **common,
         )
+        if workload.ownership == "static":
+            for key in ("schedulers",):
+                if getattr(workload, key):
+                    raise w.error(key, 'needs ownership = "locks"')
+        elif not 0 < workload.margin_ms < workload.lease_ms:
+            raise w.error("margin_ms", "must be > 0 and < lease_ms")
+        elif not 0 < workload.renew_ms <= (workload.lease_ms - workload.margin_ms) // 2:
+            raise w.error("renew_ms", "must be <= (lease_ms - margin_ms) / 2")
+        elif not workload.poll_ms < workload.lease_ms:
+            raise w.error("poll_ms", "must be < lease_ms")
+        if workload.hot_queues > workload.queues:
+            raise w.error("hot_queues", f"must be <= queues ({workload.queues})")
     elif kind == "lock":
         workload = WorkloadSpec(
             kind="lock",
@@ -535,7 +594,7 @@ def _scenario(t: _Table) -> Scenario:
     r = t.table("random_faults")
     random_faults = RandomFaultSpec(
         enabled=r.flag("enabled", False),
-        kinds=r.strings("kinds", RANDOM_FAULT_KINDS, RANDOM_FAULT_KINDS),
+        kinds=r.strings("kinds", RANDOM_FAULT_DEFAULT, RANDOM_FAULT_KINDS),
         interval_ms_min=r.integer("interval_ms_min", 200, lo=1),
         interval_ms_max=r.integer("interval_ms_max", 3000, lo=1),
         duration_ms_max=r.integer("duration_ms_max", 3000, lo=1),

@@ -1,12 +1,14 @@
 """``pxq cluster up|status|down`` and ``pxq node run`` as real processes on loopback.
 
 Behaviours checked: ``cluster up`` with a generated config (free ports) starts one process per
-replica, writes pid files and logs under ``./.pxq`` and prints the masters; ``status`` exits 0
+replica, writes pid files and logs under ``./.pxq`` and prints the masters; with a lock
+service it starts the lock replicas too (six processes), ``status`` lists the lock group's
+master and ``down`` stops all six; ``status`` exits 0
 and lists the masters while all nodes are up, 1 once a node is SIGKILLed; a second ``up`` and
 a second opener of a data dir are refused; ``down`` stops every process, removes the pid files
 and is idempotent; a node that cannot start makes ``up`` report its log tail, stop the others
-and exit 1. ``node run``: startup errors (unknown node, busy port, invalid config, a data dir
-of another node) exit 2 with one line naming the problem; SIGTERM stops it gracefully (0).
+and exit 1. ``node run`` (store and lock replicas): startup errors (unknown node, busy port, invalid
+config, a data dir of another cluster) exit 2 with one line naming the problem; SIGTERM stops it gracefully (0).
 Every process is torn down in a ``finally``; every wait is bounded.
 """
 
@@ -96,7 +98,8 @@ def test_up_status_kill_down(workdir: Path) -> None:
         assert sorted(pids) == ["s0", "s1", "s2"]
         for node, pid in pids.items():
             assert is_node_process(pid, node)
-            assert re.search(rf"{node} +127\.0\.0\.1:{ports[int(node[1])]} +{pid}\b", up.stdout)
+            address = rf"127\.0\.0\.1:{ports[int(node[1])]}"
+            assert re.search(rf"{node} +store0 +{address} +{pid}\b", up.stdout), up.stdout
             assert home.log_file(node).exists()
             assert (home.data_dir(node) / "pxq-node.json").exists()
         assert home.recorded_config() == (workdir / "cluster.toml").resolve()
@@ -156,33 +159,49 @@ def test_up_reports_a_node_that_cannot_start_and_stops_the_others(workdir: Path)
     assert home.recorded_config() is None
 
 
-@pytest.mark.parametrize("problem", ["unknown-node", "busy-port", "bad-config", "foreign-data"])
-def test_node_run_startup_errors_exit_2_with_the_reason(tmp_path: Path, problem: str) -> None:
-    ports = free_ports(3)
+@pytest.mark.parametrize(
+    ("problem", "node"),
+    [
+        ("unknown-node", "nobody"),
+        ("busy-port", "s0"),
+        ("busy-port", "l1"),
+        ("bad-config", "s0"),
+        ("bad-config", "l0"),
+        ("foreign-data", "s0"),
+        ("foreign-data", "l0"),
+    ],
+)
+def test_node_run_startup_errors_exit_2_with_the_reason(
+    tmp_path: Path, problem: str, node: str
+) -> None:
+    ports = free_ports(6)
+    by_node = dict(zip(["s0", "s1", "s2", "l0", "l1", "l2"], ports, strict=True))
+    text = cluster_toml(ports[:3], lock_ports=ports[3:])
     config = tmp_path / "cluster.toml"
-    config.write_text(cluster_toml(ports), encoding="utf-8")
-    args = ["node", "run", "--config", "cluster.toml", "--node", "s0"]
+    config.write_text(text, encoding="utf-8")
+    args = ["node", "run", "--config", "cluster.toml", "--node", node]
     with socket.socket() as busy:
         if problem == "unknown-node":
-            args[-1] = "nobody"
-            expected = "node 'nobody' is not a replica in the configuration (known: s0, s1, s2)"
+            expected = (
+                "node 'nobody' is not a replica in the configuration "
+                "(known: s0, s1, s2, l0, l1, l2)"
+            )
         elif problem == "busy-port":
-            busy.bind(("127.0.0.1", ports[0]))
+            busy.bind(("127.0.0.1", by_node[node]))
             busy.listen()
-            expected = f"cannot listen on 127.0.0.1:{ports[0]}: the port is in use"
+            expected = f"cannot listen on 127.0.0.1:{by_node[node]}: the port is in use"
         elif problem == "bad-config":
-            config.write_text(cluster_toml(ports).replace("port = ", "port = -"), "utf-8")
-            expected = "cluster.toml: stores[0].replicas[0].port: must be >= 1"
+            config.write_text(text.replace(f"port = {by_node[node]}", "port = -1"), "utf-8")
+            where = "stores[0].replicas[0]" if node == "s0" else "locks.replicas[0]"
+            expected = f"cluster.toml: {where}.port: must be >= 1"
         else:
-            other = tmp_path / "other.toml"
-            other.write_text(cluster_toml(free_ports(3), name="other"), encoding="utf-8")
             from net.config import NetConfig
             from net.storage import LmdbStorage
 
             LmdbStorage.open(
-                tmp_path / ".pxq" / "data" / "s0", cluster="other", node="s0", config=NetConfig()
+                tmp_path / ".pxq" / "data" / node, cluster="other", node=node, config=NetConfig()
             ).close()
-            expected = "belongs to node 's0' of cluster 'other'"
+            expected = f"belongs to node '{node}' of cluster 'other'"
         result = pxq(*args, cwd=tmp_path, timeout_s=20)
     assert result.returncode == 2, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("pxq: error:")]
@@ -224,3 +243,46 @@ def test_node_run_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=5)
+
+
+def test_up_starts_the_lock_service_status_lists_its_master_down_stops_all(
+    workdir: Path,
+) -> None:
+    ports = free_ports(6)
+    text = cluster_toml(ports[:3], lock_ports=ports[3:], lock_groups=2)
+    (workdir / "cluster.toml").write_text(text, encoding="utf-8")
+    home = ClusterHome(workdir / ".pxq")
+    pids: dict[str, int] = {}
+    try:
+        up = pxq("cluster", "up", "--config", "cluster.toml", "--timeout", "30", cwd=workdir)
+        assert up.returncode == 0, up.stderr + up.stdout
+        assert 'cluster "test" is up: 6 nodes' in up.stdout
+        assert "4 Paxos groups (2 store, 2 lock)" in up.stdout
+        pids = recorded_pids(home)
+        assert sorted(pids) == ["l0", "l1", "l2", "s0", "s1", "s2"]
+        for i, node in enumerate(["l0", "l1", "l2"]):
+            assert is_node_process(pids[node], node)
+            address = rf"127\.0\.0\.1:{ports[3 + i]}"
+            assert re.search(rf"{node} +locks +{address} +{pids[node]}\b", up.stdout), up.stdout
+            assert (home.data_dir(node) / "pxq-node.json").exists()
+        for group in (0, 1):
+            assert re.search(rf"l\d +locks .*locks/{group}\b", up.stdout), up.stdout
+
+        status = pxq("cluster", "status", cwd=workdir)
+        assert status.returncode == 0, status.stderr + status.stdout
+        assert "all nodes up" in status.stdout
+        for group in (0, 1):
+            found = re.search(rf"(l\d) +locks .*accepting .*locks/{group}\b", status.stdout)
+            assert found, status.stdout
+        for group in (0, 1):
+            assert re.search(rf"s\d +store0 .*accepting .*store0/{group}\b", status.stdout)
+
+        stopped = pxq("cluster", "down", cwd=workdir)
+        assert stopped.returncode == 0, stopped.stderr
+        for node, pid in pids.items():
+            assert f"{node} (pid {pid}): stopped" in stopped.stdout
+            assert not is_node_process(pid, node)
+        assert home.pid_files() == {}
+        assert "SIGTERM received" in home.log_file("l0").read_text(encoding="utf-8")
+    finally:
+        kill_all(pids)

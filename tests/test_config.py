@@ -1,5 +1,6 @@
 """Cluster configuration: TOML loading, validation errors that name file and key path, the
-embedded default, and the lookups derived from it."""
+embedded default, the lookups derived from it, the ``[locks]`` and ``[ownership]`` tables, and
+the list of every node with its role and address."""
 
 from __future__ import annotations
 
@@ -9,13 +10,20 @@ import pytest
 
 from pxq.config import (
     DEFAULT_TOML,
+    LOCK_GROUPS_MAX,
+    OWNERSHIP_WEIGHT_MAX,
     ConfigError,
     Limits,
+    NodeInfo,
+    OwnershipConfig,
     Retention,
     default_config,
     load_config,
     loads_config,
 )
+from pxq.lock.messages import LEASE_MS_MAX, VALUE_BYTES_MAX
+from pxq.lock.node import CLEANUP_TICK_MS_DEFAULT
+from pxq.lock.sm import KEYS_MAX_DEFAULT, VALUES_BYTES_MAX_DEFAULT
 from pxq.paxos.config import PaxosConfig
 from pxq.store.placement import StoreRing
 
@@ -53,6 +61,32 @@ def test_default_config_is_a_local_three_replica_store() -> None:
     assert [g.name for g in topic.consumer_groups] == ["default"]
     assert c.limits == Limits()
     assert loads_config(DEFAULT_TOML) == c
+
+
+def test_default_config_has_a_three_replica_lock_service_and_default_ownership() -> None:
+    c = default_config()
+    locks = c.locks
+    assert locks is not None
+    assert locks.groups == 1 and locks.nodes == ("l0", "l1", "l2")
+    assert [(r.host, r.port, r.zone) for r in locks.replicas] == [
+        ("127.0.0.1", 7201, "z0"),
+        ("127.0.0.1", 7202, "z0"),
+        ("127.0.0.1", 7203, "z0"),
+    ]
+    assert locks.paxos.replicas == ("l0", "l1", "l2") and locks.paxos.groups == 1
+    assert (locks.keys_max, locks.cleanup_tick_ms) == (KEYS_MAX_DEFAULT, CLEANUP_TICK_MS_DEFAULT)
+    assert locks.values_bytes_max == VALUES_BYTES_MAX_DEFAULT
+    assert c.ownership == OwnershipConfig()
+    o = c.ownership
+    assert (o.lease_ms, o.margin_ms, o.poll_ms, o.renew_ms, o.weight, o.scheduler) == (
+        3000,
+        600,
+        500,
+        1000,
+        1,
+        False,
+    )
+    assert o.trusted_ms == 2400
 
 
 def test_load_config_reads_a_file(tmp_path: Path) -> None:
@@ -287,3 +321,191 @@ def test_missing_sections_are_reported() -> None:
     assert error("[cluster]\nname='c'\n").key_path == "stores"
     assert error("stores = []\n[cluster]\nname='c'\n").key_path == "stores"
     assert error(BASE.replace('node = "a0"\n', "")).key_path == "stores[0].replicas[0].node"
+
+
+# -- the lock service and ownership -------------------------------------------------------------
+
+LOCKS = """
+[locks]
+groups = 3
+keys_max = 50
+values_bytes_max = 100000
+cleanup_tick_ms = 250
+[[locks.replicas]]
+node = "l0"
+port = 7100
+zone = "z1"
+[[locks.replicas]]
+node = "l1"
+host = "10.0.0.2"
+port = 7000
+[[locks.replicas]]
+node = "l2"
+port = 7102
+[locks.paxos]
+lease_ms = 2000
+"""
+
+
+def test_without_a_locks_table_there_is_no_lock_service_and_ownership_defaults_apply() -> None:
+    c = loads_config(BASE)
+    assert c.locks is None and c.ownership == OwnershipConfig()
+    assert c.all_nodes() == (
+        NodeInfo(node="a0", role="store", service="a", host="127.0.0.1", port=7000, zone="z0"),
+    )
+
+
+def test_a_locks_table_describes_the_lock_replica_set() -> None:
+    c = loads_config(BASE + LOCKS)
+    locks = c.locks
+    assert locks is not None
+    assert (locks.groups, locks.keys_max, locks.cleanup_tick_ms) == (3, 50, 250)
+    assert locks.values_bytes_max == 100000
+    assert locks.nodes == ("l0", "l1", "l2")
+    assert [(r.host, r.port, r.zone) for r in locks.replicas] == [
+        ("127.0.0.1", 7100, "z1"),
+        ("10.0.0.2", 7000, "z0"),
+        ("127.0.0.1", 7102, "z0"),
+    ]
+    assert locks.paxos_overrides == (("lease_ms", 2000),)
+    assert (locks.paxos.replicas, locks.paxos.groups, locks.paxos.lease_ms) == (
+        ("l0", "l1", "l2"),
+        3,
+        2000,
+    )
+    # The store's Paxos configuration is not affected by the lock service's overrides.
+    assert c.stores[0].paxos.lease_ms == 1000
+    minimal = loads_config(BASE + "[locks]\n[[locks.replicas]]\nnode = 'l0'\nport = 7001\n")
+    assert minimal.locks is not None and minimal.locks.groups == 1
+    assert minimal.locks.keys_max == KEYS_MAX_DEFAULT
+
+
+def test_every_node_is_listed_with_its_role_service_and_address() -> None:
+    c = loads_config(BASE + LOCKS)
+    assert [(n.node, n.role, n.service, n.address) for n in c.all_nodes()] == [
+        ("a0", "store", "a", ("127.0.0.1", 7000)),
+        ("l0", "lock", "locks", ("127.0.0.1", 7100)),
+        ("l1", "lock", "locks", ("10.0.0.2", 7000)),
+        ("l2", "lock", "locks", ("127.0.0.1", 7102)),
+    ]
+    assert c.node_addresses() == {
+        "a0": ("127.0.0.1", 7000),
+        "l0": ("127.0.0.1", 7100),
+        "l1": ("10.0.0.2", 7000),
+        "l2": ("127.0.0.1", 7102),
+    }
+    info = c.node_info("l1")
+    assert info is not None and (info.role, info.zone) == ("lock", "z0")
+    assert c.node_info("nobody") is None
+    d = default_config()
+    assert [n.node for n in d.all_nodes()] == ["s0", "s1", "s2", "l0", "l1", "l2"]
+
+
+@pytest.mark.parametrize(
+    ("change", "path", "reason"),
+    [
+        (("groups = 3", "groups = 0"), "locks.groups", "must be >= 1"),
+        (("groups = 3", f"groups = {LOCK_GROUPS_MAX + 1}"), "locks.groups", "must be <="),
+        (("groups = 3", "groups = 'x'"), "locks.groups", "expected an integer"),
+        (("keys_max = 50", "keys_max = 0"), "locks.keys_max", "must be >= 1"),
+        (
+            ("values_bytes_max = 100000", f"values_bytes_max = {VALUE_BYTES_MAX - 1}"),
+            "locks.values_bytes_max",
+            f"must be >= {VALUE_BYTES_MAX}",
+        ),
+        (("cleanup_tick_ms = 250", "cleanup_tick_ms = 0"), "locks.cleanup_tick_ms", ">= 1"),
+        (("keys_max = 50", "keys = 50"), "locks.keys", "unknown key"),
+        (('zone = "z1"', 'zone = "z 1"'), "locks.replicas[0].zone", "only letters"),
+        (('node = "l1"', 'node = "l1"\nweight = 2'), "locks.replicas[1].weight", "unknown key"),
+        (("port = 7102", "port = 0"), "locks.replicas[2].port", "must be >= 1"),
+        (('node = "l2"\n', ""), "locks.replicas[2].node", "missing"),
+        (("lease_ms = 2000", "lease_ms = 'long'"), "locks.paxos.lease_ms", "expected an integer"),
+        (("lease_ms = 2000", "leese_ms = 5"), "locks.paxos.leese_ms", "unknown key"),
+        (("lease_ms = 2000", "heartbeat_ms = 5000"), "locks.paxos.heartbeat_ms", "lease"),
+    ],
+)
+def test_bad_locks_tables_are_rejected_naming_the_key(
+    change: tuple[str, str], path: str, reason: str
+) -> None:
+    old, new = change
+    assert old in LOCKS
+    e = error(BASE + LOCKS.replace(old, new, 1))
+    assert e.key_path == path, e
+    assert reason in e.reason, e
+
+
+def test_lock_replica_counts_must_be_odd_and_present() -> None:
+    assert error(BASE + "[locks]\ngroups = 1\n").key_path == "locks.replicas"
+    assert error(BASE + "[locks]\nreplicas = []\n").key_path == "locks.replicas"
+    two = "[locks]\n[[locks.replicas]]\nnode='l0'\nport=1\n[[locks.replicas]]\nnode='l1'\nport=2\n"
+    e = error(BASE + two)
+    assert e.key_path == "locks.replicas" and "odd count" in e.reason
+    assert error("locks = 3\n" + BASE).key_path == "locks"
+
+
+def test_node_names_are_unique_across_stores_and_locks_and_ports_per_host() -> None:
+    e = error(BASE + LOCKS.replace('node = "l2"', 'node = "a0"'))
+    assert e.key_path == "locks.replicas[2].node" and "stores[0].replicas[0]" in e.reason
+    e = error(BASE + LOCKS.replace("port = 7100", "port = 7000"))
+    assert e.key_path == "locks.replicas[0].port"
+    assert "127.0.0.1:7000 is already used by stores[0].replicas[0]" in e.reason
+    e = error(BASE + LOCKS.replace("port = 7102", "port = 7100"))
+    assert e.key_path == "locks.replicas[2].port"
+    # l1 shares port 7000 with a0, on another host: allowed.
+    assert loads_config(BASE + LOCKS).node_addresses()["l1"] == ("10.0.0.2", 7000)
+
+
+def test_a_store_may_not_take_the_lock_services_name() -> None:
+    e = error(BASE.replace('name = "a"', 'name = "locks"'))
+    assert e.key_path == "stores[0].name" and "reserved for the lock service" in e.reason
+
+
+def test_an_ownership_table_overrides_the_defaults() -> None:
+    text = (
+        BASE + "[ownership]\nlease_ms = 10000\nmargin_ms = 1000\npoll_ms = 200\n"
+        "renew_ms = 4500\nweight = 3\nscheduler = true\n"
+    )
+    o = loads_config(text).ownership
+    assert o == OwnershipConfig(
+        lease_ms=10000, margin_ms=1000, poll_ms=200, renew_ms=4500, weight=3, scheduler=True
+    )
+    # Partial tables keep the other defaults; the renewal bound is inclusive.
+    o = loads_config(BASE + "[ownership]\nrenew_ms = 1200\n").ownership
+    assert (o.lease_ms, o.margin_ms, o.renew_ms) == (3000, 600, 1200)
+
+
+@pytest.mark.parametrize(
+    ("table", "path", "reason"),
+    [
+        ("lease_ms = 0", "ownership.lease_ms", "must be 1.."),
+        (f"lease_ms = {LEASE_MS_MAX + 1}", "ownership.lease_ms", f"1..{LEASE_MS_MAX}"),
+        ("lease_ms = 'long'", "ownership.lease_ms", "expected an integer"),
+        ("margin_ms = 0", "ownership.margin_ms", "must be > 0 and < lease_ms = 3000"),
+        ("margin_ms = 3000", "ownership.margin_ms", "must be > 0 and < lease_ms = 3000"),
+        ("lease_ms = 500", "ownership.margin_ms", "< lease_ms = 500, got 600"),
+        ("renew_ms = 0", "ownership.renew_ms", "must be > 0"),
+        ("renew_ms = 1201", "ownership.renew_ms", "(lease_ms - margin_ms) / 2 = 1200, got 1201"),
+        ("lease_ms = 2000", "ownership.renew_ms", "(lease_ms - margin_ms) / 2 = 700, got 1000"),
+        ("poll_ms = 0", "ownership.poll_ms", "must be > 0 and < lease_ms = 3000"),
+        ("poll_ms = 3000", "ownership.poll_ms", "must be > 0 and < lease_ms = 3000"),
+        ("weight = 0", "ownership.weight", f"must be 1..{OWNERSHIP_WEIGHT_MAX}"),
+        (f"weight = {OWNERSHIP_WEIGHT_MAX + 1}", "ownership.weight", "must be 1.."),
+        ("weight = 1.5", "ownership.weight", "expected an integer"),
+        ("scheduler = 1", "ownership.scheduler", "expected a boolean"),
+        ("leese_ms = 1", "ownership.leese_ms", "unknown key"),
+    ],
+)
+def test_bad_ownership_values_are_rejected_naming_the_key(
+    table: str, path: str, reason: str
+) -> None:
+    e = error(BASE + f"[ownership]\n{table}\n")
+    assert e.key_path == path, e
+    assert reason in e.reason, e
+
+
+def test_ownership_config_checks_its_rules_when_built_directly() -> None:
+    with pytest.raises(ValueError, match="renew_ms: must be > 0 and <= "):
+        OwnershipConfig(renew_ms=2000)
+    with pytest.raises(ValueError, match="weight: expected an integer"):
+        OwnershipConfig(weight=True)
+    assert OwnershipConfig(lease_ms=4, margin_ms=1, renew_ms=1, poll_ms=3).trusted_ms == 3

@@ -32,6 +32,7 @@ from pxq.store.messages import (
     Retry,
     RetryOk,
     StoredItem,
+    StoreError,
 )
 from pxq.store.placement import dead_letter_topic, retry_topic
 from tests.test_consumer_fakestore import GROUPS, STORES, WALL0, FakeStore, Harness
@@ -741,3 +742,27 @@ def test_ownership_flips_keep_the_token_wait_list_bounded() -> None:
         h.run_for(5)
     assert len(c._token_waiters) <= len(c.streams())
     assert sum(len(d.items) for _, d in h.deliveries) == 1
+
+
+def test_a_new_token_is_claimed_at_the_probed_cursor_before_the_old_holder_can_commit() -> None:
+    store = FakeStore()
+    fill(store, 4)
+    store.cursors[("t", "g", 0)] = 2  # the previous holder (token 3) got this far
+    store.tokens[("t", "g", 0)] = 3
+    _, h = make(store, owned=(OwnedQueue(topic="t", queue=0, token=4),), handler=None)
+    h.run_for(50)  # the probe, the claim; the delivery waits for the handler
+    claims = [b for _, _, b in requests_of(h, CommitCursor) if b.token == 4]
+    assert claims and claims[0].cursor == 2
+    assert store.tokens[("t", "g", 0)] == 4
+    # The previous holder's late commit is now refused, whatever cursor it carries.
+    late = CommitCursor(topic="t", group="g", queue=0, cursor=3, token=3)
+    node = store.stores[store.locate("t", 0)[0]][0]
+    assert isinstance(store.handle(node, late, 0), StoreError)
+    assert store.cursor("t", "g", 0) == 2
+
+
+def test_streams_without_a_lock_make_no_claim() -> None:
+    store = FakeStore()
+    _, h = make(store)  # token 0: locks off
+    h.run_for(50)
+    assert requests_of(h, CommitCursor) == []

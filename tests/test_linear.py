@@ -11,7 +11,6 @@ from pxq.check.history import HistoryWriter
 from pxq.check.linear import (
     UNKNOWN,
     KVModel,
-    LockModel,
     Operation,
     QueueLogModel,
     RegisterModel,
@@ -20,6 +19,7 @@ from pxq.check.linear import (
     kv_from_history,
     operations_from_history,
 )
+from pxq.check.lock import LeaseLockModel, lease_alternatives
 
 
 def op(call: int, ret: int | None, process: int, inp: Any, out: Any = None) -> Operation:
@@ -219,80 +219,88 @@ def test_operations_from_history_drops_fail_and_marks_info() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Lock service model
+# Lock service model (pxq.check.lock.LeaseLockModel, through the generic search)
 
 
-def acq(key: str, who: str, lease: int, at: int | None, expected: int | None = None) -> Any:
-    return ("acquire", key, who, expected, lease, at)
+def acq(
+    key: str, who: str, lease: int, at: int | None, expected: int | None = None, value: str = ""
+) -> Any:
+    return ("acquire", key, who, expected, lease, at, value)
 
 
-def renew(key: str, who: str, version: int, lease: int, at: int | None) -> Any:
-    return ("renew", key, who, version, lease, at)
+def renew(
+    key: str, who: str, version: int, lease: int, at: int | None, value: str | None = None
+) -> Any:
+    return ("renew", key, who, version, lease, at, value)
 
 
 def rel(key: str, who: str, version: int, at: int | None) -> Any:
-    return ("release", key, who, version, 0, at)
+    return ("release", key, who, version, 0, at, None)
 
 
 def rd(key: str, at: int | None) -> Any:
-    return ("read", key, "", None, 0, at)
+    return ("read", key, "", None, 0, at, None)
+
+
+def out(ok: bool, holder: str, version: int | None, expiry: int, value: str = "") -> Any:
+    return (ok, holder, version, expiry, value)
 
 
 def lock(*ops: Operation) -> str:
-    return check_operations(LockModel(), ops).verdict
+    return check_operations(LeaseLockModel(), lease_alternatives(ops)).verdict
 
 
 def test_lock_grant_denial_and_expiry() -> None:
     history = [
-        op(0, 1, 1, acq("k", "a", 100, 10), (True, "a", 1, 110)),
-        op(2, 3, 2, acq("k", "b", 100, 50), (False, "a", 1, 110)),
-        op(4, 5, 2, acq("k", "b", 100, 110), (True, "b", 2, 210)),
-        op(6, 7, 1, renew("k", "a", 1, 100, 120), (False, "b", 2, 210)),
+        op(0, 1, 1, acq("k", "a", 100, 10), out(True, "a", 1, 110)),
+        op(2, 3, 2, acq("k", "b", 100, 50), out(False, "a", 1, 110)),
+        op(4, 5, 2, acq("k", "b", 100, 110), out(True, "b", 2, 210)),
+        op(6, 7, 1, renew("k", "a", 1, 100, 120), out(False, "b", 2, 210)),
     ]
     assert lock(*history) == "ok"
 
 
 def test_lock_two_holders_with_valid_leases_are_refused() -> None:
     history = [
-        op(0, 1, 1, acq("k", "a", 100, 10), (True, "a", 1, 110)),
-        op(2, 3, 2, acq("k", "b", 100, 50), (True, "b", 2, 150)),
+        op(0, 1, 1, acq("k", "a", 100, 10), out(True, "a", 1, 110)),
+        op(2, 3, 2, acq("k", "b", 100, 50), out(True, "b", 2, 150)),
     ]
     assert lock(*history) == "illegal"
 
 
 def test_lock_version_may_not_skip_or_repeat() -> None:
-    first = op(0, 1, 1, acq("k", "a", 10, 0), (True, "a", 1, 10))
-    assert lock(first, op(2, 3, 2, acq("k", "b", 10, 20), (True, "b", 3, 30))) == "illegal"
-    assert lock(first, op(2, 3, 2, acq("k", "b", 10, 20), (True, "b", 1, 30))) == "illegal"
-    assert lock(first, op(2, 3, 2, acq("k", "b", 10, 20), (True, "b", 2, 30))) == "ok"
+    first = op(0, 1, 1, acq("k", "a", 10, 0), out(True, "a", 1, 10))
+    assert lock(first, op(2, 3, 2, acq("k", "b", 10, 20), out(True, "b", 3, 30))) == "illegal"
+    assert lock(first, op(2, 3, 2, acq("k", "b", 10, 20), out(True, "b", 1, 30))) == "illegal"
+    assert lock(first, op(2, 3, 2, acq("k", "b", 10, 20), out(True, "b", 2, 30))) == "ok"
 
 
 def test_lock_release_frees_at_once_and_keeps_the_version() -> None:
     history = [
-        op(0, 1, 1, acq("k", "a", 1000, 0), (True, "a", 1, 1000)),
-        op(2, 3, 1, rel("k", "a", 1, 5), (True, "", 1, 0)),
-        op(4, 5, 2, rd("k", 6), (True, "", 1, 0)),
-        op(6, 7, 2, acq("k", "b", 1000, 7), (True, "b", 2, 1007)),
+        op(0, 1, 1, acq("k", "a", 1000, 0), out(True, "a", 1, 1000)),
+        op(2, 3, 1, rel("k", "a", 1, 5), out(True, "", 1, 0)),
+        op(4, 5, 2, rd("k", 6), out(True, "", 1, 0)),
+        op(6, 7, 2, acq("k", "b", 1000, 7), out(True, "b", 2, 1007)),
     ]
     assert lock(*history) == "ok"
 
 
 def test_lock_reacquire_by_the_holder_keeps_the_token() -> None:
     history = [
-        op(0, 1, 1, acq("k", "a", 100, 0), (True, "a", 1, 100)),
-        op(2, 3, 1, acq("k", "a", 100, 50), (True, "a", 1, 150)),
-        op(4, 5, 1, renew("k", "a", 1, 100, 60), (True, "a", 1, 160)),
+        op(0, 1, 1, acq("k", "a", 100, 0), out(True, "a", 1, 100)),
+        op(2, 3, 1, acq("k", "a", 100, 50), out(True, "a", 1, 150)),
+        op(4, 5, 1, renew("k", "a", 1, 100, 60), out(True, "a", 1, 160)),
     ]
     assert lock(*history) == "ok"
 
 
 def test_lock_takeover_with_expected_version() -> None:
     history = [
-        op(0, 1, 1, acq("k", "a", 100, 0), (True, "a", 1, 100)),
-        op(2, 3, 2, acq("k", "b", 100, 10, expected=1), (True, "b", 2, 110)),
+        op(0, 1, 1, acq("k", "a", 100, 0), out(True, "a", 1, 100)),
+        op(2, 3, 2, acq("k", "b", 100, 10, expected=1), out(True, "b", 2, 110)),
     ]
     assert lock(*history) == "ok"
-    wrong = [history[0], op(2, 3, 2, acq("k", "b", 100, 10, expected=0), (True, "b", 2, 110))]
+    wrong = [history[0], op(2, 3, 2, acq("k", "b", 100, 10, expected=0), out(True, "b", 2, 110))]
     assert lock(*wrong) == "illegal"
 
 
@@ -300,9 +308,9 @@ def test_lock_time_does_not_go_back_in_the_linearization() -> None:
     # Concurrent acquires: b's grant at 150 must come after a's at 10 (it expired a's lease);
     # a later read at 120 would put time back.
     history = [
-        op(0, 5, 1, acq("k", "a", 100, 10), (True, "a", 1, 110)),
-        op(1, 6, 2, acq("k", "b", 100, 150), (True, "b", 2, 250)),
-        op(7, 8, 3, rd("k", 120), (True, "b", 2, 250)),
+        op(0, 5, 1, acq("k", "a", 100, 10), out(True, "a", 1, 110)),
+        op(1, 6, 2, acq("k", "b", 100, 150), out(True, "b", 2, 250)),
+        op(7, 8, 3, rd("k", 120), out(True, "b", 2, 250)),
     ]
     assert lock(*history) == "illegal"
 
@@ -310,22 +318,80 @@ def test_lock_time_does_not_go_back_in_the_linearization() -> None:
 def test_lock_info_acquire_both_ways() -> None:
     took = [
         op(0, None, 1, acq("k", "a", 100, None)),
-        op(5, 6, 2, acq("k", "b", 100, 20), (False, "a", 1, 100)),
+        op(5, 6, 2, acq("k", "b", 100, 20), out(False, "a", 1, 100)),
     ]
     assert lock(*took) == "ok"
     never = [
         op(0, None, 1, acq("k", "a", 100, None)),
-        op(5, 6, 2, acq("k", "b", 100, 20), (True, "b", 1, 120)),
+        op(5, 6, 2, acq("k", "b", 100, 20), out(True, "b", 1, 120)),
     ]
     assert lock(*never) == "ok"
 
 
 def test_lock_concurrent_acquires_one_wins() -> None:
     history = [
-        op(0, 3, 1, acq("k", "a", 100, 5), (False, "b", 1, 105)),
-        op(1, 2, 2, acq("k", "b", 100, 5), (True, "b", 1, 105)),
+        op(0, 3, 1, acq("k", "a", 100, 5), out(False, "b", 1, 105)),
+        op(1, 2, 2, acq("k", "b", 100, 5), out(True, "b", 1, 105)),
     ]
     assert lock(*history) == "ok"
+
+
+def test_lock_info_acquire_may_apply_later_than_the_latest_time_seen() -> None:
+    # a's acquire has an unknown outcome; b's denial at 550 names an expiry of 600: a's grant
+    # was applied at 500, long after the last time seen before it (0). Applying it at 0 would
+    # end its lease at 100 and could not explain the denial.
+    history = [
+        op(0, 1, 9, rd("k", 0), out(True, "", 0, 0)),
+        op(2, None, 1, acq("k", "a", 100, None)),
+        op(5, 6, 2, acq("k", "b", 100, 550), out(False, "a", 1, 600)),
+        op(7, 8, 2, acq("k", "b", 100, 700), out(True, "b", 2, 800)),
+    ]
+    assert lock(*history) == "ok"
+    # Not earlier than its call allows, though: an expiry below (time seen + lease) is refused.
+    early = [*history[:2], op(5, 6, 2, acq("k", "b", 100, 10), out(False, "a", 1, 50))]
+    assert lock(*early) == "illegal"
+
+
+def test_lock_info_release_frees_the_key_or_is_left_out() -> None:
+    grant = op(0, 1, 1, acq("k", "a", 1000, 0), out(True, "a", 1, 1000))
+    release = op(2, None, 1, rel("k", "a", 1, None))
+    freed = op(5, 6, 2, acq("k", "b", 1000, 10), out(True, "b", 2, 1010))
+    held = op(5, 6, 2, acq("k", "b", 1000, 10), out(False, "a", 1, 1000))
+    assert lock(grant, release, freed) == "ok"
+    assert lock(grant, release, held) == "ok"
+    assert lock(grant, freed) == "illegal"  # without the release, a's lease still holds
+
+
+def test_lock_values_follow_grants_and_renewals() -> None:
+    history = [
+        op(0, 1, 1, acq("k", "a", 100, 0, value="v1"), out(True, "a", 1, 100, "v1")),
+        op(2, 3, 1, renew("k", "a", 1, 100, 10), out(True, "a", 1, 110, "v1")),
+        op(4, 5, 1, renew("k", "a", 1, 100, 20, value="v2"), out(True, "a", 1, 120, "v2")),
+        op(6, 7, 2, rd("k", 30), out(True, "a", 1, 120, "v2")),
+        op(8, 9, 2, rd("k", 120), out(True, "", 1, 0, "")),
+    ]
+    assert lock(*history) == "ok"
+    stale = [*history[:3], op(6, 7, 2, rd("k", 30), out(True, "a", 1, 120, "v1"))]
+    assert lock(*stale) == "illegal"
+    # A concurrent read may see either value.
+    racing = [*history[:2], history[2], op(3, 7, 2, rd("k", 15), out(True, "a", 1, 110, "v1"))]
+    assert lock(*racing) == "ok"
+
+
+def test_lock_a_read_of_unknown_version_matches_only_a_free_key() -> None:
+    grant = op(0, 1, 1, acq("k", "a", 100, 0), out(True, "a", 1, 100))
+    assert lock(grant, op(2, 3, 2, rd("k", 100), out(True, "", None, 0))) == "ok"
+    assert lock(grant, op(2, 3, 2, rd("k", 50), out(True, "", None, 0))) == "illegal"
+
+
+def test_lock_keys_are_independent() -> None:
+    history = [
+        op(0, 1, 1, acq("k1", "a", 100, 0), out(True, "a", 1, 100)),
+        op(2, 3, 2, acq("k2", "b", 100, 10), out(True, "b", 1, 110)),
+        op(4, 5, 1, rd("k2", 20), out(True, "b", 1, 110)),
+    ]
+    assert lock(*history) == "ok"
+    assert check_operations(LeaseLockModel(), lease_alternatives(history)).partitions == 2
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Property tests of the linearizability checker: generated linearizable histories pass, mutated
 ones fail, the search agrees with brute force on small histories, and a 2,000-op history
-finishes within its step budget.
+finishes within its step budget; the same for the lock model (``pxq.check.lock``) on
+concurrent histories of the real lock state machine (``pxq.lock.sm``).
 
 Run ``python -m tests.test_linear_props`` to print the checker's speed on the sanity history.
 """
@@ -16,6 +17,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pxq import codec
 from pxq.check.linear import (
     UNKNOWN,
     KVModel,
@@ -24,6 +26,12 @@ from pxq.check.linear import (
     RegisterModel,
     check_operations,
 )
+from pxq.check.lock import LeaseLockModel, lease_alternatives, value_text
+from pxq.effects import EffectsBuilder
+from pxq.lock.commands import AcquireCmd, Command, ReadCmd, ReleaseCmd, RenewCmd, encode_command
+from pxq.lock.messages import LockDenied, LockOk
+from pxq.lock.sm import LockTable
+from sim.memstore import MemoryStore
 
 PROPS = settings(max_examples=150, deadline=None)
 
@@ -254,6 +262,168 @@ def test_search_agrees_with_brute_force(ops: list[Operation]) -> None:
     model = RegisterModel(0)
     expected = brute_force(model, ops)
     assert (check_operations(model, ops).verdict == "ok") == expected
+
+
+# --------------------------------------------------------------------------------------------
+# The lock model on concurrent histories of the lock state machine
+
+LOCK_KEYS = ("a/k0", "a/k1")
+
+
+def simulate_locks(actions: Sequence[Action], *, crash_every: int) -> list[Operation]:
+    """A concurrent history of clients of one ``LockTable`` (the state machine itself is the
+    oracle). Phases as in ``simulate``; applying a command stamps it with a clock that moves
+    on by the action's argument (proposers' clocks lag at times: the table raises them), so
+    leases of 20..40 ms expire along the way. Every ``crash_every``-th invoke is applied or
+    not (by its argument's parity) and never returns."""
+    store = MemoryStore()
+    table = LockTable(store, 0)
+    table.load()
+    clock = 0
+    time_ms = 1000
+    instance = 0
+    phase: dict[int, int] = {}
+    pending: dict[int, dict[str, Any]] = {}
+    proc_of: dict[int, int] = {}
+    next_proc = 100
+    made = 0
+    invokes = 0
+    ops: list[Operation] = []
+
+    def apply(cmd: Command) -> LockOk | LockDenied:
+        nonlocal instance
+        instance += 1
+        fx = EffectsBuilder()
+        result = codec.decode(table.apply(instance, 0, encode_command(cmd), fx))
+        store.apply(fx.writes)
+        assert isinstance(result, LockOk | LockDenied)
+        return result
+
+    def command(slot: int, kind: int, arg: int) -> tuple[Command, Any]:
+        nonlocal made
+        key = LOCK_KEYS[arg % len(LOCK_KEYS)]
+        who = f"c{slot}"
+        stamp = time_ms - (15 if arg % 5 == 0 else 0)
+        lease = 20 + 5 * (arg % 5)
+        if kind == 0:
+            made += 1
+            value = f"{who}.{made}".encode() if arg % 3 else b""
+            cmd: Command = AcquireCmd(
+                key=key,
+                holder=who,
+                lease_ms=lease,
+                expected_version=None,
+                now_ms=stamp,
+                value=value,
+            )
+            return cmd, ("acquire", key, who, None, lease, None, value_text(value))
+        if kind == 1:
+            made += 1
+            renewed = f"{who}.{made}".encode() if arg % 2 else None
+            version = arg % 3
+            cmd = RenewCmd(
+                key=key, holder=who, version=version, lease_ms=lease, now_ms=stamp, value=renewed
+            )
+            text = None if renewed is None else value_text(renewed)
+            return cmd, ("renew", key, who, version, lease, None, text)
+        if kind == 2:
+            cmd = ReleaseCmd(key=key, holder=who, version=arg % 3, now_ms=stamp)
+            return cmd, ("release", key, who, arg % 3, 0, None, None)
+        return ReadCmd(key=key, now_ms=stamp), ("read", key, "", None, 0, None, None)
+
+    for slot, kind, arg in actions:
+        clock += 1
+        time_ms += arg * 3
+        state = phase.get(slot, 0)
+        if state == 0:
+            invokes += 1
+            cmd, inp = command(slot, kind, arg)
+            proc = proc_of.setdefault(slot, slot)
+            if crash_every and invokes % crash_every == 0:
+                if arg % 2 == 0:
+                    apply(cmd)
+                ops.append(
+                    Operation(
+                        call_index=clock, return_index=None, process=proc, input=inp, output=UNKNOWN
+                    )
+                )
+                proc_of[slot] = next_proc
+                next_proc += 1
+                continue
+            pending[slot] = {"call": clock, "cmd": cmd, "input": inp, "proc": proc}
+            phase[slot] = 1
+        elif state == 1:
+            p = pending[slot]
+            result = apply(p["cmd"])
+            p["applied"] = (*p["input"][:5], result.at_ms, p["input"][6])
+            p["output"] = (
+                isinstance(result, LockOk),
+                result.holder,
+                result.version,
+                result.expiry_ms,
+                value_text(result.value),
+            )
+            phase[slot] = 2
+        else:
+            p = pending.pop(slot)
+            ops.append(
+                Operation(
+                    call_index=p["call"],
+                    return_index=clock,
+                    process=p["proc"],
+                    input=p["applied"],
+                    output=p["output"],
+                )
+            )
+            phase[slot] = 0
+    for p in pending.values():  # still in flight: applied or not, outcome unknown
+        ops.append(
+            Operation(
+                call_index=p["call"],
+                return_index=None,
+                process=p["proc"],
+                input=p["input"],  # its apply time unknown
+                output=UNKNOWN,
+            )
+        )
+    return ops
+
+
+def lease_verdict(ops: list[Operation]) -> str:
+    return check_operations(LeaseLockModel(), lease_alternatives(ops)).verdict
+
+
+lock_actions = st.lists(
+    st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(0, 9)), min_size=1, max_size=90
+)
+
+
+@PROPS
+@given(lock_actions, st.sampled_from([0, 0, 3, 5, 8]))
+def test_concurrent_histories_of_the_lock_state_machine_are_linearizable(
+    acts: list[Action], crash_every: int
+) -> None:
+    ops = simulate_locks(acts, crash_every=crash_every)
+    assert lease_verdict(ops) == "ok"
+
+
+@PROPS
+@given(lock_actions, st.sampled_from([0, 0, 3, 5, 8]), st.data())
+def test_a_lock_answer_naming_a_value_or_version_never_given_is_caught(
+    acts: list[Action], crash_every: int, data: st.DataObject
+) -> None:
+    ops = simulate_locks(acts, crash_every=crash_every)
+    done = [i for i, o in enumerate(ops) if o.return_index is not None]
+    if not done:
+        return
+    i = data.draw(st.sampled_from(done))
+    okay, holder, version, expiry, value = ops[i].output
+    if data.draw(st.booleans()):
+        mutated = (okay, holder, version, expiry, "never-written")
+    else:
+        mutated = (okay, holder, 99, expiry, value)
+    ops[i] = replace(ops[i], output=mutated)
+    assert lease_verdict(ops) == "illegal"
 
 
 # --------------------------------------------------------------------------------------------

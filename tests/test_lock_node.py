@@ -1,7 +1,8 @@
 """Lock nodes (``pxq.lock.node.LockNode``) in a small deterministic in-process cluster:
-acquire, renew, release and reads through the log, redirects, validation, failover with a
-lagging wall clock, cleanup; and the lock workload's checkers (``sim/lock_workload.py``) on
-hand-made histories, including the negative cases they must catch.
+acquire, renew, release and reads through the log, values, directory listings, redirects,
+validation, failover with a lagging wall clock, cleanup; and the lock workload's checkers
+(``sim/lock_workload.py``) on hand-made histories, including the negative cases they must
+catch.
 
 ``LockCluster`` follows ``tests/test_store_node.StoreCluster``: N LockNodes with instantly
 syncing ``MemoryStore`` disks, messages delivered after a fixed latency, integer true time
@@ -17,26 +18,30 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from pxq.check.history import HistoryWriter, Op
-from pxq.check.linear import LockModel, check_linearizable, operations_from_history
+from pxq.check.history import JSON, HistoryWriter, Op
 from pxq.check.lock import (
     check_fencing,
     check_lock_linearizable,
     check_lock_liveness,
-    lock_from_history,
+    lock_operations,
 )
 from pxq.effects import Boot, ClientCall, Input, Now, Received, Wake
 from pxq.lock.messages import (
+    LIST_ENTRIES_MAX,
+    VALUE_BYTES_MAX,
     Acquire,
+    ListLocks,
     LockDenied,
+    LockEntry,
     LockError,
+    LockList,
     LockOk,
     LockRedirect,
     ReadLock,
     Release,
     Renew,
 )
-from pxq.lock.node import LockNode, group_of_key
+from pxq.lock.node import LockNode, directory_of, group_of_key
 from pxq.paxos.config import PaxosConfig
 from sim import scenario
 from sim.memstore import MemoryStore
@@ -211,10 +216,17 @@ def acquire(key: str, holder: str, lease: int = LEASE) -> Acquire:
 # The node
 
 
-def test_keys_map_to_groups_by_crc32_of_their_utf8_bytes() -> None:
-    assert group_of_key("queue/7", 4) == zlib.crc32(b"queue/7") % 4
+def test_keys_map_to_groups_by_crc32_of_their_directory() -> None:
+    assert directory_of("queue/7") == "queue/"
+    assert directory_of("a/b/c") == "a/b/"
+    assert directory_of("a/") == "a/"
+    assert directory_of("plain") == "plain"
+    assert group_of_key("queue/7", 4) == zlib.crc32(b"queue/") % 4
     assert group_of_key("ключ", 3) == zlib.crc32("ключ".encode()) % 3
     assert {group_of_key(f"k{i}", 4) for i in range(50)} == {0, 1, 2, 3}
+    # All keys of a directory, and the directory's listing prefix, share one group.
+    assert {group_of_key(f"dir/{i}", 7) for i in range(50)} == {group_of_key("dir/", 7)}
+    assert {group_of_key(f"d{i}/x", 4) for i in range(50)} == {0, 1, 2, 3}
     with pytest.raises(ValueError):
         group_of_key("k", 0)
 
@@ -285,6 +297,14 @@ def test_followers_redirect_writes_and_local_reads_to_the_master() -> None:
         Release(key="k", holder="h", version=-2),
         ReadLock(key=""),
         ReadLock(key="\udc80", through_log=True),
+        Acquire(key="k", holder="h", lease_ms=10, value=b"v" * (VALUE_BYTES_MAX + 1)),
+        Acquire(key="k", holder="h", lease_ms=10, value="text"),  # type: ignore[arg-type]
+        Renew(key="k", holder="h", version=1, lease_ms=10, value=b"v" * (VALUE_BYTES_MAX + 1)),
+        ListLocks(prefix=""),
+        ListLocks(prefix="d"),
+        ListLocks(prefix="d/", entries_max=0),
+        ListLocks(prefix="d/", entries_max=LIST_ENTRIES_MAX + 1),
+        ListLocks(prefix="d/", through_log=1),  # type: ignore[arg-type]
         "not a lock request",
     ],
 )
@@ -296,6 +316,96 @@ def test_invalid_requests_fail_at_once_without_a_proposal(request_: object) -> N
     assert isinstance(r, LockError) and r.definite and r.code == "bad_request", r
     c.run(50)
     assert c.node(m).applied(0) == applied
+
+
+def test_a_too_large_value_is_refused_naming_its_size() -> None:
+    c = LockCluster.make(groups=1)
+    m = c.wait_master(0)
+    big = b"v" * (VALUE_BYTES_MAX + 1)
+    r = c.responses[c.call(m, Acquire(key="k", holder="h", lease_ms=10, value=big))]
+    assert isinstance(r, LockError) and str(VALUE_BYTES_MAX + 1) in r.message
+    r = c.responses[c.call(m, ListLocks(prefix="nodir"))]
+    assert isinstance(r, LockError) and "must end with '/'" in r.message
+
+
+def test_values_through_acquire_renew_read_and_release() -> None:
+    c = LockCluster.make()
+    key = "owners/q1"
+    m = c.master_of_key(key)
+    got = c.request(m, Acquire(key=key, holder="alice", lease_ms=LEASE, value=b"addr:1"))
+    assert isinstance(got, LockOk) and got.value == b"addr:1"
+    denied = c.request(m, Acquire(key=key, holder="bob", lease_ms=LEASE, value=b"addr:2"))
+    assert isinstance(denied, LockDenied) and denied.value == b"addr:1"
+    kept = c.request(m, Renew(key=key, holder="alice", version=1, lease_ms=LEASE))
+    assert isinstance(kept, LockOk) and kept.value == b"addr:1"
+    swapped = c.request(
+        m, Renew(key=key, holder="alice", version=1, lease_ms=LEASE, value=b"addr:3")
+    )
+    assert isinstance(swapped, LockOk) and swapped.value == b"addr:3"
+    local = c.responses[c.call(m, ReadLock(key=key))]
+    assert isinstance(local, LockOk) and local.value == b"addr:3"
+    logged = c.request(m, ReadLock(key=key, through_log=True))
+    assert isinstance(logged, LockOk) and logged.value == b"addr:3"
+    freed = c.request(m, Release(key=key, holder="alice", version=1))
+    assert isinstance(freed, LockOk) and freed.value == b""
+    # Every replica stores the same values.
+    c.run(300)
+    for name in NAMES:
+        table = c.node(name).state_machine(c.node(name).group_of(key))
+        assert dict(table.items())[key].value == b""
+
+
+def test_list_a_directory_locally_and_through_the_log() -> None:
+    c = LockCluster.make(groups=3)
+    prefix = "m/group-a/"
+    m = c.master_of_key(prefix)
+    for i, who in enumerate(["c2", "c0", "c1"]):
+        got = c.request(
+            m, Acquire(key=f"{prefix}{who}", holder=who, lease_ms=LEASE, value=str(i).encode())
+        )
+        assert isinstance(got, LockOk)
+    # Keys of other directories never show, even in the same group.
+    other = next(
+        f"x{i}/k" for i in range(100) if group_of_key(f"x{i}/k", 3) == c.node(m).group_of(prefix)
+    )
+    assert isinstance(c.request(m, Acquire(key=other, holder="z", lease_ms=LEASE)), LockOk)
+    sub = f"{prefix}sub/x"  # a subdirectory: its own directory, likely another group
+    assert isinstance(c.request_ok(Acquire(key=sub, holder="z", lease_ms=LEASE), sub), LockOk)
+    local = c.responses[c.call(m, ListLocks(prefix=prefix))]  # answered in the same step
+    assert isinstance(local, LockList)
+    assert [(e.key, e.holder, e.value) for e in local.entries] == [
+        (f"{prefix}c0", "c0", b"1"),
+        (f"{prefix}c1", "c1", b"2"),
+        (f"{prefix}c2", "c2", b"0"),
+    ]
+    assert not local.more
+    logged = c.request(m, ListLocks(prefix=prefix, entries_max=2, through_log=True))
+    assert isinstance(logged, LockList) and logged.more
+    assert logged.entries == local.entries[:2] and logged.at_ms >= local.at_ms
+    rest = c.request(m, ListLocks(prefix=prefix, entries_max=2, start_after=logged.entries[-1].key))
+    assert isinstance(rest, LockList) and rest.entries == local.entries[2:] and not rest.more
+    # Followers redirect listings like any other request.
+    c.run(300)
+    for name in NAMES:
+        if name != m:
+            assert c.responses[c.call(name, ListLocks(prefix=prefix))] == LockRedirect(master=m)
+            assert c.request(name, ListLocks(prefix=prefix, through_log=True)) == LockRedirect(
+                master=m
+            )
+
+
+def test_a_listing_drops_expired_entries_once_the_group_time_passes_them() -> None:
+    c = LockCluster.make(groups=1, cleanup_tick_ms=100)
+    m = c.wait_master(0)
+    assert isinstance(c.request(m, Acquire(key="e/short", holder="a", lease_ms=50)), LockOk)
+    assert isinstance(c.request(m, Acquire(key="e/long", holder="b", lease_ms=60_000)), LockOk)
+    c.run(500)  # a cleanup moved the group's time past the short lease
+    local = c.responses[c.call(m, ListLocks(prefix="e/"))]
+    assert isinstance(local, LockList)
+    assert [e.key for e in local.entries] == ["e/long"]
+    assert local.entries[0] == LockEntry(
+        key="e/long", holder="b", version=1, expiry_ms=local.entries[0].expiry_ms, value=b""
+    )
 
 
 def test_failover_keeps_versions_monotonic_even_with_a_lagging_wall_clock() -> None:
@@ -329,6 +439,32 @@ def test_failover_keeps_versions_monotonic_even_with_a_lagging_wall_clock() -> N
     c.run(2000)
     table = c.node(old).state_machine(0)
     assert dict(table.items())["f"].version == 3
+
+
+def test_a_new_master_with_a_fast_wall_clock_does_not_end_leases_early() -> None:
+    """The regression of consumer-lock-master-partition seed 1: the next master's wall clock
+    runs 1.5 s ahead; a 3 s lease granted just before the failover must still hold when the
+    new master answers 2 s after the grant, because its term clock starts from the log's
+    time, not from its wall clock."""
+    c = LockCluster.make(groups=1)
+    old = c.wait_master(0)
+    held = c.request_ok(acquire("f", "bob", lease=3000), "f")
+    assert isinstance(held, LockOk)
+    granted_at = c.time
+    for name in NAMES:
+        if name != old:
+            c.wall_offset[name] = 1_500
+    c.crash(old)
+    new = c.wait_master(0, within_ms=5000)
+    assert new != old
+    c.run(max(0, granted_at + 2000 - c.time))
+    assert c.time - granted_at < 3000 - 200  # still inside bob's trusted time
+    denied = c.request_ok(acquire("f", "carol"), "f")
+    assert isinstance(denied, LockDenied), (c.time - granted_at, denied)
+    assert denied.holder == "bob"
+    # Wall time is never exceeded, and the term clock is behind the new master's wall clock.
+    node = c.node(new)
+    assert node.stamp(c.now(new), 0) <= c.now(new).wall_ms - 1_000
 
 
 def test_master_proposes_cleanup_of_expired_entries_on_every_replica() -> None:
@@ -378,11 +514,16 @@ class H:
         version: int | None,
         lease: int,
         result: tuple[str, str, int, int, int] | None,
+        *,
+        value: str | None = None,
+        got: str | None = None,
     ) -> None:
-        """One operation; ``result`` = (outcome, holder, version, expiry, at) or None (info)."""
+        """One operation; ``result`` = (outcome, holder, version, expiry, at) or None (info);
+        ``value``: the value an acquire or renew sets, ``got``: the value the answer shows
+        (None: histories without values)."""
         self.t += 1
         self.w.invoke(
-            self.t, process, f, None, key=key, holder=holder, version=version, lease_ms=lease
+            self.t, process, f, value, key=key, holder=holder, version=version, lease_ms=lease
         )
         self.t += 1
         if result is None:
@@ -393,7 +534,7 @@ class H:
             self.t,
             process,
             f,
-            None,
+            got,
             key=key,
             outcome=outcome,
             holder=h,
@@ -401,6 +542,26 @@ class H:
             expiry_ms=e,
             at_ms=at,
         )
+
+    def listing(
+        self,
+        process: int,
+        prefix: str,
+        entries: list[tuple[str, str, int, int, str]] | None,
+        at: int = 0,
+        *,
+        more: bool = False,
+        start_after: str = "",
+    ) -> None:
+        """A listing; ``entries`` None: its outcome is unknown."""
+        self.t += 1
+        self.w.invoke(self.t, process, "list", None, prefix=prefix, start_after=start_after)
+        self.t += 1
+        if entries is None:
+            self.w.info(self.t, process, "list", None, key=prefix, reason="timeout")
+            return
+        rows: list[JSON] = [list(e) for e in entries]
+        self.w.ok(self.t, process, "list", None, prefix=prefix, entries=rows, more=more, at_ms=at)
 
     @property
     def ops(self) -> list[Op]:
@@ -467,18 +628,19 @@ def test_a_release_of_unknown_outcome_excuses_the_next_grant_only_after_it_was_s
     assert check_fencing(h2.ops).details["overlapping-leases"]
 
 
-def test_an_info_grant_applied_later_is_linearizable_where_lock_model_gives_a_false_alarm() -> None:
+def test_an_info_grant_applied_later_than_the_latest_time_seen_is_linearizable() -> None:
     # a's acquire times out but was applied at 1500 (expiry 1600); b's denial names that
-    # expiry. LockModel applies the unknown acquire at the latest time it saw (1000) and
-    # cannot explain the denial; the lease model keeps the apply time open.
+    # expiry. Applied at the latest time seen before it (1000), its lease would end at 1100
+    # and could not explain the denial (the old plain model's false alarm); the lease model
+    # keeps the apply time open.
     h = H()
     h.op(9, "read", "k", "", None, 0, ("ok", "", 0, 0, 1000))
     h.op(1, "acquire", "k", "a", None, 100, None)
     h.op(2, "acquire", "k", "b", None, 100, ("denied", "a", 1, 1600, 1550))
     h.op(2 + 10, "acquire", "k", "b", None, 100, ("ok", "b", 2, 1800, 1700))
     assert check_lock_linearizable(h.ops).ok
-    ops = operations_from_history(h.ops, lock_from_history)
-    assert not check_linearizable(LockModel(), ops).ok
+    info = [o for o in lock_operations(h.ops) if o.return_index is None]
+    assert [o.input[5] for o in info] == [None]  # its apply time is unknown to the checker
     # But the unknown grant cannot be placed where its lease would contradict an answer:
     # the expiry a denial names must be at least the earliest the grant could have had.
     h2 = H()
@@ -492,6 +654,64 @@ def test_an_info_grant_applied_later_is_linearizable_where_lock_model_gives_a_fa
     h3.op(2, "acquire", "k", "b", None, 100, ("denied", "a", 1, 1600, 1550))
     h3.op(3, "read", "k", "", None, 0, ("ok", "", 1, 0, 1560))
     assert not check_lock_linearizable(h3.ops).ok
+
+
+def test_checks_follow_values_through_grants_renewals_and_reads() -> None:
+    h = H()
+    h.op(1, "acquire", "k", "a", None, 100, ("ok", "a", 1, 1100, 1000), value="v1", got="v1")
+    h.op(2, "read", "k", "", None, 0, ("ok", "a", 1, 1100, 1010), got="v1")
+    h.op(1, "renew", "k", "a", 1, 100, ("ok", "a", 1, 1120, 1020), got="v1")  # keeps it
+    h.op(1, "renew", "k", "a", 1, 100, ("ok", "a", 1, 1130, 1030), value="v2", got="v2")
+    h.op(2, "read", "k", "", None, 0, ("ok", "a", 1, 1130, 1040), got="v2")
+    h.op(3, "acquire", "k", "b", None, 100, ("denied", "a", 1, 1130, 1050), value="x", got="v2")
+    h.op(1, "release", "k", "a", 1, 0, ("ok", "", 1, 0, 1060), got="")
+    h.op(2, "read", "k", "", None, 0, ("ok", "", 1, 0, 1070), got="")
+    assert check_lock_linearizable(h.ops).ok
+    # A read of a value replaced before it started is caught.
+    stale = H()
+    stale.op(1, "acquire", "k", "a", None, 100, ("ok", "a", 1, 1100, 1000), value="v1", got="v1")
+    stale.op(1, "renew", "k", "a", 1, 100, ("ok", "a", 1, 1130, 1030), value="v2", got="v2")
+    stale.op(2, "read", "k", "", None, 0, ("ok", "a", 1, 1130, 1040), got="v1")
+    assert not check_lock_linearizable(stale.ops).ok
+    # So is a value the released (or expired) entry should no longer show.
+    kept = H()
+    kept.op(1, "acquire", "k", "a", None, 100, ("ok", "a", 1, 1100, 1000), value="v1", got="v1")
+    kept.op(2, "read", "k", "", None, 0, ("ok", "", 1, 0, 1200), got="v1")
+    assert not check_lock_linearizable(kept.ops).ok
+
+
+def test_checks_read_a_listing_as_a_read_of_every_key_it_covers() -> None:
+    def base() -> H:
+        h = H()
+        h.op(1, "acquire", "d/a", "p", None, 100, ("ok", "p", 1, 1100, 1000), value="x", got="x")
+        h.op(2, "acquire", "d/b", "q", None, 100, ("ok", "q", 1, 1110, 1010), got="")
+        h.op(3, "acquire", "d/c", "r", None, 100, ("ok", "r", 1, 1120, 1020), got="")
+        h.op(3, "release", "d/c", "r", 1, 0, ("ok", "", 1, 0, 1030))
+        return h
+
+    h = base()
+    h.listing(4, "d/", [("d/a", "p", 1, 1100, "x"), ("d/b", "q", 1, 1110, "")], 1040)
+    h.listing(4, "d/", [("d/a", "p", 1, 1100, "x")], 1050, more=True)  # d/b, d/c not covered
+    h.listing(4, "d/", [("d/b", "q", 1, 1110, "")], 1060, start_after="d/a")
+    h.listing(4, "d/", [("d/b", "q", 1, 1110, "")], 1105)  # d/a expired at 1100
+    h.listing(5, "d/", None)  # unknown outcome: changes nothing
+    assert check_lock_linearizable(h.ops).ok
+    assert check_fencing(h.ops).ok
+    ops = lock_operations(h.ops)
+    assert sum(1 for o in ops if o.call_index == h.ops[8].index) == 3  # d/a, d/b, d/c
+    # A held key left out of a complete listing is caught ...
+    missing = base()
+    missing.listing(4, "d/", [("d/a", "p", 1, 1100, "x")], 1040)
+    assert not check_lock_linearizable(missing.ops).ok
+    # ... as is a released key listed, a wrong value, or an expired lease listed.
+    for entries, at in [
+        ([("d/a", "p", 1, 1100, "x"), ("d/b", "q", 1, 1110, ""), ("d/c", "r", 1, 1120, "")], 1040),
+        ([("d/a", "p", 1, 1100, "y"), ("d/b", "q", 1, 1110, "")], 1040),
+        ([("d/a", "p", 1, 1100, "x"), ("d/b", "q", 1, 1110, "")], 1100),
+    ]:
+        wrong = base()
+        wrong.listing(4, "d/", entries, at)
+        assert not check_lock_linearizable(wrong.ops).ok, entries
 
 
 # --------------------------------------------------------------------------------------------

@@ -37,15 +37,30 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def cluster_toml(ports: list[int], *, name: str = "test", groups: int = 2) -> str:
-    """A one-store cluster file with a replica s0, s1, ... on each of ``ports``."""
+def cluster_toml(
+    ports: list[int],
+    *,
+    name: str = "test",
+    groups: int = 2,
+    lock_ports: list[int] | None = None,
+    lock_groups: int = 1,
+) -> str:
+    """A one-store cluster file with a replica s0, s1, ... on each of ``ports`` and, given
+    ``lock_ports``, a lock service with a replica l0, l1, ... on each of them."""
     replicas = "".join(
         f'\n[[stores.replicas]]\nnode = "s{i}"\nhost = "127.0.0.1"\nport = {port}\n'
         for i, port in enumerate(ports)
     )
+    locks = ""
+    if lock_ports is not None:
+        locks = f"[locks]\ngroups = {lock_groups}\n" + "".join(
+            f'\n[[locks.replicas]]\nnode = "l{i}"\nhost = "127.0.0.1"\nport = {port}\n'
+            for i, port in enumerate(lock_ports)
+        )
     return (
         f'[cluster]\nname = "{name}"\n\n'
         f'[[stores]]\nname = "{STORE}"\ngroups = {groups}\n{replicas}\n'
+        f"{locks}\n"
         f'[[topics]]\nname = "{TOPIC}"\nqueues = 4\n\n'
         '[[topics.consumer_groups]]\nname = "default"\n'
     )
@@ -102,6 +117,12 @@ def test_free_ports_and_the_generated_config() -> None:
     config = loads_config(cluster_toml(ports), file="<test>")
     assert [r.port for r in config.store(STORE).replicas] == ports
     assert all(r.host == "127.0.0.1" for r in config.store(STORE).replicas)
+    assert config.locks is None
+    ports = free_ports(6)
+    config = loads_config(cluster_toml(ports[:3], lock_ports=ports[3:], lock_groups=2))
+    assert config.locks is not None and config.locks.groups == 2
+    assert [r.port for r in config.locks.replicas] == ports[3:]
+    assert [n.node for n in config.all_nodes()] == ["s0", "s1", "s2", "l0", "l1", "l2"]
 
 
 def test_master_failover_keeps_acknowledged_items_and_the_old_master_catches_up(

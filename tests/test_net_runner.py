@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +30,12 @@ from net.errors import (
     DataDirError,
     DataDirMismatch,
     NotConnected,
+    StorageError,
     StorageFull,
 )
 from net.framing import HEADER, FrameDecoder, encode_frame, frame
 from net.runner import DriverStorage, NodeRunner, RunnerState
-from net.storage import LmdbStorage
+from net.storage import LmdbStorage, SealedBatch, WriteOutcome
 from pxq import codec
 from pxq.effects import Write
 from tests.test_net_storage import _flip, _tamper
@@ -112,14 +115,15 @@ class PeekingStorage(LmdbStorage):
     sock: socket.socket | None = None
     seen_at_commit: list[bool] = []
 
-    def commit(self) -> bool:
-        if self.pending and self.sock is not None:
+    def write(self, batch: SealedBatch) -> WriteOutcome:
+        # Runs on the writer thread, before the batch's transaction commits.
+        if self.sock is not None:
             try:
                 self.sock.recv(1, socket.MSG_PEEK)
                 self.seen_at_commit.append(True)
             except BlockingIOError:
                 self.seen_at_commit.append(False)
-        return super().commit()
+        return super().write(batch)
 
 
 def peeking_opener(data_dir: Path, cluster: str, node: str, config: NetConfig) -> DriverStorage:
@@ -127,16 +131,20 @@ def peeking_opener(data_dir: Path, cluster: str, node: str, config: NetConfig) -
 
 
 class ReleasesBeforeCommit(NodeRunner):
-    """A broken driver (negative control): releases the turn's output, then commits."""
+    """A broken driver (negative control): releases the turn's output, then commits (on the
+    loop thread, so that each turn's write is its own commit)."""
 
     def _end_turn(self) -> None:
-        outbox, self._outbox = self._outbox, []
-        for sends, replies in outbox:
+        self._turn_scheduled = False
+        outbox, self._outbox = self._outbox, deque()
+        for _, sends, replies in outbox:
             self._release(sends, replies)
         for conn in self._dirty_conns:
             conn.flush()
         self._dirty_conns = []
-        super()._end_turn()
+        storage = self.storage
+        if storage is not None and storage.pending:
+            storage.commit()
 
 
 @pytest.mark.parametrize("broken", [False, True], ids=["runner", "negative-control"])
@@ -163,6 +171,7 @@ def test_reply_reaches_the_socket_only_after_the_commit(tmp_path: Path, broken: 
                 replies = decode_replies(await recv_all(sock, until_closed=False))
                 assert replies == [(i, Count(n=i))]
         finally:
+            storage.sock = None
             sock.close()
             await runner.stop()
         return storage.seen_at_commit
@@ -180,10 +189,10 @@ def test_reply_reaches_the_socket_only_after_the_commit(tmp_path: Path, broken: 
 class FailingStorage(LmdbStorage):
     fail_commit = False
 
-    def commit(self) -> bool:
-        if self.fail_commit and self.pending:
+    def write(self, batch: SealedBatch) -> WriteOutcome:
+        if self.fail_commit:
             raise StorageFull("disk full (test)")
-        return super().commit()
+        return super().write(batch)
 
 
 def test_failed_commit_releases_nothing_and_stops_the_node(tmp_path: Path) -> None:
@@ -213,6 +222,92 @@ def test_failed_commit_releases_nothing_and_stops_the_node(tmp_path: Path) -> No
         assert await client.call(GetCount(), T) == Count(n=1)
         await client.close()
         await again.stop()
+
+    run_async(main())
+
+
+class GatedStorage(LmdbStorage):
+    """Each write waits on the writer thread until the test opens the gate (bounded); the
+    first write can be made to fail after the gate."""
+
+    gate: threading.Event
+    started: threading.Event
+    fail_first = False
+    written_batches: list[int]
+
+    def write(self, batch: SealedBatch) -> WriteOutcome:
+        self.started.set()
+        if not self.gate.wait(T):
+            raise AssertionError("the test never opened the gate")
+        self.written_batches.append(batch.seq)
+        if self.fail_first:
+            raise StorageError("fsync failed (test)")
+        return super().write(batch)
+
+
+def gated_opener(data_dir: Path, cluster: str, node: str, config: NetConfig) -> DriverStorage:
+    storage = GatedStorage.open(data_dir, cluster=cluster, node=node, config=config)
+    if not isinstance(storage, GatedStorage):
+        raise TypeError("GatedStorage.open returned another class")
+    storage.gate = threading.Event()
+    storage.gate.set()  # boot commits freely
+    storage.started = threading.Event()
+    storage.written_batches = []
+    return storage
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["commit-ok", "commit-fails"])
+def test_steps_continue_during_a_commit_and_their_output_waits_for_it(
+    tmp_path: Path, fails: bool
+) -> None:
+    async def main() -> None:
+        runner = make_runner(tmp_path, storage_opener=gated_opener)
+        await runner.start()
+        storage = runner.storage
+        assert isinstance(storage, GatedStorage)
+        await wait_until(lambda: storage.unwritten == 0 and not storage.pending, what="boot")
+        storage.gate.clear()
+        storage.started.clear()
+        storage.fail_first = fails
+        client = await connect(runner)
+        first = asyncio.ensure_future(client.call(Incr(), T))
+        await wait_until(storage.started.is_set, what="the first commit to start")
+        steps = runner.stats.steps
+        # While that commit runs: a read of its write, and another write, are stepped...
+        read = asyncio.ensure_future(client.call(GetCount(), T))
+        second = asyncio.ensure_future(client.call(Incr(), T))
+        await wait_until(lambda: runner.stats.steps >= steps + 2, what="steps during a commit")
+        assert counter_of(runner).count == 2
+        raw = storage.get("counter", b"n")  # the storage reads its writes, none durable yet
+        assert raw is not None and int.from_bytes(raw, "big") == 2
+        assert storage.pending  # the second write waits for the next batch
+        await asyncio.sleep(0.05)
+        # ...but nothing of them, nor of the first call, was released.
+        assert not (first.done() or read.done() or second.done())
+        storage.gate.set()
+        if fails:
+            for fut in (first, read, second):
+                with pytest.raises(ConnectionLost):
+                    await fut
+            assert await runner.wait_stopped() is not None
+            assert runner.crash_reason is not None and "fsync failed" in runner.crash_reason
+            assert storage.written_batches == [storage.written_batches[0]]  # no later batch
+            await client.close()
+            again = make_runner(tmp_path)
+            await again.start()
+            check = await connect(again)
+            assert await check.call(GetCount(), T) == Count(n=0)
+            await check.close()
+            await again.stop()
+            return
+        assert await first == Count(n=1)
+        assert await read == Count(n=1)
+        assert await second == Count(n=2)
+        # Two batches, in order: the second holds the write stepped during the first.
+        assert len(storage.written_batches) == 2
+        assert storage.written_batches[1] == storage.written_batches[0] + 1
+        await client.close()
+        await runner.stop()
 
     run_async(main())
 
@@ -643,3 +738,42 @@ def test_a_corrupt_record_read_at_boot_stops_the_node(tmp_path: Path) -> None:
             await make_runner(tmp_path).start()
 
     run_async(main())
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_every_socket_has_tcp_nodelay(tmp_path: Path, loop_kind: str) -> None:
+    """Small frames must leave at once (no Nagle delay waiting for a delayed ACK), on the
+    client's connection, the node's accepted one and a peer link, on either loop."""
+    if loop_kind == "uvloop":
+        pytest.importorskip("uvloop")
+
+    async def main() -> list[int]:
+        a = make_runner(tmp_path / "a", "n0", peers=["n0", "n1"])
+        b = make_runner(tmp_path / "b", "n1", peers=["n0", "n1"])
+        await a.start()
+        await b.start()
+        a.update_peers({"n0": a.address, "n1": b.address})
+        b.update_peers({"n0": a.address, "n1": b.address})
+        client = await connect(a)
+        await client.call(Broadcast(), T)
+        await wait_until(lambda: bool(counter_of(b).received), what="the peer message")
+        link = a.link("n1")
+        assert link is not None and link._transport is not None
+        socks = [
+            client._protocol.transport.get_extra_info("socket"),  # type: ignore[union-attr]
+            next(iter(a._conns))._transport.get_extra_info("socket"),  # type: ignore[union-attr]
+            link._transport.get_extra_info("socket"),
+        ]
+        flags = [s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in socks]
+        await client.close()
+        await a.stop()
+        await b.stop()
+        return flags
+
+    if loop_kind == "uvloop":
+        from net.transport import run
+
+        flags = run(asyncio.wait_for(main(), 20))
+    else:
+        flags = run_async(main())
+    assert all(flags) and len(flags) == 3

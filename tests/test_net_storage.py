@@ -4,12 +4,15 @@ Behaviours checked: round trips, forward and reverse scans with bounds (also acr
 chunks), DeleteRange, read-your-writes before commit, durability across reopen and loss of
 uncommitted writes, agreement with the simulator's MemoryStore on random operation sequences,
 CRC corruption detected on get and scan, a full map growing transparently or failing as
-StorageFull with nothing partial left, and the data-dir marker and lock.
+StorageFull with nothing partial left, the data-dir marker and lock, and the layers of writes
+not yet durable (reads see sealed and open batches, a batch written on another thread,
+completion in order only, a full map reported by ``write`` and grown on completion).
 """
 
 from __future__ import annotations
 
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import lmdb
@@ -374,3 +377,108 @@ def test_data_dir_problems_are_named(tmp_path: Path) -> None:
     (tmp_path / "d" / MARKER_NAME).unlink()
     with pytest.raises(DataDirError, match=r"no pxq-node\.json"):
         open_storage(tmp_path / "d")
+
+
+# -- layers: batches sealed, written (possibly on another thread) and completed in order ----
+
+
+def test_reads_see_sealed_and_open_batches_until_they_are_written(tmp_path: Path) -> None:
+    s = open_storage(tmp_path)
+    try:
+        s.apply([Put(table="t", key=k(i), value=b"old") for i in range(6)])
+        s.commit()
+        base = s.durable_seq
+        s.apply([Put(table="t", key=k(1), value=b"b1"), Delete(table="t", key=k(2))])
+        s.apply(
+            [DeleteRange(table="t", start=k(3), end=k(5)), Put(table="t", key=k(4), value=b"b1")]
+        )
+        first = s.seal()
+        assert first is not None and first.seq == base + 1
+        assert not s.pending and s.unwritten == 1
+        assert s.seal() is None  # nothing new since
+        # The next batch writes over the sealed one while it is not yet durable.
+        s.apply([Put(table="t", key=k(2), value=b"b2"), Delete(table="t", key=k(4))])
+        s.apply([Put(table="new", key=b"x", value=b"b2")])
+        assert s.horizon_seq == base + 2 and s.durable_seq == base
+        expected = {k(0): b"old", k(1): b"b1", k(2): b"b2", k(5): b"old"}
+        assert dict(s.scan("t")) == expected
+        assert [key for key, _ in s.scan("t", reverse=True)] == sorted(expected, reverse=True)
+        assert s.get("t", k(3)) is None and s.get("t", k(4)) is None
+        assert list(s.scan("new")) == [(b"x", b"b2")]
+        # Written on a thread of its own, completed on this one: the same reads after.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            outcome = pool.submit(s.write, first).result()
+        assert outcome.committed
+        assert dict(s.scan("t")) == expected  # not yet completed: the layer still answers
+        s.written(outcome)
+        assert s.durable_seq == base + 1 and s.unwritten == 0 and s.horizon_seq == base + 2
+        assert dict(s.scan("t")) == expected
+        assert s.get("new", b"x") == b"b2"
+        second = s.seal()
+        assert second is not None and second.seq == base + 2
+        s.written(s.write(second))
+        assert s.durable_seq == base + 2 and s.overlay_bytes == 0
+        assert dict(s.scan("t")) == expected
+    finally:
+        s.close()
+    s = open_storage(tmp_path)
+    try:
+        assert dict(s.scan("t")) == expected
+        assert s.get("new", b"x") == b"b2"
+    finally:
+        s.close()
+
+
+def test_batches_complete_in_order_only(tmp_path: Path) -> None:
+    s = open_storage(tmp_path)
+    try:
+        s.apply([Put(table="t", key=b"a", value=b"1")])
+        first = s.seal()
+        s.apply([Put(table="t", key=b"a", value=b"2")])
+        second = s.seal()
+        assert first is not None and second is not None
+        outcome = s.write(second)  # a driver that writes out of order
+        with pytest.raises(StorageError, match="out of order"):
+            s.written(outcome)
+        with pytest.raises(StorageError, match="failed earlier"):
+            s.apply([Put(table="t", key=b"b", value=b"3")])
+    finally:
+        s.close()
+
+
+def test_a_sealed_batch_dropped_by_close_is_not_durable(tmp_path: Path) -> None:
+    s = open_storage(tmp_path)
+    s.apply([Put(table="t", key=b"a", value=b"durable")])
+    s.commit()
+    s.apply([Put(table="t", key=b"a", value=b"sealed only")])
+    assert s.seal() is not None
+    assert s.get("t", b"a") == b"sealed only"
+    s.close()
+    s = open_storage(tmp_path)
+    try:
+        assert s.get("t", b"a") == b"durable"
+    finally:
+        s.close()
+
+
+def test_a_full_map_reported_by_write_grows_on_completion(tmp_path: Path) -> None:
+    config = NetConfig(map_size_bytes=256 * KIB, map_size_max_bytes=16 * MIB)
+    s = open_storage(tmp_path, config)
+    try:
+        s.apply([Put(table="t", key=k(i), value=b"v" * 1000) for i in range(800)])
+        batch = s.seal()
+        assert batch is not None
+        outcome = s.write(batch)
+        assert not outcome.committed  # nothing written
+        s.written(outcome)  # grows the map; the batch is still to be written
+        assert s.map_grows == 1 and s.unwritten == 1 and s.durable_seq == 0
+        assert sum(1 for _ in s.scan("t")) == 800
+        for _ in range(8):  # bounded: each round doubles the map
+            outcome = s.write(batch)
+            s.written(outcome)
+            if outcome.committed:
+                break
+        assert outcome.committed and s.durable_seq == 1
+        assert sum(1 for _ in s.scan("t")) == 800
+    finally:
+        s.close()

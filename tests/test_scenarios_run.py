@@ -42,6 +42,12 @@ def test_the_scenario_directory_holds_the_families() -> None:
         "lock-master-partition",
         "lock-crash-restart",
         "swarm-lock",
+        "consumer-crash-failover",
+        "consumer-pause-lease",
+        "consumer-lock-master-partition",
+        "consumer-scheduler",
+        "consumer-rolling",
+        "swarm-consumers",
     } | NEGATIVE <= names
 
 
@@ -72,7 +78,8 @@ def test_scenario_at_other_seeds(path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "seeds"), [("swarm-log", 40), ("swarm-queue", 30), ("swarm-lock", 30)]
+    ("name", "seeds"),
+    [("swarm-log", 40), ("swarm-queue", 30), ("swarm-lock", 30), ("swarm-consumers", 25)],
 )
 def test_swarm_of_seeds_with_random_faults_passes(name: str, seeds: int) -> None:
     outcomes = swarm.run_swarm(
@@ -100,7 +107,7 @@ def _digest_in_subprocess(path: Path, seed: int, hashseed: str) -> str:
     return digest
 
 
-@pytest.mark.parametrize("name", ["swarm-log", "swarm-queue"])
+@pytest.mark.parametrize("name", ["swarm-log", "swarm-queue", "swarm-consumers"])
 def test_same_seed_gives_the_same_digest_under_different_hash_seeds(name: str) -> None:
     path = ROOT / "scenarios" / f"{name}.toml"
     first = _digest_in_subprocess(path, 7, "1")

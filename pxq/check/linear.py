@@ -3,7 +3,8 @@
 This module owns the generic checker (``check_operations``, ``check_linearizable``), the
 ``Operation`` record it searches over, the adapter from Jepsen histories
 (``operations_from_history``), and the sequential specifications (models) of the register,
-the key-value map, the lock service and the queue log.
+the key-value map and the queue log. The lock service's model, which needs to place
+operations of unknown outcome at an unknown time, is ``pxq.check.lock.LeaseLockModel``.
 
 The search (Wing & Gong 1993, with Lowe's memoisation, as Porcupine does it):
 
@@ -541,109 +542,6 @@ class KVModel:
         key, op, arg = input
         shown = "" if arg is None else repr(arg)
         return f"{op}({key!r}{', ' if shown else ''}{shown}) -> {output!r}"
-
-
-# --------------------------------------------------------------------------------------------
-# Lock service
-
-LockInput: TypeAlias = tuple[str, str, str, int | None, int, int | None]
-"""``(op, key, holder, version, lease_ms, at_ms)``:
-
-* ``("acquire", key, holder, expected_version or None, lease_ms, at_ms)``
-* ``("renew", key, holder, version, lease_ms, at_ms)``
-* ``("release", key, holder, version, 0, at_ms)``
-* ``("read", key, "", None, 0, at_ms)``
-
-``at_ms`` is the time the lock state machine applied the command at (the proposer's time,
-raised to the group's latest: ``LockOk.at_ms`` / ``LockDenied.at_ms``). It is None when
-unknown (an info operation); the model then uses the latest time it has seen for the key, the
-earliest the command could have been applied at (an approximation, see ``LockModel``).
-"""
-
-LockOutput: TypeAlias = tuple[bool, str, int, int]
-"""``(ok, holder, version, expiry_ms)``: for a success, the entry after the command (a grant
-or renewal: the requester, its fencing token and lease expiry; a release: ``""``, the version,
-0; a read: the entry as it stands); for a denial, the entry that caused it. A free or expired
-entry reads as ``("", version, 0)``, version 0 for a key never granted."""
-
-LockState: TypeAlias = tuple[str, int, int, int]
-"""``(holder, version, expiry_ms, time_ms)`` of one key; holder ``""`` when free."""
-
-
-def lock_transition(state: LockState, input: LockInput) -> tuple[LockState, LockOutput]:
-    """The lock service's sequential semantics for one key (the state machine applies the same
-    rules; ``tests/test_lock_sm.py`` checks that they agree).
-
-    At time ``t`` an entry is *held* iff it has a holder and ``t < expiry``. Versions (fencing
-    tokens) are per key, start at 1 and grow by one at every grant to a new owner, never
-    reused: a free key keeps its last version as a floor.
-    """
-    op, _, who, version, lease_ms, at_ms = input
-    holder, current, expiry, time_ms = state
-    t = time_ms if at_ms is None else max(at_ms, time_ms)
-    held = holder != "" and t < expiry
-    view: LockOutput = (True, holder, current, expiry) if held else (True, "", current, 0)
-    if op == "read":
-        return (holder, current, expiry, t), view
-    if op == "acquire":
-        if held and holder == who:
-            return (who, current, t + lease_ms, t), (True, who, current, t + lease_ms)
-        if not held or version == current:
-            return (who, current + 1, t + lease_ms, t), (True, who, current + 1, t + lease_ms)
-        return (holder, current, expiry, t), (False, *view[1:])
-    if op == "renew":
-        if held and holder == who and version == current:
-            return (who, current, t + lease_ms, t), (True, who, current, t + lease_ms)
-        return (holder, current, expiry, t), (False, *view[1:])
-    if op == "release":
-        if version == current and (not held or holder == who):
-            return ("", current, 0, t), (True, "", current, 0)
-        return (holder, current, expiry, t), (False, *view[1:])
-    raise ValueError(f"unknown lock operation {op!r}")
-
-
-class LockModel:
-    """The lock service per key (partitioned per key); inputs ``LockInput``, outputs
-    ``LockOutput``.
-
-    The state carries the key's latest apply time, so a linearization that would apply
-    commands against the order of their ``at_ms`` is refused (the log applies them in order
-    and time never goes back in it). Known approximation: an info operation of unknown
-    ``at_ms`` is applied at the latest time seen for its key, which can shorten a lease it
-    grants (a later denial naming it can then fail to linearize).
-    """
-
-    __slots__ = ("name",)
-
-    def __init__(self) -> None:
-        self.name = "lock"
-
-    def init(self) -> LockState:
-        return ("", 0, 0, 0)
-
-    def step(self, state: Any, input: Any, output: Any) -> tuple[bool, Any]:
-        at_ms = input[5]
-        if at_ms is not None and at_ms < state[3]:
-            return False, state
-        new_state, result = lock_transition(state, input)
-        if output is UNKNOWN:
-            return True, new_state
-        return result == output, new_state
-
-    def partition(self, ops: Sequence[Operation]) -> list[list[Operation]]:
-        return _partition_by(ops, lambda inp: inp[1])
-
-    def read_only(self, input: Any) -> bool:
-        return bool(input[0] == "read")
-
-    def describe(self, input: Any, output: Any) -> str:
-        op, key, who, version, lease_ms, at_ms = input
-        args = [repr(key)]
-        if op != "read":
-            args += [repr(who), f"v={version}"]
-        if op in ("acquire", "renew"):
-            args.append(f"lease={lease_ms}")
-        return f"{op}({', '.join(args)}) @{at_ms} -> {output!r}"
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,12 +1,22 @@
-"""Checkers for lock-service histories: linearizability under leases, fencing tokens, and
-liveness.
+"""The lock service's sequential semantics and the checkers of lock-service histories:
+linearizability under leases, fencing tokens, and liveness.
 
 The history format is the one ``sim/lock_workload.py`` records (see its docstring):
 ``f`` = ``acquire`` / ``renew`` / ``release`` / ``read`` with ``key``, ``holder``, ``version``,
 ``lease_ms`` on the invoke and ``outcome``, ``holder``, ``version``, ``expiry_ms``, ``at_ms`` on
-an ok completion. ``LeaseLockModel`` keeps the expiry of a grant whose apply time is unknown
-as an interval that later answers narrow, which the plain ``LockModel`` of ``linear.py``
-cannot do; it agreed with a brute-force search on ~2,200 random small histories.
+an ok completion; the op's ``value`` is the lock value (``value_text``): on the invoke, the
+value an acquire sets or a renew sets (None: a renew keeping it), on an ok completion the
+entry's value in the answer (a history without values reads as ``""`` throughout). ``f`` =
+``list`` carries ``prefix``, ``start_after`` on the invoke and ``entries`` (``[key, holder,
+version, expiry_ms, value]`` each), ``more``, ``at_ms`` on an ok completion; the
+linearizability check reads it as one read per key of the directory (``lease_operations``).
+
+``lock_transition`` is the one statement of the service's rules for the checkers (the state
+machine, ``pxq.lock.sm``, applies the same; a differential test keeps them in agreement), and
+``LeaseLockModel`` is the one lock model of the linearizability checker: it keeps the expiry
+of a grant whose apply time is unknown as an interval that later answers narrow, so an
+operation of unknown outcome is never forced to a guessed time (it agreed with a brute-force
+search on ~2,200 random small histories).
 """
 
 from __future__ import annotations
@@ -18,29 +28,140 @@ from typing import Any, Final, TypeAlias
 from pxq.check.history import JSON, Op, pair_ops
 from pxq.check.linear import (
     UNKNOWN,
-    LockInput,
     Operation,
     check_linearizable,
-    lock_transition,
-    operations_from_history,
 )
 from pxq.check.result import CheckResult
 
-LINEARIZABLE_STEPS_MAX: Final = 3_000_000
-"""Model steps the linearizability search may take over a run before answering unknown."""
+LINEARIZABLE_STEPS_MAX: Final = 10_000_000
+"""Model steps the linearizability search may take over a run before answering unknown
+(about 1 µs each). Values make more model states distinct (two info grants of one holder
+with different values no longer lead to the same state), which roughly doubles the search of
+the hardest runs: the swarm's worst of 400 seeds takes 6 M steps."""
 LOCK_FS: Final = ("acquire", "renew", "release", "read")
+LIST_F: Final = "list"
 OFFENDERS_MAX: Final = 10
+
+# --------------------------------------------------------------------------------------------
+# Sequential semantics
+
+LockInput: TypeAlias = tuple[str, str, str, int | None, int, int | None, str | None]
+"""``(op, key, holder, version, lease_ms, at_ms, value)``:
+
+* ``("acquire", key, holder, expected_version or None, lease_ms, at_ms, value)``
+* ``("renew", key, holder, version, lease_ms, at_ms, value or None to keep it)``
+* ``("release", key, holder, version, 0, at_ms, None)``
+* ``("read", key, "", None, 0, at_ms, None)``
+
+``at_ms`` is the time the lock state machine applied the command at (the proposer's time,
+raised to the group's latest: ``LockOk.at_ms`` / ``LockDenied.at_ms``), None when unknown (an
+operation of unknown outcome: ``LeaseLockModel`` keeps it open). Values are text
+(``value_text``).
+"""
+
+LockOutput: TypeAlias = tuple[bool, str, int | None, int, str]
+"""``(ok, holder, version, expiry_ms, value)``: for a success, the entry after the command (a
+grant or renewal: the requester, its fencing token, lease expiry and value; a release: ``""``,
+the version, 0, ``""``; a read: the entry as it stands); for a denial, the entry that caused
+it. A free or expired entry reads as ``("", version, 0, "")``, version 0 for a key never
+granted. A ``version`` of None in an *expected* output matches any version (a listing shows
+that a key is free, not its version)."""
+
+LockState: TypeAlias = tuple[str, int, int, int, str]
+"""``(holder, version, expiry_ms, time_ms, value)`` of one key; holder ``""`` when free."""
+
+
+def value_text(value: bytes) -> str:
+    """A lock value as history text: one character per byte (Latin-1), so the mapping is
+    one-to-one and ASCII values read as themselves."""
+    return value.decode("latin-1")
+
+
+def lock_transition(state: LockState, input: LockInput) -> tuple[LockState, LockOutput]:
+    """The lock service's sequential semantics for one key (``pxq.lock.sm`` applies the same
+    rules; ``tests/test_lock_sm.py`` checks that they agree).
+
+    At time ``t`` an entry is *held* iff it has a holder and ``t < expiry``. Versions (fencing
+    tokens) are per key, start at 1 and grow by one at every grant to a new owner, never
+    reused: a free key keeps its last version as a floor. A grant sets the value, a renewal
+    replaces it when it carries one, a release clears it.
+    """
+    op, _, who, version, lease_ms, at_ms, new_value = input
+    holder, current, expiry, time_ms, value = state
+    t = time_ms if at_ms is None else max(at_ms, time_ms)
+    held = holder != "" and t < expiry
+    view: LockOutput = (
+        (True, holder, current, expiry, value) if held else (True, "", current, 0, "")
+    )
+    if op == "read":
+        return (holder, current, expiry, t, value), view
+    if op == "acquire":
+        granted = new_value or ""
+        if held and holder == who:
+            return (who, current, t + lease_ms, t, granted), (
+                True,
+                who,
+                current,
+                t + lease_ms,
+                granted,
+            )
+        if not held or version == current:
+            return (who, current + 1, t + lease_ms, t, granted), (
+                True,
+                who,
+                current + 1,
+                t + lease_ms,
+                granted,
+            )
+        return (holder, current, expiry, t, value), (False, *view[1:])
+    if op == "renew":
+        if held and holder == who and version == current:
+            kept = value if new_value is None else new_value
+            return (who, current, t + lease_ms, t, kept), (True, who, current, t + lease_ms, kept)
+        return (holder, current, expiry, t, value), (False, *view[1:])
+    if op == "release":
+        if version == current and (not held or holder == who):
+            return ("", current, 0, t, ""), (True, "", current, 0, "")
+        return (holder, current, expiry, t, value), (False, *view[1:])
+    raise ValueError(f"unknown lock operation {op!r}")
+
+
+def output_matches(result: LockOutput, expected: Any) -> bool:
+    """Whether ``result`` is the answer ``expected`` (a None version in it matches any)."""
+    if result == expected:
+        return True
+    return (
+        isinstance(expected, tuple)
+        and len(expected) == 5
+        and expected[2] is None
+        and result[:2] == expected[:2]
+        and result[3:] == expected[3:]
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# From the history
+
+
+def _text(v: JSON) -> str:
+    return v if isinstance(v, str) else ""
 
 
 def lock_from_history(invoke: Op, completion: Op | None) -> tuple[Any, Any] | None:
     """Converter (``pxq.check.linear.Converter``) from this workload's history to
-    ``LockInput`` / ``LockOutput`` (the output is ignored for an unknown outcome)."""
+    ``LockInput`` / ``LockOutput`` (the output is ignored for an unknown outcome). A listing
+    is not converted here (it is several reads: ``lease_operations``)."""
     if invoke.f not in LOCK_FS:
         return None
     done = completion is not None and completion.type == "ok"
     version = invoke.get("version")
     lease = invoke.get("lease_ms")
     at = completion.get("at_ms") if done and completion is not None else None
+    value: str | None = None
+    if invoke.f == "acquire":
+        value = _text(invoke.value)
+    elif invoke.f == "renew" and isinstance(invoke.value, str):
+        value = invoke.value
     inp: LockInput = (
         invoke.f,
         str(invoke.get("key")),
@@ -48,6 +169,7 @@ def lock_from_history(invoke: Op, completion: Op | None) -> tuple[Any, Any] | No
         version if isinstance(version, int) else None,
         lease if isinstance(lease, int) else 0,
         at if isinstance(at, int) else None,
+        value,
     )
     if not done or completion is None:
         return inp, None
@@ -56,20 +178,76 @@ def lock_from_history(invoke: Op, completion: Op | None) -> tuple[Any, Any] | No
         completion.get("holder"),
         completion.get("version"),
         completion.get("expiry_ms"),
+        _text(completion.value),
     )
     return inp, out
 
 
+def _directory(key: str) -> str:
+    cut = key.rfind("/")
+    return key if cut < 0 else key[: cut + 1]
+
+
+def _list_reads(invoke: Op, completion: Op, keys_of_dir: dict[str, set[str]]) -> list[Operation]:
+    """An ok listing as reads at its ``at_ms``: each entry listed is a read of its key that
+    saw it; each other key of the directory the history names, in the range the listing
+    covered, a read that saw it free (any version)."""
+    prefix = str(invoke.get("prefix"))
+    after = _text(invoke.get("start_after"))
+    at = completion.get("at_ms")
+    raw = completion.get("entries")
+    if not isinstance(at, int) or not isinstance(raw, list):
+        raise ValueError(f"op {completion.index}: a list completion needs at_ms and entries")
+    seen: dict[str, LockOutput] = {}
+    for e in raw:
+        if not (isinstance(e, list) and len(e) == 5):
+            raise ValueError(f"op {completion.index}: malformed list entry {e!r}")
+        key, holder, version, expiry, value = e
+        if not (
+            isinstance(key, str)
+            and isinstance(holder, str)
+            and isinstance(version, int)
+            and isinstance(expiry, int)
+        ):
+            raise ValueError(f"op {completion.index}: malformed list entry {e!r}")
+        seen[key] = (True, holder, version, expiry, _text(value))
+    last = max(seen) if seen else None
+    if completion.get("more") is True:
+        if last is None:
+            return []
+        covered = [k for k in keys_of_dir.get(prefix, ()) if after < k <= last]
+    else:
+        covered = [k for k in keys_of_dir.get(prefix, ()) if after < k]
+    free: LockOutput = (True, "", None, 0, "")
+    out = []
+    for key in sorted(set(covered) | set(seen)):
+        out.append(
+            Operation(
+                call_index=invoke.index,
+                return_index=completion.index,
+                process=invoke.process,
+                input=("read", key, "", None, 0, at, None),
+                output=seen.get(key, free),
+            )
+        )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The model
+
 _INF: Final = 1 << 62
 
-LeaseEntry: TypeAlias = tuple[str, int, int, int, int, int]
-"""``(holder, version, expiry_lo, expiry_hi, time_ms, lease_ms)``: the key's entry with its
-expiry known to lie in ``[expiry_lo, expiry_hi]`` (equal when known exactly), the latest apply
-time, and, while the expiry is not exact, the lease of the grant of unknown time that set it
-(that grant's apply time is ``expiry - lease_ms``)."""
+LeaseEntry: TypeAlias = tuple[str, int, int, int, int, int, str]
+"""``(holder, version, expiry_lo, expiry_hi, time_ms, lease_ms, value)``: the key's entry with
+its expiry known to lie in ``[expiry_lo, expiry_hi]`` (equal when known exactly), the latest
+apply time, while the expiry is not exact the lease of the grant of unknown time that set it
+(that grant's apply time is ``expiry - lease_ms``), and the entry's value."""
 LeaseState: TypeAlias = tuple[LeaseEntry, int]
 """The entry, and the bitmask of the alternative groups (below) already applied."""
-LeaseInput: TypeAlias = tuple[str, str, str, int | None, int, int | None, str | None, int]
+LeaseInput: TypeAlias = tuple[
+    str, str, str, int | None, int, int | None, str | None, str | None, int
+]
 """A ``LockInput``, then ``side`` and ``alt``: an info acquire is offered to the search as two
 alternatives, ``side = "held"`` (applied while the current lease is in force) and ``"free"``
 (applied after it ended), sharing the alternative group ``alt`` (a bit of the state's mask) so
@@ -77,18 +255,23 @@ at most one of them applies. ``side`` None and ``alt`` -1 for every other operat
 
 
 class LeaseLockModel:
-    """The lock service per key, like ``pxq.check.linear.LockModel`` (the same rules, through
-    ``lock_transition``), without its approximation for operations of unknown outcome.
+    """The lock service per key (``lock_transition``), partitioned per key, with operations
+    of unknown outcome placed at an unknown time. Inputs ``LeaseInput`` (``lease_alternatives``
+    turns ``LockInput`` operations into them), outputs ``LockOutput``.
+
+    The state carries the key's latest apply time, so a linearization that would apply
+    commands against the order of their ``at_ms`` is refused (the log applies them in order
+    and time never goes back in it).
 
     An ``info`` operation's apply time is unknown: it is only bounded below by the latest
     apply time before it, and above by the apply time of any operation linearized after it.
-    ``LockModel`` applies it at the lower bound, which makes the expiry of a lease it granted
-    too early, and a later denial naming the real expiry then fails to linearize (a false
-    alarm that most partitions of a faulty run produce). Here a grant of unknown time ``t``
-    leaves the expiry as an interval ``[t + lease, ∞)``; later operations of known time ``a``
-    narrow it: to at most ``a + lease`` (the grant was applied before them), above ``a`` when
-    the answer shows the holder's lease in force, exactly when a denial or read names it, and
-    to at most ``a`` when the answer shows the lease over.
+    Applying it at the lower bound would make the expiry of a lease it granted too early, and
+    a later denial naming the real expiry would then fail to linearize (a false alarm most
+    partitions of a faulty run produce). Here a grant of unknown time ``t`` leaves the expiry
+    as an interval ``[t + lease, ∞)``; later operations of known time ``a`` narrow it: to at
+    most ``a + lease`` (the grant was applied before them), above ``a`` when the answer shows
+    the holder's lease in force, exactly when a denial or read names it, and to at most ``a``
+    when the answer shows the lease over.
 
     Which side of the current lease an info operation falls on is a choice: an info acquire
     comes as two alternatives (``LeaseInput``) and the search picks; an info renew or release
@@ -110,7 +293,7 @@ class LeaseLockModel:
         of where the answer is reached (pruning only; it accepts nothing more)."""
 
     def init(self) -> LeaseState:
-        return (("", 0, 0, 0, 0, 0), 0)
+        return (("", 0, 0, 0, 0, 0, ""), 0)
 
     def _owner_ok(self, key: str, entry: LeaseEntry, before: LeaseEntry) -> bool:
         if entry[1] == before[1] or entry[0] == "":
@@ -120,16 +303,16 @@ class LeaseLockModel:
 
     def step(self, state: Any, input: Any, output: Any) -> tuple[bool, Any]:
         entry, mask = state
-        holder, version, lo, hi, time_ms, lease = entry
-        at, side, alt = input[5], input[6], input[7]
-        lock_input: LockInput = input[:6]
+        holder, version, lo, hi, time_ms, lease, value = entry
+        at, side, alt = input[5], input[7], input[8]
+        lock_input: LockInput = input[:7]
         if at is not None:
             if at < time_ms:
                 return False, state
             if lo < hi and at + lease < hi:  # the unknown grant came before this command
                 if at + lease < lo:
                     return False, state
-                entry = (holder, version, lo, at + lease, time_ms, lease)
+                entry = (holder, version, lo, at + lease, time_ms, lease, value)
         if alt >= 0:
             bit = 1 << alt
             if mask & bit or (side == "held" and holder == ""):
@@ -167,22 +350,24 @@ class LeaseLockModel:
         return bool(input[0] == "read")
 
     def describe(self, input: Any, output: Any) -> str:
-        op, key, who, version, lease_ms, at_ms = input[:6]
+        op, key, who, version, lease_ms, at_ms, value = input[:7]
         args = [repr(key)]
         if op != "read":
             args += [repr(who), f"v={version}"]
         if op in ("acquire", "renew"):
             args.append(f"lease={lease_ms}")
-        side = "" if len(input) < 7 or input[6] is None else f" [{input[6]}]"
+            if value is not None:
+                args.append(f"value={value!r}")
+        side = "" if len(input) < 8 or input[7] is None else f" [{input[7]}]"
         return f"{op}({', '.join(args)}) @{at_ms}{side} -> {output!r}"
 
 
-def lease_operations(ops: Iterable[Op]) -> list[Operation]:
-    """The history's lock operations as ``LeaseLockModel`` inputs (``LeaseInput``), an info
-    acquire as its two alternatives."""
+def lease_alternatives(ops: Iterable[Operation]) -> list[Operation]:
+    """``LockInput`` operations as ``LeaseLockModel`` inputs (``LeaseInput``): an acquire of
+    unknown outcome as its two alternatives, every other operation as itself."""
     out: list[Operation] = []
     alt = 0
-    for op in operations_from_history(ops, lock_from_history):
+    for op in ops:
         if op.return_index is None and op.input[0] == "acquire":
             for side in ("held", "free"):
                 out.append(
@@ -208,14 +393,58 @@ def lease_operations(ops: Iterable[Op]) -> list[Operation]:
     return out
 
 
+def lock_operations(ops: Iterable[Op]) -> list[Operation]:
+    """The history's lock operations as ``LockInput`` operations (``fail``s and nemesis ops
+    left out, an unknown outcome with output ``UNKNOWN``), an ok listing as its reads."""
+    pairs = [(i, c) for i, c in pair_ops(ops) if i.process != "nemesis"]
+    keys_of_dir: dict[str, set[str]] = {}
+    for invoke, completion in pairs:
+        names: list[str] = []
+        if invoke.f in LOCK_FS:
+            names.append(str(invoke.get("key")))
+        elif invoke.f == LIST_F and completion is not None and completion.type == "ok":
+            raw = completion.get("entries")
+            if isinstance(raw, list):
+                names += [e[0] for e in raw if isinstance(e, list) and e and isinstance(e[0], str)]
+        for key in names:
+            keys_of_dir.setdefault(_directory(key), set()).add(key)
+    out: list[Operation] = []
+    for invoke, completion in pairs:
+        if completion is not None and completion.type == "fail":
+            continue
+        if invoke.f == LIST_F:
+            if completion is not None and completion.type == "ok":
+                out += _list_reads(invoke, completion, keys_of_dir)
+            continue  # a listing of unknown outcome changed nothing
+        converted = lock_from_history(invoke, completion)
+        if converted is None:
+            continue
+        done = completion is not None and completion.type == "ok"
+        out.append(
+            Operation(
+                call_index=invoke.index,
+                return_index=completion.index if done and completion is not None else None,
+                process=invoke.process,
+                input=converted[0],
+                output=converted[1] if done else UNKNOWN,
+            )
+        )
+    return out
+
+
+def lease_operations(ops: Iterable[Op]) -> list[Operation]:
+    """The history's lock operations as ``LeaseLockModel`` inputs (``LeaseInput``)."""
+    return lease_alternatives(lock_operations(ops))
+
+
 def _lease_step(
     state: LeaseEntry, input: LockInput, output: Any, *, held: bool
 ) -> tuple[LeaseEntry, bool] | None:
     """Apply ``input`` assuming the current holder's lease is (``held``) or is not in force
     at the apply time: the new state and whether the command changed the entry, or None if
     that assumption is impossible or the answer does not match."""
-    holder, version, lo, hi, time_ms, lease = state
-    op, key, who, ver, lease_ms, at = input
+    holder, version, lo, hi, time_ms, lease, value = state
+    op, key, who, ver, lease_ms, at, new_value = input
     if holder == "":
         t = at if at is not None else time_ms
         expiries = [0]
@@ -234,24 +463,24 @@ def _lease_step(
             return None
         expiries = [min(t, hi)]
     for e in expiries:
-        new4, result = lock_transition(
-            (holder, version, e, time_ms), (op, key, who, ver, lease_ms, t)
+        new, result = lock_transition(
+            (holder, version, e, time_ms, value), (op, key, who, ver, lease_ms, t, new_value)
         )
-        if output is not UNKNOWN and result != output:
+        if output is not UNKNOWN and not output_matches(result, output):
             continue
-        nh, nv, ne, nt = new4
+        nh, nv, ne, nt, nval = new
         if result[0] and op != "read":  # the command changed the entry
             if op in ("acquire", "renew") and at is None:
-                return (nh, nv, ne, _INF, nt, lease_ms), True  # granted at a time >= t
-            return (nh, nv, ne, ne, nt, 0), True
+                return (nh, nv, ne, _INF, nt, lease_ms, nval), True  # granted at a time >= t
+            return (nh, nv, ne, ne, nt, 0, nval), True
         if holder == "":
-            return (holder, version, lo, hi, nt, lease), False
+            return (holder, version, lo, hi, nt, lease, value), False
         if held:
             if output is not UNKNOWN and output[1] == holder and output[3] == e:
-                return (holder, version, e, e, nt, 0), False  # the answer names the expiry
-            return (holder, version, max(lo, t + 1), hi, nt, lease), False
+                return (holder, version, e, e, nt, 0, value), False  # the answer names the expiry
+            return (holder, version, max(lo, t + 1), hi, nt, lease, value), False
         new_hi = min(hi, t)
-        return (holder, version, lo, new_hi, nt, lease if lo < new_hi else 0), False
+        return (holder, version, lo, new_hi, nt, lease if lo < new_hi else 0, value), False
     return None
 
 
@@ -264,7 +493,7 @@ def check_lock_linearizable(
     operations = lease_operations(ops)
     owners: dict[tuple[str, int], str] = {}
     for op in operations:
-        if op.return_index is not None and op.output[1]:
+        if op.return_index is not None and op.output[1] and isinstance(op.output[2], int):
             owners.setdefault((op.input[1], op.output[2]), op.output[1])
     return check_linearizable(LeaseLockModel(owners), operations, max_steps=max_steps)
 

@@ -71,6 +71,9 @@ COMMIT: Final = "commit"
 SEEK: Final = "seek"
 CONSUMER_CRASH: Final = "consumer_crash"
 CONSUMER_START: Final = "consumer_start"
+OWN_STOP: Final = "own_stop"
+"""A consumer gave a queue up (handover, expired or lost lock): its uncommitted deliveries
+come again from the next owner, like after a crash."""
 
 _NEVER: Final = 1 << 62
 """An index after every op of any history."""
@@ -374,7 +377,7 @@ def queue_history(ops: Iterable[Op]) -> QueueHistory:
                     positions=positions,
                 )
             )
-        elif f in (CONSUMER_CRASH, CONSUMER_START):
+        elif f in (CONSUMER_CRASH, CONSUMER_START, OWN_STOP):
             consumer_events.append(
                 ConsumerEvent(
                     index=at,
@@ -869,7 +872,8 @@ def check_queue_order(ops: Iterable[Op], *, group_kinds: GroupKinds | None = Non
       acks and deliveries of any groups;
     - ``unexplained-redelivery``: on a lane, a delivery at or below the previous delivery's
       offset (going back) with no excuse since: a handler failure on the lane at that offset or
-      after, a crash or start of a consumer of the group, a seek of the group on the lane's
+      after, a crash or start of a consumer of the group, a consumer of the group giving a
+      queue up (``own_stop``: a handover or a lost lock), a seek of the group on the lane's
       topic and queue (or every queue), or a commit on the lane that failed, is indefinite or
       never completed. Each excuse explains one going-back; an ``ok`` commit invoked after it
       whose cursor passes everything delivered (for a handler failure: passes the failed offset)

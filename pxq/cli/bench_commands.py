@@ -7,7 +7,6 @@ file to plot); 2 bad input (an invalid option or list, a missing or invalid conf
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from pathlib import Path
@@ -175,6 +174,7 @@ def bench(
     from net.bench import BenchSpec, open_output, run_bench
     from net.cluster import ClusterError
     from net.errors import NetError
+    from net.transport import run
     from pxq.config import ConfigError
 
     if not start_cluster:
@@ -220,7 +220,7 @@ def bench(
             f.flush()
 
         try:
-            summaries = asyncio.run(run_bench(spec, emit, note))
+            summaries = run(run_bench(spec, emit, note))
         except ConfigError as exc:
             _bad_input(str(exc))
         except ValueError as exc:

@@ -1,9 +1,12 @@
 """``pxq cluster``: start, inspect and stop a complete local cluster, one process per replica.
 
 ``up`` with no arguments runs the embedded default (one store of three replicas on
-127.0.0.1:7101-7103) from ``./.pxq``; see ``net.cluster`` for the layout of that directory.
+127.0.0.1:7101-7103 and a lock service of three replicas on 127.0.0.1:7201-7203) from
+``./.pxq``; see ``net.cluster`` for the layout of that directory. Paxos groups are shown as
+``service/group``: ``store0/2`` is group 2 of store ``store0``, ``locks/0`` group 0 of the lock
+service.
 
-Exit codes: ``up`` 0 once every Paxos group has a master, 1 when a node exited while starting
+Exit codes: ``up`` 0 once every Paxos group (store and lock groups) has a master, 1 when a node exited while starting
 or no master was elected in time (everything it started is stopped again), 2 for bad input (an
 invalid configuration, a cluster already running); ``status`` 0 when every node's process is
 alive and its port accepts connections, 1 otherwise, 2 for an invalid configuration; ``down``
@@ -34,7 +37,8 @@ def _bad_input(message: str) -> NoReturn:
 
 @click.group()
 def cluster() -> None:
-    """A complete cluster on this machine (the embedded default: 3 replicas on 127.0.0.1)."""
+    """A complete cluster on this machine (the embedded default: a store of 3 replicas and a
+    lock service of 3 replicas on 127.0.0.1)."""
 
 
 @cluster.command("up")
@@ -62,7 +66,8 @@ def cluster() -> None:
     help=HOME_HELP,
 )
 def cluster_up(config_file: Path | None, timeout_s: float, home: Path) -> None:
-    """Start every replica as a process of its own and wait for the masters."""
+    """Start every replica (stores and lock service) as a process of its own and wait for the
+    masters of every Paxos group."""
     from net.cluster import ClusterHome, ClusterRunning, NodeExited, NoMasters, up
     from pxq.config import ConfigError
 
@@ -83,23 +88,30 @@ def cluster_up(config_file: Path | None, timeout_s: float, home: Path) -> None:
 
 
 def _print_up(result: UpResult, home: Path, *, default_config: bool) -> None:
+    from pxq.config import LOCKS_SERVICE
+
     config = result.config
     groups = len(result.masters)
+    lock_groups = sum(1 for service, _ in result.masters if service == LOCKS_SERVICE)
+    kinds = f" ({groups - lock_groups} store, {lock_groups} lock)" if lock_groups else ""
     if result.wrote_default_config:
         click.echo(f"wrote the embedded default configuration to {result.config_file}")
     click.echo(
         f'cluster "{config.name}" is up: {len(result.nodes)} nodes, a master for each of the '
-        f"{groups} Paxos groups after {result.elapsed_s:.1f} s"
+        f"{groups} Paxos groups{kinds} after {result.elapsed_s:.1f} s"
     )
     by_node: dict[str, list[str]] = {}
-    for (store, number), node in sorted(result.masters.items()):
-        by_node.setdefault(node, []).append(f"{store}/{number}")
+    for (service, number), node in sorted(result.masters.items()):
+        by_node.setdefault(node, []).append(f"{service}/{number}")
     width = max(4, *(len(n.node) for n in result.nodes))
-    click.echo(f"  {'node':<{width}}  {'address':<21}  {'pid':>7}  masters")
+    swidth = max(7, *(len(n.service) for n in result.nodes))
+    click.echo(f"  {'node':<{width}}  {'service':<{swidth}}  {'address':<21}  {'pid':>7}  masters")
     for n in result.nodes:
         address = f"{n.host}:{n.port}"
         masters = " ".join(by_node.get(n.node, [])) or "-"
-        click.echo(f"  {n.node:<{width}}  {address:<21}  {n.pid:>7}  {masters}")
+        click.echo(
+            f"  {n.node:<{width}}  {n.service:<{swidth}}  {address:<21}  {n.pid:>7}  {masters}"
+        )
     click.echo(f"config {result.config_file}; logs {home}/logs/NODE.log; data {home}/data/NODE")
     topic = config.topics[0] if config.topics else None
     group = topic.consumer_groups[0].name if topic and topic.consumer_groups else None
@@ -133,7 +145,7 @@ def _print_up(result: UpResult, home: Path, *, default_config: bool) -> None:
     help=HOME_HELP,
 )
 def cluster_status(config_file: Path | None, home: Path) -> None:
-    """Per node: process alive, port accepting, groups it masters."""
+    """Per node (store and lock replicas): process alive, port accepting, groups it masters."""
     from net.cluster import ClusterHome, status
     from pxq.config import ConfigError
 
@@ -142,16 +154,21 @@ def cluster_status(config_file: Path | None, home: Path) -> None:
     except ConfigError as exc:
         _bad_input(str(exc))
     width = max(4, *(len(n.node) for n in st.nodes))
+    swidth = max(7, *(len(n.service) for n in st.nodes))
     click.echo(f'cluster "{st.config.name}" ({st.config_file})')
-    click.echo(f"  {'node':<{width}}  {'address':<21}  {'pid':>7}  process  port       masters")
+    click.echo(
+        f"  {'node':<{width}}  {'service':<{swidth}}  {'address':<21}  {'pid':>7}  "
+        "process  port       masters"
+    )
     for n in st.nodes:
         address = f"{n.host}:{n.port}"
         pid = str(n.pid) if n.pid is not None else "-"
         process = "alive" if n.alive else "dead"
         port = "accepting" if n.accepting else "closed"
-        masters = " ".join(f"{n.store}/{g}" for g in n.masters) or "-"
+        masters = " ".join(f"{n.service}/{g}" for g in n.masters) or "-"
         click.echo(
-            f"  {n.node:<{width}}  {address:<21}  {pid:>7}  {process:<7}  {port:<9}  {masters}"
+            f"  {n.node:<{width}}  {n.service:<{swidth}}  {address:<21}  {pid:>7}  "
+            f"{process:<7}  {port:<9}  {masters}"
         )
     if st.without_master:
         missing = " ".join(f"{s}/{g}" for s, g in st.without_master)

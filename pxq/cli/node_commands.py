@@ -1,4 +1,5 @@
-"""``pxq node``: run one store replica in the foreground (what a systemd unit executes).
+"""``pxq node``: run one replica in the foreground (what a systemd unit executes): a store
+replica or a lock replica, whichever the node name is in the cluster file.
 
 Exit codes: 0 after a graceful stop (SIGTERM or SIGINT), 1 when the node stopped by itself
 (a storage failure, an invariant violation) or failed while booting from its data, 2 for bad
@@ -28,7 +29,7 @@ def _bad_input(message: str) -> NoReturn:
 
 @click.group()
 def node() -> None:
-    """Run one store replica of a cluster."""
+    """Run one replica of a cluster (a store replica or a lock replica)."""
 
 
 @node.command("run")
@@ -56,11 +57,12 @@ def node() -> None:
 def node_run(config_file: Path, node_name: str, data_dir: Path | None, log_level: str) -> None:
     """Run NODE's replica until SIGTERM or SIGINT.
 
-    It binds exactly the host and port the cluster file gives the node, keeps its state in
-    LMDB under the data directory, and logs to stderr.
+    NODE is a store replica (it serves its store's Paxos groups) or a lock replica (it serves
+    every group of the lock service). It binds exactly the host and port the cluster file
+    gives the node, keeps its state in LMDB under the data directory, and logs to stderr.
     """
     from net.errors import BootFailed, StartupError
-    from net.server import configure_logging, default_data_dir, replica_of, run_node
+    from net.server import configure_logging, default_data_dir, node_of, run_node
     from pxq.config import ConfigError, load_config
 
     try:
@@ -68,7 +70,7 @@ def node_run(config_file: Path, node_name: str, data_dir: Path | None, log_level
     except ConfigError as exc:
         _bad_input(str(exc))
     try:
-        replica_of(config, node_name)
+        node_of(config, node_name)
     except StartupError as exc:
         _bad_input(f"{config_file}: {exc}")
     configure_logging(node_name, getattr(logging, log_level.upper()))

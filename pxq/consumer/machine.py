@@ -208,6 +208,10 @@ class _Stream:
     commit_deadline_ms: int = 0
     commit_wake_ms: int | None = None
     commit_failures: int = 0
+    claimed: bool = True
+    """False until a commit with this stream's token was confirmed (streams with a lock's
+    token start unclaimed: their first commit, at the probed cursor, raises the store's token
+    floor, so the previous holder's late commits are refused)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -418,6 +422,7 @@ class Consumer:
             loc=self._router.locate(key[0], key[1]),
             gen=self._new_gen(),
             terminal=level >= s.retry_levels and not s.dead_letter,
+            claimed=token == 0,
         )
         self._streams[key] = st
         return st
@@ -684,7 +689,8 @@ class Consumer:
             st.phase is Phase.STOPPED
             or st.commit_req is not None
             or st.commit_wake_ms is not None
-            or st.commit_target <= st.known
+            or st.phase is Phase.CURSOR
+            or (st.commit_target <= st.known and st.claimed)
         ):
             return
         st.commit_target_sent = st.commit_target
@@ -788,6 +794,7 @@ class Consumer:
             st.seek_epoch = ok.epoch
             st.phase = Phase.FETCH
             self._issue(now, st, fx)
+            self._maybe_commit(now, st, fx)  # the claim, for a stream with a new token
             return
         if ok.epoch > st.seek_epoch:
             # A Seek moved the cursor since our start: whatever we hold or would commit is
@@ -844,6 +851,7 @@ class Consumer:
                 self._check_answer(st, body.topic, body.group, body.queue, body)
                 st.known = max(st.known, body.cursor)
                 st.commit_failures = 0
+                st.claimed = True
                 self._maybe_commit(now, st, fx)
                 return
             case StoreRedirect(master=master):

@@ -3,11 +3,15 @@
 Encoding: one compact positional msgpack array per command (not a registered codec message,
 as for the store's commands)::
 
-    [1, key, holder, lease_ms, expected_version | nil, now_ms]   acquire
-    [2, key, holder, version, lease_ms, now_ms]                  renew
-    [3, key, holder, version, now_ms]                            release
-    [4, key, now_ms]                                             read (ordered through the log)
-    [5, now_ms]                                                  cleanup of expired entries
+    [1, key, holder, lease_ms, expected_version | nil, now_ms, value]   acquire
+    [2, key, holder, version, lease_ms, now_ms, value | nil]            renew
+    [3, key, holder, version, now_ms]                                   release
+    [4, key, now_ms]                                       read (ordered through the log)
+    [5, now_ms]                                            cleanup of expired entries
+    [6, prefix, entries_max, start_after, now_ms]          list a directory through the log
+
+An acquire or renew without its last field (the encoding before values existed) decodes with
+value ``b""`` (acquire) or nil (renew: keep the value), so logs written before stay readable.
 
 Every command carries the proposing master's wall time ``now_ms``, so applying never reads a
 clock. ``decode_command`` of any byte string returns a command whose fields have exactly their
@@ -28,6 +32,7 @@ OP_RENEW: Final = 2
 OP_RELEASE: Final = 3
 OP_READ: Final = 4
 OP_CLEANUP: Final = 5
+OP_LIST: Final = 6
 
 _U64_MAX: Final = 2**64 - 1
 
@@ -43,6 +48,7 @@ class AcquireCmd:
     lease_ms: int
     expected_version: int | None
     now_ms: int
+    value: bytes = b""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -52,6 +58,7 @@ class RenewCmd:
     version: int
     lease_ms: int
     now_ms: int
+    value: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,7 +82,17 @@ class CleanupCmd:
     now_ms: int
 
 
-Command: TypeAlias = AcquireCmd | RenewCmd | ReleaseCmd | ReadCmd | CleanupCmd
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ListCmd:
+    """List the live entries of directory ``prefix`` (``pxq.lock.messages.ListLocks``)."""
+
+    prefix: str
+    entries_max: int
+    start_after: str
+    now_ms: int
+
+
+Command: TypeAlias = AcquireCmd | RenewCmd | ReleaseCmd | ReadCmd | CleanupCmd | ListCmd
 
 
 def encode_command(cmd: Command) -> bytes:
@@ -89,15 +106,26 @@ def encode_command(cmd: Command) -> bytes:
                 cmd.lease_ms,
                 cmd.expected_version,
                 cmd.now_ms,
+                cmd.value,
             ]
         case RenewCmd():
-            fields = [OP_RENEW, cmd.key, cmd.holder, cmd.version, cmd.lease_ms, cmd.now_ms]
+            fields = [
+                OP_RENEW,
+                cmd.key,
+                cmd.holder,
+                cmd.version,
+                cmd.lease_ms,
+                cmd.now_ms,
+                cmd.value,
+            ]
         case ReleaseCmd():
             fields = [OP_RELEASE, cmd.key, cmd.holder, cmd.version, cmd.now_ms]
         case ReadCmd():
             fields = [OP_READ, cmd.key, cmd.now_ms]
         case CleanupCmd():
             fields = [OP_CLEANUP, cmd.now_ms]
+        case ListCmd():
+            fields = [OP_LIST, cmd.prefix, cmd.entries_max, cmd.start_after, cmd.now_ms]
     data: bytes = msgpack.packb(fields, use_bin_type=True)
     return data
 
@@ -114,6 +142,12 @@ def _s(v: object) -> str:
     return v
 
 
+def _b(v: object) -> bytes:
+    if type(v) is not bytes:
+        raise CommandError("expected a byte string")
+    return v
+
+
 def decode_command(value: bytes) -> Command:
     try:
         fields = msgpack.unpackb(value, raw=False, max_array_len=8, max_map_len=0, max_ext_len=0)
@@ -122,21 +156,23 @@ def decode_command(value: bytes) -> Command:
     if type(fields) is not list or not fields:
         raise CommandError("not a command array")
     op, n = fields[0], len(fields)
-    if op == OP_ACQUIRE and n == 6:
+    if op == OP_ACQUIRE and n in (6, 7):
         return AcquireCmd(
             key=_s(fields[1]),
             holder=_s(fields[2]),
             lease_ms=_u(fields[3]),
             expected_version=None if fields[4] is None else _u(fields[4]),
             now_ms=_u(fields[5]),
+            value=_b(fields[6]) if n == 7 else b"",
         )
-    if op == OP_RENEW and n == 6:
+    if op == OP_RENEW and n in (6, 7):
         return RenewCmd(
             key=_s(fields[1]),
             holder=_s(fields[2]),
             version=_u(fields[3]),
             lease_ms=_u(fields[4]),
             now_ms=_u(fields[5]),
+            value=None if n == 6 or fields[6] is None else _b(fields[6]),
         )
     if op == OP_RELEASE and n == 5:
         return ReleaseCmd(
@@ -146,4 +182,11 @@ def decode_command(value: bytes) -> Command:
         return ReadCmd(key=_s(fields[1]), now_ms=_u(fields[2]))
     if op == OP_CLEANUP and n == 2:
         return CleanupCmd(now_ms=_u(fields[1]))
+    if op == OP_LIST and n == 5:
+        return ListCmd(
+            prefix=_s(fields[1]),
+            entries_max=_u(fields[2]),
+            start_after=_s(fields[3]),
+            now_ms=_u(fields[4]),
+        )
     raise CommandError(f"unknown command {op!r} with {n} fields")

@@ -1,10 +1,11 @@
 """``LockTable``: the lock state machine of one Paxos group of the lock service.
 
-It owns the map key -> (holder, version, expiry_ms) of one group, the group's applied time,
-and their persistence. It implements ``pxq.paxos.sm.StateMachine``; the commands it applies are
-in ``commands.py``, the client-facing meaning of the results in ``messages.py``.
+It owns the map key -> (holder, version, expiry_ms, value) of one group, the group's applied
+time, a per-directory index of its keys, and their persistence. It implements
+``pxq.paxos.sm.StateMachine``; the commands it applies are in ``commands.py``, the
+client-facing meaning of the results in ``messages.py``.
 
-Rules (``pxq.check.linear.lock_transition`` states the same sequential semantics for the
+Rules (``pxq.check.lock.lock_transition`` states the same sequential semantics for the
 linearizability checker; a differential test keeps the two in agreement):
 
 * Time. A command is applied at ``t = max(command.now_ms, group time)`` and the group time
@@ -12,32 +13,50 @@ linearizability checker; a differential test keeps the two in agreement):
   entry is *held* iff it has a holder and ``t < expiry_ms``.
 * Acquire: the holder of a held entry re-acquiring renews (same version, expiry ``t + lease``);
   a free or expired entry, or one whose version equals ``expected_version``, is granted with
-  version + 1 (the first grant of a key gets version 1); anything else is denied.
-* Renew: only by the holder of a held entry with its version (expiry ``t + lease``).
+  version + 1 (the first grant of a key gets version 1); anything else is denied. A grant of
+  either kind sets the entry's value to the acquire's value.
+* Renew: only by the holder of a held entry with its version (expiry ``t + lease``); a value
+  given replaces the entry's, none keeps it.
 * Release: with the entry's version, by its holder or when it is no longer held; frees it at
-  once, keeping the version.
-* Read: the entry as held at ``t`` (a free or expired entry reads as holder ``""``, expiry 0).
+  once, keeping the version, and clears the value.
+* Read: the entry as held at ``t`` (a free or expired entry reads as holder ``""``, expiry 0,
+  value ``b""``).
+* List: the entries of one directory held at ``t``, in key order, bounded (``list_dir``).
 * Cleanup: frees the expired entries at ``t`` (at most ``CLEANUP_KEYS_MAX`` per command, lowest
   keys first), keeping each key's version as its floor, so versions never go backwards. It is
   invisible to clients: an expired entry already reads and acquires as free, and ``t`` only
-  grows; it only drops holders' names from the state.
+  grows; it only drops holders' names and values from the state.
 
 Versions are per key: a free entry is never deleted (its version is the floor of the next
-grant), so the number of keys a group ever saw is bounded by ``keys_max``.
+grant), so the number of keys a group ever saw is bounded by ``keys_max``, and the bytes of
+its values by ``values_bytes_max``.
+
+Directories: ``dirs`` maps each directory (``pxq.lock.messages.directory_of``) to the sorted
+list of its keys, so a listing visits only its own directory's keys, in order, and stops
+after one entry past its limit (expired and free keys of the directory are skipped on the
+way). Keys are never deleted, so the index only grows (``bisect.insort`` per new key).
 
 Persistence (every key starts with the u32 group; integers big-endian):
 
-| table        | key                     | value                                    |
-|--------------|-------------------------|------------------------------------------|
-| ``lock_key`` | group, key (UTF-8)      | u64 version, u64 expiry_ms, holder (UTF-8) |
-| ``lock_meta``| group                   | u64 group time                           |
+| table          | key                | value                                        |
+|----------------|--------------------|----------------------------------------------|
+| ``lock_key``   | group, key (UTF-8) | u64 version, u64 expiry_ms, holder (UTF-8)   |
+| ``lock_value`` | group, key (UTF-8) | the entry's value (only when not empty)      |
+| ``lock_meta``  | group              | u64 group time                               |
 
-The whole map lives in RAM (a lock group holds few keys); writes are puts of final values, so
-a step that applies several commands needs no read-back through the storage view.
+Values live in their own table so that entries without a value (and every record written
+before values existed) keep their layout. The whole map lives in RAM (a lock group holds few
+keys); writes are puts of final values, so a step that applies several commands needs no
+read-back through the storage view.
+
+Snapshot: ``SNAPSHOT_MAGIC``, u64 group time, then per key in key order ``u16 key length,
+u16 holder length, u32 value length, u64 version, u64 expiry`` and the three byte strings.
+``install`` also reads the format before values (``SNAPSHOT_MAGIC_V1``).
 """
 
 from __future__ import annotations
 
+import bisect
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,6 +68,7 @@ from pxq.lock.commands import (
     AcquireCmd,
     CleanupCmd,
     CommandError,
+    ListCmd,
     ReadCmd,
     ReleaseCmd,
     RenewCmd,
@@ -58,34 +78,47 @@ from pxq.lock.messages import (
     HOLDER_BYTES_MAX,
     KEY_BYTES_MAX,
     LEASE_MS_MAX,
+    LIST_BYTES_MAX,
+    LIST_ENTRIES_MAX,
+    VALUE_BYTES_MAX,
     LockDenied,
+    LockEntry,
     LockError,
+    LockList,
     LockOk,
+    directory_of,
 )
 
 L_KEY: Final = "lock_key"
+L_VALUE: Final = "lock_value"
 L_META: Final = "lock_meta"
-TABLES: Final = (L_KEY, L_META)
+TABLES: Final = (L_KEY, L_VALUE, L_META)
 
 KEYS_MAX_DEFAULT: Final = 100_000
 """Keys (held or free) one group may hold; a grant of a new key beyond it is refused."""
+VALUES_BYTES_MAX_DEFAULT: Final = 64 * 1024 * 1024
+"""Bytes of values one group may hold in all; a grant or renewal beyond it is refused."""
 CLEANUP_KEYS_MAX: Final = 1_000
 """Expired entries one cleanup command frees at most (the rest wait for the next one)."""
-SNAPSHOT_MAGIC: Final = b"PXQL\x01"
+SNAPSHOT_MAGIC_V1: Final = b"PXQL\x01"
+SNAPSHOT_MAGIC: Final = b"PXQL\x02"
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _ENTRY = struct.Struct(">QQ")
-_SNAP_ENTRY = struct.Struct(">HHQQ")
+_SNAP_ENTRY_V1 = struct.Struct(">HHQQ")
+_SNAP_ENTRY = struct.Struct(">HHIQQ")
 
 
 @dataclass(slots=True)
-class LockEntry:
-    """One key's entry; ``holder == ""`` when free (released or cleaned up)."""
+class TableEntry:
+    """One key's entry; ``holder == ""`` (and ``value == b""``) when free (released or
+    cleaned up)."""
 
     holder: str
     version: int
     expiry_ms: int
+    value: bytes = b""
 
     def held_at(self, t: int) -> bool:
         return self.holder != "" and t < self.expiry_ms
@@ -103,18 +136,48 @@ def _name_ok(name: str, limit: int) -> bool:
     return 0 < len(raw) <= limit
 
 
+def _entry_bytes(key: str, holder: str, value: bytes) -> int:
+    """What one listed entry counts against ``LIST_BYTES_MAX``."""
+    return len(key.encode("utf-8")) + len(holder.encode("utf-8")) + len(value)
+
+
 class LockTable:
     """The locks of one Paxos group of the lock service; a ``pxq.paxos.sm.StateMachine``."""
 
-    __slots__ = ("entries", "group", "keys_max", "time_ms", "view")
+    __slots__ = (
+        "dirs",
+        "entries",
+        "expiry_high_ms",
+        "group",
+        "keys_max",
+        "time_ms",
+        "values_bytes",
+        "values_bytes_max",
+        "view",
+    )
 
-    def __init__(self, view: StorageView, group: int, *, keys_max: int = KEYS_MAX_DEFAULT) -> None:
+    def __init__(
+        self,
+        view: StorageView,
+        group: int,
+        *,
+        keys_max: int = KEYS_MAX_DEFAULT,
+        values_bytes_max: int = VALUES_BYTES_MAX_DEFAULT,
+    ) -> None:
         if keys_max < 1:
             raise ValueError("keys_max must be >= 1")
+        if values_bytes_max < VALUE_BYTES_MAX:
+            raise ValueError(f"values_bytes_max must be >= VALUE_BYTES_MAX ({VALUE_BYTES_MAX})")
         self.view = view
         self.group = group
         self.keys_max = keys_max
-        self.entries: dict[str, LockEntry] = {}
+        self.values_bytes_max = values_bytes_max
+        self.entries: dict[str, TableEntry] = {}
+        self.dirs: dict[str, list[str]] = {}
+        """directory -> its keys, sorted."""
+        self.values_bytes = 0
+        self.expiry_high_ms = 0
+        """Sum of the lengths of the entries' values."""
         self.time_ms = 0
 
     # -- StateMachine -------------------------------------------------------------------------
@@ -122,9 +185,15 @@ class LockTable:
     def load(self) -> None:
         prefix = _U32.pack(self.group)
         end = _U32.pack(self.group + 1)
-        self.entries = {}
+        entries: dict[str, TableEntry] = {}
         for key, value in self.view.scan(L_KEY, prefix, end):
-            self.entries[key[4:].decode("utf-8")] = _decode_entry(value)
+            entries[key[4:].decode("utf-8")] = _decode_entry(value)
+        for key, value in self.view.scan(L_VALUE, prefix, end):
+            e = entries.get(key[4:].decode("utf-8"))
+            if e is None:
+                raise InvariantViolation("a lock value without its entry")
+            e.value = value
+        self._set_entries(entries)
         meta = self.view.get(L_META, prefix)
         self.time_ms = 0 if meta is None else _U64.unpack(meta)[0]
 
@@ -148,6 +217,11 @@ class LockTable:
                 if not _name_ok(cmd.key, KEY_BYTES_MAX):
                     return _bad(f"key must be 1..{KEY_BYTES_MAX} UTF-8 bytes")
                 return codec.encode(self.read(cmd.key, t))
+            case ListCmd():
+                problem = list_problem(cmd.prefix, cmd.entries_max, cmd.start_after)
+                if problem is not None:
+                    return _bad(problem)
+                return codec.encode(self.list_dir(cmd.prefix, cmd.entries_max, cmd.start_after, t))
             case CleanupCmd():
                 self._cleanup(t, fx)
                 return b""
@@ -160,9 +234,12 @@ class LockTable:
             e = self.entries[key]
             raw_key = key.encode("utf-8")
             raw_holder = e.holder.encode("utf-8")
-            parts.append(_SNAP_ENTRY.pack(len(raw_key), len(raw_holder), e.version, e.expiry_ms))
-            parts.append(raw_key)
-            parts.append(raw_holder)
+            parts.append(
+                _SNAP_ENTRY.pack(
+                    len(raw_key), len(raw_holder), len(e.value), e.version, e.expiry_ms
+                )
+            )
+            parts += (raw_key, raw_holder, e.value)
         return b"".join(parts)
 
     def install(self, snapshot: bytes, fx: EffectsBuilder) -> None:
@@ -170,10 +247,11 @@ class LockTable:
         prefix = _U32.pack(self.group)
         end = _U32.pack(self.group + 1)
         fx.delete_range(L_KEY, prefix, end)
+        fx.delete_range(L_VALUE, prefix, end)
         fx.put(L_META, prefix, _U64.pack(time_ms))
         for key, e in entries.items():
-            self._persist(key, e, fx)
-        self.entries = entries
+            self._persist(key, e, fx, value_changed=e.value != b"")
+        self._set_entries(entries)
         self.time_ms = time_ms
 
     # -- queries (outside Paxos) -----------------------------------------------------------------
@@ -186,53 +264,149 @@ class LockTable:
             return LockOk(key=key, holder="", version=0, expiry_ms=0, at_ms=t)
         if not e.held_at(t):
             return LockOk(key=key, holder="", version=e.version, expiry_ms=0, at_ms=t)
-        return LockOk(key=key, holder=e.holder, version=e.version, expiry_ms=e.expiry_ms, at_ms=t)
+        return LockOk(
+            key=key,
+            holder=e.holder,
+            version=e.version,
+            expiry_ms=e.expiry_ms,
+            at_ms=t,
+            value=e.value,
+        )
+
+    def list_dir(self, prefix: str, entries_max: int, start_after: str, now_ms: int) -> LockList:
+        """The entries of directory ``prefix`` held at ``max(now_ms, group time)``, with keys
+        after ``start_after``, in key order: at most ``entries_max`` of them and
+        ``LIST_BYTES_MAX`` bytes (at least one), ``more`` if a held one was left out. The
+        arguments must be valid (``list_problem``)."""
+        t = max(now_ms, self.time_ms)
+        keys = self.dirs.get(prefix, [])
+        out: list[LockEntry] = []
+        size = 0
+        more = False
+        for i in range(bisect.bisect_right(keys, start_after), len(keys)):
+            key = keys[i]
+            e = self.entries[key]
+            if not e.held_at(t):
+                continue
+            cost = _entry_bytes(key, e.holder, e.value)
+            if len(out) >= entries_max or (out and size + cost > LIST_BYTES_MAX):
+                more = True
+                break
+            size += cost
+            out.append(
+                LockEntry(
+                    key=key,
+                    holder=e.holder,
+                    version=e.version,
+                    expiry_ms=e.expiry_ms,
+                    value=e.value,
+                )
+            )
+        return LockList(prefix=prefix, entries=tuple(out), at_ms=t, more=more)
 
     def cleanup_due(self, now_ms: int) -> bool:
         """Would a cleanup at ``now_ms`` free anything?"""
         t = max(now_ms, self.time_ms)
         return any(e.holder != "" and not e.held_at(t) for e in self.entries.values())
 
-    def items(self) -> Iterator[tuple[str, LockEntry]]:
+    def items(self) -> Iterator[tuple[str, TableEntry]]:
         """Every (key, entry) in key order (copies: mutating them changes nothing)."""
         for key in sorted(self.entries):
             e = self.entries[key]
-            yield key, LockEntry(holder=e.holder, version=e.version, expiry_ms=e.expiry_ms)
+            yield (
+                key,
+                TableEntry(
+                    holder=e.holder, version=e.version, expiry_ms=e.expiry_ms, value=e.value
+                ),
+            )
 
     # -- commands -------------------------------------------------------------------------------
 
-    def _persist(self, key: str, e: LockEntry, fx: EffectsBuilder) -> None:
-        fx.put(
-            L_KEY,
-            _U32.pack(self.group) + key.encode("utf-8"),
-            _ENTRY.pack(e.version, e.expiry_ms) + e.holder.encode("utf-8"),
+    def _set_entries(self, entries: dict[str, TableEntry]) -> None:
+        self.entries = entries
+        dirs: dict[str, list[str]] = {}
+        for key in sorted(entries):
+            dirs.setdefault(directory_of(key), []).append(key)
+        self.dirs = dirs
+        self.values_bytes = sum(len(e.value) for e in entries.values())
+        # No lease of this table lasts past this (a bound: releases do not lower it).
+        self.expiry_high_ms = max((e.expiry_ms for e in entries.values() if e.holder), default=0)
+
+    def _persist(self, key: str, e: TableEntry, fx: EffectsBuilder, *, value_changed: bool) -> None:
+        raw_key = _U32.pack(self.group) + key.encode("utf-8")
+        if e.holder:
+            self.expiry_high_ms = max(self.expiry_high_ms, e.expiry_ms)
+        fx.put(L_KEY, raw_key, _ENTRY.pack(e.version, e.expiry_ms) + e.holder.encode("utf-8"))
+        if value_changed:
+            if e.value:
+                fx.put(L_VALUE, raw_key, e.value)
+            else:
+                fx.delete(L_VALUE, raw_key)
+
+    def _set_value(self, e: TableEntry, value: bytes) -> bool:
+        """Give ``e`` ``value`` (the caller checked the group's byte limit); True if it changed."""
+        if e.value == value:
+            return False
+        self.values_bytes += len(value) - len(e.value)
+        e.value = value
+        return True
+
+    def _too_many_bytes(self, e: TableEntry | None, value: bytes) -> bytes | None:
+        old = 0 if e is None else len(e.value)
+        if self.values_bytes - old + len(value) <= self.values_bytes_max:
+            return None
+        return codec.encode(
+            LockError(
+                code="too_many_bytes",
+                message=f"a value of {len(value)} bytes would take the group's values over "
+                f"values_bytes_max = {self.values_bytes_max} bytes",
+            )
         )
 
     def _denied(self, key: str, t: int) -> bytes:
         view = self.read(key, t)
         return codec.encode(
             LockDenied(
-                key=key, holder=view.holder, version=view.version, expiry_ms=view.expiry_ms, at_ms=t
+                key=key,
+                holder=view.holder,
+                version=view.version,
+                expiry_ms=view.expiry_ms,
+                at_ms=t,
+                value=view.value,
             )
         )
 
-    def _granted(self, key: str, e: LockEntry, t: int, fx: EffectsBuilder) -> bytes:
-        self._persist(key, e, fx)
+    def _granted(
+        self, key: str, e: TableEntry, value: bytes | None, t: int, fx: EffectsBuilder
+    ) -> bytes:
+        changed = False if value is None else self._set_value(e, value)
+        self._persist(key, e, fx, value_changed=changed)
         return codec.encode(
-            LockOk(key=key, holder=e.holder, version=e.version, expiry_ms=e.expiry_ms, at_ms=t)
+            LockOk(
+                key=key,
+                holder=e.holder,
+                version=e.version,
+                expiry_ms=e.expiry_ms,
+                at_ms=t,
+                value=e.value,
+            )
         )
 
-    def _check(self, key: str, holder: str, lease_ms: int | None) -> bytes | None:
+    def _check(
+        self, key: str, holder: str, lease_ms: int | None, value: bytes | None
+    ) -> bytes | None:
         if not _name_ok(key, KEY_BYTES_MAX):
             return _bad(f"key must be 1..{KEY_BYTES_MAX} UTF-8 bytes")
         if not _name_ok(holder, HOLDER_BYTES_MAX):
             return _bad(f"holder must be 1..{HOLDER_BYTES_MAX} UTF-8 bytes")
         if lease_ms is not None and not 1 <= lease_ms <= LEASE_MS_MAX:
             return _bad(f"lease_ms must be 1..{LEASE_MS_MAX}")
+        if value is not None and len(value) > VALUE_BYTES_MAX:
+            return _bad(f"value of {len(value)} bytes exceeds VALUE_BYTES_MAX = {VALUE_BYTES_MAX}")
         return None
 
     def _acquire(self, cmd: AcquireCmd, t: int, fx: EffectsBuilder) -> bytes:
-        problem = self._check(cmd.key, cmd.holder, cmd.lease_ms)
+        problem = self._check(cmd.key, cmd.holder, cmd.lease_ms, cmd.value)
         if problem is not None:
             return problem
         e = self.entries.get(cmd.key)
@@ -245,30 +419,40 @@ class LockTable:
                         message=f"the group holds keys_max = {self.keys_max} keys",
                     )
                 )
-            e = self.entries[cmd.key] = LockEntry(holder=cmd.holder, version=1, expiry_ms=expiry)
-            return self._granted(cmd.key, e, t, fx)
-        if e.held_at(t) and e.holder == cmd.holder:
-            e.expiry_ms = expiry  # re-acquire by the holder: a renewal, same token
-            return self._granted(cmd.key, e, t, fx)
-        if not e.held_at(t) or cmd.expected_version == e.version:
+            full = self._too_many_bytes(None, cmd.value)
+            if full is not None:
+                return full
+            e = self.entries[cmd.key] = TableEntry(holder=cmd.holder, version=1, expiry_ms=expiry)
+            bisect.insort(self.dirs.setdefault(directory_of(cmd.key), []), cmd.key)
+            return self._granted(cmd.key, e, cmd.value, t, fx)
+        renewal = e.held_at(t) and e.holder == cmd.holder
+        if not renewal and e.held_at(t) and cmd.expected_version != e.version:
+            return self._denied(cmd.key, t)
+        full = self._too_many_bytes(e, cmd.value)
+        if full is not None:
+            return full
+        if not renewal:  # free, expired, or a takeover naming the current version
             e.holder = cmd.holder
             e.version += 1
-            e.expiry_ms = expiry
-            return self._granted(cmd.key, e, t, fx)
-        return self._denied(cmd.key, t)
+        e.expiry_ms = expiry  # a re-acquire by the holder is a renewal: same token
+        return self._granted(cmd.key, e, cmd.value, t, fx)
 
     def _renew(self, cmd: RenewCmd, t: int, fx: EffectsBuilder) -> bytes:
-        problem = self._check(cmd.key, cmd.holder, cmd.lease_ms)
+        problem = self._check(cmd.key, cmd.holder, cmd.lease_ms, cmd.value)
         if problem is not None:
             return problem
         e = self.entries.get(cmd.key)
         if e is None or not e.held_at(t) or e.holder != cmd.holder or e.version != cmd.version:
             return self._denied(cmd.key, t)
+        if cmd.value is not None:
+            full = self._too_many_bytes(e, cmd.value)
+            if full is not None:
+                return full
         e.expiry_ms = t + cmd.lease_ms
-        return self._granted(cmd.key, e, t, fx)
+        return self._granted(cmd.key, e, cmd.value, t, fx)
 
     def _release(self, cmd: ReleaseCmd, t: int, fx: EffectsBuilder) -> bytes:
-        problem = self._check(cmd.key, cmd.holder, None)
+        problem = self._check(cmd.key, cmd.holder, None, None)
         if problem is not None:
             return problem
         e = self.entries.get(cmd.key)
@@ -277,49 +461,77 @@ class LockTable:
             return self._denied(cmd.key, t)
         if e is None:  # version 0 of a key never granted: already free, nothing to store
             return codec.encode(LockOk(key=cmd.key, holder="", version=0, expiry_ms=0, at_ms=t))
-        if e.holder != "" or e.expiry_ms != 0:
+        self._free(cmd.key, e, fx)
+        return codec.encode(LockOk(key=cmd.key, holder="", version=e.version, expiry_ms=0, at_ms=t))
+
+    def _free(self, key: str, e: TableEntry, fx: EffectsBuilder) -> None:
+        """Drop ``e``'s holder, expiry and value (keeping its version), if it has any."""
+        if e.holder != "" or e.expiry_ms != 0 or e.value:
             e.holder = ""
             e.expiry_ms = 0
-            self._persist(cmd.key, e, fx)
-        return codec.encode(LockOk(key=cmd.key, holder="", version=e.version, expiry_ms=0, at_ms=t))
+            changed = self._set_value(e, b"")
+            self._persist(key, e, fx, value_changed=changed)
 
     def _cleanup(self, t: int, fx: EffectsBuilder) -> None:
         expired = sorted(
             key for key, e in self.entries.items() if e.holder != "" and not e.held_at(t)
         )
         for key in expired[:CLEANUP_KEYS_MAX]:
-            e = self.entries[key]
-            e.holder = ""
-            e.expiry_ms = 0
-            self._persist(key, e, fx)
+            self._free(key, self.entries[key], fx)
 
 
-def _decode_entry(value: bytes) -> LockEntry:
+def list_problem(prefix: object, entries_max: object, start_after: object) -> str | None:
+    """Why a listing's arguments are invalid, or None (the node and the table share it)."""
+    if not isinstance(prefix, str) or not _name_ok(prefix, KEY_BYTES_MAX):
+        return f"prefix must be 1..{KEY_BYTES_MAX} UTF-8 bytes"
+    if not prefix.endswith("/"):
+        return f"prefix {prefix!r} must end with '/'"
+    if type(entries_max) is not int or not 1 <= entries_max <= LIST_ENTRIES_MAX:
+        return f"entries_max must be 1..{LIST_ENTRIES_MAX}, got {entries_max!r}"
+    if not isinstance(start_after, str) or (
+        start_after and not _name_ok(start_after, KEY_BYTES_MAX)
+    ):
+        return f"start_after must be empty or a key of 1..{KEY_BYTES_MAX} UTF-8 bytes"
+    return None
+
+
+def _decode_entry(value: bytes) -> TableEntry:
     if len(value) < _ENTRY.size:
         raise InvariantViolation("lock entry record truncated")
     version, expiry = _ENTRY.unpack_from(value)
-    return LockEntry(holder=value[_ENTRY.size :].decode("utf-8"), version=version, expiry_ms=expiry)
+    return TableEntry(
+        holder=value[_ENTRY.size :].decode("utf-8"), version=version, expiry_ms=expiry
+    )
 
 
-def _parse_snapshot(snapshot: bytes) -> tuple[int, dict[str, LockEntry]]:
+def _parse_snapshot(snapshot: bytes) -> tuple[int, dict[str, TableEntry]]:
     head = len(SNAPSHOT_MAGIC)
-    if snapshot[:head] != SNAPSHOT_MAGIC or len(snapshot) < head + _U64.size:
+    magic = snapshot[:head]
+    if magic not in (SNAPSHOT_MAGIC, SNAPSHOT_MAGIC_V1) or len(snapshot) < head + _U64.size:
         raise InvariantViolation("not a lock table snapshot")
+    layout = _SNAP_ENTRY if magic == SNAPSHOT_MAGIC else _SNAP_ENTRY_V1
     (time_ms,) = _U64.unpack_from(snapshot, head)
     pos = head + _U64.size
-    entries: dict[str, LockEntry] = {}
+    entries: dict[str, TableEntry] = {}
     try:
         while pos < len(snapshot):
-            if pos + _SNAP_ENTRY.size > len(snapshot):
+            if pos + layout.size > len(snapshot):
                 raise InvariantViolation("lock table snapshot truncated")
-            klen, hlen, version, expiry = _SNAP_ENTRY.unpack_from(snapshot, pos)
-            pos += _SNAP_ENTRY.size
-            if pos + klen + hlen > len(snapshot):
+            if layout is _SNAP_ENTRY:
+                klen, hlen, vlen, version, expiry = _SNAP_ENTRY.unpack_from(snapshot, pos)
+            else:
+                klen, hlen, version, expiry = _SNAP_ENTRY_V1.unpack_from(snapshot, pos)
+                vlen = 0
+            pos += layout.size
+            if pos + klen + hlen + vlen > len(snapshot):
                 raise InvariantViolation("lock table snapshot truncated")
             key = snapshot[pos : pos + klen].decode("utf-8")
             holder = snapshot[pos + klen : pos + klen + hlen].decode("utf-8")
-            pos += klen + hlen
-            entries[key] = LockEntry(holder=holder, version=version, expiry_ms=expiry)
+            value = snapshot[pos + klen + hlen : pos + klen + hlen + vlen]
+            pos += klen + hlen + vlen
+            if key in entries:
+                raise InvariantViolation(f"lock table snapshot holds key {key!r} twice")
+            entries[key] = TableEntry(holder=holder, version=version, expiry_ms=expiry, value=value)
     except UnicodeDecodeError:
         raise InvariantViolation("lock table snapshot holds a name that is not UTF-8") from None
     return time_ms, entries
