@@ -85,6 +85,7 @@ QUEUE_CHECKS = (
     "rate_limit",
     "balance",
 )
+OWNERSHIP_CHECKS = ("ownership", "failover", "rate_limit", "balance")
 RANDOM_FAULT_KINDS = (
     "partition",
     "crash",
@@ -614,11 +615,28 @@ def _scenario(t: _Table) -> Scenario:
     f.done()
 
     allowed = CHECKS_OF_KIND[workload.kind]
-    checks = t.strings("checks", allowed, CHECKS)
+    default = allowed
+    if workload.kind == "queue":
+        # The ownership checks apply when consumers own queues through locks; by default only
+        # ``ownership`` (and ``rate_limit`` with a rate): ``failover`` and ``balance`` have
+        # bounds that only hold in the scenarios written for them.
+        extra = ("ownership",) if workload.ownership == "locks" else ()
+        if workload.rate_items_per_s is not None:
+            extra += ("rate_limit",)
+        default = tuple(c for c in allowed if c not in OWNERSHIP_CHECKS) + extra
+    checks = t.strings("checks", default, CHECKS)
     if not set(checks) <= set(allowed):
         bad = sorted(set(checks) - set(allowed))[0]
         needs = " or ".join(k for k, v in CHECKS_OF_KIND.items() if bad in v)
         raise t.error("checks", f"{bad!r} needs the {needs} workload")
+    if workload.kind == "queue":
+        for name_ in ("ownership", "failover", "balance"):
+            if name_ in checks and workload.ownership != "locks":
+                raise t.error("checks", f'{name_!r} needs [workload] ownership = "locks"')
+        if "balance" in checks and not workload.schedulers:
+            raise t.error("checks", "'balance' needs [workload] schedulers >= 1")
+        if "rate_limit" in checks and workload.rate_items_per_s is None:
+            raise t.error("checks", "'rate_limit' needs [workload] rate_items_per_s")
     e = t.table("expect")
     safety = e.text("safety", "pass", choices=("pass", "fail"))
     e.done()

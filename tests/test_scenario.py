@@ -148,3 +148,33 @@ def test_cli_exits_2_for_a_missing_file_and_bad_seeds(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "empty" in result.output
     result = CliRunner().invoke(main, ["sim", "run", str(path), "--seed", "-4"])
     assert result.exit_code == 2
+
+
+QUEUE = 'version = 1\nname = "q"\nduration_ms = 1000\n[workload]\nkind = "queue"\n'
+
+
+def test_queue_default_checks_follow_the_ownership_mode() -> None:
+    static = loads(QUEUE)
+    assert "ownership" not in static.checks and "total_queue" in static.checks
+    locks = loads(QUEUE + 'ownership = "locks"\nrate_items_per_s = 100\n')
+    assert {"ownership", "rate_limit"} <= set(locks.checks)
+    assert "failover" not in locks.checks and "balance" not in locks.checks
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ('checks = ["ownership"]\n', "needs \\[workload\\] ownership"),
+        ('checks = ["balance"]\n', "needs \\[workload\\] ownership"),
+        ('checks = ["rate_limit"]\n', "needs \\[workload\\] rate_items_per_s"),
+        ("schedulers = 1\n", "schedulers: needs ownership"),
+        ('ownership = "locks"\nmargin_ms = 3000\n', "margin_ms: must be > 0 and < lease_ms"),
+        ('ownership = "locks"\nrenew_ms = 2000\n', "renew_ms: must be <="),
+        ("hot_queues = 99\n", "hot_queues: must be <= queues"),
+    ],
+)
+def test_queue_ownership_options_are_validated(extra: str, message: str) -> None:
+    head, _, rest = QUEUE.partition("[workload]")
+    text = (head + extra + "[workload]" + rest) if extra.startswith("checks") else QUEUE + extra
+    with pytest.raises(ScenarioError, match=message):
+        loads(text)

@@ -37,6 +37,8 @@ QueueRef = tuple[str, str, int]
 CONSUMER_FAULTS_DOWN = ("crash", "pause")
 CONSUMER_FAULTS_UP = ("restart", "resume")
 RATE_WINDOWS_MS = (100, 1000, 5000)
+FAILOVER_TIMES_MAX = 1000
+"""Failover times listed in a result's details (the rest are only counted)."""
 
 
 @dataclass(slots=True)
@@ -178,7 +180,11 @@ def check_failover(ops: Sequence[Op], consumers: Iterable[str], bound_ms: int) -
             if end_ms - t_down > bound_ms:
                 slow.add({"queue": list(ref), "consumer": c, "down_ms": t_down, "took_ms": None})
     times.sort()
-    details: dict[str, object] = {"failovers": len(times), "bound_ms": bound_ms}
+    details: dict[str, object] = {
+        "failovers": len(times),
+        "bound_ms": bound_ms,
+        "times_ms": times[:FAILOVER_TIMES_MAX],
+    }
     if times:
         details |= {
             "min_ms": times[0],
