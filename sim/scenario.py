@@ -620,7 +620,7 @@ def _scenario(t: _Table) -> Scenario:
         # The ownership checks apply when consumers own queues through locks; by default only
         # ``ownership`` (and ``rate_limit`` with a rate): ``failover`` and ``balance`` have
         # bounds that only hold in the scenarios written for them.
-        extra = ("ownership",) if workload.ownership == "locks" else ()
+        extra: tuple[str, ...] = ("ownership",) if workload.ownership == "locks" else ()
         if workload.rate_items_per_s is not None:
             extra += ("rate_limit",)
         default = tuple(c for c in allowed if c not in OWNERSHIP_CHECKS) + extra
