@@ -12,7 +12,7 @@ import click
 from pxq.cli.bench_commands import register as register_bench_commands
 from pxq.cli.client_commands import register as register_client_commands
 from pxq.cli.cluster_commands import cluster
-from pxq.cli.node_commands import node
+from pxq.cli.node_commands import node, scheduler
 from pxq.cli.sim_commands import sim
 
 
@@ -25,5 +25,6 @@ def main() -> None:
 main.add_command(sim)
 main.add_command(node)
 main.add_command(cluster)
+main.add_command(scheduler)
 register_client_commands(main)
 register_bench_commands(main)

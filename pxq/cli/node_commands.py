@@ -86,3 +86,50 @@ def node_run(config_file: Path, node_name: str, data_dir: Path | None, log_level
         click.echo(f"pxq: node {node_name} stopped: {crash}", err=True)
         sys.exit(EXIT_FAILED)
     sys.exit(EXIT_OK)
+
+
+@click.group()
+def scheduler() -> None:
+    """Run the consumers' load-balancing scheduler."""
+
+
+@scheduler.command("run")
+@click.option(
+    "--config",
+    "config_file",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The cluster file (TOML); it must have a lock service ([locks]).",
+)
+@click.option("--name", default="scheduler", show_default=True, help="This scheduler's name.")
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS),
+    default="info",
+    show_default=True,
+    help="Lowest level logged to stderr.",
+)
+def scheduler_run(config_file: Path, name: str, log_level: str) -> None:
+    """Run a scheduler until SIGTERM or SIGINT.
+
+    The lock service elects one active scheduler among those running; it reads the consumers'
+    load reports and publishes each group's assignment, which consumers follow when the
+    cluster file sets [ownership] scheduler = true. Exit 0 after a stop, 2 for a bad
+    configuration."""
+    from net import transport
+    from net.scheduler_run import run_scheduler
+    from pxq.config import ConfigError, load_config
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = load_config(config_file)
+    except (ConfigError, OSError) as exc:
+        _bad_input(str(exc))
+    if config.locks is None:
+        _bad_input(f"{config_file}: the cluster has no lock service ([locks]) to elect through")
+    if not name or any(c in name for c in "/#"):
+        _bad_input(f"--name: {name!r} must be non-empty, without '/' or '#'")
+    transport.run(run_scheduler(config, name))
+    sys.exit(EXIT_OK)

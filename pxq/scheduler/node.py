@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final, assert_never
+from typing import TYPE_CHECKING, Final, assert_never
 
 from pxq.consumer.ownership import (
     HOLDER_SEP,
@@ -66,6 +66,9 @@ from pxq.lock.messages import (
 )
 from pxq.scheduler.balance import QueueId, hash_assign, member_loads, rebalance
 from pxq.scheduler.values import decode_assignment, encode_assignment
+
+if TYPE_CHECKING:
+    from pxq.config import ClusterConfig
 
 LEADER_KEY: Final = "s/leader"
 
@@ -281,3 +284,32 @@ def _worth_it(
     spread_b = sum(x * x / members[m] for m, x in b.items())
     keep = (200 - s.band_pct) / 200
     return peak_b <= peak_a * keep or spread_b <= spread_a * keep
+
+
+def scheduler_settings(config: ClusterConfig, name: str) -> SchedulerSettings:
+    """A scheduler named ``name`` for every consumer group of ``config``: each group's queues
+    (those it subscribes to, over all its topics), the lock replicas, and the ``[ownership]``
+    timing (the assignment is published every ``2 * poll_ms`` with a lease of two periods
+    plus the ownership lease). ``ValueError`` without a lock service."""
+    locks = config.locks
+    if locks is None:
+        raise ValueError("the cluster has no lock service ([locks] in its configuration)")
+    groups: dict[str, list[QueueId]] = {}
+    for t in config.topics:
+        for cg in t.consumer_groups:
+            groups.setdefault(cg.name, []).extend(
+                (t.name, q) for q in range(t.queues) if cg.subscribes_queue(q)
+            )
+    o = config.ownership
+    period = max(1, 2 * o.poll_ms)
+    return SchedulerSettings(
+        name=name,
+        groups={g: tuple(qs) for g, qs in sorted(groups.items())},
+        lock_nodes=tuple(locks.nodes),
+        lock_groups=locks.groups,
+        lease_ms=o.lease_ms,
+        margin_ms=o.margin_ms,
+        renew_ms=o.renew_ms,
+        period_ms=period,
+        assignment_lease_ms=2 * period + o.lease_ms,
+    )
