@@ -109,6 +109,7 @@ from typing import Any, Final, Literal
 from pxq.lock.messages import LEASE_MS_MAX, VALUE_BYTES_MAX
 from pxq.lock.node import CLEANUP_TICK_MS_DEFAULT
 from pxq.lock.sm import KEYS_MAX_DEFAULT, VALUES_BYTES_MAX_DEFAULT
+from pxq.lock.timing import lease_timing_problem
 from pxq.paxos.config import PaxosConfig
 from pxq.store.placement import (
     DLQ_MARK,
@@ -289,16 +290,9 @@ def ownership_problem(o: OwnershipConfig) -> tuple[str, str] | None:
         return "scheduler", f"expected a boolean, got {_kind(o.scheduler)}"
     if not 1 <= o.lease_ms <= LEASE_MS_MAX:
         return "lease_ms", f"must be 1..{LEASE_MS_MAX}, got {o.lease_ms}"
-    if not 0 < o.margin_ms < o.lease_ms:
-        return "margin_ms", f"must be > 0 and < lease_ms = {o.lease_ms}, got {o.margin_ms}"
-    renew_max = (o.lease_ms - o.margin_ms) // 2
-    if not 0 < o.renew_ms <= renew_max:
-        return (
-            "renew_ms",
-            f"must be > 0 and <= (lease_ms - margin_ms) / 2 = {renew_max}, got {o.renew_ms}",
-        )
-    if not 0 < o.poll_ms < o.lease_ms:
-        return "poll_ms", f"must be > 0 and < lease_ms = {o.lease_ms}, got {o.poll_ms}"
+    timing = lease_timing_problem(o.lease_ms, o.margin_ms, o.renew_ms, o.poll_ms)
+    if timing is not None:
+        return timing
     if not 1 <= o.weight <= OWNERSHIP_WEIGHT_MAX:
         return "weight", f"must be 1..{OWNERSHIP_WEIGHT_MAX}, got {o.weight}"
     return None

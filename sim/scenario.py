@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from pxq.lock.timing import lease_timing_problem
 from sim.disk import DiskSpec
 from sim.network import DelaySpec, NetworkSpec
 
@@ -565,12 +566,12 @@ def _scenario(t: _Table) -> Scenario:
             for key in ("schedulers",):
                 if getattr(workload, key):
                     raise w.error(key, 'needs ownership = "locks"')
-        elif not 0 < workload.margin_ms < workload.lease_ms:
-            raise w.error("margin_ms", "must be > 0 and < lease_ms")
-        elif not 0 < workload.renew_ms <= (workload.lease_ms - workload.margin_ms) // 2:
-            raise w.error("renew_ms", "must be <= (lease_ms - margin_ms) / 2")
-        elif not workload.poll_ms < workload.lease_ms:
-            raise w.error("poll_ms", "must be < lease_ms")
+        else:
+            timing = lease_timing_problem(
+                workload.lease_ms, workload.margin_ms, workload.renew_ms, workload.poll_ms
+            )
+            if timing is not None:
+                raise w.error(*timing)
         if workload.hot_queues > workload.queues:
             raise w.error("hot_queues", f"must be <= queues ({workload.queues})")
     elif kind == "lock":

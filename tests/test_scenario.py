@@ -169,7 +169,7 @@ def test_queue_default_checks_follow_the_ownership_mode() -> None:
         ('checks = ["rate_limit"]\n', "needs \\[workload\\] rate_items_per_s"),
         ("schedulers = 1\n", "schedulers: needs ownership"),
         ('ownership = "locks"\nmargin_ms = 3000\n', "margin_ms: must be > 0 and < lease_ms"),
-        ('ownership = "locks"\nrenew_ms = 2000\n', "renew_ms: must be <="),
+        ('ownership = "locks"\nrenew_ms = 2000\n', "renew_ms: must be > 0 and <="),
         ("hot_queues = 99\n", "hot_queues: must be <= queues"),
     ],
 )

@@ -86,6 +86,7 @@ from pxq.lock.messages import (
     Release,
     Renew,
 )
+from pxq.lock.timing import lease_timing_problem
 from pxq.scheduler.balance import QueueId, hash_assign
 from pxq.scheduler.values import decode_assignment, decode_load, encode_load
 from pxq.store.placement import base_topic
@@ -197,12 +198,9 @@ class OwnershipSettings:
             raise ValueError("lock_nodes: the lock service has no replicas")
         if self.lock_groups < 1:
             raise ValueError("lock_groups: must be >= 1")
-        if not 0 < self.margin_ms < self.lease_ms:
-            raise ValueError("margin_ms: must be > 0 and < lease_ms")
-        if not 0 < self.renew_ms <= (self.lease_ms - self.margin_ms) // 2:
-            raise ValueError("renew_ms: must be > 0 and <= (lease_ms - margin_ms) / 2")
-        if not 0 < self.poll_ms < self.lease_ms:
-            raise ValueError("poll_ms: must be > 0 and < lease_ms")
+        timing = lease_timing_problem(self.lease_ms, self.margin_ms, self.renew_ms, self.poll_ms)
+        if timing is not None:
+            raise ValueError(f"{timing[0]}: {timing[1]}")
         if self.weight < 1:
             raise ValueError("weight: must be >= 1")
         if not 0 < self.lock_timeout_ms < self.lease_ms:

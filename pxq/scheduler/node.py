@@ -64,6 +64,7 @@ from pxq.lock.messages import (
     LockOk,
     ReadLock,
 )
+from pxq.lock.timing import lease_timing_problem
 from pxq.scheduler.balance import QueueId, hash_assign, member_loads, rebalance
 from pxq.scheduler.values import decode_assignment, encode_assignment
 
@@ -94,10 +95,9 @@ class SchedulerSettings:
             raise ValueError(f"name: {self.name!r} must be non-empty, without '/' or '#'")
         if not self.lock_nodes or self.lock_groups < 1:
             raise ValueError("lock_nodes/lock_groups: the lock service is empty")
-        if not 0 < self.margin_ms < self.lease_ms:
-            raise ValueError("margin_ms: must be > 0 and < lease_ms")
-        if not 0 < self.renew_ms <= (self.lease_ms - self.margin_ms) // 2:
-            raise ValueError("renew_ms: must be > 0 and <= (lease_ms - margin_ms) / 2")
+        timing = lease_timing_problem(self.lease_ms, self.margin_ms, self.renew_ms, 1)
+        if timing is not None:
+            raise ValueError(f"{timing[0]}: {timing[1]}")
         if self.period_ms < 1 or self.assignment_lease_ms <= self.period_ms:
             raise ValueError("assignment_lease_ms: must be > period_ms >= 1")
         if not 0 <= self.band_pct <= 100 or self.moves_max < 1:
