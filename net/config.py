@@ -1,7 +1,8 @@
 """The limits of the production driver, named in one place (DESIGN section 7).
 
 ``NetConfig`` holds every bound the ``net`` package enforces: frame sizes, queue lengths,
-connection counts, timeouts, backoff, LMDB map sizes. Identity (cluster id, node name,
+connection counts, timeouts, backoff, LMDB map sizes and the storage headroom below which a
+node refuses enqueues (``storage_reserve_bytes``; see ``net.runner``). Identity (cluster id, node name,
 addresses, data dir) is not a limit and is passed to the runner separately.
 """
 
@@ -14,6 +15,13 @@ from pxq import codec
 KIB = 1024
 MIB = 1024 * KIB
 GIB = 1024 * MIB
+
+STORAGE_RESERVE_AUTO_MIN_BYTES = 64 * MIB
+"""The automatic storage reserve is at least this (``NetConfig.storage_reserve_bytes=None``)."""
+STORAGE_RESERVE_AUTO_PERCENT = 5
+"""... and at least this share of the node's storage capacity (``NetConfig.reserve_for``)."""
+STORAGE_RESERVE_AUTO_CAP_PERCENT = 50
+"""... but never more than this share of the capacity (so that a tiny map stays usable)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -56,7 +64,23 @@ class NetConfig:
     map_size_bytes: int = 1 * GIB
     """Initial LMDB map size (virtual address space; the file grows as data is written)."""
     map_size_max_bytes: int = 256 * GIB
-    """The map doubles when full, up to this; beyond it the node stops with StorageFull."""
+    """The map doubles when full, up to this. Enqueues are refused (``storage_full``) before
+    the map gets there (``storage_reserve_bytes``); a commit that still finds the map full at
+    this size stops the node with StorageFull, nothing partial written (last resort)."""
+    storage_reserve_bytes: int | None = None
+    """Headroom kept for everything but enqueues: once the space still available to the
+    node's LMDB (the smaller of the map's room below ``map_size_max_bytes`` and the disk's
+    room: free filesystem space plus free pages inside the data file) falls below this, the
+    runner answers enqueues with ``StoreError(code="storage_full")`` and lets everything else
+    (Paxos traffic, gets, cursor commits, retention) through. None: automatic, see
+    ``reserve_for``; 0: no admission control (only the last resort). Must be below
+    ``map_size_max_bytes``."""
+    storage_space_refresh_ms: int = 100
+    """The runner measures the space in use at most this often (at an enqueue's admission);
+    in between it charges every committed batch against the last measurement."""
+    storage_resume_margin_percent: int = 10
+    """Enqueues refused for a full storage are accepted again once the space available is
+    the reserve plus this share of it (hysteresis: no flapping at the boundary)."""
     tables_max: int = 128
     """LMDB named databases (one per table name) per node."""
     scan_chunk_items: int = 256
@@ -83,6 +107,7 @@ class NetConfig:
             "peer_backoff_max_ms": self.peer_backoff_max_ms,
             "map_size_bytes": self.map_size_bytes,
             "map_size_max_bytes": self.map_size_max_bytes,
+            "storage_space_refresh_ms": self.storage_space_refresh_ms,
             "tables_max": self.tables_max,
             "scan_chunk_items": self.scan_chunk_items,
             "client_calls_inflight_max": self.client_calls_inflight_max,
@@ -104,3 +129,30 @@ class NetConfig:
             raise ValueError("NetConfig needs peer_backoff_initial_ms <= peer_backoff_max_ms")
         if self.map_size_bytes > self.map_size_max_bytes:
             raise ValueError("NetConfig needs map_size_bytes <= map_size_max_bytes")
+        reserve = self.storage_reserve_bytes
+        if reserve is not None and not 0 <= reserve < self.map_size_max_bytes:
+            raise ValueError(
+                f"NetConfig.storage_reserve_bytes must be in 0..map_size_max_bytes-1 "
+                f"({self.map_size_max_bytes - 1}), got {reserve}"
+            )
+        if not 0 <= self.storage_resume_margin_percent <= 100:
+            raise ValueError(
+                f"NetConfig.storage_resume_margin_percent must be in 0..100, "
+                f"got {self.storage_resume_margin_percent}"
+            )
+
+    def reserve_for(self, capacity_bytes: int) -> int:
+        """The storage reserve of a node whose LMDB can hold ``capacity_bytes`` at most (pages
+        in use plus the space still available to it): ``storage_reserve_bytes`` if set, else
+        ``STORAGE_RESERVE_AUTO_PERCENT`` of the capacity, at least
+        ``STORAGE_RESERVE_AUTO_MIN_BYTES``, at most ``STORAGE_RESERVE_AUTO_CAP_PERCENT`` of
+        it. The automatic reserve follows the capacity rather than ``map_size_max_bytes``: on
+        a disk smaller than the map maximum, 5 % of the maximum could exceed the disk."""
+        if capacity_bytes < 0:
+            raise ValueError(f"capacity_bytes must be >= 0, got {capacity_bytes}")
+        if self.storage_reserve_bytes is not None:
+            return self.storage_reserve_bytes
+        auto = max(
+            STORAGE_RESERVE_AUTO_MIN_BYTES, capacity_bytes * STORAGE_RESERVE_AUTO_PERCENT // 100
+        )
+        return min(auto, capacity_bytes * STORAGE_RESERVE_AUTO_CAP_PERCENT // 100)

@@ -45,7 +45,10 @@ class StorageError(NetError):
 
 class StorageFull(StorageError):
     """The map cannot grow any further (or the disk is full); the failed batch was aborted
-    as a whole, so nothing of it stays."""
+    as a whole, so nothing of it stays. The last resort: the runner refuses enqueues with
+    ``StoreError(code="storage_full")`` while the space left is below
+    ``NetConfig.storage_reserve_bytes``, so this stops a node only if the reserve was too
+    small for the other writes (or a follower's disk filled before its master's)."""
 
 
 # -- framing ------------------------------------------------------------------------------

@@ -25,11 +25,32 @@ It implements the driver contract of ``pxq.effects`` the way ``sim.world.NodeHos
   ``time.time_ns() // 1_000_000``; the timer is armed in the loop's own clock from the
   difference, so it works with any loop implementation.
 * ``InvariantViolation``, ``StorageCorruption`` or a ``StorageError`` (``StorageFull``
-  included) from a step or a commit, or any other exception from the node, stops the node:
+  included: the last resort if the map or disk is full at commit time despite the reserve,
+  which with a reserve sized for the non-enqueue traffic practically means a too small
+  reserve, or a follower's disk) from a step or a commit, or any other exception from the node, stops the node:
   logged at error level, every write not yet durable dropped and every output still held
   dropped (nothing of it is released), listener and connections closed, the writer thread
   joined, storage closed. A commit is never retried (a full map grows and writes the same
   batch again: LMDB reports it before writing anything).
+* Admission control for a full storage (``NetConfig.storage_reserve_bytes``): a
+  ``ClientCall`` carrying an ``Enqueue`` is answered at once by the runner with
+  ``StoreError(code="storage_full", definite=True)``, never reaching the node, while the
+  space still available to the node's LMDB (``LmdbStorage.space``: the smaller of the map's
+  room below ``map_size_max_bytes`` and the disk's room) is below the reserve; it accepts
+  them again once the space is back above the reserve plus
+  ``storage_resume_margin_percent`` (hysteresis). Everything else (Paxos traffic, gets,
+  cursor commits, seeks, retries, retention ticks, lock calls) goes on: it writes little, and
+  the reserve is there for it; and consumers plus retention are what frees space. The space
+  is measured at an enqueue's admission when the last measurement is older than
+  ``storage_space_refresh_ms``; in between, every committed batch is charged against it
+  (``COMMITTED_BYTES_CHARGE_FACTOR`` times its key and value bytes, a pessimistic page
+  cost), so a burst cannot run past the reserve unnoticed: once that estimate reaches the
+  reserve the space is measured again at once, and only a measurement starts refusing. A refusal depends on nothing
+  unwritten, so it is released at once. The runner logs once when it starts refusing and
+  once when it accepts again, with the figures, and counts refusals
+  (``RunnerStats.enqueues_refused``). The admission is a check of the replica that receives
+  the enqueue: a follower's disk fills with what the master replicates, and one whose disk
+  is full stops at its next write (last resort below) while a majority carries on.
 * ``stop()`` waits for the running commit, commits what is left on the loop thread, releases
   everything, then closes.
 * Trace events go to the ``pxq.net.trace`` logger (debug level) and to an optional callback.
@@ -56,7 +77,7 @@ from net.config import NetConfig
 from net.envelope import CallReply, Hello
 from net.errors import BootFailed, NetError, StorageError
 from net.framing import encode_frame
-from net.storage import LmdbStorage, SealedBatch, WriteOutcome
+from net.storage import LmdbStorage, SealedBatch, StorageSpace, WriteOutcome
 from net.transport import InboundConnection, PeerLink, listen
 from pxq import codec
 from pxq.effects import (
@@ -76,6 +97,7 @@ from pxq.effects import (
     Wake,
     Write,
 )
+from pxq.store.messages import Enqueue, StoreError
 
 log = logging.getLogger("pxq.net.runner")
 trace_log = logging.getLogger("pxq.net.trace")
@@ -89,6 +111,13 @@ STOP_WRITE_WAITS_MAX = 64
 """Commits a graceful stop waits for (each one started while the previous ran) before it
 commits the rest on the loop thread."""
 
+COMMITTED_BYTES_CHARGE_FACTOR = 2
+"""Between two measurements of the storage space, each committed batch is taken to use this
+many times its key and value bytes in pages (B-tree pages are at least half full after a
+split; the next measurement corrects the estimate)."""
+
+_MIB = 1024 * 1024
+
 
 class DriverStorage(StorageView, Protocol):
     """What the runner needs of its storage (``LmdbStorage``, or a test double)."""
@@ -101,6 +130,11 @@ class DriverStorage(StorageView, Protocol):
 
     @property
     def durable_seq(self) -> int: ...
+
+    @property
+    def committed_bytes(self) -> int: ...
+
+    def space(self) -> StorageSpace: ...
 
     def apply(self, writes: tuple[Write, ...]) -> None: ...
 
@@ -146,6 +180,9 @@ class RunnerStats:
     sends_unroutable: int = 0
     encode_failures: int = 0
     connections_refused: int = 0
+    enqueues_refused: int = 0
+    """Enqueues answered ``storage_full`` by the runner (admission control)."""
+    space_measurements: int = 0
 
 
 def monotonic_ms() -> int:
@@ -211,6 +248,12 @@ class NodeRunner:
         self._armed_deadline: int | None = None
         self._stopped: asyncio.Future[None] | None = None
         self._link_rng = random.Random(self._seed ^ 0x5EED)
+        # Admission control: the last space measurement, when (mono ms) and at which
+        # committed_bytes it was taken, and whether enqueues are being refused.
+        self._space: StorageSpace | None = None
+        self._space_at_ms = 0
+        self._space_committed_bytes = 0
+        self._refusing_enqueues = False
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -233,6 +276,11 @@ class NodeRunner:
     @property
     def node(self) -> Node | None:
         return self._node
+
+    @property
+    def refusing_enqueues(self) -> bool:
+        """Whether enqueues are refused for a full storage (as of the last admission)."""
+        return self._refusing_enqueues
 
     def link(self, peer: NodeId) -> PeerLink | None:
         """The outbound link to ``peer``, if one was created."""
@@ -647,8 +695,92 @@ class NodeRunner:
         self._calls[call_id] = (conn, req_id)
         conn.open_calls.add(call_id)
         self.stats.calls += 1
-        self._step(ClientCall(call_id=call_id, request=request))
+        refusal = self._admit(request)
+        if refusal is None:
+            self._step(ClientCall(call_id=call_id, request=request))
+        elif self.state is RunnerState.RUNNING:
+            self.stats.enqueues_refused += 1
+            self._release((), (Reply(call_id=call_id, response=refusal),))
+            self._schedule_turn_end()
         conn.calls_changed()
+
+    # -- admission control --------------------------------------------------------------------
+
+    def _admit(self, request: object) -> StoreError | None:
+        """None if the request goes to the node; the refusal of an enqueue while the storage
+        is below its reserve (see the module docstring)."""
+        if type(request) is not Enqueue or self.config.storage_reserve_bytes == 0:
+            return None
+        storage = self._storage
+        if storage is None or self.state is not RunnerState.RUNNING:
+            return None
+        now = monotonic_ms()
+        space = self._space
+        if space is None or now - self._space_at_ms >= self.config.storage_space_refresh_ms:
+            space = self._measure_space(storage, now)
+            if space is None:
+                return None
+        charged = (storage.committed_bytes - self._space_committed_bytes) * (
+            COMMITTED_BYTES_CHARGE_FACTOR
+        )
+        available = max(0, space.available_bytes - charged)
+        reserve = self.config.reserve_for(space.capacity_bytes)
+        if not self._refusing_enqueues and available < reserve and charged > 0:
+            # The estimate says the reserve is reached: only a measurement may say so (the
+            # estimate is pessimistic, and refusing on it alone would flap).
+            space = self._measure_space(storage, now)
+            if space is None:
+                return None
+            available = space.available_bytes
+            reserve = self.config.reserve_for(space.capacity_bytes)
+        if self._refusing_enqueues:
+            resume = reserve + reserve * self.config.storage_resume_margin_percent // 100
+            if available >= resume:
+                self._refusing_enqueues = False
+                log.info(
+                    "node %s accepts enqueues again: %.1f MiB available (reserve %.1f MiB; "
+                    "%.1f MiB in use; %d refused so far)",
+                    self.node_id,
+                    available / _MIB,
+                    reserve / _MIB,
+                    space.used_bytes / _MIB,
+                    self.stats.enqueues_refused,
+                )
+                return None
+        elif available >= reserve:
+            return None
+        else:
+            self._refusing_enqueues = True
+            log.warning(
+                "node %s refuses enqueues, storage full: %s, below the reserve of %.1f MiB "
+                "(NetConfig.storage_reserve_bytes)",
+                self.node_id,
+                space.describe(),
+                reserve / _MIB,
+            )
+        return StoreError(
+            code="storage_full",
+            message=(
+                f"storage of {self.node_id} is full: {available / _MIB:.1f} MiB available "
+                f"before the {_limit_name(space)}, below the reserve of {reserve / _MIB:.1f} "
+                f"MiB kept for replication and consumers ({space.used_bytes / _MIB:.1f} MiB "
+                f"in use); enqueues resume once consumers and retention free space"
+            ),
+            definite=True,
+        )
+
+    def _measure_space(self, storage: DriverStorage, now_ms: int) -> StorageSpace | None:
+        """A new measurement of the storage space (None: it failed and the node stopped)."""
+        try:
+            space = storage.space()
+        except (StorageError, StorageCorruption) as exc:
+            self._crash(f"measuring the storage failed: {type(exc).__name__}: {exc}", exc)
+            return None
+        self.stats.space_measurements += 1
+        self._space = space
+        self._space_at_ms = now_ms
+        self._space_committed_bytes = storage.committed_bytes
+        return space
 
     def connection_closed(self, conn: InboundConnection) -> None:
         self._conns.pop(conn, None)
@@ -656,3 +788,9 @@ class NodeRunner:
         for call_id in conn.open_calls:
             calls.pop(call_id, None)
         conn.open_calls.clear()
+
+
+def _limit_name(space: StorageSpace) -> str:
+    if space.limit == "map":
+        return f"LMDB map limit (NetConfig.map_size_max_bytes={space.map_max_bytes})"
+    return f"disk limit ({(space.fs_free_bytes or 0) / _MIB:.1f} MiB free on the filesystem)"

@@ -26,7 +26,10 @@
 * a full map: ``write`` reports it before anything is written; ``written`` doubles the map
   (up to ``NetConfig.map_size_max_bytes``) on the owner's thread, where no read transaction
   is then open, and the batch is written again; when the map cannot grow, ``StorageFull`` is
-  raised with every batch not yet durable dropped.
+  raised with every batch not yet durable dropped. That is the last resort: the runner
+  refuses enqueues well before, from ``space()`` (``StorageSpace``): the pages in use by the
+  tables (from LMDB's per-database statistics, so space that retention freed counts as free
+  again although the file never shrinks), against the map maximum and the filesystem.
 
 Threads: ``write`` touches nothing the other methods change, and LMDB is opened with
 ``MDB_NOTLS`` (py-lmdb always does), so a read transaction on the owner's thread and the
@@ -229,6 +232,70 @@ class SealedBatch:
         return len(self._layer.writes)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StorageSpace:
+    """How much more the node's LMDB can hold (``LmdbStorage.space``), in bytes.
+
+    ``used_bytes`` counts the pages of every table's B-tree (branch, leaf and overflow pages),
+    of the main database that names the tables, and the two meta pages; pages that deletes
+    freed are not in it (LMDB reuses them). LMDB's own free-page list is not counted either;
+    the runner's reserve covers it. ``fs_free_bytes`` is what the filesystem of the data dir
+    still grants this user (None if ``statvfs`` failed: the disk is then not a limit here)."""
+
+    used_bytes: int
+    map_max_bytes: int
+    file_bytes: int
+    fs_free_bytes: int | None
+
+    def __post_init__(self) -> None:
+        if min(self.used_bytes, self.map_max_bytes, self.file_bytes) < 0 or (
+            self.fs_free_bytes is not None and self.fs_free_bytes < 0
+        ):
+            raise ValueError(f"negative figure in {self}")
+
+    @property
+    def map_room_bytes(self) -> int:
+        """What the map may still take before it reaches ``map_size_max_bytes``."""
+        return max(0, self.map_max_bytes - self.used_bytes)
+
+    @property
+    def disk_room_bytes(self) -> int | None:
+        """Free filesystem space plus the free pages inside the data file (reusable without
+        growing it); None if the filesystem could not be asked."""
+        if self.fs_free_bytes is None:
+            return None
+        return self.fs_free_bytes + max(0, self.file_bytes - self.used_bytes)
+
+    @property
+    def limit(self) -> str:
+        """Which bound is the nearer one: ``"map"`` or ``"disk"``."""
+        disk = self.disk_room_bytes
+        return "disk" if disk is not None and disk < self.map_room_bytes else "map"
+
+    @property
+    def available_bytes(self) -> int:
+        """The smaller of the map's and the disk's room."""
+        disk = self.disk_room_bytes
+        return self.map_room_bytes if disk is None else min(self.map_room_bytes, disk)
+
+    @property
+    def capacity_bytes(self) -> int:
+        """The most this LMDB could hold now: what it uses plus what is available."""
+        return self.used_bytes + self.available_bytes
+
+    def describe(self) -> str:
+        """The figures in words, naming the nearer limit (for logs and error messages)."""
+        mib = 1024 * 1024
+        if self.limit == "map":
+            where = f"LMDB map limit NetConfig.map_size_max_bytes={self.map_max_bytes}"
+        else:
+            where = f"disk of the data dir ({(self.fs_free_bytes or 0) / mib:.1f} MiB free)"
+        return (
+            f"{self.available_bytes / mib:.1f} MiB available before the {where}; "
+            f"{self.used_bytes / mib:.1f} MiB in use"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class WriteOutcome:
     """What ``LmdbStorage.write`` did with a batch: committed (with the tables it created),
@@ -250,6 +317,7 @@ class LmdbStorage:
         "_failed",
         "_key_max",
         "_lock_fd",
+        "_main_db",
         "_map_size",
         "_map_size_max",
         "_next_seq",
@@ -260,6 +328,7 @@ class LmdbStorage:
         "_tables",
         "_tables_max",
         "commits",
+        "committed_bytes",
         "durable_seq",
         "map_grows",
         "path",
@@ -284,6 +353,7 @@ class LmdbStorage:
         self._map_size = env.info()["map_size"]
         self._map_size_max = max(config.map_size_max_bytes, self._map_size)
         self._key_max = env.max_key_size()
+        self._main_db = env.open_db(None)  # the database naming the tables (for space())
         self._rtxn: lmdb.Transaction[bytes] | None = None
         self._open = _Layer()  # writes applied since the last seal
         self._sealed: deque[_Layer] = deque()  # sealed, not yet committed; oldest first
@@ -292,6 +362,8 @@ class LmdbStorage:
         self._failed: str | None = None
         self._closed = False
         self.commits = 0
+        self.committed_bytes = 0
+        """Key and value bytes of the batches committed so far (as counted by the layers)."""
         self.durable_seq = 0
         """The last batch known durable (``written`` of it returned)."""
         self.map_grows = 0
@@ -480,6 +552,36 @@ class LmdbStorage:
         """The current LMDB map size in bytes."""
         return self._map_size
 
+    def space(self) -> StorageSpace:
+        """Measure the space in use and still available (``StorageSpace``), as of the last
+        commit. Costs one statistics read per table, a ``stat`` of the data file and a
+        ``statvfs`` of the data dir: call it now and then, not per request. Raises
+        ``StorageError`` if LMDB cannot be read (the storage is then unusable)."""
+        txn = self._read_txn()
+        try:
+            main = txn.stat(self._main_db)
+            pages = 2 + main["branch_pages"] + main["leaf_pages"] + main["overflow_pages"]
+            for t in self._tables.values():
+                st = txn.stat(t.db)
+                pages += st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
+        except lmdb.Error as exc:
+            raise self._fail(f"cannot read the LMDB statistics: {exc}") from exc
+        try:
+            file_bytes = os.stat(self.path / DATA_NAME).st_size
+        except OSError:
+            file_bytes = 0  # no file yet: nothing inside it to reuse
+        try:
+            vfs = os.statvfs(self.path)
+            fs_free: int | None = vfs.f_bavail * vfs.f_frsize
+        except OSError:
+            fs_free = None
+        return StorageSpace(
+            used_bytes=pages * main["psize"],
+            map_max_bytes=self._map_size_max,
+            file_bytes=file_bytes,
+            fs_free_bytes=fs_free,
+        )
+
     def apply(self, writes: Iterable[Write]) -> None:
         """Add one step's writes to the open batch, in order; reads see them at once.
 
@@ -585,6 +687,7 @@ class LmdbStorage:
             self._pending_tables.discard(name)
         self.durable_seq = batch.seq
         self.commits += 1
+        self.committed_bytes += batch._layer.bytes
 
     def commit(self) -> bool:
         """Make every applied write durable now, on this thread; False if there were none.

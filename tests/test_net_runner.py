@@ -5,22 +5,28 @@ with a negative control that releases first); a failed commit releases nothing a
 node; group commit (many calls, fewer commits); restart recovers from LMDB alone; three nodes
 exchange messages over TCP, also after a peer restarts; the timer wakes the node at its
 deadline; malformed input closes only its own connection and steps nothing; an
-InvariantViolation stops the node; startup errors are named; peer queues are bounded.
+InvariantViolation stops the node; startup errors are named; peer queues are bounded;
+below the storage reserve enqueues are answered ``storage_full`` by the runner without
+reaching the node while everything else goes on, and accepted again above the reserve plus
+its margin (one log line each way); commits between measurements make the runner measure
+again before it refuses, and an estimate alone never refuses.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import threading
 from collections import deque
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from net.client import NodeClient
-from net.config import NetConfig
+from net.config import MIB, NetConfig
 from net.envelope import Call, CallReply, Hello
 from net.errors import (
     AddressInUse,
@@ -35,9 +41,11 @@ from net.errors import (
 )
 from net.framing import HEADER, FrameDecoder, encode_frame, frame
 from net.runner import DriverStorage, NodeRunner, RunnerState
-from net.storage import LmdbStorage, SealedBatch, WriteOutcome
+from net.storage import LmdbStorage, SealedBatch, StorageSpace, WriteOutcome
 from pxq import codec
 from pxq.effects import Write
+from pxq.store.messages import Enqueue, StoreError
+from pxq.store.messages import Item as StoreItem
 from tests.test_net_storage import _flip, _tamper
 from tests.test_net_support import (
     CLUSTER,
@@ -570,6 +578,153 @@ def test_invariant_violation_stops_the_node(tmp_path: Path) -> None:
 
     run_async(main())
     assert recorder.events == [("n0", "booted")]
+
+
+# -- admission control for a full storage ---------------------------------------------------
+
+
+class SpaceStorage(LmdbStorage):
+    """Reports the space the test sets (``room``) instead of measuring it."""
+
+    room = 0
+
+    def space(self) -> StorageSpace:
+        return StorageSpace(
+            used_bytes=MIB, map_max_bytes=MIB + self.room, file_bytes=MIB, fs_free_bytes=None
+        )
+
+
+def space_opener(data_dir: Path, cluster: str, node: str, config: NetConfig) -> DriverStorage:
+    return SpaceStorage.open(data_dir, cluster=cluster, node=node, config=config)
+
+
+RESERVE = 1000
+"""The reserve of the admission tests, in bytes (a 10 % resume margin: 1100)."""
+
+
+def test_enqueues_below_the_reserve_are_refused_before_the_node_and_resume_with_hysteresis(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = replace(FAST, storage_reserve_bytes=RESERVE, storage_space_refresh_ms=1)
+    enqueue = Enqueue(
+        topic="t", queue=0, producer="p", seq=1, items=(StoreItem(key=b"k", payload=b"v"),)
+    )
+
+    async def reaches_the_node(client: NodeClient, runner: NodeRunner) -> bool:
+        """Whether an enqueue is stepped (the counter node never answers it) or refused."""
+        before = counter_of(runner).inputs
+        try:
+            answer = await client.call(enqueue, 0.2)
+        except CallTimeout:
+            assert counter_of(runner).inputs == before + 1
+            return True
+        assert isinstance(answer, StoreError), answer
+        assert (answer.code, answer.definite) == ("storage_full", True)
+        assert "map_size_max_bytes" in answer.message and "reserve" in answer.message
+        assert counter_of(runner).inputs == before  # answered by the runner alone
+        return False
+
+    async def main() -> None:
+        runner = make_runner(tmp_path, storage_opener=space_opener, config=config)
+        await runner.start()
+        storage = runner.storage
+        assert isinstance(storage, SpaceStorage)
+        client = await connect(runner)
+        try:
+            storage.room = RESERVE
+            assert await reaches_the_node(client, runner)
+            storage.room = RESERVE - 1
+            assert not await reaches_the_node(client, runner)
+            assert runner.refusing_enqueues
+            # Everything else goes on: writes, reads.
+            assert await client.call(Incr(), T) == Count(n=1)
+            assert await client.call(GetCount(), T) == Count(n=1)
+            await asyncio.sleep(0.002)
+            storage.room = RESERVE + 99  # above the reserve, below the resume margin
+            assert not await reaches_the_node(client, runner)
+            await asyncio.sleep(0.002)
+            storage.room = RESERVE + 100
+            assert await reaches_the_node(client, runner)
+            assert not runner.refusing_enqueues
+            assert runner.stats.enqueues_refused == 2
+            assert runner.running
+        finally:
+            await client.close()
+            await runner.stop()
+
+    with caplog.at_level(logging.INFO, logger="pxq.net.runner"):
+        run_async(main())
+    messages = [r.getMessage() for r in caplog.records if r.name == "pxq.net.runner"]
+    starts = [m for m in messages if "refuses enqueues" in m]
+    ends = [m for m in messages if "accepts enqueues again" in m]
+    assert len(starts) == 1 and "below the reserve of" in starts[0], messages
+    assert len(ends) == 1 and "2 refused so far" in ends[0], messages
+
+
+def test_commits_between_measurements_are_charged_and_measured_before_refusing(
+    tmp_path: Path,
+) -> None:
+    # Measurements at most every 60 s: only the charged commits can make the runner look.
+    config = replace(FAST, storage_reserve_bytes=RESERVE, storage_space_refresh_ms=60_000)
+    enqueue = Enqueue(
+        topic="t", queue=0, producer="p", seq=1, items=(StoreItem(key=b"k", payload=b"v"),)
+    )
+
+    async def main() -> None:
+        runner = make_runner(tmp_path, storage_opener=space_opener, config=config)
+        await runner.start()
+        storage = runner.storage
+        assert isinstance(storage, SpaceStorage)
+        client = await connect(runner)
+        try:
+            storage.room = RESERVE + 30
+            with pytest.raises(CallTimeout):  # admitted (the node never answers it)
+                await client.call(enqueue, 0.05)
+            assert runner.stats.space_measurements == 1
+            # Each Incr commits a 9-byte record (charged twice): 36 bytes > the 30 to spare.
+            for n in (1, 2):
+                assert await client.call(Incr(), T) == Count(n=n)
+            storage.room = RESERVE - 1  # what a measurement would now find
+            answer = await client.call(enqueue, T)
+            assert isinstance(answer, StoreError) and answer.code == "storage_full", answer
+            assert runner.stats.space_measurements == 2  # measured, not guessed
+            assert runner.refusing_enqueues
+        finally:
+            await client.close()
+            await runner.stop()
+
+    run_async(main())
+
+
+def test_an_estimate_alone_never_refuses(tmp_path: Path) -> None:
+    config = replace(FAST, storage_reserve_bytes=RESERVE, storage_space_refresh_ms=60_000)
+    enqueue = Enqueue(
+        topic="t", queue=0, producer="p", seq=1, items=(StoreItem(key=b"k", payload=b"v"),)
+    )
+
+    async def main() -> None:
+        runner = make_runner(tmp_path, storage_opener=space_opener, config=config)
+        await runner.start()
+        storage = runner.storage
+        assert isinstance(storage, SpaceStorage)
+        client = await connect(runner)
+        try:
+            storage.room = RESERVE + 30
+            with pytest.raises(CallTimeout):
+                await client.call(enqueue, 0.05)
+            for n in (1, 2):
+                assert await client.call(Incr(), T) == Count(n=n)
+            # The estimate is below the reserve, the measurement is not: admitted.
+            with pytest.raises(CallTimeout):
+                await client.call(enqueue, 0.05)
+            assert runner.stats.space_measurements == 2
+            assert not runner.refusing_enqueues
+            assert runner.stats.enqueues_refused == 0
+        finally:
+            await client.close()
+            await runner.stop()
+
+    run_async(main())
 
 
 # -- client behaviour -----------------------------------------------------------------------

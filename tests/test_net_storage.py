@@ -6,7 +6,9 @@ uncommitted writes, agreement with the simulator's MemoryStore on random operati
 CRC corruption detected on get and scan, a full map growing transparently or failing as
 StorageFull with nothing partial left, the data-dir marker and lock, and the layers of writes
 not yet durable (reads see sealed and open batches, a batch written on another thread,
-completion in order only, a full map reported by ``write`` and grown on completion).
+completion in order only, a full map reported by ``write`` and grown on completion); the
+space measurement the runner's admission control uses (pages in use follow the tables and
+shrink after deletes, the nearer of the map and disk limits) and the reserve's configuration.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from hypothesis import strategies as st
 
 from net.config import KIB, MIB, NetConfig
 from net.errors import DataDirError, DataDirMismatch, StorageError, StorageFull
-from net.storage import MARKER_NAME, LmdbStorage
+from net.storage import MARKER_NAME, LmdbStorage, StorageSpace
 from pxq.effects import Delete, DeleteRange, Put, StorageCorruption, StorageView, Write
 from sim.memstore import MemoryStore
 
@@ -482,3 +484,80 @@ def test_a_full_map_reported_by_write_grows_on_completion(tmp_path: Path) -> Non
         assert sum(1 for _ in s.scan("t")) == 800
     finally:
         s.close()
+
+
+# -- space and headroom ---------------------------------------------------------------------
+
+
+def test_storage_space_takes_the_nearer_of_the_map_and_the_disk() -> None:
+    by_map = StorageSpace(
+        used_bytes=3 * MIB, map_max_bytes=4 * MIB, file_bytes=3 * MIB, fs_free_bytes=100 * MIB
+    )
+    assert (by_map.map_room_bytes, by_map.disk_room_bytes) == (1 * MIB, 100 * MIB)
+    assert (by_map.limit, by_map.available_bytes) == ("map", 1 * MIB)
+    assert by_map.capacity_bytes == 4 * MIB
+    assert "map_size_max_bytes=4194304" in by_map.describe()
+    # Free pages inside the file count as disk room: retention frees space without the file
+    # ever shrinking.
+    by_disk = StorageSpace(
+        used_bytes=2 * MIB, map_max_bytes=64 * MIB, file_bytes=10 * MIB, fs_free_bytes=1 * MIB
+    )
+    assert (by_disk.limit, by_disk.available_bytes) == ("disk", 9 * MIB)
+    assert by_disk.capacity_bytes == 11 * MIB
+    assert "disk" in by_disk.describe() and "1.0 MiB free" in by_disk.describe()
+    # A map used beyond its maximum (a lowered configuration) has no room, not a negative one.
+    over = StorageSpace(
+        used_bytes=8 * MIB, map_max_bytes=4 * MIB, file_bytes=8 * MIB, fs_free_bytes=None
+    )
+    assert (over.disk_room_bytes, over.limit, over.available_bytes) == (None, "map", 0)
+    with pytest.raises(ValueError, match="negative"):
+        StorageSpace(used_bytes=-1, map_max_bytes=1, file_bytes=0, fs_free_bytes=None)
+
+
+def test_space_in_use_follows_the_tables_and_shrinks_after_deletes(tmp_path: Path) -> None:
+    config = NetConfig(map_size_bytes=1 * MIB, map_size_max_bytes=16 * MIB)
+    s = open_storage(tmp_path, config)
+    try:
+        empty = s.space()
+        assert empty.map_max_bytes == 16 * MIB
+        assert 0 < empty.used_bytes < 64 * KIB
+        assert empty.fs_free_bytes is not None and empty.fs_free_bytes > 0
+        s.apply([Put(table="t", key=k(i), value=b"v" * 1000) for i in range(2000)])
+        assert s.space().used_bytes == empty.used_bytes  # as of the last commit: none yet
+        s.commit()
+        full = s.space()
+        # 2000 records of ~1 KB: at least their bytes, at most twice (half-full pages).
+        assert 2000 * 1000 <= full.used_bytes - empty.used_bytes <= 2 * 2000 * 1100
+        assert full.available_bytes == 16 * MIB - full.used_bytes
+        assert full.file_bytes >= full.used_bytes
+        assert s.committed_bytes >= 2000 * 1000
+        s.apply([DeleteRange(table="t", start=k(0), end=k(1900))])
+        s.commit()
+        freed = s.space()
+        # The file does not shrink, but the pages in use do: the room comes back.
+        assert freed.file_bytes >= full.file_bytes
+        assert freed.used_bytes < empty.used_bytes + 300 * 1100
+        assert freed.available_bytes > full.available_bytes + 1 * MIB
+    finally:
+        s.close()
+
+
+def test_storage_reserve_is_validated_and_automatic_by_default() -> None:
+    auto = NetConfig()
+    assert auto.storage_reserve_bytes is None
+    assert auto.reserve_for(10 * 1024 * MIB) == 512 * MIB  # 5 % of the capacity
+    assert auto.reserve_for(1024 * MIB) == 64 * MIB  # at least 64 MiB
+    assert auto.reserve_for(16 * MIB) == 8 * MIB  # at most half of a tiny capacity
+    assert auto.reserve_for(0) == 0
+    with pytest.raises(ValueError, match="capacity_bytes"):
+        auto.reserve_for(-1)
+    fixed = NetConfig(map_size_bytes=MIB, map_size_max_bytes=4 * MIB, storage_reserve_bytes=MIB)
+    assert fixed.reserve_for(100 * MIB) == MIB
+    assert NetConfig(storage_reserve_bytes=0).reserve_for(MIB) == 0
+    for bad in (-1, 4 * MIB):
+        with pytest.raises(ValueError, match="storage_reserve_bytes"):
+            NetConfig(map_size_bytes=MIB, map_size_max_bytes=4 * MIB, storage_reserve_bytes=bad)
+    with pytest.raises(ValueError, match="storage_resume_margin_percent"):
+        NetConfig(storage_resume_margin_percent=101)
+    with pytest.raises(ValueError, match="storage_space_refresh_ms"):
+        NetConfig(storage_space_refresh_ms=0)

@@ -226,7 +226,9 @@ class StoreError:
     ``stale_sequence`` (an enqueue retry older than the dedupe window), ``bad_cursor`` (beyond
     the end), ``stale_offset`` (a retry of an item the cursor already passed), ``no_dead_letter``
     (no level left and no dead-letter topic), ``partial`` (a seek over all queues reached only
-    some groups), ``bad_request`` (malformed, or a seek epoch above the cursor's). Indefinite:
+    some groups), ``bad_request`` (malformed, or a seek epoch above the cursor's),
+    ``storage_full`` (an enqueue refused by the production driver because the replica's
+    storage is below its reserve; the message names the limit; ``net.runner``). Indefinite:
     ``unknown`` (mastership lost while the request was in flight: it may still be applied)."""
 
     code: str

@@ -1,0 +1,262 @@
+"""A full storage refuses enqueues with a clear error, loses nothing, and recovers.
+
+Behaviour checked (issue 5): a store replica whose LMDB nears ``map_size_max_bytes`` answers
+enqueues with the definite ``storage_full`` error (``pxq.EnqueueFailed``, the message naming
+the map limit) instead of stopping; the node keeps running; gets still work and every
+acknowledged item reads back byte for byte; once a consumer group has consumed everything
+and retention has removed it, enqueues succeed again on the same running node. Also: the
+runner's admission control lets every other request through while it refuses enqueues.
+
+Method: a ``LocalCluster`` with a tiny map (4 MiB maximum) and a reserve of 2 MiB, so that a
+few thousand 1 KiB items reach the reserve within seconds; retention with ``hold_items = 0``
+and frequent ticks, and frequent Paxos checkpoints so that the replicated log's copy of the
+items is truncated as well. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import pytest
+
+from net.client_types import EnqueueFailed, Item, Receipt
+from net.clientlib import AsyncClient
+from net.config import MIB, NetConfig
+from net.local import LocalCluster
+from net.runner import NodeRunner
+from pxq.config import loads_config
+from tests.test_net_cluster import free_ports
+from tests.test_net_support import FAST, run_async
+
+TOPIC = "events"
+GROUP = "default"
+QUEUES = 2
+ITEM_BYTES = 1024
+ROUND_ITEMS = 50
+"""Items enqueued concurrently per round while filling the storage."""
+ITEMS_MAX = 8_000
+"""Bound of the filling loop: far more than the tiny map holds."""
+MAP_MAX_BYTES = 4 * MIB
+RESERVE_BYTES = 2 * MIB
+STORAGE_FULL_NET = NetConfig(
+    first_frame_timeout_ms=FAST.first_frame_timeout_ms,
+    peer_backoff_initial_ms=FAST.peer_backoff_initial_ms,
+    peer_backoff_max_ms=FAST.peer_backoff_max_ms,
+    peer_connect_timeout_ms=FAST.peer_connect_timeout_ms,
+    map_size_bytes=1 * MIB,
+    map_size_max_bytes=MAP_MAX_BYTES,
+    storage_reserve_bytes=RESERVE_BYTES,
+    storage_space_refresh_ms=20,
+)
+CONSUMER_OPTIONS = {"poll_empty_ms": 2, "poll_empty_max_ms": 20}
+WAIT_S = 20.0
+
+
+def config_toml(ports: list[int]) -> str:
+    replicas = "".join(
+        f'[[stores.replicas]]\nnode = "s{i}"\nhost = "127.0.0.1"\nport = {port}\n'
+        for i, port in enumerate(ports)
+    )
+    return (
+        '[cluster]\nname = "full"\n[batching]\nlinger_ms = 1\n'
+        '[[stores]]\nname = "store0"\ngroups = 1\nretention_tick_ms = 100\n'
+        f"{replicas}"
+        "[stores.paxos]\ncheckpoint_every = 8\nlog_hold = 8\n"
+        f'[[topics]]\nname = "{TOPIC}"\nqueues = {QUEUES}\n'
+        "[topics.retention]\nhold_items = 0\n"
+        f'[[topics.consumer_groups]]\nname = "{GROUP}"\n'
+    )
+
+
+def payload_of(i: int) -> bytes:
+    return (f"{i:08d}".encode() * (ITEM_BYTES // 8))[:ITEM_BYTES]
+
+
+async def fill_until_refused(
+    client: AsyncClient,
+) -> tuple[dict[bytes, Receipt], EnqueueFailed]:
+    """Enqueue rounds of items until one is refused; the acknowledged ones by payload."""
+    acked: dict[bytes, Receipt] = {}
+    i = 0
+    while i < ITEMS_MAX:
+        batch = [(f"k{j}", payload_of(j)) for j in range(i, i + ROUND_ITEMS)]
+        i += ROUND_ITEMS
+        results = await client.enqueue_many(TOPIC, batch, return_exceptions=True)
+        refused: EnqueueFailed | None = None
+        for (_, payload), result in zip(batch, results, strict=True):
+            if isinstance(result, Receipt):
+                acked[payload] = result
+            elif isinstance(result, EnqueueFailed):
+                refused = result
+            else:
+                raise AssertionError(f"an enqueue ended other than acked or refused: {result!r}")
+        if refused is not None:
+            return acked, refused
+    raise AssertionError(f"{ITEMS_MAX} items of {ITEM_BYTES} bytes were all accepted")
+
+
+async def read_back(client: AsyncClient) -> list[Item]:
+    items: list[Item] = []
+    for queue in range(QUEUES):
+        items += await client.peek(TOPIC, GROUP, queue, offset=0, count=10_000)
+    return items
+
+
+async def enqueue_again(client: AsyncClient) -> Receipt:
+    """Retry one enqueue (refusals only) until it is accepted, bounded by ``WAIT_S``."""
+    async with asyncio.timeout(WAIT_S):
+        while True:
+            try:
+                return await client.enqueue(TOPIC, b"after", key="after")
+            except EnqueueFailed as exc:
+                assert exc.code == "storage_full", exc
+            await asyncio.sleep(0.1)
+
+
+def check_acked_items_read_back(acked: dict[bytes, Receipt], items: list[Item]) -> None:
+    stored = {item.payload: item for item in items}
+    assert len(stored) == len(items), "an item is stored twice"
+    for payload, receipt in acked.items():
+        item = stored.get(payload)
+        assert item is not None, f"acknowledged item {receipt} is lost"
+        assert (item.queue, item.offset) == (receipt.queue, receipt.offset)
+        assert item.key == b"k%d" % int(payload[:8])
+
+
+def runner_of(cluster: LocalCluster, node: str) -> NodeRunner:
+    return cluster.runners[node]
+
+
+@pytest.mark.parametrize("replicas", [1, 3])
+def test_full_storage_refuses_enqueues_keeps_every_item_and_recovers_after_retention(
+    tmp_path: Path, replicas: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = loads_config(config_toml(free_ports(replicas)), file="<test>")
+
+    async def scenario() -> None:
+        cluster = await LocalCluster.start(config, tmp_path, STORAGE_FULL_NET)
+        try:
+            masters = await cluster.wait_for_masters(timeout_s=10.0)
+            master = masters[("store0", 0)]
+            async with await AsyncClient.connect(config, net_config=FAST) as client:
+                acked, refused = await fill_until_refused(client)
+                # A clear, definite error naming the limit, and the node still runs.
+                assert refused.code == "storage_full"
+                assert "map_size_max_bytes" in refused.message
+                assert "reserve" in refused.message
+                runner = runner_of(cluster, master)
+                assert runner.running, runner.crash_reason
+                assert runner.refusing_enqueues
+                assert runner.stats.enqueues_refused >= 1
+                assert all(r.running for r in cluster.runners.values())
+                assert len(acked) > 500  # the reserve, not something else, stopped them
+
+                # Nothing lost, nothing corrupted: every acknowledged item reads back.
+                items = await read_back(client)
+                check_acked_items_read_back(acked, items)
+                with pytest.raises(EnqueueFailed, match="storage_full"):
+                    await client.enqueue(TOPIC, b"still full", key="x")
+
+                # Consume everything (cursor commits pass the admission), let retention free
+                # the items, and enqueues succeed again on the same incarnation.
+                delivered: set[bytes] = set()
+
+                async def handle(item: Item) -> None:
+                    delivered.add(item.payload)
+
+                async with client.consumer(GROUP, TOPIC, options=CONSUMER_OPTIONS) as consumer:
+                    task = asyncio.create_task(consumer.run(handle))
+                    try:
+                        async with asyncio.timeout(WAIT_S):
+                            while not set(acked) <= delivered:
+                                await asyncio.sleep(0.01)
+                    finally:
+                        consumer.stop()
+                        await task
+                receipt = await enqueue_again(client)
+                assert receipt.topic == TOPIC
+                assert not runner.refusing_enqueues
+                assert runner.running
+                # Retention removes the consumed items (a bounded number per tick); the new
+                # one reads back.
+                async with asyncio.timeout(WAIT_S):
+                    while True:
+                        left = [item.payload for item in await read_back(client)]
+                        assert b"after" in left
+                        assert set(left) <= set(acked) | {b"after"}
+                        if left == [b"after"]:
+                            break
+                        await asyncio.sleep(0.1)
+        finally:
+            await cluster.stop()
+
+    with caplog.at_level(logging.INFO, logger="pxq.net.runner"):
+        run_async(scenario(), timeout_s=90.0)
+    messages = [r.getMessage() for r in caplog.records if r.name == "pxq.net.runner"]
+    starts = [m for m in messages if "refuses enqueues" in m]
+    ends = [m for m in messages if "accepts enqueues again" in m]
+    assert len(starts) == 1 and "MiB in use" in starts[0], messages
+    assert len(ends) == 1, messages
+
+
+def test_admission_lets_everything_but_enqueues_through(tmp_path: Path) -> None:
+    """While enqueues are refused, a Get and an unknown request still reach the node."""
+    from net.client import NodeClient
+    from pxq.store.messages import Enqueue, Get, GetOk, StoreError
+    from pxq.store.messages import Item as StoreItem
+
+    # A reserve larger than anything available: enqueues are refused from the start.
+    net = NetConfig(
+        map_size_bytes=1 * MIB,
+        map_size_max_bytes=MAP_MAX_BYTES,
+        storage_reserve_bytes=MAP_MAX_BYTES - 1,
+    )
+    config = loads_config(config_toml(free_ports(1)), file="<test>")
+
+    async def scenario() -> None:
+        cluster = await LocalCluster.start(config, tmp_path, net)
+        try:
+            await cluster.wait_for_masters(timeout_s=10.0)
+            host, port = cluster.address_of("s0")
+            client = await NodeClient.connect(host, port, config=FAST)
+            try:
+                item = StoreItem(key=b"k", payload=b"v")
+                enq = Enqueue(topic=TOPIC, queue=0, producer="p", seq=1, items=(item,))
+                answer = await client.call(enq, timeout_s=5.0)
+                assert isinstance(answer, StoreError), answer
+                assert (answer.code, answer.definite) == ("storage_full", True)
+                assert "map_size_max_bytes=4194304" in answer.message
+                get = Get(topic=TOPIC, group=GROUP, queue=0, cursor=0, items_max=10, bytes_max=MIB)
+                answer = await client.call(get, timeout_s=5.0)
+                assert isinstance(answer, GetOk) and answer.items == (), answer
+                runner = cluster.runners["s0"]
+                assert runner.stats.enqueues_refused == 1
+                assert runner.running and runner.refusing_enqueues
+            finally:
+                await client.close()
+        finally:
+            await cluster.stop()
+
+    run_async(scenario(), timeout_s=30.0)
+
+
+def test_zero_reserve_disables_admission(tmp_path: Path) -> None:
+    net = NetConfig(
+        map_size_bytes=1 * MIB, map_size_max_bytes=MAP_MAX_BYTES, storage_reserve_bytes=0
+    )
+    config = loads_config(config_toml(free_ports(1)), file="<test>")
+
+    async def scenario() -> None:
+        cluster = await LocalCluster.start(config, tmp_path, net)
+        try:
+            await cluster.wait_for_masters(timeout_s=10.0)
+            async with await AsyncClient.connect(config, net_config=FAST) as client:
+                receipt = await client.enqueue(TOPIC, b"x", key="k")
+            assert receipt.offset == 0
+            assert cluster.runners["s0"].stats.space_measurements == 0
+        finally:
+            await cluster.stop()
+
+    run_async(scenario(), timeout_s=30.0)
