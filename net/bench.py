@@ -6,7 +6,12 @@ This module owns the end-to-end benchmark of the production runtime (``docs/perf
   this one process, each call re-issued as soon as it is acknowledged (closed loop), for
   ``warmup_s`` (not measured) and then ``duration_s`` (measured), bounded by ``max_items``;
 * **drain** (``drain > 0``): a backlog of ``drain`` items is enqueued first (closed loop with
-  the same concurrency), then one consumer of one consumer group drains it; items/s of both.
+  the same concurrency), then one consumer of one consumer group drains it (``get_items``
+  items per Get); items/s of both;
+* **rss** (``rss`` marks): a backlog grows through the marks (nobody consumes) and the
+  RssAnon, RssFile and VmHWM of every node process (``/proc/<pid>/status``) are sampled
+  before the first item and at each mark; the summary gives the RssAnon growth from the
+  first mark to the last, in kB and in MB per million items.
 
 It runs against a running cluster (``pxq cluster up``: the node pids come from the pid files of
 its home) or one it starts itself in a temporary home on free loopback ports (``net.cluster.up``
@@ -51,6 +56,13 @@ SETTLE_S: Final = 15.0
 ERROR_PAUSE_S: Final = 0.01
 FSYNC_PROBE_WRITES: Final = 20
 UP_TIMEOUT_S: Final = 60.0
+RSS_FIELDS: Final = ("RssAnon", "RssFile", "VmHWM")
+"""What ``--rss`` samples of each node process (``/proc/<pid>/status``, kB)."""
+RSS_TIME_MAX_S_DEFAULT: Final = 900.0
+"""Default bound on the whole ``--rss`` fill (the marks not reached by then are skipped)."""
+RSS_SETTLE_S: Final = 1.0
+"""Pause after a mark is reached before sampling (writes in flight land, follower catch up)."""
+RSS_MARKS_MAX: Final = 64
 
 Line = dict[str, Any]
 Emit = Callable[[Line], None]
@@ -108,6 +120,23 @@ def proc_cpu_s(pid: int) -> float | None:
         return (int(fields[11]) + int(fields[12])) / _TICKS
     except (IndexError, ValueError):
         return None
+
+
+def proc_status_kb(pid: int, fields: Sequence[str] = RSS_FIELDS) -> dict[str, int] | None:
+    """The ``kB`` values of ``fields`` in ``/proc/<pid>/status`` (missing fields are left
+    out); None if the process is gone."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        if name in fields:
+            parts = rest.split()
+            if len(parts) == 2 and parts[1] == "kB" and parts[0].isdigit():
+                out[name] = int(parts[0])
+    return out
 
 
 def loadavg() -> list[float]:
@@ -432,12 +461,20 @@ async def enqueue_load(
 
 
 async def fill_backlog(
-    client: AsyncClient, topic: str, items: int, inflight: int, payload_bytes: int
+    client: AsyncClient,
+    topic: str,
+    items: int,
+    inflight: int,
+    payload_bytes: int,
+    *,
+    deadline: float | None = None,
 ) -> tuple[int, float]:
-    """Enqueue ``items`` items with ``inflight`` calls at once (bounded in time); returns
-    (acknowledged, seconds)."""
+    """Enqueue ``items`` items with ``inflight`` calls at once, bounded in time (by
+    ``deadline``, a ``time.perf_counter`` value, when given); returns (acknowledged,
+    seconds)."""
     payload = os.urandom(payload_bytes)
-    deadline = time.perf_counter() + max(FILL_TIMEOUT_MIN_S, items / FILL_RATE_FLOOR)
+    if deadline is None:
+        deadline = time.perf_counter() + max(FILL_TIMEOUT_MIN_S, items / FILL_RATE_FLOOR)
     issued = 0
     acked = 0
 
@@ -470,8 +507,10 @@ async def drain_load(
     progress: Progress,
     tags: Line,
     seek_first: bool,
+    get_items: int | None = None,
 ) -> Line:
-    """Fill a backlog of ``backlog`` items, then drain it with one consumer of ``group``."""
+    """Fill a backlog of ``backlog`` items, then drain it with one consumer of ``group``
+    (``get_items``: its ``get_items_max``, items per Get and per batch; None: the default)."""
     if seek_first:
         # Items from before this run are not part of the backlog: move the cursor past them.
         await client.seek(topic, group, time_ms=int(time.time() * 1000))
@@ -483,7 +522,8 @@ async def drain_load(
     fill_cpu = CpuWatch.delta(fill_cpu0, watch.snapshot(), filled)
     progress.update(filled, f"{filled / max(fill_s, 1e-9):,.0f} items/s")
     progress.start(f"drain {filled:,} items (group {group})", filled)
-    consumer = client.consumer(group, topic)
+    options = {} if get_items is None else {"get_items_max": get_items}
+    consumer = client.consumer(group, topic, options=options)
     seen = 0
     per_second: list[int] = []
     timeout = max(DRAIN_TIMEOUT_MIN_S, filled / FILL_RATE_FLOOR)
@@ -534,12 +574,122 @@ async def drain_load(
         "fill_items_s": round(filled / max(fill_s, 1e-9), 1),
         "fill_cpu_us_per_item": fill_cpu["cpu_us_per_item"],
         "drained": seen,
+        "get_items": get_items,
         "drain_s": round(elapsed, 3),
         "items_s": round(seen / max(elapsed, 1e-9), 1),
         "timed_out": timed_out,
         **CpuWatch.delta(cpu0, cpu1, seen),
         "loadavg_before": load0,
         "loadavg_after": loadavg(),
+    }
+
+
+def rss_sample(node_pids: dict[str, int]) -> dict[str, dict[str, int]]:
+    """``RSS_FIELDS`` (kB) of every node process still alive."""
+    out: dict[str, dict[str, int]] = {}
+    for node, pid in sorted(node_pids.items()):
+        values = proc_status_kb(pid)
+        if values is not None:
+            out[node] = values
+    return out
+
+
+def rss_growth(first: Line, last: Line) -> Line:
+    """RssAnon growth of every node between two ``rss`` lines: kB, and MB per million items
+    enqueued in between (None when no item was)."""
+    items = int(last["enqueued"]) - int(first["enqueued"])
+    growth: dict[str, int] = {}
+    per_million: dict[str, float | None] = {}
+    for node, values in last["nodes"].items():
+        before = first["nodes"].get(node)
+        if before is None or "RssAnon" not in before or "RssAnon" not in values:
+            continue
+        kb = int(values["RssAnon"]) - int(before["RssAnon"])
+        growth[node] = kb
+        per_million[node] = round(kb / 1024 / items * 1e6, 3) if items > 0 else None
+    worst = max(growth.values(), default=None)
+    return {
+        "rss_anon_growth_kb": growth,
+        "rss_anon_growth_mb_per_million": per_million,
+        "rss_anon_growth_max_mb": None if worst is None else round(worst / 1024, 3),
+        "items_between": items,
+    }
+
+
+async def rss_load(
+    client: AsyncClient,
+    *,
+    topic: str,
+    marks: Sequence[int],
+    params: LoadParams,
+    node_pids: dict[str, int],
+    emit: Emit,
+    progress: Progress,
+    tags: Line,
+    time_max_s: float,
+) -> Line:
+    """Grow a backlog (enqueue, nobody consumes) through ``marks`` (ascending item counts) and
+    sample the RssAnon of every node process before the first item and at each mark: one
+    ``"type": "rss"`` line per sample. The whole fill is bounded by ``time_max_s``; a mark not
+    reached by then ends the run with a last sample at the count reached."""
+    if not marks or list(marks) != sorted(set(marks)) or len(marks) > RSS_MARKS_MAX:
+        raise ValueError(f"--rss: expected 1..{RSS_MARKS_MAX} ascending distinct item counts")
+    t0 = time.perf_counter()
+    deadline = t0 + time_max_s
+    enqueued = 0
+    lines: list[Line] = []
+
+    def sample(mark: int, fill_s: float, filled: int) -> None:
+        line: Line = {
+            "type": "rss",
+            **tags,
+            "mark": mark,
+            "enqueued": enqueued,
+            "t_s": round(time.perf_counter() - t0, 3),
+            "fill_items_s": round(filled / fill_s, 1) if fill_s > 0 else None,
+            "nodes": rss_sample(node_pids),
+            "load1": loadavg()[:1][0] if loadavg() else None,
+        }
+        emit(line)
+        lines.append(line)
+
+    sample(0, 0.0, 0)
+    progress.start(f"backlog to {marks[-1]:,} items (RssAnon at each mark)", marks[-1])
+    timed_out = False
+    for mark in marks:
+        filled, fill_s = await fill_backlog(
+            client, topic, mark - enqueued, params.inflight, params.payload_bytes, deadline=deadline
+        )
+        enqueued += filled
+        await asyncio.sleep(RSS_SETTLE_S)
+        sample(mark, fill_s, filled)
+        anon = {n: v.get("RssAnon") for n, v in lines[-1]["nodes"].items()}
+        progress.update(enqueued, f"{enqueued:,} items, RssAnon kB {anon}")
+        if enqueued < mark:
+            timed_out = True
+            break
+    # Growth from the first mark on (the issue's measure: from 100,000 items to the last),
+    # and from the empty store.
+    first = lines[1] if len(lines) > 2 else lines[0]
+    return {
+        "mode": "rss",
+        "marks": list(marks),
+        "enqueued": enqueued,
+        "acked": enqueued,
+        "errors": 0,
+        "items_s": round(enqueued / max(time.perf_counter() - t0, 1e-9), 1),
+        "timed_out": timed_out,
+        "time_max_s": time_max_s,
+        "from_mark": first["mark"],
+        **rss_growth(first, lines[-1]),
+        "from_empty": rss_growth(lines[0], lines[-1]),
+        "samples": [
+            {
+                "enqueued": ln["enqueued"],
+                "rss_anon_kb": {n: v.get("RssAnon") for n, v in ln["nodes"].items()},
+            }
+            for ln in lines
+        ],
     }
 
 
@@ -558,6 +708,11 @@ class BenchSpec:
     warmup_s: float = 1.0
     max_items: int = MAX_ITEMS_DEFAULT
     drain: int = 0
+    get_items: int | None = None
+    """Drain mode: the consumer's ``get_items_max`` (None: the consumer's default)."""
+    rss: tuple[int, ...] = ()
+    """RSS mode: backlog sizes at which to sample the nodes' RssAnon (ascending)."""
+    rss_time_max_s: float = RSS_TIME_MAX_S_DEFAULT
     start_cluster: bool = False
     config_file: Path = Path(".pxq") / "cluster.toml"
     home: Path | None = None
@@ -602,7 +757,7 @@ async def run_cases(
             groups = sum(s.groups for s in target.config.stores)
             tags: Line = {
                 "run": run,
-                "mode": "drain" if spec.drain else "enqueue",
+                "mode": "drain" if spec.drain else "rss" if spec.rss else "enqueue",
                 "inflight": inflight,
                 "payload_bytes": payload,
                 "groups": groups,
@@ -617,7 +772,19 @@ async def run_cases(
             async with await AsyncClient.connect(
                 target.config, name="pxq-bench", producer_options=producer
             ) as client:
-                if spec.drain:
+                if spec.rss:
+                    fields = await rss_load(
+                        client,
+                        topic=topic,
+                        marks=spec.rss,
+                        params=params,
+                        node_pids=target.node_pids,
+                        emit=emit,
+                        progress=progress,
+                        tags=tags,
+                        time_max_s=spec.rss_time_max_s,
+                    )
+                elif spec.drain:
                     assert group is not None
                     fields = await drain_load(
                         client,
@@ -630,6 +797,7 @@ async def run_cases(
                         progress=progress,
                         tags=tags,
                         seek_first=not target.started,
+                        get_items=spec.get_items,
                     )
                 else:
                     fields = await enqueue_load(

@@ -37,10 +37,12 @@ group that own the same queue both consume it (duplicates, not loss).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
-from collections.abc import AsyncGenerator, Callable, Iterator
-from typing import TYPE_CHECKING, TypeAlias
+import types
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Final, TypeAlias
 
 from net.client_driver import MachineDriver, NodePool
 from net.client_types import ClientClosed, Item, MachineFailed, PxqError, RequestFailed
@@ -116,17 +118,55 @@ class Batch:
         return tuple(sorted(self._failed))
 
 
+_ITEM_FIELDS: Final = (
+    "topic",
+    "queue",
+    "offset",
+    "key",
+    "payload",
+    "kind",
+    "attempt",
+    "enqueued_ms",
+)
+if (
+    tuple(f.name for f in dataclasses.fields(Item)) != _ITEM_FIELDS
+    or hasattr(Item, "__post_init__")
+    or not all(isinstance(vars(Item).get(n), types.MemberDescriptorType) for n in _ITEM_FIELDS)
+):  # pragma: no cover - guards the fast constructor below against a changed Item
+    raise RuntimeError("net.client_types.Item changed: update net.client_consumer._items")
+_NEW = object.__new__
+_SETTERS: Final = tuple(vars(Item)[n].__set__ for n in _ITEM_FIELDS)
+(_SET_TOPIC, _SET_QUEUE, _SET_OFFSET, _SET_KEY, _SET_PAYLOAD, _SET_KIND, _SET_ATTEMPT, _SET_MS) = (
+    _SETTERS
+)
+
+
+def _items(d: Deliver, stored: Iterable[StoredItem]) -> tuple[Item, ...]:
+    """The handler's ``Item`` of each of ``stored`` (items of delivery ``d``).
+
+    One ``Item`` per delivered item is the consumer's main per-item cost: this sets the slots
+    of the frozen dataclass directly (as ``pxq.codec`` does when it decodes a message) instead
+    of going through its generated ``__init__``, which sets each field with
+    ``object.__setattr__``; the values come from a checked ``StoredItem``."""
+    topic, queue = d.topic, d.queue
+    out: list[Item] = []
+    append = out.append
+    for it in stored:
+        item: Item = _NEW(Item)
+        _SET_TOPIC(item, topic)
+        _SET_QUEUE(item, queue)
+        _SET_OFFSET(item, it.offset)
+        _SET_KEY(item, it.key)
+        _SET_PAYLOAD(item, it.payload)
+        _SET_KIND(item, it.kind)
+        _SET_ATTEMPT(item, it.attempt)
+        _SET_MS(item, it.enqueued_ms)
+        append(item)
+    return tuple(out)
+
+
 def _item(d: Deliver, it: StoredItem) -> Item:
-    return Item(
-        topic=d.topic,
-        queue=d.queue,
-        offset=it.offset,
-        key=it.key,
-        payload=it.payload,
-        kind=it.kind,
-        attempt=it.attempt,
-        enqueued_ms=it.enqueued_ms,
-    )
+    return _items(d, (it,))[0]
 
 
 def _is_async(handler: Handler) -> bool:
@@ -245,7 +285,7 @@ class AsyncConsumer:
                     group=self.group,
                     topic=d.topic,
                     queue=d.queue,
-                    items=tuple(_item(d, it) for it in d.items),
+                    items=_items(d, d.items),
                 )
                 self._batch_out = True
                 yield batch

@@ -3,9 +3,11 @@
 Behaviours checked: a short closed-loop run (``--start-cluster``, 2 s, 4 in flight) writes
 valid JSON lines: a machine line, one line per measured second and a summary with the
 documented fields (throughput, latency percentiles, CPU seconds of every node and of the
-bench, CPU µs per item); a short drain run reports the drained count; ``pxq plot`` writes PNG
-files for a timeline and for a sweep; bad arguments exit 2; the baselines are skipped with a
-note when their tools are absent. No timing assertions.
+bench, CPU µs per item); a short drain run reports the drained count and the items per Get
+it was given; the RSS mode samples every node's RssAnon before the fill and at each mark and
+reports the growth per million items; ``pxq plot`` writes PNG files for a timeline and for a
+sweep; bad arguments exit 2; the baselines are skipped with a note when their tools are
+absent. No timing assertions.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 import pytest
 
 from net import bench_baselines
-from net.bench import latency_fields, percentile, proc_cpu_s
+from net.bench import latency_fields, percentile, proc_cpu_s, proc_status_kb, rss_growth
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 90.0
@@ -136,6 +138,8 @@ def test_drain_reports_drained_items(tmp_path: Path) -> None:
         "--start-cluster",
         "--drain",
         "300",
+        "--get-items",
+        "70",
         "--inflight",
         "50",
         "--duration-s",
@@ -150,7 +154,50 @@ def test_drain_reports_drained_items(tmp_path: Path) -> None:
     assert summary["mode"] == "drain"
     assert summary["filled"] == 300
     assert summary["drained"] >= 300
+    assert summary["get_items"] == 70
     assert not summary["timed_out"]
+
+
+def test_rss_mode_samples_every_node_at_each_mark(tmp_path: Path) -> None:
+    out = tmp_path / "rss.jsonl"
+    r = pxq(
+        "bench",
+        "--start-cluster",
+        "--rss",
+        "200,600",
+        "--inflight",
+        "20",
+        "--no-progress",
+        "--out",
+        str(out),
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    lines = read_jsonl(out)
+    samples = [x for x in lines if x["type"] == "rss"]
+    assert [(x["mark"], x["enqueued"]) for x in samples] == [(0, 0), (200, 200), (600, 600)]
+    summary = next(x for x in lines if x["type"] == "summary")
+    for x in samples:
+        assert set(x["nodes"]) == set(summary["node_pids"])
+        assert all(v["RssAnon"] > 0 for v in x["nodes"].values())
+    assert summary["mode"] == "rss" and summary["enqueued"] == 600 and not summary["timed_out"]
+    assert summary["from_mark"] == 200 and summary["items_between"] == 400
+    assert set(summary["rss_anon_growth_kb"]) == set(summary["node_pids"])
+    assert "RssAnon growth" in r.stderr
+
+
+def test_rss_growth_per_million_items() -> None:
+    first = {"enqueued": 100_000, "nodes": {"a": {"RssAnon": 1000}, "b": {"RssAnon": 500}}}
+    last = {
+        "enqueued": 2_100_000,
+        "nodes": {"a": {"RssAnon": 1000 + 20 * 1024}, "b": {"RssAnon": 400}, "c": {"RssAnon": 1}},
+    }
+    g = rss_growth(first, last)
+    assert g["rss_anon_growth_kb"] == {"a": 20 * 1024, "b": -100}
+    assert g["rss_anon_growth_mb_per_million"]["a"] == 10.0
+    assert g["rss_anon_growth_max_mb"] == 20.0 and g["items_between"] == 2_000_000
+    own = proc_status_kb(os.getpid())
+    assert own is not None and own["RssAnon"] > 0 and set(own) <= {"RssAnon", "RssFile", "VmHWM"}
 
 
 @pytest.mark.parametrize(
@@ -163,6 +210,10 @@ def test_drain_reports_drained_items(tmp_path: Path) -> None:
         ["bench", "--groups", "2"],
         ["bench", "--config", "missing.toml"],
         ["bench", "--start-cluster", "--drain", "10", "--inflight", "1,2"],
+        ["bench", "--start-cluster", "--get-items", "10"],
+        ["bench", "--start-cluster", "--drain", "10", "--get-items", "0"],
+        ["bench", "--start-cluster", "--rss", "500,100"],
+        ["bench", "--start-cluster", "--rss", "100", "--drain", "10"],
         ["plot"],
         ["plot", "--sweep", "missing.jsonl"],
     ],

@@ -19,6 +19,9 @@ from pxq.cli.common import EXIT_FAILED, EXIT_OK, bad_input
 INFLIGHT_MAX = 10_000
 PAYLOAD_MAX = 1_000_000
 GROUPS_MAX = 64
+GET_ITEMS_MAX = 100_000
+RSS_ITEMS_MAX = 1_000_000_000
+"""Largest --get-items (the store clamps a Get to its own ``limits.get_items_max`` anyway)."""
 
 
 def _bad_input(message: str) -> NoReturn:
@@ -126,6 +129,26 @@ class IntList(click.ParamType[tuple[int, ...]]):
     show_default=True,
     help="Drain mode: enqueue a backlog of N items, then one consumer group drains it.",
 )
+@click.option(
+    "--get-items",
+    type=click.IntRange(1, GET_ITEMS_MAX),
+    default=None,
+    help="Drain mode: items per Get (the consumer's get_items_max; default: its default, 100).",
+)
+@click.option(
+    "--rss",
+    type=IntList(1, RSS_ITEMS_MAX),
+    default=None,
+    help="RSS mode: grow a backlog (nobody consumes) through these ascending item counts and "
+    "sample every node's RssAnon at each (e.g. 100000,1000000,5000000).",
+)
+@click.option(
+    "--rss-time-max-s",
+    type=click.FloatRange(10, 24 * 3600),
+    default=900.0,
+    show_default=True,
+    help="RSS mode: bound on the whole fill; marks not reached by then are skipped.",
+)
 @click.option("--topic", default=None, help="Topic to load (default: the config's first).")
 @click.option("--group", default=None, help="Consumer group of --drain (default: the first).")
 @click.option(
@@ -159,6 +182,9 @@ def bench(
     warmup_s: float,
     max_items: int,
     drain: int,
+    get_items: int | None,
+    rss: tuple[int, ...] | None,
+    rss_time_max_s: float,
     topic: str | None,
     group: str | None,
     linger_ms: int | None,
@@ -187,6 +213,15 @@ def bench(
             )
     if drain and (len(inflight) > 1 or len(payload_bytes) > 1):
         _bad_input("--drain runs one shape: give one --inflight and one --payload-bytes")
+    if get_items is not None and not drain:
+        _bad_input("--get-items applies to --drain only")
+    if rss is not None:
+        if drain:
+            _bad_input("--rss and --drain are different modes: give one")
+        if list(rss) != sorted(set(rss)):
+            _bad_input("--rss: the item counts must be ascending and distinct")
+        if len(inflight) > 1 or len(payload_bytes) > 1:
+            _bad_input("--rss runs one shape: give one --inflight and one --payload-bytes")
     spec = BenchSpec(
         inflight=inflight,
         payload_bytes=payload_bytes,
@@ -196,6 +231,9 @@ def bench(
         warmup_s=warmup_s,
         max_items=max_items,
         drain=drain,
+        get_items=get_items,
+        rss=rss or (),
+        rss_time_max_s=rss_time_max_s,
         start_cluster=start_cluster,
         config_file=config_file,
         home=home,
@@ -229,7 +267,14 @@ def bench(
             click.echo(f"pxq bench: failed: {exc}", err=True)
             sys.exit(EXIT_FAILED)
     for s in summaries:
-        if s["mode"] == "drain":
+        if s["mode"] == "rss":
+            note(
+                f"run {s['run']}: backlog {s['enqueued']:,} items"
+                f"{' (time bound reached)' if s['timed_out'] else ''}; RssAnon growth from "
+                f"{s['from_mark']:,} items: {s['rss_anon_growth_kb']} kB "
+                f"({s['rss_anon_growth_mb_per_million']} MB per million items)"
+            )
+        elif s["mode"] == "drain":
             note(
                 f"run {s['run']}: drained {s['drained']:,} items at {s['items_s']:,.0f} items/s "
                 f"(filled at {s['fill_items_s']:,.0f}/s); CPU {s['cpu_us_per_item']} µs/item"
