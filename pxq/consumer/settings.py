@@ -46,8 +46,11 @@ class ConsumerSettings:
     redelivered in place after ``redeliver_backoff_ms``, blocking its queue, and never dropped."""
 
     # -- pulling -------------------------------------------------------------------------------
-    get_items_max: int = 100
-    """Items per Get (and so per delivery)."""
+    get_items_max: int = 1000
+    """Items per Get (and so per delivery; the store clamps it to its ``limits.get_items_max``
+    and ``get_bytes_max`` bounds it too). 1000 drains a backlog ~3x faster than 100 (126k vs
+    40k items/s measured, docs/performance.md); an application that wants smaller deliveries
+    (less to redeliver after a crash) passes ``options={"get_items_max": ...}``."""
     get_bytes_max: int = 4 * MiB
     """Payload bytes per Get."""
     poll_empty_ms: int = 10
