@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pxq.check.history import JSON, HistoryWriter
+from pxq.check.lock import value_text
 from pxq.config import ClusterConfig, loads_config
 from pxq.consumer.machine import Consumer
 from pxq.consumer.messages import Deliver, Handled, OwnedQueue
@@ -126,6 +127,8 @@ class QueueWorkload:
         self.admin_pending: dict[int, Callable[[object], None]] = {}
         self.masters: dict[int, NodeId] = {}
         self.publishes: list[tuple[int, dict[str, object]]] = []
+        self.lock_calls: dict[str, tuple[str, str]] = {}
+        """Lock calls in flight in the history: process -> (f, key)."""
 
         for node in self.replicas:
             world.add_node(node, self._store_factory)
@@ -361,6 +364,9 @@ class QueueWorkload:
         self.world.call_later(handle_ms * 1000, finish)
 
     def _on_trace(self, rec: TraceRecord) -> None:
+        if rec.kind in ("lock.attempt", "lock.outcome"):
+            self._lock_op(rec)
+            return
         if rec.kind in ("own.start", "own.stop"):
             f = dict(rec.fields)
             op = "own_start" if rec.kind == "own.start" else "own_stop"
@@ -388,6 +394,44 @@ class QueueWorkload:
             self.history.info(now, "nemesis", kind, node, group=group)
         elif node in self.producers and rec.kind == "crash":
             self._producer_crashed(node)
+
+    def _lock_op(self, rec: TraceRecord) -> None:
+        """A consumer's or scheduler's lock request attempt, in the lock workload's history
+        format (``sim/lock_workload.py``), one process per attempt, for the lock checkers."""
+        f = dict(rec.fields)
+        req_id = f.get("req_id")
+        process = f"{rec.node}.{self.world.hosts[rec.node].incarnation}.{req_id!s}"
+        now = self._now_ms()
+        raw = f.get("value")
+        value: JSON = value_text(raw) if isinstance(raw, bytes) else None
+        if rec.kind == "lock.attempt":
+            op = str(f.get("f"))
+            extra: dict[str, JSON] = {
+                k: v
+                for k, v in f.items()
+                if k in ("key", "holder", "version", "lease_ms", "through_log")
+                and isinstance(v, str | int | bool | None)
+            }
+            self.history.invoke(now, process, op, value, **extra)
+            self.lock_calls[process] = (op, str(f.get("key")))
+            return
+        call = self.lock_calls.pop(process, None)
+        if call is None:
+            return
+        op, key = call
+        kind = f.get("type")
+        if kind == "ok":
+            extra = {
+                k: v
+                for k, v in f.items()
+                if k in ("outcome", "holder", "version", "expiry_ms", "at_ms")
+                and isinstance(v, str | int | None)
+            }
+            self.history.ok(now, process, op, value, key=key, **extra)
+        elif kind == "fail":
+            self.history.fail(now, process, op, None, key=key, reason=str(f.get("reason")))
+        else:
+            self.history.info(now, process, op, None, key=key, reason=str(f.get("reason")))
 
     # -- operator: seek and dead letters --------------------------------------------------
 

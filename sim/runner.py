@@ -311,6 +311,10 @@ class _QueueSystem:
             out["rate_limit"] = check_rate_limit(ops, consumers, w.rate_items_per_s, burst)
         if "balance" in names:
             out["balance"] = self._balance()
+        if "linearizable" in names:  # the consumers' and schedulers' lock calls
+            out["linearizable"] = check_lock_linearizable(ops)
+        if "fencing" in names:
+            out["fencing"] = check_fencing(ops)
         return out
 
     def _balance(self) -> CheckResult:

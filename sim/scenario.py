@@ -85,8 +85,12 @@ QUEUE_CHECKS = (
     "failover",
     "rate_limit",
     "balance",
+    "linearizable",
+    "fencing",
 )
-OWNERSHIP_CHECKS = ("ownership", "failover", "rate_limit", "balance")
+OWNERSHIP_CHECKS = ("ownership", "failover", "rate_limit", "balance", "linearizable", "fencing")
+"""Queue checks that need consumers owning queues through the lock service (``linearizable``
+and ``fencing`` check the consumers' and schedulers' own lock calls)."""
 RANDOM_FAULT_KINDS = (
     "partition",
     "crash",
@@ -621,7 +625,9 @@ def _scenario(t: _Table) -> Scenario:
         # The ownership checks apply when consumers own queues through locks; by default only
         # ``ownership`` (and ``rate_limit`` with a rate): ``failover`` and ``balance`` have
         # bounds that only hold in the scenarios written for them.
-        extra: tuple[str, ...] = ("ownership",) if workload.ownership == "locks" else ()
+        extra: tuple[str, ...] = ()
+        if workload.ownership == "locks":
+            extra = ("ownership", "linearizable", "fencing")
         if workload.rate_items_per_s is not None:
             extra += ("rate_limit",)
         default = tuple(c for c in allowed if c not in OWNERSHIP_CHECKS) + extra
@@ -631,7 +637,7 @@ def _scenario(t: _Table) -> Scenario:
         needs = " or ".join(k for k, v in CHECKS_OF_KIND.items() if bad in v)
         raise t.error("checks", f"{bad!r} needs the {needs} workload")
     if workload.kind == "queue":
-        for name_ in ("ownership", "failover", "balance"):
+        for name_ in ("ownership", "failover", "balance", "linearizable", "fencing"):
             if name_ in checks and workload.ownership != "locks":
                 raise t.error("checks", f'{name_!r} needs [workload] ownership = "locks"')
         if "balance" in checks and not workload.schedulers:

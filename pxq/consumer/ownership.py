@@ -427,10 +427,7 @@ class Ownership:
         for q, lk in (*self._locks.items(), (None, self._member)):
             if lk.phase is _Phase.OWNED and q is None:
                 lk.phase = _Phase.RELEASING
-                if lk.call is not None:  # a renewal: release instead
-                    self.calls.cancel(lk.call)
-                    self._calls.pop(lk.call, None)
-                    lk.call = None
+                self._cancel(lk, fx)  # a renewal in flight: release instead
             if lk.phase is _Phase.RELEASING:
                 pending = True
                 if lk.call is None:
@@ -599,20 +596,21 @@ class Ownership:
         """Hand a queue back: stop it now, release its lock next."""
         fx.event("own.stop", why=why, **self._fields(q, lk))
         lk.phase = _Phase.RELEASING
-        if lk.call is not None:  # a renewal: its answer no longer matters
-            self.calls.cancel(lk.call)
-            self._calls.pop(lk.call, None)
-            lk.call = None
+        self._cancel(lk, fx)  # a renewal in flight: its answer no longer matters
         self.changed = True
 
     def _lose(self, q: QueueId, lk: _Lock, why: str, fx: EffectsBuilder) -> None:
         fx.event("own.stop", why=why, **self._fields(q, lk))
         lk.phase = _Phase.IDLE
+        self._cancel(lk, fx)
+        self.changed = True
+
+    def _cancel(self, lk: _Lock, fx: EffectsBuilder) -> None:
+        """Forget ``lk``'s call in flight (it may still take effect: recorded as unknown)."""
         if lk.call is not None:
-            self.calls.cancel(lk.call)
+            self.calls.cancel(lk.call, fx)
             self._calls.pop(lk.call, None)
             lk.call = None
-        self.changed = True
 
     def _fields(self, q: QueueId, lk: _Lock) -> dict[str, str | int]:
         return {

@@ -7,6 +7,16 @@ master of the key's group, following redirects, re-sending after timeouts and re
 errors, and the call's deadline. It holds no clock: every entry point takes ``now_ms`` (the
 machine's monotonic ms) and the ``EffectsBuilder`` its sends go to.
 
+Every *attempt* is also recorded as trace events, so the lock calls of a client machine can
+be checked like the lock workload's history (the simulator turns them into history ops in that
+format, ``sim/queue_workload.py``): ``lock.attempt`` (req_id, f, key, holder, version,
+lease_ms, value, through_log) when it is sent, and ``lock.outcome`` (req_id, type ``ok`` with
+outcome, holder, version, expiry_ms, at_ms, value; ``fail`` with a reason when it certainly
+took no effect: a redirect, a definite error; ``info`` when it may have: no answer before the
+call ended, an indefinite error, a cancel). Attempts, not calls, because a re-sent request may
+be applied twice (an ``Acquire`` re-sent after a timeout extends the lease once more); each
+application then has its own op. Listings are not recorded.
+
 Routing. A key's group is ``group_of_key(key, groups)`` (the group of its directory; a
 ``ListLocks`` goes to the group of its prefix). The believed master of a group starts at its
 preferred replica ``nodes[group % len(nodes)]`` (``PaxosConfig.preferred``'s rule, as in
@@ -113,6 +123,8 @@ class _Call:
     """Redirects followed at once since the last backoff."""
     req_ids: list[int] = field(default_factory=list)
     """The latest attempts, oldest first (at most ``REQ_IDS_KEPT_MAX``)."""
+    unsettled: set[int] = field(default_factory=set)
+    """Attempts sent whose outcome is not recorded yet (see ``lock.attempt`` events)."""
 
 
 class LockCalls:
@@ -235,11 +247,15 @@ class LockCalls:
         self._send(now_ms, c, fx)
         return handle
 
-    def cancel(self, handle: int) -> None:
-        """Forget call ``handle``: later answers to it are ignored. Unknown handles are fine."""
+    def cancel(self, handle: int, fx: EffectsBuilder | None = None) -> None:
+        """Forget call ``handle``: later answers to it are ignored. Unknown handles are fine.
+        With ``fx``, the call is recorded as ended with an unknown outcome (it may still take
+        effect)."""
         c = self._calls.pop(handle, None)
         if c is not None:
             self._forget(c)
+            if fx is not None:
+                _settle_all(c, "cancelled", fx)
 
     def on_response(
         self, now_ms: int, src: NodeId, resp: Response, fx: EffectsBuilder
@@ -252,12 +268,15 @@ class LockCalls:
         c = self._calls[handle]
         current = resp.req_id == c.req_id
         body = resp.body
+        if resp.req_id in c.unsettled:
+            c.unsettled.discard(resp.req_id)
+            _record_answer(resp.req_id, body, fx)
         match body:
             case LockOk() | LockDenied() | LockList():
                 self._router.answered(c.loc, src)
-                return self._finish(c, body)
+                return self._finish(c, body, fx)
             case LockError(definite=True, code=code) if code not in RETRYABLE_DEFINITE:
-                return self._finish(c, body)
+                return self._finish(c, body, fx)
             case LockRedirect(master=master) if current:
                 self._router.redirected(c.loc, src, master)
                 if c.redirects < REDIRECTS_AT_ONCE_MAX:
@@ -290,7 +309,7 @@ class LockCalls:
                     message=f"no final answer within the call's deadline of {c.span_ms} ms",
                     definite=False,
                 )
-                done.append(self._finish(c, answer))
+                done.append(self._finish(c, answer, fx))
             elif c.req_id is not None and now_ms >= c.attempt_deadline_ms:
                 self._router.rotate(c.loc, c.target)
                 self._send(now_ms, c, fx)
@@ -315,7 +334,14 @@ class LockCalls:
         c.req_ids.append(req_id)
         self._reqs[req_id] = c.handle
         if len(c.req_ids) > REQ_IDS_KEPT_MAX:
-            self._reqs.pop(c.req_ids.pop(0), None)
+            dropped = c.req_ids.pop(0)
+            self._reqs.pop(dropped, None)
+            if dropped in c.unsettled:
+                c.unsettled.discard(dropped)
+                fx.event("lock.outcome", req_id=dropped, type="info", reason="forgotten")
+        if not isinstance(c.body, ListLocks):
+            c.unsettled.add(req_id)
+            _record_call(req_id, c.body, fx)
         fx.send(c.target, Request(req_id=req_id, body=c.body))
         self._arm(c)
 
@@ -333,9 +359,10 @@ class LockCalls:
             due = c.deadline_ms
         self._timers.set(c.handle, due)
 
-    def _finish(self, c: _Call, answer: LockAnswer) -> tuple[int, LockAnswer]:
+    def _finish(self, c: _Call, answer: LockAnswer, fx: EffectsBuilder) -> tuple[int, LockAnswer]:
         del self._calls[c.handle]
         self._forget(c)
+        _settle_all(c, "superseded", fx)
         return c.handle, answer
 
     def _forget(self, c: _Call) -> None:
@@ -344,3 +371,90 @@ class LockCalls:
         c.req_ids.clear()
         c.req_id = None
         self._timers.set(c.handle, None)
+
+
+def _settle_all(c: _Call, reason: str, fx: EffectsBuilder) -> None:
+    """Record every attempt of ``c`` without an outcome yet as unknown (it may be applied)."""
+    for req_id in sorted(c.unsettled):
+        fx.event("lock.outcome", req_id=req_id, type="info", reason=reason)
+    c.unsettled.clear()
+
+
+def _record_call(handle: int, body: object, fx: EffectsBuilder) -> None:
+    """A ``lock.attempt`` trace event: the request of attempt ``handle`` (a req_id; listings
+    are not recorded), for the simulator's lock checkers (``pxq/check/lock.py``)."""
+    match body:
+        case Acquire(key=key, holder=holder, lease_ms=lease, expected_version=v, value=value):
+            fx.event(
+                "lock.attempt",
+                req_id=handle,
+                f="acquire",
+                key=key,
+                holder=holder,
+                version=v,
+                lease_ms=lease,
+                value=value,
+            )
+        case Renew(key=key, holder=holder, version=v, lease_ms=lease, value=value):
+            fx.event(
+                "lock.attempt",
+                req_id=handle,
+                f="renew",
+                key=key,
+                holder=holder,
+                version=v,
+                lease_ms=lease,
+                value=value,
+            )
+        case Release(key=key, holder=holder, version=v):
+            fx.event(
+                "lock.attempt",
+                req_id=handle,
+                f="release",
+                key=key,
+                holder=holder,
+                version=v,
+                lease_ms=0,
+                value=None,
+            )
+        case ReadLock(key=key, through_log=through_log):
+            fx.event(
+                "lock.attempt",
+                req_id=handle,
+                f="read",
+                key=key,
+                holder="",
+                version=None,
+                lease_ms=0,
+                value=None,
+                through_log=through_log,
+            )
+        case _:
+            pass
+
+
+def _record_answer(handle: int, answer: object, fx: EffectsBuilder) -> None:
+    """A ``lock.outcome`` trace event: what the answer to attempt ``handle`` says of it."""
+    match answer:
+        case LockOk() | LockDenied():
+            fx.event(
+                "lock.outcome",
+                req_id=handle,
+                type="ok",
+                outcome="ok" if isinstance(answer, LockOk) else "denied",
+                holder=answer.holder,
+                version=answer.version,
+                expiry_ms=answer.expiry_ms,
+                at_ms=answer.at_ms,
+                value=answer.value,
+            )
+        case LockError(definite=True, code=code):
+            fx.event("lock.outcome", req_id=handle, type="fail", reason=code)
+        case LockError(code=code):
+            fx.event("lock.outcome", req_id=handle, type="info", reason=code)
+        case LockRedirect():
+            fx.event("lock.outcome", req_id=handle, type="fail", reason="redirect")
+        case LockList():
+            pass
+        case _:
+            fx.event("lock.outcome", req_id=handle, type="info", reason="unexpected answer")
