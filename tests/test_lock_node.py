@@ -734,7 +734,7 @@ def test_a_lock_scenario_refuses_checks_of_other_workloads() -> None:
             'version = 1\nname = "x"\nduration_ms = 10\nchecks = ["no_loss"]\n'
             '[workload]\nkind = "lock"\n'
         )
-    with pytest.raises(scenario.ScenarioError, match="'fencing' needs the lock workload"):
+    with pytest.raises(scenario.ScenarioError, match="'fencing' needs the queue or lock workload"):
         scenario.loads('version = 1\nname = "x"\nduration_ms = 10\nchecks = ["fencing"]\n')
     with pytest.raises(scenario.ScenarioError, match=r"workload\.keys"):
         scenario.loads(

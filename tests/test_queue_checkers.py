@@ -783,6 +783,27 @@ def test_retry_flow_catches_an_item_dropped_without_retry_levels() -> None:
     assert result.details["dropped-at-last-level"] == 0
 
 
+def test_retry_flow_excuses_a_failure_after_another_owner_handled_the_item() -> None:
+    """swarm-consumers seed 47 (at e3a0d3e): one owner handled the item; its commit landed
+    after the next owner read the cursor; the next owner's redelivery failed and its Retry
+    was refused (below the cursor): the group did handle the item."""
+    h = H()
+    h.enqueue("a", 0)
+    h.deliver("g", "a", 0)
+    h.handle("g", "a", 0)  # the first owner: success
+    h.deliver("g", "a", 0)  # the next owner, after a handover
+    h.handle("g", "a", 0, "fail")
+    result = check_retry_flow(h.ops, {"g": 1})
+    assert result.ok, result.summary
+    assert result.details["failed-after-success"] == 1
+    # Without the success, the same failure is a dropped item.
+    g = H()
+    g.enqueue("a", 0)
+    g.deliver("g", "a", 0)
+    g.handle("g", "a", 0, "fail")
+    assert check_retry_flow(g.ops, {"g": 1}).details["dropped"] == 1
+
+
 def test_retry_flow_catches_a_skipped_level_and_a_retry_without_failure() -> None:
     h = H()
     h.enqueue("a", 0)
@@ -1243,8 +1264,21 @@ def test_each_mutation_of_a_valid_history_trips_the_right_checker(
         result = check_replay(mutated, group_kinds=run.group_kinds)
         assert not result.ok and result.details["missing-offsets"] == 1, result.summary
     else:
+        # Items that failed on the base topic before g2 ever handled them successfully (a
+        # failure after a success may be passed over: see check_retry_flow).
+        first_ok: dict[str, int] = {}
+        for h in history.handlings:
+            if h.group == "g2" and not h.failed:
+                first_ok.setdefault(h.msg_id, h.index)
         failed = sorted(
-            {h.msg_id for h in history.handlings if h.group == "g2" and h.failed and h.topic == T}
+            {
+                h.msg_id
+                for h in history.handlings
+                if h.group == "g2"
+                and h.failed
+                and h.topic == T
+                and first_ok.get(h.msg_id, h.index + 1) > h.index
+            }
         )
         assume(failed)
         msg = data.draw(st.sampled_from(failed))

@@ -1156,7 +1156,11 @@ def check_retry_flow(
       not n;
     - ``dropped``: the item's last event is a handler failure outside the dead-letter topic:
       it was never delivered again (``dropped-at-last-level`` counts those that failed on the
-      group's last retry level).
+      group's last retry level), and no handler of the group succeeded on it before. (A
+      redelivery of an item that a previous owner of the queue already handled successfully
+      may fail and then be passed over: that owner's commit moved the cursor past it, and the
+      store refuses to move an item below the cursor; the group did handle it:
+      ``failed-after-success`` counts those.)
 
     Deliveries from other groups' derived topics are left to ``check_total_queue``.
     """
@@ -1230,8 +1234,16 @@ def check_retry_flow(
                     "failed_level": failed.level,
                 }
             )
+    first_success: dict[tuple[str, str], int] = {}
+    for h in history.handlings:
+        if not h.failed:
+            first_success.setdefault((h.group, h.msg_id), h.index)
+    after_success = 0
     for (group, msg_id), failed in sorted(pending.items()):
         if failed.level == DEAD_LETTER:
+            continue
+        if first_success.get((group, msg_id), failed.index) < failed.index:
+            after_success += 1
             continue
         last = failed.level == retries_per_group.get(group)
         dropped_last += last
@@ -1264,5 +1276,6 @@ def check_retry_flow(
             "redelivered-in-place": in_place,
             "dead-letter-deliveries": dead_lettered,
             "dropped-at-last-level": dropped_last,
+            "failed-after-success": after_success,
         },
     )

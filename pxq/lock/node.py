@@ -1,8 +1,10 @@
 """``LockNode``: one replica of the lock service, a ``Node`` that serves the lock client API.
 
-It composes a ``pxq.paxos.replica.Replica`` whose groups apply ``LockTable`` state machines
-(one per Paxos group; a key lives in group ``group_of_key(key, groups)``, the group of its
-directory), and owns only what sits around the log:
+It is a ``pxq.paxos.service.ReplicatedService`` whose replica's groups apply ``LockTable``
+state machines (one per Paxos group; a key lives in group ``group_of_key(key, groups)``, the
+group of its directory): the service owns the ``Node`` protocol, the inner calls to the
+replica, the per-group ticks and the translation of the replica's answers. This module owns
+only what is the lock service's:
 
 * validation of client requests (empty or too long key or holder, a lease outside
   1..``LEASE_MS_MAX``, a negative version, a value over ``VALUE_BYTES_MAX``, a ``ListLocks``
@@ -12,10 +14,10 @@ directory), and owns only what sits around the log:
 * encoding of ``Acquire`` / ``Renew`` / ``Release`` / ``ReadLock(through_log=True)`` /
   ``ListLocks(through_log=True)`` into commands stamped with this master's *term clock* (the
   proposer's time travels inside the command, so replicas never read a clock while applying;
-  see "Time across masters" below), proposed to the key's (or the listed directory's) group, and the
-  translation of the replica's answers: ``ProposeOk`` -> the state machine's ``LockOk`` /
-  ``LockDenied`` / ``LockList`` (or its ``LockError``), ``Redirect`` -> ``LockRedirect``,
-  ``ProposeRejected`` -> a definite ``LockError``, ``ProposeUnknown`` ->
+  see "Time across masters" below), proposed to the key's (or the listed directory's) group;
+  the service translates the replica's answers: ``ProposeOk`` -> the state machine's
+  ``LockOk`` / ``LockDenied`` / ``LockList`` (or its ``LockError``), ``Redirect`` ->
+  ``LockRedirect``, ``ProposeRejected`` -> a definite ``LockError``, ``ProposeUnknown`` ->
   ``LockError("unknown", definite=False)``;
 * local reads (``ReadLock`` and ``ListLocks`` with ``through_log=False``), served by the
   lease holder of the group from applied state **as of the group's time** (the time of the
@@ -26,8 +28,10 @@ directory), and owns only what sits around the log:
   freed by a cleanup command, which advances the group's time (below), so a local read sees
   an expiry at most one ``cleanup_tick_ms`` plus one round trip late. Reads that must
   reflect the master's clock go through the log;
-* cleanup: every ``cleanup_tick_ms`` (staggered over the groups) the master of each group
-  proposes a ``CleanupCmd`` if its table says one would free an expired entry.
+* cleanup: every ``cleanup_tick_ms`` (the service's tick, staggered over the groups) the
+  master of each group proposes a ``CleanupCmd`` stamped with its term clock, if its table
+  says one would free an expired entry. Every due group's term clock is read, even when no
+  cleanup is proposed.
 
 Time across masters. Leases are judged by the log's time, which each master advances with
 its stamps. Wall clocks of different replicas disagree (skew), and a new master whose wall
@@ -45,32 +49,16 @@ than the master that granted it would have ended it (up to clock drift and the c
 which the holders' margin covers). Skew between lock replicas then only makes leases last
 longer, never shorter.
 
-One input drives at most one step of the replica (the driver applies writes between steps,
-and the replica relies on it). A cleanup that falls due while the replica's own timer is due
-waits for the next (immediate) ``Wake``.
+One input drives at most one step of the replica (see ``pxq.paxos.service``): a cleanup that
+falls due while the replica's own timer is due waits for the next (immediate) ``Wake``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, assert_never
+from typing import Final, assert_never
 
 from pxq import codec
-from pxq.effects import (
-    NO_EFFECTS,
-    Boot,
-    ClientCall,
-    Effects,
-    Input,
-    InvariantViolation,
-    NodeId,
-    Now,
-    Received,
-    Reply,
-    Rng,
-    StorageView,
-    Wake,
-)
+from pxq.effects import InvariantViolation, NodeId, Now, Rng, StorageView
 from pxq.lock.commands import (
     AcquireCmd,
     CleanupCmd,
@@ -101,35 +89,19 @@ from pxq.lock.messages import (
 )
 from pxq.lock.sm import KEYS_MAX_DEFAULT, VALUES_BYTES_MAX_DEFAULT, LockTable, list_problem
 from pxq.paxos.config import PaxosConfig
-from pxq.paxos.messages import Propose, ProposeOk, ProposeRejected, ProposeUnknown, Redirect
-from pxq.paxos.replica import Replica
-
-if TYPE_CHECKING:
-    from pxq.paxos.sm import StateMachine
+from pxq.paxos.service import Answer, Proposal, ReplicatedService
 
 CLEANUP_TICK_MS_DEFAULT: Final = 500
 """How often the master of a group checks whether a cleanup would free an expired entry."""
 VERSION_MAX: Final = 2**64 - 1
 """Largest version (fencing token) a request may name: the commands carry u64 fields."""
 
-_CLEANUP: Final = -1
-"""Outer call id of an internal cleanup (its result is not answered to anyone)."""
-
-
 __all__ = ["CLEANUP_TICK_MS_DEFAULT", "VERSION_MAX", "LockNode", "directory_of", "group_of_key"]
 """``directory_of`` and ``group_of_key`` live in ``messages.py`` (clients route with them)
 and are re-exported here."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Call:
-    """A proposal in flight: whom to answer (``outer``, or ``_CLEANUP``) and its group."""
-
-    outer: int
-    group: int
-
-
-class LockNode:
+class LockNode(ReplicatedService[LockTable]):
     """A replica of the lock service; a ``pxq.effects.Node``."""
 
     def __init__(
@@ -145,76 +117,61 @@ class LockNode:
     ) -> None:
         if cleanup_tick_ms < 1:
             raise ValueError("cleanup_tick_ms must be >= 1")
-        self.node_id = node_id
         self.config = config
-        self.storage = storage
         self.keys_max = keys_max
         self.values_bytes_max = values_bytes_max
         self.cleanup_tick_ms = cleanup_tick_ms
-        self.groups = config.groups
-        self.sms: dict[int, LockTable] = {}
-        self.replica = Replica(node_id, config, storage, rng, self._make_sm)
-        self.calls: dict[int, _Call] = {}
-        self.next_inner = 1
-        self.cleanup_at: list[int] = [0] * self.groups
-        self.cleaning: list[bool] = [False] * self.groups
-        self.last_mono = 0
-        self.booted = False
+        super().__init__(node_id, config, storage, rng, tick_ms=cleanup_tick_ms)
         self.terms: dict[int, tuple[object, int, int]] = {}
         """group -> (ballot, anchor time, anchor monotonic ms) of this master's term clock."""
 
-    def _make_sm(self, group: int) -> StateMachine:
-        sm = LockTable(
+    # -- hooks of ReplicatedService -------------------------------------------------------------
+
+    def new_state_machine(self, group: int) -> LockTable:
+        return LockTable(
             self.storage, group, keys_max=self.keys_max, values_bytes_max=self.values_bytes_max
         )
-        self.sms[group] = sm
-        return sm
 
-    # -- Node protocol --------------------------------------------------------------------------
+    def tick_time_ms(self, now: Now, group: int) -> int:
+        # Every due group's term clock is read (and so anchored), as a client call would.
+        return self.stamp(now, group)
 
-    def step(self, now: Now, inp: Input) -> Effects:
-        self.last_mono = now.mono_ms
-        own: list[Reply] = []
-        fx: Effects | None = None
-        match inp:
-            case Boot():
-                self._boot(now)
-                fx = self.replica.step(now, inp)
-            case Received():
-                fx = self.replica.step(now, inp)
-            case ClientCall(call_id=call_id, request=request):
-                if not self.booted:
-                    raise InvariantViolation("the first input of an incarnation must be Boot")
-                fx = self._on_call(now, call_id, request, own)
-            case Wake():
-                fx = self._on_wake(now)
-            case _:
-                assert_never(inp)
-        if fx is None:
-            return Effects(replies=tuple(own)) if own else NO_EFFECTS
-        return self._translate(fx, own)
+    def tick_command(self, group: int, time_ms: int) -> bytes | None:
+        if not self.sms[group].cleanup_due(time_ms):
+            return None
+        return encode_command(CleanupCmd(now_ms=time_ms))
 
-    def next_deadline(self) -> int | None:
-        best = self.replica.next_deadline()
-        if self.booted:
-            tick = min(self.cleanup_at)
-            if best is None or tick < best:
-                best = tick
-        return best
+    def decode_result(self, result: bytes) -> object:
+        try:
+            decoded = codec.decode(result)
+        except codec.CodecError as exc:
+            raise InvariantViolation(f"undecodable lock table result: {exc}") from exc
+        if not isinstance(decoded, LockOk | LockDenied | LockList | LockError):
+            raise InvariantViolation(f"unexpected lock table result {type(decoded).__name__}")
+        return decoded
+
+    def redirect_response(self, master: NodeId | None) -> LockRedirect:
+        return LockRedirect(master=master)
+
+    def error_response(self, code: str, message: str, *, definite: bool) -> LockError:
+        return LockError(code=code, message=message, definite=definite)
+
+    def plan_request(self, now: Now, request: object) -> Answer | Proposal:
+        cmd = self._command(now, request)
+        if isinstance(cmd, LockError):
+            return Answer(response=cmd)
+        if isinstance(cmd, ReadLock):  # a local read
+            return Answer(response=self._local_read(now, cmd.key))
+        if isinstance(cmd, ListLocks):  # a local listing
+            return Answer(response=self._local_list(now, cmd))
+        value = encode_command(cmd)
+        if len(value) > self.config.value_bytes_max:
+            return Answer(
+                response=_bad("too_large", f"command of {len(value)} bytes over the limit")
+            )
+        return Proposal(group=self.group_of(_key_of(cmd)), value=value)
 
     # -- queries --------------------------------------------------------------------------------
-
-    def is_master(self, group: int, now: Now) -> bool:
-        return self.replica.is_master(group, now)
-
-    def master_of(self, group: int) -> NodeId | None:
-        return self.replica.master_of(group)
-
-    def applied(self, group: int) -> int:
-        return self.replica.applied(group)
-
-    def state_machine(self, group: int) -> LockTable:
-        return self.sms[group]
 
     def group_of(self, key: str) -> int:
         return group_of_key(key, self.groups)
@@ -243,74 +200,19 @@ class LockNode:
         self.terms[group] = term
         return min(wall, clock)
 
-    # -- inputs ---------------------------------------------------------------------------------
-
-    def _boot(self, now: Now) -> None:
-        # A new incarnation forgets every call: the driver never answers them.
-        self.calls.clear()
-        self.sms.clear()
-        tick = self.cleanup_tick_ms
-        self.cleanup_at = [now.mono_ms + tick * (g + 1) // self.groups for g in range(self.groups)]
-        self.cleaning = [False] * self.groups
-        self.booted = True
-
-    def _on_wake(self, now: Now) -> Effects | None:
-        t = now.mono_ms
-        due = self.replica.next_deadline()
-        if due is not None and due <= t:
-            return self.replica.step(now, Wake())
-        for g in range(self.groups):
-            if self.cleanup_at[g] > t:
-                continue
-            self.cleanup_at[g] = t + self.cleanup_tick_ms
-            wall = self.stamp(now, g)
-            if (
-                not self.cleaning[g]
-                and self.replica.is_master(g, now)
-                and self.sms[g].cleanup_due(wall)
-            ):
-                self.cleaning[g] = True
-                inner = self._new_call(_Call(outer=_CLEANUP, group=g))
-                # One proposal per step: other due groups wait for the next (immediate) Wake.
-                return self._submit(now, inner, g, encode_command(CleanupCmd(now_ms=wall)))
-        return None
-
-    def _on_call(self, now: Now, call_id: int, request: object, own: list[Reply]) -> Effects | None:
-        cmd = self._command(now, request)
-        if isinstance(cmd, LockError):
-            own.append(Reply(call_id=call_id, response=cmd))
-            return None
-        if isinstance(cmd, ReadLock):  # a local read
-            own.append(Reply(call_id=call_id, response=self._local_read(now, cmd.key)))
-            return None
-        if isinstance(cmd, ListLocks):  # a local listing
-            own.append(Reply(call_id=call_id, response=self._local_list(now, cmd)))
-            return None
-        value = encode_command(cmd)
-        if len(value) > self.config.value_bytes_max:
-            own.append(
-                Reply(
-                    call_id=call_id,
-                    response=_bad("too_large", f"command of {len(value)} bytes over the limit"),
-                )
-            )
-            return None
-        group = self.group_of(_key_of(cmd))
-        return self._submit(now, self._new_call(_Call(outer=call_id, group=group)), group, value)
+    # -- local reads ----------------------------------------------------------------------------
 
     def _local_read(self, now: Now, key: str) -> LockOk | LockRedirect:
         group = self.group_of(key)
         if not self.replica.is_master(group, now):
-            master = self.replica.master_of(group)
-            return LockRedirect(master=None if master == self.node_id else master)
+            return LockRedirect(master=self.master_hint(group))
         # As of the group's time (see the module docstring): 0 never raises it.
         return self.sms[group].read(key, 0)
 
     def _local_list(self, now: Now, req: ListLocks) -> LockList | LockRedirect:
         group = self.group_of(req.prefix)
         if not self.replica.is_master(group, now):
-            master = self.replica.master_of(group)
-            return LockRedirect(master=None if master == self.node_id else master)
+            return LockRedirect(master=self.master_hint(group))
         # As of the group's time, as for a local read.
         return self.sms[group].list_dir(req.prefix, req.entries_max, req.start_after, 0)
 
@@ -391,34 +293,6 @@ class LockNode:
             case _:
                 return _bad("bad_request", f"not a lock request: {type(request).__name__}")
 
-    # -- proposals ------------------------------------------------------------------------------
-
-    def _new_call(self, call: _Call) -> int:
-        inner = self.next_inner
-        self.next_inner += 1
-        self.calls[inner] = call
-        return inner
-
-    def _submit(self, now: Now, inner: int, group: int, value: bytes) -> Effects:
-        return self.replica.step(
-            now, ClientCall(call_id=inner, request=Propose(group=group, value=value))
-        )
-
-    def _translate(self, fx: Effects, own: list[Reply]) -> Effects:
-        """The replica's effects with its replies rewritten into lock responses."""
-        if not fx.replies and not own:
-            return fx
-        replies = list(own)
-        for r in fx.replies:
-            call = self.calls.pop(r.call_id, None)
-            if call is None:
-                raise InvariantViolation(f"the replica answered unknown call {r.call_id}")
-            if call.outer == _CLEANUP:
-                self.cleaning[call.group] = False
-                continue
-            replies.append(Reply(call_id=call.outer, response=_response(r.response)))
-        return Effects(writes=fx.writes, sends=fx.sends, replies=tuple(replies), trace=fx.trace)
-
 
 CATCH_UP_DIV: Final = 64
 """A master's term clock runs this much faster than its monotonic clock (1/64, ~1.6 %) while
@@ -482,25 +356,3 @@ def _key_of(cmd: Command) -> str:
             raise InvariantViolation("a cleanup has no key")
         case _:
             assert_never(cmd)
-
-
-def _response(answer: object) -> object:
-    """A lock response for the replica's answer to one proposal."""
-    match answer:
-        case ProposeOk(result=result):
-            try:
-                decoded = codec.decode(result)
-            except codec.CodecError as exc:
-                raise InvariantViolation(f"undecodable lock table result: {exc}") from exc
-            if not isinstance(decoded, LockOk | LockDenied | LockList | LockError):
-                raise InvariantViolation(f"unexpected lock table result {type(decoded).__name__}")
-            return decoded
-        case Redirect(master=master):
-            return LockRedirect(master=master)
-        case ProposeRejected(reason=reason):
-            code = "too_large" if "large" in reason else "overloaded"
-            return LockError(code=code, message=reason, definite=True)
-        case ProposeUnknown(reason=reason):
-            return LockError(code="unknown", message=reason, definite=False)
-        case _:
-            raise InvariantViolation(f"unexpected replica answer {type(answer).__name__}")

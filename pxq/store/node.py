@@ -1,52 +1,38 @@
 """``StoreNode``: one replica of a store, a ``Node`` that serves the store's client API.
 
-It composes a ``pxq.paxos.replica.Replica`` whose groups apply ``QueueStore`` state machines,
-and owns only what sits around the log:
+It is a ``pxq.paxos.service.ReplicatedService`` whose replica's groups apply ``QueueStore``
+state machines: the service owns the ``Node`` protocol, the inner calls to the replica, the
+per-group ticks and the translation of the replica's answers (``ProposeOk`` -> the state
+machine's result, ``Redirect`` -> ``StoreRedirect``, ``ProposeRejected`` -> a definite
+``StoreError``, ``ProposeUnknown`` -> ``StoreError("unknown", definite=False)``). This module
+owns only what is the store's:
 
 * validation of client requests against the configuration (unknown topic or group, a queue
   that is not here, too many or too large items): answered at once with a definite
   ``StoreError``, nothing proposed;
 * encoding of the write requests (Enqueue, CommitCursor, Seek, Retry) into commands proposed
-  to the queue's Paxos group, and the translation of the replica's answers: ``ProposeOk`` ->
-  the state machine's result, ``Redirect`` -> ``StoreRedirect``, ``ProposeRejected`` -> a
-  definite ``StoreError``, ``ProposeUnknown`` -> ``StoreError("unknown", definite=False)``;
+  to the queue's Paxos group;
 * reads (``Get``), served by the lease holder of the group from applied state: the master
   answers a proposal only after applying it, and a step's reads see every earlier step's
   writes, so a Get after an ``EnqueueOk`` sees the items;
+* a Seek over every queue of a topic: it spans several groups, so it is one proposal per
+  group (the first in this step, the others from the service's outbox, one per step), and
+  their answers merge into one;
 * retention ticks: every ``retention_tick_ms`` (staggered over the groups) the master of each
   group proposes one, if its state says the tick would remove something.
 
-One input drives at most one step of the replica (the driver applies writes between steps,
-and the replica relies on it). Work that needs more replica steps (a Seek over every queue of
-a topic spans several groups; a tick while the replica's own timer is due) waits in a small
-outbox, and the node asks for an immediate ``Wake`` to drain it one proposal at a time.
+One input drives at most one step of the replica (see ``pxq.paxos.service``).
 """
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, assert_never
+from typing import Final
 
 from pxq import codec
 from pxq.config import ClusterConfig, TopicInfo
-from pxq.effects import (
-    NO_EFFECTS,
-    Boot,
-    ClientCall,
-    Effects,
-    Input,
-    InvariantViolation,
-    NodeId,
-    Now,
-    Received,
-    Reply,
-    Rng,
-    StorageView,
-    Wake,
-)
-from pxq.paxos.messages import Propose, ProposeOk, ProposeRejected, ProposeUnknown, Redirect
-from pxq.paxos.replica import Replica
+from pxq.effects import InvariantViolation, NodeId, Now, Reply, Rng, StorageView
+from pxq.paxos.service import Answer, InnerCall, Proposal, ReplicatedService
 from pxq.store.commands import (
     Command,
     CommitCmd,
@@ -69,36 +55,21 @@ from pxq.store.messages import (
 from pxq.store.records import NAME_BYTES_MAX, pack_items
 from pxq.store.sm import QueueStore
 
-if TYPE_CHECKING:
-    from pxq.paxos.sm import StateMachine
-
 SEEK_ALL_QUEUED_MAX: Final = 1
 """Seeks over all queues whose per-group proposals may wait in the outbox at once (bounds the
 outbox to this many times the group count)."""
 
-_TICK: Final = -1
-"""Outer call id of an internal retention tick (its result is not answered to anyone)."""
-
 
 @dataclass(slots=True, kw_only=True)
 class _SeekAll:
-    """A Seek over every queue of a topic: one proposal per group, one answer."""
+    """A Seek over every queue of a topic: one proposal per group, one answer (the tag of
+    each part's inner call)."""
 
-    call_id: int
     waiting: int
     results: list[object] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Call:
-    """A proposal in flight: whom to answer (``outer``), or a tick / a part of a seek."""
-
-    outer: int
-    group: int
-    seek: _SeekAll | None = None
-
-
-class StoreNode:
+class StoreNode(ReplicatedService[QueueStore]):
     """A replica of store ``store_name``; a ``pxq.effects.Node``."""
 
     def __init__(
@@ -112,119 +83,55 @@ class StoreNode:
         self.store = config.store(store_name)
         if node_id not in self.store.nodes:
             raise ValueError(f"node {node_id!r} is not a replica of store {store_name!r}")
-        self.node_id = node_id
+        if self.store.groups != self.store.paxos.groups:
+            raise ValueError(f"store {store_name!r}: groups differ from its Paxos groups")
         self.config = config
-        self.storage = storage
-        self.groups = self.store.groups
-        self.sms: dict[int, QueueStore] = {}
-        self.replica = Replica(node_id, self.store.paxos, storage, rng, self._make_sm)
-        self.calls: dict[int, _Call] = {}
-        self.outbox: deque[tuple[int, int, bytes]] = deque()
-        self.next_inner = 1
-        self.tick_at: list[int] = [0] * self.groups
-        self.ticking: list[bool] = [False] * self.groups
-        self.last_mono = 0
-        self.booted = False
+        super().__init__(
+            node_id, self.store.paxos, storage, rng, tick_ms=self.store.retention_tick_ms
+        )
 
-    def _make_sm(self, group: int) -> StateMachine:
-        sm = QueueStore(self.storage, group, self.config, self.store.name)
-        self.sms[group] = sm
-        return sm
+    # -- hooks of ReplicatedService -------------------------------------------------------------
 
-    # -- Node protocol --------------------------------------------------------------------------
+    def new_state_machine(self, group: int) -> QueueStore:
+        return QueueStore(self.storage, group, self.config, self.store.name)
 
-    def step(self, now: Now, inp: Input) -> Effects:
-        self.last_mono = now.mono_ms
-        own: list[Reply] = []
-        fx: Effects | None = None
-        match inp:
-            case Boot():
-                self._boot(now)
-                fx = self.replica.step(now, inp)
-            case Received():
-                fx = self.replica.step(now, inp)
-            case ClientCall(call_id=call_id, request=request):
-                if not self.booted:
-                    raise InvariantViolation("the first input of an incarnation must be Boot")
-                fx = self._on_call(now, call_id, request, own)
-            case Wake():
-                fx = self._on_wake(now)
-            case _:
-                assert_never(inp)
+    def end_step(self) -> None:
         for sm in self.sms.values():
             sm.end_step()
-        if fx is None:
-            return Effects(replies=tuple(own)) if own else NO_EFFECTS
-        return self._translate(fx, own)
 
-    def next_deadline(self) -> int | None:
-        if self.outbox:
-            return self.last_mono  # drain at once, one proposal per step
-        best = self.replica.next_deadline()
-        if self.booted:
-            tick = min(self.tick_at)
-            if best is None or tick < best:
-                best = tick
-        return best
+    def tick_command(self, group: int, time_ms: int) -> bytes | None:
+        if not self.sms[group].retention_due(time_ms):
+            return None
+        return encode_command(TickCmd(wall_ms=time_ms))
 
-    # -- queries --------------------------------------------------------------------------------
+    def decode_result(self, result: bytes) -> object:
+        if not result:
+            return None
+        try:
+            return codec.decode(result)
+        except codec.CodecError as exc:
+            raise InvariantViolation(f"undecodable queue store result: {exc}") from exc
 
-    def is_master(self, group: int, now: Now) -> bool:
-        return self.replica.is_master(group, now)
+    def redirect_response(self, master: NodeId | None) -> StoreRedirect:
+        return StoreRedirect(master=master)
 
-    def master_of(self, group: int) -> NodeId | None:
-        return self.replica.master_of(group)
+    def error_response(self, code: str, message: str, *, definite: bool) -> StoreError:
+        return StoreError(code=code, message=message, definite=definite)
 
-    def applied(self, group: int) -> int:
-        return self.replica.applied(group)
+    def client_reply(self, call: InnerCall, response: object) -> Reply | None:
+        agg = call.tag
+        if not isinstance(agg, _SeekAll):
+            return Reply(call_id=call.outer, response=response)
+        agg.results.append(response)
+        agg.waiting -= 1
+        if agg.waiting > 0:
+            return None
+        return Reply(call_id=call.outer, response=_merge_seek(agg.results))
 
-    def state_machine(self, group: int) -> QueueStore:
-        return self.sms[group]
-
-    # -- inputs ---------------------------------------------------------------------------------
-
-    def _boot(self, now: Now) -> None:
-        # A new incarnation forgets every call: the driver never answers them.
-        self.calls.clear()
-        self.outbox.clear()
-        self.sms.clear()
-        tick = self.store.retention_tick_ms
-        # Stagger the groups' ticks over one interval.
-        self.tick_at = [now.mono_ms + tick * (g + 1) // self.groups for g in range(self.groups)]
-        self.ticking = [False] * self.groups
-        self.booted = True
-
-    def _on_wake(self, now: Now) -> Effects | None:
-        t = now.mono_ms
-        due = self.replica.next_deadline()
-        if due is not None and due <= t:
-            return self.replica.step(now, Wake())
-        if self.outbox:
-            inner, group, value = self.outbox.popleft()
-            return self._submit(now, inner, group, value)
-        for g in range(self.groups):
-            if self.tick_at[g] > t:
-                continue
-            self.tick_at[g] = t + self.store.retention_tick_ms
-            if (
-                not self.ticking[g]
-                and self.replica.is_master(g, now)
-                and self.sms[g].retention_due(_wall(now))
-            ):
-                self.ticking[g] = True
-                inner = self._new_call(_Call(outer=_TICK, group=g))
-                # One proposal per step: other due groups wait for the next (immediate) Wake.
-                return self._submit(now, inner, g, encode_command(TickCmd(wall_ms=_wall(now))))
-        return None
-
-    def _on_call(self, now: Now, call_id: int, request: object, own: list[Reply]) -> Effects | None:
-        def answer(response: object) -> None:
-            own.append(Reply(call_id=call_id, response=response))
-
+    def plan_request(self, now: Now, request: object) -> Answer | Proposal | tuple[Proposal, ...]:
         match request:
             case Get():
-                answer(self._get(now, request))
-                return None
+                return Answer(response=self._get(now, request))
             case Enqueue():
                 cmd_or_error = self._enqueue_cmd(now, request)
                 queue: int | None = request.queue
@@ -238,75 +145,33 @@ class StoreNode:
                 cmd_or_error = self._retry_cmd(now, request)
                 queue = request.queue
             case _:
-                answer(_bad("bad_request", f"not a store request: {type(request).__name__}"))
-                return None
+                return Answer(
+                    response=_bad("bad_request", f"not a store request: {type(request).__name__}")
+                )
         if isinstance(cmd_or_error, StoreError):
-            answer(cmd_or_error)
-            return None
+            return Answer(response=cmd_or_error)
         value = encode_command(cmd_or_error)
         if len(value) > self.store.paxos.value_bytes_max:
-            answer(_bad("too_large", f"request of {len(value)} bytes exceeds the value limit"))
-            return None
-        if queue is not None:
-            group = queue % self.groups
-            return self._submit(
-                now, self._new_call(_Call(outer=call_id, group=group)), group, value
+            return Answer(
+                response=_bad("too_large", f"request of {len(value)} bytes exceeds the value limit")
             )
+        if queue is not None:
+            return Proposal(group=queue % self.groups, value=value)
         # A Seek over every queue of the topic: one proposal per group holding some of them.
         seek = cmd_or_error
         if not isinstance(seek, SeekCmd):  # pragma: no cover - only Seek has no queue
             raise InvariantViolation("a request without a queue must be a Seek")
         if len(self.outbox) >= SEEK_ALL_QUEUED_MAX * self.groups:
-            answer(_bad("overloaded", "another seek over all queues is still being proposed"))
-            return None
+            return Answer(
+                response=_bad("overloaded", "another seek over all queues is still being proposed")
+            )
         info = self.config.topic(seek.topic)
         base = info.base.name if info is not None else seek.topic
         groups = [g for g in range(self.groups) if self.config.queues_of(base, self.store.name, g)]
         if not groups:
-            answer(SeekOk(topic=seek.topic, group=seek.group, positions=()))
-            return None
-        agg = _SeekAll(call_id=call_id, waiting=len(groups))
-        parts = [(self._new_call(_Call(outer=call_id, group=g, seek=agg)), g) for g in groups]
-        for inner, g in parts[1:]:
-            self.outbox.append((inner, g, value))
-        inner, g = parts[0]
-        return self._submit(now, inner, g, value)
-
-    # -- proposals ------------------------------------------------------------------------------
-
-    def _new_call(self, call: _Call) -> int:
-        inner = self.next_inner
-        self.next_inner += 1
-        self.calls[inner] = call
-        return inner
-
-    def _submit(self, now: Now, inner: int, group: int, value: bytes) -> Effects:
-        return self.replica.step(
-            now, ClientCall(call_id=inner, request=Propose(group=group, value=value))
-        )
-
-    def _translate(self, fx: Effects, own: list[Reply]) -> Effects:
-        """The replica's effects with its replies rewritten into store responses."""
-        replies = list(own)
-        for r in fx.replies:
-            call = self.calls.pop(r.call_id, None)
-            if call is None:
-                raise InvariantViolation(f"the replica answered unknown call {r.call_id}")
-            response = _response(r.response)
-            if call.outer == _TICK:
-                self.ticking[call.group] = False
-                continue
-            if call.seek is not None:
-                agg = call.seek
-                agg.results.append(response)
-                agg.waiting -= 1
-                if agg.waiting == 0:
-                    replies.append(Reply(call_id=agg.call_id, response=_merge_seek(agg.results)))
-                continue
-            replies.append(Reply(call_id=call.outer, response=response))
-        if not replies and not fx.replies:
-            return fx
-        return Effects(writes=fx.writes, sends=fx.sends, replies=tuple(replies), trace=fx.trace)
+            return Answer(response=SeekOk(topic=seek.topic, group=seek.group, positions=()))
+        agg = _SeekAll(waiting=len(groups))
+        return tuple(Proposal(group=g, value=value, tag=agg) for g in groups)
 
     # -- requests -------------------------------------------------------------------------------
 
@@ -338,12 +203,8 @@ class StoreNode:
             return _bad("bad_request", "cursor, items_max and bytes_max must be >= 0")
         group = req.queue % self.groups
         if not self.replica.is_master(group, now):
-            return StoreRedirect(master=self._master_hint(group))
+            return StoreRedirect(master=self.master_hint(group))
         return self.sms[group].get(req)
-
-    def _master_hint(self, group: int) -> str | None:
-        master = self.replica.master_of(group)
-        return None if master == self.node_id else master
 
     def _enqueue_cmd(self, now: Now, req: Enqueue) -> Command | StoreError:
         target = self._target(req.topic, None, req.queue)
@@ -440,27 +301,6 @@ def _wall(now: Now) -> int:
 
 def _bad(code: str, message: str) -> StoreError:
     return StoreError(code=code, message=message, definite=True)
-
-
-def _response(answer: object) -> object:
-    """A store response for the replica's answer to one proposal."""
-    match answer:
-        case ProposeOk(result=result):
-            if not result:
-                return None  # a tick
-            try:
-                return codec.decode(result)
-            except codec.CodecError as exc:
-                raise InvariantViolation(f"undecodable queue store result: {exc}") from exc
-        case Redirect(master=master):
-            return StoreRedirect(master=master)
-        case ProposeRejected(reason=reason):
-            code = "too_large" if "large" in reason else "overloaded"
-            return StoreError(code=code, message=reason, definite=True)
-        case ProposeUnknown(reason=reason):
-            return StoreError(code="unknown", message=reason, definite=False)
-        case _:
-            raise InvariantViolation(f"unexpected replica answer {type(answer).__name__}")
 
 
 def _merge_seek(results: list[object]) -> object:
