@@ -134,13 +134,17 @@ class Scheduler:
         return self._leader_until_ms is not None and now_ms < self._leader_until_ms
 
     def next_deadline(self) -> int | None:
-        times = [self._renew_at_ms]
+        # Only the timers that can act: a due renewal or period waits for its call in flight
+        # (whose answer is an input anyway), or the machine would be woken in a busy loop.
+        times = [] if self._leader_call is not None else [self._renew_at_ms]
         if self._leader_until_ms is not None:
-            times += [self._leader_until_ms, self._period_at_ms]
+            times.append(self._leader_until_ms)
+            if not self._list_calls and not self._read_calls:
+                times.append(self._period_at_ms)
         call = self.calls.next_deadline()
         if call is not None:
             times.append(call)
-        return min(times)
+        return min(times) if times else None
 
     def step(self, now: Now, inp: Input) -> Effects:
         fx = EffectsBuilder()
