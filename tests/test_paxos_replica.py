@@ -93,38 +93,31 @@ def test_too_large_and_overload_are_definite_rejections() -> None:
     m = c.wait_master(0)
     big = c.propose(m, 0, b"x" * 11)
     assert c.calls[big].response == ProposeRejected(group=0, reason="value too large")
-    a, b, third = (c.propose(m, 0, b"v%d" % i) for i in range(3))
-    assert c.calls[third].response == ProposeRejected(group=0, reason="overloaded")
+    # The first leaves at once (the pipeline is idle); the next two wait behind it.
+    first, a, b, fourth = (c.propose(m, 0, b"v%d" % i) for i in range(4))
+    assert c.calls[fourth].response == ProposeRejected(group=0, reason="overloaded")
     c.run(200)
-    assert ok(c, a).instance == ok(c, b).instance
+    assert ok(c, first).instance + 1 == ok(c, a).instance == ok(c, b).instance
 
 
-def test_values_are_batched_by_count() -> None:
-    c = Cluster.make(3, batch_items_max=100)
+def test_values_behind_an_instance_in_flight_are_batched_by_count() -> None:
+    c = Cluster.make(3, batch_items_max=100, batch_delay_ms=50)
     m = c.wait_master(0)
     calls = [c.propose(m, 0, b"%03d" % i) for i in range(250)]
-    c.run(100)
-    instances = [ok(c, i).instance for i in calls]
-    assert instances == [1] * 100 + [2] * 100 + [3] * 50
-    assert [ok(c, i).slot for i in calls[:3]] == [0, 1, 2]
-
-
-def test_a_partial_batch_waits_batch_delay_ms() -> None:
-    c = Cluster.make(3, batch_delay_ms=20, latency_ms=1)
-    m = c.wait_master(0)
-    call = c.propose(m, 0, b"a")
-    c.run(18)
-    assert c.calls[call].response is None
+    # The first finds the pipeline idle and leaves alone; full batches leave at once; the
+    # last 49 wait for company until instance 1 is chosen (well before the delay).
     c.run(10)
-    assert ok(c, call).instance == 1
+    instances = [ok(c, i).instance for i in calls]
+    assert instances == [1] + [2] * 100 + [3] * 100 + [4] * 49
+    assert [ok(c, i).slot for i in calls[1:4]] == [0, 1, 2]
 
 
-def test_batches_are_cut_by_bytes() -> None:
-    c = Cluster.make(3, batch_bytes_max=100, value_bytes_max=40)
+def test_values_behind_an_instance_in_flight_are_batched_by_bytes() -> None:
+    c = Cluster.make(3, batch_bytes_max=100, value_bytes_max=40, batch_delay_ms=20)
     m = c.wait_master(0)
     calls = [c.propose(m, 0, b"x" * 40) for _ in range(5)]
     c.run(50)
-    assert [ok(c, i).instance for i in calls] == [1, 1, 2, 2, 3]
+    assert [ok(c, i).instance for i in calls] == [1, 2, 2, 3, 3]
 
 
 def test_pipeline_bounds_instances_in_flight() -> None:
@@ -219,9 +212,11 @@ def test_lost_mastership_with_values_in_flight_answers_unknown_then_value_surviv
 def test_pending_values_never_sent_are_redirected_when_mastership_is_lost() -> None:
     c = Cluster.make(3, batch_delay_ms=10_000, batch_items_max=100)
     m = c.wait_master(0)
-    call = c.propose(m, 0, b"queued")
+    sent = c.propose(m, 0, b"in flight")  # the pipeline was idle: proposed at once
+    call = c.propose(m, 0, b"queued")  # waits for company behind it
     c.partition([m], [n for n in c.config.replicas if n != m])
     c.run(2000)
+    assert isinstance(c.calls[sent].response, ProposeUnknown)
     assert isinstance(c.calls[call].response, Redirect)
 
 

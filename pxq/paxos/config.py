@@ -46,14 +46,20 @@ class PaxosConfig:
     """A non-preferred master serves at least this long before handing over."""
 
     # -- batching and pipeline ----------------------------------------------------------------
+    # A value that finds the pipeline idle is proposed at once; values arriving while instances
+    # are in flight accumulate into one batch (``group.py`` explains the rule).
     batch_items_max: int = 100
     """Client values per instance."""
     batch_bytes_max: int = 1 * MiB
     """Payload bytes per instance."""
     batch_delay_ms: int = 1
-    """Longest a client value waits for its batch to fill."""
+    """Upper bound on how long a value that arrives while instances are in flight waits for
+    company; an instance being chosen or the batch filling ends the wait sooner, and a value
+    that finds the pipeline idle never waits. 0: every value is proposed at once while the
+    pipeline has room (one instance per value until it is full: least latency, most
+    messages)."""
     pipeline_max: int = 8
-    """Instances in flight (proposed, not yet chosen) per group."""
+    """Instances beyond the applied prefix (proposed, not yet applied) per group."""
     pending_max: int = 10_000
     """Client values queued per group; beyond it new values are rejected as overloaded."""
     pending_bytes_max: int = 64 * MiB

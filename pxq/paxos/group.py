@@ -9,6 +9,17 @@ apply) with the volatile roles:
 * leader: re-proposes what the promise quorum reported (no-ops for gaps), renews its lease
   with heartbeats, batches client values into instances and keeps a bounded pipeline.
 
+Batching is natural (Nagle-style): no timer runs on the idle path. A client value that finds
+the pipeline idle (no instance beyond the applied prefix) is proposed in the very step it
+arrives. Values arriving while instances are in flight accumulate into the next batch, which
+leaves (room in the pipeline permitting: at most ``pipeline_max`` instances beyond the applied
+prefix) in the step an instance is chosen, as soon as it holds ``batch_items_max`` values or
+``batch_bytes_max`` bytes, or once its oldest value has waited ``batch_delay_ms``, whichever
+comes first. The delay is only an upper bound: it lets a burst of values from different
+producers or queues share one instance instead of one instance each (fewer messages and
+applies per value), without ever serialising them behind a whole round, so the pipeline stays
+in use. ``batch_delay_ms = 0`` proposes every value at once while the pipeline has room.
+
 Only a leader that holds the lease and has applied everything up to the end of its recovery
 is *master*: it alone proposes client values and serves. Every handler takes the node's
 monotonic time ``now`` (ms) and appends its writes, sends, replies and trace events to the
@@ -253,6 +264,8 @@ class Group:
                 and self._room(self.next_instance)
                 and self.last_now < self.lease_until
             ):
+                # The batch's upper bound. (Steps that free a slot or find the pipeline idle
+                # pump at once; if some path left a due batch behind, the tick cuts it.)
                 times.append(min(self.pending[0].at + cfg.batch_delay_ms, self.lease_until))
         return min(times)
 
@@ -518,7 +531,7 @@ class Group:
         if not self.learner.mark_chosen(instance, inf.value, fx):
             raise InvariantViolation(f"group {self.group}: instance {instance} beyond horizon")
         self._advance(now, fx)
-        self._pump(now, fx)
+        self._pump(now, fx, slot_freed=True)
 
     def _heartbeat(self, now: int, fx: EffectsBuilder) -> None:
         cfg = self.config
@@ -750,6 +763,21 @@ class Group:
         """The pipeline bound: at most pipeline_max instances beyond the applied prefix."""
         return instance <= self.learner.applied + self.config.pipeline_max
 
+    def _batch_due(self, now: int, *, slot_freed: bool = False) -> bool:
+        """Whether the pending values (at least one) may leave as a batch now, room in the
+        pipeline permitting: when an instance was just chosen (``slot_freed``), when nothing
+        is in flight, when the batch is full, or once its oldest value has waited
+        ``batch_delay_ms`` (so always with ``batch_delay_ms = 0``)."""
+        cfg = self.config
+        return (
+            slot_freed
+            or cfg.batch_delay_ms == 0
+            or self.next_instance <= self.learner.applied + 1
+            or len(self.pending) >= cfg.batch_items_max
+            or self.pending_bytes >= cfg.batch_bytes_max
+            or now >= self.pending[0].at + cfg.batch_delay_ms
+        )
+
     def _can_batch(self) -> bool:
         return (
             self.role is Role.LEADER
@@ -760,8 +788,9 @@ class Group:
             and self.serving_from is not None
         )
 
-    def _pump(self, now: int, fx: EffectsBuilder) -> None:
-        """Fill the pipeline: recovery values first, then batches of client values."""
+    def _pump(self, now: int, fx: EffectsBuilder, *, slot_freed: bool = False) -> None:
+        """Fill the pipeline: recovery values first, then batches of client values.
+        ``slot_freed``: an instance was just chosen, pending values leave without waiting."""
         cfg = self.config
         learner = self.learner
         while self.role is Role.LEADER and not self.prep_active:
@@ -786,13 +815,7 @@ class Group:
             if not self.pending or not self._can_batch() or now >= self.lease_until:
                 break
             instance = self.next_instance
-            if not self._room(instance):
-                break
-            if not (
-                len(self.pending) >= cfg.batch_items_max
-                or self.pending_bytes >= cfg.batch_bytes_max
-                or now >= self.pending[0].at + cfg.batch_delay_ms
-            ):
+            if not self._room(instance) or not self._batch_due(now, slot_freed=slot_freed):
                 break
             values: list[bytes] = []
             calls: list[int] = []
@@ -882,12 +905,9 @@ class Group:
             return
         self.pending.append(_Pending(call_id=call_id, value=value, at=now))
         self.pending_bytes += len(value)
-        # A batch that is not full waits for its delay (a deadline); do not re-check per value.
-        if (
-            len(self.pending) >= cfg.batch_items_max
-            or self.pending_bytes >= cfg.batch_bytes_max
-            or cfg.batch_delay_ms == 0
-        ):
+        # Proposed at once if the pipeline is idle or the batch full (see the module docstring);
+        # otherwise it waits for an instance to be chosen or for its deadline.
+        if self._batch_due(now):
             self._pump(now, fx)
 
     # -- applying ---------------------------------------------------------------------------------

@@ -13,8 +13,14 @@ receives ``Received(src=replica, msg=Response(req_id, answer))``.
 Semantics:
 
 * **Batching.** Calls are grouped per (topic, queue), in arrival order, into batches of at
-  most ``batch_items_max`` items and ``batch_bytes_max`` key+payload bytes; a batch leaves when
-  it is full or its oldest call has waited ``linger_ms``.
+  most ``batch_items_max`` items and ``batch_bytes_max`` key+payload bytes. Batching is natural
+  (Nagle-style): a call to a queue with no batch in flight leaves at once, in the step it
+  arrives; calls arriving while the queue's batch is in flight accumulate and leave as the
+  next batch in the very step that batch is finished (if more than one batch accumulated, one
+  leaves and the rest keep waiting). So an idle queue costs no added latency and a busy one
+  sends full batches. ``linger_ms > 0`` opts into a minimum wait: a batch then leaves only
+  once it is full or its oldest call has waited ``linger_ms`` (still only with no batch of
+  its queue in flight).
 * **One batch in flight per queue.** The next batch of a queue accumulates while the previous
   one is in flight and leaves only once that one is finished (acknowledged or given up). This
   is what keeps per-queue (hence per-key) order across retries: acknowledged calls of one
@@ -240,9 +246,12 @@ class Producer:
     # -- batches -------------------------------------------------------------------------------
 
     def _ready(self, now: Now, qs: _QueueState) -> bool:
+        """Whether the queue's waiting calls (at least one) may leave, no batch being in
+        flight: at once with ``linger_ms = 0``, else when full or the oldest waited linger."""
         s = self.settings
         return (
-            len(qs.waiting) >= s.batch_items_max
+            s.linger_ms == 0
+            or len(qs.waiting) >= s.batch_items_max
             or qs.waiting_bytes >= s.batch_bytes_max
             or qs.waiting[0].arrived_ms + s.linger_ms <= now.mono_ms
         )

@@ -63,8 +63,10 @@ class ProducerSettings:
     """Topic -> number of queues. Only these topics can be produced to."""
 
     # -- batching ------------------------------------------------------------------------------
-    linger_ms: int = 2
-    """Longest a call waits for its batch to fill before the batch is sent (0: at once)."""
+    linger_ms: int = 0
+    """Opt-in minimum wait. 0 (the default): a queue's batch leaves as soon as the queue has no
+    batch in flight (calls arriving meanwhile form the next batch). > 0: it also waits until
+    it is full or its oldest call has waited this long. See ``machine.py``, "Batching"."""
     batch_items_max: int = 100
     """Items per Enqueue."""
     batch_bytes_max: int = 1 * MiB
