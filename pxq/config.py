@@ -27,7 +27,7 @@ Schema (defaults in parentheses)::
     producers_max = 10000                # producers remembered per Paxos group (LRU)
     retry_levels_max = 16                # retry levels per consumer group
     [batching]                           # the producer's client-side batching
-    linger_ms = 5
+    linger_ms = 0                        # opt-in wait; 0: a queue's batch goes when none is in flight
     items_max = 100
     bytes_max = 1048576
     [[stores]]
@@ -188,9 +188,12 @@ class Limits:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Batching:
-    """Client-side batching of the producer."""
+    """Client-side batching of the producer: a queue's items go as one batch as soon as that
+    queue has no batch in flight (what arrives meanwhile waits for the answer and goes next);
+    ``linger_ms`` > 0 makes every batch wait at least that long (bigger batches, more
+    latency)."""
 
-    linger_ms: int = 5
+    linger_ms: int = 0
     items_max: int = 100
     bytes_max: int = 1 * MIB
 

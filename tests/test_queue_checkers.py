@@ -1291,3 +1291,22 @@ def test_each_mutation_of_a_valid_history_trips_the_right_checker(
         result = check_retry_flow(mutated, run.retries)
         assert not result.ok and result.details["dropped"] == 1, result.summary
         assert check_total_queue(mutated, run.subscriptions, group_kinds=run.group_kinds).ok
+
+
+def test_queue_order_excuses_a_redelivery_after_a_new_owner_took_the_queue() -> None:
+    """swarm-consumers seed 23: an owner delivered 0..3 and was paused past its lease (no
+    own_stop); the next owner's grant restarts the queue from the committed cursor 0."""
+
+    def history(with_grant: bool) -> list[Op]:
+        h = H()
+        for i, msg in enumerate("abcd"):
+            h.enqueue(msg, i)
+        for i, msg in enumerate("abcd"):
+            h.deliver("g", msg, i)
+        if with_grant:
+            h._pair("own_start", "c0", "ok", group="g", topic=T, queue=0, token=3, holder="c0#1")
+        h.deliver("g", "a", 0)
+        return h.ops
+
+    assert check_queue_order(history(True)).ok
+    assert not check_queue_order(history(False)).ok

@@ -420,6 +420,8 @@ def lock_operations(ops: Iterable[Op]) -> list[Operation]:
         if converted is None:
             continue
         done = completion is not None and completion.type == "ok"
+        if invoke.f == "read" and not done:
+            continue  # a read of unknown outcome changed nothing and constrains nothing
         out.append(
             Operation(
                 call_index=invoke.index,

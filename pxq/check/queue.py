@@ -74,6 +74,10 @@ CONSUMER_START: Final = "consumer_start"
 OWN_STOP: Final = "own_stop"
 """A consumer gave a queue up (handover, expired or lost lock): its uncommitted deliveries
 come again from the next owner, like after a crash."""
+OWN_START: Final = "own_start"
+"""A consumer took a queue (a new lock grant): it starts from the committed cursor, so what
+the previous owner delivered without committing comes again, also when that owner was paused
+and never recorded an ``own_stop``."""
 
 _NEVER: Final = 1 << 62
 """An index after every op of any history."""
@@ -377,7 +381,7 @@ def queue_history(ops: Iterable[Op]) -> QueueHistory:
                     positions=positions,
                 )
             )
-        elif f in (CONSUMER_CRASH, CONSUMER_START, OWN_STOP):
+        elif f in (CONSUMER_CRASH, CONSUMER_START, OWN_STOP, OWN_START):
             consumer_events.append(
                 ConsumerEvent(
                     index=at,
@@ -873,7 +877,7 @@ def check_queue_order(ops: Iterable[Op], *, group_kinds: GroupKinds | None = Non
     - ``unexplained-redelivery``: on a lane, a delivery at or below the previous delivery's
       offset (going back) with no excuse since: a handler failure on the lane at that offset or
       after, a crash or start of a consumer of the group, a consumer of the group giving a
-      queue up (``own_stop``: a handover or a lost lock), a seek of the group on the lane's
+      queue up or taking one (``own_stop`` / ``own_start``: a handover, a lost lock, a grant), a seek of the group on the lane's
       topic and queue (or every queue), or a commit on the lane that failed, is indefinite or
       never completed. Each excuse explains one going-back; an ``ok`` commit invoked after it
       whose cursor passes everything delivered (for a handler failure: passes the failed offset)
