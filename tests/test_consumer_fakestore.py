@@ -116,13 +116,13 @@ class FakeStore:
         """The error for a commit or retry with a stale token or a wrong epoch, or None (and
         the token is recorded as the highest seen)."""
         k = (topic, group, queue)
-        if token < self.tokens.get(k, 0):
+        if 0 < token < self.tokens.get(k, 0):
             return StoreError(code="stale_token", message="stale")
         if epoch < self.epoch(topic, group, queue):
             return StoreError(code="stale_epoch", message="a seek since")
         if epoch > self.epoch(topic, group, queue):
             return StoreError(code="bad_request", message="epoch from the future")
-        self.tokens[k] = token
+        self.tokens[k] = max(token, self.tokens.get(k, 0))
         return None
 
     def handle(self, node: str, body: object, wall_ms: int) -> object:

@@ -923,3 +923,15 @@ def test_retention_keeps_everything_the_rule_protects(ops: list[tuple[str, int, 
             assert all(t < latest - 1000 for t in stamps[:first])
             got = d.get(topic="kept", group="g", cursor=0, items_max=1000)
             assert [i.offset for i in got.items] == list(range(first, end))
+
+
+def test_a_consumer_without_a_lock_is_not_fenced_and_does_not_lower_the_token() -> None:
+    """Token 0: queues given by the application (pxq echo, an explicit queue list). It still
+    commits after lock holders claimed the cursor, and a stale lock holder stays fenced."""
+    d = Disk()
+    d.one(enq(1, 10))
+    assert isinstance(d.one(commit(2, token=5)), CommitOk)  # a lock holder's claim
+    r = d.one(commit(4, token=0))
+    assert isinstance(r, CommitOk) and r.cursor == 4
+    assert err(d.one(commit(6, token=4))) == "stale_token"  # the floor is still 5
+    assert isinstance(d.one(commit(6, token=5)), CommitOk)

@@ -126,7 +126,8 @@ class CommitCursor:
 
     ``token`` is the fencing token of the consumer's lock on (group, queue): a commit whose
     token is lower than the highest token the store has seen for that cursor is rejected
-    (``StoreError("stale_token")``). 0 means no lock (allowed while locks are off).
+    (``StoreError("stale_token")``). 0 means a consumer without a lock (queues given by the
+    application): never fenced, and it leaves the highest token as it is.
     A cursor never moves backwards through a commit (only through a Seek).
 
     ``epoch`` is the cursor's seek epoch as reported by the ``GetOk`` that the consumer's

@@ -28,7 +28,9 @@ Semantics, beyond the client API's docstrings (``messages.py``):
   position stays: a commit or retry carries the epoch of the Get it is based on, and one
   below the cursor's epoch is ``stale_epoch`` and changes nothing, so a commit issued before a
   rewind cannot undo it. An epoch above the cursor's is ``bad_request`` (no Get reported it).
-* Commit: a token below the highest seen for the cursor is ``stale_token``; then the epoch is
+* Commit: a token below the highest seen for the cursor is ``stale_token`` (token 0 is a
+  consumer without a lock, given its queues by the application: never fenced, and it does
+  not lower the highest token seen); then the epoch is
   checked; a cursor beyond the queue's end is ``bad_cursor``; a lower cursor than the current
   one leaves it unchanged (answered with the current cursor).
 * Retry: fenced and epoch-checked like a commit (after ``bad_cursor`` for an offset beyond the
@@ -532,7 +534,7 @@ class QueueStore:
         q = self.queues.get((cmd.topic, cmd.queue))
         cursor, token, epoch = (0, 0, 0) if q is None else q.cursor_of(cmd.group)
         end = 0 if q is None else q.end
-        if cmd.token < token:
+        if 0 < cmd.token < token:
             return _error(
                 "stale_token", f"token {cmd.token} is below {token}, the highest seen here"
             )
@@ -542,8 +544,10 @@ class QueueStore:
         if cmd.cursor > end:
             return _error("bad_cursor", f"cursor {cmd.cursor} is beyond the end offset {end}")
         new = max(cursor, cmd.cursor)
-        if new != cursor or cmd.token != token:
-            self._save_cursor(self._queue(cmd.topic, cmd.queue), cmd.group, new, cmd.token, epoch)
+        if new != cursor or cmd.token > token:
+            self._save_cursor(
+                self._queue(cmd.topic, cmd.queue), cmd.group, new, max(token, cmd.token), epoch
+            )
         return _encode(CommitOk(topic=cmd.topic, group=cmd.group, queue=cmd.queue, cursor=new))
 
     def _seek(self, cmd: SeekCmd) -> bytes:
@@ -595,7 +599,7 @@ class QueueStore:
         if q is None or cmd.offset >= end:
             return _error("bad_cursor", f"offset {cmd.offset} is beyond the end offset {end}")
         cursor, token, epoch = q.cursor_of(cmd.group)
-        if cmd.token < token:
+        if 0 < cmd.token < token:
             return _error(
                 "stale_token", f"token {cmd.token} is below {token}, the highest seen here"
             )
@@ -639,7 +643,7 @@ class QueueStore:
             tq.last_ms = stamp
             self._save_queue(tq)
         new = cmd.offset + 1
-        self._save_cursor(q, cmd.group, new, cmd.token, epoch)
+        self._save_cursor(q, cmd.group, new, max(token, cmd.token), epoch)
         return _encode(
             RetryOk(
                 topic=cmd.topic,
