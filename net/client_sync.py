@@ -172,6 +172,7 @@ class Client:
         close_timeout_s: float = 5.0,
         options: Mapping[str, int] | None = None,
         name: str | None = None,
+        weight: int | None = None,
     ) -> BlockingConsumer:
         """A consumer of ``group`` (see ``AsyncClient.consumer``)."""
 
@@ -184,6 +185,7 @@ class Client:
                 close_timeout_s=close_timeout_s,
                 options=options,
                 name=name,
+                weight=weight,
             )
 
         return BlockingConsumer(self._thread.run(make()), self._thread)

@@ -336,6 +336,7 @@ class AsyncClient:
         close_timeout_s: float = 5.0,
         options: Mapping[str, int] | None = None,
         name: str | None = None,
+        weight: int | None = None,
     ) -> AsyncConsumer:
         """A consumer of ``group``: of ``topic`` (default: every topic the group subscribes
         to). Start it with ``run(handler)`` or ``batches()``; see ``net.client_consumer``.
@@ -346,7 +347,8 @@ class AsyncClient:
         running consumers through it: each queue is owned by one consumer at a time, fenced,
         spread by consistent hashing (or the scheduler), and moved on within one lease when a
         consumer dies (``name`` names this consumer among them; default: host, pid and a
-        counter). Without a lock service: every queue the group subscribes to.
+        counter; ``weight``, default ``[ownership] weight``, its share relative to the others).
+        Without a lock service: every queue the group subscribes to.
 
         ``concurrency`` bounds handler calls at once (``run``). ``options`` overrides
         ``ConsumerSettings`` fields (``get_items_max``, ``poll_empty_max_ms``,
@@ -384,7 +386,9 @@ class AsyncClient:
         if queues is None and self.config.locks is not None:
             self._consumer_count += 1
             who = name or f"{socket.gethostname()}-{os.getpid()}-{self._consumer_count}"
-            ownership = ownership_settings(self.config, group, who.replace("/", "_"), topic)
+            ownership = ownership_settings(
+                self.config, group, who.replace("/", "_"), topic, weight=weight
+            )
         consumer = AsyncConsumer(
             settings=settings,
             owned=tuple(owned),

@@ -378,3 +378,19 @@ def test_a_restarted_consumer_waits_for_its_predecessors_leases_without_spinning
     assert d.owned("a") == set(QUEUES)  # taken once the old leases expired
     tokens = {o.token for o in d.machines["a"].owned()}
     assert tokens == {2}
+
+
+def test_ownership_settings_from_the_configuration() -> None:
+    from pxq.config import default_config
+    from pxq.consumer.ownership import ownership_settings
+
+    config = default_config()
+    s = ownership_settings(config, "default", "c1")
+    assert s.queues == tuple(("events", q) for q in range(8))
+    assert s.lock_nodes == ("l0", "l1", "l2") and s.lock_groups == 1
+    assert (s.lease_ms, s.margin_ms, s.renew_ms, s.poll_ms, s.weight) == (3000, 600, 1000, 500, 1)
+    assert ownership_settings(config, "default", "c1", weight=3).weight == 3
+    import pytest
+
+    with pytest.raises(ValueError, match="consumer group named 'nope'"):
+        ownership_settings(config, "nope", "c1")

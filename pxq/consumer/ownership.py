@@ -702,12 +702,18 @@ class ConsumerProcess:
 
 
 def ownership_settings(
-    config: ClusterConfig, group: str, consumer: str, topic: str | None = None
+    config: ClusterConfig,
+    group: str,
+    consumer: str,
+    topic: str | None = None,
+    *,
+    weight: int | None = None,
 ) -> OwnershipSettings:
     """The ownership settings of consumer ``consumer`` of ``group`` (on ``topic`` only, if
     given) in a cluster with a lock service: every queue the group subscribes to, the lock
-    replicas, and the ``[ownership]`` timing. ``ValueError`` if the cluster has no lock
-    service or the group consumes nothing there."""
+    replicas, and the ``[ownership]`` timing and weight (``weight`` overrides the latter: a
+    consumer of weight 2 gets about twice the queues of one of weight 1). ``ValueError`` if
+    the cluster has no lock service or the group consumes nothing there."""
     locks = config.locks
     if locks is None:
         raise ValueError("the cluster has no lock service ([locks] in its configuration)")
@@ -731,7 +737,7 @@ def ownership_settings(
         margin_ms=o.margin_ms,
         renew_ms=o.renew_ms,
         poll_ms=o.poll_ms,
-        weight=o.weight,
+        weight=o.weight if weight is None else weight,
         use_scheduler=o.scheduler,
     )
 
