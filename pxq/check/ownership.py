@@ -35,7 +35,6 @@ from pxq.store.placement import base_topic
 QueueRef = tuple[str, str, int]
 """(group, base topic, queue)."""
 CONSUMER_FAULTS_DOWN = ("crash", "pause")
-CONSUMER_FAULTS_UP = ("restart", "resume")
 RATE_WINDOWS_MS = (100, 1000, 5000)
 FAILOVER_TIMES_MAX = 1000
 """Failover times listed in a result's details (the rest are only counted)."""

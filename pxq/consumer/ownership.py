@@ -50,10 +50,10 @@ holder) when a queue is handed to the ``Consumer`` machine, ``own.stop`` (same, 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Final, TypeAlias, assert_never
+from typing import TYPE_CHECKING, Final, assert_never
 
 import msgpack
 
@@ -240,9 +240,6 @@ class _Load:
     items: dict[QueueId, int] = field(default_factory=dict)
 
 
-_Answer: TypeAlias = object
-
-
 class Ownership:
     """The lock-side half of a consumer process (see the module docstring); pure."""
 
@@ -313,9 +310,6 @@ class Ownership:
     def share(self) -> tuple[int, int]:
         owned = sum(1 for lk in self._locks.values() if lk.phase is _Phase.OWNED)
         return (owned, max(1, self._queue_count))
-
-    def members(self) -> dict[str, int]:
-        return dict(self._members)
 
     def next_deadline(self) -> int | None:
         times = [self._poll_at_ms] if self._leaving is None and not self._poll_calls else []
@@ -502,7 +496,7 @@ class Ownership:
             lk.sent_ms = t
         return handle
 
-    def _answer(self, now: Now, handle: int, answer: _Answer, fx: EffectsBuilder) -> None:
+    def _answer(self, now: Now, handle: int, answer: object, fx: EffectsBuilder) -> None:
         if handle in self._poll_calls:
             self._poll_calls.discard(handle)
             self._calls.pop(handle, None)
@@ -570,7 +564,7 @@ class Ownership:
             case _:
                 assert_never(lk.phase)
 
-    def _on_poll(self, answer: _Answer) -> None:
+    def _on_poll(self, answer: object) -> None:
         s = self.settings
         if isinstance(answer, LockList):
             members: dict[str, int] = {}
@@ -742,12 +736,6 @@ def ownership_settings(
     )
 
 
-def ownership_queues(topics: Mapping[str, int] | Iterable[tuple[str, int]]) -> tuple[QueueId, ...]:
-    """Every (topic, queue) of ``topics`` (topic -> queue count)."""
-    items = topics.items() if isinstance(topics, Mapping) else topics
-    return tuple((t, q) for t, n in sorted(items) for q in range(n))
-
-
 __all__ = [
     "ConsumerProcess",
     "Join",
@@ -761,7 +749,6 @@ __all__ = [
     "encode_member",
     "member_dir",
     "member_key",
-    "ownership_queues",
     "ownership_settings",
     "queue_key",
 ]
