@@ -355,8 +355,10 @@ class LoadParams:
 
 
 async def _sleep_until(t: float) -> None:
-    delay = t - time.perf_counter()
-    if delay > 0:
+    """Sleep until ``time.perf_counter()`` has reached ``t``. The loop's timers may fire up to
+    its clock resolution early (and use another clock): without the loop, a per-second line
+    could be emitted while calls still finish inside its second."""
+    while (delay := t - time.perf_counter()) > 0:
         await asyncio.sleep(delay)
 
 
@@ -719,6 +721,9 @@ class BenchSpec:
     topic: str | None = None
     group: str | None = None
     linger_ms: int | None = None
+    inflight_batches: tuple[int | None, ...] = (None,)
+    """The producer's batches in flight per queue, one run per value (None: the
+    configuration's ``[batching] inflight_batches``)."""
     baselines: bool = False
     progress: bool = True
 
@@ -739,20 +744,27 @@ def _topic_and_group(
 
 
 async def run_cases(
-    target: Target, spec: BenchSpec, cases: Sequence[tuple[int, int]], emit: Emit, first_run: int
+    target: Target,
+    spec: BenchSpec,
+    cases: Sequence[tuple[int, int, int | None]],
+    emit: Emit,
+    first_run: int,
 ) -> list[Line]:
-    """Every (inflight, payload) case against ``target``; returns the summary lines."""
+    """Every (inflight, payload, inflight batches) case against ``target``; returns the
+    summary lines."""
     topic, group = _topic_and_group(target.config, spec.topic, spec.group)
     if spec.drain and group is None:
         raise ValueError(f"topic {topic!r} has no consumer group to drain with")
     watch = CpuWatch(target.node_pids)
     progress = Progress(spec.progress)
     summaries: list[Line] = []
-    producer: dict[str, int] = {}
-    if spec.linger_ms is not None:
-        producer["linger_ms"] = spec.linger_ms
     try:
-        for n, (inflight, payload) in enumerate(cases):
+        for n, (inflight, payload, batches) in enumerate(cases):
+            producer: dict[str, int] = {}
+            if spec.linger_ms is not None:
+                producer["linger_ms"] = spec.linger_ms
+            if batches is not None:
+                producer["inflight_batches_max"] = batches
             run = first_run + n
             groups = sum(s.groups for s in target.config.stores)
             tags: Line = {
@@ -761,6 +773,9 @@ async def run_cases(
                 "inflight": inflight,
                 "payload_bytes": payload,
                 "groups": groups,
+                "inflight_batches": batches
+                if batches is not None
+                else target.config.batching.inflight_batches,
             }
             params = LoadParams(
                 inflight=inflight,
@@ -833,7 +848,9 @@ async def run_cases(
 
 async def run_bench(spec: BenchSpec, emit: Emit, note: Callable[[str], None]) -> list[Line]:
     """Run ``spec``; emits every line; returns the summary lines (the pxq runs)."""
-    cases = [(i, p) for i in spec.inflight for p in spec.payload_bytes]
+    cases = [
+        (i, p, b) for i in spec.inflight for p in spec.payload_bytes for b in spec.inflight_batches
+    ]
     emit({"type": "machine", "schema": SCHEMA, **machine_info(Path(tempfile.gettempdir()))})
     summaries: list[Line] = []
     if spec.start_cluster:

@@ -7,7 +7,8 @@ every queue of the topic), and records every operation in the format the queue c
 (``pxq/check/queue.py``), as ``sim/queue_workload.py`` records a simulated run:
 
 - ``enqueue``: each producer task is a Jepsen process with one call in flight. ``invoke``
-  (``value`` = a unique msg id, ``topic``, ``queue``, ``key``), then ``ok`` with the receipt's
+  (``value`` = a unique msg id, ``topic``, ``queue``, ``key``, ``producer`` = the run id: one
+  client, one producer machine), then ``ok`` with the receipt's
   ``offset``, ``fail`` (``EnqueueFailed``: definitely not enqueued; ``reason`` = its code) or
   ``info`` (``OutcomeUnknown`` or any other client error: maybe enqueued). After an ``info``
   the task continues as a new process id. The msg id is the payload's prefix up to ``|``.
@@ -272,7 +273,12 @@ class HistoryRun:
             pad = max(0, o.value_bytes - len(msg_id) - len(SEPARATOR))
             payload = msg_id.encode() + SEPARATOR + b"." * pad
             queue = queue_of(key.encode(), self.queues)
-            extra: dict[str, JSON] = {"topic": self.topic, "queue": queue, "key": key}
+            extra: dict[str, JSON] = {
+                "topic": self.topic,
+                "queue": queue,
+                "key": key,
+                "producer": self.run_id,  # one client, one producer machine
+            }
             w = self.writer
             w.invoke(wall_ms(), process, "enqueue", msg_id, **extra)
             self.counts.invoked += 1

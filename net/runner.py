@@ -19,7 +19,10 @@ It implements the driver contract of ``pxq.effects`` the way ``sim.world.NodeHos
   holds the last write applied so far (its own, or an earlier step's that it may have read),
   and are released, in step order, only once that batch is durable; each connection's frames
   of one release go out in one write. A step with nothing undurable before it, when no
-  earlier output is still waiting, has its output released at once.
+  earlier output is still waiting, has its output released at once; so are sends marked
+  ``early`` and the replies of a step that says ``replies_early`` (the node vouches that they
+  depend on nothing undurable). A send to the node itself is stepped back into it
+  (``Received`` from itself) on the next loop iteration, never through the network.
 * Exactly one timer (``loop.call_at``) is armed at ``next_deadline()``, re-read after every
   step. Monotonic ms come from ``time.monotonic_ns() // 1_000_000`` and wall ms from
   ``time.time_ns() // 1_000_000``; the timer is armed in the loop's own clock from the
@@ -439,12 +442,22 @@ class NodeRunner:
         except Exception as exc:
             self._crash(f"node raised {type(exc).__name__}: {exc}", exc)
             return
-        if fx.sends or fx.replies:
+        sends, replies = fx.sends, fx.replies
+        early_replies = replies if fx.replies_early else ()
+        early_sends = tuple(s for s in sends if s.early) if sends else ()
+        if early_sends or early_replies:
+            # The node vouches that these depend on nothing undurable: no need to wait.
+            self._release(early_sends, early_replies)
+            if early_sends:
+                sends = tuple(s for s in sends if not s.early)
+            if early_replies:
+                replies = ()
+        if sends or replies:
             horizon = storage.horizon_seq
             if self._outbox or horizon > storage.durable_seq:
-                self._outbox.append((horizon, fx.sends, fx.replies))
+                self._outbox.append((horizon, sends, replies))
             else:
-                self._release(fx.sends, fx.replies)
+                self._release(sends, replies)
         if storage.pending or self._outbox or self._dirty_conns or self._dirty_links:
             self._schedule_turn_end()
         self._arm_timer()
@@ -681,6 +694,9 @@ class NodeRunner:
             return f"cluster {hello.cluster!r} is not {self.cluster!r}"
         if hello.node not in self._peers:
             return f"node {hello.node!r} is not a known peer"
+        if hello.node == self.node_id:
+            # Only this node speaks for itself (its own Paxos votes come back in-process).
+            return f"node {hello.node!r} is this node's own name"
         link = self._links.get(hello.node)
         if link is not None:
             link.peer_alive()

@@ -30,6 +30,7 @@ Schema (defaults in parentheses)::
     linger_ms = 0                        # opt-in wait; 0: a queue's batch goes when none is in flight
     items_max = 100
     bytes_max = 1048576
+    inflight_batches = 4                 # batches of one queue in flight at once (full ones pipeline)
     [[stores]]
     name = "store0"
     groups = 4                           # Paxos groups; queue q lives in group q mod groups
@@ -186,16 +187,22 @@ class Limits:
     """Retry levels per consumer group."""
 
 
+INFLIGHT_BATCHES_MAX = 64
+"""Largest ``[batching] inflight_batches`` accepted."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Batching:
     """Client-side batching of the producer: a queue's items go as one batch as soon as that
-    queue has no batch in flight (what arrives meanwhile waits for the answer and goes next);
-    ``linger_ms`` > 0 makes every batch wait at least that long (bigger batches, more
+    queue has no batch in flight (what arrives meanwhile waits for the answer and goes next,
+    or goes at once when it fills a batch, up to ``inflight_batches`` batches of the queue in
+    flight); ``linger_ms`` > 0 makes every batch wait at least that long (bigger batches, more
     latency)."""
 
     linger_ms: int = 0
     items_max: int = 100
     bytes_max: int = 1 * MIB
+    inflight_batches: int = 4
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -794,7 +801,7 @@ class _Parser:
         return Limits(**values)
 
     def batching(self, raw: object, limits: Limits) -> Batching:
-        d = self.table(raw, "batching", ("linger_ms", "items_max", "bytes_max"))
+        d = self.table(raw, "batching", ("linger_ms", "items_max", "bytes_max", "inflight_batches"))
         b = Batching()
         items_max = self.integer(
             d,
@@ -808,6 +815,14 @@ class _Parser:
             linger_ms=self.integer(d, "linger_ms", "batching", default=b.linger_ms, minimum=0),
             items_max=items_max,
             bytes_max=self.integer(d, "bytes_max", "batching", default=b.bytes_max, minimum=1),
+            inflight_batches=self.integer(
+                d,
+                "inflight_batches",
+                "batching",
+                default=b.inflight_batches,
+                minimum=1,
+                maximum=INFLIGHT_BATCHES_MAX,
+            ),
         )
 
     def store(self, raw: object, path: str, limits: Limits) -> StoreConfig:

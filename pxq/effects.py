@@ -140,15 +140,23 @@ Write: TypeAlias = Put | Delete | DeleteRange
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Send:
-    """A message for peer ``dst``. Released only once the step's writes are durable."""
+    """A message for peer ``dst``. Released only once the step's writes are durable, unless
+    ``early``: then the driver releases it at once (the node vouches that the message does
+    not depend on anything not yet durable, see ``Effects``).
+
+    ``dst`` may be the node itself: the driver then hands ``msg`` back to the node as
+    ``Received(src=itself)`` once released, reliably (never through the network; a crash
+    before the release drops it like any held output)."""
 
     dst: NodeId
     msg: object
+    early: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Reply:
-    """The answer to ``ClientCall(call_id)``. Released only once the step's writes are durable."""
+    """The answer to ``ClientCall(call_id)``. Released only once the step's writes are durable
+    (unless its step says ``replies_early``)."""
 
     call_id: int
     response: object
@@ -181,6 +189,17 @@ class Effects:
        in the order listed; outputs of different steps are released in step order.
     4. ``trace``: recorded at once, never delayed, never a reason to wait.
 
+    ``Send.early``: a send the node may release at once, ahead of this and earlier steps'
+    held output (a Paxos master's ``Accept``: the other replicas' votes are durable before
+    they answer, and the master counts its own vote only from a send to itself, which waits
+    for its write as usual).
+
+    ``replies_early``: the node states that this step's replies depend on nothing that is not
+    durable yet (for example, answers about values already chosen on a majority that includes
+    another replica's durable vote: applying them again after a crash gives the same answer).
+    The driver then releases the replies at once, ahead of this and earlier steps' held
+    output; the sends still wait as in 2.
+
     If a write or sync fails (an fsync error, a full disk, a checksum failure on read), the
     driver crashes the node: it never retries an fsync and never releases the step's output.
     """
@@ -189,6 +208,7 @@ class Effects:
     sends: tuple[Send, ...] = ()
     replies: tuple[Reply, ...] = ()
     trace: tuple[TraceEvent, ...] = ()
+    replies_early: bool = False
 
 
 NO_EFFECTS = Effects()
@@ -212,8 +232,8 @@ class EffectsBuilder:
     def delete_range(self, table: str, start: bytes, end: bytes) -> None:
         self.writes.append(DeleteRange(table=table, start=start, end=end))
 
-    def send(self, dst: NodeId, msg: object) -> None:
-        self.sends.append(Send(dst=dst, msg=msg))
+    def send(self, dst: NodeId, msg: object, *, early: bool = False) -> None:
+        self.sends.append(Send(dst=dst, msg=msg, early=early))
 
     def reply(self, call_id: int, response: object) -> None:
         self.replies.append(Reply(call_id=call_id, response=response))

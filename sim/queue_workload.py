@@ -16,7 +16,8 @@ go into the history as ``own_start`` / ``own_stop`` (with the fencing token and 
 for the ownership checkers (``pxq/check/ownership.py``).
 
 Every operation goes into the history in the format the queue checkers read
-(``pxq/check/queue.py``): ``enqueue`` (invoke, then ok with the offset, fail or info),
+(``pxq/check/queue.py``): ``enqueue`` (invoke, then ok with the offset, fail or info; its
+``producer`` is the producer process and incarnation, for the producer-order check),
 ``deliver`` and ``handle`` for every item a handler sees (a handler fails an item with the
 scenario's ``fail_rate``), ``seek`` for an operator's replay, and ``consumer_crash`` /
 ``consumer_start``. After the run, ``drain_dead_letters`` reads every dead-letter queue and
@@ -187,8 +188,10 @@ class QueueWorkload:
     def _producer_factory(
         self, node_id: NodeId, storage: StorageView, rng: random.Random
     ) -> Producer:
-        settings = producer_settings(self.config, request_timeout_ms=500, call_timeout_ms=5000)
-        return Producer(settings, rng, name=node_id)
+        overrides = {"request_timeout_ms": 500, "call_timeout_ms": 5000}
+        if self.scn.workload.batch_items is not None:
+            overrides["batch_items_max"] = self.scn.workload.batch_items
+        return Producer(producer_settings(self.config, **overrides), rng, name=node_id)
 
     def _consumer_factory(self, node_id: NodeId, storage: StorageView, rng: random.Random) -> Node:
         group = self.consumer_group[node_id]
@@ -270,7 +273,12 @@ class QueueWorkload:
         pad = max(0, self.scn.workload.value_bytes - len(msg_id) - 1)
         payload = msg_id.encode() + SEPARATOR + b"." * pad
         queue = queue_of(key, self.scn.workload.queues)
-        extra: dict[str, JSON] = {"topic": TOPIC, "queue": queue, "key": key.decode()}
+        extra: dict[str, JSON] = {
+            "topic": TOPIC,
+            "queue": queue,
+            "key": key.decode(),
+            "producer": f"{app.producer}.{host.incarnation}",
+        }
         self.history.invoke(self._now_ms(), app.process, "enqueue", msg_id, **extra)
         self.counts["invoke"] += 1
         app.busy = True

@@ -166,6 +166,9 @@ class WorkloadSpec:
     producers: int = 2
     concurrency: int = 4
     """Application processes per producer, each with one call in flight."""
+    batch_items: int | None = None
+    """The producers' ``batch_items_max`` (None: the configuration's). Small batches fill
+    up, so several batches of one queue are in flight at once (pipelined)."""
     queues: int = 8
     consumer_groups: int = 2
     consumers_per_group: int = 2
@@ -542,6 +545,7 @@ def _scenario(t: _Table) -> Scenario:
             kind="queue",
             producers=w.integer("producers", 2, lo=1, hi=100),
             concurrency=w.integer("concurrency", 4, lo=1, hi=100),
+            batch_items=w.integer("batch_items", None, lo=1, hi=1000),
             queues=w.integer("queues", 8, lo=1, hi=4096),
             consumer_groups=w.integer("consumer_groups", 2, lo=0, hi=16),
             consumers_per_group=w.integer("consumers_per_group", 2, lo=1, hi=64),

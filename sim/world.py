@@ -4,8 +4,10 @@
 digest. ``NodeHost`` is the simulator's driver of one node and applies the driver contract
 exactly (``pxq/effects.py``): a step's writes go to the node's disk as one batch; its sends
 and replies wait until every batch up to and including that step is durable (syncs are
-group-committed by the disk); output is released in step order; one timer per node is armed
-at ``next_deadline()``. Process faults (crash with or without power loss, restart from the
+group-committed by the disk); output is released in step order, except sends marked
+``early`` and the replies of a step that says ``replies_early`` (they leave at once); a send
+to the node itself comes back to it, after its step, without the network; one timer per node
+is armed at ``next_deadline()``. Process faults (crash with or without power loss, restart from the
 durable state alone, pause and resume) live here too.
 
 Simulated time is integer microseconds; nodes see integer milliseconds through their clocks.
@@ -216,6 +218,17 @@ class NodeHost:
                 return
         else:
             batch_id = self.disk.next_batch - 1
+        early_replies = fx.replies if fx.replies_early else ()
+        early_sends = tuple(s for s in fx.sends if s.early)
+        if early_replies or early_sends:
+            self._release(early_sends, early_replies)
+            if self.crashed:
+                return
+            fx = Effects(
+                writes=fx.writes,
+                sends=tuple(s for s in fx.sends if not s.early) if early_sends else fx.sends,
+                replies=() if early_replies else fx.replies,
+            )
         if not (fx.sends or fx.replies):
             if fx.writes:
                 self.disk.request_sync()
@@ -247,7 +260,9 @@ class NodeHost:
         net = self.world.network
         for s in sends:
             msg = s.msg
-            if isinstance(msg, Request):
+            if s.dst == self.node_id:
+                self._loop_back(msg)
+            elif isinstance(msg, Request):
                 net.send(self.node_id, s.dst, CallMsg(msg.req_id, msg.body))
             elif s.dst == HANDLER and self.handler is not None:
                 self.handler(msg)
@@ -284,6 +299,17 @@ class NodeHost:
         if token == self.timer_token and not self.crashed:
             self.armed_deadline = None
             self.step(Wake())
+
+    def _loop_back(self, msg: object) -> None:
+        """A released send to the node itself: delivered back to this incarnation (never through
+        the network), after the current step."""
+        incarnation = self.incarnation
+
+        def deliver() -> None:
+            if self.incarnation == incarnation:
+                self.receive(self.node_id, msg)
+
+        self.world.call_later(0, deliver)
 
     def local_call(self, request: object, on_reply: Callable[[object], None]) -> bool:
         """A call from inside the node's own process (no network). ``on_reply`` gets the

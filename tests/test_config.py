@@ -25,6 +25,7 @@ from pxq.lock.messages import LEASE_MS_MAX, VALUE_BYTES_MAX
 from pxq.lock.node import CLEANUP_TICK_MS_DEFAULT
 from pxq.lock.sm import KEYS_MAX_DEFAULT, VALUES_BYTES_MAX_DEFAULT
 from pxq.paxos.config import PaxosConfig
+from pxq.producer.settings import producer_settings
 from pxq.store.placement import StoreRing
 
 BASE = """
@@ -247,6 +248,15 @@ def test_batching_is_bounded_by_the_enqueue_limit() -> None:
     assert (c.batching.linger_ms, c.batching.items_max) == (0, 100)
     e = error(BASE + "[limits]\nenqueue_items_max = 10\n[batching]\nitems_max = 11\n")
     assert e.key_path == "batching.items_max"
+
+
+def test_inflight_batches_defaults_to_4_and_reaches_the_producer() -> None:
+    assert loads_config(BASE).batching.inflight_batches == 4
+    c = loads_config(DEFAULT_TOML + "[batching]\ninflight_batches = 1\n")
+    assert producer_settings(c).inflight_batches_max == 1
+    for bad in ("0", "65", '"4"'):
+        e = error(BASE + f"[batching]\ninflight_batches = {bad}\n")
+        assert e.key_path == "batching.inflight_batches"
 
 
 def test_paxos_overrides_reach_the_replica_set_configuration() -> None:

@@ -6,7 +6,8 @@ a layout at once: per-queue item lists with dense offsets, per-group cursors (mo
 fenced by tokens, checked against the cursor's seek epoch), ``Seek`` by offset of one queue
 (which moves the cursor either way and increments its epoch; ``FakeStore.seek`` applies one
 directly, as an operator would), ``Retry`` moves to retry levels and the dead-letter
-topic with the level's delay, enqueue dedupe by ``(producer, seq)``, kind filtering, and
+topic with the level's delay, enqueue dedupe by ``(producer, seq)`` (every seq remembered)
+and ordering by ``Enqueue.after`` (``out_of_order`` until that seq is appended), kind filtering, and
 mastership (a non-master replica answers ``StoreRedirect``).
 
 ``Harness`` steps one client machine: its store requests reach the fake store after
@@ -172,6 +173,8 @@ class FakeStore:
                 count=seen.count,
                 duplicate=True,
             )
+        if e.after and (e.producer, e.after) not in self.dedupe:
+            return StoreError(code="out_of_order", message=f"seq {e.after} not appended yet")
         q = self.items(e.topic, e.queue)
         first = len(q)
         for it in e.items:

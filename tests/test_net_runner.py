@@ -500,6 +500,9 @@ BAD_STREAMS = {
     "hello-of-an-unknown-node": encode_frame(
         Hello(node="zz", cluster=CLUSTER), frame_bytes_max=1024
     ),
+    "hello-claiming-the-node-itself": encode_frame(
+        Hello(node="n0", cluster=CLUSTER), frame_bytes_max=1024
+    ),
     "call-with-garbage-request": encode_frame(
         Call(req_id=1, request=b"\x01"), frame_bytes_max=1024
     ),

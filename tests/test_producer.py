@@ -1,5 +1,5 @@
-"""Producer machine against the fake store: routing, batching, one batch in flight per queue,
-idempotent retries, redirects, outcome classification, bounds."""
+"""Producer machine against the fake store: routing, batching, pipelined batches kept in order
+(``Enqueue.after``), idempotent retries, redirects, outcome classification, bounds."""
 
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ def test_only_one_batch_is_in_flight_per_queue_and_the_next_one_accumulates() ->
     h.run_until(lambda: all(c in h.replies for c in [first, *rest, other]))
     sizes = [len(e.items) for _, _, e in enqueues(h) if e.queue == queue_of(b"k", 8)]
     assert sizes == [1, 5]
-    assert peak == 2  # one per queue: the two queues overlap, one queue never does
+    assert peak == 2  # the two queues overlap; the second batch of "k" was not full: it waited
     seqs = [e.seq for _, _, e in enqueues(h)]
     assert len(set(seqs)) == len(seqs)
     assert [r.offset for c in [first, *rest] if isinstance(r := h.replies[c], Produced)] == list(
@@ -395,3 +395,46 @@ def test_lossy_network_never_duplicates_and_keeps_per_key_order(
                 r = h.replies[c]
                 assert isinstance(r, Produced)
                 assert h.store.items("t", q)[r.offset].payload == str(i).encode()
+
+
+def test_a_batch_refused_out_of_order_is_parked_and_resent_behind_its_predecessor() -> None:
+    _, h = make(batch_items_max=2, request_timeout_ms=50)
+    first = produce(h, b"k", b"0")  # batch A leaves alone
+    lost = {"n": 0}
+
+    def drop_first_attempt_of_a(node: str, body: object) -> bool:
+        if isinstance(body, Enqueue) and body.items[0].payload == b"0" and lost["n"] == 0:
+            lost["n"] = 1
+            return True
+        return False
+
+    h.drop_request = drop_first_attempt_of_a
+    rest = [produce(h, b"k", b"1"), produce(h, b"k", b"2")]  # batch B (full) leaves at once
+    h.run_until(lambda: all(c in h.replies for c in [first, *rest]))
+    sent = enqueues(h)
+    a_seq = sent[0][2].seq
+    b_sends = [(t, e) for t, _, e in sent if e.seq != a_seq]
+    a_sends = [(t, e) for t, _, e in sent if e.seq == a_seq]
+    # B was refused (A not appended yet), parked, and re-sent with every re-send of A, right
+    # behind it (A's timeout at 50 goes to the next replica, whose redirect sends both on).
+    assert len(b_sends) == len(a_sends) >= 2
+    assert all(e.after == a_seq for _, e in b_sends)
+    assert [t for t, _ in b_sends] == [t for t, _ in a_sends] and a_sends[1][0] == 50
+    assert [e.seq for _, _, e in sent] == [a_seq, b_sends[0][1].seq] * len(a_sends)
+    offsets = [r.offset for c in [first, *rest] if isinstance(r := h.replies[c], Produced)]
+    assert offsets == [0, 1, 2]
+
+
+def test_a_given_up_predecessor_lets_its_successor_go_without_after() -> None:
+    _, h = make(batch_items_max=2, request_timeout_ms=20, call_timeout_ms=100, retries_max=50)
+    doomed = produce(h, b"k", b"0")
+    a_seq = enqueues(h)[0][2].seq
+    h.drop_request = lambda node, body: isinstance(body, Enqueue) and body.seq == a_seq
+    h.run_for(30)
+    rest = [produce(h, b"k", b"1"), produce(h, b"k", b"2")]
+    h.run_until(lambda: all(c in h.replies for c in [doomed, *rest]))
+    assert isinstance(h.replies[doomed], ProduceUnknown)
+    assert [r.offset for c in rest if isinstance(r := h.replies[c], Produced)] == [0, 1]
+    b_sends = [e for _, _, e in enqueues(h) if e.seq != a_seq]
+    assert b_sends[0].after == a_seq and b_sends[-1].after == 0
+    assert [i.payload for i in h.store.items("t", queue_of(b"k", 8))] == [b"1", b"2"]

@@ -1310,3 +1310,30 @@ def test_queue_order_excuses_a_redelivery_after_a_new_owner_took_the_queue() -> 
 
     assert check_queue_order(history(True)).ok
     assert not check_queue_order(history(False)).ok
+
+
+def test_order_catches_a_producer_storing_its_acknowledged_calls_out_of_order() -> None:
+    def history(offsets: dict[str, int], producers: dict[str, str]) -> list[Op]:
+        w = HistoryWriter()
+        # Three concurrent calls invoked a, b, c (processes 1..3), completed in another order.
+        for p, msg in enumerate("abc", start=1):
+            w.invoke(p, p, "enqueue", msg, topic=T, queue=0, key=msg, producer=producers[msg])
+        for p, msg in ((2, "b"), (3, "c"), (1, "a")):
+            extra: dict[str, JSON] = {"topic": T, "queue": 0, "key": msg}
+            extra["producer"] = producers[msg]
+            if msg in offsets:
+                w.ok(9, p, "enqueue", msg, **extra, offset=offsets[msg])
+            else:
+                w.info(9, p, "enqueue", msg, **extra)
+        return w.ops
+
+    one = {"a": "p1", "b": "p1", "c": "p1"}
+    assert check_queue_order(history({"a": 0, "b": 1, "c": 2}, one)).ok
+    bad = check_queue_order(history({"a": 2, "b": 0, "c": 1}, one))
+    assert not bad.ok and bad.details["producer-order"] == 2  # b and c stored before a
+    example = _examples(bad, "producer-order")[0]
+    assert example["earlier"] == {"msg_id": "a", "offset": 2}
+    assert example["later"] == {"msg_id": "b", "offset": 0}
+    # Another producer's calls, or a call with an unknown outcome, promise nothing.
+    assert check_queue_order(history({"a": 2, "b": 0, "c": 1}, {**one, "a": "p2"})).ok
+    assert check_queue_order(history({"b": 0, "c": 1}, one)).ok

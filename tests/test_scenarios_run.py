@@ -8,9 +8,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from pxq.paxos.group import Group
+from pxq.paxos.quorum import bit, is_quorum
+from pxq.store.sm import QueueStore
 from sim import runner, scenario, swarm
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,7 +52,54 @@ def test_the_scenario_directory_holds_the_families() -> None:
         "consumer-scheduler",
         "consumer-rolling",
         "swarm-consumers",
+        "queue-pipelined-order",
+        "queue-single-replica-power-loss",
+        "queue-master-power-loss-one-follower",
     } | NEGATIVE <= names
+
+
+def test_a_master_counting_its_own_vote_before_its_write_is_durable_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Negative control of early Accepts (pxq/paxos/group.py): the master sends its Accepts
+    while its own write syncs; if it also counted its own vote at once, a value could be
+    chosen (and answered) with only one durable vote, and a power loss of the master erases
+    it. The scenario makes the master's disk slow and then takes the master's power and the
+    one follower away: the checkers must see acknowledged items vanish."""
+    scn = scenario.load(ROOT / "scenarios" / "queue-master-power-loss-one-follower.toml")
+    assert runner.run(scn, scn.seed).ok
+    propose = Group._propose
+
+    def own_vote_at_once(
+        self: Group, now: int, instance: int, value: bytes, calls: tuple[int, ...], fx: Any
+    ) -> None:
+        propose(self, now, instance, value, calls, fx)
+        inf = self.inflight.get(instance)
+        if inf is not None:
+            inf.acks |= bit(self.my_index)
+            if is_quorum(inf.acks, self.n):
+                self._instance_chosen(now, instance, fx)
+
+    monkeypatch.setattr(Group, "_propose", own_vote_at_once)
+    bad = runner.run(scn, scn.seed)
+    assert not bad.safety_ok
+    assert not bad.checks["total_queue"].ok
+
+
+def test_a_store_that_ignores_enqueue_after_is_caught_by_producer_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Negative control of the pipelined producer: with the store's ordering rule switched
+    off, batches that overtake their predecessors are stored out of order, and the
+    producer-order check of queue_order must say so."""
+    scn = scenario.load(ROOT / "scenarios" / "queue-pipelined-order.toml")
+    good = runner.run(scn, scn.seed)
+    assert good.ok and good.checks["queue_order"].details["producer-order"] == 0
+    monkeypatch.setattr(QueueStore, "_unordered", lambda self, cmd, prod: None)
+    bad = runner.run(scn, scn.seed)
+    assert not bad.safety_ok
+    violations = bad.checks["queue_order"].details["producer-order"]
+    assert isinstance(violations, int) and violations > 0
 
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])

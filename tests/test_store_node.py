@@ -10,6 +10,7 @@ requires. After every step it checks that no group has two lease holders.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass, field
 
@@ -250,6 +251,9 @@ def test_invalid_requests_fail_at_once_without_a_proposal() -> None:
         "unknown_topic"
     )
     assert answer(enqueue(queue=8, seq=1)) == "bad_queue"
+    ordered = enqueue(queue=0, seq=3)
+    for after in (3, 4, -1):  # after names an earlier batch, or is 0
+        assert answer(dataclasses.replace(ordered, after=after)) == "bad_request"
     assert answer(Enqueue(topic="events", queue=0, producer="p", seq=1, items=())) == (
         "bad_request"
     )

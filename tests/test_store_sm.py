@@ -157,10 +157,17 @@ def enq(
     wall_ms: int = 1000,
     kind: str = "",
     payload: bytes = b"x" * 10,
+    after: int = 0,
 ) -> EnqueueCmd:
     items = pack_items([(f"k{seq}.{i}".encode(), payload, kind) for i in range(n)])
     return EnqueueCmd(
-        producer=producer, seq=seq, topic=topic, queue=queue, wall_ms=wall_ms, items=items
+        producer=producer,
+        seq=seq,
+        topic=topic,
+        queue=queue,
+        wall_ms=wall_ms,
+        items=items,
+        after=after,
     )
 
 
@@ -277,6 +284,44 @@ def test_least_recently_used_producer_is_forgotten_beyond_the_limit() -> None:
     assert ok(d.one(enq(1, producer="a"))).duplicate
     assert ok(d.one(enq(1, producer="c"))).duplicate
     assert not ok(d.one(enq(1, producer="b"))).duplicate  # forgotten: appended again
+
+
+def test_a_batch_waits_for_its_after_batch() -> None:
+    d = Disk()
+    assert err(d.one(enq(2, after=1))) == "out_of_order"  # unknown producer: cannot tell
+    ok(d.one(enq(1, 2)))
+    assert err(d.one(enq(3, after=2))) == "out_of_order"  # 2 not appended yet
+    assert d.get().end_offset == 2  # the refusals appended and remembered nothing
+    b = ok(d.one(enq(2, after=1)))
+    assert (b.first_offset, b.duplicate) == (2, False)
+    assert ok(d.one(enq(3, after=2))).first_offset == 3
+    # A duplicate is answered its receipt whatever its after says.
+    assert ok(d.one(enq(3, after=2))).duplicate
+
+
+def test_an_after_batch_below_the_window_can_never_come_so_it_does_not_block() -> None:
+    d = Disk()  # dedupe_window = 4
+    for seq in range(10, 16):
+        ok(d.one(enq(seq)))
+    # 5 was never seen and 5 + 4 <= 15: it would be stale now, so it can never be appended.
+    assert not ok(d.one(enq(16, after=5))).duplicate
+    # 13 is in the window with its receipt; 14 too. An unseen 12 (window: 13..16) blocks.
+    ok(d.one(enq(17, after=13)))
+    d2 = Disk()
+    for seq in (10, 11, 14, 15):
+        ok(d2.one(enq(seq)))
+    assert err(d2.one(enq(16, after=12))) == "out_of_order"
+
+
+def test_after_travels_in_the_command_only_when_set() -> None:
+    plain, ordered = enq(5), enq(5, after=3)
+    assert len(msgpack.unpackb(encode_command(plain))) == 7  # the old shape, unchanged
+    assert len(msgpack.unpackb(encode_command(ordered))) == 8
+    assert decode_command(encode_command(plain)) == plain
+    assert decode_command(encode_command(ordered)) == ordered
+    zero = msgpack.packb([*msgpack.unpackb(encode_command(plain)), 0])
+    with pytest.raises(CommandError, match="after"):
+        decode_command(zero)
 
 
 def test_malformed_values_are_bad_requests_not_crashes() -> None:

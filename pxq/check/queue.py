@@ -8,7 +8,9 @@ The workload's history (Jepsen-style; see ``history.py``). Fields other than the
 the ops' extras; where both an invoke and its completion carry a field they must agree.
 
 - ``enqueue``: ``value`` = a unique msg id (str); ``topic`` (a base topic), ``queue`` (int),
-  ``key``, optional ``kind`` (str, default ``""``). An ``ok`` completion adds ``offset``.
+  ``key``, optional ``kind`` (str, default ``""``), optional ``producer`` (str: the producer
+  client that took the call, for the producer-order check). An ``ok`` completion adds
+  ``offset``.
   ``fail``: definitely not enqueued; ``info`` or no completion: unknown.
 - ``deliver`` (invoke + ok): a consumer handed an item to its handler. ``value`` = msg id;
   ``group``, ``topic`` (the base topic, or one of the group's retry-level or dead-letter
@@ -106,6 +108,8 @@ class EnqueueRecord:
     kind: str
     offset: int | None
     """From an ``ok`` completion; None otherwise."""
+    producer: str | None = None
+    """The producer client that took the call, if the history says."""
 
     @property
     def outcome(self) -> Outcome:
@@ -298,6 +302,7 @@ def queue_history(ops: Iterable[Op]) -> QueueHistory:
                 )
             first_enqueue_of[msg_id] = at
             kind = _merged(invoke, completion, "kind")
+            producer = _merged(invoke, completion, "producer")
             enqueues.append(
                 EnqueueRecord(
                     invoke=invoke,
@@ -309,6 +314,7 @@ def queue_history(ops: Iterable[Op]) -> QueueHistory:
                     offset=_int(_merged(invoke, completion, "offset"), at, "offset")
                     if ok
                     else None,
+                    producer=None if producer is None else _str(producer, at, "producer"),
                 )
             )
         elif f == DELIVER:
@@ -884,7 +890,11 @@ def check_queue_order(ops: Iterable[Op], *, group_kinds: GroupKinds | None = Non
       withdraws it. Deliveries that go forward again after a going-back are fine;
     - ``skip``: a delivery jumps past a required offset (see the module doc) that the group
       never got on this lane, not explained by a pending seek (whose known new cursor bounds
-      what it explains). One offender per such delivery; ``skipped-offsets`` counts offsets.
+      what it explains). One offender per such delivery; ``skipped-offsets`` counts offsets;
+    - ``producer-order``: two ``ok`` enqueues that one producer took for one queue (the
+      ``producer`` field) whose offsets are not in the order of their invokes: the producer's
+      promise (acknowledged calls of a queue are stored in the order it accepted them, across
+      pipelined batches, retries and failovers) is broken.
 
     O(n log n): one sweep in index order, interval sets for the offsets seen.
     """
@@ -907,6 +917,7 @@ def check_queue_order(ops: Iterable[Op], *, group_kinds: GroupKinds | None = Non
                     }
                 )
 
+    producer_order = _producer_order(history)
     required = _Required(history, index, group_kinds)
     crashes: dict[str, list[ConsumerEvent]] = {}
     seeks_of = _lane_seeks(history)
@@ -1016,6 +1027,7 @@ def check_queue_order(ops: Iterable[Op], *, group_kinds: GroupKinds | None = Non
             "inconsistent-offset": inconsistent,
             "unexplained-redelivery": unexplained,
             "skip": skips,
+            "producer-order": producer_order,
         },
         passed=(
             f"{len(history.deliveries)} deliveries on {len(lanes)} lanes in order; "
@@ -1031,6 +1043,31 @@ def check_queue_order(ops: Iterable[Op], *, group_kinds: GroupKinds | None = Non
             "skipped-offsets": skipped_offsets,
         },
     )
+
+
+def _producer_order(history: QueueHistory) -> Offenders:
+    """The ``producer-order`` violations: per (producer, topic, queue), ``ok`` enqueues in
+    invoke order must have increasing offsets."""
+    last: dict[tuple[str, str, int], EnqueueRecord] = {}
+    offenders = Offenders()
+    for e in history.enqueues:  # in invoke order
+        if e.producer is None or e.offset is None:
+            continue
+        k = (e.producer, e.topic, e.queue)
+        before = last.get(k)
+        if before is not None and before.offset is not None and e.offset <= before.offset:
+            offenders.add(
+                {
+                    "producer": e.producer,
+                    "topic": e.topic,
+                    "queue": e.queue,
+                    "earlier": {"msg_id": before.msg_id, "offset": before.offset},
+                    "later": {"msg_id": e.msg_id, "offset": e.offset},
+                }
+            )
+        if before is None or before.offset is None or e.offset > before.offset:
+            last[k] = e
+    return offenders
 
 
 # --------------------------------------------------------------------------------------------

@@ -158,6 +158,13 @@ class IntList(click.ParamType[tuple[int, ...]]):
     help="Producer linger (default: the configuration's [batching]).",
 )
 @click.option(
+    "--inflight-batches",
+    type=IntList(1, 64),
+    default=None,
+    help="The producer's batches in flight per queue (default: the configuration's "
+    "[batching] inflight_batches); a comma-separated list runs a sweep (1 = no pipelining).",
+)
+@click.option(
     "--baselines",
     is_flag=True,
     help="Also run C (the replication prototype) and R (Redis AOF always) now; report ratios.",
@@ -188,6 +195,7 @@ def bench(
     topic: str | None,
     group: str | None,
     linger_ms: int | None,
+    inflight_batches: tuple[int, ...] | None,
     baselines: bool,
     out: str,
     no_progress: bool,
@@ -211,8 +219,11 @@ def bench(
                 f"no cluster file at {config_file}: start one with `pxq cluster up` "
                 "or pass --start-cluster"
             )
-    if drain and (len(inflight) > 1 or len(payload_bytes) > 1):
-        _bad_input("--drain runs one shape: give one --inflight and one --payload-bytes")
+    sweeps = len(inflight) > 1 or len(payload_bytes) > 1 or len(inflight_batches or ()) > 1
+    if drain and sweeps:
+        _bad_input(
+            "--drain runs one shape: give one --inflight, --payload-bytes and --inflight-batches"
+        )
     if get_items is not None and not drain:
         _bad_input("--get-items applies to --drain only")
     if rss is not None:
@@ -220,8 +231,10 @@ def bench(
             _bad_input("--rss and --drain are different modes: give one")
         if list(rss) != sorted(set(rss)):
             _bad_input("--rss: the item counts must be ascending and distinct")
-        if len(inflight) > 1 or len(payload_bytes) > 1:
-            _bad_input("--rss runs one shape: give one --inflight and one --payload-bytes")
+        if sweeps:
+            _bad_input(
+                "--rss runs one shape: give one --inflight, --payload-bytes and --inflight-batches"
+            )
     spec = BenchSpec(
         inflight=inflight,
         payload_bytes=payload_bytes,
@@ -240,6 +253,7 @@ def bench(
         topic=topic,
         group=group,
         linger_ms=linger_ms,
+        inflight_batches=inflight_batches or (None,),
         baselines=baselines,
         progress=not no_progress,
     )

@@ -20,6 +20,14 @@ producers or queues share one instance instead of one instance each (fewer messa
 applies per value), without ever serialising them behind a whole round, so the pipeline stays
 in use. ``batch_delay_ms = 0`` proposes every value at once while the pipeline has room.
 
+Early Accepts: a leader sends its ``Accept`` messages in the step that writes its own accept,
+marked ``early`` (``pxq.effects.Send``), so the followers' writes overlap its own. Its own vote
+is not counted then: it sends an ``Accepted`` to itself, which the driver releases only once
+that write is durable, like any output. A value is thus chosen only by durable votes, and a
+follower's vote is durable before it leaves. The Accept is safe to release early because the
+leader's ballot rests on promises that were durable before its Prepare left, and a value
+accepted by followers but never by the leader is ordinary Paxos.
+
 Only a leader that holds the lease and has applied everything up to the end of its recovery
 is *master*: it alone proposes client values and serves. Every handler takes the node's
 monotonic time ``now`` (ms) and appends its writes, sends, replies and trace events to the
@@ -347,7 +355,7 @@ class Group:
             )
             for i, peer in enumerate(self.config.replicas):
                 if peer != self.me and not inf.acks & bit(i):
-                    fx.send(peer, msg)
+                    fx.send(peer, msg, early=True)
         self._pump(now, fx)
 
     def _give_up_at(self) -> int:
@@ -848,7 +856,10 @@ class Group:
             raise InvariantViolation(f"group {self.group}: leader's own acceptor refused")
         if calls:
             self.waiting[instance] = _Waiting(value=value, calls=calls)
-        inf = _Inflight(value=value, acks=bit(self.my_index), sent_at=now, first_sent_at=now)
+        # The own vote counts only once the accept just written is durable: it comes back as
+        # an Accepted sent to this node, which the driver holds like any output. So the
+        # Accepts may leave at once, while that write syncs (see "Early Accepts" above).
+        inf = _Inflight(value=value, acks=0, sent_at=now, first_sent_at=now)
         self.inflight[instance] = inf
         msg = Accept(
             group=self.group,
@@ -858,9 +869,18 @@ class Group:
             commit=self.learner.applied,
         )
         for peer in self.peers:
-            fx.send(peer, msg)
-        if is_quorum(inf.acks, self.n):
-            self._instance_chosen(now, instance, fx)
+            fx.send(peer, msg, early=True)
+        fx.send(
+            self.me,
+            Accepted(
+                group=self.group,
+                ballot=self.ballot,
+                instance=instance,
+                ok=True,
+                promised=self.ballot,
+                applied=self.learner.applied,
+            ),
+        )
 
     def _next_window(self, now: int, fx: EffectsBuilder) -> None:
         """Recovery continues: promise the next window with the same ballot."""

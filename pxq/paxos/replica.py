@@ -164,7 +164,8 @@ class Replica:
         self.booted = True
 
     def _on_received(self, t: int, src: NodeId, msg: object, fx: EffectsBuilder) -> None:
-        if src not in self.config.replicas or src == self.node_id:
+        if src not in self.config.replicas or (src == self.node_id and type(msg) is not Accepted):
+            # From itself only the leader's own vote (see group.py, "Early Accepts").
             fx.event("dropped", reason="unknown source", source=src)
             return
         if not isinstance(msg, _PEER_TYPES):

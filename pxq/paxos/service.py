@@ -31,6 +31,14 @@ that fans out over several groups; further due ticks) waits for the next ``Wake`
 
 A new incarnation (``Boot``) forgets every call (the driver never answers them), the outbox
 and the state machines (the replica rebuilds them), and restarts the tick schedule.
+
+Replies: every step says ``replies_early`` (``pxq.effects``), so the driver does not hold the
+service's replies until the step's writes are durable. What a reply can say is safe without
+that: an error or a redirect promises nothing; a proposal's result, or a read of applied
+state, is about values chosen by a majority of durable votes (every replica, this one
+included, casts its vote only once its accept is durable: see ``group.py``, "Early Accepts"),
+so the value survives any crash, and re-applying the log gives the same result; the step's
+own writes (the chosen mark, the state machine's changes) are derived from the log.
 """
 
 from __future__ import annotations
@@ -187,7 +195,7 @@ class ReplicatedService(ABC, Generic[SM]):
                 assert_never(inp)
         self.end_step()
         if fx is None:
-            return Effects(replies=tuple(own)) if own else NO_EFFECTS
+            return Effects(replies=tuple(own), replies_early=True) if own else NO_EFFECTS
         return self._translate(fx, own)
 
     def next_deadline(self) -> int | None:
@@ -302,7 +310,13 @@ class ReplicatedService(ABC, Generic[SM]):
             reply = self.client_reply(call, self._outcome(r.response))
             if reply is not None:
                 replies.append(reply)
-        return Effects(writes=fx.writes, sends=fx.sends, replies=tuple(replies), trace=fx.trace)
+        return Effects(
+            writes=fx.writes,
+            sends=fx.sends,
+            replies=tuple(replies),
+            trace=fx.trace,
+            replies_early=True,
+        )
 
     def _outcome(self, answer: object) -> object:
         """The service's response for the replica's answer to one proposal."""

@@ -15,16 +15,19 @@ Semantics:
 * **Batching.** Calls are grouped per (topic, queue), in arrival order, into batches of at
   most ``batch_items_max`` items and ``batch_bytes_max`` key+payload bytes. Batching is natural
   (Nagle-style): a call to a queue with no batch in flight leaves at once, in the step it
-  arrives; calls arriving while the queue's batch is in flight accumulate and leave as the
-  next batch in the very step that batch is finished (if more than one batch accumulated, one
-  leaves and the rest keep waiting). So an idle queue costs no added latency and a busy one
-  sends full batches. ``linger_ms > 0`` opts into a minimum wait: a batch then leaves only
-  once it is full or its oldest call has waited ``linger_ms`` (still only with no batch of
-  its queue in flight).
-* **One batch in flight per queue.** The next batch of a queue accumulates while the previous
-  one is in flight and leaves only once that one is finished (acknowledged or given up). This
-  is what keeps per-queue (hence per-key) order across retries: acknowledged calls of one
-  queue get increasing offsets in the order they were accepted by the producer.
+  arrives; calls arriving while the queue has batches in flight accumulate, and leave as the
+  next batch in the step the last of those is finished, or as soon as they fill a batch
+  (while fewer than ``inflight_batches_max`` batches of the queue are in flight). So an idle
+  queue costs no added latency, a busy one sends full batches, and a saturated one keeps
+  several full batches in flight (pipelined). ``linger_ms > 0`` opts into a minimum wait: a
+  batch then leaves only once it is full or its oldest call has waited ``linger_ms``.
+* **Order across pipelined batches.** Acknowledged calls of one queue get increasing offsets
+  in the order they were accepted by the producer, across retries and failovers. Each attempt
+  of a batch names, as ``Enqueue.after``, the batch of the same queue just before it that is
+  not finished yet (acknowledged or given up); the store appends a batch only after that one
+  (else ``out_of_order``: nothing appended). A batch refused ``out_of_order`` is parked and
+  re-sent right behind its predecessor's next attempt, or at once (without ``after``) when the
+  predecessor is finished. ``inflight_batches_max = 1`` sends one batch per queue at a time.
 * **Idempotent retries.** Each batch gets ``(producer_id, seq)`` once, ``seq`` increasing per
   producer; every re-send of the batch (after a timeout, ``StoreError(definite=False)``, a
   redirect or ``overloaded``) carries the same pair and the same items, so the store appends
@@ -53,6 +56,7 @@ guaranteed between acknowledged calls only.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TypeAlias, assert_never
@@ -81,6 +85,9 @@ from pxq.timers import Timers
 
 QueueKey: TypeAlias = tuple[str, int]
 """(topic, queue)."""
+
+OUT_OF_ORDER = "out_of_order"
+"""The store's answer to a batch whose predecessor (``Enqueue.after``) is not appended yet."""
 
 RETRYABLE_DEFINITE = frozenset({"overloaded"})
 """Definite store errors worth re-sending after a backoff; any other definite error ends the
@@ -112,6 +119,9 @@ class _Batch:
     resend_at_ms: int | None = None
     failures: int = 0
     possibly_applied: bool = False
+    parked: bool = False
+    """Refused ``out_of_order``: re-sent right behind the predecessor's next attempt, or when
+    the predecessor is finished."""
     last_code: str = "unavailable"
     last_message: str = ""
 
@@ -123,7 +133,8 @@ class _QueueState:
     loc: Location
     waiting: deque[_Call] = field(default_factory=deque)
     waiting_bytes: int = 0
-    batch: _Batch | None = None
+    batches: list[_Batch] = field(default_factory=list)
+    """The queue's batches in flight (sent, not finished), in seq order."""
 
 
 class Producer:
@@ -158,9 +169,9 @@ class Producer:
         """Produce calls accepted and not yet answered."""
         return self._held_calls
 
-    def in_flight(self) -> dict[QueueKey, int]:
-        """(topic, queue) -> seq of the batch in flight there."""
-        return {k: qs.batch.seq for k, qs in self._queues.items() if qs.batch is not None}
+    def in_flight(self) -> dict[QueueKey, tuple[int, ...]]:
+        """(topic, queue) -> seqs of the batches in flight there, oldest first."""
+        return {k: tuple(b.seq for b in qs.batches) for k, qs in self._queues.items() if qs.batches}
 
     def route(self, topic: str, key: bytes) -> tuple[int, str, int]:
         """(queue, store, Paxos group) that ``key`` of ``topic`` goes to."""
@@ -246,20 +257,24 @@ class Producer:
     # -- batches -------------------------------------------------------------------------------
 
     def _ready(self, now: Now, qs: _QueueState) -> bool:
-        """Whether the queue's waiting calls (at least one) may leave, no batch being in
-        flight: at once with ``linger_ms = 0``, else when full or the oldest waited linger."""
+        """Whether the queue's waiting calls (at least one) may leave now: a full batch while
+        the pipeline has room; otherwise only with no batch in flight, at once with
+        ``linger_ms = 0``, else once the oldest call waited ``linger_ms``."""
         s = self.settings
-        return (
-            s.linger_ms == 0
-            or len(qs.waiting) >= s.batch_items_max
-            or qs.waiting_bytes >= s.batch_bytes_max
-            or qs.waiting[0].arrived_ms + s.linger_ms <= now.mono_ms
+        if len(qs.batches) >= s.inflight_batches_max:
+            return False
+        if len(qs.waiting) >= s.batch_items_max or qs.waiting_bytes >= s.batch_bytes_max:
+            return True
+        return not qs.batches and (
+            s.linger_ms == 0 or qs.waiting[0].arrived_ms + s.linger_ms <= now.mono_ms
         )
 
     def _pump(self, now: Now, qs: _QueueState, fx: EffectsBuilder) -> None:
-        """Send the queue's next batch if none is in flight and one is ready."""
-        if qs.batch is not None or not qs.waiting or not self._ready(now, qs):
-            return
+        """Send the queue's next batches while they are ready."""
+        while qs.waiting and self._ready(now, qs):
+            self._send_batch(now, qs, fx)
+
+    def _send_batch(self, now: Now, qs: _QueueState, fx: EffectsBuilder) -> None:
         s = self.settings
         calls: list[_Call] = []
         size = 0
@@ -280,20 +295,30 @@ class Producer:
             items=tuple(c.item for c in calls),
         )
         # Oldest call first: the batch's fate is decided by its oldest call's deadline.
-        qs.batch = _Batch(seq=seq, calls=tuple(calls), body=body, deadline_ms=calls[0].deadline_ms)
-        self._send_attempt(now, qs, qs.batch, fx)
+        b = _Batch(seq=seq, calls=tuple(calls), body=body, deadline_ms=calls[0].deadline_ms)
+        qs.batches.append(b)
+        self._send_attempt(now, qs, b, fx)
 
     def _send_attempt(self, now: Now, qs: _QueueState, b: _Batch, fx: EffectsBuilder) -> None:
+        """Send ``b`` (with ``after`` = its unfinished predecessor), then any parked batch
+        right behind it."""
         req_id = self._next_req_id
         self._next_req_id += 1
         b.sends += 1
         b.req_id = req_id
         b.req_ids.append(req_id)
         b.resend_at_ms = None
+        b.parked = False
         b.target = self._router.master(qs.loc)
         b.attempt_deadline_ms = min(now.mono_ms + self.settings.request_timeout_ms, b.deadline_ms)
         self._reqs[req_id] = ((qs.topic, qs.queue), b.seq)
+        i = qs.batches.index(b)
+        after = qs.batches[i - 1].seq if i else 0
+        if b.body.after != after:
+            b.body = dataclasses.replace(b.body, after=after)
         fx.send(b.target, Request(req_id=req_id, body=b.body))
+        if i + 1 < len(qs.batches) and qs.batches[i + 1].parked:
+            self._send_attempt(now, qs, qs.batches[i + 1], fx)
 
     def _again(
         self, now: Now, qs: _QueueState, b: _Batch, fx: EffectsBuilder, *, wait: bool
@@ -302,7 +327,7 @@ class Producer:
         b.req_id = None
         b.failures += 1
         if b.sends > self.settings.retries_max:
-            self._give_up(qs, b, "retries exhausted", fx)
+            self._give_up(now, qs, b, "retries exhausted", fx)
             return
         if not wait:
             self._send_attempt(now, qs, b, fx)
@@ -312,16 +337,27 @@ class Producer:
             self._rng, b.failures, s.backoff_ms, s.backoff_max_ms
         )
 
-    def _give_up(self, qs: _QueueState, b: _Batch, why: str, fx: EffectsBuilder) -> None:
+    def _out_of_order(self, now: Now, qs: _QueueState, b: _Batch, fx: EffectsBuilder) -> None:
+        """The store has not appended ``b``'s predecessor yet: park ``b`` behind it, or re-send
+        it at once if the predecessor is finished meanwhile (the attempt then has no
+        ``after``). Not counted as a failure: the predecessor's own retries bound it."""
+        b.req_id = None
+        fx.event("producer.out_of_order", topic=qs.topic, queue=qs.queue, seq=b.seq)
+        if qs.batches.index(b) == 0:
+            self._send_attempt(now, qs, b, fx)
+        else:
+            b.parked = True
+
+    def _give_up(self, now: Now, qs: _QueueState, b: _Batch, why: str, fx: EffectsBuilder) -> None:
         if b.possibly_applied or b.req_id is not None:
             reply: object = ProduceUnknown(reason=f"{why} ({b.last_code})")
             fx.event("producer.unknown", topic=qs.topic, queue=qs.queue, seq=b.seq, why=why)
         else:
             reply = ProduceFailed(code=b.last_code, message=f"{why}: {b.last_message}".rstrip(": "))
-        self._finish(qs, b, [reply] * len(b.calls), fx)
+        self._finish(now, qs, b, [reply] * len(b.calls), fx)
 
     def _finish(
-        self, qs: _QueueState, b: _Batch, replies: list[object], fx: EffectsBuilder
+        self, now: Now, qs: _QueueState, b: _Batch, replies: list[object], fx: EffectsBuilder
     ) -> None:
         for call, reply in zip(b.calls, replies, strict=True):
             fx.reply(call.call_id, reply)
@@ -329,16 +365,18 @@ class Producer:
             self._held_bytes -= call.size
         for req_id in b.req_ids:
             self._reqs.pop(req_id, None)
-        qs.batch = None
+        i = qs.batches.index(b)
+        del qs.batches[i]
+        if i < len(qs.batches) and qs.batches[i].parked:
+            self._send_attempt(now, qs, qs.batches[i], fx)
 
     # -- timers --------------------------------------------------------------------------------
 
     def _service(self, now: Now, qs: _QueueState, fx: EffectsBuilder) -> None:
-        b = qs.batch
         t = now.mono_ms
-        if b is not None:
+        for b in list(qs.batches):  # oldest first, so re-sends keep their order
             if t >= b.deadline_ms:
-                self._give_up(qs, b, "deadline", fx)
+                self._give_up(now, qs, b, "deadline", fx)
             elif b.req_id is not None and t >= b.attempt_deadline_ms:
                 # No answer: the attempt may have been applied. Try the next replica at once
                 # (the wait already happened); a live master redirects us back cheaply.
@@ -363,13 +401,12 @@ class Producer:
 
     def _rearm(self, qs: _QueueState) -> None:
         key = (qs.topic, qs.queue)
-        b = qs.batch
-        if b is None and not qs.waiting:
+        if not qs.batches and not qs.waiting:
             del self._queues[key]
             self._timers.set(key, None)
             return
         at: list[int] = []
-        if b is not None:
+        for b in qs.batches:
             at.append(b.deadline_ms)
             if b.req_id is not None:
                 at.append(b.attempt_deadline_ms)
@@ -377,7 +414,7 @@ class Producer:
                 at.append(b.resend_at_ms)
         if qs.waiting:
             at.append(qs.waiting[0].deadline_ms)
-            if b is None:
+            if not qs.batches:
                 at.append(qs.waiting[0].arrived_ms + self.settings.linger_ms)
         self._timers.set(key, min(at))
 
@@ -389,14 +426,17 @@ class Producer:
             return  # a late answer to a batch already finished
         key, seq = entry
         qs = self._queues.get(key)
-        b = qs.batch if qs is not None else None
-        if qs is None or b is None or b.seq != seq:
+        if qs is None:
+            return
+        b = next((x for x in qs.batches if x.seq == seq), None)
+        if b is None:
             return
         current = resp.req_id == b.req_id
         body = resp.body
         match body:
             case EnqueueOk():
-                self._on_enqueued(qs, b, src, body, fx)
+                self._router.answered(qs.loc, src)
+                self._on_enqueued(now, qs, b, body, fx)
             case _ if not current:
                 pass  # a superseded attempt's refusal says nothing about the current one
             case StoreRedirect(master=master):
@@ -407,13 +447,16 @@ class Producer:
                 b.possibly_applied = True
                 b.last_code, b.last_message = body.code, body.message
                 self._again(now, qs, b, fx, wait=True)
+            case StoreError(code=code) if code == OUT_OF_ORDER:
+                b.last_code, b.last_message = body.code, body.message
+                self._out_of_order(now, qs, b, fx)
             case StoreError(code=code) if code in RETRYABLE_DEFINITE:
                 b.last_code, b.last_message = body.code, body.message
                 self._again(now, qs, b, fx, wait=True)
             case StoreError():
                 b.last_code, b.last_message = body.code, body.message
                 b.req_id = None
-                self._give_up(qs, b, "refused", fx)
+                self._give_up(now, qs, b, "refused", fx)
             case _:
                 fx.event("producer.unexpected", src=src, type=type(body).__name__)
                 return  # the attempt's timeout decides
@@ -421,16 +464,15 @@ class Producer:
         self._rearm(qs)
 
     def _on_enqueued(
-        self, qs: _QueueState, b: _Batch, src: NodeId, ok: EnqueueOk, fx: EffectsBuilder
+        self, now: Now, qs: _QueueState, b: _Batch, ok: EnqueueOk, fx: EffectsBuilder
     ) -> None:
         if ok.topic != qs.topic or ok.queue != qs.queue or ok.count != len(b.calls):
             raise InvariantViolation(
                 f"EnqueueOk {ok} does not match batch seq {b.seq} of {qs.topic}/{qs.queue} "
                 f"with {len(b.calls)} items"
             )
-        self._router.answered(qs.loc, src)
         replies: list[object] = [
             Produced(topic=qs.topic, queue=qs.queue, offset=ok.first_offset + i)
             for i in range(len(b.calls))
         ]
-        self._finish(qs, b, replies, fx)
+        self._finish(now, qs, b, replies, fx)

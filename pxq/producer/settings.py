@@ -71,6 +71,9 @@ class ProducerSettings:
     """Items per Enqueue."""
     batch_bytes_max: int = 1 * MiB
     """Key + payload bytes per Enqueue; also the largest single item accepted."""
+    inflight_batches_max: int = 4
+    """Batches of one queue in flight at once: beyond the first, only full batches leave
+    early (pipelining under load; order is kept by ``Enqueue.after``). 1: one at a time."""
 
     # -- retries and deadlines -----------------------------------------------------------------
     request_timeout_ms: int = 1000
@@ -100,6 +103,7 @@ class ProducerSettings:
         for name in (
             "batch_items_max",
             "batch_bytes_max",
+            "inflight_batches_max",
             "request_timeout_ms",
             "call_timeout_ms",
             "backoff_ms",
@@ -125,5 +129,8 @@ def producer_settings(config: ClusterConfig, **overrides: int) -> ProducerSettin
         linger_ms=overrides.pop("linger_ms", config.batching.linger_ms),
         batch_items_max=overrides.pop("batch_items_max", config.batching.items_max),
         batch_bytes_max=overrides.pop("batch_bytes_max", config.batching.bytes_max),
+        inflight_batches_max=overrides.pop(
+            "inflight_batches_max", config.batching.inflight_batches
+        ),
         **overrides,
     )

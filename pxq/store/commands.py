@@ -47,6 +47,9 @@ class EnqueueCmd:
     wall_ms: int
     items: bytes
     """msgpack array of ``[key: bytes, payload: bytes, kind: str]``, checked when applied."""
+    after: int = 0
+    """``Enqueue.after``: the producer's batch this one must follow (0: none). Encoded as an
+    eighth field only when not 0, so commands without it keep their old seven-field shape."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -105,6 +108,8 @@ def encode_command(cmd: Command) -> bytes:
                 cmd.wall_ms,
                 cmd.items,
             ]
+            if cmd.after:
+                fields.append(cmd.after)
         case CommitCmd():
             fields = [
                 OP_COMMIT,
@@ -164,10 +169,13 @@ def decode_command(value: bytes) -> Command:
     if type(fields) is not list or not fields:
         raise CommandError("not a command array")
     op, n = fields[0], len(fields)
-    if op == OP_ENQUEUE and n == 7:
+    if op == OP_ENQUEUE and n in (7, 8):
         items = fields[6]
         if type(items) is not bytes:
             raise CommandError("enqueue items must be bytes")
+        after = _u(fields[7]) if n == 8 else 0
+        if n == 8 and after == 0:
+            raise CommandError("enqueue after must be omitted when 0")
         return EnqueueCmd(
             producer=_s(fields[1]),
             seq=_u(fields[2]),
@@ -175,6 +183,7 @@ def decode_command(value: bytes) -> Command:
             queue=_u(fields[4]),
             wall_ms=_u(fields[5]),
             items=items,
+            after=after,
         )
     if op == OP_COMMIT and n == 7:
         return CommitCmd(

@@ -46,6 +46,11 @@ class Enqueue:
     ``(producer, seq)`` makes the call idempotent: a retry with the same pair is answered with
     the original receipt and appends nothing (within the store's dedupe window). ``seq``
     increases per producer.
+
+    ``after`` (0: none) orders pipelined batches: the ``seq`` of this producer's previous batch
+    to the same queue, still unacknowledged when this one was sent. The store appends this
+    batch only once that one has been appended; before, it answers ``out_of_order`` (definite:
+    nothing appended), and the producer re-sends it behind its predecessor.
     """
 
     topic: str
@@ -53,6 +58,7 @@ class Enqueue:
     producer: str
     seq: int
     items: tuple[Item, ...]
+    after: int = 0
 
 
 @message(66)

@@ -217,6 +217,10 @@ class StoreNode(ReplicatedService[QueueStore]):
             return _bad("bad_request", f"producer id must be 1..{NAME_BYTES_MAX} bytes")
         if req.seq < 0:
             return _bad("bad_request", "seq must be >= 0")
+        if not 0 <= req.after < req.seq:
+            return _bad(
+                "bad_request", "after must be 0 (none) or an earlier seq (0 <= after < seq)"
+            )
         if not req.items:
             return _bad("bad_request", "an enqueue needs at least one item")
         if len(req.items) > limits.enqueue_items_max:
@@ -243,6 +247,7 @@ class StoreNode(ReplicatedService[QueueStore]):
             queue=req.queue,
             wall_ms=_wall(now),
             items=pack_items(triples),
+            after=req.after,
         )
 
     def _commit_cmd(self, req: CommitCursor) -> Command | StoreError:

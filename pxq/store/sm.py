@@ -23,6 +23,11 @@ Semantics, beyond the client API's docstrings (``messages.py``):
   is appended; a seq at or below ``high - window`` is answered ``stale_sequence`` (definite).
   Producers beyond ``producers_max`` are forgotten least recently used first (an evicted
   producer's late retry is appended again: the window is the guarantee).
+* Pipelined batches: an enqueue with ``after`` is appended only if the producer's batch
+  ``after`` was (its receipt is in the window, or it is below the window and so can never be
+  appended any more); otherwise ``out_of_order`` (definite, nothing remembered). A duplicate
+  is answered its receipt before this check. Applied in log order on every replica, so the
+  answer is the same everywhere.
 * Seek epochs: each cursor has an epoch (0 at first, persisted with it, so in snapshots too).
   Seek moves a cursor either way, keeps its token and increments its epoch, even when the
   position stays: a commit or retry carries the epoch of the Get it is based on, and one
@@ -456,6 +461,10 @@ class QueueStore:
                             duplicate=True,
                         )
                     )
+        if cmd.after:
+            problem = self._unordered(cmd, prod)
+            if problem is not None:
+                return _error("out_of_order", problem)
         existing = self.queues.get((cmd.topic, cmd.queue))
         first, count = (0 if existing is None else existing.end), len(items)
         if count:
@@ -479,6 +488,22 @@ class QueueStore:
         self.producers[name] = prod
         prod.instance, prod.slot = instance, slot
         self.db.put(Q_PRODUCER, prod.key, encode_producer(prod.high, instance, slot))
+
+    def _unordered(self, cmd: EnqueueCmd, prod: _Producer | None) -> str | None:
+        """Why ``cmd`` may not be appended yet (its ``after`` batch is not appended), or None.
+
+        A receipt in the window says ``after`` was appended. Below the window it can never be
+        appended any more (its seq is stale), so nothing it could be put behind is left. An
+        unknown producer (new, or evicted) cannot say: the batch waits for its predecessor's
+        outcome, and the producer re-sends it without ``after`` once that one is finished.
+        """
+        if prod is None:
+            return f"producer {cmd.producer!r} unknown: seq {cmd.after} not seen yet"
+        if cmd.after + self.limits.dedupe_window <= prod.high:
+            return None
+        if cmd.after <= prod.high and self.db.get(Q_DEDUPE, dedupe_key(prod.key, cmd.after)):
+            return None
+        return f"seq {cmd.after} of producer {cmd.producer!r} is not appended yet"
 
     def _remember(
         self, name: str, prod: _Producer | None, seq: int, instance: int, slot: int
