@@ -23,8 +23,12 @@ It implements the driver contract of ``pxq.effects`` the way ``sim.world.NodeHos
   ``early`` and the replies of a step that says ``replies_early`` (the node vouches that they
   depend on nothing undurable). A send to the node itself is stepped back into it
   (``Received`` from itself) on the next loop iteration, never through the network.
-* Exactly one timer (``loop.call_at``) is armed at ``next_deadline()``, re-read after every
-  step. Monotonic ms come from ``time.monotonic_ns() // 1_000_000`` and wall ms from
+* At most one timer (``loop.call_at``) is armed, and the node gets a ``Wake`` once
+  ``next_deadline()`` (re-read after every step) is reached. A deadline that moves later
+  leaves the armed timer alone: when it fires before the node's current deadline, it is
+  re-armed for that deadline, and no ``Wake`` is stepped (a follower's election deadline
+  moves with every message from its master: this saves a cancel and a ``call_at`` per
+  step). Monotonic ms come from ``time.monotonic_ns() // 1_000_000`` and wall ms from
   ``time.time_ns() // 1_000_000``; the timer is armed in the loop's own clock from the
   difference, so it works with any loop implementation.
 * ``InvariantViolation``, ``StorageCorruption`` or a ``StorageError`` (``StorageFull``
@@ -315,7 +319,8 @@ class NodeRunner:
         self._dirty_links: dict[NodeId, PeerLink] = {}
         self._turn_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
-        self._armed_deadline: int | None = None
+        self._armed_deadline: int | None = None  # what the armed timer was set for
+        self._deadline: int | None = None  # the node's next_deadline() after its last step
         self._stopped: asyncio.Future[None] | None = None
         self._link_rng = random.Random(self._seed ^ 0x5EED)
         # Admission control: the last space measurement, when (mono ms) and at which
@@ -736,12 +741,16 @@ class NodeRunner:
         loop = self._loop
         if node is None or loop is None:
             return
-        deadline = node.next_deadline()
-        if deadline == self._armed_deadline and (deadline is None or self._timer is not None):
-            return  # the armed timer already serves it
+        deadline = self._deadline = node.next_deadline()
         if self._timer is not None:
+            armed = self._armed_deadline
+            if deadline is None or (armed is not None and armed <= deadline):
+                return  # the armed timer fires first; _fire re-arms it (or not) then
             self._timer.cancel()
             self._timer = None
+        self._set_timer(loop, deadline)
+
+    def _set_timer(self, loop: asyncio.AbstractEventLoop, deadline: int | None) -> None:
         self._armed_deadline = deadline
         if deadline is None:
             return
@@ -751,9 +760,18 @@ class NodeRunner:
 
     def _fire(self) -> None:
         self._timer = None
+        armed = self._armed_deadline
         self._armed_deadline = None
-        if self.state is RunnerState.RUNNING:
-            self._step(Wake())
+        if self.state is not RunnerState.RUNNING:
+            return
+        deadline = self._deadline
+        if deadline is None:
+            return  # the node wants no Wake any more
+        loop = self._loop
+        if armed is not None and deadline > armed and loop is not None:
+            self._set_timer(loop, deadline)  # the deadline moved later meanwhile
+            return
+        self._step(Wake())
 
     # -- InboundHost --------------------------------------------------------------------------
 
