@@ -45,6 +45,7 @@ from pxq import codec
 from pxq.config import ClusterConfig
 from pxq.consumer.messages import HANDLER
 from pxq.effects import (
+    NO_EFFECTS,
     Boot,
     ClientCall,
     Effects,
@@ -109,6 +110,10 @@ class NodePool:
         ``OSError`` (not sent: unknown node, connect refused), ``TimeoutError`` from a connect
         that did not finish within ``timeout_s`` (not sent), ``codec.CodecError`` (not
         encodable, not sent)."""
+        client = self._clients.get(node)
+        if client is not None and not client.closed and not self._closed:
+            # Connected: nothing to wait for before the call (what _client would return).
+            return await client.call(request, timeout_s)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         async with asyncio.timeout(timeout_s):
@@ -221,13 +226,15 @@ class MachineDriver:
         """Step the machine with ``inp`` (queued if a step is running: steps never nest)."""
         if self._closed:
             return
-        self._inputs.append(inp)
+        inputs = self._inputs
         if self._stepping:
+            inputs.append(inp)
             return
         self._stepping = True
         try:
-            while self._inputs and not self._closed:
-                self._step(self._inputs.popleft())
+            self._step(inp)
+            while inputs and not self._closed:
+                self._step(inputs.popleft())
         finally:
             self._stepping = False
             self._inputs.clear()
@@ -237,9 +244,15 @@ class MachineDriver:
 
     def _step(self, inp: Input) -> None:
         try:
-            fx = self.machine.step(now(), inp)
+            # now(), inlined
+            fx = self.machine.step(
+                Now(mono_ms=time.monotonic_ns() // 1_000_000, wall_ms=time.time_ns() // 1_000_000),
+                inp,
+            )
         except Exception as exc:
             self._fail(f"{type(exc).__name__}: {exc}")
+            return
+        if fx is NO_EFFECTS:
             return
         if fx.writes:
             self._fail("a client machine returned writes (it must not persist anything)")

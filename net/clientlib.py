@@ -149,6 +149,8 @@ def _payload_bytes(payload: bytes | bytearray | memoryview) -> bytes:
 
 
 def _receipt(reply: object) -> Receipt:
+    if type(reply) is Produced:  # the common case, without the match below
+        return Receipt(topic=reply.topic, queue=reply.queue, offset=reply.offset)
     match reply:
         case Produced(topic=topic, queue=queue, offset=offset):
             return Receipt(topic=topic, queue=queue, offset=offset)
@@ -268,10 +270,23 @@ class AsyncClient:
     def _produce(
         self, topic: str, payload: bytes | bytearray | memoryview, key: Key, kind: str
     ) -> asyncio.Future[object]:
+        # The common cases inline (the same bytes as _key_bytes and _payload_bytes give).
+        if key is None:
+            key_bytes = self._rng.getrandbits(8 * RANDOM_KEY_BYTES).to_bytes(
+                RANDOM_KEY_BYTES, "little"
+            )  # rng.randbytes(RANDOM_KEY_BYTES)
+        else:
+            key_bytes = _key_bytes(key, self._rng)
         request = Produce(
-            topic=topic, key=_key_bytes(key, self._rng), payload=_payload_bytes(payload), kind=kind
+            topic=topic,
+            key=key_bytes,
+            payload=payload if type(payload) is bytes else _payload_bytes(payload),
+            kind=kind,
         )
-        return self._producer_driver().call(request)
+        driver = self._producer
+        if driver is None or driver.closed or self._closed:
+            driver = self._producer_driver()
+        return driver.call(request)
 
     @overload
     async def enqueue_many(
