@@ -17,20 +17,56 @@ the pure core.
 
 from __future__ import annotations
 
+import types
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Protocol, TypeAlias, runtime_checkable
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, Protocol, TypeAlias, TypeVar, runtime_checkable
 
 NodeId: TypeAlias = str
 """A node's name in the cluster configuration (for example ``"s0"``). Stable across restarts."""
 
 TraceValue: TypeAlias = int | str | bytes | bool | None
 
+_C = TypeVar("_C", bound=type)
+
+
+def _fast_init(cls: _C) -> _C:
+    """Replace the ``__init__`` that ``dataclass`` generated for a frozen, slotted, keyword-only
+    class with one that sets each slot through its descriptor: the same parameters, defaults
+    and resulting object, in about two thirds of the time (the generated one goes through
+    ``object.__setattr__`` per field to get around the frozen ``__setattr__``). These classes
+    are built once or more per step, in every driver."""
+    namespace: dict[str, Any] = {}
+    params: list[str] = []
+    body: list[str] = []
+    for i, f in enumerate(fields(cls)):
+        slot = vars(cls).get(f.name)
+        if not (f.kw_only and f.init and isinstance(slot, types.MemberDescriptorType)):
+            raise TypeError(f"{cls.__qualname__}.{f.name}: not a keyword-only slot")
+        if f.default_factory is not MISSING:
+            raise TypeError(f"{cls.__qualname__}.{f.name}: default_factory is not supported")
+        namespace[f"set{i}"] = slot.__set__
+        if f.default is MISSING:
+            params.append(f.name)
+        else:
+            namespace[f"default{i}"] = f.default
+            params.append(f"{f.name}=default{i}")
+        body.append(f"    set{i}(self, {f.name})")
+    if not params or hasattr(cls, "__post_init__"):
+        raise TypeError(f"{cls.__qualname__}: needs fields and no __post_init__")
+    exec(f"def __init__(self, *, {', '.join(params)}):\n" + "\n".join(body), namespace)
+    init = namespace["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__module__ = cls.__module__
+    setattr(cls, "__init__", init)  # noqa: B010 (mypy: assigning to a method)
+    return cls
+
 
 # --------------------------------------------------------------------------------------------
 # Time
 
 
+@_fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Now:
     """The node's view of time at the moment of a step, in integer milliseconds.
@@ -63,6 +99,7 @@ class Boot:
     """
 
 
+@_fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Received:
     """A message from a peer node arrived.
@@ -84,6 +121,7 @@ class Wake:
     """
 
 
+@_fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ClientCall:
     """A request from an external client (not a peer node).
@@ -105,6 +143,7 @@ Input: TypeAlias = Boot | Received | Wake | ClientCall
 # Writes: the persistent state changes of one step.
 
 
+@_fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Put:
     """Store ``value`` under ``key`` in ``table`` (replacing any previous value)."""
@@ -114,6 +153,7 @@ class Put:
     value: bytes
 
 
+@_fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Delete:
     """Remove ``key`` from ``table``; a missing key is not an error."""
@@ -122,6 +162,7 @@ class Delete:
     key: bytes
 
 
+@_fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeleteRange:
     """Remove every key ``k`` of ``table`` with ``start <= k < end`` (bytewise order)."""
@@ -138,6 +179,7 @@ Write: TypeAlias = Put | Delete | DeleteRange
 # Outputs
 
 
+@_fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Send:
     """A message for peer ``dst``. Released only once the step's writes are durable, unless
@@ -153,6 +195,7 @@ class Send:
     early: bool = False
 
 
+@_fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Reply:
     """The answer to ``ClientCall(call_id)``. Released only once the step's writes are durable
@@ -162,6 +205,7 @@ class Reply:
     response: object
 
 
+@_fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TraceEvent:
     """Something worth recording (a master change, a chosen value, a detected anomaly).
@@ -174,6 +218,7 @@ class TraceEvent:
     fields: tuple[tuple[str, TraceValue], ...] = ()
 
 
+@_fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Effects:
     """Everything one ``step`` asks of its driver, in order of obligation.
@@ -256,6 +301,7 @@ class EffectsBuilder:
 # Client machines
 
 
+@_fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Request:
     """Sent by a *client* machine (producer, consumer): ``Send(dst=node, msg=Request(...))``.
@@ -269,6 +315,7 @@ class Request:
     body: object
 
 
+@_fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Response:
     """The answer to ``Request(req_id)``, as a client machine receives it."""
