@@ -598,6 +598,11 @@ def _message_decoder(
     build = _builder(cls, names)
 
     if not converted:
+        flat = _flat_decoder(
+            cls, name=name, tag=tag, names=names, signature=signature, plain_fields=plain_fields
+        )
+        if flat is not None:
+            return flat
 
         def decode_flat(value: Any, left: int) -> Any:
             if type(value) is not list or len(value) != size or value[0] != tag:
@@ -625,6 +630,63 @@ def _message_decoder(
         return build(value)
 
     return decode_message
+
+
+def _flat_decoder(
+    cls: type,
+    *,
+    name: str,
+    tag: int,
+    names: tuple[str, ...],
+    signature: tuple[type, ...],
+    plain_fields: tuple[tuple[int, frozenset[type], str], ...],
+) -> _Convert | None:
+    """The decoder of a class whose fields are all plain and slotted (None otherwise),
+    generated with one statement per field: the checks of ``decode_flat`` (head, depth, the
+    exact types of the common case, else ``_check_plain_fields``) and the slot assignments of
+    ``_builder``, without a tuple of the value's types, an iterator or a call per message.
+    """
+    setters = []
+    for n in names:
+        slot = next((vars(k)[n] for k in cls.__mro__ if n in vars(k)), None)
+        if not isinstance(slot, types.MemberDescriptorType):
+            return None
+        setters.append(slot.__set__)
+    namespace: dict[str, Any] = {
+        "new": object.__new__,
+        "cls": cls,
+        "name": name,
+        "plain_fields": plain_fields,
+        "check_head": _check_message_head,
+        "check_plain": _check_plain_fields,
+        "too_deep": _too_deep,
+        "list": list,
+    }
+    variables = [f"f{i}" for i in range(len(names))]
+    checks = []
+    for i, kind in enumerate(signature):  # the tag's type first, then the fields'
+        namespace[f"t{i}"] = kind
+        checks.append(f"type({(['tag_', *variables])[i]}) is not t{i}")
+    lines = [
+        "def decode_flat(value, left):",
+        f"    if type(value) is not list or len(value) != {len(names) + 1} or value[0] != {tag}:",
+        f"        check_head(value, name, {tag}, {len(names) + 1})",
+        "    if left < 1:",
+        "        raise too_deep(name)",
+        f"    {', '.join(['tag_', *variables])}, = value",
+        f"    if {' or '.join(checks)}:",
+        "        check_plain(value, plain_fields)",
+        "    obj = new(cls)",
+    ]
+    for i, setter in enumerate(setters):
+        namespace[f"set{i}"] = setter
+        lines.append(f"    set{i}(obj, f{i})")
+    if getattr(cls, "__post_init__", None) is not None:
+        lines.append("    obj.__post_init__()")
+    lines.append("    return obj")
+    exec("\n".join(lines), namespace)
+    decode_flat: _Convert = namespace["decode_flat"]
+    return decode_flat
 
 
 def _check_message_head(value: Any, name: str, tag: int, size: int) -> None:
