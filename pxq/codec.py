@@ -26,14 +26,15 @@ This module owns the registry, the wire format and the decoding invariant:
 Each class is compiled at first use (``typing.get_type_hints`` once, resolved against the
 class's module) into closures that check types by comparing the tuple of field types against
 the expected signature in one C-level operation, falling back to per-field checks only to
-report what is wrong. Compilation is not guarded by a lock: two threads racing on the first
+report what is wrong. A class whose fields are all plain decodes with a function generated
+for it (the same checks, unrolled, and its slots set directly). Compilation is not guarded by a lock: two threads racing on the first
 use of a class compile it twice, which is harmless.
 
 Speed, measured with ``python -m tests.test_codec`` on the development VM (2 vCPU shared,
 CPython 3.11.7, msgpack 1.0.x C extension), best of 7 runs:
 
-* a message of 6 ``int`` fields and a 100-byte ``bytes`` field: encode ~1.1 µs, decode ~1.1 µs;
-* a message holding a tuple of 100 such messages: encode ~50 µs, decode ~70 µs.
+* a message of 6 ``int`` fields and a 100-byte ``bytes`` field: encode ~1.1 µs, decode ~0.9 µs;
+* a message holding a tuple of 100 such messages: encode ~45 µs, decode ~50 µs.
 """
 
 from __future__ import annotations
