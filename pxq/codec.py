@@ -26,15 +26,16 @@ This module owns the registry, the wire format and the decoding invariant:
 Each class is compiled at first use (``typing.get_type_hints`` once, resolved against the
 class's module) into closures that check types by comparing the tuple of field types against
 the expected signature in one C-level operation, falling back to per-field checks only to
-report what is wrong. A class whose fields are all plain decodes with a function generated
-for it (the same checks, unrolled, and its slots set directly). Compilation is not guarded by a lock: two threads racing on the first
-use of a class compile it twice, which is harmless.
+report what is wrong. A class whose fields are all plain encodes and decodes with functions
+generated for it (the same checks, unrolled; its slots read and set directly). Compilation
+is not guarded by a lock: two threads racing on the first use of a class compile it twice,
+which is harmless.
 
 Speed, measured with ``python -m tests.test_codec`` on the development VM (2 vCPU shared,
 CPython 3.11.7, msgpack 1.0.x C extension), best of 7 runs:
 
-* a message of 6 ``int`` fields and a 100-byte ``bytes`` field: encode ~1.1 µs, decode ~0.9 µs;
-* a message holding a tuple of 100 such messages: encode ~45 µs, decode ~50 µs.
+* a message of 6 ``int`` fields and a 100-byte ``bytes`` field: encode ~0.8 µs, decode ~0.9 µs;
+* a message holding a tuple of 100 such messages: encode ~27 µs, decode ~50 µs.
 """
 
 from __future__ import annotations
@@ -547,6 +548,11 @@ def _message_encoder(
     )
 
     if not converted:
+        flat = _flat_encoder(
+            cls, name=name, names=names, head=head, signature=signature, plain_fields=plain_fields
+        )
+        if flat is not None:
+            return flat
 
         def encode_flat(obj: Any, left: int) -> Any:
             if type(obj) is not cls:
@@ -577,6 +583,57 @@ def _message_encoder(
         return out
 
     return encode_nested
+
+
+def _flat_encoder(
+    cls: type,
+    *,
+    name: str,
+    names: tuple[str, ...],
+    head: tuple[int, ...],
+    signature: tuple[type, ...],
+    plain_fields: tuple[tuple[int, frozenset[type], str], ...],
+) -> _Convert | None:
+    """The encoder of a class whose fields are all plain (None if a field name cannot be
+    read as a plain attribute), generated with one statement per field: the checks of
+    ``encode_flat`` (class, depth, the exact types of the common case, else
+    ``_check_plain_fields``) unrolled, returning the same tuple ``head + fields``."""
+    if not all(n.isidentifier() and not n.startswith("__") for n in names):
+        return None
+    namespace: dict[str, Any] = {
+        "cls": cls,
+        "name": name,
+        "plain_fields": plain_fields,
+        "wrong_class": _wrong_class,
+        "check_plain": _check_plain_fields,
+        "too_deep": _too_deep,
+    }
+    skip = len(head)
+    variables = [f"f{i}" for i in range(len(names))]
+    values = "(" + "".join(f"{h}, " for h in head) + "".join(f"{v}, " for v in variables) + ")"
+    lines = [
+        "def encode_flat(obj, left):",
+        "    if type(obj) is not cls:",
+        "        raise wrong_class(name, obj)",
+        "    if left < 1:",
+        "        raise too_deep(name)",
+    ]
+    checks = []
+    for i, n in enumerate(names):
+        namespace[f"t{i}"] = signature[skip + i]
+        lines.append(f"    f{i} = obj.{n}")
+        checks.append(f"type(f{i}) is not t{i}")
+    if checks:
+        lines.append(f"    if {' or '.join(checks)}:")
+        lines.append(f"        check_plain({values}, plain_fields)")
+    lines.append(f"    return {values}")
+    exec("\n".join(lines), namespace)
+    encode_flat: _Convert = namespace["encode_flat"]
+    return encode_flat
+
+
+def _wrong_class(name: str, obj: object) -> CodecError:
+    return CodecError(f"expected {name}, got {_describe(obj)}")
 
 
 def _message_decoder(
