@@ -7,7 +7,7 @@ import random
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pxq.codec import decode, encode
@@ -359,6 +359,7 @@ def test_settings_reject_inconsistent_values() -> None:
 
 
 @settings(max_examples=40, deadline=None)
+@example(seed=40, keys=[b"c", b"a", b"a"], drop_req=37, drop_rep=40)  # "c" runs out of retries
 @given(
     seed=st.integers(0, 2**32),
     keys=st.lists(st.sampled_from([b"a", b"b", b"c", b"d"]), min_size=1, max_size=40),
@@ -389,12 +390,19 @@ def test_lossy_network_never_duplicates_and_keeps_per_key_order(
         q = queue_of(key, 8)
         stored = [int(i.payload) for i in h.store.items("t", q) if i.key == key]
         sent = [i for k, i, _ in calls if k == key]
-        assert stored == sent  # every call applied exactly once, in call order
+        # Applied at most once each, in call order; every acknowledged call among them, at
+        # its offset. At these loss rates a call may run out of retries (ProduceUnknown):
+        # it may or may not be stored.
+        assert stored == sorted(set(stored)) and set(stored) <= set(sent)
         for k, i, c in calls:
-            if k == key:
-                r = h.replies[c]
-                assert isinstance(r, Produced)
+            if k != key:
+                continue
+            r = h.replies[c]
+            assert isinstance(r, Produced | ProduceUnknown), r
+            if isinstance(r, Produced):
                 assert h.store.items("t", q)[r.offset].payload == str(i).encode()
+    produced = sum(isinstance(h.replies[c], Produced) for _, _, c in calls)
+    assert drop_req + drop_rep > 30 or produced == len(calls)  # low loss: no call runs out
 
 
 def test_a_batch_refused_out_of_order_is_parked_and_resent_behind_its_predecessor() -> None:
