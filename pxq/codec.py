@@ -662,17 +662,6 @@ def _message_decoder(
         if flat is not None:
             return flat
 
-        def decode_flat(value: Any, left: int) -> Any:
-            if type(value) is not list or len(value) != size or value[0] != tag:
-                _check_message_head(value, name, tag, size)
-            if left < 1:
-                raise _too_deep(name)
-            if tuple(map(type, value)) != signature:
-                _check_plain_fields(value, plain_fields)
-            return build(value)
-
-        return decode_flat
-
     def decode_message(value: Any, left: int) -> Any:
         if type(value) is not list or len(value) != size or value[0] != tag:
             _check_message_head(value, name, tag, size)
@@ -704,12 +693,9 @@ def _flat_decoder(
     exact types of the common case, else ``_check_plain_fields``) and the slot assignments of
     ``_builder``, without a tuple of the value's types, an iterator or a call per message.
     """
-    setters = []
-    for n in names:
-        slot = next((vars(k)[n] for k in cls.__mro__ if n in vars(k)), None)
-        if not isinstance(slot, types.MemberDescriptorType):
-            return None
-        setters.append(slot.__set__)
+    setters = _slot_setters(cls, names)
+    if setters is None:
+        return None
     namespace: dict[str, Any] = {
         "new": object.__new__,
         "cls": cls,
@@ -736,14 +722,9 @@ def _flat_decoder(
         "        check_plain(value, plain_fields)",
         "    obj = new(cls)",
     ]
-    for i, setter in enumerate(setters):
-        namespace[f"set{i}"] = setter
-        lines.append(f"    set{i}(obj, f{i})")
-    if getattr(cls, "__post_init__", None) is not None:
-        lines.append("    obj.__post_init__()")
-    lines.append("    return obj")
-    exec("\n".join(lines), namespace)
-    decode_flat: _Convert = namespace["decode_flat"]
+    decode_flat: _Convert = _set_slots_and_compile(
+        lines, namespace, cls, setters, [f"f{i}" for i in range(len(names))]
+    )
     return decode_flat
 
 
@@ -776,6 +757,17 @@ def _getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
     return lambda obj: ()
 
 
+def _slot_setters(cls: type, names: tuple[str, ...]) -> list[Callable[[Any, Any], None]] | None:
+    """The slot descriptors' setters of the named fields, or None if one is not a slot."""
+    setters = []
+    for n in names:
+        slot = next((vars(k)[n] for k in cls.__mro__ if n in vars(k)), None)
+        if not isinstance(slot, types.MemberDescriptorType):
+            return None
+        setters.append(slot.__set__)
+    return setters
+
+
 def _builder(cls: type, names: tuple[str, ...]) -> Callable[[list[Any]], Any]:
     """``build([tag, field1, ...])``: an instance of ``cls`` with those field values (the
     list has exactly ``1 + len(names)`` elements: the decoder checked it).
@@ -788,27 +780,39 @@ def _builder(cls: type, names: tuple[str, ...]) -> Callable[[list[Any]], Any]:
     (as ``dataclass`` generates ``__init__``): no iterator per call, a third of the time of a
     loop over the fields.
     """
-    setters = []
-    for n in names:
-        slot = next((vars(k)[n] for k in cls.__mro__ if n in vars(k)), None)
-        if not isinstance(slot, types.MemberDescriptorType):
-            # Not slotted: go through the constructor.
-            def construct(value: list[Any]) -> Any:
-                return cls(**dict(zip(names, islice(value, 1, None), strict=True)))
+    setters = _slot_setters(cls, names)
+    if setters is None:
+        # Not slotted: go through the constructor.
+        def construct(value: list[Any]) -> Any:
+            return cls(**dict(zip(names, islice(value, 1, None), strict=True)))
 
-            return construct
-        setters.append(slot.__set__)
+        return construct
     namespace: dict[str, Any] = {"new": object.__new__, "cls": cls}
     lines = ["def build(value):", "    obj = new(cls)"]
-    for i, setter in enumerate(setters):
+    build: Callable[[list[Any]], Any] = _set_slots_and_compile(
+        lines, namespace, cls, setters, [f"value[{i + 1}]" for i in range(len(names))]
+    )
+    return build
+
+
+def _set_slots_and_compile(
+    lines: list[str],
+    namespace: dict[str, Any],
+    cls: type,
+    setters: list[Callable[[Any, Any], None]],
+    values: list[str],
+) -> Any:
+    """Finish a generated function whose ``lines`` so far made ``obj = new(cls)``: set each
+    slot from its value expression, run ``__post_init__`` if any, return ``obj``; compile it
+    in ``namespace`` and return it (the function is the one ``lines[0]`` defines)."""
+    for i, (setter, value) in enumerate(zip(setters, values, strict=True)):
         namespace[f"set{i}"] = setter
-        lines.append(f"    set{i}(obj, value[{i + 1}])")
+        lines.append(f"    set{i}(obj, {value})")
     if getattr(cls, "__post_init__", None) is not None:
         lines.append("    obj.__post_init__()")
     lines.append("    return obj")
     exec("\n".join(lines), namespace)
-    build: Callable[[list[Any]], Any] = namespace["build"]
-    return build
+    return namespace[lines[0].split()[1].split("(")[0]]
 
 
 def _describe_message(value: Any) -> str:
