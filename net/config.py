@@ -2,8 +2,9 @@
 
 ``NetConfig`` holds every bound the ``net`` package enforces: frame sizes, queue lengths,
 connection counts, timeouts, backoff, LMDB map sizes and the storage headroom below which a
-node refuses enqueues (``storage_reserve_bytes``; see ``net.runner``). Identity (cluster id, node name,
-addresses, data dir) is not a limit and is passed to the runner separately.
+node refuses enqueues (``storage_reserve_bytes``; see ``net.runner``). The storage fields can be
+set from the cluster file's ``[storage]`` table (``NetConfig.for_cluster``). Identity (cluster
+id, node name, addresses, data dir) is not a limit and is passed to the runner separately.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pxq import codec
+from pxq.config import ClusterConfig
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -140,6 +142,16 @@ class NetConfig:
                 f"NetConfig.storage_resume_margin_percent must be in 0..100, "
                 f"got {self.storage_resume_margin_percent}"
             )
+
+    @classmethod
+    def for_cluster(cls, config: ClusterConfig) -> NetConfig:
+        """The defaults, with the cluster file's ``[storage]`` table applied."""
+        storage = config.storage
+        return cls(
+            map_size_bytes=storage.map_size_bytes,
+            map_size_max_bytes=storage.map_size_max_bytes,
+            storage_reserve_bytes=storage.reserve_bytes,
+        )
 
     def reserve_for(self, capacity_bytes: int) -> int:
         """The storage reserve of a node whose LMDB can hold ``capacity_bytes`` at most (pages

@@ -306,7 +306,7 @@ class LocalCluster:
     ) -> None:
         self.config = config
         self.data_root = Path(data_root)
-        self.net_config = net_config or NetConfig()
+        self.net_config = net_config or NetConfig.for_cluster(config)
         self.runners: dict[NodeId, NodeRunner] = {}
 
     @classmethod

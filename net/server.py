@@ -77,7 +77,7 @@ def build_runner(
         peers=spec.peers,
         host=spec.info.host,
         port=spec.info.port,
-        config=net_config,
+        config=net_config if net_config is not None else NetConfig.for_cluster(config),
     )
 
 

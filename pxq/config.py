@@ -31,6 +31,11 @@ Schema (defaults in parentheses)::
     items_max = 100
     bytes_max = 1048576
     inflight_batches = 4                 # batches of one queue in flight at once (full ones pipeline)
+    [storage]                            # every node's LMDB (defaults if absent)
+    map_size_bytes = 1073741824          # (1 GiB) initial map; it doubles when full...
+    map_size_max_bytes = 274877906944    # (256 GiB) ...up to this
+    reserve_bytes = 67108864             # (automatic: 5 % of the capacity, >= 64 MiB) below
+                                         # this much room, enqueues are refused storage_full
     [[stores]]
     name = "store0"
     groups = 4                           # Paxos groups; queue q lives in group q mod groups
@@ -185,6 +190,23 @@ class Limits:
     """Producers remembered per Paxos group; the least recently used is forgotten beyond it."""
     retry_levels_max: int = 16
     """Retry levels per consumer group."""
+
+
+STORAGE_MAP_BYTES_DEFAULT: Final = 1 << 30
+STORAGE_MAP_BYTES_MAX_DEFAULT: Final = 256 << 30
+STORAGE_MAP_BYTES_MIN: Final = 1 << 20
+"""Smallest map ``[storage]`` accepts (LMDB needs a few pages per table)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StorageConfig:
+    """Every node's LMDB sizing and the headroom kept for everything but enqueues (the
+    ``[storage]`` table; the production driver's ``NetConfig`` takes it over)."""
+
+    map_size_bytes: int = STORAGE_MAP_BYTES_DEFAULT
+    map_size_max_bytes: int = STORAGE_MAP_BYTES_MAX_DEFAULT
+    reserve_bytes: int | None = None
+    """None: automatic (``net.config.NetConfig.reserve_for``); 0: no admission control."""
 
 
 INFLIGHT_BATCHES_MAX = 64
@@ -436,6 +458,8 @@ class ClusterConfig:
     """The lock service; None when the file has no ``[locks]`` table."""
     ownership: OwnershipConfig = OwnershipConfig()
     """The consumers' ownership timing (the ``[ownership]`` table, defaults if absent)."""
+    storage: StorageConfig = StorageConfig()
+    """Every node's LMDB sizing and storage reserve (``[storage]``, defaults if absent)."""
     _ring: StoreRing | None = field(default=None, repr=False, compare=False)
     _topics: dict[str, TopicInfo] = field(default_factory=dict, repr=False, compare=False)
     _queues_cache: dict[tuple[str, str, int], tuple[int, ...]] = field(
@@ -726,7 +750,9 @@ class _Parser:
 
     def cluster(self, doc: Mapping[str, Any]) -> ClusterConfig:
         self.table(
-            doc, "", ("cluster", "limits", "batching", "stores", "locks", "ownership", "topics")
+            doc,
+            "",
+            ("cluster", "limits", "batching", "storage", "stores", "locks", "ownership", "topics"),
         )
         if "cluster" not in doc:
             raise self.error("cluster", "missing")
@@ -734,6 +760,7 @@ class _Parser:
         name = self.name(c, "name", "cluster")
         limits = self.limits(doc.get("limits", {}))
         batching = self.batching(doc.get("batching", {}), limits)
+        storage = self.storage(doc.get("storage", {}))
         if "stores" not in doc:
             raise self.error("stores", "missing (at least one [[stores]])")
         stores_raw = self.array(doc["stores"], "stores")
@@ -780,6 +807,30 @@ class _Parser:
             batching=batching,
             locks=locks,
             ownership=ownership,
+            storage=storage,
+        )
+
+    def storage(self, raw: object) -> StorageConfig:
+        d = self.table(raw, "storage", ("map_size_bytes", "map_size_max_bytes", "reserve_bytes"))
+        size = self.integer(
+            d,
+            "map_size_bytes",
+            "storage",
+            default=STORAGE_MAP_BYTES_DEFAULT,
+            minimum=STORAGE_MAP_BYTES_MIN,
+        )
+        size_max = self.integer(
+            d,
+            "map_size_max_bytes",
+            "storage",
+            default=max(size, STORAGE_MAP_BYTES_MAX_DEFAULT),
+            minimum=size,
+        )
+        reserve = self.integer(
+            d, "reserve_bytes", "storage", default=None, minimum=0, maximum=size_max - 1
+        )
+        return StorageConfig(
+            map_size_bytes=size, map_size_max_bytes=size_max, reserve_bytes=reserve
         )
 
     def check_unique(self, names: list[str], path: str, key: str, what: str) -> None:

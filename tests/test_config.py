@@ -17,6 +17,7 @@ from pxq.config import (
     NodeInfo,
     OwnershipConfig,
     Retention,
+    StorageConfig,
     default_config,
     load_config,
     loads_config,
@@ -519,3 +520,30 @@ def test_ownership_config_checks_its_rules_when_built_directly() -> None:
     with pytest.raises(ValueError, match="weight: expected an integer"):
         OwnershipConfig(weight=True)
     assert OwnershipConfig(lease_ms=4, margin_ms=1, renew_ms=1, poll_ms=3).trusted_ms == 3
+
+
+def test_storage_table_sizes_the_map_and_the_reserve() -> None:
+    assert loads_config(BASE).storage == StorageConfig()
+    c = loads_config(
+        BASE + "[storage]\nmap_size_bytes = 2097152\nmap_size_max_bytes = 8388608\n"
+        "reserve_bytes = 0\n"
+    )
+    assert c.storage == StorageConfig(
+        map_size_bytes=2097152, map_size_max_bytes=8388608, reserve_bytes=0
+    )
+    # A big initial map raises the default maximum with it.
+    big = loads_config(BASE + f"[storage]\nmap_size_bytes = {1 << 40}\n").storage
+    assert big.map_size_max_bytes == 1 << 40 and big.reserve_bytes is None
+    for bad, key in (
+        ("map_size_bytes = 1000", "map_size_bytes"),
+        ("map_size_bytes = 4194304\nmap_size_max_bytes = 2097152", "map_size_max_bytes"),
+        (
+            "map_size_bytes = 2097152\nmap_size_max_bytes = 4194304\nreserve_bytes = 4194304",
+            "reserve_bytes",
+        ),
+        ("reserve_bytes = -1", "reserve_bytes"),
+        ("reserve = 5", ""),
+    ):
+        e = error(BASE + "[storage]\n" + bad + "\n")
+        assert e.key_path.startswith("storage"), (bad, e.key_path)
+        assert key in e.key_path, (bad, e.key_path)

@@ -26,6 +26,7 @@ from net.clientlib import AsyncClient
 from net.config import MIB, NetConfig
 from net.local import LocalCluster
 from net.runner import NodeRunner
+from net.server import build_runner
 from pxq.config import loads_config
 from tests.test_net_cluster import free_ports
 from tests.test_net_support import FAST, run_async
@@ -260,3 +261,23 @@ def test_zero_reserve_disables_admission(tmp_path: Path) -> None:
             await cluster.stop()
 
     run_async(scenario(), timeout_s=30.0)
+
+
+def test_the_cluster_file_storage_table_reaches_every_runner(tmp_path: Path) -> None:
+    """``[storage]`` sets the map sizes and the reserve of nodes started from the file
+    (``pxq node run`` builds its runner with ``build_runner``, ``pxq cluster up`` runs that)."""
+    text = config_toml(free_ports(3)).replace(
+        "[batching]",
+        f"[storage]\nmap_size_bytes = {MIB}\nmap_size_max_bytes = {MAP_MAX_BYTES}\n"
+        f"reserve_bytes = {RESERVE_BYTES}\n[batching]",
+    )
+    config = loads_config(text, file="<test>")
+    runner = build_runner(config, "s1", tmp_path / "s1")
+    assert (
+        runner.config.map_size_bytes,
+        runner.config.map_size_max_bytes,
+        runner.config.storage_reserve_bytes,
+    ) == (MIB, MAP_MAX_BYTES, RESERVE_BYTES)
+    assert LocalCluster(config, tmp_path).net_config == runner.config
+    default = build_runner(loads_config(config_toml(free_ports(3)), file="<t>"), "s0", tmp_path)
+    assert default.config == NetConfig()
