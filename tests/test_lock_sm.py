@@ -20,7 +20,6 @@ from pxq.lock.commands import (
     AcquireCmd,
     CleanupCmd,
     Command,
-    CommandError,
     ListCmd,
     ReadCmd,
     ReleaseCmd,
@@ -53,6 +52,7 @@ from pxq.lock.sm import (
     LockTable,
     TableEntry,
 )
+from pxq.positional import CommandError
 from sim.memstore import MemoryStore
 
 

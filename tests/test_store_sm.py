@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from pxq import codec
 from pxq.config import ClusterConfig, loads_config
 from pxq.effects import EffectsBuilder, InvariantViolation
+from pxq.positional import CommandError
 from pxq.store.commands import (
     Command,
-    CommandError,
     CommitCmd,
     EnqueueCmd,
     RetryCmd,

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
-import msgpack
+from pxq.positional import CommandError, blob, pack, text, u64, unpack
 
 OP_ACQUIRE: Final = 1
 OP_RENEW: Final = 2
@@ -33,12 +33,8 @@ OP_RELEASE: Final = 3
 OP_READ: Final = 4
 OP_CLEANUP: Final = 5
 OP_LIST: Final = 6
-
-_U64_MAX: Final = 2**64 - 1
-
-
-class CommandError(Exception):
-    """A value is not a valid lock command."""
+FIELDS_MAX: Final = 8
+"""The longest command array."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -126,67 +122,46 @@ def encode_command(cmd: Command) -> bytes:
             fields = [OP_CLEANUP, cmd.now_ms]
         case ListCmd():
             fields = [OP_LIST, cmd.prefix, cmd.entries_max, cmd.start_after, cmd.now_ms]
-    data: bytes = msgpack.packb(fields, use_bin_type=True)
-    return data
-
-
-def _u(v: object) -> int:
-    if type(v) is not int or not 0 <= v <= _U64_MAX:
-        raise CommandError("expected an unsigned 64-bit integer")
-    return v
-
-
-def _s(v: object) -> str:
-    if type(v) is not str:
-        raise CommandError("expected a string")
-    return v
-
-
-def _b(v: object) -> bytes:
-    if type(v) is not bytes:
-        raise CommandError("expected a byte string")
-    return v
+    return pack(fields)
 
 
 def decode_command(value: bytes) -> Command:
-    try:
-        fields = msgpack.unpackb(value, raw=False, max_array_len=8, max_map_len=0, max_ext_len=0)
-    except Exception as exc:  # malformed input of any sort is a bad command
-        raise CommandError(f"not a msgpack array: {type(exc).__name__}") from None
-    if type(fields) is not list or not fields:
-        raise CommandError("not a command array")
+    fields = unpack(value, FIELDS_MAX)
     op, n = fields[0], len(fields)
     if op == OP_ACQUIRE and n in (6, 7):
         return AcquireCmd(
-            key=_s(fields[1]),
-            holder=_s(fields[2]),
-            lease_ms=_u(fields[3]),
-            expected_version=None if fields[4] is None else _u(fields[4]),
-            now_ms=_u(fields[5]),
-            value=_b(fields[6]) if n == 7 else b"",
+            key=text(fields[1]),
+            holder=text(fields[2]),
+            lease_ms=u64(fields[3]),
+            expected_version=None if fields[4] is None else u64(fields[4]),
+            now_ms=u64(fields[5]),
+            value=blob(fields[6]) if n == 7 else b"",
         )
     if op == OP_RENEW and n in (6, 7):
         return RenewCmd(
-            key=_s(fields[1]),
-            holder=_s(fields[2]),
-            version=_u(fields[3]),
-            lease_ms=_u(fields[4]),
-            now_ms=_u(fields[5]),
-            value=None if n == 6 or fields[6] is None else _b(fields[6]),
+            key=text(fields[1]),
+            holder=text(fields[2]),
+            version=u64(fields[3]),
+            lease_ms=u64(fields[4]),
+            now_ms=u64(fields[5]),
+            value=None if n == 6 or fields[6] is None else blob(fields[6]),
         )
     if op == OP_RELEASE and n == 5:
         return ReleaseCmd(
-            key=_s(fields[1]), holder=_s(fields[2]), version=_u(fields[3]), now_ms=_u(fields[4])
+            key=text(fields[1]),
+            holder=text(fields[2]),
+            version=u64(fields[3]),
+            now_ms=u64(fields[4]),
         )
     if op == OP_READ and n == 3:
-        return ReadCmd(key=_s(fields[1]), now_ms=_u(fields[2]))
+        return ReadCmd(key=text(fields[1]), now_ms=u64(fields[2]))
     if op == OP_CLEANUP and n == 2:
-        return CleanupCmd(now_ms=_u(fields[1]))
+        return CleanupCmd(now_ms=u64(fields[1]))
     if op == OP_LIST and n == 5:
         return ListCmd(
-            prefix=_s(fields[1]),
-            entries_max=_u(fields[2]),
-            start_after=_s(fields[3]),
-            now_ms=_u(fields[4]),
+            prefix=text(fields[1]),
+            entries_max=u64(fields[2]),
+            start_after=text(fields[3]),
+            now_ms=u64(fields[4]),
         )
     raise CommandError(f"unknown command {op!r} with {n} fields")

@@ -67,7 +67,6 @@ from pxq.effects import EffectsBuilder, InvariantViolation, StorageView
 from pxq.lock.commands import (
     AcquireCmd,
     CleanupCmd,
-    CommandError,
     ListCmd,
     ReadCmd,
     ReleaseCmd,
@@ -88,6 +87,7 @@ from pxq.lock.messages import (
     LockOk,
     directory_of,
 )
+from pxq.positional import CommandError
 
 L_KEY: Final = "lock_key"
 L_VALUE: Final = "lock_value"

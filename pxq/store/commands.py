@@ -22,20 +22,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
-import msgpack
+from pxq.positional import CommandError, i64, opt_u64, pack, text, u64, unpack
 
 OP_ENQUEUE: Final = 1
 OP_COMMIT: Final = 2
 OP_SEEK: Final = 3
 OP_RETRY: Final = 4
 OP_TICK: Final = 5
-
-_I64_MIN: Final = -(2**63)
-_U64_MAX: Final = 2**64 - 1
-
-
-class CommandError(Exception):
-    """A value is not a valid store command."""
+FIELDS_MAX: Final = 8
+"""The longest command array."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -135,83 +130,55 @@ def encode_command(cmd: Command) -> bytes:
             ]
         case TickCmd():
             fields = [OP_TICK, cmd.wall_ms]
-    data: bytes = msgpack.packb(fields, use_bin_type=True)
-    return data
-
-
-def _u(v: object) -> int:
-    if type(v) is not int or not 0 <= v <= _U64_MAX:
-        raise CommandError("expected an unsigned 64-bit integer")
-    return v
-
-
-def _i(v: object) -> int:
-    if type(v) is not int or not _I64_MIN <= v <= _U64_MAX:
-        raise CommandError("expected a 64-bit integer")
-    return v
-
-
-def _s(v: object) -> str:
-    if type(v) is not str:
-        raise CommandError("expected a string")
-    return v
-
-
-def _opt_u(v: object) -> int | None:
-    return None if v is None else _u(v)
+    return pack(fields)
 
 
 def decode_command(value: bytes) -> Command:
-    try:
-        fields = msgpack.unpackb(value, raw=False, max_array_len=8, max_map_len=0, max_ext_len=0)
-    except Exception as exc:  # malformed input of any sort is a bad command
-        raise CommandError(f"not a msgpack array: {type(exc).__name__}") from None
-    if type(fields) is not list or not fields:
-        raise CommandError("not a command array")
+    fields = unpack(value, FIELDS_MAX)
     op, n = fields[0], len(fields)
     if op == OP_ENQUEUE and n in (7, 8):
         items = fields[6]
         if type(items) is not bytes:
             raise CommandError("enqueue items must be bytes")
-        after = _u(fields[7]) if n == 8 else 0
+        after = u64(fields[7]) if n == 8 else 0
         if n == 8 and after == 0:
             raise CommandError("enqueue after must be omitted when 0")
         return EnqueueCmd(
-            producer=_s(fields[1]),
-            seq=_u(fields[2]),
-            topic=_s(fields[3]),
-            queue=_u(fields[4]),
-            wall_ms=_u(fields[5]),
+            producer=text(fields[1]),
+            seq=u64(fields[2]),
+            topic=text(fields[3]),
+            queue=u64(fields[4]),
+            wall_ms=u64(fields[5]),
             items=items,
             after=after,
         )
     if op == OP_COMMIT and n == 7:
         return CommitCmd(
-            topic=_s(fields[1]),
-            group=_s(fields[2]),
-            queue=_u(fields[3]),
-            cursor=_u(fields[4]),
-            token=_u(fields[5]),
-            epoch=_u(fields[6]),
+            topic=text(fields[1]),
+            group=text(fields[2]),
+            queue=u64(fields[3]),
+            cursor=u64(fields[4]),
+            token=u64(fields[5]),
+            epoch=u64(fields[6]),
         )
     if op == OP_SEEK and n == 6:
         return SeekCmd(
-            topic=_s(fields[1]),
-            group=_s(fields[2]),
-            queue=_opt_u(fields[3]),
-            offset=_opt_u(fields[4]),
-            time_ms=None if fields[5] is None else _i(fields[5]),
+            topic=text(fields[1]),
+            group=text(fields[2]),
+            queue=opt_u64(fields[3]),
+            offset=opt_u64(fields[4]),
+            time_ms=None if fields[5] is None else i64(fields[5]),
         )
     if op == OP_RETRY and n == 8:
         return RetryCmd(
-            topic=_s(fields[1]),
-            group=_s(fields[2]),
-            queue=_u(fields[3]),
-            offset=_u(fields[4]),
-            token=_u(fields[5]),
-            wall_ms=_u(fields[6]),
-            epoch=_u(fields[7]),
+            topic=text(fields[1]),
+            group=text(fields[2]),
+            queue=u64(fields[3]),
+            offset=u64(fields[4]),
+            token=u64(fields[5]),
+            wall_ms=u64(fields[6]),
+            epoch=u64(fields[7]),
         )
     if op == OP_TICK and n == 2:
-        return TickCmd(wall_ms=_u(fields[1]))
+        return TickCmd(wall_ms=u64(fields[1]))
     raise CommandError(f"unknown command {op!r} with {n} fields")

@@ -61,8 +61,8 @@ from typing import Any, Final, assert_never
 from pxq import codec
 from pxq.config import ClusterConfig, ConsumerGroupConfig, TopicInfo
 from pxq.effects import EffectsBuilder, InvariantViolation, StorageView
+from pxq.positional import CommandError
 from pxq.store.commands import (
-    CommandError,
     CommitCmd,
     EnqueueCmd,
     RetryCmd,
