@@ -4,17 +4,15 @@ validation, failover with a lagging wall clock, cleanup; and the lock workload's
 (``sim/lock_workload.py``) on hand-made histories, including the negative cases they must
 catch.
 
-``LockCluster`` follows ``tests/test_store_node.StoreCluster``: N LockNodes with instantly
-syncing ``MemoryStore`` disks, messages delivered after a fixed latency, integer true time
-(monotonic clocks at true rate; each node's wall clock may be offset), crash and restart.
-After every step it checks that no group has two lease holders.
+``LockCluster`` is the shared ``tests/service_harness.ServiceCluster`` over LockNodes (instantly
+syncing disks, fixed latency, integer true time, wall clocks that may be offset, crash and
+restart, a single-master check after every step).
 """
 
 from __future__ import annotations
 
 import random
 import zlib
-from dataclasses import dataclass, field
 
 import pytest
 
@@ -25,7 +23,6 @@ from pxq.check.lock import (
     check_lock_liveness,
     lock_operations,
 )
-from pxq.effects import Boot, ClientCall, Input, Now, Received, Wake
 from pxq.lock.messages import (
     LIST_ENTRIES_MAX,
     VALUE_BYTES_MAX,
@@ -45,161 +42,39 @@ from pxq.lock.node import LockNode, directory_of, group_of_key
 from pxq.paxos.config import PaxosConfig
 from sim import scenario
 from sim.memstore import MemoryStore
+from tests.service_harness import WALL_ORIGIN, ServiceCluster
 
-WALL_ORIGIN = 1_700_000_000_000
-SPIN_MAX = 10_000
 NAMES = ("l0", "l1", "l2")
 
 
-@dataclass(slots=True)
-class Flight:
-    seq: int
-    at: int
-    src: str
-    dst: str
-    msg: object
+class LockCluster(ServiceCluster[LockNode]):
+    """Three lock replicas (``tests/service_harness.py``)."""
 
-
-@dataclass(slots=True)
-class LockCluster:
-    config: PaxosConfig
-    cleanup_tick_ms: int = 200
-    latency_ms: int = 1
-    time: int = 0
-    wall_offset: dict[str, int] = field(default_factory=dict)
-    disks: dict[str, MemoryStore] = field(default_factory=dict)
-    nodes: dict[str, LockNode | None] = field(default_factory=dict)
-    incarnation: dict[str, int] = field(default_factory=dict)
-    pool: list[Flight] = field(default_factory=list)
-    responses: dict[int, object | None] = field(default_factory=dict)
-    seq: int = 0
-    next_call: int = 1
-    wakes_now: dict[str, int] = field(default_factory=dict)
+    def __init__(self, config: PaxosConfig, cleanup_tick_ms: int = 200) -> None:
+        self.config = config
+        self.cleanup_tick_ms = cleanup_tick_ms
+        super().__init__(config.replicas, config.groups)
 
     @classmethod
     def make(cls, groups: int = 2, cleanup_tick_ms: int = 200) -> LockCluster:
-        c = cls(config=PaxosConfig(replicas=NAMES, groups=groups), cleanup_tick_ms=cleanup_tick_ms)
-        for name in NAMES:
-            c.disks[name] = MemoryStore()
-            c.incarnation[name] = 0
-            c.nodes[name] = None
-            c.wall_offset[name] = 0
-            c.restart(name)
+        c = cls(PaxosConfig(replicas=NAMES, groups=groups), cleanup_tick_ms=cleanup_tick_ms)
+        c.start()
         return c
 
-    def now(self, name: str | None = None) -> Now:
-        offset = 0 if name is None else self.wall_offset[name]
-        return Now(mono_ms=self.time, wall_ms=WALL_ORIGIN + self.time + offset)
+    def new_node(self, name: str, disk: MemoryStore, rng: random.Random) -> LockNode:
+        return LockNode(name, self.config, disk, rng, cleanup_tick_ms=self.cleanup_tick_ms)
 
-    def node(self, name: str) -> LockNode:
-        node = self.nodes[name]
-        assert node is not None
-        return node
+    def redirect_of(self, response: object) -> tuple[bool, str | None]:
+        if isinstance(response, LockRedirect):
+            return True, response.master
+        return False, None
 
-    def step(self, name: str, inp: Input) -> None:
-        fx = self.node(name).step(self.now(name), inp)
-        self.disks[name].apply(fx.writes)
-        for s in fx.sends:
-            self.seq += 1
-            self.pool.append(Flight(self.seq, self.time + self.latency_ms, name, s.dst, s.msg))
-        for r in fx.replies:
-            assert self.responses.get(r.call_id) is None, f"call {r.call_id} answered twice"
-            self.responses[r.call_id] = r.response
-        for g in range(self.config.groups):
-            assert len(self.masters(g)) <= 1, f"two masters of group {g} at {self.time}"
-
-    def restart(self, name: str) -> None:
-        self.incarnation[name] += 1
-        rng = random.Random(f"lock/{name}/{self.incarnation[name]}")
-        self.nodes[name] = LockNode(
-            name, self.config, self.disks[name], rng, cleanup_tick_ms=self.cleanup_tick_ms
-        )
-        self.step(name, Boot())
-
-    def crash(self, name: str) -> None:
-        self.nodes[name] = None
-        self.pool = [f for f in self.pool if f.dst != name]
-
-    def call(self, name: str, request: object) -> int:
-        call_id = self.next_call
-        self.next_call += 1
-        self.responses[call_id] = None
-        self.step(name, ClientCall(call_id=call_id, request=request))
-        return call_id
-
-    def run(self, ms: int) -> None:
-        end = self.time + ms
-        while True:
-            t_msg = min((f.at for f in self.pool), default=None)
-            timer: tuple[int, str] | None = None
-            for name, node in self.nodes.items():
-                d = None if node is None else node.next_deadline()
-                if d is not None and (timer is None or d < timer[0]):
-                    timer = (d, name)
-            t_next = t_msg
-            if timer is not None and (t_next is None or timer[0] < t_next):
-                t_next = timer[0]
-            if t_next is None or t_next > end:
-                break
-            if t_next > self.time:
-                self.time = t_next
-                self.wakes_now.clear()
-            if t_msg is not None and t_msg <= self.time:
-                f = min((f for f in self.pool if f.at <= self.time), key=lambda f: f.seq)
-                self.pool.remove(f)
-                if self.nodes[f.dst] is not None:
-                    self.step(f.dst, Received(src=f.src, msg=f.msg))
-            elif timer is not None:
-                n = self.wakes_now[timer[1]] = self.wakes_now.get(timer[1], 0) + 1
-                assert n < SPIN_MAX, f"{timer[1]} keeps asking for a Wake at {self.time}"
-                self.step(timer[1], Wake())
-        self.time = end
-
-    def run_until(self, predicate: object, within_ms: int, step_ms: int = 5) -> bool:
-        assert callable(predicate)
-        end = self.time + within_ms
-        while self.time < end:
-            if predicate():
-                return True
-            self.run(step_ms)
-        return bool(predicate())
-
-    def masters(self, group: int) -> list[str]:
-        now = self.now()
-        return [n for n, node in self.nodes.items() if node and node.is_master(group, now)]
-
-    def wait_master(self, group: int, within_ms: int = 5000) -> str:
-        assert self.run_until(lambda: bool(self.masters(group)), within_ms), "no master"
-        return self.masters(group)[0]
-
-    def request(self, name: str, request: object, within_ms: int = 2000) -> object:
-        call_id = self.call(name, request)
-        assert self.run_until(lambda: self.responses[call_id] is not None, within_ms), (
-            f"no answer to {request!r}"
-        )
-        return self.responses[call_id]
+    def is_unknown(self, response: object) -> bool:
+        return isinstance(response, LockError) and response.code == "unknown"
 
     def request_ok(self, request: object, key: str, within_ms: int = 10_000) -> object:
         """Send ``request`` to the master of ``key``'s group, following redirects."""
-        end = self.time + within_ms
-        target = NAMES[0]
-        while self.time < end:
-            if self.nodes[target] is None:
-                target = NAMES[(NAMES.index(target) + 1) % len(NAMES)]
-                continue
-            r = self.request(target, request)
-            if isinstance(r, LockRedirect):
-                if r.master is not None and r.master != target and self.nodes[r.master]:
-                    target = r.master
-                else:
-                    self.run(50)
-                    target = NAMES[(NAMES.index(target) + 1) % len(NAMES)]
-                continue
-            if isinstance(r, LockError) and r.code == "unknown":
-                self.run(50)
-                continue
-            return r
-        raise AssertionError(f"no answer to {request!r} within {within_ms} ms")
+        return self.follow_redirects(request, within_ms)
 
     def master_of_key(self, key: str) -> str:
         return self.wait_master(group_of_key(key, self.config.groups))

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from dataclasses import dataclass, field
 
 import pytest
 
 from pxq.config import DEFAULT_TOML, ClusterConfig, default_config, loads_config
-from pxq.effects import Boot, ClientCall, Input, Now, Received, Wake
+from pxq.effects import Effects
 from pxq.store.messages import (
     CommitCursor,
     CommitOk,
@@ -36,165 +35,43 @@ from pxq.store.messages import (
 from pxq.store.node import StoreNode
 from pxq.store.records import Q_ITEM
 from sim.memstore import MemoryStore
-
-WALL_ORIGIN = 1_700_000_000_000
-SPIN_MAX = 10_000
-"""Wakes one node may take at one instant before the harness calls it a spinning timer."""
+from tests.service_harness import WALL_ORIGIN, ServiceCluster
 
 
-@dataclass(slots=True)
-class Flight:
-    seq: int
-    at: int
-    src: str
-    dst: str
-    msg: object
+class StoreCluster(ServiceCluster[StoreNode]):
+    """The replicas of one store (``tests/service_harness.py``); records every trace event."""
 
-
-@dataclass(slots=True)
-class StoreCluster:
-    config: ClusterConfig
-    store: str
-    latency_ms: int = 1
-    seed: int = 0
-    time: int = 0
-    disks: dict[str, MemoryStore] = field(default_factory=dict)
-    nodes: dict[str, StoreNode | None] = field(default_factory=dict)
-    incarnation: dict[str, int] = field(default_factory=dict)
-    pool: list[Flight] = field(default_factory=list)
-    responses: dict[int, object | None] = field(default_factory=dict)
-    seq: int = 0
-    next_call: int = 1
-    wakes_now: dict[str, int] = field(default_factory=dict)
-    trace: list[tuple[str, str]] = field(default_factory=list)
+    def __init__(self, config: ClusterConfig, store: str) -> None:
+        self.config = config
+        self.store = store
+        self.trace: list[tuple[str, str]] = []
+        info = config.store(store)
+        super().__init__(info.nodes, info.groups)
 
     @classmethod
     def make(cls, config: ClusterConfig | None = None, store: str | None = None) -> StoreCluster:
         config = config or default_config()
-        c = cls(config=config, store=store or config.stores[0].name)
-        for name in config.store(c.store).nodes:
-            c.disks[name] = MemoryStore()
-            c.incarnation[name] = 0
-            c.nodes[name] = None
-            c.restart(name)
+        c = cls(config, store or config.stores[0].name)
+        c.start()
         return c
 
-    @property
-    def names(self) -> tuple[str, ...]:
-        return self.config.store(self.store).nodes
+    def new_node(self, name: str, disk: MemoryStore, rng: random.Random) -> StoreNode:
+        return StoreNode(name, self.config, self.store, disk, rng)
 
-    def now(self) -> Now:
-        return Now(mono_ms=self.time, wall_ms=WALL_ORIGIN + self.time)
-
-    def step(self, name: str, inp: Input) -> None:
-        node = self.nodes[name]
-        assert node is not None
-        fx = node.step(self.now(), inp)
-        self.disks[name].apply(fx.writes)
-        for s in fx.sends:
-            self.seq += 1
-            self.pool.append(Flight(self.seq, self.time + self.latency_ms, name, s.dst, s.msg))
-        for r in fx.replies:
-            assert self.responses.get(r.call_id) is None, f"call {r.call_id} answered twice"
-            self.responses[r.call_id] = r.response
+    def after_step(self, name: str, fx: Effects) -> None:
         self.trace.extend((name, ev.kind) for ev in fx.trace)
-        self.check_single_master()
 
-    def restart(self, name: str) -> None:
-        self.incarnation[name] += 1
-        rng = random.Random(f"{self.seed}/{name}/{self.incarnation[name]}")
-        self.nodes[name] = StoreNode(name, self.config, self.store, self.disks[name], rng)
-        self.step(name, Boot())
+    def redirect_of(self, response: object) -> tuple[bool, str | None]:
+        if isinstance(response, StoreRedirect):
+            return True, response.master
+        return False, None
 
-    def crash(self, name: str) -> None:
-        self.nodes[name] = None
-        self.pool = [f for f in self.pool if f.dst != name]
-
-    def call(self, name: str, request: object) -> int:
-        call_id = self.next_call
-        self.next_call += 1
-        self.responses[call_id] = None
-        self.step(name, ClientCall(call_id=call_id, request=request))
-        return call_id
-
-    def run(self, ms: int) -> None:
-        end = self.time + ms
-        while True:
-            t_msg = min((f.at for f in self.pool), default=None)
-            timer: tuple[int, str] | None = None
-            for name, node in self.nodes.items():
-                d = None if node is None else node.next_deadline()
-                if d is not None and (timer is None or d < timer[0]):
-                    timer = (d, name)
-            t_next = t_msg
-            if timer is not None and (t_next is None or timer[0] < t_next):
-                t_next = timer[0]
-            if t_next is None or t_next > end:
-                break
-            if t_next > self.time:
-                self.time = t_next
-                self.wakes_now.clear()
-            if t_msg is not None and t_msg <= self.time:
-                f = min((f for f in self.pool if f.at <= self.time), key=lambda f: f.seq)
-                self.pool.remove(f)
-                if self.nodes[f.dst] is not None:
-                    self.step(f.dst, Received(src=f.src, msg=f.msg))
-            elif timer is not None:
-                n = self.wakes_now[timer[1]] = self.wakes_now.get(timer[1], 0) + 1
-                assert n < SPIN_MAX, f"{timer[1]} keeps asking for a Wake at {self.time}"
-                self.step(timer[1], Wake())
-        self.time = end
-
-    def run_until(self, predicate: object, within_ms: int, step_ms: int = 5) -> bool:
-        assert callable(predicate)
-        end = self.time + within_ms
-        while self.time < end:
-            if predicate():
-                return True
-            self.run(step_ms)
-        return bool(predicate())
-
-    def masters(self, group: int) -> list[str]:
-        now = self.now()
-        return [n for n, node in self.nodes.items() if node and node.is_master(group, now)]
-
-    def check_single_master(self) -> None:
-        for g in range(self.config.store(self.store).groups):
-            m = self.masters(g)
-            assert len(m) <= 1, f"two masters of group {g} at {self.time}: {m}"
-
-    def wait_master(self, group: int, within_ms: int = 5000) -> str:
-        assert self.run_until(lambda: bool(self.masters(group)), within_ms), "no master"
-        return self.masters(group)[0]
-
-    def request(self, name: str, request: object, within_ms: int = 2000) -> object:
-        call_id = self.call(name, request)
-        assert self.run_until(lambda: self.responses[call_id] is not None, within_ms), (
-            f"no answer to {request!r}"
-        )
-        return self.responses[call_id]
+    def is_unknown(self, response: object) -> bool:
+        return isinstance(response, StoreError) and response.code == "unknown"
 
     def request_ok(self, request: object, group: int, within_ms: int = 10_000) -> object:
         """Send ``request`` to the master of ``group``, following redirects."""
-        end = self.time + within_ms
-        target = self.names[0]
-        while self.time < end:
-            if self.nodes[target] is None:
-                target = self.names[(self.names.index(target) + 1) % len(self.names)]
-                continue
-            r = self.request(target, request)
-            if isinstance(r, StoreRedirect):
-                if r.master is not None and r.master != target and self.nodes[r.master]:
-                    target = r.master
-                else:
-                    self.run(50)
-                    target = self.names[(self.names.index(target) + 1) % len(self.names)]
-                continue
-            if isinstance(r, StoreError) and r.code == "unknown":
-                self.run(50)
-                continue
-            return r
-        raise AssertionError(f"no answer to {request!r} within {within_ms} ms")
+        return self.follow_redirects(request, within_ms)
 
 
 def enqueue(queue: int, seq: int, n: int = 1, producer: str = "p") -> Enqueue:
