@@ -40,6 +40,7 @@ from pxq.lock.messages import (
 )
 from pxq.lock.node import LockNode, directory_of, group_of_key
 from pxq.paxos.config import PaxosConfig
+from pxq.paxos.group import Role
 from sim import scenario
 from sim.memstore import MemoryStore
 from tests.service_harness import WALL_ORIGIN, ServiceCluster
@@ -340,6 +341,45 @@ def test_a_new_master_with_a_fast_wall_clock_does_not_end_leases_early() -> None
     # Wall time is never exceeded, and the term clock is behind the new master's wall clock.
     node = c.node(new)
     assert node.stamp(c.now(new), 0) <= c.now(new).wall_ms - 1_000
+
+
+def test_a_command_queued_by_a_recovering_leader_is_not_stamped_with_its_wall_clock() -> None:
+    """The regression of consumer-lock-master-partition seed 206: a leader still recovering
+    (not yet master) queues the commands it is asked for and proposes them once master. It
+    stamped them with its wall clock, 1.4 s ahead of the previous master's there, so a lease
+    that its holder still trusted had expired by that stamp and the key went to another
+    holder. Such a stamp is now the group's applied time."""
+    c = LockCluster.make(groups=1)
+    old = c.wait_master(0)
+    held = c.request_ok(acquire("f", "bob", lease=3000), "f")
+    assert isinstance(held, LockOk)
+    granted_at = c.time
+    for name in NAMES:
+        if name != old:
+            c.wall_offset[name] = 5_000  # far enough ahead to expire bob's lease at once
+    c.crash(old)
+
+    def recovering() -> str | None:
+        now = c.now()
+        for name in NAMES:
+            node = c.nodes[name]
+            if (
+                node is not None
+                and node.replica.groups[0].role is Role.LEADER
+                and not node.is_master(0, now)
+            ):
+                return name
+        return None
+
+    assert c.run_until(lambda: recovering() is not None, 5000, step_ms=1)
+    leader = recovering()
+    assert leader is not None
+    call = c.call(leader, acquire("f", "carol"))
+    assert c.run_until(lambda: c.responses[call] is not None, 3000)
+    answer = c.responses[call]
+    assert c.time - granted_at < 3000 - 200  # still inside bob's trusted time
+    assert isinstance(answer, LockDenied), (c.time - granted_at, answer)
+    assert answer.holder == "bob"
 
 
 def test_master_proposes_cleanup_of_expired_entries_on_every_replica() -> None:

@@ -43,7 +43,11 @@ term (a new Paxos ballot) its clock is anchored at the group's time and advances
 *monotonic* elapsed time (plus 1/``CATCH_UP_DIV`` of it, so a lagging log time catches up
 with the wall clock slowly), re-anchored whenever the applied group time is ahead, and
 never ahead of its wall clock; while no lease can be running (every expiry the table ever
-granted is behind the log's time) it is the wall clock itself. The last stamp of the previous master was made before this
+granted is behind the log's time) it is the wall clock itself. A replica that is not master
+stamps the group's applied time: a leader still recovering queues the commands it is asked
+for and proposes them once it is master, so those stamps are applied too (found by the
+simulator: ``consumer-lock-master-partition`` seed 206, where a recovering leader's wall clock,
+1.4 s ahead, expired a lease its holder still trusted). The last stamp of the previous master was made before this
 term began, so this clock is never ahead of the previous master's: no lease ends earlier
 than the master that granted it would have ended it (up to clock drift and the catch-up rate,
 which the holders' margin covers). Skew between lock replicas then only makes leases last
@@ -178,12 +182,15 @@ class LockNode(ReplicatedService[LockTable]):
 
     def stamp(self, now: Now, group: int) -> int:
         """The time this replica stamps ``group``'s commands with (the module docstring's
-        term clock); its wall clock when it is not the group's master (nothing it proposes
-        is applied then)."""
+        term clock). When it is not the group's master, the group's applied time: a leader
+        still recovering queues what it is asked to propose and proposes it once it is
+        master, so such a stamp can be applied, and its wall clock may run ahead of the
+        previous master's (found by the simulator: ``consumer-lock-master-partition`` seed
+        206, a grant 1.4 s early); the applied time never is."""
         wall = _wall(now)
         if not self.replica.is_master(group, now):
             self.terms.pop(group, None)
-            return wall
+            return min(wall, self.sms[group].time_ms)
         ballot = self.replica.groups[group].ballot
         sm = self.sms[group]
         applied = sm.time_ms
