@@ -514,16 +514,10 @@ class NodeRunner:
         except Exception as exc:
             self._crash(f"node raised {type(exc).__name__}: {exc}", exc)
             return
-        sends, replies = fx.sends, fx.replies
-        early_replies = replies if fx.replies_early else ()
-        early_sends = tuple(s for s in sends if s.early) if sends else ()
+        early_sends, early_replies, sends, replies = fx.split_early()
         if early_sends or early_replies:
             # The node vouches that these depend on nothing undurable: no need to wait.
             self._release(early_sends, early_replies)
-            if early_sends:
-                sends = tuple(s for s in sends if not s.early)
-            if early_replies:
-                replies = ()
         if sends or replies:
             horizon = storage.horizon_seq
             if self._outbox or horizon > storage.durable_seq:

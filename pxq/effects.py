@@ -256,6 +256,24 @@ class Effects:
     trace: tuple[TraceEvent, ...] = ()
     replies_early: bool = False
 
+    def split_early(
+        self,
+    ) -> tuple[tuple[Send, ...], tuple[Reply, ...], tuple[Send, ...], tuple[Reply, ...]]:
+        """(sends, replies) a driver releases at once (``Send.early``, ``replies_early``), then
+        (sends, replies) that wait for durability: the one rule both drivers apply."""
+        sends, replies = self.sends, self.replies
+        early_replies: tuple[Reply, ...] = ()
+        if self.replies_early:
+            early_replies, replies = replies, ()
+        if not any(s.early for s in sends):
+            return (), early_replies, sends, replies
+        return (
+            tuple(s for s in sends if s.early),
+            early_replies,
+            tuple(s for s in sends if not s.early),
+            replies,
+        )
+
 
 NO_EFFECTS = Effects()
 

@@ -218,29 +218,23 @@ class NodeHost:
                 return
         else:
             batch_id = self.disk.next_batch - 1
-        early_replies = fx.replies if fx.replies_early else ()
-        early_sends = tuple(s for s in fx.sends if s.early)
-        if early_replies or early_sends:
+        early_sends, early_replies, sends, replies = fx.split_early()
+        if early_sends or early_replies:
             self._release(early_sends, early_replies)
             if self.crashed:
                 return
-            fx = Effects(
-                writes=fx.writes,
-                sends=tuple(s for s in fx.sends if not s.early) if early_sends else fx.sends,
-                replies=() if early_replies else fx.replies,
-            )
-        if not (fx.sends or fx.replies):
+        if not (sends or replies):
             if fx.writes:
                 self.disk.request_sync()
             return
         if self.reply_before_persist or (
             not self.outbox and batch_id <= self.disk.durable_upto and not fx.writes
         ):
-            self._release(fx.sends, fx.replies)
+            self._release(sends, replies)
             if fx.writes:
                 self.disk.request_sync()
             return
-        self.outbox.append(_Outbox(batch_id, fx.sends, fx.replies))
+        self.outbox.append(_Outbox(batch_id, sends, replies))
         self.disk.request_sync()
 
     def _synced(self, upto: int) -> None:

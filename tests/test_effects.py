@@ -24,3 +24,17 @@ def test_builder_keeps_order_and_freezes() -> None:
     assert built.writes == (Put(table="t", key=b"k", value=b"v"),)
     assert built.sends == (Send(dst="n1", msg="hello"),)
     assert built.trace[0].fields == (("group", 0), ("instance", 3))
+
+
+def test_split_early_separates_what_may_leave_at_once() -> None:
+    from pxq.effects import Effects, Reply, Send
+
+    a, b = Send(dst="n1", msg=1, early=True), Send(dst="n2", msg=2)
+    r = Reply(call_id=1, response=3)
+    assert Effects(sends=(a, b), replies=(r,)).split_early() == ((a,), (), (b,), (r,))
+    assert Effects(sends=(b,), replies=(r,), replies_early=True).split_early() == (
+        (),
+        (r,),
+        (b,),
+        (),
+    )
