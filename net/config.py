@@ -2,7 +2,7 @@
 
 ``NetConfig`` holds every bound the ``net`` package enforces: frame sizes, queue lengths,
 connection counts, timeouts, backoff, LMDB map sizes and the storage headroom below which a
-node refuses enqueues (``storage_reserve_bytes``; see ``net.runner``). The storage fields can be
+node refuses enqueues (``storage_reserve_bytes``; see ``net.node.runner``). The storage fields can be
 set from the cluster file's ``[storage]`` table (``NetConfig.for_cluster``). Identity (cluster
 id, node name, addresses, data dir) is not a limit and is passed to the runner separately.
 """

@@ -5,8 +5,8 @@ world and ``net`` on real sockets with LMDB. Public names that live in the drive
 re-exported lazily (``__getattr__``) so that importing ``pxq`` never imports a runtime: the
 client API (``pxq.AsyncClient``, ``pxq.Client``, ``pxq.Receipt``, ``pxq.Item``,
 ``pxq.Batch``, and the errors ``pxq.PxqError``, ``pxq.OutcomeUnknown``,
-``pxq.EnqueueFailed``, ``pxq.RequestFailed``...) is loaded from ``net.clientlib`` on first
-access. The module is named as a string on purpose: the pure core has no import of ``net``.
+``pxq.EnqueueFailed``, ``pxq.RequestFailed``...) is loaded from ``net.client.api`` (the
+blocking ``pxq.Client`` from ``net.client.blocking``) on first access. The module is named as a string on purpose: the pure core has no import of ``net``.
 """
 
 from __future__ import annotations
@@ -16,24 +16,25 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_CLIENT_MODULE = "net.clientlib"
 _LAZY: dict[str, str] = {
-    name: _CLIENT_MODULE
-    for name in (
-        "AsyncClient",
-        "AsyncConsumer",
-        "Batch",
-        "BlockingConsumer",
-        "Client",
-        "ClientClosed",
-        "EnqueueFailed",
-        "Item",
-        "MachineFailed",
-        "OutcomeUnknown",
-        "PxqError",
-        "Receipt",
-        "RequestFailed",
-    )
+    **{
+        name: "net.client.api"
+        for name in (
+            "AsyncClient",
+            "AsyncConsumer",
+            "Batch",
+            "ClientClosed",
+            "EnqueueFailed",
+            "Item",
+            "MachineFailed",
+            "OutcomeUnknown",
+            "PxqError",
+            "Receipt",
+            "RequestFailed",
+        )
+    },
+    "BlockingConsumer": "net.client.blocking",
+    "Client": "net.client.blocking",
 }
 
 

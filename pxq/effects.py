@@ -19,7 +19,7 @@ the floor of the pure core. Its frozen dataclasses get a faster generated ``__in
 from __future__ import annotations
 
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Protocol, TypeAlias, TypeVar, runtime_checkable
 
@@ -406,6 +406,13 @@ class Node(Protocol):
         """The monotonic ms at which the node wants a ``Wake``, or None. Re-read after every
         step; a driver keeps exactly one timer per node armed at this value."""
         ...
+
+
+NodeFactory = Callable[[NodeId, StorageView, Rng], Node]
+"""Builds one incarnation of a node from its durable storage view and its random stream (a
+seeded ``random.Random`` the driver derives from the run's seed). Both drivers restart a node
+by calling its factory again on what survived on disk; ``pxq.nodes`` builds the factories of
+the cluster file's nodes."""
 
 
 def u64(n: int) -> bytes:

@@ -26,7 +26,6 @@ records what it holds as deliveries, so the checkers see where failed items ende
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -38,15 +37,14 @@ from pxq.consumer.machine import Consumer
 from pxq.consumer.messages import Deliver, Handled, OwnedQueue
 from pxq.consumer.ownership import ConsumerProcess, OwnershipSettings
 from pxq.consumer.settings import consumer_settings
-from pxq.effects import Node, NodeId, Received, StorageView
-from pxq.lock.node import LockNode
+from pxq.effects import Node, NodeFactory, NodeId, Received, Rng, StorageView
+from pxq.nodes import node_spec
 from pxq.paxos.config import PaxosConfig
 from pxq.producer.machine import Producer
 from pxq.producer.messages import Produce, Produced, ProduceFailed, ProduceUnknown
 from pxq.producer.settings import producer_settings
 from pxq.scheduler.node import Scheduler, SchedulerSettings
 from pxq.store.messages import Get, GetOk, Seek, SeekOk, StoreError, StoreRedirect
-from pxq.store.node import StoreNode
 from pxq.store.placement import dead_letter_topic, group_of, queue_of
 from sim.rng import stream
 from sim.scenario import FaultSpec, Scenario
@@ -80,6 +78,10 @@ def cluster_config(scn: Scenario) -> ClusterConfig:
         lines += [f"{k} = {v}" for k, v in scn.cluster.paxos]
     for i in range(scn.cluster.replicas):
         lines += ["[[stores.replicas]]", f'node = "n{i}"', f"port = {7101 + i}"]
+    if w.ownership == "locks":
+        lines += ["[locks]"]
+        for i in range(w.lock_replicas):
+            lines += ["[[locks.replicas]]", f'node = "l{i}"', f"port = {7201 + i}"]
     lines += ["[[topics]]", f'name = "{TOPIC}"', f"queues = {w.queues}"]
     if w.hold_items is not None:
         lines += ["[topics.retention]", f"hold_items = {w.hold_items}"]
@@ -132,7 +134,7 @@ class QueueWorkload:
         """Lock calls in flight in the history: process -> (f, key)."""
 
         for node in self.replicas:
-            world.add_node(node, self._store_factory)
+            world.add_node(node, self._node_factory(node))
         self.producers: list[str] = []
         self.apps: list[_AppProcess] = []
         self.next_process = 0
@@ -145,11 +147,11 @@ class QueueWorkload:
         self.locks: list[NodeId] = []
         self.schedulers: list[str] = []
         self.lock_config: PaxosConfig | None = None
-        if w.ownership == "locks":
-            self.locks = [f"l{i}" for i in range(w.lock_replicas)]
-            self.lock_config = PaxosConfig(replicas=tuple(self.locks), groups=1)
+        if self.config.locks is not None:
+            self.locks = list(self.config.locks.nodes)
+            self.lock_config = self.config.locks.paxos
             for node in self.locks:
-                world.add_node(node, self._lock_factory)
+                world.add_node(node, self._node_factory(node))
             for i in range(w.schedulers):
                 name = f"sched{i}"
                 self.schedulers.append(name)
@@ -180,20 +182,20 @@ class QueueWorkload:
 
     # -- factories ----------------------------------------------------------------------
 
-    def _store_factory(
-        self, node_id: NodeId, storage: StorageView, rng: random.Random
-    ) -> StoreNode:
-        return StoreNode(node_id, self.config, STORE, storage, rng)
+    def _node_factory(self, node: NodeId) -> NodeFactory:
+        """A store or lock replica, built as ``pxq node run`` builds it (``pxq.nodes``)."""
+        spec = node_spec(self.config, node)
+        if spec is None:
+            raise ValueError(f"{node!r} is not a replica of the queue cluster")
+        return spec.factory
 
-    def _producer_factory(
-        self, node_id: NodeId, storage: StorageView, rng: random.Random
-    ) -> Producer:
+    def _producer_factory(self, node_id: NodeId, storage: StorageView, rng: Rng) -> Producer:
         overrides = {"request_timeout_ms": 500, "call_timeout_ms": 5000}
         if self.scn.workload.batch_items is not None:
             overrides["batch_items_max"] = self.scn.workload.batch_items
         return Producer(producer_settings(self.config, **overrides), rng, name=node_id)
 
-    def _consumer_factory(self, node_id: NodeId, storage: StorageView, rng: random.Random) -> Node:
+    def _consumer_factory(self, node_id: NodeId, storage: StorageView, rng: Rng) -> Node:
         group = self.consumer_group[node_id]
         settings = consumer_settings(self.config, group, request_timeout_ms=500, backoff_max_ms=500)
         if self.lock_config is None:
@@ -213,13 +215,7 @@ class QueueWorkload:
         )
         return ConsumerProcess(settings, own, rng)
 
-    def _lock_factory(self, node_id: NodeId, storage: StorageView, rng: random.Random) -> LockNode:
-        assert self.lock_config is not None
-        return LockNode(node_id, self.lock_config, storage, rng)
-
-    def _scheduler_factory(
-        self, node_id: NodeId, storage: StorageView, rng: random.Random
-    ) -> Scheduler:
+    def _scheduler_factory(self, node_id: NodeId, storage: StorageView, rng: Rng) -> Scheduler:
         assert self.lock_config is not None
         w = self.scn.workload
         settings = SchedulerSettings(

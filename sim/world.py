@@ -18,7 +18,6 @@ Clients (workload processes) are network endpoints too; their requests arrive at
 from __future__ import annotations
 
 import hashlib
-import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from pxq.effects import (
     Input,
     InvariantViolation,
     Node,
+    NodeFactory,
     NodeId,
     Received,
     Reply,
@@ -40,7 +40,6 @@ from pxq.effects import (
     Response,
     Send,
     StorageCorruption,
-    StorageView,
     TraceEvent,
     TraceValue,
     Wake,
@@ -52,9 +51,6 @@ from sim.rng import stream
 
 HANDLER = "handler"
 """The pseudo-destination a consumer machine sends deliveries to; its host's handler runs them."""
-
-NodeFactory = Callable[[NodeId, StorageView, random.Random], Node]
-"""Builds one incarnation of a node from its durable storage and its random stream."""
 
 
 @dataclass(frozen=True, slots=True)

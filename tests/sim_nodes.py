@@ -6,7 +6,6 @@ own, independent of the Paxos replica.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 from pxq.effects import (
@@ -17,6 +16,7 @@ from pxq.effects import (
     Input,
     Now,
     Received,
+    Rng,
     StorageView,
     Wake,
     from_u64,
@@ -38,7 +38,7 @@ class CounterNode:
         node_id: str,
         peers: list[str],
         storage: StorageView,
-        rng: random.Random,
+        rng: Rng,
         *,
         tick_ms: int | None = None,
         send_on_tick: bool = True,

@@ -21,8 +21,9 @@ from typing import Any
 
 import pytest
 
-from net import bench_baselines
-from net.bench import latency_fields, percentile, proc_cpu_s, proc_status_kb, rss_growth
+from net.tools import baselines
+from net.tools.bench import rss_growth
+from net.tools.measure import latency_fields, percentile, proc_cpu_s, proc_status_kb
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 90.0
@@ -231,14 +232,14 @@ def test_plot_of_nothing_exits_1(tmp_path: Path) -> None:
 
 def test_baselines_skip_with_a_note(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PXQ_LIMITS_DIR", str(tmp_path / "absent"))
-    c = bench_baselines.baseline_c(200, 100, 1.0)
+    c = baselines.baseline_c(200, 100, 1.0)
     assert "absent" in c["skipped"]
-    monkeypatch.setattr("net.bench_baselines.shutil.which", lambda _name: None)
-    r = bench_baselines.baseline_r(100, 1.0)
+    monkeypatch.setattr("net.tools.baselines.shutil.which", lambda _name: None)
+    r = baselines.baseline_r(100, 1.0)
     assert "apt-get install -y redis-server" in r["skipped"]
     lines: list[dict[str, Any]] = []
     summary = {"mode": "enqueue", "run": 0, "inflight": 200, "payload_bytes": 100, "items_s": 1.0}
-    bench_baselines.run_baselines([summary], 1.0, lines.append, lambda _t: None)
+    baselines.run_baselines([summary], 1.0, lines.append, lambda _t: None)
     ratios = lines[-1]
     assert ratios["type"] == "ratios" and ratios["pxq_over_c"] is None
 
@@ -248,6 +249,6 @@ def test_helpers() -> None:
     assert percentile([1.0, 2.0, 3.0, 4.0], 99) == 4.0
     assert latency_fields([])["p50_ms"] is None
     assert latency_fields([0.001])["p999_ms"] == 1.0
-    assert bench_baselines.c_shape(200) == (100, 2)
-    assert bench_baselines.c_shape(1) == (1, 1)
+    assert baselines.c_shape(200) == (100, 2)
+    assert baselines.c_shape(1) == (1, 1)
     assert proc_cpu_s(os.getpid()) is not None

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from net.cluster import ClusterHome, down, is_node_process, read_pid
+from net.cluster.processes import ClusterHome, down, is_node_process, read_pid
 from tests.test_net_cluster import cluster_toml, free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -196,7 +196,7 @@ def test_node_run_startup_errors_exit_2_with_the_reason(
             expected = f"cluster.toml: {where}.port: must be >= 1"
         else:
             from net.config import NetConfig
-            from net.storage import LmdbStorage
+            from net.node.storage import LmdbStorage
 
             LmdbStorage.open(
                 tmp_path / ".pxq" / "data" / node, cluster="other", node=node, config=NetConfig()

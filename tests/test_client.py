@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 
 import pxq
-from net.client_consumer import AsyncConsumer
-from net.clientlib import AsyncClient, Item
+from net.client.api import AsyncClient, Item
+from net.client.consumer import AsyncConsumer
 from tests.test_client_support import BackgroundCluster, dead_config, run_async, start_cluster
 
 TOPICS = """
@@ -462,12 +462,13 @@ def test_blocking_client_enqueues_and_consumes_from_plain_threads(
 def test_import_pxq_stays_light_and_reexports_the_client_lazily() -> None:
     code = (
         "import sys, pxq\n"
-        "heavy = [m for m in ('asyncio', 'net', 'net.clientlib', 'lmdb') if m in sys.modules]\n"
+        "heavy = [m for m in ('asyncio', 'net', 'net.client.api', 'lmdb') if m in sys.modules]\n"
         "assert heavy == [], heavy\n"
-        "import net.clientlib as c\n"
-        "names = ['AsyncClient', 'Client', 'Receipt', 'OutcomeUnknown', 'EnqueueFailed',\n"
+        "import net.client.api as c, net.client.blocking as b\n"
+        "names = ['AsyncClient', 'Receipt', 'OutcomeUnknown', 'EnqueueFailed',\n"
         "         'PxqError', 'Item', 'Batch', 'RequestFailed', 'ClientClosed']\n"
         "assert all(getattr(pxq, n) is getattr(c, n) for n in names)\n"
+        "assert pxq.Client is b.Client and pxq.BlockingConsumer is b.BlockingConsumer\n"
         "assert issubclass(pxq.OutcomeUnknown, pxq.PxqError)\n"
         "assert issubclass(pxq.EnqueueFailed, pxq.PxqError)\n"
         "try:\n    pxq.NoSuchName\nexcept AttributeError:\n    pass\nelse:\n    raise SystemExit(3)\n"

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from net.local import LocalCluster
+from net.cluster.inprocess import LocalCluster
 from pxq.config import ClusterConfig, loads_config
 
 T = TypeVar("T")

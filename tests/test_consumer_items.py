@@ -1,4 +1,4 @@
-"""The consumer's delivery path in ``net.client_consumer``: the handler's ``Item`` values.
+"""The consumer's delivery path in ``net.client.consumer``: the handler's ``Item`` values.
 
 Behaviour checked: ``_items`` (which builds each ``Item`` by setting its slots, bypassing the
 frozen dataclass's ``__init__`` for speed) gives values equal to, hashing like and reading like
@@ -12,8 +12,8 @@ import dataclasses
 
 import pytest
 
-from net.client_consumer import Batch, _item, _items
-from net.client_types import Item
+from net.client.consumer import Batch, _item, _items
+from net.client.types import Item
 from pxq.consumer.messages import Deliver
 from pxq.store.messages import StoredItem
 

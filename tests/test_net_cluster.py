@@ -12,8 +12,8 @@ import asyncio
 import socket
 from pathlib import Path
 
-from net.client import NodeClient
-from net.local import LocalCluster
+from net.client.connection import NodeClient
+from net.cluster.inprocess import LocalCluster
 from pxq.config import ClusterConfig, loads_config
 from pxq.effects import NodeId
 from pxq.store.messages import Enqueue, EnqueueOk, Get, GetOk, Item

@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from net.cluster import ClusterHome
+from net.cluster.processes import ClusterHome
 from pxq.config import load_config
 from tests.test_cli_cluster import kill_all, pxq, recorded_pids
 from tests.test_net_cluster import cluster_toml, free_ports

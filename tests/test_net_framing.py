@@ -17,12 +17,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from net.client import _ClientProtocol
+from net.client.connection import _ClientProtocol
 from net.config import NetConfig
-from net.envelope import ENVELOPES, Call, CallReply, Hello
 from net.errors import ConnectionLost, FrameError
-from net.framing import HEADER, FrameDecoder, encode_frame, frame
-from net.transport import ConnKind, InboundConnection
+from net.node.transport import ConnKind, InboundConnection
+from net.wire.envelope import ENVELOPES, Call, CallReply, Hello
+from net.wire.framing import HEADER, FrameDecoder, encode_frame, frame
 from pxq import codec
 from tests.test_net_support import Blob, Count, Incr, Ping
 

@@ -2,7 +2,7 @@
 the history the real clients recorded passes the simulator's queue checkers.
 
 Each test starts ``pxq cluster up`` (3 replicas on free loopback ports, 1 topic of 4 queues,
-2 Paxos groups, 2 consumer groups) under a temporary home, runs ``net.history_run.HistoryRun``
+2 Paxos groups, 2 consumer groups) under a temporary home, runs ``net.tools.history_run.HistoryRun``
 (8 producer tasks through one ``pxq.AsyncClient``, one consumer per group) and meanwhile
 SIGKILLs one node, waits 1.5 s and restarts it (``pxq node run``, same data dir, log appended):
 the master of Paxos group 0 in one test, a follower of group 0 in the other. Then producing
@@ -14,7 +14,7 @@ then SIGKILL of whatever is left); every wait is bounded.
 
 The history stays in the test's ``tmp_path`` (``history.jsonl``, with ``summary.json``);
 failures name it. To replay by hand: ``pxq cluster up --config <cfg> --home <dir>``, then
-``python -m net.history_run --config <cfg> --seconds 8`` while killing a node.
+``python -m net.tools.history_run --config <cfg> --seconds 8`` while killing a node.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from net.cluster import ClusterHome, is_node_process, node_command, read_pid
-from net.cluster import status as cluster_status
-from net.history_run import HistoryRun, RunOptions, check_history, wall_ms
-from net.local import find_masters
+from net.cluster.probe import find_masters
+from net.cluster.processes import ClusterHome, is_node_process, node_command, read_pid
+from net.cluster.processes import status as cluster_status
+from net.tools.history_run import HistoryRun, RunOptions, check_history, wall_ms
 from pxq.check.history import HistoryWriter, Op
 from pxq.config import ClusterConfig, load_config
 from tests.test_cli_cluster import kill_all, pxq, recorded_pids

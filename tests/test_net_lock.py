@@ -1,5 +1,5 @@
 """The lock service in the real runtime: three ``LockNode`` replicas as ``LocalCluster`` node
-runners (LMDB, TCP on 127.0.0.1), called over real TCP with ``net.client.NodeClient``.
+runners (LMDB, TCP on 127.0.0.1), called over real TCP with ``net.client.connection.NodeClient``.
 
 Behaviours checked: an acquire through the master is granted with version 1, renewed (same
 version, later expiry), released (the next holder gets version 2 at once, without waiting for
@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from net.client import NodeClient
-from net.client_driver import NodePool, node_addresses
+from net.client.connection import NodeClient
+from net.client.driver import NodePool, node_addresses
+from net.cluster.inprocess import LocalCluster
+from net.cluster.probe import lock_probe_keys, probed_groups
 from net.errors import NetError
-from net.local import LocalCluster, lock_probe_keys, node_spec, probed_groups
 from pxq.config import LOCK_GROUPS_MAX, LOCKS_SERVICE, ClusterConfig, loads_config
 from pxq.effects import NodeId
 from pxq.lock.messages import (
@@ -33,6 +34,7 @@ from pxq.lock.messages import (
     Renew,
 )
 from pxq.lock.node import LockNode, group_of_key
+from pxq.nodes import node_spec
 from tests.test_net_cluster import STORE, cluster_toml, free_ports
 from tests.test_net_support import FAST, run_async
 

@@ -25,9 +25,8 @@ from typing import Any
 
 import pytest
 
-from net.client import NodeClient
+from net.client.connection import NodeClient
 from net.config import MIB, NetConfig
-from net.envelope import Call, CallReply, Hello
 from net.errors import (
     AddressInUse,
     BootFailed,
@@ -39,9 +38,10 @@ from net.errors import (
     StorageError,
     StorageFull,
 )
-from net.framing import HEADER, FrameDecoder, encode_frame, frame
-from net.runner import DriverStorage, NodeRunner, RunnerState
-from net.storage import LmdbStorage, SealedBatch, StorageSpace, WriteOutcome
+from net.node.runner import DriverStorage, NodeRunner, RunnerState
+from net.node.storage import LmdbStorage, SealedBatch, StorageSpace, WriteOutcome
+from net.wire.envelope import Call, CallReply, Hello
+from net.wire.framing import HEADER, FrameDecoder, encode_frame, frame
 from pxq import codec
 from pxq.effects import Write
 from pxq.store.messages import Enqueue, StoreError
@@ -929,7 +929,7 @@ def test_every_socket_has_tcp_nodelay(tmp_path: Path, loop_kind: str) -> None:
         return flags
 
     if loop_kind == "uvloop":
-        from net.transport import run
+        from net.wire.loop import run
 
         flags = run(asyncio.wait_for(main(), 20))
     else:

@@ -1,4 +1,4 @@
-"""The scheduler in the real runtime (``net/scheduler_run.py``): against a LocalCluster with a
+"""The scheduler in the real runtime (``net/cluster/scheduler.py``): against a LocalCluster with a
 lock service on 127.0.0.1, two schedulers run, one is elected; with two members of group
 "default" registered (one reporting all the load on queues it does not balance), the active
 scheduler publishes an assignment naming only live members that covers every queue; when the
@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from net.client import NodeClient
-from net.local import LocalCluster
-from net.scheduler_run import run_scheduler
+from net.client.connection import NodeClient
+from net.cluster.inprocess import LocalCluster
+from net.cluster.scheduler import run_scheduler
 from pxq.config import loads_config
 from pxq.consumer.ownership import assignment_key, encode_member, member_key
 from pxq.lock.messages import Acquire, LockOk, ReadLock

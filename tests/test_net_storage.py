@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from net.config import KIB, MIB, NetConfig
 from net.errors import DataDirError, DataDirMismatch, StorageError, StorageFull
-from net.storage import MARKER_NAME, LmdbStorage, StorageSpace
+from net.node.storage import MARKER_NAME, LmdbStorage, StorageSpace
 from pxq.effects import Delete, DeleteRange, Put, StorageCorruption, StorageView, Write
 from sim.memstore import MemoryStore
 

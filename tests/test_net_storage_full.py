@@ -21,12 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from net.client_types import EnqueueFailed, Item, Receipt
-from net.clientlib import AsyncClient
+from net.client.api import AsyncClient
+from net.client.types import EnqueueFailed, Item, Receipt
+from net.cluster.inprocess import LocalCluster
 from net.config import MIB, NetConfig
-from net.local import LocalCluster
-from net.runner import NodeRunner
-from net.server import build_runner
+from net.node.runner import NodeRunner
+from net.node.server import build_runner
 from pxq.config import loads_config
 from tests.test_net_cluster import free_ports
 from tests.test_net_support import FAST, run_async
@@ -204,7 +204,7 @@ def test_full_storage_refuses_enqueues_keeps_every_item_and_recovers_after_reten
 
 def test_admission_lets_everything_but_enqueues_through(tmp_path: Path) -> None:
     """While enqueues are refused, a Get and an unknown request still reach the node."""
-    from net.client import NodeClient
+    from net.client.connection import NodeClient
     from pxq.store.messages import Enqueue, Get, GetOk, StoreError
     from pxq.store.messages import Item as StoreItem
 

@@ -9,14 +9,13 @@ pings to its peers on a timer and records what it received and when it woke up.
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from net.config import NetConfig
-from net.runner import NodeFactory, NodeRunner
+from net.node.runner import NodeRunner
 from pxq.codec import message
 from pxq.effects import (
     Boot,
@@ -25,8 +24,10 @@ from pxq.effects import (
     EffectsBuilder,
     Input,
     InvariantViolation,
+    NodeFactory,
     Now,
     Received,
+    Rng,
     StorageView,
     Wake,
     from_u64,
@@ -121,7 +122,7 @@ class NetCounterNode:
         node_id: str,
         peers: list[str],
         storage: StorageView,
-        rng: random.Random,
+        rng: Rng,
         *,
         tick_ms: int | None = None,
     ) -> None:
@@ -179,7 +180,7 @@ class NetCounterNode:
 
 
 def counter_factory(peers: list[str], *, tick_ms: int | None = None) -> NodeFactory:
-    def build(node_id: str, storage: StorageView, rng: random.Random) -> NetCounterNode:
+    def build(node_id: str, storage: StorageView, rng: Rng) -> NetCounterNode:
         return NetCounterNode(
             node_id, [p for p in peers if p != node_id], storage, rng, tick_ms=tick_ms
         )

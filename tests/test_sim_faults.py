@@ -11,7 +11,7 @@ import simpy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pxq.effects import Put, StorageCorruption, StorageView
+from pxq.effects import Put, Rng, StorageCorruption, StorageView
 from sim.clock import NodeClock
 from sim.disk import DiskFull, DiskSpec, SimDisk
 from sim.network import DelaySpec, Network, NetworkSpec
@@ -321,7 +321,7 @@ def test_paused_node_buffers_input_and_handles_it_on_resume() -> None:
     assert Ping(1) == Ping(1)
 
 
-def _counter(nid: str, view: StorageView, rng: random.Random, *, peers: list[str]) -> CounterNode:
+def _counter(nid: str, view: StorageView, rng: Rng, *, peers: list[str]) -> CounterNode:
     return CounterNode(nid, peers, view, rng, tick_ms=3)
 
 

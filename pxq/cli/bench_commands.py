@@ -1,5 +1,5 @@
 """``pxq bench`` and ``pxq plot``: the end-to-end benchmark of the production runtime and its
-charts (``net.bench``, ``net.bench_baselines``, ``net.plot``; see ``docs/performance.md``).
+charts (``net.tools.bench``, ``net.tools.baselines``, ``net.tools.plot``; see ``docs/performance.md``).
 
 Exit codes: 0 done; 1 the run failed (the cluster did not start, the load could not run, no
 file to plot); 2 bad input (an invalid option or list, a missing or invalid configuration).
@@ -205,10 +205,10 @@ def bench(
     One line per measured second (throughput, latency p50/p99/p999), then a summary per run
     (throughput, latency, CPU seconds of every node process and of the bench, CPU µs per
     acknowledged item); with --baselines, C and R lines and the pxq/C, pxq/R ratios."""
-    from net.bench import BenchSpec, open_output, run_bench
-    from net.cluster import ClusterError
+    from net.cluster.processes import ClusterError
     from net.errors import NetError
-    from net.transport import run
+    from net.tools.bench import BenchSpec, open_output, run_bench
+    from net.wire.loop import run
     from pxq.config import ConfigError
 
     if not start_cluster:
@@ -335,7 +335,7 @@ def bench(
 def plot(bench_file: Path | None, sweep_file: Path | None, x: str, out_dir: Path) -> None:
     """PNG charts of `pxq bench` output: throughput and latency over time per run, or with
     --sweep FILE the runs' summaries against --x (inflight, payload, groups)."""
-    from net.plot import PlotError, read_lines, sweep_plot, timeline_plots
+    from net.tools.plot import PlotError, read_lines, sweep_plot, timeline_plots
 
     if (bench_file is None) == (sweep_file is None):
         _bad_input("give exactly one of BENCH_FILE and --sweep FILE")

@@ -2,7 +2,7 @@
 
 Each command reads the cluster configuration from ``--config`` (default: ``./.pxq/cluster.toml``
 if it exists, else the embedded default that ``pxq cluster up`` starts) and runs one
-``pxq.AsyncClient`` on a fresh event loop. The client library (``net.clientlib``) is imported
+``pxq.AsyncClient`` on a fresh event loop. The client library (``net.client.api``) is imported
 only when a command runs, so ``pxq --help`` stays fast.
 
 Exit codes: 0 on success; 1 when an item failed or its outcome is unknown (``produce``), when
@@ -25,7 +25,7 @@ import click
 from pxq.cli.common import EXIT_FAILED, EXIT_OK, bad_input
 
 if TYPE_CHECKING:
-    from net.clientlib import AsyncConsumer, Item, Receipt
+    from net.client.api import AsyncConsumer, Item, Receipt
     from pxq.config import ClusterConfig
 
 PRODUCE_WINDOW = 1000
@@ -46,7 +46,7 @@ CONFIG_OPTION = click.option(
 
 
 def _load(config_path: Path | None) -> ClusterConfig:
-    from net.clientlib import resolve_config
+    from net.client.api import resolve_config
     from pxq.config import ConfigError
 
     try:
@@ -116,7 +116,7 @@ async def _produce(
     call_timeout_ms: int | None,
     stdin: BinaryIO,
 ) -> int:
-    from net.clientlib import AsyncClient, EnqueueFailed, OutcomeUnknown
+    from net.client.api import AsyncClient, EnqueueFailed, OutcomeUnknown
 
     loop = asyncio.get_running_loop()
     window: asyncio.Queue[tuple[int, asyncio.Task[Receipt]] | None] = asyncio.Queue(
@@ -212,7 +212,7 @@ async def _consume(
     count: int | None,
     timeout_s: float | None,
 ) -> int:
-    from net.clientlib import AsyncClient
+    from net.client.api import AsyncClient
 
     loop = asyncio.get_running_loop()
     # With --count, one item per delivery: a delivery is committed as a whole, so this is
@@ -318,7 +318,7 @@ async def _echo(
     payload: bytes,
     timeout_s: float,
 ) -> bool:
-    from net.clientlib import AsyncClient, PxqError
+    from net.client.api import AsyncClient, PxqError
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s

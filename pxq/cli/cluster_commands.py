@@ -2,7 +2,7 @@
 
 ``up`` with no arguments runs the embedded default (one store of three replicas on
 127.0.0.1:7101-7103 and a lock service of three replicas on 127.0.0.1:7201-7203) from
-``./.pxq``; see ``net.cluster`` for the layout of that directory. Paxos groups are shown as
+``./.pxq``; see ``net.cluster.processes`` for the layout of that directory. Paxos groups are shown as
 ``service/group``: ``store0/2`` is group 2 of store ``store0``, ``locks/0`` group 0 of the lock
 service.
 
@@ -25,7 +25,7 @@ import click
 from pxq.cli.common import EXIT_FAILED, EXIT_OK, bad_input
 
 if TYPE_CHECKING:
-    from net.cluster import UpResult
+    from net.cluster.processes import UpResult
 
 HOME_HELP = "The cluster's directory: config, pid files, logs and data."
 
@@ -68,7 +68,7 @@ def cluster() -> None:
 def cluster_up(config_file: Path | None, timeout_s: float, home: Path) -> None:
     """Start every replica (stores and lock service) as a process of its own and wait for the
     masters of every Paxos group."""
-    from net.cluster import ClusterHome, ClusterRunning, NodeExited, NoMasters, up
+    from net.cluster.processes import ClusterHome, ClusterRunning, NodeExited, NoMasters, up
     from pxq.config import ConfigError
 
     try:
@@ -146,7 +146,7 @@ def _print_up(result: UpResult, home: Path, *, default_config: bool) -> None:
 )
 def cluster_status(config_file: Path | None, home: Path) -> None:
     """Per node (store and lock replicas): process alive, port accepting, groups it masters."""
-    from net.cluster import ClusterHome, status
+    from net.cluster.processes import ClusterHome, status
     from pxq.config import ConfigError
 
     try:
@@ -199,7 +199,7 @@ def cluster_status(config_file: Path | None, home: Path) -> None:
 )
 def cluster_down(timeout_s: float, home: Path) -> None:
     """Stop every node (SIGTERM, then SIGKILL after --timeout) and remove the pid files."""
-    from net.cluster import ClusterHome, down
+    from net.cluster.processes import ClusterHome, down
 
     stops = down(ClusterHome(home), timeout_s)
     if not stops:

@@ -62,7 +62,7 @@ def node_run(config_file: Path, node_name: str, data_dir: Path | None, log_level
     gives the node, keeps its state in LMDB under the data directory, and logs to stderr.
     """
     from net.errors import BootFailed, StartupError
-    from net.server import configure_logging, default_data_dir, node_of, run_node
+    from net.node.server import configure_logging, default_data_dir, node_of, run_node
     from pxq.config import ConfigError, load_config
 
     try:
@@ -116,8 +116,8 @@ def scheduler_run(config_file: Path, name: str, log_level: str) -> None:
     load reports and publishes each group's assignment, which consumers follow when the
     cluster file sets [ownership] scheduler = true. Exit 0 after a stop, 2 for a bad
     configuration."""
-    from net import transport
-    from net.scheduler_run import run_scheduler
+    from net.cluster.scheduler import run_scheduler
+    from net.wire.loop import run as run_loop
     from pxq.config import ConfigError, load_config
 
     logging.basicConfig(
@@ -131,5 +131,5 @@ def scheduler_run(config_file: Path, name: str, log_level: str) -> None:
         _bad_input(f"{config_file}: the cluster has no lock service ([locks]) to elect through")
     if not name or any(c in name for c in "/#"):
         _bad_input(f"--name: {name!r} must be non-empty, without '/' or '#'")
-    transport.run(run_scheduler(config, name))
+    run_loop(run_scheduler(config, name))
     sys.exit(EXIT_OK)

@@ -235,7 +235,7 @@ class StoreError:
     (no level left and no dead-letter topic), ``partial`` (a seek over all queues reached only
     some groups), ``bad_request`` (malformed, or a seek epoch above the cursor's),
     ``storage_full`` (an enqueue refused by the production driver because the replica's
-    storage is below its reserve; the message names the limit; ``net.runner``). Indefinite:
+    storage is below its reserve; the message names the limit; ``net.node.runner``). Indefinite:
     ``unknown`` (mastership lost while the request was in flight: it may still be applied)."""
 
     code: str

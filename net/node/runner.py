@@ -7,7 +7,7 @@ It implements the driver contract of ``pxq.effects`` the way ``sim.world.NodeHos
 * Inputs (``Received`` from peer connections, ``ClientCall`` from client connections with call
   ids unique per incarnation, ``Wake`` from the timer) are stepped as they arrive. Each step's
   writes go into the storage's open batch at once, an in-memory overlay that every later
-  read sees (read-your-writes; ``net.storage``).
+  read sees (read-your-writes; ``net.node.storage``).
 * Group commit off the loop thread: the first step of a turn that leaves something to do
   schedules one end-of-turn callback (``loop.call_soon``). It runs before the I/O callbacks of
   the next loop iteration, so it covers every input the previous poll delivered. If no commit
@@ -82,11 +82,11 @@ from pathlib import Path
 from typing import Protocol
 
 from net.config import NetConfig
-from net.envelope import CallReply, Hello
 from net.errors import BootFailed, NetError, StorageError
-from net.framing import encode_frame
-from net.storage import LmdbStorage, SealedBatch, StorageSpace, WriteOutcome
-from net.transport import InboundConnection, PeerLink, listen
+from net.node.storage import LmdbStorage, SealedBatch, StorageSpace, WriteOutcome
+from net.node.transport import InboundConnection, PeerLink, listen
+from net.wire.envelope import CallReply, Hello
+from net.wire.framing import encode_frame
 from pxq import codec
 from pxq.effects import (
     Boot,
@@ -94,6 +94,7 @@ from pxq.effects import (
     Input,
     InvariantViolation,
     Node,
+    NodeFactory,
     NodeId,
     Now,
     Received,
@@ -109,9 +110,6 @@ from pxq.store.messages import Enqueue, StoreError
 
 log = logging.getLogger("pxq.net.runner")
 trace_log = logging.getLogger("pxq.net.trace")
-
-NodeFactory = Callable[[NodeId, StorageView, random.Random], Node]
-"""Builds one incarnation of a node from its storage view and its random stream."""
 
 TraceListener = Callable[[NodeId, TraceEvent], None]
 

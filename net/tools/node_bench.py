@@ -1,6 +1,6 @@
 """Quick figures for the production driver: frames/s on one connection, LMDB commit latency.
 
-Run ``python -m net.bench_net`` (add ``--quick`` for a shorter run). Everything runs in one
+Run ``python -m net.tools.node_bench`` (add ``--quick`` for a shorter run). Everything runs in one
 process on one event loop (sender and receiver share a core), on 127.0.0.1, with data in a
 temporary directory. It measures:
 
@@ -22,13 +22,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from net.client import NodeClient
+from net.client.connection import NodeClient
 from net.config import MIB, NetConfig
-from net.envelope import Hello
-from net.framing import encode_frame
-from net.runner import NodeRunner
-from net.storage import LmdbStorage
-from net.transport import InboundConnection
+from net.node.runner import NodeRunner
+from net.node.storage import LmdbStorage
+from net.node.transport import InboundConnection
+from net.wire.envelope import Hello
+from net.wire.framing import encode_frame
 from pxq.codec import message
 from pxq.effects import (
     ClientCall,

@@ -1,4 +1,4 @@
-"""CPU cost of the queue state machine, per item: ``python -m sim.bench_store``.
+"""CPU cost of the queue state machine, per item: ``python -m sim.bench.store``.
 
 Measures ``time.process_time`` (CPU of this process) for
 

@@ -1,6 +1,6 @@
 """Benchmark (not a test): store master failover time in the simulator.
 
-``python -m sim.bench_failover [--seeds N]`` crashes the master of group 0 (power loss, no
+``python -m sim.bench.failover [--seeds N]`` crashes the master of group 0 (power loss, no
 restart) in the middle of a steady append load, with the default ``PaxosConfig``, and
 measures from the crash to the first value chosen by the new master. Prints the
 distribution over seeds as JSON; figures are recorded in ``docs/simulation.md``.

@@ -37,8 +37,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 
-from net.client import NodeClient
-from net.client_types import ClientClosed, MachineFailed, OutcomeUnknown
+from net.client.connection import NodeClient
+from net.client.types import ClientClosed, MachineFailed, OutcomeUnknown
 from net.config import NetConfig
 from net.errors import NetError, NotConnected
 from pxq import codec

@@ -1,4 +1,4 @@
-"""Benchmark of the simulator itself (not a test): ``python -m sim.bench_sim``.
+"""Benchmark of the simulator itself (not a test): ``python -m sim.bench.speed``.
 
 1. Raw event rate: three endpoints keep a fixed number of messages in flight through the
    simulated network (delay draw, FIFO bookkeeping, SimPy heap), counting deliveries per

@@ -1,6 +1,6 @@
 """Benchmark (not a test): consumer failover time in the simulator.
 
-``python -m sim.bench_consumer_failover [--seeds N] [--lease-ms L]`` runs a queue workload
+``python -m sim.bench.consumer_failover [--seeds N] [--lease-ms L]`` runs a queue workload
 whose consumers own queues through the lock service (3 consumers of one group, 8 queues) and
 kills one consumer (no restart) in the middle of a steady load, then measures, for every queue
 it owned, the time from the kill to the queue's next grant to a live consumer (the failover

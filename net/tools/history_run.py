@@ -35,7 +35,7 @@ Use::
         await run.drain()
     results = check_history(writer.ops, config, run.topic, run.groups)
 
-or ``python -m net.history_run --config cluster.toml --seconds 5 --out history.jsonl``, which
+or ``python -m net.tools.history_run --config cluster.toml --seconds 5 --out history.jsonl``, which
 also runs ``total-queue`` and ``queue-order`` on the result (exit status 1 if either fails).
 """
 
@@ -54,9 +54,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from net.client_consumer import AsyncConsumer
-from net.client_types import EnqueueFailed, Item, OutcomeUnknown, PxqError
-from net.clientlib import AsyncClient, resolve_config
+from net.client.api import AsyncClient, resolve_config
+from net.client.consumer import AsyncConsumer
+from net.client.types import EnqueueFailed, Item, OutcomeUnknown, PxqError
 from pxq.check.history import JSON, NEMESIS, HistoryWriter, Op
 from pxq.check.queue import Subscriptions, check_queue_order, check_total_queue
 from pxq.check.result import CheckResult
@@ -482,8 +482,8 @@ async def record(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m net.history_run``: record a run against a running cluster and check it."""
-    parser = argparse.ArgumentParser(prog="python -m net.history_run", description=__doc__)
+    """``python -m net.tools.history_run``: record a run against a running cluster and check it."""
+    parser = argparse.ArgumentParser(prog="python -m net.tools.history_run", description=__doc__)
     parser.add_argument("--config", type=Path, default=None, help="the cluster file")
     parser.add_argument("--seconds", type=float, default=5.0, help="how long to produce")
     parser.add_argument("--out", type=Path, default=Path("history.jsonl"), help="JSONL output")

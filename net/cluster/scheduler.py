@@ -1,6 +1,6 @@
 """``pxq scheduler run``: the scheduler (``pxq.scheduler.node.Scheduler``) as a process.
 
-It runs the pure scheduler machine with the client driver (``net.client_driver``) against the
+It runs the pure scheduler machine with the client driver (``net.client.driver``) against the
 cluster's lock service, logs when it becomes the active scheduler and every assignment it
 publishes (INFO), and stops on SIGTERM or SIGINT. Any number may run: the lock service elects
 one; the others stand by and take over within one ownership lease of its death. Consumers
@@ -13,7 +13,7 @@ import asyncio
 import logging
 import signal
 
-from net.client_driver import MachineDriver, NodePool
+from net.client.driver import MachineDriver, NodePool
 from net.config import NetConfig
 from pxq.config import ClusterConfig
 from pxq.effects import TraceEvent

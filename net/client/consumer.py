@@ -44,8 +44,8 @@ import types
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Final, TypeAlias
 
-from net.client_driver import MachineDriver, NodePool
-from net.client_types import ClientClosed, Item, MachineFailed, PxqError, RequestFailed
+from net.client.driver import MachineDriver, NodePool
+from net.client.types import ClientClosed, Item, MachineFailed, PxqError, RequestFailed
 from pxq.consumer.machine import Consumer as ConsumerMachine
 from pxq.consumer.messages import (
     HANDLER,
@@ -133,7 +133,7 @@ if (
     or hasattr(Item, "__post_init__")
     or not all(isinstance(vars(Item).get(n), types.MemberDescriptorType) for n in _ITEM_FIELDS)
 ):  # pragma: no cover - guards the fast constructor below against a changed Item
-    raise RuntimeError("net.client_types.Item changed: update net.client_consumer._items")
+    raise RuntimeError("net.client.types.Item changed: update net.client.consumer._items")
 _NEW = object.__new__
 _SETTERS: Final = tuple(vars(Item)[n].__set__ for n in _ITEM_FIELDS)
 (_SET_TOPIC, _SET_QUEUE, _SET_OFFSET, _SET_KEY, _SET_PAYLOAD, _SET_KIND, _SET_ATTEMPT, _SET_MS) = (

@@ -9,6 +9,12 @@ unknown outcome (``OutcomeUnknown``: it may or may not have taken effect). It ha
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeAlias
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from pxq.config import ClusterConfig
 
 
 class PxqError(Exception):
@@ -87,3 +93,10 @@ class Item:
     kind: str
     attempt: int
     enqueued_ms: int
+
+
+ConfigSource: TypeAlias = "ClusterConfig | str | Path | None"
+"""A cluster configuration, a path to its TOML file, or None (see
+``net.client.api.resolve_config``)."""
+Key: TypeAlias = bytes | str | None
+"""An item key: bytes, a str (UTF-8 encoded), or None for a random key (items spread)."""

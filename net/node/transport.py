@@ -1,7 +1,7 @@
 """Connections of a node: inbound (peers and clients) and outbound peer links, over asyncio TCP.
 
 This module owns the connection-level behaviour of the production wire, on top of
-``net.framing`` and ``net.envelope``:
+``net.wire.framing`` and ``net.wire.envelope``:
 
 * ``InboundConnection``: an accepted connection. Its first frame decides its kind (``Hello``:
   a peer's one-way message stream; ``Call``: a client). Any malformed, oversized or unknown
@@ -16,9 +16,6 @@ This module owns the connection-level behaviour of the production wire, on top o
   in ``dropped``) while disconnected or while the transport asks to pause, and reconnects
   with jittered exponential backoff while it has something to send.
 * ``listen``: binds a server socket, with a clear ``StartupError`` for a busy port.
-* ``new_event_loop`` and ``run``: the event loop pxq's processes run on: uvloop's when it is
-  installed (faster sockets and callbacks, see ``docs/performance.md``), else asyncio's
-  default. Both set ``TCP_NODELAY`` on every TCP socket they create or accept.
 
 The node-facing decisions (is this Hello acceptable, what to do with a message or a call)
 belong to the ``InboundHost``, which the runner implements.
@@ -31,35 +28,18 @@ import errno
 import logging
 import random
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from enum import Enum
-from typing import Any, Protocol, TypeVar, cast
+from typing import Protocol, cast
 
 from net.config import NetConfig
-from net.envelope import ENVELOPES, Call, Hello
 from net.errors import AddressInUse, FrameError, StartupError
-from net.framing import FrameDecoder, decode_payload, encode_frame
+from net.wire.envelope import ENVELOPES, Call, Hello
+from net.wire.framing import FrameDecoder, decode_payload, encode_frame
 from pxq.codec import CodecError
 from pxq.effects import NodeId
 
 log = logging.getLogger("pxq.net.transport")
-
-T = TypeVar("T")
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """A new event loop: uvloop's if importable, else asyncio's default."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
-
-
-def run(main: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run(main)`` on ``new_event_loop()``."""
-    with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        return runner.run(main)
 
 
 class InboundHost(Protocol):

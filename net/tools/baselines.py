@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from net.bench import Emit, Line, free_ports, loadavg, proc_cpu_s
+from net.tools.measure import Emit, Line, free_ports, loadavg, proc_cpu_s
 
 C_BATCH_MAX: Final = 100
 C_SECS_MAX: Final = 10.0

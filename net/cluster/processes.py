@@ -11,9 +11,9 @@ processes in it::
     .pxq/data/<node>/        each node's LMDB data dir
 
 ``up`` starts every replica of every store, then every replica of the lock service (if the
-configuration has ``[locks]``), each as ``python -m pxq.cli node run`` (``net.server``) in a
+configuration has ``[locks]``), each as ``python -m pxq.cli node run`` (``net.node.server``) in a
 session of its own, so that the nodes outlive the command, then waits (bounded) until every
-Paxos group has a master, store groups and lock groups alike, probed as ``net.local`` does. A
+Paxos group has a master, store groups and lock groups alike, probed as ``net.cluster.inprocess`` does. A
 node that exits meanwhile fails the start: the others are stopped and its log tail is
 reported. ``status`` reports per node its role, whether its process is alive, its port accepts
 connections and which groups it masters (``store0/1``, ``locks/0``).
@@ -38,9 +38,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from net.cluster.probe import (
+    GroupKey,
+    node_masters,
+    probed_groups,
+    service_probes,
+    wait_for_masters,
+)
 from net.config import NetConfig
 from net.errors import NetError
-from net.local import GroupKey, node_masters, probed_groups, service_probes, wait_for_masters
 from pxq.config import DEFAULT_TOML, ClusterConfig, Role, load_config
 
 HOME_DEFAULT: Final = Path(".pxq")

@@ -1,10 +1,10 @@
-"""Client latency benchmark: ``python -m net.client_bench [--items N] [--linger-ms MS]``.
+"""Client latency benchmark: ``python -m net.tools.client_bench [--items N] [--linger-ms MS]``.
 
 It owns the figures quoted for the client library: the latency of one ``enqueue`` awaited at a
 time (p50/p99), the throughput of ``enqueue_many``, and the echo round trip (enqueue, then
 seen by a polling consumer). It starts a ``LocalCluster`` (3 replicas, 2 Paxos groups, LMDB
 with fsync) on free loopback ports in a temporary directory, in this process. Throughput
-under concurrent load, CPU per item and the baselines are ``pxq bench`` (``net.bench``),
+under concurrent load, CPU per item and the baselines are ``pxq bench`` (``net.tools.bench``),
 whose helpers (free ports, percentiles) this module shares.
 """
 
@@ -16,9 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from net.bench import free_ports, percentile
-from net.clientlib import AsyncClient
-from net.local import LocalCluster
+from net.client.api import AsyncClient
+from net.cluster.inprocess import LocalCluster
+from net.tools.measure import free_ports, percentile
 from pxq.config import loads_config
 
 ECHO_ROUNDS = 20

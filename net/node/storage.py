@@ -21,7 +21,7 @@
   transaction on LMDB renewed after each commit: a node reads its own writes whether they
   are durable or not (read-your-writes, as ``pxq.effects`` requires). ``commit`` does seal,
   write and written at once on the calling thread (tests, tools, a runner's final turn).
-  The runner (``net.runner``) seals all steps of one loop turn into one batch (group commit)
+  The runner (``net.node.runner``) seals all steps of one loop turn into one batch (group commit)
   and keeps stepping while the writer thread syncs it;
 * a full map: ``write`` reports it before anything is written; ``written`` doubles the map
   (up to ``NetConfig.map_size_max_bytes``) on the owner's thread, where no read transaction

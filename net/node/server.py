@@ -4,10 +4,10 @@ process.
 This module owns what turns a cluster file and a node name into a running replica: finding the
 node's role and address in the configuration, building its ``NodeRunner`` (a ``StoreNode`` for
 a store replica, a ``LockNode`` hosting every lock group for a lock replica, both via
-``net.local.node_spec``; LMDB in the data dir, the listener bound to exactly the configured
+``pxq.nodes.node_spec``; LMDB in the data dir, the listener bound to exactly the configured
 host and port), stderr logging, and the signal handling of a service: SIGTERM or SIGINT stops
 the node gracefully (no new connections, the current turn committed and released, LMDB
-closed). It is what a systemd unit executes; ``net.cluster`` starts one such process per
+closed). It is what a systemd unit executes; ``net.cluster.processes`` starts one such process per
 replica for ``pxq cluster up``.
 
 Startup problems are raised as ``StartupError``s naming the problem (``UnknownNode`` here,
@@ -24,12 +24,12 @@ import sys
 from pathlib import Path
 from typing import Final
 
-from net import transport
 from net.config import NetConfig
 from net.errors import StartupError
-from net.local import NodeSpec, node_spec
-from net.runner import NodeRunner
+from net.node.runner import NodeRunner
+from net.wire.loop import run as run_loop
 from pxq.config import ClusterConfig, NodeInfo
+from pxq.nodes import NodeSpec, node_spec
 
 log = logging.getLogger("pxq.net.server")
 
@@ -141,5 +141,5 @@ def run_node(
         config.name,
         data_dir.resolve(),
     )
-    # uvloop when installed (net.transport.new_event_loop), asyncio's own loop otherwise.
-    return transport.run(serve(runner))
+    # uvloop when installed (net.wire.loop.new_event_loop), asyncio's own loop otherwise.
+    return run_loop(serve(runner))

@@ -4,7 +4,7 @@
 This module owns the application-facing API over the pure client machines: an
 ``AsyncClient`` holds the cluster configuration, one connection per store replica (shared by
 everything it runs), one ``Producer`` machine (made on the first enqueue) and any number of
-consumers (``net.client_consumer``), plus the admin calls (``seek``, ``peek``) that follow
+consumers (``net.client.consumer``), plus the admin calls (``seek``, ``peek``) that follow
 redirects themselves. Routing, batching, dedupe ids, retries, redirects, commits, retry
 levels and rate limits all happen in the machines (``pxq.producer``, ``pxq.consumer``).
 
@@ -51,15 +51,16 @@ import random
 import socket
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Literal, TypeAlias, overload
+from typing import Literal, overload
 
-from net.client_consumer import AsyncConsumer, Batch, Handler
-from net.client_driver import CALL_TIMEOUT_MARGIN_S, MachineDriver, NodePool
-from net.client_sync import BlockingConsumer, Client
-from net.client_types import (
+from net.client.consumer import AsyncConsumer, Batch, Handler
+from net.client.driver import CALL_TIMEOUT_MARGIN_S, MachineDriver, NodePool
+from net.client.types import (
     ClientClosed,
+    ConfigSource,
     EnqueueFailed,
     Item,
+    Key,
     MachineFailed,
     OutcomeUnknown,
     PxqError,
@@ -82,8 +83,6 @@ __all__ = [
     "AsyncClient",
     "AsyncConsumer",
     "Batch",
-    "BlockingConsumer",
-    "Client",
     "ClientClosed",
     "ConfigSource",
     "EnqueueFailed",
@@ -98,10 +97,6 @@ __all__ = [
     "resolve_config",
 ]
 
-ConfigSource: TypeAlias = ClusterConfig | str | Path | None
-"""A cluster configuration, a path to its TOML file, or None (see ``resolve_config``)."""
-Key: TypeAlias = bytes | str | None
-"""An item key: bytes, a str (UTF-8 encoded), or None for a random key (items spread)."""
 
 DEFAULT_CONFIG_PATH = Path(".pxq") / "cluster.toml"
 """Where ``resolve_config(None)`` looks first, relative to the working directory."""
@@ -354,7 +349,7 @@ class AsyncClient:
         weight: int | None = None,
     ) -> AsyncConsumer:
         """A consumer of ``group``: of ``topic`` (default: every topic the group subscribes
-        to). Start it with ``run(handler)`` or ``batches()``; see ``net.client_consumer``.
+        to). Start it with ``run(handler)`` or ``batches()``; see ``net.client.consumer``.
 
         Which queues it consumes: with ``queues`` given, exactly those (no lock service
         involved: the application keeps two consumers from sharing a queue). Without, if the

@@ -6,7 +6,7 @@ elect a master. Clients submit 100-byte values to the master in batches of 100 (
 per instance) with the pipeline kept full. Reports acknowledged values per second and the
 CPU microseconds per value (``time.process_time``), as JSON:
 
-    python -m sim.bench_paxos [--values N] [--value-bytes B] [--batch N] [--pipeline N]
+    python -m sim.bench.paxos [--values N] [--value-bytes B] [--batch N] [--pipeline N]
 """
 
 from __future__ import annotations

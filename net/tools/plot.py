@@ -8,7 +8,7 @@
   item against ``x`` (log scale), one PNG (``<stem>-sweep-<x>.png``).
 
 Input lines are JSON objects with a ``"type"`` (``"second"``, ``"summary"``, ...; see
-``net.bench``); lines of other types and blank lines are ignored. Raises ``PlotError`` for
+``net.tools.bench``); lines of other types and blank lines are ignored. Raises ``PlotError`` for
 input without anything to plot.
 """
 

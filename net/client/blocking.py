@@ -27,12 +27,12 @@ import threading
 from collections.abc import Awaitable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
-from net.client_consumer import AsyncConsumer, Batch, Handler
-from net.client_types import ClientClosed, Item, PxqError, Receipt
-from net.transport import new_event_loop
+from net.client.consumer import AsyncConsumer, Batch, Handler
+from net.client.types import ClientClosed, Item, PxqError, Receipt
+from net.wire.loop import new_event_loop
 
 if TYPE_CHECKING:
-    from net.clientlib import ConfigSource, Key
+    from net.client.types import ConfigSource, Key
     from net.config import NetConfig
 
 T = TypeVar("T")
@@ -93,7 +93,7 @@ class Client:
         producer_options: Mapping[str, int] | None = None,
         net_config: NetConfig | None = None,
     ) -> None:
-        from net.clientlib import AsyncClient
+        from net.client.api import AsyncClient
 
         self._thread = _LoopThread("pxq-client-loop")
         try:

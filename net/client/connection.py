@@ -22,9 +22,9 @@ import logging
 from typing import cast
 
 from net.config import NetConfig
-from net.envelope import Call, CallReply
 from net.errors import CallTimeout, ConnectionLost, FrameError, NotConnected
-from net.framing import FrameDecoder, decode_payload, encode_frame
+from net.wire.envelope import Call, CallReply
+from net.wire.framing import FrameDecoder, decode_payload, encode_frame
 from pxq import codec
 
 log = logging.getLogger("pxq.net.client")
