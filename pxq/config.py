@@ -117,13 +117,8 @@ from pxq.lock.node import CLEANUP_TICK_MS_DEFAULT
 from pxq.lock.sm import KEYS_MAX_DEFAULT, VALUES_BYTES_MAX_DEFAULT
 from pxq.lock.timing import lease_timing_problem
 from pxq.paxos.config import PaxosConfig
-from pxq.store.placement import (
-    DLQ_MARK,
-    RETRY_MARK,
-    StoreRing,
-    dead_letter_topic,
-    retry_topic,
-)
+from pxq.routing import StoreRing
+from pxq.topics import DLQ_MARK, RETRY_MARK, dead_letter_topic, retry_topic
 
 KIB: Final = 1024
 MIB: Final = 1024 * KIB

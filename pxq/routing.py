@@ -1,22 +1,71 @@
-"""Client-side routing shared by the producer and the consumer: which store and Paxos group
-hold a queue, which replica is believed to be that group's master, and retry backoff.
+"""Routing: where things live (key -> queue, queue -> store, queue -> Paxos group), and the
+client-side belief about masters shared by the producer and the consumer, with retry backoff.
 
-The placement functions themselves (key -> queue, queue -> store, queue -> group) live in
-``pxq.store.placement``; this module owns only the client's *belief* about masters, which it
-learns from ``StoreRedirect`` answers and successful replies, and loses on timeouts.
+Placement is stable by construction: crc32 and blake2b, never ``hash()`` (salted per
+process). ``StoreRing`` places a (topic, queue) by its base topic (``pxq.topics``), so derived
+topics (retry levels, dead letters) live beside their base topic and moving an item to a
+retry level is one command in one Paxos group.
 
-A group's first guess is its preferred replica ``replicas[group % len(replicas)]``, the same
-rule ``PaxosConfig`` uses, so a healthy cluster answers the very first request without a
-redirect.
+``Router`` owns only the client's *belief* about masters, which it learns from
+``StoreRedirect`` answers and successful replies, and loses on timeouts. A group's first guess
+is its preferred replica ``replicas[group % len(replicas)]``, the same rule ``PaxosConfig``
+uses, so a healthy cluster answers the very first request without a redirect.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import bisect
+import hashlib
+import zlib
+from collections.abc import Mapping, Sequence
 from typing import TypeAlias
 
 from pxq.effects import NodeId, Rng
-from pxq.store.placement import StoreRing, group_of
+from pxq.topics import base_topic
+
+RING_POINTS_PER_STORE = 64
+"""Virtual points per store on the consistent-hash ring (evens out the spread)."""
+
+
+def queue_of(key: bytes, queues: int) -> int:
+    """The queue of ``key`` among ``queues``: the same key always lands on the same queue."""
+    if queues < 1:
+        raise ValueError("queues must be >= 1")
+    return zlib.crc32(key) % queues
+
+
+def group_of(queue: int, groups: int) -> int:
+    """The Paxos group of a store that holds ``queue``."""
+    return queue % groups
+
+
+def _point(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
+class StoreRing:
+    """Consistent hashing of (base topic, queue) over store names."""
+
+    __slots__ = ("_owners", "_points")
+
+    def __init__(self, stores: Sequence[str]) -> None:
+        if not stores:
+            raise ValueError("at least one store is needed")
+        if len(set(stores)) != len(stores):
+            raise ValueError("store names must be distinct")
+        ring = sorted(
+            (_point(f"{store}#{i}"), store)
+            for store in stores
+            for i in range(RING_POINTS_PER_STORE)
+        )
+        self._points = [p for p, _ in ring]
+        self._owners = [s for _, s in ring]
+
+    def store_of(self, topic: str, queue: int) -> str:
+        point = _point(f"{base_topic(topic)}/{queue}")
+        i = bisect.bisect_right(self._points, point) % len(self._points)
+        return self._owners[i]
+
 
 Location: TypeAlias = tuple[str, int]
 """(store name, Paxos group index within the store)."""

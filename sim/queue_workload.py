@@ -43,9 +43,10 @@ from pxq.paxos.config import PaxosConfig
 from pxq.producer.machine import Producer
 from pxq.producer.messages import Produce, Produced, ProduceFailed, ProduceUnknown
 from pxq.producer.settings import producer_settings
+from pxq.routing import group_of, queue_of
 from pxq.scheduler.node import Scheduler, SchedulerSettings
 from pxq.store.messages import Get, GetOk, Seek, SeekOk, StoreError, StoreRedirect
-from pxq.store.placement import dead_letter_topic, group_of, queue_of
+from pxq.topics import dead_letter_topic
 from sim.rng import stream
 from sim.scenario import FaultSpec, Scenario
 from sim.world import HANDLER, CallMsg, ReplyMsg, TraceRecord, World

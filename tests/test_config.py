@@ -27,7 +27,7 @@ from pxq.lock.node import CLEANUP_TICK_MS_DEFAULT
 from pxq.lock.sm import KEYS_MAX_DEFAULT, VALUES_BYTES_MAX_DEFAULT
 from pxq.paxos.config import PaxosConfig
 from pxq.producer.settings import producer_settings
-from pxq.store.placement import StoreRing
+from pxq.routing import StoreRing
 
 BASE = """
 [cluster]

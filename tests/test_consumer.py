@@ -34,7 +34,7 @@ from pxq.store.messages import (
     StoredItem,
     StoreError,
 )
-from pxq.store.placement import dead_letter_topic, retry_topic
+from pxq.topics import dead_letter_topic, retry_topic
 from tests.test_consumer_fakestore import GROUPS, STORES, WALL0, FakeStore, Harness
 
 TOPICS = {"t": 4}

@@ -24,7 +24,7 @@ from typing import Any
 
 from pxq.consumer.messages import HANDLER, Deliver, Handled
 from pxq.effects import ClientCall, Effects, Input, Node, Now, Received, Request, Response, Wake
-from pxq.routing import Location
+from pxq.routing import Location, StoreRing, group_of
 from pxq.store.messages import (
     CommitCursor,
     CommitOk,
@@ -40,14 +40,7 @@ from pxq.store.messages import (
     StoreError,
     StoreRedirect,
 )
-from pxq.store.placement import (
-    StoreRing,
-    base_topic,
-    dead_letter_topic,
-    group_of,
-    retry_level,
-    retry_topic,
-)
+from pxq.topics import base_topic, dead_letter_topic, retry_level, retry_topic
 
 WALL0 = 1_700_000_000_000
 STEPS_MAX = 2_000_000

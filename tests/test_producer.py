@@ -15,8 +15,8 @@ from pxq.effects import Boot, ClientCall, Now, Received, Request, Response
 from pxq.producer.machine import Producer
 from pxq.producer.messages import Produce, Produced, ProduceFailed, ProduceUnknown
 from pxq.producer.settings import ProducerSettings
+from pxq.routing import queue_of
 from pxq.store.messages import Enqueue, EnqueueOk, StoreError, StoreRedirect
-from pxq.store.placement import queue_of
 from tests.test_consumer_fakestore import GROUPS, STORES, FakeStore, Harness
 
 TOPICS = {"t": 8, "u": 3}

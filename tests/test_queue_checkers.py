@@ -25,7 +25,7 @@ from pxq.check.queue import (
     topic_level,
 )
 from pxq.check.result import EXAMPLES_MAX, CheckResult
-from pxq.store.placement import dead_letter_topic, retry_topic
+from pxq.topics import dead_letter_topic, retry_topic
 
 T = "orders"
 R1 = retry_topic(T, "g", 1)

@@ -61,7 +61,7 @@ from pxq.check.history import JSON, NEMESIS, HistoryWriter, Op
 from pxq.check.queue import Subscriptions, check_queue_order, check_total_queue
 from pxq.check.result import CheckResult
 from pxq.config import ClusterConfig, TopicConfig
-from pxq.store.placement import queue_of
+from pxq.routing import queue_of
 
 SEPARATOR: Final = b"|"
 """Ends the msg id at the start of every payload."""

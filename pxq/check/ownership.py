@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from pxq.check.history import JSON, Op
 from pxq.check.result import CheckResult, Offenders, verdict
-from pxq.store.placement import base_topic
+from pxq.topics import base_topic
 
 QueueRef = tuple[str, str, int]
 """(group, base topic, queue)."""

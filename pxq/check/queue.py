@@ -48,7 +48,7 @@ from typing import Final, TypeAlias
 from pxq.check.history import JSON, HistoryError, Op, pair_ops
 from pxq.check.log import Outcome
 from pxq.check.result import CheckResult, Offenders, verdict
-from pxq.store.placement import base_topic, dead_letter_topic, retry_level, retry_topic
+from pxq.topics import base_topic, dead_letter_topic, retry_level, retry_topic
 
 Subscriptions: TypeAlias = Mapping[str, Mapping[str, Collection[int]]]
 """Consumer group -> base topic -> the queues of that topic the group reads."""
@@ -64,7 +64,7 @@ Lane: TypeAlias = tuple[str, str, int]
 """``(group, topic, queue)``."""
 
 DEAD_LETTER: Final = -1
-"""The level of a dead-letter topic (as ``placement.retry_level`` returns it)."""
+"""The level of a dead-letter topic (as ``pxq.topics.retry_level`` returns it)."""
 
 ENQUEUE: Final = "enqueue"
 DELIVER: Final = "deliver"

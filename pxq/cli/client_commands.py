@@ -282,7 +282,7 @@ def echo(topic: str | None, group: str | None, timeout_s: float, config_path: Pa
     if cg is None:
         bad_input(f"topic {t.name!r} has no consumer group {group!r}")
         return
-    from pxq.store.placement import queue_of
+    from pxq.routing import queue_of
 
     nonce = os.urandom(8).hex()
     for i in range(ECHO_KEY_TRIES_MAX):

@@ -129,8 +129,8 @@ from pxq.store.messages import (
     StoreError,
     StoreRedirect,
 )
-from pxq.store.placement import retry_topic
 from pxq.timers import Timers
+from pxq.topics import retry_topic
 
 StreamKey: TypeAlias = tuple[str, int]
 """(topic, queue): a base topic or one of the group's retry levels."""

@@ -27,7 +27,7 @@ HANDLER = "handler"
 class Deliver:
     """Handle ``items`` (in offset order) of ``queue`` of ``topic`` for consumer ``group``.
 
-    ``topic`` may be a retry-level topic (``placement.retry_level(topic) > 0``; each item's
+    ``topic`` may be a retry-level topic (``pxq.topics.retry_level(topic) > 0``; each item's
     ``attempt`` says the same). The handler should process items with the same key serially
     and in order, and may process different keys concurrently; it answers once with
     ``Handled(delivery_id)``.

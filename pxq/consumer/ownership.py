@@ -89,7 +89,7 @@ from pxq.lock.messages import (
 from pxq.lock.timing import lease_timing_problem
 from pxq.scheduler.balance import QueueId, hash_assign
 from pxq.scheduler.values import decode_assignment, decode_load, encode_load
-from pxq.store.placement import base_topic
+from pxq.topics import base_topic
 
 if TYPE_CHECKING:
     from pxq.config import ClusterConfig

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from pxq.effects import NodeId
 from pxq.producer.settings import check_layout, frozen_mapping
-from pxq.store.placement import DLQ_MARK, RETRY_MARK
+from pxq.topics import DLQ_MARK, RETRY_MARK
 
 if TYPE_CHECKING:
     from pxq.config import ClusterConfig, ConsumerGroupConfig

@@ -78,9 +78,8 @@ from pxq.effects import (
 )
 from pxq.producer.messages import Produce, Produced, ProduceFailed, ProduceUnknown
 from pxq.producer.settings import ProducerSettings
-from pxq.routing import Location, Router, backoff_ms
+from pxq.routing import Location, Router, backoff_ms, queue_of
 from pxq.store.messages import Enqueue, EnqueueOk, Item, StoreError, StoreRedirect
-from pxq.store.placement import queue_of
 from pxq.timers import Timers
 
 QueueKey: TypeAlias = tuple[str, int]

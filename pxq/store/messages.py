@@ -10,9 +10,10 @@ that sets the cursor (whether or not its position changes). ``GetOk`` reports it
 sends the epoch of the Get its position is based on with every ``CommitCursor`` and ``Retry``,
 and the store refuses one from before the latest seek (``stale_epoch``). So a commit issued
 before an operator's rewind cannot move the cursor forward again once the rewind is applied:
-the consumer learns of the seek instead, and restarts from the rewound cursor. Retry levels and dead letters are derived
-topics that share the placement of their base topic (see ``placement.py``):
-``"{topic}.retry.{group}.{level}"`` and ``"{topic}.dlq.{group}"``.
+the consumer learns of the seek instead, and restarts from the rewound cursor. Retry levels
+and dead letters are derived topics that share the placement of their base topic
+(``pxq.topics`` names them, ``pxq.routing`` places them): ``"{topic}.retry.{group}.{level}"``
+and ``"{topic}.dlq.{group}"``.
 
 Answers are precise about outcomes: ``StoreRedirect`` and ``StoreError(definite=True)`` mean
 the request did not take effect; ``StoreError(definite=False)`` means it may have (the

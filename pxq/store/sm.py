@@ -1,7 +1,7 @@
 """``QueueStore``: the queue state machine of one Paxos group of a store.
 
 It owns the queues of one group (queue q of a topic lives in group q mod G of the store that
-``placement`` assigns it to): their items with dense per-queue offsets, the consumer groups'
+``pxq.routing.StoreRing`` assigns it to): their items with dense per-queue offsets, the consumer groups'
 cursors with their fencing tokens, producer deduplication, retry moves and retention. It
 implements ``pxq.paxos.sm.StateMachine``; the commands it applies are in ``commands.py``, the
 tables and keys in ``records.py``.
@@ -81,7 +81,6 @@ from pxq.store.messages import (
     StoreError,
 )
 from pxq.store.overlay import StepOverlay
-from pxq.store.placement import dead_letter_topic, retry_topic
 from pxq.store.records import (
     NAME_BYTES_MAX,
     Q_CURSOR,
@@ -114,6 +113,7 @@ from pxq.store.records import (
     u64,
     unpack_items,
 )
+from pxq.topics import dead_letter_topic, retry_topic
 
 SNAPSHOT_MAGIC = b"PXQS\x02"
 """First bytes of a queue store snapshot (format version 2: cursor records carry the seek
