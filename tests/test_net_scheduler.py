@@ -14,9 +14,8 @@ from net.client.connection import NodeClient
 from net.cluster.inprocess import LocalCluster
 from net.cluster.scheduler import run_scheduler
 from pxq.config import loads_config
-from pxq.consumer.ownership import assignment_key, encode_member, member_key
 from pxq.lock.messages import Acquire, LockOk, ReadLock
-from pxq.scheduler.values import decode_assignment
+from pxq.lockkeys import assignment_key, decode_assignment, encode_member, member_key
 from tests.test_cli_cluster import pxq
 from tests.test_net_cluster import cluster_toml, free_ports
 from tests.test_net_support import FAST, run_async

@@ -15,8 +15,6 @@ from pxq.consumer.ownership import (
     Left,
     Ownership,
     OwnershipSettings,
-    assignment_key,
-    encode_member,
 )
 from pxq.consumer.settings import ConsumerSettings
 from pxq.effects import (
@@ -42,8 +40,8 @@ from pxq.lock.messages import (
     Release,
     Renew,
 )
-from pxq.scheduler.balance import hash_assign
-from pxq.scheduler.values import encode_assignment
+from pxq.lockkeys import assignment_key, encode_assignment, encode_member
+from pxq.rendezvous import hash_assign
 
 LOCKS = ("l0", "l1", "l2")
 QUEUES = tuple(("t", q) for q in range(8))

@@ -1,7 +1,7 @@
-"""The balancing functions of pxq.scheduler.balance: rendezvous hashing (coverage, stability
-under membership changes, spread by weight) and the scheduler's rebalance (coverage,
-hysteresis, monotone spread, convergence within the stated bound, quality at the fixed point,
-dead members), property-tested with Hypothesis on bounded sizes."""
+"""The balancing functions: rendezvous hashing of pxq.rendezvous (coverage, stability under
+membership changes, spread by weight) and the scheduler's rebalance of pxq.scheduler.balance
+(coverage, hysteresis, monotone spread, convergence within the stated bound, quality at the
+fixed point, dead members), property-tested with Hypothesis on bounded sizes."""
 
 from __future__ import annotations
 
@@ -13,14 +13,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from pxq.scheduler.balance import (
-    QueueId,
-    hash_assign,
-    hrw_score,
-    member_loads,
-    rebalance,
-    spread_ok,
-)
+from pxq.rendezvous import QueueId, hash_assign, hrw_score
+from pxq.scheduler.balance import member_loads, rebalance, spread_ok
 
 PROPS = settings(max_examples=60, deadline=None)
 SLOW_PROPS = settings(max_examples=30, deadline=None)

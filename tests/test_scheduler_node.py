@@ -10,7 +10,8 @@ import pytest
 
 from pxq.effects import Boot, Now, Received, Request, Response, Wake
 from pxq.lock.messages import LockOk, ReadLock
-from pxq.scheduler.node import LEADER_KEY, Scheduler, SchedulerSettings
+from pxq.lockkeys import LEADER_KEY
+from pxq.scheduler.node import Scheduler, SchedulerSettings
 
 
 def make() -> Scheduler:

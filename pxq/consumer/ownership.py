@@ -2,13 +2,9 @@
 consumes, taken and kept through leased, fenced locks, and ``ConsumerProcess``, the ``Node``
 that runs a ``Consumer`` machine under that ownership.
 
-Keys in the lock service (a key's directory, up to its last "/", picks its Paxos group)::
-
-    m/<group>/<consumer>          membership: leased by each live consumer of the group; the
-                                  value is the consumer's weight and its load report
-    q/<group>/<topic>/<queue>     ownership of one base queue (with its retry levels); the
-                                  version granted is the fencing token of every cursor commit
-    a/<group>                     the scheduler's published assignment (when it runs)
+The keys it uses in the lock service (``m/<group>/<consumer>`` for membership,
+``q/<group>/<topic>/<queue>`` per base queue, ``a/<group>`` for the scheduler's assignment)
+and their values are laid out in ``pxq.lockkeys``, which the scheduler shares.
 
 **Membership.** Every ``renew_ms`` the process (re-)acquires its membership key with its
 weight and the load it measured (items delivered per minute, per owned queue). Holders are
@@ -18,7 +14,7 @@ leases, it waits for them to expire, so two processes never share a token.
 **Assignment.** Every ``poll_ms`` the process lists the live members of its group (and reads
 the scheduler's assignment when ``use_scheduler``). The queue's owner is the scheduler's choice
 when there is an assignment that names a live member for it, else the weighted rendezvous hash
-of the queue over the live members (``pxq.scheduler.balance.hash_assign``). The process counts
+of the queue over the live members (``pxq.rendezvous.hash_assign``). The process counts
 itself as live from its first step, so a lone consumer starts at once. Views of membership may
 differ for a moment between processes; that only delays a queue until the next poll, since the
 lock decides who actually consumes.
@@ -50,12 +46,9 @@ holder) when a queue is handed to the ``Consumer`` machine, ``own.stop`` (same, 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Final, assert_never
-
-import msgpack
+from typing import TYPE_CHECKING, assert_never
 
 from pxq.codec import message
 from pxq.consumer.machine import Consumer
@@ -87,57 +80,22 @@ from pxq.lock.messages import (
     Renew,
 )
 from pxq.lock.timing import lease_timing_problem
-from pxq.scheduler.balance import QueueId, hash_assign
-from pxq.scheduler.values import decode_assignment, decode_load, encode_load
+from pxq.lockkeys import (
+    HOLDER_SEP,
+    LOCK_REQ_ID_BASE,
+    assignment_key,
+    decode_assignment,
+    decode_member,
+    encode_member,
+    member_dir,
+    member_key,
+    queue_key,
+)
+from pxq.rendezvous import QueueId, hash_assign
 from pxq.topics import base_topic
 
 if TYPE_CHECKING:
     from pxq.config import ClusterConfig
-
-LOCK_REQ_ID_BASE: Final = 1 << 48
-"""Request ids of the process's lock calls start here, above any id the ``Consumer`` uses."""
-MEMBERS_MAX: Final = 1024
-"""Members listed per poll (a group with more live consumers is refused at configuration)."""
-HOLDER_SEP: Final = "#"
-
-
-def member_dir(group: str) -> str:
-    return f"m/{group}/"
-
-
-def member_key(group: str, consumer: str) -> str:
-    return f"m/{group}/{consumer}"
-
-
-def queue_key(group: str, topic: str, queue: int) -> str:
-    return f"q/{group}/{topic}/{queue}"
-
-
-def assignment_key(group: str) -> str:
-    return f"a/{group}"
-
-
-def encode_member(weight: int, loads: Mapping[QueueId, int]) -> bytes:
-    """A membership key's value: the consumer's weight and its load report."""
-    return bytes(msgpack.packb([weight, encode_load(loads)], use_bin_type=True))
-
-
-def decode_member(data: bytes) -> tuple[int, dict[QueueId, int]]:
-    """``(weight, loads)`` of a membership value; ``ValueError`` if malformed."""
-    try:
-        raw = msgpack.unpackb(data, raw=False, strict_map_key=True)
-    except Exception as exc:
-        raise ValueError(f"membership value: not msgpack: {exc}") from exc
-    if (
-        not isinstance(raw, list)
-        or len(raw) != 2
-        or not isinstance(raw[0], int)
-        or isinstance(raw[0], bool)
-        or raw[0] < 1
-        or not isinstance(raw[1], bytes)
-    ):
-        raise ValueError("membership value: expected [weight >= 1, load bytes]")
-    return raw[0], decode_load(raw[1])
 
 
 @message(239)
@@ -744,11 +702,5 @@ __all__ = [
     "Left",
     "Ownership",
     "OwnershipSettings",
-    "assignment_key",
-    "decode_member",
-    "encode_member",
-    "member_dir",
-    "member_key",
     "ownership_settings",
-    "queue_key",
 ]

@@ -1,8 +1,7 @@
-"""Load balancing as pure functions, and the scheduler node.
+"""Load balancing by measured load, and the scheduler node.
 
-``balance``: which consumer should own which (topic, queue) (rendezvous hashing, and the
-scheduler's load rebalancing with hysteresis); ``values``: the encodings of the assignment and
-of load reports stored in the lock service; ``node``: the scheduler machine. Nothing is
-re-exported here, so importing ``pxq.scheduler.balance`` (as consumers do) does not import the
-node.
+``balance``: the scheduler's rebalancing with hysteresis, pure; ``node``: the scheduler
+machine. What consumers share with it lives outside this package, so neither imports the
+other: rendezvous hashing in ``pxq.rendezvous``, the lock-service keys and values (assignment,
+load reports, membership) in ``pxq.lockkeys``. Nothing is re-exported here.
 """

@@ -4,9 +4,9 @@ One scheduler is active at a time: the holder of the lock ``s/leader`` (any numb
 the others wait for the lease). While it trusts its lease (``lease_ms - margin_ms`` after the
 grant was sent, as consumers trust theirs), every ``period_ms`` it, for each consumer group:
 
-1. lists the group's live members (``m/<group>/``: weights and load reports, see
-   ``pxq.consumer.ownership``); a consumer whose membership lease expired is dead and is
-   absent from the list;
+1. lists the group's live members (``m/<group>/``: weights and load reports; the keys and
+   values it shares with consumers are laid out in ``pxq.lockkeys``); a consumer whose
+   membership lease expired is dead and is absent from the list;
 2. takes each queue's load from its owner's last report, and computes the next assignment with
    ``rebalance`` (``pxq.scheduler.balance``): dead members' queues move, and queues move for
    load only when some member is outside the hysteresis band, a bounded number per period.
@@ -32,15 +32,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, assert_never
+from typing import TYPE_CHECKING, assert_never
 
-from pxq.consumer.ownership import (
-    HOLDER_SEP,
-    LOCK_REQ_ID_BASE,
-    assignment_key,
-    decode_member,
-    member_dir,
-)
 from pxq.effects import (
     Boot,
     ClientCall,
@@ -65,13 +58,21 @@ from pxq.lock.messages import (
     ReadLock,
 )
 from pxq.lock.timing import lease_timing_problem
-from pxq.scheduler.balance import QueueId, hash_assign, member_loads, rebalance
-from pxq.scheduler.values import decode_assignment, encode_assignment
+from pxq.lockkeys import (
+    HOLDER_SEP,
+    LEADER_KEY,
+    LOCK_REQ_ID_BASE,
+    assignment_key,
+    decode_assignment,
+    decode_member,
+    encode_assignment,
+    member_dir,
+)
+from pxq.rendezvous import QueueId, hash_assign
+from pxq.scheduler.balance import member_loads, rebalance
 
 if TYPE_CHECKING:
     from pxq.config import ClusterConfig
-
-LEADER_KEY: Final = "s/leader"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

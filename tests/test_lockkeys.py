@@ -1,4 +1,4 @@
-"""The lock-service values of pxq.scheduler.values: assignment and load report round trips,
+"""The lock-service values of pxq.lockkeys: assignment and load report round trips,
 canonical bytes, compactness, the 64 KiB limit, and decoders fuzzed with random and mutated
 bytes (they return a well-typed result or raise ValueError, nothing else)."""
 
@@ -10,14 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pxq.lock.messages import VALUE_BYTES_MAX
-from pxq.scheduler.balance import LOAD_MAX, QUEUE_NUMBER_MAX, QueueId, hash_assign
-from pxq.scheduler.values import (
+from pxq.lockkeys import (
     FORMAT_VERSION,
     decode_assignment,
     decode_load,
     encode_assignment,
     encode_load,
 )
+from pxq.rendezvous import LOAD_MAX, QUEUE_NUMBER_MAX, QueueId, hash_assign
 
 PROPS = settings(max_examples=150, deadline=None)
 FUZZ = settings(max_examples=400, deadline=None)

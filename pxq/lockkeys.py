@@ -1,8 +1,23 @@
-"""The lock-service values of load balancing: the scheduler's published assignment and a
-consumer's load report, as compact, deterministic msgpack positional arrays.
+"""The lock-service key space of consumer balancing, shared by consumers
+(``pxq.consumer.ownership``) and the scheduler (``pxq.scheduler.node``): the keys, the
+holders' names, and the encodings of the values both sides read and write.
 
-Formats (version 1; every list is a msgpack array, no maps, no binary)::
+Keys (a key's directory, up to its last "/", picks its lock group)::
 
+    m/<group>/<consumer>          membership: leased by each live consumer of the group; the
+                                  value is the consumer's weight and its load report
+    q/<group>/<topic>/<queue>     ownership of one base queue (with its retry levels); the
+                                  version granted is the fencing token of every cursor commit
+    a/<group>                     the scheduler's published assignment (when it runs)
+    s/leader                      the active scheduler (any number may run; one holds this)
+
+Holders are *incarnations* ``<name>#<random>`` (``HOLDER_SEP``): a restarted process cannot
+renew its predecessor's leases.
+
+Values (version 1 of the assignment and load report; every list is a msgpack array, no maps,
+no binary)::
+
+    membership:  [weight >= 1, load report bytes]
     assignment:  [1, members, topics]
                  members = [name, ...]                       distinct, sorted
                  topics  = [[topic, owners], ...]            distinct topics, sorted
@@ -14,10 +29,11 @@ Grouping by topic and member keeps an assignment small: a queue number costs 1 t
 each name is written once, so 2,000 queues over 20 members take about 6 KB. ``encode_*``
 write the canonical form (equal mappings give equal bytes) and raise ``ValueError`` when the
 input is invalid or the result would exceed ``VALUE_BYTES_MAX`` (the lock service's limit on
-one value). ``decode_*`` accept any order but raise ``ValueError``, naming the problem, for
-anything else: oversized input, bytes that are not msgpack or not this shape, a wrong version,
-names or numbers outside the limits of ``pxq.scheduler.balance``, a queue listed twice.
-Decoding never raises another exception type, whatever the bytes (fuzzed in the tests).
+one value). ``decode_assignment`` and ``decode_load`` accept any order but raise
+``ValueError``, naming the problem, for anything else: oversized input, bytes that are not
+msgpack or not this shape, a wrong version, names or numbers outside the limits of
+``pxq.rendezvous``, a queue listed twice. Decoding never raises another exception type,
+whatever the bytes (fuzzed in the tests).
 """
 
 from __future__ import annotations
@@ -28,7 +44,7 @@ from typing import Final
 import msgpack
 
 from pxq.lock.messages import VALUE_BYTES_MAX
-from pxq.scheduler.balance import (
+from pxq.rendezvous import (
     LOAD_MAX,
     QUEUE_NUMBER_MAX,
     QueueId,
@@ -37,8 +53,40 @@ from pxq.scheduler.balance import (
     check_queue_id,
 )
 
+LOCK_REQ_ID_BASE: Final = 1 << 48
+"""Request ids of a consumer's or scheduler's lock calls (``LockCalls(req_id_base=...)``)
+start here, above any id the consumer's ``Consumer`` machine uses."""
+HOLDER_SEP: Final = "#"
+"""Between a process's name and its incarnation in a holder's name."""
+LEADER_KEY: Final = "s/leader"
+"""Held by the active scheduler."""
+
+
+# --------------------------------------------------------------------------------------------
+# Keys
+
+
+def member_dir(group: str) -> str:
+    return f"m/{group}/"
+
+
+def member_key(group: str, consumer: str) -> str:
+    return f"m/{group}/{consumer}"
+
+
+def queue_key(group: str, topic: str, queue: int) -> str:
+    return f"q/{group}/{topic}/{queue}"
+
+
+def assignment_key(group: str) -> str:
+    return f"a/{group}"
+
+
+# --------------------------------------------------------------------------------------------
+# Value encodings
+
 FORMAT_VERSION: Final = 1
-"""First element of both encodings; other versions are refused."""
+"""First element of the assignment and of the load report; other versions are refused."""
 
 
 def _pack(what: str, value: object) -> bytes:
@@ -182,3 +230,30 @@ def decode_load(data: bytes) -> dict[QueueId, int]:
                 raise ValueError(f"load report: queue ({topic!r}, {number}) is listed twice")
             out[(topic, number)] = load
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Membership
+
+
+def encode_member(weight: int, loads: Mapping[QueueId, int]) -> bytes:
+    """A membership key's value: the consumer's weight and its load report."""
+    return bytes(msgpack.packb([weight, encode_load(loads)], use_bin_type=True))
+
+
+def decode_member(data: bytes) -> tuple[int, dict[QueueId, int]]:
+    """``(weight, loads)`` of a membership value; ``ValueError`` if malformed."""
+    try:
+        raw = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as exc:
+        raise ValueError(f"membership value: not msgpack: {exc}") from exc
+    if (
+        not isinstance(raw, list)
+        or len(raw) != 2
+        or not isinstance(raw[0], int)
+        or isinstance(raw[0], bool)
+        or raw[0] < 1
+        or not isinstance(raw[1], bytes)
+    ):
+        raise ValueError("membership value: expected [weight >= 1, load bytes]")
+    return raw[0], decode_load(raw[1])
