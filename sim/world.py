@@ -9,6 +9,8 @@ group-committed by the disk); output is released in step order, except sends mar
 to the node itself comes back to it, after its step, without the network; one timer per node
 is armed at ``next_deadline()``. Process faults (crash with or without power loss, restart from the
 durable state alone, pause and resume) live here too.
+After every step of a node that has ``check_invariants`` (``SelfChecking``), the host runs it:
+a broken invariant is a violation, like an ``InvariantViolation`` raised by the step itself.
 
 Simulated time is integer microseconds; nodes see integer milliseconds through their clocks.
 Clients (workload processes) are network endpoints too; their requests arrive at a node as
@@ -21,6 +23,7 @@ import hashlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import msgpack
 import simpy
@@ -51,6 +54,14 @@ from sim.rng import stream
 
 HANDLER = "handler"
 """The pseudo-destination a consumer machine sends deliveries to; its host's handler runs them."""
+
+
+@runtime_checkable
+class SelfChecking(Protocol):
+    """A node that can check its own state (the Paxos replica and the services on it)."""
+
+    def check_invariants(self) -> None:
+        """Raise ``InvariantViolation`` if the node's state is one no step may leave."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +131,8 @@ class NodeHost:
     armed_deadline: int | None = None
     steps: int = 0
     crashes: int = 0
+    check: Callable[[], None] | None = None
+    """The node's ``check_invariants``, run after each of its steps (None: it has none)."""
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -137,6 +150,7 @@ class NodeHost:
         self.disk.attach(self._synced, self._disk_error)
         self.world.record(self.node_id, "boot", (("incarnation", self.incarnation),))
         self.node = self.factory(self.node_id, self.disk.view(), rng)
+        self.check = self.node.check_invariants if isinstance(self.node, SelfChecking) else None
         self.step(Boot())
 
     def crash(self, *, power_loss: bool, reason: str = "nemesis") -> None:
@@ -191,6 +205,8 @@ class NodeHost:
         self.steps += 1
         try:
             fx = node.step(now, inp)
+            if self.check is not None:
+                self.check()
         except InvariantViolation as exc:
             self.world.violation(self.node_id, str(exc))
             self.crash(power_loss=False, reason="invariant violation")

@@ -9,8 +9,9 @@ after a fixed latency and fire timers in time order.
 Because writes are applied to the store before the step's sends enter the pool, a crash
 just drops the node object: a restart rebuilds it from its store with ``Boot``.
 
-Checks run on every step: replicas agree on the checksum of every applied instance, and at
-most one replica believes it is master of a group at any instant of true time.
+Checks run on every step: the stepped replica's invariants hold (``Replica.check_invariants``),
+replicas agree on the checksum of every applied instance, and at most one replica believes it
+is master of a group at any instant of true time.
 """
 
 from __future__ import annotations
@@ -116,6 +117,7 @@ class Cluster:
         node = self.nodes[name]
         assert node is not None
         fx = node.step(self.now(name), inp)
+        node.check_invariants()
         self.steps += 1
         self.stores[name].apply(fx.writes)
         for s in fx.sends:
@@ -223,7 +225,14 @@ class Cluster:
         if after is not None and after <= self.mono(name):
             # A deadline that stays in the past after its Wake would spin the driver.
             groups = [
-                (g.group, g.role, g.deadline(), g._election_at(), g.learn_deadline, g.snap)
+                (
+                    g.group,
+                    g.role,
+                    g.deadline(),
+                    g._election_at(),
+                    g.catchup.learn_deadline,
+                    g.catchup.snap,
+                )
                 for g in node.groups
             ]
             raise AssertionError(f"{name} keeps asking for a Wake at {after}: {groups}")

@@ -5,7 +5,8 @@ replicas, lock replicas), shared by ``tests/test_store_node.py`` and ``tests/tes
 messages delivered after a fixed latency (a send to the node itself included), integer true
 time (monotonic clocks at true rate; each node's wall clock may be offset by ``wall_offset``),
 crash (memory and messages in flight to it lost) and restart from its disk. After every step
-it checks that no Paxos group has two lease holders. A subclass says how to build a node.
+it checks the stepped node's invariants (``check_invariants``) and that no Paxos group has two
+lease holders. A subclass says how to build a node.
 """
 
 from __future__ import annotations
@@ -84,7 +85,9 @@ class ServiceCluster(ABC, Generic[N]):
         return node
 
     def step(self, name: str, inp: Input) -> None:
-        fx = self.node(name).step(self.now(name), inp)
+        node = self.node(name)
+        fx = node.step(self.now(name), inp)
+        node.check_invariants()
         self.disks[name].apply(fx.writes)
         for s in fx.sends:
             self.seq += 1

@@ -40,7 +40,7 @@ from pxq.lock.messages import (
 )
 from pxq.lock.node import LockNode, directory_of, group_of_key
 from pxq.paxos.config import PaxosConfig
-from pxq.paxos.group import Role
+from pxq.paxos.roles import Role
 from sim import scenario
 from sim.memstore import MemoryStore
 from tests.service_harness import WALL_ORIGIN, ServiceCluster

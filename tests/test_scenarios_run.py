@@ -74,11 +74,12 @@ def test_a_master_counting_its_own_vote_before_its_write_is_durable_is_caught(
         self: Group, now: int, instance: int, value: bytes, calls: tuple[int, ...], fx: Any
     ) -> None:
         propose(self, now, instance, value, calls, fx)
-        inf = self.inflight.get(instance)
-        if inf is not None:
+        lead = self.leadership
+        inf = None if lead is None else lead.inflight.get(instance)
+        if lead is not None and inf is not None:
             inf.acks |= bit(self.my_index)
             if is_quorum(inf.acks, self.n):
-                self._instance_chosen(now, instance, fx)
+                self._instance_chosen(now, lead, instance, fx)
 
     monkeypatch.setattr(Group, "_propose", own_vote_at_once)
     bad = runner.run(scn, scn.seed)

@@ -3,8 +3,9 @@
 Modules: ``config`` (limits and timing), ``ballot`` and ``quorum`` (arithmetic), ``lease``
 (lease arithmetic and its safety argument), ``messages`` (wire and client API), ``records``
 (durable layout, value and checksum formats), ``acceptor``, ``learner``, ``group`` (roles and
-protocol of one group), ``replica`` (the ``Node``), ``sm`` (state machine interface) and
-``logsm`` (``RecordingLog``).
+protocol of one group), ``roles`` (the state of a candidate and of a leader), ``catchup``
+(catch-up and snapshot transfer), ``replica`` (the ``Node``), ``service`` (a service node
+around a replica), ``sm`` (state machine interface) and ``logsm`` (``RecordingLog``).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 It implements the ``Node`` protocol of ``pxq.effects``: it routes peer messages by group,
 answers client ``Propose`` calls (or redirects them), fires the groups' timers on ``Wake``
 and rebuilds everything from its storage view on ``Boot``. The protocol itself lives in
-``group.py``; this module owns only dispatch, the deadline and the snapshot cache.
+``group.py``; this module owns only dispatch, the deadline, the snapshot cache and the
+node-level ``check_invariants``.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from pxq.effects import (
     StorageView,
     Wake,
 )
+from pxq.paxos.catchup import SnapshotCache
 from pxq.paxos.config import PaxosConfig
-from pxq.paxos.group import Group, SnapshotCache
+from pxq.paxos.group import Group
 from pxq.paxos.messages import (
     Accept,
     Accepted,
@@ -137,6 +139,12 @@ class Replica:
 
     def state_machine(self, group: int) -> StateMachine:
         return self.groups[group].learner.sm
+
+    def check_invariants(self) -> None:
+        """Raise ``InvariantViolation`` if a group's state breaks what must hold between steps
+        (``Group.check_invariants``). Pure and cheap: the simulator calls it after every step."""
+        for g in self.groups:
+            g.check_invariants()
 
     # -- internals ------------------------------------------------------------------------------
 

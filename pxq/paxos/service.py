@@ -10,7 +10,8 @@ below):
   ``next_deadline`` is the earliest of the replica's deadline and the groups' periodic
   ticks (or "now" while the outbox holds work);
 * the queries ``is_master``, ``master_of``, ``applied`` and ``state_machine`` (the state
-  machines the replica built through the ``new_state_machine`` hook, in ``sms``);
+  machines the replica built through the ``new_state_machine`` hook, in ``sms``), and
+  ``check_invariants`` (the replica's);
 * inner calls: each proposal gets a fresh inner call id (the replica's ``ClientCall`` id),
   mapped in ``calls`` to the client call to answer (or ``TICK``), its group and a tag of the
   service's own; the replica's answers are translated with the hooks ``decode_result``,
@@ -221,6 +222,11 @@ class ReplicatedService(ABC, Generic[SM]):
 
     def state_machine(self, group: int) -> SM:
         return self.sms[group]
+
+    def check_invariants(self) -> None:
+        """Raise ``InvariantViolation`` if the replica's Paxos state breaks an invariant
+        (``Replica.check_invariants``); the simulator calls it after every step."""
+        self.replica.check_invariants()
 
     def master_hint(self, group: int) -> NodeId | None:
         """Where a redirect for ``group`` points: its master as far as known, never this
