@@ -800,7 +800,7 @@ class Group:
                 continue
             if lead.next_window is not None:
                 if not lead.inflight:
-                    self._next_window(now, lead.next_window, fx)
+                    self._next_window(now, lead, lead.next_window, fx)
                 break
             if lead.handing_over:
                 self._maybe_finish_handover(now, lead, fx)
@@ -871,7 +871,9 @@ class Group:
             ),
         )
 
-    def _next_window(self, now: int, next_window: int, fx: EffectsBuilder) -> None:
+    def _next_window(
+        self, now: int, lead: Leadership, next_window: int, fx: EffectsBuilder
+    ) -> None:
         """Recovery continues: promise the next window (from ``next_window``) with the same
         ballot."""
         start = max(next_window, self.learner.applied + 1)
@@ -886,9 +888,7 @@ class Group:
         if not own.ok:
             self._step_down(now, "recovery window refused", fx)
             return
-        lead = self.leadership
-        if lead is not None:
-            lead.next_window = None
+        lead.next_window = None
         self._start_prepare(now, start, own, fx)
 
     def on_propose(self, now: int, call_id: int, value: bytes, fx: EffectsBuilder) -> None:
