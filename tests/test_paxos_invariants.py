@@ -3,12 +3,11 @@ the simulator runs it after every step of a Paxos node and reports a broken inva
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 
 import pytest
 
-from pxq.effects import InvariantViolation, StorageView
+from pxq.effects import InvariantViolation, Rng, StorageView
 from pxq.paxos.catchup import SnapshotIn
 from pxq.paxos.config import PaxosConfig
 from pxq.paxos.group import Group
@@ -154,7 +153,7 @@ def _world_of_replicas() -> tuple[World, PaxosConfig]:
         disk=DiskSpec(fsync=DelaySpec(dist="constant", mean_us=1000), write_us_per_kib=0),
     )
 
-    def factory(node_id: str, view: StorageView, rng: random.Random) -> Replica:
+    def factory(node_id: str, view: StorageView, rng: Rng) -> Replica:
         return Replica(node_id, config, view, rng, lambda g: RecordingLog(view, g))
 
     for name in config.replicas:
