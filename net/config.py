@@ -12,18 +12,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pxq import codec
-from pxq.config import ClusterConfig
+from pxq.config.model import (
+    KIB,
+    MIB,
+    STORAGE_MAP_BYTES_DEFAULT,
+    STORAGE_MAP_BYTES_MAX_DEFAULT,
+    STORAGE_RESERVE_AUTO_CAP_PERCENT,
+    STORAGE_RESERVE_AUTO_MIN_BYTES,
+    STORAGE_RESERVE_AUTO_PERCENT,
+    ClusterConfig,
+)
 
-KIB = 1024
-MIB = 1024 * KIB
-GIB = 1024 * MIB
-
-STORAGE_RESERVE_AUTO_MIN_BYTES = 64 * MIB
-"""The automatic storage reserve is at least this (``NetConfig.storage_reserve_bytes=None``)."""
-STORAGE_RESERVE_AUTO_PERCENT = 5
-"""... and at least this share of the node's storage capacity (``NetConfig.reserve_for``)."""
-STORAGE_RESERVE_AUTO_CAP_PERCENT = 50
-"""... but never more than this share of the capacity (so that a tiny map stays usable)."""
+# The units stay importable from here (the storage defaults above are the core's, by name).
+__all__ = ["KIB", "MIB", "NetConfig"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -63,9 +64,9 @@ class NetConfig:
     """Cap of the doubling reconnect delay; a connection that lived this long resets it."""
 
     # -- storage ----------------------------------------------------------------------------
-    map_size_bytes: int = 1 * GIB
+    map_size_bytes: int = STORAGE_MAP_BYTES_DEFAULT
     """Initial LMDB map size (virtual address space; the file grows as data is written)."""
-    map_size_max_bytes: int = 256 * GIB
+    map_size_max_bytes: int = STORAGE_MAP_BYTES_MAX_DEFAULT
     """The map doubles when full, up to this. Enqueues are refused (``storage_full``) before
     the map gets there (``storage_reserve_bytes``); a commit that still finds the map full at
     this size stops the node with StorageFull, nothing partial written (last resort)."""

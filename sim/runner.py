@@ -22,7 +22,7 @@ from pxq.check.log import check_agreement, check_liveness, check_no_loss, check_
 from pxq.check.ownership import check_failover, check_ownership, check_rate_limit
 from pxq.check.queue import check_queue_order, check_replay, check_retry_flow, check_total_queue
 from pxq.check.result import CheckResult, Offenders, verdict
-from pxq.config import ConfigError
+from pxq.config.parser import ConfigError
 from pxq.effects import NodeId, StorageView
 from pxq.lock.node import LockNode
 from pxq.paxos.config import PaxosConfig

@@ -11,14 +11,22 @@ the key path and the reason. The format is documented in ``docs/simulation.md``.
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pxq.lock.timing import lease_timing_problem
+from pxq.config.model import REPLICAS_PER_STORE_MAX
+from pxq.lock.messages import LEASE_MS_MAX
+from pxq.lock.timing import (
+    LEASE_MS_DEFAULT,
+    MARGIN_MS_DEFAULT,
+    POLL_MS_DEFAULT,
+    RENEW_MS_DEFAULT,
+    lease_timing_problem,
+)
+from pxq.toml_reader import MISSING, TomlError, TomlTable, parse, read_text
 from sim.disk import DiskSpec
-from sim.network import DelaySpec, NetworkSpec
+from sim.network import DelayDist, DelaySpec, NetworkSpec
 
 SCHEMA_VERSION = 1
 
@@ -123,14 +131,8 @@ consumers owning queues through locks, ``lock[i]`` (a lock replica), ``lock_mast
 master of lock group ``group``) and ``scheduler[i]``."""
 
 
-class ScenarioError(Exception):
+class ScenarioError(TomlError):
     """A scenario file is unreadable or invalid. ``str()`` names the file, key and reason."""
-
-    def __init__(self, file: str, key: str, reason: str) -> None:
-        super().__init__(f"{file}: {key}: {reason}" if key else f"{file}: {reason}")
-        self.file = file
-        self.key = key
-        self.reason = reason
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,9 +199,9 @@ class WorkloadSpec:
     hashing or, with ``schedulers``, by the active scheduler."""
     lock_replicas: int = 3
     schedulers: int = 0
-    margin_ms: int = 600
-    renew_ms: int = 1000
-    poll_ms: int = 500
+    margin_ms: int = MARGIN_MS_DEFAULT
+    renew_ms: int = RENEW_MS_DEFAULT
+    poll_ms: int = POLL_MS_DEFAULT
     rate_items_per_s: int | None = None
     """Each consumer group's dequeue rate limit (items/s), None: unlimited."""
     rate_burst: int | None = None
@@ -293,130 +295,26 @@ class Scenario:
 
 
 # --------------------------------------------------------------------------------------------
-# Validation helpers
-
-_MISSING: Any = object()
+# Reading
 
 
-class _Table:
-    """A TOML table being read: typed accessors that name the key path on error, and a
-    final check that no unknown key is left."""
-
-    def __init__(self, data: object, path: str, file: str) -> None:
-        if not isinstance(data, dict):
-            raise ScenarioError(file, path, f"must be a table, got {type(data).__name__}")
-        self.data: dict[str, object] = data
-        self.path = path
-        self.file = file
-        self.seen: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self.path}.{name}" if self.path else name
-
-    def error(self, name: str, reason: str) -> ScenarioError:
-        return ScenarioError(self.file, self.key(name), reason)
-
-    def has(self, name: str) -> bool:
-        return name in self.data
-
-    def _get(self, name: str, default: object) -> object:
-        self.seen.add(name)
-        if name not in self.data:
-            if default is _MISSING:
-                raise self.error(name, "is required")
-            return default
-        return self.data[name]
-
-    def integer(
-        self, name: str, default: Any = _MISSING, *, lo: int | None = None, hi: int | None = None
-    ) -> Any:
-        v = self._get(name, default)
-        if v is default and default is not _MISSING:
-            return v
-        if not isinstance(v, int) or isinstance(v, bool):
-            raise self.error(name, f"must be an integer, got {_show(v)}")
-        if lo is not None and v < lo:
-            raise self.error(name, f"must be >= {lo}, got {v}")
-        if hi is not None and v > hi:
-            raise self.error(name, f"must be <= {hi}, got {v}")
-        return v
-
-    def prob(self, name: str, default: float) -> float:
-        v = self._get(name, default)
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            raise self.error(name, f"must be a number, got {_show(v)}")
-        if not 0.0 <= float(v) <= 1.0:
-            raise self.error(name, f"must be a probability between 0 and 1, got {v}")
-        return float(v)
-
-    def text(
-        self, name: str, default: Any = _MISSING, *, choices: tuple[str, ...] | None = None
-    ) -> Any:
-        v = self._get(name, default)
-        if v is default and default is not _MISSING:
-            return v
-        if not isinstance(v, str):
-            raise self.error(name, f"must be a string, got {_show(v)}")
-        if choices is not None and v not in choices:
-            raise self.error(name, f"must be one of {', '.join(choices)}; got {v!r}")
-        return v
-
-    def flag(self, name: str, default: bool) -> bool:
-        v = self._get(name, default)
-        if not isinstance(v, bool):
-            raise self.error(name, f"must be true or false, got {_show(v)}")
-        return v
-
-    def table(self, name: str) -> _Table:
-        v = self._get(name, {})
-        return _Table(v, self.key(name), self.file)
-
-    def strings(
-        self, name: str, default: tuple[str, ...], choices: tuple[str, ...]
-    ) -> tuple[str, ...]:
-        v = self._get(name, default)
-        if v is default:
-            return default
-        if not isinstance(v, list):
-            raise self.error(name, f"must be a list of strings, got {_show(v)}")
-        out = []
-        for i, item in enumerate(v):
-            if not isinstance(item, str) or item not in choices:
-                raise ScenarioError(
-                    self.file,
-                    f"{self.key(name)}[{i}]",
-                    f"must be one of {', '.join(choices)}; got {item!r}",
-                )
-            out.append(item)
-        return tuple(out)
-
-    def done(self) -> None:
-        unknown = sorted(set(self.data) - self.seen)
-        if unknown:
-            raise self.error(unknown[0], "unknown key")
-
-
-def _show(v: object) -> str:
-    return f"{type(v).__name__} {v!r}"
-
-
-def _delay(t: _Table, name: str, default: DelaySpec | None) -> DelaySpec | None:
+def _delay(t: TomlTable, name: str, default: DelaySpec | None) -> DelaySpec | None:
     if not t.has(name):
-        t.seen.add(name)
         return default
     d = t.table(name)
-    dist = d.text("dist", "uniform", choices=("constant", "uniform", "exponential"))
+    dist: DelayDist = d.choice("dist", ("constant", "uniform", "exponential"), "uniform")
     ms = {k: d.integer(k, None, lo=0) for k in ("mean_ms", "min_ms", "max_ms")}
     us = {k: d.integer(k, None, lo=0) for k in ("mean_us", "min_us", "max_us")}
     d.done()
     values: dict[str, int] = {}
     for base in ("mean", "min", "max"):
-        if ms[f"{base}_ms"] is not None and us[f"{base}_us"] is not None:
+        in_ms, in_us = ms[f"{base}_ms"], us[f"{base}_us"]
+        if in_ms is not None and in_us is not None:
             raise d.error(f"{base}_us", f"give {base}_ms or {base}_us, not both")
-        if ms[f"{base}_ms"] is not None:
-            values[f"{base}_us"] = ms[f"{base}_ms"] * 1000
-        elif us[f"{base}_us"] is not None:
-            values[f"{base}_us"] = us[f"{base}_us"]
+        if in_ms is not None:
+            values[f"{base}_us"] = in_ms * 1000
+        elif in_us is not None:
+            values[f"{base}_us"] = in_us
     if dist == "constant":
         values.setdefault("mean_us", values.get("min_us", 1000))
         values.setdefault("min_us", values["mean_us"])
@@ -436,19 +334,8 @@ def _delay(t: _Table, name: str, default: DelaySpec | None) -> DelaySpec | None:
         raise ScenarioError(t.file, t.key(name), str(exc)) from None
 
 
-def _ints(t: _Table, name: str) -> tuple[int, ...]:
-    v = t._get(name, ())
-    if v == ():
-        return ()
-    if not isinstance(v, list) or not all(
-        isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v
-    ):
-        raise t.error(name, f"must be a list of non-negative integers, got {_show(v)}")
-    return tuple(v)
-
-
-def _selector(t: _Table, name: str, required: bool) -> str | None:
-    v = t.text(name, _MISSING if required else None)
+def _selector(t: TomlTable, name: str, required: bool) -> str | None:
+    v = t.string(name, MISSING if required else None)
     if v is None:
         return None
     if not SELECTOR_RE.match(v):
@@ -467,34 +354,25 @@ def _selector(t: _Table, name: str, required: bool) -> str | None:
 
 def load(path: str | Path) -> Scenario:
     """Read and validate a scenario file."""
-    file = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ScenarioError(file, "", f"cannot read: {exc.strerror or exc}") from None
-    return loads(text, file=file)
+    return loads(read_text(path, error=ScenarioError), file=str(path))
 
 
 def loads(text: str, *, file: str = "<scenario>") -> Scenario:
     """Parse and validate scenario text."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(file, "", f"invalid TOML: {exc}") from None
-    return _scenario(_Table(data, "", file))
+    return _scenario(parse(text, file=file, error=ScenarioError))
 
 
-def _scenario(t: _Table) -> Scenario:
+def _scenario(t: TomlTable) -> Scenario:
     version = t.integer("version")
     if version != SCHEMA_VERSION:
         raise t.error("version", f"unsupported version {version} (this pxq reads {SCHEMA_VERSION})")
-    name = t.text("name")
-    description = t.text("description", "")
+    name = t.string("name")
+    description = t.string("description", "")
     seed = t.integer("seed", 0, lo=0)
     duration_ms = t.integer("duration_ms", lo=1)
 
     c = t.table("cluster")
-    replicas = c.integer("replicas", 3, lo=1, hi=9)
+    replicas = c.integer("replicas", 3, lo=1, hi=REPLICAS_PER_STORE_MAX)
     if replicas % 2 == 0:
         raise c.error("replicas", f"must be odd, got {replicas}")
     groups = c.integer("groups", 1, lo=1, hi=1024)
@@ -508,9 +386,9 @@ def _scenario(t: _Table) -> Scenario:
     try:
         network = NetworkSpec(
             delay=_delay(n, "delay", NetworkSpec().delay) or NetworkSpec().delay,
-            loss=n.prob("loss", 0.0),
-            duplicate=n.prob("duplicate", 0.0),
-            reorder=n.prob("reorder", 0.0),
+            loss=n.probability("loss", 0.0),
+            duplicate=n.probability("duplicate", 0.0),
+            reorder=n.probability("reorder", 0.0),
             reorder_us=n.integer("reorder_ms", 20, lo=0) * 1000,
         )
     except ValueError as exc:
@@ -533,8 +411,8 @@ def _scenario(t: _Table) -> Scenario:
     k.done()
 
     w = t.table("workload")
-    kind = w.text("kind", "log", choices=WORKLOADS)
-    common = {
+    kind = w.choice("kind", WORKLOADS, "log")
+    common: dict[str, Any] = {
         "clients": w.integer("clients", 3, lo=0, hi=1000),
         "rate_per_s": w.integer("rate_per_s", 200, lo=1),
         "value_bytes": w.integer("value_bytes", 100, lo=16, hi=1 << 20),
@@ -549,24 +427,24 @@ def _scenario(t: _Table) -> Scenario:
             queues=w.integer("queues", 8, lo=1, hi=4096),
             consumer_groups=w.integer("consumer_groups", 2, lo=0, hi=16),
             consumers_per_group=w.integer("consumers_per_group", 2, lo=1, hi=64),
-            fail_rate=w.prob("fail_rate", 0.0),
+            fail_rate=w.probability("fail_rate", 0.0),
             handle_ms=w.integer("handle_ms", 1, lo=0),
             slow_handle_ms=w.integer("slow_handle_ms", None, lo=0),
-            retry_delays_ms=_ints(w, "retry_delays_ms"),
-            dead_letter=w.flag("dead_letter", True),
+            retry_delays_ms=w.integers("retry_delays_ms", lo=0),
+            dead_letter=w.boolean("dead_letter", True),
             hold_items=w.integer("hold_items", None, lo=0),
-            duplicates_allowed=w.flag("duplicates_allowed", True),
-            ownership=w.text("ownership", "static", choices=("static", "locks")),
-            lease_ms=w.integer("lease_ms", 3000, lo=100, hi=600_000),
-            lock_replicas=w.integer("lock_replicas", 3, lo=1, hi=9),
+            duplicates_allowed=w.boolean("duplicates_allowed", True),
+            ownership=w.choice("ownership", ("static", "locks"), "static"),
+            lease_ms=w.integer("lease_ms", LEASE_MS_DEFAULT, lo=100, hi=600_000),
+            lock_replicas=w.integer("lock_replicas", 3, lo=1, hi=REPLICAS_PER_STORE_MAX),
             schedulers=w.integer("schedulers", 0, lo=0, hi=4),
-            margin_ms=w.integer("margin_ms", 600, lo=1),
-            renew_ms=w.integer("renew_ms", 1000, lo=1),
-            poll_ms=w.integer("poll_ms", 500, lo=1),
+            margin_ms=w.integer("margin_ms", MARGIN_MS_DEFAULT, lo=1),
+            renew_ms=w.integer("renew_ms", RENEW_MS_DEFAULT, lo=1),
+            poll_ms=w.integer("poll_ms", POLL_MS_DEFAULT, lo=1),
             rate_items_per_s=w.integer("rate_items_per_s", None, lo=0),
             rate_burst=w.integer("rate_burst", None, lo=1),
             hot_queues=w.integer("hot_queues", 0, lo=0),
-            hot_share=w.prob("hot_share", 0.0),
+            hot_share=w.probability("hot_share", 0.0),
             band_pct=w.integer("band_pct", 20, lo=0, hi=100),
             **common,
         )
@@ -586,29 +464,23 @@ def _scenario(t: _Table) -> Scenario:
         workload = WorkloadSpec(
             kind="lock",
             keys=w.integer("keys", 4, lo=1, hi=10_000),
-            lease_ms=w.integer("lease_ms", 1000, lo=1, hi=24 * 60 * 60 * 1000),
+            lease_ms=w.integer("lease_ms", 1000, lo=1, hi=LEASE_MS_MAX),
             **common,
         )
     else:
         workload = WorkloadSpec(kind="log", **common)
     w.done()
 
-    t.seen.add("faults")
-    raw_faults = t.data.get("faults", [])
-    if not isinstance(raw_faults, list):
-        raise t.error("faults", "must be an array of tables ([[faults]])")
-    faults = tuple(
-        _fault(_Table(f, f"faults[{i}]", t.file), replicas) for i, f in enumerate(raw_faults)
-    )
+    faults = tuple(_fault(f, replicas) for f in t.tables("faults"))
 
     r = t.table("random_faults")
     random_faults = RandomFaultSpec(
-        enabled=r.flag("enabled", False),
+        enabled=r.boolean("enabled", False),
         kinds=r.strings("kinds", RANDOM_FAULT_DEFAULT, RANDOM_FAULT_KINDS),
         interval_ms_min=r.integer("interval_ms_min", 200, lo=1),
         interval_ms_max=r.integer("interval_ms_max", 3000, lo=1),
         duration_ms_max=r.integer("duration_ms_max", 3000, lo=1),
-        max_down=r.text("max_down", "majority", choices=("minority", "majority", "all")),
+        max_down=r.choice("max_down", ("minority", "majority", "all"), "majority"),
     )
     if random_faults.interval_ms_min > random_faults.interval_ms_max:
         raise r.error("interval_ms_min", "must not exceed interval_ms_max")
@@ -616,8 +488,8 @@ def _scenario(t: _Table) -> Scenario:
 
     f = t.table("final")
     final = FinalSpec(
-        heal_all=f.flag("heal_all", True),
-        restart_all=f.flag("restart_all", True),
+        heal_all=f.boolean("heal_all", True),
+        restart_all=f.boolean("restart_all", True),
         liveness_ms=f.integer("liveness_ms", 5000, lo=1),
         quiesce_ms=f.integer("quiesce_ms", 3000, lo=0),
     )
@@ -649,7 +521,7 @@ def _scenario(t: _Table) -> Scenario:
         if "rate_limit" in checks and workload.rate_items_per_s is None:
             raise t.error("checks", "'rate_limit' needs [workload] rate_items_per_s")
     e = t.table("expect")
-    safety = e.text("safety", "pass", choices=("pass", "fail"))
+    safety: Literal["pass", "fail"] = e.choice("safety", ("pass", "fail"), "pass")
     e.done()
     t.done()
     return Scenario(
@@ -672,14 +544,14 @@ def _scenario(t: _Table) -> Scenario:
     )
 
 
-def _fault(t: _Table, replicas: int) -> FaultSpec:
-    action = t.text("action", choices=ACTIONS)
+def _fault(t: TomlTable, replicas: int) -> FaultSpec:
+    action = t.choice("action", ACTIONS)
     at_ms = t.integer("at_ms", None, lo=0)
     after: AfterSpec | None = None
     if t.has("after"):
         a = t.table("after")
         after = AfterSpec(
-            event=a.text("event"),
+            event=a.string("event"),
             count=a.integer("count", 1, lo=1),
             node=_selector(a, "node", False),
             delay_ms=a.integer("delay_ms", 0, lo=0),
@@ -699,18 +571,18 @@ def _fault(t: _Table, replicas: int) -> FaultSpec:
         target=target,
         group=t.integer("group", 0, lo=0),
         duration_ms=t.integer("duration_ms", None, lo=1),
-        direction=t.text("direction", "both", choices=("both", "in", "out")),
-        power_loss=t.flag("power_loss", True) if action == "crash" else True,
-        rate=t.prob("rate", 0.0) if action in ("loss", "duplicate", "reorder") else 0.0,
+        direction=t.choice("direction", ("both", "in", "out"), "both"),
+        power_loss=t.boolean("power_loss", True) if action == "crash" else True,
+        rate=t.probability("rate", 0.0) if action in ("loss", "duplicate", "reorder") else 0.0,
         delay=_delay(t, "delay", None) if action == "delay" else None,
         drift_ppm=t.integer("drift_ppm", None, lo=-100_000, hi=100_000)
         if action == "clock"
         else None,
         skew_ms=t.integer("skew_ms", 0) if action == "clock" else 0,
-        disk_fault=t.text("fault", choices=DISK_FAULTS) if action == "disk" else None,
+        disk_fault=t.choice("fault", DISK_FAULTS) if action == "disk" else None,
         fsync=_delay(t, "fsync", None) if action == "disk" else None,
         peer=_selector(t, "peer", False) if action in ("clog", "unclog") else None,
-        consumer_group=t.text("consumer_group") if action == "seek" else None,
+        consumer_group=t.string("consumer_group") if action == "seek" else None,
         queue=t.integer("queue", None, lo=0) if action == "seek" else None,
         offset=t.integer("offset", None, lo=0) if action == "seek" else None,
         back_ms=t.integer("back_ms", None, lo=0) if action == "seek" else None,

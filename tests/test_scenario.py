@@ -81,7 +81,7 @@ def test_a_valid_scenario_loads_into_the_schema() -> None:
     ("edit", "key", "reason"),
     [
         (("[workload]", "[workload]\nspeed = 3"), "workload.speed", "unknown key"),
-        (("rate_per_s = 300", 'rate_per_s = "fast"'), "workload.rate_per_s", "must be an integer"),
+        (("rate_per_s = 300", 'rate_per_s = "fast"'), "workload.rate_per_s", "expected an integer"),
         (('target = "follower[1]"', 'target = "leader"'), "faults[1].target", "unknown selector"),
         (("at_ms = 3000", "at_ms = -5"), "faults[0].at_ms", "must be >= 0"),
         (("loss = 0.01", "loss = 1.5"), "network.loss", "probability"),
@@ -102,7 +102,7 @@ def test_invalid_values_are_rejected_naming_the_key(
     assert text != GOOD
     with pytest.raises(ScenarioError) as err:
         loads(text, file="bad.toml")
-    assert err.value.key == key
+    assert err.value.key_path == key
     assert reason in err.value.reason
     assert str(err.value).startswith(f"bad.toml: {key}: ")
 
@@ -124,7 +124,10 @@ def test_invalid_toml_is_rejected() -> None:
         (GOOD.replace("[workload]", "[workload]\nspeed = 3"), "workload.speed: unknown key"),
         (GOOD.replace('target = "follower[1]"', 'target = "leader"'), "unknown selector"),
         (GOOD.replace("at_ms = 3000", "at_ms = -1"), "faults[0].at_ms: must be >= 0"),
-        (GOOD.replace("rate_per_s = 300", "rate_per_s = true"), "must be an integer"),
+        (
+            GOOD.replace("rate_per_s = 300", "rate_per_s = true"),
+            "workload.rate_per_s: expected an integer",
+        ),
         (GOOD.replace("lease_ms = 900", "lease_msx = 900"), "cluster.paxos.lease_msx: unknown key"),
     ],
 )

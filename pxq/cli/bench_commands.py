@@ -209,7 +209,7 @@ def bench(
     from net.errors import NetError
     from net.tools.bench import BenchSpec, open_output, run_bench
     from net.wire.loop import run
-    from pxq.config import ConfigError
+    from pxq.config.parser import ConfigError
 
     if not start_cluster:
         if groups != (1,) or queues_per_group != 1:

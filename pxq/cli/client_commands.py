@@ -26,7 +26,7 @@ from pxq.cli.common import EXIT_FAILED, EXIT_OK, bad_input
 
 if TYPE_CHECKING:
     from net.client.api import AsyncConsumer, Item, Receipt
-    from pxq.config import ClusterConfig
+    from pxq.config.model import ClusterConfig
 
 PRODUCE_WINDOW = 1000
 """Enqueues ``pxq produce`` keeps open at once (input lines read ahead of their receipts)."""
@@ -47,7 +47,7 @@ CONFIG_OPTION = click.option(
 
 def _load(config_path: Path | None) -> ClusterConfig:
     from net.client.api import resolve_config
-    from pxq.config import ConfigError
+    from pxq.config.parser import ConfigError
 
     try:
         return resolve_config(config_path)

@@ -69,7 +69,7 @@ def cluster_up(config_file: Path | None, timeout_s: float, home: Path) -> None:
     """Start every replica (stores and lock service) as a process of its own and wait for the
     masters of every Paxos group."""
     from net.cluster.processes import ClusterHome, ClusterRunning, NodeExited, NoMasters, up
-    from pxq.config import ConfigError
+    from pxq.config.parser import ConfigError
 
     try:
         result = asyncio.run(up(ClusterHome(home), config_file, timeout_s=timeout_s))
@@ -88,7 +88,7 @@ def cluster_up(config_file: Path | None, timeout_s: float, home: Path) -> None:
 
 
 def _print_up(result: UpResult, home: Path, *, default_config: bool) -> None:
-    from pxq.config import LOCKS_SERVICE
+    from pxq.config.model import LOCKS_SERVICE
 
     config = result.config
     groups = len(result.masters)
@@ -147,7 +147,7 @@ def _print_up(result: UpResult, home: Path, *, default_config: bool) -> None:
 def cluster_status(config_file: Path | None, home: Path) -> None:
     """Per node (store and lock replicas): process alive, port accepting, groups it masters."""
     from net.cluster.processes import ClusterHome, status
-    from pxq.config import ConfigError
+    from pxq.config.parser import ConfigError
 
     try:
         st = asyncio.run(status(ClusterHome(home), config_file))

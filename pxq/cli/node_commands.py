@@ -63,7 +63,7 @@ def node_run(config_file: Path, node_name: str, data_dir: Path | None, log_level
     """
     from net.errors import BootFailed, StartupError
     from net.node.server import configure_logging, default_data_dir, node_of, run_node
-    from pxq.config import ConfigError, load_config
+    from pxq.config.parser import ConfigError, load_config
 
     try:
         config = load_config(config_file)
@@ -118,7 +118,7 @@ def scheduler_run(config_file: Path, name: str, log_level: str) -> None:
     configuration."""
     from net.cluster.scheduler import run_scheduler
     from net.wire.loop import run as run_loop
-    from pxq.config import ConfigError, load_config
+    from pxq.config.parser import ConfigError, load_config
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -79,7 +79,13 @@ from pxq.lock.messages import (
     Release,
     Renew,
 )
-from pxq.lock.timing import lease_timing_problem
+from pxq.lock.timing import (
+    LEASE_MS_DEFAULT,
+    MARGIN_MS_DEFAULT,
+    POLL_MS_DEFAULT,
+    RENEW_MS_DEFAULT,
+    lease_timing_problem,
+)
 from pxq.lockkeys import (
     HOLDER_SEP,
     LOCK_REQ_ID_BASE,
@@ -95,7 +101,7 @@ from pxq.rendezvous import QueueId, hash_assign
 from pxq.topics import base_topic
 
 if TYPE_CHECKING:
-    from pxq.config import ClusterConfig
+    from pxq.config.model import ClusterConfig
 
 
 @message(239)
@@ -138,10 +144,10 @@ class OwnershipSettings:
     """Every base (topic, queue) the group consumes."""
     lock_nodes: tuple[NodeId, ...]
     lock_groups: int
-    lease_ms: int = 3000
-    margin_ms: int = 600
-    renew_ms: int = 1000
-    poll_ms: int = 500
+    lease_ms: int = LEASE_MS_DEFAULT
+    margin_ms: int = MARGIN_MS_DEFAULT
+    renew_ms: int = RENEW_MS_DEFAULT
+    poll_ms: int = POLL_MS_DEFAULT
     weight: int = 1
     use_scheduler: bool = False
     lock_timeout_ms: int = 300

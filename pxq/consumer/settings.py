@@ -16,7 +16,7 @@ from pxq.producer.settings import check_layout, frozen_mapping
 from pxq.topics import DLQ_MARK, RETRY_MARK
 
 if TYPE_CHECKING:
-    from pxq.config import ClusterConfig, ConsumerGroupConfig
+    from pxq.config.model import ClusterConfig, ConsumerGroupConfig
 
 MiB = 1024 * 1024
 

@@ -9,6 +9,17 @@ lease, or a dead peer's keys would be noticed late).
 
 from __future__ import annotations
 
+from typing import Final
+
+LEASE_MS_DEFAULT: Final = 3000
+"""A holder's lease (a consumer's on each queue it owns and on its membership key, the
+scheduler's on its election key) unless configured otherwise."""
+MARGIN_MS_DEFAULT: Final = 600
+RENEW_MS_DEFAULT: Final = 1000
+POLL_MS_DEFAULT: Final = 500
+"""The defaults of the other timings; together with ``LEASE_MS_DEFAULT`` they satisfy
+``lease_timing_problem``."""
+
 
 def lease_timing_problem(
     lease_ms: int, margin_ms: int, renew_ms: int, poll_ms: int

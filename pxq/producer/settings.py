@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from pxq.effects import NodeId
 
 if TYPE_CHECKING:
-    from pxq.config import ClusterConfig
+    from pxq.config.model import ClusterConfig
 
 MiB = 1024 * 1024
 

@@ -57,7 +57,12 @@ from pxq.lock.messages import (
     LockOk,
     ReadLock,
 )
-from pxq.lock.timing import lease_timing_problem
+from pxq.lock.timing import (
+    LEASE_MS_DEFAULT,
+    MARGIN_MS_DEFAULT,
+    RENEW_MS_DEFAULT,
+    lease_timing_problem,
+)
 from pxq.lockkeys import (
     HOLDER_SEP,
     LEADER_KEY,
@@ -72,7 +77,7 @@ from pxq.rendezvous import QueueId, hash_assign
 from pxq.scheduler.balance import member_loads, rebalance
 
 if TYPE_CHECKING:
-    from pxq.config import ClusterConfig
+    from pxq.config.model import ClusterConfig
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,9 +87,9 @@ class SchedulerSettings:
     """Consumer group -> every base (topic, queue) it consumes."""
     lock_nodes: tuple[NodeId, ...]
     lock_groups: int
-    lease_ms: int = 3000
-    margin_ms: int = 600
-    renew_ms: int = 1000
+    lease_ms: int = LEASE_MS_DEFAULT
+    margin_ms: int = MARGIN_MS_DEFAULT
+    renew_ms: int = RENEW_MS_DEFAULT
     period_ms: int = 2000
     assignment_lease_ms: int = 6000
     band_pct: int = 20

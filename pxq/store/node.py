@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from pxq import codec
-from pxq.config import ClusterConfig, TopicInfo
+from pxq.config.model import ClusterConfig, TopicInfo
 from pxq.effects import InvariantViolation, NodeId, Now, Reply, Rng, StorageView
 from pxq.paxos.service import Answer, InnerCall, Proposal, ReplicatedService
 from pxq.store.commands import (

@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, assert_never
 
 from pxq import codec
-from pxq.config import ClusterConfig, ConsumerGroupConfig, TopicInfo
+from pxq.config.model import ClusterConfig, ConsumerGroupConfig, TopicInfo
 from pxq.effects import EffectsBuilder, InvariantViolation, StorageView
 from pxq.positional import CommandError
 from pxq.store.commands import (

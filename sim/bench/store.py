@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from pxq.config import default_config
+from pxq.config.default import default_config
 from pxq.effects import EffectsBuilder
 from pxq.store.commands import CommitCmd, EnqueueCmd, encode_command
 from pxq.store.messages import Enqueue, Get, GetOk, Item

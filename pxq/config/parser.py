@@ -1,0 +1,382 @@
+"""The cluster file's parser: TOML -> ``pxq.config.model``, validated, with errors that name
+the file and the key path (``ConfigError``). The strict reading itself (types, bounds, unknown
+keys) is ``pxq.toml_reader``'s; this module owns the rules of the cluster file's schema.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any, ClassVar, Final
+
+from pxq.config.model import (
+    ENQUEUE_HEADROOM_BYTES,
+    INFLIGHT_BATCHES_MAX,
+    LOCK_GROUPS_MAX,
+    LOCKS_SERVICE,
+    NAME_CHARS_MAX,
+    PORT_MAX,
+    REPLICAS_PER_STORE_MAX,
+    STORAGE_MAP_BYTES_DEFAULT,
+    STORAGE_MAP_BYTES_MAX_DEFAULT,
+    STORAGE_MAP_BYTES_MIN,
+    Batching,
+    ClusterConfig,
+    ConsumerGroupConfig,
+    Limits,
+    LockServiceConfig,
+    OwnershipConfig,
+    RateLimit,
+    ReplicaConfig,
+    Retention,
+    RetryLevel,
+    StorageConfig,
+    StoreConfig,
+    TopicConfig,
+)
+from pxq.lock.messages import VALUE_BYTES_MAX
+from pxq.paxos.config import PaxosConfig
+from pxq.toml_reader import MISSING, TomlError, TomlTable, kind_of, parse, read_text
+from pxq.topics import DLQ_MARK, RETRY_MARK
+
+
+class ConfigError(TomlError):
+    """A configuration file is invalid: ``file``, the dotted ``key_path`` and the ``reason``."""
+
+    FILE_KEY: ClassVar[str] = "-"
+
+
+def load_config(path: str | Path) -> ClusterConfig:
+    """Read and validate the cluster file at ``path``."""
+    return loads_config(read_text(path, error=ConfigError), file=str(path))
+
+
+def loads_config(text: str, *, file: str = "<string>") -> ClusterConfig:
+    """Parse and validate a cluster configuration given as TOML text."""
+    return _cluster(parse(text, file=file, error=ConfigError, allowed=_SECTIONS))
+
+
+_SECTIONS: Final = (
+    "cluster",
+    "limits",
+    "batching",
+    "storage",
+    "stores",
+    "locks",
+    "ownership",
+    "topics",
+)
+_NAME: Final = re.compile(r"[A-Za-z0-9_-]+")
+_PAXOS_FIELDS: Final = tuple(
+    f.name for f in dataclasses.fields(PaxosConfig) if f.name not in ("replicas", "groups")
+)
+"""The ``PaxosConfig`` fields a ``paxos`` table may override (membership comes from the
+replicas and the group count)."""
+
+
+def _default(cls: type[Any], name: str) -> Any:
+    """The default of field ``name`` of the dataclass ``cls`` (the model owns every default)."""
+    for f in dataclasses.fields(cls):
+        if f.name == name and f.default is not dataclasses.MISSING:
+            return f.default
+    raise LookupError(f"{cls.__name__}.{name} has no default")
+
+
+def _name(t: TomlTable, key: str, default: Any = MISSING) -> Any:
+    """A cluster, store, node, zone, topic or group name."""
+    v = t.string(key, default, nonempty=True)
+    if len(v) > NAME_CHARS_MAX:
+        raise t.error(key, f"longer than {NAME_CHARS_MAX} characters")
+    if not _NAME.fullmatch(v):
+        raise t.error(key, f"{v!r}: only letters, digits, '_' and '-' are allowed")
+    return v
+
+
+def _check_unique(t: TomlTable, array: str, names: list[str], what: str) -> None:
+    seen: dict[str, int] = {}
+    for i, n in enumerate(names):
+        if n in seen:
+            raise t.error(
+                f"{array}[{i}].name",
+                f"duplicate {what} name {n!r} (also {t.key(array)}[{seen[n]}])",
+            )
+        seen[n] = i
+
+
+def _cluster(doc: TomlTable) -> ClusterConfig:
+    c = doc.table("cluster", allowed=("name",), required=True)
+    name = _name(c, "name")
+    limits = _limits(doc.table("limits", allowed=_LIMITS))
+    batching = _batching(
+        doc.table("batching", allowed=("linger_ms", "items_max", "bytes_max", "inflight_batches")),
+        limits,
+    )
+    storage = _storage(
+        doc.table("storage", allowed=("map_size_bytes", "map_size_max_bytes", "reserve_bytes"))
+    )
+    if not doc.has("stores"):
+        raise doc.error("stores", "missing (at least one [[stores]])")
+    stores_raw = doc.tables(
+        "stores", allowed=("name", "groups", "retention_tick_ms", "replicas", "paxos")
+    )
+    if not stores_raw:
+        raise doc.error("stores", "at least one store is needed")
+    stores = tuple(_store(s, limits) for s in stores_raw)
+    _check_unique(doc, "stores", [s.name for s in stores], "store")
+    for i, s in enumerate(stores):
+        if s.name == LOCKS_SERVICE:
+            raise doc.error(
+                f"stores[{i}].name", f"{LOCKS_SERVICE!r} is reserved for the lock service"
+            )
+    locks = _locks(doc.table("locks", allowed=_LOCKS)) if doc.has("locks") else None
+    ownership = _ownership(doc.table("ownership", allowed=_OWNERSHIP))
+    nodes = [
+        (f"stores[{i}].replicas[{j}]", r)
+        for i, s in enumerate(stores)
+        for j, r in enumerate(s.replicas)
+    ]
+    if locks is not None:
+        nodes += [(f"locks.replicas[{j}]", r) for j, r in enumerate(locks.replicas)]
+    seen_nodes: dict[str, str] = {}
+    seen_addrs: dict[tuple[str, int], str] = {}
+    for path, r in nodes:
+        if r.node in seen_nodes:
+            raise doc.error(
+                f"{path}.node", f"{r.node!r} is already a replica at {seen_nodes[r.node]}"
+            )
+        seen_nodes[r.node] = path
+        addr = (r.host, r.port)
+        if addr in seen_addrs:
+            raise doc.error(
+                f"{path}.port", f"{r.host}:{r.port} is already used by {seen_addrs[addr]}"
+            )
+        seen_addrs[addr] = path
+    topics_raw = doc.tables("topics", allowed=("name", "queues", "retention", "consumer_groups"))
+    topics = tuple(_topic(t, limits) for t in topics_raw)
+    _check_unique(doc, "topics", [t.name for t in topics], "topic")
+    return ClusterConfig(
+        name=name,
+        stores=stores,
+        topics=topics,
+        limits=limits,
+        batching=batching,
+        locks=locks,
+        ownership=ownership,
+        storage=storage,
+    )
+
+
+_LIMITS: Final = tuple(f.name for f in dataclasses.fields(Limits))
+
+
+def _limits(t: TomlTable) -> Limits:
+    defaults = Limits()
+    return Limits(**{n: t.integer(n, getattr(defaults, n), lo=1) for n in _LIMITS})
+
+
+def _storage(t: TomlTable) -> StorageConfig:
+    size = t.integer("map_size_bytes", STORAGE_MAP_BYTES_DEFAULT, lo=STORAGE_MAP_BYTES_MIN)
+    size_max = t.integer("map_size_max_bytes", max(size, STORAGE_MAP_BYTES_MAX_DEFAULT), lo=size)
+    reserve = t.integer("reserve_bytes", None, lo=0, hi=size_max - 1)
+    return StorageConfig(map_size_bytes=size, map_size_max_bytes=size_max, reserve_bytes=reserve)
+
+
+def _batching(t: TomlTable, limits: Limits) -> Batching:
+    b = Batching()
+    items_max = t.integer(
+        "items_max",
+        min(b.items_max, limits.enqueue_items_max),
+        lo=1,
+        hi=limits.enqueue_items_max,
+    )
+    return Batching(
+        linger_ms=t.integer("linger_ms", b.linger_ms, lo=0),
+        items_max=items_max,
+        bytes_max=t.integer("bytes_max", b.bytes_max, lo=1),
+        inflight_batches=t.integer(
+            "inflight_batches", b.inflight_batches, lo=1, hi=INFLIGHT_BATCHES_MAX
+        ),
+    )
+
+
+def _store(t: TomlTable, limits: Limits) -> StoreConfig:
+    name = _name(t, "name")
+    groups = t.integer("groups", lo=1)
+    tick = t.integer("retention_tick_ms", _default(StoreConfig, "retention_tick_ms"), lo=1)
+    replicas = _replicas(t)
+    p = t.table("paxos", allowed=_PAXOS_FIELDS)
+    overrides = _paxos_overrides(p)
+    # One item of the largest allowed size must fit one proposal.
+    needed = limits.item_bytes_max + ENQUEUE_HEADROOM_BYTES
+    kwargs = dict(overrides)
+    base = PaxosConfig(replicas=("x",))
+    kwargs.setdefault("value_bytes_max", max(base.value_bytes_max, needed))
+    kwargs.setdefault("batch_bytes_max", max(base.batch_bytes_max, kwargs["value_bytes_max"]))
+    kwargs.setdefault("pending_bytes_max", max(base.pending_bytes_max, kwargs["value_bytes_max"]))
+    if kwargs["value_bytes_max"] < needed:
+        raise p.error(
+            "value_bytes_max",
+            f"must be >= limits.item_bytes_max + {ENQUEUE_HEADROOM_BYTES} = {needed}",
+        )
+    return StoreConfig(
+        name=name,
+        groups=groups,
+        replicas=replicas,
+        retention_tick_ms=tick,
+        paxos_overrides=tuple(sorted(overrides.items())),
+        paxos=_paxos(p, replicas, groups, kwargs),
+    )
+
+
+def _replicas(t: TomlTable) -> tuple[ReplicaConfig, ...]:
+    """The ``replicas`` array of the table ``t``: an odd count from 1."""
+    reps = t.tables("replicas", allowed=("node", "host", "port", "zone"), required=True)
+    n = len(reps)
+    if n < 1 or n > REPLICAS_PER_STORE_MAX or n % 2 == 0:
+        raise t.error("replicas", f"need an odd count from 1 to {REPLICAS_PER_STORE_MAX}, got {n}")
+    return tuple(_replica(r) for r in reps)
+
+
+def _replica(t: TomlTable) -> ReplicaConfig:
+    return ReplicaConfig(
+        node=_name(t, "node"),
+        host=t.string("host", _default(ReplicaConfig, "host"), nonempty=True),
+        port=t.integer("port", lo=1, hi=PORT_MAX),
+        zone=_name(t, "zone", _default(ReplicaConfig, "zone")),
+    )
+
+
+def _paxos_overrides(t: TomlTable) -> dict[str, int]:
+    """A ``paxos`` table: integer overrides of ``PaxosConfig`` fields (not the membership)."""
+    return {k: t.integer(k) for k in sorted(t.data)}
+
+
+def _paxos(
+    t: TomlTable, replicas: tuple[ReplicaConfig, ...], groups: int, overrides: dict[str, int]
+) -> PaxosConfig:
+    """The ``PaxosConfig`` of a replica set; its complaints name a key of the table ``t``."""
+    try:
+        return PaxosConfig(replicas=tuple(r.node for r in replicas), groups=groups, **overrides)
+    except ValueError as exc:
+        text = str(exc)
+        key, _, reason = text.partition(": ")
+        if key in _PAXOS_FIELDS:
+            raise t.error(key, reason) from exc
+        raise t.error("", text) from exc
+
+
+_LOCKS: Final = ("groups", "keys_max", "values_bytes_max", "cleanup_tick_ms", "replicas", "paxos")
+
+
+def _locks(t: TomlTable) -> LockServiceConfig:
+    groups = t.integer("groups", _default(LockServiceConfig, "groups"), lo=1, hi=LOCK_GROUPS_MAX)
+    keys_max = t.integer("keys_max", _default(LockServiceConfig, "keys_max"), lo=1)
+    values_bytes_max = t.integer(
+        "values_bytes_max", _default(LockServiceConfig, "values_bytes_max"), lo=VALUE_BYTES_MAX
+    )
+    tick = t.integer("cleanup_tick_ms", _default(LockServiceConfig, "cleanup_tick_ms"), lo=1)
+    replicas = _replicas(t)
+    p = t.table("paxos", allowed=_PAXOS_FIELDS)
+    overrides = _paxos_overrides(p)
+    return LockServiceConfig(
+        groups=groups,
+        replicas=replicas,
+        keys_max=keys_max,
+        values_bytes_max=values_bytes_max,
+        cleanup_tick_ms=tick,
+        paxos_overrides=tuple(sorted(overrides.items())),
+        paxos=_paxos(p, replicas, groups, overrides),
+    )
+
+
+_OWNERSHIP: Final = tuple(f.name for f in dataclasses.fields(OwnershipConfig))
+
+
+def _ownership(t: TomlTable) -> OwnershipConfig:
+    defaults = OwnershipConfig()
+    values: dict[str, Any] = {
+        n: t.integer(n, getattr(defaults, n)) for n in _OWNERSHIP if n != "scheduler"
+    }
+    values["scheduler"] = t.boolean("scheduler", defaults.scheduler)
+    try:
+        return OwnershipConfig(**values)
+    except ValueError as exc:
+        key, _, reason = str(exc).partition(": ")
+        raise t.error(key, reason) from exc
+
+
+def _topic(t: TomlTable, limits: Limits) -> TopicConfig:
+    name = _name(t, "name")
+    queues = t.integer("queues", lo=1, hi=limits.queues_max)
+    r = t.table("retention", allowed=("hold_items", "hold_ms"))
+    retention = Retention(
+        hold_items=r.integer("hold_items", None, lo=0),
+        hold_ms=r.integer("hold_ms", None, lo=0),
+    )
+    groups_raw = t.tables(
+        "consumer_groups", allowed=("name", "queues", "kinds", "rate", "retries", "dead_letter")
+    )
+    if len(groups_raw) > limits.consumer_groups_max:
+        raise t.error(
+            "consumer_groups",
+            f"{len(groups_raw)} groups exceed limits.consumer_groups_max = "
+            f"{limits.consumer_groups_max}",
+        )
+    groups = tuple(_consumer_group(g, queues, limits) for g in groups_raw)
+    _check_unique(t, "consumer_groups", [g.name for g in groups], "consumer group")
+    for mark in (RETRY_MARK, DLQ_MARK):
+        if mark in name:  # pragma: no cover - dots are refused by the name pattern
+            raise t.error("name", "must not contain a derived-topic mark")
+    return TopicConfig(name=name, queues=queues, retention=retention, consumer_groups=groups)
+
+
+def _consumer_group(t: TomlTable, queue_count: int, limits: Limits) -> ConsumerGroupConfig:
+    name = _name(t, "name")
+    queues: tuple[int, ...] | None = None
+    qv = t.raw("queues", "all")
+    if isinstance(qv, str):
+        if qv != "all":
+            raise t.error("queues", f'expected "all" or a list of queue numbers, got {qv!r}')
+    else:
+        arr = t.array("queues")
+        if not arr:
+            raise t.error("queues", 'must not be empty (omit it, or say "all")')
+        seen: set[int] = set()
+        for i, q in enumerate(arr):
+            if type(q) is not int:
+                raise t.error(f"queues[{i}]", f"expected an integer, got {kind_of(q)}")
+            if not 0 <= q < queue_count:
+                raise t.error(f"queues[{i}]", f"queue {q} outside 0..{queue_count - 1}")
+            if q in seen:
+                raise t.error(f"queues[{i}]", f"duplicate queue {q}")
+            seen.add(q)
+        queues = tuple(sorted(seen))
+    kinds: tuple[str, ...] | None = None
+    if t.has("kinds"):
+        found: list[str] = []
+        for i, k in enumerate(t.array("kinds")):
+            if not isinstance(k, str):
+                raise t.error(f"kinds[{i}]", f"expected a string, got {kind_of(k)}")
+            if k in found:
+                raise t.error(f"kinds[{i}]", f"duplicate kind {k!r}")
+            found.append(k)
+        kinds = tuple(sorted(found))
+    rate: RateLimit | None = None
+    if t.has("rate"):
+        r = t.table("rate", allowed=("items_per_s", "burst"))
+        rate = RateLimit(items_per_s=r.integer("items_per_s", lo=1), burst=r.integer("burst", lo=1))
+    levels = t.tables("retries", allowed=("delay_ms",))
+    if len(levels) > limits.retry_levels_max:
+        raise t.error(
+            "retries",
+            f"{len(levels)} levels exceed limits.retry_levels_max = {limits.retry_levels_max}",
+        )
+    return ConsumerGroupConfig(
+        name=name,
+        queues=queues,
+        kinds=kinds,
+        rate=rate,
+        retries=tuple(RetryLevel(delay_ms=r.integer("delay_ms", lo=0)) for r in levels),
+        dead_letter=t.boolean("dead_letter", _default(ConsumerGroupConfig, "dead_letter")),
+    )
