@@ -331,7 +331,7 @@ def _delay(t: TomlTable, name: str, default: DelaySpec | None) -> DelaySpec | No
     try:
         return DelaySpec(dist=dist, **values)
     except ValueError as exc:
-        raise ScenarioError(t.file, t.key(name), str(exc)) from None
+        raise t.error(name, str(exc)) from None
 
 
 def _selector(t: TomlTable, name: str, required: bool) -> str | None:
@@ -392,7 +392,7 @@ def _scenario(t: TomlTable) -> Scenario:
             reorder_us=n.integer("reorder_ms", 20, lo=0) * 1000,
         )
     except ValueError as exc:
-        raise ScenarioError(t.file, "network", str(exc)) from None
+        raise t.error("network", str(exc)) from None
     n.done()
 
     d = t.table("disk")
