@@ -3,9 +3,7 @@ step that replies, lease promises, bounded promises, and the truncated-log refus
 
 from __future__ import annotations
 
-import pytest
-
-from pxq.effects import EffectsBuilder, InvariantViolation, Put
+from pxq.effects import EffectsBuilder, Put
 from pxq.paxos.acceptor import Acceptor
 from pxq.paxos.config import PaxosConfig
 from pxq.paxos.records import LOG, META, decode_log, decode_u64, log_key
@@ -110,11 +108,19 @@ def test_prepare_below_the_truncated_log_is_refused_as_behind() -> None:
     assert acc.promised == 17  # nothing promised to a candidate that cannot use it
 
 
-def test_accept_of_a_different_value_for_a_chosen_instance_is_an_invariant_violation() -> None:
+def test_accept_of_a_different_value_for_a_chosen_instance_is_refused_without_a_promise() -> None:
+    # Such an Accept can only come from below the ballot that chose the value (a deposed
+    # master's delayed Accept): refused, nothing written, no promise or lease for its ballot.
     acc, store = fresh()
     fx = EffectsBuilder()
     acc.write_chosen(1, b"chosen", fx)
     store.apply(fx.writes)
     assert accept(acc, store, 33, 1, b"chosen")
-    with pytest.raises(InvariantViolation):
-        accept(acc, store, 49, 1, b"other")
+    fx = EffectsBuilder()
+    ok = acc.on_accept(ballot=49, instance=1, value=b"other", now_ms=0, applied=0, fx=fx)
+    assert not ok
+    assert fx.writes == []
+    assert [e.kind for e in fx.trace] == ["accept_refused"]
+    assert acc.promised == 33 and acc.lease_ballot == 33
+    rec = acc.read(1)
+    assert rec is not None and rec.value == b"chosen" and rec.chosen

@@ -236,20 +236,32 @@ class Acceptor:
         """Phase 2b: accept ``value`` for ``instance`` under ``ballot`` if allowed."""
         if ballot < self.promised:
             return False
-        self._raise_promise(ballot, fx)
-        self.grant_lease(ballot, now_ms)
         if instance < self.log_start:
             # Chosen, applied and truncated here: Paxos guarantees the master proposes the
             # chosen value, and nobody will ask us about this instance again.
+            self._raise_promise(ballot, fx)
+            self.grant_lease(ballot, now_ms)
             return True
         old = self.read(instance)
-        if old is not None and (old.chosen or instance <= applied):
-            # Already chosen here: any higher ballot must carry the same value.
-            if old.value != value:
-                raise InvariantViolation(
-                    f"group {self.group} instance {instance}: Accept of ballot {ballot} "
-                    "carries a value different from the chosen one"
-                )
+        chosen_here = old is not None and (old.chosen or instance <= applied)
+        if old is not None and chosen_here and old.value != value:
+            # Another value is chosen for this instance. Every ballot at or above the one that
+            # chose it carries that value, so this Accept comes from below it: a deposed
+            # master's Accept, delayed or duplicated, reaching a replica that learned the
+            # chosen value by catch-up or heartbeats (which raise no promise). Refuse it, and
+            # give its master neither our promise nor our lease. A correct replica never
+            # crashes on it; a real divergence would still show in the log checksums.
+            fx.event(
+                "accept_refused",
+                group=self.group,
+                instance=instance,
+                ballot=ballot,
+                reason="chosen_differs",
+            )
+            return False
+        self._raise_promise(ballot, fx)
+        self.grant_lease(ballot, now_ms)
+        if chosen_here:
             return True
         self._write(instance, LogRecord(ballot=ballot, value=value, chosen=False), fx)
         return True
