@@ -8,53 +8,10 @@ benchmarks and direct protocol tests use one as a disk that syncs instantly.
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Iterable, Iterator
 
 from pxq.effects import Delete, DeleteRange, Put, Write
-
-
-class _Table:
-    """One sorted table: a dict for lookups plus a sorted key list for range scans."""
-
-    __slots__ = ("keys", "values")
-
-    def __init__(self) -> None:
-        self.values: dict[bytes, bytes] = {}
-        self.keys: list[bytes] = []
-
-    def put(self, key: bytes, value: bytes) -> None:
-        if key not in self.values:
-            keys = self.keys
-            if not keys or key > keys[-1]:
-                keys.append(key)  # the common case: appending at the end of a log
-            else:
-                bisect.insort(keys, key)
-        self.values[key] = value
-
-    def delete(self, key: bytes) -> None:
-        if self.values.pop(key, None) is not None:
-            i = bisect.bisect_left(self.keys, key)
-            del self.keys[i]
-
-    def delete_range(self, start: bytes, end: bytes) -> None:
-        lo = bisect.bisect_left(self.keys, start)
-        hi = bisect.bisect_left(self.keys, end)
-        for key in self.keys[lo:hi]:
-            del self.values[key]
-        del self.keys[lo:hi]
-
-    def scan(self, start: bytes, end: bytes | None, reverse: bool) -> Iterator[tuple[bytes, bytes]]:
-        lo = bisect.bisect_left(self.keys, start)
-        hi = len(self.keys) if end is None else bisect.bisect_left(self.keys, end)
-        selected = self.keys[lo:hi]  # a copy: callers may write while iterating
-        if reverse:
-            selected.reverse()
-        values = self.values
-        for key in selected:
-            value = values.get(key)
-            if value is not None:
-                yield key, value
+from pxq.sorted_table import SortedTable
 
 
 class MemoryStore:
@@ -63,23 +20,23 @@ class MemoryStore:
     __slots__ = ("tables",)
 
     def __init__(self) -> None:
-        self.tables: dict[str, _Table] = {}
+        self.tables: dict[str, SortedTable[bytes]] = {}
 
-    def _table(self, name: str) -> _Table:
+    def _table(self, name: str) -> SortedTable[bytes]:
         table = self.tables.get(name)
         if table is None:
-            table = self.tables[name] = _Table()
+            table = self.tables[name] = SortedTable()
         return table
 
     def apply(self, writes: Iterable[Write]) -> None:
         for w in writes:
             match w:
                 case Put(table=t, key=k, value=v):
-                    self._table(t).put(k, v)
+                    self._table(t).set(k, v)
                 case Delete(table=t, key=k):
-                    self._table(t).delete(k)
+                    self._table(t).discard(k)
                 case DeleteRange(table=t, start=s, end=e):
-                    self._table(t).delete_range(s, e)
+                    self._table(t).drop_range(s, e)
 
     def get(self, table: str, key: bytes) -> bytes | None:
         t = self.tables.get(table)
@@ -95,10 +52,7 @@ class MemoryStore:
 
     def copy(self) -> MemoryStore:
         other = MemoryStore()
-        for name, table in self.tables.items():
-            t = other._table(name)
-            t.values = dict(table.values)
-            t.keys = list(table.keys)
+        other.tables = {name: table.copy() for name, table in self.tables.items()}
         return other
 
     def size_bytes(self) -> int:

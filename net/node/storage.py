@@ -12,8 +12,8 @@
 * values sealed with a CRC-32 suffix computed over the table name, the key and the value,
   checked on every read (a mismatch raises ``StorageCorruption``);
 * writes in layers, durable in order. ``apply`` adds one step's writes to the *open batch*,
-  an in-memory layer (per table: a dict of values and tombstones with sorted keys, plus the
-  deleted ranges). ``seal`` closes it and numbers it (1, 2, ...); ``write`` commits a sealed
+  an in-memory layer (per table a ``pxq.sorted_table.PendingTable``: values and tombstones
+  with sorted keys, plus the deleted ranges). ``seal`` closes it and numbers it (1, 2, ...); ``write`` commits a sealed
   batch in one LMDB transaction (``sync=True``: fdatasync of the data, then a synchronous meta
   page write) and may run on a dedicated writer thread; ``written`` (back on the owner's
   thread) drops the layer from the overlay and advances ``durable_seq``. Reads (``get``,
@@ -43,7 +43,6 @@ reads and deletes of such keys find nothing.
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import errno
 import fcntl
@@ -62,6 +61,7 @@ import lmdb
 from net.config import NetConfig
 from net.errors import DataDirError, DataDirMismatch, StorageError, StorageFull
 from pxq.effects import Delete, DeleteRange, Put, StorageCorruption, Write
+from pxq.sorted_table import MISSING, PendingTable
 
 MARKER_NAME: Final = "pxq-node.json"
 """The file in a data dir naming the cluster and node it belongs to."""
@@ -81,66 +81,20 @@ class _Table:
     crc_seed: int  # CRC-32 of the table name, the start of every value's checksum
 
 
-_MISSING: Final = object()
-"""``_Layer.lookup``: the layer says nothing about the key (read the layers below)."""
-
-
-class _LayerTable:
-    """One table's writes in one layer: a value, or None for a deleted key; keys sorted."""
-
-    __slots__ = ("keys", "values")
-
-    def __init__(self) -> None:
-        self.values: dict[bytes, bytes | None] = {}
-        self.keys: list[bytes] = []
-
-    def set(self, key: bytes, value: bytes | None) -> None:
-        if key not in self.values:
-            keys = self.keys
-            if not keys or key > keys[-1]:
-                keys.append(key)
-            else:
-                bisect.insort(keys, key)
-        self.values[key] = value
-
-    def drop_range(self, start: bytes, end: bytes) -> None:
-        keys = self.keys
-        lo = bisect.bisect_left(keys, start)
-        hi = bisect.bisect_left(keys, end)
-        values = self.values
-        for key in keys[lo:hi]:
-            del values[key]
-        del keys[lo:hi]
-
-    def select(
-        self, start: bytes, end: bytes | None, reverse: bool
-    ) -> list[tuple[bytes, bytes | None]]:
-        keys = self.keys
-        lo = bisect.bisect_left(keys, start)
-        hi = len(keys) if end is None else bisect.bisect_left(keys, end)
-        chosen = keys[lo:hi]
-        if reverse:
-            chosen.reverse()
-        values = self.values
-        return [(key, values[key]) for key in chosen]
-
-
 class _Layer:
     """The writes of one future transaction, readable before they are durable.
 
-    ``writes`` keeps them in order for the transaction; ``tables`` and ``ranges`` answer
-    reads: within a layer a key's latest ``Put``/``Delete`` wins over the layer's
-    ``DeleteRange``s (a range drops the layer's earlier writes of its keys when applied),
-    and the ranges hide the keys of the layers below.
+    ``writes`` keeps them in order for the transaction; ``tables`` answers reads, one
+    ``PendingTable`` per table written: within a layer a key's latest ``Put``/``Delete`` wins
+    over the layer's ``DeleteRange``s, and the ranges hide the keys of the layers below.
     """
 
-    __slots__ = ("bytes", "ranges", "seq", "tables", "writes")
+    __slots__ = ("bytes", "seq", "tables", "writes")
 
     def __init__(self) -> None:
         self.seq = 0  # set when sealed
         self.writes: list[Write] = []
-        self.tables: dict[str, _LayerTable] = {}
-        self.ranges: dict[str, list[tuple[bytes, bytes]]] = {}
+        self.tables: dict[str, PendingTable] = {}
         self.bytes = 0
 
     def add(self, w: Write) -> None:
@@ -149,69 +103,24 @@ class _Layer:
             case Put(table=table, key=key, value=value):
                 t = self.tables.get(table)
                 if t is None:
-                    t = self.tables[table] = _LayerTable()
+                    t = self.tables[table] = PendingTable()
                 t.set(key, value)
                 self.bytes += len(key) + len(value)
             case Delete(table=table, key=key):
                 t = self.tables.get(table)
                 if t is None:
-                    t = self.tables[table] = _LayerTable()
+                    t = self.tables[table] = PendingTable()
                 t.set(key, None)
                 self.bytes += len(key)
             case DeleteRange(table=table, start=start, end=end):
                 if start < end:
                     t = self.tables.get(table)
-                    if t is not None:
-                        t.drop_range(start, end)
-                    self.ranges.setdefault(table, []).append((start, end))
+                    if t is None:
+                        t = self.tables[table] = PendingTable()
+                    t.delete_range(start, end)
                     self.bytes += len(start) + len(end)
             case _:
                 assert_never(w)
-
-    def touches(self, table: str) -> bool:
-        return table in self.tables or table in self.ranges
-
-    def lookup(self, table: str, key: bytes) -> object:
-        """The key's value in this layer, None if deleted here, ``_MISSING`` if untouched."""
-        t = self.tables.get(table)
-        if t is not None:
-            value = t.values.get(key, _MISSING)
-            if value is not _MISSING:
-                return value
-        ranges = self.ranges.get(table)
-        if ranges and any(s <= key < e for s, e in ranges):
-            return None
-        return _MISSING
-
-    def over(
-        self,
-        table: str,
-        below: Iterator[tuple[bytes, bytes]],
-        start: bytes,
-        end: bytes | None,
-        reverse: bool,
-    ) -> Iterator[tuple[bytes, bytes]]:
-        """``below`` (the same scan of the layers under this one) with this layer on top."""
-        t = self.tables.get(table)
-        mine = [] if t is None else t.select(start, end, reverse)
-        overridden: dict[bytes, bytes | None] = {} if t is None else t.values
-        ranges = self.ranges.get(table) or []
-        i = 0
-        n = len(mine)
-        for key, value in below:
-            if key in overridden or (ranges and any(s <= key < e for s, e in ranges)):
-                continue
-            while i < n and (mine[i][0] > key if reverse else mine[i][0] < key):
-                k, v = mine[i]
-                i += 1
-                if v is not None:
-                    yield k, v
-            yield key, value
-        while i < n:
-            k, v = mine[i]
-            i += 1
-            if v is not None:
-                yield k, v
 
 
 class SealedBatch:
@@ -416,15 +325,17 @@ class LmdbStorage:
         """The value under ``key`` in ``table``, including writes not yet durable."""
         if not 0 < len(key) <= self._key_max:
             return None
-        layer = self._open
-        if layer.writes:
-            found = layer.lookup(table, key)
-            if found is not _MISSING:
-                return found  # type: ignore[return-value]
+        pending = self._open.tables.get(table)
+        if pending is not None:
+            found = pending.lookup(key)
+            if found is not MISSING:
+                return found
         for layer in reversed(self._sealed):
-            found = layer.lookup(table, key)
-            if found is not _MISSING:
-                return found  # type: ignore[return-value]
+            pending = layer.tables.get(table)
+            if pending is not None:
+                found = pending.lookup(key)
+                if found is not MISSING:
+                    return found
         t = self._tables.get(table)
         if t is None:
             return None
@@ -449,10 +360,12 @@ class LmdbStorage:
             else self._scan_forward(table, start, end)
         )
         for layer in self._sealed:
-            if layer.touches(table):
-                it = layer.over(table, it, start, end, reverse)
-        if self._open.touches(table):
-            it = self._open.over(table, it, start, end, reverse)
+            pending = layer.tables.get(table)
+            if pending is not None:
+                it = pending.over(it, start, end, reverse)
+        pending = self._open.tables.get(table)
+        if pending is not None:
+            it = pending.over(it, start, end, reverse)
         return it
 
     def _scan_forward(
