@@ -13,14 +13,15 @@
   checked on every read (a mismatch raises ``StorageCorruption``);
 * writes in layers, durable in order. ``apply`` adds one step's writes to the *open batch*,
   an in-memory layer (per table a ``pxq.sorted_table.PendingTable``: values and tombstones
-  with sorted keys, plus the deleted ranges). ``seal`` closes it and numbers it (1, 2, ...); ``write`` commits a sealed
-  batch in one LMDB transaction (``sync=True``: fdatasync of the data, then a synchronous meta
-  page write) and may run on a dedicated writer thread; ``written`` (back on the owner's
-  thread) drops the layer from the overlay and advances ``durable_seq``. Reads (``get``,
-  ``scan``) look through the open layer, then the sealed layers newest first, then a read
-  transaction on LMDB renewed after each commit: a node reads its own writes whether they
-  are durable or not (read-your-writes, as ``pxq.effects`` requires). ``commit`` does seal,
-  write and written at once on the calling thread (tests, tools, a runner's final turn).
+  with sorted keys, plus the deleted ranges). ``seal`` closes it and numbers it (1, 2, ...);
+  ``write`` commits a sealed batch in one LMDB transaction (``sync=True``: fdatasync of the
+  data, then a synchronous meta page write) and may run on a dedicated writer thread;
+  ``written`` (back on the owner's thread) drops the layer from the overlay and advances
+  ``durable_seq``. Reads (``get``, ``scan``) look through the open layer, then the sealed
+  layers newest first, then a read transaction on LMDB renewed after each commit: a node
+  reads its own writes whether they are durable or not (read-your-writes, as ``pxq.effects``
+  requires). ``commit`` does seal, write and written at once on the calling thread (tests,
+  tools, a runner's final turn).
   The runner (``net.node.runner``) seals all steps of one loop turn into one batch (group commit)
   and keeps stepping while the writer thread syncs it;
 * a full map: ``write`` reports it before anything is written; ``written`` doubles the map
