@@ -10,9 +10,9 @@ on top of the layer below: ``lookup`` for one key, ``over`` for a scan merged wi
 scan of the layer below. The queue store's step overlay (``pxq/store/overlay.py``) and the
 LMDB storage's not-yet-durable batches (``net/node/storage.py``) are stacks of these.
 
-Within a ``PendingTable`` a key's latest ``put``/``delete`` wins over the table's deleted
-ranges: ``delete_range`` drops the writes of its keys made so far, so a later ``put`` brings
-a key back; the ranges hide only the keys of the layer below.
+Within a ``PendingTable`` a key's latest write (``set``, a value or a tombstone) wins over the
+table's deleted ranges: ``delete_range`` drops the writes of its keys made so far, so a later
+``set`` brings a key back; the ranges hide only the keys of the layer below.
 """
 
 from __future__ import annotations
@@ -105,8 +105,9 @@ class SortedTable(Generic[V]):
             if value is not None:
                 yield key, value
 
-    def copy(self) -> SortedTable[V]:
-        other: SortedTable[V] = SortedTable()
+    def copy(self: SortedTable[bytes]) -> SortedTable[bytes]:
+        """An independent copy (of a plain table: a ``PendingTable`` has its ranges too)."""
+        other: SortedTable[bytes] = SortedTable()
         other.values = dict(self.values)
         other.keys = list(self.keys)
         return other
