@@ -192,6 +192,38 @@ def test_redirects_without_a_master_give_a_definite_failure() -> None:
     assert {n for _, n, _ in enqueues(h)} == set(STORES[store_name])
 
 
+def test_redirects_during_a_failover_are_followed_until_the_deadline_not_retries_max() -> None:
+    # No master for longer than retries_max redirects take: the call keeps following
+    # redirects (with backoff) and succeeds once a master is elected, well before its deadline.
+    store = FakeStore()
+    p, h = make(store, retries_max=2, backoff_ms=5, backoff_max_ms=20, call_timeout_ms=5000)
+    _, store_name, group = p.route("t", b"k")
+    store.masters[(store_name, group)] = None
+    c = produce(h, b"k")
+    h.run_until(lambda: len(enqueues(h)) >= 12)
+    assert c not in h.replies, "a failover's redirects must not end the call before its deadline"
+    store.masters[(store_name, group)] = STORES[store_name][1]
+    h.run_until(lambda: c in h.replies)
+    assert isinstance(h.replies[c], Produced)
+    assert h.reply_times[c] < 5000
+    # Redirect answers after retries_max come at the backoff's pace, not in a tight loop.
+    times = [t for t, _, _ in enqueues(h)]
+    assert len(times) < 5000 // 5
+
+
+def test_redirects_without_a_master_end_the_call_at_its_deadline_not_before() -> None:
+    store = FakeStore()
+    p, h = make(store, retries_max=2, backoff_ms=5, backoff_max_ms=20, call_timeout_ms=500)
+    _, store_name, group = p.route("t", b"k")
+    store.masters[(store_name, group)] = None
+    c = produce(h, b"k")
+    h.run_until(lambda: c in h.replies)
+    answer = h.replies[c]
+    assert isinstance(answer, ProduceFailed | ProduceUnknown)
+    assert h.reply_times[c] >= 500
+    assert len(enqueues(h)) > 2 + 1  # more attempts than retries_max would allow
+
+
 def test_definite_store_error_fails_at_once_unless_an_earlier_attempt_may_have_applied() -> None:
     class Refusing(FakeStore):
         answers: list[object] = []

@@ -35,7 +35,11 @@ Semantics:
   receipt. Item ``i`` of a batch gets offset ``first_offset + i``. A late ``EnqueueOk`` to a
   superseded attempt of the current batch is accepted (it is the same batch).
 * **Outcome.** Re-sends are bounded by ``retries_max`` and by the call's overall deadline
-  (``call_timeout_ms`` from the arrival of the batch's oldest call). When either runs out, the
+  (``call_timeout_ms`` from the arrival of the batch's oldest call). Redirects do not count
+  toward ``retries_max``: a master failover (a second or so of "not the master") is routine,
+  so a batch follows redirects until its deadline. Beyond ``retries_max`` redirects every
+  re-send waits a backoff, so replicas that point at each other while a failover settles
+  cannot make it spin. When either runs out, the
   batch's calls get ``ProduceUnknown`` if any attempt may have been applied (a timeout, an
   indefinite error, or an attempt still in flight), and ``ProduceFailed`` if every attempt was
   definitely refused (redirects, definite errors). A non-retryable definite error ends the
@@ -117,6 +121,8 @@ class _Batch:
     attempt_deadline_ms: int = 0
     resend_at_ms: int | None = None
     failures: int = 0
+    redirects: int = 0
+    """Attempts answered by a redirect: not counted toward ``retries_max``."""
     possibly_applied: bool = False
     parked: bool = False
     """Refused ``out_of_order``: re-sent right behind the predecessor's next attempt, or when
@@ -322,10 +328,11 @@ class Producer:
     def _again(
         self, now: Now, qs: _QueueState, b: _Batch, fx: EffectsBuilder, *, wait: bool
     ) -> None:
-        """The current attempt failed; re-send (at once or after a backoff) if allowed."""
+        """The current attempt failed; re-send (at once or after a backoff) if allowed.
+        Attempts answered by a redirect are bounded by the deadline alone."""
         b.req_id = None
         b.failures += 1
-        if b.sends > self.settings.retries_max:
+        if b.sends - b.redirects > self.settings.retries_max:
             self._give_up(now, qs, b, "retries exhausted", fx)
             return
         if not wait:
@@ -440,8 +447,10 @@ class Producer:
                 pass  # a superseded attempt's refusal says nothing about the current one
             case StoreRedirect(master=master):
                 b.last_code, b.last_message = "unavailable", f"redirected by {src}"
+                b.redirects += 1
                 known = self._router.redirected(qs.loc, src, master)
-                self._again(now, qs, b, fx, wait=not known)
+                wait = not known or b.redirects > self.settings.retries_max
+                self._again(now, qs, b, fx, wait=wait)
             case StoreError(definite=False):
                 b.possibly_applied = True
                 b.last_code, b.last_message = body.code, body.message
