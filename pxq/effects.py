@@ -137,7 +137,30 @@ class ClientCall:
     request: object
 
 
-Input: TypeAlias = Boot | Received | Wake | ClientCall
+@_fast_init
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StorageLow:
+    """The space left on the node's storage crossed its reserve: below it (``short``), or
+    back above the reserve plus the driver's hysteresis margin (not ``short``).
+
+    The driver measures the space (the room left before the disk's, or the storage engine's,
+    limit) and delivers this input on a *crossing* only, never for every measurement. A new
+    incarnation starts as not short: a driver whose storage is below the reserve at boot
+    delivers ``StorageLow(short=True)`` right after ``Boot``. The figures (bytes, at the
+    measurement that crossed) and ``limit`` (what bounds the space, in words: the map limit,
+    the filesystem, the simulated disk) are for the messages a node writes. What a node does
+    with it is its own policy: a store replica refuses enqueues while short (the reserve is
+    for replication, cursor commits and retention, which free space); other nodes ignore it.
+    A write that finds the storage *totally* full still crashes the node (``Effects``)."""
+
+    short: bool
+    available_bytes: int
+    reserve_bytes: int
+    used_bytes: int
+    limit: str
+
+
+Input: TypeAlias = Boot | Received | Wake | ClientCall | StorageLow
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,7 +15,15 @@ Model (after turmoil-fs, FoundationDB's AsyncFileNonDurable and LMDB's semantics
 - Every stored value carries a CRC-32; a bit flip corrupts a durable value and the next read
   of it raises ``StorageCorruption``.
 - An fsync error fails the sync (the driver then crashes the node; the batches it covered are
-  lost). A full disk rejects a batch that would exceed the capacity (``DiskFull``).
+  lost).
+- Space: with a ``capacity_bytes`` the disk holds at most that many bytes of keys and sealed
+  values (``used_bytes``, kept up to date per batch: a put counts its key and value in place
+  of the value it replaces, a delete frees what it removes). A batch that would take the
+  disk past its capacity is rejected whole (``DiskFull``: a *totally* full disk, the driver's
+  last resort crashes the node). Below that, ``reserve_bytes`` is the headroom kept for what
+  is not an enqueue: ``space()`` reports whether the room left is below the reserve, or back
+  above it plus ``resume_margin_percent`` (hysteresis), and the driver reports those
+  crossings to the node (``pxq.effects.StorageLow``), which then refuses enqueues.
 - A lying fsync (negative control only) reports success without making anything durable.
 """
 
@@ -48,12 +56,22 @@ class DiskSpec:
     fsync: DelaySpec = DelaySpec(dist="uniform", mean_us=1000, min_us=500, max_us=2000)
     write_us_per_kib: int = 2
     capacity_bytes: int | None = None
+    reserve_bytes: int = 0
+    """Room kept free for everything but enqueues: below it (with a capacity) the node is told
+    its storage is short. 0: never (a disk that fills up only crashes its node)."""
+    resume_margin_percent: int = 10
+    """The node is told its storage is no longer short once the room is back above the
+    reserve plus this share of it (as ``NetConfig.storage_resume_margin_percent``)."""
 
     def __post_init__(self) -> None:
         if self.write_us_per_kib < 0:
             raise ValueError("write_us_per_kib must not be negative")
         if self.capacity_bytes is not None and self.capacity_bytes <= 0:
             raise ValueError("capacity_bytes must be positive")
+        if self.reserve_bytes < 0:
+            raise ValueError("reserve_bytes must not be negative")
+        if not 0 <= self.resume_margin_percent <= 100:
+            raise ValueError("resume_margin_percent must be in 0..100")
 
 
 @dataclass(slots=True)
@@ -68,6 +86,19 @@ class DiskStats:
     bitflips: int = 0
     fsync_errors: int = 0
     full_rejections: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DiskSpace:
+    """One measurement of a disk with a capacity: bytes in use, room left, the reserve, and
+    whether the room is below the reserve (``short``) or above the resume threshold
+    (``resumed``; neither: in the hysteresis band)."""
+
+    used_bytes: int
+    available_bytes: int
+    reserve_bytes: int
+    short: bool
+    resumed: bool
 
 
 def _seal(value: bytes) -> bytes:
@@ -146,6 +177,8 @@ class SimDisk:
         self._generation = 0
         self._on_synced: Callable[[int], None] | None = None
         self._on_error: Callable[[Exception], None] | None = None
+        self._used: int | None = None
+        """Bytes held by ``visible``, once something asked (kept up to date per batch)."""
 
     def view(self) -> DiskView:
         return DiskView(self)
@@ -165,16 +198,78 @@ class SimDisk:
         self._on_synced = on_synced
         self._on_error = on_error
 
+    # -- space ---------------------------------------------------------------------------
+
+    def used_bytes(self) -> int:
+        """Bytes of keys and (sealed) values on the disk, pending batches included."""
+        if self._used is None:
+            self._used = self.visible.size_bytes()
+        return self._used
+
+    def space(self) -> DiskSpace | None:
+        """The room left against the capacity and the reserve; None without a capacity or a
+        reserve (nothing to report)."""
+        spec = self.spec
+        cap = spec.capacity_bytes
+        if cap is None or spec.reserve_bytes == 0:
+            return None
+        used = self.used_bytes()
+        available = max(0, cap - used)
+        reserve = spec.reserve_bytes
+        return DiskSpace(
+            used_bytes=used,
+            available_bytes=available,
+            reserve_bytes=reserve,
+            short=available < reserve,
+            resumed=available >= reserve + reserve * spec.resume_margin_percent // 100,
+        )
+
+    def _growth(self, writes: list[Write]) -> int:
+        """By how many bytes ``writes`` (sealed) would change ``used_bytes``, in order: a
+        replaced or deleted value no longer counts."""
+        visible = self.visible
+        touched: dict[tuple[str, bytes], int] = {}  # this batch's keys: their size, or 0
+
+        def size_of(table: str, key: bytes) -> int:
+            held = touched.get((table, key))
+            if held is not None:
+                return held
+            value = visible.get(table, key)
+            return 0 if value is None else len(key) + len(value)
+
+        delta = 0
+        for w in writes:
+            match w:
+                case Put(table=t, key=k, value=v):
+                    delta += len(k) + len(v) - size_of(t, k)
+                    touched[(t, k)] = len(k) + len(v)
+                case Delete(table=t, key=k):
+                    delta -= size_of(t, k)
+                    touched[(t, k)] = 0
+                case DeleteRange(table=t, start=lo, end=hi):
+                    keys = [k for k, _ in visible.scan(t, lo, hi)]
+                    keys += [k for (tt, k) in touched if tt == t and lo <= k < hi]
+                    for k in sorted(set(keys)):
+                        delta -= size_of(t, k)
+                        touched[(t, k)] = 0
+        return delta
+
     # -- writing -------------------------------------------------------------------------
 
     def submit(self, writes: tuple[Write, ...]) -> int:
         """Accept one step's batch; return its id. Raises DiskFull (nothing applied)."""
         sealed = _sealed(writes)
         size = _batch_bytes(sealed)
-        cap = self.spec.capacity_bytes
-        if cap is not None and self.visible.size_bytes() + size > cap:
-            self.stats.full_rejections += 1
-            raise DiskFull(f"batch of {size} bytes does not fit in {cap} bytes")
+        if self._used is not None or self.spec.capacity_bytes is not None:
+            growth = self._growth(sealed)
+            used = self.used_bytes() + growth
+            cap = self.spec.capacity_bytes
+            if cap is not None and growth > 0 and used > cap:
+                self.stats.full_rejections += 1
+                raise DiskFull(
+                    f"batch of {size} bytes does not fit: {cap - used + growth} of {cap} bytes left"
+                )
+            self._used = used
         batch_id = self.next_batch
         self.next_batch += 1
         self.visible.apply(sealed)
@@ -252,6 +347,7 @@ class SimDisk:
         self.pending = []
         self.lied = []
         self.visible = self.durable.copy()
+        self._used = None  # measured again on demand
 
     def _tear(self, writes: list[Write]) -> None:
         """A power loss in the middle of writing ``writes``: only a prefix of the batch

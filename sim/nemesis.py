@@ -15,6 +15,7 @@ from functools import partial
 
 from pxq.check.history import JSON, HistoryWriter
 from pxq.effects import NodeId
+from sim.disk import SimDisk
 from sim.scenario import SELECTOR_RE, FaultSpec, RandomFaultSpec, Scenario
 from sim.world import TraceRecord, World
 
@@ -238,11 +239,13 @@ class Nemesis:
                 case "torn":
                     disk.torn_on_power_loss = True
                 case "full":
-                    disk.spec = replace(disk.spec, capacity_bytes=max(1, disk.visible.size_bytes()))
+                    disk.spec = replace(disk.spec, capacity_bytes=_full_capacity(disk))
                 case "slow":
                     disk.spec = replace(disk.spec, fsync=fault.fsync or disk.spec.fsync)
                 case "lying_fsync":
                     disk.lying = True
+        if kind == "full":
+            self._check_space(targets)
         if kind in ("bitflip", "fsync_error"):
             return None
 
@@ -252,8 +255,16 @@ class Nemesis:
                 disk.spec = disk.baseline
                 disk.torn_on_power_loss = False
                 disk.lying = False
+            if kind == "full":
+                self._check_space(targets)
 
         return undo
+
+    def _check_space(self, targets: list[NodeId]) -> None:
+        """The hosts measure their disks at once (a crossing is reported without waiting
+        for the next sync)."""
+        for n in targets:
+            self.world.hosts[n].check_space()
 
     def _endpoints(self) -> list[str]:
         return sorted(self.world.hosts) + sorted(self.world.endpoints)
@@ -304,6 +315,7 @@ class Nemesis:
             host.disk.torn_on_power_loss = False
             host.disk.fail_next_fsync = False
             host.reply_before_persist = False
+            host.check_space()
         everyone = sorted(self.world.hosts)
         self.resume(everyone)
         if restart:
@@ -358,6 +370,11 @@ class Nemesis:
                     undo = self.apply(
                         FaultSpec(action="crash", at_ms=0, power_loss=power_loss), target
                     )
+            case "disk_full":
+                # Full down to the reserve: the node is told its storage is short (a
+                # store refuses enqueues) and keeps running (see _full_capacity).
+                target = [rng.choice(self.replicas)]
+                undo = self.apply(FaultSpec(action="disk", at_ms=0, disk_fault="full"), target)
             case "clog":
                 a, b = rng.sample(self.replicas, 2)
                 undo = self.apply(FaultSpec(action="clog", at_ms=0, peer=b, direction="out"), [a])
@@ -383,3 +400,13 @@ class Nemesis:
                 )
         if undo is not None:
             self.world.call_later(duration_ms * 1000, undo)
+
+
+def _full_capacity(disk: SimDisk) -> int:
+    """The capacity that makes ``disk`` full as of now. With a reserve, full is what a node
+    must survive: the room left drops just below the reserve, so the node is told its storage
+    is short (a store refuses enqueues) and the reserve takes the rest of its writes. Without
+    one, the disk is totally full: its next growing batch is rejected and the node crashes."""
+    used = disk.used_bytes()
+    reserve = disk.spec.reserve_bytes
+    return max(1, used + reserve - 1) if reserve else max(1, used)

@@ -127,6 +127,8 @@ class QueueWorkload:
         self.rng = stream(seed, "queue-workload")
         self.running = False
         self.counts = {"invoke": 0, "ok": 0, "fail": 0, "info": 0, "deliver": 0, "handle_fail": 0}
+        self.fail_reasons: dict[str, int] = {}
+        """Definitely failed enqueues by the producer's code (``storage_full``, ...)."""
         self.admin_seq = 0
         self.admin_pending: dict[int, Callable[[object], None]] = {}
         self.masters: dict[int, NodeId] = {}
@@ -301,6 +303,7 @@ class QueueWorkload:
                 self.history.ok(now, app.process, "enqueue", msg_id, **extra, offset=offset)
             case ProduceFailed(code=code):
                 self.counts["fail"] += 1
+                self.fail_reasons[code] = self.fail_reasons.get(code, 0) + 1
                 self.history.fail(now, app.process, "enqueue", msg_id, **extra, reason=code)
             case ProduceUnknown(reason=reason):
                 self._info(app, msg_id, extra, reason)
@@ -571,4 +574,4 @@ class QueueWorkload:
                 self._admin_call(queue, request, done)
 
     def stats(self) -> dict[str, Any]:
-        return dict(self.counts)
+        return dict(self.counts) | {"fail_reasons": dict(sorted(self.fail_reasons.items()))}

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from pxq.check.history import HistoryWriter
+from pxq.check.history import HistoryWriter, pair_ops
 from pxq.check.lock import check_fencing, check_lock_linearizable, check_lock_liveness
 from pxq.check.log import check_agreement, check_liveness, check_no_loss, check_realtime_order
 from pxq.check.ownership import check_failover, check_ownership, check_rate_limit
@@ -315,7 +315,48 @@ class _QueueSystem:
             out["linearizable"] = check_lock_linearizable(ops)
         if "fencing" in names:
             out["fencing"] = check_fencing(ops)
+        if "storage_full" in names:
+            out["storage_full"] = self._storage_full()
         return out
+
+    def _storage_full(self) -> CheckResult:
+        """The path of a short storage was taken: some enqueues were refused ``storage_full``
+        (definite failures), and enqueues invoked after the first refusal were acknowledged
+        again (the store resumed once consumers and retention freed space). Whether anything
+        acknowledged was lost is ``total_queue``'s to say."""
+        refused = resumed = 0
+        first_refusal_ms: int | None = None
+        for invoke, completion in pair_ops(self.history.ops):
+            if invoke.f != "enqueue" or completion is None:
+                continue
+            if completion.type == "fail" and completion.get("reason") == "storage_full":
+                refused += 1
+                if first_refusal_ms is None or completion.time_ms < first_refusal_ms:
+                    first_refusal_ms = completion.time_ms
+        for invoke, completion in pair_ops(self.history.ops):
+            if (
+                invoke.f == "enqueue"
+                and first_refusal_ms is not None
+                and invoke.time_ms > first_refusal_ms
+                and completion is not None
+                and completion.type == "ok"
+            ):
+                resumed += 1
+        missing = Offenders()
+        if refused == 0:
+            missing.add({"problem": "no enqueue was refused storage_full"})
+        elif resumed == 0:
+            missing.add({"problem": "no enqueue was acknowledged after the first refusal"})
+        return verdict(
+            "storage_full",
+            {"path-not-taken": missing},
+            passed=f"{refused} enqueues refused storage_full, {resumed} acknowledged after",
+            details={
+                "refused": refused,
+                "acknowledged_after": resumed,
+                "first_refusal_ms": first_refusal_ms,
+            },
+        )
 
     def _balance(self) -> CheckResult:
         """After the run, the active scheduler's assignment of each group keeps every live

@@ -79,6 +79,7 @@ CHECKS = (
     "failover",
     "rate_limit",
     "balance",
+    "storage_full",
 )
 LOG_CHECKS = ("agreement", "no_loss", "realtime_order", "liveness")
 QUEUE_CHECKS = (
@@ -95,7 +96,11 @@ QUEUE_CHECKS = (
     "balance",
     "linearizable",
     "fencing",
+    "storage_full",
 )
+OPT_IN_CHECKS = ("storage_full",)
+"""Queue checks a scenario must name: ``storage_full`` (enqueues were refused for a short
+storage, then acknowledged again) holds only where a disk is made to fill."""
 OWNERSHIP_CHECKS = ("ownership", "failover", "rate_limit", "balance", "linearizable", "fencing")
 """Queue checks that need consumers owning queues through the lock service (``linearizable``
 and ``fencing`` check the consumers' and schedulers' own lock calls)."""
@@ -111,9 +116,12 @@ RANDOM_FAULT_KINDS = (
     "torn",
     "consumer_crash",
     "consumer_pause",
+    "disk_full",
 )
-RANDOM_FAULT_DEFAULT = RANDOM_FAULT_KINDS[:-2]
-"""The kinds a swarm draws from unless it lists its own (consumer faults are opt-in)."""
+RANDOM_FAULT_OPT_IN = ("consumer_crash", "consumer_pause", "disk_full")
+RANDOM_FAULT_DEFAULT = tuple(k for k in RANDOM_FAULT_KINDS if k not in RANDOM_FAULT_OPT_IN)
+"""The kinds a swarm draws from unless it lists its own (consumer faults and ``disk_full``,
+which needs a disk reserve, are opt-in)."""
 LOCK_CHECKS = ("agreement", "linearizable", "fencing", "liveness")
 CHECKS_OF_KIND = {"log": LOG_CHECKS, "queue": QUEUE_CHECKS, "lock": LOCK_CHECKS}
 WORKLOADS = ("log", "queue", "lock")
@@ -257,7 +265,7 @@ class RandomFaultSpec:
     most ``max_down`` replicas are crashed or paused at once."""
 
     enabled: bool = False
-    kinds: tuple[str, ...] = RANDOM_FAULT_KINDS
+    kinds: tuple[str, ...] = RANDOM_FAULT_DEFAULT
     interval_ms_min: int = 200
     interval_ms_max: int = 3000
     duration_ms_max: int = 3000
@@ -396,10 +404,16 @@ def _scenario(t: TomlTable) -> Scenario:
     n.done()
 
     d = t.table("disk")
+    capacity = d.integer("capacity_bytes", None, lo=1)
+    reserve = d.integer("reserve_bytes", 0, lo=0)
+    if capacity is not None and reserve >= capacity:
+        raise d.error("reserve_bytes", f"must be below capacity_bytes ({capacity})")
     disk = DiskSpec(
         fsync=_delay(d, "fsync", DiskSpec().fsync) or DiskSpec().fsync,
         write_us_per_kib=d.integer("write_us_per_kib", 2, lo=0),
-        capacity_bytes=d.integer("capacity_bytes", None, lo=1),
+        capacity_bytes=capacity,
+        reserve_bytes=reserve,
+        resume_margin_percent=d.integer("resume_margin_percent", 10, lo=0, hi=100),
     )
     d.done()
 
@@ -484,6 +498,10 @@ def _scenario(t: TomlTable) -> Scenario:
     )
     if random_faults.interval_ms_min > random_faults.interval_ms_max:
         raise r.error("interval_ms_min", "must not exceed interval_ms_max")
+    if "disk_full" in random_faults.kinds and disk.reserve_bytes == 0:
+        # Without a reserve a full disk crashes its node at its next write: that is what
+        # the crash faults are for (and they respect max_down).
+        raise r.error("kinds", "'disk_full' needs [disk] reserve_bytes > 0")
     r.done()
 
     f = t.table("final")
@@ -506,7 +524,10 @@ def _scenario(t: TomlTable) -> Scenario:
             extra = ("ownership", "linearizable", "fencing")
         if workload.rate_items_per_s is not None:
             extra += ("rate_limit",)
-        default = tuple(c for c in allowed if c not in OWNERSHIP_CHECKS) + extra
+        default = (
+            tuple(c for c in allowed if c not in OWNERSHIP_CHECKS and c not in OPT_IN_CHECKS)
+            + extra
+        )
     checks = t.strings("checks", default, CHECKS)
     if not set(checks) <= set(allowed):
         bad = sorted(set(checks) - set(allowed))[0]

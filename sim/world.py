@@ -12,6 +12,13 @@ durable state alone, pause and resume) live here too.
 After every step of a node that has ``check_invariants`` (``SelfChecking``), the host runs it:
 a broken invariant is a violation, like an ``InvariantViolation`` raised by the step itself.
 
+Storage running short: on a disk with a capacity and a reserve (``sim.disk.DiskSpec``) the
+host measures the room left after every completed sync (and when a fault changes the disk,
+and right after ``Boot``) and steps the node with ``StorageLow`` on a crossing only: short
+once the room is below the reserve, not short once it is back above the reserve plus the
+margin, as the production driver does (``net.node.runner``). A batch that does not fit at all
+(``DiskFull``) still crashes the node: the last resort of a totally full disk.
+
 Simulated time is integer microseconds; nodes see integer milliseconds through their clocks.
 Clients (workload processes) are network endpoints too; their requests arrive at a node as
 ``ClientCall`` and replies travel back over the simulated network.
@@ -43,6 +50,7 @@ from pxq.effects import (
     Response,
     Send,
     StorageCorruption,
+    StorageLow,
     TraceEvent,
     TraceValue,
     Wake,
@@ -133,6 +141,9 @@ class NodeHost:
     crashes: int = 0
     check: Callable[[], None] | None = None
     """The node's ``check_invariants``, run after each of its steps (None: it has none)."""
+    storage_short: bool = False
+    """Whether this incarnation was last told its storage is short (``StorageLow``)."""
+    storage_crossings: int = 0
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -151,7 +162,9 @@ class NodeHost:
         self.world.record(self.node_id, "boot", (("incarnation", self.incarnation),))
         self.node = self.factory(self.node_id, self.disk.view(), rng)
         self.check = self.node.check_invariants if isinstance(self.node, SelfChecking) else None
+        self.storage_short = False
         self.step(Boot())
+        self.check_space()
 
     def crash(self, *, power_loss: bool, reason: str = "nemesis") -> None:
         if self.crashed:
@@ -256,6 +269,42 @@ class NodeHost:
             self._release(item.sends, item.replies)
             if self.crashed:
                 return
+        self.check_space()
+
+    def check_space(self) -> None:
+        """Measure the disk's room and step the node with ``StorageLow`` if it crossed the
+        reserve (below it, or back above it plus the margin) since the last report."""
+        if self.crashed or self.node is None:
+            return
+        space = self.disk.space()
+        if space is None:
+            if not self.storage_short:
+                return
+            # The capacity or the reserve is gone (a fault undone): nothing is short any more.
+            short = False
+            used, available, reserve = self.disk.used_bytes(), 0, 0
+        elif space.short and not self.storage_short:
+            short = True
+            used, available, reserve = space.used_bytes, space.available_bytes, space.reserve_bytes
+        elif space.resumed and self.storage_short:
+            short = False
+            used, available, reserve = space.used_bytes, space.available_bytes, space.reserve_bytes
+        else:
+            return
+        self.storage_short = short
+        self.storage_crossings += 1
+        cap = self.disk.spec.capacity_bytes
+        self.step(
+            StorageLow(
+                short=short,
+                available_bytes=available,
+                reserve_bytes=reserve,
+                used_bytes=used,
+                limit="simulated disk without a limit"
+                if cap is None
+                else f"simulated disk's capacity of {cap} bytes",
+            )
+        )
 
     def _disk_error(self, exc: Exception) -> None:
         self.world.record(self.node_id, "fsync_error", (("error", str(exc)),))

@@ -7,6 +7,7 @@ own, independent of the Paxos replica.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import assert_never
 
 from pxq.effects import (
     Boot,
@@ -17,6 +18,7 @@ from pxq.effects import (
     Now,
     Received,
     Rng,
+    StorageLow,
     StorageView,
     Wake,
     from_u64,
@@ -27,6 +29,14 @@ from pxq.effects import (
 @dataclass(frozen=True, slots=True)
 class Ping:
     n: int
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """A client call that also stores ``size_bytes`` under slot ``slot`` (0: deletes it)."""
+
+    slot: int
+    size_bytes: int
 
 
 class CounterNode:
@@ -52,6 +62,7 @@ class CounterNode:
         self.count = 0
         self.deadline: int | None = None
         self.received: list[tuple[str, int]] = []
+        self.storage_reports: list[StorageLow] = []
 
     def step(self, now: Now, inp: Input) -> Effects:
         fx = EffectsBuilder()
@@ -73,9 +84,20 @@ class CounterNode:
                 if isinstance(msg, Ping):
                     self.received.append((src, msg.n))
                     fx.event("ping", src=src, n=msg.n)
-            case ClientCall(call_id=call_id):
+            case ClientCall(call_id=call_id, request=request):
+                if isinstance(request, Fill):
+                    # Grows (or, with 0, removes) this call's own record of the disk.
+                    key = b"fill/%d" % request.slot
+                    if request.size_bytes:
+                        fx.put("fill", key, b"x" * request.size_bytes)
+                    else:
+                        fx.delete("fill", key)
                 self._bump(fx)
                 fx.reply(call_id, self.count)
+            case StorageLow():
+                self.storage_reports.append(inp)
+            case _:
+                assert_never(inp)
         return fx.build()
 
     def _bump(self, fx: EffectsBuilder) -> None:

@@ -44,8 +44,6 @@ from net.wire.envelope import Call, CallReply, Hello
 from net.wire.framing import HEADER, FrameDecoder, encode_frame, frame
 from pxq import codec
 from pxq.effects import Write
-from pxq.store.messages import Enqueue, StoreError
-from pxq.store.messages import Item as StoreItem
 from tests.test_net_storage import _flip, _tamper
 from tests.test_net_support import (
     CLUSTER,
@@ -583,7 +581,7 @@ def test_invariant_violation_stops_the_node(tmp_path: Path) -> None:
     assert recorder.events == [("n0", "booted")]
 
 
-# -- admission control for a full storage ---------------------------------------------------
+# -- storage running short: crossings of the reserve reported to the node --------------------
 
 
 class SpaceStorage(LmdbStorage):
@@ -602,54 +600,57 @@ def space_opener(data_dir: Path, cluster: str, node: str, config: NetConfig) -> 
 
 
 RESERVE = 1000
-"""The reserve of the admission tests, in bytes (a 10 % resume margin: 1100)."""
+"""The reserve of the storage tests, in bytes (a 10 % resume margin: 1100)."""
 
 
-def test_enqueues_below_the_reserve_are_refused_before_the_node_and_resume_with_hysteresis(
+def test_crossings_of_the_reserve_are_stepped_into_the_node_before_the_call_with_hysteresis(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     config = replace(FAST, storage_reserve_bytes=RESERVE, storage_space_refresh_ms=1)
-    enqueue = Enqueue(
-        topic="t", queue=0, producer="p", seq=1, items=(StoreItem(key=b"k", payload=b"v"),)
-    )
-
-    async def reaches_the_node(client: NodeClient, runner: NodeRunner) -> bool:
-        """Whether an enqueue is stepped (the counter node never answers it) or refused."""
-        before = counter_of(runner).inputs
-        try:
-            answer = await client.call(enqueue, 0.2)
-        except CallTimeout:
-            assert counter_of(runner).inputs == before + 1
-            return True
-        assert isinstance(answer, StoreError), answer
-        assert (answer.code, answer.definite) == ("storage_full", True)
-        assert "map_size_max_bytes" in answer.message and "reserve" in answer.message
-        assert counter_of(runner).inputs == before  # answered by the runner alone
-        return False
 
     async def main() -> None:
         runner = make_runner(tmp_path, storage_opener=space_opener, config=config)
         await runner.start()
         storage = runner.storage
         assert isinstance(storage, SpaceStorage)
+        node = counter_of(runner)
         client = await connect(runner)
         try:
             storage.room = RESERVE
-            assert await reaches_the_node(client, runner)
+            assert await client.call(GetCount(), T) == Count(n=0)
+            assert node.storage_reports == [] and not runner.storage_short
+            await asyncio.sleep(0.002)
             storage.room = RESERVE - 1
-            assert not await reaches_the_node(client, runner)
-            assert runner.refusing_enqueues
-            # Everything else goes on: writes, reads.
+            assert await client.call(GetCount(), T) == Count(n=0)
+            # Reported once, just before the call that revealed it.
+            assert node.kinds[-2:] == ["StorageLow", "ClientCall"]
+            [low] = node.storage_reports
+            assert (low.short, low.available_bytes, low.reserve_bytes) == (
+                True,
+                RESERVE - 1,
+                RESERVE,
+            )
+            assert low.used_bytes == MIB and "map_size_max_bytes" in low.limit
+            assert runner.storage_short
+            # The runner refuses nothing itself: writes and reads go on, and a crossing is
+            # reported once, not at every measurement.
+            await asyncio.sleep(0.002)
             assert await client.call(Incr(), T) == Count(n=1)
+            await asyncio.sleep(0.002)
             assert await client.call(GetCount(), T) == Count(n=1)
             await asyncio.sleep(0.002)
             storage.room = RESERVE + 99  # above the reserve, below the resume margin
-            assert not await reaches_the_node(client, runner)
+            assert await client.call(GetCount(), T) == Count(n=1)
+            assert len(node.storage_reports) == 1 and runner.storage_short
             await asyncio.sleep(0.002)
             storage.room = RESERVE + 100
-            assert await reaches_the_node(client, runner)
-            assert not runner.refusing_enqueues
-            assert runner.stats.enqueues_refused == 2
+            assert await client.call(GetCount(), T) == Count(n=1)
+            assert node.kinds[-2:] == ["StorageLow", "ClientCall"]
+            back = node.storage_reports[-1]
+            assert (back.short, back.available_bytes) == (False, RESERVE + 100)
+            assert len(node.storage_reports) == 2 and not runner.storage_short
+            assert runner.stats.storage_crossings == 2
+            assert runner.stats.space_measurements >= 6
             assert runner.running
         finally:
             await client.close()
@@ -658,40 +659,39 @@ def test_enqueues_below_the_reserve_are_refused_before_the_node_and_resume_with_
     with caplog.at_level(logging.INFO, logger="pxq.net.runner"):
         run_async(main())
     messages = [r.getMessage() for r in caplog.records if r.name == "pxq.net.runner"]
-    starts = [m for m in messages if "refuses enqueues" in m]
-    ends = [m for m in messages if "accepts enqueues again" in m]
+    starts = [m for m in messages if "storage low" in m]
+    ends = [m for m in messages if "storage back above its reserve" in m]
     assert len(starts) == 1 and "below the reserve of" in starts[0], messages
-    assert len(ends) == 1 and "2 refused so far" in ends[0], messages
+    assert len(ends) == 1 and "MiB available" in ends[0], messages
 
 
-def test_commits_between_measurements_are_charged_and_measured_before_refusing(
+def test_commits_between_measurements_are_charged_and_measured_before_reporting(
     tmp_path: Path,
 ) -> None:
     # Measurements at most every 60 s: only the charged commits can make the runner look.
     config = replace(FAST, storage_reserve_bytes=RESERVE, storage_space_refresh_ms=60_000)
-    enqueue = Enqueue(
-        topic="t", queue=0, producer="p", seq=1, items=(StoreItem(key=b"k", payload=b"v"),)
-    )
 
     async def main() -> None:
         runner = make_runner(tmp_path, storage_opener=space_opener, config=config)
         await runner.start()
         storage = runner.storage
         assert isinstance(storage, SpaceStorage)
+        node = counter_of(runner)
         client = await connect(runner)
         try:
             storage.room = RESERVE + 30
-            with pytest.raises(CallTimeout):  # admitted (the node never answers it)
-                await client.call(enqueue, 0.05)
+            assert await client.call(GetCount(), T) == Count(n=0)
             assert runner.stats.space_measurements == 1
             # Each Incr commits a 9-byte record (charged twice): 36 bytes > the 30 to spare.
             for n in (1, 2):
                 assert await client.call(Incr(), T) == Count(n=n)
+            assert runner.stats.space_measurements == 1
             storage.room = RESERVE - 1  # what a measurement would now find
-            answer = await client.call(enqueue, T)
-            assert isinstance(answer, StoreError) and answer.code == "storage_full", answer
+            assert await client.call(GetCount(), T) == Count(n=2)
             assert runner.stats.space_measurements == 2  # measured, not guessed
-            assert runner.refusing_enqueues
+            assert [r.short for r in node.storage_reports] == [True]
+            assert node.storage_reports[0].available_bytes == RESERVE - 1
+            assert runner.storage_short
         finally:
             await client.close()
             await runner.stop()
@@ -699,30 +699,27 @@ def test_commits_between_measurements_are_charged_and_measured_before_refusing(
     run_async(main())
 
 
-def test_an_estimate_alone_never_refuses(tmp_path: Path) -> None:
+def test_an_estimate_alone_never_reports_a_crossing(tmp_path: Path) -> None:
     config = replace(FAST, storage_reserve_bytes=RESERVE, storage_space_refresh_ms=60_000)
-    enqueue = Enqueue(
-        topic="t", queue=0, producer="p", seq=1, items=(StoreItem(key=b"k", payload=b"v"),)
-    )
 
     async def main() -> None:
         runner = make_runner(tmp_path, storage_opener=space_opener, config=config)
         await runner.start()
         storage = runner.storage
         assert isinstance(storage, SpaceStorage)
+        node = counter_of(runner)
         client = await connect(runner)
         try:
             storage.room = RESERVE + 30
-            with pytest.raises(CallTimeout):
-                await client.call(enqueue, 0.05)
+            assert await client.call(GetCount(), T) == Count(n=0)
             for n in (1, 2):
                 assert await client.call(Incr(), T) == Count(n=n)
-            # The estimate is below the reserve, the measurement is not: admitted.
-            with pytest.raises(CallTimeout):
-                await client.call(enqueue, 0.05)
+            # The estimate is below the reserve, the measurement is not: nothing reported.
+            assert await client.call(GetCount(), T) == Count(n=2)
             assert runner.stats.space_measurements == 2
-            assert not runner.refusing_enqueues
-            assert runner.stats.enqueues_refused == 0
+            assert not runner.storage_short
+            assert node.storage_reports == [] and "StorageLow" not in node.kinds
+            assert runner.stats.storage_crossings == 0
         finally:
             await client.close()
             await runner.stop()

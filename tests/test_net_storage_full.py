@@ -4,8 +4,9 @@ Behaviour checked (issue 5): a store replica whose LMDB nears ``map_size_max_byt
 enqueues with the definite ``storage_full`` error (``pxq.EnqueueFailed``, the message naming
 the map limit) instead of stopping; the node keeps running; gets still work and every
 acknowledged item reads back byte for byte; once a consumer group has consumed everything
-and retention has removed it, enqueues succeed again on the same running node. Also: the
-runner's admission control lets every other request through while it refuses enqueues.
+and retention has removed it, enqueues succeed again on the same running node. Also: while
+the runner reports the storage short (``StorageLow``), the store node refuses enqueues and
+lets every other request through.
 
 Method: a ``LocalCluster`` with a tiny map (4 MiB maximum) and a reserve of 2 MiB, so that a
 few thousand 1 KiB items reach the reserve within seconds; retention with ``hold_items = 0``
@@ -28,6 +29,7 @@ from net.config import MIB, NetConfig
 from net.node.runner import NodeRunner
 from net.node.server import build_runner
 from pxq.config import loads_config
+from pxq.store.node import StoreNode
 from tests.test_net_cluster import free_ports
 from tests.test_net_support import FAST, run_async
 
@@ -130,6 +132,12 @@ def runner_of(cluster: LocalCluster, node: str) -> NodeRunner:
     return cluster.runners[node]
 
 
+def store_node_of(runner: NodeRunner) -> StoreNode:
+    node = runner.node
+    assert isinstance(node, StoreNode), node
+    return node
+
+
 @pytest.mark.parametrize("replicas", [1, 3])
 def test_full_storage_refuses_enqueues_keeps_every_item_and_recovers_after_retention(
     tmp_path: Path, replicas: int, caplog: pytest.LogCaptureFixture
@@ -149,8 +157,9 @@ def test_full_storage_refuses_enqueues_keeps_every_item_and_recovers_after_reten
                 assert "reserve" in refused.message
                 runner = runner_of(cluster, master)
                 assert runner.running, runner.crash_reason
-                assert runner.refusing_enqueues
-                assert runner.stats.enqueues_refused >= 1
+                assert runner.storage_short
+                assert store_node_of(runner).storage_low is not None
+                assert store_node_of(runner).enqueues_refused >= 1
                 assert all(r.running for r in cluster.runners.values())
                 assert len(acked) > 500  # the reserve, not something else, stopped them
 
@@ -160,7 +169,7 @@ def test_full_storage_refuses_enqueues_keeps_every_item_and_recovers_after_reten
                 with pytest.raises(EnqueueFailed, match="storage_full"):
                     await client.enqueue(TOPIC, b"still full", key="x")
 
-                # Consume everything (cursor commits pass the admission), let retention free
+                # Consume everything (cursor commits go on while short), let retention free
                 # the items, and enqueues succeed again on the same incarnation.
                 delivered: set[bytes] = set()
 
@@ -178,7 +187,8 @@ def test_full_storage_refuses_enqueues_keeps_every_item_and_recovers_after_reten
                         await task
                 receipt = await enqueue_again(client)
                 assert receipt.topic == TOPIC
-                assert not runner.refusing_enqueues
+                assert not runner.storage_short
+                assert store_node_of(runner).storage_low is None
                 assert runner.running
                 # Retention removes the consumed items (a bounded number per tick); the new
                 # one reads back.
@@ -196,14 +206,14 @@ def test_full_storage_refuses_enqueues_keeps_every_item_and_recovers_after_reten
     with caplog.at_level(logging.INFO, logger="pxq.net.runner"):
         run_async(scenario(), timeout_s=90.0)
     messages = [r.getMessage() for r in caplog.records if r.name == "pxq.net.runner"]
-    starts = [m for m in messages if "refuses enqueues" in m]
-    ends = [m for m in messages if "accepts enqueues again" in m]
+    starts = [m for m in messages if "storage low" in m]
+    ends = [m for m in messages if "storage back above its reserve" in m]
     assert len(starts) == 1 and "MiB in use" in starts[0], messages
     assert len(ends) == 1, messages
 
 
-def test_admission_lets_everything_but_enqueues_through(tmp_path: Path) -> None:
-    """While enqueues are refused, a Get and an unknown request still reach the node."""
+def test_a_short_storage_refuses_enqueues_and_serves_gets(tmp_path: Path) -> None:
+    """While the storage is short, the store node refuses enqueues and serves a Get."""
     from net.client.connection import NodeClient
     from pxq.store.messages import Enqueue, Get, GetOk, StoreError
     from pxq.store.messages import Item as StoreItem
@@ -233,8 +243,9 @@ def test_admission_lets_everything_but_enqueues_through(tmp_path: Path) -> None:
                 answer = await client.call(get, timeout_s=5.0)
                 assert isinstance(answer, GetOk) and answer.items == (), answer
                 runner = cluster.runners["s0"]
-                assert runner.stats.enqueues_refused == 1
-                assert runner.running and runner.refusing_enqueues
+                assert store_node_of(runner).enqueues_refused == 1
+                assert runner.stats.storage_crossings == 1
+                assert runner.running and runner.storage_short
             finally:
                 await client.close()
         finally:
@@ -243,7 +254,7 @@ def test_admission_lets_everything_but_enqueues_through(tmp_path: Path) -> None:
     run_async(scenario(), timeout_s=30.0)
 
 
-def test_zero_reserve_disables_admission(tmp_path: Path) -> None:
+def test_zero_reserve_disables_the_storage_watch(tmp_path: Path) -> None:
     net = NetConfig(
         map_size_bytes=1 * MIB, map_size_max_bytes=MAP_MAX_BYTES, storage_reserve_bytes=0
     )

@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, assert_never
 
 from net.config import NetConfig
 from net.node.runner import NodeRunner
@@ -28,6 +28,7 @@ from pxq.effects import (
     Now,
     Received,
     Rng,
+    StorageLow,
     StorageView,
     Wake,
     from_u64,
@@ -136,9 +137,13 @@ class NetCounterNode:
         self.received: list[tuple[str, object]] = []
         self.wakeups: list[Wakeup] = []
         self.inputs = 0
+        self.kinds: list[str] = []
+        """The type of every input, in order."""
+        self.storage_reports: list[StorageLow] = []
 
     def step(self, now: Now, inp: Input) -> Effects:
         self.inputs += 1
+        self.kinds.append(type(inp).__name__)
         fx = EffectsBuilder()
         match inp:
             case Boot():
@@ -173,6 +178,10 @@ class NetCounterNode:
                         raise InvariantViolation("asked to explode")
                     case _:
                         pass  # Hold and anything else: never answered
+            case StorageLow():
+                self.storage_reports.append(inp)
+            case _:
+                assert_never(inp)
         return fx.build()
 
     def next_deadline(self) -> int | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import random
 from functools import partial
@@ -11,12 +12,15 @@ import simpy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pxq.effects import Put, Rng, StorageCorruption, StorageView
+from pxq.check.history import HistoryWriter
+from pxq.effects import Delete, DeleteRange, Put, Rng, StorageCorruption, StorageView
 from sim.clock import NodeClock
 from sim.disk import DiskFull, DiskSpec, SimDisk
+from sim.nemesis import Nemesis
 from sim.network import DelaySpec, Network, NetworkSpec
-from sim.world import CallMsg, ReplyMsg, World
-from tests.sim_nodes import CounterNode, Ping
+from sim.scenario import FaultSpec
+from sim.world import CallMsg, NodeHost, ReplyMsg, World
+from tests.sim_nodes import CounterNode, Fill, Ping
 
 N = 20_000
 
@@ -181,6 +185,122 @@ def test_full_disk_rejects_the_batch_and_keeps_the_rest() -> None:
     with pytest.raises(DiskFull):
         disk.submit((Put(table="t", key=b"k", value=b"x" * 100),))
     assert [k for k, _ in disk.view().scan("t")] == [(0).to_bytes(4, "big")]
+
+
+def test_disk_space_counts_replaced_and_deleted_values_and_a_full_disk_still_frees() -> None:
+    _env, disk, _ = _disk(DiskSpec(capacity_bytes=200, reserve_bytes=50))
+    assert disk.used_bytes() == 0
+    disk.submit((Put(table="t", key=b"a", value=b"x" * 40), Put(table="t", key=b"b", value=b"y")))
+    assert disk.used_bytes() == disk.visible.size_bytes() == (1 + 44) + (1 + 5)
+    disk.submit((Put(table="t", key=b"a", value=b"z" * 10), Delete(table="t", key=b"b")))
+    assert disk.used_bytes() == disk.visible.size_bytes() == 1 + 14
+    # One batch that puts and removes the same keys is counted in order.
+    disk.submit(
+        (
+            Put(table="u", key=b"k1", value=b"1" * 30),
+            Put(table="u", key=b"k2", value=b"2" * 30),
+            DeleteRange(table="u", start=b"k", end=b"k2"),
+            Put(table="u", key=b"k1", value=b"3" * 20),
+        )
+    )
+    assert disk.used_bytes() == disk.visible.size_bytes() == 15 + (2 + 34) + (2 + 24)
+    space = disk.space()
+    assert space is not None
+    assert (space.used_bytes, space.available_bytes, space.short) == (77, 123, False)
+    # Totally full: a growing batch is rejected whole, a batch that frees space is not.
+    with pytest.raises(DiskFull):
+        disk.submit((Put(table="t", key=b"c", value=b"x" * 200), Delete(table="t", key=b"a")))
+    assert disk.used_bytes() == disk.visible.size_bytes() == 77
+    disk.spec = DiskSpec(capacity_bytes=70, reserve_bytes=10)
+    disk.submit((DeleteRange(table="u", start=b"", end=b"\xff"),))
+    assert disk.used_bytes() == disk.visible.size_bytes() == 15
+    disk.crash(power_loss=True)  # nothing was synced: measured again from what survived
+    assert disk.used_bytes() == 0
+
+
+def _fill_world(capacity: int, reserve: int) -> tuple[World, NodeHost]:
+    world = World(
+        seed=7,
+        network=NetworkSpec(delay=DelaySpec(dist="constant", mean_us=100)),
+        disk=DiskSpec(
+            fsync=DelaySpec(dist="constant", mean_us=1000),
+            write_us_per_kib=0,
+            capacity_bytes=capacity,
+            reserve_bytes=reserve,
+        ),
+    )
+    host = world.add_node("n0", lambda nid, view, rng: CounterNode(nid, [], view, rng))
+    world.start()
+    world.run_until(10_000)
+    return world, host
+
+
+def _fill(world: World, host: NodeHost, slot: int, size: int) -> None:
+    assert host.local_call(Fill(slot=slot, size_bytes=size), lambda _r: None)
+    world.run_until(world.now_us + 5_000)
+
+
+def _reports(host: NodeHost) -> list[tuple[bool, int]]:
+    node = host.node
+    assert isinstance(node, CounterNode)
+    return [(r.short, r.available_bytes) for r in node.storage_reports]
+
+
+def test_the_host_reports_crossings_of_the_disk_reserve_after_syncs_with_hysteresis() -> None:
+    # Short below 500 bytes of room; no longer short from 550 (10 % margin).
+    world, host = _fill_world(capacity=2000, reserve=500)
+    counter = 1 + 8 + 4  # the counter record (key, u64, CRC)
+    _fill(world, host, 1, 1400)  # 6 + 1404 bytes: 577 left
+    assert host.disk.used_bytes() == counter + 1410
+    assert _reports(host) == []
+    assert host.local_call(Fill(slot=2, size_bytes=100), lambda _r: None)  # 110 bytes: 467 left
+    assert _reports(host) == []  # measured after the sync, not at the write
+    world.run_until(world.now_us + 5_000)
+    assert _reports(host) == [(True, 467)]
+    node = host.node
+    assert isinstance(node, CounterNode)
+    low = node.storage_reports[0]
+    assert (low.reserve_bytes, low.used_bytes) == (500, 1533)
+    assert "capacity of 2000 bytes" in low.limit
+    _fill(world, host, 3, 0)  # another sync while short: nothing reported again
+    _fill(world, host, 2, 50)  # 60 bytes: 517 left, in the hysteresis band
+    assert _reports(host) == [(True, 467)] and host.storage_short
+    _fill(world, host, 2, 0)  # 577 left
+    assert _reports(host) == [(True, 467), (False, 577)] and not host.storage_short
+    assert host.storage_crossings == 2
+
+    # A new incarnation starts as not short and is told right after Boot.
+    _fill(world, host, 2, 100)
+    host.crash(power_loss=False)
+    host.start()
+    assert _reports(host) == [(True, 467)]
+    # Beyond the capacity the disk is totally full: the last resort crashes the node.
+    _fill(world, host, 4, 1000)
+    assert host.crashed and host.disk.stats.full_rejections == 1
+
+
+def test_a_full_disk_fault_with_a_reserve_makes_the_node_short_and_its_undo_resumes() -> None:
+    world, host = _fill_world(capacity=100_000, reserve=500)
+    nemesis = Nemesis(world, HistoryWriter(io.StringIO()), random.Random(1), ["n0"], lambda g: "n0")
+    undo = nemesis.apply(FaultSpec(action="disk", at_ms=0, disk_fault="full"), ["n0"])
+    used = host.disk.used_bytes()
+    assert host.disk.spec.capacity_bytes == used + 499
+    assert _reports(host) == [(True, 499)]  # at once, not at the next sync
+    _fill(world, host, 1, 200)  # the reserve takes what else the node writes
+    assert not host.crashed
+    assert host.disk.used_bytes() == used + 210 + 13  # the slot and the counter record
+    assert undo is not None
+    undo()
+    assert _reports(host) == [(True, 499), (False, 100_000 - used - 223)]
+    # Without a reserve, full means totally full: the next growing write crashes the node.
+    world2, host2 = _fill_world(capacity=100_000, reserve=0)
+    nemesis2 = Nemesis(
+        world2, HistoryWriter(io.StringIO()), random.Random(1), ["n0"], lambda g: "n0"
+    )
+    nemesis2.apply(FaultSpec(action="disk", at_ms=0, disk_fault="full"), ["n0"])
+    assert _reports(host2) == []
+    _fill(world2, host2, 1, 10)
+    assert host2.crashed
 
 
 def test_fsync_error_is_reported_and_nothing_becomes_durable() -> None:

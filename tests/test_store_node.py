@@ -16,7 +16,7 @@ import random
 import pytest
 
 from pxq.config import DEFAULT_TOML, ClusterConfig, default_config, loads_config
-from pxq.effects import Effects
+from pxq.effects import Effects, StorageLow
 from pxq.store.messages import (
     CommitCursor,
     CommitOk,
@@ -337,3 +337,52 @@ def test_requests_before_a_master_exists_are_redirected(request_: object) -> Non
     c = StoreCluster.make()
     r = c.request("s1", request_)
     assert isinstance(r, StoreRedirect)
+
+
+def short(available: int = 10, *, is_short: bool = True) -> StorageLow:
+    return StorageLow(
+        short=is_short,
+        available_bytes=available,
+        reserve_bytes=100,
+        used_bytes=900,
+        limit="test disk's capacity of 1000 bytes",
+    )
+
+
+def test_a_short_storage_refuses_enqueues_only_and_accepts_them_once_space_is_back() -> None:
+    c = StoreCluster.make()
+    m = c.wait_master(2)
+    c.run(300)  # heartbeats tell the followers who the master is
+    node = c.node(m)
+    assert isinstance(c.request(m, enqueue(queue=2, seq=1, n=2)), EnqueueOk)
+    c.step(m, short())
+    assert node.storage_low is not None and (m, "storage.low") in c.trace
+    applied = node.applied(2)
+
+    refusal = c.responses[c.call(m, enqueue(queue=2, seq=2))]  # answered in the same step
+    assert isinstance(refusal, StoreError)
+    assert (refusal.code, refusal.definite) == ("storage_full", True)
+    assert "10 bytes available before the test disk's capacity" in refusal.message
+    assert "reserve of 100 bytes" in refusal.message and "900 bytes in use" in refusal.message
+    assert node.enqueues_refused == 1
+    c.run(50)
+    assert node.applied(2) == applied  # nothing proposed, nothing appended
+    # Everything else goes on: reads, cursor commits, seeks (what frees space).
+    got = c.request(m, get(2))
+    assert isinstance(got, GetOk) and got.end_offset == 2
+    r = c.request(m, CommitCursor(topic="events", group="default", queue=2, cursor=2))
+    assert isinstance(r, CommitOk)
+    r = c.request(m, Seek(topic="events", group="default", queue=2, offset=1))
+    assert isinstance(r, SeekOk)
+    assert node.applied(2) > applied
+    # A follower redirects as usual: the master's storage decides.
+    follower = next(n for n in c.names if n != m)
+    c.step(follower, short())
+    assert c.request(follower, enqueue(queue=2, seq=2)) == StoreRedirect(master=m)
+    assert c.node(follower).enqueues_refused == 0
+
+    c.step(m, short(200, is_short=False))
+    assert node.storage_low is None and (m, "storage.ok") in c.trace
+    r = c.request(m, enqueue(queue=2, seq=2))
+    assert r == EnqueueOk(topic="events", queue=2, first_offset=2, count=1)
+    assert node.enqueues_refused == 1

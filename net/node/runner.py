@@ -39,25 +39,25 @@ It implements the driver contract of ``pxq.effects`` the way ``sim.world.NodeHos
   dropped (nothing of it is released), listener and connections closed, the writer thread
   joined, storage closed. A commit is never retried (a full map grows and writes the same
   batch again: LMDB reports it before writing anything).
-* Admission control for a full storage (``NetConfig.storage_reserve_bytes``): a
-  ``ClientCall`` carrying an ``Enqueue`` is answered at once by the runner with
-  ``StoreError(code="storage_full", definite=True)``, never reaching the node, while the
-  space still available to the node's LMDB (``LmdbStorage.space``: the smaller of the map's
-  room below ``map_size_max_bytes`` and the disk's room) is below the reserve; it accepts
-  them again once the space is back above the reserve plus
-  ``storage_resume_margin_percent`` (hysteresis). Everything else (Paxos traffic, gets,
-  cursor commits, seeks, retries, retention ticks, lock calls) goes on: it writes little, and
-  the reserve is there for it; and consumers plus retention are what frees space. The space
-  is measured at an enqueue's admission when the last measurement is older than
-  ``storage_space_refresh_ms``; in between, every committed batch is charged against it
-  (``COMMITTED_BYTES_CHARGE_FACTOR`` times its key and value bytes, a pessimistic page
-  cost), so a burst cannot run past the reserve unnoticed: once that estimate reaches the
-  reserve the space is measured again at once, and only a measurement starts refusing. A refusal depends on nothing
-  unwritten, so it is released at once. The runner logs once when it starts refusing and
-  once when it accepts again, with the figures, and counts refusals
-  (``RunnerStats.enqueues_refused``). The admission is a check of the replica that receives
-  the enqueue: a follower's disk fills with what the master replicates, and one whose disk
-  is full stops at its next write (last resort below) while a majority carries on.
+* Storage running short (``NetConfig.storage_reserve_bytes``): the runner watches the space
+  still available to the node's LMDB (``LmdbStorage.space``: the smaller of the map's room
+  below ``map_size_max_bytes`` and the disk's room) and reports its *crossings* to the node
+  as ``StorageLow`` (``pxq.effects``), stepped just before the client call that revealed it:
+  ``short`` once the space is below the reserve, not short again once it is back above the
+  reserve plus ``storage_resume_margin_percent`` (hysteresis). What to refuse is the node's
+  policy (a store replica answers enqueues ``storage_full`` meanwhile, and lets everything
+  else through: the reserve is for it, and consumers plus retention are what frees space;
+  ``pxq.store.node``). The space is measured at a client call's arrival when the last
+  measurement is older than ``storage_space_refresh_ms``; in between, every committed batch
+  is charged against it (``COMMITTED_BYTES_CHARGE_FACTOR`` times its key and value bytes, a
+  pessimistic page cost), so a burst cannot run past the reserve unnoticed: once that
+  estimate reaches the reserve the space is measured again at once, and only a measurement
+  reports a crossing (the estimate alone would flap). A refused client retrying is what
+  brings the next measurement, so enqueues resume as soon as space is back. The runner logs
+  each crossing once, with the figures. A new incarnation starts as not short. The report is
+  about the replica that receives the call: a follower's disk fills with what the master
+  replicates, and one whose disk is totally full stops at its next write (last resort
+  above) while a majority carries on.
 * ``stop()`` waits for the running commit, commits what is left on the loop thread, releases
   everything, then closes.
 * Trace events go to the ``pxq.net.trace`` logger (debug level) and to an optional callback.
@@ -101,12 +101,12 @@ from pxq.effects import (
     Reply,
     Send,
     StorageCorruption,
+    StorageLow,
     StorageView,
     TraceEvent,
     Wake,
     Write,
 )
-from pxq.store.messages import Enqueue, StoreError
 
 log = logging.getLogger("pxq.net.runner")
 trace_log = logging.getLogger("pxq.net.trace")
@@ -252,9 +252,9 @@ class RunnerStats:
     sends_unroutable: int = 0
     encode_failures: int = 0
     connections_refused: int = 0
-    enqueues_refused: int = 0
-    """Enqueues answered ``storage_full`` by the runner (admission control)."""
     space_measurements: int = 0
+    storage_crossings: int = 0
+    """``StorageLow`` reports stepped into the node (both directions)."""
 
 
 def monotonic_ms() -> int:
@@ -321,12 +321,12 @@ class NodeRunner:
         self._deadline: int | None = None  # the node's next_deadline() after its last step
         self._stopped: asyncio.Future[None] | None = None
         self._link_rng = random.Random(self._seed ^ 0x5EED)
-        # Admission control: the last space measurement, when (mono ms) and at which
-        # committed_bytes it was taken, and whether enqueues are being refused.
+        # Storage watch: the last space measurement, when (mono ms) and at which
+        # committed_bytes it was taken, and whether the node was last told it is short.
         self._space: StorageSpace | None = None
         self._space_at_ms = 0
         self._space_committed_bytes = 0
-        self._refusing_enqueues = False
+        self._storage_short = False
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -351,9 +351,9 @@ class NodeRunner:
         return self._node
 
     @property
-    def refusing_enqueues(self) -> bool:
-        """Whether enqueues are refused for a full storage (as of the last admission)."""
-        return self._refusing_enqueues
+    def storage_short(self) -> bool:
+        """Whether the node was last told its storage is below the reserve (``StorageLow``)."""
+        return self._storage_short
 
     def link(self, peer: NodeId) -> PeerLink | None:
         """The outbound link to ``peer``, if one was created."""
@@ -796,78 +796,73 @@ class NodeRunner:
         self._calls[call_id] = (conn, req_id)
         conn.open_calls.add(call_id)
         self.stats.calls += 1
-        refusal = self._admit(request)
-        if refusal is None:
-            self._step(ClientCall(call_id=call_id, request=request))
-        elif self.state is RunnerState.RUNNING:
-            self.stats.enqueues_refused += 1
-            self._release((), (Reply(call_id=call_id, response=refusal),))
-            self._schedule_turn_end()
+        self._watch_space()
+        self._step(ClientCall(call_id=call_id, request=request))
         conn.calls_changed()
 
-    # -- admission control --------------------------------------------------------------------
+    # -- storage watch ------------------------------------------------------------------------
 
-    def _admit(self, request: object) -> StoreError | None:
-        """None if the request goes to the node; the refusal of an enqueue while the storage
-        is below its reserve (see the module docstring)."""
-        if type(request) is not Enqueue or self.config.storage_reserve_bytes == 0:
-            return None
+    def _watch_space(self) -> None:
+        """Measure the space if due and step the node with ``StorageLow`` on a crossing of
+        the reserve (see the module docstring)."""
+        if self.config.storage_reserve_bytes == 0:
+            return
         storage = self._storage
         if storage is None or self.state is not RunnerState.RUNNING:
-            return None
+            return
         now = monotonic_ms()
         space = self._space
         if space is None or now - self._space_at_ms >= self.config.storage_space_refresh_ms:
             space = self._measure_space(storage, now)
             if space is None:
-                return None
+                return
         charged = (storage.committed_bytes - self._space_committed_bytes) * (
             COMMITTED_BYTES_CHARGE_FACTOR
         )
         available = max(0, space.available_bytes - charged)
         reserve = self.config.reserve_for(space.capacity_bytes)
-        if not self._refusing_enqueues and available < reserve and charged > 0:
+        if not self._storage_short and available < reserve and charged > 0:
             # The estimate says the reserve is reached: only a measurement may say so (the
-            # estimate is pessimistic, and refusing on it alone would flap).
+            # estimate is pessimistic, and reporting on it alone would flap).
             space = self._measure_space(storage, now)
             if space is None:
-                return None
+                return
             available = space.available_bytes
             reserve = self.config.reserve_for(space.capacity_bytes)
-        if self._refusing_enqueues:
+        if self._storage_short:
             resume = reserve + reserve * self.config.storage_resume_margin_percent // 100
-            if available >= resume:
-                self._refusing_enqueues = False
-                log.info(
-                    "node %s accepts enqueues again: %.1f MiB available (reserve %.1f MiB; "
-                    "%.1f MiB in use; %d refused so far)",
-                    self.node_id,
-                    available / _MIB,
-                    reserve / _MIB,
-                    space.used_bytes / _MIB,
-                    self.stats.enqueues_refused,
-                )
-                return None
+            if available < resume:
+                return
+            self._storage_short = False
+            log.info(
+                "node %s storage back above its reserve: %.1f MiB available (reserve %.1f "
+                "MiB; %.1f MiB in use); the node accepts enqueues again",
+                self.node_id,
+                available / _MIB,
+                reserve / _MIB,
+                space.used_bytes / _MIB,
+            )
         elif available >= reserve:
-            return None
+            return
         else:
-            self._refusing_enqueues = True
+            self._storage_short = True
             log.warning(
-                "node %s refuses enqueues, storage full: %s, below the reserve of %.1f MiB "
-                "(NetConfig.storage_reserve_bytes)",
+                "node %s storage low: %s, below the reserve of %.1f MiB "
+                "(NetConfig.storage_reserve_bytes); the node refuses enqueues until "
+                "consumers and retention free space",
                 self.node_id,
                 space.describe(),
                 reserve / _MIB,
             )
-        return StoreError(
-            code="storage_full",
-            message=(
-                f"storage of {self.node_id} is full: {available / _MIB:.1f} MiB available "
-                f"before the {_limit_name(space)}, below the reserve of {reserve / _MIB:.1f} "
-                f"MiB kept for replication and consumers ({space.used_bytes / _MIB:.1f} MiB "
-                f"in use); enqueues resume once consumers and retention free space"
-            ),
-            definite=True,
+        self.stats.storage_crossings += 1
+        self._step(
+            StorageLow(
+                short=self._storage_short,
+                available_bytes=available,
+                reserve_bytes=reserve,
+                used_bytes=space.used_bytes,
+                limit=_limit_name(space),
+            )
         )
 
     def _measure_space(self, storage: DriverStorage, now_ms: int) -> StorageSpace | None:

@@ -115,6 +115,7 @@ from pxq.effects import (
     Request,
     Response,
     Rng,
+    StorageLow,
     Wake,
 )
 from pxq.routing import Location, Router, backoff_ms
@@ -318,6 +319,8 @@ class Consumer:
                     st = self._streams.get(key)
                     if st is not None:
                         self._service(now, st, fx)
+            case StorageLow():
+                pass  # a consumer's writes are few and small: nothing to refuse
             case _:
                 assert_never(inp)
         return fx.build()

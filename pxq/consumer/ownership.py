@@ -65,6 +65,7 @@ from pxq.effects import (
     Received,
     Response,
     Rng,
+    StorageLow,
     Wake,
 )
 from pxq.lock.client import LockCalls
@@ -638,6 +639,8 @@ class ConsumerProcess:
                         "the only call it accepts is Leave",
                     ),
                 )
+            case StorageLow():
+                self._merge(self.consumer.step(now, inp), fx)
             case _:
                 assert_never(inp)
         self._sync(now, fx)

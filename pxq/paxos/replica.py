@@ -23,6 +23,7 @@ from pxq.effects import (
     Now,
     Received,
     Rng,
+    StorageLow,
     StorageView,
     Wake,
 )
@@ -109,6 +110,8 @@ class Replica:
             case ClientCall(call_id=call_id, request=request):
                 self._require_boot()
                 self._on_call(t, call_id, request, fx)
+            case StorageLow():
+                pass  # the log takes what its master proposes; the service decides refusals
             case _:
                 assert_never(inp)
         for g in self.groups:

@@ -6,7 +6,9 @@ owns what every such node shares, and asks its subclass only for what differs (t
 below):
 
 * the ``Node`` protocol: ``step`` dispatches ``Boot`` and ``Received`` to the replica, a
-  ``ClientCall`` to the service's ``plan_request`` hook and a ``Wake`` to the timers;
+  ``ClientCall`` to the service's ``plan_request`` hook and a ``Wake`` to the timers; a
+  ``StorageLow`` sets ``storage_low`` (traced ``storage.low`` / ``storage.ok``), which the
+  service's hooks consult (the store refuses enqueues while it is set);
   ``next_deadline`` is the earliest of the replica's deadline and the groups' periodic
   ticks (or "now" while the outbox holds work);
 * the queries ``is_master``, ``master_of``, ``applied`` and ``state_machine`` (the state
@@ -61,7 +63,9 @@ from pxq.effects import (
     Received,
     Reply,
     Rng,
+    StorageLow,
     StorageView,
+    TraceEvent,
     Wake,
 )
 from pxq.paxos.config import PaxosConfig
@@ -132,6 +136,9 @@ class ReplicatedService(ABC, Generic[SM]):
         """Per group: a tick proposal is in flight (no second one until it is answered)."""
         self.last_mono = 0
         self.booted = False
+        self.storage_low: StorageLow | None = None
+        """The driver's last ``StorageLow`` while it says short (None: not short). The service
+        decides what to refuse meanwhile (the store: enqueues; the lock service: nothing)."""
 
     # -- hooks ----------------------------------------------------------------------------------
 
@@ -192,6 +199,8 @@ class ReplicatedService(ABC, Generic[SM]):
                 fx = self._on_call(now, call_id, request, own)
             case Wake():
                 fx = self._on_wake(now)
+            case StorageLow():
+                fx = self._on_storage(inp)
             case _:
                 assert_never(inp)
         self.end_step()
@@ -250,7 +259,23 @@ class ReplicatedService(ABC, Generic[SM]):
         # Stagger the groups' ticks over one interval.
         self.tick_at = [now.mono_ms + tick * (g + 1) // self.groups for g in range(self.groups)]
         self.ticking = [False] * self.groups
+        self.storage_low = None  # the driver reports a short storage after Boot
         self.booted = True
+
+    def _on_storage(self, low: StorageLow) -> Effects:
+        self.storage_low = low if low.short else None
+        return Effects(
+            trace=(
+                TraceEvent(
+                    kind="storage.low" if low.short else "storage.ok",
+                    fields=(
+                        ("available_bytes", low.available_bytes),
+                        ("reserve_bytes", low.reserve_bytes),
+                        ("used_bytes", low.used_bytes),
+                    ),
+                ),
+            )
+        )
 
     def _on_wake(self, now: Now) -> Effects | None:
         t = now.mono_ms

@@ -78,6 +78,7 @@ from pxq.effects import (
     Request,
     Response,
     Rng,
+    StorageLow,
     Wake,
 )
 from pxq.producer.messages import Produce, Produced, ProduceFailed, ProduceUnknown
@@ -205,6 +206,8 @@ class Producer:
                     qs = self._queues.get(key)
                     if qs is not None:
                         self._service(now, qs, fx)
+            case StorageLow():
+                pass  # a producer writes nothing
             case _:
                 assert_never(inp)
         return fx.build()

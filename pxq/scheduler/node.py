@@ -45,6 +45,7 @@ from pxq.effects import (
     Received,
     Response,
     Rng,
+    StorageLow,
     Wake,
 )
 from pxq.lock.client import LockCalls
@@ -174,6 +175,8 @@ class Scheduler:
                 fx.reply(
                     call_id, LockError(code="bad_request", message="a scheduler takes no calls")
                 )
+            case StorageLow():
+                pass  # a scheduler writes nothing
             case _:
                 assert_never(inp)
         self._act(now, fx)

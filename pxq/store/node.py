@@ -19,7 +19,18 @@ owns only what is the store's:
   group (the first in this step, the others from the service's outbox, one per step), and
   their answers merge into one;
 * retention ticks: every ``retention_tick_ms`` (staggered over the groups) the master of each
-  group proposes one, if its state says the tick would remove something.
+  group proposes one, if its state says the tick would remove something;
+* a short storage: while the driver says the space left is below its reserve
+  (``StorageLow``, kept by the service in ``storage_low``), an enqueue that this replica
+  would propose as the queue's master is answered at once with the definite
+  ``StoreError(code="storage_full")``, nothing proposed, nothing appended, and counted in
+  ``enqueues_refused``; the message names the limit and the figures of the crossing. Every
+  other request (gets, cursor commits, seeks, retries, retention ticks) goes on: they write
+  little, the reserve is there for them, and consumers plus retention are what frees space.
+  A replica that is not the master answers an enqueue as usual (a redirect): the master's
+  storage decides. A follower's storage fills with what the master replicates; one whose
+  disk is totally full stops at its next write (the driver's last resort) while a majority
+  carries on.
 
 One input drives at most one step of the replica (see ``pxq.paxos.service``).
 """
@@ -89,6 +100,8 @@ class StoreNode(ReplicatedService[QueueStore]):
         super().__init__(
             node_id, self.store.paxos, storage, rng, tick_ms=self.store.retention_tick_ms
         )
+        self.enqueues_refused = 0
+        """Enqueues answered ``storage_full`` by this incarnation."""
 
     # -- hooks of ReplicatedService -------------------------------------------------------------
 
@@ -150,6 +163,10 @@ class StoreNode(ReplicatedService[QueueStore]):
                 )
         if isinstance(cmd_or_error, StoreError):
             return Answer(response=cmd_or_error)
+        if isinstance(cmd_or_error, EnqueueCmd):
+            refusal = self._storage_refusal(now, cmd_or_error.queue)
+            if refusal is not None:
+                return Answer(response=refusal)
         value = encode_command(cmd_or_error)
         if len(value) > self.store.paxos.value_bytes_max:
             return Answer(
@@ -250,6 +267,24 @@ class StoreNode(ReplicatedService[QueueStore]):
             after=req.after,
         )
 
+    def _storage_refusal(self, now: Now, queue: int) -> StoreError | None:
+        """The ``storage_full`` refusal of an enqueue to ``queue`` while the storage is short
+        and this replica is the queue's master (else None: go on)."""
+        low = self.storage_low
+        if low is None or not self.replica.is_master(queue % self.groups, now):
+            return None
+        self.enqueues_refused += 1
+        return StoreError(
+            code="storage_full",
+            message=(
+                f"storage of {self.node_id} is full: {_size(low.available_bytes)} available "
+                f"before the {low.limit}, below the reserve of {_size(low.reserve_bytes)} "
+                f"kept for replication and consumers ({_size(low.used_bytes)} in use); "
+                f"enqueues resume once consumers and retention free space"
+            ),
+            definite=True,
+        )
+
     def _commit_cmd(self, req: CommitCursor) -> Command | StoreError:
         target = self._target(req.topic, req.group, req.queue)
         if isinstance(target, StoreError):
@@ -302,6 +337,15 @@ class StoreNode(ReplicatedService[QueueStore]):
 
 def _wall(now: Now) -> int:
     return max(0, now.wall_ms)
+
+
+def _size(n: int) -> str:
+    """A byte count for messages: in MiB (one decimal) from 1 MiB on, else in KiB or bytes."""
+    if n >= 1 << 20:
+        return f"{n / (1 << 20):.1f} MiB"
+    if n >= 1 << 10:
+        return f"{n / (1 << 10):.1f} KiB"
+    return f"{n} bytes"
 
 
 def _bad(code: str, message: str) -> StoreError:
