@@ -181,3 +181,22 @@ def test_queue_ownership_options_are_validated(extra: str, message: str) -> None
     text = (head + extra + "[workload]" + rest) if extra.startswith("checks") else QUEUE + extra
     with pytest.raises(ScenarioError, match=message):
         loads(text)
+
+
+def test_a_disk_reserve_is_read_and_validated_and_storage_full_is_opt_in() -> None:
+    scn = loads(QUEUE + "[disk]\ncapacity_bytes = 1000\nreserve_bytes = 200\n")
+    assert (scn.disk.capacity_bytes, scn.disk.reserve_bytes) == (1000, 200)
+    assert scn.disk.resume_margin_percent == 10
+    assert "storage_full" not in scn.checks
+    assert "disk_full" not in scn.random_faults.kinds
+    chosen = loads('checks = ["storage_full"]\n' + QUEUE)
+    assert chosen.checks == ("storage_full",)
+    with pytest.raises(ScenarioError, match=r"disk\.reserve_bytes: must be below capacity_bytes"):
+        loads(QUEUE + "[disk]\ncapacity_bytes = 1000\nreserve_bytes = 1000\n")
+    with pytest.raises(ScenarioError, match=r"'disk_full' needs \[disk\] reserve_bytes > 0"):
+        loads(QUEUE + '[random_faults]\nenabled = true\nkinds = ["disk_full"]\n')
+    drawn = loads(
+        QUEUE
+        + '[disk]\nreserve_bytes = 10\n[random_faults]\nenabled = true\nkinds = ["disk_full"]\n'
+    )
+    assert drawn.random_faults.kinds == ("disk_full",)

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,7 @@ def test_the_scenario_directory_holds_the_families() -> None:
         "queue-pipelined-order",
         "queue-single-replica-power-loss",
         "queue-master-power-loss-one-follower",
+        "queue-disk-fills",
     } | NEGATIVE <= names
 
 
@@ -150,7 +152,13 @@ def test_scenario_at_other_seeds(path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("name", "seeds"),
-    [("swarm-log", 40), ("swarm-queue", 30), ("swarm-lock", 30), ("swarm-consumers", 25)],
+    [
+        ("swarm-log", 40),
+        ("swarm-queue", 30),
+        ("swarm-lock", 30),
+        ("swarm-consumers", 25),
+        ("queue-disk-fills", 10),
+    ],
 )
 def test_swarm_of_seeds_with_random_faults_passes(name: str, seeds: int) -> None:
     outcomes = swarm.run_swarm(
@@ -159,6 +167,33 @@ def test_swarm_of_seeds_with_random_faults_passes(name: str, seeds: int) -> None
     bad = [(o.seed, o.failed_checks, o.error, o.repro) for o in outcomes if not o.ok]
     assert len(outcomes) == seeds
     assert bad == []
+
+
+def test_the_disk_fills_scenario_refuses_enqueues_storage_full_and_resumes() -> None:
+    """The scenario takes the short-storage path (its ``storage_full`` check would fail the
+    run otherwise), and that check fails where the path is not taken."""
+    scn = scenario.load(ROOT / "scenarios" / "queue-disk-fills.toml")
+    result = runner.run(scn, scn.seed)
+    assert result.ok, (result.repro, {n: c.summary for n, c in result.checks.items()})
+    refused = result.stats["clients"]["fail_reasons"].get("storage_full", 0)
+    assert refused > 0
+    assert result.checks["storage_full"].details["refused"] == refused
+    after = result.checks["storage_full"].details["acknowledged_after"]
+    assert isinstance(after, int) and after > 0
+    assert result.checks["total_queue"].ok  # nothing acknowledged was lost
+
+    # The same load on disks without a limit, no disk faults: nothing is refused, the
+    # storage_full check says so, and only it fails.
+    unlimited = replace(
+        scn,
+        disk=replace(scn.disk, capacity_bytes=None, reserve_bytes=0),
+        faults=tuple(f for f in scn.faults if f.action != "disk"),
+        random_faults=replace(scn.random_faults, kinds=("loss", "clock", "pause")),
+    )
+    control = runner.run(unlimited, scn.seed)
+    assert control.stats["clients"]["fail_reasons"].get("storage_full", 0) == 0
+    assert not control.checks["storage_full"].ok
+    assert [n for n, c in control.checks.items() if not c.ok] == ["storage_full"]
 
 
 def _digest_in_subprocess(path: Path, seed: int, hashseed: str) -> str:
