@@ -74,16 +74,17 @@ class NetConfig:
     """Headroom kept for everything but enqueues: once the space still available to the
     node's LMDB (the smaller of the map's room below ``map_size_max_bytes`` and the disk's
     room: free filesystem space plus free pages inside the data file) falls below this, the
-    runner answers enqueues with ``StoreError(code="storage_full")`` and lets everything else
-    (Paxos traffic, gets, cursor commits, retention) through. None: automatic, see
-    ``reserve_for``; 0: no admission control (only the last resort). Must be below
-    ``map_size_max_bytes``."""
+    runner tells the node (``pxq.effects.StorageLow``) and a store replica answers enqueues
+    with ``StoreError(code="storage_full")``, letting everything else (Paxos traffic, gets,
+    cursor commits, retention) through. None: automatic, see ``reserve_for``; 0: no watch
+    (only the last resort). Must be below ``map_size_max_bytes``."""
     storage_space_refresh_ms: int = 100
-    """The runner measures the space in use at most this often (at an enqueue's admission);
+    """The runner measures the space in use at most this often (at a client call's arrival);
     in between it charges every committed batch against the last measurement."""
     storage_resume_margin_percent: int = 10
-    """Enqueues refused for a full storage are accepted again once the space available is
-    the reserve plus this share of it (hysteresis: no flapping at the boundary)."""
+    """The node is told its storage is no longer short (enqueues accepted again) once the
+    space available is the reserve plus this share of it (hysteresis: no flapping at the
+    boundary)."""
     tables_max: int = 128
     """LMDB named databases (one per table name) per node."""
     scan_chunk_items: int = 256

@@ -403,10 +403,12 @@ class Nemesis:
 
 
 def _full_capacity(disk: SimDisk) -> int:
-    """The capacity that makes ``disk`` full as of now. With a reserve, full is what a node
-    must survive: the room left drops just below the reserve, so the node is told its storage
-    is short (a store refuses enqueues) and the reserve takes the rest of its writes. Without
-    one, the disk is totally full: its next growing batch is rejected and the node crashes."""
-    used = disk.used_bytes()
+    """The capacity that makes ``disk`` full as of now (never larger than it already is).
+    With a reserve, full is what a node must survive: the room left drops just below the
+    reserve, so the node is told its storage is short (a store refuses enqueues) and the
+    reserve takes the rest of its writes. Without one, the disk is totally full: its next
+    growing batch is rejected and the node crashes."""
     reserve = disk.spec.reserve_bytes
-    return max(1, used + reserve - 1) if reserve else max(1, used)
+    full = disk.used_bytes() + max(0, reserve - 1)
+    cap = disk.spec.capacity_bytes
+    return max(1, full if cap is None else min(cap, full))

@@ -7,7 +7,7 @@ CRC corruption detected on get and scan, a full map growing transparently or fai
 StorageFull with nothing partial left, the data-dir marker and lock, and the layers of writes
 not yet durable (reads see sealed and open batches, a batch written on another thread,
 completion in order only, a full map reported by ``write`` and grown on completion); the
-space measurement the runner's admission control uses (pages in use follow the tables and
+space measurement the runner's storage watch uses (pages in use follow the tables and
 shrink after deletes, the nearer of the map and disk limits) and the reserve's configuration.
 """
 

@@ -289,6 +289,8 @@ def test_a_full_disk_fault_with_a_reserve_makes_the_node_short_and_its_undo_resu
     _fill(world, host, 1, 200)  # the reserve takes what else the node writes
     assert not host.crashed
     assert host.disk.used_bytes() == used + 210 + 13  # the slot and the counter record
+    nemesis.apply(FaultSpec(action="disk", at_ms=0, disk_fault="full"), ["n0"])
+    assert host.disk.spec.capacity_bytes == used + 499  # a full disk never grows
     assert undo is not None
     undo()
     assert _reports(host) == [(True, 499), (False, 100_000 - used - 223)]

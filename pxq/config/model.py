@@ -109,7 +109,8 @@ class StorageConfig:
     map_size_bytes: int = STORAGE_MAP_BYTES_DEFAULT
     map_size_max_bytes: int = STORAGE_MAP_BYTES_MAX_DEFAULT
     reserve_bytes: int | None = None
-    """None: automatic (``net.config.NetConfig.reserve_for``); 0: no admission control."""
+    """None: automatic (``net.config.NetConfig.reserve_for``); 0: the storage is never
+    reported short (enqueues are never refused ``storage_full``)."""
 
 
 INFLIGHT_BATCHES_MAX = 64
