@@ -257,6 +257,10 @@ class Nemesis:
                 disk.lying = False
             if kind == "full":
                 self._check_space(targets)
+                # Space is back: what the full disk crashed starts again (as a supervisor
+                # restarts a replica once an operator has freed its disk).
+                hosts = self.world.hosts
+                self.restart([n for n in targets if hosts[n].crash_reason == "disk full"])
 
         return undo
 

@@ -144,6 +144,8 @@ class NodeHost:
     storage_short: bool = False
     """Whether this incarnation was last told its storage is short (``StorageLow``)."""
     storage_crossings: int = 0
+    crash_reason: str | None = None
+    """Why the last incarnation ended (None before any crash)."""
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -171,6 +173,7 @@ class NodeHost:
             return
         self.crashed = True
         self.crashes += 1
+        self.crash_reason = reason
         self.node = None
         self.timer_token += 1
         self.armed_deadline = None

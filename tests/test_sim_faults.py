@@ -299,10 +299,13 @@ def test_a_full_disk_fault_with_a_reserve_makes_the_node_short_and_its_undo_resu
     nemesis2 = Nemesis(
         world2, HistoryWriter(io.StringIO()), random.Random(1), ["n0"], lambda g: "n0"
     )
-    nemesis2.apply(FaultSpec(action="disk", at_ms=0, disk_fault="full"), ["n0"])
+    undo2 = nemesis2.apply(FaultSpec(action="disk", at_ms=0, disk_fault="full"), ["n0"])
     assert _reports(host2) == []
     _fill(world2, host2, 1, 10)
-    assert host2.crashed
+    assert host2.crashed and host2.crash_reason == "disk full"
+    assert undo2 is not None
+    undo2()  # space is back: the replica starts again
+    assert not host2.crashed and host2.incarnation == 2
 
 
 def test_fsync_error_is_reported_and_nothing_becomes_durable() -> None:
