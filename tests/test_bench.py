@@ -252,3 +252,13 @@ def test_helpers() -> None:
     assert baselines.c_shape(200) == (100, 2)
     assert baselines.c_shape(1) == (1, 1)
     assert proc_cpu_s(os.getpid()) is not None
+
+
+def test_the_c_baseline_is_looked_for_beside_the_repository(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("PXQ_LIMITS_DIR", raising=False)
+    repo = Path(__file__).resolve().parents[1]
+    assert baselines.limits_dir() == repo.parent / "shared" / "reference" / "limits"
+    monkeypatch.setenv("PXQ_LIMITS_DIR", "/elsewhere")
+    assert baselines.limits_dir() == Path("/elsewhere")

@@ -59,7 +59,7 @@ def limits_dir() -> Path:
     override = os.environ.get("PXQ_LIMITS_DIR")
     if override:
         return Path(override)
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]  # net/tools/baselines.py -> the repository
     return repo.parent / "shared" / "reference" / "limits"
 
 
