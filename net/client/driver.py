@@ -21,7 +21,7 @@ This module owns two things:
   - ``Send(dst=HANDLER, msg=...)`` goes to the ``on_handler`` callback (the consumer API),
     which answers later through ``MachineDriver.feed``;
   - exactly one timer (``loop.call_at``) is armed at ``next_deadline()``, re-read after every
-    step; ``now`` is monotonic ms from ``time.monotonic_ns`` and wall ms from ``time.time_ns``;
+    step; ``now`` is monotonic ms from ``net.clock.mono_ns`` (counting suspended time) and wall ms from ``time.time_ns``;
   - client machines write nothing: a step that returns writes, or raises, stops the driver
     (``MachineFailed``) and fails every open call.
 
@@ -39,6 +39,7 @@ from collections.abc import Callable, Mapping
 
 from net.client.connection import NodeClient
 from net.client.types import ClientClosed, MachineFailed, OutcomeUnknown
+from net.clock import mono_ns
 from net.config import NetConfig
 from net.errors import NetError, NotConnected
 from pxq import codec
@@ -69,11 +70,6 @@ arrives a little after the machine re-sent is still useful (a producer accepts a
 ``EnqueueOk`` of a superseded attempt)."""
 
 TraceListener = Callable[[TraceEvent], None]
-
-
-def now() -> Now:
-    """The driver's clock, in integer ms."""
-    return Now(mono_ms=time.monotonic_ns() // 1_000_000, wall_ms=time.time_ns() // 1_000_000)
 
 
 def node_addresses(config: ClusterConfig) -> dict[NodeId, tuple[str, int]]:
@@ -246,7 +242,7 @@ class MachineDriver:
         try:
             # now(), inlined
             fx = self.machine.step(
-                Now(mono_ms=time.monotonic_ns() // 1_000_000, wall_ms=time.time_ns() // 1_000_000),
+                Now(mono_ms=mono_ns() // 1_000_000, wall_ms=time.time_ns() // 1_000_000),
                 inp,
             )
         except Exception as exc:
@@ -305,7 +301,7 @@ class MachineDriver:
         self._armed = deadline
         if deadline is None:
             return
-        delay_s = max(0, deadline * 1_000_000 - time.monotonic_ns()) / 1e9
+        delay_s = max(0, deadline * 1_000_000 - mono_ns()) / 1e9
         self._timer = self._loop.call_at(self._loop.time() + delay_s, self._fire)
 
     def _fire(self) -> None:

@@ -28,9 +28,10 @@ It implements the driver contract of ``pxq.effects`` the way ``sim.world.NodeHos
   leaves the armed timer alone: when it fires before the node's current deadline, it is
   re-armed for that deadline, and no ``Wake`` is stepped (a follower's election deadline
   moves with every message from its master: this saves a cancel and a ``call_at`` per
-  step). Monotonic ms come from ``time.monotonic_ns() // 1_000_000`` and wall ms from
-  ``time.time_ns() // 1_000_000``; the timer is armed in the loop's own clock from the
-  difference, so it works with any loop implementation.
+  step). Monotonic ms come from ``net.clock.mono_ns`` (``CLOCK_BOOTTIME`` where the platform
+  has it: it counts the time the host was suspended, so a lease is never believed longer than
+  it ran) and wall ms from ``time.time_ns() // 1_000_000``; the timer is armed in the loop's
+  own clock from the difference, so it works with any loop implementation.
 * ``InvariantViolation``, ``StorageCorruption`` or a ``StorageError`` (``StorageFull``
   included: the last resort if the map or disk is full at commit time despite the reserve,
   which with a reserve sized for the non-enqueue traffic practically means a too small
@@ -81,6 +82,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Protocol
 
+from net.clock import mono_ns
 from net.config import NetConfig
 from net.errors import BootFailed, NetError, StorageError
 from net.node.storage import LmdbStorage, SealedBatch, StorageSpace, WriteOutcome
@@ -258,7 +260,7 @@ class RunnerStats:
 
 
 def monotonic_ms() -> int:
-    return time.monotonic_ns() // 1_000_000
+    return mono_ns() // 1_000_000
 
 
 def wall_ms() -> int:
@@ -493,7 +495,7 @@ class NodeRunner:
         if node is None or storage is None:
             return
         self.stats.steps += 1
-        now = Now(mono_ms=time.monotonic_ns() // 1_000_000, wall_ms=time.time_ns() // 1_000_000)
+        now = Now(mono_ms=mono_ns() // 1_000_000, wall_ms=time.time_ns() // 1_000_000)
         try:
             fx = node.step(now, inp)
             if fx.trace:
@@ -747,7 +749,7 @@ class NodeRunner:
         if deadline is None:
             return
         # Arm in the loop's clock: the deadline is reached once monotonic_ns >= deadline ms.
-        delay_s = max(0, deadline * 1_000_000 - time.monotonic_ns()) / 1e9
+        delay_s = max(0, deadline * 1_000_000 - mono_ns()) / 1e9
         self._timer = loop.call_at(loop.time() + delay_s, self._fire)
 
     def _fire(self) -> None:
