@@ -21,7 +21,7 @@ from __future__ import annotations
 import types
 from collections.abc import Callable, Iterator
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, Protocol, TypeAlias, TypeVar, runtime_checkable
+from typing import Any, Literal, Protocol, TypeAlias, TypeVar, runtime_checkable
 
 NodeId: TypeAlias = str
 """A node's name in the cluster configuration (for example ``"s0"``). Stable across restarts."""
@@ -29,6 +29,9 @@ NodeId: TypeAlias = str
 TraceValue: TypeAlias = int | str | bytes | bool | None
 
 _C = TypeVar("_C", bound=type)
+
+BlankStorage = Literal["new", "probe", "replace"]
+"""What a node's blank storage means at ``Boot`` (see ``Boot.if_blank``)."""
 
 
 def _fast_init(cls: _C) -> _C:
@@ -97,7 +100,20 @@ class Boot:
     durable before the previous incarnation ended (nothing more: unsynced writes of a node
     that lost power are gone). The node rebuilds its state from the view and may emit
     effects (for example, re-announce itself).
+
+    ``damaged`` lists the records (table, key) that failed their checksum in the previous
+    incarnation (``StorageCorruption``, which stopped it): the node must not read them and
+    repairs what they held (a Paxos replica from its peers). ``if_blank`` says what blank
+    storage means, for a node whose storage holds nothing at all: ``"new"``, a new member
+    of a new cluster (nothing to forget); ``"probe"``, unknown (a replica asks its peers
+    and refuses to run, ``ReplacementRequired``, if they have history); ``"replace"``, the
+    node lost its storage and is its own replacement (a replica takes part in no quorum
+    until it has re-learned from its peers what it might have promised or accepted).
+    Storage that holds something ignores it.
     """
+
+    damaged: tuple[tuple[str, bytes], ...] = ()
+    if_blank: BlankStorage = "new"
 
 
 @_fast_init
@@ -371,7 +387,21 @@ class Response:
 
 
 class StorageCorruption(Exception):
-    """A stored record failed its checksum on read. The driver crashes the node."""
+    """A stored record failed its checksum on read. The driver stops the node's incarnation
+    (its in-memory state may be half-way through the step); when the exception names the
+    record (``table``, ``key``), the driver starts a new incarnation with the record in
+    ``Boot.damaged`` so that the node repairs it instead of reading it again."""
+
+    def __init__(self, message: str, *, table: str | None = None, key: bytes | None = None):
+        super().__init__(message)
+        self.table = table
+        self.key = key
+
+
+class ReplacementRequired(Exception):
+    """A node booted on blank storage (``Boot(if_blank="probe")``) found that its peers have
+    history: it lost its data and must not run as a new member (it would vote with amnesia).
+    The driver stops it and tells the operator to start it as a replacement."""
 
 
 class InvariantViolation(Exception):

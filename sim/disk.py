@@ -108,7 +108,9 @@ def _seal(value: bytes) -> bytes:
 def _unseal(table: str, key: bytes, stored: bytes) -> bytes:
     value, crc = stored[:-4], stored[-4:]
     if len(stored) < 4 or zlib.crc32(value).to_bytes(4, "big") != crc:
-        raise StorageCorruption(f"checksum mismatch in table {table!r} at key {key.hex()}")
+        raise StorageCorruption(
+            f"checksum mismatch in table {table!r} at key {key.hex()}", table=table, key=key
+        )
     return value
 
 

@@ -61,6 +61,8 @@ class Cluster:
     nodes: dict[str, Replica | None] = field(default_factory=dict)
     incarnation: dict[str, int] = field(default_factory=dict)
     pool: list[Flight] = field(default_factory=list)
+    sent: list[Flight] | None = None
+    """When a list: every message sent, kept after delivery (tests that look at answers)."""
     calls: dict[int, Call] = field(default_factory=dict)
     trace: list[tuple[int, str, TraceEvent]] = field(default_factory=list)
     applied: dict[tuple[int, int], int] = field(default_factory=dict)
@@ -122,15 +124,16 @@ class Cluster:
         self.stores[name].apply(fx.writes)
         for s in fx.sends:
             self.seq += 1
-            self.pool.append(
-                Flight(
-                    seq=self.seq,
-                    deliver_at=self.time + self.latency_ms,
-                    src=name,
-                    dst=s.dst,
-                    msg=s.msg,
-                )
+            flight = Flight(
+                seq=self.seq,
+                deliver_at=self.time + self.latency_ms,
+                src=name,
+                dst=s.dst,
+                msg=s.msg,
             )
+            self.pool.append(flight)
+            if self.sent is not None:
+                self.sent.append(flight)
         for r in fx.replies:
             call = self.calls[r.call_id]
             assert call.response is None, f"call {r.call_id} answered twice"
@@ -147,7 +150,9 @@ class Cluster:
             self.check_single_master()
         return fx
 
-    def restart(self, name: str) -> None:
+    def restart(self, name: str, boot: Boot | None = None) -> None:
+        """A new incarnation of ``name`` from its store, booted with ``boot`` (default: a
+        plain ``Boot()``)."""
         self.incarnation[name] += 1
         rng = random.Random(self.seed * 1000 + self.config.replicas.index(name) * 100)
         rng.seed(f"{self.seed}/{name}/{self.incarnation[name]}")
@@ -158,7 +163,7 @@ class Cluster:
             rng,
             self.sm_factory(name),
         )
-        self._step(name, Boot())
+        self._step(name, Boot() if boot is None else boot)
 
     def crash(self, name: str) -> None:
         """Lose the node's memory; its open calls are never answered."""

@@ -740,12 +740,16 @@ def _unseal(table: str, crc_seed: int, key: bytes, raw: bytes) -> bytes:
     size = len(raw) - _CRC_BYTES
     if size < 0:
         raise StorageCorruption(
-            f"record {key[:32]!r} of table {table!r} is {len(raw)} bytes, shorter than its CRC"
+            f"record {key[:32]!r} of table {table!r} is {len(raw)} bytes, shorter than its CRC",
+            table=table,
+            key=key,
         )
     value = raw[:size]
     (stored,) = _CRC.unpack_from(raw, size)
     if crc32(value, crc32(key, crc_seed)) != stored:
-        raise StorageCorruption(f"CRC mismatch in record {key[:32]!r} of table {table!r}")
+        raise StorageCorruption(
+            f"CRC mismatch in record {key[:32]!r} of table {table!r}", table=table, key=key
+        )
     return value
 
 

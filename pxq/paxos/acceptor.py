@@ -70,13 +70,17 @@ class Acceptor:
     def end_step(self) -> None:
         self.overlay.clear()
 
-    def load(self, now_ms: int) -> None:
+    def load(self, now_ms: int, *, promise_lost: bool = False, start_lost: bool = False) -> None:
         """Rebuild from storage at Boot; refuse every Prepare for lease_ms (the lease promises
-        this acceptor gave before the restart were in memory only)."""
-        rec = self.view.get(META, meta_key(self.group, KIND_PROMISE))
-        self.promised = NO_BALLOT if rec is None else decode_u64(rec, "promise record")
-        rec = self.view.get(META, meta_key(self.group, KIND_LOG_START))
-        self.log_start = 1 if rec is None else decode_u64(rec, "log start record")
+        this acceptor gave before the restart were in memory only). A lost record (damaged,
+        see ``repair.py``) is not read: the promise counts as none (the group is repairing
+        and votes in no quorum), the log start as 1."""
+        key = meta_key(self.group, KIND_PROMISE)
+        rec = None if promise_lost else self.view.get(META, key)
+        self.promised = NO_BALLOT if rec is None else decode_u64(rec, "promise record", key)
+        key = meta_key(self.group, KIND_LOG_START)
+        rec = None if start_lost else self.view.get(META, key)
+        self.log_start = 1 if rec is None else decode_u64(rec, "log start record", key)
         self.lease_ballot = NO_BALLOT
         self.lease_until = acceptor_lease_until(now_ms, self.config)
 
@@ -109,8 +113,9 @@ class Acceptor:
         mine = self.overlay.get(instance)
         if mine is not None:
             return mine
-        rec = self.view.get(LOG, log_key(self.group, instance))
-        return None if rec is None else decode_log(rec)
+        key = log_key(self.group, instance)
+        rec = self.view.get(LOG, key)
+        return None if rec is None else decode_log(rec, key)
 
     def _write(self, instance: int, rec: LogRecord, fx: EffectsBuilder) -> None:
         self.overlay[instance] = rec
@@ -140,7 +145,7 @@ class Acceptor:
         fx.put(META, meta_key(self.group, KIND_LOG_START), encode_u64(new_start))
         return True
 
-    def _raise_promise(self, ballot: int, fx: EffectsBuilder) -> None:
+    def raise_promise(self, ballot: int, fx: EffectsBuilder) -> None:
         if ballot > self.promised:
             self.promised = ballot
             fx.put(META, meta_key(self.group, KIND_PROMISE), encode_u64(ballot))
@@ -190,7 +195,7 @@ class Acceptor:
                 log_start=self.log_start,
                 chosen_upto=applied,
             )
-        self._raise_promise(ballot, fx)
+        self.raise_promise(ballot, fx)
         cfg = self.config
         window_end = from_instance + cfg.learn_chunk_max
         entries: list[AcceptedEntry] = []
@@ -201,7 +206,7 @@ class Acceptor:
             if instance >= window_end or (entries and size >= cfg.learn_bytes_max):
                 covered_to = instance
                 break
-            r = decode_log(rec)
+            r = decode_log(rec, key)
             entries.append(
                 AcceptedEntry(
                     instance=instance,
@@ -239,7 +244,7 @@ class Acceptor:
         if instance < self.log_start:
             # Chosen, applied and truncated here: Paxos guarantees the master proposes the
             # chosen value, and nobody will ask us about this instance again.
-            self._raise_promise(ballot, fx)
+            self.raise_promise(ballot, fx)
             self.grant_lease(ballot, now_ms)
             return True
         old = self.read(instance)
@@ -259,7 +264,7 @@ class Acceptor:
                 reason="chosen_differs",
             )
             return False
-        self._raise_promise(ballot, fx)
+        self.raise_promise(ballot, fx)
         self.grant_lease(ballot, now_ms)
         if chosen_here:
             return True

@@ -161,7 +161,10 @@ class CatchUp:
 
     def request_learn(self, now: int, src: NodeId, fx: EffectsBuilder) -> None:
         """Ask ``src`` for the values after the applied prefix (unless a request or a snapshot
-        transfer is already under way)."""
+        transfer is already under way). A frozen learner (a damaged state machine) learns
+        nothing before a snapshot replaced it (``repair.py``)."""
+        if self.learner.frozen:
+            return
         if self.snap is not None or (self.learn_deadline is not None and now < self.learn_deadline):
             return
         self.learn_deadline = now + self.config.learn_timeout_ms
@@ -189,7 +192,7 @@ class CatchUp:
                 instance = instance_of_log_key(key)
                 if instance != expected or (entries and size >= cfg.learn_bytes_max):
                     break
-                value = decode_log(rec).value
+                value = decode_log(rec, key).value
                 entries.append(LearnedEntry(instance=instance, value=value))
                 size += len(value)
                 expected += 1
@@ -211,6 +214,8 @@ class CatchUp:
         learner = self.learner
         self.learn_deadline = None
         host.commit_seen = max(host.commit_seen, msg.chosen_upto)
+        if learner.frozen:
+            return  # a snapshot comes first (``repair.py``)
         for e in msg.entries:
             if e.instance <= learner.applied:
                 continue
@@ -220,13 +225,13 @@ class CatchUp:
         host.advance(now, fx)
         learner.verify_peer(msg.applied, msg.checksum)
         if learner.applied + 1 < msg.log_start and learner.applied < msg.chosen_upto:
-            self._start_snapshot(now, src, fx)
+            self.start_snapshot(now, src, fx)
         elif learner.applied < host.commit_seen and msg.entries:
             self.request_learn(now, src, fx)
 
     # -- snapshots ------------------------------------------------------------------------------
 
-    def _start_snapshot(self, now: int, src: NodeId, fx: EffectsBuilder) -> None:
+    def start_snapshot(self, now: int, src: NodeId, fx: EffectsBuilder) -> None:
         if self.snap is not None:
             return
         role = self.host.role
@@ -254,6 +259,8 @@ class CatchUp:
 
     def on_snapshot_request(self, src: NodeId, msg: SnapshotRequest, fx: EffectsBuilder) -> None:
         learner = self.learner
+        if learner.frozen:
+            return  # a damaged state machine is nobody's snapshot
         snap = self.snapshots.get(self.group)
         offset = msg.offset
         if msg.instance == 0 or snap is None or snap.instance != msg.instance:

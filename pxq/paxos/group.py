@@ -42,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import assert_never
 
-from pxq.effects import EffectsBuilder, InvariantViolation, NodeId, Rng, StorageView
+from pxq.effects import BlankStorage, EffectsBuilder, InvariantViolation, NodeId, Rng, StorageView
 from pxq.paxos.acceptor import Acceptor
 from pxq.paxos.ballot import NO_BALLOT, next_ballot, owner_index
 from pxq.paxos.catchup import CatchUp, SnapshotCache
@@ -65,11 +65,28 @@ from pxq.paxos.messages import (
     ProposeRejected,
     ProposeUnknown,
     Redirect,
+    RepairQuery,
+    RepairReply,
     SnapshotChunk,
     SnapshotRequest,
 )
 from pxq.paxos.quorum import bit, is_quorum, quorum_impossible
-from pxq.paxos.records import LOG, decode_log, encode_entry, instance_of_log_key, log_key
+from pxq.paxos.records import (
+    KIND_APPLIED,
+    KIND_LOG_START,
+    KIND_PROMISE,
+    LOG,
+    META,
+    REPAIR_STATE,
+    REPAIR_VOTES,
+    decode_log,
+    encode_entry,
+    encode_u64,
+    instance_of_log_key,
+    log_key,
+    meta_key,
+)
+from pxq.paxos.repair import GroupDamage, Repair, log_end, read_flags
 from pxq.paxos.roles import Inflight, Leadership, Pending, Phase1, Role
 from pxq.paxos.sm import StateMachine
 
@@ -128,6 +145,8 @@ class Group:
             snapshots=snapshots,
             host=self,
         )
+        self.repair = Repair(group, config, self.peers)
+        """What this group lost and is re-learning from its peers (``repair.py``)."""
         self.phase1: Phase1 | None = None
         """A round of phase 1 (a candidate's, or a leader's next recovery window)."""
         self.leadership: Leadership | None = None
@@ -191,6 +210,8 @@ class Group:
             catchup = self.catchup.deadline()
             if catchup is not None:
                 times.append(catchup)
+            if self.repair.deadline is not None:
+                times.append(self.repair.deadline)
         return min(times)
 
     def check_invariants(self) -> None:
@@ -264,24 +285,76 @@ class Group:
     # ---------------------------------------------------------------------------------------
     # Boot and timers
 
-    def boot(self, now: int, fx: EffectsBuilder) -> None:
+    def boot(
+        self,
+        now: int,
+        fx: EffectsBuilder,
+        *,
+        damage: GroupDamage | None = None,
+        blank: bool = False,
+        if_blank: BlankStorage = "new",
+    ) -> None:
+        """Rebuild from storage. ``damage``: the records of this group that failed their
+        checksum (never read; repaired, ``repair.py``); ``blank``: the replica's storage
+        holds nothing, and ``if_blank`` says what that means (``pxq.effects.Boot``)."""
         self.last_now = now
-        self.acceptor.load(now)
-        self.learner.load()
-        self.max_seen = self.acceptor.promised
+        g, learner, acc = self.group, self.learner, self.acceptor
+        d = damage if damage is not None else GroupDamage()
+        flags = REPAIR_VOTES | REPAIR_STATE if d.repair else read_flags(self.view, g)
+        if d.promise:
+            flags |= REPAIR_VOTES
+            fx.delete(META, meta_key(g, KIND_PROMISE))
+        if d.applied or d.state:
+            flags |= REPAIR_STATE
+        if d.applied:
+            fx.delete(META, meta_key(g, KIND_APPLIED))
+        acc.load(now, promise_lost=d.promise, start_lost=d.log_start)
+        learner.load(state_lost=bool(flags & REPAIR_STATE))
+        self.max_seen = acc.promised
         self.heard_master_at = now
         self.not_before = 0
         self.election_delay = self._draw_election_delay()
+        # A damaged log record: redundant at or below the applied index (truncate the log
+        # above it); above it, a vote this replica may have given (repair the votes).
+        truncate_to = 0
+        scan_end = learner.applied + 1 + learner.horizon
+        for instance in d.instances:
+            fx.delete(LOG, log_key(g, instance))
+            if not learner.frozen and instance <= learner.applied:
+                truncate_to = max(truncate_to, instance + 1)
+            else:
+                flags |= REPAIR_VOTES
+                scan_end = min(scan_end, instance)
+        if d.log_start:
+            if learner.frozen:
+                fx.put(META, meta_key(g, KIND_LOG_START), encode_u64(1))  # install truncates
+            else:
+                truncate_to = max(truncate_to, learner.applied + 1)
+        if truncate_to:
+            acc.truncate_below(truncate_to, fx)
+        if blank and if_blank == "replace":
+            flags |= REPAIR_VOTES
+        self.repair.probing = blank and if_blank == "probe"
+        self.repair.set_flags(flags, fx)
+        if flags or self.repair.probing:
+            fx.event(
+                "repair",
+                group=g,
+                state="probe" if self.repair.probing else "started",
+                votes=bool(flags & REPAIR_VOTES),
+                state_machine=bool(flags & REPAIR_STATE),
+            )
+            self._repair_tick(now, fx)
         # Values learned as chosen but not applied before the restart: pick them up again.
-        g, learner = self.group, self.learner
         start = learner.applied + 1
-        for key, rec in self.view.scan(LOG, log_key(g, start), log_key(g, start + learner.horizon)):
-            instance = instance_of_log_key(key)
-            r = decode_log(rec)
-            if instance != start or not r.chosen:
-                break
-            learner.mark_chosen(instance, r.value, fx)
-            start += 1
+        if not learner.frozen:
+            for key, rec in self.view.scan(LOG, log_key(g, start), log_key(g, scan_end)):
+                instance = instance_of_log_key(key)
+                r = decode_log(rec, key)
+                if instance != start or not r.chosen:
+                    break
+                learner.mark_chosen(instance, r.value, fx)
+                start += 1
         self.advance(now, fx)
 
     def tick(self, now: int, fx: EffectsBuilder) -> None:
@@ -292,6 +365,9 @@ class Group:
             phase1 = self.phase1
             if phase1 is None:  # a follower
                 self.catchup.tick(now, self._learn_source(), fx)
+                deadline = self.repair.deadline
+                if deadline is not None and now >= deadline:
+                    self._repair_tick(now, fx)
                 if now >= self._election_at():
                     self._campaign(now, fx)
             elif now >= phase1.deadline:  # a candidate
@@ -365,6 +441,8 @@ class Group:
     def on_message(self, now: int, src: NodeId, msg: PeerMessage, fx: EffectsBuilder) -> None:
         self.last_now = now
         src_index = self.config.index_of(src)
+        if self.repair.probing and not isinstance(msg, RepairQuery | RepairReply):
+            return  # blank storage of unknown history: write nothing, vote for nothing yet
         match msg:
             case Prepare():
                 self._on_prepare(now, src, msg, fx)
@@ -388,6 +466,11 @@ class Group:
                 self.catchup.on_snapshot_request(src, msg, fx)
             case SnapshotChunk():
                 self.catchup.on_snapshot_chunk(now, src, msg, fx)
+            case RepairQuery():
+                self._on_repair_query(src, fx)
+            case RepairReply():
+                if self.repair.on_reply(src, msg, fx):
+                    self._repair_round_done(now, fx)
             case _:
                 assert_never(msg)
 
@@ -402,6 +485,16 @@ class Group:
 
     def _on_prepare(self, now: int, src: NodeId, msg: Prepare, fx: EffectsBuilder) -> None:
         self._see_ballot(msg.ballot)
+        if not self.repair.voting():
+            refusal = Promise(
+                group=self.group,
+                ballot=msg.ballot,
+                from_instance=msg.from_instance,
+                ok=False,
+                promised=self.acceptor.promised,
+            )
+            fx.send(src, refusal)
+            return
         promise = self.acceptor.on_prepare(
             ballot=msg.ballot,
             from_instance=msg.from_instance,
@@ -423,14 +516,21 @@ class Group:
         self, now: int, src: NodeId, src_index: int, msg: Accept, fx: EffectsBuilder
     ) -> None:
         self._see_ballot(msg.ballot)
-        ok = self.acceptor.on_accept(
-            ballot=msg.ballot,
-            instance=msg.instance,
-            value=msg.value,
-            now_ms=now,
-            applied=self.learner.applied,
-            fx=fx,
-        )
+        if not self.repair.voting():
+            # Repairing: no vote, but learn what the master says is chosen.
+            ok = False
+            if msg.ballot >= self.acceptor.promised:
+                self._follow(now, src_index, msg.ballot, fx)
+                self._on_commit(now, src, msg.ballot, msg.commit, fx)
+        else:
+            ok = self.acceptor.on_accept(
+                ballot=msg.ballot,
+                instance=msg.instance,
+                value=msg.value,
+                now_ms=now,
+                applied=self.learner.applied,
+                fx=fx,
+            )
         if ok:
             self._follow(now, src_index, msg.ballot, fx)
             self._on_commit(now, src, msg.ballot, msg.commit, fx)
@@ -452,10 +552,13 @@ class Group:
         self._see_ballot(msg.ballot)
         ok = msg.ballot >= self.acceptor.promised
         if ok:
-            self.acceptor.grant_lease(msg.ballot, now)
+            if self.repair.voting():
+                self.acceptor.grant_lease(msg.ballot, now)
             self._follow(now, src_index, msg.ballot, fx)
             self._on_commit(now, src, msg.ballot, msg.commit, fx)
             self.learner.verify_peer(msg.applied, msg.checksum)
+            # Repairing: learn from the master, but no ack (it counts in no lease quorum).
+            ok = self.repair.voting()
         fx.send(
             src,
             HeartbeatAck(
@@ -589,6 +692,9 @@ class Group:
     # -- candidate ------------------------------------------------------------------------------
 
     def _campaign(self, now: int, fx: EffectsBuilder) -> None:
+        if not self.repair.may_lead():
+            self.not_before = now + self.config.lease_ms  # repairing: never lead
+            return
         self.known_master = None
         snap = self.catchup.snap
         if snap is not None:
@@ -922,10 +1028,14 @@ class Group:
 
     def advance(self, now: int, fx: EffectsBuilder) -> None:
         """Apply what is ready, answer the clients waiting on it, checkpoint."""
+        if self.repair.flags:
+            self._repair_progress(fx)
         done = self.learner.apply_ready(fx)
         if done:
             self._answer(done, fx)
             self._maybe_truncate(fx)
+            if self.repair.flags:
+                self._repair_progress(fx)
             lead = self.leadership
             if lead is not None:
                 self._check_mastered(now, lead, fx)
@@ -1035,6 +1145,81 @@ class Group:
             self._campaign(now, fx)
         else:
             self.heard_master_at = now  # let the successor win
+
+    # -- repair (``repair.py``) -----------------------------------------------------------------
+
+    def _repair_tick(self, now: int, fx: EffectsBuilder) -> None:
+        """Ask the peers that have not answered again; fetch a snapshot for a damaged state
+        machine (from another peer each time a transfer gives up)."""
+        rep = self.repair
+        rep.deadline = None
+        if rep.round_open():
+            rep.ask(now, fx)
+        if self.learner.frozen:
+            if self.catchup.snap is None:
+                peer = self.peers[self.rng.randrange(len(self.peers))]
+                self.catchup.start_snapshot(now, peer, fx)
+            rep.deadline = now + self.config.learn_timeout_ms
+
+    def _on_repair_query(self, src: NodeId, fx: EffectsBuilder) -> None:
+        end = log_end(self.view, self.group)
+        lead = self.leadership
+        if lead is not None:
+            end = max(end, lead.next_instance - 1)
+        applied = self.learner.applied
+        promised = self.acceptor.promised
+        rep = self.repair
+        reply = RepairReply(
+            group=self.group,
+            promised=promised,
+            log_end=end,
+            applied=applied,
+            blank=promised == NO_BALLOT and end == 0 and applied == 0 and not rep.flags,
+            repairing=not rep.voting(),
+        )
+        fx.send(src, reply)
+
+    def _repair_round_done(self, now: int, fx: EffectsBuilder) -> None:
+        """Every other replica answered: promise the highest ballot any of them holds (at
+        least what this replica may have promised), and learn up to the highest instance
+        any of them holds (at least any this replica may have voted in)."""
+        rep = self.repair
+        answers = sorted(rep.answers.items())
+        rep.answers.clear()
+        rep.deadline = None
+        promised = max(a.promised for _, a in answers)
+        self._see_ballot(promised)
+        self.acceptor.raise_promise(promised, fx)
+        rep.upto = max(max(a.log_end, a.applied) for _, a in answers)
+        src, best = max(answers, key=lambda item: (item[1].applied, item[0]))
+        self.commit_seen = max(self.commit_seen, best.applied)
+        fx.event("repair", group=self.group, state="learning", upto=rep.upto, promised=promised)
+        if self.learner.applied < best.applied:
+            self.catchup.request_learn(now, src, fx)
+        if self.learner.frozen:
+            rep.deadline = now + self.config.learn_timeout_ms
+        self._repair_progress(fx)
+
+    def _repair_progress(self, fx: EffectsBuilder) -> None:
+        """Clear what is repaired: the state machine once a snapshot replaced it, the votes
+        once everything this replica may have voted in is applied here."""
+        rep = self.repair
+        flags = rep.flags
+        if flags & REPAIR_STATE and not self.learner.frozen:
+            flags &= ~REPAIR_STATE
+        if flags & REPAIR_VOTES and rep.upto is not None and self.learner.applied >= rep.upto:
+            flags &= ~REPAIR_VOTES
+            rep.upto = None
+        if flags != rep.flags:
+            rep.set_flags(flags, fx)
+            fx.event(
+                "repair",
+                group=self.group,
+                state="repaired" if not flags else "state_machine_installed",
+                applied=self.learner.applied,
+            )
+        if not self.learner.frozen and not rep.round_open():
+            rep.deadline = None
 
     def finish(self, fx: EffectsBuilder) -> None:
         self.learner.flush(fx)

@@ -45,6 +45,7 @@ class Learner:
         "chosen",
         "config",
         "dirty",
+        "frozen",
         "group",
         "horizon",
         "recent",
@@ -69,14 +70,23 @@ class Learner:
         """How far above ``applied`` a chosen value may be held, and how many checksums are
         kept: a value's check refers to at most this far below it."""
         self.dirty = False
+        self.frozen = False
+        """The state machine is damaged (``repair.py``): it is not loaded, nothing is applied
+        and the applied index counts as 0 until a peer's snapshot is installed."""
 
-    def load(self) -> None:
-        self.sm.load()
-        rec = self.view.get(META, meta_key(self.group, KIND_APPLIED))
-        if rec is not None:
-            self.applied, self.checksum = decode_applied(rec)
-        self.recent = {self.applied: self.checksum}
+    def load(self, *, state_lost: bool = False) -> None:
         self.chosen.clear()
+        self.frozen = state_lost
+        if state_lost:
+            self.applied, self.checksum = 0, 0
+            self.recent = {0: 0}
+            return
+        self.sm.load()
+        key = meta_key(self.group, KIND_APPLIED)
+        rec = self.view.get(META, key)
+        if rec is not None:
+            self.applied, self.checksum = decode_applied(rec, key)
+        self.recent = {self.applied: self.checksum}
 
     def can_hold(self, instance: int) -> bool:
         """Whether a chosen value for ``instance`` may be buffered now."""
@@ -105,6 +115,8 @@ class Learner:
     def apply_ready(self, fx: EffectsBuilder) -> list[Applied]:
         """Apply every chosen value that continues the applied prefix."""
         done: list[Applied] = []
+        if self.frozen:
+            return done
         while (value := self.chosen.pop(self.applied + 1, None)) is not None:
             instance = self.applied + 1
             entry = decode_entry(value)
@@ -146,6 +158,7 @@ class Learner:
         if instance <= self.applied:
             raise InvariantViolation("snapshot install would move the applied index back")
         self.sm.install(snapshot, fx)
+        self.frozen = False
         self.applied = instance
         self.checksum = checksum
         self.recent = {instance: checksum}

@@ -204,6 +204,35 @@ class SnapshotChunk:
     data: bytes
 
 
+# --------------------------------------------------------------------------------------------
+# Repair (tags 20-21: see ``repair.py``)
+
+
+@message(20)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RepairQuery:
+    """A replica that lost acceptor state (a damaged record, a replaced disk) or booted on
+    blank storage of unknown history asks a peer what it holds."""
+
+    group: int
+
+
+@message(21)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RepairReply:
+    """What the sender holds for ``group``: its promised ballot, the highest instance in its
+    log (accepted or chosen) or proposed by it, its applied index, whether it holds nothing
+    at all (``blank``) and whether it is itself repairing lost acceptor state
+    (``repairing``: then its answer does not count)."""
+
+    group: int
+    promised: int
+    log_end: int
+    applied: int
+    blank: bool
+    repairing: bool
+
+
 PeerMessage: TypeAlias = (
     Prepare
     | Promise
@@ -216,6 +245,8 @@ PeerMessage: TypeAlias = (
     | LearnReply
     | SnapshotRequest
     | SnapshotChunk
+    | RepairQuery
+    | RepairReply
 )
 
 # --------------------------------------------------------------------------------------------

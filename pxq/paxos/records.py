@@ -4,7 +4,11 @@ Tables (keys are big-endian so bytewise order is numeric order):
 
 ``paxos_meta``   key u32 group + kind byte
     ``P`` promised ballot (u64), ``A`` applied instance + log checksum (u64, u64),
-    ``S`` log start: the lowest instance still in the log (u64).
+    ``S`` log start: the lowest instance still in the log (u64),
+    ``R`` repair under way (u64 flags, absent when none): ``REPAIR_VOTES``, the acceptor's
+    promise or accepted values were lost (it votes in no quorum until it has re-learned
+    them from its peers); ``REPAIR_STATE``, the state machine was damaged (it applies
+    nothing until a peer's snapshot replaced it). See ``repair.py``.
 ``paxos_log``    key u32 group + u64 instance
     the acceptor's accepted ballot (u64), flags (u8: bit 0 = known chosen) and the value.
 
@@ -35,6 +39,10 @@ LOG = "paxos_log"
 KIND_PROMISE = b"P"
 KIND_APPLIED = b"A"
 KIND_LOG_START = b"S"
+KIND_REPAIR = b"R"
+
+REPAIR_VOTES = 1
+REPAIR_STATE = 2
 
 FLAG_CHOSEN = 1
 
@@ -78,12 +86,15 @@ def seal(payload: bytes) -> bytes:
     return payload + _U32.pack(zlib.crc32(payload))
 
 
-def unseal(record: bytes, what: str) -> bytes:
+def unseal(record: bytes, what: str, table: str | None = None, key: bytes | None = None) -> bytes:
+    """The payload of a sealed record; ``StorageCorruption`` (naming ``table`` and ``key``
+    when given, so that the driver can report the record at the next ``Boot``) if its
+    checksum fails."""
     if len(record) < 4:
-        raise StorageCorruption(f"{what}: record of {len(record)} bytes")
+        raise StorageCorruption(f"{what}: record of {len(record)} bytes", table=table, key=key)
     payload = record[:-4]
     if zlib.crc32(payload) != _U32.unpack_from(record, len(record) - 4)[0]:
-        raise StorageCorruption(f"{what}: checksum mismatch")
+        raise StorageCorruption(f"{what}: checksum mismatch", table=table, key=key)
     return payload
 
 
@@ -91,10 +102,11 @@ def encode_u64(n: int) -> bytes:
     return seal(_U64.pack(n))
 
 
-def decode_u64(record: bytes, what: str) -> int:
-    payload = unseal(record, what)
+def decode_u64(record: bytes, what: str, key: bytes | None = None) -> int:
+    """A u64 ``paxos_meta`` record (``key``: its key, named in a ``StorageCorruption``)."""
+    payload = unseal(record, what, META, key)
     if len(payload) != 8:
-        raise StorageCorruption(f"{what}: bad length {len(payload)}")
+        raise StorageCorruption(f"{what}: bad length {len(payload)}", table=META, key=key)
     return int(_U64.unpack(payload)[0])
 
 
@@ -102,10 +114,10 @@ def encode_applied(instance: int, checksum: int) -> bytes:
     return seal(_U64X2.pack(instance, checksum))
 
 
-def decode_applied(record: bytes) -> tuple[int, int]:
-    payload = unseal(record, "applied record")
+def decode_applied(record: bytes, key: bytes | None = None) -> tuple[int, int]:
+    payload = unseal(record, "applied record", META, key)
     if len(payload) != 16:
-        raise StorageCorruption(f"applied record: bad length {len(payload)}")
+        raise StorageCorruption(f"applied record: bad length {len(payload)}", table=META, key=key)
     instance, checksum = _U64X2.unpack(payload)
     return int(instance), int(checksum)
 
@@ -123,10 +135,11 @@ def encode_log(ballot: int, value: bytes, chosen: bool) -> bytes:
     return seal(_LOG_HEAD.pack(ballot, FLAG_CHOSEN if chosen else 0) + value)
 
 
-def decode_log(record: bytes) -> LogRecord:
-    payload = unseal(record, "log record")
+def decode_log(record: bytes, key: bytes | None = None) -> LogRecord:
+    """A ``paxos_log`` record (``key``: its key, named in a ``StorageCorruption``)."""
+    payload = unseal(record, "log record", LOG, key)
     if len(payload) < _LOG_HEAD.size:
-        raise StorageCorruption("log record: too short")
+        raise StorageCorruption("log record: too short", table=LOG, key=key)
     ballot, flags = _LOG_HEAD.unpack_from(payload)
     return LogRecord(
         ballot=int(ballot), value=payload[_LOG_HEAD.size :], chosen=bool(flags & FLAG_CHOSEN)

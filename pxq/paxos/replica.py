@@ -42,9 +42,12 @@ from pxq.paxos.messages import (
     Promise,
     Propose,
     ProposeRejected,
+    RepairQuery,
+    RepairReply,
     SnapshotChunk,
     SnapshotRequest,
 )
+from pxq.paxos.repair import classify, storage_blank
 from pxq.paxos.sm import StateMachine
 
 _TICKS_PER_WAKE_MAX = 3
@@ -61,6 +64,8 @@ _PEER_TYPES = (
     LearnReply,
     SnapshotRequest,
     SnapshotChunk,
+    RepairQuery,
+    RepairReply,
 )
 
 
@@ -93,7 +98,7 @@ class Replica:
         fx = EffectsBuilder()
         match inp:
             case Boot():
-                self._boot(t, fx)
+                self._boot(t, inp, fx)
             case Received(src=src, msg=msg):
                 self._require_boot()
                 self._on_received(t, src, msg, fx)
@@ -155,7 +160,7 @@ class Replica:
         if not self.booted:
             raise InvariantViolation("the first input of an incarnation must be Boot")
 
-    def _boot(self, t: int, fx: EffectsBuilder) -> None:
+    def _boot(self, t: int, boot: Boot, fx: EffectsBuilder) -> None:
         # A new incarnation: forget everything volatile and rebuild from storage.
         self.snapshots = SnapshotCache(self.config.snapshot_cache_max)
         self.groups = [
@@ -170,8 +175,14 @@ class Replica:
             )
             for g in range(self.config.groups)
         ]
+        # Blank storage (what it means is the driver's word, ``Boot.if_blank``); damaged
+        # records are repaired group by group (``repair.py``).
+        blank = not boot.damaged and storage_blank(self.storage)
+        if boot.if_blank == "replace" and not blank:
+            fx.event("replace_ignored", reason="storage is not blank")
+        damage = classify(boot.damaged, self.config.groups)
         for g in self.groups:
-            g.boot(t, fx)
+            g.boot(t, fx, damage=damage[g.group], blank=blank, if_blank=boot.if_blank)
         self.booted = True
 
     def _on_received(self, t: int, src: NodeId, msg: object, fx: EffectsBuilder) -> None:
