@@ -86,6 +86,7 @@ class DiskStats:
     bitflips: int = 0
     fsync_errors: int = 0
     full_rejections: int = 0
+    wipes: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -358,6 +359,15 @@ class SimDisk:
         the batch is lost whole and never applied in part."""
         del writes  # whatever prefix reached the medium fails the batch checksum
         self.stats.torn_batches_discarded += 1
+
+    def wipe(self) -> None:
+        """A blank disk in place of this one (its node is down: ``crash`` came first)."""
+        self.durable = MemoryStore()
+        self.visible = MemoryStore()
+        self.pending = []
+        self.lied = []
+        self._used = None
+        self.stats.wipes += 1
 
     def bitflip(self) -> tuple[str, bytes] | None:
         """Flip one bit of one random durable value; return (table, key) or None if empty."""

@@ -230,6 +230,9 @@ class Nemesis:
     def _disk(self, fault: FaultSpec, targets: list[NodeId]) -> Callable[[], None] | None:
         disks = [self.world.hosts[n].disk for n in targets]
         kind = fault.disk_fault
+        if kind in ("replaced", "wiped"):
+            self._replace_disks(targets, as_replacement=kind == "replaced")
+            return None
         for disk in disks:
             match kind:
                 case "bitflip":
@@ -263,6 +266,21 @@ class Nemesis:
                 self.restart([n for n in targets if hosts[n].crash_reason == "disk full"])
 
         return undo
+
+    def _replace_disks(self, targets: list[NodeId], *, as_replacement: bool) -> None:
+        """The node's disk is replaced by a blank one: a node that was up goes down with it
+        and boots again at once. ``replaced``: it is told it is a replacement (as
+        ``pxq node run --replace``), so it votes in no quorum until it has re-learned what
+        it might have promised or accepted. ``wiped`` (negative control): it boots as a new
+        member and votes at once, with amnesia."""
+        for n in targets:
+            host = self.world.hosts[n]
+            was_up = not host.crashed
+            host.crash(power_loss=True, reason="disk replaced")
+            host.disk.wipe()
+            host.if_blank = "replace" if as_replacement else "new"
+            if was_up:
+                host.start()
 
     def _check_space(self, targets: list[NodeId]) -> None:
         """The hosts measure their disks at once (a crossing is reported without waiting

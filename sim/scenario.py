@@ -62,7 +62,16 @@ TARGETED = {
     "disk",
     "reply_before_persist",
 }
-DISK_FAULTS = ("bitflip", "fsync_error", "full", "slow", "lying_fsync", "torn")
+DISK_FAULTS = (
+    "bitflip",
+    "fsync_error",
+    "full",
+    "slow",
+    "lying_fsync",
+    "torn",
+    "replaced",
+    "wiped",
+)
 CHECKS = (
     "agreement",
     "no_loss",

@@ -36,6 +36,7 @@ import msgpack
 import simpy
 
 from pxq.effects import (
+    BlankStorage,
     Boot,
     ClientCall,
     Effects,
@@ -61,6 +62,9 @@ from sim.network import Network, NetworkSpec
 from sim.rng import stream
 
 HANDLER = "handler"
+
+SUPERVISOR_RESTART_MS = 500
+"""How long after a corrupt record stopped a node its supervisor restarts it (to repair)."""
 """The pseudo-destination a consumer machine sends deliveries to; its host's handler runs them."""
 
 
@@ -146,6 +150,14 @@ class NodeHost:
     storage_crossings: int = 0
     crash_reason: str | None = None
     """Why the last incarnation ended (None before any crash)."""
+    damaged: list[tuple[str, bytes]] = field(default_factory=list)
+    """Records (table, key) that failed their checksum, for the next ``Boot.damaged``: the
+    driver's note of them, kept beside the disk (it survives the crash it caused)."""
+    if_blank: BlankStorage = "new"
+    """What blank storage means at the next ``Boot`` (``"replace"`` after a disk replaced)."""
+    booted_damaged: tuple[tuple[str, bytes], ...] = ()
+    """The records reported at the last ``Boot``."""
+    corruption_restarts: int = 0
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -165,7 +177,10 @@ class NodeHost:
         self.node = self.factory(self.node_id, self.disk.view(), rng)
         self.check = self.node.check_invariants if isinstance(self.node, SelfChecking) else None
         self.storage_short = False
-        self.step(Boot())
+        self.booted_damaged = tuple(self.damaged)
+        boot = Boot(damaged=self.booted_damaged, if_blank=self.if_blank)
+        self.damaged.clear()
+        self.step(boot)
         self.check_space()
 
     def crash(self, *, power_loss: bool, reason: str = "nemesis") -> None:
@@ -230,9 +245,32 @@ class NodeHost:
         except StorageCorruption as exc:
             self.world.record(self.node_id, "storage_corruption", (("error", str(exc)),))
             self.crash(power_loss=False, reason="storage corruption")
+            self._restart_to_repair(exc)
             return
         self._apply(fx)
         self._arm_timer()
+
+    def _restart_to_repair(self, exc: StorageCorruption) -> None:
+        """A supervisor restarts a node stopped by a corrupt record, after
+        ``SUPERVISOR_RESTART_MS``, with the record in ``Boot.damaged`` so that it repairs it
+        from its peers. A record reported again by the incarnation booted to repair it was
+        not repaired: no restart then (that would be a crash loop); the node stays down like
+        one stopped by a corrupt record that the exception does not name."""
+        if exc.table is None or exc.key is None:
+            return
+        record = (exc.table, exc.key)
+        if record in self.booted_damaged or record in self.damaged:
+            return
+        self.damaged.append(record)
+        self.corruption_restarts += 1
+        incarnation = self.incarnation
+
+        def restart() -> None:
+            if self.crashed and self.incarnation == incarnation:
+                self.world.record(self.node_id, "supervisor_restart", (("reason", "repair"),))
+                self.start()
+
+        self.world.call_later(SUPERVISOR_RESTART_MS * 1000, restart)
 
     def _apply(self, fx: Effects) -> None:
         for ev in fx.trace:

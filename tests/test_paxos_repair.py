@@ -155,9 +155,9 @@ def test_a_damaged_state_machine_is_replaced_by_a_peer_snapshot() -> None:
     c.crash(victim)
     c.restart(victim, Boot(damaged=((RLOG, rlog_key), (META, meta_key(0, KIND_APPLIED)))))
     c.run(3000)
-    assert any(
-        ev.kind == "snapshot_installed" for _, n, ev in c.trace if n == victim
-    ), "no snapshot installed"
+    assert any(ev.kind == "snapshot_installed" for _, n, ev in c.trace if n == victim), (
+        "no snapshot installed"
+    )
     assert c.stores[victim].get(META, meta_key(0, KIND_REPAIR)) is None
     assert c.records(victim) == before
     _load(c, master, 2, tag="w")
