@@ -157,6 +157,9 @@ class NodeHost:
     """What blank storage means at the next ``Boot`` (``"replace"`` after a disk replaced)."""
     booted_damaged: tuple[tuple[str, bytes], ...] = ()
     """The records reported at the last ``Boot``."""
+    boot_done: bool = False
+    """The last ``Boot`` step completed (its writes, the repair of ``booted_damaged``, are
+    on the disk: a crash without power loss keeps them)."""
     corruption_restarts: int = 0
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -180,7 +183,9 @@ class NodeHost:
         self.booted_damaged = tuple(self.damaged)
         boot = Boot(damaged=self.booted_damaged, if_blank=self.if_blank)
         self.damaged.clear()
+        self.boot_done = False
         self.step(boot)
+        self.boot_done = not self.crashed
         self.check_space()
 
     def crash(self, *, power_loss: bool, reason: str = "nemesis") -> None:
@@ -255,11 +260,17 @@ class NodeHost:
         ``SUPERVISOR_RESTART_MS``, with the record in ``Boot.damaged`` so that it repairs it
         from its peers. A record reported again by the incarnation booted to repair it was
         not repaired: no restart then (that would be a crash loop); the node stays down like
-        one stopped by a corrupt record that the exception does not name."""
+        one stopped by a corrupt record that the exception does not name. A record found
+        by the boot step itself is reported along with those that boot was given."""
         if exc.table is None or exc.key is None:
             return
         record = (exc.table, exc.key)
-        if record in self.booted_damaged or record in self.damaged:
+        if self.boot_done and record in self.booted_damaged:
+            return
+        if not self.boot_done:
+            # The boot step that was to repair them failed before writing anything.
+            self.damaged.extend(r for r in self.booted_damaged if r not in self.damaged)
+        if record in self.damaged:
             return
         self.damaged.append(record)
         self.corruption_restarts += 1

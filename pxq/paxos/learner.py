@@ -96,7 +96,10 @@ class Learner:
         return instance <= self.applied or instance in self.chosen
 
     def mark_chosen(self, instance: int, value: bytes, fx: EffectsBuilder) -> bool:
-        """Record that ``value`` is chosen at ``instance``; False if it cannot be held yet."""
+        """Record that ``value`` is chosen at ``instance``; False if it cannot be held yet
+        (beyond the horizon, or frozen: a snapshot comes first)."""
+        if self.frozen:
+            return False
         if instance <= self.applied:
             return True
         old = self.chosen.get(instance)
