@@ -84,13 +84,23 @@ from typing import Protocol
 
 from net.clock import mono_ns
 from net.config import NetConfig
-from net.errors import BootFailed, NetError, StorageError
-from net.node.storage import LmdbStorage, SealedBatch, StorageSpace, WriteOutcome
+from net.errors import BootFailed, DataDirError, NetError, StorageError
+from net.node.storage import (
+    DAMAGED_NAME,
+    LmdbStorage,
+    SealedBatch,
+    StorageSpace,
+    WriteOutcome,
+    clear_damaged,
+    note_damaged,
+    read_damaged,
+)
 from net.node.transport import InboundConnection, PeerLink, listen
 from net.wire.envelope import CallReply, Hello
 from net.wire.framing import encode_frame
 from pxq import codec
 from pxq.effects import (
+    BlankStorage,
     Boot,
     ClientCall,
     Input,
@@ -100,6 +110,7 @@ from pxq.effects import (
     NodeId,
     Now,
     Received,
+    ReplacementRequired,
     Reply,
     Send,
     StorageCorruption,
@@ -169,6 +180,14 @@ StorageOpener = Callable[[Path, str, NodeId, NetConfig], DriverStorage]
 def open_lmdb(data_dir: Path, cluster: str, node: NodeId, config: NetConfig) -> DriverStorage:
     """The default storage: ``LmdbStorage`` in ``data_dir``."""
     return LmdbStorage.open(data_dir, cluster=cluster, node=node, config=config)
+
+
+def open_lmdb_replacing(
+    data_dir: Path, cluster: str, node: NodeId, config: NetConfig
+) -> DriverStorage:
+    """``LmdbStorage`` in ``data_dir`` of a node started as a replacement (``--replace``): a
+    marker without data is then expected."""
+    return LmdbStorage.open(data_dir, cluster=cluster, node=node, config=config, replace=True)
 
 
 _WriteDone = Callable[[asyncio.Future[None], WriteOutcome | None, BaseException | None], None]
@@ -284,6 +303,7 @@ class NodeRunner:
         seed: int | None = None,
         storage_opener: StorageOpener = open_lmdb,
         on_trace: TraceListener | None = None,
+        if_blank: BlankStorage = "new",
     ) -> None:
         if not node_id or not cluster:
             raise ValueError("node_id and cluster must be non-empty")
@@ -298,6 +318,12 @@ class NodeRunner:
         # Production seeds from the OS; tests pass a seed to replay the node's choices.
         self._seed = seed if seed is not None else int.from_bytes(os.urandom(16), "big")
         self._storage_opener = storage_opener
+        self._if_blank: BlankStorage = if_blank
+        self._damaged_boot_seq: int | None = None
+        """The batch holding the repair of the records noted damaged, once booted with them:
+        the note is dropped when that batch is durable."""
+        """What blank storage means at ``Boot`` (``pxq.effects.Boot.if_blank``): ``pxq node
+        run`` says "probe", or "replace" with ``--replace``."""
         self._on_trace = on_trace
         self.state = RunnerState.NEW
         self.crash_reason: str | None = None
@@ -395,7 +421,11 @@ class NodeRunner:
         except Exception as exc:
             self._crash(f"node factory failed: {type(exc).__name__}: {exc}", exc)
         else:
-            self._step(Boot())
+            damaged = read_damaged(self.data_dir) if self.data_dir.is_dir() else ()
+            self._step(Boot(damaged=damaged, if_blank=self._if_blank))
+            if damaged and self.state is RunnerState.RUNNING:
+                self._damaged_boot_seq = storage.horizon_seq
+                log.warning("node %s repairs %d damaged records", self.node_id, len(damaged))
         if self.state is not RunnerState.RUNNING:
             raise BootFailed(f"node {self.node_id} stopped while booting: {self.crash_reason}")
         await server.start_serving()
@@ -506,7 +536,23 @@ class NodeRunner:
             self._crash(f"invariant violation: {exc}", exc)
             return
         except StorageCorruption as exc:
-            self._crash(f"storage corruption: {exc}", exc)
+            noted = ""
+            if exc.table is not None and exc.key is not None:
+                # The next incarnation repairs the record instead of reading it again.
+                try:
+                    note_damaged(self.data_dir, (exc.table, exc.key))
+                    noted = f" (noted in {DAMAGED_NAME}: a restart repairs it from the peers)"
+                except DataDirError as note_exc:
+                    noted = f" (could not note it: {note_exc})"
+            self._crash(f"storage corruption: {exc}{noted}", exc)
+            return
+        except ReplacementRequired as exc:
+            self._crash(
+                f"refusing to run on blank storage: {exc}. If this node lost its data and "
+                "the rest of the cluster is healthy, start it again with `pxq node run "
+                "--replace`: it re-learns from its peers before it votes",
+                None,
+            )
             return
         except StorageError as exc:
             self._crash(f"storage failure: {type(exc).__name__}: {exc}", exc)
@@ -608,6 +654,9 @@ class NodeRunner:
         """Release held output whose batch is durable (in step order), then write it out."""
         outbox = self._outbox
         durable = storage.durable_seq
+        if self._damaged_boot_seq is not None and durable >= self._damaged_boot_seq:
+            self._damaged_boot_seq = None
+            clear_damaged(self.data_dir)
         while outbox and outbox[0][0] <= durable:
             _, sends, replies = outbox.popleft()
             self._release(sends, replies)

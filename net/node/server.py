@@ -26,7 +26,7 @@ from typing import Final
 
 from net.config import NetConfig
 from net.errors import StartupError
-from net.node.runner import NodeRunner
+from net.node.runner import NodeRunner, open_lmdb, open_lmdb_replacing
 from net.wire.loop import run as run_loop
 from pxq.config import ClusterConfig, NodeInfo
 from pxq.nodes import NodeSpec, node_spec
@@ -65,9 +65,13 @@ def build_runner(
     node: str,
     data_dir: Path,
     net_config: NetConfig | None = None,
+    *,
+    replace: bool = False,
 ) -> NodeRunner:
     """The runner of ``node``'s replica at its configured address: its store's ``StoreNode``,
-    or a ``LockNode`` for a lock replica."""
+    or a ``LockNode`` for a lock replica. Blank storage is probed (a node whose data dir was
+    emptied refuses to run where the cluster has history), unless ``replace`` (``pxq node
+    run --replace``): then the node is its own replacement (``pxq.paxos.repair``)."""
     spec = _spec_of(config, node)
     return NodeRunner(
         node_id=node,
@@ -78,6 +82,8 @@ def build_runner(
         host=spec.info.host,
         port=spec.info.port,
         config=net_config if net_config is not None else NetConfig.for_cluster(config),
+        storage_opener=open_lmdb_replacing if replace else open_lmdb,
+        if_blank="replace" if replace else "probe",
     )
 
 
@@ -127,11 +133,16 @@ def configure_logging(node: str, level: int = logging.INFO) -> None:
 
 
 def run_node(
-    config: ClusterConfig, node: str, data_dir: Path, net_config: NetConfig | None = None
+    config: ClusterConfig,
+    node: str,
+    data_dir: Path,
+    net_config: NetConfig | None = None,
+    *,
+    replace: bool = False,
 ) -> str | None:
     """Run ``node`` until it is told to stop (see ``serve``); blocks. Returns the crash reason,
     or None after a graceful stop. Raises ``StartupError`` if it cannot start."""
-    runner = build_runner(config, node, data_dir, net_config)
+    runner = build_runner(config, node, data_dir, net_config, replace=replace)
     info = node_of(config, node)
     log.info(
         "starting %s node %s (%s) of cluster %s (data dir %s)",

@@ -70,6 +70,8 @@ MARKER_FORMAT: Final = 1
 LOCK_NAME: Final = "pxq-node.lock"
 """The file locked (``flock``) by the process that has the data dir open."""
 DATA_NAME: Final = "data.mdb"
+DAMAGED_NAME: Final = "pxq-damaged.json"
+"""Records that failed their checksum, noted by the runner for the next ``Boot.damaged``."""
 """LMDB's data file inside the data dir."""
 
 _CRC = struct.Struct(">I")
@@ -282,13 +284,22 @@ class LmdbStorage:
 
     @classmethod
     def open(
-        cls, data_dir: Path | str, *, cluster: str, node: str, config: NetConfig
+        cls,
+        data_dir: Path | str,
+        *,
+        cluster: str,
+        node: str,
+        config: NetConfig,
+        replace: bool = False,
     ) -> LmdbStorage:
         """Open (creating if needed) the data dir of ``node`` in ``cluster``.
 
         Raises ``DataDirError`` if the dir cannot be created, read or written, is locked by
-        another opener, or holds LMDB data without a marker; ``DataDirMismatch`` if its
-        marker names another cluster or node.
+        another opener, holds LMDB data without a marker, or holds a marker without LMDB data
+        (the node lost its data: unless ``replace``, the operator's word that the node is
+        its own replacement, see ``pxq.paxos.repair``); ``DataDirMismatch`` if its marker
+        names another cluster or node. Once LMDB has created its files, the dir and its
+        parent are fsynced, so that their entries survive a power loss.
         """
         if not cluster or not node:
             raise ValueError("cluster and node must be non-empty")
@@ -296,7 +307,7 @@ class LmdbStorage:
         _prepare_dir(path)
         lock_fd = _lock_dir(path)
         try:
-            _check_marker(path, cluster=cluster, node=node)
+            _check_marker(path, cluster=cluster, node=node, replace=replace)
             try:
                 env = lmdb.open(
                     str(path),
@@ -311,6 +322,8 @@ class LmdbStorage:
             except lmdb.Error as exc:
                 raise DataDirError(f"cannot open the LMDB environment in {path}: {exc}") from exc
             try:
+                _fsync_dir(path)
+                _fsync_dir(path.resolve().parent)
                 tables = _existing_tables(env, path)
             except BaseException:
                 env.close()
@@ -806,7 +819,19 @@ def _lock_dir(path: Path) -> int:
     return fd
 
 
-def _check_marker(path: Path, *, cluster: str, node: str) -> None:
+def _fsync_dir(path: Path) -> None:
+    """Make the entries of ``path`` (files created in it) durable."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise DataDirError(f"cannot fsync the directory {path}: {exc.strerror}") from exc
+
+
+def _check_marker(path: Path, *, cluster: str, node: str, replace: bool = False) -> None:
     marker = path / MARKER_NAME
     try:
         text = marker.read_text(encoding="utf-8")
@@ -832,10 +857,18 @@ def _check_marker(path: Path, *, cluster: str, node: str) -> None:
             f"data dir {path} belongs to node {found_node!r} of cluster {found_cluster!r}, "
             f"not to node {node!r} of cluster {cluster!r}"
         )
+    if not replace and not (path / DATA_NAME).exists():
+        raise DataDirError(
+            f"data dir {path} has its {MARKER_NAME} but no {DATA_NAME}: node {node!r} lost its "
+            "data, and starting it as a new member would make it vote with amnesia. If the "
+            "rest of the cluster is healthy, start it as a replacement (pxq node run "
+            "--replace): it re-learns from its peers before it votes again"
+        )
 
 
 def _write_marker(path: Path, *, cluster: str, node: str) -> None:
-    """Write the marker atomically and durably (temp file, fsync, rename, fsync the dir)."""
+    """Write the marker atomically (temp file, fsync, rename); ``open`` fsyncs the dir (and
+    its parent) once LMDB has created its files beside it."""
     body = json.dumps({"format": MARKER_FORMAT, "cluster": cluster, "node": node}) + "\n"
     tmp = path / (MARKER_NAME + ".tmp")
     try:
@@ -846,13 +879,49 @@ def _write_marker(path: Path, *, cluster: str, node: str) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path / MARKER_NAME)
-        dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
     except OSError as exc:
         raise DataDirError(f"cannot write {path / MARKER_NAME}: {exc.strerror}") from exc
+
+
+def read_damaged(path: Path) -> tuple[tuple[str, bytes], ...]:
+    """The records (table, key) noted in ``path``'s ``DAMAGED_NAME`` (none without it)."""
+    try:
+        text = (path / DAMAGED_NAME).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return ()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataDirError(f"cannot read {path / DAMAGED_NAME}: {exc}") from exc
+    try:
+        data = json.loads(text)
+        return tuple((str(t), bytes.fromhex(k)) for t, k in data["damaged"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataDirError(f"{path / DAMAGED_NAME} is malformed: {exc}") from exc
+
+
+def note_damaged(path: Path, record: tuple[str, bytes]) -> None:
+    """Add ``record`` to ``path``'s ``DAMAGED_NAME``, atomically and durably."""
+    records = list(read_damaged(path))
+    if record not in records:
+        records.append(record)
+    body = json.dumps({"damaged": [[t, k.hex()] for t, k in records]}) + "\n"
+    tmp = path / (DAMAGED_NAME + ".tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, body.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path / DAMAGED_NAME)
+    except OSError as exc:
+        raise DataDirError(f"cannot write {path / DAMAGED_NAME}: {exc.strerror}") from exc
+    _fsync_dir(path)
+
+
+def clear_damaged(path: Path) -> None:
+    """Forget the noted records (the node's repair of them is durable)."""
+    with contextlib.suppress(FileNotFoundError):
+        (path / DAMAGED_NAME).unlink()
 
 
 def _existing_tables(env: lmdb.Environment, path: Path) -> dict[str, _Table]:

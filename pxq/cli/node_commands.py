@@ -54,12 +54,24 @@ def node() -> None:
     show_default=True,
     help="Lowest level logged to stderr.",
 )
-def node_run(config_file: Path, node_name: str, data_dir: Path | None, log_level: str) -> None:
+@click.option(
+    "--replace",
+    is_flag=True,
+    default=False,
+    help="This node lost its data (a new disk, an emptied or partial data directory): run "
+    "it as its own replacement, which re-learns from its peers before it votes.",
+)
+def node_run(
+    config_file: Path, node_name: str, data_dir: Path | None, log_level: str, replace: bool
+) -> None:
     """Run NODE's replica until SIGTERM or SIGINT.
 
     NODE is a store replica (it serves its store's Paxos groups) or a lock replica (it serves
     every group of the lock service). It binds exactly the host and port the cluster file
     gives the node, keeps its state in LMDB under the data directory, and logs to stderr.
+    On an empty data directory it asks its peers first and refuses to run if the cluster
+    has history (it would vote with amnesia); so does a data directory whose LMDB file is
+    missing. Start such a node with --replace (see docs/operations.md).
     """
     from net.errors import BootFailed, StartupError
     from net.node.server import configure_logging, default_data_dir, node_of, run_node
@@ -76,7 +88,7 @@ def node_run(config_file: Path, node_name: str, data_dir: Path | None, log_level
     configure_logging(node_name, getattr(logging, log_level.upper()))
     directory = data_dir if data_dir is not None else default_data_dir(node_name)
     try:
-        crash = run_node(config, node_name, directory)
+        crash = run_node(config, node_name, directory, replace=replace)
     except BootFailed as exc:
         click.echo(f"pxq: node {node_name} failed to boot: {exc}", err=True)
         sys.exit(EXIT_FAILED)
