@@ -561,3 +561,34 @@ def test_storage_reserve_is_validated_and_automatic_by_default() -> None:
         NetConfig(storage_resume_margin_percent=101)
     with pytest.raises(ValueError, match="storage_space_refresh_ms"):
         NetConfig(storage_space_refresh_ms=0)
+
+
+def test_the_data_dir_and_its_parent_are_fsynced_once_lmdb_created_its_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    synced: list[tuple[str, bool]] = []
+    real_fsync = os.fsync
+    data_dir = tmp_path / "parent" / "n0"
+
+    def fsync(fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        synced.append((path, (data_dir / "data.mdb").exists()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    s = LmdbStorage.open(data_dir, cluster="c", node="n0", config=NetConfig())
+    s.close()
+    assert (str(data_dir), True) in synced
+    assert (str(data_dir.parent), True) in synced
+
+
+def test_a_marker_without_data_is_refused_unless_replacing(tmp_path: Path) -> None:
+    s = LmdbStorage.open(tmp_path, cluster="c", node="n0", config=NetConfig())
+    s.close()
+    (tmp_path / "data.mdb").unlink()
+    with pytest.raises(DataDirError, match="--replace"):
+        LmdbStorage.open(tmp_path, cluster="c", node="n0", config=NetConfig())
+    s = LmdbStorage.open(tmp_path, cluster="c", node="n0", config=NetConfig(), replace=True)
+    s.close()
