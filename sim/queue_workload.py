@@ -490,26 +490,21 @@ class QueueWorkload:
                 cb(payload.response)
 
     def seek(self, fault: FaultSpec) -> None:
-        """An operator's replay: move a group on one queue (or each queue) back."""
+        """An operator's replay: move a group on one queue (or each queue) to an offset, or
+        back by ``back_ms`` on the store's time (the operator's clock plays no part)."""
         group = fault.consumer_group or self.groups[0]
         queues = range(self.scn.workload.queues) if fault.queue is None else [fault.queue]
         for queue in queues:
             now = self._now_ms()
             target: dict[str, JSON] = (
-                {"offset": fault.offset}
-                if fault.offset is not None
-                else {"target_ms": self._wall_ms() - (fault.back_ms or 0)}
+                {"offset": fault.offset} if fault.offset is not None else {"back_ms": fault.back_ms}
             )
             process = f"admin.{group}.{queue}.{self.admin_seq}"
             self.history.invoke(
                 now, process, "seek", None, group=group, topic=TOPIC, queue=queue, **target
             )
             request = Seek(
-                topic=TOPIC,
-                group=group,
-                queue=queue,
-                offset=fault.offset,
-                time_ms=target.get("target_ms") if fault.offset is None else None,  # type: ignore[arg-type]
+                topic=TOPIC, group=group, queue=queue, offset=fault.offset, back_ms=fault.back_ms
             )
 
             def done(
@@ -519,6 +514,9 @@ class QueueWorkload:
                 extra: dict[str, JSON] = {"group": group, "topic": TOPIC, "queue": q, **t}
                 if isinstance(response, SeekOk):
                     positions: list[JSON] = [[qq, c] for qq, c in response.positions]
+                    if response.forward:
+                        # Cursors moved forward past items the group had not consumed.
+                        extra["forward"] = [[qq, c] for qq, c in response.forward]
                     self.history.ok(at, p, "seek", None, **extra, positions=positions)
                 elif isinstance(response, StoreError) and response.definite:
                     self.history.fail(at, p, "seek", None, **extra, reason=response.code)
@@ -526,11 +524,6 @@ class QueueWorkload:
                     self.history.info(at, p, "seek", None, **extra)
 
             self._admin_call(queue, request, done)
-
-    def _wall_ms(self) -> int:
-        # The operator's idea of now: the first replica's wall clock.
-        host = self.world.hosts[self.replicas[0]]
-        return host.clock.now(self.world.now_us).wall_ms
 
     def drain_dead_letters(self, on_done: Callable[[], None]) -> None:
         """Read every dead-letter queue once and record its items as deliveries to the group

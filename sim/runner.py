@@ -22,6 +22,7 @@ from pxq.check.log import check_agreement, check_liveness, check_no_loss, check_
 from pxq.check.ownership import check_failover, check_ownership, check_rate_limit
 from pxq.check.queue import check_queue_order, check_replay, check_retry_flow, check_total_queue
 from pxq.check.result import CheckResult, Offenders, verdict
+from pxq.check.retry_delay import check_retry_delay
 from pxq.config.parser import ConfigError
 from pxq.effects import NodeId, StorageView
 from pxq.lock.node import LockNode
@@ -296,6 +297,9 @@ class _QueueSystem:
         if "retry_flow" in names:
             retries = {g: len(w.retry_delays_ms) for g in groups}
             out["retry_flow"] = check_retry_flow(ops, retries, dead_letter=w.dead_letter)
+        if "retry_delay" in names:
+            delays = {g: w.retry_delays_ms for g in groups}
+            out["retry_delay"] = check_retry_delay(ops, delays)
         if "retention" in names:
             out["retention"] = self._retention()
         if "liveness" in names:

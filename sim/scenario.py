@@ -89,6 +89,7 @@ CHECKS = (
     "rate_limit",
     "balance",
     "storage_full",
+    "retry_delay",
 )
 LOG_CHECKS = ("agreement", "no_loss", "realtime_order", "liveness")
 QUEUE_CHECKS = (
@@ -106,10 +107,13 @@ QUEUE_CHECKS = (
     "linearizable",
     "fencing",
     "storage_full",
+    "retry_delay",
 )
-OPT_IN_CHECKS = ("storage_full",)
+OPT_IN_CHECKS = ("storage_full", "retry_delay")
 """Queue checks a scenario must name: ``storage_full`` (enqueues were refused for a short
-storage, then acknowledged again) holds only where a disk is made to fill."""
+storage, then acknowledged again) holds only where a disk is made to fill; ``retry_delay``
+(a failed item reaches the next retry level within its delay plus a small bound) only where
+no fault holds requests up or moves masters."""
 OWNERSHIP_CHECKS = ("ownership", "failover", "rate_limit", "balance", "linearizable", "fencing")
 """Queue checks that need consumers owning queues through the lock service (``linearizable``
 and ``fencing`` check the consumers' and schedulers' own lock calls)."""
@@ -264,7 +268,7 @@ class FaultSpec:
     offset: int | None = None
     """seek: the target offset."""
     back_ms: int | None = None
-    """seek: the target time, this long before the seek."""
+    """seek: a rewind by this many ms on the store's time (``Seek.back_ms``: never forward)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -548,6 +552,8 @@ def _scenario(t: TomlTable) -> Scenario:
                 raise t.error("checks", f'{name_!r} needs [workload] ownership = "locks"')
         if "balance" in checks and not workload.schedulers:
             raise t.error("checks", "'balance' needs [workload] schedulers >= 1")
+        if "retry_delay" in checks and not workload.retry_delays_ms:
+            raise t.error("checks", "'retry_delay' needs [workload] retry_delays_ms")
         if "rate_limit" in checks and workload.rate_items_per_s is None:
             raise t.error("checks", "'rate_limit' needs [workload] rate_items_per_s")
     e = t.table("expect")

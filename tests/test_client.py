@@ -73,6 +73,8 @@ retries = [{ delay_ms = 60000 }]
 [[topics]]
 name = "seek"
 queues = 1
+[topics.retention]
+hold_items = 100  # the rewinds below reach back past the cursor: keep what it passed
 [[topics.consumer_groups]]
 name = "g"
 
@@ -401,18 +403,31 @@ def test_seek_replays_items_to_a_running_consumer(cluster: BackgroundCluster) ->
                     lambda: all(v.committed == 5 for v in consumer.machine.streams().values()),
                     "the commit",
                 )
-                positions = await client.seek("seek", "g", 0, offset=2)
-                assert positions == {0: 2}
+                result = await client.seek("seek", "g", 0, offset=2)
+                assert result == pxq.SeekResult(positions={0: 2}, forward={})
                 await wait_for(lambda: len(offsets) >= 8, "the replay")
                 consumer.stop()
                 await task
             assert offsets == [0, 1, 2, 3, 4, 2, 3, 4]
 
             # By time: everything enqueued from now on; before: the whole queue.
-            assert await client.seek("seek", "g", offset=0) == {0: 0}
+            assert await client.seek("seek", "g", offset=0) == pxq.SeekResult(
+                positions={0: 0}, forward={}
+            )
             assert [i.offset for i in await client.peek("seek", "g", 0)] == [0, 1, 2, 3, 4]
             later = await client.seek("seek", "g", 0, time_ms=time.time_ns() // 1_000_000 + 60_000)
-            assert later == {0: 5}
+            # Forward past five items the group had not consumed: the result says so.
+            assert later == pxq.SeekResult(positions={0: 5}, forward={0: 0})
+            # A rewind on the store's time: the last minute holds all five items; "back 0"
+            # is past them all and moves nothing (a rewind never goes forward).
+            assert await client.seek("seek", "g", 0, back_ms=60_000) == pxq.SeekResult(
+                positions={0: 0}, forward={}
+            )
+            assert await client.seek("seek", "g", back_ms=0) == pxq.SeekResult(
+                positions={}, forward={}
+            )
+            with pytest.raises(ValueError, match="exactly one"):
+                await client.seek("seek", "g", 0, offset=1, back_ms=1)
 
     run_async(body())
 

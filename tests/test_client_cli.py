@@ -1,10 +1,12 @@
-"""``pxq produce``, ``pxq consume`` and ``pxq echo`` against a running local cluster.
+"""``pxq produce``, ``pxq consume``, ``pxq echo`` and ``pxq seek`` against a running local
+cluster.
 
 Goal: the commands do what their help says, with the documented exit codes: produce prints
 one receipt per input line in order (exit 1 when an item failed or its outcome is unknown);
 consume prints QUEUE OFFSET KEY PAYLOAD lines and commits what it printed, so a second
 consume does not print them again (exit 1 when fewer than ``--count`` items came in time);
-echo prints its latencies; bad input exits 2.
+echo prints its latencies; seek prints the queues it moved and warns on stderr when an absolute
+seek moves a cursor forward past unconsumed items; bad input exits 2.
 
 Method: the cluster runs in this process (a ``LocalCluster`` on a background thread's loop,
 module-scoped); each command runs as a subprocess (``python -m pxq.cli``) with ``--config``
@@ -26,6 +28,14 @@ TOPICS = """
 [[topics]]
 name = "cli"
 queues = 2
+[[topics.consumer_groups]]
+name = "readers"
+
+[[topics]]
+name = "rewind"
+queues = 1
+[topics.retention]
+hold_items = 100  # kept after the forward seek passes them, for the rewind
 [[topics.consumer_groups]]
 name = "readers"
 
@@ -98,6 +108,30 @@ def test_produce_prints_receipts_and_consume_prints_and_commits_them(
     assert empty.stdout == ""
 
 
+def test_seek_rewinds_on_the_store_time_and_warns_when_it_skips(
+    cluster: BackgroundCluster,
+) -> None:
+    config = str(cluster.config_path)
+    produced = pxq_cli("produce", "--topic", "rewind", "--config", config, stdin="a\nb\nc")
+    assert produced.returncode == 0, produced.stderr
+
+    def seek(*target: str) -> subprocess.CompletedProcess[str]:
+        return pxq_cli(
+            "seek", "--group", "readers", "--topic", "rewind", *target, "--config", config
+        )
+
+    forward = seek("--offset", "2")
+    assert forward.returncode == 0, forward.stderr
+    assert forward.stdout.splitlines() == ["0\t2"]
+    assert "queue 0 moved forward from 0 to 2: 2 items" in forward.stderr
+    back = seek("--back-ms", "60000")  # the last minute: every item
+    assert (back.returncode, back.stdout.splitlines(), back.stderr) == (0, ["0\t0"], "")
+    stay = seek("--back-ms", "0", "--queue", "0")  # nothing newer than now: stays, no skip
+    assert (stay.returncode, stay.stdout, stay.stderr) == (0, "", "")
+    both = seek("--back-ms", "1", "--offset", "1")
+    assert both.returncode == 2 and "exactly one" in both.stderr
+
+
 def test_echo_sees_its_item_and_prints_the_latency(cluster: BackgroundCluster) -> None:
     done = pxq_cli(
         "echo", "--topic", "health", "--timeout", "10", "--config", str(cluster.config_path)
@@ -136,6 +170,8 @@ def test_echo_exits_1_when_the_item_is_not_seen(tmp_path: Path) -> None:
         ("consume", "--group", "readers", "--topic", "health"),
         ("echo", "--group", "no-such-group"),
         ("consume", "--group", "readers", "--count", "0"),
+        ("seek", "--group", "readers", "--topic", "health", "--back-ms", "1"),
+        ("seek", "--group", "readers", "--topic", "rewind", "--queue", "1", "--offset", "0"),
     ],
 )
 def test_bad_input_exits_2(cluster: BackgroundCluster, args: tuple[str, ...]) -> None:

@@ -157,20 +157,57 @@ def test_retry_level_item_waits_for_its_not_before() -> None:
     h.run_for(999)
     assert h.deliveries == []
     h.run_until(lambda: len(h.deliveries) == 1)
-    assert h.deliveries[0][0] == 1000
+    # The store's time comes with the answer, one latency (1 ms) old: never early, that late.
+    assert h.deliveries[0][0] == 1001
 
 
-def test_not_before_follows_the_wall_clock_even_if_it_jumps() -> None:
+@pytest.mark.parametrize("consumer_skew_ms", [-5000, -1000, 1000, 5000])
+def test_not_before_is_measured_on_the_store_time_not_the_consumer_wall_clock(
+    consumer_skew_ms: int,
+) -> None:
+    # The consumer's wall clock is seconds off the store's (a delay stamped by the master
+    # used to be compared with it: items came seconds late, or at once).
+    store = FakeStore()
+    store.append(L1, 0, b"k", b"later", attempt=1, not_before_ms=WALL0 + 1000)
+    _, h = make(store, retry_delays_ms=(1000,))
+    h.wall_skew_ms = consumer_skew_ms
+    h.run_until(lambda: len(h.deliveries) == 1, limit_ms=10_000)
+    assert h.deliveries[0][0] == 1001
+
+
+def test_a_consumer_wall_clock_jump_while_holding_changes_nothing() -> None:
     store = FakeStore()
     store.append(L1, 0, b"k", b"later", attempt=1, not_before_ms=WALL0 + 1000)
     _, h = make(store, retry_delays_ms=(1000,))
     h.run_for(100)
-    h.wall_skew_ms = -5000  # the wall clock went back: the item is further away than planned
-    h.run_for(1000)
-    assert h.deliveries == []
-    h.wall_skew_ms = 0
+    h.wall_skew_ms = -5000  # the consumer's wall clock steps back while it holds the item
     h.run_until(lambda: len(h.deliveries) == 1, limit_ms=10_000)
-    assert WALL0 + h.deliveries[0][0] >= WALL0 + 1000
+    assert h.deliveries[0][0] == 1001
+
+
+def test_a_store_clock_behind_holds_the_item_for_its_delay_on_that_clock() -> None:
+    # The store's clock 3 s behind: a not_before it stamped 1 s ahead of its clock is due
+    # 1 s after the fetch, whatever the consumer's own clock says.
+    store = FakeStore()
+    store.append(L1, 0, b"k", b"later", attempt=1, not_before_ms=WALL0 - 3000 + 1000)
+    _, h = make(store, retry_delays_ms=(1000,))
+    h.store_skew_ms = -3000
+    h.run_until(lambda: len(h.deliveries) == 1, limit_ms=10_000)
+    assert h.deliveries[0][0] == 1001
+
+
+def test_a_retry_polls_the_idle_next_level_at_once() -> None:
+    # The level's stream is idle at its longest empty-poll backoff (500 ms): the Retry that
+    # moves an item there makes it poll now, so a 50 ms delay is honoured within a few ms
+    # rather than up to half a second late.
+    store = FakeStore()
+    _, h = make(store, handler=lambda d: (0,), retry_delays_ms=(50,))
+    h.run_for(5000)  # every stream backs off to poll_empty_max_ms
+    fill(store, 1)
+    h.run_until(lambda: any(d.topic == L1 for _, d in h.deliveries), limit_ms=10_000)
+    retried = next(t for t, _, body in h.requests if isinstance(body, Retry))
+    moved = next(t for t, d in h.deliveries if d.topic == L1)
+    assert 50 <= moved - retried <= 50 + 5, (retried, moved)
 
 
 def test_without_a_dead_letter_topic_last_level_failures_are_redelivered_in_place() -> None:

@@ -134,7 +134,7 @@ class FakeStore:
             case Enqueue():
                 return self._enqueue(body, wall_ms)
             case Get():
-                return self._get(body)
+                return self._get(body, wall_ms)
             case CommitCursor():
                 refused = self._refused(body.topic, body.group, body.queue, body.token, body.epoch)
                 if refused is not None:
@@ -177,7 +177,7 @@ class FakeStore:
         self.applied.append(e)
         return ok
 
-    def _get(self, g: Get) -> GetOk:
+    def _get(self, g: Get, wall_ms: int) -> GetOk:
         q = self.items(g.topic, g.queue)
         subscribed = self.subscriptions.get(g.group)
         out: list[StoredItem] = []
@@ -205,6 +205,7 @@ class FakeStore:
             first_offset=0,
             end_offset=len(q),
             epoch=self.epoch(g.topic, g.group, g.queue),
+            now_ms=wall_ms,
         )
 
     def _retry(self, r: Retry, wall_ms: int) -> object:
@@ -273,6 +274,9 @@ class Harness:
         self.handle_ms = handle_ms
         self.now_ms = start_ms
         self.wall_skew_ms = 0
+        """How far the machine's wall clock is off."""
+        self.store_skew_ms = 0
+        """How far the store's wall clock (its masters') is off, independently."""
         self._events: list[tuple[int, int, str, Any]] = []
         self._seq = 0
         self.drop_request: Drop = lambda node, body: False
@@ -336,7 +340,7 @@ class Harness:
             node, req = payload
             if node in self.down or self.drop_request(node, req.body):
                 return
-            answer = self.store.handle(node, req.body, self.now.wall_ms)
+            answer = self.store.handle(node, req.body, WALL0 + self.now_ms + self.store_skew_ms)
             if self.drop_reply(node, answer):
                 return
             self._push(

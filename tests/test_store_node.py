@@ -319,6 +319,55 @@ def test_seek_over_all_queues_spans_every_group() -> None:
     assert r == SeekOk(topic="events", group="default", positions=tuple((q, 1) for q in range(6)))
 
 
+def test_seek_over_all_queues_merges_what_moved_forward() -> None:
+    c = StoreCluster.make(loads_config(SOLO, file="solo.toml"))
+    for g in range(3):
+        c.wait_master(g)
+    for q in range(6):
+        assert isinstance(c.request("n0", enqueue(queue=q, seq=q + 1, n=3)), EnqueueOk)
+    r = c.request("n0", Seek(topic="events", group="default", queue=None, offset=2))
+    assert r == SeekOk(
+        topic="events",
+        group="default",
+        positions=tuple((q, 2) for q in range(6)),
+        forward=tuple((q, 0) for q in range(6)),
+    )
+    # A rewind on the store's time never goes forward: back 0 ms leaves every cursor.
+    r = c.request("n0", Seek(topic="events", group="default", queue=None, back_ms=0))
+    assert r == SeekOk(topic="events", group="default", positions=())
+
+
+def test_a_relative_seek_is_measured_on_the_master_clock_and_gets_say_its_time() -> None:
+    c = StoreCluster.make(loads_config(SOLO, file="solo.toml"))
+    c.wait_master(0)
+    c.wall_offset["n0"] = -3000  # the master's clock, 3 s behind true time, stamps the items
+    for seq in range(1, 4):
+        assert isinstance(c.request("n0", enqueue(queue=0, seq=seq, n=2)), EnqueueOk)
+        c.run(400)
+    got = c.request("n0", get(0))
+    assert isinstance(got, GetOk) and got.now_ms == c.now("n0").wall_ms
+    stamps = [i.enqueued_ms for i in got.items]
+    assert stamps[0] < stamps[2] < stamps[4] and max(stamps) < WALL_ORIGIN + c.time - 3000
+    r = c.request("n0", CommitCursor(topic="events", group="default", queue=0, cursor=6))
+    assert isinstance(r, CommitOk)
+    # Back 600 ms on the master's clock: the last batch only (an operator whose clock reads
+    # true time would have asked for a time past every stamp).
+    r = c.request("n0", Seek(topic="events", group="default", queue=0, back_ms=600))
+    assert r == SeekOk(topic="events", group="default", positions=((0, 4),))
+    assert answer_code(c, Seek(topic="events", group="default", queue=0, back_ms=-1)) == (
+        "bad_request"
+    )
+    assert answer_code(c, Seek(topic="events", group="default", queue=0, offset=1, back_ms=1)) == (
+        "bad_request"
+    )
+
+
+def answer_code(c: StoreCluster, request: object) -> str:
+    r = c.request("n0", request)
+    assert isinstance(r, StoreError) and r.definite, r
+    return r.code
+
+
 def test_seek_over_all_queues_reports_groups_mastered_elsewhere() -> None:
     c = StoreCluster.make()
     for g in range(4):

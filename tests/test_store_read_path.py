@@ -100,7 +100,8 @@ class Store:
                 cursor=cursor,
                 items_max=items_max,
                 bytes_max=bytes_max,
-            )
+            ),
+            now_ms=0,
         )
         assert isinstance(r, GetOk), r
         return r
@@ -153,7 +154,8 @@ def test_items_equal_ordinarily_built_stored_items_retry_copies_included() -> No
         for i in range(3)
     )
     r = store.qs.get(
-        Get(topic="t.retry.g.1", group="g", queue=0, cursor=0, items_max=10, bytes_max=100)
+        Get(topic="t.retry.g.1", group="g", queue=0, cursor=0, items_max=10, bytes_max=100),
+        now_ms=0,
     )
     assert isinstance(r, GetOk)
     assert r.items == (

@@ -137,7 +137,8 @@ class Disk:
                 cursor=cursor,
                 items_max=items_max,
                 bytes_max=bytes_max,
-            )
+            ),
+            now_ms=0,
         )
         assert isinstance(r, GetOk), r
         return r
@@ -428,6 +429,99 @@ def test_seek_without_queue_moves_every_subscribed_queue_of_the_group() -> None:
     assert err(d.one(SeekCmd(topic="t", group="all", queue=0, offset=1, time_ms=5))) == (
         "bad_request"
     )
+
+
+def back(back_ms: int, wall_ms: int, *, group: str = "all", queue: int | None = 0) -> SeekCmd:
+    """A rewind by ``back_ms`` proposed by a master whose wall clock reads ``wall_ms``."""
+    return SeekCmd(
+        topic="t",
+        group=group,
+        queue=queue,
+        offset=None,
+        time_ms=None,
+        back_ms=back_ms,
+        wall_ms=wall_ms,
+    )
+
+
+def test_a_relative_seek_rewinds_on_the_store_time() -> None:
+    d = Disk()
+    for seq, t in enumerate((11_000, 12_000, 13_000, 14_000), start=1):
+        d.one(enq(seq, 2, wall_ms=t))  # offsets 0-1 at 11 s, 2-3 at 12 s, ...
+    d.one(commit(8))
+    # From the proposer's clock (14.5 s): back 1.5 s = stamps from 13 s on.
+    r = d.one(back(1500, 14_500))
+    assert isinstance(r, SeekOk) and r.positions == ((0, 4),) and r.forward == ()
+    d.one(commit(8, epoch=1))
+    # A proposer's clock behind the newest stamp (a master 10 s behind the one that stamped
+    # them): measured from the newest stamp instead, the time an enqueue would get now.
+    r = d.one(back(500, 4_000))
+    assert isinstance(r, SeekOk) and r.positions == ((0, 6),)
+
+
+def test_a_relative_seek_never_moves_a_cursor_forward() -> None:
+    # The defect: "back 1 s" from a clock ahead of the stamps landed past every item and moved
+    # the group past items it had not consumed.
+    d = Disk()
+    for seq, t in enumerate((1000, 2000, 3000), start=1):
+        d.one(enq(seq, 2, wall_ms=t))
+    d.one(commit(2))  # the group consumed offsets 0-1 only
+    for wall_ms in (3000, 5000, 60_000):  # back 1 s lands at offset 4, 6, 6: all past 2
+        r = d.one(back(1000, wall_ms))
+        assert isinstance(r, SeekOk) and r.positions == () and r.forward == ()
+        assert d.qs.cursor("t", "all", 0) == 2
+    r = d.one(back(0, 3000))  # "back 0": nothing to replay, and nothing skipped
+    assert isinstance(r, SeekOk) and r.positions == ()
+    assert d.qs.cursor("t", "all", 0) == 2
+    assert d.qs.epoch("t", "all", 0) == 4  # each seek set the cursor (consumers restart)
+    r = d.one(back(10_000, 3000))  # far back: the start of the queue
+    assert isinstance(r, SeekOk) and r.positions == ((0, 0),)
+
+
+def test_an_absolute_seek_forward_says_so() -> None:
+    d = Disk()
+    d.one(enq(1, 10))
+    d.one(commit(3))
+    r = d.one(SeekCmd(topic="t", group="all", queue=0, offset=7, time_ms=None))
+    assert isinstance(r, SeekOk) and r.positions == ((0, 7),) and r.forward == ((0, 3),)
+    r = d.one(SeekCmd(topic="t", group="all", queue=0, offset=None, time_ms=10**12))
+    assert isinstance(r, SeekOk) and r.positions == ((0, 10),) and r.forward == ((0, 7),)
+    r = d.one(SeekCmd(topic="t", group="all", queue=0, offset=1, time_ms=None))
+    assert isinstance(r, SeekOk) and r.positions == ((0, 1),) and r.forward == ()
+
+
+def test_a_seek_needs_exactly_one_target() -> None:
+    d = Disk()
+    d.one(enq(1, 3))
+    for offset, time_ms, back_ms in ((None, None, None), (1, None, 5), (None, 5, 5), (1, 5, 5)):
+        cmd = SeekCmd(
+            topic="t", group="all", queue=0, offset=offset, time_ms=time_ms, back_ms=back_ms
+        )
+        assert err(d.one(cmd)) == "bad_request"
+
+
+def test_seek_commands_carry_back_ms_and_the_proposer_wall_clock() -> None:
+    cmd = back(1500, 123_456, queue=None)
+    fields = msgpack.unpackb(encode_command(cmd))
+    assert len(fields) == 8 and fields[6:] == [1500, 123_456]
+    assert decode_command(encode_command(cmd)) == cmd
+    with pytest.raises(CommandError):  # the six-field shape from before relative seeks
+        decode_command(msgpack.packb(fields[:6]))
+    with pytest.raises(CommandError):
+        decode_command(msgpack.packb([*fields[:6], -1, 0]))
+
+
+def test_get_reports_the_store_time_it_was_served_at() -> None:
+    d = Disk()
+    d.one(enq(1, 1))
+    r = d.qs.get(
+        Get(topic="t", group="all", queue=0, cursor=0, items_max=1, bytes_max=100), now_ms=777
+    )
+    assert isinstance(r, GetOk) and r.now_ms == 777
+    r = d.qs.get(
+        Get(topic="t", group="all", queue=2, cursor=0, items_max=1, bytes_max=100), now_ms=778
+    )
+    assert isinstance(r, GetOk) and r.now_ms == 778  # a queue that never held anything too
 
 
 # -- seek epochs ------------------------------------------------------------------------------
@@ -745,7 +839,7 @@ def test_get_checks_topic_group_and_queue() -> None:
             "bytes_max": 1,
         }
         args.update(kw)
-        r = d.qs.get(Get(**args))  # type: ignore[arg-type]
+        r = d.qs.get(Get(**args), now_ms=0)  # type: ignore[arg-type]
         return err(r)
 
     assert code(topic="x") == "unknown_topic"

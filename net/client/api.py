@@ -66,6 +66,7 @@ from net.client.types import (
     PxqError,
     Receipt,
     RequestFailed,
+    SeekResult,
 )
 from net.config import NetConfig
 from net.errors import CallOutcomeUnknown, NetError
@@ -94,6 +95,7 @@ __all__ = [
     "PxqError",
     "Receipt",
     "RequestFailed",
+    "SeekResult",
     "resolve_config",
 ]
 
@@ -422,17 +424,33 @@ class AsyncClient:
         *,
         offset: int | None = None,
         time_ms: int | None = None,
-    ) -> dict[int, int]:
+        back_ms: int | None = None,
+    ) -> SeekResult:
         """Move ``group``'s cursor on ``queue`` of ``topic`` (None: on every queue the group
-        is subscribed to) to ``offset`` or to the first item enqueued at or after wall time
-        ``time_ms`` (exactly one of the two). A target below the retention floor lands on the
-        floor. Running consumers of the group notice and restart from the new cursor.
+        is subscribed to). Exactly one target:
 
-        Returns ``{queue: new cursor}`` for the queues that have a cursor. Raises
+        * ``back_ms``: rewind by that many ms *on the store's time* (its master's clock, which
+          stamped the items): replay what was enqueued in the last ``back_ms`` ms. Never moves
+          a cursor forward, so it cannot skip items the group has not consumed, whatever this
+          machine's clock says. The way to "replay the last N seconds".
+        * ``offset``: to that offset, either way.
+        * ``time_ms``: to the first item stamped at or after that wall time (Unix ms), either
+          way. The stamps are the masters' clocks: a time read from this machine's clock may
+          lie past them (its clock ahead) and move the cursor forward.
+
+        A target below the retention floor lands on the floor. Running consumers of the group
+        notice and restart from the new cursor (also where it did not move: what they had
+        not committed comes again).
+
+        Returns a ``SeekResult``: the new cursors, and the queues moved forward past items the
+        group had not consumed (``forward``; empty for a ``back_ms`` rewind). Raises
         ``RequestFailed`` (refused: unknown topic or group, bad queue...) or
-        ``OutcomeUnknown`` (no answer; seeking again to the same target is harmless)."""
-        if (offset is None) == (time_ms is None):
-            raise ValueError("seek: give exactly one of offset and time_ms")
+        ``OutcomeUnknown`` (no answer; seeking again to the same target is harmless, except
+        that a repeated ``back_ms`` rewind is measured from the later time)."""
+        if sum(t is not None for t in (offset, time_ms, back_ms)) != 1:
+            raise ValueError("seek: give exactly one of offset, time_ms and back_ms")
+        if back_ms is not None and back_ms < 0:
+            raise ValueError("seek: back_ms must be >= 0")
         info = self.config.topic(topic)
         if info is None:
             raise RequestFailed("unknown_topic", f"no topic {topic!r}")
@@ -444,13 +462,17 @@ class AsyncClient:
         else:
             targets = [queue]
         positions: dict[int, int] = {}
+        forward: dict[int, int] = {}
         for q in targets:
-            request = Seek(topic=topic, group=group, queue=q, offset=offset, time_ms=time_ms)
+            request = Seek(
+                topic=topic, group=group, queue=q, offset=offset, time_ms=time_ms, back_ms=back_ms
+            )
             answer = await self._admin(topic, q, request)
             if not isinstance(answer, SeekOk):
                 raise MachineFailed(f"unexpected answer to Seek: {answer!r}")
             positions.update(dict(answer.positions))
-        return positions
+            forward.update(dict(answer.forward))
+        return SeekResult(positions=positions, forward=forward)
 
     async def peek(
         self,

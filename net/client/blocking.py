@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Coroutine, Iterable, Iterator, Mapping, S
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from net.client.consumer import AsyncConsumer, Batch, Handler
-from net.client.types import ClientClosed, Item, PxqError, Receipt
+from net.client.types import ClientClosed, Item, PxqError, Receipt, SeekResult
 from net.wire.loop import new_event_loop
 
 if TYPE_CHECKING:
@@ -198,10 +198,11 @@ class Client:
         *,
         offset: int | None = None,
         time_ms: int | None = None,
-    ) -> dict[int, int]:
+        back_ms: int | None = None,
+    ) -> SeekResult:
         """Move a group's cursor (see ``AsyncClient.seek``)."""
         return self._thread.run(
-            self._client.seek(topic, group, queue, offset=offset, time_ms=time_ms)
+            self._client.seek(topic, group, queue, offset=offset, time_ms=time_ms, back_ms=back_ms)
         )
 
     def peek(

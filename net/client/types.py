@@ -95,6 +95,18 @@ class Item:
     enqueued_ms: int
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SeekResult:
+    """What a ``seek`` did. ``positions``: queue -> new cursor, for every queue whose cursor
+    moved. ``forward``: queue -> the cursor before the seek, for every queue it moved
+    *forward*: the group skips the items from there up to the new cursor (they will not be
+    delivered to it). Only an absolute seek (``offset`` or ``time_ms``) moves a cursor forward;
+    a ``back_ms`` rewind never does."""
+
+    positions: dict[int, int]
+    forward: dict[int, int]
+
+
 ConfigSource: TypeAlias = "ClusterConfig | str | Path | None"
 """A cluster configuration, a path to its TOML file, or None (see
 ``net.client.api.resolve_config``)."""

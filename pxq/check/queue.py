@@ -20,9 +20,9 @@ the ops' extras; where both an invoke and its completion carry a field they must
   completion or the invoke). A ``fail``/``info`` completion counts as a failed handler; a
   handle never completed has no outcome.
 - ``commit``: ``group``, ``topic``, ``queue``, ``cursor``; ``ok``/``fail``/``info``.
-- ``seek``: ``group``, ``topic``, ``queue`` (int, or null for every queue), ``offset`` or
-  ``time_ms``; an ``ok`` completion carries ``positions`` = ``[[queue, new_cursor], ...]`` for
-  every queue that moved.
+- ``seek``: ``group``, ``topic``, ``queue`` (int, or null for every queue), ``offset``,
+  ``time_ms`` or ``back_ms``; an ``ok`` completion carries ``positions`` =
+  ``[[queue, new_cursor], ...]`` for every queue that moved.
 - ``consumer_crash`` / ``consumer_start``: nemesis ops, ``value`` = consumer name, ``group``.
 
 Every other ``f`` is ignored. A *lane* is one ``(group, topic, queue)``: the unit of
@@ -188,11 +188,12 @@ class SeekRecord:
     """Queue -> new cursor, for every queue that moved (``ok`` only)."""
 
     def affects(self, queue: int) -> bool:
-        """Whether this seek may have moved ``queue`` (a failed seek moved nothing)."""
+        """Whether this seek may have set ``queue``'s cursor (a failed seek set nothing). A
+        seek sets the cursor of every queue it names, moved or not (a rewind by ``back_ms``
+        never moves one forward, so it often stays), and bumps its epoch: the group's
+        consumer restarts from the committed cursor either way."""
         if self.outcome == "fail":
             return False
-        if self.positions is not None:
-            return queue in self.positions
         return self.queue is None or self.queue == queue
 
 
@@ -956,7 +957,8 @@ def check_queue_order(ops: Iterable[Op], *, group_kinds: GroupKinds | None = Non
                         reason="seek",
                         index=seek.invoke_index,
                         settled_after=_NEVER if completed is None else completed,
-                        target=None if seek.positions is None else seek.positions[queue],
+                        # A cursor that stayed explains no forward jump (target 0).
+                        target=None if seek.positions is None else seek.positions.get(queue, 0),
                     )
                 )
         return state

@@ -1,4 +1,5 @@
-"""``pxq produce``, ``pxq consume`` and ``pxq echo``: the client library on the command line.
+"""``pxq produce``, ``pxq consume``, ``pxq echo`` and ``pxq seek``: the client library on the
+command line.
 
 Each command reads the cluster configuration from ``--config`` (default: ``./.pxq/cluster.toml``
 if it exists, else the embedded default that ``pxq cluster up`` starts) and runs one
@@ -7,7 +8,8 @@ only when a command runs, so ``pxq --help`` stays fast.
 
 Exit codes: 0 on success; 1 when an item failed or its outcome is unknown (``produce``), when
 fewer than ``--count`` items arrived in time (``consume``), or when the echo item was not seen
-in time (``echo``); 2 for bad input (an invalid configuration, an unknown topic or group).
+in time (``echo``), or when a seek was refused or its outcome is unknown (``seek``); 2 for bad
+input (an invalid configuration, an unknown topic or group).
 """
 
 from __future__ import annotations
@@ -250,6 +252,105 @@ async def _consume(
 
 
 # --------------------------------------------------------------------------------------------
+# seek
+
+
+@click.command("seek")
+@click.option("--group", required=True, help="Consumer group to move.")
+@click.option("--topic", required=True, help="Topic.")
+@click.option(
+    "--queue",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Queue (default: every queue the group consumes).",
+)
+@click.option(
+    "--back-ms",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Rewind by this many ms on the store's time (replay the last N ms); never forward.",
+)
+@click.option("--offset", type=click.IntRange(min=0), default=None, help="To this offset.")
+@click.option(
+    "--time-ms",
+    type=int,
+    default=None,
+    help="To the first item stamped at or after this wall time (Unix ms; masters' clocks).",
+)
+@CONFIG_OPTION
+def seek(
+    *,
+    group: str,
+    topic: str,
+    queue: int | None,
+    back_ms: int | None,
+    offset: int | None,
+    time_ms: int | None,
+    config_path: Path | None,
+) -> None:
+    """Move GROUP's cursor on TOPIC: print each queue that moved (QUEUE CURSOR, tab separated).
+
+    Exactly one of --back-ms (a rewind measured on the store's clock, which stamped the items:
+    it never moves a cursor forward, whatever this machine's clock says), --offset or
+    --time-ms (absolute, either way). An absolute seek that moves a cursor forward skips the
+    items the group had not consumed: a warning on stderr names them."""
+    config = _load(config_path)
+    info = config.topic(topic)
+    if info is None or info.level != 0:
+        bad_input(f"no topic {topic!r} in the configuration")
+    elif info.group(group) is None:
+        bad_input(f"consumer group {group!r} does not consume topic {topic!r}")
+    elif queue is not None and not queue < info.queues:
+        bad_input(f"topic {topic!r} has queues 0..{info.queues - 1}")
+    if sum(t is not None for t in (back_ms, offset, time_ms)) != 1:
+        bad_input("give exactly one of --back-ms, --offset and --time-ms")
+    ok = asyncio.run(
+        _seek(
+            config,
+            group=group,
+            topic=topic,
+            queue=queue,
+            back_ms=back_ms,
+            offset=offset,
+            time_ms=time_ms,
+        )
+    )
+    sys.exit(EXIT_OK if ok else EXIT_FAILED)
+
+
+async def _seek(
+    config: ClusterConfig,
+    *,
+    group: str,
+    topic: str,
+    queue: int | None,
+    back_ms: int | None,
+    offset: int | None,
+    time_ms: int | None,
+) -> bool:
+    from net.client.api import AsyncClient, OutcomeUnknown, RequestFailed
+
+    async with await AsyncClient.connect(config) as client:
+        try:
+            result = await client.seek(
+                topic, group, queue, offset=offset, time_ms=time_ms, back_ms=back_ms
+            )
+        except (RequestFailed, OutcomeUnknown) as exc:
+            click.echo(f"pxq: seek failed: {exc}", err=True)
+            return False
+    for q, cursor in sorted(result.positions.items()):
+        click.echo(f"{q}\t{cursor}")
+    for q, before in sorted(result.forward.items()):
+        after = result.positions[q]
+        click.echo(
+            f"pxq: warning: queue {q} moved forward from {before} to {after}: "
+            f"{after - before} items {group!r} had not consumed will not be delivered to it",
+            err=True,
+        )
+    return True
+
+
+# --------------------------------------------------------------------------------------------
 # echo
 
 
@@ -387,6 +488,6 @@ async def _until_polling(consumer: AsyncConsumer, deadline: float) -> None:
 
 
 def register(group: click.Group) -> None:
-    """Add ``produce``, ``consume`` and ``echo`` to the ``pxq`` command group."""
-    for command in (produce, consume, echo):
+    """Add ``produce``, ``consume``, ``echo`` and ``seek`` to the ``pxq`` command group."""
+    for command in (produce, consume, echo, seek):
         group.add_command(command)

@@ -20,8 +20,13 @@ sequential pipeline, and at most one delivery of a stream is out at a time::
   whatever was delivered but not committed before (at-least-once).
 * **Delivery.** ``Send(dst=HANDLER, msg=Deliver(...))`` with the fetched items in offset order;
   the driver answers with ``Received(src=HANDLER, msg=Handled(delivery_id, failed))``. Items of
-  a retry level are not delivered before their ``not_before_ms`` (the node's wall clock); the
-  machine waits for it with its deadline. Per-key serial handling (same key in order,
+  a retry level are not delivered before their ``not_before_ms``, on the store's time: the
+  GetOk that brought them says the master's wall clock (``now_ms``), and the machine waits
+  ``not_before_ms - now_ms`` from its arrival on its own monotonic clock (its deadline), so a
+  consumer's wall clock ahead of or behind the masters' neither delays nor hastens a retry.
+  A Retry answered ``RetryOk`` polls the next level's stream at once if it was waiting to
+  poll (instead of up to ``poll_empty_max_ms`` later, or a backoff later), so the moved item
+  is fetched and held until due. Per-key serial handling (same key in order,
   different keys concurrently) is the handler driver's concern: the machine only guarantees
   that a stream has one delivery out at a time. No ``Handled`` within ``handle_timeout_ms``
   counts as every item failed.
@@ -182,6 +187,10 @@ class _Stream:
     """Fetched, not yet delivered (at most one Get's worth)."""
     buffered_end: int = 0
     """The cursor after ``buffered`` (the last GetOk's ``next_cursor``)."""
+    store_offset_ms: int = 0
+    """The store's time minus this machine's monotonic clock, as of the last GetOk with items
+    (``GetOk.now_ms``): ``now.mono_ms + store_offset_ms`` is the store's time now, give or
+    take the answer's transit (which only makes it late), on which ``not_before_ms`` is due."""
 
     req_id: int | None = None
     req_target: NodeId = ""
@@ -603,14 +612,14 @@ class Consumer:
             self._issue(now, st, fx)
             return
         first = st.buffered[0]
-        if first.not_before_ms > now.wall_ms:
-            # Not due: wait on the monotonic clock for the wall-clock difference, re-checked on
-            # wake-up (the wall clock may jump either way meanwhile).
+        store_now = now.mono_ms + st.store_offset_ms
+        if first.not_before_ms > store_now:
+            # Not due on the store's time: wait for it on the monotonic clock.
             st.phase = Phase.HOLD
-            st.wake_ms = now.mono_ms + (first.not_before_ms - now.wall_ms)
+            st.wake_ms = now.mono_ms + (first.not_before_ms - store_now)
             return
         items: list[StoredItem] = []
-        while st.buffered and st.buffered[0].not_before_ms <= now.wall_ms:
+        while st.buffered and st.buffered[0].not_before_ms <= store_now:
             items.append(st.buffered.popleft())
         st.delivery_end = st.buffered[0].offset if st.buffered else st.buffered_end
         st.delivered = tuple(items)
@@ -682,6 +691,22 @@ class Consumer:
             return
         self._advance(now, st, st.after_failed, fx)
         self._deliver(now, st, fx)
+
+    def _poke(self, now: Now, key: StreamKey, fx: EffectsBuilder) -> None:
+        """This machine just moved an item into stream ``key`` (a retry level it consumes):
+        if that stream is waiting to poll (an empty-poll backoff, up to ``poll_empty_max_ms``,
+        which made 50 ms retry delays take half a second more) or to re-send its first read (a
+        backoff while the group had no master), poll it now, so the item is fetched at once
+        and held until it is due. The level shares its base queue's Paxos group, whose master
+        just applied the Retry: a backoff there has nothing left to wait for."""
+        st = self._streams.get(key)
+        if st is None or st.req_id is not None or st.wake_ms is None:
+            return
+        if st.phase is not Phase.FETCH and st.phase is not Phase.CURSOR:
+            return
+        st.empty_polls = 0
+        self._issue(now, st, fx)
+        self._rearm(st)
 
     def _advance(self, now: Now, st: _Stream, target: int, fx: EffectsBuilder) -> None:
         st.commit_target = max(st.commit_target, target)
@@ -777,6 +802,7 @@ class Consumer:
                     offset=st.failed[0],
                     moved_to=body.moved_to,
                 )
+                self._poke(now, (body.moved_to, st.queue), fx)
                 self._retried(now, st, fx)
             case _:
                 # Not an answer to this kind of request: treat it like a lost answer.
@@ -832,6 +858,7 @@ class Consumer:
             st.empty_polls = 0
             st.buffered.extend(ok.items)
             st.buffered_end = ok.next_cursor
+            st.store_offset_ms = ok.now_ms - now.mono_ms
             self._deliver(now, st, fx)
         elif ok.next_cursor > prev:
             # Only items of kinds the group does not subscribe to: skip them and read on.

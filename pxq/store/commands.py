@@ -7,10 +7,12 @@ on the development VM for an enqueue of 100 items of 100 bytes: decoding and che
 takes ~11 us, the registered ``Enqueue`` message through ``pxq.codec`` ~96 us.
 
 Commit and retry commands carry the seek epoch of the cursor they are based on (last field);
-the old shapes without it are not accepted (nothing was deployed with them).
+the old shapes without it are not accepted (nothing was deployed with them). Likewise a seek
+carries ``back_ms`` and the proposer's ``wall_ms`` (eight fields; the six-field shape from
+before relative seeks is not accepted).
 
 Commands carry the proposing master's wall time where the result depends on time (enqueue
-stamps, retry delays, retention holds): applying never reads a clock.
+stamps, retry delays, retention holds, relative seeks): applying never reads a clock.
 
 ``decode_command`` of any byte string returns a command whose fields have exactly their
 declared types, or raises ``CommandError`` (a chosen value is applied on every replica, so a
@@ -66,6 +68,10 @@ class SeekCmd:
     """None: every queue of the topic that this Paxos group holds on this store."""
     offset: int | None
     time_ms: int | None
+    back_ms: int | None = None
+    """``Seek.back_ms``: a rewind measured on the store's time (``wall_ms``)."""
+    wall_ms: int = 0
+    """The proposing master's wall clock: the store's time a ``back_ms`` is measured from."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -116,7 +122,16 @@ def encode_command(cmd: Command) -> bytes:
                 cmd.epoch,
             ]
         case SeekCmd():
-            fields = [OP_SEEK, cmd.topic, cmd.group, cmd.queue, cmd.offset, cmd.time_ms]
+            fields = [
+                OP_SEEK,
+                cmd.topic,
+                cmd.group,
+                cmd.queue,
+                cmd.offset,
+                cmd.time_ms,
+                cmd.back_ms,
+                cmd.wall_ms,
+            ]
         case RetryCmd():
             fields = [
                 OP_RETRY,
@@ -161,13 +176,15 @@ def decode_command(value: bytes) -> Command:
             token=u64(fields[5]),
             epoch=u64(fields[6]),
         )
-    if op == OP_SEEK and n == 6:
+    if op == OP_SEEK and n == 8:
         return SeekCmd(
             topic=text(fields[1]),
             group=text(fields[2]),
             queue=opt_u64(fields[3]),
             offset=opt_u64(fields[4]),
             time_ms=None if fields[5] is None else i64(fields[5]),
+            back_ms=opt_u64(fields[6]),
+            wall_ms=u64(fields[7]),
         )
     if op == OP_RETRY and n == 8:
         return RetryCmd(

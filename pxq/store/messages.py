@@ -103,7 +103,9 @@ class StoredItem:
     attempt: int = 0
     """0 for a first delivery from the base topic; n on retry level n."""
     not_before_ms: int = 0
-    """Wall ms before which a consumer must not hand the item to its handler (retry delay)."""
+    """Wall ms, on the store's time (the proposing master's wall clock), before which a
+    consumer must not hand the item to its handler (retry delay); compared with
+    ``GetOk.now_ms``, never with the consumer's own wall clock."""
 
 
 @message(69)
@@ -113,7 +115,10 @@ class GetOk:
     Get should start (past filtered-out items too); ``committed`` is the group's replicated
     cursor; ``first_offset`` the oldest offset retention kept; ``end_offset`` the next offset
     an enqueue will take; ``epoch`` the seek epoch of the group's cursor (see the module
-    docstring), read together with ``committed``."""
+    docstring), read together with ``committed``; ``now_ms`` the answering master's wall
+    clock, the store's time on which retry delays (``StoredItem.not_before_ms``) are
+    measured: a consumer waits ``not_before_ms - now_ms`` on its own monotonic clock from the
+    answer on, so its own wall clock never matters."""
 
     topic: str
     group: str
@@ -124,6 +129,7 @@ class GetOk:
     first_offset: int
     end_offset: int
     epoch: int = 0
+    now_ms: int
 
 
 @message(70)
@@ -163,18 +169,30 @@ class CommitOk:
 @message(72)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Seek:
-    """Rewind (or advance) ``group`` on one queue, or on every queue of the topic this store
-    holds when ``queue`` is None, to an offset or to the first item enqueued at or after a wall
-    time. Exactly one of ``offset`` and ``time_ms`` is given. Replicated and applied once; a
-    target below the retention floor lands on the floor. Every cursor the seek sets gets its
-    epoch incremented, even if its position stays (a queue that never held anything has no
-    cursor to set), so commits and retries based on an earlier Get are refused."""
+    """Move ``group`` on one queue, or on every queue of the topic this store holds when
+    ``queue`` is None. Exactly one target is given:
+
+    * ``offset``: to that offset (absolute; either way);
+    * ``time_ms``: to the first item stamped at or after that wall time (absolute; either
+      way). The stamps are the masters' wall clocks, so a time read from another clock may
+      land anywhere relative to them;
+    * ``back_ms``: a rewind by that many ms *on the store's time*: to the first item stamped
+      at or after ``T - back_ms``, ``T`` being the stamp an enqueue applied with the seek would
+      get (the proposing master's wall clock, raised to the queue's newest stamp). Never
+      forward: a cursor already below that target stays where it is, so a relative seek can
+      never pass items the group has not consumed, whatever the caller's or masters' clocks.
+
+    Replicated and applied once; a target below the retention floor lands on the floor. Every
+    cursor the seek sets gets its epoch incremented, even if its position stays (a queue that
+    never held anything has no cursor to set), so commits and retries based on an earlier Get
+    are refused."""
 
     topic: str
     group: str
     queue: int | None
     offset: int | None = None
     time_ms: int | None = None
+    back_ms: int | None = None
 
 
 @message(73)
@@ -184,6 +202,11 @@ class SeekOk:
     group: str
     positions: tuple[tuple[int, int], ...]
     """(queue, new cursor) for every queue that moved."""
+    forward: tuple[tuple[int, int], ...] = ()
+    """(queue, cursor before the seek) for every queue whose cursor the seek moved *forward*
+    (an absolute target past the group's committed cursor): the items from that cursor up to
+    the new one will not be delivered to the group. Never set by a ``back_ms`` seek, except
+    where the cursor was below the retention floor."""
 
 
 @message(74)

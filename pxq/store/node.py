@@ -152,7 +152,7 @@ class StoreNode(ReplicatedService[QueueStore]):
                 cmd_or_error = self._commit_cmd(request)
                 queue = request.queue
             case Seek():
-                cmd_or_error = self._seek_cmd(request)
+                cmd_or_error = self._seek_cmd(now, request)
                 queue = request.queue
             case Retry():
                 cmd_or_error = self._retry_cmd(now, request)
@@ -221,7 +221,7 @@ class StoreNode(ReplicatedService[QueueStore]):
         group = req.queue % self.groups
         if not self.replica.is_master(group, now):
             return StoreRedirect(master=self.master_hint(group))
-        return self.sms[group].get(req)
+        return self.sms[group].get(req, _wall(now))
 
     def _enqueue_cmd(self, now: Now, req: Enqueue) -> Command | StoreError:
         target = self._target(req.topic, None, req.queue)
@@ -300,20 +300,24 @@ class StoreNode(ReplicatedService[QueueStore]):
             epoch=req.epoch,
         )
 
-    def _seek_cmd(self, req: Seek) -> Command | StoreError:
+    def _seek_cmd(self, now: Now, req: Seek) -> Command | StoreError:
         target = self._target(req.topic, req.group, req.queue)
         if isinstance(target, StoreError):
             return target
-        if (req.offset is None) == (req.time_ms is None):
-            return _bad("bad_request", "a seek needs exactly one of offset and time_ms")
-        if req.offset is not None and req.offset < 0:
-            return _bad("bad_request", "offset must be >= 0")
+        if sum(t is not None for t in (req.offset, req.time_ms, req.back_ms)) != 1:
+            return _bad("bad_request", "a seek needs exactly one of offset, time_ms and back_ms")
+        if (req.offset is not None and req.offset < 0) or (
+            req.back_ms is not None and req.back_ms < 0
+        ):
+            return _bad("bad_request", "offset and back_ms must be >= 0")
         return SeekCmd(
             topic=req.topic,
             group=req.group,
             queue=req.queue,
             offset=req.offset,
             time_ms=req.time_ms,
+            back_ms=req.back_ms,
+            wall_ms=_wall(now),
         )
 
     def _retry_cmd(self, now: Now, req: Retry) -> Command | StoreError:
@@ -357,7 +361,13 @@ def _merge_seek(results: list[object]) -> object:
     oks = [r for r in results if isinstance(r, SeekOk)]
     if len(oks) == len(results):
         positions = sorted(p for r in oks for p in r.positions)
-        return SeekOk(topic=oks[0].topic, group=oks[0].group, positions=tuple(positions))
+        forward = sorted(p for r in oks for p in r.forward)
+        return SeekOk(
+            topic=oks[0].topic,
+            group=oks[0].group,
+            positions=tuple(positions),
+            forward=tuple(forward),
+        )
     failures = [r for r in results if not isinstance(r, SeekOk)]
     definite = all(
         isinstance(r, StoreRedirect) or (isinstance(r, StoreError) and r.definite) for r in failures

@@ -45,6 +45,10 @@ Semantics, beyond the client API's docstrings (``messages.py``):
   ``offset`` in the same command. A group with ``dead_letter = false`` gets ``no_dead_letter``
   after its last level and the item stays (its consumer redelivers it in place): nothing is
   ever dropped silently.
+* Seek targets: an offset or a wall time (absolute, either way; a move forward is reported
+  in ``SeekOk.forward``), or ``back_ms``: a rewind on the store's time, ``max(proposer's
+  wall, the queue's newest stamp) - back_ms``, which never moves a cursor forward, so neither
+  the caller's clock nor a master's clock behind the stamps can make a rewind skip items.
 * Retention (``pxq.config`` states the rule): a tick removes whole rows (enqueue batches)
   below the floor; the floor never passes a subscribed group's cursor, checked on every tick.
 """
@@ -261,8 +265,9 @@ class QueueStore:
 
     # -- queries (served from applied state, outside Paxos) ----------------------------------------
 
-    def get(self, req: Get) -> GetOk | StoreError:
-        """Items of a queue from ``req.cursor``, filtered by the group's kinds, within limits."""
+    def get(self, req: Get, now_ms: int) -> GetOk | StoreError:
+        """Items of a queue from ``req.cursor``, filtered by the group's kinds, within limits;
+        ``now_ms`` is the serving master's wall clock, reported as the store's time."""
         info = self.config.topic(req.topic)
         if info is None:
             return StoreError(code="unknown_topic", message=f"no topic {req.topic!r}")
@@ -285,6 +290,7 @@ class QueueStore:
                 committed=0,
                 first_offset=0,
                 end_offset=0,
+                now_ms=now_ms,
             )
         committed, _, epoch = q.cursor_of(req.group)
         items, next_cursor = self._read(q, cg, req.cursor, req.items_max, req.bytes_max)
@@ -298,6 +304,7 @@ class QueueStore:
             first_offset=q.first,
             end_offset=q.end,
             epoch=epoch,
+            now_ms=now_ms,
         )
 
     def offsets(self, topic: str, queue: int) -> tuple[int, int]:
@@ -580,8 +587,8 @@ class QueueStore:
         if isinstance(target, bytes):
             return target
         info, cg = target
-        if (cmd.offset is None) == (cmd.time_ms is None):
-            return _error("bad_request", "a seek needs exactly one of offset and time_ms")
+        if sum(t is not None for t in (cmd.offset, cmd.time_ms, cmd.back_ms)) != 1:
+            return _error("bad_request", "a seek needs exactly one of offset, time_ms and back_ms")
         if cmd.queue is not None:
             queues: Iterable[int] = (cmd.queue,)
         else:
@@ -591,21 +598,33 @@ class QueueStore:
                 if cg.subscribes_queue(q)
             )
         moved: list[tuple[int, int]] = []
+        forward: list[tuple[int, int]] = []
         for queue in queues:
             q = self.queues.get((cmd.topic, queue))
             if q is None:
                 continue  # never held anything: every cursor is 0 and stays 0
+            cursor, token, epoch = q.cursor_of(cmd.group)
             if cmd.offset is not None:
                 position = min(max(cmd.offset, q.first), q.end)
+            elif cmd.time_ms is not None:
+                position = self._first_at_or_after(q, cmd.time_ms)
             else:
-                position = self._first_at_or_after(q, cmd.time_ms or 0)
-            cursor, token, epoch = q.cursor_of(cmd.group)
+                # A rewind on the store's time: the stamp an enqueue applied now would get.
+                # Only ever back: a target past the cursor (the stamps behind the proposer's
+                # clock, or nothing enqueued lately) leaves it (the floor aside, below).
+                now_ms = max(cmd.wall_ms, q.last_ms)
+                back = self._first_at_or_after(q, now_ms - (cmd.back_ms or 0))
+                position = max(min(back, cursor), q.first)
             # The epoch moves even if the position stays: a commit based on an earlier Get
             # must not carry the cursor past the seek's target.
             self._save_cursor(q, cmd.group, position, token, epoch + 1)
             if position != cursor:
                 moved.append((queue, position))
-        return _encode(SeekOk(topic=cmd.topic, group=cmd.group, positions=tuple(moved)))
+            if position > cursor:
+                forward.append((queue, cursor))
+        return _encode(
+            SeekOk(topic=cmd.topic, group=cmd.group, positions=tuple(moved), forward=tuple(forward))
+        )
 
     # -- retry ------------------------------------------------------------------------------------
 

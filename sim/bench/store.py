@@ -128,7 +128,8 @@ def bench(enqueues: int, repeat: int) -> dict[str, object]:
                     cursor=cursor,
                     items_max=100,
                     bytes_max=1 << 30,
-                )
+                ),
+                now_ms=0,
             )
             if not isinstance(r, GetOk) or not r.items:
                 break
