@@ -9,11 +9,21 @@ Model (after turmoil-fs, FoundationDB's AsyncFileNonDurable and LMDB's semantics
   distribution plus a per-KiB write cost. Syncs are serial: a sync requested while another is
   running starts when it ends and covers everything submitted by then (group commit).
 - A process crash without power loss keeps submitted batches (the OS page cache writes them);
-  a power loss drops every unsynced batch. With ``torn=True`` the batch being synced at that
-  moment reaches the medium only partly; recovery finds its checksum broken and discards it
-  whole, which keeps batches atomic (as LMDB's meta pages do) and is counted.
-- Every stored value carries a CRC-32; a bit flip corrupts a durable value and the next read
-  of it raises ``StorageCorruption``.
+  a power loss drops every unsynced batch.
+- The medium is a log-structured store: a sync writes each batch as its records followed by
+  a *seal* (the commit record), and a sealed batch is compacted into the table (``durable``)
+  at once, so reads never replay a log. With ``torn_on_power_loss`` a power loss during a
+  sync tears the first batch it was writing: a prefix of its records, drawn from the disk's
+  stream (one record, some or all of them), reaches the medium without a seal, its last record
+  possibly cut short or garbled. The prefix stays on the medium as an unsealed tail until the
+  next ``open`` (the node's boot), whose recovery replays sealed batches only: it discards the
+  tail whole and counts it, so a batch is never applied in part (what LMDB's meta pages give
+  the real runtime). A recovery that trusts the tail (``trust_torn``, a negative control)
+  applies the prefix as the medium holds it, cut or garbled last record included.
+- Every stored value carries a CRC-32 seeded with its table and key; a bit flip corrupts a durable value and the next read
+  of it raises ``StorageCorruption``. The disk remembers which keys a fault flipped and which
+  keys a read found corrupt, so a run can tell a corruption a fault explains from one the
+  storage itself produced (``unexplained_corruptions``).
 - An fsync error fails the sync (the driver then crashes the node; the batches it covered are
   lost).
 - Space: with a ``capacity_bytes`` the disk holds at most that many bytes of keys and sealed
@@ -81,7 +91,9 @@ class DiskStats:
     synced_batches: int = 0
     bytes_written: int = 0
     lost_batches: int = 0
+    torn_batches: int = 0
     torn_batches_discarded: int = 0
+    torn_batches_trusted: int = 0
     corrupt_reads: int = 0
     bitflips: int = 0
     fsync_errors: int = 0
@@ -102,13 +114,48 @@ class DiskSpace:
     resumed: bool
 
 
-def _seal(value: bytes) -> bytes:
-    return value + zlib.crc32(value).to_bytes(4, "big")
+CORRUPT_KEYS_MAX = 100
+"""Distinct corrupt (table, key) pairs a disk remembers (the rest are only counted)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TornTail:
+    """What a torn batch left on the medium: a prefix of its records and no seal."""
+
+    records: tuple[Write, ...]
+    of_records: int
+    """How many records the whole batch had."""
+    damage: str
+    """What happened to the last record of the prefix: ``intact``, ``cut`` or ``garbled``."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Recovery:
+    """What ``open`` found on the medium: an unsealed tail, discarded or (negative control)
+    trusted and applied."""
+
+    records: int
+    of_records: int
+    damage: str
+    trusted: bool
+
+
+_TABLE_SEEDS: dict[str, int] = {}
+
+
+def _crc(table: str, key: bytes, value: bytes) -> bytes:
+    """The CRC-32 of a stored value, seeded with its table and key as the real runtime's
+    storage seals it (``net/node/storage.py``): a value read under another key fails it, and
+    it never coincides with a record's own CRC nested inside the value."""
+    seed = _TABLE_SEEDS.get(table)
+    if seed is None:
+        seed = _TABLE_SEEDS[table] = zlib.crc32(table.encode())
+    return zlib.crc32(value, zlib.crc32(key, seed)).to_bytes(4, "big")
 
 
 def _unseal(table: str, key: bytes, stored: bytes) -> bytes:
     value, crc = stored[:-4], stored[-4:]
-    if len(stored) < 4 or zlib.crc32(value).to_bytes(4, "big") != crc:
+    if len(stored) < 4 or _crc(table, key, value) != crc:
         raise StorageCorruption(
             f"checksum mismatch in table {table!r} at key {key.hex()}", table=table, key=key
         )
@@ -117,7 +164,9 @@ def _unseal(table: str, key: bytes, stored: bytes) -> bytes:
 
 def _sealed(writes: tuple[Write, ...]) -> list[Write]:
     return [
-        Put(table=w.table, key=w.key, value=_seal(w.value)) if isinstance(w, Put) else w
+        Put(table=w.table, key=w.key, value=w.value + _crc(w.table, w.key, w.value))
+        if isinstance(w, Put)
+        else w
         for w in writes
     ]
 
@@ -175,6 +224,15 @@ class SimDisk:
         self.lied: list[list[Write]] = []
         self.fail_next_fsync = False
         self.torn_on_power_loss = False
+        self.trust_torn = False
+        """Negative control: recovery applies an unsealed tail instead of discarding it."""
+        self.torn: TornTail | None = None
+        """The unsealed tail a torn batch left on the medium, until the next ``open``."""
+        self.flipped: set[tuple[str, bytes]] = set()
+        """Every (table, key) whose durable value a bit-flip fault corrupted."""
+        self.corrupt: list[tuple[str, bytes]] = []
+        """Distinct (table, key) pairs a read found corrupt, in order (at most
+        ``CORRUPT_KEYS_MAX``)."""
         self._syncing: tuple[int, int] | None = None  # (generation, covers batch id)
         self._sync_wanted = False
         self._generation = 0
@@ -191,7 +249,15 @@ class SimDisk:
             return _unseal(table, key, stored)
         except StorageCorruption:
             self.stats.corrupt_reads += 1
+            where = (table, key)
+            if len(self.corrupt) < CORRUPT_KEYS_MAX and where not in self.corrupt:
+                self.corrupt.append(where)
             raise
+
+    def unexplained_corruptions(self) -> list[tuple[str, bytes]]:
+        """The corrupt records reads found that no bit-flip fault explains: data the storage
+        itself handed over wrong (a recovery that adopted a torn record)."""
+        return [where for where in self.corrupt if where not in self.flipped]
 
     def attach(
         self, on_synced: Callable[[int], None], on_error: Callable[[Exception], None]
@@ -345,20 +411,59 @@ class SimDisk:
                 self.durable.apply(writes)
         else:
             if self.torn_on_power_loss and in_flight is not None and self.pending:
-                self._tear(self.pending[0][1])
+                self.torn = self._tear(self.pending[0][1])
             self.stats.lost_batches += len(self.pending) + len(self.lied)
         self.pending = []
         self.lied = []
         self.visible = self.durable.copy()
         self._used = None  # measured again on demand
 
-    def _tear(self, writes: list[Write]) -> None:
-        """A power loss in the middle of writing ``writes``: only a prefix of the batch
-        reaches the medium. Recovery (the write-ahead check a storage engine runs at open)
-        finds the batch's checksum does not cover what is there and discards the prefix, so
-        the batch is lost whole and never applied in part."""
-        del writes  # whatever prefix reached the medium fails the batch checksum
-        self.stats.torn_batches_discarded += 1
+    def _tear(self, writes: list[Write]) -> TornTail:
+        """A power loss in the middle of writing ``writes``: a prefix of its records reaches
+        the medium, the seal does not. The last record of the prefix may be cut short (a Put
+        keeps part of its sealed value; any other record is unreadable and gone) or garbled
+        (one bit of a Put's sealed value flipped)."""
+        rng = self.rng
+        self.stats.torn_batches += 1
+        prefix = list(writes[: rng.randint(1, len(writes))])
+        damage = "intact"
+        if prefix:
+            damage = ("intact", "cut", "garbled")[rng.randrange(3)]
+            last = prefix[-1]
+            if damage == "intact":
+                pass
+            elif not isinstance(last, Put):
+                prefix.pop()  # a cut or garbled delete record does not parse: it is not there
+            elif damage == "cut":
+                cut = last.value[: rng.randrange(len(last.value))]
+                prefix[-1] = Put(table=last.table, key=last.key, value=cut)
+            else:
+                stored = bytearray(last.value)
+                bit = rng.randrange(len(stored) * 8)
+                stored[bit // 8] ^= 1 << (bit % 8)
+                prefix[-1] = Put(table=last.table, key=last.key, value=bytes(stored))
+        return TornTail(records=tuple(prefix), of_records=len(writes), damage=damage)
+
+    def open(self) -> Recovery | None:
+        """Recover the medium before a boot: replay sealed batches only. An unsealed tail
+        (a torn batch) is discarded whole; with ``trust_torn`` (negative control) it is
+        applied as the medium holds it. None when there was no tail."""
+        tail, self.torn = self.torn, None
+        if tail is None:
+            return None
+        if self.trust_torn:
+            self.durable.apply(tail.records)
+            self.visible.apply(tail.records)
+            self._used = None
+            self.stats.torn_batches_trusted += 1
+        else:
+            self.stats.torn_batches_discarded += 1
+        return Recovery(
+            records=len(tail.records),
+            of_records=tail.of_records,
+            damage=tail.damage,
+            trusted=self.trust_torn,
+        )
 
     def wipe(self) -> None:
         """A blank disk in place of this one (its node is down: ``crash`` came first)."""
@@ -383,6 +488,7 @@ class SimDisk:
         flipped = bytes(stored)
         before = self.durable.tables[table].values[key]
         self.durable.tables[table].values[key] = flipped
+        self.flipped.add((table, key))
         if self.visible.get(table, key) == before:  # not overwritten by a pending batch
             self.visible.tables[table].values[key] = flipped
         self.stats.bitflips += 1

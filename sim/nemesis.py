@@ -158,7 +158,15 @@ class Nemesis:
             self._log(action, [], skipped="no target")
             return None
         # A seek is recorded by the workload as the operator's own operation.
-        self._log("seek_requested" if action == "seek" else action, targets)
+        extra = {
+            k: v
+            for k, v in (
+                ("mono_stall_ms", fault.mono_stall_ms),
+                ("mono_jump_ms", fault.mono_jump_ms),
+            )
+            if v is not None
+        }
+        self._log("seek_requested" if action == "seek" else action, targets, **extra)
         match action:
             case "partition":
                 rest = [n for n in self._endpoints() if n not in targets]
@@ -216,6 +224,14 @@ class Nemesis:
                         clock.set_drift(world.now_us, fault.drift_ppm)
                     if fault.skew_ms:
                         clock.jump_wall(fault.skew_ms)
+                    if fault.mono_stall_ms is not None:
+                        clock.stall_mono(world.now_us, fault.mono_stall_ms)
+                    if fault.mono_jump_ms is not None:
+                        clock.jump_mono(world.now_us, fault.mono_jump_ms)
+                    if fault.mono_stall_ms is not None or fault.mono_jump_ms is not None:
+                        # The armed timer counts on the old clock: a jump makes its deadline
+                        # due now, a stall later.
+                        world.hosts[n].clock_changed()
             case "disk":
                 return self._disk(fault, targets)
             case "seek":
@@ -247,6 +263,8 @@ class Nemesis:
                     disk.spec = replace(disk.spec, fsync=fault.fsync or disk.spec.fsync)
                 case "lying_fsync":
                     disk.lying = True
+                case "trust_torn":
+                    disk.trust_torn = True
         if kind == "full":
             self._check_space(targets)
         if kind in ("bitflip", "fsync_error"):
@@ -257,6 +275,7 @@ class Nemesis:
             for disk in disks:
                 disk.spec = disk.baseline
                 disk.torn_on_power_loss = False
+                disk.trust_torn = False
                 disk.lying = False
             if kind == "full":
                 self._check_space(targets)

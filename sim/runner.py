@@ -24,7 +24,7 @@ from pxq.check.queue import check_queue_order, check_replay, check_retry_flow, c
 from pxq.check.result import CheckResult, Offenders, verdict
 from pxq.check.retry_delay import check_retry_delay
 from pxq.config.parser import ConfigError
-from pxq.effects import NodeId, StorageView
+from pxq.effects import NodeId, StorageCorruption, StorageView
 from pxq.lock.node import LockNode
 from pxq.paxos.config import PaxosConfig
 from pxq.paxos.logsm import RecordingLog
@@ -544,6 +544,8 @@ def run(
     if "agreement" in scn.checks:
         checks["agreement"] = check_agreement(checksums)
     checks |= system.checks(heal_ms)
+    # Last: the system's checks read the replicas' disks too, and what they found corrupt counts.
+    checks["corruption"] = _corruption(world)
     safety_ok = all(c.ok for name, c in checks.items() if name != "liveness")
     if scn.expect_safety == "pass":
         ok = safety_ok and all(c.ok for c in checks.values())
@@ -562,6 +564,16 @@ def run(
         },
         "clients": system.stats(),
         "crashes": sum(h.crashes for h in world.hosts.values()),
+        "disk": {
+            name: sum(getattr(h.disk.stats, name) for h in world.hosts.values())
+            for name in (
+                "torn_batches",
+                "torn_batches_discarded",
+                "torn_batches_trusted",
+                "bitflips",
+                "corrupt_reads",
+            )
+        },
         "violations": [v.message for v in world.violations[:5]],
     }
     return RunResult(
@@ -583,7 +595,10 @@ def run(
 def _chosen_log(
     world: World, replicas: list[NodeId], groups: int
 ) -> dict[int, list[tuple[int, int, str]]]:
-    """Each group's applied log, read from the replica that applied the most of it."""
+    """Each group's applied log, read from the replica that applied the most of it. A
+    replica whose log holds a corrupt record (its checksum caught) is read around: the other
+    replicas' logs decide, and the corruption is reported by the ``corruption`` check (the
+    disk remembers what its reads found)."""
     out: dict[int, list[tuple[int, int, str]]] = {}
     for group in range(groups):
         best: list[tuple[int, int, str]] = []
@@ -591,14 +606,41 @@ def _chosen_log(
             host = world.hosts[node_id]
             if host.crashed:
                 continue
-            entries = [
-                (instance, slot, value_id(value))
-                for instance, slot, value in RecordingLog(host.disk.view(), group).records()
-            ]
+            try:
+                entries = [
+                    (instance, slot, value_id(value))
+                    for instance, slot, value in RecordingLog(host.disk.view(), group).records()
+                ]
+            except StorageCorruption:
+                continue
             if len(entries) > len(best):
                 best = entries
         out[group] = best
     return out
+
+
+def _corruption(world: World) -> CheckResult:
+    """Every corrupt record a read found (a node's or the checker's) was corrupted by an
+    injected bit flip. A detected corruption is a finding, listed here, not a failure: it
+    fails only when no fault explains it, that is when the storage handed over a record
+    that was never written whole (a recovery that trusts a torn batch, a negative control)."""
+    explained = Offenders()
+    unexplained = Offenders()
+    for node_id in sorted(world.hosts):
+        disk = world.hosts[node_id].disk
+        for table, key in disk.corrupt:
+            found = {"node": node_id, "table": table, "key": key.hex()}
+            (explained if (table, key) in disk.flipped else unexplained).add(found)
+    return verdict(
+        "corruption",
+        {"unexplained": unexplained},
+        passed=f"{explained.count} corrupt records found, each flipped by a fault",
+        details={
+            "detected": explained.count + unexplained.count,
+            "explained": explained.count,
+            "explained-examples": list(explained.examples),
+        },
+    )
 
 
 def _invariants(world: World) -> CheckResult:

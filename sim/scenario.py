@@ -69,6 +69,7 @@ DISK_FAULTS = (
     "slow",
     "lying_fsync",
     "torn",
+    "trust_torn",
     "replaced",
     "wiped",
 )
@@ -258,6 +259,10 @@ class FaultSpec:
     delay: DelaySpec | None = None
     drift_ppm: int | None = None
     skew_ms: int = 0
+    mono_stall_ms: int | None = None
+    """clock: the monotonic clock stands still this long, then runs on without catching up."""
+    mono_jump_ms: int | None = None
+    """clock: the monotonic clock steps this far forward."""
     disk_fault: str | None = None
     fsync: DelaySpec | None = None
     peer: str | None = None
@@ -615,6 +620,8 @@ def _fault(t: TomlTable, replicas: int) -> FaultSpec:
         if action == "clock"
         else None,
         skew_ms=t.integer("skew_ms", 0) if action == "clock" else 0,
+        mono_stall_ms=t.integer("mono_stall_ms", None, lo=1) if action == "clock" else None,
+        mono_jump_ms=t.integer("mono_jump_ms", None, lo=1) if action == "clock" else None,
         disk_fault=t.choice("fault", DISK_FAULTS) if action == "disk" else None,
         fsync=_delay(t, "fsync", None) if action == "disk" else None,
         peer=_selector(t, "peer", False) if action in ("clog", "unclog") else None,

@@ -8,7 +8,8 @@ group-committed by the disk); output is released in step order, except sends mar
 ``early`` and the replies of a step that says ``replies_early`` (they leave at once); a send
 to the node itself comes back to it, after its step, without the network; one timer per node
 is armed at ``next_deadline()``. Process faults (crash with or without power loss, restart from the
-durable state alone, pause and resume) live here too.
+durable state alone, pause and resume) live here too; a restart first recovers the disk
+(``SimDisk.open``) and traces what it did with a torn batch's tail.
 After every step of a node that has ``check_invariants`` (``SelfChecking``), the host runs it:
 a broken invariant is a violation, like an ``InvariantViolation`` raised by the step itself.
 
@@ -176,6 +177,17 @@ class NodeHost:
         self.calls.clear()
         rng = stream(self.world.seed, f"node/{self.node_id}/{self.incarnation}")
         self.disk.attach(self._synced, self._disk_error)
+        recovery = self.disk.open()
+        if recovery is not None:
+            self.world.record(
+                self.node_id,
+                "torn_tail_trusted" if recovery.trusted else "torn_tail_discarded",
+                (
+                    ("damage", recovery.damage),
+                    ("of_records", recovery.of_records),
+                    ("records", recovery.records),
+                ),
+            )
         self.world.record(self.node_id, "boot", (("incarnation", self.incarnation),))
         self.node = self.factory(self.node_id, self.disk.view(), rng)
         self.check = self.node.check_invariants if isinstance(self.node, SelfChecking) else None
@@ -200,7 +212,7 @@ class NodeHost:
         self.outbox.clear()
         self.calls.clear()
         self.paused_inbox.clear()
-        torn_before = self.disk.stats.torn_batches_discarded
+        torn_before = self.disk.stats.torn_batches
         lost_before = self.disk.stats.lost_batches
         self.disk.crash(power_loss=power_loss)
         self.world.record(
@@ -210,7 +222,7 @@ class NodeHost:
                 ("lost_batches", self.disk.stats.lost_batches - lost_before),
                 ("power_loss", power_loss),
                 ("reason", reason),
-                ("torn_batches", self.disk.stats.torn_batches_discarded - torn_before),
+                ("torn_batches", self.disk.stats.torn_batches - torn_before),
             ),
         )
 
@@ -401,6 +413,12 @@ class NodeHost:
         token = self.timer_token
         ev = self.world.env.timeout(max(at - now_us, 1))
         ev.callbacks.append(lambda _e: self._fire(token))
+
+    def clock_changed(self) -> None:
+        """The node's clock was changed (a fault): arm its timer again, for the simulated
+        time its deadline is now reached at."""
+        self.armed_deadline = None
+        self._arm_timer()
 
     def _fire(self, token: int) -> None:
         if token == self.timer_token and not self.crashed:

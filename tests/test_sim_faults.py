@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from pxq.check.history import HistoryWriter
 from pxq.effects import Delete, DeleteRange, Put, Rng, StorageCorruption, StorageView
 from sim.clock import NodeClock
-from sim.disk import DiskFull, DiskSpec, SimDisk
+from sim.disk import DiskFull, DiskSpec, Recovery, SimDisk
 from sim.nemesis import Nemesis
 from sim.network import DelaySpec, Network, NetworkSpec
 from sim.scenario import FaultSpec
@@ -154,18 +154,73 @@ def test_process_crash_without_power_loss_keeps_submitted_writes() -> None:
     assert len(list(disk.view().scan("t"))) == 3
 
 
-def test_torn_batch_is_discarded_whole_and_counted() -> None:
-    env, disk, _synced = _disk()
+def _torn(seed: int, *, trust: bool, records: int = 6) -> tuple[SimDisk, Recovery | None]:
+    """A disk holding key 0 durably, torn by a power loss while it syncs a batch of
+    ``records`` puts (keys 100..), then opened again."""
+    env = simpy.Environment()
+    disk = SimDisk(env, random.Random(seed), DiskSpec())
+    disk.attach(lambda _upto: None, lambda _exc: None)
     disk.submit(_put(0))
     disk.request_sync()
     env.run()
     disk.torn_on_power_loss = True
-    disk.submit((Put(table="t", key=b"x1", value=b"a"), Put(table="t", key=b"x2", value=b"b")))
+    disk.trust_torn = trust
+    disk.submit(tuple(_put(100 + i)[0] for i in range(records)))
     disk.request_sync()
     env.run(until=env.now + 1)  # the sync is in flight
     disk.crash(power_loss=True)
-    assert disk.stats.torn_batches_discarded == 1
+    return disk, disk.open()
+
+
+def _keys(disk: SimDisk) -> list[int]:
+    return [int.from_bytes(k, "big") for k, _ in disk.durable.scan("t")]
+
+
+def test_torn_batch_is_discarded_whole_and_counted() -> None:
+    disk, recovery = _torn(3, trust=False)
+    assert recovery is not None and not recovery.trusted
+    assert disk.stats.torn_batches == 1 and disk.stats.torn_batches_discarded == 1
     assert [k for k, _ in disk.view().scan("t")] == [(0).to_bytes(4, "big")]
+    assert disk.open() is None  # the tail is gone once recovered
+
+
+def test_a_torn_batch_is_never_applied_in_part_by_the_recovery() -> None:
+    """Over many seeds the tear leaves every prefix length and every kind of damage on the
+    medium, and the recovery discards each whole: the durable state is the one before it."""
+    prefixes, damages = set(), set()
+    for seed in range(200):
+        disk, recovery = _torn(seed, trust=False)
+        assert recovery is not None and not recovery.trusted
+        prefixes.add(recovery.records)
+        damages.add(recovery.damage)
+        assert _keys(disk) == [0] and [k for k, _ in disk.view().scan("t")] == [bytes(4)]
+        assert disk.unexplained_corruptions() == []
+    assert prefixes == set(range(1, 7))
+    assert damages == {"intact", "cut", "garbled"}
+
+
+def test_a_trusting_recovery_applies_the_torn_prefix() -> None:
+    """The negative control's recovery keeps what the tear left: the first records of the
+    batch and no other, the last one cut or garbled (a read finds it corrupt, and no fault
+    explains that) or intact."""
+    damages = set()
+    for seed in range(200):
+        disk, recovery = _torn(seed, trust=True)
+        assert recovery is not None and recovery.trusted
+        assert disk.stats.torn_batches_trusted == 1
+        damages.add(recovery.damage)
+        assert _keys(disk) == [0] + [100 + i for i in range(recovery.records)]
+        view = disk.view()
+        for i in range(recovery.records - 1):
+            assert view.get("t", (100 + i).to_bytes(4, "big")) == b"v%d" % (100 + i)
+        last = (100 + recovery.records - 1).to_bytes(4, "big")
+        if recovery.damage == "intact":
+            assert view.get("t", last) == b"v%d" % (100 + recovery.records - 1)
+        else:
+            with pytest.raises(StorageCorruption):
+                view.get("t", last)
+            assert disk.unexplained_corruptions() == [("t", last)]
+    assert damages == {"intact", "cut", "garbled"}
 
 
 def test_bitflip_is_caught_on_read() -> None:
@@ -177,6 +232,8 @@ def test_bitflip_is_caught_on_read() -> None:
     with pytest.raises(StorageCorruption):
         disk.view().get("t", (0).to_bytes(4, "big"))
     assert disk.stats.corrupt_reads == 1
+    assert disk.corrupt == [("t", (0).to_bytes(4, "big"))]
+    assert disk.unexplained_corruptions() == []  # the fault explains it
 
 
 def test_full_disk_rejects_the_batch_and_keeps_the_rest() -> None:
@@ -371,6 +428,71 @@ def test_timer_inverse_finds_the_first_instant_the_deadline_is_reached(
     assert t >= now_us
     assert clock.now(t).mono_ms >= deadline
     assert t == now_us or clock.now(t - 1).mono_ms < deadline
+
+
+def test_a_monotonic_stall_stands_still_then_runs_on_without_catching_up() -> None:
+    clock = NodeClock(origin_us=7_000_000, drift_ppm=0, skew_ms=0)
+    start = clock.now(1_000_000)
+    clock.stall_mono(1_000_000, 3000)
+    assert clock.now(2_500_000).mono_ms == start.mono_ms  # standing still
+    assert clock.now(3_999_999).mono_ms == start.mono_ms
+    assert clock.now(5_000_000).mono_ms == start.mono_ms + 1000  # 3 s behind from now on
+    assert clock.now(5_000_000).wall_ms == start.wall_ms + 4000  # the wall clock ran on
+    clock.set_drift(6_000_000, 1000)  # a rate change after the stall keeps both continuous
+    assert clock.now(6_000_000).mono_ms == start.mono_ms + 2000
+    assert clock.now(16_000_000).mono_ms == start.mono_ms + 2000 + 10_010
+
+
+def test_a_monotonic_jump_steps_forward_and_leaves_the_wall_clock() -> None:
+    clock = NodeClock(origin_us=7_000_000, drift_ppm=0, skew_ms=0)
+    before = clock.now(1_000_000)
+    clock.jump_mono(1_000_000, 2500)
+    assert clock.now(1_000_000).mono_ms == before.mono_ms + 2500
+    assert clock.now(2_000_000).mono_ms == before.mono_ms + 3500
+    assert clock.now(1_000_000).wall_ms == before.wall_ms
+    clock.stall_mono(2_000_000, 1000)
+    clock.jump_mono(2_500_000, 100)  # a jump during a stall moves where it stands
+    assert clock.now(2_600_000).mono_ms == before.mono_ms + 3600
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(-5000, 5000),
+    st.integers(0, 10**10),
+    st.lists(
+        st.tuples(st.sampled_from(["stall", "jump", "drift"]), st.integers(1, 5000)),
+        max_size=4,
+    ),
+    st.integers(0, 10**7),
+)
+def test_timer_inverse_holds_across_stalls_jumps_and_drift_changes(
+    drift: int, now_us: int, faults: list[tuple[str, int]], ahead_ms: int
+) -> None:
+    """Monotonic time never goes back, and the timer inverse still finds the first instant a
+    deadline is reached, whatever stalls, jumps and rate changes came before (some of them
+    still running)."""
+    clock = NodeClock(origin_us=10**9, drift_ppm=drift, skew_ms=0)
+    t = 0
+    last = clock.mono_us(0)
+    for kind, n in faults:
+        t += n * 700
+        assert clock.mono_us(t) >= last
+        match kind:
+            case "stall":
+                clock.stall_mono(t, n)
+            case "jump":
+                clock.jump_mono(t, n)
+            case _:
+                clock.set_drift(t, n - 2500)
+        assert clock.mono_us(t) >= last
+        last = clock.mono_us(t)
+    now = t + now_us
+    assert clock.mono_us(now) >= last
+    deadline = clock.now(now).mono_ms + ahead_ms
+    at = clock.sim_us_at(deadline, now)
+    assert at >= now
+    assert clock.now(at).mono_ms >= deadline
+    assert at == now or clock.now(at - 1).mono_ms < deadline
 
 
 def _world(fsync_us: int = 5000, net_us: int = 100) -> World:
