@@ -268,26 +268,32 @@ class Cluster:
                 best = (t, name)
         return best
 
+    def step_next(self, end: int) -> bool:
+        """Deliver the next message or fire the next timer, if it is due by true time ``end``
+        (False: nothing is). ``run`` is this in a loop; tests that must act between two
+        events (a partition right after one step) call it directly."""
+        msg_t = min((f.deliver_at for f in self.pool), default=None)
+        timer = self._next_timer()
+        t_next = msg_t if msg_t is not None else None
+        if timer is not None and (t_next is None or timer[0] < t_next):
+            t_next = timer[0]
+        if t_next is None or t_next > end:
+            return False
+        self.time = max(self.time, t_next)
+        if msg_t is not None and msg_t <= self.time:
+            i = min(
+                (i for i, f in enumerate(self.pool) if f.deliver_at <= self.time),
+                key=lambda i: self.pool[i].seq,
+            )
+            self.deliver(i)
+        elif timer is not None:
+            self.fire(timer[1])
+        return True
+
     def run(self, ms: int, *, until_quiet: bool = False) -> None:
         """Deliver messages (after ``latency_ms``) and fire timers in true-time order."""
         end = self.time + ms
-        while True:
-            msg_t = min((f.deliver_at for f in self.pool), default=None)
-            timer = self._next_timer()
-            t_next = msg_t if msg_t is not None else None
-            if timer is not None and (t_next is None or timer[0] < t_next):
-                t_next = timer[0]
-            if t_next is None or t_next > end:
-                break
-            self.time = max(self.time, t_next)
-            if msg_t is not None and msg_t <= self.time:
-                i = min(
-                    (i for i, f in enumerate(self.pool) if f.deliver_at <= self.time),
-                    key=lambda i: self.pool[i].seq,
-                )
-                self.deliver(i)
-            elif timer is not None:
-                self.fire(timer[1])
+        while self.step_next(end):
             if until_quiet and not self.pool:
                 return
         self.time = max(self.time, end)

@@ -6,7 +6,8 @@ missed and to serve them to peers. It owns:
 * learning: ``LearnRequest`` for the values after the applied prefix, in chunks of at most
   ``learn_chunk_max`` instances and ``learn_bytes_max`` bytes, one request outstanding (the
   learn deadline retries it); the ``LearnReply`` marks what it carries chosen, writes it to
-  the log and applies it, and asks for more while the commit index seen is ahead;
+  the log and applies it, and asks for more while the commit index seen is ahead (a leader
+  ignores replies: see ``on_learn_reply``);
 * the serving side of both: answering ``LearnRequest`` from the log, and ``SnapshotRequest``
   from a snapshot of the state machine encoded once and kept in the replica's
   ``SnapshotCache`` while peers fetch it in ``snapshot_chunk_bytes`` chunks;
@@ -213,6 +214,16 @@ class CatchUp:
         host = self.host
         learner = self.learner
         self.learn_deadline = None
+        if host.role is Role.LEADER:
+            # A leader knows what is chosen from its own accept quorums and its phase 1. A
+            # reply to a request sent before it led can carry a value that a higher ballot
+            # chose where this (deposed, not yet aware) leader proposed another one. Applying
+            # it would let its commit index cover an instance where its followers hold its own
+            # proposal, and a follower takes as chosen what it accepted under the master's
+            # ballot below the master's commit index: it would apply a value never chosen
+            # (tests/test_paxos_late_learn.py). Ignored; the leader's Accepts fail and it
+            # steps down, then learns as a follower.
+            return
         host.commit_seen = max(host.commit_seen, msg.chosen_upto)
         if learner.frozen:
             return  # a snapshot comes first (``repair.py``)

@@ -5,8 +5,9 @@ apply) and ``CatchUp`` (learning missed values and snapshots from peers, ``catch
 the volatile roles, whose state lives in ``roles.py`` (``Phase1`` while a round of phase 1
 runs, ``Leadership`` while leading; dropped as a whole when the role ends):
 
-* follower: acks the master, learns its commit index, campaigns when the master is silent
-  for a lease, fetches missing chosen values and snapshots;
+* follower: acks the master, learns its commit index, fetches missing chosen values and
+  snapshots; when the master is silent for a lease it first asks its peers (pre-vote) and
+  campaigns only once a quorum says it honours no master's lease any more;
 * candidate: runs phase 1 for every instance >= its first unchosen one, in bounded windows;
 * leader: re-proposes what the promise quorum reported (no-ops for gaps), renews its lease
   with heartbeats, batches client values into instances and keeps a bounded pipeline.
@@ -29,6 +30,15 @@ that write is durable, like any output. A value is thus chosen only by durable v
 follower's vote is durable before it leaves. The Accept is safe to release early because the
 leader's ballot rests on promises that were durable before its Prepare left, and a value
 accepted by followers but never by the leader is ordinary Paxos.
+
+Pre-vote: a follower whose election timer fires raises no ballot, not even its own
+acceptor's promise, before a quorum (itself included) answered a ``PreVote`` saying it honours
+no master's lease. Without it, a replica that was paused or cut off, and so heard no master
+for a lease, would campaign at once on coming back: its own acceptor would promise the new
+ballot, refuse the live master's next heartbeat, and the refusal would depose a master that a
+majority still follows (every group it leads stops for an election). A replica that hears a
+live master refuses, so a quorum of grants exists only when no lease majority does. Answering
+a ``PreVote`` changes nothing, so it needs no persistence.
 
 Only a leader that holds the lease and has applied everything up to the end of its recovery
 is *master*: it alone proposes client values and serves. Every handler takes the node's
@@ -60,6 +70,8 @@ from pxq.paxos.messages import (
     LearnRequest,
     PeerMessage,
     Prepare,
+    PreVote,
+    PreVoteReply,
     Promise,
     ProposeOk,
     ProposeRejected,
@@ -87,7 +99,7 @@ from pxq.paxos.records import (
     meta_key,
 )
 from pxq.paxos.repair import GroupDamage, Repair, log_end, read_flags
-from pxq.paxos.roles import Inflight, Leadership, Pending, Phase1, Role
+from pxq.paxos.roles import Inflight, Leadership, Pending, Phase1, PreVoteRound, Role
 from pxq.paxos.sm import StateMachine
 
 
@@ -147,6 +159,10 @@ class Group:
         )
         self.repair = Repair(group, config, self.peers)
         """What this group lost and is re-learning from its peers (``repair.py``)."""
+        self.pre_vote: PreVoteRound | None = None
+        """A follower's pre-vote round, while it asks whether it may campaign."""
+        self.pre_vote_seq = 0
+        """The last pre-vote round number, over this incarnation."""
         self.phase1: Phase1 | None = None
         """A round of phase 1 (a candidate's, or a leader's next recovery window)."""
         self.leadership: Leadership | None = None
@@ -206,7 +222,9 @@ class Group:
         elif self.phase1 is not None:
             times.append(self.phase1.deadline)  # a candidate
         else:
-            times.append(self._election_at())
+            # While a pre-vote round runs, the election timer (already due) waits for it.
+            pre_vote = self.pre_vote
+            times.append(self._election_at() if pre_vote is None else pre_vote.deadline)
             catchup = self.catchup.deadline()
             if catchup is not None:
                 times.append(catchup)
@@ -240,6 +258,8 @@ class Group:
             role is Role.FOLLOWER and phase1 is not None
         ):
             raise InvariantViolation(f"group {g}: {role.value} with phase 1 {phase1 is not None}")
+        if role is not Role.FOLLOWER and self.pre_vote is not None:
+            raise InvariantViolation(f"group {g}: {role.value} in a pre-vote round")
         if role is Role.FOLLOWER:
             return
         # Our own acceptor refusing our ballot makes us step down at once.
@@ -368,8 +388,12 @@ class Group:
                 deadline = self.repair.deadline
                 if deadline is not None and now >= deadline:
                     self._repair_tick(now, fx)
-                if now >= self._election_at():
-                    self._campaign(now, fx)
+                pre_vote = self.pre_vote
+                if pre_vote is not None:
+                    if now >= pre_vote.deadline:
+                        self._pre_vote_failed(now, pre_vote)
+                elif now >= self._election_at():
+                    self._start_pre_vote(now, fx)
             elif now >= phase1.deadline:  # a candidate
                 self._prepare_retry(now, phase1, fx)
             return
@@ -444,6 +468,10 @@ class Group:
         if self.repair.probing and not isinstance(msg, RepairQuery | RepairReply):
             return  # blank storage of unknown history: write nothing, vote for nothing yet
         match msg:
+            case PreVote():
+                self._on_pre_vote(now, src, msg, fx)
+            case PreVoteReply():
+                self._on_pre_vote_reply(now, src_index, msg, fx)
             case Prepare():
                 self._on_prepare(now, src, msg, fx)
             case Promise():
@@ -510,6 +538,7 @@ class Group:
                 self._step_down(now, "preempted", fx)
             if self.role is Role.FOLLOWER:
                 # Give the candidate time to finish before competing with it.
+                self.pre_vote = None
                 self.not_before = max(self.not_before, now + 2 * self.config.accept_timeout_ms)
 
     def _on_accept(
@@ -575,6 +604,7 @@ class Group:
         """A master with ``ballot`` (>= our promise) is active: follow it."""
         if self.role is not Role.FOLLOWER and ballot != self.ballot:
             self._step_down(now, "preempted", fx)
+        self.pre_vote = None
         self.known_master = src_index
         self.heard_master_at = now
 
@@ -689,9 +719,81 @@ class Group:
             lead.mastered = True
             fx.event("master", group=self.group, ballot=self.ballot, state="became")
 
+    # -- pre-vote ---------------------------------------------------------------------------------
+
+    def _start_pre_vote(self, now: int, fx: EffectsBuilder) -> None:
+        """The election timer fired: ask the peers whether a campaign would be granted."""
+        if not self.repair.may_lead():
+            self.not_before = now + self.config.lease_ms  # repairing: never lead
+            return
+        snap = self.catchup.snap
+        if snap is not None:
+            # Installing a snapshot: we are far behind and could not lead anyway.
+            self.not_before = snap.deadline
+            return
+        lease_left = self.acceptor.lease_until - now
+        if lease_left > 0:
+            # Our own acceptor still honours a lease (or just booted): wait it out.
+            self.backoff(now, lease_left)
+            return
+        self.pre_vote_seq += 1
+        pre_vote = PreVoteRound(
+            seq=self.pre_vote_seq,
+            granted=bit(self.my_index),
+            deadline=now + self.config.accept_timeout_ms,
+        )
+        self.pre_vote = pre_vote
+        fx.event("pre_vote", group=self.group, seq=pre_vote.seq)
+        if is_quorum(pre_vote.granted, self.n):
+            self._campaign(now, fx)
+            return
+        msg = PreVote(group=self.group, seq=pre_vote.seq)
+        for peer in self.peers:
+            fx.send(peer, msg)
+
+    def _on_pre_vote(self, now: int, src: NodeId, msg: PreVote, fx: EffectsBuilder) -> None:
+        """Grant iff our acceptor honours no lease: it would promise a new ballot now."""
+        acc = self.acceptor
+        lease_left = max(0, acc.lease_until - now)
+        fx.send(
+            src,
+            PreVoteReply(
+                group=self.group,
+                seq=msg.seq,
+                granted=lease_left == 0,
+                promised=acc.promised,
+                lease_left_ms=lease_left,
+                master=self._lease_holder_name() if lease_left else None,
+            ),
+        )
+
+    def _on_pre_vote_reply(
+        self, now: int, src_index: int, msg: PreVoteReply, fx: EffectsBuilder
+    ) -> None:
+        self._see_ballot(msg.promised)
+        pre_vote = self.pre_vote
+        if pre_vote is None or msg.seq != pre_vote.seq:
+            return  # a late answer to a round already over
+        if msg.granted:
+            pre_vote.granted |= bit(src_index)
+            if is_quorum(pre_vote.granted, self.n):
+                self._campaign(now, fx)
+            return
+        pre_vote.refused |= bit(src_index)
+        pre_vote.wait_ms = max(pre_vote.wait_ms, msg.lease_left_ms)
+        if msg.master is not None and msg.master in self.config.replicas and msg.lease_left_ms:
+            self.known_master = self.config.index_of(msg.master)
+        if quorum_impossible(pre_vote.refused, self.n):
+            self._pre_vote_failed(now, pre_vote)
+
+    def _pre_vote_failed(self, now: int, pre_vote: PreVoteRound) -> None:
+        """No quorum granted: a master still holds a lease (or the peers are unreachable)."""
+        self.backoff(now, pre_vote.wait_ms)
+
     # -- candidate ------------------------------------------------------------------------------
 
     def _campaign(self, now: int, fx: EffectsBuilder) -> None:
+        self.pre_vote = None
         if not self.repair.may_lead():
             self.not_before = now + self.config.lease_ms  # repairing: never lead
             return
@@ -757,6 +859,7 @@ class Group:
         """Campaign failed or was refused: follow, and retry after a randomized delay."""
         self.role = Role.FOLLOWER
         self.phase1 = None
+        self.pre_vote = None
         # At least 1 ms: the election timer must move past ``now`` or the driver would spin.
         self.not_before = now + max(wait_ms, 1)
         self.election_delay = self._draw_election_delay()
@@ -1093,6 +1196,7 @@ class Group:
                 fx.reply(lead.pending.popleft().call_id, Redirect(group=g, master=None))
         self.leadership = None
         self.phase1 = None
+        self.pre_vote = None
         self.role = Role.FOLLOWER
         if self.known_master == self.my_index:
             self.known_master = None

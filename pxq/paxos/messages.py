@@ -233,6 +233,35 @@ class RepairReply:
     repairing: bool
 
 
+# Pre-vote
+
+
+@message(14)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PreVote:
+    """A follower that heard no master for a lease asks, before it raises any ballot (its own
+    acceptor's promise included), whether a campaign of its would be granted now. Answering
+    changes nothing at the receiver; ``seq`` names the asker's round."""
+
+    group: int
+    seq: int
+
+
+@message(15)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PreVoteReply:
+    """The answer to a PreVote: ``granted`` when this acceptor honours no master's lease any
+    more (it would promise a new ballot). Otherwise ``lease_left_ms`` says how long the lease
+    of ``master`` still holds here. ``promised`` lets the asker campaign above it."""
+
+    group: int
+    seq: int
+    granted: bool
+    promised: int
+    lease_left_ms: int = 0
+    master: str | None = None
+
+
 PeerMessage: TypeAlias = (
     Prepare
     | Promise
@@ -247,6 +276,8 @@ PeerMessage: TypeAlias = (
     | SnapshotChunk
     | RepairQuery
     | RepairReply
+    | PreVote
+    | PreVoteReply
 )
 
 # --------------------------------------------------------------------------------------------

@@ -39,6 +39,8 @@ from pxq.paxos.messages import (
     LearnReply,
     LearnRequest,
     Prepare,
+    PreVote,
+    PreVoteReply,
     Promise,
     Propose,
     ProposeRejected,
@@ -66,6 +68,8 @@ _PEER_TYPES = (
     SnapshotChunk,
     RepairQuery,
     RepairReply,
+    PreVote,
+    PreVoteReply,
 )
 
 

@@ -6,6 +6,9 @@ replica whatever its role; the state below exists only while a role needs it, as
 the group holds or drops, so leaving a role forgets all of it in one assignment and a new
 field of a role is declared (and initialised) in one place:
 
+* ``PreVoteRound``: a follower asking its peers whether it may campaign (``PreVote``),
+  before it raises any ballot. Created when its election timer fires, dropped when a quorum
+  granted (it campaigns), when the round fails, or when it hears a master.
 * ``Phase1``: one round of phase 1 (Prepare/Promise) over the instances >= ``from_instance``.
   A candidate's campaign is such a round; a leader whose recovery needs more than one window
   runs one round per further window under the same ballot. Created when the round starts,
@@ -28,6 +31,21 @@ class Role(enum.Enum):
     FOLLOWER = "follower"
     CANDIDATE = "candidate"
     LEADER = "leader"
+
+
+@dataclass(slots=True, kw_only=True)
+class PreVoteRound:
+    """A follower's pre-vote round ``seq``: may it campaign without disturbing a live master?"""
+
+    seq: int
+    granted: int
+    """Bitmask of the replicas that honour no lease any more (this one included)."""
+    deadline: int
+    """When the round fails if no quorum granted."""
+    refused: int = 0
+    """Bitmask of the replicas that still honour a master's lease."""
+    wait_ms: int = 0
+    """The longest lease a refusing replica still honours: how long to back off."""
 
 
 @dataclass(slots=True, kw_only=True)
