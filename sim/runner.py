@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
+from pxq.check.availability import check_availability, group_load
 from pxq.check.history import HistoryWriter, pair_ops
 from pxq.check.lock import check_fencing, check_lock_linearizable, check_lock_liveness
 from pxq.check.log import check_agreement, check_liveness, check_no_loss, check_realtime_order
@@ -32,6 +33,7 @@ from pxq.paxos.replica import Replica
 from pxq.scheduler.node import Scheduler
 from pxq.store.node import StoreNode
 from pxq.store.sm import QueueStore
+from sim.availability import HealthMonitor
 from sim.lock_workload import LockClient
 from sim.nemesis import Nemesis
 from sim.queue_workload import TOPIC, QueueWorkload, cluster_config
@@ -506,6 +508,9 @@ def run(
             )
 
     world.listeners.append(listen)
+    health = (
+        HealthMonitor(world, replicas, scn.cluster.groups) if "availability" in scn.checks else None
+    )
 
     def master_of(group: int) -> NodeId | None:
         now_us = world.now_us
@@ -544,6 +549,10 @@ def run(
     if "agreement" in scn.checks:
         checks["agreement"] = check_agreement(checksums)
     checks |= system.checks(heal_ms)
+    if health is not None:
+        f = "enqueue" if scn.workload.kind == "queue" else "append"
+        load = group_load(history.ops, f, scn.cluster.groups)
+        checks["availability"] = check_availability(load, health.close())
     # Last: the system's checks read the replicas' disks too, and what they found corrupt counts.
     checks["corruption"] = _corruption(world)
     safety_ok = all(c.ok for name, c in checks.items() if name != "liveness")

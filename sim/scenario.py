@@ -91,8 +91,9 @@ CHECKS = (
     "balance",
     "storage_full",
     "retry_delay",
+    "availability",
 )
-LOG_CHECKS = ("agreement", "no_loss", "realtime_order", "liveness")
+LOG_CHECKS = ("agreement", "no_loss", "realtime_order", "liveness", "availability")
 QUEUE_CHECKS = (
     "agreement",
     "total_queue",
@@ -109,12 +110,15 @@ QUEUE_CHECKS = (
     "fencing",
     "storage_full",
     "retry_delay",
+    "availability",
 )
-OPT_IN_CHECKS = ("storage_full", "retry_delay")
-"""Queue checks a scenario must name: ``storage_full`` (enqueues were refused for a short
-storage, then acknowledged again) holds only where a disk is made to fill; ``retry_delay``
-(a failed item reaches the next retry level within its delay plus a small bound) only where
-no fault holds requests up or moves masters."""
+OPT_IN_CHECKS = ("storage_full", "retry_delay", "availability")
+"""Checks a scenario must name: ``storage_full`` (enqueues were refused for a short storage,
+then acknowledged again) holds only where a disk is made to fill; ``retry_delay`` (a failed
+item reaches the next retry level within its delay plus a small bound) only where no fault
+holds requests up or moves masters; ``availability`` (a group whose master stays healthy
+never stops acknowledging for over 200 ms) only where the faults spare the master and the
+network (no loss, no storms)."""
 OWNERSHIP_CHECKS = ("ownership", "failover", "rate_limit", "balance", "linearizable", "fencing")
 """Queue checks that need consumers owning queues through the lock service (``linearizable``
 and ``fencing`` check the consumers' and schedulers' own lock calls)."""
@@ -532,7 +536,7 @@ def _scenario(t: TomlTable) -> Scenario:
     f.done()
 
     allowed = CHECKS_OF_KIND[workload.kind]
-    default = allowed
+    default = tuple(c for c in allowed if c not in OPT_IN_CHECKS)
     if workload.kind == "queue":
         # The ownership checks apply when consumers own queues through locks; by default only
         # ``ownership`` (and ``rate_limit`` with a rate): ``failover`` and ``balance`` have

@@ -235,9 +235,13 @@ class NodeHost:
             return
         self.paused = False
         inbox, self.paused_inbox = self.paused_inbox, []
+        # The overdue timer first, then what arrived meanwhile: a process resumed after a
+        # SIGSTOP may well run its timers before it has read its sockets' backlog (part of
+        # which its peers may have dropped anyway), and that order is the harder one (a
+        # follower that heard no master for a lease must not then disturb it).
+        self.step(Wake())
         for inp in inbox:
             self.step(inp)
-        self.step(Wake())
 
     # -- stepping ------------------------------------------------------------------------
 
