@@ -1,0 +1,76 @@
+"""The availability checker (``pxq/check/availability.py``) on constructed histories: it
+fails on a stall under a healthy master, and ignores what it must ignore (a stall outside a
+healthy window, a lull without demand, calls invoked before the window opened)."""
+
+from __future__ import annotations
+
+from pxq.check.availability import check_availability, group_load
+from pxq.check.history import HistoryWriter, Op
+
+
+def _history(calls: list[tuple[int, int, int, str]]) -> list[Op]:
+    """``(process, invoke_ms, end_ms, outcome)`` appends to group 0, in time order."""
+    events: list[tuple[int, int, str, int]] = []
+    for process, invoke, end, outcome in calls:
+        events.append((invoke, 0, "invoke", process))
+        events.append((end, 1, outcome, process))
+    w = HistoryWriter()
+    for t, _order, kind, process in sorted(events):
+        value = f"p{process}-{t}"
+        match kind:
+            case "invoke":
+                w.invoke(t, process, "append", value, group=0)
+            case "ok":
+                w.ok(t, process, "append", value, group=0)
+            case _:
+                w.info(t, process, "append", value, group=0)
+    return w.ops
+
+
+def _steady(start: int, end: int, every: int, process: int) -> list[tuple[int, int, int, str]]:
+    return [(process, t, t + 5, "ok") for t in range(start, end, every)]
+
+
+def test_a_stall_under_a_healthy_master_fails_the_check() -> None:
+    calls = _steady(0, 1000, 20, 1)
+    # Deposed at 1000: calls wait (or time out) until a new master serves at 2100.
+    calls += [(1, 1000, 1300, "info"), (2, 1010, 2105, "ok"), (3, 1400, 2110, "ok")]
+    calls += _steady(2200, 3000, 20, 4)
+    result = check_availability(group_load(_history(calls), "append", 1), {0: [(0, 3000)]})
+    assert not result.ok
+    # From the first call waiting after the last acknowledgement (985): the one at 1000.
+    assert result.details["longest_gap_ms"] == 2105 - 1000
+    examples = result.details["gaps-over-bound-examples"]
+    assert isinstance(examples, list)
+    assert examples == [{"group": 0, "from_ms": 985, "to_ms": 2105, "gap_ms": 1105}]
+
+
+def test_steady_acknowledgements_pass() -> None:
+    calls = _steady(0, 3000, 20, 1)
+    result = check_availability(group_load(_history(calls), "append", 1), {0: [(0, 3000)]})
+    # Each call waits 5 ms; between calls nobody waits.
+    assert result.ok and result.details["longest_gap_ms"] == 5
+
+
+def test_a_stall_while_the_master_is_unhealthy_does_not_count() -> None:
+    calls = [*_steady(0, 1000, 20, 1), (2, 1010, 2105, "ok"), *_steady(2200, 3000, 20, 3)]
+    healthy = {0: [(0, 1000), (2150, 3000)]}
+    result = check_availability(group_load(_history(calls), "append", 1), healthy)
+    assert result.ok, result.summary
+
+
+def test_a_lull_without_demand_and_calls_from_before_the_window_do_not_count() -> None:
+    # Nobody asks between 1000 and 2000: no demand, no unavailability.
+    lull = _steady(0, 1000, 20, 1) + _steady(2000, 3000, 20, 2)
+    result = check_availability(group_load(_history(lull), "append", 1), {0: [(0, 3000)]})
+    assert result.ok, result.summary
+    # A call invoked at 500, before the window opened at 900, answered at 1500 after a
+    # client backoff: not counted (nobody else waited meanwhile).
+    late = [(5, 500, 1500, "ok"), *_steady(900, 1000, 20, 1), *_steady(1500, 2500, 20, 2)]
+    result = check_availability(group_load(_history(late), "append", 1), {0: [(900, 2500)]})
+    assert result.ok, result.summary
+
+
+def test_nothing_measured_fails() -> None:
+    result = check_availability(group_load([], "append", 1), {0: [(0, 3000)]})
+    assert not result.ok and result.details["nothing-measured"] == 1
