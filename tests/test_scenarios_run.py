@@ -62,6 +62,11 @@ def test_the_scenario_directory_holds_the_families() -> None:
         "queue-single-replica-power-loss",
         "queue-master-power-loss-one-follower",
         "queue-disk-fills",
+        "follower-pause-availability",
+        "follower-cut-off-availability",
+        "follower-flapping-availability",
+        "follower-restart-availability",
+        "queue-follower-pause-availability",
     } | NEGATIVE <= names
 
 
