@@ -20,18 +20,29 @@ Every operation goes into the history in the format the queue checkers read
 ``producer`` is the producer process and incarnation, for the producer-order check),
 ``deliver`` and ``handle`` for every item a handler sees (a handler fails an item with the
 scenario's ``fail_rate``), ``seek`` for an operator's replay, and ``consumer_crash`` /
-``consumer_start``. After the run, ``drain_dead_letters`` reads every dead-letter queue and
-records what it holds as deliveries, so the checkers see where failed items ended.
+``consumer_start``, ``cursor_read`` (a consumer starting a stream from the committed cursor
+and its seek epoch) and ``lock_master`` (a lock replica starting or ceasing to serve as a lock
+group's master, or crashing: ``pxq/check/ownership.py``).
+
+The end of a run: after the producers stop, ``settled`` says whether every call has resolved,
+every acknowledged item reached every group and every failed item its next delivery (the
+runner waits for it, bounded); then ``final_reads`` reads every queue of the store, once from
+the master through a ``Get`` and once from each live replica's own state, into the history
+(``store_read``), so the checkers tell an item no replica holds (lost) from one the store
+holds but a group never got (undelivered); ``drain_dead_letters`` reads every dead-letter
+queue and records what it holds as deliveries, so the checkers see where failed items ended.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pxq.check.history import JSON, HistoryWriter
 from pxq.check.lock import value_text
+from pxq.check.ownership import LOCK_MASTER
+from pxq.check.queue import CURSOR_READ, DEAD_LETTER, READ, topic_level
 from pxq.config import ClusterConfig, loads_config
 from pxq.consumer.machine import Consumer
 from pxq.consumer.messages import Deliver, Handled, OwnedQueue
@@ -46,6 +57,8 @@ from pxq.producer.settings import producer_settings
 from pxq.routing import group_of, queue_of
 from pxq.scheduler.node import Scheduler, SchedulerSettings
 from pxq.store.messages import Get, GetOk, Seek, SeekOk, StoreError, StoreRedirect
+from pxq.store.node import StoreNode
+from pxq.store.sm import QueueStore
 from pxq.topics import dead_letter_topic
 from sim.rng import stream
 from sim.scenario import FaultSpec, Scenario
@@ -58,6 +71,12 @@ ADMIN = "admin"
 ADMIN_TIMEOUT_US = 1_000_000
 ADMIN_ATTEMPTS_MAX = 20
 DRAIN_ITEMS_MAX = 10_000
+READ_PAGES_MAX = 10_000
+"""Get pages one final read of a queue may take (each up to ``DRAIN_ITEMS_MAX`` items)."""
+PRODUCER_REQUEST_TIMEOUT_MS = 500
+READ_AFTER_ACK_SHARE = 0.125
+"""The share of acknowledged enqueues that a reader reads back at once (a ``Get`` from the
+master at the item's offset: ``store_read``), for the read-after-ack check."""
 
 
 def msg_id_of(payload: bytes) -> str:
@@ -125,6 +144,8 @@ class QueueWorkload:
         self.replicas = [f"n{i}" for i in range(scn.cluster.replicas)]
         self.groups = [f"g{g}" for g in range(w.consumer_groups)]
         self.rng = stream(seed, "queue-workload")
+        self.read_rng = stream(seed, "queue-workload/reads")
+        self.reads = 0
         self.running = False
         self.counts = {"invoke": 0, "ok": 0, "fail": 0, "info": 0, "deliver": 0, "handle_fail": 0}
         self.fail_reasons: dict[str, int] = {}
@@ -135,6 +156,12 @@ class QueueWorkload:
         self.publishes: list[tuple[int, dict[str, object]]] = []
         self.lock_calls: dict[str, tuple[str, str]] = {}
         """Lock calls in flight in the history: process -> (f, key)."""
+        self.delivered: dict[str, set[str]] = {g: set() for g in self.groups}
+        self.succeeded: dict[str, set[str]] = {g: set() for g in self.groups}
+        self.undelivered: dict[str, set[str]] = {g: set() for g in self.groups}
+        """Acknowledged msg ids a group has not been delivered yet (for ``settled``)."""
+        self.awaiting: dict[str, set[str]] = {g: set() for g in self.groups}
+        """Msg ids whose handler failed and whose next delivery to the group is due."""
 
         for node in self.replicas:
             world.add_node(node, self._node_factory(node))
@@ -193,7 +220,12 @@ class QueueWorkload:
         return spec.factory
 
     def _producer_factory(self, node_id: NodeId, storage: StorageView, rng: Rng) -> Producer:
-        overrides = {"request_timeout_ms": 500, "call_timeout_ms": 5000}
+        # The call timeout is the scenario's timeout_ms: one place, which the runner's
+        # quiet period and settle bound are checked against.
+        overrides = {
+            "request_timeout_ms": min(PRODUCER_REQUEST_TIMEOUT_MS, self.scn.workload.timeout_ms),
+            "call_timeout_ms": self.scn.workload.timeout_ms,
+        }
         if self.scn.workload.batch_items is not None:
             overrides["batch_items_max"] = self.scn.workload.batch_items
         return Producer(producer_settings(self.config, **overrides), rng, name=node_id)
@@ -301,6 +333,11 @@ class QueueWorkload:
             case Produced(offset=offset):
                 self.counts["ok"] += 1
                 self.history.ok(now, app.process, "enqueue", msg_id, **extra, offset=offset)
+                for group in self.groups:
+                    if msg_id not in self.delivered[group]:
+                        self.undelivered[group].add(msg_id)
+                if self.groups and self.read_rng.random() < READ_AFTER_ACK_SHARE:
+                    self._read_back(int(extra["queue"]), offset)  # type: ignore[arg-type]
             case ProduceFailed(code=code):
                 self.counts["fail"] += 1
                 self.fail_reasons[code] = self.fail_reasons.get(code, 0) + 1
@@ -350,6 +387,9 @@ class QueueWorkload:
             self.history.invoke(now, consumer, "deliver", msg_id, **extra)
             self.history.ok(now, consumer, "deliver", msg_id, **extra)
             self.counts["deliver"] += 1
+            self.delivered[d.group].add(msg_id)
+            self.undelivered[d.group].discard(msg_id)
+            self.awaiting[d.group].discard(msg_id)
             fail = self.rng.random() < self.scn.workload.fail_rate
             outcome = "fail" if fail else "ok"
             self.history.invoke(now, consumer, "handle", msg_id, **extra)
@@ -357,6 +397,10 @@ class QueueWorkload:
             if fail:
                 self.counts["handle_fail"] += 1
                 failed.append(item.offset)
+                if self._comes_again(d.group, d.topic, msg_id):
+                    self.awaiting[d.group].add(msg_id)
+            else:
+                self.succeeded[d.group].add(msg_id)
 
         def finish() -> None:
             if host.incarnation == incarnation and not host.crashed:
@@ -371,9 +415,63 @@ class QueueWorkload:
         handle_ms = w.slow_handle_ms if slow and w.slow_handle_ms is not None else w.handle_ms
         self.world.call_later(handle_ms * 1000, finish)
 
+    def _comes_again(self, group: str, topic: str, msg_id: str) -> bool:
+        """Whether an item failed on ``topic`` is delivered to ``group`` again (in place or on
+        its next retry level) rather than ending in the dead-letter topic, which only the
+        drain after the run reads. An item the group handled before may be passed over (a
+        previous owner's commit moved the cursor past it)."""
+        w = self.scn.workload
+        level = topic_level(topic, group)
+        if level is None or level == DEAD_LETTER or msg_id in self.succeeded[group]:
+            return False
+        return not (w.dead_letter and level == len(w.retry_delays_ms))
+
+    def settled(self) -> bool:
+        """Every producer call resolved, every acknowledged item delivered to every group and
+        every failed item delivered again (the end of a run waits for this, bounded)."""
+        return (
+            not any(app.busy for app in self.apps)
+            and not any(self.undelivered.values())
+            and not any(self.awaiting.values())
+        )
+
+    def unsettled(self) -> dict[str, int]:
+        """What ``settled`` still waits for (for the run's stats)."""
+        return {
+            "calls": sum(app.busy for app in self.apps),
+            "undelivered": sum(len(v) for v in self.undelivered.values()),
+            "awaiting_retry": sum(len(v) for v in self.awaiting.values()),
+        }
+
     def _on_trace(self, rec: TraceRecord) -> None:
         if rec.kind in ("lock.attempt", "lock.outcome"):
             self._lock_op(rec)
+            return
+        if rec.kind == "consumer.cursor" and rec.node in self.consumer_group:
+            f = dict(rec.fields)
+            read: dict[str, JSON] = {
+                k: v
+                for k in ("topic", "queue", "cursor", "epoch")
+                if isinstance(v := f.get(k), str | int)
+            }
+            read["group"] = self.consumer_group[rec.node]
+            now = self._now_ms()
+            process = f"{rec.node}.cursor"
+            self.history.invoke(now, process, CURSOR_READ, rec.node, **read)
+            self.history.ok(now, process, CURSOR_READ, rec.node, **read)
+            return
+        if rec.node in self.locks and rec.kind in ("master", "crash"):
+            f = dict(rec.fields)
+            fields: dict[str, JSON] = {"state": "crashed"}
+            if rec.kind == "master":
+                group, state = f.get("group"), f.get("state")
+                fields = {
+                    "group": group if isinstance(group, int) else None,
+                    "state": str(state),
+                }
+            now = self._now_ms()
+            self.history.invoke(now, "lock-service", LOCK_MASTER, rec.node, **fields)
+            self.history.ok(now, "lock-service", LOCK_MASTER, rec.node, **fields)
             return
         if rec.kind in ("own.start", "own.stop"):
             f = dict(rec.fields)
@@ -524,6 +622,134 @@ class QueueWorkload:
                     self.history.info(at, p, "seek", None, **extra)
 
             self._admin_call(queue, request, done)
+
+    def final_reads(self, on_done: Callable[[], None]) -> None:
+        """Read every queue of the topic into the history (``store_read``): from each live
+        store replica's own state (``node``), and through a ``Get`` answered by the master
+        (paged, following redirects). ``on_done`` runs once every master read has ended."""
+        if not self.groups:  # a Get reads for a group: without one there is nothing to ask
+            on_done()
+            return
+        group = self.groups[0]  # every group takes every kind: any group sees every item
+        queues = range(self.scn.workload.queues)
+        for node in self.replicas:
+            host = self.world.hosts[node]
+            if host.crashed or not isinstance(host.node, StoreNode):
+                continue
+            for queue in queues:
+                sm = host.node.state_machine(group_of(queue, self.scn.cluster.groups))
+                if isinstance(sm, QueueStore):
+                    self._replica_read(node, sm, group, queue)
+        pending = len(queues)
+        for queue in queues:
+
+            def ended(_: int = queue) -> None:
+                nonlocal pending
+                pending -= 1
+                if pending == 0:
+                    on_done()
+
+            self._master_read(group, queue, ended)
+
+    def _replica_read(self, node: str, sm: QueueStore, group: str, queue: int) -> None:
+        now = self._now_ms()
+        process = f"final.{node}.{queue}"
+        where: dict[str, JSON] = {"topic": TOPIC, "queue": queue, "node": node}
+        self.history.invoke(now, process, READ, None, **where)
+        first, end = sm.offsets(TOPIC, queue)
+        items: list[JSON] = []
+        cursor = first
+        # The replica's own wall clock, as its Get would report the store's time.
+        store_now = self.world.hosts[node].clock.now(self.world.now_us).wall_ms
+        for _ in range(READ_PAGES_MAX):
+            page = sm.get(self._read_request(group, queue, cursor), store_now)
+            if not isinstance(page, GetOk):
+                self.history.info(now, process, READ, None, **where, reason=page.code)
+                return
+            items += [[item.offset, msg_id_of(item.payload)] for item in page.items]
+            progressed = page.next_cursor > cursor
+            cursor = page.next_cursor
+            if cursor >= end or not progressed:
+                break
+        self.history.ok(
+            now,
+            process,
+            READ,
+            None,
+            **where,
+            first=first,
+            end=cursor,
+            items=items,
+            tail=cursor >= end,
+        )
+
+    def _master_read(self, group: str, queue: int, ended: Callable[[], None]) -> None:
+        process = f"final.master.{queue}"
+        where: dict[str, JSON] = {"topic": TOPIC, "queue": queue}
+        self.history.invoke(self._now_ms(), process, READ, None, **where)
+        items: list[JSON] = []
+        first: int | None = None
+        pages = 0
+
+        def page(cursor: int) -> None:
+            nonlocal pages
+            pages += 1
+            self._admin_call(queue, self._read_request(group, queue, cursor), answer)
+
+        def answer(response: object) -> None:
+            nonlocal first
+            now = self._now_ms()
+            if not isinstance(response, GetOk):
+                self.history.info(now, process, READ, None, **where)
+                ended()
+                return
+            if first is None:
+                first = response.first_offset
+            items.extend([item.offset, msg_id_of(item.payload)] for item in response.items)
+            done = response.next_cursor >= response.end_offset
+            if done or pages >= READ_PAGES_MAX:
+                end = response.next_cursor
+                self.history.ok(
+                    now, process, READ, None, **where, first=first, end=end, items=items, tail=done
+                )
+                ended()
+                return
+            page(response.next_cursor)
+
+        page(0)
+
+    def _read_back(self, queue: int, offset: int) -> None:
+        """Read one acknowledged item back from the master at its offset (``store_read``)."""
+        self.reads += 1
+        process = f"reader.{self.reads}"
+        where: dict[str, JSON] = {"topic": TOPIC, "queue": queue}
+        self.history.invoke(self._now_ms(), process, READ, None, **where)
+        request = replace(self._read_request(self.groups[0], queue, offset), items_max=1)
+
+        def answer(response: object) -> None:
+            now = self._now_ms()
+            if isinstance(response, GetOk):
+                items: list[JSON] = [[i.offset, msg_id_of(i.payload)] for i in response.items]
+                first = max(offset, response.first_offset)
+                end = max(first, response.next_cursor)
+                tail = response.next_cursor >= response.end_offset
+                self.history.ok(
+                    now, process, READ, None, **where, first=first, end=end, items=items, tail=tail
+                )
+            else:
+                self.history.info(now, process, READ, None, **where)
+
+        self._admin_call(queue, request, answer)
+
+    def _read_request(self, group: str, queue: int, cursor: int) -> Get:
+        return Get(
+            topic=TOPIC,
+            group=group,
+            queue=queue,
+            cursor=cursor,
+            items_max=DRAIN_ITEMS_MAX,
+            bytes_max=64 << 20,
+        )
 
     def drain_dead_letters(self, on_done: Callable[[], None]) -> None:
         """Read every dead-letter queue once and record its items as deliveries to the group

@@ -4,7 +4,16 @@ heal, check, and report.
 A run has a safety phase (``duration_ms`` with the scripted and random faults) and a
 liveness phase (everything healed and restarted; the workload keeps going for
 ``final.liveness_ms`` and must make progress within that bound), then the clients stop and
-the cluster quiesces before the checkers read the history and the replicas.
+the cluster quiesces before the checkers read the history and the replicas. The log and lock
+workloads quiesce for ``final.quiesce_ms`` (at least one call timeout). The queue workload
+quiesces at least ``final.quiesce_ms`` and then until it has settled (every producer call
+resolved, every acknowledged item delivered to every group, every failed item delivered again:
+``QueueWorkload.settled``), at most ``final.settle_ms`` in all; then it reads the store itself
+(Jepsen's final reads: every queue from the master and from each replica, into the history)
+and the dead-letter queues.
+
+Each check meets its expectation: pass, or fail where ``[check.NAME] expect = "fail"``; a
+negative control without such names passes when any safety check fails.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from __future__ import annotations
 import io
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -21,7 +31,15 @@ from pxq.check.history import HistoryWriter, pair_ops
 from pxq.check.lock import check_fencing, check_lock_linearizable, check_lock_liveness
 from pxq.check.log import check_agreement, check_liveness, check_no_loss, check_realtime_order
 from pxq.check.ownership import check_failover, check_ownership, check_rate_limit
-from pxq.check.queue import check_queue_order, check_replay, check_retry_flow, check_total_queue
+from pxq.check.queue import (
+    check_cursor_monotonic,
+    check_delivery,
+    check_queue_order,
+    check_read_after_ack,
+    check_replay,
+    check_retry_flow,
+    check_total_queue,
+)
 from pxq.check.result import CheckResult, Offenders, verdict
 from pxq.check.retry_delay import check_retry_delay
 from pxq.config.parser import ConfigError
@@ -38,14 +56,16 @@ from sim.lock_workload import LockClient
 from sim.nemesis import Nemesis
 from sim.queue_workload import TOPIC, QueueWorkload, cluster_config
 from sim.rng import stream
-from sim.scenario import Scenario
+from sim.scenario import LIVENESS_CHECKS, Scenario
 from sim.workload import LogClient, value_id
 from sim.world import TraceRecord, World
 
 DRAIN_BOUND_US = 10_000_000
+"""How long (simulated) the final reads, and then reading the dead-letter queues, may take."""
+SETTLE_STEP_US = 100_000
+"""How often the queue workload's quiet period looks whether the run has settled."""
 FAILOVER_SLACK_MS = 1000
 """A dead consumer's queues must be granted again within its lease plus this."""
-"""How long (simulated) reading the dead-letter queues after a run may take."""
 BATCH_ROW_ITEMS_MAX = 1000
 """Items one stored row may hold (an enqueue batch): retention removes whole rows."""
 
@@ -150,6 +170,11 @@ class _LogSystem:
         for client in self.clients:
             client.stop()
 
+    def quiesce(self) -> None:
+        """Wait ``final.quiesce_ms``, at least one call timeout (every call ends)."""
+        final, w = self.scn.final, self.scn.workload
+        self.world.run_until(self.world.now_us + max(final.quiesce_ms, w.timeout_ms + 1) * 1000)
+
     def finish(self) -> None:
         """Nothing to collect after the quiesce."""
 
@@ -215,6 +240,11 @@ class _LockSystem:
         for client in self.clients:
             client.stop()
 
+    def quiesce(self) -> None:
+        """Wait ``final.quiesce_ms``, at least one call timeout (every call ends)."""
+        final, w = self.scn.final, self.scn.workload
+        self.world.run_until(self.world.now_us + max(final.quiesce_ms, w.timeout_ms + 1) * 1000)
+
     def finish(self) -> None:
         """Nothing to collect after the quiesce."""
 
@@ -243,6 +273,7 @@ class _QueueSystem:
         self.history = history
         self.workload = QueueWorkload(scn, world, history, seed)
         self.replicas = self.workload.replicas
+        self.settle: dict[str, int] = {}
 
     def attach(self, nemesis: Nemesis) -> None:
         nemesis.consumers = list(self.workload.consumers)
@@ -270,28 +301,57 @@ class _QueueSystem:
     def stop(self) -> None:
         self.workload.stop()
 
+    def quiesce(self) -> None:
+        """Wait ``final.quiesce_ms``, then until the workload has settled, at most
+        ``final.settle_ms`` in all (which exceeds the producers' call timeout)."""
+        final, world = self.scn.final, self.world
+        start = world.now_us
+        world.run_until(start + final.quiesce_ms * 1000)
+        bound = start + max(final.quiesce_ms, final.settle_ms) * 1000
+        while not self.workload.settled() and world.now_us < bound:
+            world.run_until(min(bound, world.now_us + SETTLE_STEP_US))
+        self.settle = {"quiet_ms": (world.now_us - start) // 1000} | self.workload.unsettled()
+
     def finish(self) -> None:
-        """Read the dead-letter queues into the history (bounded in simulated time)."""
-        drained = False
+        """Read every queue of the store, then the dead-letter queues, into the history (each
+        bounded in simulated time)."""
+        self._bounded(self.workload.final_reads)
+        self._bounded(self.workload.drain_dead_letters)
+
+    def _bounded(self, start: Callable[[Callable[[], None]], None]) -> None:
+        finished = False
 
         def done() -> None:
-            nonlocal drained
-            drained = True
+            nonlocal finished
+            finished = True
 
-        self.workload.drain_dead_letters(done)
+        start(done)
         deadline = self.world.now_us + DRAIN_BOUND_US
-        while not drained and self.world.now_us < deadline:
-            self.world.run_until(min(deadline, self.world.now_us + 100_000))
+        while not finished and self.world.now_us < deadline:
+            self.world.run_until(min(deadline, self.world.now_us + SETTLE_STEP_US))
 
     def checks(self, heal_ms: int) -> dict[str, CheckResult]:
         ops, names, w = self.history.ops, self.scn.checks, self.scn.workload
         groups = self.workload.groups
         out: dict[str, CheckResult] = {}
+
+        def window(name: str) -> tuple[int, int] | None:
+            return self.scn.check_spec(name).window_ms
+
+        subscriptions = {g: {TOPIC: range(w.queues)} for g in groups}
         if "total_queue" in names:
-            subscriptions = {g: {TOPIC: range(w.queues)} for g in groups}
             out["total_queue"] = check_total_queue(
-                ops, subscriptions, duplicates_allowed=w.duplicates_allowed
+                ops,
+                subscriptions,
+                duplicates_allowed=w.duplicates_allowed,
+                window=window("total_queue"),
             )
+        if "delivery" in names:
+            out["delivery"] = check_delivery(ops, subscriptions, window=window("delivery"))
+        if "read_after_ack" in names:
+            out["read_after_ack"] = check_read_after_ack(ops, window=window("read_after_ack"))
+        if "cursor_monotonic" in names:
+            out["cursor_monotonic"] = check_cursor_monotonic(ops, window=window("cursor_monotonic"))
         if "queue_order" in names:
             out["queue_order"] = check_queue_order(ops)
         if "replay" in names:
@@ -311,7 +371,14 @@ class _QueueSystem:
             out["ownership"] = check_ownership(ops, consumers)
         if "failover" in names:
             bound = w.lease_ms + FAILOVER_SLACK_MS
-            out["failover"] = check_failover(ops, consumers, bound)
+            lock_config = self.workload.lock_config
+            out["failover"] = check_failover(
+                ops,
+                consumers,
+                bound,
+                lock_groups=None if lock_config is None else lock_config.groups,
+                window=window("failover"),
+            )
         if "rate_limit" in names and w.rate_items_per_s is not None:
             burst = w.rate_burst if w.rate_burst is not None else max(1, w.rate_items_per_s)
             out["rate_limit"] = check_rate_limit(ops, consumers, w.rate_items_per_s, burst)
@@ -439,7 +506,7 @@ class _QueueSystem:
         )
 
     def stats(self) -> dict[str, Any]:
-        return self.workload.stats()
+        return self.workload.stats() | {"settle": self.settle}
 
 
 def _live_state_machine(world: World, replicas: list[NodeId], group: int) -> QueueStore | None:
@@ -541,8 +608,7 @@ def run(
         nemesis.heal_all(restart=scn.final.restart_all)
     world.run_until(end_safety_us + scn.final.liveness_ms * 1000)
     system.stop()
-    quiesce_us = max(scn.final.quiesce_ms, scn.workload.timeout_ms + 1) * 1000
-    world.run_until(world.now_us + quiesce_us)
+    system.quiesce()
     system.finish()
 
     checks: dict[str, CheckResult] = {"invariants": _invariants(world)}
@@ -555,11 +621,8 @@ def run(
         checks["availability"] = check_availability(load, health.close())
     # Last: the system's checks read the replicas' disks too, and what they found corrupt counts.
     checks["corruption"] = _corruption(world)
-    safety_ok = all(c.ok for name, c in checks.items() if name != "liveness")
-    if scn.expect_safety == "pass":
-        ok = safety_ok and all(c.ok for c in checks.values())
-    else:
-        ok = not safety_ok
+    safety_ok = all(c.ok for name, c in checks.items() if name not in LIVENESS_CHECKS)
+    ok = meets_expectation(scn, checks, safety_ok)
     stats = {
         "history_ops": len(history.ops),
         "faults": nemesis.applied,
@@ -599,6 +662,22 @@ def run(
         repro=f"pxq sim run {scn.file} --seed {seed}",
         stats=stats,
     )
+
+
+def meets_expectation(scn: Scenario, checks: dict[str, CheckResult], safety_ok: bool) -> bool:
+    """Whether a run's checks are what the scenario expects. With checks named
+    ``expect = "fail"``: exactly those fail (and a negative control's safety fails). Else a
+    negative control needs any safety check to fail, and any other run every check to pass."""
+    expected_fail = {name for name, spec in scn.check_specs if spec.expect == "fail"}
+    if expected_fail:
+        return (
+            expected_fail <= set(checks)
+            and all(c.ok != (name in expected_fail) for name, c in checks.items())
+            and (scn.expect_safety == "pass" or not safety_ok)
+        )
+    if scn.expect_safety == "pass":
+        return safety_ok and all(c.ok for c in checks.values())
+    return not safety_ok
 
 
 def _chosen_log(

@@ -3,8 +3,9 @@
 A scenario scripts one simulated run: the cluster, the baseline network, disk and clocks,
 the workload, a timed list of faults (each at a time or after a traced event, with an
 optional duration that schedules the inverse), background random faults for swarms, the
-final phase (heal, restart, liveness bound), the checks, and the expectation (``pass``, or
-``fail`` for a negative control). Unknown keys and bad values are rejected with the file,
+final phase (heal, restart, liveness bound, settling and final reads), the checks (each
+optionally scoped to a time window and expected to fail: ``[check.NAME]``), and the
+expectation (``pass``, or ``fail`` for a negative control). Unknown keys and bad values are rejected with the file,
 the key path and the reason. The format is documented in ``docs/simulation.md``.
 """
 
@@ -29,6 +30,8 @@ from sim.disk import DiskSpec
 from sim.network import DelayDist, DelaySpec, NetworkSpec
 
 SCHEMA_VERSION = 1
+QUEUE_TIMEOUT_MS_DEFAULT = 5000
+"""The queue producers' call timeout unless ``[workload] timeout_ms`` says otherwise."""
 
 ACTIONS = (
     "partition",
@@ -92,7 +95,16 @@ CHECKS = (
     "storage_full",
     "retry_delay",
     "availability",
+    "delivery",
+    "read_after_ack",
+    "cursor_monotonic",
 )
+LIVENESS_CHECKS = ("liveness", "delivery", "availability")
+"""Checks of progress, not of safety: a negative control's ``safety = "fail"`` needs another
+check to fail (``delivery``: every stored item reached every group by the end;
+``availability``: a group under a healthy master kept acknowledging)."""
+WINDOWED_CHECKS = ("total_queue", "delivery", "read_after_ack", "cursor_monotonic", "failover")
+"""Checks that ``[check.NAME] window_ms`` can scope to a span of the run."""
 LOG_CHECKS = ("agreement", "no_loss", "realtime_order", "liveness", "availability")
 QUEUE_CHECKS = (
     "agreement",
@@ -111,6 +123,9 @@ QUEUE_CHECKS = (
     "storage_full",
     "retry_delay",
     "availability",
+    "delivery",
+    "read_after_ack",
+    "cursor_monotonic",
 )
 OPT_IN_CHECKS = ("storage_full", "retry_delay", "availability")
 """Checks a scenario must name: ``storage_full`` (enqueues were refused for a short storage,
@@ -302,6 +317,20 @@ class FinalSpec:
     restart_all: bool = True
     liveness_ms: int = 5000
     quiesce_ms: int = 3000
+    settle_ms: int = 30_000
+    """The queue workload: after the clients stop, the longest the run waits for every call
+    to resolve, every acknowledged item to reach every group and every failed item its next
+    retry level, before the final reads of the store."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CheckSpec:
+    """``[check.NAME]``: how one check of ``checks`` is judged."""
+
+    window_ms: tuple[int, int] | None = None
+    """Judge only what starts in ``[from_ms, to_ms]`` of the run (``WINDOWED_CHECKS``)."""
+    expect: Literal["pass", "fail"] = "pass"
+    """``fail``: the check must fail (a negative control naming what it catches)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -322,6 +351,11 @@ class Scenario:
     checks: tuple[str, ...]
     expect_safety: Literal["pass", "fail"]
     file: str = "<scenario>"
+    check_specs: tuple[tuple[str, CheckSpec], ...] = ()
+    """``[check.NAME]`` tables, by check name (sorted)."""
+
+    def check_spec(self, name: str) -> CheckSpec:
+        return dict(self.check_specs).get(name, CheckSpec())
 
 
 # --------------------------------------------------------------------------------------------
@@ -452,7 +486,11 @@ def _scenario(t: TomlTable) -> Scenario:
         "clients": w.integer("clients", 3, lo=0, hi=1000),
         "rate_per_s": w.integer("rate_per_s", 200, lo=1),
         "value_bytes": w.integer("value_bytes", 100, lo=16, hi=1 << 20),
-        "timeout_ms": w.integer("timeout_ms", 2000, lo=1),
+        # A client call's deadline: the log and lock clients' timeout, the queue producers'
+        # call timeout (whose own default is the producer's usual 5 s).
+        "timeout_ms": w.integer(
+            "timeout_ms", QUEUE_TIMEOUT_MS_DEFAULT if kind == "queue" else 2000, lo=1
+        ),
     }
     if kind == "queue":
         workload = WorkloadSpec(
@@ -532,7 +570,14 @@ def _scenario(t: TomlTable) -> Scenario:
         restart_all=f.boolean("restart_all", True),
         liveness_ms=f.integer("liveness_ms", 5000, lo=1),
         quiesce_ms=f.integer("quiesce_ms", 3000, lo=0),
+        settle_ms=f.integer("settle_ms", 30_000, lo=0),
     )
+    if workload.kind == "queue" and final.settle_ms <= workload.timeout_ms:
+        raise f.error(
+            "settle_ms",
+            f"must exceed [workload] timeout_ms ({workload.timeout_ms}): every call in flight "
+            "when the clients stop must be able to resolve",
+        )
     f.done()
 
     allowed = CHECKS_OF_KIND[workload.kind]
@@ -568,6 +613,7 @@ def _scenario(t: TomlTable) -> Scenario:
     e = t.table("expect")
     safety: Literal["pass", "fail"] = e.choice("safety", ("pass", "fail"), "pass")
     e.done()
+    check_specs = _check_specs(t.table("check"), checks, safety)
     t.done()
     return Scenario(
         version=version,
@@ -586,7 +632,39 @@ def _scenario(t: TomlTable) -> Scenario:
         checks=checks,
         expect_safety=safety,
         file=t.file,
+        check_specs=check_specs,
     )
+
+
+def _check_specs(
+    t: TomlTable, checks: tuple[str, ...], safety: Literal["pass", "fail"]
+) -> tuple[tuple[str, CheckSpec], ...]:
+    """The ``[check.NAME]`` tables: each names a check of ``checks``; ``window_ms`` only for
+    ``WINDOWED_CHECKS``; a safety check expected to fail only in a negative control."""
+    out: list[tuple[str, CheckSpec]] = []
+    for name in sorted(t.data):
+        c = t.table(name)
+        if name not in checks:
+            raise t.error(name, f"is not one of checks ({', '.join(checks)})")
+        window: tuple[int, int] | None = None
+        if c.has("window_ms"):
+            bounds = c.integers("window_ms", lo=0)
+            if len(bounds) != 2 or bounds[0] > bounds[1]:
+                raise c.error("window_ms", "must be [from_ms, to_ms] with from_ms <= to_ms")
+            if name not in WINDOWED_CHECKS:
+                raise c.error(
+                    "window_ms", f"{name!r} cannot be scoped (only {', '.join(WINDOWED_CHECKS)})"
+                )
+            window = (bounds[0], bounds[1])
+        expect: Literal["pass", "fail"] = c.choice("expect", ("pass", "fail"), "pass")
+        if expect == "fail" and safety == "pass" and name not in LIVENESS_CHECKS:
+            raise c.error(
+                "expect", 'a safety check expected to fail needs [expect] safety = "fail"'
+            )
+        c.done()
+        out.append((name, CheckSpec(window_ms=window, expect=expect)))
+    t.done()
+    return tuple(out)
 
 
 def _fault(t: TomlTable, replicas: int) -> FaultSpec:

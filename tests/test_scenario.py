@@ -200,3 +200,36 @@ def test_a_disk_reserve_is_read_and_validated_and_storage_full_is_opt_in() -> No
         + '[disk]\nreserve_bytes = 10\n[random_faults]\nenabled = true\nkinds = ["disk_full"]\n'
     )
     assert drawn.random_faults.kinds == ("disk_full",)
+
+
+def test_check_tables_scope_a_check_to_a_window_and_expect_it_to_fail() -> None:
+    text = (
+        'checks = ["total_queue", "delivery", "queue_order"]\n'
+        + QUEUE
+        + "[check.total_queue]\nwindow_ms = [1000, 5000]\n"
+        + '[check.delivery]\nexpect = "fail"\n'
+    )
+    scn = loads(text)
+    assert scn.check_spec("total_queue").window_ms == (1000, 5000)
+    assert scn.check_spec("delivery").expect == "fail"
+    assert scn.check_spec("queue_order").window_ms is None
+    assert {"delivery", "read_after_ack", "cursor_monotonic"} <= set(loads(QUEUE).checks)
+    assert loads(QUEUE).workload.timeout_ms == 5000  # the producers' call timeout
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("[check.replay]\nexpect = 'fail'\n", r"check\.replay: is not one of checks"),
+        ("[check.total_queue]\nwindow_ms = [5, 1]\n", r"check\.total_queue\.window_ms: must be"),
+        ("[check.total_queue]\nwindow_ms = [5]\n", r"window_ms: must be \[from_ms, to_ms\]"),
+        ("[check.queue_order]\nwindow_ms = [0, 1]\n", r"'queue_order' cannot be scoped"),
+        ("[check.total_queue]\nexpect = 'fail'\n", r"needs \[expect\] safety = \"fail\""),
+        ("[check.total_queue]\nwndow_ms = [0, 1]\n", r"check\.total_queue\.wndow_ms: unknown"),
+        ("[check]\ntotal_queue = 3\n", r"check\.total_queue: expected a table"),
+        ("[final]\nsettle_ms = 5000\n", r"final\.settle_ms: must exceed \[workload\] timeout_ms"),
+    ],
+)
+def test_check_tables_and_the_settle_bound_are_validated(extra: str, message: str) -> None:
+    with pytest.raises(ScenarioError, match=message):
+        loads('checks = ["total_queue", "queue_order"]\n' + QUEUE + extra)

@@ -16,7 +16,14 @@ changes of every consumer process (``own_start`` / ``own_stop`` with ``group``, 
 * ``check_failover``: a consumer that crashes or pauses while owning queues has each of them
   granted again (to another process, or to itself after a restart) within ``bound_ms``;
   queues it still holds legitimately at the end (a pause shorter than its lease) are not
-  counted. The measured times are in the details (the failover figures of ``docs/``).
+  counted. Time when the lock service itself has no master does not count toward the bound
+  (no grant can happen then: that is the lock service's failover, which the lock checks
+  judge): the history's ``lock_master`` ops (``value`` = the lock replica, ``group``,
+  ``state``: ``became`` serving, ``lapsed`` / ``lost`` no longer, ``crashed`` for every
+  group) and the nemesis' ``pause`` / ``resume`` of lock replicas say when each lock group
+  had a serving master; while any of ``lock_groups`` has none, the lock service is
+  masterless. With ``window``, only consumers going down in it are judged. The measured
+  times are in the details (the failover figures of ``docs/``).
 * ``check_rate_limit``: over any window of ``window_ms`` (several sizes), the items delivered
   to a group are at most ``rate * (window + slack) / 1000 + burst + consumers``: tokens are
   taken when items are fetched, and delivered a network round trip later (``slack_ms``), and
@@ -132,9 +139,69 @@ def check_ownership(ops: Iterable[Op], consumers: Iterable[str]) -> CheckResult:
     )
 
 
-def check_failover(ops: Sequence[Op], consumers: Iterable[str], bound_ms: int) -> CheckResult:
-    """See the module docstring."""
+LOCK_MASTER = "lock_master"
+"""A lock replica's master state changed (see the module docstring)."""
+
+
+def lock_masterless(ops: Iterable[Op], lock_groups: int) -> list[tuple[int, int]]:
+    """The spans ``[from_ms, to_ms)`` in which some lock group had no serving master (from
+    the start of the history until every group first had one). The last span may end at
+    the history's last op."""
+    serving: set[tuple[str, int]] = set()
+    paused: set[str] = set()
+    spans: list[tuple[int, int]] = []
+    since: int | None = 0
+    last_ms = 0
+
+    def has_master() -> bool:
+        up = {g for node, g in serving if node not in paused}
+        return all(g in up for g in range(lock_groups))
+
+    for op in ops:
+        last_ms = op.time_ms
+        if op.process == "nemesis" and op.type == "info" and op.f in ("pause", "resume"):
+            for target in _targets(op):
+                (paused.add if op.f == "pause" else paused.discard)(target)
+        elif op.f == LOCK_MASTER and op.type == "ok" and isinstance(op.value, str):
+            state, group = op.get("state"), op.get("group")
+            if state == "crashed":
+                serving = {(n, g) for n, g in serving if n != op.value}
+            elif isinstance(group, int) and state == "became":
+                serving.add((op.value, group))
+            elif isinstance(group, int) and state in ("lapsed", "lost"):
+                serving.discard((op.value, group))
+            else:
+                continue
+        else:
+            continue
+        up = has_master()
+        if up and since is not None:
+            if op.time_ms > since:
+                spans.append((since, op.time_ms))
+            since = None
+        elif not up and since is None:
+            since = op.time_ms
+    if since is not None and last_ms > since:
+        spans.append((since, last_ms))
+    return spans
+
+
+def _overlap(spans: Sequence[tuple[int, int]], lo: int, hi: int) -> int:
+    return sum(max(0, min(hi, b) - max(lo, a)) for a, b in spans)
+
+
+def check_failover(
+    ops: Sequence[Op],
+    consumers: Iterable[str],
+    bound_ms: int,
+    *,
+    lock_groups: int | None = None,
+    window: tuple[int, int] | None = None,
+) -> CheckResult:
+    """See the module docstring. ``lock_groups`` None: the lock service's own failovers are
+    not excluded (the history has no ``lock_master`` ops)."""
     names = set(consumers)
+    masterless = [] if lock_groups is None else lock_masterless(ops, lock_groups)
     owners: dict[QueueRef, dict[str, int]] = {}
     """queue -> consumer -> token, for open ownerships."""
     pending: dict[QueueRef, list[tuple[int, str]]] = {}
@@ -145,10 +212,11 @@ def check_failover(ops: Sequence[Op], consumers: Iterable[str], bound_ms: int) -
     for op in ops:
         if op.process == "nemesis" and op.type == "info":
             down = [c for c in _targets(op) if c in names]
+            judged = window is None or window[0] <= op.time_ms <= window[1]
             if op.f in CONSUMER_FAULTS_DOWN:
                 for c in down:
                     for ref, holders in owners.items():
-                        if c in holders:
+                        if c in holders and judged:
                             pending.setdefault(ref, []).append((op.time_ms, c))
                     if op.f == "crash":
                         for holders in owners.values():
@@ -166,7 +234,7 @@ def check_failover(ops: Sequence[Op], consumers: Iterable[str], bound_ms: int) -
             continue
         holders[op.process] = token if isinstance(token, int) else 0
         for t_down, c in pending.pop(started, []):
-            took = op.time_ms - t_down
+            took = op.time_ms - t_down - _overlap(masterless, t_down, op.time_ms)
             times.append(took)
             if took > bound_ms:
                 slow.add(
@@ -176,14 +244,17 @@ def check_failover(ops: Sequence[Op], consumers: Iterable[str], bound_ms: int) -
         for t_down, c in waiting:
             if c in owners.get(ref, {}):
                 continue  # a pause shorter than the lease: it kept the queue
-            if end_ms - t_down > bound_ms:
+            if end_ms - t_down - _overlap(masterless, t_down, end_ms) > bound_ms:
                 slow.add({"queue": list(ref), "consumer": c, "down_ms": t_down, "took_ms": None})
     times.sort()
     details: dict[str, object] = {
         "failovers": len(times),
         "bound_ms": bound_ms,
         "times_ms": times[:FAILOVER_TIMES_MAX],
+        "lock_masterless_ms": sum(b - a for a, b in masterless),
     }
+    if window is not None:
+        details["window_ms"] = list(window)
     if times:
         details |= {
             "min_ms": times[0],

@@ -24,6 +24,17 @@ the ops' extras; where both an invoke and its completion carry a field they must
   ``time_ms`` or ``back_ms``; an ``ok`` completion carries ``positions`` =
   ``[[queue, new_cursor], ...]`` for every queue that moved.
 - ``consumer_crash`` / ``consumer_start``: nemesis ops, ``value`` = consumer name, ``group``.
+- ``store_read``: a final read of the store (Jepsen's final read), after the run: ``topic``,
+  ``queue``, optional ``node`` (the replica whose own state was read; absent: a ``Get``
+  served by the master through the product's read path). An ``ok`` completion carries
+  ``first`` and ``end`` (the offsets ``[first, end)`` the read covers: it started there,
+  or retention removed those below ``first``) and ``items`` = ``[[offset, msg_id], ...]``,
+  every item stored there; ``tail`` true if the read reached the queue's end (``end`` is
+  then the queue's end offset: nothing was stored at or after it). A reader's read-back of
+  one acknowledged item is such a read too.
+- ``cursor_read``: a consumer started a stream from the group's committed cursor as a
+  ``Get`` answered it: ``group``, ``topic``, ``queue``, ``cursor``, ``epoch`` (the cursor's
+  seek epoch, which every applied seek raises).
 
 Every other ``f`` is ignored. A *lane* is one ``(group, topic, queue)``: the unit of
 delivery order. A topic's *level* for a group is 0 for the base topic, n for the group's
@@ -34,7 +45,12 @@ every offset, on a derived topic or when the group takes every kind; on a base t
 group that takes some kinds only (``group_kinds``), the offsets whose msg id is known (from an
 enqueue ack or any delivery) and whose enqueue's ``kind`` the group takes. A group starts
 every lane at offset 0. The checkers that judge completeness (``lost``, ``skip``,
-``replay-gap``, ``dropped``) assume the history ends with a drain.
+``replay-gap``, ``dropped``) assume the history ends with a drain; ``check_total_queue``
+and ``check_delivery`` tell an item the group never got that the store holds (undelivered: a
+liveness failure) from one no replica holds (lost) by the final reads.
+
+A *window* ``(from_ms, to_ms)`` scopes the checkers that take one to the operations invoked in
+it (an enqueue for the item checkers); everything else in the history stays as context.
 """
 
 from __future__ import annotations
@@ -73,6 +89,8 @@ COMMIT: Final = "commit"
 SEEK: Final = "seek"
 CONSUMER_CRASH: Final = "consumer_crash"
 CONSUMER_START: Final = "consumer_start"
+READ: Final = "store_read"
+CURSOR_READ: Final = "cursor_read"
 OWN_STOP: Final = "own_stop"
 """A consumer gave a queue up (handover, expired or lost lock): its uncommitted deliveries
 come again from the next owner, like after a crash."""
@@ -207,6 +225,50 @@ class ConsumerEvent:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ReadRecord:
+    """An ``ok`` final read of one queue: what the store (or one replica) held."""
+
+    invoke_index: int
+    completion_index: int
+    topic: str
+    queue: int
+    node: str | None
+    """The replica whose own state was read; None: a Get served by the master."""
+    first: int
+    end: int
+    items: dict[int, str]
+    """Offset -> msg id, for every offset of ``[first, end)`` the read returned."""
+    tail: bool
+    """The read reached the queue's end: nothing was stored at ``end`` or after."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CursorRead:
+    """A consumer read its group's committed cursor (with the cursor's seek epoch)."""
+
+    index: int
+    time_ms: int
+    consumer: str
+    group: str
+    topic: str
+    queue: int
+    cursor: int
+    epoch: int
+
+    @property
+    def lane(self) -> Lane:
+        return (self.group, self.topic, self.queue)
+
+
+Window: TypeAlias = tuple[int, int]
+"""``(from_ms, to_ms)``, both included: the span of the run a checker judges."""
+
+
+def in_window(window: Window | None, time_ms: int) -> bool:
+    return window is None or window[0] <= time_ms <= window[1]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class QueueHistory:
     """The queue operations of a history; every list is in index order."""
 
@@ -216,6 +278,19 @@ class QueueHistory:
     commits: list[CommitRecord]
     seeks: list[SeekRecord]
     consumer_events: list[ConsumerEvent]
+    reads: list[ReadRecord] = field(default_factory=list)
+    cursor_reads: list[CursorRead] = field(default_factory=list)
+
+    def stored(self) -> dict[tuple[str, int], dict[int, str]] | None:
+        """``(topic, queue)`` -> offset -> msg id, over every ``ok`` final read (the master's
+        and each replica's): what some replica still held at the end. None if the history
+        has no final read (nothing is known about the store)."""
+        if not self.reads:
+            return None
+        out: dict[tuple[str, int], dict[int, str]] = {}
+        for read in self.reads:
+            out.setdefault((read.topic, read.queue), {}).update(read.items)
+        return out
 
     def kind_of(self) -> dict[str, str]:
         """Msg id -> the ``kind`` its enqueue declared."""
@@ -265,6 +340,20 @@ def _msg_id(invoke: Op, completion: Op | None) -> str:
     return _str(value, invoke.index, "value")
 
 
+def _read_items(value: JSON, index: int, first: int, end: int) -> dict[int, str]:
+    if not isinstance(value, list):
+        raise HistoryError(f"op {index}: items must be a list of [offset, msg_id]")
+    out: dict[int, str] = {}
+    for pair in value:
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise HistoryError(f"op {index}: items must be a list of [offset, msg_id]")
+        offset = _int(pair[0], index, "items")
+        if not first <= offset < end:
+            raise HistoryError(f"op {index}: item offset {offset} outside [{first}, {end})")
+        out[offset] = _str(pair[1], index, "items")
+    return out
+
+
 def _positions(value: JSON, index: int) -> dict[int, int]:
     if not isinstance(value, list):
         raise HistoryError(f"op {index}: positions must be a list of [queue, cursor]")
@@ -290,6 +379,8 @@ def queue_history(ops: Iterable[Op]) -> QueueHistory:
     commits: list[CommitRecord] = []
     seeks: list[SeekRecord] = []
     consumer_events: list[ConsumerEvent] = []
+    reads: list[ReadRecord] = []
+    cursor_reads: list[CursorRead] = []
     first_enqueue_of: dict[str, int] = {}
     for invoke, completion in pair_ops(ops):
         f, at = invoke.f, invoke.index
@@ -388,6 +479,43 @@ def queue_history(ops: Iterable[Op]) -> QueueHistory:
                     positions=positions,
                 )
             )
+        elif f == READ:
+            if not ok:
+                continue
+            assert completion is not None
+            node = _merged(invoke, completion, "node")
+            first = _int(completion.get("first"), completion.index, "first")
+            end = _int(completion.get("end"), completion.index, "end")
+            if end < first:
+                raise HistoryError(f"op {completion.index}: end {end} is below first {first}")
+            reads.append(
+                ReadRecord(
+                    invoke_index=at,
+                    completion_index=completion.index,
+                    topic=_str(_merged(invoke, completion, "topic"), at, "topic"),
+                    queue=_int(_merged(invoke, completion, "queue"), at, "queue"),
+                    node=None if node is None else _str(node, at, "node"),
+                    first=first,
+                    end=end,
+                    items=_read_items(completion.get("items"), completion.index, first, end),
+                    tail=completion.get("tail") is True,
+                )
+            )
+        elif f == CURSOR_READ:
+            if not ok:
+                continue
+            cursor_reads.append(
+                CursorRead(
+                    index=at,
+                    time_ms=invoke.time_ms,
+                    consumer=str(invoke.process),
+                    group=_str(_merged(invoke, completion, "group"), at, "group"),
+                    topic=_str(_merged(invoke, completion, "topic"), at, "topic"),
+                    queue=_int(_merged(invoke, completion, "queue"), at, "queue"),
+                    cursor=_int(_merged(invoke, completion, "cursor"), at, "cursor"),
+                    epoch=_int(_merged(invoke, completion, "epoch"), at, "epoch"),
+                )
+            )
         elif f in (CONSUMER_CRASH, CONSUMER_START, OWN_STOP, OWN_START):
             consumer_events.append(
                 ConsumerEvent(
@@ -406,6 +534,8 @@ def queue_history(ops: Iterable[Op]) -> QueueHistory:
         commits=commits,
         seeks=seeks,
         consumer_events=consumer_events,
+        reads=reads,
+        cursor_reads=cursor_reads,
     )
 
 
@@ -572,6 +702,7 @@ class _GroupCounts:
     expected: int = 0
     delivered: int = 0
     lost: int = 0
+    undelivered: int = 0
     recovered: int = 0
     unrecovered: int = 0
     duplicated: int = 0
@@ -582,6 +713,7 @@ class _GroupCounts:
             "expected": self.expected,
             "delivered": self.delivered,
             "lost": self.lost,
+            "undelivered": self.undelivered,
             "recovered": self.recovered,
             "unrecovered": self.unrecovered,
             "duplicated": self.duplicated,
@@ -606,6 +738,7 @@ def check_total_queue(
     *,
     group_kinds: GroupKinds | None = None,
     duplicates_allowed: bool = True,
+    window: Window | None = None,
 ) -> CheckResult:
     """Jepsen ``total-queue`` per consumer group: what goes in comes out, to every subscriber.
 
@@ -614,7 +747,11 @@ def check_total_queue(
     of the group's retry-level or dead-letter topics of it (an item that ended in the dead
     letter topic counts as delivered there). Violations:
 
-    - ``lost``: an ``ok`` enqueue expected by a group and never delivered to it;
+    - ``lost``: an ``ok`` enqueue expected by a group, never delivered to it, and not held
+      by the store at its acknowledged offset according to the final reads (``store_read``
+      ops: the master's and each replica's). An item the store holds but the group never got is not
+      lost: it is *undelivered* (``undelivered`` counts them; ``check_delivery`` judges them,
+      a liveness failure). Without any final read every such item counts as lost;
     - ``unexpected``: a delivered msg id that no enqueue ever invoked;
     - ``fail-but-delivered``: a ``fail`` enqueue delivered to a group;
     - ``misplaced``: delivered from a (base topic, queue) other than the one it was enqueued to;
@@ -631,6 +768,9 @@ def check_total_queue(
     beyond the last offset the group got from that queue (an undrained consumer rather than a
     hole); ``stored-twice`` counts msg ids seen at two offsets of base topics (a producer retry
     that the store did not deduplicate). Each is per group in ``groups`` as well.
+
+    With ``window``, only the enqueues invoked in it are expected (deliveries count whenever
+    they happened).
     """
     history = queue_history(ops)
     kinds = group_kinds or {}
@@ -716,8 +856,11 @@ def check_total_queue(
         failed_since.discard(who)
 
     outcomes = {"ok": 0, "fail": 0, "info": 0}
-    lost_past_last = 0
+    lost_past_last = undelivered = 0
+    stored = history.stored()
     for record in history.enqueues:
+        if not in_window(window, record.invoke.time_ms):
+            continue
         outcomes[record.outcome] += 1
         for group in groups:
             if not _subscribes(subscriptions, group, record.topic, record.queue) or not _takes_kind(
@@ -731,9 +874,13 @@ def check_total_queue(
                 if got:
                     group_counts.delivered += 1
                     continue
+                assert record.offset is not None
+                if stored is not None and _held(stored, record):
+                    group_counts.undelivered += 1
+                    undelivered += 1
+                    continue
                 group_counts.lost += 1
                 last = highest_base.get((group, record.topic, record.queue), -1)
-                assert record.offset is not None
                 if record.offset > last:
                     lost_past_last += 1
                 lost.add(
@@ -778,10 +925,14 @@ def check_total_queue(
         "recovered": sum(c.recovered for c in counts.values()),
         "unrecovered": sum(c.unrecovered for c in counts.values()),
         "lost-past-last-delivery": lost_past_last,
+        "undelivered": undelivered,
+        "final-reads": len(history.reads),
         "stored-twice": stored_twice,
         "duplicates-allowed": duplicates_allowed,
         "groups": {group: c.to_json() for group, c in counts.items()},
     }
+    if window is not None:
+        details["window_ms"] = list(window)
     if duplicates_allowed:
         details["duplicated"] = duplicated.count
         details["duplicated-examples"] = list(duplicated.examples)
@@ -792,9 +943,202 @@ def check_total_queue(
         "total-queue",
         violations,
         passed=(
-            f"{expected} expected (group, item) pairs all delivered; "
-            f"{duplicated.count} duplicate deliveries"
+            f"{expected} expected (group, item) pairs: none lost"
+            + (f" ({undelivered} stored but undelivered)" if undelivered else "")
+            + f"; {duplicated.count} duplicate deliveries"
         ),
+        details=details,
+    )
+
+
+def _held(stored: Mapping[tuple[str, int], Mapping[int, str]], record: EnqueueRecord) -> bool:
+    """Whether a final read found ``record``'s item at its acknowledged offset."""
+    assert record.offset is not None
+    return stored.get((record.topic, record.queue), {}).get(record.offset) == record.msg_id
+
+
+def check_delivery(
+    ops: Iterable[Op],
+    subscriptions: Subscriptions,
+    *,
+    group_kinds: GroupKinds | None = None,
+    window: Window | None = None,
+) -> CheckResult:
+    """Liveness of delivery: every acknowledged item the store holds reached every group that
+    expects it (see ``check_total_queue``) by the end of the run.
+
+    Violation ``undelivered``: an ``ok`` enqueue (invoked in ``window``, if given) that a final
+    ``store_read`` found at its offset and that a group expecting it never got, from the base topic
+    or its own retry or dead-letter topics. Items no replica holds are ``check_total_queue``'s
+    ``lost``, not counted here. A history without final reads has nothing to judge: the
+    details say ``final-reads`` 0.
+    """
+    history = queue_history(ops)
+    kinds = group_kinds or {}
+    stored = history.stored()
+    delivered: dict[str, set[str]] = {}
+    for d in history.deliveries:
+        if topic_level(d.topic, d.group) is not None:
+            delivered.setdefault(d.group, set()).add(d.msg_id)
+    undelivered = Offenders()
+    expected = 0
+    for record in history.enqueues:
+        if record.offset is None or not in_window(window, record.invoke.time_ms):
+            continue
+        for group in sorted(subscriptions):
+            if not _subscribes(subscriptions, group, record.topic, record.queue) or not _takes_kind(
+                kinds, group, record.kind
+            ):
+                continue
+            expected += 1
+            if record.msg_id in delivered.get(group, ()):
+                continue
+            if stored is not None and _held(stored, record):
+                undelivered.add(
+                    {
+                        "group": group,
+                        "msg_id": record.msg_id,
+                        "topic": record.topic,
+                        "queue": record.queue,
+                        "offset": record.offset,
+                        "enqueue_index": record.invoke.index,
+                    }
+                )
+    details: dict[str, object] = {"expected": expected, "final-reads": len(history.reads)}
+    if window is not None:
+        details["window_ms"] = list(window)
+    return verdict(
+        "delivery",
+        {"undelivered": undelivered},
+        passed=f"every stored item of {expected} expected (group, item) pairs delivered",
+        details=details,
+    )
+
+
+def check_read_after_ack(ops: Iterable[Op], *, window: Window | None = None) -> CheckResult:
+    """A ``Get`` after an acknowledged enqueue returns the item: for every ``ok`` enqueue
+    (invoked in ``window``, if given) and every ``ok`` master ``store_read`` (no ``node``) of
+    its queue invoked after the enqueue completed and covering its offset (in ``[first, end)``,
+    or at or past ``end`` for a read that reached the queue's ``tail``), the read holds the
+    item's msg id at its acknowledged offset. An offset below the read's ``first`` is not
+    covered (the read started after it, or retention removed it: ``check_total_queue`` says
+    whether a group missed it). Violations: ``missing`` (nothing at that offset, or the
+    queue ended before it) and ``wrong-item`` (another msg id at that offset).
+
+    O((reads + judged pairs) log n): the acknowledged offsets of each queue, sorted.
+    """
+    history = queue_history(ops)
+    acked: dict[tuple[str, int], list[tuple[int, int, EnqueueRecord]]] = {}
+    for record in history.enqueues:
+        if record.offset is None or not in_window(window, record.invoke.time_ms):
+            continue
+        assert record.completion is not None
+        acked.setdefault((record.topic, record.queue), []).append(
+            (record.offset, record.completion.index, record)
+        )
+    for entries in acked.values():
+        entries.sort(key=lambda entry: (entry[0], entry[1]))
+    missing, wrong = Offenders(), Offenders()
+    reads = judged = 0
+    for read in history.reads:
+        if read.node is not None:
+            continue
+        reads += 1
+        entries = acked.get((read.topic, read.queue), [])
+        lo = bisect.bisect_left(entries, read.first, key=lambda entry: entry[0])
+        hi = (
+            len(entries) if read.tail else bisect.bisect_left(entries, read.end, key=lambda e: e[0])
+        )
+        for offset, completed, record in entries[lo:hi]:
+            if completed > read.invoke_index:
+                continue
+            judged += 1
+            found = read.items.get(offset)
+            if found == record.msg_id:
+                continue
+            example: dict[str, JSON] = {
+                "msg_id": record.msg_id,
+                "topic": record.topic,
+                "queue": record.queue,
+                "offset": offset,
+                "enqueue_index": record.invoke.index,
+                "read_index": read.invoke_index,
+                "read_end": read.end,
+            }
+            if found is None:
+                missing.add(example)
+            else:
+                wrong.add(example | {"found": found})
+    details: dict[str, object] = {"reads": reads, "judged": judged}
+    if window is not None:
+        details["window_ms"] = list(window)
+    return verdict(
+        "read-after-ack",
+        {"missing": missing, "wrong-item": wrong},
+        passed=f"{judged} reads of an acknowledged item returned it ({reads} reads)",
+        details=details,
+    )
+
+
+def check_cursor_monotonic(ops: Iterable[Op], *, window: Window | None = None) -> CheckResult:
+    """A consumer never sees a committed cursor go back without a seek.
+
+    Per lane, in index order, each ``cursor_read`` (invoked in ``window``, if given) against
+    the lane's highest read before it. Violations:
+
+    - ``cursor-back``: a lower cursor at the same seek epoch, or a lower cursor at a higher
+      epoch with no seek of the group on that topic and queue (or every queue) invoked before
+      the read and not completed before the highest earlier read (the store's seek epoch
+      rose without an operator's seek);
+    - ``epoch-back``: a lower seek epoch than one read before (older state served as new).
+    """
+    history = queue_history(ops)
+    seeks = _lane_seeks(history)
+    highest: dict[Lane, CursorRead] = {}
+    back, epoch_back = Offenders(), Offenders()
+    judged = after_seek = 0
+    for read in history.cursor_reads:
+        lane = read.lane
+        before = highest.get(lane)
+        if before is None or (read.epoch, read.cursor) > (before.epoch, before.cursor):
+            highest[lane] = read
+        if before is None or not in_window(window, read.time_ms):
+            continue
+        judged += 1
+        example: dict[str, JSON] = {
+            "consumer": read.consumer,
+            "group": read.group,
+            "topic": read.topic,
+            "queue": read.queue,
+            "index": read.index,
+            "cursor": read.cursor,
+            "epoch": read.epoch,
+            "before": {"index": before.index, "cursor": before.cursor, "epoch": before.epoch},
+        }
+        if read.epoch < before.epoch:
+            epoch_back.add(example)
+        elif read.cursor < before.cursor:
+            sought = any(
+                s.invoke_index < read.index
+                and (s.completion_index is None or s.completion_index > before.index)
+                and s.affects(read.queue)
+                for s in seeks.get((read.group, read.topic), [])
+            )
+            if read.epoch > before.epoch and sought:
+                after_seek += 1
+            else:
+                back.add(example)
+    details: dict[str, object] = {
+        "cursor-reads": len(history.cursor_reads),
+        "judged": judged,
+        "back-after-seek": after_seek,
+    }
+    if window is not None:
+        details["window_ms"] = list(window)
+    return verdict(
+        "cursor-monotonic",
+        {"cursor-back": back, "epoch-back": epoch_back},
+        passed=f"{judged} committed-cursor reads never went back without a seek",
         details=details,
     )
 
@@ -1205,9 +1549,15 @@ def check_retry_flow(
       store refuses to move an item below the cursor; the group did handle it:
       ``failed-after-success`` counts those.)
 
+    A seek replays the base topic: a delivery from the base topic of an item whose pending
+    failure is on a retry level, after a seek of the group on that topic and queue (or every
+    queue) invoked since the failure, is a replay (``replayed``), not a misroute; the failure
+    stays pending for the item's own move to its next level.
+
     Deliveries from other groups' derived topics are left to ``check_total_queue``.
     """
     history = queue_history(ops)
+    seeks = _lane_seeks(history)
     events: list[tuple[int, Delivery | Handling]] = [(d.index, d) for d in history.deliveries]
     events += [(h.index, h) for h in history.handlings if h.failed]
     events.sort(key=lambda event: event[0])
@@ -1219,8 +1569,16 @@ def check_retry_flow(
         Offenders(),
         Offenders(),
     )
-    failures = retried = in_place = dead_lettered = 0
+    failures = retried = in_place = dead_lettered = replayed = 0
     dropped_last = 0
+
+    def sought(d: Delivery, since: int) -> bool:
+        """Whether a seek of ``d``'s group on its topic and queue was invoked after ``since``
+        and before ``d``."""
+        return any(
+            since < seek.invoke_index < d.index and seek.affects(d.queue)
+            for seek in seeks.get((d.group, d.topic), [])
+        )
 
     def next_level(group: str, level: int) -> int | None:
         """Where an item that failed at ``level`` moves to (None: nowhere, in place only)."""
@@ -1259,9 +1617,13 @@ def check_retry_flow(
                 unexpected.add(d.to_json() | {"level": level})
         if level == DEAD_LETTER:
             dead_lettered += 1
-        failed = pending.pop(who, None)
+        failed = pending.get(who)
         if failed is None:
             continue
+        if level == 0 and failed.level != 0 and sought(d, failed.index):
+            replayed += 1
+            continue
+        del pending[who]
         if level == failed.level and d.queue == failed.queue:
             in_place += 1
         elif level == next_level(d.group, failed.level) and d.queue == failed.queue:
@@ -1317,6 +1679,7 @@ def check_retry_flow(
             "failures": failures,
             "moved-on": retried,
             "redelivered-in-place": in_place,
+            "replayed-by-seek": replayed,
             "dead-letter-deliveries": dead_lettered,
             "dropped-at-last-level": dropped_last,
             "failed-after-success": after_success,

@@ -821,6 +821,15 @@ class Consumer:
         if st.phase is Phase.CURSOR:
             st.cursor = st.known = st.commit_target = ok.committed
             st.seek_epoch = ok.epoch
+            # What the stream starts from: the checkers hold that a committed cursor never
+            # goes back without a seek (which raises the epoch).
+            fx.event(
+                "consumer.cursor",
+                topic=st.topic,
+                queue=st.queue,
+                cursor=ok.committed,
+                epoch=ok.epoch,
+            )
             st.phase = Phase.FETCH
             self._issue(now, st, fx)
             self._maybe_commit(now, st, fx)  # the claim, for a stream with a new token
