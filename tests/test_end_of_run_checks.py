@@ -35,10 +35,6 @@ class H:
     def ops(self) -> list[Op]:
         return self.w.ops
 
-    def at(self, time_ms: int) -> H:
-        self.time_ms = time_ms
-        return self
-
     def _pair(self, f: str, value: JSON, **extra: JSON) -> None:
         self.process += 1
         self.time_ms += 1
@@ -100,13 +96,12 @@ class H:
         self.w.invoke(self.time_ms, self.process, "cursor_read", consumer, **extra)
         self.w.ok(self.time_ms, self.process, "cursor_read", consumer, **extra)
 
-    def seek(self, cursor: int, *, outcome: str | None = "ok") -> None:
+    def seek(self, cursor: int) -> None:
         extra: dict[str, JSON] = {"group": "g0", "topic": T, "queue": 0, "offset": cursor}
         self.process += 1
         self.time_ms += 1
         self.w.invoke(self.time_ms, self.process, "seek", None, **extra)
-        if outcome == "ok":
-            self.w.ok(self.time_ms, self.process, "seek", None, **extra, positions=[[0, cursor]])
+        self.w.ok(self.time_ms, self.process, "seek", None, **extra, positions=[[0, cursor]])
 
 
 # --------------------------------------------------------------------------------------------

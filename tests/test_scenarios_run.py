@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from pxq.check.history import read_history
+from pxq.check.ownership import check_failover
 from pxq.check.queue import check_total_queue
 from pxq.check.result import CheckResult
 from pxq.paxos.group import Group
@@ -72,6 +73,7 @@ def test_the_scenario_directory_holds_the_families() -> None:
         "follower-restart-availability",
         "queue-follower-pause-availability",
         "queue-undelivered",
+        "consumer-crash-lock-failover",
     } | NEGATIVE <= names
 
 
@@ -237,6 +239,23 @@ def test_final_reads_tell_stored_but_undelivered_items_from_lost_ones() -> None:
     subscriptions = {"g0": {"t0": range(scn.workload.queues)}}
     blind = check_total_queue(renumbered, subscriptions)
     assert not blind.ok and blind.details["lost"] == undelivered
+
+
+def test_failover_does_not_count_the_lock_services_own_failover() -> None:
+    """consumer-crash-lock-failover crashes the lock master just before a consumer: the grants
+    wait for a new lock master. Counting that time, the failover bound would cry wolf at the
+    file's seed; without it every queue moved on in time."""
+    scn = scenario.load(ROOT / "scenarios" / "consumer-crash-lock-failover.toml")
+    out = io.StringIO()
+    result = runner.run(scn, scn.seed, history_out=out)
+    failover = result.checks["failover"]
+    assert result.ok and failover.ok
+    masterless = failover.details["lock_masterless_ms"]
+    assert isinstance(masterless, int) and masterless > 0
+    ops = read_history(out.getvalue().splitlines())
+    bound = scn.workload.lease_ms + runner.FAILOVER_SLACK_MS
+    consumers = sorted({str(op.process) for op in ops if op.f == "own_start"})
+    assert not check_failover(ops, consumers, bound).ok
 
 
 def test_a_negative_control_naming_its_failing_check_passes_only_when_that_check_fails() -> None:
