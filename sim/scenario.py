@@ -572,6 +572,8 @@ def _scenario(t: TomlTable) -> Scenario:
         quiesce_ms=f.integer("quiesce_ms", 3000, lo=0),
         settle_ms=f.integer("settle_ms", 30_000, lo=0),
     )
+    if workload.kind != "queue" and "settle_ms" in f.data:
+        raise f.error("settle_ms", 'only the queue workload settles (kind = "queue")')
     if workload.kind == "queue" and final.settle_ms <= workload.timeout_ms:
         raise f.error(
             "settle_ms",

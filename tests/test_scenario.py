@@ -233,3 +233,9 @@ def test_check_tables_scope_a_check_to_a_window_and_expect_it_to_fail() -> None:
 def test_check_tables_and_the_settle_bound_are_validated(extra: str, message: str) -> None:
     with pytest.raises(ScenarioError, match=message):
         loads('checks = ["total_queue", "queue_order"]\n' + QUEUE + extra)
+
+
+def test_only_the_queue_workload_settles() -> None:
+    log = 'version = 1\nname = "l"\nduration_ms = 1000\n[final]\nsettle_ms = 9000\n'
+    with pytest.raises(ScenarioError, match=r"final\.settle_ms: only the queue workload"):
+        loads(log)

@@ -145,7 +145,7 @@ REGRESSION_SEEDS = [
     # owner 170 ms early (pxq/lock/node.py, LockNode.stamp).
     ("consumer-lock-master-partition", 206),
     # Items still between retry levels when the run ended were reported dropped: the run
-    # now quiesces longer (scenarios/queue-retries.toml, [final]).
+    # now settles until every failed item was delivered again (sim/runner.py).
     ("queue-retries", 215),
     # The consumer's last fetch and its answer were lost and the run stopped before the retry:
     # total_queue called five stored items lost. The run now settles and reads the store
