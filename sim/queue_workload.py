@@ -74,6 +74,8 @@ DRAIN_ITEMS_MAX = 10_000
 READ_PAGES_MAX = 10_000
 """Get pages one final read of a queue may take (each up to ``DRAIN_ITEMS_MAX`` items)."""
 PRODUCER_REQUEST_TIMEOUT_MS = 500
+"""How long a producer waits for one request's answer before re-sending (within the call's
+``timeout_ms``)."""
 READ_AFTER_ACK_SHARE = 0.125
 """The share of acknowledged enqueues that a reader reads back at once (a ``Get`` from the
 master at the item's offset: ``store_read``), for the read-after-ack check."""
@@ -336,8 +338,9 @@ class QueueWorkload:
                 for group in self.groups:
                     if msg_id not in self.delivered[group]:
                         self.undelivered[group].add(msg_id)
+                queue = extra["queue"]
                 if self.groups and self.read_rng.random() < READ_AFTER_ACK_SHARE:
-                    self._read_back(int(extra["queue"]), offset)  # type: ignore[arg-type]
+                    self._read_back(queue if isinstance(queue, int) else 0, offset)
             case ProduceFailed(code=code):
                 self.counts["fail"] += 1
                 self.fail_reasons[code] = self.fail_reasons.get(code, 0) + 1
@@ -643,7 +646,7 @@ class QueueWorkload:
         pending = len(queues)
         for queue in queues:
 
-            def ended(_: int = queue) -> None:
+            def ended() -> None:
                 nonlocal pending
                 pending -= 1
                 if pending == 0:
