@@ -136,7 +136,7 @@ def test_scenario_meets_its_expectation(path: Path) -> None:
         expected = {name for name, spec in scn.check_specs if spec.expect == "fail"}
         assert set(failing) == expected
         assert result.stats["clients"]["ok"] > 100, "the workload made too little progress"
-        if scn.workload.kind == "queue":
+        if scn.workload.kind == "queue" and "delivery" not in expected:
             assert result.stats["clients"]["deliver"] >= result.stats["clients"]["ok"]
 
 
