@@ -1,13 +1,18 @@
 """The nemesis: resolves fault targets when a fault fires, applies faults and their inverses,
-and generates the background random faults of a swarm seed.
+generates the background random faults of a swarm seed (drawn by the kinds of
+``sim.fault_kinds``), and undoes every fault at the final heal.
 
 Every fault it applies is written to the history (process ``"nemesis"``, type ``info``) with
 the nodes it resolved, and fed into the trace digest, so a failing run says exactly what was
-done to whom and when.
+done to whom and when. A selector that names a master waits for one (before the first
+election there is none); one that cannot resolve at all (``crashed`` with nobody down) is a
+problem of the scenario, reported in ``problems``: the run fails with it rather than picking
+someone else.
 """
 
 from __future__ import annotations
 
+import copy
 import random
 from collections.abc import Callable
 from dataclasses import replace
@@ -16,10 +21,31 @@ from functools import partial
 from pxq.check.history import JSON, HistoryWriter
 from pxq.effects import NodeId
 from sim.disk import SimDisk
-from sim.scenario import SELECTOR_RE, FaultSpec, RandomFaultSpec, Scenario
+from sim.fault_kinds import RANDOM_KINDS
+from sim.scenario import SELECTOR_RE, AfterSpec, FaultSpec, RandomFaultSpec, Scenario
 from sim.world import TraceRecord, World
 
 MasterOf = Callable[[int], NodeId | None]
+Paths = list[tuple[str, str]]
+
+
+class WaitForMaster(Exception):
+    """The selector names a master (or a follower) of a group that has none yet."""
+
+
+class Unresolvable(ValueError):
+    """The selector names nobody (``crashed`` with no node down, ...)."""
+
+
+def _paths(side: list[str], peers: list[str], direction: str) -> Paths:
+    """The directed paths between ``side`` and ``peers``: ``out`` those ``side`` sends on,
+    ``in`` those it receives on, ``both`` both."""
+    paths: Paths = []
+    if direction in ("both", "out"):
+        paths += [(a, b) for a in side for b in peers if a != b]
+    if direction in ("both", "in"):
+        paths += [(b, a) for a in side for b in peers if a != b]
+    return paths
 
 
 class Nemesis:
@@ -48,6 +74,18 @@ class Nemesis:
         self.schedulers: list[str] = []
         self.lock_master_of: MasterOf | None = None
         self.on_seek: Callable[[FaultSpec], None] | None = None
+        self.consumer_groups: list[str] = []
+        self.fired: dict[str, int] = {}
+        """Random faults that applied, by kind (a kind drawn with no target is not counted)."""
+        self.kinds_on: tuple[str, ...] = ()
+        self.flipped: set[NodeId] = set()
+        """Replicas a random bit flip hit (kept to a minority)."""
+        self.problems: list[str] = []
+        """Scripted faults that could not resolve their targets (the run fails with these)."""
+        self.waiting: dict[str, Callable[[TraceRecord], None]] = {}
+        """Scripted faults waiting for a master, by label, with their listener."""
+        self.clock_baseline = {n: copy.copy(h.clock) for n, h in world.hosts.items()}
+        """Each node's clock as the run started (the final heal puts clocks back on it)."""
 
     @property
     def f(self) -> int:
@@ -57,39 +95,40 @@ class Nemesis:
     # -- selectors -----------------------------------------------------------------------
 
     def resolve(self, selector: str, group: int = 0) -> list[NodeId]:
+        """The nodes ``selector`` names now. Raises ``WaitForMaster`` for a master or a
+        follower of a group without a master yet, ``Unresolvable`` when it names nobody."""
         m = SELECTOR_RE.match(selector)
         if m is None:
             raise ValueError(f"unknown selector {selector!r}")
         nodes = self.replicas
-        if selector == "master":
+        if selector == "master" or m.group(2) is not None:
             master = self.master_of(group)
-            return [master] if master is not None else [self.rng.choice(nodes)]
-        if m.group(2) is not None:
-            master = self.master_of(group)
+            if master is None:
+                raise WaitForMaster(f"a master of group {group}")
+            if selector == "master":
+                return [master]
             followers = [n for n in nodes if n != master]
-            i = int(m.group(2))
-            return [followers[i % len(followers)]]
+            return [followers[int(m.group(2)) % len(followers)]]
         if m.group(3) is not None:
             return [selector]
         if selector == "lock_master":
             if self.lock_master_of is None or not self.locks:
                 raise ValueError("selector 'lock_master' needs consumers owning through locks")
             master = self.lock_master_of(group)
-            return [master] if master is not None else [self.rng.choice(self.locks)]
+            if master is None:
+                raise WaitForMaster(f"a master of lock group {group}")
+            return [master]
         for index, pool, what in (
+            (4, self.consumers, "consumers"),
+            (5, self.producers, "producers"),
             (6, self.locks, "lock replicas"),
             (7, self.schedulers, "schedulers"),
         ):
             if m.group(index) is not None:
-                if not pool:
-                    raise ValueError(f"selector {selector!r}: this workload has no {what}")
-                return [pool[int(m.group(index)) % len(pool)]]
-        if m.group(4) is not None or m.group(5) is not None:
-            pool = self.consumers if m.group(4) is not None else self.producers
-            i = int(m.group(4) if m.group(4) is not None else m.group(5))
-            if not pool:
-                raise ValueError(f"selector {selector!r} needs the queue workload")
-            return [pool[i % len(pool)]]
+                i = int(m.group(index))
+                if i >= len(pool):
+                    raise Unresolvable(f"selector {selector!r}: there are {len(pool)} {what}")
+                return [pool[i]]
         match selector:
             case "any":
                 return [self.rng.choice(nodes)]
@@ -101,39 +140,107 @@ class Nemesis:
                 return sorted(self.rng.sample(nodes, len(nodes) - self.f))
             case "crashed":
                 down = [n for n in self.crash_order if self.world.hosts[n].crashed]
+                if not down:
+                    raise Unresolvable("selector 'crashed': no node the nemesis crashed is down")
                 return down[-1:]
             case "paused":
                 paused = [n for n in self.pause_order if self.world.hosts[n].paused]
+                if not paused:
+                    raise Unresolvable("selector 'paused': no node the nemesis paused is paused")
                 return paused[-1:]
         raise ValueError(f"unknown selector {selector!r}")
 
     # -- scheduling ----------------------------------------------------------------------
 
-    def schedule(self, fault: FaultSpec) -> None:
+    def schedule(self, fault: FaultSpec, label: str = "fault") -> None:
+        """Fire ``fault`` at its time, or after its trigger; ``label`` names it in problems."""
         if fault.at_ms is not None:
-            self.world.call_later(fault.at_ms * 1000 - self.world.now_us, lambda: self.fire(fault))
+            self.world.call_later(
+                fault.at_ms * 1000 - self.world.now_us, lambda: self.fire(fault, label)
+            )
             return
         after = fault.after
-        assert after is not None
-        wanted = set(self.resolve(after.node)) if after.node is not None else None
+        if after is None:
+            raise ValueError(f"{label}: a fault needs at_ms or after")
         seen = 0
 
         def listen(rec: TraceRecord) -> None:
             nonlocal seen
-            if rec.kind != after.event or (wanted is not None and rec.node not in wanted):
+            if not self._matches(after, rec):
                 return
             seen += 1
             if seen == after.count:
                 self.world.listeners.remove(listen)
-                self.world.call_later(after.delay_ms * 1000, lambda: self.fire(fault))
+                self.world.call_later(after.delay_ms * 1000, lambda: self.fire(fault, label))
 
         self.world.listeners.append(listen)
 
-    def fire(self, fault: FaultSpec) -> None:
-        targets = self.resolve(fault.target, fault.group) if fault.target is not None else []
-        undo = self.apply(fault, targets)
+    def _matches(self, after: AfterSpec, rec: TraceRecord) -> bool:
+        """Whether ``rec`` is an event ``after`` counts: its kind, its fields (same type and
+        value), and its node (the selector resolved at this event)."""
+        if rec.kind != after.event:
+            return False
+        fields = dict(rec.fields)
+        for key, want in after.where:
+            got = fields.get(key)
+            if type(got) is not type(want) or got != want:
+                return False
+        if after.node is None:
+            return True
+        try:
+            return rec.node in self.resolve(after.node)
+        except (WaitForMaster, Unresolvable):
+            return False
+
+    def fire(self, fault: FaultSpec, label: str = "fault") -> None:
+        """Resolve ``fault``'s targets now and apply it (and schedule its inverse). A fault
+        naming a master waits for the group's next master; one naming nobody is a problem."""
+        try:
+            targets = self.resolve(fault.target, fault.group) if fault.target is not None else []
+            peers = self._side(fault.sides[1], fault.group) if fault.sides is not None else None
+            if fault.sides is not None:
+                targets = self._side(fault.sides[0], fault.group)
+            if fault.peer is not None:
+                peers = self.resolve(fault.peer, fault.group)
+        except WaitForMaster as exc:
+            self._wait(fault, label, str(exc))
+            return
+        except Unresolvable as exc:
+            self.problems.append(f"{label} ({fault.action}): {exc}")
+            self._log(fault.action, [], skipped=str(exc))
+            return
+        self.waiting.pop(label, None)
+        undo = self.apply(fault, targets, peers)
         if fault.duration_ms is not None and undo is not None:
             self.world.call_later(fault.duration_ms * 1000, undo)
+
+    def _side(self, selectors: tuple[str, ...], group: int) -> list[NodeId]:
+        out: list[NodeId] = []
+        for selector in selectors:
+            out += [n for n in self.resolve(selector, group) if n not in out]
+        return sorted(out)
+
+    def _wait(self, fault: FaultSpec, label: str, what: str) -> None:
+        """Fire ``fault`` again at the next election of a master (of any group)."""
+        if label not in self.waiting:
+            self._log("wait", [], fault=label, fault_action=fault.action, waits_for=what)
+
+        def listen(rec: TraceRecord) -> None:
+            state = dict(rec.fields).get("state")
+            if rec.kind == "master" and state in ("became", "elected"):
+                self.world.listeners.remove(listen)
+                self.world.call_later(0, lambda: self.fire(fault, label))
+
+        self.waiting[label] = listen
+        self.world.listeners.append(listen)
+
+    def close(self) -> None:
+        """The safety phase is over: faults still waiting for a master never fired."""
+        for label, listen in sorted(self.waiting.items()):
+            if listen in self.world.listeners:
+                self.world.listeners.remove(listen)
+            self.problems.append(f"{label}: waited for a master until the end of the faults")
+        self.waiting.clear()
 
     # -- applying ------------------------------------------------------------------------
 
@@ -150,39 +257,42 @@ class Nemesis:
             (("targets", ",".join(targets)), *sorted((k, str(v)) for k, v in extra.items())),
         )
 
-    def apply(self, fault: FaultSpec, targets: list[NodeId]) -> Callable[[], None] | None:
-        """Apply ``fault`` to ``targets`` now; return its inverse, if it has one."""
+    def apply(
+        self, fault: FaultSpec, targets: list[NodeId], peers: list[NodeId] | None = None
+    ) -> Callable[[], None] | None:
+        """Apply ``fault`` to ``targets`` (and, for a fault between two sides, ``peers``; by
+        default ``fault.peer`` resolved now) now; return its inverse, if it has one."""
         world, net = self.world, self.world.network
         action = fault.action
         if not targets and action in ("crash", "restart", "pause", "resume", "clock", "disk"):
             self._log(action, [], skipped="no target")
             return None
+        if peers is None and fault.peer is not None:
+            peers = self.resolve(fault.peer, fault.group)
+        if action == "partition" and fault.shape is not None:
+            return self._shaped_partition(fault.shape)
+        extra: dict[str, object] = {}
+        if peers is not None and action in ("partition", "loss", "duplicate", "delay"):
+            extra["peers"] = ",".join(peers)
         # A seek is recorded by the workload as the operator's own operation.
-        extra = {
-            k: v
-            for k, v in (
-                ("mono_stall_ms", fault.mono_stall_ms),
-                ("mono_jump_ms", fault.mono_jump_ms),
-            )
-            if v is not None
-        }
+        for key, v in (
+            ("mono_stall_ms", fault.mono_stall_ms),
+            ("mono_jump_ms", fault.mono_jump_ms),
+        ):
+            if v is not None:
+                extra[key] = v
         self._log("seek_requested" if action == "seek" else action, targets, **extra)
         match action:
             case "partition":
-                rest = [n for n in self._endpoints() if n not in targets]
+                rest = peers if peers is not None else self._endpoints()
+                rest = [n for n in rest if n not in targets]
                 net.partition(targets, rest, fault.direction)
                 return lambda: self._unpartition(targets, rest)
             case "heal":
                 self.heal_network()
             case "clog" | "unclog":
-                peers = (
-                    self.resolve(fault.peer)
-                    if fault.peer
-                    else [n for n in self.replicas if n not in targets]
-                )
-                paths = [(a, b) for a in targets for b in peers if a != b]
-                if fault.direction in ("both", "in"):
-                    paths += [(b, a) for a in targets for b in peers if a != b]
+                others = peers if peers is not None else self.replicas
+                paths = _paths(targets, [n for n in others if n not in targets], fault.direction)
                 if action == "unclog":
                     for a, b in paths:
                         net.unclog(a, b)
@@ -190,6 +300,13 @@ class Nemesis:
                 for a, b in paths:
                     net.clog(a, b)
                 return lambda: self._unclog(paths)
+            case "loss" | "duplicate" | "delay" if targets:
+                others = peers if peers is not None else self._endpoints()
+                paths = _paths(targets, [n for n in others if n not in targets], fault.direction)
+                value = fault.delay if action == "delay" else fault.rate
+                for a, b in paths:
+                    net.set_path_fault(a, b, action, value)
+                return lambda: self._restore_paths(action, paths)
             case "loss":
                 net.spec = replace(net.spec, loss=fault.rate)
                 return lambda: self._restore_network(action)
@@ -200,7 +317,8 @@ class Nemesis:
                 net.spec = replace(net.spec, reorder=fault.rate)
                 return lambda: self._restore_network(action)
             case "delay":
-                assert fault.delay is not None
+                if fault.delay is None:
+                    raise ValueError("a delay fault needs a delay")
                 net.spec = replace(net.spec, delay=fault.delay)
                 return lambda: self._restore_network("delay")
             case "crash":
@@ -242,6 +360,39 @@ class Nemesis:
                     world.hosts[n].reply_before_persist = True
                 return lambda: self._set_reply_before_persist(targets, False)
         return None
+
+    def _shaped_partition(self, shape: str) -> Callable[[], None]:
+        """Lay out a bridge or a ring among the store's replicas (in an order drawn from the
+        nemesis's stream) and cut the pairs it separates, both ways."""
+        order = list(self.replicas)
+        self.rng.shuffle(order)
+        n = len(order)
+        pairs: list[tuple[NodeId, NodeId]] = []
+        if shape == "bridge":
+            # order[0] is the bridge; the rest split in two halves that cannot talk.
+            rest = order[1:]
+            half_a, half_b = sorted(rest[: len(rest) // 2]), sorted(rest[len(rest) // 2 :])
+            pairs = [(a, b) for a in half_a for b in half_b]
+        else:
+            # Each replica keeps its neighbours within k ring steps: itself and 2k others
+            # make a majority, and no two replicas keep the same majority.
+            k = -(-(n // 2) // 2)
+            for i in range(n):
+                for j in range(i + 1, n):
+                    if min(j - i, n - (j - i)) > k:
+                        pairs.append((order[i], order[j]))
+        cut = sorted(tuple(sorted(p)) for p in pairs)
+        self._log("partition", order, shape=shape, cut=" ".join(f"{a}|{b}" for a, b in cut))
+        net = self.world.network
+        for a, b in cut:
+            net.partition([a], [b], "both")
+
+        def undo() -> None:
+            self._log("heal_partition", order, shape=shape)
+            for a, b in cut:
+                net.unpartition([a], [b])
+
+        return undo
 
     def _disk(self, fault: FaultSpec, targets: list[NodeId]) -> Callable[[], None] | None:
         disks = [self.world.hosts[n].disk for n in targets]
@@ -314,6 +465,11 @@ class Nemesis:
         self._log("heal_partition", side)
         self.world.network.unpartition(side, rest)
 
+    def _restore_paths(self, field_name: str, paths: Paths) -> None:
+        self._log(f"restore_{field_name}", sorted({a for a, _ in paths}))
+        for a, b in paths:
+            self.world.network.set_path_fault(a, b, field_name, None)
+
     def _unclog(self, paths: list[tuple[str, str]]) -> None:
         self._log("unclog", sorted({a for a, _ in paths}))
         for a, b in paths:
@@ -342,35 +498,107 @@ class Nemesis:
         for n in paused:
             self.world.hosts[n].resume()
 
+    def end_fsync_error(self, targets: list[NodeId]) -> None:
+        """The end of a random fsync error: the disk fails no more syncs, and a node it
+        stopped starts again (as its supervisor would once the disk is sound)."""
+        hosts = self.world.hosts
+        for n in targets:
+            hosts[n].disk.fail_next_fsync = False
+        self.restart([n for n in targets if hosts[n].crash_reason == "fsync error"])
+
     def heal_network(self) -> None:
         self.world.network.heal()
 
     def heal_all(self, *, restart: bool) -> None:
-        """The final phase: every network fault gone, disks honest, everyone resumed and,
-        with ``restart``, every crashed node restarted."""
+        """The final phase: every fault undone. The network back to its baseline (no
+        partition, clog or path fault; loss, duplication, reordering and delay as in
+        ``[network]``); every disk back to its ``[disk]`` spec, honest (no lying fsync, no
+        pending fsync error, no torn writes); no driver replying before persisting; every
+        clock back on its own drift and on the wall time it would show had no fault touched
+        it; everyone resumed; and every crashed node restarted (with ``restart``), or else
+        those a full disk stopped (their space is back). Bit flips already on a disk stay:
+        data is not repaired by a heal."""
         self._log("heal_all", [])
+        self.close()
         self.world.network.heal()
-        for n in self.replicas + self.locks:
-            host = self.world.hosts[n]
-            host.disk.spec = host.disk.baseline
-            host.disk.torn_on_power_loss = False
-            host.disk.fail_next_fsync = False
+        hosts = self.world.hosts
+        now_us = self.world.now_us
+        moved: list[NodeId] = []
+        for n in sorted(hosts):
+            host = hosts[n]
+            disk = host.disk
+            disk.spec = disk.baseline
+            disk.torn_on_power_loss = False
+            disk.fail_next_fsync = False
+            disk.lying = False
             host.reply_before_persist = False
+            base = self.clock_baseline.get(n)
+            if base is not None and self._clock_moved(n):
+                host.clock.set_drift(now_us, base.drift_ppm)
+                host.clock.jump_wall(base.now(now_us).wall_ms - host.clock.now(now_us).wall_ms)
+                moved.append(n)
             host.check_space()
-        everyone = sorted(self.world.hosts)
+        if moved:
+            self._log("restore_clock", moved)
+        everyone = sorted(hosts)
         self.resume(everyone)
         if restart:
             self.restart(everyone)
+        else:
+            self.restart([n for n in everyone if hosts[n].crash_reason == "disk full"])
+
+    def _clock_moved(self, n: NodeId) -> bool:
+        base = self.clock_baseline.get(n)
+        clock = self.world.hosts[n].clock
+        now_us = self.world.now_us
+        # Monotonic time is never stepped back: a changed rate leaves it where it got to.
+        return base is not None and (
+            clock.drift_ppm != base.drift_ppm
+            or clock.now(now_us).wall_ms != base.now(now_us).wall_ms
+        )
+
+    def faults_left(self, *, restarted: bool) -> list[str]:
+        """What of every fault is still in force (after ``heal_all``: nothing; crashed
+        nodes only count with ``restarted``)."""
+        net = self.world.network
+        left = [
+            what
+            for what, on in (
+                ("network spec", net.spec != net.baseline),
+                ("partitions", bool(net.blocked)),
+                ("clogs", bool(net.clogged)),
+                ("path faults", bool(net.path_faults)),
+            )
+            if on
+        ]
+        for n, host in sorted(self.world.hosts.items()):
+            disk = host.disk
+            for what, on in (
+                ("disk spec", disk.spec != disk.baseline),
+                ("torn writes", disk.torn_on_power_loss),
+                ("lying fsync", disk.lying),
+                ("fsync error", disk.fail_next_fsync),
+                ("reply before persist", host.reply_before_persist),
+                ("clock", self._clock_moved(n)),
+                ("paused", host.paused),
+                # A node restarted by the heal that stops again by itself (a corrupt record
+                # read at boot) is not a fault left in force.
+                ("crashed", restarted and host.crashed and host.crash_reason == "nemesis"),
+            ):
+                if on:
+                    left.append(f"{n}: {what}")
+        return left
 
     # -- random faults -------------------------------------------------------------------
 
     def random_faults(self, spec: RandomFaultSpec, scenario: Scenario, until_ms: int) -> None:
         """Schedule the seed's background faults until ``until_ms``: the seed picks which
         kinds are on (each with probability 1/2, at least one) and each kind's mean interval;
-        faults stay within what a correct cluster survives without losing a value (at most
-        ``max_down`` replicas crashed or paused at once, drift within the clock bound)."""
+        each fault is drawn by its kind (``sim.fault_kinds``) when it fires, within what a
+        correct cluster survives without losing a value."""
         rng = self.rng
         kinds = [k for k in spec.kinds if rng.random() < 0.5] or [rng.choice(spec.kinds)]
+        self.kinds_on = tuple(kinds)
         self._log("swarm_options", [], kinds=",".join(kinds))
         for kind in kinds:
             mean_ms = rng.randint(spec.interval_ms_min, spec.interval_ms_max)
@@ -386,61 +614,12 @@ class Nemesis:
                 )
 
     def _random_fault(self, kind: str, duration_ms: int, scenario: Scenario) -> None:
-        rng = self.rng
-        down = [
-            n for n in self.replicas if self.world.hosts[n].crashed or self.world.hosts[n].paused
-        ]
-        undo: Callable[[], None] | None = None
-        match kind:
-            case "partition":
-                side = sorted(rng.sample(self.replicas, rng.randint(1, max(1, self.f))))
-                direction = rng.choice(["both", "both", "in", "out"])
-                fault = FaultSpec(action="partition", at_ms=0, direction=direction)  # type: ignore[arg-type]
-                undo = self.apply(fault, side)
-            case "crash" | "torn" | "pause":
-                limit = {"minority": self.f, "majority": self.f + 1, "all": len(self.replicas)}
-                if len(down) >= limit[scenario.random_faults.max_down]:
-                    return
-                target = [rng.choice([n for n in self.replicas if n not in down])]
-                if kind == "pause":
-                    undo = self.apply(FaultSpec(action="pause", at_ms=0), target)
-                else:
-                    if kind == "torn":
-                        self.world.hosts[target[0]].disk.torn_on_power_loss = True
-                    power_loss = kind == "torn" or rng.random() < 0.5
-                    undo = self.apply(
-                        FaultSpec(action="crash", at_ms=0, power_loss=power_loss), target
-                    )
-            case "disk_full":
-                # Full down to the reserve: the node is told its storage is short (a
-                # store refuses enqueues) and keeps running (see _full_capacity).
-                target = [rng.choice(self.replicas)]
-                undo = self.apply(FaultSpec(action="disk", at_ms=0, disk_fault="full"), target)
-            case "clog":
-                a, b = rng.sample(self.replicas, 2)
-                undo = self.apply(FaultSpec(action="clog", at_ms=0, peer=b, direction="out"), [a])
-            case "loss" | "duplicate" | "reorder":
-                rate = rng.choice([0.01, 0.05, 0.1, 0.2])
-                undo = self.apply(FaultSpec(action=kind, at_ms=0, rate=rate), [])
-            case "consumer_crash" | "consumer_pause":
-                live = [
-                    n
-                    for n in self.consumers
-                    if not self.world.hosts[n].crashed and not self.world.hosts[n].paused
-                ]
-                if len(live) <= 1:
-                    return  # keep one consumer up, so the queues always have somewhere to go
-                target = [rng.choice(live)]
-                action = "crash" if kind == "consumer_crash" else "pause"
-                undo = self.apply(FaultSpec(action=action, at_ms=0), target)
-            case "clock":
-                bound = scenario.clock.drift_ppm_max
-                drift = rng.randint(-bound, bound)
-                self.apply(
-                    FaultSpec(action="clock", at_ms=0, drift_ppm=drift), [rng.choice(self.replicas)]
-                )
-        if undo is not None:
-            self.world.call_later(duration_ms * 1000, undo)
+        fired = RANDOM_KINDS[kind].draw(self, scenario)
+        if fired is None:
+            return
+        self.fired[kind] = self.fired.get(kind, 0) + 1
+        if fired.undo is not None:
+            self.world.call_later(duration_ms * 1000, fired.undo)
 
 
 def _full_capacity(disk: SimDisk) -> int:

@@ -7,6 +7,8 @@ client endpoints rides a stream (as client connections do) and is never duplicat
 reordered, only lost, blocked or held. A partition blocks directed paths (both ways for a symmetric one); a message
 is dropped if its path is blocked when it is sent or when it would arrive. A clogged path
 holds its messages (nothing is lost) until it is unclogged, as FoundationDB's clogging does.
+A path may also have its own loss, duplication or delay (``PathFault``), in place of the
+network-wide one.
 Every random draw comes from the network's own stream.
 """
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Literal
 
@@ -74,6 +76,18 @@ class NetworkSpec:
             raise ValueError("reorder_us must not be negative")
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PathFault:
+    """One directed path's own loss, duplication or delay (None: the network's)."""
+
+    loss: float | None = None
+    duplicate: float | None = None
+    delay: DelaySpec | None = None
+
+    def empty(self) -> bool:
+        return self.loss is None and self.duplicate is None and self.delay is None
+
+
 @dataclass(slots=True)
 class NetworkStats:
     sent: int = 0
@@ -103,6 +117,7 @@ class Network:
         self.deliver = deliver
         self.blocked: set[tuple[str, str]] = set()
         self.clogged: dict[tuple[str, str], list[object]] = {}
+        self.path_faults: dict[tuple[str, str], PathFault] = {}
         self.stats = NetworkStats()
         self._path_last_us: dict[tuple[str, str], int] = {}
         self.stream_endpoints: set[str] = set()
@@ -138,9 +153,29 @@ class Network:
         for payload in held:
             self._transmit(src, dst, payload)
 
+    def set_path_fault(
+        self, src: str, dst: str, field_name: str, value: float | DelaySpec | None
+    ) -> None:
+        """Give the path ``src -> dst`` its own ``loss``, ``duplicate`` or ``delay``
+        (``value`` None: the network's again)."""
+        path = (src, dst)
+        pf = self.path_faults.get(path, PathFault())
+        if field_name == "delay":
+            pf = replace(pf, delay=value if isinstance(value, DelaySpec) else None)
+        elif field_name in ("loss", "duplicate"):
+            rate = float(value) if isinstance(value, float | int) else None
+            pf = replace(pf, loss=rate) if field_name == "loss" else replace(pf, duplicate=rate)
+        else:
+            raise ValueError(f"no path fault {field_name!r}")
+        if pf.empty():
+            self.path_faults.pop(path, None)
+        else:
+            self.path_faults[path] = pf
+
     def heal(self) -> None:
-        """Remove every partition and clog, and restore the baseline behaviour."""
+        """Remove every partition, clog and path fault, and restore the baseline behaviour."""
         self.blocked.clear()
+        self.path_faults.clear()
         for src, dst in sorted(self.clogged):
             self.unclog(src, dst)
         self.spec = self.baseline
@@ -164,16 +199,22 @@ class Network:
 
     def _transmit(self, src: str, dst: str, payload: object) -> None:
         spec, rng, stats = self.spec, self.rng, self.stats
-        if spec.loss and rng.random() < spec.loss:
+        path = (src, dst)
+        loss, duplicate, delay = spec.loss, spec.duplicate, spec.delay
+        pf = self.path_faults.get(path) if self.path_faults else None
+        if pf is not None:
+            loss = loss if pf.loss is None else pf.loss
+            duplicate = duplicate if pf.duplicate is None else pf.duplicate
+            delay = delay if pf.delay is None else pf.delay
+        if loss and rng.random() < loss:
             stats.lost += 1
             return
         stream = src in self.stream_endpoints or dst in self.stream_endpoints
-        copies = 2 if spec.duplicate and not stream and rng.random() < spec.duplicate else 1
+        copies = 2 if duplicate and not stream and rng.random() < duplicate else 1
         stats.duplicated += copies - 1
         for _ in range(copies):
             now = int(self.env.now)
-            arrive = now + spec.delay.draw(rng)
-            path = (src, dst)
+            arrive = now + delay.draw(rng)
             if spec.reorder and not stream and rng.random() < spec.reorder:
                 stats.reordered += 1
                 arrive += int(rng.random() * spec.reorder_us)

@@ -282,6 +282,7 @@ class _QueueSystem:
         nemesis.schedulers = list(self.workload.schedulers)
         nemesis.lock_master_of = self._lock_master_of
         nemesis.on_seek = self.workload.seek
+        nemesis.consumer_groups = list(self.workload.groups)
 
     def _lock_master_of(self, group: int) -> NodeId | None:
         for node_id in self.workload.locks:
@@ -559,7 +560,7 @@ def run(
                 and isinstance(checksum, int)
             ):
                 checksums[rec.node].setdefault(group, {})[instance] = checksum
-        elif rec.kind == "master":
+        elif rec.kind == "master" and rec.node in checksums:  # not the lock service's
             f = dict(rec.fields)
             group = f.get("group")
             if f.get("state") in ("became", "elected") and isinstance(group, int):
@@ -596,16 +597,19 @@ def run(
     system.attach(nemesis)
     world.start()
     system.start()
-    for fault in scn.faults:
-        nemesis.schedule(fault)
+    for i, fault in enumerate(scn.faults):
+        nemesis.schedule(fault, f"faults[{i}]")
     if scn.random_faults.enabled:
         nemesis.random_faults(scn.random_faults, scn, scn.duration_ms)
 
     end_safety_us = scn.duration_ms * 1000
     world.run_until(end_safety_us)
     heal_ms = world.now_us // 1000
+    nemesis.close()
     if scn.final.heal_all:
         nemesis.heal_all(restart=scn.final.restart_all)
+        for left in nemesis.faults_left(restarted=scn.final.restart_all):
+            nemesis.problems.append(f"still in force after the final heal: {left}")
     world.run_until(end_safety_us + scn.final.liveness_ms * 1000)
     system.stop()
     system.quiesce()
@@ -621,8 +625,13 @@ def run(
         checks["availability"] = check_availability(load, health.close())
     # Last: the system's checks read the replicas' disks too, and what they found corrupt counts.
     checks["corruption"] = _corruption(world)
+    # A scenario whose faults did not happen as written proves nothing either way, a negative
+    # control included.
+    faults_check = _faults(nemesis.problems)
     safety_ok = all(c.ok for name, c in checks.items() if name not in LIVENESS_CHECKS)
     ok = meets_expectation(scn, checks, safety_ok)
+    checks["faults"] = faults_check
+    ok = ok and faults_check.ok
     stats = {
         "history_ops": len(history.ops),
         "faults": nemesis.applied,
@@ -645,6 +654,10 @@ def run(
                 "bitflips",
                 "corrupt_reads",
             )
+        },
+        "random_faults": {
+            "on": list(nemesis.kinds_on),
+            "fired": dict(sorted(nemesis.fired.items())),
         },
         "violations": [v.message for v in world.violations[:5]],
     }
@@ -728,6 +741,19 @@ def _corruption(world: World) -> CheckResult:
             "explained": explained.count,
             "explained-examples": list(explained.examples),
         },
+    )
+
+
+def _faults(problems: list[str]) -> CheckResult:
+    return CheckResult(
+        name="faults",
+        ok=not problems,
+        summary=(
+            "every scripted fault found its targets and the final heal undid every fault"
+            if not problems
+            else f"{len(problems)} fault problems, first: {problems[0]}"
+        ),
+        details={"problems": problems[:10]},
     )
 
 

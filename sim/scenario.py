@@ -25,7 +25,7 @@ from pxq.lock.timing import (
     RENEW_MS_DEFAULT,
     lease_timing_problem,
 )
-from pxq.toml_reader import MISSING, TomlError, TomlTable, parse, read_text
+from pxq.toml_reader import MISSING, TomlError, TomlTable, kind_of, parse, read_text
 from sim.disk import DiskSpec
 from sim.network import DelayDist, DelaySpec, NetworkSpec
 
@@ -137,24 +137,6 @@ network (no loss, no storms)."""
 OWNERSHIP_CHECKS = ("ownership", "failover", "rate_limit", "balance", "linearizable", "fencing")
 """Queue checks that need consumers owning queues through the lock service (``linearizable``
 and ``fencing`` check the consumers' and schedulers' own lock calls)."""
-RANDOM_FAULT_KINDS = (
-    "partition",
-    "crash",
-    "pause",
-    "clog",
-    "loss",
-    "duplicate",
-    "reorder",
-    "clock",
-    "torn",
-    "consumer_crash",
-    "consumer_pause",
-    "disk_full",
-)
-RANDOM_FAULT_OPT_IN = ("consumer_crash", "consumer_pause", "disk_full")
-RANDOM_FAULT_DEFAULT = tuple(k for k in RANDOM_FAULT_KINDS if k not in RANDOM_FAULT_OPT_IN)
-"""The kinds a swarm draws from unless it lists its own (consumer faults and ``disk_full``,
-which needs a disk reserve, are opt-in)."""
 LOCK_CHECKS = ("agreement", "linearizable", "fencing", "liveness")
 CHECKS_OF_KIND = {"log": LOG_CHECKS, "queue": QUEUE_CHECKS, "lock": LOCK_CHECKS}
 WORKLOADS = ("log", "queue", "lock")
@@ -169,7 +151,20 @@ SELECTOR_RE = re.compile(
 most recently crashed node that is still down), ``paused`` (likewise), a node name ``nK``,
 or, with the queue workload, ``consumer[i]`` / ``producer[i]`` (client processes), and with
 consumers owning queues through locks, ``lock[i]`` (a lock replica), ``lock_master`` (the
-master of lock group ``group``) and ``scheduler[i]``."""
+master of lock group ``group``) and ``scheduler[i]``. ``master``, ``follower[i]`` and
+``lock_master`` wait for their group's first master; ``crashed`` and ``paused`` with nobody
+down fail the run (``Nemesis.resolve``)."""
+AFTER_NODE_SELECTORS = re.compile(
+    r"^(master|follower\[\d+\]|n\d+|consumer\[\d+\]|producer\[\d+\]|lock\[\d+\]"
+    r"|scheduler\[\d+\]|lock_master)$"
+)
+"""Selectors an ``after`` trigger may filter on: each names one process, resolved again at
+each event (a random selector would draw at every event)."""
+PARTITION_SHAPES: tuple[Literal["bridge", "ring"], ...] = ("bridge", "ring")
+"""Partitions the nemesis lays out among the store's replicas itself: ``bridge`` (two halves
+cut from each other, one replica in the middle talking to both) and ``ring`` (each replica
+talks to its neighbours in a random ring, so each sees a majority but no two the same one;
+5 replicas or more)."""
 
 
 class ScenarioError(TomlError):
@@ -260,6 +255,8 @@ class AfterSpec:
     count: int = 1
     node: str | None = None
     delay_ms: int = 0
+    where: tuple[tuple[str, int | str | bool], ...] = ()
+    """Trace fields the event must carry, with these values (e.g. ``group = 1``)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -293,6 +290,10 @@ class FaultSpec:
     """seek: the target offset."""
     back_ms: int | None = None
     """seek: a rewind by this many ms on the store's time (``Seek.back_ms``: never forward)."""
+    shape: Literal["bridge", "ring"] | None = None
+    """partition: laid out among the store's replicas by the nemesis (no target)."""
+    sides: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+    """partition: two sides, each a list of selectors; only paths between them are cut."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -302,7 +303,9 @@ class RandomFaultSpec:
     most ``max_down`` replicas are crashed or paused at once."""
 
     enabled: bool = False
-    kinds: tuple[str, ...] = RANDOM_FAULT_DEFAULT
+    kinds: tuple[str, ...] = ()
+    """The kinds the seed draws from (the loader fills in ``sim.fault_kinds.RANDOM_DEFAULT``
+    when a file lists none)."""
     interval_ms_min: int = 200
     interval_ms_max: int = 3000
     duration_ms_max: int = 3000
@@ -545,24 +548,9 @@ def _scenario(t: TomlTable) -> Scenario:
         workload = WorkloadSpec(kind="log", **common)
     w.done()
 
-    faults = tuple(_fault(f, replicas) for f in t.tables("faults"))
+    faults = tuple(_fault(f, replicas, workload) for f in t.tables("faults"))
 
-    r = t.table("random_faults")
-    random_faults = RandomFaultSpec(
-        enabled=r.boolean("enabled", False),
-        kinds=r.strings("kinds", RANDOM_FAULT_DEFAULT, RANDOM_FAULT_KINDS),
-        interval_ms_min=r.integer("interval_ms_min", 200, lo=1),
-        interval_ms_max=r.integer("interval_ms_max", 3000, lo=1),
-        duration_ms_max=r.integer("duration_ms_max", 3000, lo=1),
-        max_down=r.choice("max_down", ("minority", "majority", "all"), "majority"),
-    )
-    if random_faults.interval_ms_min > random_faults.interval_ms_max:
-        raise r.error("interval_ms_min", "must not exceed interval_ms_max")
-    if "disk_full" in random_faults.kinds and disk.reserve_bytes == 0:
-        # Without a reserve a full disk crashes its node at its next write: that is what
-        # the crash faults are for (and they respect max_down).
-        raise r.error("kinds", "'disk_full' needs [disk] reserve_bytes > 0")
-    r.done()
+    random_faults = _random_faults(t.table("random_faults"), workload, disk, clock)
 
     f = t.table("final")
     final = FinalSpec(
@@ -669,26 +657,152 @@ def _check_specs(
     return tuple(out)
 
 
-def _fault(t: TomlTable, replicas: int) -> FaultSpec:
+def _random_faults(
+    r: TomlTable, workload: WorkloadSpec, disk: DiskSpec, clock: ClockSpec
+) -> RandomFaultSpec:
+    from sim.fault_kinds import RANDOM_DEFAULT, RANDOM_KINDS  # it builds on this module
+
+    def problem(kind: str) -> str | None:
+        needs = RANDOM_KINDS[kind].needs
+        return needs(workload, disk, clock) if needs is not None else None
+
+    # Listed kinds must apply; the default ones are those of them that do.
+    default = tuple(k for k in RANDOM_DEFAULT if problem(k) is None)
+    kinds = r.strings("kinds", default, tuple(RANDOM_KINDS))
+    for i, kind in enumerate(kinds):
+        why = problem(kind)
+        if why is not None:
+            raise r.error(f"kinds[{i}]", f"{kind!r} {why}")
+    spec = RandomFaultSpec(
+        enabled=r.boolean("enabled", False),
+        kinds=kinds,
+        interval_ms_min=r.integer("interval_ms_min", 200, lo=1),
+        interval_ms_max=r.integer("interval_ms_max", 3000, lo=1),
+        duration_ms_max=r.integer("duration_ms_max", 3000, lo=1),
+        max_down=r.choice("max_down", ("minority", "majority", "all"), "majority"),
+    )
+    if spec.interval_ms_min > spec.interval_ms_max:
+        raise r.error("interval_ms_min", "must not exceed interval_ms_max")
+    if spec.enabled and not spec.kinds:
+        raise r.error("kinds", "must list at least one kind")
+    r.done()
+    return spec
+
+
+def _check_selector(t: TomlTable, name: str, selector: str, replicas: int, w: WorkloadSpec) -> None:
+    """Refuse a selector naming a process the scenario does not have (an index never wraps
+    around to someone else)."""
+    m = SELECTOR_RE.match(selector)
+    if m is None:
+        return
+    locks = w.kind == "queue" and w.ownership == "locks"
+    queue = w.kind == "queue"
+    counts = {
+        2: (replicas - 1, "follower", "non-master replicas"),
+        3: (replicas, "node", "replicas"),
+        4: (w.consumer_groups * w.consumers_per_group if queue else 0, "consumer", "consumers"),
+        5: (w.producers if queue else 0, "producer", "producers"),
+        6: (w.lock_replicas if locks else 0, "lock", "lock replicas"),
+        7: (w.schedulers if locks else 0, "scheduler", "schedulers"),
+    }
+    for index, (count, what, plural) in counts.items():
+        if m.group(index) is None:
+            continue
+        i = int(m.group(index))
+        if i >= count:
+            label = f"n{i}" if what == "node" else f"{what}[{i}]"
+            raise t.error(name, f"{label} does not exist (the scenario has {count} {plural})")
+    if selector == "lock_master" and not locks:
+        raise t.error(name, 'lock_master needs [workload] ownership = "locks"')
+
+
+def _selectors(
+    t: TomlTable, name: str, replicas: int, w: WorkloadSpec
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``sides = [[selector, ...], [selector, ...]]``: a two-sided partition."""
+    raw = t.array(name)
+    if len(raw) != 2:
+        raise t.error(name, "expected two non-empty lists of selectors")
+    sides: list[tuple[str, ...]] = []
+    for i, side in enumerate(raw):
+        if not isinstance(side, list) or not side:
+            raise t.error(name, "expected two non-empty lists of selectors")
+        picked = []
+        for j, v in enumerate(side):
+            key = f"{name}[{i}][{j}]"
+            if not isinstance(v, str) or not SELECTOR_RE.match(v):
+                raise t.error(key, f"unknown selector {v!r}")
+            _check_selector(t, key, v, replicas, w)
+            picked.append(v)
+        sides.append(tuple(picked))
+    return sides[0], sides[1]
+
+
+def _after(t: TomlTable, replicas: int, w: WorkloadSpec) -> AfterSpec:
+    a = t.table("after")
+    node = _selector(a, "node", False)
+    if node is not None:
+        if not AFTER_NODE_SELECTORS.match(node):
+            raise a.error(
+                "node",
+                f"{node!r} does not name one process (an after trigger takes master, "
+                "follower[i], nK, consumer[i], producer[i], lock[i], scheduler[i] or "
+                "lock_master)",
+            )
+        _check_selector(a, "node", node, replicas, w)
+    where: list[tuple[str, int | str | bool]] = []
+    wt = a.table("where")
+    for key in sorted(wt.data):
+        v = wt.raw(key)
+        if not isinstance(v, int | str | bool):
+            raise wt.error(key, f"expected an integer, a string or a boolean, got {kind_of(v)}")
+        where.append((key, v))
+    wt.done()
+    after = AfterSpec(
+        event=a.string("event", nonempty=True),
+        count=a.integer("count", 1, lo=1),
+        node=node,
+        delay_ms=a.integer("delay_ms", 0, lo=0),
+        where=tuple(where),
+    )
+    a.done()
+    return after
+
+
+PATH_ACTIONS = ("loss", "duplicate", "delay")
+"""Network actions that apply to the paths of a ``target`` (and ``peer``) when given one, and
+to every path otherwise."""
+
+
+def _fault(t: TomlTable, replicas: int, w: WorkloadSpec) -> FaultSpec:
     action = t.choice("action", ACTIONS)
     at_ms = t.integer("at_ms", None, lo=0)
-    after: AfterSpec | None = None
-    if t.has("after"):
-        a = t.table("after")
-        after = AfterSpec(
-            event=a.string("event"),
-            count=a.integer("count", 1, lo=1),
-            node=_selector(a, "node", False),
-            delay_ms=a.integer("delay_ms", 0, lo=0),
-        )
-        a.done()
+    after = _after(t, replicas, w) if t.has("after") else None
     if (at_ms is None) == (after is None):
         raise t.error("at_ms", "give exactly one of at_ms or after")
-    target = _selector(t, "target", action in TARGETED and action != "unclog")
-    if target is not None and target.startswith("n") and int(target[1:]) >= replicas:
-        raise t.error(
-            "target", f"node {target} does not exist (the cluster has {replicas} replicas)"
-        )
+    shape: Literal["bridge", "ring"] | None = None
+    sides = None
+    if action == "partition":
+        shape = t.choice("shape", PARTITION_SHAPES, "bridge") if t.has("shape") else None
+        if shape == "ring" and replicas < 5:
+            raise t.error("shape", f"a ring needs 5 replicas or more (the cluster has {replicas})")
+        if shape == "bridge" and replicas < 3:
+            raise t.error(
+                "shape", f"a bridge needs 3 replicas or more (the cluster has {replicas})"
+            )
+        sides = _selectors(t, "sides", replicas, w) if t.has("sides") else None
+        if shape is not None and sides is not None:
+            raise t.error("sides", "give at most one of shape or sides")
+    required = action in TARGETED and action != "unclog" and shape is None and sides is None
+    target = _selector(t, "target", required)
+    if target is not None:
+        if shape is not None or sides is not None:
+            raise t.error("target", "a partition with shape or sides takes no target")
+        _check_selector(t, "target", target, replicas, w)
+    per_path = action in ("clog", "unclog") or (action in PATH_ACTIONS and target is not None)
+    peer = _selector(t, "peer", False) if per_path else None
+    if peer is not None:
+        _check_selector(t, "peer", peer, replicas, w)
     fault = FaultSpec(
         action=action,
         at_ms=at_ms,
@@ -708,11 +822,13 @@ def _fault(t: TomlTable, replicas: int) -> FaultSpec:
         mono_jump_ms=t.integer("mono_jump_ms", None, lo=1) if action == "clock" else None,
         disk_fault=t.choice("fault", DISK_FAULTS) if action == "disk" else None,
         fsync=_delay(t, "fsync", None) if action == "disk" else None,
-        peer=_selector(t, "peer", False) if action in ("clog", "unclog") else None,
+        peer=peer,
         consumer_group=t.string("consumer_group") if action == "seek" else None,
         queue=t.integer("queue", None, lo=0) if action == "seek" else None,
         offset=t.integer("offset", None, lo=0) if action == "seek" else None,
         back_ms=t.integer("back_ms", None, lo=0) if action == "seek" else None,
+        shape=shape,
+        sides=sides,
     )
     if action == "seek" and (fault.offset is None) == (fault.back_ms is None):
         raise t.error("offset", "a seek needs exactly one of offset or back_ms")

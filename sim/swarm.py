@@ -2,7 +2,9 @@
 
 Each seed is an independent run; with ``[random_faults] enabled = true`` the seed also picks
 which fault kinds are on and how often they fire (swarm testing, after TigerBeetle's VOPR).
-A failing seed is reported with the exact command that reproduces it.
+A failing seed is reported with the exact command that reproduces it. A swarm also counts,
+per random fault kind, how many faults fired and in how many seeds (``fire_counts``): a kind
+the file enables that never fired was not tested.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ class SeedOutcome:
     failed_checks: tuple[str, ...]
     repro: str
     error: str | None = None
+    fired: tuple[tuple[str, int], ...] = ()
+    """Random faults that applied in this seed, by kind."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -37,7 +41,28 @@ class SeedOutcome:
             "failed_checks": list(self.failed_checks),
             "repro": self.repro,
             "error": self.error,
+            "fired": dict(self.fired),
         }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FireCount:
+    """One random fault kind over a swarm: faults fired, and seeds in which any fired."""
+
+    faults: int
+    seeds: int
+
+
+def fire_counts(kinds: tuple[str, ...], outcomes: list[SeedOutcome]) -> dict[str, FireCount]:
+    """Per kind of ``kinds`` (the file's enabled kinds, in its order), the faults fired over
+    ``outcomes`` and the seeds that fired any."""
+    faults = dict.fromkeys(kinds, 0)
+    seeds = dict.fromkeys(kinds, 0)
+    for out in outcomes:
+        for kind, n in out.fired:
+            faults[kind] = faults.get(kind, 0) + n
+            seeds[kind] = seeds.get(kind, 0) + (n > 0)
+    return {k: FireCount(faults=faults[k], seeds=seeds[k]) for k in faults}
 
 
 def run_seed(path: str, seed: int) -> SeedOutcome:
@@ -51,8 +76,16 @@ def run_seed(path: str, seed: int) -> SeedOutcome:
             seed, False, "", 0.0, 0, ("exception",), repro, f"{type(exc).__name__}: {exc}"
         )
     failed = tuple(sorted(name for name, c in result.checks.items() if not c.ok))
+    fired = result.stats["random_faults"]["fired"]
     return SeedOutcome(
-        seed, result.ok, result.trace_digest, result.wall_s, result.sim_time_ms, failed, repro
+        seed,
+        result.ok,
+        result.trace_digest,
+        result.wall_s,
+        result.sim_time_ms,
+        failed,
+        repro,
+        fired=tuple(sorted(fired.items())),
     )
 
 

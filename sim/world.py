@@ -551,7 +551,7 @@ class World:
         self.trace_count += 1
         rec = TraceRecord(self.now_us, node, kind, fields)
         self._digest.update(msgpack.packb([rec.time_us, node, kind, [list(kv) for kv in fields]]))
-        for listener in self.listeners:
+        for listener in list(self.listeners):  # a listener may remove itself
             listener(rec)
 
     def violation(self, node: NodeId, message: str) -> None:

@@ -112,6 +112,9 @@ def sim_swarm(scenario_file: Path, seeds_text: str, jobs: int, as_json: bool) ->
         outcomes = swarm.run_swarm(str(scenario_file), seeds, jobs, done)
     wall = time.perf_counter() - started
     failed = [o.seed for o in outcomes if not o.ok]
+    kinds = scn.random_faults.kinds if scn.random_faults.enabled else ()
+    counts = swarm.fire_counts(kinds, outcomes)
+    never = [k for k in kinds if counts[k].faults == 0]
     if as_json:
         click.echo(
             json.dumps(
@@ -123,12 +126,21 @@ def sim_swarm(scenario_file: Path, seeds_text: str, jobs: int, as_json: bool) ->
                     "failures": [o.to_json() for o in outcomes if not o.ok],
                     "wall_s": round(wall, 2),
                     "sim_time_ms": sum(o.sim_time_ms for o in outcomes),
+                    "fired": {k: c.faults for k, c in counts.items()},
+                    "fired_seeds": {k: c.seeds for k, c in counts.items()},
+                    "never_fired": never,
                 },
                 sort_keys=True,
             )
         )
     else:
         click.echo(f"{len(outcomes)} runs, {len(failed)} failed, {wall:.1f} s wall")
+        if counts:
+            click.echo("random faults fired (faults / seeds):")
+            for k, c in counts.items():
+                click.echo(f"  {k:<16} {c.faults:>7} / {c.seeds}")
+            if never:
+                click.echo(f"  never fired: {', '.join(never)}")
         for o in outcomes:
             if not o.ok:
                 click.echo(f"  seed {o.seed}: {', '.join(o.failed_checks)}; reproduce: {o.repro}")
