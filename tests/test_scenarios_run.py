@@ -183,12 +183,14 @@ def test_scenario_at_other_seeds(path: Path) -> None:
     ],
 )
 def test_swarm_of_seeds_with_random_faults_passes(name: str, seeds: int) -> None:
-    outcomes = swarm.run_swarm(
-        str(ROOT / "scenarios" / f"{name}.toml"), range(1, seeds + 1), jobs=2
-    )
+    """The seeds pass, and every random fault kind the file enables fired in some seed."""
+    path = ROOT / "scenarios" / f"{name}.toml"
+    outcomes = swarm.run_swarm(str(path), range(1, seeds + 1), jobs=2)
     bad = [(o.seed, o.failed_checks, o.error, o.repro) for o in outcomes if not o.ok]
     assert len(outcomes) == seeds
     assert bad == []
+    counts = swarm.fire_counts(scenario.load(path).random_faults.kinds, outcomes)
+    assert [k for k, c in counts.items() if c.faults == 0] == []
 
 
 def test_the_disk_fills_scenario_refuses_enqueues_storage_full_and_resumes() -> None:
