@@ -97,7 +97,7 @@ def _skew(w: WorkloadSpec, d: DiskSpec, c: ClockSpec) -> str | None:
 # Drawers (each draw from ``nem.rng`` in a fixed order: the same seed draws the same faults)
 
 
-def _limit(nem: Nemesis, scenario: Scenario, pool: list[NodeId]) -> int:
+def _limit(scenario: Scenario, pool: list[NodeId]) -> int:
     f = (len(pool) - 1) // 2
     return {"minority": f, "majority": f + 1, "all": len(pool)}[scenario.random_faults.max_down]
 
@@ -107,12 +107,13 @@ def _up_within_budget(nem: Nemesis, scenario: Scenario, pool: list[NodeId]) -> l
     them are down (crashed, paused, or armed to crash at their next fsync)."""
     hosts = nem.world.hosts
     down = [n for n in pool if hosts[n].crashed or hosts[n].paused or hosts[n].disk.fail_next_fsync]
-    if len(down) >= _limit(nem, scenario, pool):
+    if len(down) >= _limit(scenario, pool):
         return []
     return [n for n in pool if n not in down]
 
 
-def _lock_pool(nem: Nemesis, scenario: Scenario) -> list[NodeId]:
+def _lock_pool(nem: Nemesis) -> list[NodeId]:
+    """The lock service's replicas: the queue workload's, or the lock workload's own."""
     return list(nem.locks) if nem.locks else list(nem.replicas)
 
 
@@ -181,7 +182,7 @@ def _drift_change(nem: Nemesis, scenario: Scenario) -> Fired | None:
 
 def _lock_down(action: str) -> Drawer:
     def draw(nem: Nemesis, scenario: Scenario) -> Fired | None:
-        pool = _lock_pool(nem, scenario)
+        pool = _lock_pool(nem)
         up = _up_within_budget(nem, scenario, pool)
         if not up:
             return None
