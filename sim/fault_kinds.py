@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from sim.clock import EPOCH_MS
+from sim.disk import DiskSpec
 from sim.network import DelaySpec
-from sim.scenario import ClockSpec, FaultSpec, Scenario, WorkloadSpec
+from sim.scenario import ClockSpec, ClusterSpec, FaultSpec, Scenario, WorkloadSpec
 
 if TYPE_CHECKING:
     from pxq.effects import NodeId
-    from sim.disk import DiskSpec
     from sim.nemesis import Nemesis
 
 
@@ -38,8 +38,18 @@ class Fired:
     undo: Callable[[], None] | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Parts:
+    """What a kind may need of a scenario (known before the scenario is whole)."""
+
+    cluster: ClusterSpec
+    workload: WorkloadSpec
+    disk: DiskSpec
+    clock: ClockSpec
+
+
 Drawer = Callable[["Nemesis", Scenario], Fired | None]
-Needs = Callable[[WorkloadSpec, "DiskSpec", ClockSpec], str | None]
+Needs = Callable[[Parts], str | None]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,40 +67,50 @@ class RandomKind:
 # What kinds need
 
 
-def _queue(w: WorkloadSpec, d: DiskSpec, c: ClockSpec) -> str | None:
-    return None if w.kind == "queue" else 'needs [workload] kind = "queue"'
+def _queue(p: Parts) -> str | None:
+    return None if p.workload.kind == "queue" else 'needs [workload] kind = "queue"'
 
 
-def _consumers(w: WorkloadSpec, d: DiskSpec, c: ClockSpec) -> str | None:
-    if w.kind != "queue" or w.consumer_groups == 0:
+def _consumers(p: Parts) -> str | None:
+    if p.workload.kind != "queue" or p.workload.consumer_groups == 0:
         return 'needs [workload] kind = "queue" with consumer_groups >= 1'
     return None
 
 
-def _lock_service(w: WorkloadSpec, d: DiskSpec, c: ClockSpec) -> str | None:
+def _lock_service(p: Parts) -> str | None:
+    w = p.workload
     if w.kind == "lock" or (w.kind == "queue" and w.ownership == "locks"):
         return None
     return 'needs a lock service ([workload] kind = "lock", or ownership = "locks")'
 
 
-def _schedulers(w: WorkloadSpec, d: DiskSpec, c: ClockSpec) -> str | None:
-    if w.kind == "queue" and w.schedulers > 0:
+def _schedulers(p: Parts) -> str | None:
+    if p.workload.kind == "queue" and p.workload.schedulers > 0:
         return None
     return "needs [workload] schedulers >= 1"
 
 
-def _reserve(w: WorkloadSpec, d: DiskSpec, c: ClockSpec) -> str | None:
+def _reserve(p: Parts) -> str | None:
     # Without a reserve a full disk crashes its node at its next write: that is what the
     # crash faults are for (and they respect max_down).
-    return None if d.reserve_bytes > 0 else "needs [disk] reserve_bytes > 0"
+    return None if p.disk.reserve_bytes > 0 else "needs [disk] reserve_bytes > 0"
 
 
-def _drift(w: WorkloadSpec, d: DiskSpec, c: ClockSpec) -> str | None:
-    return None if c.drift_ppm_max > 0 else "needs [clock] drift_ppm_max > 0"
+def _drift(p: Parts) -> str | None:
+    return None if p.clock.drift_ppm_max > 0 else "needs [clock] drift_ppm_max > 0"
 
 
-def _skew(w: WorkloadSpec, d: DiskSpec, c: ClockSpec) -> str | None:
-    return None if c.skew_ms_max > 0 else "needs [clock] skew_ms_max > 0"
+def _skew(p: Parts) -> str | None:
+    return None if p.clock.skew_ms_max > 0 else "needs [clock] skew_ms_max > 0"
+
+
+def _replicas(least: int) -> Needs:
+    def needs(p: Parts) -> str | None:
+        if p.cluster.replicas >= least:
+            return None
+        return f"needs [cluster] replicas >= {least}"
+
+    return needs
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,6 +286,35 @@ def _seek(nem: Nemesis, scenario: Scenario) -> Fired | None:
     return Fired(nem.apply(fault, []))
 
 
+def _shaped(shape: str) -> Drawer:
+    def draw(nem: Nemesis, scenario: Scenario) -> Fired | None:
+        fault = FaultSpec(action="partition", at_ms=0, shape=shape)  # type: ignore[arg-type]
+        return Fired(nem.apply(fault, []))
+
+    return draw
+
+
+def _path(nem: Nemesis, scenario: Scenario) -> Fired | None:
+    """Loss, duplication or delay on the paths between two replicas (one way or both)."""
+    rng = nem.rng
+    a, b = rng.sample(nem.replicas, 2)
+    action = rng.choice(["loss", "duplicate", "delay"])
+    direction = rng.choice(["both", "in", "out"])
+    mean_ms = rng.choice([5, 20, 50])
+    fault = FaultSpec(
+        action=action,
+        at_ms=0,
+        direction=direction,  # type: ignore[arg-type]
+        rate=rng.choice([0.05, 0.2, 0.5, 1.0]) if action != "delay" else 0.0,
+        delay=DelaySpec(
+            dist="exponential", min_us=1000, mean_us=mean_ms * 1000, max_us=mean_ms * 10_000
+        )
+        if action == "delay"
+        else None,
+    )
+    return Fired(nem.apply(fault, [a], [b]))
+
+
 RANDOM_KINDS: dict[str, RandomKind] = {
     "partition": RandomKind(phrase="partitions", draw=_partition, default=True),
     "crash": RandomKind(phrase="replica crashes", draw=_replica_down("crash"), default=True),
@@ -307,6 +356,9 @@ RANDOM_KINDS: dict[str, RandomKind] = {
     "disk_slow": RandomKind(phrase="slow disks", draw=_disk_slow),
     "delay": RandomKind(phrase="delay spikes", draw=_delay),
     "seek": RandomKind(phrase="seeks", draw=_seek, needs=_consumers),
+    "bridge": RandomKind(phrase="bridge partitions", draw=_shaped("bridge"), needs=_replicas(3)),
+    "ring": RandomKind(phrase="ring partitions", draw=_shaped("ring"), needs=_replicas(5)),
+    "path": RandomKind(phrase="per-path faults", draw=_path, needs=_replicas(3)),
 }
 """Every random fault kind, by the name ``[random_faults] kinds`` uses."""
 

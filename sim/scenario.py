@@ -550,7 +550,7 @@ def _scenario(t: TomlTable) -> Scenario:
 
     faults = tuple(_fault(f, replicas, workload) for f in t.tables("faults"))
 
-    random_faults = _random_faults(t.table("random_faults"), workload, disk, clock)
+    random_faults = _random_faults(t.table("random_faults"), cluster, workload, disk, clock)
 
     f = t.table("final")
     final = FinalSpec(
@@ -658,13 +658,15 @@ def _check_specs(
 
 
 def _random_faults(
-    r: TomlTable, workload: WorkloadSpec, disk: DiskSpec, clock: ClockSpec
+    r: TomlTable, cluster: ClusterSpec, workload: WorkloadSpec, disk: DiskSpec, clock: ClockSpec
 ) -> RandomFaultSpec:
-    from sim.fault_kinds import RANDOM_DEFAULT, RANDOM_KINDS  # it builds on this module
+    from sim.fault_kinds import RANDOM_DEFAULT, RANDOM_KINDS, Parts  # it builds on this module
+
+    parts = Parts(cluster=cluster, workload=workload, disk=disk, clock=clock)
 
     def problem(kind: str) -> str | None:
         needs = RANDOM_KINDS[kind].needs
-        return needs(workload, disk, clock) if needs is not None else None
+        return needs(parts) if needs is not None else None
 
     # Listed kinds must apply; the default ones are those of them that do.
     default = tuple(k for k in RANDOM_DEFAULT if problem(k) is None)

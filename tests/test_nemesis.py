@@ -97,6 +97,7 @@ ownership = "locks"
         ),
         (LOG + '[random_faults]\nkinds = ["disk_full"]\n', "kinds[0]", "reserve_bytes"),
         (LOG + '[random_faults]\nkinds = ["meteor"]\n', "kinds[0]", "must be one of"),
+        (LOG + '[random_faults]\nkinds = ["ring"]\n', "kinds[0]", "replicas >= 5"),
         (LOG + "[random_faults]\nenabled = true\nkinds = []\n", "random_faults.kinds", "at least"),
         (
             LOG + '[[faults]]\nat_ms = 1\naction = "crash"\ntarget = "follower[2]"\n',
@@ -504,7 +505,10 @@ quiesce_ms = 1000
 
 @pytest.mark.parametrize("kind", sorted(RANDOM_KINDS))
 def test_every_random_kind_can_be_drawn_and_fires(kind: str) -> None:
-    scn = loads(KIND_SCENARIO.replace("{kind}", kind), file=f"{kind}.toml")
+    text = KIND_SCENARIO.replace("{kind}", kind)
+    if kind == "ring":
+        text = text.replace("[cluster]", "[cluster]\nreplicas = 5")
+    scn = loads(text, file=f"{kind}.toml")
     result = runner.run(scn, 2)
     assert result.stats["random_faults"]["on"] == [kind]
     assert result.stats["random_faults"]["fired"].get(kind, 0) >= 3
