@@ -129,6 +129,19 @@ class NodeClock:
         self._frozen_us = self.mono_us(sim_us)
         self._stall_until_us = end
 
+    def stalling(self, sim_us: int) -> bool:
+        """Whether the monotonic clock stands still at ``sim_us``."""
+        return self._stall_until_us is not None and sim_us < self._stall_until_us
+
+    def end_stall(self, sim_us: int) -> bool:
+        """End a stall in progress at ``sim_us``: the clock runs on from where it stood (never
+        stepped back, nor forward to catch up). Whether there was one."""
+        if not self.stalling(sim_us):
+            return False
+        self._stall_until_us = sim_us
+        self._settle(sim_us)
+        return True
+
     def jump_mono(self, sim_us: int, delta_ms: int) -> None:
         """Step the monotonic clock ``delta_ms`` forward at ``sim_us`` (never back)."""
         if delta_ms <= 0:

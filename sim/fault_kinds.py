@@ -249,6 +249,21 @@ def _bitflip(nem: Nemesis, scenario: Scenario) -> Fired | None:
     return Fired(nem.apply(FaultSpec(action="disk", at_ms=0, disk_fault="bitflip"), [target]))
 
 
+def _replaced(nem: Nemesis, scenario: Scenario) -> Fired | None:
+    # A replaced disk leaves a replica that votes in no quorum until it has re-learned from
+    # every other replica what it might have promised or accepted: damaged replicas (bit
+    # flips included) stay within a minority of the store's replicas over the run, and the
+    # replica goes down with its disk, so the down budget applies.
+    up = _up_within_budget(nem, scenario, nem.replicas)
+    damaged = nem.replicas if len(nem.flipped) < nem.f else sorted(nem.flipped)
+    pool = [n for n in damaged if n in up]
+    if not pool:
+        return None
+    target = nem.rng.choice(pool)
+    nem.flipped.add(target)
+    return Fired(nem.apply(FaultSpec(action="disk", at_ms=0, disk_fault="replaced"), [target]))
+
+
 def _fsync_error(nem: Nemesis, scenario: Scenario) -> Fired | None:
     up = _up_within_budget(nem, scenario, nem.replicas)
     if not up:
@@ -352,6 +367,7 @@ RANDOM_KINDS: dict[str, RandomKind] = {
     ),
     "wall_step": RandomKind(phrase="wall-clock steps", draw=_wall_step, needs=_skew),
     "bitflip": RandomKind(phrase="bit flips", draw=_bitflip),
+    "replaced": RandomKind(phrase="replaced disks", draw=_replaced),
     "fsync_error": RandomKind(phrase="fsync errors", draw=_fsync_error),
     "disk_slow": RandomKind(phrase="slow disks", draw=_disk_slow),
     "delay": RandomKind(phrase="delay spikes", draw=_delay),

@@ -79,7 +79,7 @@ class Nemesis:
         """Random faults that applied, by kind (a kind drawn with no target is not counted)."""
         self.kinds_on: tuple[str, ...] = ()
         self.flipped: set[NodeId] = set()
-        """Replicas a random bit flip hit (kept to a minority)."""
+        """Replicas a random bit flip or disk replacement damaged (kept to a minority)."""
         self.problems: list[str] = []
         """Scripted faults that could not resolve their targets (the run fails with these)."""
         self.waiting: dict[str, Callable[[TraceRecord], None]] = {}
@@ -513,9 +513,10 @@ class Nemesis:
         """The final phase: every fault undone. The network back to its baseline (no
         partition, clog or path fault; loss, duplication, reordering and delay as in
         ``[network]``); every disk back to its ``[disk]`` spec, honest (no lying fsync, no
-        pending fsync error, no torn writes); no driver replying before persisting; every
-        clock back on its own drift and on the wall time it would show had no fault touched
-        it; everyone resumed; and every crashed node restarted (with ``restart``), or else
+        pending fsync error, no torn writes, trusted or not); no driver replying before
+        persisting; every clock back on its own drift and on the wall time it would show had
+        no fault touched it, a monotonic stall in progress ended (the clock runs on from where
+        it stood: monotonic time is never stepped); everyone resumed; and every crashed node restarted (with ``restart``), or else
         those a full disk stopped (their space is back). Bit flips already on a disk stay:
         data is not repaired by a heal."""
         self._log("heal_all", [])
@@ -531,12 +532,17 @@ class Nemesis:
             disk.torn_on_power_loss = False
             disk.fail_next_fsync = False
             disk.lying = False
+            disk.trust_torn = False
             host.reply_before_persist = False
+            if host.clock.end_stall(now_us):
+                host.clock_changed()  # the armed timer counted on the stalled clock
+                moved.append(n)
             base = self.clock_baseline.get(n)
             if base is not None and self._clock_moved(n):
                 host.clock.set_drift(now_us, base.drift_ppm)
                 host.clock.jump_wall(base.now(now_us).wall_ms - host.clock.now(now_us).wall_ms)
-                moved.append(n)
+                if n not in moved:
+                    moved.append(n)
             host.check_space()
         if moved:
             self._log("restore_clock", moved)
@@ -577,6 +583,8 @@ class Nemesis:
                 ("disk spec", disk.spec != disk.baseline),
                 ("torn writes", disk.torn_on_power_loss),
                 ("lying fsync", disk.lying),
+                ("trusted torn writes", disk.trust_torn),
+                ("monotonic clock stall", host.clock.stalling(self.world.now_us)),
                 ("fsync error", disk.fail_next_fsync),
                 ("reply before persist", host.reply_before_persist),
                 ("clock", self._clock_moved(n)),
