@@ -485,6 +485,30 @@ def test_order_a_seek_that_left_the_cursor_explains_a_redelivery_but_no_skip() -
         assert (result.details["skip"], result.details["skipped-offsets"]) == (1, 2)
 
 
+def test_order_a_seek_still_in_flight_explains_a_later_rewind() -> None:
+    # swarm-queue seed 16: seek A (back 604 ms) was invoked, then seek B; B applied and sent
+    # the lane back; A applied seconds later (its Paxos round held up by faults) and sent it
+    # back again. B's rewind must not use up A's excuse: A had not completed.
+    h = H()
+    for i, msg in enumerate("abcdefgh"):
+        h.enqueue(msg, i)
+    _in_order(h, "g", list("abcd"))
+    where: dict[str, JSON] = {"group": "g", "topic": T, "queue": 0}
+    h.time_ms += 1
+    h.w.invoke(h.time_ms, "admin.a", "seek", None, **where, back_ms=600)
+    h.w.invoke(h.time_ms, "admin.b", "seek", None, **where, back_ms=1400)
+    h.w.ok(h.time_ms, "admin.b", "seek", None, **where, back_ms=1400, positions=[[0, 1]])
+    _in_order(h, "g", list("bcdefg"), start=1)
+    h.w.ok(h.time_ms, "admin.a", "seek", None, **where, back_ms=600, positions=[[0, 3]])
+    _in_order(h, "g", list("defgh"), start=3)
+    result = check_queue_order(h.ops)
+    assert result.details["unexplained-redelivery"] == 0
+    assert result.details["redeliveries-by-reason"] == {"seek": 2}
+    # Once both completed, a third rewind has no excuse.
+    h.take("g", "b", 1)
+    assert check_queue_order(h.ops).details["unexplained-redelivery"] == 1
+
+
 def test_order_catches_an_unexplained_redelivery() -> None:
     h = H()
     for i, msg in enumerate("abc"):

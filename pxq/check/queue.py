@@ -1178,12 +1178,14 @@ class _LaneState:
     fails: list[tuple[int, int]] = field(default_factory=list)
     others: deque[_Excuse] = field(default_factory=deque)
 
-    def consume_rewind(self, offset: int) -> str | None:
-        """Consume the excuse for going back to ``offset`` and return its reason: every
-        pending seek, else the handler failure with the lowest offset at or above ``offset``,
-        else the oldest other excuse. None if nothing explains it."""
+    def consume_rewind(self, offset: int, at: int) -> str | None:
+        """Consume the excuse for going back to ``offset`` (a delivery at index ``at``) and
+        return its reason: the pending seeks (those completed before ``at`` are used up; one
+        still in flight may apply later and send the lane back again, so it stays), else the
+        handler failure with the lowest offset at or above ``offset``, else the oldest other
+        excuse. None if nothing explains it."""
         if self.seeks:
-            self.seeks.clear()
+            self.seeks = [e for e in self.seeks if e.settled_after > at]
             return "seek"
         i = bisect.bisect_left(self.fails, (offset, -1))
         if i < len(self.fails):
@@ -1329,7 +1331,7 @@ def check_queue_order(ops: Iterable[Op], *, group_kinds: GroupKinds | None = Non
             state = lane_of(d.lane, at)
             if d.offset <= state.last:
                 redeliveries += 1
-                explained = state.consume_rewind(d.offset)
+                explained = state.consume_rewind(d.offset, at)
                 if explained is None:
                     unexplained.add(
                         d.to_json() | {"previous_offset": state.last, "highest": state.high}
