@@ -30,6 +30,7 @@ NEGATIVE = {
     "reply-before-persist",
     "trusted-torn-write",
     "lock-master-mono-stall",
+    "disk-wiped-amnesia",
 }
 
 
