@@ -10,7 +10,7 @@ the file enables that never fired was not tested.
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
@@ -90,7 +90,7 @@ def run_seed(path: str, seed: int) -> SeedOutcome:
 
 
 def run_swarm(
-    path: str, seeds: range, jobs: int, on_done: Callable[[SeedOutcome], None] | None = None
+    path: str, seeds: Sequence[int], jobs: int, on_done: Callable[[SeedOutcome], None] | None = None
 ) -> list[SeedOutcome]:
     """Run every seed; return the outcomes in seed order."""
     outcomes: list[SeedOutcome] = []

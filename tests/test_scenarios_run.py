@@ -155,6 +155,27 @@ REGRESSION_SEEDS = [
 ]
 """Seeds outside the scenario files' own that once found a bug: each must keep passing."""
 
+OPEN_FINDINGS = [
+    # Lock ownership broken with the random lock-replica crashes, bit flips, replaced disks
+    # and seeks of 2026-12-07 (issue 12 notes): seed 19, a lock service that had no master for
+    # the whole safety phase grants q/g0/t0/3 to g0-c2 (token 1) at 9,032 ms and to g0-c0
+    # (token 2) 107 ms later, while g0-c2 still delivers; seed 20, a lower token (1) granted
+    # after a higher one (2) for q/g1/t0/1. Not yet fixed: kept failing on purpose.
+    ("swarm-consumers", 19),
+    ("swarm-consumers", 20),
+]
+"""Seeds that show an open defect. ``strict``: once fixed, the test fails until the seed
+moves to ``REGRESSION_SEEDS``."""
+
+
+@pytest.mark.xfail(strict=True, reason="open defect found by the simulator (see OPEN_FINDINGS)")
+@pytest.mark.parametrize(
+    ("name", "seed"), OPEN_FINDINGS, ids=[f"{n}-{s}" for n, s in OPEN_FINDINGS]
+)
+def test_open_finding_still_fails(name: str, seed: int) -> None:
+    result = runner.run(scenario.load(ROOT / "scenarios" / f"{name}.toml"), seed)
+    assert result.ok, (result.repro, {n: c.summary for n, c in result.checks.items() if not c.ok})
+
 
 @pytest.mark.parametrize(
     ("name", "seed"), REGRESSION_SEEDS, ids=[f"{n}-{s}" for n, s in REGRESSION_SEEDS]
@@ -186,9 +207,12 @@ def test_scenario_at_other_seeds(path: Path) -> None:
 def test_swarm_of_seeds_with_random_faults_passes(name: str, seeds: int) -> None:
     """The seeds pass, and every random fault kind the file enables fired in some seed."""
     path = ROOT / "scenarios" / f"{name}.toml"
-    outcomes = swarm.run_swarm(str(path), range(1, seeds + 1), jobs=2)
+    known = {seed for n, seed in OPEN_FINDINGS if n == name}
+    outcomes = swarm.run_swarm(
+        str(path), [s for s in range(1, seeds + 1) if s not in known], jobs=2
+    )
     bad = [(o.seed, o.failed_checks, o.error, o.repro) for o in outcomes if not o.ok]
-    assert len(outcomes) == seeds
+    assert len(outcomes) == seeds - len(known)
     assert bad == []
     counts = swarm.fire_counts(scenario.load(path).random_faults.kinds, outcomes)
     assert [k for k, c in counts.items() if c.faults == 0] == []
