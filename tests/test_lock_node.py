@@ -348,7 +348,8 @@ def test_a_command_queued_by_a_recovering_leader_is_not_stamped_with_its_wall_cl
     (not yet master) queues the commands it is asked for and proposes them once master. It
     stamped them with its wall clock, 1.4 s ahead of the previous master's there, so a lease
     that its holder still trusted had expired by that stamp and the key went to another
-    holder. Such a stamp is now the group's applied time."""
+    holder. A leader that is not yet master now proposes nothing: it redirects, and the
+    command is stamped by the master it reaches."""
     c = LockCluster.make(groups=1)
     old = c.wait_master(0)
     held = c.request_ok(acquire("f", "bob", lease=3000), "f")
@@ -376,10 +377,48 @@ def test_a_command_queued_by_a_recovering_leader_is_not_stamped_with_its_wall_cl
     assert leader is not None
     call = c.call(leader, acquire("f", "carol"))
     assert c.run_until(lambda: c.responses[call] is not None, 3000)
-    answer = c.responses[call]
+    assert isinstance(c.responses[call], LockRedirect)
+    answer = c.request_ok(acquire("f", "carol"), "f")
     assert c.time - granted_at < 3000 - 200  # still inside bob's trusted time
     assert isinstance(answer, LockDenied), (c.time - granted_at, answer)
     assert answer.holder == "bob"
+
+
+def test_a_leader_recovering_a_group_that_never_applied_anything_grants_no_past_lease() -> None:
+    """The regression of swarm-consumers seeds 19 and 20: the first leader of a lock group
+    whose log is empty queued an acquire while recovering, stamped with the group's applied
+    time, 0; once master it granted the lease at log time 0 (expiry ``lease_ms``, long past
+    on the wall clock), and the next command, stamped with its wall clock, gave the same key
+    to another holder at once while the first still trusted its lease."""
+    c = LockCluster.make(groups=1)
+
+    def recovering() -> str | None:
+        now = c.now()
+        for name in NAMES:
+            node = c.nodes[name]
+            if (
+                node is not None
+                and node.replica.groups[0].role is Role.LEADER
+                and not node.is_master(0, now)
+            ):
+                return name
+        return None
+
+    assert c.run_until(lambda: recovering() is not None, 5000, step_ms=1)
+    leader = recovering()
+    assert leader is not None and c.node(leader).state_machine(0).time_ms == 0
+    call = c.call(leader, acquire("f", "bob"))
+    assert c.run_until(lambda: c.responses[call] is not None, 3000)
+    held = c.responses[call]
+    if isinstance(held, LockRedirect):  # not master yet: bob retries, as a client does
+        held = c.request_ok(acquire("f", "bob"), "f")
+    assert isinstance(held, LockOk), held
+    granted_at = c.time
+    assert held.expiry_ms >= WALL_ORIGIN + granted_at, held
+    denied = c.request_ok(acquire("f", "carol"), "f")
+    assert c.time - granted_at < LEASE - 200  # still inside bob's trusted time
+    assert isinstance(denied, LockDenied), (c.time - granted_at, denied)
+    assert (denied.holder, denied.version) == ("bob", 1)
 
 
 def test_master_proposes_cleanup_of_expired_entries_on_every_replica() -> None:

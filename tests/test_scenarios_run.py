@@ -152,18 +152,18 @@ REGRESSION_SEEDS = [
     # total_queue called five stored items lost. The run now settles and reads the store
     # (sim/runner.py, _QueueSystem.quiesce and finish).
     ("queue-pipelined-order", 31339),
-]
-"""Seeds outside the scenario files' own that once found a bug: each must keep passing."""
-
-OPEN_FINDINGS = [
-    # Lock ownership broken with the random lock-replica crashes, bit flips, replaced disks
-    # and seeks of 2026-12-07 (issue 12 notes): seed 19, a lock service that had no master for
-    # the whole safety phase grants q/g0/t0/3 to g0-c2 (token 1) at 9,032 ms and to g0-c0
-    # (token 2) 107 ms later, while g0-c2 still delivers; seed 20, a lower token (1) granted
-    # after a higher one (2) for q/g1/t0/1. Not yet fixed: kept failing on purpose.
+    # A lock service that had no master for the whole safety phase: its first leader, still
+    # recovering a group that had never applied anything, queued an acquire stamped 0 (the
+    # group's applied time), so the lease was over at once on the log's time and the next
+    # command gave the key to another holder (seed 19: two owners of q/g0/t0/3; seed 20: a
+    # lower token granted after a higher one). A replica that is not master now redirects
+    # instead of queueing (pxq/lock/node.py, "Time across masters").
     ("swarm-consumers", 19),
     ("swarm-consumers", 20),
 ]
+"""Seeds outside the scenario files' own that once found a bug: each must keep passing."""
+
+OPEN_FINDINGS: list[tuple[str, int]] = []
 """Seeds that show an open defect. ``strict``: once fixed, the test fails until the seed
 moves to ``REGRESSION_SEEDS``."""
 

@@ -43,11 +43,17 @@ term (a new Paxos ballot) its clock is anchored at the group's time and advances
 *monotonic* elapsed time (plus 1/``CATCH_UP_DIV`` of it, so a lagging log time catches up
 with the wall clock slowly), re-anchored whenever the applied group time is ahead, and
 never ahead of its wall clock; while no lease can be running (every expiry the table ever
-granted is behind the log's time) it is the wall clock itself. A replica that is not master
-stamps the group's applied time: a leader still recovering queues the commands it is asked
-for and proposes them once it is master, so those stamps are applied too (found by the
-simulator: ``consumer-lock-master-partition`` seed 206, where a recovering leader's wall clock,
-1.4 s ahead, expired a lease its holder still trusted). The last stamp of the previous master was made before this
+granted is behind the log's time) it is the wall clock itself. Only a master's stamps are
+proposed: a replica that is not master (a leader still recovering included) answers a
+command with a redirect instead of queueing it for when it is master. A stamp made before
+the term began, from the replica's wall clock or from its applied state, is wrong either
+way (found by the simulator): the wall clock may run ahead of the previous master's
+(``consumer-lock-master-partition`` seed 206: 1.4 s ahead, it expired a lease its holder
+still trusted), and the applied state of a recovering leader may be stale by any amount
+(``swarm-consumers`` seeds 19 and 20: a group that had never applied anything stamped a
+queued acquire 0, granted a lease that ended at ``lease_ms`` on the log's time, and its
+next command, stamped with the wall clock once no lease seemed to run, gave the key to
+another holder at once). The last stamp of the previous master was made before this
 term began, so this clock is never ahead of the previous master's: no lease ends earlier
 than the master that granted it would have ended it (up to clock drift and the catch-up rate,
 which the holders' margin covers). Skew between lock replicas then only makes leases last
@@ -168,12 +174,17 @@ class LockNode(ReplicatedService[LockTable]):
             return Answer(response=self._local_read(now, cmd.key))
         if isinstance(cmd, ListLocks):  # a local listing
             return Answer(response=self._local_list(now, cmd))
+        group = self.group_of(_key_of(cmd))
+        if not self.replica.is_master(group, now):
+            # Only a master's stamp may be proposed (see "Time across masters"): a leader
+            # still recovering would queue the command with a stamp from stale applied state.
+            return Answer(response=LockRedirect(master=self.master_hint(group)))
         value = encode_command(cmd)
         if len(value) > self.config.value_bytes_max:
             return Answer(
                 response=_bad("too_large", f"command of {len(value)} bytes over the limit")
             )
-        return Proposal(group=self.group_of(_key_of(cmd)), value=value)
+        return Proposal(group=group, value=value)
 
     # -- queries --------------------------------------------------------------------------------
 
@@ -182,11 +193,8 @@ class LockNode(ReplicatedService[LockTable]):
 
     def stamp(self, now: Now, group: int) -> int:
         """The time this replica stamps ``group``'s commands with (the module docstring's
-        term clock). When it is not the group's master, the group's applied time: a leader
-        still recovering queues what it is asked to propose and proposes it once it is
-        master, so such a stamp can be applied, and its wall clock may run ahead of the
-        previous master's (found by the simulator: ``consumer-lock-master-partition`` seed
-        206, a grant 1.4 s early); the applied time never is."""
+        term clock). When it is not the group's master, the group's applied time, which
+        nothing proposes (``plan_request`` redirects; a tick proposes only on a master)."""
         wall = _wall(now)
         if not self.replica.is_master(group, now):
             self.terms.pop(group, None)
