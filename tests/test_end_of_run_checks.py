@@ -281,6 +281,28 @@ def test_retry_flow_without_a_seek_still_calls_it_misrouted() -> None:
     assert not result.ok and result.details["misrouted"] == 1
 
 
+def test_retry_flow_takes_a_replay_by_a_seek_in_flight_at_the_failure_for_what_it_is() -> None:
+    # swarm-consumers seed 38: a seek invoked before the item's failure on level 1 completed
+    # just after it; the replay from the base topic that followed is the seek's doing.
+    h = H()
+    h.enqueue("a", 0)
+    h.deliver("a", 0)
+    h.handle("a", 0, "fail")
+    where: dict[str, JSON] = {"group": "g0", "topic": T, "queue": 0, "offset": 0}
+    h.time_ms += 1
+    h.w.invoke(h.time_ms, "admin", "seek", None, **where)
+    h.deliver("a", 0, topic=R1)
+    h.handle("a", 0, "fail", topic=R1)
+    h.w.ok(h.time_ms, "admin", "seek", None, **where, positions=[[0, 0]])
+    h.deliver("a", 0)
+    h.handle("a", 0, "ok")
+    h.deliver("a", 0, topic=R1)
+    h.handle("a", 0, "ok", topic=R1)
+    result = check_retry_flow(h.ops, {"g0": 2})
+    assert result.ok, result.summary
+    assert result.details["replayed-by-seek"] == 1
+
+
 # --------------------------------------------------------------------------------------------
 # failover does not count the lock service's own failover
 

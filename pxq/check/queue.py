@@ -1575,10 +1575,18 @@ def check_retry_flow(
     dropped_last = 0
 
     def sought(d: Delivery, since: int) -> bool:
-        """Whether a seek of ``d``'s group on its topic and queue was invoked after ``since``
-        and before ``d``."""
+        """Whether a seek of ``d``'s group on its topic and queue may have taken effect after
+        ``since`` and before ``d``: invoked before ``d`` and not completed by ``since`` (a
+        seek applies at some point between its invoke and its completion; one whose outcome
+        is unknown, at any point after its invoke)."""
         return any(
-            since < seek.invoke_index < d.index and seek.affects(d.queue)
+            seek.invoke_index < d.index
+            and (
+                seek.outcome != "ok"
+                or seek.completion_index is None
+                or seek.completion_index > since
+            )
+            and seek.affects(d.queue)
             for seek in seeks.get((d.group, d.topic), [])
         )
 
