@@ -27,7 +27,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -257,66 +257,104 @@ def masters_timeline(ops: list[Op], seen: list[tuple[int, dict[int, str]]]) -> l
     return [f"{at - kill:+d} ms: {masters}" for at, masters in seen]
 
 
-def kill9_run(tmp_path: Path, role: Literal["master", "follower"]) -> None:
+@dataclass(slots=True)
+class UpCluster:
+    """A 3-node cluster started by ``pxq cluster up`` in a test's ``tmp_path``."""
+
+    config_file: Path
+    config: ClusterConfig
+    home: ClusterHome
+    history: Path
+    seen: dict[str, int]
+    """Every node pid recorded so far (killed at the end, whatever happened)."""
+
+
+@contextlib.contextmanager
+def up_cluster(tmp_path: Path) -> Iterator[UpCluster]:
+    """Start the cluster; at the end, ``pxq cluster down`` and SIGKILL of every pid seen."""
     config_file = tmp_path / "cluster.toml"
     config_file.write_text(cluster_toml(free_ports(3)), encoding="utf-8")
-    config = load_config(config_file)
     home = ClusterHome(tmp_path / "home")
-    history = tmp_path / "history.jsonl"
-    nemesis = Nemesis()
-    seen: dict[str, int] = {}
+    up = UpCluster(
+        config_file=config_file,
+        config=load_config(config_file),
+        home=home,
+        history=tmp_path / "history.jsonl",
+        seen={},
+    )
     try:
-        up = pxq(
+        started = pxq(
             "cluster", "up", "--config", str(config_file), "--home", str(home.root), cwd=tmp_path
         )
-        assert up.returncode == 0, up.stdout + up.stderr
-        seen.update(recorded_pids(home))
-        ops, run = asyncio.run(scenario(config, config_file, home, role, history, nemesis))
-        seen.update(recorded_pids(home))
-        final = asyncio.run(cluster_status(home, config_file))
-        masters_after = asyncio.run(masters_of(config))  # bounded: a handover may be under way
-
-        results = check_history(ops, config, TOPIC, CONSUMER_GROUPS)
-        total, order = results
-        summary = {
-            "role": role,
-            "victim": nemesis.victim,
-            "masters_before": nemesis.masters_before,
-            "died_after_s": nemesis.died_after_s,
-            "counts": run.counts.to_json(),
-            **analyse(ops),
-            "masters_seen": masters_timeline(ops, nemesis.masters_seen),
-            "duplicated": total.details.get("duplicated"),
-            "stored_twice": total.details.get("stored-twice"),
-            "recovered": total.details.get("recovered"),
-            "redeliveries": order.details.get("redeliveries"),
-            "total_queue": total.summary,
-            "queue_order": order.summary,
-            "history": str(history),
-        }
-        (tmp_path / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-        print(json.dumps(summary))
-        where = f"(history: {history}; summary: {tmp_path / 'summary.json'})"
-        assert total.details["lost"] == 0, f"{total.summary}: {total.details} {where}"
-        assert total.details["unexpected"] == 0, f"{total.summary} {where}"
-        assert total.ok, f"{total.summary}: {total.details} {where}"
-        assert order.ok, f"{order.summary}: {order.details} {where}"
-        assert run.counts.drained, f"the consumers did not drain: {run.missing()} {where}"
-        assert isinstance(summary["acked_before_kill"], int)
-        assert summary["acked_before_kill"] >= ACKED_BEFORE_MIN, summary
-        assert isinstance(summary["acked_after_restart_group0"], int)
-        assert summary["acked_after_restart_group0"] >= ACKED_AFTER_MIN, summary
-        assert final.all_up, final
-        assert len(masters_after) == PAXOS_GROUPS, masters_after
+        assert started.returncode == 0, started.stdout + started.stderr
+        up.seen.update(recorded_pids(home))
+        yield up
     finally:
-        seen.update(recorded_pids(home))
+        up.seen.update(recorded_pids(home))
         pxq("cluster", "down", "--home", str(home.root), cwd=tmp_path, timeout_s=30)
-        kill_all(seen)
+        kill_all(up.seen)
+
+
+def kill9_run(tmp_path: Path, role: Literal["master", "follower"]) -> None:
+    nemesis = Nemesis()
+    try:
+        with up_cluster(tmp_path) as up:
+            _kill9_checks(tmp_path, role, up, nemesis)
+    finally:
         for proc in nemesis.restarted:
             with contextlib.suppress(ProcessLookupError):
                 if proc.poll() is None:
                     proc.kill()
             proc.wait(timeout=10)
+
+
+def _kill9_checks(
+    tmp_path: Path, role: Literal["master", "follower"], up: UpCluster, nemesis: Nemesis
+) -> None:
+    config_file, config, home, history, seen = (
+        up.config_file,
+        up.config,
+        up.home,
+        up.history,
+        up.seen,
+    )
+    ops, run = asyncio.run(scenario(config, config_file, home, role, history, nemesis))
+    seen.update(recorded_pids(home))
+    final = asyncio.run(cluster_status(home, config_file))
+    masters_after = asyncio.run(masters_of(config))  # bounded: a handover may be under way
+
+    results = check_history(ops, config, TOPIC, CONSUMER_GROUPS)
+    total, order = results
+    summary = {
+        "role": role,
+        "victim": nemesis.victim,
+        "masters_before": nemesis.masters_before,
+        "died_after_s": nemesis.died_after_s,
+        "counts": run.counts.to_json(),
+        **analyse(ops),
+        "masters_seen": masters_timeline(ops, nemesis.masters_seen),
+        "duplicated": total.details.get("duplicated"),
+        "stored_twice": total.details.get("stored-twice"),
+        "recovered": total.details.get("recovered"),
+        "redeliveries": order.details.get("redeliveries"),
+        "total_queue": total.summary,
+        "queue_order": order.summary,
+        "history": str(history),
+    }
+    (tmp_path / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    print(json.dumps(summary))
+    where = f"(history: {history}; summary: {tmp_path / 'summary.json'})"
+    assert total.details["lost"] == 0, f"{total.summary}: {total.details} {where}"
+    assert total.details["unexpected"] == 0, f"{total.summary} {where}"
+    assert total.ok, f"{total.summary}: {total.details} {where}"
+    assert order.ok, f"{order.summary}: {order.details} {where}"
+    assert run.counts.drained, f"the consumers did not drain: {run.missing()} {where}"
+    assert isinstance(summary["acked_before_kill"], int)
+    assert summary["acked_before_kill"] >= ACKED_BEFORE_MIN, summary
+    assert isinstance(summary["acked_after_restart_group0"], int)
+    assert summary["acked_after_restart_group0"] >= ACKED_AFTER_MIN, summary
+    assert final.all_up, final
+    assert len(masters_after) == PAXOS_GROUPS, masters_after
 
 
 def test_kill9_master_of_group0_then_restart(tmp_path: Path) -> None:

@@ -17,7 +17,6 @@ lost and order held. Every wait is bounded; everything is torn down in a ``final
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import os
@@ -28,16 +27,15 @@ from pathlib import Path
 from net.cluster.processes import ClusterHome, is_node_process, read_pid
 from net.tools.history_run import HistoryRun, RunOptions, check_history
 from pxq.check.history import HistoryWriter, Op
-from pxq.config import ClusterConfig, load_config
-from tests.test_cli_cluster import kill_all, pxq, recorded_pids
-from tests.test_net_cluster import free_ports
+from pxq.config import ClusterConfig
 from tests.test_net_kill9 import (
     CONSUMER_GROUPS,
     PAXOS_GROUPS,
     TOPIC,
     Nemesis,
-    cluster_toml,
+    UpCluster,
     masters_of,
+    up_cluster,
     wait_until,
     watch_masters,
 )
@@ -128,48 +126,35 @@ def ack_gaps(ops: list[Op]) -> dict[str, object]:
 
 
 def test_pausing_an_idle_follower_stalls_no_group(tmp_path: Path) -> None:
-    config_file = tmp_path / "cluster.toml"
-    config_file.write_text(cluster_toml(free_ports(3)), encoding="utf-8")
-    config = load_config(config_file)
-    home = ClusterHome(tmp_path / "home")
-    history = tmp_path / "history.jsonl"
-    nemesis = Nemesis()
-    seen: dict[str, int] = {}
-    try:
-        up = pxq(
-            "cluster", "up", "--config", str(config_file), "--home", str(home.root), cwd=tmp_path
-        )
-        assert up.returncode == 0, up.stdout + up.stderr
-        seen.update(recorded_pids(home))
-        ops, run = asyncio.run(scenario(config, home, history, nemesis))
-        total, order = check_history(ops, config, TOPIC, CONSUMER_GROUPS)
-        first_pause = next(op.time_ms for op in ops if op.process == "nemesis" and op.f == "pause")
-        summary = {
-            "victim": nemesis.victim,
-            "pauses": PAUSES,
-            "pause_s": PAUSE_S,
-            "masters_before": nemesis.masters_before,
-            "masters_seen": [f"{at - first_pause:+d} ms: {m}" for at, m in nemesis.masters_seen],
-            **ack_gaps(ops),
-            "counts": run.counts.to_json(),
-            "total_queue": total.summary,
-            "queue_order": order.summary,
-            "history": str(history),
-        }
-        (tmp_path / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-        print(json.dumps(summary))
-        where = f"(history: {history}; summary: {tmp_path / 'summary.json'})"
-        assert total.ok and order.ok, f"{total.summary} / {order.summary} {where}"
-        changes = [m for at, m in nemesis.masters_seen if at >= first_pause]
-        assert all(m == nemesis.masters_before for m in changes), f"a master changed {where}"
-        longest = summary["longest_ack_gap_ms"]
-        assert isinstance(longest, dict)
-        for group, gap in longest.items():
-            assert gap is not None and gap <= GAP_MS_MAX, f"group {group}: {gap} ms {where}"
-    finally:
-        seen.update(recorded_pids(home))
-        pxq("cluster", "down", "--home", str(home.root), cwd=tmp_path, timeout_s=30)
-        kill_all(seen)
-        with contextlib.suppress(Exception):
-            for pid in seen.values():
-                os.kill(pid, signal.SIGCONT)
+    # Teardown SIGKILLs every node seen, which ends a stopped one too.
+    with up_cluster(tmp_path) as up:
+        _pause_checks(tmp_path, up, Nemesis())
+
+
+def _pause_checks(tmp_path: Path, up: UpCluster, nemesis: Nemesis) -> None:
+    config, home, history = up.config, up.home, up.history
+    ops, run = asyncio.run(scenario(config, home, history, nemesis))
+    total, order = check_history(ops, config, TOPIC, CONSUMER_GROUPS)
+    first_pause = next(op.time_ms for op in ops if op.process == "nemesis" and op.f == "pause")
+    summary = {
+        "victim": nemesis.victim,
+        "pauses": PAUSES,
+        "pause_s": PAUSE_S,
+        "masters_before": nemesis.masters_before,
+        "masters_seen": [f"{at - first_pause:+d} ms: {m}" for at, m in nemesis.masters_seen],
+        **ack_gaps(ops),
+        "counts": run.counts.to_json(),
+        "total_queue": total.summary,
+        "queue_order": order.summary,
+        "history": str(history),
+    }
+    (tmp_path / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    print(json.dumps(summary))
+    where = f"(history: {history}; summary: {tmp_path / 'summary.json'})"
+    assert total.ok and order.ok, f"{total.summary} / {order.summary} {where}"
+    changes = [m for at, m in nemesis.masters_seen if at >= first_pause]
+    assert all(m == nemesis.masters_before for m in changes), f"a master changed {where}"
+    longest = summary["longest_ack_gap_ms"]
+    assert isinstance(longest, dict)
+    for group, gap in longest.items():
+        assert gap is not None and gap <= GAP_MS_MAX, f"group {group}: {gap} ms {where}"
