@@ -343,6 +343,20 @@ def test_a_new_master_with_a_fast_wall_clock_does_not_end_leases_early() -> None
     assert node.stamp(c.now(new), 0) <= c.now(new).wall_ms - 1_000
 
 
+def _recovering_leader(c: LockCluster) -> str | None:
+    """The replica that leads group 0 but is not yet its master (still recovering), if any."""
+    now = c.now()
+    for name in NAMES:
+        node = c.nodes[name]
+        if (
+            node is not None
+            and node.replica.groups[0].role is Role.LEADER
+            and not node.is_master(0, now)
+        ):
+            return name
+    return None
+
+
 def test_a_command_queued_by_a_recovering_leader_is_not_stamped_with_its_wall_clock() -> None:
     """The regression of consumer-lock-master-partition seed 206: a leader still recovering
     (not yet master) queues the commands it is asked for and proposes them once master. It
@@ -360,20 +374,8 @@ def test_a_command_queued_by_a_recovering_leader_is_not_stamped_with_its_wall_cl
             c.wall_offset[name] = 5_000  # far enough ahead to expire bob's lease at once
     c.crash(old)
 
-    def recovering() -> str | None:
-        now = c.now()
-        for name in NAMES:
-            node = c.nodes[name]
-            if (
-                node is not None
-                and node.replica.groups[0].role is Role.LEADER
-                and not node.is_master(0, now)
-            ):
-                return name
-        return None
-
-    assert c.run_until(lambda: recovering() is not None, 5000, step_ms=1)
-    leader = recovering()
+    assert c.run_until(lambda: _recovering_leader(c) is not None, 5000, step_ms=1)
+    leader = _recovering_leader(c)
     assert leader is not None
     call = c.call(leader, acquire("f", "carol"))
     assert c.run_until(lambda: c.responses[call] is not None, 3000)
@@ -392,20 +394,8 @@ def test_a_leader_recovering_a_group_that_never_applied_anything_grants_no_past_
     to another holder at once while the first still trusted its lease."""
     c = LockCluster.make(groups=1)
 
-    def recovering() -> str | None:
-        now = c.now()
-        for name in NAMES:
-            node = c.nodes[name]
-            if (
-                node is not None
-                and node.replica.groups[0].role is Role.LEADER
-                and not node.is_master(0, now)
-            ):
-                return name
-        return None
-
-    assert c.run_until(lambda: recovering() is not None, 5000, step_ms=1)
-    leader = recovering()
+    assert c.run_until(lambda: _recovering_leader(c) is not None, 5000, step_ms=1)
+    leader = _recovering_leader(c)
     assert leader is not None and c.node(leader).state_machine(0).time_ms == 0
     call = c.call(leader, acquire("f", "bob"))
     assert c.run_until(lambda: c.responses[call] is not None, 3000)
