@@ -258,6 +258,16 @@ class TraceEvent:
     fields: tuple[tuple[str, TraceValue], ...] = ()
 
 
+ALARM = "alarm"
+"""The kind of a ``TraceEvent`` that reports evidence of something wrong outside this node's
+own state: a peer that claims a different log checksum, a message no honest replica sends, a
+chosen value this replica cannot apply. Its ``what`` field names the alarm. A node never
+crashes on such evidence (a crash would not make it go away: the same input comes back after
+a restart); it reports it and refuses what it cannot use. The simulator counts every alarm
+as a violation (its replicas are all honest); the production driver logs it at error level
+and counts it (``net.node.runner``)."""
+
+
 @_fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Effects:
@@ -343,6 +353,10 @@ class EffectsBuilder:
 
     def event(self, kind: str, **fields: TraceValue) -> None:
         self.trace.append(TraceEvent(kind=kind, fields=tuple(sorted(fields.items()))))
+
+    def alarm(self, what: str, **fields: TraceValue) -> None:
+        """Report evidence of a fault outside this node (see ``ALARM``)."""
+        self.event(ALARM, what=what, **fields)
 
     def build(self) -> Effects:
         if not (self.writes or self.sends or self.replies or self.trace):

@@ -37,6 +37,7 @@ import msgpack
 import simpy
 
 from pxq.effects import (
+    ALARM,
     BlankStorage,
     Boot,
     ClientCall,
@@ -545,6 +546,9 @@ class World:
 
     def trace(self, node: str, ev: TraceEvent) -> None:
         self.record(node, ev.kind, ev.fields)
+        if ev.kind == ALARM:
+            # Every replica here is honest: evidence of a faulty peer is a defect somewhere.
+            self.violations.append(Violation(self.now_us, node, f"alarm {dict(ev.fields)}"))
 
     def record(self, node: str, kind: str, fields: tuple[tuple[str, TraceValue], ...]) -> None:
         """Feed one event into the trace digest and to the listeners."""

@@ -10,8 +10,9 @@ Because writes are applied to the store before the step's sends enter the pool, 
 just drops the node object: a restart rebuilds it from its store with ``Boot``.
 
 Checks run on every step: the stepped replica's invariants hold (``Replica.check_invariants``),
-replicas agree on the checksum of every applied instance, and at most one replica believes it
-is master of a group at any instant of true time.
+replicas agree on the checksum of every applied instance and no replica raises an alarm
+(unless ``hostile``: tests of hostile input), and at most one replica believes it is master
+of a group at any instant of true time.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from pxq.effects import Boot, ClientCall, Effects, Now, Received, TraceEvent, Wake
+from pxq.effects import ALARM, Boot, ClientCall, Effects, Now, Received, TraceEvent, Wake
 from pxq.paxos.config import PaxosConfig
 from pxq.paxos.logsm import RecordingLog
 from pxq.paxos.messages import Propose, ProposeOk, ProposeUnknown, Redirect
@@ -65,6 +66,11 @@ class Cluster:
     """When a list: every message sent, kept after delivery (tests that look at answers)."""
     calls: dict[int, Call] = field(default_factory=dict)
     trace: list[tuple[int, str, TraceEvent]] = field(default_factory=list)
+    alarms: list[tuple[int, str, TraceEvent]] = field(default_factory=list)
+    hostile: bool = False
+    """A fake peer takes part (tests of hostile input): alarms (``pxq.effects.ALARM``) are
+    expected and replicas may be fooled into applying different values. Else every replica
+    is honest: an alarm, or two checksums of one applied instance, fail the test."""
     applied: dict[tuple[int, int], int] = field(default_factory=dict)
     side: dict[str, int] = field(default_factory=dict)
     seq: int = 0
@@ -140,12 +146,16 @@ class Cluster:
             call.response = r.response
         for ev in fx.trace:
             self.trace.append((self.time, name, ev))
+            if ev.kind == ALARM:
+                self.alarms.append((self.time, name, ev))
+                if not self.hostile:
+                    raise AssertionError(f"{name} raised an alarm: {dict(ev.fields)}")
             if ev.kind == "applied":
                 f = dict(ev.fields)
                 key = (int(f["group"]), int(f["instance"]))  # type: ignore[arg-type]
                 checksum = int(f["checksum"])  # type: ignore[arg-type]
                 seen = self.applied.setdefault(key, checksum)
-                assert seen == checksum, f"{name} applied {key} with a different checksum"
+                assert self.hostile or seen == checksum, f"{name} applied {key} differently"
         if self.check_lease:
             self.check_single_master()
         return fx
@@ -194,6 +204,11 @@ class Cluster:
         flight = self.pool.pop(index)
         if self.up(flight.dst) and self.connected(flight.src, flight.dst):
             self._step(flight.dst, Received(src=flight.src, msg=flight.msg))
+
+    def inject(self, dst: str, src: str, msg: object) -> None:
+        """Deliver ``msg`` to ``dst`` as if ``src`` had sent it (a forged or replayed frame)."""
+        if self.up(dst):
+            self._step(dst, Received(src=src, msg=msg))
 
     def drop_where(self, pred: Callable[[Flight], bool]) -> int:
         """Drop every pooled message matching ``pred``; how many were dropped."""

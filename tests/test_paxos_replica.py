@@ -7,7 +7,17 @@ import random
 
 import pytest
 
-from pxq.effects import Boot, ClientCall, InvariantViolation, Now, Put, Received
+from pxq.effects import (
+    ALARM,
+    Boot,
+    ClientCall,
+    InvariantViolation,
+    Now,
+    Put,
+    Received,
+    TraceEvent,
+    Wake,
+)
 from pxq.paxos.messages import (
     Accept,
     Accepted,
@@ -30,6 +40,7 @@ from pxq.paxos.records import (
     meta_key,
 )
 from pxq.paxos.replica import Replica
+from pxq.paxos.roles import Role
 from tests.paxos_harness import Cluster
 
 
@@ -332,8 +343,12 @@ def test_divergent_log_checksum_is_detected_loudly() -> None:
         [Put(table=META, key=meta_key(0, KIND_APPLIED), value=encode_applied(1, 12345))]
     )
     c.restart(victim)
-    with pytest.raises(InvariantViolation, match="checksum"):
-        c.run(1000)
+    c.hostile = True
+    c.run(1000)
+    # Evidence about the group, not a crash: the victim reports it and keeps running.
+    alarms = [dict(ev.fields) for _, name, ev in c.alarms if name == victim]
+    assert alarms and alarms[0]["what"] == "checksum_mismatch", alarms
+    assert alarms[0]["mine"] == 12345 and c.up(victim)
 
 
 def test_value_whose_check_disagrees_with_the_local_chain_is_refused() -> None:
@@ -348,29 +363,46 @@ def test_value_whose_check_disagrees_with_the_local_chain_is_refused() -> None:
     ballot = c.nodes[m].groups[0].ballot  # type: ignore[union-attr]
     bad = encode_entry([b"b"], 1, 999)
     assert decode_entry(bad).check_instance == 1
-    with pytest.raises(InvariantViolation, match="checksum"):
-        node.step(
-            c.now(follower),
-            Received(src=m, msg=Accept(group=0, ballot=ballot, instance=2, value=bad, commit=2)),
-        )
+    fx = node.step(
+        c.now(follower),
+        Received(src=m, msg=Accept(group=0, ballot=ballot, instance=2, value=bad, commit=2)),
+    )
+    # Refused, reported, and the group halts: it applies nothing more and never leads.
+    alarms = [dict(ev.fields) for ev in fx.trace if ev.kind == ALARM]
+    assert [a["what"] for a in alarms] == ["divergence"]
+    assert "checksum" in str(alarms[0]["reason"])
+    group = node.groups[0]
+    assert group.learner.applied == 1 and group.learner.halted is not None
+    assert not any(isinstance(ev, TraceEvent) and ev.kind == "applied" for ev in fx.trace)
+    group.not_before = 0
+    node.step(c.now(follower), Wake())
+    assert group.role is Role.FOLLOWER and not group.is_master(c.now(follower).mono_ms)
 
 
 def test_stale_messages_are_ignored_safely() -> None:
     c = Cluster.make(3)
     m = c.wait_master(0)
     c.propose_until_ok(0, b"a", start=m)
-    follower = next(n for n in c.config.replicas if n != m)
+    ballot = c.nodes[m].groups[0].ballot  # type: ignore[union-attr]
+    # A new master's election makes the old master's ballot old.
+    c.crash(m)
+    c.run(3000)
+    m2 = c.wait_master(0)
+    follower = next(n for n in c.config.replicas if n not in (m, m2))
+    c.restart(m)
     node = c.nodes[follower]
-    assert node is not None
+    assert node is not None and node.groups[0].acceptor.promised > ballot
     now = c.now(follower)
     # old-ballot heartbeat and accept are refused, unknown groups and sources dropped
     fx = node.step(
         now,
-        Received(src=m, msg=Heartbeat(group=0, ballot=1, seq=1, commit=9, applied=0, checksum=0)),
+        Received(
+            src=m, msg=Heartbeat(group=0, ballot=ballot, seq=1, commit=9, applied=0, checksum=0)
+        ),
     )
     assert isinstance(fx.sends[0].msg, HeartbeatAck) and not fx.sends[0].msg.ok
     fx = node.step(
-        now, Received(src=m, msg=Accept(group=0, ballot=1, instance=5, value=b"", commit=0))
+        now, Received(src=m, msg=Accept(group=0, ballot=ballot, instance=5, value=b"", commit=0))
     )
     assert isinstance(fx.sends[0].msg, Accepted) and not fx.sends[0].msg.ok
     fx = node.step(

@@ -62,6 +62,9 @@ It implements the driver contract of ``pxq.effects`` the way ``sim.world.NodeHos
 * ``stop()`` waits for the running commit, commits what is left on the loop thread, releases
   everything, then closes.
 * Trace events go to the ``pxq.net.trace`` logger (debug level) and to an optional callback.
+  Alarms (``pxq.effects.ALARM``: evidence about a peer or the group, never a crash) are
+  counted in ``stats.alarms`` and logged at error level on ``pxq.net.alarm``, at most
+  ``ALARM_LOG_PER_S`` lines per second (a flood is summarised, not written line by line).
 
 Peer messages to the node itself are delivered in memory on a later loop callback.
 """
@@ -100,6 +103,7 @@ from net.wire.envelope import CallReply, Hello
 from net.wire.framing import encode_frame
 from pxq import codec
 from pxq.effects import (
+    ALARM,
     BlankStorage,
     Boot,
     ClientCall,
@@ -123,6 +127,10 @@ from pxq.effects import (
 
 log = logging.getLogger("pxq.net.runner")
 trace_log = logging.getLogger("pxq.net.trace")
+alarm_log = logging.getLogger("pxq.net.alarm")
+
+ALARM_LOG_PER_S = 10
+"""Alarm lines logged per second at most; the rest are counted and summarised."""
 
 TraceListener = Callable[[NodeId, TraceEvent], None]
 
@@ -276,6 +284,8 @@ class RunnerStats:
     space_measurements: int = 0
     storage_crossings: int = 0
     """``StorageLow`` reports stepped into the node (both directions)."""
+    alarms: int = 0
+    """Alarms the node raised (``pxq.effects.ALARM``)."""
 
 
 def monotonic_ms() -> int:
@@ -328,6 +338,9 @@ class NodeRunner:
         self.state = RunnerState.NEW
         self.crash_reason: str | None = None
         self.stats = RunnerStats()
+        self._alarm_second = -1
+        self._alarms_logged = 0
+        self._alarms_unlogged = 0
         self._node: Node | None = None
         self._storage: DriverStorage | None = None
         self._server: asyncio.Server | None = None
@@ -575,6 +588,9 @@ class NodeRunner:
         self._arm_timer()
 
     def _trace(self, events: tuple[TraceEvent, ...]) -> None:
+        for ev in events:
+            if ev.kind == ALARM:
+                self._alarm(ev)
         if trace_log.isEnabledFor(logging.DEBUG):
             for ev in events:
                 trace_log.debug("%s %s %s", self.node_id, ev.kind, dict(ev.fields))
@@ -582,6 +598,23 @@ class NodeRunner:
         if listener is not None:
             for ev in events:
                 listener(self.node_id, ev)
+
+    def _alarm(self, ev: TraceEvent) -> None:
+        self.stats.alarms += 1
+        second = monotonic_ms() // 1000
+        if second != self._alarm_second:
+            if self._alarms_unlogged:
+                alarm_log.error(
+                    "%s: %d more alarms not logged in the last second",
+                    self.node_id,
+                    self._alarms_unlogged,
+                )
+            self._alarm_second, self._alarms_logged, self._alarms_unlogged = second, 0, 0
+        if self._alarms_logged < ALARM_LOG_PER_S:
+            self._alarms_logged += 1
+            alarm_log.error("%s: alarm %s", self.node_id, dict(ev.fields))
+        else:
+            self._alarms_unlogged += 1
 
     def _schedule_turn_end(self) -> None:
         if not self._turn_scheduled and self._loop is not None:

@@ -20,8 +20,8 @@ small overlay that ``read`` consults first and ``end_step`` clears.
 
 from __future__ import annotations
 
-from pxq.effects import EffectsBuilder, InvariantViolation, StorageView
-from pxq.paxos.ballot import NO_BALLOT
+from pxq.effects import EffectsBuilder, InvariantViolation, StorageCorruption, StorageView
+from pxq.paxos.ballot import BALLOT_MAX, NO_BALLOT
 from pxq.paxos.config import PaxosConfig
 from pxq.paxos.lease import acceptor_lease_until
 from pxq.paxos.messages import AcceptedEntry, Promise
@@ -78,6 +78,14 @@ class Acceptor:
         key = meta_key(self.group, KIND_PROMISE)
         rec = None if promise_lost else self.view.get(META, key)
         self.promised = NO_BALLOT if rec is None else decode_u64(rec, "promise record", key)
+        if self.promised > BALLOT_MAX:
+            # Only a forged Prepare gets there; the record is unusable: repair it from peers.
+            raise StorageCorruption(
+                f"promise record of group {self.group}: ballot {self.promised} is above the "
+                f"largest a replica can own ({BALLOT_MAX})",
+                table=META,
+                key=key,
+            )
         key = meta_key(self.group, KIND_LOG_START)
         rec = None if start_lost else self.view.get(META, key)
         self.log_start = 1 if rec is None else decode_u64(rec, "log start record", key)

@@ -12,6 +12,11 @@ from pxq.effects import InvariantViolation
 INDEX_BITS = 4
 INDEX_SPAN = 1 << INDEX_BITS
 NO_BALLOT = 0
+BALLOT_MAX = (1 << 62) - 1
+"""The largest ballot a replica accepts from a peer or reads from its disk. It leaves room
+above it for ``next_ballot`` while staying far below 2**64 (the u64 of its records): an honest
+replica reaches it only after 2**58 elections, so a larger ballot was forged
+(``validate.py``) and is never promised, accepted or persisted."""
 
 
 def make_ballot(round_: int, index: int) -> int:

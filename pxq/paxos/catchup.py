@@ -234,7 +234,7 @@ class CatchUp:
                 break
             self.acceptor.write_chosen(e.instance, e.value, fx)
         host.advance(now, fx)
-        learner.verify_peer(msg.applied, msg.checksum)
+        learner.verify_peer(src, msg.applied, msg.checksum, fx)
         if learner.applied + 1 < msg.log_start and learner.applied < msg.chosen_upto:
             self.start_snapshot(now, src, fx)
         elif learner.applied < host.commit_seen and msg.entries:

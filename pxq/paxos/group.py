@@ -54,7 +54,7 @@ from typing import assert_never
 
 from pxq.effects import BlankStorage, EffectsBuilder, InvariantViolation, NodeId, Rng, StorageView
 from pxq.paxos.acceptor import Acceptor
-from pxq.paxos.ballot import NO_BALLOT, next_ballot, owner_index
+from pxq.paxos.ballot import BALLOT_MAX, NO_BALLOT, next_ballot, owner_index
 from pxq.paxos.catchup import CatchUp, SnapshotCache
 from pxq.paxos.config import PaxosConfig
 from pxq.paxos.learner import Applied, Learner
@@ -187,6 +187,7 @@ class Group:
             and lead.serving_from is not None
             and self.learner.applied >= lead.serving_from - 1
             and now < lead.lease_until
+            and self.learner.halted is None
         )
 
     def master_of(self) -> NodeId | None:
@@ -585,7 +586,7 @@ class Group:
                 self.acceptor.grant_lease(msg.ballot, now)
             self._follow(now, src_index, msg.ballot, fx)
             self._on_commit(now, src, msg.ballot, msg.commit, fx)
-            self.learner.verify_peer(msg.applied, msg.checksum)
+            self.learner.verify_peer(src, msg.applied, msg.checksum, fx)
             # Repairing: learn from the master, but no ack (it counts in no lease quorum).
             ok = self.repair.voting()
         fx.send(
@@ -723,8 +724,8 @@ class Group:
 
     def _start_pre_vote(self, now: int, fx: EffectsBuilder) -> None:
         """The election timer fired: ask the peers whether a campaign would be granted."""
-        if not self.repair.may_lead():
-            self.not_before = now + self.config.lease_ms  # repairing: never lead
+        if not self.repair.may_lead() or self.learner.halted is not None:
+            self.not_before = now + self.config.lease_ms  # repairing or halted: never lead
             return
         snap = self.catchup.snap
         if snap is not None:
@@ -794,8 +795,8 @@ class Group:
 
     def _campaign(self, now: int, fx: EffectsBuilder) -> None:
         self.pre_vote = None
-        if not self.repair.may_lead():
-            self.not_before = now + self.config.lease_ms  # repairing: never lead
+        if not self.repair.may_lead() or self.learner.halted is not None:
+            self.not_before = now + self.config.lease_ms  # repairing or halted: never lead
             return
         self.known_master = None
         snap = self.catchup.snap
@@ -804,6 +805,12 @@ class Group:
             self.not_before = snap.deadline
             return
         ballot = next_ballot(max(self.max_seen, self.acceptor.promised), self.my_index)
+        if ballot > BALLOT_MAX:
+            # Only a forged ballot gets this high (``validate.py``): no honest replica would
+            # accept ours. Report it and wait, rather than propose what peers must refuse.
+            fx.alarm("ballot_space_exhausted", group=self.group, ballot=ballot)
+            self.not_before = now + self.config.lease_ms
+            return
         start = self.learner.applied + 1
         own = self.acceptor.on_prepare(
             ballot=ballot,
@@ -1134,6 +1141,8 @@ class Group:
         if self.repair.flags:
             self._repair_progress(fx)
         done = self.learner.apply_ready(fx)
+        if self.learner.halted is not None and self.role is not Role.FOLLOWER:
+            self._step_down(now, "halted", fx)  # evidence of divergence: it must not lead
         if done:
             self._answer(done, fx)
             self._maybe_truncate(fx)
@@ -1149,10 +1158,14 @@ class Group:
             if w is None:
                 continue
             if w.value != a.value:
-                raise InvariantViolation(
-                    f"group {self.group} instance {a.instance}: applied value differs from "
-                    "the one proposed for waiting clients"
+                # Another value was chosen where this replica led: divergence, not success.
+                for call_id in w.calls:
+                    fx.reply(call_id, ProposeUnknown(group=self.group, reason="diverged"))
+                self.learner.halt(
+                    f"instance {a.instance}: the chosen value is not the one this replica proposed",
+                    fx,
                 )
+                continue
             for slot, call_id in enumerate(w.calls):
                 fx.reply(
                     call_id,

@@ -4,16 +4,23 @@ It owns the applied index and log checksum of its group (``paxos_meta`` kind A) 
 group's state machine. Values become known as chosen in any order (a pipeline, recovery
 windows, catch-up); they are applied strictly in instance order. When applying instance i it
 verifies the check carried in the value (the proposer's checksum at an earlier instance)
-against its own chain and raises ``InvariantViolation`` on a mismatch: replicas must never
-diverge silently. The applied index is written in the same step as the state machine's
-writes, so they become durable together.
+against its own chain: replicas must never diverge silently. The applied index is written in
+the same step as the state machine's writes, so they become durable together.
+
+Evidence of divergence (a chosen value whose check disagrees with this chain, a value that is
+not an entry, a second value chosen at one instance, a peer's log checksum that differs from
+ours) is not this replica's broken invariant but a fact about the group: it raises an alarm
+(``pxq.effects.ALARM``) and the learner *halts* (``halted`` says why): it applies nothing more
+and the group neither leads nor serves. A crash would not help, as the same values come back
+after a restart; a halted group keeps the node's other groups running and waits for an
+operator (``docs/operations.md``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pxq.effects import EffectsBuilder, InvariantViolation, StorageView
+from pxq.effects import EffectsBuilder, InvariantViolation, NodeId, StorageView
 from pxq.paxos.config import PaxosConfig
 from pxq.paxos.records import (
     KIND_APPLIED,
@@ -47,6 +54,7 @@ class Learner:
         "dirty",
         "frozen",
         "group",
+        "halted",
         "horizon",
         "recent",
         "sm",
@@ -73,9 +81,12 @@ class Learner:
         self.frozen = False
         """The state machine is damaged (``repair.py``): it is not loaded, nothing is applied
         and the applied index counts as 0 until a peer's snapshot is installed."""
+        self.halted: str | None = None
+        """Why this group stopped applying (evidence of divergence), or None."""
 
     def load(self, *, state_lost: bool = False) -> None:
         self.chosen.clear()
+        self.halted = None
         self.frozen = state_lost
         if state_lost:
             self.applied, self.checksum = 0, 0
@@ -98,16 +109,15 @@ class Learner:
     def mark_chosen(self, instance: int, value: bytes, fx: EffectsBuilder) -> bool:
         """Record that ``value`` is chosen at ``instance``; False if it cannot be held yet
         (beyond the horizon, or frozen: a snapshot comes first)."""
-        if self.frozen:
+        if self.frozen or self.halted is not None:
             return False
         if instance <= self.applied:
             return True
         old = self.chosen.get(instance)
         if old is not None:
             if old != value:
-                raise InvariantViolation(
-                    f"group {self.group} instance {instance}: two different chosen values"
-                )
+                self.halt(f"instance {instance}: two different chosen values", fx)
+                return False
             return True
         if not self.can_hold(instance):
             return False
@@ -118,23 +128,31 @@ class Learner:
     def apply_ready(self, fx: EffectsBuilder) -> list[Applied]:
         """Apply every chosen value that continues the applied prefix."""
         done: list[Applied] = []
-        if self.frozen:
+        if self.frozen or self.halted is not None:
             return done
-        while (value := self.chosen.pop(self.applied + 1, None)) is not None:
+        while (value := self.chosen.get(self.applied + 1)) is not None:
             instance = self.applied + 1
-            entry = decode_entry(value)
+            try:
+                entry = decode_entry(value)
+            except InvariantViolation as exc:
+                self.halt(f"instance {instance}: the chosen value is not an entry ({exc})", fx)
+                break
             if entry.check_instance >= instance:
-                raise InvariantViolation(
-                    f"group {self.group} instance {instance}: check refers to instance "
-                    f"{entry.check_instance}, not below it"
+                self.halt(
+                    f"instance {instance}: check refers to instance {entry.check_instance}, "
+                    "not below it",
+                    fx,
                 )
+                break
             expected = self.recent.get(entry.check_instance)
             if expected is not None and expected != entry.check_checksum:
-                raise InvariantViolation(
-                    f"group {self.group} instance {instance}: log checksum at "
-                    f"{entry.check_instance} is {expected:#x} here but {entry.check_checksum:#x} "
-                    "at the proposer"
+                self.halt(
+                    f"instance {instance}: log checksum at {entry.check_instance} is "
+                    f"{expected:#x} here but {entry.check_checksum:#x} at the proposer",
+                    fx,
                 )
+                break
+            del self.chosen[instance]
             results = tuple(
                 self.sm.apply(instance, slot, v, fx) for slot, v in enumerate(entry.values)
             )
@@ -147,14 +165,26 @@ class Learner:
             done.append(Applied(instance=instance, value=value, results=results))
         return done
 
-    def verify_peer(self, instance: int, checksum: int) -> None:
-        """Compare a peer's log checksum at ``instance`` with ours, if we still know ours."""
+    def verify_peer(self, peer: NodeId, instance: int, checksum: int, fx: EffectsBuilder) -> None:
+        """Compare a peer's log checksum at ``instance`` with ours, if we still know ours. A
+        difference is evidence about the group, not about this replica's state: an alarm
+        (the peer, or this replica, diverged; the checksums alone cannot say which)."""
         mine = self.recent.get(instance)
         if mine is not None and mine != checksum:
-            raise InvariantViolation(
-                f"group {self.group}: log checksum at instance {instance} is {mine:#x} here "
-                f"but {checksum:#x} at a peer"
+            fx.alarm(
+                "checksum_mismatch",
+                group=self.group,
+                instance=instance,
+                peer=peer,
+                mine=mine,
+                theirs=checksum,
             )
+
+    def halt(self, reason: str, fx: EffectsBuilder) -> None:
+        """Stop applying: ``reason`` is evidence that the group's replicas diverged."""
+        self.halted = reason
+        self.chosen.clear()
+        fx.alarm("divergence", group=self.group, reason=reason)
 
     def install(self, instance: int, checksum: int, snapshot: bytes, fx: EffectsBuilder) -> None:
         """Replace the state with a peer's snapshot taken after ``instance``."""

@@ -13,7 +13,9 @@ Tables (keys are big-endian so bytewise order is numeric order):
     the acceptor's accepted ballot (u64), flags (u8: bit 0 = known chosen) and the value.
 
 Every record ends with a crc32 of the bytes before it; a mismatch on read raises
-``StorageCorruption`` (the driver crashes the node rather than act on a torn record).
+``StorageCorruption`` (the driver crashes the node rather than act on a torn record), and
+so does a ballot above ``BALLOT_MAX`` (only a forged message could have put it there): the
+node then repairs the record from its peers (``repair.py``).
 
 An instance value is an encoded ``Entry``: a no-op or a batch of client values, plus
 ``check_instance``/``check_checksum``: the proposer's log checksum after applying
@@ -32,6 +34,7 @@ import zlib
 from dataclasses import dataclass
 
 from pxq.effects import InvariantViolation, StorageCorruption
+from pxq.paxos.ballot import BALLOT_MAX
 
 META = "paxos_meta"
 LOG = "paxos_log"
@@ -141,6 +144,12 @@ def decode_log(record: bytes, key: bytes | None = None) -> LogRecord:
     if len(payload) < _LOG_HEAD.size:
         raise StorageCorruption("log record: too short", table=LOG, key=key)
     ballot, flags = _LOG_HEAD.unpack_from(payload)
+    if ballot > BALLOT_MAX:
+        raise StorageCorruption(
+            f"log record: ballot {ballot} is above the largest a replica can own",
+            table=LOG,
+            key=key,
+        )
     return LogRecord(
         ballot=int(ballot), value=payload[_LOG_HEAD.size :], chosen=bool(flags & FLAG_CHOSEN)
     )

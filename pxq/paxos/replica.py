@@ -51,6 +51,7 @@ from pxq.paxos.messages import (
 )
 from pxq.paxos.repair import classify, storage_blank
 from pxq.paxos.sm import StateMachine
+from pxq.paxos.validate import Peers, problem
 
 _TICKS_PER_WAKE_MAX = 3
 
@@ -94,6 +95,7 @@ class Replica:
         self.groups: list[Group] = []
         self.snapshots = SnapshotCache(config.snapshot_cache_max)
         self.booted = False
+        self.peers = Peers(config.replicas, config.index_of(node_id))
 
     # -- Node protocol --------------------------------------------------------------------------
 
@@ -199,6 +201,11 @@ class Replica:
             return
         if not 0 <= msg.group < len(self.groups):
             fx.event("dropped", reason="unknown group", source=src, group=msg.group)
+            return
+        bad = problem(msg, self.config.index_of(src), self.peers)
+        if bad is not None:
+            # No honest replica sends it: evidence about the sender, never a crash here.
+            fx.alarm("invalid_message", source=src, type=type(msg).__name__, problem=bad)
             return
         self.groups[msg.group].on_message(t, src, msg, fx)
 
