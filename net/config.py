@@ -37,11 +37,36 @@ class NetConfig:
     longer frame is disconnected before anything is buffered for it."""
 
     # -- inbound connections ----------------------------------------------------------------
-    connections_max: int = 1024
-    """Inbound connections (peers and clients) open at once; more are closed on accept."""
+    # Every inbound connection is unclassified until its first frame, then a peer (an
+    # accepted Hello) or a client (a Call), and each kind has its own budget, so that no
+    # flood of one kind can lock the other out (``net.node.runner``, docs/operations.md).
+    unclassified_connections_max: int = 1024
+    """Connections open at once that have not sent their first frame yet. When the budget is
+    full, a new connection evicts the oldest unclassified one (closed with a logged reason):
+    a flood of silent connections cannot hold the door against a peer or a client, which
+    send their first frame at once."""
+    client_connections_max: int = 1024
+    """Client connections (first frame a Call) open at once. When the budget is full, a new
+    client evicts the least recently active client connection (its last complete frame in
+    or reply out is the oldest)."""
+    peer_connections_per_node: int = 2
+    """Inbound connections of one known peer (its Hello accepted) open at once; a further
+    Hello from that peer evicts its oldest connection (a stale one the peer gave up). The
+    peers' budget is separate from the clients': clients never use a peer's slot."""
+    connections_per_address_max: int = 128
+    """Client connections, and separately unclassified connections, from one IP address.
+    A Call from an address at the limit closes its connection (logged, nothing stepped); a
+    new connection from an address with as many unclassified ones evicts its oldest one.
+    Peers are exempt once their Hello is accepted."""
     first_frame_timeout_ms: int = 5_000
     """An inbound connection that has not sent a complete Hello or Call by then is closed
     (bounds the cost of idle or trickling connections)."""
+    client_idle_timeout_ms: int = 300_000
+    """A client connection with no open call that has sent no complete frame and received no
+    reply for this long is closed (logged). Peers are exempt: they heartbeat."""
+    partial_frame_timeout_ms: int = 30_000
+    """A client connection that started a frame and has not completed it within this long is
+    closed (logged): a slow trickle cannot hold a connection and its buffer forever."""
     conn_calls_open_max: int = 4096
     """Unanswered calls per client connection before the node stops reading from it (the
     frames already read are still handled, so this is a soft bound by one read's worth)."""
@@ -100,8 +125,13 @@ class NetConfig:
         # Invariants are checked always, never with assert (DESIGN section 7).
         positive = {
             "frame_bytes_max": self.frame_bytes_max,
-            "connections_max": self.connections_max,
+            "unclassified_connections_max": self.unclassified_connections_max,
+            "client_connections_max": self.client_connections_max,
+            "peer_connections_per_node": self.peer_connections_per_node,
+            "connections_per_address_max": self.connections_per_address_max,
             "first_frame_timeout_ms": self.first_frame_timeout_ms,
+            "client_idle_timeout_ms": self.client_idle_timeout_ms,
+            "partial_frame_timeout_ms": self.partial_frame_timeout_ms,
             "conn_calls_open_max": self.conn_calls_open_max,
             "write_buffer_high_bytes": self.write_buffer_high_bytes,
             "peer_queue_max": self.peer_queue_max,

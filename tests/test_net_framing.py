@@ -135,6 +135,9 @@ class FakeHost:
     def accept_hello(self, conn: InboundConnection, hello: Hello) -> str | None:
         return None if (hello.cluster, hello.node) == ("c", "p1") else "unknown"
 
+    def accept_client(self, conn: InboundConnection) -> str | None:
+        return None
+
     def peer_message(self, src: str, msg: object) -> None:
         self.messages.append((src, msg))
 

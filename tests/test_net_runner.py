@@ -863,23 +863,6 @@ def test_a_client_with_too_many_open_calls_is_not_read_from(tmp_path: Path) -> N
     run_async(main())
 
 
-def test_connections_beyond_the_limit_are_refused(tmp_path: Path) -> None:
-    async def main() -> None:
-        runner = make_runner(tmp_path, config=NetConfig(connections_max=1))
-        await runner.start()
-        first = await connect(runner)
-        assert await first.call(Incr(), T) == Count(n=1)
-        extra = raw_socket(runner)
-        assert await recv_all(extra, until_closed=True) == b""
-        extra.close()
-        assert runner.stats.connections_refused == 1
-        assert await first.call(Incr(), T) == Count(n=2)
-        await first.close()
-        await runner.stop()
-
-    run_async(main())
-
-
 def test_a_corrupt_record_read_at_boot_stops_the_node(tmp_path: Path) -> None:
     async def main() -> None:
         runner = make_runner(tmp_path)

@@ -281,6 +281,9 @@ class RunnerStats:
     sends_unroutable: int = 0
     encode_failures: int = 0
     connections_refused: int = 0
+    """Connections closed at accept or at their first frame by a budget or a limit."""
+    connections_evicted: int = 0
+    """Connections closed to make room for a newer one (see ``NodeRunner.connection_opened``)."""
     space_measurements: int = 0
     storage_crossings: int = 0
     """``StorageLow`` reports stepped into the node (both directions)."""
@@ -348,6 +351,13 @@ class NodeRunner:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._links: dict[NodeId, PeerLink] = {}
         self._conns: dict[InboundConnection, None] = {}  # insertion-ordered set
+        # Connection budgets (NetConfig, docs/operations.md): insertion-ordered sets, oldest
+        # first, and the unclassified and client connections per remote address.
+        self._unclassified: dict[InboundConnection, None] = {}
+        self._clients: dict[InboundConnection, None] = {}
+        self._peer_conns: dict[NodeId, dict[InboundConnection, None]] = {}
+        self._unclassified_by_address: dict[str, dict[InboundConnection, None]] = {}
+        self._clients_by_address: dict[str, int] = {}
         self._calls: dict[int, tuple[InboundConnection, int]] = {}
         self._next_call_id = 1
         # Output held until durable: (batch it waits for, sends, replies), in step order.
@@ -514,6 +524,11 @@ class NodeRunner:
         for conn in list(self._conns):
             conn.close("node stopping", level=logging.DEBUG)
         self._conns.clear()
+        self._unclassified.clear()
+        self._clients.clear()
+        self._peer_conns.clear()
+        self._unclassified_by_address.clear()
+        self._clients_by_address.clear()
         self._calls.clear()
         for link in self._links.values():
             link.close()
@@ -852,10 +867,30 @@ class NodeRunner:
     # -- InboundHost --------------------------------------------------------------------------
 
     def connection_opened(self, conn: InboundConnection) -> bool:
-        if self.state is not RunnerState.RUNNING or len(self._conns) >= self.config.connections_max:
+        """Admit a new connection to the unclassified budget. A full budget (overall, or of
+        the connection's address) evicts the oldest unclassified connection (of that address)
+        rather than refusing the newest: peers and clients send their first frame at once,
+        so a flood of silent connections cannot keep them out; the flood only churns."""
+        if self.state is not RunnerState.RUNNING:
             self.stats.connections_refused += 1
             return False
+        config = self.config
+        same_address = self._unclassified_by_address.get(conn.address)
+        if same_address is not None and len(same_address) >= config.connections_per_address_max:
+            self._evict(
+                next(iter(same_address)),
+                f"{len(same_address)} unclassified connections from {conn.address} "
+                f"(NetConfig.connections_per_address_max={config.connections_per_address_max})",
+            )
+        if len(self._unclassified) >= config.unclassified_connections_max:
+            self._evict(
+                next(iter(self._unclassified)),
+                f"{len(self._unclassified)} unclassified connections "
+                f"(NetConfig.unclassified_connections_max={config.unclassified_connections_max})",
+            )
         self._conns[conn] = None
+        self._unclassified[conn] = None
+        self._unclassified_by_address.setdefault(conn.address, {})[conn] = None
         return True
 
     def accept_hello(self, conn: InboundConnection, hello: Hello) -> str | None:
@@ -866,10 +901,69 @@ class NodeRunner:
         if hello.node == self.node_id:
             # Only this node speaks for itself (its own Paxos votes come back in-process).
             return f"node {hello.node!r} is this node's own name"
+        # The peers' budget: per known peer, never shared with clients. The newest connection
+        # of a peer is its live one; the oldest is one it gave up (its end may be long gone).
+        self._forget(conn)
+        same_peer = self._peer_conns.setdefault(hello.node, {})
+        while len(same_peer) >= self.config.peer_connections_per_node:
+            victim = next(iter(same_peer))
+            self._evict(
+                victim,
+                f"peer {hello.node!r} connected again "
+                f"(NetConfig.peer_connections_per_node={self.config.peer_connections_per_node})",
+            )
+        same_peer[conn] = None
         link = self._links.get(hello.node)
         if link is not None:
             link.peer_alive()
         return None
+
+    def accept_client(self, conn: InboundConnection) -> str | None:
+        config = self.config
+        address = conn.address
+        if self._clients_by_address.get(address, 0) >= config.connections_per_address_max:
+            self.stats.connections_refused += 1
+            return (
+                f"{config.connections_per_address_max} client connections from {address} "
+                f"already (NetConfig.connections_per_address_max)"
+            )
+        self._forget(conn)
+        if len(self._clients) >= config.client_connections_max:
+            # The least recently active client makes room: a flood of connections that sent
+            # one call and went silent cannot keep a new client out.
+            victim = min(self._clients, key=lambda c: c.activity_at)
+            self._evict(
+                victim,
+                f"{len(self._clients)} client connections, this one the least recently active "
+                f"(NetConfig.client_connections_max={config.client_connections_max})",
+            )
+        self._clients[conn] = None
+        self._clients_by_address[address] = self._clients_by_address.get(address, 0) + 1
+        return None
+
+    def _evict(self, conn: InboundConnection, reason: str) -> None:
+        self.stats.connections_evicted += 1
+        self._forget(conn)
+        conn.close(f"evicted: {reason}", level=logging.INFO)
+
+    def _forget(self, conn: InboundConnection) -> None:
+        """Take ``conn`` out of its budget (idempotent)."""
+        address = conn.address
+        if self._unclassified.pop(conn, False) is None:
+            same_address = self._unclassified_by_address[address]
+            del same_address[conn]
+            if not same_address:
+                del self._unclassified_by_address[address]
+        elif self._clients.pop(conn, False) is None:
+            left = self._clients_by_address[address] - 1
+            if left:
+                self._clients_by_address[address] = left
+            else:
+                del self._clients_by_address[address]
+        elif conn.peer is not None:
+            same_peer = self._peer_conns.get(conn.peer)
+            if same_peer is not None:
+                same_peer.pop(conn, None)
 
     def peer_message(self, src: NodeId, msg: object) -> None:
         self._step(Received(src=src, msg=msg))
@@ -964,6 +1058,7 @@ class NodeRunner:
 
     def connection_closed(self, conn: InboundConnection) -> None:
         self._conns.pop(conn, None)
+        self._forget(conn)
         calls = self._calls
         for call_id in conn.open_calls:
             calls.pop(call_id, None)

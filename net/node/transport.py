@@ -4,10 +4,15 @@ This module owns the connection-level behaviour of the production wire, on top o
 ``net.wire.framing`` and ``net.wire.envelope``:
 
 * ``InboundConnection``: an accepted connection. Its first frame decides its kind (``Hello``:
-  a peer's one-way message stream; ``Call``: a client). Any malformed, oversized or unknown
-  frame, a first frame that is neither, a ``Hello`` the host refuses, or no first frame within
+  a peer's one-way message stream; ``Call``: a client); the host admits it to that kind's
+  connection budget or refuses it. Any malformed, oversized or unknown frame, a first frame
+  that is neither, a ``Hello`` or a first ``Call`` the host refuses, or no first frame within
   ``first_frame_timeout_ms`` closes *that connection* with a logged reason; nothing of such a
-  frame reaches the node. Replies are queued and written once per loop turn (``flush``);
+  frame reaches the node. A client connection is also closed (logged) when it stays idle
+  (no open call, no complete frame in and no reply out) for ``client_idle_timeout_ms``, or
+  leaves a frame incomplete for ``partial_frame_timeout_ms``: one timer per connection,
+  re-armed when it fires, so the hot path only notes the loop time. Peers have neither
+  timeout (they heartbeat). Replies are queued and written once per loop turn (``flush``);
   reading pauses while the transport's write buffer is over its high mark or too many calls
   are open, so a client that does not read its replies cannot grow the node's memory.
 * ``PeerLink``: the outbound side towards one peer. It connects lazily on the first frame,
@@ -53,6 +58,11 @@ class InboundHost(Protocol):
         """None to accept the peer, or the reason to refuse it."""
         ...
 
+    def accept_client(self, conn: InboundConnection) -> str | None:
+        """None to accept ``conn`` as a client (its first frame is a Call), or the reason to
+        refuse it (a budget)."""
+        ...
+
     def peer_message(self, src: NodeId, msg: object) -> None:
         """A protocol message from peer ``src``."""
         ...
@@ -85,10 +95,16 @@ class InboundConnection(asyncio.Protocol):
         self._out: list[bytes] = []
         self._write_paused = False
         self._read_paused = False
-        self._first_frame_timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None  # first frame, then client timeouts
+        self._partial_since: float | None = None  # loop time a client's incomplete frame began
+        self.activity_at = 0.0
+        """Loop time of the last complete frame received or reply queued (or of the accept)."""
         self.kind = ConnKind.NEW
         self.peer: NodeId | None = None
         self.label = "?"
+        self.address = "?"
+        """The remote IP address (per-address limits)."""
         self.open_calls: set[int] = set()  # call ids of the runner, maintained by it
         self.close_reason: str | None = None
 
@@ -102,17 +118,21 @@ class InboundConnection(asyncio.Protocol):
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
         tcp = self._transport = cast(asyncio.Transport, transport)
         peername = tcp.get_extra_info("peername")
-        self.label = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else "?"
+        if isinstance(peername, tuple):
+            self.address = str(peername[0])
+            self.label = f"{peername[0]}:{peername[1]}"
         tcp.set_write_buffer_limits(
             high=self._config.write_buffer_high_bytes, low=self._config.write_buffer_low_bytes
         )
+        loop = self._loop = asyncio.get_running_loop()
+        self.activity_at = loop.time()
         if not self._host.connection_opened(self):
-            self.close("refused: too many connections or node not running", level=logging.WARNING)
+            self.close("refused: the node is not running", level=logging.INFO)
             return
-        loop = asyncio.get_running_loop()
-        self._first_frame_timer = loop.call_later(
-            self._config.first_frame_timeout_ms / 1000, self._first_frame_timeout
-        )
+        if self.kind is ConnKind.NEW:
+            self._timer = loop.call_later(
+                self._config.first_frame_timeout_ms / 1000, self._first_frame_timeout
+            )
 
     def data_received(self, data: bytes) -> None:
         if self.kind is ConnKind.CLOSED:
@@ -122,6 +142,8 @@ class InboundConnection(asyncio.Protocol):
         except FrameError as exc:
             self.close(f"bad frame: {exc}")
             return
+        if self.kind is ConnKind.CLIENT:
+            self._note_client_bytes(bool(payloads))
         for payload in payloads:
             try:
                 msg = decode_payload(payload, frame_bytes_max=self._frame_bytes_max)
@@ -136,9 +158,7 @@ class InboundConnection(asyncio.Protocol):
         return None  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._first_frame_timer is not None:
-            self._first_frame_timer.cancel()
-            self._first_frame_timer = None
+        self._cancel_timer()
         was_open = self.kind is not ConnKind.CLOSED
         self.kind = ConnKind.CLOSED
         self._out.clear()
@@ -174,13 +194,20 @@ class InboundConnection(asyncio.Protocol):
             if reason is not None:
                 self.close(f"Hello refused: {reason}", level=logging.WARNING)
                 return
-            self._first_frame_seen()
+            self._cancel_timer()  # peers heartbeat: no idle or partial-frame timeout
             self.kind = ConnKind.PEER
             self.peer = msg.node
             log.debug("peer connection from %s (%s)", msg.node, self.label)
         elif type(msg) is Call:
-            self._first_frame_seen()
+            reason = self._host.accept_client(self)
+            if reason is not None:
+                self.close(f"client refused: {reason}", level=logging.WARNING)
+                return
+            self._cancel_timer()
             self.kind = ConnKind.CLIENT
+            # The rest of this read may hold the start of the next frame.
+            self._note_client_bytes(True)
+            self._arm_client_timer()
             self._call(msg)
         else:
             self.close(f"first frame is {type(msg).__name__}, not Hello or Call")
@@ -196,16 +223,87 @@ class InboundConnection(asyncio.Protocol):
             return
         self._host.client_call(self, call.req_id, request)
 
-    def _first_frame_seen(self) -> None:
-        if self._first_frame_timer is not None:
-            self._first_frame_timer.cancel()
-            self._first_frame_timer = None
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _first_frame_timeout(self) -> None:
-        self._first_frame_timer = None
+        self._timer = None
         if self.kind is ConnKind.NEW:
             timeout_ms = self._config.first_frame_timeout_ms
             self.close(f"no Hello or Call within {timeout_ms} ms", level=logging.INFO)
+
+    # -- client timeouts ----------------------------------------------------------------------
+
+    def _note_client_bytes(self, completed: bool) -> None:
+        """Bytes arrived on a client connection: ``completed`` if they ended some frame."""
+        loop = self._loop
+        if loop is None:
+            return
+        now = loop.time()
+        if completed:
+            self.activity_at = now
+        if self._decoder.buffered == 0:
+            self._partial_since = None
+        elif completed or self._partial_since is None:
+            self._partial_since = now  # a new frame began
+
+    def _arm_client_timer(self) -> None:
+        """Arm the timer at the earliest moment a client timeout can be due. A frame that
+        begins later is due no sooner than ``partial_frame_timeout_ms`` from now, so the
+        timer never waits longer than that (one wake-up per client and that period)."""
+        loop = self._loop
+        if loop is None or self.kind is not ConnKind.CLIENT:
+            return
+        config = self._config
+        now = loop.time()
+        partial_since = self._partial_since
+        # Only a connection that could be closed as idle counts from its last activity; the
+        # others (an open call, a frame under way, reading paused) are idle from now at best.
+        busy = self.open_calls or partial_since is not None or self._read_paused
+        idle_from = now if busy else self.activity_at
+        partial_from = now if partial_since is None or self._read_paused else partial_since
+        due = min(
+            idle_from + config.client_idle_timeout_ms / 1000,
+            partial_from + config.partial_frame_timeout_ms / 1000,
+        )
+        self._timer = loop.call_at(max(due, now), self._client_timeout)
+
+    def _client_timeout(self) -> None:
+        self._timer = None
+        loop = self._loop
+        if loop is None or self.kind is not ConnKind.CLIENT:
+            return
+        config = self._config
+        now = loop.time()
+        if self._read_paused:
+            # Not reading is the node's choice (backpressure): nothing here is the client's
+            # delay; a frame under way restarts its clock when reading resumes.
+            self._arm_client_timer()
+            return
+        partial_since = self._partial_since
+        if (
+            partial_since is not None
+            and now - partial_since >= config.partial_frame_timeout_ms / 1000
+        ):
+            self.close(
+                f"a frame left incomplete for {config.partial_frame_timeout_ms} ms "
+                f"({self._decoder.buffered} bytes buffered)",
+                level=logging.INFO,
+            )
+            return
+        if (
+            not self.open_calls
+            and partial_since is None
+            and now - self.activity_at >= config.client_idle_timeout_ms / 1000
+        ):
+            self.close(
+                f"client idle for {config.client_idle_timeout_ms} ms (no open call)",
+                level=logging.INFO,
+            )
+            return
+        self._arm_client_timer()
 
     # -- output -------------------------------------------------------------------------------
 
@@ -228,7 +326,11 @@ class InboundConnection(asyncio.Protocol):
         out.clear()
 
     def calls_changed(self) -> None:
-        """The number of open calls changed: pause or resume reading accordingly."""
+        """The number of open calls changed (a call arrived or was answered): the connection
+        is active; pause or resume reading accordingly."""
+        loop = self._loop
+        if loop is not None:
+            self.activity_at = loop.time()
         self._update_reading()
 
     def _update_reading(self) -> None:
@@ -241,6 +343,8 @@ class InboundConnection(asyncio.Protocol):
             transport.pause_reading()
         elif not pause and self._read_paused:
             self._read_paused = False
+            if self._partial_since is not None and self._loop is not None:
+                self._partial_since = self._loop.time()
             transport.resume_reading()
 
     def close(self, reason: str, *, level: int = logging.WARNING) -> None:
@@ -252,9 +356,7 @@ class InboundConnection(asyncio.Protocol):
         self.kind = ConnKind.CLOSED
         self.close_reason = reason
         log.log(level, "closing connection %s: %s", self.label, reason)
-        if self._first_frame_timer is not None:
-            self._first_frame_timer.cancel()
-            self._first_frame_timer = None
+        self._cancel_timer()
         if self._transport is not None:
             self._transport.close()
 

@@ -80,6 +80,9 @@ class _CountingHost:
     def accept_hello(self, conn: InboundConnection, hello: Hello) -> str | None:
         return None
 
+    def accept_client(self, conn: InboundConnection) -> str | None:
+        return None
+
     def peer_message(self, src: str, msg: object) -> None:
         self.messages += 1
 
