@@ -7,7 +7,8 @@ master and ``down`` stops all six; ``status`` exits 0
 and lists the masters while all nodes are up, 1 once a node is SIGKILLed; a second ``up`` and
 a second opener of a data dir are refused; ``down`` stops every process, removes the pid files
 and is idempotent; a node that cannot start makes ``up`` report its log tail, stop the others
-and exit 1. ``node run`` (store and lock replicas): startup errors (unknown node, busy port, invalid
+and exit 1; the home's directories and files, the nodes' data included, are 0700 and 0600.
+``node run`` (store and lock replicas): startup errors (unknown node, busy port, invalid
 config, a data dir of another cluster) exit 2 with one line naming the problem; SIGTERM stops it gracefully (0).
 Every process is torn down in a ``finally``; every wait is bounded.
 """
@@ -18,6 +19,7 @@ import os
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -55,6 +57,13 @@ def wait_for(predicate: Callable[[], bool], what: str, timeout_s: float = 10.0) 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
+
+
+def assert_private(root: Path) -> None:
+    """``root`` and every directory below it 0700, every file 0600."""
+    for path in (root, *root.rglob("*")):
+        want = 0o700 if path.is_dir() else 0o600
+        assert stat.S_IMODE(path.stat().st_mode) == want, path
 
 
 def recorded_pids(home: ClusterHome) -> dict[str, int]:
@@ -103,6 +112,9 @@ def test_up_status_kill_down(workdir: Path) -> None:
             assert home.log_file(node).exists()
             assert (home.data_dir(node) / "pxq-node.json").exists()
         assert home.recorded_config() == (workdir / "cluster.toml").resolve()
+        # Everything up wrote, and the nodes' data, is private to this user (issue 13).
+        for d in (home.run_dir, home.logs_dir, home.data_root):
+            assert_private(d)
         assert not home.default_config.exists()  # --config given: nothing written
 
         status = pxq("cluster", "status", cwd=workdir)

@@ -10,6 +10,10 @@ processes in it::
     .pxq/logs/<node>.log     each node's stdout and stderr (appended; one header per start)
     .pxq/data/<node>/        each node's LMDB data dir
 
+The home (when ``up`` creates it) and its directories are 0700 and every file written in them
+0600 (``net.files``); wider modes found in ``run``, ``logs`` and ``data`` are tightened and
+logged.
+
 ``up`` starts every replica of every store, then every replica of the lock service (if the
 configuration has ``[locks]``), each as ``python -m pxq.cli node run`` (``net.node.server``) in a
 session of its own, so that the nodes outlive the command, then waits (bounded) until every
@@ -28,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -47,7 +52,10 @@ from net.cluster.probe import (
 )
 from net.config import NetConfig
 from net.errors import NetError
+from net.files import DIR_MODE, open_private_append, private_dir, write_private
 from pxq.config import DEFAULT_TOML, ClusterConfig, Role, load_config
+
+log = logging.getLogger("pxq.net.cluster")
 
 HOME_DEFAULT: Final = Path(".pxq")
 CONFIG_NAME: Final = "cluster.toml"
@@ -162,9 +170,25 @@ def read_pid(path: Path) -> int | None:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_private(path, text.encode())
+
+
+def _make_home(root: Path) -> None:
+    """Create the home as 0700 if it is missing. An existing one keeps its mode (it may be a
+    directory of the user's, ``--home .``): what pxq writes in it is private either way."""
+    root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+
+
+def _private_dir(path: Path) -> None:
+    """``net.files.private_dir``, logging what it had to tighten."""
+    tightened = private_dir(path)
+    if tightened:
+        log.warning(
+            "%s: tightened the modes of %s (they were open to group or others; the cluster "
+            "home is private: directories 0700, files 0600)",
+            path,
+            ", ".join(tightened),
+        )
 
 
 def is_node_process(pid: int, node: str) -> bool:
@@ -285,7 +309,7 @@ def prepare_config(home: ClusterHome, config_file: Path | None) -> tuple[Path, b
     path = home.default_config
     if path.exists():
         return path, False
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_home(path.parent)
     _write_atomic(path, DEFAULT_TOML)
     return path, True
 
@@ -317,8 +341,9 @@ async def up(
         )
     for stale in home.pid_files().values():
         stale.unlink(missing_ok=True)
+    _make_home(home.root)
     for d in (home.run_dir, home.logs_dir, home.data_root):
-        d.mkdir(parents=True, exist_ok=True)
+        _private_dir(d)
     procs: dict[str, subprocess.Popen[bytes]] = {}
     nodes: list[NodeProcess] = []
     try:
@@ -326,14 +351,14 @@ async def up(
         for info in config.all_nodes():
             node = info.node
             log_path = home.log_file(node)
-            with log_path.open("ab") as log:
+            with open_private_append(log_path) as node_log:
                 stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-                log.write(f"---- {stamp} pxq cluster up: starting {node} ----\n".encode())
-                log.flush()
+                node_log.write(f"---- {stamp} pxq cluster up: starting {node} ----\n".encode())
+                node_log.flush()
                 proc = subprocess.Popen(
                     node_command(config_abs, node, home.data_dir(node).resolve()),
                     stdin=subprocess.DEVNULL,
-                    stdout=log,
+                    stdout=node_log,
                     stderr=subprocess.STDOUT,
                     env=env,
                     start_new_session=True,

@@ -2,7 +2,8 @@
 
 ``LmdbStorage`` owns one LMDB environment per node data dir and everything about it:
 
-* the data dir itself: created if missing, locked against a second opener (``flock`` on
+* the data dir itself: created if missing, private (0700, its files 0600, wider modes found
+  tightened and logged: ``net.files``), locked against a second opener (``flock`` on
   ``pxq-node.lock``: a second process, or a second runner in this process, fails to start
   instead of becoming a second writer), and stamped with a marker (``pxq-node.json``) that
   records the cluster id and node name, so that a node is never started on another node's
@@ -48,6 +49,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
 import os
 import struct
 from collections import deque
@@ -61,6 +63,7 @@ import lmdb
 
 from net.config import NetConfig
 from net.errors import DataDirError, DataDirMismatch, StorageError, StorageFull
+from net.files import FILE_MODE, private_dir
 from pxq.effects import Delete, DeleteRange, Put, StorageCorruption, Write
 from pxq.sorted_table import MISSING, PendingTable
 
@@ -73,6 +76,8 @@ DATA_NAME: Final = "data.mdb"
 DAMAGED_NAME: Final = "pxq-damaged.json"
 """Records that failed their checksum, noted by the runner for the next ``Boot.damaged``."""
 """LMDB's data file inside the data dir."""
+
+log = logging.getLogger("pxq.net.storage")
 
 _CRC = struct.Struct(">I")
 _CRC_BYTES = _CRC.size
@@ -318,6 +323,7 @@ class LmdbStorage:
                     metasync=True,  # an acceptor's promise must survive a crash
                     writemap=False,
                     lock=True,
+                    mode=FILE_MODE,  # data.mdb and lock.mdb (net.files)
                 )
             except lmdb.Error as exc:
                 raise DataDirError(f"cannot open the LMDB environment in {path}: {exc}") from exc
@@ -794,9 +800,16 @@ def _prepare_dir(path: Path) -> None:
     if path.exists() and not path.is_dir():
         raise DataDirError(f"data dir {path} exists and is not a directory")
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        tightened = private_dir(path)
     except OSError as exc:
         raise DataDirError(f"cannot create data dir {path}: {exc.strerror}") from exc
+    if tightened:
+        log.warning(
+            "data dir %s: tightened the modes of %s (they were open to group or others; "
+            "a data dir is 0700 and its files 0600)",
+            path,
+            ", ".join(tightened),
+        )
     if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
         raise DataDirError(f"data dir {path} is not readable and writable by this user")
 
@@ -804,7 +817,7 @@ def _prepare_dir(path: Path) -> None:
 def _lock_dir(path: Path) -> int:
     lock_path = path / LOCK_NAME
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
     except OSError as exc:
         raise DataDirError(f"cannot open {lock_path}: {exc.strerror}") from exc
     try:
@@ -872,7 +885,7 @@ def _write_marker(path: Path, *, cluster: str, node: str) -> None:
     body = json.dumps({"format": MARKER_FORMAT, "cluster": cluster, "node": node}) + "\n"
     tmp = path / (MARKER_NAME + ".tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
         try:
             os.write(fd, body.encode())
             os.fsync(fd)
@@ -906,7 +919,7 @@ def note_damaged(path: Path, record: tuple[str, bytes]) -> None:
     body = json.dumps({"damaged": [[t, k.hex()] for t, k in records]}) + "\n"
     tmp = path / (DAMAGED_NAME + ".tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
         try:
             os.write(fd, body.encode())
             os.fsync(fd)
