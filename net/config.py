@@ -1,9 +1,10 @@
 """The limits of the production driver, named in one place (DESIGN section 7).
 
 ``NetConfig`` holds every bound the ``net`` package enforces: frame sizes, queue lengths,
-connection counts, timeouts, backoff, LMDB map sizes and the storage headroom below which a
-node refuses enqueues (``storage_reserve_bytes``; see ``net.node.runner``). The storage fields can be
-set from the cluster file's ``[storage]`` table (``NetConfig.for_cluster``). Identity (cluster
+connection budgets, timeouts, backoff, LMDB map sizes and the storage headroom below which a
+node refuses enqueues (``storage_reserve_bytes``; see ``net.node.runner``). The storage fields
+and the connection budgets and timeouts can be set from the cluster file's ``[storage]`` and
+``[connections]`` tables (``NetConfig.for_cluster``). Identity (cluster
 id, node name, addresses, data dir) is not a limit and is passed to the runner separately.
 """
 
@@ -21,10 +22,13 @@ from pxq.config.model import (
     STORAGE_RESERVE_AUTO_MIN_BYTES,
     STORAGE_RESERVE_AUTO_PERCENT,
     ClusterConfig,
+    ConnectionsConfig,
 )
 
 # The units stay importable from here (the storage defaults above are the core's, by name).
 __all__ = ["KIB", "MIB", "NetConfig"]
+
+_CONNECTIONS = ConnectionsConfig()  # the defaults of the cluster file's [connections]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,31 +44,31 @@ class NetConfig:
     # Every inbound connection is unclassified until its first frame, then a peer (an
     # accepted Hello) or a client (a Call), and each kind has its own budget, so that no
     # flood of one kind can lock the other out (``net.node.runner``, docs/operations.md).
-    unclassified_connections_max: int = 1024
+    unclassified_connections_max: int = _CONNECTIONS.unclassified_max
     """Connections open at once that have not sent their first frame yet. When the budget is
     full, a new connection evicts the oldest unclassified one (closed with a logged reason):
     a flood of silent connections cannot hold the door against a peer or a client, which
     send their first frame at once."""
-    client_connections_max: int = 1024
+    client_connections_max: int = _CONNECTIONS.clients_max
     """Client connections (first frame a Call) open at once. When the budget is full, a new
     client evicts the least recently active client connection (its last complete frame in
     or reply out is the oldest)."""
-    peer_connections_per_node: int = 2
+    peer_connections_per_node: int = _CONNECTIONS.per_peer_max
     """Inbound connections of one known peer (its Hello accepted) open at once; a further
     Hello from that peer evicts its oldest connection (a stale one the peer gave up). The
     peers' budget is separate from the clients': clients never use a peer's slot."""
-    connections_per_address_max: int = 128
+    connections_per_address_max: int = _CONNECTIONS.per_address_max
     """Client connections, and separately unclassified connections, from one IP address.
     A Call from an address at the limit closes its connection (logged, nothing stepped); a
     new connection from an address with as many unclassified ones evicts its oldest one.
     Peers are exempt once their Hello is accepted."""
-    first_frame_timeout_ms: int = 5_000
+    first_frame_timeout_ms: int = _CONNECTIONS.first_frame_timeout_ms
     """An inbound connection that has not sent a complete Hello or Call by then is closed
     (bounds the cost of idle or trickling connections)."""
-    client_idle_timeout_ms: int = 300_000
+    client_idle_timeout_ms: int = _CONNECTIONS.client_idle_timeout_ms
     """A client connection with no open call that has sent no complete frame and received no
     reply for this long is closed (logged). Peers are exempt: they heartbeat."""
-    partial_frame_timeout_ms: int = 30_000
+    partial_frame_timeout_ms: int = _CONNECTIONS.partial_frame_timeout_ms
     """A client connection that started a frame and has not completed it within this long is
     closed (logged): a slow trickle cannot hold a connection and its buffer forever."""
     conn_calls_open_max: int = 4096
@@ -177,12 +181,21 @@ class NetConfig:
 
     @classmethod
     def for_cluster(cls, config: ClusterConfig) -> NetConfig:
-        """The defaults, with the cluster file's ``[storage]`` table applied."""
+        """The defaults, with the cluster file's ``[storage]`` and ``[connections]`` tables
+        applied."""
         storage = config.storage
+        conns = config.connections
         return cls(
             map_size_bytes=storage.map_size_bytes,
             map_size_max_bytes=storage.map_size_max_bytes,
             storage_reserve_bytes=storage.reserve_bytes,
+            unclassified_connections_max=conns.unclassified_max,
+            client_connections_max=conns.clients_max,
+            peer_connections_per_node=conns.per_peer_max,
+            connections_per_address_max=conns.per_address_max,
+            first_frame_timeout_ms=conns.first_frame_timeout_ms,
+            client_idle_timeout_ms=conns.client_idle_timeout_ms,
+            partial_frame_timeout_ms=conns.partial_frame_timeout_ms,
         )
 
     def reserve_for(self, capacity_bytes: int) -> int:

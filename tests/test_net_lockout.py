@@ -8,7 +8,8 @@ from being served; an idle client connection is closed after ``client_idle_timeo
 is closed after ``partial_frame_timeout_ms``; a client beyond ``connections_per_address_max``
 is refused with a logged reason while other addresses are served; a full client budget
 evicts the least recently active client; a peer connecting again evicts its oldest
-connection beyond ``peer_connections_per_node``.
+connection beyond ``peer_connections_per_node``; the cluster file's ``[connections]`` table
+sets the budgets and timeouts (key-path errors).
 
 Every loopback address is local on Linux, so a socket bound to 127.0.0.2 is "another host"
 for the per-address limits.
@@ -28,6 +29,8 @@ from net.config import NetConfig
 from net.node.runner import NodeRunner
 from net.wire.envelope import Hello
 from net.wire.framing import encode_frame
+from pxq.config import ConnectionsConfig, loads_config
+from tests.test_config import BASE, error
 from tests.test_net_runner import call_frame, connect, decode_replies, pings_from, recv_all
 from tests.test_net_support import (
     CLUSTER,
@@ -329,3 +332,34 @@ def test_budgets_are_checked_at_construction() -> None:
     ):
         with pytest.raises(ValueError, match=field):
             NetConfig(**{field: 0})
+
+
+def test_the_connections_table_of_the_cluster_file_sets_the_budgets_and_timeouts() -> None:
+    assert NetConfig.for_cluster(loads_config(BASE)) == NetConfig()
+    c = loads_config(
+        BASE + "[connections]\nunclassified_max = 10\nclients_max = 20\nper_peer_max = 3\n"
+        "per_address_max = 4\nfirst_frame_timeout_ms = 50\nclient_idle_timeout_ms = 60\n"
+        "partial_frame_timeout_ms = 70\n"
+    )
+    assert c.connections == ConnectionsConfig(
+        unclassified_max=10,
+        clients_max=20,
+        per_peer_max=3,
+        per_address_max=4,
+        first_frame_timeout_ms=50,
+        client_idle_timeout_ms=60,
+        partial_frame_timeout_ms=70,
+    )
+    net = NetConfig.for_cluster(c)
+    assert (
+        net.unclassified_connections_max,
+        net.client_connections_max,
+        net.peer_connections_per_node,
+        net.connections_per_address_max,
+        net.first_frame_timeout_ms,
+        net.client_idle_timeout_ms,
+        net.partial_frame_timeout_ms,
+    ) == (10, 20, 3, 4, 50, 60, 70)
+    for bad, key in (("per_address_max = 0", "per_address_max"), ("clients = 5", "clients")):
+        e = error(BASE + "[connections]\n" + bad + "\n")
+        assert e.key_path == f"connections.{key}", (bad, e.key_path)

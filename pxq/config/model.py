@@ -113,6 +113,23 @@ class StorageConfig:
     reported short (enqueues are never refused ``storage_full``)."""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectionsConfig:
+    """Every node's inbound connection budgets and client timeouts (the ``[connections]``
+    table; the production driver's ``NetConfig`` takes it over, where each field is
+    documented: ``unclassified_max`` is ``NetConfig.unclassified_connections_max``,
+    ``clients_max`` ``client_connections_max``, ``per_peer_max``
+    ``peer_connections_per_node``, ``per_address_max`` ``connections_per_address_max``)."""
+
+    unclassified_max: int = 1024
+    clients_max: int = 1024
+    per_peer_max: int = 2
+    per_address_max: int = 128
+    first_frame_timeout_ms: int = 5_000
+    client_idle_timeout_ms: int = 300_000
+    partial_frame_timeout_ms: int = 30_000
+
+
 INFLIGHT_BATCHES_MAX = 64
 """Largest ``[batching] inflight_batches`` accepted."""
 
@@ -364,6 +381,8 @@ class ClusterConfig:
     """The consumers' ownership timing (the ``[ownership]`` table, defaults if absent)."""
     storage: StorageConfig = StorageConfig()
     """Every node's LMDB sizing and storage reserve (``[storage]``, defaults if absent)."""
+    connections: ConnectionsConfig = ConnectionsConfig()
+    """Every node's connection budgets and client timeouts (``[connections]``)."""
     _ring: StoreRing | None = field(default=None, repr=False, compare=False)
     _topics: dict[str, TopicInfo] = field(default_factory=dict, repr=False, compare=False)
     _queues_cache: dict[tuple[str, str, int], tuple[int, ...]] = field(

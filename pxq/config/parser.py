@@ -23,6 +23,7 @@ from pxq.config.model import (
     STORAGE_MAP_BYTES_MIN,
     Batching,
     ClusterConfig,
+    ConnectionsConfig,
     ConsumerGroupConfig,
     Limits,
     LockServiceConfig,
@@ -62,6 +63,7 @@ _SECTIONS: Final = (
     "limits",
     "batching",
     "storage",
+    "connections",
     "stores",
     "locks",
     "ownership",
@@ -115,6 +117,7 @@ def _cluster(doc: TomlTable) -> ClusterConfig:
     storage = _storage(
         doc.table("storage", allowed=("map_size_bytes", "map_size_max_bytes", "reserve_bytes"))
     )
+    connections = _connections(doc.table("connections", allowed=_CONNECTIONS))
     if not doc.has("stores"):
         raise doc.error("stores", "missing (at least one [[stores]])")
     stores_raw = doc.tables(
@@ -164,6 +167,7 @@ def _cluster(doc: TomlTable) -> ClusterConfig:
         locks=locks,
         ownership=ownership,
         storage=storage,
+        connections=connections,
     )
 
 
@@ -173,6 +177,14 @@ _LIMITS: Final = tuple(f.name for f in dataclasses.fields(Limits))
 def _limits(t: TomlTable) -> Limits:
     defaults = Limits()
     return Limits(**{n: t.integer(n, getattr(defaults, n), lo=1) for n in _LIMITS})
+
+
+_CONNECTIONS: Final = tuple(f.name for f in dataclasses.fields(ConnectionsConfig))
+
+
+def _connections(t: TomlTable) -> ConnectionsConfig:
+    defaults = ConnectionsConfig()
+    return ConnectionsConfig(**{n: t.integer(n, getattr(defaults, n), lo=1) for n in _CONNECTIONS})
 
 
 def _storage(t: TomlTable) -> StorageConfig:
