@@ -18,7 +18,6 @@ authenticating peers is for (``docs/security.md``).
 from __future__ import annotations
 
 import dataclasses
-import typing
 from typing import Any
 
 import pytest
@@ -29,29 +28,13 @@ from pxq.effects import Boot, Put, StorageCorruption
 from pxq.paxos import messages as pm
 from pxq.paxos.records import KIND_PROMISE, META, encode_entry, encode_u64, meta_key
 from pxq.paxos.replica import _PEER_TYPES
-from pxq.paxos.validate import BALLOT_MAX, COUNT_MAX, U64_MAX
+from pxq.paxos.validate import BALLOT_MAX, COUNT_MAX
+from tests.hostile import U64_MAX, ints, messages_of
 from tests.paxos_harness import Cluster
 
 FAKE = "r2"
 HONEST = ("r0", "r1")
 
-EXTREMES = (
-    0,
-    1,
-    15,
-    16,
-    17,
-    BALLOT_MAX - 1,
-    BALLOT_MAX,
-    BALLOT_MAX + 1,
-    COUNT_MAX,
-    COUNT_MAX + 1,
-    U64_MAX,
-    -1,
-    -(1 << 63),
-)
-small = st.integers(0, 12)
-ints = st.one_of(small, small, st.sampled_from(EXTREMES), st.integers(-(1 << 63), U64_MAX))
 # Mostly ballots the fake peer may own (it then reaches the protocol), else near the honest
 # ones (small rounds, every owner index) or wild.
 fakes = st.builds(lambda r: r * 16 + 2, st.integers(1, 8))
@@ -71,30 +54,12 @@ values = st.one_of(
 )
 
 
-def _strategy(hint: Any, name: str) -> st.SearchStrategy[Any]:
-    if hint is int:
-        if name in ("ballot", "promised"):
-            return ballots
-        return groups if name == "group" else ints
-    if hint is bool:
-        return st.booleans()
-    if hint is bytes:
-        return values
-    if hint is str:
-        return names
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) is tuple:
-        return st.lists(_messages_of(args[0]), max_size=4).map(tuple)
-    if type(None) in args:  # X | None
-        (inner,) = [a for a in args if a is not type(None)]
-        return st.one_of(st.none(), _strategy(inner, name))
-    raise AssertionError(f"no strategy for {hint!r}")
-
-
 def _messages_of(cls: type) -> st.SearchStrategy[Any]:
-    hints = typing.get_type_hints(cls, vars(pm))
-    return st.builds(
-        cls, **{f.name: _strategy(hints[f.name], f.name) for f in dataclasses.fields(cls)}
+    return messages_of(
+        cls,
+        ints_by_name={"ballot": ballots, "promised": ballots, "group": groups},
+        strs_by_name={"master": names, "successor": names},
+        values=values,
     )
 
 
