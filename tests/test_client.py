@@ -481,12 +481,13 @@ def test_seek_replays_items_to_a_running_consumer(cluster: BackgroundCluster) ->
             # Forward past five items the group had not consumed: the result says so.
             assert later == pxq.SeekResult(positions={0: 5}, forward={0: 0})
             # A rewind on the store's time: the last minute holds all five items; "back 0"
-            # is past them all and moves nothing (a rewind never goes forward).
+            # is past them all and moves nothing (a rewind never goes forward): the cursor
+            # is set where it was, and listed.
             assert await client.seek("seek", "g", 0, back_ms=60_000) == pxq.SeekResult(
                 positions={0: 0}, forward={}
             )
             assert await client.seek("seek", "g", back_ms=0) == pxq.SeekResult(
-                positions={}, forward={}
+                positions={0: 0}, forward={}
             )
             with pytest.raises(ValueError, match="exactly one"):
                 await client.seek("seek", "g", 0, offset=1, back_ms=1)

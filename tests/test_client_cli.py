@@ -127,7 +127,7 @@ def test_seek_rewinds_on_the_store_time_and_warns_when_it_skips(
     back = seek("--back-ms", "60000")  # the last minute: every item
     assert (back.returncode, back.stdout.splitlines(), back.stderr) == (0, ["0\t0"], "")
     stay = seek("--back-ms", "0", "--queue", "0")  # nothing newer than now: stays, no skip
-    assert (stay.returncode, stay.stdout, stay.stderr) == (0, "", "")
+    assert (stay.returncode, stay.stdout, stay.stderr) == (0, "0\t0\n", "")
     both = seek("--back-ms", "1", "--offset", "1")
     assert both.returncode == 2 and "exactly one" in both.stderr
 

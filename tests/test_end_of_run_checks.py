@@ -303,6 +303,55 @@ def test_retry_flow_takes_a_replay_by_a_seek_in_flight_at_the_failure_for_what_i
     assert result.details["replayed-by-seek"] == 1
 
 
+def test_retry_flow_takes_a_replay_by_a_seek_completed_before_the_failure_for_what_it_is() -> None:
+    # swarm-queue seed 210: the seek completed after the item's delivery from the base topic
+    # but before its failure on level 1 (its consumer was paused); the consumer noticed the
+    # seek on resuming and replayed the base topic over the item.
+    h = H()
+    h.enqueue("a", 0)
+    h.deliver("a", 0)
+    h.handle("a", 0, "fail")
+    h.seek(0)
+    h.deliver("a", 0, topic=R1)
+    h.handle("a", 0, "fail", topic=R1)
+    h.deliver("a", 0)
+    h.handle("a", 0, "ok")
+    h.deliver("a", 0, topic=R1)  # the item's own move: in place on level 1
+    h.handle("a", 0, "ok", topic=R1)
+    result = check_retry_flow(h.ops, {"g0": 2})
+    assert result.ok, result.summary
+    assert result.details["replayed-by-seek"] == 1
+
+
+@pytest.mark.parametrize("noticed", [True, False])
+def test_retry_flow_a_seek_noticed_after_a_stale_delivery_explains_the_replay(
+    noticed: bool,
+) -> None:
+    # The seek completed before the item's delivery from the base topic, which came from the
+    # consumer's old position; the consumer read the new cursor (a seek's epoch, at or below
+    # the item) only after the item failed on level 1, and replayed it. Without that cursor
+    # read nothing shows the lane went back: a misroute.
+    h = H()
+    h.enqueue("a", 0)
+    h.seek(0)
+    h.deliver("a", 0)
+    h.handle("a", 0, "fail")
+    h.deliver("a", 0, topic=R1)
+    h.handle("a", 0, "fail", topic=R1)
+    if noticed:
+        read: dict[str, JSON] = {"group": "g0", "topic": T, "queue": 0, "cursor": 0, "epoch": 1}
+        h.time_ms += 1
+        h.w.invoke(h.time_ms, "c0.cursor", "cursor_read", "c0", **read)
+        h.w.ok(h.time_ms, "c0.cursor", "cursor_read", "c0", **read)
+    h.deliver("a", 0)
+    h.handle("a", 0, "ok")
+    h.deliver("a", 0, topic=R1)
+    h.handle("a", 0, "ok", topic=R1)
+    result = check_retry_flow(h.ops, {"g0": 2})
+    assert result.ok == noticed, result.summary
+    assert result.details["replayed-by-seek"] == (1 if noticed else 0)
+
+
 # --------------------------------------------------------------------------------------------
 # failover does not count the lock service's own failover
 

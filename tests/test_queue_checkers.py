@@ -470,7 +470,8 @@ def test_order_accepts_a_redelivery_after_each_excuse(excuse: str) -> None:
 def test_order_a_seek_that_left_the_cursor_explains_a_redelivery_but_no_skip() -> None:
     # A rewind by back_ms often leaves the cursor where it is (it never moves forward), yet
     # it sets the cursor: the consumer restarts from the committed cursor and redelivers what
-    # it had not committed. Over every queue too, though only the moved ones are listed.
+    # it had not committed. Over every queue too, even from a history that lists the moved
+    # queues only (the store lists every queue a seek set).
     for queue in (0, None):
         h = H()
         for i, msg in enumerate("abcdef"):
@@ -506,6 +507,24 @@ def test_order_a_seek_still_in_flight_explains_a_later_rewind() -> None:
     assert result.details["redeliveries-by-reason"] == {"seek": 2}
     # Once both completed, a third rewind has no excuse.
     h.take("g", "b", 1)
+    assert check_queue_order(h.ops).details["unexplained-redelivery"] == 1
+
+
+def test_order_each_completed_seek_explains_one_rewind_noticed_late() -> None:
+    # swarm-queue seed 54: two seeks completed (the second left the cursor where it was, yet
+    # raised its epoch) before the consumer noticed the first; it went back once per seek.
+    h = H()
+    for i, msg in enumerate("abc"):
+        h.enqueue(msg, i)
+    _in_order(h, "g", list("ab"))
+    h.seek("g", [(0, 0)])
+    h.seek("g", [(0, 0)])
+    _in_order(h, "g", list("ab"))
+    _in_order(h, "g", list("abc"))
+    result = check_queue_order(h.ops)
+    assert result.details["unexplained-redelivery"] == 0, result.summary
+    assert result.details["redeliveries-by-reason"] == {"seek": 2}
+    h.take("g", "a", 0)  # a third time: two seeks explain two rewinds only
     assert check_queue_order(h.ops).details["unexplained-redelivery"] == 1
 
 

@@ -164,6 +164,15 @@ REGRESSION_SEEDS = [
     # item's failure on a retry level and completed just after it (pxq/check/queue.py,
     # check_retry_flow.sought: a seek in flight counts).
     ("swarm-consumers", 38),
+    # queue_order used up every completed seek at the first going-back, but a consumer notices
+    # a seek at its next cursor read: two seeks completed in a row (the second left the
+    # cursor where it was, raising its epoch) sent the lane back twice (pxq/check/queue.py,
+    # _LaneState.consume_rewind: one going-back per seek).
+    ("swarm-queue", 54),
+    # retry_flow called "misrouted" a replay from the base topic by a seek that completed
+    # before the item's failure on level 1 but after its delivery from the base topic (its
+    # consumer was paused): the seek counts since that delivery (check_retry_flow.sought).
+    ("swarm-queue", 210),
 ]
 """Seeds outside the scenario files' own that once found a bug: each must keep passing."""
 

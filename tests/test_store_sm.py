@@ -468,10 +468,11 @@ def test_a_relative_seek_never_moves_a_cursor_forward() -> None:
     d.one(commit(2))  # the group consumed offsets 0-1 only
     for wall_ms in (3000, 5000, 60_000):  # back 1 s lands at offset 4, 6, 6: all past 2
         r = d.one(back(1000, wall_ms))
-        assert isinstance(r, SeekOk) and r.positions == () and r.forward == ()
+        # Set where it was (listed: its epoch moved, the consumer goes back to it).
+        assert isinstance(r, SeekOk) and r.positions == ((0, 2),) and r.forward == ()
         assert d.qs.cursor("t", "all", 0) == 2
     r = d.one(back(0, 3000))  # "back 0": nothing to replay, and nothing skipped
-    assert isinstance(r, SeekOk) and r.positions == ()
+    assert isinstance(r, SeekOk) and r.positions == ((0, 2),)
     assert d.qs.cursor("t", "all", 0) == 2
     assert d.qs.epoch("t", "all", 0) == 4  # each seek set the cursor (consumers restart)
     r = d.one(back(10_000, 3000))  # far back: the start of the queue
@@ -536,7 +537,7 @@ def test_every_seek_increments_the_cursor_epoch_even_if_the_position_stays() -> 
     d.one(seek(2))
     assert (d.get().committed, d.get().epoch) == (2, 1)
     r = d.one(seek(2))
-    assert isinstance(r, SeekOk) and r.positions == ()  # did not move, yet
+    assert isinstance(r, SeekOk) and r.positions == ((0, 2),)  # did not move, yet set
     assert (d.get().committed, d.get().epoch) == (2, 2)
     d.one(SeekCmd(topic="t", group="all", queue=0, offset=None, time_ms=0))
     assert d.get().epoch == 3

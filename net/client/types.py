@@ -97,8 +97,9 @@ class Item:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SeekResult:
-    """What a ``seek`` did. ``positions``: queue -> new cursor, for every queue whose cursor
-    moved. ``forward``: queue -> the cursor before the seek, for every queue it moved
+    """What a ``seek`` did. ``positions``: queue -> the cursor it set, for every queue it set,
+    moved or not (the group's consumer goes back to it either way; a queue that never held
+    anything is not listed). ``forward``: queue -> the cursor before the seek, for every queue it moved
     *forward*: the group skips the items from there up to the new cursor (they will not be
     delivered to it). Only an absolute seek (``offset`` or ``time_ms``) moves a cursor forward;
     a ``back_ms`` rewind never does."""

@@ -203,7 +203,7 @@ class SeekRecord:
     """None: every queue of the topic."""
     outcome: Outcome
     positions: dict[int, int] | None
-    """Queue -> new cursor, for every queue that moved (``ok`` only)."""
+    """Queue -> the cursor the seek set, for every queue it set, moved or not (``ok`` only)."""
 
     def affects(self, queue: int) -> bool:
         """Whether this seek may have set ``queue``'s cursor (a failed seek set nothing). A
@@ -1180,12 +1180,16 @@ class _LaneState:
 
     def consume_rewind(self, offset: int, at: int) -> str | None:
         """Consume the excuse for going back to ``offset`` (a delivery at index ``at``) and
-        return its reason: the pending seeks (those completed before ``at`` are used up; one
-        still in flight may apply later and send the lane back again, so it stays), else the
-        handler failure with the lowest offset at or above ``offset``, else the oldest other
-        excuse. None if nothing explains it."""
+        return its reason: a pending seek (the oldest one completed before ``at`` is used up,
+        one going-back per seek: a consumer notices a seek at its next cursor read, which may
+        come well after the seek completed, so two seeks completed in a row can send the lane
+        back twice; one still in flight may apply later and send it back again, so it stays),
+        else the handler failure with the lowest offset at or above ``offset``, else the
+        oldest other excuse. None if nothing explains it."""
         if self.seeks:
-            self.seeks = [e for e in self.seeks if e.settled_after > at]
+            done = next((e for e in self.seeks if e.settled_after <= at), None)
+            if done is not None:
+                self.seeks.remove(done)
             return "seek"
         i = bisect.bisect_left(self.fails, (offset, -1))
         if i < len(self.fails):
@@ -1552,9 +1556,14 @@ def check_retry_flow(
       ``failed-after-success`` counts those.)
 
     A seek replays the base topic: a delivery from the base topic of an item whose pending
-    failure is on a retry level, after a seek of the group on that topic and queue (or every
-    queue) invoked since the failure, is a replay (``replayed``), not a misroute; the failure
-    stays pending for the item's own move to its next level.
+    failure is on a retry level is a replay (``replayed``), not a misroute, when a seek of the
+    group on that topic and queue (or every queue), invoked before it and setting a cursor at
+    or below its offset (or an unknown one), may have sent the lane back since the item's
+    previous delivery from the base topic: it applied after that delivery (it completed after
+    it, or its outcome is unknown), or a consumer read the lane's cursor after that delivery
+    at or below the offset with the epoch a seek raises (a consumer notices a seek at its next
+    cursor read, which may come long after the seek completed). The failure stays pending for
+    the item's own move to its next level.
 
     Deliveries from other groups' derived topics are left to ``check_total_queue``.
     """
@@ -1574,21 +1583,34 @@ def check_retry_flow(
     failures = retried = in_place = dead_lettered = replayed = 0
     dropped_last = 0
 
+    reads: dict[Lane, list[CursorRead]] = {}
+    for read in history.cursor_reads:
+        reads.setdefault(read.lane, []).append(read)
+    base_seen: dict[tuple[str, str], int] = {}
+    """(group, msg id) -> index of the item's latest delivery from the base topic."""
+
     def sought(d: Delivery, since: int) -> bool:
-        """Whether a seek of ``d``'s group on its topic and queue may have taken effect after
-        ``since`` and before ``d``: invoked before ``d`` and not completed by ``since`` (a
-        seek applies at some point between its invoke and its completion; one whose outcome
-        is unknown, at any point after its invoke)."""
-        return any(
-            seek.invoke_index < d.index
-            and (
-                seek.outcome != "ok"
-                or seek.completion_index is None
-                or seek.completion_index > since
-            )
-            and seek.affects(d.queue)
-            for seek in seeks.get((d.group, d.topic), [])
-        )
+        """Whether a seek of ``d``'s group on its topic and queue may have sent the lane back
+        over ``d``'s offset after index ``since``, the item's previous delivery from it (see
+        the docstring)."""
+        went_back = [
+            r
+            for r in reads.get(d.lane, [])
+            if since < r.index < d.index and r.cursor <= d.offset and r.epoch > 0
+        ]
+        for seek in seeks.get((d.group, d.topic), []):
+            if seek.invoke_index >= d.index or not seek.affects(d.queue):
+                continue
+            target = None if seek.positions is None else seek.positions.get(d.queue)
+            if target is not None and target > d.offset:
+                continue
+            if seek.outcome != "ok" or seek.completion_index is None:
+                return True  # applied at any point after its invoke
+            if seek.completion_index > since:
+                return True
+            if any(r.index > seek.invoke_index for r in went_back):
+                return True
+        return False
 
     def next_level(group: str, level: int) -> int | None:
         """Where an item that failed at ``level`` moves to (None: nowhere, in place only)."""
@@ -1612,6 +1634,9 @@ def check_retry_flow(
             failed_levels.setdefault(who, set()).add(level)
             continue
         d = event
+        since = base_seen.get(who, -1)
+        if level == 0:
+            base_seen[who] = d.index
         if level != DEAD_LETTER and d.attempt is not None and d.attempt != level:
             wrong_attempt.add(d.to_json() | {"attempt": d.attempt, "level": level})
         if level != 0:
@@ -1630,7 +1655,7 @@ def check_retry_flow(
         failed = pending.get(who)
         if failed is None:
             continue
-        if level == 0 and failed.level != 0 and sought(d, failed.index):
+        if level == 0 and failed.level != 0 and sought(d, since):
             replayed += 1
             continue
         del pending[who]

@@ -201,7 +201,9 @@ class SeekOk:
     topic: str
     group: str
     positions: tuple[tuple[int, int], ...]
-    """(queue, new cursor) for every queue that moved."""
+    """(queue, cursor) for every queue whose cursor the seek set, moved or not: its epoch
+    moved, so the group's consumer goes back to it (a queue that never held anything has no
+    cursor and is not listed)."""
     forward: tuple[tuple[int, int], ...] = ()
     """(queue, cursor before the seek) for every queue whose cursor the seek moved *forward*
     (an absolute target past the group's committed cursor): the items from that cursor up to

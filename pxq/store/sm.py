@@ -597,7 +597,7 @@ class QueueStore:
                 for q in self.config.queues_of(info.base.name, self.store, self.group)
                 if cg.subscribes_queue(q)
             )
-        moved: list[tuple[int, int]] = []
+        positions: list[tuple[int, int]] = []
         forward: list[tuple[int, int]] = []
         for queue in queues:
             q = self.queues.get((cmd.topic, queue))
@@ -618,12 +618,13 @@ class QueueStore:
             # The epoch moves even if the position stays: a commit based on an earlier Get
             # must not carry the cursor past the seek's target.
             self._save_cursor(q, cmd.group, position, token, epoch + 1)
-            if position != cursor:
-                moved.append((queue, position))
+            positions.append((queue, position))
             if position > cursor:
                 forward.append((queue, cursor))
         return _encode(
-            SeekOk(topic=cmd.topic, group=cmd.group, positions=tuple(moved), forward=tuple(forward))
+            SeekOk(
+                topic=cmd.topic, group=cmd.group, positions=tuple(positions), forward=tuple(forward)
+            )
         )
 
     # -- retry ------------------------------------------------------------------------------------
