@@ -21,6 +21,7 @@ from pxq.config.model import (
     STORAGE_RESERVE_AUTO_CAP_PERCENT,
     STORAGE_RESERVE_AUTO_MIN_BYTES,
     STORAGE_RESERVE_AUTO_PERCENT,
+    STORAGE_RESERVE_MIN_BYTES,
     ClusterConfig,
     ConnectionsConfig,
 )
@@ -105,8 +106,11 @@ class NetConfig:
     room: free filesystem space plus free pages inside the data file) falls below this, the
     runner tells the node (``pxq.effects.StorageLow``) and a store replica answers enqueues
     with ``StoreError(code="storage_full")``, letting everything else (Paxos traffic, gets,
-    cursor commits, retention) through. None: automatic, see ``reserve_for``; 0: no watch
-    (only the last resort). Must be below ``map_size_max_bytes``."""
+    cursor commits, retention) through. None: automatic, see ``reserve_for``. Else at least
+    ``STORAGE_RESERVE_MIN_BYTES`` (2 MiB; 0, no reserve, is refused: a full map then stopped
+    every replica at each restart) and below ``map_size_max_bytes``. A replica that starts
+    with less room than this is read-only from its boot, and its map may grow past
+    ``map_size_max_bytes`` by the reserve for that (``net.node.runner``)."""
     storage_space_refresh_ms: int = 100
     """The runner measures the space in use at most this often (at a client call's arrival);
     in between it charges every committed batch against the last measurement."""
@@ -168,9 +172,13 @@ class NetConfig:
         if self.map_size_bytes > self.map_size_max_bytes:
             raise ValueError("NetConfig needs map_size_bytes <= map_size_max_bytes")
         reserve = self.storage_reserve_bytes
-        if reserve is not None and not 0 <= reserve < self.map_size_max_bytes:
+        if (
+            reserve is not None
+            and not STORAGE_RESERVE_MIN_BYTES <= reserve < self.map_size_max_bytes
+        ):
             raise ValueError(
-                f"NetConfig.storage_reserve_bytes must be in 0..map_size_max_bytes-1 "
+                f"NetConfig.storage_reserve_bytes must be in {STORAGE_RESERVE_MIN_BYTES} "
+                f"(STORAGE_RESERVE_MIN_BYTES)..map_size_max_bytes-1 "
                 f"({self.map_size_max_bytes - 1}), got {reserve}"
             )
         if not 0 <= self.storage_resume_margin_percent <= 100:
@@ -203,8 +211,10 @@ class NetConfig:
         in use plus the space still available to it): ``storage_reserve_bytes`` if set, else
         ``STORAGE_RESERVE_AUTO_PERCENT`` of the capacity, at least
         ``STORAGE_RESERVE_AUTO_MIN_BYTES``, at most ``STORAGE_RESERVE_AUTO_CAP_PERCENT`` of
-        it. The automatic reserve follows the capacity rather than ``map_size_max_bytes``: on
-        a disk smaller than the map maximum, 5 % of the maximum could exceed the disk."""
+        it, and never below ``STORAGE_RESERVE_MIN_BYTES`` (on a tiny capacity the node is then
+        always short: it still serves everything but enqueues). The automatic reserve follows
+        the capacity rather than ``map_size_max_bytes``: on a disk smaller than the map
+        maximum, 5 % of the maximum could exceed the disk."""
         if capacity_bytes < 0:
             raise ValueError(f"capacity_bytes must be >= 0, got {capacity_bytes}")
         if self.storage_reserve_bytes is not None:
@@ -212,4 +222,5 @@ class NetConfig:
         auto = max(
             STORAGE_RESERVE_AUTO_MIN_BYTES, capacity_bytes * STORAGE_RESERVE_AUTO_PERCENT // 100
         )
-        return min(auto, capacity_bytes * STORAGE_RESERVE_AUTO_CAP_PERCENT // 100)
+        capped = min(auto, capacity_bytes * STORAGE_RESERVE_AUTO_CAP_PERCENT // 100)
+        return max(STORAGE_RESERVE_MIN_BYTES, capped)

@@ -33,7 +33,9 @@ Model (after turmoil-fs, FoundationDB's AsyncFileNonDurable and LMDB's semantics
   last resort crashes the node). Below that, ``reserve_bytes`` is the headroom kept for what
   is not an enqueue: ``space()`` reports whether the room left is below the reserve, or back
   above it plus ``resume_margin_percent`` (hysteresis), and the driver reports those
-  crossings to the node (``pxq.effects.StorageLow``), which then refuses enqueues.
+  crossings to the node (``pxq.effects.StorageLow``), which then refuses enqueues. A
+  scenario file refuses a capacity without a reserve, as a cluster file refuses
+  ``[storage] reserve_bytes = 0``; a disk fault can still fill a disk totally.
 - A lying fsync (negative control only) reports success without making anything durable.
 """
 

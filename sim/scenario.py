@@ -467,6 +467,10 @@ def _scenario(t: TomlTable) -> Scenario:
     reserve = d.integer("reserve_bytes", 0, lo=0)
     if capacity is not None and reserve >= capacity:
         raise d.error("reserve_bytes", f"must be below capacity_bytes ({capacity})")
+    if capacity is not None and reserve == 0:
+        # As a cluster file's [storage] reserve_bytes (pxq.config): no reserve, and a disk
+        # that fills up stops its node at every write, with no way to free space.
+        raise d.error("reserve_bytes", "must be > 0 with capacity_bytes (a disk needs a reserve)")
     disk = DiskSpec(
         fsync=_delay(d, "fsync", DiskSpec().fsync) or DiskSpec().fsync,
         write_us_per_kib=d.integer("write_us_per_kib", 2, lo=0),

@@ -12,6 +12,7 @@ from pxq.config import (
     DEFAULT_TOML,
     LOCK_GROUPS_MAX,
     OWNERSHIP_WEIGHT_MAX,
+    STORAGE_RESERVE_MIN_BYTES,
     ConfigError,
     Limits,
     NodeInfo,
@@ -522,14 +523,26 @@ def test_ownership_config_checks_its_rules_when_built_directly() -> None:
     assert OwnershipConfig(lease_ms=4, margin_ms=1, renew_ms=1, poll_ms=3).trusted_ms == 3
 
 
+def test_a_storage_reserve_below_the_minimum_is_refused() -> None:
+    """Issue 13: ``reserve_bytes = 0`` turned the storage watch off, so a full map stopped
+    every replica at each restart; it is refused now, like anything below 2 MiB."""
+    for bad in (0, 1, STORAGE_RESERVE_MIN_BYTES - 1):
+        e = error(BASE + f"[storage]\nreserve_bytes = {bad}\n")
+        assert e.key_path == "storage.reserve_bytes", e
+        assert f"must be at least {STORAGE_RESERVE_MIN_BYTES} (2 MiB" in str(e), e
+        assert f"got {bad}" in str(e), e
+    ok = loads_config(BASE + f"[storage]\nreserve_bytes = {STORAGE_RESERVE_MIN_BYTES}\n")
+    assert ok.storage.reserve_bytes == STORAGE_RESERVE_MIN_BYTES == 2 * 1024 * 1024
+
+
 def test_storage_table_sizes_the_map_and_the_reserve() -> None:
     assert loads_config(BASE).storage == StorageConfig()
     c = loads_config(
         BASE + "[storage]\nmap_size_bytes = 2097152\nmap_size_max_bytes = 8388608\n"
-        "reserve_bytes = 0\n"
+        "reserve_bytes = 2097152\n"
     )
     assert c.storage == StorageConfig(
-        map_size_bytes=2097152, map_size_max_bytes=8388608, reserve_bytes=0
+        map_size_bytes=2097152, map_size_max_bytes=8388608, reserve_bytes=2097152
     )
     # A big initial map raises the default maximum with it.
     big = loads_config(BASE + f"[storage]\nmap_size_bytes = {1 << 40}\n").storage
@@ -542,6 +555,8 @@ def test_storage_table_sizes_the_map_and_the_reserve() -> None:
             "reserve_bytes",
         ),
         ("reserve_bytes = -1", "reserve_bytes"),
+        # Room for the smallest reserve and as much data: 4 MiB at least.
+        ("map_size_bytes = 1048576\nmap_size_max_bytes = 4194303", "map_size_max_bytes"),
         ("reserve = 5", ""),
     ):
         e = error(BASE + "[storage]\n" + bad + "\n")

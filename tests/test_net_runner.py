@@ -38,11 +38,12 @@ from net.errors import (
     StorageError,
     StorageFull,
 )
-from net.node.runner import DriverStorage, NodeRunner, RunnerState
+from net.node.runner import DriverStorage, NodeRunner, RunnerState, StorageOpener
 from net.node.storage import LmdbStorage, SealedBatch, StorageSpace, WriteOutcome
 from net.wire.envelope import Call, CallReply, Hello
 from net.wire.framing import HEADER, FrameDecoder, encode_frame, frame
 from pxq import codec
+from pxq.config import STORAGE_RESERVE_MIN_BYTES
 from pxq.effects import Write
 from tests.test_net_storage import _flip, _tamper
 from tests.test_net_support import (
@@ -595,12 +596,22 @@ class SpaceStorage(LmdbStorage):
         )
 
 
-def space_opener(data_dir: Path, cluster: str, node: str, config: NetConfig) -> DriverStorage:
-    return SpaceStorage.open(data_dir, cluster=cluster, node=node, config=config)
+def space_opener(room: int) -> StorageOpener:
+    """Opens a ``SpaceStorage`` that reports ``room`` from the start (the runner measures it
+    before Boot)."""
+
+    def opener(data_dir: Path, cluster: str, node: str, config: NetConfig) -> DriverStorage:
+        storage = SpaceStorage.open(data_dir, cluster=cluster, node=node, config=config)
+        assert isinstance(storage, SpaceStorage)
+        storage.room = room
+        return storage
+
+    return opener
 
 
-RESERVE = 1000
-"""The reserve of the storage tests, in bytes (a 10 % resume margin: 1100)."""
+RESERVE = STORAGE_RESERVE_MIN_BYTES
+"""The reserve of the storage tests, in bytes (the smallest allowed; a 10 % resume margin)."""
+MARGIN = RESERVE // 10
 
 
 def test_crossings_of_the_reserve_are_stepped_into_the_node_before_the_call_with_hysteresis(
@@ -609,7 +620,7 @@ def test_crossings_of_the_reserve_are_stepped_into_the_node_before_the_call_with
     config = replace(FAST, storage_reserve_bytes=RESERVE, storage_space_refresh_ms=1)
 
     async def main() -> None:
-        runner = make_runner(tmp_path, storage_opener=space_opener, config=config)
+        runner = make_runner(tmp_path, storage_opener=space_opener(RESERVE), config=config)
         await runner.start()
         storage = runner.storage
         assert isinstance(storage, SpaceStorage)
@@ -639,15 +650,15 @@ def test_crossings_of_the_reserve_are_stepped_into_the_node_before_the_call_with
             await asyncio.sleep(0.002)
             assert await client.call(GetCount(), T) == Count(n=1)
             await asyncio.sleep(0.002)
-            storage.room = RESERVE + 99  # above the reserve, below the resume margin
+            storage.room = RESERVE + MARGIN - 1  # above the reserve, below the resume margin
             assert await client.call(GetCount(), T) == Count(n=1)
             assert len(node.storage_reports) == 1 and runner.storage_short
             await asyncio.sleep(0.002)
-            storage.room = RESERVE + 100
+            storage.room = RESERVE + MARGIN
             assert await client.call(GetCount(), T) == Count(n=1)
             assert node.kinds[-2:] == ["StorageLow", "ClientCall"]
             back = node.storage_reports[-1]
-            assert (back.short, back.available_bytes) == (False, RESERVE + 100)
+            assert (back.short, back.available_bytes) == (False, RESERVE + MARGIN)
             assert len(node.storage_reports) == 2 and not runner.storage_short
             assert runner.stats.storage_crossings == 2
             assert runner.stats.space_measurements >= 6
@@ -665,6 +676,77 @@ def test_crossings_of_the_reserve_are_stepped_into_the_node_before_the_call_with
     assert len(ends) == 1 and "MiB available" in ends[0], messages
 
 
+def test_a_storage_short_at_start_is_reported_right_after_boot_and_may_grow_past_the_limit(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 13: a node over its limit at start is told so right after Boot, before any
+    client call, and its map may grow by the reserve past ``map_size_max_bytes`` for this
+    incarnation (a map full at its maximum used to stop it at its first write)."""
+    config = replace(
+        FAST,
+        map_size_bytes=MIB,
+        map_size_max_bytes=RESERVE + 64 * 1024,
+        storage_reserve_bytes=RESERVE,
+        storage_space_refresh_ms=60_000,
+    )
+
+    async def main() -> None:
+        runner = make_runner(tmp_path, storage_opener=space_opener(RESERVE - 1), config=config)
+        await runner.start()
+        storage = runner.storage
+        assert isinstance(storage, SpaceStorage)
+        node = counter_of(runner)
+        try:
+            assert node.kinds == ["Boot", "StorageLow"]
+            [low] = node.storage_reports
+            assert (low.short, low.available_bytes, low.reserve_bytes) == (
+                True,
+                RESERVE - 1,
+                RESERVE,
+            )
+            assert runner.storage_short and runner.stats.storage_crossings == 1
+            # Room for the reserve beyond what the tables use (MIB in SpaceStorage), past
+            # the configured maximum.
+            assert storage.map_ceiling == MIB + RESERVE > config.map_size_max_bytes
+            assert runner.stats.space_measurements == 1
+            # Writes go on (the node's policy decides what to refuse; this one refuses
+            # nothing).
+            client = await connect(runner)
+            try:
+                assert await client.call(Incr(), T) == Count(n=1)
+            finally:
+                await client.close()
+            assert len(node.storage_reports) == 1 and runner.running
+        finally:
+            await runner.stop()
+
+    with caplog.at_level(logging.WARNING, logger="pxq.net.runner"):
+        run_async(main())
+    messages = [r.getMessage() for r in caplog.records if r.name == "pxq.net.runner"]
+    over = [m for m in messages if "over its limit at start" in m]
+    assert len(over) == 1 and "starts read-only" in over[0], messages
+
+
+def test_a_storage_with_room_at_start_is_not_reported_and_keeps_its_ceiling(
+    tmp_path: Path,
+) -> None:
+    config = replace(FAST, storage_reserve_bytes=RESERVE, storage_space_refresh_ms=60_000)
+
+    async def main() -> None:
+        runner = make_runner(tmp_path, storage_opener=space_opener(RESERVE), config=config)
+        await runner.start()
+        storage = runner.storage
+        assert isinstance(storage, SpaceStorage)
+        try:
+            assert counter_of(runner).kinds == ["Boot"]
+            assert not runner.storage_short
+            assert storage.map_ceiling == config.map_size_max_bytes
+        finally:
+            await runner.stop()
+
+    run_async(main())
+
+
 def test_commits_between_measurements_are_charged_and_measured_before_reporting(
     tmp_path: Path,
 ) -> None:
@@ -672,7 +754,7 @@ def test_commits_between_measurements_are_charged_and_measured_before_reporting(
     config = replace(FAST, storage_reserve_bytes=RESERVE, storage_space_refresh_ms=60_000)
 
     async def main() -> None:
-        runner = make_runner(tmp_path, storage_opener=space_opener, config=config)
+        runner = make_runner(tmp_path, storage_opener=space_opener(RESERVE + 30), config=config)
         await runner.start()
         storage = runner.storage
         assert isinstance(storage, SpaceStorage)
@@ -703,7 +785,7 @@ def test_an_estimate_alone_never_reports_a_crossing(tmp_path: Path) -> None:
     config = replace(FAST, storage_reserve_bytes=RESERVE, storage_space_refresh_ms=60_000)
 
     async def main() -> None:
-        runner = make_runner(tmp_path, storage_opener=space_opener, config=config)
+        runner = make_runner(tmp_path, storage_opener=space_opener(RESERVE + 30), config=config)
         await runner.start()
         storage = runner.storage
         assert isinstance(storage, SpaceStorage)

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from net.config import KIB, MIB, NetConfig
 from net.errors import DataDirError, DataDirMismatch, StorageError, StorageFull
 from net.node.storage import MARKER_NAME, LmdbStorage, StorageSpace
+from pxq.config import STORAGE_RESERVE_MIN_BYTES
 from pxq.effects import Delete, DeleteRange, Put, StorageCorruption, StorageView, Write
 from sim.memstore import MemoryStore
 
@@ -542,21 +543,57 @@ def test_space_in_use_follows_the_tables_and_shrinks_after_deletes(tmp_path: Pat
         s.close()
 
 
+def test_allow_room_lets_a_map_full_at_its_limit_take_writes_again(tmp_path: Path) -> None:
+    """A map full at ``map_size_max_bytes`` refuses every new page (``StorageFull``); after
+    ``allow_room`` it grows past the limit by that room, while ``space()`` still measures
+    against the limit (the node stays short until its data is back under it)."""
+    small = NetConfig(map_size_bytes=128 * KIB, map_size_max_bytes=256 * KIB)
+    s = open_storage(tmp_path, small)
+    try:
+        written = 0
+        with pytest.raises(StorageFull, match="map_size_max_bytes"):
+            while True:  # one page-sized record per commit until the map is full
+                s.apply([Put(table="t", key=k(written), value=b"v" * 3000)])
+                s.commit()
+                written += 1
+        assert written > 0 and s.map_ceiling == 256 * KIB
+        full = s.space()
+        assert full.map_max_bytes == 256 * KIB and full.available_bytes < 64 * KIB
+        ceiling = s.allow_room(128 * KIB)
+        assert ceiling == s.map_ceiling >= full.used_bytes + 128 * KIB > 256 * KIB
+        assert ceiling % (64 * KIB) == 0
+        # Room for the deletes that free space, and for more (past the limit).
+        s.apply([Put(table="t", key=k(written), value=b"v" * 3000)])
+        s.apply([DeleteRange(table="t", start=k(0), end=k(written // 2))])
+        s.commit()
+        assert s.map_size > 256 * KIB
+        after = s.space()
+        assert after.map_max_bytes == 256 * KIB  # the limit did not move
+        assert after.used_bytes < full.used_bytes
+        with pytest.raises(ValueError, match="room_bytes"):
+            s.allow_room(-1)
+    finally:
+        s.close()
+
+
 def test_storage_reserve_is_validated_and_automatic_by_default() -> None:
     auto = NetConfig()
     assert auto.storage_reserve_bytes is None
     assert auto.reserve_for(10 * 1024 * MIB) == 512 * MIB  # 5 % of the capacity
     assert auto.reserve_for(1024 * MIB) == 64 * MIB  # at least 64 MiB
     assert auto.reserve_for(16 * MIB) == 8 * MIB  # at most half of a tiny capacity
-    assert auto.reserve_for(0) == 0
+    # ... but never below the minimum, however tiny the capacity.
+    assert auto.reserve_for(2 * MIB) == STORAGE_RESERVE_MIN_BYTES == 2 * MIB
+    assert auto.reserve_for(0) == STORAGE_RESERVE_MIN_BYTES
     with pytest.raises(ValueError, match="capacity_bytes"):
         auto.reserve_for(-1)
-    fixed = NetConfig(map_size_bytes=MIB, map_size_max_bytes=4 * MIB, storage_reserve_bytes=MIB)
-    assert fixed.reserve_for(100 * MIB) == MIB
-    assert NetConfig(storage_reserve_bytes=0).reserve_for(MIB) == 0
-    for bad in (-1, 4 * MIB):
-        with pytest.raises(ValueError, match="storage_reserve_bytes"):
-            NetConfig(map_size_bytes=MIB, map_size_max_bytes=4 * MIB, storage_reserve_bytes=bad)
+    fixed = NetConfig(map_size_bytes=MIB, map_size_max_bytes=8 * MIB, storage_reserve_bytes=3 * MIB)
+    assert fixed.reserve_for(100 * MIB) == 3 * MIB
+    # 0 (which used to turn the watch off) and anything below the minimum are refused, and
+    # so is a reserve that leaves no room below the map maximum.
+    for bad in (0, -1, STORAGE_RESERVE_MIN_BYTES - 1, 8 * MIB):
+        with pytest.raises(ValueError, match=r"storage_reserve_bytes must be in 2097152 "):
+            NetConfig(map_size_bytes=MIB, map_size_max_bytes=8 * MIB, storage_reserve_bytes=bad)
     with pytest.raises(ValueError, match="storage_resume_margin_percent"):
         NetConfig(storage_resume_margin_percent=101)
     with pytest.raises(ValueError, match="storage_space_refresh_ms"):

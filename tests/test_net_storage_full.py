@@ -6,7 +6,10 @@ the map limit) instead of stopping; the node keeps running; gets still work and 
 acknowledged item reads back byte for byte; once a consumer group has consumed everything
 and retention has removed it, enqueues succeed again on the same running node. Also: while
 the runner reports the storage short (``StorageLow``), the store node refuses enqueues and
-lets every other request through.
+lets every other request through. And (issue 13) replicas whose data already exceeds their
+limit when they start (what a reserve of 0, no longer accepted, used to leave behind) start
+read-only instead of stopping at their first write: they refuse enqueues, serve gets and
+cursor commits, and accept enqueues again once retention has freed space.
 
 Method: a ``LocalCluster`` with a tiny map (4 MiB maximum) and a reserve of 2 MiB, so that a
 few thousand 1 KiB items reach the reserve within seconds; retention with ``hold_items = 0``
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -254,26 +258,6 @@ def test_a_short_storage_refuses_enqueues_and_serves_gets(tmp_path: Path) -> Non
     run_async(scenario(), timeout_s=30.0)
 
 
-def test_zero_reserve_disables_the_storage_watch(tmp_path: Path) -> None:
-    net = NetConfig(
-        map_size_bytes=1 * MIB, map_size_max_bytes=MAP_MAX_BYTES, storage_reserve_bytes=0
-    )
-    config = loads_config(config_toml(free_ports(1)), file="<test>")
-
-    async def scenario() -> None:
-        cluster = await LocalCluster.start(config, tmp_path, net)
-        try:
-            await cluster.wait_for_masters(timeout_s=10.0)
-            async with await AsyncClient.connect(config, net_config=FAST) as client:
-                receipt = await client.enqueue(TOPIC, b"x", key="k")
-            assert receipt.offset == 0
-            assert cluster.runners["s0"].stats.space_measurements == 0
-        finally:
-            await cluster.stop()
-
-    run_async(scenario(), timeout_s=30.0)
-
-
 def test_the_cluster_file_storage_table_reaches_every_runner(tmp_path: Path) -> None:
     """``[storage]`` sets the map sizes and the reserve of nodes started from the file
     (``pxq node run`` builds its runner with ``build_runner``, ``pxq cluster up`` runs that)."""
@@ -292,3 +276,65 @@ def test_the_cluster_file_storage_table_reaches_every_runner(tmp_path: Path) -> 
     assert LocalCluster(config, tmp_path).net_config == runner.config
     default = build_runner(loads_config(config_toml(free_ports(3)), file="<t>"), "s0", tmp_path)
     assert default.config == NetConfig()
+
+
+def test_replicas_over_their_limit_start_read_only_and_recover_after_retention(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 13 item 5: every replica's LMDB already holds more than its map limit allows
+    (what a reserve of 0 used to leave behind, or a lowered ``map_size_max_bytes``). Before,
+    each replica stopped at its first write after a restart (``StorageFull``: the map was
+    full at its maximum), so with no majority nothing could be consumed to free space. Now
+    they start read-only: enqueues are refused ``storage_full``, while gets, cursor commits
+    and retention go on, and enqueues resume once retention has freed space."""
+    ports = free_ports(3)
+    config = loads_config(config_toml(ports), file="<test>")
+    roomy = replace(STORAGE_FULL_NET, map_size_max_bytes=2 * MAP_MAX_BYTES)
+
+    async def scenario() -> None:
+        # Fill the replicas under a map limit twice as large, then restart them under the
+        # real one: each holds about 6 MiB against a 4 MiB limit.
+        cluster = await LocalCluster.start(config, tmp_path, roomy)
+        try:
+            await cluster.wait_for_masters(timeout_s=10.0)
+            async with await AsyncClient.connect(config, net_config=FAST) as client:
+                acked, refused = await fill_until_refused(client)
+                assert refused.code == "storage_full", refused
+        finally:
+            await cluster.stop()
+        cluster = await LocalCluster.start(config, tmp_path, STORAGE_FULL_NET)
+        try:
+            runners = list(cluster.runners.values())
+            # Told right after Boot, before any client call.
+            assert all(r.storage_short for r in runners)
+            assert all(store_node_of(r).storage_low is not None for r in runners)
+            await cluster.wait_for_masters(timeout_s=10.0)
+            async with await AsyncClient.connect(config, net_config=FAST) as client:
+                with pytest.raises(EnqueueFailed, match="storage_full"):
+                    await client.enqueue(TOPIC, b"refused", key="x")
+                check_acked_items_read_back(acked, await read_back(client))
+                delivered: set[bytes] = set()
+
+                async def handle(item: Item) -> None:
+                    delivered.add(item.payload)
+
+                async with client.consumer(GROUP, TOPIC, options=CONSUMER_OPTIONS) as consumer:
+                    task = asyncio.create_task(consumer.run(handle))
+                    try:
+                        async with asyncio.timeout(WAIT_S):
+                            while not set(acked) <= delivered:
+                                await asyncio.sleep(0.01)
+                    finally:
+                        consumer.stop()
+                        await task
+                receipt = await enqueue_again(client)
+                assert receipt.topic == TOPIC
+            crashed = {n: r.crash_reason for n, r in cluster.runners.items() if not r.running}
+            assert not crashed, crashed
+        finally:
+            await cluster.stop()
+
+    with caplog.at_level(logging.WARNING, logger="pxq.net.runner"):
+        run_async(scenario(), timeout_s=120.0)
+    messages = [r.getMessage() for r in caplog.records if r.name == "pxq.net.runner"]
+    assert any("over its limit at start" in m for m in messages), messages

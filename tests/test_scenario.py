@@ -193,6 +193,11 @@ def test_a_disk_reserve_is_read_and_validated_and_storage_full_is_opt_in() -> No
     assert chosen.checks == ("storage_full",)
     with pytest.raises(ScenarioError, match=r"disk\.reserve_bytes: must be below capacity_bytes"):
         loads(QUEUE + "[disk]\ncapacity_bytes = 1000\nreserve_bytes = 1000\n")
+    # A capacity without a reserve is refused, as [storage] reserve_bytes = 0 in a cluster
+    # file (issue 13).
+    for no_reserve in ("", "reserve_bytes = 0\n"):
+        with pytest.raises(ScenarioError, match=r"disk\.reserve_bytes: must be > 0 with capacity"):
+            loads(QUEUE + "[disk]\ncapacity_bytes = 1000\n" + no_reserve)
     with pytest.raises(ScenarioError, match=r"'disk_full' needs \[disk\] reserve_bytes > 0"):
         loads(QUEUE + '[random_faults]\nenabled = true\nkinds = ["disk_full"]\n')
     drawn = loads(

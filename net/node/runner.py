@@ -40,14 +40,14 @@ It implements the driver contract of ``pxq.effects`` the way ``sim.world.NodeHos
   dropped (nothing of it is released), listener and connections closed, the writer thread
   joined, storage closed. A commit is never retried (a full map grows and writes the same
   batch again: LMDB reports it before writing anything).
-* Storage running short (``NetConfig.storage_reserve_bytes``): the runner watches the space
-  still available to the node's LMDB (``LmdbStorage.space``: the smaller of the map's room
-  below ``map_size_max_bytes`` and the disk's room) and reports its *crossings* to the node
-  as ``StorageLow`` (``pxq.effects``), stepped just before the client call that revealed it:
-  ``short`` once the space is below the reserve, not short again once it is back above the
-  reserve plus ``storage_resume_margin_percent`` (hysteresis). What to refuse is the node's
-  policy (a store replica answers enqueues ``storage_full`` meanwhile, and lets everything
-  else through: the reserve is for it, and consumers plus retention are what frees space;
+* Storage running short (``NetConfig.storage_reserve_bytes``, at least 2 MiB): the runner
+  watches the space still available to the node's LMDB (``LmdbStorage.space``: the smaller
+  of the map's room below ``map_size_max_bytes`` and the disk's room) and reports its
+  *crossings* to the node as ``StorageLow`` (``pxq.effects``), stepped just before the client
+  call that revealed it: ``short`` once the space is below the reserve, not short again once
+  it is back above the reserve plus ``storage_resume_margin_percent`` (hysteresis). What to
+  refuse is the node's policy (a store replica answers enqueues ``storage_full`` meanwhile,
+  and lets everything else through: the reserve is for it, and consumers plus retention are what frees space;
   ``pxq.store.node``). The space is measured at a client call's arrival when the last
   measurement is older than ``storage_space_refresh_ms``; in between, every committed batch
   is charged against it (``COMMITTED_BYTES_CHARGE_FACTOR`` times its key and value bytes, a
@@ -55,10 +55,19 @@ It implements the driver contract of ``pxq.effects`` the way ``sim.world.NodeHos
   estimate reaches the reserve the space is measured again at once, and only a measurement
   reports a crossing (the estimate alone would flap). A refused client retrying is what
   brings the next measurement, so enqueues resume as soon as space is back. The runner logs
-  each crossing once, with the figures. A new incarnation starts as not short. The report is
-  about the replica that receives the call: a follower's disk fills with what the master
-  replicates, and one whose disk is totally full stops at its next write (last resort
-  above) while a majority carries on.
+  each crossing once, with the figures. A new incarnation starts as not short, and is
+  measured before Boot: a storage already short (over its limit) is reported right after
+  ``Boot``, before any client call, and its LMDB map may grow past ``map_size_max_bytes`` by
+  the reserve for this incarnation (``LmdbStorage.allow_room``, logged once): without that,
+  a map full at its maximum (a follower that replicated past its reserve, a lowered
+  ``map_size_max_bytes``, data from before the reserve's minimum) stopped the node at its
+  first write after every restart, and with a majority of replicas in that state nothing
+  could be consumed to free space (issue 13). So such a replica starts read-only: it
+  serves reads, cursor commits and retention deletes, refuses enqueues, and accepts them
+  again once retention has brought it back under its limit. The report is about the
+  replica that receives the call: a follower's disk fills with what the master replicates,
+  and one whose disk is totally full stops at its next write (last resort above) while a
+  majority carries on; a full *filesystem* cannot be raised like the map.
 * ``stop()`` waits for the running commit, commits what is left on the loop thread, releases
   everything, then closes.
 * Trace events go to the ``pxq.net.trace`` logger (debug level) and to an optional callback.
@@ -166,6 +175,8 @@ class DriverStorage(StorageView, Protocol):
     def committed_bytes(self) -> int: ...
 
     def space(self) -> StorageSpace: ...
+
+    def allow_room(self, room_bytes: int) -> int: ...
 
     def apply(self, writes: tuple[Write, ...]) -> None: ...
 
@@ -439,16 +450,9 @@ class NodeRunner:
         self.state = RunnerState.RUNNING
         rng = random.Random(self._seed)
         address = self.address
-        try:
-            self._node = self._factory(self.node_id, storage, rng)
-        except Exception as exc:
-            self._crash(f"node factory failed: {type(exc).__name__}: {exc}", exc)
-        else:
-            damaged = read_damaged(self.data_dir) if self.data_dir.is_dir() else ()
-            self._step(Boot(damaged=damaged, if_blank=self._if_blank))
-            if damaged and self.state is RunnerState.RUNNING:
-                self._damaged_boot_seq = storage.horizon_seq
-                log.warning("node %s repairs %d damaged records", self.node_id, len(damaged))
+        self._room_at_start(storage)
+        if self.state is RunnerState.RUNNING:
+            self._boot(storage, rng)
         if self.state is not RunnerState.RUNNING:
             raise BootFailed(f"node {self.node_id} stopped while booting: {self.crash_reason}")
         await server.start_serving()
@@ -461,6 +465,22 @@ class NodeRunner:
                 if link is not None:
                     link.open()
         log.info("node %s of cluster %s listening on %s:%d", self.node_id, self.cluster, *address)
+
+    def _boot(self, storage: DriverStorage, rng: random.Random) -> None:
+        """Build the node and step it with ``Boot`` (then with ``StorageLow`` if short)."""
+        try:
+            self._node = self._factory(self.node_id, storage, rng)
+        except Exception as exc:
+            self._crash(f"node factory failed: {type(exc).__name__}: {exc}", exc)
+            return
+        damaged = read_damaged(self.data_dir) if self.data_dir.is_dir() else ()
+        self._step(Boot(damaged=damaged, if_blank=self._if_blank))
+        if damaged and self.state is RunnerState.RUNNING:
+            self._damaged_boot_seq = storage.horizon_seq
+            log.warning("node %s repairs %d damaged records", self.node_id, len(damaged))
+        # A storage already short is reported right after Boot (pxq.effects.StorageLow),
+        # before any client call, as the simulator's host does.
+        self._watch_space()
 
     async def stop(self) -> None:
         """Graceful stop: finish the current turn (commit, release), close everything."""
@@ -980,11 +1000,39 @@ class NodeRunner:
 
     # -- storage watch ------------------------------------------------------------------------
 
+    def _room_at_start(self, storage: DriverStorage) -> None:
+        """Before Boot: if the storage is already short (over its limit: less room than the
+        reserve), let its map grow by the reserve past ``map_size_max_bytes`` for this
+        incarnation, so that the node starts read-only instead of stopping at its first
+        write (see the module docstring)."""
+        space = self._measure_space(storage, monotonic_ms())
+        if space is None:
+            return
+        reserve = self.config.reserve_for(space.capacity_bytes)
+        if space.available_bytes >= reserve:
+            return
+        try:
+            ceiling = storage.allow_room(reserve)
+        except (StorageError, StorageCorruption) as exc:
+            self._crash(f"measuring the storage failed: {type(exc).__name__}: {exc}", exc)
+            return
+        if space.limit == "map":
+            room = f"its LMDB map may grow to {ceiling / _MIB:.1f} MiB for them"
+        else:
+            room = "the filesystem is the limit: free disk space if its writes fail"
+        log.warning(
+            "node %s storage is over its limit at start: %s, below the reserve of %.1f MiB; "
+            "it starts read-only (enqueues are refused storage_full; reads, cursor commits "
+            "and retention go on) and %s, until retention has freed space",
+            self.node_id,
+            space.describe(),
+            reserve / _MIB,
+            room,
+        )
+
     def _watch_space(self) -> None:
         """Measure the space if due and step the node with ``StorageLow`` on a crossing of
         the reserve (see the module docstring)."""
-        if self.config.storage_reserve_bytes == 0:
-            return
         storage = self._storage
         if storage is None or self.state is not RunnerState.RUNNING:
             return

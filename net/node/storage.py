@@ -32,6 +32,11 @@
   refuses enqueues well before, from ``space()`` (``StorageSpace``): the pages in use by the
   tables (from LMDB's per-database statistics, so space that retention freed counts as free
   again although the file never shrinks), against the map maximum and the filesystem.
+  ``map_size_max_bytes`` is the *limit* ``space()`` measures against; the map's *ceiling*
+  (how far ``written`` may grow it) is the same, except that ``allow_room`` raises it for a
+  node that starts over its limit (``net.node.runner``): its map then holds what it holds
+  plus the reserve, so that the writes that free space (cursor commits, retention) fit
+  instead of stopping the node at its first write of every incarnation.
 
 Threads: ``write`` touches nothing the other methods change, and LMDB is opened with
 ``MDB_NOTLS`` (py-lmdb always does), so a read transaction on the owner's thread and the
@@ -78,6 +83,9 @@ DAMAGED_NAME: Final = "pxq-damaged.json"
 """LMDB's data file inside the data dir."""
 
 log = logging.getLogger("pxq.net.storage")
+
+_MAP_ALIGN_BYTES: Final = 64 * 1024
+"""A ceiling raised by ``allow_room`` is a multiple of this (of every OS page size)."""
 
 _CRC = struct.Struct(">I")
 _CRC_BYTES = _CRC.size
@@ -235,6 +243,7 @@ class LmdbStorage:
         "_key_max",
         "_lock_fd",
         "_main_db",
+        "_map_limit",
         "_map_size",
         "_map_size_max",
         "_next_seq",
@@ -268,7 +277,8 @@ class LmdbStorage:
         self._tables_max = config.tables_max
         self._chunk = config.scan_chunk_items
         self._map_size = env.info()["map_size"]
-        self._map_size_max = max(config.map_size_max_bytes, self._map_size)
+        self._map_limit = config.map_size_max_bytes
+        self._map_size_max = max(config.map_size_max_bytes, self._map_size)  # the ceiling
         self._key_max = env.max_key_size()
         self._main_db = env.open_db(None)  # the database naming the tables (for space())
         self._rtxn: lmdb.Transaction[bytes] | None = None
@@ -510,10 +520,27 @@ class LmdbStorage:
             fs_free = None
         return StorageSpace(
             used_bytes=pages * main["psize"],
-            map_max_bytes=self._map_size_max,
+            map_max_bytes=self._map_limit,
             file_bytes=file_bytes,
             fs_free_bytes=fs_free,
         )
+
+    @property
+    def map_ceiling(self) -> int:
+        """How far the map may grow (``map_size_max_bytes``, unless ``allow_room`` raised it)."""
+        return self._map_size_max
+
+    def allow_room(self, room_bytes: int) -> int:
+        """Let the map grow to hold ``room_bytes`` more than the tables use now (``space()``),
+        past ``map_size_max_bytes`` if need be, and return the new ceiling. The limit that
+        ``space()`` reports does not move: the node stays short until its data is back under
+        it. Only the map is raised; a full filesystem stays full."""
+        if room_bytes < 0:
+            raise ValueError(f"room_bytes must be >= 0, got {room_bytes}")
+        wanted = self.space().used_bytes + room_bytes
+        wanted += -wanted % _MAP_ALIGN_BYTES
+        self._map_size_max = max(self._map_size_max, wanted)
+        return self._map_size_max
 
     def apply(self, writes: Iterable[Write]) -> None:
         """Add one step's writes to the open batch, in order; reads see them at once.

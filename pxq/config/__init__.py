@@ -36,9 +36,10 @@ Schema (defaults in parentheses)::
     inflight_batches = 4                 # batches of one queue in flight at once (full ones pipeline)
     [storage]                            # every node's LMDB (defaults if absent)
     map_size_bytes = 1073741824          # (1 GiB) initial map; it doubles when full...
-    map_size_max_bytes = 274877906944    # (256 GiB) ...up to this
+    map_size_max_bytes = 274877906944    # (256 GiB) ...up to this (>= 4 MiB)
     reserve_bytes = 67108864             # (automatic: 5 % of the capacity, >= 64 MiB) below
-                                         # this much room, enqueues are refused storage_full
+                                         # this much room, enqueues are refused storage_full;
+                                         # at least 2097152 (2 MiB; 0 is refused)
     [[stores]]
     name = "store0"
     groups = 4                           # Paxos groups; queue q lives in group q mod groups
@@ -124,6 +125,7 @@ from pxq.config.model import (
     STORAGE_RESERVE_AUTO_CAP_PERCENT,
     STORAGE_RESERVE_AUTO_MIN_BYTES,
     STORAGE_RESERVE_AUTO_PERCENT,
+    STORAGE_RESERVE_MIN_BYTES,
     Batching,
     ClusterConfig,
     ConnectionsConfig,
@@ -164,6 +166,7 @@ __all__ = [
     "STORAGE_RESERVE_AUTO_CAP_PERCENT",
     "STORAGE_RESERVE_AUTO_MIN_BYTES",
     "STORAGE_RESERVE_AUTO_PERCENT",
+    "STORAGE_RESERVE_MIN_BYTES",
     "Batching",
     "ClusterConfig",
     "ConfigError",

@@ -92,13 +92,29 @@ STORAGE_MAP_BYTES_MAX_DEFAULT: Final = 256 * GIB
 """The map doubles when full, up to this (``[storage] map_size_max_bytes``)."""
 STORAGE_MAP_BYTES_MIN: Final = 1 * MIB
 """Smallest map ``[storage]`` accepts (LMDB needs a few pages per table)."""
+STORAGE_RESERVE_MIN_BYTES: Final = 2 * MIB
+"""The smallest storage reserve (``[storage] reserve_bytes``, ``NetConfig.storage_reserve_bytes``,
+and the floor of the automatic one); 0, which used to turn the watch off, is refused.
+
+Why 2 MiB: once a replica's room is below its reserve it refuses enqueues and writes only what
+frees space or keeps the store alive, and all of it must fit in the reserve. That is the
+enqueue batch already accepted when the crossing is seen (one Paxos value, about 1 MiB with
+the default limits), then cursor commits, retention ticks and Paxos bookkeeping: records of
+a few hundred bytes, which still cost LMDB pages (copy-on-write of each B-tree path they
+touch; a retention tick also records the numbers of the pages it frees, 8 bytes per 4 KiB
+page, before they can be reused): a few KiB per commit, far less than what retention frees.
+A larger enqueue pipeline (many values accepted at once) needs more: the automatic reserve,
+at least 64 MiB, covers the default ``pending_bytes_max``. A reserve of 0 had none of this:
+the map filled up to its maximum and every replica stopped at its next write, again after
+each restart, so nothing could be consumed to free space (issue 13)."""
 STORAGE_RESERVE_AUTO_MIN_BYTES: Final = 64 * MIB
 """The automatic storage reserve (``[storage] reserve_bytes`` absent) is at least this..."""
 STORAGE_RESERVE_AUTO_PERCENT: Final = 5
 """... and at least this share of the node's storage capacity
 (``net.config.NetConfig.reserve_for``)..."""
 STORAGE_RESERVE_AUTO_CAP_PERCENT: Final = 50
-"""... but never more than this share of the capacity (so that a tiny map stays usable)."""
+"""... but never more than this share of the capacity (so that a tiny map stays usable), nor
+less than ``STORAGE_RESERVE_MIN_BYTES``."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -109,8 +125,8 @@ class StorageConfig:
     map_size_bytes: int = STORAGE_MAP_BYTES_DEFAULT
     map_size_max_bytes: int = STORAGE_MAP_BYTES_MAX_DEFAULT
     reserve_bytes: int | None = None
-    """None: automatic (``net.config.NetConfig.reserve_for``); 0: the storage is never
-    reported short (enqueues are never refused ``storage_full``)."""
+    """None: automatic (``net.config.NetConfig.reserve_for``); else at least
+    ``STORAGE_RESERVE_MIN_BYTES`` and below ``map_size_max_bytes``."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

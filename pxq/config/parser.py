@@ -21,6 +21,7 @@ from pxq.config.model import (
     STORAGE_MAP_BYTES_DEFAULT,
     STORAGE_MAP_BYTES_MAX_DEFAULT,
     STORAGE_MAP_BYTES_MIN,
+    STORAGE_RESERVE_MIN_BYTES,
     Batching,
     ClusterConfig,
     ConnectionsConfig,
@@ -189,8 +190,21 @@ def _connections(t: TomlTable) -> ConnectionsConfig:
 
 def _storage(t: TomlTable) -> StorageConfig:
     size = t.integer("map_size_bytes", STORAGE_MAP_BYTES_DEFAULT, lo=STORAGE_MAP_BYTES_MIN)
-    size_max = t.integer("map_size_max_bytes", max(size, STORAGE_MAP_BYTES_MAX_DEFAULT), lo=size)
-    reserve = t.integer("reserve_bytes", None, lo=0, hi=size_max - 1)
+    # Room for at least the smallest reserve and as much again for data.
+    size_max = t.integer(
+        "map_size_max_bytes",
+        max(size, STORAGE_MAP_BYTES_MAX_DEFAULT),
+        lo=max(size, 2 * STORAGE_RESERVE_MIN_BYTES),
+    )
+    reserve = t.integer("reserve_bytes", None, hi=size_max - 1)
+    if reserve is not None and reserve < STORAGE_RESERVE_MIN_BYTES:
+        # 0 used to turn the watch off: a full map then stopped every replica for good.
+        raise t.error(
+            "reserve_bytes",
+            f"must be at least {STORAGE_RESERVE_MIN_BYTES} (2 MiB, the room a replica needs "
+            f"for cursor commits and retention once its storage is full; see "
+            f"docs/configuration.md), got {reserve}",
+        )
     return StorageConfig(map_size_bytes=size, map_size_max_bytes=size_max, reserve_bytes=reserve)
 
 
