@@ -4,14 +4,16 @@
 connection budgets, timeouts, backoff, LMDB map sizes and the storage headroom below which a
 node refuses enqueues (``storage_reserve_bytes``; see ``net.node.runner``). The storage fields
 and the connection budgets and timeouts can be set from the cluster file's ``[storage]`` and
-``[connections]`` tables (``NetConfig.for_cluster``). Identity (cluster
-id, node name, addresses, data dir) is not a limit and is passed to the runner separately.
+``[connections]`` tables (``NetConfig.for_cluster``), which also loads the process's TLS
+contexts (``net.tls``) when the cluster file has ``[tls]`` on. Identity (cluster id, node
+name, addresses, data dir) is not a limit and is passed to the runner separately.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from net.tls import TlsContexts, client_contexts, node_contexts
 from pxq import codec
 from pxq.config.model import (
     KIB,
@@ -127,7 +129,12 @@ class NetConfig:
     client_calls_inflight_max: int = 4096
     """Calls one client connection may have outstanding; more wait for a slot."""
     client_connect_timeout_ms: int = 5_000
-    """One client TCP connect attempt."""
+    """One client TCP connect attempt (the TLS handshake included)."""
+
+    # -- TLS --------------------------------------------------------------------------------
+    tls: TlsContexts | None = None
+    """The process's TLS contexts (``net.tls``); None: plain TCP, nothing authenticated. A
+    node's TLS handshake must finish within ``first_frame_timeout_ms``."""
 
     def __post_init__(self) -> None:
         # Invariants are checked always, never with assert (DESIGN section 7).
@@ -188,9 +195,11 @@ class NetConfig:
             )
 
     @classmethod
-    def for_cluster(cls, config: ClusterConfig) -> NetConfig:
+    def for_cluster(cls, config: ClusterConfig, *, node: str | None = None) -> NetConfig:
         """The defaults, with the cluster file's ``[storage]`` and ``[connections]`` tables
-        applied."""
+        applied, and with ``[tls]`` on the TLS contexts of ``node`` (its certificate), or of
+        a client (``net.tls.client_contexts``: the identity of ``$PXQ_IDENTITY``, else the
+        file's) when ``node`` is None. Raises ``TlsError`` for missing TLS material."""
         storage = config.storage
         conns = config.connections
         return cls(
@@ -204,6 +213,7 @@ class NetConfig:
             first_frame_timeout_ms=conns.first_frame_timeout_ms,
             client_idle_timeout_ms=conns.client_idle_timeout_ms,
             partial_frame_timeout_ms=conns.partial_frame_timeout_ms,
+            tls=client_contexts(config) if node is None else node_contexts(config, node),
         )
 
     def reserve_for(self, capacity_bytes: int) -> int:

@@ -81,3 +81,14 @@ class ConnectionLost(CallOutcomeUnknown):
 class NotConnected(CallError):
     """The connection was already closed when the call was made: the request was not sent,
     so this failure is definite."""
+
+
+class TlsError(StartupError):
+    """TLS material (the cluster's CA, a node's or a client's certificate and key) is missing
+    or unusable; the message names the file and how to create it."""
+
+
+class PeerIdentityMismatch(NotConnected):
+    """The node reached presented a certificate of the cluster's CA naming another identity
+    than the one the caller meant to reach; the connection was closed before any call was
+    sent (definite)."""

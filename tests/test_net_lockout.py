@@ -22,6 +22,7 @@ import contextlib
 import logging
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -331,7 +332,8 @@ def test_budgets_are_checked_at_construction() -> None:
         "partial_frame_timeout_ms",
     ):
         with pytest.raises(ValueError, match=field):
-            NetConfig(**{field: 0})
+            kwargs: dict[str, Any] = {field: 0}
+            NetConfig(**kwargs)
 
 
 def test_the_connections_table_of_the_cluster_file_sets_the_budgets_and_timeouts() -> None:

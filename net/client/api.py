@@ -46,6 +46,7 @@ Semantics an application must know:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import random
 import socket
@@ -63,6 +64,7 @@ from net.client.types import (
     Key,
     MachineFailed,
     OutcomeUnknown,
+    PermissionDenied,
     PxqError,
     Receipt,
     RequestFailed,
@@ -92,6 +94,7 @@ __all__ = [
     "Key",
     "MachineFailed",
     "OutcomeUnknown",
+    "PermissionDenied",
     "PxqError",
     "Receipt",
     "RequestFailed",
@@ -122,7 +125,12 @@ def resolve_config(config: ConfigSource = None) -> ClusterConfig:
     if config is None:
         if DEFAULT_CONFIG_PATH.is_file():
             return load_config(DEFAULT_CONFIG_PATH)
-        return default_config()
+        default = default_config()
+        # Its TLS directory is where `pxq cluster up` would create it: beside the file.
+        tls = dataclasses.replace(
+            default.tls, dir=str(DEFAULT_CONFIG_PATH.parent / default.tls.dir)
+        )
+        return dataclasses.replace(default, tls=tls)
     return load_config(config)
 
 
@@ -151,6 +159,8 @@ def _receipt(reply: object) -> Receipt:
     match reply:
         case Produced(topic=topic, queue=queue, offset=offset):
             return Receipt(topic=topic, queue=queue, offset=offset)
+        case ProduceFailed(code="permission_denied", message=message):
+            raise PermissionDenied(message)
         case ProduceFailed(code=code, message=message):
             raise EnqueueFailed(code, message)
         case ProduceUnknown(reason=reason):
@@ -549,6 +559,8 @@ class AsyncClient:
                     case StoreError(code="overloaded"):
                         last = f"{answer.code}: {answer.message}"
                         wait = True
+                    case StoreError(code="permission_denied", message=message):
+                        raise PermissionDenied(message)
                     case StoreError(code=code, message=message):
                         raise RequestFailed(code, message)
                     case _:

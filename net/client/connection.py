@@ -10,6 +10,11 @@ Failures are typed by what the caller may conclude:
 * ``NotConnected``: the connection was closed before the request was sent (definitely not
   applied); ``CodecError`` from ``pxq.codec``: the request cannot be encoded (not sent).
 
+With TLS (``NetConfig.tls``), the connection presents the client's certificate and checks
+that the node's certificate (verified against the cluster's CA) names the node it meant to
+reach (``connect(node=...)``; without a name, any node of the cluster):
+``PeerIdentityMismatch`` otherwise, before anything is sent.
+
 A reply that is not a well-formed ``CallReply`` breaks the connection: it is closed and all
 its open calls fail with ``ConnectionLost``. Routing, retries, redirects and the queue API
 belong to the high-level client, not here.
@@ -22,7 +27,8 @@ import logging
 from typing import cast
 
 from net.config import NetConfig
-from net.errors import CallTimeout, ConnectionLost, FrameError, NotConnected
+from net.errors import CallTimeout, ConnectionLost, FrameError, NotConnected, PeerIdentityMismatch
+from net.tls import node_identity, peer_identity
 from net.wire.envelope import Call, CallReply
 from net.wire.framing import FrameDecoder, decode_payload, encode_frame
 from pxq import codec
@@ -133,12 +139,33 @@ class NodeClient:
         self.label = label
 
     @classmethod
-    async def connect(cls, host: str, port: int, *, config: NetConfig | None = None) -> NodeClient:
-        """Connect to the node at ``host:port``; ``OSError`` or ``TimeoutError`` on failure."""
+    async def connect(
+        cls, host: str, port: int, *, config: NetConfig | None = None, node: str | None = None
+    ) -> NodeClient:
+        """Connect to the node at ``host:port`` (named ``node``, if known: with TLS its
+        certificate must say so); ``OSError`` (``ssl.SSLError`` included) or
+        ``TimeoutError`` on failure, ``PeerIdentityMismatch`` for another identity."""
         config = config or NetConfig()
         loop = asyncio.get_running_loop()
+        tls = config.tls
         async with asyncio.timeout(config.client_connect_timeout_ms / 1000):
-            _, protocol = await loop.create_connection(lambda: _ClientProtocol(config), host, port)
+            transport, protocol = await loop.create_connection(
+                lambda: _ClientProtocol(config),
+                host,
+                port,
+                ssl=None if tls is None else tls.client,
+            )
+        if tls is not None:
+            identity = peer_identity(transport)
+            wanted = node_identity(node) if node is not None else None
+            if identity is None or (
+                identity != wanted if wanted is not None else not identity.startswith("node:")
+            ):
+                transport.abort()
+                raise PeerIdentityMismatch(
+                    f"the node at {host}:{port} is {identity or 'unauthenticated'}, "
+                    f"not {wanted or 'a node of the cluster'}"
+                )
         return cls(protocol, config, f"{host}:{port}")
 
     @property

@@ -92,8 +92,10 @@ class NodePool:
 
     @classmethod
     def for_config(cls, config: ClusterConfig, net_config: NetConfig | None = None) -> NodePool:
-        """A pool that reaches every node of ``config``: store replicas and lock replicas."""
-        return cls(node_addresses(config), net_config)
+        """A pool that reaches every node of ``config``: store replicas and lock replicas;
+        without ``net_config``, the cluster file's (``NetConfig.for_cluster``: its TLS with
+        the client identity of the environment or the file)."""
+        return cls(node_addresses(config), net_config or NetConfig.for_cluster(config))
 
     def address_of(self, node: NodeId) -> tuple[str, int] | None:
         """Where ``node`` is reached; None if the pool has no address for it."""
@@ -134,7 +136,7 @@ class NodePool:
 
     async def _open(self, node: NodeId, host: str, port: int) -> NodeClient:
         try:
-            client = await NodeClient.connect(host, port, config=self._net_config)
+            client = await NodeClient.connect(host, port, config=self._net_config, node=node)
         finally:
             self._connecting.pop(node, None)
         if self._closed:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeAlias
 
+from pxq.access import PERMISSION_DENIED
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -55,6 +57,20 @@ class RequestFailed(PxqError):
         super().__init__(f"{code}: {message}" if message else code)
         self.code = code
         self.message = message
+
+
+class PermissionDenied(EnqueueFailed, RequestFailed):
+    """The cluster refused the request because the client's principal (its TLS certificate's
+    identity) lacks ``permission`` (``produce:TOPIC``, ``consume:TOPIC/GROUP``,
+    ``seek:TOPIC/GROUP``, ``redrive:TOPIC/GROUP``, ``locks`` or ``admin``; ``pxq.access``).
+    Definite: nothing happened. Code ``permission_denied``; an ``EnqueueFailed`` for an
+    enqueue and a ``RequestFailed`` for an admin call alike."""
+
+    def __init__(self, message: str) -> None:
+        PxqError.__init__(self, message)
+        self.code = PERMISSION_DENIED
+        self.message = message
+        self.permission = message.rpartition(" lacks ")[2]
 
 
 class ClientClosed(PxqError):

@@ -10,12 +10,15 @@ stopped, killed and restarted from one event loop. Masters are found by the prob
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from net.cluster.probe import GroupKey, find_masters, lock_groups, wait_for_masters
 from net.config import NetConfig
 from net.errors import NetError
 from net.node.runner import NodeRunner
+from net.tls import node_contexts
+from pxq.access import AccessPolicy
 from pxq.config import LOCKS_SERVICE, ClusterConfig
 from pxq.effects import NodeId
 from pxq.nodes import NodeSpec, node_spec
@@ -62,6 +65,13 @@ class LocalCluster:
         """Where ``node`` listens (from the configuration)."""
         return self._spec(node).info.address
 
+    def node_net_config(self, node: NodeId) -> NetConfig:
+        """``net_config`` (a client's: probes and clients use it) with, under ``[tls]``, the
+        node's own certificate instead of the client's."""
+        if self.net_config.tls is None:
+            return self.net_config
+        return dataclasses.replace(self.net_config, tls=node_contexts(self.config, node))
+
     async def start_node(self, node: NodeId) -> NodeRunner:
         """Start (or restart) ``node`` from its data directory."""
         spec = self._spec(node)
@@ -73,7 +83,8 @@ class LocalCluster:
             peers=spec.peers,
             host=spec.info.host,
             port=spec.info.port,
-            config=self.net_config,
+            config=self.node_net_config(node),
+            access=AccessPolicy.for_cluster(self.config),
         )
         await runner.start()
         self.runners[node] = runner

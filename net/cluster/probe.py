@@ -25,6 +25,7 @@ from typing import Final
 from net.client.connection import NodeClient
 from net.config import NetConfig
 from net.errors import NetError
+from pxq.access import LOCK_PROBE_PREFIX
 from pxq.config import LOCKS_SERVICE, ClusterConfig, NodeInfo, ReplicaConfig, StoreConfig
 from pxq.effects import NodeId
 from pxq.lock.messages import LockOk, ReadLock
@@ -33,8 +34,8 @@ from pxq.store.messages import Get, GetOk
 
 PROBE_TIMEOUT_S = 0.5
 WAIT_POLL_S = 0.05
-LOCK_PROBE_PREFIX: Final = "pxq-probe-"
-"""Lock probe keys are this prefix and a number; probes only read them (never acquire)."""
+# Lock probe keys are LOCK_PROBE_PREFIX and a number; probes only read them (never acquire),
+# which is why pxq.access lets any authenticated principal send them.
 LOCK_PROBE_TRIES_PER_GROUP: Final = 64
 """Candidate keys tried per group when looking for one probe key in each group (CRC-32 spreads
 them evenly: missing a group within 64 tries per group does not happen in practice, and is
@@ -137,7 +138,9 @@ async def node_masters(
     its probe is answered ``GetOk`` (a store group) or ``LockOk`` (a lock group)."""
     net_config = net_config or NetConfig()
     try:
-        client = await NodeClient.connect(replica.host, replica.port, config=net_config)
+        client = await NodeClient.connect(
+            replica.host, replica.port, config=net_config, node=replica.node
+        )
     except (NetError, OSError):
         return None
     try:
@@ -164,7 +167,8 @@ async def find_masters(
 ) -> dict[GroupKey, NodeId]:
     """One probing pass over every replica, stores and locks (or only ``nodes``, only the
     replicas of ``services``): the master of each group that answered. Replicas are probed
-    concurrently."""
+    concurrently. Without ``net_config``, the cluster file's (its TLS included)."""
+    net_config = net_config or NetConfig.for_cluster(config)
     jobs: list[tuple[str, ReplicaConfig, dict[int, Get | ReadLock]]] = []
     for sp in service_probes(config):
         if services is not None and sp.service not in services:
@@ -200,6 +204,7 @@ async def wait_for_masters(
     deadline = loop.time() + timeout_s
     wanted = probed_groups(config) if groups is None else sorted(groups)
     services = None if groups is None else {s for s, _ in wanted}
+    net_config = net_config or NetConfig.for_cluster(config)
     masters: dict[GroupKey, NodeId] = {}
     while True:
         if check is not None:

@@ -9,10 +9,17 @@ processes in it::
     .pxq/run/cluster.json    which configuration file the running cluster was started from
     .pxq/logs/<node>.log     each node's stdout and stderr (appended; one header per start)
     .pxq/data/<node>/        each node's LMDB data dir
+    .pxq/tls/                the cluster's CA and certificates ([tls] dir of the default file)
 
 The home (when ``up`` creates it) and its directories are 0700 and every file written in them
 0600 (``net.files``); wider modes found in ``run``, ``logs`` and ``data`` are tightened and
 logged.
+
+With ``[tls]`` on (the embedded default), ``up`` first creates what is missing of the
+cluster's TLS material (``net.tls.ensure_cluster_material``: the CA, a certificate per node,
+one for the ``admin`` client), so the default cluster is authenticated and encrypted with no
+extra step; ``up(tls=False)`` (``pxq cluster up --no-tls``) writes the default file with TLS
+off instead.
 
 ``up`` starts every replica of every store, then every replica of the lock service (if the
 configuration has ``[locks]``), each as ``python -m pxq.cli node run`` (``net.node.server``) in a
@@ -53,7 +60,8 @@ from net.cluster.probe import (
 from net.config import NetConfig
 from net.errors import NetError
 from net.files import DIR_MODE, open_private_append, private_dir, write_private
-from pxq.config import DEFAULT_TOML, ClusterConfig, Role, load_config
+from net.tls import ensure_cluster_material
+from pxq.config import ClusterConfig, Role, default_toml, load_config
 
 log = logging.getLogger("pxq.net.cluster")
 
@@ -299,18 +307,23 @@ class UpResult:
     masters: dict[GroupKey, str]
     elapsed_s: float
     wrote_default_config: bool
+    tls_created: tuple[str, ...] = ()
+    """The TLS files ``up`` created (in ``config.tls.dir``)."""
 
 
-def prepare_config(home: ClusterHome, config_file: Path | None) -> tuple[Path, bool]:
+def prepare_config(
+    home: ClusterHome, config_file: Path | None, *, tls: bool = True
+) -> tuple[Path, bool]:
     """The configuration file ``up`` uses: ``config_file``, or the home's default, which is
-    written from the embedded default if absent. Returns (path, whether it was written)."""
+    written from the embedded default (TLS on, or off without ``tls``) if absent. Returns
+    (path, whether it was written)."""
     if config_file is not None:
         return config_file, False
     path = home.default_config
     if path.exists():
         return path, False
     _make_home(path.parent)
-    _write_atomic(path, DEFAULT_TOML)
+    _write_atomic(path, default_toml(tls=tls))
     return path, True
 
 
@@ -320,17 +333,25 @@ async def up(
     *,
     timeout_s: float = UP_TIMEOUT_S,
     net_config: NetConfig | None = None,
+    tls: bool = True,
 ) -> UpResult:
     """Start every replica (stores', then the lock service's) as a node process and wait
     until every group, store or lock, has a master.
 
-    Raises ``ConfigError`` (invalid configuration), ``ClusterRunning`` (node processes of
+    ``tls`` False (``--no-tls``): the default file is written with TLS off; a file that has
+    TLS on is refused (``ClusterError``: edit its ``[tls]``). Raises ``ConfigError`` (invalid
+    configuration), ``TlsError`` (unusable TLS material), ``ClusterRunning`` (node processes of
     ``home`` are alive), ``NodeExited`` or ``NoMasters``; on the last two (and on any other
     failure) every node process it started is stopped again and its pid file removed.
     """
     started_at = time.monotonic()
-    path, wrote = prepare_config(home, config_file)
+    path, wrote = prepare_config(home, config_file, tls=tls)
     config = load_config(path)
+    if not tls and config.tls.enabled:
+        raise ClusterError(
+            f"--no-tls: {path} has TLS on; set enabled = false in its [tls] table (or start "
+            f"a new home, where up writes the default with TLS off)"
+        )
     config_abs = path.resolve()
     live = live_nodes(home)
     if live:
@@ -342,6 +363,8 @@ async def up(
     for stale in home.pid_files().values():
         stale.unlink(missing_ok=True)
     _make_home(home.root)
+    tls_created = tuple(ensure_cluster_material(config))
+    net_config = net_config or NetConfig.for_cluster(config)
     for d in (home.run_dir, home.logs_dir, home.data_root):
         _private_dir(d)
     procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -403,6 +426,7 @@ async def up(
         masters=masters,
         elapsed_s=time.monotonic() - started_at,
         wrote_default_config=wrote,
+        tls_created=tls_created,
     )
 
 
@@ -480,6 +504,7 @@ async def status(
     pid_files = home.pid_files()
     probes = {sp.service: sp.probes for sp in service_probes(config)}
     infos = config.all_nodes()
+    net_config = net_config or NetConfig.for_cluster(config)
     answers = await asyncio.gather(
         *(node_masters(info, probes[info.service], net_config) for info in infos)
     )

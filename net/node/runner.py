@@ -70,6 +70,13 @@ It implements the driver contract of ``pxq.effects`` the way ``sim.world.NodeHos
   majority carries on; a full *filesystem* cannot be raised like the map.
 * ``stop()`` waits for the running commit, commits what is left on the loop thread, releases
   everything, then closes.
+* Authentication and authorisation (with TLS, ``NetConfig.tls``): a ``Hello(node=X)`` is
+  accepted only on a connection whose certificate says ``node:X`` (``net.tls``), and every
+  client call is checked against the connection's certificate identity by the
+  ``AccessPolicy`` (``pxq.access``) before the node is stepped with it: a refused call is
+  answered at once with a definite ``permission_denied`` error naming the missing permission
+  (logged, counted in ``calls_refused``); the node never sees it. Without TLS there is no
+  identity and every call is allowed; each node logs a warning at start.
 * Trace events go to the ``pxq.net.trace`` logger (debug level) and to an optional callback.
   Alarms (``pxq.effects.ALARM``: evidence about a peer or the group, never a crash) are
   counted in ``stats.alarms`` and logged at error level on ``pxq.net.alarm``, at most
@@ -108,9 +115,11 @@ from net.node.storage import (
     read_damaged,
 )
 from net.node.transport import InboundConnection, PeerLink, listen
+from net.tls import node_identity
 from net.wire.envelope import CallReply, Hello
 from net.wire.framing import encode_frame
 from pxq import codec
+from pxq.access import AccessPolicy, refusal_response
 from pxq.effects import (
     ALARM,
     BlankStorage,
@@ -295,6 +304,8 @@ class RunnerStats:
     """Connections closed at accept or at their first frame by a budget or a limit."""
     connections_evicted: int = 0
     """Connections closed to make room for a newer one (see ``NodeRunner.connection_opened``)."""
+    calls_refused: int = 0
+    """Client calls refused by the access policy (``pxq.access``) before reaching the node."""
     space_measurements: int = 0
     storage_crossings: int = 0
     """``StorageLow`` reports stepped into the node (both directions)."""
@@ -328,6 +339,7 @@ class NodeRunner:
         storage_opener: StorageOpener = open_lmdb,
         on_trace: TraceListener | None = None,
         if_blank: BlankStorage = "new",
+        access: AccessPolicy | None = None,
     ) -> None:
         if not node_id or not cluster:
             raise ValueError("node_id and cluster must be non-empty")
@@ -349,6 +361,7 @@ class NodeRunner:
         """What blank storage means at ``Boot`` (``pxq.effects.Boot.if_blank``): ``pxq node
         run`` says "probe", or "replace" with ``--replace``."""
         self._on_trace = on_trace
+        self._access = access or AccessPolicy({})
         self.state = RunnerState.NEW
         self.crash_reason: str | None = None
         self.stats = RunnerStats()
@@ -434,8 +447,13 @@ class NodeRunner:
         self._stopped = loop.create_future()
         storage = self._storage_opener(self.data_dir, self.cluster, self.node_id, self.config)
         try:
+            tls = self.config.tls
             server = await listen(
-                lambda: InboundConnection(self, self.config), self._host, self._port
+                lambda: InboundConnection(self, self.config),
+                self._host,
+                self._port,
+                ssl=None if tls is None else tls.server,
+                handshake_timeout_s=self.config.first_frame_timeout_ms / 1000,
             )
         except BaseException:
             storage.close()
@@ -465,6 +483,12 @@ class NodeRunner:
                 if link is not None:
                     link.open()
         log.info("node %s of cluster %s listening on %s:%d", self.node_id, self.cluster, *address)
+        if self.config.tls is None:
+            log.warning(
+                "node %s: TLS is off: anyone who can reach this port can act as a replica or "
+                "client ([tls] in the cluster file, docs/security-tls.md)",
+                self.node_id,
+            )
 
     def _boot(self, storage: DriverStorage, rng: random.Random) -> None:
         """Build the node and step it with ``Boot`` (then with ``StorageLow`` if short)."""
@@ -914,6 +938,12 @@ class NodeRunner:
         return True
 
     def accept_hello(self, conn: InboundConnection, hello: Hello) -> str | None:
+        if self.config.tls is not None and conn.identity != node_identity(hello.node):
+            # Only the holder of a node's certificate speaks for that node.
+            return (
+                f"the connection's certificate says {conn.identity or 'nothing'}, "
+                f"not {node_identity(hello.node)}"
+            )
         if hello.cluster != self.cluster:
             return f"cluster {hello.cluster!r} is not {self.cluster!r}"
         if hello.node not in self._peers:
@@ -994,6 +1024,23 @@ class NodeRunner:
         self._calls[call_id] = (conn, req_id)
         conn.open_calls.add(call_id)
         self.stats.calls += 1
+        refusal = self._access.refusal(conn.identity, request)
+        if refusal is not None:
+            # Refused before the node sees it: a definite error naming the permission, which
+            # depends on nothing undurable (released at once).
+            self.stats.calls_refused += 1
+            log.info(
+                "node %s: %s from %s refused: %s",
+                self.node_id,
+                type(request).__name__,
+                conn.label,
+                refusal.message,
+            )
+            self._release(
+                (), (Reply(call_id=call_id, response=refusal_response(request, refusal)),)
+            )
+            self._schedule_turn_end()
+            return
         self._watch_space()
         self._step(ClientCall(call_id=call_id, request=request))
         conn.calls_changed()

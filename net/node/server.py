@@ -28,6 +28,7 @@ from net.config import NetConfig
 from net.errors import StartupError
 from net.node.runner import NodeRunner, open_lmdb, open_lmdb_replacing
 from net.wire.loop import run as run_loop
+from pxq.access import AccessPolicy
 from pxq.config import ClusterConfig, NodeInfo
 from pxq.nodes import NodeSpec, node_spec
 
@@ -81,9 +82,10 @@ def build_runner(
         peers=spec.peers,
         host=spec.info.host,
         port=spec.info.port,
-        config=net_config if net_config is not None else NetConfig.for_cluster(config),
+        config=net_config if net_config is not None else NetConfig.for_cluster(config, node=node),
         storage_opener=open_lmdb_replacing if replace else open_lmdb,
         if_blank="replace" if replace else "probe",
+        access=AccessPolicy.for_cluster(config),
     )
 
 

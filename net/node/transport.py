@@ -22,6 +22,14 @@ This module owns the connection-level behaviour of the production wire, on top o
   with jittered exponential backoff while it has something to send.
 * ``listen``: binds a server socket, with a clear ``StartupError`` for a busy port.
 
+With TLS (``NetConfig.tls``, ``net.tls``) the listener requires a certificate of the cluster's
+CA (a connection without one fails its handshake, bounded by ``first_frame_timeout_ms``, and
+never becomes an ``InboundConnection``), and ``InboundConnection.identity`` is what that
+certificate says (``node:s1``, ``client:admin``): the host decides with it whom to believe.
+A ``PeerLink`` presents the node's own certificate and closes a connection whose server
+certificate does not name the peer it meant to reach (counted in ``connect_failures``, then
+the usual backoff).
+
 The node-facing decisions (is this Hello acceptable, what to do with a message or a call)
 belong to the ``InboundHost``, which the runner implements.
 """
@@ -35,10 +43,12 @@ import random
 from collections import deque
 from collections.abc import Callable
 from enum import Enum
+from ssl import SSLContext
 from typing import Protocol, cast
 
 from net.config import NetConfig
 from net.errors import AddressInUse, FrameError, StartupError
+from net.tls import node_identity, peer_identity
 from net.wire.envelope import ENVELOPES, Call, Hello
 from net.wire.framing import FrameDecoder, decode_payload, encode_frame
 from pxq.codec import CodecError
@@ -105,6 +115,9 @@ class InboundConnection(asyncio.Protocol):
         self.label = "?"
         self.address = "?"
         """The remote IP address (per-address limits)."""
+        self.identity: str | None = None
+        """What the peer's verified TLS certificate says (``node:s1``, ``client:admin``);
+        None without TLS."""
         self.open_calls: set[int] = set()  # call ids of the runner, maintained by it
         self.close_reason: str | None = None
 
@@ -121,6 +134,9 @@ class InboundConnection(asyncio.Protocol):
         if isinstance(peername, tuple):
             self.address = str(peername[0])
             self.label = f"{peername[0]}:{peername[1]}"
+        self.identity = peer_identity(tcp)
+        if self.identity is not None:
+            self.label = f"{self.label} ({self.identity})"
         tcp.set_write_buffer_limits(
             high=self._config.write_buffer_high_bytes, low=self._config.write_buffer_low_bytes
         )
@@ -485,9 +501,15 @@ class PeerLink:
     async def _connect_once(self) -> None:
         loop = asyncio.get_running_loop()
         host, port = self.address
+        tls = self._config.tls
         try:
             async with asyncio.timeout(self._config.peer_connect_timeout_ms / 1000):
-                await loop.create_connection(lambda: _PeerProtocol(self), host, port)
+                await loop.create_connection(
+                    lambda: _PeerProtocol(self),
+                    host,
+                    port,
+                    ssl=None if tls is None else tls.client,
+                )
         except (OSError, TimeoutError) as exc:
             self._task = None
             if self._state is _LinkState.CONNECTING:
@@ -523,6 +545,21 @@ class PeerLink:
         transport.write(encode_frame(hello, frame_bytes_max=self._config.frame_bytes_max))
         log.debug("%s: connected to peer %s", self.local, self.peer)
         self.flush()
+
+    def _wrong_identity(self, transport: asyncio.Transport, identity: str | None) -> None:
+        """The server's certificate does not name the peer: close, count, back off."""
+        transport.abort()
+        if self._state is not _LinkState.CONNECTING:
+            return
+        self.connect_failures += 1
+        log.warning(
+            "%s: the node at %s:%d is %s, not %s; closing the link",
+            self.local,
+            *self.address,
+            identity or "unauthenticated",
+            node_identity(self.peer),
+        )
+        self._backoff()
 
     def _lost(self, transport: asyncio.Transport, exc: Exception | None) -> None:
         if transport is not self._transport:
@@ -592,8 +629,15 @@ class _PeerProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
-        self._transport = cast(asyncio.Transport, transport)
-        self._link._connected(self._transport)
+        tcp = cast(asyncio.Transport, transport)
+        link = self._link
+        if link._config.tls is not None:
+            identity = peer_identity(tcp)
+            if identity != node_identity(link.peer):
+                link._wrong_identity(tcp, identity)
+                return
+        self._transport = tcp
+        link._connected(tcp)
 
     def data_received(self, data: bytes) -> None:
         log.info("peer %s wrote on a one-way link; closing it", self._link.peer)
@@ -615,12 +659,27 @@ class _PeerProtocol(asyncio.Protocol):
 # Listening
 
 
-async def listen(factory: Callable[[], asyncio.Protocol], host: str, port: int) -> asyncio.Server:
-    """A server bound to ``host:port`` (not yet serving); ``AddressInUse`` if the port is
-    taken, ``StartupError`` for any other bind failure."""
+async def listen(
+    factory: Callable[[], asyncio.Protocol],
+    host: str,
+    port: int,
+    *,
+    ssl: SSLContext | None = None,
+    handshake_timeout_s: float | None = None,
+) -> asyncio.Server:
+    """A server bound to ``host:port`` (not yet serving), TLS with ``ssl``; ``AddressInUse``
+    if the port is taken, ``StartupError`` for any other bind failure."""
     loop = asyncio.get_running_loop()
     try:
-        return await loop.create_server(factory, host, port, start_serving=False, backlog=512)
+        return await loop.create_server(
+            factory,
+            host,
+            port,
+            start_serving=False,
+            backlog=512,
+            ssl=ssl,
+            ssl_handshake_timeout=handshake_timeout_s if ssl is not None else None,
+        )
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise AddressInUse(f"cannot listen on {host}:{port}: the port is in use") from exc

@@ -65,15 +65,32 @@ def cluster() -> None:
     show_default=True,
     help=HOME_HELP,
 )
-def cluster_up(config_file: Path | None, timeout_s: float, home: Path) -> None:
+@click.option(
+    "--no-tls",
+    is_flag=True,
+    help="Write the default configuration with TLS off (benchmarks only: then anyone who "
+    "can reach a port can act as a replica or client).",
+)
+def cluster_up(config_file: Path | None, timeout_s: float, home: Path, no_tls: bool) -> None:
     """Start every replica (stores and lock service) as a process of its own and wait for the
-    masters of every Paxos group."""
-    from net.cluster.processes import ClusterHome, ClusterRunning, NodeExited, NoMasters, up
+    masters of every Paxos group. With TLS on (the default), the cluster's CA and
+    certificates are created in the home's tls directory first if missing."""
+    from net.cluster.processes import (
+        ClusterError,
+        ClusterHome,
+        ClusterRunning,
+        NodeExited,
+        NoMasters,
+        up,
+    )
+    from net.errors import TlsError
     from pxq.config.parser import ConfigError
 
     try:
-        result = asyncio.run(up(ClusterHome(home), config_file, timeout_s=timeout_s))
-    except (ConfigError, ClusterRunning) as exc:
+        result = asyncio.run(
+            up(ClusterHome(home), config_file, timeout_s=timeout_s, tls=not no_tls)
+        )
+    except (ConfigError, ClusterRunning, TlsError) as exc:
         _bad_input(str(exc))
     except NodeExited as exc:
         click.echo(f"pxq: {exc}; the other nodes were stopped", err=True)
@@ -83,6 +100,8 @@ def cluster_up(config_file: Path | None, timeout_s: float, home: Path) -> None:
     except NoMasters as exc:
         click.echo(f"pxq: {exc}; the nodes were stopped", err=True)
         sys.exit(EXIT_FAILED)
+    except ClusterError as exc:
+        _bad_input(str(exc))
     _print_up(result, home, default_config=config_file is None)
     sys.exit(EXIT_OK)
 
@@ -96,6 +115,13 @@ def _print_up(result: UpResult, home: Path, *, default_config: bool) -> None:
     kinds = f" ({groups - lock_groups} store, {lock_groups} lock)" if lock_groups else ""
     if result.wrote_default_config:
         click.echo(f"wrote the embedded default configuration to {result.config_file}")
+    if result.tls_created:
+        click.echo(
+            f"created the cluster's TLS material in {config.tls.dir}: "
+            f"{', '.join(result.tls_created)}"
+        )
+    if not config.tls.enabled:
+        click.echo("TLS is off: anyone who can reach the ports can act as a replica or client")
     click.echo(
         f'cluster "{config.name}" is up: {len(result.nodes)} nodes, a master for each of the '
         f"{groups} Paxos groups{kinds} after {result.elapsed_s:.1f} s"

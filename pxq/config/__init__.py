@@ -70,6 +70,18 @@ Schema (defaults in parentheses)::
     renew_ms = 1000                      # lease renewal period
     weight = 1                           # the consumer's default weight (consistent hashing)
     scheduler = false                    # follow a scheduler's published assignment
+    [tls]                                # optional: absent, TLS is off (anyone may connect)
+    enabled = true                       # (true) mutual TLS on every connection
+    dir = "tls"                          # ("tls") CA and certificates, relative to this file
+    identity = "admin"                   # ("admin") client commands' default principal
+    [[principals]]                       # optional: a client principal's permissions
+    name = "billing"                     # its certificate says client:billing
+    produce = ["orders"]                 # topics ("*": any)
+    consume = ["orders/billing"]         # topic/group: get, commit, retry ("*" per segment)
+    seek = ["orders/billing"]            # topic/group
+    redrive = ["orders/billing"]         # topic/group: read and commit its dead letters
+    locks = true                         # (false) use the lock service (consumers need it)
+    admin = false                        # (false) everything
     [[topics]]
     name = "events"                      # letters, digits, "_" and "-" only
     queues = 8
@@ -106,7 +118,7 @@ one item of the largest allowed size fits one proposal; an explicit override bel
 error.
 """
 
-from pxq.config.default import DEFAULT_TOML, default_config
+from pxq.config.default import DEFAULT_TOML, default_config, default_toml
 from pxq.config.model import (
     ENQUEUE_HEADROOM_BYTES,
     GIB,
@@ -134,6 +146,7 @@ from pxq.config.model import (
     LockServiceConfig,
     NodeInfo,
     OwnershipConfig,
+    PrincipalConfig,
     RateLimit,
     ReplicaConfig,
     Retention,
@@ -141,6 +154,7 @@ from pxq.config.model import (
     Role,
     StorageConfig,
     StoreConfig,
+    TlsConfig,
     TopicConfig,
     TopicInfo,
     ownership_problem,
@@ -176,6 +190,7 @@ __all__ = [
     "LockServiceConfig",
     "NodeInfo",
     "OwnershipConfig",
+    "PrincipalConfig",
     "RateLimit",
     "ReplicaConfig",
     "Retention",
@@ -183,9 +198,11 @@ __all__ = [
     "Role",
     "StorageConfig",
     "StoreConfig",
+    "TlsConfig",
     "TopicConfig",
     "TopicInfo",
     "default_config",
+    "default_toml",
     "load_config",
     "loads_config",
     "ownership_problem",

@@ -1,6 +1,7 @@
 """The embedded default cluster file (``pxq cluster up`` without ``--config`` writes it, and
 ``default_config()`` is its configuration): one store of three replicas and a lock service of
-three replicas on 127.0.0.1."""
+three replicas on 127.0.0.1, with TLS on (``up`` creates the CA and the certificates in the
+home's ``tls`` directory; ``default_toml(tls=False)`` is the file ``up --no-tls`` writes)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ DEFAULT_TOML: Final = """\
 # on 127.0.0.1 (pxq cluster up).
 [cluster]
 name = "local"
+
+# Mutual TLS with the cluster's own CA on every connection: pxq cluster up creates the CA and
+# the certificates in tls/ beside this file (docs/security-tls.md). enabled = false turns TLS
+# off (benchmarks): then anyone who can reach a port can act as a replica or client.
+[tls]
 
 [[stores]]
 name = "store0"
@@ -57,8 +63,14 @@ retries = [{ delay_ms = 1000 }, { delay_ms = 10000 }]
 """
 
 
+def default_toml(*, tls: bool = True) -> str:
+    """The embedded default file, with TLS on, or off (``enabled = false``)."""
+    return DEFAULT_TOML if tls else DEFAULT_TOML.replace("[tls]\n", "[tls]\nenabled = false\n", 1)
+
+
 def default_config() -> ClusterConfig:
     """A local 3-replica store on 127.0.0.1 (ports 7101-7103, 4 groups), a 3-replica lock
     service (nodes l0-l2, ports 7201-7203, 1 group), topic "events" with 8 queues and consumer
-    group "default"; ownership defaults."""
+    group "default"; ownership defaults; TLS on with the ``tls`` directory (relative: beside the
+    file ``pxq cluster up`` writes)."""
     return loads_config(DEFAULT_TOML, file="<default>")

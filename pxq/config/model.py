@@ -146,6 +146,51 @@ class ConnectionsConfig:
     partial_frame_timeout_ms: int = 30_000
 
 
+TLS_DIR_DEFAULT: Final = "tls"
+"""Where a ``[tls]`` table without ``dir`` keeps the cluster's CA and certificates (relative
+to the cluster file's directory)."""
+TLS_IDENTITY_DEFAULT: Final = "admin"
+"""The client principal a client command uses unless told otherwise: the cluster's own
+administrator, who may do everything."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsConfig:
+    """The ``[tls]`` table: whether every connection (replica links and clients) is TLS with
+    certificates of the cluster's CA, where the CA and the certificates are, and which client
+    identity client commands use by default (``net.tls``, docs/security-tls.md). A cluster
+    file without ``[tls]`` has TLS off (``enabled`` False): then nothing is authenticated and
+    every request is allowed."""
+
+    enabled: bool = False
+    dir: str = TLS_DIR_DEFAULT
+    """The directory of ``ca.pem``, ``node-<name>.pem``/``.key`` and
+    ``client-<name>.pem``/``.key``; a relative path is relative to the cluster file's
+    directory (``load_config`` resolves it)."""
+    identity: str = TLS_IDENTITY_DEFAULT
+    """The client principal of client commands without ``--identity`` (or ``PXQ_IDENTITY``)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrincipalConfig:
+    """One ``[[principals]]`` entry: what a client principal (its certificate says
+    ``client:<name>``) may do (``pxq.access``). Patterns are ``topic`` for ``produce`` and
+    ``topic/group`` for the others, where ``*`` as a whole segment matches any name. The
+    principal ``admin`` and the cluster's nodes may always do everything and are not listed."""
+
+    name: str
+    produce: tuple[str, ...] = ()
+    consume: tuple[str, ...] = ()
+    """Get, commit and retry (a failed item to its retry level) for these groups."""
+    seek: tuple[str, ...] = ()
+    redrive: tuple[str, ...] = ()
+    """Read and commit the dead-letter topic of these groups."""
+    locks: bool = False
+    """Use the lock service (consumers take their queues through it)."""
+    admin: bool = False
+    """Everything."""
+
+
 INFLIGHT_BATCHES_MAX = 64
 """Largest ``[batching] inflight_batches`` accepted."""
 
@@ -399,6 +444,10 @@ class ClusterConfig:
     """Every node's LMDB sizing and storage reserve (``[storage]``, defaults if absent)."""
     connections: ConnectionsConfig = ConnectionsConfig()
     """Every node's connection budgets and client timeouts (``[connections]``)."""
+    tls: TlsConfig = TlsConfig()
+    """TLS and authentication (``[tls]``; absent: off)."""
+    principals: tuple[PrincipalConfig, ...] = ()
+    """The client principals' permissions (``[[principals]]``)."""
     _ring: StoreRing | None = field(default=None, repr=False, compare=False)
     _topics: dict[str, TopicInfo] = field(default_factory=dict, repr=False, compare=False)
     _queues_cache: dict[tuple[str, str, int], tuple[int, ...]] = field(

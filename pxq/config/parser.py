@@ -29,12 +29,14 @@ from pxq.config.model import (
     Limits,
     LockServiceConfig,
     OwnershipConfig,
+    PrincipalConfig,
     RateLimit,
     ReplicaConfig,
     Retention,
     RetryLevel,
     StorageConfig,
     StoreConfig,
+    TlsConfig,
     TopicConfig,
 )
 from pxq.lock.messages import VALUE_BYTES_MAX
@@ -50,8 +52,14 @@ class ConfigError(TomlError):
 
 
 def load_config(path: str | Path) -> ClusterConfig:
-    """Read and validate the cluster file at ``path``."""
-    return loads_config(read_text(path, error=ConfigError), file=str(path))
+    """Read and validate the cluster file at ``path``; a relative ``[tls] dir`` is made
+    relative to the file's directory."""
+    config = loads_config(read_text(path, error=ConfigError), file=str(path))
+    tls_dir = Path(config.tls.dir)
+    if config.tls.enabled and not tls_dir.is_absolute():
+        resolved = Path(path).absolute().parent / tls_dir
+        config = dataclasses.replace(config, tls=dataclasses.replace(config.tls, dir=str(resolved)))
+    return config
 
 
 def loads_config(text: str, *, file: str = "<string>") -> ClusterConfig:
@@ -69,6 +77,8 @@ _SECTIONS: Final = (
     "locks",
     "ownership",
     "topics",
+    "tls",
+    "principals",
 )
 _NAME: Final = re.compile(r"[A-Za-z0-9_-]+")
 _PAXOS_FIELDS: Final = tuple(
@@ -159,6 +169,9 @@ def _cluster(doc: TomlTable) -> ClusterConfig:
     topics_raw = doc.tables("topics", allowed=("name", "queues", "retention", "consumer_groups"))
     topics = tuple(_topic(t, limits) for t in topics_raw)
     _check_unique(doc, "topics", [t.name for t in topics], "topic")
+    tls = _tls(doc.table("tls", allowed=_TLS)) if doc.has("tls") else TlsConfig()
+    principals = tuple(_principal(p) for p in doc.tables("principals", allowed=_PRINCIPAL))
+    _check_unique(doc, "principals", [p.name for p in principals], "principal")
     return ClusterConfig(
         name=name,
         stores=stores,
@@ -169,6 +182,8 @@ def _cluster(doc: TomlTable) -> ClusterConfig:
         ownership=ownership,
         storage=storage,
         connections=connections,
+        tls=tls,
+        principals=principals,
     )
 
 
@@ -186,6 +201,53 @@ _CONNECTIONS: Final = tuple(f.name for f in dataclasses.fields(ConnectionsConfig
 def _connections(t: TomlTable) -> ConnectionsConfig:
     defaults = ConnectionsConfig()
     return ConnectionsConfig(**{n: t.integer(n, getattr(defaults, n), lo=1) for n in _CONNECTIONS})
+
+
+_TLS: Final = tuple(f.name for f in dataclasses.fields(TlsConfig))
+
+
+def _tls(t: TomlTable) -> TlsConfig:
+    """A ``[tls]`` table: present means on unless ``enabled = false``."""
+    return TlsConfig(
+        enabled=t.boolean("enabled", True),
+        dir=t.string("dir", _default(TlsConfig, "dir"), nonempty=True),
+        identity=_name(t, "identity", _default(TlsConfig, "identity")),
+    )
+
+
+_PRINCIPAL: Final = tuple(f.name for f in dataclasses.fields(PrincipalConfig))
+_PATTERN_SEGMENT: Final = re.compile(r"\*|[A-Za-z0-9_-]+")
+
+
+def _principal(t: TomlTable) -> PrincipalConfig:
+    name = _name(t, "name")
+    if name == _default(TlsConfig, "identity"):
+        raise t.error("name", f"{name!r} may always do everything; it is not listed")
+
+    def patterns(key: str, segments: int) -> tuple[str, ...]:
+        out: list[str] = []
+        for i, v in enumerate(t.array(key, [])):
+            shape = "a topic" if segments == 1 else "topic/group"
+            if not isinstance(v, str):
+                raise t.error(f"{key}[{i}]", f"expected a string ({shape}), got {kind_of(v)}")
+            parts = v.split("/")
+            if len(parts) != segments or not all(_PATTERN_SEGMENT.fullmatch(p) for p in parts):
+                raise t.error(
+                    f"{key}[{i}]",
+                    f"{v!r}: expected {shape}, each a name or *",
+                )
+            out.append(v)
+        return tuple(out)
+
+    return PrincipalConfig(
+        name=name,
+        produce=patterns("produce", 1),
+        consume=patterns("consume", 2),
+        seek=patterns("seek", 2),
+        redrive=patterns("redrive", 2),
+        locks=t.boolean("locks", False),
+        admin=t.boolean("admin", False),
+    )
 
 
 def _storage(t: TomlTable) -> StorageConfig:
