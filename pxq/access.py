@@ -59,9 +59,9 @@ def required_permission(request: object) -> str | None:
         case Get(items_max=0):
             return None
         case Get(topic=topic, group=group) | CommitCursor(topic=topic, group=group):
-            return _read_permission(topic, group)
+            return read_permission(topic, group)
         case Retry(topic=topic, group=group):
-            return _read_permission(topic, group)
+            return read_permission(topic, group)
         case Seek(topic=topic, group=group):
             return f"seek:{base_topic(topic)}/{group}"
         case ReadLock(key=key) if key.startswith(LOCK_PROBE_PREFIX) and not request.through_log:
@@ -72,7 +72,9 @@ def required_permission(request: object) -> str | None:
             return ADMIN
 
 
-def _read_permission(topic: str, group: str) -> str:
+def read_permission(topic: str, group: str) -> str:
+    """What reading and committing ``topic`` (base, retry level or dead letters) as ``group``
+    needs: ``consume:BASE/GROUP``, or ``redrive:BASE/GROUP`` for its dead letters."""
     kind = "redrive" if DLQ_MARK in topic and retry_level(topic) < 0 else "consume"
     return f"{kind}:{base_topic(topic)}/{group}"
 

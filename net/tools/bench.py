@@ -85,10 +85,15 @@ class Target:
     masters: dict[str, str]
 
 
-def bench_toml(groups: int, queues: int, ports: Sequence[int], linger_ms: int | None) -> str:
+def bench_toml(
+    groups: int, queues: int, ports: Sequence[int], linger_ms: int | None, *, tls: bool = True
+) -> str:
     """The configuration ``--start-cluster`` uses: one store of three replicas on ``ports``,
-    ``groups`` Paxos groups, topic "bench" with ``queues`` queues and consumer group "g"."""
+    ``groups`` Paxos groups, topic "bench" with ``queues`` queues and consumer group "g";
+    with ``tls`` (``pxq cluster up``'s default), ``[tls]`` on (material beside the file)."""
     lines = ["[cluster]", 'name = "bench"']
+    if tls:
+        lines += ["[tls]"]
     if linger_ms is not None:
         lines += ["[batching]", f"linger_ms = {linger_ms}"]
     lines += ["[[stores]]", 'name = "store0"', f"groups = {groups}"]
@@ -101,14 +106,14 @@ def bench_toml(groups: int, queues: int, ports: Sequence[int], linger_ms: int | 
 
 @contextlib.asynccontextmanager
 async def started_cluster(
-    groups: int, queues: int, linger_ms: int | None = None
+    groups: int, queues: int, linger_ms: int | None = None, *, tls: bool = True
 ) -> AsyncIterator[Target]:
     """``pxq cluster up`` in a temporary home on free ports; ``down`` and removal on exit."""
     with tempfile.TemporaryDirectory(prefix="pxq-bench-") as tmp:
         root = Path(tmp)
         config_file = root / "cluster.toml"
         config_file.write_text(
-            bench_toml(groups, queues, free_ports(3), linger_ms), encoding="utf-8"
+            bench_toml(groups, queues, free_ports(3), linger_ms, tls=tls), encoding="utf-8"
         )
         home = ClusterHome(root / ".pxq")
         result = await up(home, config_file, timeout_s=UP_TIMEOUT_S)
@@ -555,6 +560,8 @@ class BenchSpec:
     """RSS mode: backlog sizes at which to sample the nodes' RssAnon (ascending)."""
     rss_time_max_s: float = RSS_TIME_MAX_S_DEFAULT
     start_cluster: bool = False
+    tls: bool = True
+    """With ``start_cluster``: the started cluster runs with TLS (False: ``--no-tls``)."""
     config_file: Path = Path(".pxq") / "cluster.toml"
     home: Path | None = None
     topic: str | None = None
@@ -675,6 +682,7 @@ async def run_cases(
                 "queues": target.config.topic(topic).queues,  # type: ignore[union-attr]
                 "replicas": sum(len(s.replicas) for s in target.config.stores),
                 "cluster": "started" if target.started else str(target.config_file),
+                "tls": target.config.tls.enabled,
                 "node_pids": target.node_pids,
                 "masters": target.masters,
             }
@@ -695,8 +703,11 @@ async def run_bench(spec: BenchSpec, emit: Emit, note: Callable[[str], None]) ->
     if spec.start_cluster:
         for groups in spec.groups:
             queues = groups * spec.queues_per_group
-            note(f"starting a cluster: 3 replicas, {groups} Paxos group(s), {queues} queue(s)")
-            async with started_cluster(groups, queues, spec.linger_ms) as target:
+            tls = "TLS" if spec.tls else "no TLS"
+            note(
+                f"starting a cluster: 3 replicas, {groups} Paxos group(s), {queues} queue(s), {tls}"
+            )
+            async with started_cluster(groups, queues, spec.linger_ms, tls=spec.tls) as target:
                 note(f"cluster up: nodes {target.node_pids}, masters {target.masters}")
                 summaries += await run_cases(target, spec, cases, emit, len(summaries))
     else:

@@ -74,6 +74,12 @@ class IntList(click.ParamType[tuple[int, ...]]):
     help="Start `pxq cluster up` (3 replicas, free ports) in a temporary home, tear it down after.",
 )
 @click.option(
+    "--no-tls",
+    is_flag=True,
+    help="With --start-cluster: the cluster runs without TLS (the default is TLS, as `pxq "
+    "cluster up`), to measure what TLS costs.",
+)
+@click.option(
     "--inflight",
     type=IntList(1, INFLIGHT_MAX),
     default="200",
@@ -181,6 +187,7 @@ def bench(
     config_file: Path,
     home: Path | None,
     start_cluster: bool,
+    no_tls: bool,
     inflight: tuple[int, ...],
     payload_bytes: tuple[int, ...],
     groups: tuple[int, ...],
@@ -214,6 +221,8 @@ def bench(
     if not start_cluster:
         if groups != (1,) or queues_per_group != 1:
             _bad_input("--groups and --queues-per-group need --start-cluster")
+        if no_tls:
+            _bad_input("--no-tls needs --start-cluster (a running cluster has its own [tls])")
         if not config_file.is_file():
             _bad_input(
                 f"no cluster file at {config_file}: start one with `pxq cluster up` "
@@ -248,6 +257,7 @@ def bench(
         rss=rss or (),
         rss_time_max_s=rss_time_max_s,
         start_cluster=start_cluster,
+        tls=not no_tls,
         config_file=config_file,
         home=home,
         topic=topic,

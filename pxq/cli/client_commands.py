@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 import click
 
+from pxq.access import PERMISSION_DENIED, read_permission
 from pxq.cli.common import EXIT_FAILED, EXIT_OK, bad_input
 
 if TYPE_CHECKING:
@@ -37,6 +38,8 @@ ECHO_KEY_TRIES_MAX = 10_000
 ECHO_POLL_MS = 5
 """The echo consumer's longest wait between polls of an empty queue (keeps latency honest)."""
 READY_POLL_S = 0.005
+DENIED_POLL_S = 0.1
+"""How often ``pxq consume`` looks for streams the store refused (``permission_denied``)."""
 
 CONFIG_OPTION = click.option(
     "--config",
@@ -49,13 +52,17 @@ CONFIG_OPTION = click.option(
 
 def _load(config_path: Path | None) -> ClusterConfig:
     from net.client.api import resolve_config
+    from net.errors import TlsError
+    from net.tls import client_contexts
     from pxq.config.parser import ConfigError
 
     try:
-        return resolve_config(config_path)
-    except ConfigError as exc:
+        config = resolve_config(config_path)
+        client_contexts(config)  # the client's TLS material is there and usable
+    except (ConfigError, TlsError) as exc:
         bad_input(str(exc))
         raise  # unreachable: bad_input exits
+    return config
 
 
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
@@ -235,7 +242,19 @@ async def _consume(
                     return
                 await asyncio.sleep(timeout_s - idle)
 
+        async def denied_watch() -> None:
+            # A stream the store refused for lack of permission never resumes: say so, stop.
+            while True:
+                for t, q, code in consumer.stopped_streams:
+                    if code == PERMISSION_DENIED:
+                        denied.append(f"{t} queue {q}: {read_permission(t, group)}")
+                        consumer.stop()
+                        return
+                await asyncio.sleep(DENIED_POLL_S)
+
+        denied: list[str] = []
         dog = loop.create_task(watchdog())
+        denied_dog = loop.create_task(denied_watch())
         try:
             async with consumer:
                 async for batch in consumer.batches():
@@ -248,6 +267,10 @@ async def _consume(
                         consumer.stop()  # this batch is still committed
         finally:
             dog.cancel()
+            denied_dog.cancel()
+    if denied:
+        click.echo(f"pxq: permission denied: the principal lacks {denied[0]}", err=True)
+        sys.exit(EXIT_FAILED)
     return printed
 
 
