@@ -173,11 +173,12 @@ def _print_up(result: UpResult, home: Path, *, default_config: bool) -> None:
 def cluster_status(config_file: Path | None, home: Path) -> None:
     """Per node (store and lock replicas): process alive, port accepting, groups it masters."""
     from net.cluster.processes import ClusterHome, status
+    from net.errors import TlsError
     from pxq.config.parser import ConfigError
 
     try:
         st = asyncio.run(status(ClusterHome(home), config_file))
-    except ConfigError as exc:
+    except (ConfigError, TlsError) as exc:
         _bad_input(str(exc))
     width = max(4, *(len(n.node) for n in st.nodes))
     swidth = max(7, *(len(n.service) for n in st.nodes))

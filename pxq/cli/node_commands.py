@@ -129,6 +129,8 @@ def scheduler_run(config_file: Path, name: str, log_level: str) -> None:
     cluster file sets [ownership] scheduler = true. Exit 0 after a stop, 2 for a bad
     configuration."""
     from net.cluster.scheduler import run_scheduler
+    from net.errors import TlsError
+    from net.tls import client_contexts
     from net.wire.loop import run as run_loop
     from pxq.config.parser import ConfigError, load_config
 
@@ -137,7 +139,8 @@ def scheduler_run(config_file: Path, name: str, log_level: str) -> None:
     )
     try:
         config = load_config(config_file)
-    except (ConfigError, OSError) as exc:
+        client_contexts(config)  # its TLS identity (admin, or $PXQ_IDENTITY) is usable
+    except (ConfigError, OSError, TlsError) as exc:
         _bad_input(str(exc))
     if config.locks is None:
         _bad_input(f"{config_file}: the cluster has no lock service ([locks]) to elect through")
