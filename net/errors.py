@@ -92,3 +92,8 @@ class PeerIdentityMismatch(NotConnected):
     """The node reached presented a certificate of the cluster's CA naming another identity
     than the one the caller meant to reach; the connection was closed before any call was
     sent (definite)."""
+
+
+class LoginRefused(NotConnected):
+    """The node refused the client's login token (unknown, or TLS off); the connection was
+    closed before any call was sent (definite)."""

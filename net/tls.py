@@ -9,7 +9,10 @@ certificate on both ends signed by the cluster's own CA:
   and ``pxq tls issue`` make, so a verified certificate's CN is the identity the holder of its
   key proved. No hostname is checked (nodes move between addresses; the CN is what counts).
 * A node's server context requires a client certificate of the CA (a connection without one
-  fails its handshake and never reaches the node); the runner believes a ``Hello(node=X)``
+  fails its handshake and never reaches the node), unless some principal of the cluster file
+  has login tokens (``token_sha256``): then a certificate is optional (one that is presented
+  is still verified), and a connection without one must send ``Login(token)`` first, its
+  identity being the principal the token's SHA-256 names (``pxq.access``); the runner believes a ``Hello(node=X)``
   only on a connection whose certificate says ``node:X`` and checks every client call against
   the principal the certificate names (``pxq.access``).
 * A client or a node connecting out verifies the server's certificate against the CA and then
@@ -34,7 +37,7 @@ from __future__ import annotations
 import datetime
 import os
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -49,8 +52,10 @@ VALID_DAYS: Final = 3650
 IDENTITY_ENV: Final = "PXQ_IDENTITY"
 CERT_ENV: Final = "PXQ_TLS_CERT"
 KEY_ENV: Final = "PXQ_TLS_KEY"
+TOKEN_ENV: Final = "PXQ_TOKEN"
 """Environment variables a client command takes its identity from (``--identity``,
-``--cert``, ``--key`` set them)."""
+``--cert``, ``--key`` set the first three); with ``$PXQ_TOKEN`` a client logs in with that
+token instead of presenting a certificate."""
 
 
 def node_identity(node: str) -> str:
@@ -215,20 +220,32 @@ def ensure_cluster_material(config: ClusterConfig) -> list[str]:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TlsContexts:
-    """The SSL contexts of one process: ``identity`` is what its own certificate says;
-    ``server`` (nodes only) accepts connections, ``client`` opens them."""
+    """The SSL contexts of one process: ``identity`` is what its own certificate says (a
+    token client's: ``token``); ``server`` (nodes only) accepts connections, ``client`` opens
+    them; ``token``: log in with it (a client without a certificate)."""
 
     identity: str
     client: ssl.SSLContext
     server: ssl.SSLContext | None = None
+    token: str | None = field(default=None, repr=False)
 
 
-def _context(purpose: int, ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
+def _context(
+    purpose: int, ca: Path, cert: Path | None, key: Path | None, *, optional: bool = False
+) -> ssl.SSLContext:
     ctx = ssl.SSLContext(purpose)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.check_hostname = False  # the certificate's CN is checked instead (see the docstring)
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    for path, what in ((ca, "the cluster CA"), (cert, "the certificate"), (key, "the key")):
+    ctx.verify_mode = ssl.CERT_OPTIONAL if optional else ssl.CERT_REQUIRED
+    if not ca.is_file():
+        raise TlsError(f"TLS is on but the cluster CA {ca} is missing (pxq cluster up makes it)")
+    if cert is None or key is None:
+        try:
+            ctx.load_verify_locations(cafile=str(ca))
+        except (OSError, ssl.SSLError) as exc:
+            raise TlsError(f"cannot load the cluster CA {ca}: {exc}") from exc
+        return ctx
+    for path, what in ((cert, "the certificate"), (key, "the key")):
         if not path.is_file():
             raise TlsError(
                 f"TLS is on but {what} {path} is missing (pxq cluster up creates the cluster's "
@@ -249,10 +266,11 @@ def node_contexts(config: ClusterConfig, node: str) -> TlsContexts | None:
     tls_dir = Path(config.tls.dir)
     identity = node_identity(node)
     crt, key, ca = cert_path(tls_dir, identity), key_path(tls_dir, identity), tls_dir / CA_CERT
+    tokens = any(p.token_sha256 for p in config.principals)
     return TlsContexts(
         identity=identity,
         client=_context(ssl.PROTOCOL_TLS_CLIENT, ca, crt, key),
-        server=_context(ssl.PROTOCOL_TLS_SERVER, ca, crt, key),
+        server=_context(ssl.PROTOCOL_TLS_SERVER, ca, crt, key, optional=tokens),
     )
 
 
@@ -262,14 +280,24 @@ def client_contexts(
     identity: str | None = None,
     cert: Path | None = None,
     key: Path | None = None,
+    token: str | None = None,
 ) -> TlsContexts | None:
     """A client's context; None with TLS off. The principal is ``identity``, else
     ``$PXQ_IDENTITY``, else ``[tls] identity`` (``admin``); its certificate and key are
     ``cert``/``key``, else ``$PXQ_TLS_CERT``/``$PXQ_TLS_KEY``, else
-    ``client-<name>.pem``/``.key`` in the TLS directory."""
+    ``client-<name>.pem``/``.key`` in the TLS directory. With ``token`` (else
+    ``$PXQ_TOKEN``) and no certificate given, the client presents none and logs in with the
+    token."""
     if not config.tls.enabled:
         return None
     tls_dir = Path(config.tls.dir)
+    token = token or os.environ.get(TOKEN_ENV)
+    if token and cert is None and not os.environ.get(CERT_ENV):
+        return TlsContexts(
+            identity="token",
+            client=_context(ssl.PROTOCOL_TLS_CLIENT, tls_dir / CA_CERT, None, None),
+            token=token,
+        )
     name = identity or os.environ.get(IDENTITY_ENV) or config.tls.identity
     who = client_identity(name)
     cert = cert or _env_path(CERT_ENV) or cert_path(tls_dir, who)

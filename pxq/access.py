@@ -22,6 +22,10 @@ Open to every authenticated principal (no permission): the master probes of ``px
 status`` and ``wait_for_masters`` (``net.cluster.probe``): a zero-item ``Get`` (it reveals
 cursors and offsets, not items) and a ``ReadLock`` of a key under ``LOCK_PROBE_PREFIX``.
 
+A client authenticates with its certificate (``client:NAME``) or, when the cluster file gives
+its principal ``token_sha256`` digests, with a token sent in a ``Login`` frame over TLS
+(``principal_of_token``); the file holds only the tokens' SHA-256.
+
 Principals (``[[principals]]``, ``pxq.config.PrincipalConfig``) grant patterns: ``topic`` for
 ``produce``, ``topic/group`` for the others, each segment a name or ``*`` (any). ``admin``
 (the cluster administrator's client identity) and every node identity may do everything; a
@@ -30,8 +34,9 @@ principal that is not listed may only probe.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from pxq.config import ClusterConfig, PrincipalConfig
@@ -49,6 +54,11 @@ PERMISSION_DENIED: Final = "permission_denied"
 
 ADMIN: Final = "admin"
 LOCKS: Final = "locks"
+
+
+def token_digest(token: str) -> str:
+    """What the cluster file holds of a login token: its SHA-256, hex."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def required_permission(request: object) -> str | None:
@@ -101,13 +111,23 @@ class Refusal:
 
 @dataclass(frozen=True, slots=True)
 class AccessPolicy:
-    """The permissions of the client principals of one cluster (see the module docstring)."""
+    """The permissions of the client principals of one cluster (see the module docstring),
+    and the digests of their login tokens (``tokens``: SHA-256 hex -> principal name)."""
 
     principals: Mapping[str, PrincipalConfig]
+    tokens: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def for_cluster(cls, config: ClusterConfig) -> AccessPolicy:
-        return cls({p.name: p for p in config.principals})
+        return cls(
+            {p.name: p for p in config.principals},
+            {d: p.name for p in config.principals for d in p.token_sha256},
+        )
+
+    def principal_of_token(self, token: str) -> str | None:
+        """The identity (``client:NAME``) a login token authenticates; None if unknown."""
+        name = self.tokens.get(token_digest(token))
+        return None if name is None else CLIENT_PREFIX + name
 
     def allows(self, identity: str, permission: str) -> bool:
         """Whether the certificate identity ``identity`` has ``permission``."""

@@ -11,11 +11,12 @@ defaults, the relative TLS directory, and errors naming the key path.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
 
-from pxq.access import AccessPolicy, refusal_response, required_permission
+from pxq.access import AccessPolicy, refusal_response, required_permission, token_digest
 from pxq.config import ConfigError, default_toml, load_config, loads_config
 from pxq.lock.messages import Acquire, LockError, ReadLock
 from pxq.store.messages import CommitCursor, Enqueue, Get, Retry, Seek, StoreError
@@ -108,6 +109,15 @@ admin = true
     assert isinstance(lock, LockError) and lock.code == "permission_denied" and lock.definite
 
 
+def test_a_token_authenticates_the_principal_whose_digest_the_file_holds() -> None:
+    digest = token_digest("t0k3n")
+    assert digest == hashlib.sha256(b"t0k3n").hexdigest()
+    config = loads_config(BASE + f'[[principals]]\nname = "shop"\ntoken_sha256 = ["{digest}"]\n')
+    policy = AccessPolicy.for_cluster(config)
+    assert policy.principal_of_token("t0k3n") == "client:shop"
+    assert policy.principal_of_token("guess") is None
+
+
 def test_the_tls_table(tmp_path: Path) -> None:
     assert not loads_config(BASE).tls.enabled  # absent: off
     on = loads_config(BASE + "[tls]\n")
@@ -136,6 +146,17 @@ def test_the_tls_table(tmp_path: Path) -> None:
         ('[[principals]]\nname = "a"\nseek = ["a/b*"]\n', "principals[0].seek[0]", "name or *"),
         ('[[principals]]\nname = "a"\nlocks = "yes"\n', "principals[0].locks", "boolean"),
         ('[[principals]]\nname = "a"\n[[principals]]\nname = "a"\n', "principals[1].name", "dup"),
+        (
+            '[[principals]]\nname = "a"\ntoken_sha256 = ["abc"]\n',
+            "principals[0].token_sha256[0]",
+            "64",
+        ),
+        (
+            f'[[principals]]\nname = "a"\ntoken_sha256 = ["{"0" * 64}"]\n'
+            f'[[principals]]\nname = "b"\ntoken_sha256 = ["{"0" * 64}"]\n',
+            "principals[1].token_sha256[0]",
+            "same token digest",
+        ),
     ],
 )
 def test_tls_and_principal_errors_name_the_key(extra: str, key: str, reason: str) -> None:

@@ -21,7 +21,7 @@ from net.client.connection import _ClientProtocol
 from net.config import NetConfig
 from net.errors import ConnectionLost, FrameError
 from net.node.transport import ConnKind, InboundConnection
-from net.wire.envelope import ENVELOPES, Call, CallReply, Hello
+from net.wire.envelope import ENVELOPES, Call, CallReply, Hello, Login
 from net.wire.framing import HEADER, FrameDecoder, encode_frame, frame
 from pxq import codec
 from tests.test_net_support import Blob, Count, Incr, Ping
@@ -134,6 +134,9 @@ class FakeHost:
 
     def accept_hello(self, conn: InboundConnection, hello: Hello) -> str | None:
         return None if (hello.cluster, hello.node) == ("c", "p1") else "unknown"
+
+    def accept_login(self, conn: InboundConnection, login: Login) -> str | None:
+        return "no logins"
 
     def accept_client(self, conn: InboundConnection) -> str | None:
         return None

@@ -6,7 +6,10 @@ nodes' certificate identities), on asyncio's loop and on uvloop, and the admin c
 produces and consumes; a connection without a certificate, or with one of another CA, gets no
 answer; a ``Hello(node="s1")`` is refused (with a logged reason) on a connection whose
 certificate says ``client:mallory`` or ``node:s2``, while a node's own certificate is accepted;
-a client that expects node s0 refuses a server whose certificate names s1; a principal
+a client that expects node s0 refuses a server whose certificate names s1; a login token
+authenticates as its principal (the file holds only its digest), an unknown token is refused
+(``LoginRefused``, logged), a connection with neither certificate nor token gets no answer,
+and a token never makes a replica; a principal
 without consume permission gets a definite ``permission_denied`` naming
 ``consume:events/default`` for a forged ``CommitCursor`` (the group's cursor does not move)
 and for a ``Get``, and ``PermissionDenied`` from the client library; one without produce
@@ -31,7 +34,7 @@ from net.client.api import AsyncClient, PermissionDenied
 from net.client.connection import NodeClient
 from net.cluster.inprocess import LocalCluster
 from net.config import NetConfig
-from net.errors import NetError, PeerIdentityMismatch
+from net.errors import LoginRefused, NetError, PeerIdentityMismatch
 from net.node.transport import ConnKind
 from net.tls import (
     client_contexts,
@@ -42,9 +45,11 @@ from net.tls import (
     node_contexts,
     node_identity,
 )
-from net.wire.envelope import Hello
-from net.wire.framing import encode_frame
+from net.wire.envelope import Call, Hello, Login, LoginReply
+from net.wire.framing import decode_payload, encode_frame
 from net.wire.loop import run as run_on_uvloop
+from pxq import codec
+from pxq.access import token_digest
 from pxq.config import ClusterConfig, load_config
 from pxq.store.messages import CommitCursor, Enqueue, Get, GetOk, Item, StoreError
 from tests.test_net_cluster import STORE, TOPIC, cluster_toml, free_ports
@@ -325,5 +330,60 @@ def test_a_principal_without_produce_permission_for_the_topic_is_refused(tmp_pat
             await c.enqueue(TOPIC, b"allowed", key="k")
             with pytest.raises(PermissionDenied, match="client:producer lacks produce:audit"):
                 await c.enqueue("audit", b"refused", key="k")
+
+    run_async(with_cluster(config, tmp_path / "data", body))
+
+
+def test_a_token_logs_in_as_its_principal_and_a_wrong_or_missing_one_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = "s3cret-token-of-the-shop"
+    path = tmp_path / "cluster.toml"
+    text = cluster_toml(free_ports(3)) + PRINCIPALS
+    text += '\n[[principals]]\nname = "shop"\nproduce = ["events"]\n'
+    text += f'token_sha256 = ["{token_digest(token)}"]\n'
+    path.write_text(text, encoding="utf-8")
+    config = load_config(path)
+    assert token not in path.read_text(encoding="utf-8")
+    ensure_cluster_material(config)
+    get = Get(topic=TOPIC, group="default", queue=0, cursor=0, items_max=5, bytes_max=1 << 20)
+
+    def with_token(value: str) -> NetConfig:
+        return dataclasses.replace(FAST, tls=client_contexts(config, token=value))
+
+    async def body(cluster: LocalCluster) -> None:
+        async with await AsyncClient.connect(config, net_config=with_token(token)) as c:
+            await c.enqueue(TOPIC, b"with a token", key="k")
+            with pytest.raises(PermissionDenied, match="client:shop lacks consume:events/default"):
+                await c.peek(TOPIC, "default", 0, offset=0)
+        host, port = cluster.address_of("s0")
+        with (
+            caplog.at_level(logging.WARNING, logger="pxq.net.transport"),
+            pytest.raises(LoginRefused, match="unknown token"),
+        ):
+            await NodeClient.connect(host, port, config=with_token("guess"), node="s0")
+        assert "Login refused: unknown token" in caplog.text
+        # No certificate and no Login: the first Call closes the connection, unanswered.
+        bare = dataclasses.replace(FAST, tls=client_contexts(config, token=token))
+        assert bare.tls is not None
+        reader, writer = await asyncio.open_connection(host, port, ssl=bare.tls.client)
+        call = Call(req_id=1, request=codec.encode(get))
+        writer.write(encode_frame(call, frame_bytes_max=1 << 20))
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(100), T) == b""
+        writer.close()
+        # A token never makes a replica: a Hello after the Login is refused.
+        reader, writer = await asyncio.open_connection(host, port, ssl=bare.tls.client)
+        writer.write(encode_frame(Login(token=token), frame_bytes_max=1 << 20))
+        writer.write(encode_frame(Hello(node="s1", cluster="test"), frame_bytes_max=1 << 20))
+        await writer.drain()
+        with caplog.at_level(logging.WARNING, logger="pxq.net.transport"):
+            data = await asyncio.wait_for(reader.read(1000), T)
+            assert await asyncio.wait_for(reader.read(100), T) == b""
+        writer.close()
+        assert decode_payload(data[4:], frame_bytes_max=1 << 20) == LoginReply(
+            principal="client:shop"
+        )
+        assert "certificate says client:shop, not node:s1" in caplog.text
 
     run_async(with_cluster(config, tmp_path / "data", body))

@@ -10,7 +10,9 @@ Failures are typed by what the caller may conclude:
 * ``NotConnected``: the connection was closed before the request was sent (definitely not
   applied); ``CodecError`` from ``pxq.codec``: the request cannot be encoded (not sent).
 
-With TLS (``NetConfig.tls``), the connection presents the client's certificate and checks
+With TLS (``NetConfig.tls``), the connection presents the client's certificate (or, for a
+client with a token, sends ``Login(token)`` first and waits for its ``LoginReply``:
+``LoginRefused`` on a refusal) and checks
 that the node's certificate (verified against the cluster's CA) names the node it meant to
 reach (``connect(node=...)``; without a name, any node of the cluster):
 ``PeerIdentityMismatch`` otherwise, before anything is sent.
@@ -27,9 +29,16 @@ import logging
 from typing import cast
 
 from net.config import NetConfig
-from net.errors import CallTimeout, ConnectionLost, FrameError, NotConnected, PeerIdentityMismatch
+from net.errors import (
+    CallTimeout,
+    ConnectionLost,
+    FrameError,
+    LoginRefused,
+    NotConnected,
+    PeerIdentityMismatch,
+)
 from net.tls import node_identity, peer_identity
-from net.wire.envelope import Call, CallReply
+from net.wire.envelope import Call, CallReply, Login, LoginReply
 from net.wire.framing import FrameDecoder, decode_payload, encode_frame
 from pxq import codec
 
@@ -47,6 +56,7 @@ class _ClientProtocol(asyncio.Protocol):
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._drained: asyncio.Future[None] | None = None  # set while writing is paused
+        self.login: asyncio.Future[LoginReply] | None = None  # a Login's answer, awaited
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
@@ -64,6 +74,10 @@ class _ClientProtocol(asyncio.Protocol):
         for payload in payloads:
             try:
                 reply = decode_payload(payload, frame_bytes_max=self._frame_bytes_max)
+                login = self.login
+                if type(reply) is LoginReply and login is not None and not login.done():
+                    login.set_result(reply)
+                    continue
                 if type(reply) is not CallReply:
                     raise codec.CodecError(f"expected CallReply, got {type(reply).__name__}")
                 response = decode_payload(reply.response, frame_bytes_max=self._frame_bytes_max)
@@ -79,6 +93,8 @@ class _ClientProtocol(asyncio.Protocol):
         reason = self.closed_reason or (f"connection lost: {exc}" if exc else "closed by the node")
         self.closed_reason = reason
         self._fail_all(reason)
+        if self.login is not None and not self.login.done():
+            self.login.set_exception(LoginRefused(f"no answer to the Login: {reason}"))
         # Waiters for the write buffer to drain wake up and find the connection closed.
         self.resume_writing()
         if not self.lost.done():
@@ -128,6 +144,18 @@ class _ClientProtocol(asyncio.Protocol):
         self.pending.clear()
 
 
+async def _login(protocol: _ClientProtocol, token: str, config: NetConfig, label: str) -> None:
+    """Send ``Login(token)`` first and wait for the node's answer; ``LoginRefused`` (the
+    connection closed) if it refuses."""
+    protocol.login = asyncio.get_running_loop().create_future()
+    protocol.queue(encode_frame(Login(token=token), frame_bytes_max=config.frame_bytes_max))
+    reply = await protocol.login
+    protocol.login = None
+    if reply.error:
+        protocol.fail(f"login refused by {label}: {reply.error}")
+        raise LoginRefused(f"{label} refused the login token: {reply.error}")
+
+
 class NodeClient:
     """A connection to one node (see the module docstring). Use ``NodeClient.connect``."""
 
@@ -144,7 +172,8 @@ class NodeClient:
     ) -> NodeClient:
         """Connect to the node at ``host:port`` (named ``node``, if known: with TLS its
         certificate must say so); ``OSError`` (``ssl.SSLError`` included) or
-        ``TimeoutError`` on failure, ``PeerIdentityMismatch`` for another identity."""
+        ``TimeoutError`` on failure, ``PeerIdentityMismatch`` for another identity,
+        ``LoginRefused`` for a token the node does not know."""
         config = config or NetConfig()
         loop = asyncio.get_running_loop()
         tls = config.tls
@@ -155,17 +184,20 @@ class NodeClient:
                 port,
                 ssl=None if tls is None else tls.client,
             )
-        if tls is not None:
-            identity = peer_identity(transport)
-            wanted = node_identity(node) if node is not None else None
-            if identity is None or (
-                identity != wanted if wanted is not None else not identity.startswith("node:")
-            ):
-                transport.abort()
-                raise PeerIdentityMismatch(
-                    f"the node at {host}:{port} is {identity or 'unauthenticated'}, "
-                    f"not {wanted or 'a node of the cluster'}"
-                )
+            if tls is not None:
+                # Who the server is, before anything (a token above all) is sent to it.
+                identity = peer_identity(transport)
+                wanted = node_identity(node) if node is not None else None
+                if identity is None or (
+                    identity != wanted if wanted is not None else not identity.startswith("node:")
+                ):
+                    transport.abort()
+                    raise PeerIdentityMismatch(
+                        f"the node at {host}:{port} is {identity or 'unauthenticated'}, "
+                        f"not {wanted or 'a node of the cluster'}"
+                    )
+                if tls.token is not None:
+                    await _login(protocol, tls.token, config, f"{host}:{port}")
         return cls(protocol, config, f"{host}:{port}")
 
     @property

@@ -116,7 +116,7 @@ from net.node.storage import (
 )
 from net.node.transport import InboundConnection, PeerLink, listen
 from net.tls import node_identity
-from net.wire.envelope import CallReply, Hello
+from net.wire.envelope import CallReply, Hello, Login
 from net.wire.framing import encode_frame
 from pxq import codec
 from pxq.access import AccessPolicy, refusal_response
@@ -968,8 +968,22 @@ class NodeRunner:
             link.peer_alive()
         return None
 
+    def accept_login(self, conn: InboundConnection, login: Login) -> str | None:
+        if self.config.tls is None:
+            return "TLS is off: a token would travel in clear, and is not needed"
+        if conn.identity is not None:
+            return f"already authenticated as {conn.identity}"
+        identity = self._access.principal_of_token(login.token)
+        if identity is None:
+            return "unknown token"
+        conn.identity = identity
+        return None
+
     def accept_client(self, conn: InboundConnection) -> str | None:
         config = self.config
+        if config.tls is not None and conn.identity is None:
+            self.stats.connections_refused += 1
+            return "no client certificate and no Login: not authenticated"
         address = conn.address
         if self._clients_by_address.get(address, 0) >= config.connections_per_address_max:
             self.stats.connections_refused += 1

@@ -4,7 +4,8 @@ This module owns the connection-level behaviour of the production wire, on top o
 ``net.wire.framing`` and ``net.wire.envelope``:
 
 * ``InboundConnection``: an accepted connection. Its first frame decides its kind (``Hello``:
-  a peer's one-way message stream; ``Call``: a client); the host admits it to that kind's
+  a peer's one-way message stream; ``Call``: a client, possibly after a ``Login`` with a
+  token that the host checks and answers); the host admits it to that kind's
   connection budget or refuses it. Any malformed, oversized or unknown frame, a first frame
   that is neither, a ``Hello`` or a first ``Call`` the host refuses, or no first frame within
   ``first_frame_timeout_ms`` closes *that connection* with a logged reason; nothing of such a
@@ -49,7 +50,7 @@ from typing import Protocol, cast
 from net.config import NetConfig
 from net.errors import AddressInUse, FrameError, StartupError
 from net.tls import node_identity, peer_identity
-from net.wire.envelope import ENVELOPES, Call, Hello
+from net.wire.envelope import ENVELOPES, Call, Hello, Login, LoginReply
 from net.wire.framing import FrameDecoder, decode_payload, encode_frame
 from pxq.codec import CodecError
 from pxq.effects import NodeId
@@ -66,6 +67,10 @@ class InboundHost(Protocol):
 
     def accept_hello(self, conn: InboundConnection, hello: Hello) -> str | None:
         """None to accept the peer, or the reason to refuse it."""
+        ...
+
+    def accept_login(self, conn: InboundConnection, login: Login) -> str | None:
+        """None to accept the token (the host sets ``conn.identity``), or why not."""
         ...
 
     def accept_client(self, conn: InboundConnection) -> str | None:
@@ -225,8 +230,17 @@ class InboundConnection(asyncio.Protocol):
             self._note_client_bytes(True)
             self._arm_client_timer()
             self._call(msg)
+        elif type(msg) is Login:
+            reason = self._host.accept_login(self, msg)
+            reply = LoginReply(principal=self.identity or "", error=reason or "")
+            self.queue(encode_frame(reply, frame_bytes_max=self._frame_bytes_max))
+            if reason is not None:
+                self.close(f"Login refused: {reason}", level=logging.WARNING)
+                return
+            self.flush()
+            self.label = f"{self.label} ({self.identity})"
         else:
-            self.close(f"first frame is {type(msg).__name__}, not Hello or Call")
+            self.close(f"first frame is {type(msg).__name__}, not Hello, Login or Call")
 
     def _call(self, call: Call) -> None:
         try:

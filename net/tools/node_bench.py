@@ -27,7 +27,7 @@ from net.config import MIB, NetConfig
 from net.node.runner import NodeRunner
 from net.node.storage import LmdbStorage
 from net.node.transport import InboundConnection
-from net.wire.envelope import Hello
+from net.wire.envelope import Hello, Login
 from net.wire.framing import encode_frame
 from pxq.codec import message
 from pxq.effects import (
@@ -79,6 +79,9 @@ class _CountingHost:
 
     def accept_hello(self, conn: InboundConnection, hello: Hello) -> str | None:
         return None
+
+    def accept_login(self, conn: InboundConnection, login: Login) -> str | None:
+        return "no logins here"
 
     def accept_client(self, conn: InboundConnection) -> str | None:
         return None

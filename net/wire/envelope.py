@@ -9,6 +9,10 @@ A connection to a node starts with one of two frames, which decide what the conn
 * ``Call(req_id, request)``: the connection is a client's; every frame on it is a ``Call``
   and the node answers each with one ``CallReply`` carrying the same ``req_id``.
 
+With TLS, a client without a certificate may first send ``Login(token)``; the node answers
+``LoginReply`` (the principal, or why not) and closes the connection on a refusal. Its first
+``Call`` follows the reply.
+
 The codec has no field type for "any registered message", so requests and responses travel
 nested as the bytes ``codec.encode`` made of them, decoded (with the same limits) on receipt.
 """
@@ -47,6 +51,24 @@ class CallReply:
     response: bytes
 
 
-ENVELOPES: tuple[type, ...] = (Hello, Call, CallReply)
+@message(241)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Login:
+    """A client's token (over TLS, instead of a client certificate): the first frame."""
+
+    token: str
+
+
+@message(242)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoginReply:
+    """The node's answer to ``Login``: ``principal`` (``client:NAME``) on success, else
+    ``error`` says why (and the node closes the connection)."""
+
+    principal: str = ""
+    error: str = ""
+
+
+ENVELOPES: tuple[type, ...] = (Hello, Call, CallReply, Login, LoginReply)
 """Messages that are never payloads: a nested or peer message of one of these types is a
 protocol error."""

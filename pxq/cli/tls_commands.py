@@ -1,10 +1,13 @@
-"""``pxq tls issue NAME``: a client certificate for another principal, from the cluster's CA.
+"""``pxq tls issue NAME``: a client certificate for another principal, from the cluster's CA;
+``pxq tls token NAME``: a login token for a principal instead of a certificate.
 
 The cluster's CA and the certificates of its nodes and of ``admin`` are made by ``pxq cluster
 up`` (``net.tls.ensure_cluster_material``); this command adds (or replaces) the certificate
 of one client principal, ``client-NAME.pem`` and ``client-NAME.key`` (0600) in the TLS
 directory of the cluster file. What the principal may do is the file's ``[[principals]]``
-entry of that name (docs/security-tls.md). Exit codes: 0 issued; 2 bad input (no ``[tls]``,
+entry of that name (docs/security-tls.md). ``token`` prints a new random token once and the
+line that gives its SHA-256 to the principal in the cluster file (the file never holds the
+token; a client uses it as ``$PXQ_TOKEN``). Exit codes: 0 issued; 2 bad input (no ``[tls]``,
 no CA, an invalid name or configuration).
 """
 
@@ -69,4 +72,24 @@ def issue_command(name: str, config_path: Path | None, node: bool) -> None:
             f"note: no [[principals]] entry named {name!r}: it may only probe until one grants "
             "it permissions"
         )
+    sys.exit(EXIT_OK)
+
+
+@tls.command("token")
+@click.argument("name")
+def token_command(name: str) -> None:
+    """Print a new random login token for principal NAME and the cluster-file line that
+    accepts it (add the digest to NAME's [[principals]] entry, restart the nodes; the client
+    sets PXQ_TOKEN)."""
+    import secrets
+
+    from pxq.access import token_digest
+
+    if not _NAME.fullmatch(name):
+        bad_input(f"{name!r}: only letters, digits, '_' and '-' are allowed")
+    token = secrets.token_urlsafe(32)
+    click.echo(f"token for {name} (shown once; clients set PXQ_TOKEN to it):")
+    click.echo(token)
+    click.echo(f"in the cluster file, the [[principals]] entry with name = {name!r}:")
+    click.echo(f'token_sha256 = ["{token_digest(token)}"]')
     sys.exit(EXIT_OK)

@@ -82,6 +82,8 @@ Schema (defaults in parentheses)::
     redrive = ["orders/billing"]         # topic/group: read and commit its dead letters
     locks = true                         # (false) use the lock service (consumers need it)
     admin = false                        # (false) everything
+    token_sha256 = ["<64 hex digits>"]   # ([]) digests of tokens that log in as it (TLS, no
+                                         # client certificate; pxq tls token NAME)
     [[topics]]
     name = "events"                      # letters, digits, "_" and "-" only
     queues = 8

@@ -189,6 +189,10 @@ class PrincipalConfig:
     """Use the lock service (consumers take their queues through it)."""
     admin: bool = False
     """Everything."""
+    token_sha256: tuple[str, ...] = ()
+    """SHA-256 digests (64 lowercase hex digits) of the tokens that authenticate a client as
+    this principal instead of a certificate (``pxq tls token NAME`` makes one); the tokens
+    themselves are never in the file."""
 
 
 INFLIGHT_BATCHES_MAX = 64

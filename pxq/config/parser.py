@@ -172,6 +172,15 @@ def _cluster(doc: TomlTable) -> ClusterConfig:
     tls = _tls(doc.table("tls", allowed=_TLS)) if doc.has("tls") else TlsConfig()
     principals = tuple(_principal(p) for p in doc.tables("principals", allowed=_PRINCIPAL))
     _check_unique(doc, "principals", [p.name for p in principals], "principal")
+    seen_tokens: dict[str, int] = {}
+    for i, p in enumerate(principals):
+        for j, digest in enumerate(p.token_sha256):
+            if digest in seen_tokens:
+                raise doc.error(
+                    f"principals[{i}].token_sha256[{j}]",
+                    f"the same token digest is given to principals[{seen_tokens[digest]}]",
+                )
+            seen_tokens[digest] = i
     return ClusterConfig(
         name=name,
         stores=stores,
@@ -247,7 +256,20 @@ def _principal(t: TomlTable) -> PrincipalConfig:
         redrive=patterns("redrive", 2),
         locks=t.boolean("locks", False),
         admin=t.boolean("admin", False),
+        token_sha256=_digests(t, "token_sha256"),
     )
+
+
+_SHA256_HEX: Final = re.compile(r"[0-9a-f]{64}")
+
+
+def _digests(t: TomlTable, key: str) -> tuple[str, ...]:
+    out: list[str] = []
+    for i, v in enumerate(t.array(key, [])):
+        if not isinstance(v, str) or not _SHA256_HEX.fullmatch(v):
+            raise t.error(f"{key}[{i}]", "expected a SHA-256 digest: 64 lowercase hex digits")
+        out.append(v)
+    return tuple(out)
 
 
 def _storage(t: TomlTable) -> StorageConfig:
