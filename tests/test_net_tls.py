@@ -13,7 +13,8 @@ and a token never makes a replica; a principal
 without consume permission gets a definite ``permission_denied`` naming
 ``consume:events/default`` for a forged ``CommitCursor`` (the group's cursor does not move)
 and for a ``Get``, and ``PermissionDenied`` from the client library; one without produce
-permission for a topic is refused; one with the permissions (wildcards) is served.
+permission for a topic is refused; one with the permissions (wildcards) is served; a
+consumer whose principal lacks ``locks`` or ``consume`` says which (``AsyncConsumer.denied``).
 Issue 13: "a connection that sends Hello(node="s1", cluster="local") is accepted as replica
 s1" and "one forged commit made a group skip 20 items".
 """
@@ -387,3 +388,38 @@ def test_a_token_logs_in_as_its_principal_and_a_wrong_or_missing_one_is_refused(
         assert "certificate says client:shop, not node:s1" in caplog.text
 
     run_async(with_cluster(config, tmp_path / "data", body))
+
+
+def test_a_consumer_refused_the_lock_service_or_its_group_says_which_permission(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "cluster.toml"
+    ports = free_ports(6)
+    text = cluster_toml(ports[:3], lock_ports=ports[3:]) + PRINCIPALS
+    text += '\n[[principals]]\nname = "locker"\nlocks = true\n'
+    path.write_text(text, encoding="utf-8")
+    config = load_config(path)
+    ensure_cluster_material(config)
+    for name in ("worker", "locker"):
+        issue(Path(config.tls.dir), client_identity(name))
+
+    async def handler(item: object) -> None:
+        raise AssertionError(f"nothing may be delivered: {item}")
+
+    async def denied_to(identity: str) -> list[str]:
+        net_config = client_config(config, identity)
+        async with await AsyncClient.connect(config, net_config=net_config) as c:
+            consumer = c.consumer("default")
+            task = asyncio.get_running_loop().create_task(consumer.run(handler))
+            await wait_until(lambda: consumer.denied, timeout_s=10.0, what="a refusal")
+            consumer.stop()
+            await task
+            return consumer.denied
+
+    async def body(cluster: LocalCluster) -> None:
+        async with await AsyncClient.connect(config, net_config=client_config(config)) as c:
+            await c.enqueue(TOPIC, b"x", key="k")
+        assert await denied_to("worker") == ["locks"]  # consume, but no lock service
+        assert (await denied_to("locker"))[0] == "consume:events/default"
+
+    run_async(with_cluster(config, tmp_path / "data", body), timeout_s=40.0)

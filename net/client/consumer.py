@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Final, TypeAlias
 
 from net.client.driver import MachineDriver, NodePool
 from net.client.types import ClientClosed, Item, MachineFailed, PxqError, RequestFailed
+from pxq.access import LOCKS, PERMISSION_DENIED, read_permission
 from pxq.consumer.machine import Consumer as ConsumerMachine
 from pxq.consumer.messages import (
     HANDLER,
@@ -234,6 +235,10 @@ class AsyncConsumer:
         self.stopped_streams: list[tuple[str, int, str]] = []
         """(topic, queue, store error code) of streams the machine stopped (for example a
         stale fencing token); they resume only when ownership is set again."""
+        self.denied: list[str] = []
+        """The permissions the cluster refused this consumer's principal (``pxq.access``):
+        ``consume:TOPIC/GROUP`` (a stream stopped ``permission_denied``) or ``locks`` (its
+        ownership requests refused), each once, in the order first refused."""
 
     # -- public API ------------------------------------------------------------------------
 
@@ -494,6 +499,15 @@ class AsyncConsumer:
             return False
         return True
 
+    def _note_denied(self, permission: str) -> None:
+        if permission not in self.denied:
+            self.denied.append(permission)
+            log.warning(
+                "consumer of %s: the cluster refused its principal the permission %s",
+                self.group,
+                permission,
+            )
+
     def _on_trace(self, event: TraceEvent) -> None:
         if event.kind in ("own.start", "own.stop"):
             fields = dict(event.fields)
@@ -511,6 +525,11 @@ class AsyncConsumer:
             topic, queue, code = fields.get("topic"), fields.get("queue"), fields.get("code")
             log.warning("consumer of %s stopped %s/%s: %s", self.group, topic, queue, code)
             self.stopped_streams.append((str(topic), int(queue or 0), str(code)))
+            if code == PERMISSION_DENIED:
+                self._note_denied(read_permission(str(topic), self.group))
+        elif event.kind == "own.lock_error":
+            if dict(event.fields).get("code") == PERMISSION_DENIED:
+                self._note_denied(LOCKS)
         elif event.kind == "consumer.handle_timeout":
             fields = dict(event.fields)
             log.warning(

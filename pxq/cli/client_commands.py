@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, BinaryIO
 
 import click
 
-from pxq.access import PERMISSION_DENIED, read_permission
 from pxq.cli.common import EXIT_FAILED, EXIT_OK, bad_input
 
 if TYPE_CHECKING:
@@ -243,16 +242,11 @@ async def _consume(
                 await asyncio.sleep(timeout_s - idle)
 
         async def denied_watch() -> None:
-            # A stream the store refused for lack of permission never resumes: say so, stop.
-            while True:
-                for t, q, code in consumer.stopped_streams:
-                    if code == PERMISSION_DENIED:
-                        denied.append(f"{t} queue {q}: {read_permission(t, group)}")
-                        consumer.stop()
-                        return
+            # A refusal for lack of permission does not go away by waiting: say so, stop.
+            while not consumer.denied:
                 await asyncio.sleep(DENIED_POLL_S)
+            consumer.stop()
 
-        denied: list[str] = []
         dog = loop.create_task(watchdog())
         denied_dog = loop.create_task(denied_watch())
         try:
@@ -268,8 +262,9 @@ async def _consume(
         finally:
             dog.cancel()
             denied_dog.cancel()
-    if denied:
-        click.echo(f"pxq: permission denied: the principal lacks {denied[0]}", err=True)
+    if consumer.denied:
+        lacks = ", ".join(consumer.denied)
+        click.echo(f"pxq: permission denied: the principal lacks {lacks}", err=True)
         sys.exit(EXIT_FAILED)
     return printed
 
