@@ -25,8 +25,10 @@ This module owns the connection-level behaviour of the production wire, on top o
 
 With TLS (``NetConfig.tls``, ``net.tls``) the listener requires a certificate of the cluster's
 CA (a connection without one fails its handshake, bounded by ``first_frame_timeout_ms``, and
-never becomes an ``InboundConnection``), and ``InboundConnection.identity`` is what that
-certificate says (``node:s1``, ``client:admin``): the host decides with it whom to believe.
+never becomes an ``InboundConnection``; where login tokens are configured the certificate is
+optional, and a connection without one must ``Login`` first), and
+``InboundConnection.identity`` is what that certificate (or the accepted token) says
+(``node:s1``, ``client:admin``): the host decides with it whom to believe.
 A ``PeerLink`` presents the node's own certificate and closes a connection whose server
 certificate does not name the peer it meant to reach (counted in ``connect_failures``, then
 the usual backoff).
