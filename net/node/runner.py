@@ -486,7 +486,7 @@ class NodeRunner:
         if self.config.tls is None:
             log.warning(
                 "node %s: TLS is off: anyone who can reach this port can act as a replica or "
-                "client ([tls] in the cluster file, docs/security-tls.md)",
+                "client ([tls] in the cluster file, docs/security.md)",
                 self.node_id,
             )
 

@@ -5,7 +5,7 @@ The cluster's CA and the certificates of its nodes and of ``admin`` are made by 
 up`` (``net.tls.ensure_cluster_material``); this command adds (or replaces) the certificate
 of one client principal, ``client-NAME.pem`` and ``client-NAME.key`` (0600) in the TLS
 directory of the cluster file. What the principal may do is the file's ``[[principals]]``
-entry of that name (docs/security-tls.md). ``token`` prints a new random token once and the
+entry of that name (docs/security.md). ``token`` prints a new random token once and the
 line that gives its SHA-256 to the principal in the cluster file (the file never holds the
 token; a client uses it as ``$PXQ_TOKEN``). Exit codes: 0 issued; 2 bad input (no ``[tls]``,
 no CA, an invalid name or configuration).

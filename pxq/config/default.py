@@ -17,7 +17,7 @@ DEFAULT_TOML: Final = """\
 name = "local"
 
 # Mutual TLS with the cluster's own CA on every connection: pxq cluster up creates the CA and
-# the certificates in tls/ beside this file (docs/security-tls.md). enabled = false turns TLS
+# the certificates in tls/ beside this file (docs/security.md). enabled = false turns TLS
 # off (benchmarks): then anyone who can reach a port can act as a replica or client.
 [tls]
 

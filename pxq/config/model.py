@@ -158,7 +158,7 @@ administrator, who may do everything."""
 class TlsConfig:
     """The ``[tls]`` table: whether every connection (replica links and clients) is TLS with
     certificates of the cluster's CA, where the CA and the certificates are, and which client
-    identity client commands use by default (``net.tls``, docs/security-tls.md). A cluster
+    identity client commands use by default (``net.tls``, docs/security.md). A cluster
     file without ``[tls]`` has TLS off (``enabled`` False): then nothing is authenticated and
     every request is allowed."""
 
