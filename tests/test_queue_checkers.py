@@ -721,6 +721,21 @@ def test_replay_passes_when_everything_from_the_new_cursor_comes_again() -> None
     assert _is_json(result)
 
 
+def test_replay_counts_what_the_consumer_replays_before_the_seek_completes() -> None:
+    # swarm-queue seeds 300 and 341: the seek applied and the consumer went back to its new
+    # cursor before the seek's caller heard the answer; the replay starts at the invoke.
+    h = _replayable()
+    where: dict[str, JSON] = {"group": "g", "topic": T, "queue": 0}
+    h.time_ms += 1
+    h.w.invoke(h.time_ms, "admin", "seek", None, **where, offset=0)
+    h.take("g", "a", 0)
+    h.w.ok(h.time_ms, "admin", "seek", None, **where, offset=0, positions=[[0, 0]])
+    _in_order(h, "g", list("bcd"), start=1)
+    result = check_replay(h.ops)
+    assert result.ok, result.summary
+    assert result.details["replayed-deliveries"] == 4
+
+
 def test_replay_catches_a_gap() -> None:
     h = _replayable()
     h.seek("g", [(0, 0)])

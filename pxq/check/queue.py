@@ -1430,8 +1430,9 @@ def check_replay(ops: Iterable[Op], *, group_kinds: GroupKinds | None = None) ->
     """After a seek, the group replays everything from its new cursor on.
 
     For every ``ok`` seek and every ``[queue, new_cursor]`` of its ``positions``: the group's
-    deliveries on that lane after the seek's completion, and before the next seek that may
-    have moved the same queue was invoked, include every required offset (see the module doc)
+    deliveries on that lane after the seek's invoke (its consumer may replay as soon as the
+    seek applies, before the seek's caller hears of it), and before the next seek that may
+    have set the same queue was invoked, include every required offset (see the module doc)
     from ``new_cursor`` up to the highest offset among those deliveries. Violation:
     ``replay-gap``, one offender per seek and queue, with the missing count and the first
     missing offsets; ``missing-offsets`` counts them all. A window with no delivery at or
@@ -1470,7 +1471,7 @@ def check_replay(ops: Iterable[Op], *, group_kinds: GroupKinds | None = None) ->
                 lane = (group, topic, queue)
                 ds = by_lane.get(lane, [])
                 indexes = lane_indexes.get(lane, [])
-                lo = bisect.bisect_right(indexes, seek.completion_index)
+                lo = bisect.bisect_right(indexes, seek.invoke_index)
                 hi = bisect.bisect_left(indexes, end)
                 window = ds[lo:hi]
                 windows += 1
