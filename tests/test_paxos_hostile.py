@@ -18,6 +18,7 @@ authenticating peers is for (``docs/security.md``).
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Any
 
 import pytest
@@ -27,8 +28,7 @@ from hypothesis import strategies as st
 from pxq.effects import Boot, Put, StorageCorruption
 from pxq.paxos import messages as pm
 from pxq.paxos.records import KIND_PROMISE, META, encode_entry, encode_u64, meta_key
-from pxq.paxos.replica import _PEER_TYPES
-from pxq.paxos.validate import BALLOT_MAX, COUNT_MAX
+from pxq.paxos.validate import BALLOT_MAX, COUNT_MAX, PEER_TYPES
 from tests.hostile import U64_MAX, ints, messages_of
 from tests.paxos_harness import Cluster
 
@@ -63,7 +63,11 @@ def _messages_of(cls: type) -> st.SearchStrategy[Any]:
     )
 
 
-forged = st.one_of(*(_messages_of(cls) for cls in _PEER_TYPES))
+def test_every_peer_message_type_has_a_check() -> None:
+    assert set(typing.get_args(pm.PeerMessage)) == set(PEER_TYPES)
+
+
+forged = st.one_of(*(_messages_of(cls) for cls in PEER_TYPES))
 
 actions = st.one_of(
     st.tuples(st.just("run"), st.integers(1, 400)),

@@ -30,48 +30,12 @@ from pxq.effects import (
 from pxq.paxos.catchup import SnapshotCache
 from pxq.paxos.config import PaxosConfig
 from pxq.paxos.group import Group
-from pxq.paxos.messages import (
-    Accept,
-    Accepted,
-    Handover,
-    Heartbeat,
-    HeartbeatAck,
-    LearnReply,
-    LearnRequest,
-    Prepare,
-    PreVote,
-    PreVoteReply,
-    Promise,
-    Propose,
-    ProposeRejected,
-    RepairQuery,
-    RepairReply,
-    SnapshotChunk,
-    SnapshotRequest,
-)
+from pxq.paxos.messages import Accepted, Propose, ProposeRejected
 from pxq.paxos.repair import classify, storage_blank
 from pxq.paxos.sm import StateMachine
-from pxq.paxos.validate import Peers, problem
+from pxq.paxos.validate import Peers, is_peer_message, problem
 
 _TICKS_PER_WAKE_MAX = 3
-
-_PEER_TYPES = (
-    Prepare,
-    Promise,
-    Accept,
-    Accepted,
-    Heartbeat,
-    HeartbeatAck,
-    Handover,
-    LearnRequest,
-    LearnReply,
-    SnapshotRequest,
-    SnapshotChunk,
-    RepairQuery,
-    RepairReply,
-    PreVote,
-    PreVoteReply,
-)
 
 
 class Replica:
@@ -196,7 +160,7 @@ class Replica:
             # From itself only the leader's own vote (see group.py, "Early Accepts").
             fx.event("dropped", reason="unknown source", source=src)
             return
-        if not isinstance(msg, _PEER_TYPES):
+        if not is_peer_message(msg):
             fx.event("dropped", reason="unknown message", source=src)
             return
         if not 0 <= msg.group < len(self.groups):

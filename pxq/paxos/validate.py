@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeGuard
 
 from pxq.paxos.ballot import BALLOT_MAX, INDEX_SPAN, NO_BALLOT, owner_index
 from pxq.paxos.messages import (
@@ -35,6 +36,7 @@ from pxq.paxos.messages import (
     HeartbeatAck,
     LearnReply,
     LearnRequest,
+    PeerMessage,
     Prepare,
     PreVote,
     PreVoteReply,
@@ -45,7 +47,15 @@ from pxq.paxos.messages import (
     SnapshotRequest,
 )
 
-__all__ = ["BALLOT_MAX", "COUNT_MAX", "U64_MAX", "Peers", "problem"]
+__all__ = [
+    "BALLOT_MAX",
+    "COUNT_MAX",
+    "PEER_TYPES",
+    "U64_MAX",
+    "Peers",
+    "is_peer_message",
+    "problem",
+]
 
 COUNT_MAX = (1 << 63) - 1
 U64_MAX = (1 << 64) - 1
@@ -210,6 +220,15 @@ _CHECKS: dict[type, Callable[[object, int, Peers], str | None]] = {
         (PreVoteReply, _pre_vote_reply),
     )
 }
+
+
+PEER_TYPES: tuple[type, ...] = tuple(_CHECKS)
+"""Every peer message type (the ``PeerMessage`` union), each with its check here."""
+
+
+def is_peer_message(msg: object) -> TypeGuard[PeerMessage]:
+    """Whether ``msg`` is one of the Paxos peer messages (``PEER_TYPES``)."""
+    return type(msg) in _CHECKS
 
 
 def problem(msg: object, src: int, peers: Peers) -> str | None:
