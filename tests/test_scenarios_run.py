@@ -182,7 +182,16 @@ REGRESSION_SEEDS = [
 ]
 """Seeds outside the scenario files' own that once found a bug: each must keep passing."""
 
-OPEN_FINDINGS: list[tuple[str, int]] = []
+OPEN_FINDINGS: list[tuple[str, int]] = [
+    # Lock ownership under clock faults (found by the 2,000-seed swarm, 2026-12-07): at the
+    # final heal the lock replicas' clocks are restored (drift and wall steps undone); 11 ms
+    # later the lock service grants q/g0/t0/4 to g0-c1 (token 4) while g0-c2 still trusts its
+    # token-3 grant and delivers offsets 0-9 until its renewal is denied 14 ms later
+    # (ownership: deliver_after_newer_grant; queue_order: the redelivery by g0-c1). Either
+    # the restored clock ended token 3's lease early on the log's time, or the consumer's
+    # trust margin does not cover the restore: open.
+    ("swarm-consumers", 429),
+]
 """Seeds that show an open defect. ``strict``: once fixed, the test fails until the seed
 moves to ``REGRESSION_SEEDS``."""
 
