@@ -42,7 +42,11 @@ with 1 s of skew). So a master does not stamp its wall clock directly: from the 
 term (a new Paxos ballot) its clock is anchored at the group's time and advances by its
 *monotonic* elapsed time (plus 1/``CATCH_UP_DIV`` of it, so a lagging log time catches up
 with the wall clock slowly), re-anchored whenever the applied group time is ahead, and
-never ahead of its wall clock; while no lease can be running (every expiry the table ever
+never ahead of its wall clock: a wall clock behind it re-anchors it there, so it never
+jumps back up when the wall clock is restored (a stamp of min(wall, term clock) did: the
+log's time stood still while a stepped-back wall clock lagged, a lease renewed meanwhile
+ended early by the lag once the stamps were the term clock again, 1.1 s beyond its holder's
+margin: ``swarm-consumers`` seed 429); while no lease can be running (every expiry the table ever
 granted is behind the log's time) it is the wall clock itself. Only a master's stamps are
 proposed: a replica that is not master (a leader still recovering included) answers a
 command with a redirect instead of queueing it for when it is master. A stamp made before
@@ -212,8 +216,10 @@ class LockNode(ReplicatedService[LockTable]):
             term, clock = (ballot, wall, now.mono_ms), wall
         elif applied > clock:
             term, clock = (ballot, applied, now.mono_ms), applied
+        if wall < clock:
+            term, clock = (ballot, wall, now.mono_ms), wall
         self.terms[group] = term
-        return min(wall, clock)
+        return clock
 
     # -- local reads ----------------------------------------------------------------------------
 
