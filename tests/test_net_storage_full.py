@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -175,20 +176,7 @@ def test_full_storage_refuses_enqueues_keeps_every_item_and_recovers_after_reten
 
                 # Consume everything (cursor commits go on while short), let retention free
                 # the items, and enqueues succeed again on the same incarnation.
-                delivered: set[bytes] = set()
-
-                async def handle(item: Item) -> None:
-                    delivered.add(item.payload)
-
-                async with client.consumer(GROUP, TOPIC, options=CONSUMER_OPTIONS) as consumer:
-                    task = asyncio.create_task(consumer.run(handle))
-                    try:
-                        async with asyncio.timeout(WAIT_S):
-                            while not set(acked) <= delivered:
-                                await asyncio.sleep(0.01)
-                    finally:
-                        consumer.stop()
-                        await task
+                await consume_all(client, acked)
                 receipt = await enqueue_again(client)
                 assert receipt.topic == TOPIC
                 assert not runner.storage_short
@@ -214,6 +202,24 @@ def test_full_storage_refuses_enqueues_keeps_every_item_and_recovers_after_reten
     ends = [m for m in messages if "storage back above its reserve" in m]
     assert len(starts) == 1 and "MiB in use" in starts[0], messages
     assert len(ends) == 1, messages
+
+
+async def consume_all(client: AsyncClient, acked: Iterable[bytes]) -> None:
+    """Consume (and commit) until every payload of ``acked`` was delivered (bounded)."""
+    delivered: set[bytes] = set()
+
+    async def handle(item: Item) -> None:
+        delivered.add(item.payload)
+
+    async with client.consumer(GROUP, TOPIC, options=CONSUMER_OPTIONS) as consumer:
+        task = asyncio.create_task(consumer.run(handle))
+        try:
+            async with asyncio.timeout(WAIT_S):
+                while not set(acked) <= delivered:
+                    await asyncio.sleep(0.01)
+        finally:
+            consumer.stop()
+            await task
 
 
 def test_a_short_storage_refuses_enqueues_and_serves_gets(tmp_path: Path) -> None:
@@ -313,20 +319,7 @@ def test_replicas_over_their_limit_start_read_only_and_recover_after_retention(
                 with pytest.raises(EnqueueFailed, match="storage_full"):
                     await client.enqueue(TOPIC, b"refused", key="x")
                 check_acked_items_read_back(acked, await read_back(client))
-                delivered: set[bytes] = set()
-
-                async def handle(item: Item) -> None:
-                    delivered.add(item.payload)
-
-                async with client.consumer(GROUP, TOPIC, options=CONSUMER_OPTIONS) as consumer:
-                    task = asyncio.create_task(consumer.run(handle))
-                    try:
-                        async with asyncio.timeout(WAIT_S):
-                            while not set(acked) <= delivered:
-                                await asyncio.sleep(0.01)
-                    finally:
-                        consumer.stop()
-                        await task
+                await consume_all(client, acked)
                 receipt = await enqueue_again(client)
                 assert receipt.topic == TOPIC
             crashed = {n: r.crash_reason for n, r in cluster.runners.items() if not r.running}
