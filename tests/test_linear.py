@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pxq.check.history import HistoryWriter
+from pxq.check.history import HistoryError, HistoryWriter
 from pxq.check.linear import (
     UNKNOWN,
     KVModel,
@@ -18,6 +18,7 @@ from pxq.check.linear import (
     check_operations,
     kv_from_history,
     operations_from_history,
+    register_converter,
 )
 from pxq.check.lock import LeaseLockModel, lease_alternatives
 
@@ -180,6 +181,74 @@ def test_exhausted_budget_answers_unknown_not_ok() -> None:
     check = check_linearizable(RegisterModel(0), ops, max_steps=10)
     assert not check.ok
     assert check.details["verdict"] == "unknown"
+
+
+def test_each_key_is_decided_on_its_own_budget_and_an_illegal_key_wins() -> None:
+    # Key "hard" needs many steps; key "bad" is illegal. Searched in order under one shared
+    # budget, "hard" would exhaust it and hide "bad": each key now has its own.
+    hard = [op(2 * i, 2 * i + 1, 1, ("hard", W, i)) for i in range(50)]
+    bad = [op(200, 201, 2, ("bad", W, 1)), op(202, 203, 3, ("bad", R, None), 7)]
+    result = check_operations(KVModel(), [*hard, *bad], max_steps=20)
+    assert result.verdict == "illegal"
+    assert result.unknown_partitions == (0,)
+    assert result.illegal_partitions == (1,)
+    assert result.counterexample is not None and result.counterexample.stuck.call_index == 202
+    summary = result.to_check_result(KVModel()).summary
+    assert "FAILED" in summary and "op 202" in summary
+
+
+def test_unknown_lists_every_partition_that_ran_out_and_decides_the_others() -> None:
+    ops = [op(2 * i, 2 * i + 1, 1, (k, W, i)) for k in ("a", "b", "c") for i in range(40)]
+    ops += [op(500, 501, 2, ("d", W, 1))]
+    result = check_operations(KVModel(), ops, max_steps=10)
+    assert result.verdict == "unknown"
+    assert result.unknown_partitions == (0, 1, 2)
+    assert "3 of 4 partitions" in result.to_check_result(KVModel()).summary
+
+
+def test_a_shrink_cut_short_by_the_budget_says_so_instead_of_blaming_the_last_op() -> None:
+    # The bad read comes early; 30 good writes follow it. A budget that lets the search find
+    # the violation but not finish shrinking reports a non-minimal window.
+    ops = [op(0, 1, 1, (W, 1)), op(2, 3, 2, (R, None), 5)]
+    ops += [op(4 + 2 * i, 5 + 2 * i, 1, (W, i)) for i in range(30)]
+    full = check_operations(RegisterModel(0), ops)
+    assert full.counterexample is not None and full.counterexample.minimal
+    assert full.counterexample.stuck.call_index == 2
+    for steps in range(1, 200):
+        result = check_operations(RegisterModel(0), ops, max_steps=steps)
+        cx = result.counterexample
+        if result.verdict == "illegal" and cx is not None and not cx.minimal:
+            summary = result.to_check_result(RegisterModel(0)).summary
+            assert "budget ran out while shrinking" in summary
+            assert "cannot be linearized" not in summary
+            break
+    else:
+        pytest.fail("no budget cut the shrinking short")
+
+
+def test_kv_converter_refuses_what_it_does_not_know() -> None:
+    h = HistoryWriter()
+    h.invoke(0, 1, "get", None, key="k")
+    h.ok(1, 1, "get", 1, key="k")
+    with pytest.raises(HistoryError, match=r"op 0: f='get' is not a register operation"):
+        operations_from_history(h.ops, kv_from_history)
+    h = HistoryWriter()
+    h.invoke(0, 1, "write", 1)
+    h.ok(1, 1, "write", 1)
+    with pytest.raises(HistoryError, match="op 0: write without a key field"):
+        operations_from_history(h.ops, kv_from_history)
+
+
+def test_a_nil_read_is_a_value_or_unknown_as_asked() -> None:
+    h = HistoryWriter()
+    h.invoke(0, 1, "write", 3)
+    h.ok(1, 1, "write", 3)
+    h.invoke(2, 2, "read", None)
+    h.ok(3, 2, "read", None)
+    as_value = operations_from_history(h.ops, register_converter())
+    assert check_operations(RegisterModel(None), as_value).verdict == "illegal"
+    as_unknown = operations_from_history(h.ops, register_converter(nil_read_unknown=True))
+    assert check_operations(RegisterModel(None), as_unknown).verdict == "ok"
 
 
 def test_operation_returning_before_its_call_is_rejected() -> None:

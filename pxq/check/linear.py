@@ -22,14 +22,21 @@ The search (Wing & Gong 1993, with Lowe's memoisation, as Porcupine does it):
   call, or never. The search succeeds once every *completed* operation is linearized. Info
   operations that a model calls ``read_only`` are dropped up front: they cannot change state,
   so including them never helps.
-* **Budget.** ``max_steps`` bounds the number of model steps over the whole check (there is
-  no clock in the pure core). Exceeding it gives the verdict ``"unknown"``, never a hang.
+* **Budget.** ``max_steps`` bounds the model steps of each partition's search, and again of
+  each illegal partition's counterexample search (there is no clock in the pure core).
+  Every partition is decided on its own budget: one that runs out is ``"unknown"``, never a
+  hang, and does not keep the others from being decided. The verdict is ``"illegal"`` as
+  soon as any partition is illegal (whatever the others), else ``"unknown"`` if any ran
+  out, else ``"ok"``.
 * **Counterexample.** For an illegal partition the checker searches for the shortest prefix
   of it (cut at a return) that is already illegal: an operation that returned before the cut
   stays as it was, one that returned after it becomes an info operation. Illegality is
   monotone in the cut, so a binary search finds the smallest one; the operation returning
   just before the cut is the one that cannot be linearized (``stuck``). The report also
-  carries the longest partial linearization the search reached on that prefix.
+  carries the longest partial linearization the search reached on that prefix. When the
+  budget runs out during that binary search, the smallest illegal prefix found so far is
+  reported with ``minimal=False``: its last return bounds where the failure lies, and the
+  report says so instead of blaming that operation.
 
 Verdicts map onto ``CheckResult`` with ``ok=True`` only for ``"ok"``: an ``"unknown"`` result
 is not a pass (``details["verdict"]`` tells it apart from ``"illegal"``).
@@ -41,7 +48,7 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol, TypeAlias, TypeVar
 
-from pxq.check.history import JSON, Op, Process, pair_ops
+from pxq.check.history import JSON, HistoryError, Op, Process, pair_ops
 from pxq.check.result import CheckResult
 
 S = TypeVar("S", bound=Hashable)
@@ -49,7 +56,7 @@ S = TypeVar("S", bound=Hashable)
 Verdict: TypeAlias = Literal["ok", "illegal", "unknown"]
 
 MAX_STEPS_DEFAULT: Final = 1_000_000
-"""Model steps a check may take over all partitions before it answers ``"unknown"``."""
+"""Model steps the search of one partition may take before it is ``"unknown"``."""
 
 COUNTEREXAMPLE_OPS_MAX: Final = 24
 """Operations of the minimal failing prefix listed in a report (the latest ones by call)."""
@@ -138,6 +145,10 @@ class Counterexample:
     """The minimal illegal prefix of the partition (ops returning after the cut are info)."""
     longest: tuple[Operation, ...]
     """The longest partial linearization the search reached on that prefix, in order."""
+    minimal: bool = True
+    """Whether ``operations`` is the smallest illegal prefix. False when the budget ran out
+    while shrinking: the failure lies at or before ``stuck``'s return, not necessarily at
+    ``stuck`` itself."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -150,8 +161,17 @@ class Linearization:
     partitions: int
     operations: int
     counterexample: Counterexample | None = None
-    unknown_partition: int | None = None
-    """The partition whose search ran out of budget (verdict ``"unknown"``)."""
+    """The first illegal partition's (verdict ``"illegal"``)."""
+    unknown_partitions: tuple[int, ...] = ()
+    """Every partition whose search ran out of its budget (any verdict but ``"ok"``: an
+    illegal verdict may come with partitions left undecided)."""
+    illegal_partitions: tuple[int, ...] = ()
+    """Every partition found illegal."""
+
+    @property
+    def unknown_partition(self) -> int | None:
+        """The first partition that ran out of budget, if any."""
+        return self.unknown_partitions[0] if self.unknown_partitions else None
 
     def to_check_result(self, model: Model[Any], name: str = "linearizable") -> CheckResult:
         """This outcome as a ``CheckResult`` (``ok`` only for the verdict ``"ok"``)."""
@@ -162,25 +182,35 @@ class Linearization:
             "partitions": self.partitions,
             "operations": self.operations,
         }
-        if self.verdict == "ok":
-            summary = f"{name}: ok, {self.operations} ops in {self.partitions} partitions"
-        elif self.verdict == "unknown":
+        if self.unknown_partitions:
+            details["unknown-partitions"] = list(self.unknown_partitions)
+        if self.verdict == "unknown":
+            listed = ", ".join(str(p) for p in self.unknown_partitions[:8])
+            more = len(self.unknown_partitions) - 8
             summary = (
-                f"{name}: UNKNOWN, step budget exhausted in partition {self.unknown_partition}"
+                f"{name}: UNKNOWN, step budget exhausted in "
+                f"{len(self.unknown_partitions)} of {self.partitions} partitions "
+                f"({listed}{f', +{more}' if more > 0 else ''}); the others are linearizable"
             )
-            details["unknown-partition"] = self.unknown_partition
-        else:
+        elif self.verdict == "illegal":
             cx = self.counterexample
             if cx is None:  # pragma: no cover - an illegal verdict always carries one
                 raise ValueError("illegal verdict without a counterexample")
-            summary = (
-                f"{name}: FAILED, partition {cx.partition}: "
+            where = (
                 f"{model.describe(cx.stuck.input, cx.stuck.output)} "
                 f"(op {cx.stuck.call_index}) cannot be linearized"
+                if cx.minimal
+                else f"not linearizable up to the return of op {cx.stuck.call_index} "
+                "(the step budget ran out while shrinking: the failure lies at or before it)"
             )
+            summary = f"{name}: FAILED, partition {cx.partition}: {where}"
+            if len(self.illegal_partitions) > 1:
+                summary += f" ({len(self.illegal_partitions)} partitions illegal)"
             shown = sorted(cx.operations, key=lambda o: o.call_index)[-COUNTEREXAMPLE_OPS_MAX:]
+            details["illegal-partitions"] = list(self.illegal_partitions)
             details["counterexample"] = {
                 "partition": cx.partition,
+                "minimal": cx.minimal,
                 "stuck": cx.stuck.to_json(model),
                 "prefix-operations": len(cx.operations),
                 "operations": [o.to_json(model) for o in shown],
@@ -188,6 +218,8 @@ class Linearization:
                     o.to_json(model) for o in cx.longest[-COUNTEREXAMPLE_OPS_MAX:]
                 ],
             }
+        else:
+            summary = f"{name}: ok, {self.operations} ops in {self.partitions} partitions"
         return CheckResult(name=name, ok=self.verdict == "ok", summary=summary, details=details)
 
 
@@ -322,35 +354,40 @@ def _truncate(ops: Sequence[Operation], cut: int) -> list[Operation]:
 
 
 def _counterexample(
-    model: Model[Any], index: int, ops: Sequence[Operation], budget: _Budget
-) -> Counterexample:
-    """The minimal illegal prefix of an illegal partition (see the module docstring)."""
+    model: Model[Any], index: int, ops: Sequence[Operation], max_steps: int
+) -> tuple[Counterexample, int]:
+    """The minimal illegal prefix of an illegal partition (see the module docstring), searched
+    on a budget of its own, and the steps it took."""
+    budget = _Budget(left=max_steps)
     returns = sorted(op.return_index for op in ops if op.return_index is not None)
     lo, hi = 0, len(returns) - 1  # returns[hi] + 1 is a known illegal cut (the whole history)
-    best: list[Operation] = list(ops)
+    minimal = True
+    longest_ids: list[int] = []
     try:
         while lo < hi:
             mid = (lo + hi) // 2
-            prefix = _truncate(ops, returns[mid] + 1)
-            ok, _ = _search(model, prefix, budget)
+            ok, _ = _search(model, _truncate(ops, returns[mid] + 1), budget)
             if ok:
                 lo = mid + 1
             else:
                 hi = mid
-        best = _truncate(ops, returns[hi] + 1)
-        _, longest_ids = _search(model, best, budget)
+        _, longest_ids = _search(model, _truncate(ops, returns[hi] + 1), budget)
     except _BudgetExhausted:
-        # Keep the smallest illegal prefix known so far; the search reached nothing useful.
-        best = _truncate(ops, returns[hi] + 1)
+        # The smallest illegal prefix known so far: its last return bounds the failure, but
+        # the operation returning there need not be the one that cannot be linearized.
+        minimal = lo >= hi
         longest_ids = []
+    best = _truncate(ops, returns[hi] + 1)
     cut = returns[hi]
     stuck = next(op for op in ops if op.return_index == cut)
-    return Counterexample(
+    cx = Counterexample(
         partition=index,
         stuck=stuck,
         operations=tuple(best),
         longest=tuple(best[i] for i in longest_ids),
+        minimal=minimal,
     )
+    return cx, budget.used
 
 
 def check_operations(
@@ -358,10 +395,10 @@ def check_operations(
 ) -> Linearization:
     """Is the concurrent history ``ops`` linearizable with respect to ``model``?
 
-    Partitions are searched in the model's order, sharing one budget of ``max_steps`` model
-    steps. The first illegal partition ends the check (its counterexample search uses what is
-    left of the budget); the first partition that exhausts the budget ends it with the verdict
-    ``"unknown"`` (later partitions are not searched).
+    Every partition is searched on its own budget of ``max_steps`` model steps, so one that
+    is hard to decide never hides another that is illegal. The verdict is ``"illegal"`` if
+    any partition is (the counterexample is the first one's, searched on a budget of its
+    own), else ``"unknown"`` if any ran out of budget, else ``"ok"``.
     """
     if max_steps < 0:
         raise ValueError("max_steps must be >= 0")
@@ -373,29 +410,32 @@ def check_operations(
             continue  # an info read cannot constrain anything
         kept.append(op)
     parts = model.partition(kept)
-    budget = _Budget(left=max_steps)
+    steps = 0
+    unknown: list[int] = []
+    illegal: list[int] = []
+    cx: Counterexample | None = None
     for index, part in enumerate(parts):
+        budget = _Budget(left=max_steps)
         try:
             ok, _ = _search(model, part, budget)
         except _BudgetExhausted:
-            return Linearization(
-                verdict="unknown",
-                steps=budget.used,
-                partitions=len(parts),
-                operations=len(kept),
-                unknown_partition=index,
-            )
+            unknown.append(index)
+            ok = True
+        steps += budget.used
         if not ok:
-            cx = _counterexample(model, index, part, budget)
-            return Linearization(
-                verdict="illegal",
-                steps=budget.used,
-                partitions=len(parts),
-                operations=len(kept),
-                counterexample=cx,
-            )
+            illegal.append(index)
+            if cx is None:
+                cx, used = _counterexample(model, index, part, max_steps)
+                steps += used
+    verdict: Verdict = "illegal" if illegal else "unknown" if unknown else "ok"
     return Linearization(
-        verdict="ok", steps=budget.used, partitions=len(parts), operations=len(kept)
+        verdict=verdict,
+        steps=steps,
+        partitions=len(parts),
+        operations=len(kept),
+        counterexample=cx,
+        unknown_partitions=tuple(unknown),
+        illegal_partitions=tuple(illegal),
     )
 
 
@@ -616,19 +656,70 @@ class QueueLogModel:
 # History conventions for the models above
 
 
-def kv_from_history(invoke: Op, completion: Op | None) -> tuple[Any, Any] | None:
-    """Converter for key-value histories: ``f`` is ``read``/``write``/``cas``, the key is the
-    extra field ``key``; ``value`` is the written value, ``[old, new]`` for a cas, and the
-    read value in a read's ``ok`` completion. A cas that found another value completes ``fail``
-    (it did not take effect, so it is left out)."""
-    key = invoke.get("key")
-    if invoke.f == "read":
-        return (key, "read", None), None if completion is None else completion.value
-    if invoke.f == "write":
-        return (key, "write", invoke.value), None
-    if invoke.f == "cas":
-        pair = invoke.value
+REGISTER_FS: Final = ("read", "write", "cas")
+"""The operations of register and key-value histories."""
+
+
+def _register_input(op: Op, completion: Op | None, nil_read_unknown: bool) -> tuple[Any, Any]:
+    """``(op name, argument)`` and the expected output of one register operation."""
+    if op.f == "read":
+        if completion is None:
+            return ("read", None), None
+        value = completion.value
+        if value is None and nil_read_unknown:
+            return ("read", None), UNKNOWN  # Knossos: a nil read is a read of unknown value
+        return ("read", None), _hashable(value, op.index)
+    if op.f == "write":
+        return ("write", _hashable(op.value, op.index)), None
+    if op.f == "cas":
+        pair = op.value
         if not isinstance(pair, list) or len(pair) != 2:
-            raise ValueError(f"op {invoke.index}: cas value must be [old, new]")
-        return (key, "cas", (pair[0], pair[1])), True
-    return None
+            raise HistoryError(f"op {op.index}: cas value must be [old, new], got {pair!r}")
+        return ("cas", (_hashable(pair[0], op.index), _hashable(pair[1], op.index))), True
+    raise HistoryError(
+        f"op {op.index}: f={op.f!r} is not a register operation (one of {list(REGISTER_FS)})"
+    )
+
+
+def _hashable(value: JSON, index: int) -> Hashable:
+    """A JSON value as a hashable model value (lists as tuples, objects as sorted pairs)."""
+    if isinstance(value, list):
+        return tuple(_hashable(v, index) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _hashable(v, index)) for k, v in value.items()))
+    return value
+
+
+def register_converter(*, nil_read_unknown: bool = False) -> Converter:
+    """Converter for single-register histories: ``f`` is ``read``/``write``/``cas``;
+    ``value`` is the written value, ``[old, new]`` for a cas, and the value read in a read's
+    ``ok`` completion (a ``null`` read is a read of the register's null value, or, with
+    ``nil_read_unknown``, as Knossos reads it, a read of an unknown value). A cas that found
+    another value completes ``fail`` (it did not take effect, so it is left out). Any other
+    ``f`` is a ``HistoryError``."""
+
+    def convert(invoke: Op, completion: Op | None) -> tuple[Any, Any]:
+        return _register_input(invoke, completion, nil_read_unknown)
+
+    return convert
+
+
+def kv_converter(*, nil_read_unknown: bool = False) -> Converter:
+    """Converter for key-value histories: as ``register_converter``, per key; the key is the
+    op's extra field ``key`` (a scalar), which every op must carry."""
+
+    def convert(invoke: Op, completion: Op | None) -> tuple[Any, Any]:
+        fields = dict(invoke.extra)
+        if "key" not in fields:
+            raise HistoryError(f"op {invoke.index}: {invoke.f} without a key field")
+        key = fields["key"]
+        if isinstance(key, list | dict):
+            raise HistoryError(f"op {invoke.index}: key {key!r} is not a scalar")
+        (op, arg), output = _register_input(invoke, completion, nil_read_unknown)
+        return (key, op, arg), output
+
+    return convert
+
+
+kv_from_history: Final = kv_converter()
+"""The key-value converter with ``null`` reads checked as values (pxq's own histories)."""

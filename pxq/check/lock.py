@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
-from pxq.check.history import JSON, Op, pair_ops
+from pxq.check.history import JSON, HistoryError, Op, pair_ops
 from pxq.check.linear import (
     UNKNOWN,
     Operation,
@@ -34,11 +34,13 @@ from pxq.check.linear import (
 from pxq.check.result import CheckResult
 
 LINEARIZABLE_STEPS_MAX: Final = 10_000_000
-"""Model steps the linearizability search may take over a run before answering unknown
-(about 1 µs each). Values make more model states distinct (two info grants of one holder
+"""Model steps the linearizability search of one key (partition) may take before that key is
+unknown (about 1 µs each). Values make more model states distinct (two info grants of one holder
 with different values no longer lead to the same state), which roughly doubles the search of
 the hardest runs: the swarm's worst of 400 seeds takes 6 M steps."""
 LOCK_FS: Final = ("acquire", "renew", "release", "read")
+LOCK_OUTCOMES: Final = ("ok", "denied")
+"""The ``outcome`` of an ``ok`` completion: the request was granted, or refused."""
 LIST_F: Final = "list"
 OFFENDERS_MAX: Final = 10
 
@@ -157,6 +159,16 @@ def lock_from_history(invoke: Op, completion: Op | None) -> tuple[Any, Any] | No
     version = invoke.get("version")
     lease = invoke.get("lease_ms")
     at = completion.get("at_ms") if done and completion is not None else None
+    if not isinstance(invoke.get("key"), str):
+        raise HistoryError(f"op {invoke.index}: {invoke.f} without a string key field")
+    if done and completion is not None:
+        if completion.get("outcome") not in LOCK_OUTCOMES:
+            raise HistoryError(
+                f"op {completion.index}: outcome {completion.get('outcome')!r} is not one of "
+                f"{list(LOCK_OUTCOMES)}"
+            )
+        if not isinstance(at, int):
+            raise HistoryError(f"op {completion.index}: {invoke.f} ok without an int at_ms")
     value: str | None = None
     if invoke.f == "acquire":
         value = _text(invoke.value)

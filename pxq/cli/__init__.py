@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from pxq.cli.bench_commands import register as register_bench_commands
+from pxq.cli.check_commands import register as register_check_commands
 from pxq.cli.client_commands import register as register_client_commands
 from pxq.cli.cluster_commands import cluster
 from pxq.cli.node_commands import node, scheduler
@@ -62,3 +63,4 @@ main.add_command(scheduler)
 main.add_command(tls)
 register_client_commands(main)
 register_bench_commands(main)
+register_check_commands(main)
