@@ -21,7 +21,15 @@ The search (Wing & Gong 1993, with Lowe's memoisation, as Porcupine does it):
   Knossos: they have no return entry, so they may be linearized at any point after their
   call, or never. The search succeeds once every *completed* operation is linearized. Info
   operations that a model calls ``read_only`` are dropped up front: they cannot change state,
-  so including them never helps.
+  so including them never helps. Alternatives of one info operation share a ``choice``: once
+  one is linearized the others are not offered.
+* **Dominance of info operations.** A configuration is (completed operations linearized,
+  info operations used, model state). One that reaches a (completed set, state) pair already
+  reached with a *subset* of its info operations used is pruned: every continuation of it is
+  also a continuation of the earlier one, which had at least the same info operations left
+  to use. This subsumes the exact memo and is what keeps histories with many info operations
+  (a lock service under faults) searchable: the order in which unobserved info operations are
+  applied, or whether they are at all, no longer multiplies the search.
 * **Budget.** ``max_steps`` bounds the model steps of each partition's search, and again of
   each illegal partition's counterexample search (there is no clock in the pure core).
   Every partition is decided on its own budget: one that runs out is ``"unknown"``, never a
@@ -90,6 +98,10 @@ class Operation:
     process: Process
     input: Any
     output: Any
+    choice: int = -1
+    """Operations of unknown outcome with the same ``choice`` (>= 0) are alternatives of one
+    operation (for instance an effect on either side of a lease): at most one of them is
+    linearized."""
 
     def to_json(self, model: Model[Any] | None = None) -> dict[str, JSON]:
         """A JSON-compatible description (the model's, when given)."""
@@ -264,26 +276,37 @@ def _search(model: Model[Any], ops: Sequence[Operation], budget: _Budget) -> tup
             ret_entry[i] = e
     inputs = [op.input for op in ops]
     outputs = [op.output for op in ops]
-    bits = [1 << i for i in range(n)]
+    # A completed op's bit goes into ``done``; an info op's into ``used``, as the bit of the
+    # first op of its choice (alternatives share it, so one excludes the others).
+    done_bit = [0] * n
+    used_bit = [0] * n
+    first_of_choice: dict[int, int] = {}
+    for i, op in enumerate(ops):
+        if op.return_index is not None:
+            done_bit[i] = 1 << i
+        elif op.choice >= 0:
+            used_bit[i] = 1 << first_of_choice.setdefault(op.choice, i)
+        else:
+            used_bit[i] = 1 << i
     remaining = sum(1 for op in ops if op.return_index is not None)
     step = model.step
     state = model.init()
-    linearized = 0
-    cache: set[tuple[int, Hashable]] = {(0, state)}
-    stack: list[tuple[int, Any]] = []
+    done = used = 0
+    # (done, state) -> the ``used`` sets it was reached with (none a superset of another's).
+    seen: dict[tuple[int, Hashable], list[int]] = {(0, state): [0]}
+    stack: list[tuple[int, Any, int, int]] = []
     longest: list[int] = []
     left = budget.left
-    used = 0
+    steps = 0
     entry = nxt[0]
     while remaining:
         if entry == -1 or not is_call[entry]:
             if not stack:
-                budget.left = left - used
-                budget.used += used
+                budget.left = left - steps
+                budget.used += steps
                 return False, longest
-            entry, state = stack.pop()
+            entry, state, done, used = stack.pop()
             i = op_of[entry]
-            linearized &= ~bits[i]
             r = ret_entry[i]
             if r != -1:  # unlift in reverse order: the return, then the call
                 remaining += 1
@@ -295,41 +318,49 @@ def _search(model: Model[Any], ops: Sequence[Operation], budget: _Budget) -> tup
                 prv[nxt[entry]] = entry
             entry = nxt[entry]
             continue
-        used += 1
-        if used > left:
-            budget.left = 0
-            budget.used += used
-            raise _BudgetExhausted
         i = op_of[entry]
+        if used & used_bit[i]:  # an alternative of this op was linearized
+            entry = nxt[entry]
+            continue
+        steps += 1
+        if steps > left:
+            budget.left = 0
+            budget.used += steps
+            raise _BudgetExhausted
         ok, new_state = step(state, inputs[i], outputs[i])
         if ok:
-            new_linearized = linearized | bits[i]
-            key = (new_linearized, new_state)
-            if key not in cache:
-                cache.add(key)
-                stack.append((entry, state))
-                state = new_state
-                linearized = new_linearized
-                # Lift the call, then its return.
-                after = nxt[entry]
-                nxt[prv[entry]] = after
-                if after != -1:
-                    prv[after] = prv[entry]
-                r = ret_entry[i]
-                if r != -1:
-                    remaining -= 1
-                    after = nxt[r]
-                    nxt[prv[r]] = after
-                    if after != -1:
-                        prv[after] = prv[r]
-                if len(stack) > len(longest):
-                    longest = [op_of[e] for e, _ in stack]
-                entry = nxt[0]
+            new_done, new_used = done | done_bit[i], used | used_bit[i]
+            key = (new_done, new_state)
+            reached = seen.get(key)
+            if reached is None:
+                seen[key] = [new_used]
+            elif any(u & new_used == u for u in reached):
+                entry = nxt[entry]  # dominated: reached before with no more info ops used
                 continue
+            else:
+                reached.append(new_used)
+            stack.append((entry, state, done, used))
+            state, done, used = new_state, new_done, new_used
+            # Lift the call, then its return.
+            after = nxt[entry]
+            nxt[prv[entry]] = after
+            if after != -1:
+                prv[after] = prv[entry]
+            r = ret_entry[i]
+            if r != -1:
+                remaining -= 1
+                after = nxt[r]
+                nxt[prv[r]] = after
+                if after != -1:
+                    prv[after] = prv[r]
+            if len(stack) > len(longest):
+                longest = [op_of[e] for e, _, _, _ in stack]
+            entry = nxt[0]
+            continue
         entry = nxt[entry]
-    budget.left = left - used
-    budget.used += used
-    return True, [op_of[e] for e, _ in stack]
+    budget.left = left - steps
+    budget.used += steps
+    return True, [op_of[e] for e, _, _, _ in stack]
 
 
 def _truncate(ops: Sequence[Operation], cut: int) -> list[Operation]:

@@ -35,9 +35,8 @@ from pxq.check.result import CheckResult
 
 LINEARIZABLE_STEPS_MAX: Final = 10_000_000
 """Model steps the linearizability search of one key (partition) may take before that key is
-unknown (about 1 µs each). Values make more model states distinct (two info grants of one holder
-with different values no longer lead to the same state), which roughly doubles the search of
-the hardest runs: the swarm's worst of 400 seeds takes 6 M steps."""
+unknown (3-5 µs each). The hardest histories the swarm has produced (``swarm-lock`` seeds 584,
+825 and 1935) take 0.9-1.7 M steps over all their keys (``docs/checking.md``, "How fast")."""
 LOCK_FS: Final = ("acquire", "renew", "release", "read")
 LOCK_OUTCOMES: Final = ("ok", "denied")
 """The ``outcome`` of an ``ok`` completion: the request was granted, or refused."""
@@ -255,15 +254,15 @@ LeaseEntry: TypeAlias = tuple[str, int, int, int, int, int, str]
 its expiry known to lie in ``[expiry_lo, expiry_hi]`` (equal when known exactly), the latest
 apply time, while the expiry is not exact the lease of the grant of unknown time that set it
 (that grant's apply time is ``expiry - lease_ms``), and the entry's value."""
-LeaseState: TypeAlias = tuple[LeaseEntry, int]
-"""The entry, and the bitmask of the alternative groups (below) already applied."""
+LeaseState: TypeAlias = LeaseEntry
+"""The state of one key: its entry."""
 LeaseInput: TypeAlias = tuple[
     str, str, str, int | None, int, int | None, str | None, str | None, int
 ]
 """A ``LockInput``, then ``side`` and ``alt``: an info acquire is offered to the search as two
 alternatives, ``side = "held"`` (applied while the current lease is in force) and ``"free"``
-(applied after it ended), sharing the alternative group ``alt`` (a bit of the state's mask) so
-at most one of them applies. ``side`` None and ``alt`` -1 for every other operation."""
+(applied after it ended), with ``alt`` as their ``Operation.choice``, so at most one of them
+applies. ``side`` None and ``alt`` -1 for every other operation."""
 
 
 class LeaseLockModel:
@@ -305,7 +304,7 @@ class LeaseLockModel:
         of where the answer is reached (pruning only; it accepts nothing more)."""
 
     def init(self) -> LeaseState:
-        return (("", 0, 0, 0, 0, 0, ""), 0)
+        return ("", 0, 0, 0, 0, 0, "")
 
     def _owner_ok(self, key: str, entry: LeaseEntry, before: LeaseEntry) -> bool:
         if entry[1] == before[1] or entry[0] == "":
@@ -314,7 +313,7 @@ class LeaseLockModel:
         return owner is None or owner == entry[0]
 
     def step(self, state: Any, input: Any, output: Any) -> tuple[bool, Any]:
-        entry, mask = state
+        entry = state
         holder, version, lo, hi, time_ms, lease, value = entry
         at, side, alt = input[5], input[7], input[8]
         lock_input: LockInput = input[:7]
@@ -326,16 +325,15 @@ class LeaseLockModel:
                     return False, state
                 entry = (holder, version, lo, at + lease, time_ms, lease, value)
         if alt >= 0:
-            bit = 1 << alt
-            if mask & bit or (side == "held" and holder == ""):
+            if side == "held" and holder == "":
                 return False, state
             nxt = _lease_step(entry, lock_input, output, held=side == "held")
             if nxt is None or not nxt[1] or not self._owner_ok(input[1], nxt[0], entry):
                 return False, state  # refused on this side: the same as leaving it out
-            return True, (nxt[0], mask | bit)
+            return True, nxt[0]
         if holder == "":
             nxt = _lease_step(entry, lock_input, output, held=False)
-            return (nxt is not None), (state if nxt is None else (nxt[0], mask))
+            return (nxt is not None), (state if nxt is None else nxt[0])
         if output is UNKNOWN:
             options = [_lease_step(entry, lock_input, output, held=h) for h in (True, False)]
             changing = [
@@ -344,12 +342,12 @@ class LeaseLockModel:
                 if o is not None and o[1] and self._owner_ok(input[1], o[0], entry)
             ]
             if changing:
-                return True, (changing[0][0], mask)
+                return True, changing[0][0]
             return False, state  # refused on either side: the same as leaving it out here
         for h in (True, False):
             nxt = _lease_step(entry, lock_input, output, held=h)
             if nxt is not None:
-                return True, (nxt[0], mask)
+                return True, nxt[0]
         return False, state
 
     def partition(self, ops: Sequence[Operation]) -> list[list[Operation]]:
@@ -389,6 +387,7 @@ def lease_alternatives(ops: Iterable[Operation]) -> list[Operation]:
                         process=op.process,
                         input=(*op.input, side, alt),
                         output=op.output,
+                        choice=alt,
                     )
                 )
             alt += 1
