@@ -6,12 +6,17 @@ configured name cannot contain (``pxq.config`` refuses names with ``RETRY_MARK``
 ``DLQ_MARK``), so a name says unambiguously what it is. Derived topics share the placement
 of their base topic (``pxq.routing.StoreRing`` places by base topic), so moving an item to a
 retry level is one command in one Paxos group.
+
+It also names the reserved consumer group of health checks, ``HEALTH_GROUP`` (its meaning:
+``pxq.config.model``).
 """
 
 from __future__ import annotations
 
 RETRY_MARK = ".retry."
 DLQ_MARK = ".dlq."
+HEALTH_GROUP = "pxq-health"
+"""The consumer group every base topic has for health checks (``pxq echo``); reserved."""
 
 
 def retry_topic(topic: str, group: str, level: int) -> str:

@@ -105,7 +105,6 @@ __all__ = [
 
 DEFAULT_CONFIG_PATH = Path(".pxq") / "cluster.toml"
 """Where ``resolve_config(None)`` looks first, relative to the working directory."""
-RANDOM_KEY_BYTES = 8
 ADMIN_ATTEMPTS_MAX = 16
 """Attempts of one admin request (redirects and timeouts included) before giving up."""
 ADMIN_BACKOFF_MS = 20
@@ -134,9 +133,10 @@ def resolve_config(config: ConfigSource = None) -> ClusterConfig:
     return load_config(config)
 
 
-def _key_bytes(key: Key, rng: random.Random) -> bytes:
+def _key_bytes(key: Key) -> bytes:
+    """The stored key: None is no key (empty: the producer spreads keyless items)."""
     if key is None:
-        return rng.randbytes(RANDOM_KEY_BYTES)
+        return b""
     if isinstance(key, str):
         return key.encode()
     if isinstance(key, bytes | bytearray | memoryview):
@@ -266,8 +266,9 @@ class AsyncClient:
     ) -> Receipt:
         """Enqueue one item on ``topic`` and wait until it is durable on a majority.
 
-        ``key`` decides the queue (same key, same queue, same order); None picks a random
-        key. ``kind`` is the item's kind (consumer groups may subscribe to some kinds only).
+        ``key`` decides the queue (same key, same queue, same order); None (or an empty key)
+        is no key: the item is stored without one and the producer spreads keyless items over
+        the queues (no order among them). ``kind`` is the item's kind (consumer groups may subscribe to some kinds only).
         Raises ``EnqueueFailed`` (definitely not enqueued: unknown topic, too large, the
         client's bound on held calls, refused everywhere) or ``OutcomeUnknown`` (maybe
         enqueued: no answer within ``call_timeout_ms``, for example with the cluster down)."""
@@ -278,12 +279,7 @@ class AsyncClient:
         self, topic: str, payload: bytes | bytearray | memoryview, key: Key, kind: str
     ) -> asyncio.Future[object]:
         # The common cases inline (the same bytes as _key_bytes and _payload_bytes give).
-        if key is None:
-            key_bytes = self._rng.getrandbits(8 * RANDOM_KEY_BYTES).to_bytes(
-                RANDOM_KEY_BYTES, "little"
-            )  # rng.randbytes(RANDOM_KEY_BYTES)
-        else:
-            key_bytes = _key_bytes(key, self._rng)
+        key_bytes = b"" if key is None else _key_bytes(key)
         request = Produce(
             topic=topic,
             key=key_bytes,

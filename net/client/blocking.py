@@ -7,6 +7,11 @@ threads are batched together like concurrent tasks). ``BlockingConsumer`` wraps 
 ``AsyncConsumer`` the same way: ``run(handler)`` blocks (plain handlers run in worker
 threads), ``batches()`` is an ordinary iterator with the same commit-after-success rule.
 
+No application code runs on the client's loop, which sends the cursor commits and renews the
+consumers' leases: a plain handler runs in a worker thread, the body of a ``batches`` loop in
+the caller's thread, and an ``async`` handler on a second loop of its own (one per ``run``),
+so a handler that blocks, however long, never delays a commit or a renewal.
+
 Example::
 
     import pxq
@@ -23,11 +28,12 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 from collections.abc import Awaitable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
-from net.client.consumer import AsyncConsumer, Batch, Handler
+from net.client.consumer import AsyncConsumer, Batch, Handler, is_async_handler
 from net.client.types import ClientClosed, Item, PxqError, Receipt, SeekResult
 from net.wire.loop import new_event_loop
 
@@ -249,8 +255,24 @@ class BlockingConsumer:
 
     def run(self, handler: Handler) -> None:
         """Consume with ``handler`` until ``stop()`` or ``close()`` is called (from another
-        thread or from the handler). See ``AsyncConsumer.run``."""
-        self._thread.run(self._consumer.run(handler))
+        thread or from the handler). See ``AsyncConsumer.run``; an ``async`` handler runs on
+        an event loop of its own (see the module docstring)."""
+        if not is_async_handler(handler):
+            self._thread.run(self._consumer.run(handler))
+            return
+        handler_loop = _LoopThread("pxq-handler-loop")
+
+        def on_handler_loop(item: Item) -> object:
+            # In a worker thread of the consumer: wait for the coroutine on the handler loop.
+            coro = handler(item)
+            if not inspect.iscoroutine(coro):
+                return coro
+            return asyncio.run_coroutine_threadsafe(coro, handler_loop.loop).result()
+
+        try:
+            self._thread.run(self._consumer.run(on_handler_loop))
+        finally:
+            handler_loop.stop()
 
     def batches(self) -> Iterator[Batch]:
         """Yield batches; each is committed when the loop body that received it finishes

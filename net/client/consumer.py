@@ -8,8 +8,10 @@ channel: turning each ``Deliver`` into handler calls or a ``Batch``, and answeri
 Two ways to consume (one at a time per consumer):
 
 * ``await consumer.run(handler)``: the handler (async, or sync: then it runs in a worker
-  thread) gets one ``Item`` at a time. Items with the same key are handled one at a time, in
-  offset order; items with different keys run concurrently, at most ``concurrency`` at once.
+  thread of the consumer's own pool, ``concurrency`` threads, never the loop's default
+  executor, which the loop itself needs, e.g. to resolve host names) gets one ``Item`` at a
+  time. Items with the same key are handled one at a time, in
+  offset order; items with different keys (or no key) run concurrently, at most ``concurrency`` at once.
   An item whose handler raised goes to the group's next retry level (or its dead-letter
   topic); the queue's cursor is committed past a delivery once each of its items succeeded
   or was moved. ``run`` returns after ``stop()`` or ``close()``.
@@ -20,6 +22,16 @@ Two ways to consume (one at a time per consumer):
   consumer stops, and the batch is delivered again from the committed cursor (to this
   consumer when it iterates again, or to another consumer of the group). To end after a
   batch *with* its commit, call ``consumer.stop()`` in the body and let it finish.
+
+Slow handlers. Cursor commits and lease renewals run on the event loop, so nothing that
+blocks the loop may run there: a sync handler runs in a worker thread and may take as long as
+it likes (the lease is renewed meanwhile; after ``handle_timeout_ms`` its delivery counts as
+failed and moves to the retry level); an async handler, and the body of a ``batches`` loop,
+must await, never block (``time.sleep``, a blocking write). A loop blocked past the lease
+loses its queues: once the loop runs again the consumer stops them before anything else (its
+late commits are refused by their fencing token) and their items come again, perhaps to
+another consumer. ``pxq.Client`` runs async handlers on a loop of their own, so there even a
+blocking one cannot stall the client's loop.
 
 Stopping (``stop``/``close``, or the end of ``batches``) waits for handlers in flight and for
 the commits of finished deliveries to be confirmed (bounded by ``close_timeout_s``), then
@@ -37,11 +49,14 @@ group that own the same queue both consume it (duplicates, not loss).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
+import functools
 import inspect
 import logging
 import types
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Final, TypeAlias
 
 from net.client.driver import MachineDriver, NodePool
@@ -170,7 +185,8 @@ def _item(d: Deliver, it: StoredItem) -> Item:
     return _items(d, (it,))[0]
 
 
-def _is_async(handler: Handler) -> bool:
+def is_async_handler(handler: Handler) -> bool:
+    """Whether ``handler`` is an ``async`` function (or an object with an async ``__call__``)."""
     call = type(handler).__call__ if not inspect.isfunction(handler) else None
     return inspect.iscoroutinefunction(handler) or (
         call is not None and inspect.iscoroutinefunction(call)
@@ -216,6 +232,9 @@ class AsyncConsumer:
         self._close_timeout_s = close_timeout_s
         self._on_close = on_close
         self._sem = asyncio.Semaphore(concurrency)
+        self._concurrency = concurrency
+        self._executor: ThreadPoolExecutor | None = None
+        """The worker threads of a sync handler (``run``), one per concurrent call."""
         self._mode: str | None = None
         self._accepting = False
         self._stopping = False
@@ -258,7 +277,11 @@ class AsyncConsumer:
         await self._wait_ending()
         session = self._begin("run")
         self._handler = handler
-        self._handler_async = _is_async(handler)
+        self._handler_async = is_async_handler(handler)
+        if not self._handler_async and self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=self._concurrency, thread_name_prefix=f"pxq-handler-{self.group}"
+            )
         try:
             await self._acquire()
             await self._stop_event.wait()
@@ -327,6 +350,10 @@ class AsyncConsumer:
             # A ``batches`` loop suspended in its body (close called from it): end it here.
             await self._end(self._session)
         self._closed = True
+        if self._executor is not None:
+            # Handlers still running were abandoned by _end (their deliveries come again).
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
         await self._driver.close()
         if self._on_close is not None:
             self._on_close(self)
@@ -462,8 +489,12 @@ class AsyncConsumer:
 
     async def _handle(self, d: Deliver) -> None:
         by_key: dict[bytes, list[StoredItem]] = {}
+        keyless: list[list[StoredItem]] = []
         for it in d.items:
-            by_key.setdefault(it.key, []).append(it)
+            if it.key:
+                by_key.setdefault(it.key, []).append(it)
+            else:
+                keyless.append([it])  # no key, no order to keep: each item on its own
         failed: list[int] = []
 
         async def chain(items: list[StoredItem]) -> None:
@@ -473,7 +504,7 @@ class AsyncConsumer:
                 if not ok:
                     failed.append(it.offset)
 
-        await asyncio.gather(*(chain(items) for items in by_key.values()))
+        await asyncio.gather(*(chain(items) for items in (*by_key.values(), *keyless)))
         self._answer(d.delivery_id, tuple(sorted(failed)))
 
     async def _invoke(self, item: Item) -> bool:
@@ -484,7 +515,8 @@ class AsyncConsumer:
             if self._handler_async:
                 result = handler(item)
             else:
-                result = await asyncio.to_thread(handler, item)
+                call = functools.partial(contextvars.copy_context().run, handler, item)
+                result = await asyncio.get_running_loop().run_in_executor(self._executor, call)
             if inspect.isawaitable(result):
                 await result
         except Exception as exc:

@@ -128,4 +128,5 @@ ConfigSource: TypeAlias = "ClusterConfig | str | Path | None"
 """A cluster configuration, a path to its TOML file, or None (see
 ``net.client.api.resolve_config``)."""
 Key: TypeAlias = bytes | str | None
-"""An item key: bytes, a str (UTF-8 encoded), or None for a random key (items spread)."""
+"""An item key: bytes, a str (UTF-8 encoded), or None for no key (stored empty; keyless items
+are spread over the queues)."""

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, BinaryIO
 import click
 
 from pxq.cli.common import EXIT_FAILED, EXIT_OK, bad_input
+from pxq.cli.output import LinePrinter
+from pxq.topics import HEALTH_GROUP
 
 if TYPE_CHECKING:
     from net.client.api import AsyncConsumer, Item, Receipt
@@ -85,7 +87,9 @@ def _item_line(item: Item) -> str:
 
 @click.command("produce")
 @click.option("--topic", required=True, help="Topic to enqueue on.")
-@click.option("--key", default=None, help="Key of every item (default: a random key per item).")
+@click.option(
+    "--key", default=None, help="Key of every item (default: none; keyless items are spread)."
+)
 @click.option("--kind", default="", help="Kind of every item (default: the default kind).")
 @click.option(
     "--call-timeout-ms",
@@ -249,19 +253,26 @@ async def _consume(
 
         dog = loop.create_task(watchdog())
         denied_dog = loop.create_task(denied_watch())
+        # Printed by a thread of its own: a slow reader must not stall the loop that commits
+        # and renews this consumer's leases (pxq.cli.output). A batch is committed once its
+        # lines were written; a failed write leaves the loop, uncommitted.
+        sys.stdout.flush()
+        printer = LinePrinter(sys.stdout.fileno())
         try:
             async with consumer:
                 async for batch in consumer.batches():
-                    for item in batch:
-                        click.echo(_item_line(item))
-                        printed += 1
-                    sys.stdout.flush()  # printed before the batch is committed
+                    await printer.write("".join(_item_line(item) + "\n" for item in batch))
+                    printed += len(batch)
                     last = loop.time()
                     if count is not None and printed >= count:
                         consumer.stop()  # this batch is still committed
+        except BrokenPipeError:
+            click.echo("pxq: consume: stdout closed; the batch not printed comes again", err=True)
+            sys.exit(EXIT_FAILED)
         finally:
             dog.cancel()
             denied_dog.cancel()
+            printer.close()
     if consumer.denied:
         lacks = ", ".join(consumer.denied)
         click.echo(f"pxq: permission denied: the principal lacks {lacks}", err=True)
@@ -373,8 +384,12 @@ async def _seek(
 
 
 @click.command("echo")
-@click.option("--topic", default=None, help="Topic (default: the first one with a group).")
-@click.option("--group", default=None, help="Consumer group (default: the topic's first).")
+@click.option("--topic", default=None, help="Topic (default: the first one).")
+@click.option(
+    "--group",
+    default=None,
+    help=f"Consumer group (default: {HEALTH_GROUP}, reserved for health checks on every topic).",
+)
 @click.option(
     "--timeout",
     "timeout_s",
@@ -388,16 +403,16 @@ def echo(topic: str | None, group: str | None, timeout_s: float, config_path: Pa
     """Enqueue one item with a unique payload, consume until it is seen, and print the
     enqueue and round-trip latencies (PhxQueue's echo test).
 
-    The echo consumes for GROUP on the item's queue and commits what it reads there: point
-    it at a topic or group reserved for health checks."""
+    The echo consumes for the reserved group pxq-health (every topic has it; it holds back no
+    retention), so it moves no user group's cursor. The item itself stays on the topic: user
+    groups consume it like any other (its payload starts with "pxq-echo ")."""
     config = _load(config_path)
-    chosen = [t for t in config.topics if t.consumer_groups and topic in (None, t.name)]
+    chosen = [t for t in config.topics if topic in (None, t.name)]
     if not chosen:
-        what = f"topic {topic!r} with a consumer group" if topic else "topic with a group"
-        bad_input(f"no {what} in the configuration")
+        bad_input(f"no topic {topic!r} in the configuration" if topic else "no topic configured")
         return
     t = chosen[0]
-    cg = t.consumer_groups[0] if group is None else t.group(group)
+    cg = t.group(HEALTH_GROUP if group is None else group)
     if cg is None:
         bad_input(f"topic {t.name!r} has no consumer group {group!r}")
         return

@@ -105,6 +105,11 @@ and t < now - hold_ms (now: the wall time of the master proposing the retention 
 absent hold is no constraint. The store may keep removable items longer (it removes whole
 enqueue batches), never shorter.
 
+The health group: every base topic also has the consumer group ``HEALTH_GROUP``
+(``"pxq-health"``, reserved: a file may not declare it), which ``pxq echo`` consumes. It is found
+by name (``TopicConfig.group``, ``TopicInfo.group``) but is no subscriber: it does not hold back
+retention, has no retry levels or dead letters, and is not listed among a topic's groups.
+
 Ownership rule: 0 < margin_ms < lease_ms <= LEASE_MS_MAX, 0 < renew_ms <= (lease_ms -
 margin_ms) / 2 (two renewals fit in the time a holder trusts its lease), 0 < poll_ms < lease_ms,
 1 <= weight <= OWNERSHIP_WEIGHT_MAX. ``margin_ms`` must cover the clock skew between lock
@@ -124,6 +129,7 @@ from pxq.config.default import DEFAULT_TOML, default_config, default_toml
 from pxq.config.model import (
     ENQUEUE_HEADROOM_BYTES,
     GIB,
+    HEALTH_GROUP,
     INFLIGHT_BATCHES_MAX,
     KIB,
     LOCK_GROUPS_MAX,
@@ -167,6 +173,7 @@ __all__ = [
     "DEFAULT_TOML",
     "ENQUEUE_HEADROOM_BYTES",
     "GIB",
+    "HEALTH_GROUP",
     "INFLIGHT_BATCHES_MAX",
     "KIB",
     "LOCKS_SERVICE",

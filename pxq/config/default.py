@@ -57,6 +57,13 @@ port = 7203
 name = "events"
 queues = 8
 
+# Items are kept an hour after they were enqueued, consumed or not, so a group can replay
+# them (pxq seek --back-ms); without a hold, an item is removed once every group passed it.
+[topics.retention]
+hold_ms = 3600000
+
+# Every topic also has the reserved consumer group "pxq-health" (not declared: it may not be),
+# which pxq echo consumes, so an echo never moves a user group's cursor; it holds back nothing.
 [[topics.consumer_groups]]
 name = "default"
 retries = [{ delay_ms = 1000 }, { delay_ms = 10000 }]
@@ -70,7 +77,7 @@ def default_toml(*, tls: bool = True) -> str:
 
 def default_config() -> ClusterConfig:
     """A local 3-replica store on 127.0.0.1 (ports 7101-7103, 4 groups), a 3-replica lock
-    service (nodes l0-l2, ports 7201-7203, 1 group), topic "events" with 8 queues and consumer
-    group "default"; ownership defaults; TLS on with the ``tls`` directory (relative: beside the
+    service (nodes l0-l2, ports 7201-7203, 1 group), topic "events" with 8 queues, items held
+    an hour (``hold_ms``) and consumer group "default"; ownership defaults; TLS on with the ``tls`` directory (relative: beside the
     file ``pxq cluster up`` writes)."""
     return loads_config(DEFAULT_TOML, file="<default>")

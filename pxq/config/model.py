@@ -26,6 +26,7 @@ from pxq.lock.timing import (
 from pxq.paxos.config import PaxosConfig
 from pxq.routing import StoreRing
 from pxq.toml_reader import kind_of
+from pxq.topics import HEALTH_GROUP as _HEALTH_GROUP
 from pxq.topics import dead_letter_topic, retry_topic
 
 KIB: Final = 1024
@@ -51,6 +52,12 @@ OWNERSHIP_WEIGHT_MAX: Final = 1000
 LOCKS_SERVICE: Final = "locks"
 """The service name of the lock service where Paxos groups are named ``service/group``; no
 store may have it."""
+
+HEALTH_GROUP: Final = _HEALTH_GROUP
+"""The reserved consumer group of health checks (``pxq echo``): every base topic accepts it
+(``TopicConfig.group``, ``TopicInfo.group``: the store serves its reads, commits and seeks) but
+it is no user group: it is not in ``consumer_groups`` or ``subscribers``, so it never holds
+back retention, has no retry levels or dead letters, and a cluster file may not declare it."""
 
 Role = Literal["store", "lock"]
 
@@ -376,6 +383,11 @@ class ConsumerGroupConfig:
         return self._kind_set
 
 
+HEALTH: Final = ConsumerGroupConfig(name=HEALTH_GROUP, dead_letter=False)
+"""The reserved health group of every base topic: all queues and kinds, no retries, no dead
+letters (an echo handler never fails)."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Retention:
     hold_items: int | None = None
@@ -392,10 +404,11 @@ class TopicConfig:
     consumer_groups: tuple[ConsumerGroupConfig, ...] = ()
 
     def group(self, name: str) -> ConsumerGroupConfig | None:
+        """The consumer group ``name`` of this topic (``HEALTH_GROUP`` included), or None."""
         for g in self.consumer_groups:
             if g.name == name:
                 return g
-        return None
+        return HEALTH if name == HEALTH_GROUP else None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -423,10 +436,11 @@ class TopicInfo:
         return self.base.retention
 
     def group(self, name: str) -> ConsumerGroupConfig | None:
+        """The subscriber ``name``; on a base topic also ``HEALTH_GROUP``."""
         for g in self.subscribers:
             if g.name == name:
                 return g
-        return None
+        return HEALTH if name == HEALTH_GROUP and self.level == 0 else None
 
     def subscribers_of(self, queue: int) -> tuple[ConsumerGroupConfig, ...]:
         """The groups subscribed to ``queue`` of this topic, in configuration order."""

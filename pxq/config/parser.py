@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Final
 
 from pxq.config.model import (
     ENQUEUE_HEADROOM_BYTES,
+    HEALTH_GROUP,
     INFLIGHT_BATCHES_MAX,
     LOCK_GROUPS_MAX,
     LOCKS_SERVICE,
@@ -443,6 +444,8 @@ def _topic(t: TomlTable, limits: Limits) -> TopicConfig:
 
 def _consumer_group(t: TomlTable, queue_count: int, limits: Limits) -> ConsumerGroupConfig:
     name = _name(t, "name")
+    if name == HEALTH_GROUP:
+        raise t.error("name", f"{name!r} is reserved: every topic has it, for pxq echo")
     queues: tuple[int, ...] | None = None
     qv = t.raw("queues", "all")
     if isinstance(qv, str):

@@ -12,6 +12,9 @@ receives ``Received(src=replica, msg=Response(req_id, answer))``.
 
 Semantics:
 
+* **Routing.** An item's queue is ``queue_of(key)`` (the same key, the same queue, so its
+  items keep their order); items without a key (an empty key) are spread over the topic's
+  queues round robin and have no order among themselves.
 * **Batching.** Calls are grouped per (topic, queue), in arrival order, into batches of at
   most ``batch_items_max`` items and ``batch_bytes_max`` key+payload bytes. Batching is natural
   (Nagle-style): a call to a queue with no batch in flight leaves at once, in the step it
@@ -167,6 +170,8 @@ class Producer:
         self._next_seq = 1
         self._held_calls = 0
         self._held_bytes = 0
+        self._keyless_next: dict[str, int] = {}
+        """Topic -> the queue its next keyless item goes to (modulo the queue count)."""
 
     # -- introspection (tests, metrics) --------------------------------------------------------
 
@@ -238,7 +243,12 @@ class Producer:
         if self._held_calls >= s.pending_max or self._held_bytes + size > s.pending_bytes_max:
             fx.reply(call_id, ProduceFailed(code="overloaded", message="producer queue full"))
             return
-        queue = queue_of(request.key, queues)
+        if request.key:
+            queue = queue_of(request.key, queues)
+        else:
+            # No key, no order to keep: spread keyless items over the queues, round robin.
+            queue = self._keyless_next.get(request.topic, 0) % queues
+            self._keyless_next[request.topic] = queue + 1
         key = (request.topic, queue)
         qs = self._queues.get(key)
         if qs is None:

@@ -22,7 +22,8 @@ from pxq.codec import message
 @message(227)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Produce:
-    """Enqueue one item on ``topic``; ``key`` decides the queue (same key, same queue)."""
+    """Enqueue one item on ``topic``; ``key`` decides the queue (same key, same queue); an
+    empty key is no key: the producer picks the queue (spread)."""
 
     topic: str
     key: bytes
