@@ -44,6 +44,12 @@ name = "health"
 queues = 2
 [[topics.consumer_groups]]
 name = "echo"
+
+[[topics]]
+name = "keyless"
+queues = 4
+[[topics.consumer_groups]]
+name = "readers"
 """
 
 COMMAND_TIMEOUT_S = 30.0
@@ -137,7 +143,47 @@ def test_echo_sees_its_item_and_prints_the_latency(cluster: BackgroundCluster) -
         "echo", "--topic", "health", "--timeout", "10", "--config", str(cluster.config_path)
     )
     assert done.returncode == 0, done.stderr
-    assert "round trip" in done.stdout and "group echo" in done.stdout
+    assert "round trip" in done.stdout and "group pxq-health" in done.stdout
+    # The echo consumed for the reserved health group: the topic's own group "echo" did not
+    # move and still gets the echo item.
+    seen = pxq_cli(
+        "consume",
+        "--group",
+        "echo",
+        "--count",
+        "1",
+        "--timeout",
+        "10",
+        "--config",
+        str(cluster.config_path),
+    )
+    assert seen.returncode == 0, seen.stderr
+    assert "\tpxq-echo " in seen.stdout
+
+
+def test_produce_without_a_key_sends_none_and_spreads_the_items(cluster: BackgroundCluster) -> None:
+    config = str(cluster.config_path)
+    produced = pxq_cli("produce", "--topic", "keyless", "--config", config, stdin="a\nb\nc\nd")
+    assert produced.returncode == 0, produced.stderr
+    queues = {line.split("\t")[1] for line in produced.stdout.splitlines()}
+    assert queues == {"0", "1", "2", "3"}  # round robin over the topic's queues
+    consumed = pxq_cli(
+        "consume",
+        "--group",
+        "readers",
+        "--topic",
+        "keyless",
+        "--count",
+        "4",
+        "--timeout",
+        "10",
+        "--config",
+        config,
+    )
+    assert consumed.returncode == 0, consumed.stderr
+    lines = [line.split("\t") for line in consumed.stdout.splitlines()]
+    assert sorted(payload for *_, payload in lines) == ["a", "b", "c", "d"]
+    assert {key for _, _, key, _ in lines} == {""}  # stored without a key
 
 
 def test_produce_with_the_cluster_down_exits_1(tmp_path: Path) -> None:

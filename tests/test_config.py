@@ -10,6 +10,7 @@ import pytest
 
 from pxq.config import (
     DEFAULT_TOML,
+    HEALTH_GROUP,
     LOCK_GROUPS_MAX,
     OWNERSHIP_WEIGHT_MAX,
     STORAGE_RESERVE_MIN_BYTES,
@@ -62,8 +63,40 @@ def test_default_config_is_a_local_three_replica_store() -> None:
     (topic,) = c.topics
     assert (topic.name, topic.queues) == ("events", 8)
     assert [g.name for g in topic.consumer_groups] == ["default"]
+    # Consumed items are held an hour, so the README's replay (the last minute) works.
+    assert topic.retention == Retention(hold_ms=3_600_000)
     assert c.limits == Limits()
     assert loads_config(DEFAULT_TOML) == c
+
+
+def test_every_base_topic_has_the_reserved_health_group_but_not_as_a_subscriber() -> None:
+    c = default_config()
+    (topic,) = c.topics
+    health = topic.group(HEALTH_GROUP)
+    assert health is not None and health.name == "pxq-health"
+    assert (health.retries, health.dead_letter, health.queues, health.kinds) == (
+        (),
+        False,
+        None,
+        None,
+    )
+    info = c.topic("events")
+    assert info is not None and info.group(HEALTH_GROUP) == health
+    # Not a subscriber: it holds back no retention and is no user group.
+    assert HEALTH_GROUP not in [g.name for g in info.subscribers]
+    assert HEALTH_GROUP not in [g.name for g in topic.consumer_groups]
+    # Derived topics belong to their group alone.
+    retry = c.topic("events.retry.default.1")
+    assert retry is not None and retry.group(HEALTH_GROUP) is None
+    assert c.topic("events.retry.pxq-health.1") is None
+
+
+def test_a_group_may_not_take_the_health_groups_name() -> None:
+    e = error(
+        BASE
+        + '[[topics]]\nname = "t"\nqueues = 1\n[[topics.consumer_groups]]\nname = "pxq-health"\n'
+    )
+    assert e.key_path == "topics[0].consumer_groups[0].name" and "reserved" in e.reason
 
 
 def test_default_config_has_a_three_replica_lock_service_and_default_ownership() -> None:
