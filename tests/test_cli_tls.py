@@ -42,7 +42,7 @@ def test_up_creates_the_tls_material_and_the_cli_works_with_no_extra_step(workdi
     assert len(produced.stdout.splitlines()) == 2
     consumed = pxq("consume", *cfg, "--group", "default", "--count", "2", cwd=workdir)
     assert consumed.returncode == 0, consumed.stderr
-    # Split on "\n" only: the random keys may hold characters str.splitlines() splits on.
+    # Split on "\n" only: the line separator consume writes.
     lines = consumed.stdout.removesuffix("\n").split("\n")
     payloads = sorted(line.rsplit("\t", 1)[-1] for line in lines)
     assert payloads == ["a", "b"], consumed.stdout + consumed.stderr
