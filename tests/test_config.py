@@ -396,7 +396,15 @@ def test_without_a_locks_table_there_is_no_lock_service_and_ownership_defaults_a
     c = loads_config(BASE)
     assert c.locks is None and c.ownership == OwnershipConfig()
     assert c.all_nodes() == (
-        NodeInfo(node="a0", role="store", service="a", host="127.0.0.1", port=7000, zone="z0"),
+        NodeInfo(
+            node="a0",
+            role="store",
+            service="a",
+            host="127.0.0.1",
+            port=7000,
+            zone="z0",
+            metrics_port=8000,
+        ),
     )
 
 

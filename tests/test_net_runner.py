@@ -667,9 +667,9 @@ def test_crossings_of_the_reserve_are_stepped_into_the_node_before_the_call_with
             await client.close()
             await runner.stop()
 
-    with caplog.at_level(logging.INFO, logger="pxq.net.runner"):
+    with caplog.at_level(logging.INFO, logger="pxq.storage"):
         run_async(main())
-    messages = [r.getMessage() for r in caplog.records if r.name == "pxq.net.runner"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "pxq.storage"]
     starts = [m for m in messages if "storage low" in m]
     ends = [m for m in messages if "storage back above its reserve" in m]
     assert len(starts) == 1 and "below the reserve of" in starts[0], messages
@@ -720,9 +720,9 @@ def test_a_storage_short_at_start_is_reported_right_after_boot_and_may_grow_past
         finally:
             await runner.stop()
 
-    with caplog.at_level(logging.WARNING, logger="pxq.net.runner"):
+    with caplog.at_level(logging.WARNING, logger="pxq.storage"):
         run_async(main())
-    messages = [r.getMessage() for r in caplog.records if r.name == "pxq.net.runner"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "pxq.storage"]
     over = [m for m in messages if "over its limit at start" in m]
     assert len(over) == 1 and "starts read-only" in over[0], messages
 

@@ -195,9 +195,9 @@ def test_full_storage_refuses_enqueues_keeps_every_item_and_recovers_after_reten
         finally:
             await cluster.stop()
 
-    with caplog.at_level(logging.INFO, logger="pxq.net.runner"):
+    with caplog.at_level(logging.INFO, logger="pxq.storage"):
         run_async(scenario(), timeout_s=90.0)
-    messages = [r.getMessage() for r in caplog.records if r.name == "pxq.net.runner"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "pxq.storage"]
     starts = [m for m in messages if "storage low" in m]
     ends = [m for m in messages if "storage back above its reserve" in m]
     assert len(starts) == 1 and "MiB in use" in starts[0], messages
@@ -327,7 +327,7 @@ def test_replicas_over_their_limit_start_read_only_and_recover_after_retention(
         finally:
             await cluster.stop()
 
-    with caplog.at_level(logging.WARNING, logger="pxq.net.runner"):
+    with caplog.at_level(logging.WARNING, logger="pxq.storage"):
         run_async(scenario(), timeout_s=120.0)
-    messages = [r.getMessage() for r in caplog.records if r.name == "pxq.net.runner"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "pxq.storage"]
     assert any("over its limit at start" in m for m in messages), messages

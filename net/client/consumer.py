@@ -61,6 +61,7 @@ from typing import TYPE_CHECKING, Final, TypeAlias
 
 from net.client.driver import MachineDriver, NodePool
 from net.client.types import ClientClosed, Item, MachineFailed, PxqError, RequestFailed
+from net.logs import OWNERSHIP_LOGGER, log_event
 from pxq.access import LOCKS, PERMISSION_DENIED, read_permission
 from pxq.consumer.machine import Consumer as ConsumerMachine
 from pxq.consumer.messages import (
@@ -81,6 +82,15 @@ if TYPE_CHECKING:
     import random
 
 log = logging.getLogger("pxq.client.consumer")
+ownership_log = logging.getLogger(OWNERSHIP_LOGGER)
+
+OWNERSHIP_WHY: Final = {
+    "expired": "its lease on the queue's lock expired before a renewal was confirmed",
+    "denied": "the lock service gave the queue to another consumer",
+    "handover": "handed over to another consumer (the spread changed)",
+    "leave": "the consumer is leaving",
+}
+"""What an ``own.stop`` event's ``why`` means (``pxq.consumer.ownership``), for the log."""
 
 Handler: TypeAlias = Callable[[Item], object]
 """An item handler: a plain function (run in a worker thread) or an ``async`` function (run on
@@ -542,15 +552,22 @@ class AsyncConsumer:
 
     def _on_trace(self, event: TraceEvent) -> None:
         if event.kind in ("own.start", "own.stop"):
+            # Ownership changes, once each, on their named logger with the facts as fields.
             fields = dict(event.fields)
-            log.info(
-                "consumer of %s %s %s/%s (token %s%s)",
+            why = fields.get("why")
+            log_event(
+                ownership_log,
+                logging.INFO,
+                "consumer %s of %s %s %s/%s (token %s%s)",
+                fields.get("holder"),
                 self.group,
                 "took" if event.kind == "own.start" else "gave up",
                 fields.get("topic"),
                 fields.get("queue"),
                 fields.get("token"),
-                f", {fields['why']!s}" if "why" in fields else "",
+                "" if why is None else f", {OWNERSHIP_WHY.get(str(why), why)!s}",
+                event=event.kind,
+                **fields,
             )
         elif event.kind == "consumer.stopped":
             fields = dict(event.fields)

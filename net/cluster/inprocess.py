@@ -85,6 +85,7 @@ class LocalCluster:
             port=spec.info.port,
             config=self.node_net_config(node),
             access=AccessPolicy.for_cluster(self.config),
+            service=spec.info.service,
         )
         await runner.start()
         self.runners[node] = runner

@@ -242,9 +242,17 @@ def live_nodes(home: ClusterHome) -> dict[str, int]:
     return live
 
 
-def node_command(config_file: Path, node: str, data_dir: Path) -> list[str]:
-    """The command line of one node process (the same interpreter as this one)."""
-    return [
+def node_command(
+    config_file: Path,
+    node: str,
+    data_dir: Path,
+    *,
+    log_format: str = "text",
+    metrics: bool | None = None,
+) -> list[str]:
+    """The command line of one node process (the same interpreter as this one); ``metrics``
+    None leaves metrics to the cluster file's ``[metrics]``."""
+    command = [
         sys.executable,
         "-m",
         "pxq.cli",
@@ -256,7 +264,12 @@ def node_command(config_file: Path, node: str, data_dir: Path) -> list[str]:
         node,
         "--data-dir",
         str(data_dir),
+        "--log-format",
+        log_format,
     ]
+    if metrics is not None:
+        command.append("--metrics" if metrics else "--no-metrics")
+    return command
 
 
 def _child_env() -> dict[str, str]:
@@ -297,6 +310,8 @@ class NodeProcess:
     host: str
     port: int
     pid: int
+    metrics_port: int | None = None
+    """Where it serves its Prometheus metrics (None: it does not)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,6 +349,8 @@ async def up(
     timeout_s: float = UP_TIMEOUT_S,
     net_config: NetConfig | None = None,
     tls: bool = True,
+    log_format: str = "text",
+    metrics: bool | None = None,
 ) -> UpResult:
     """Start every replica (stores', then the lock service's) as a node process and wait
     until every group, store or lock, has a master.
@@ -343,6 +360,8 @@ async def up(
     configuration), ``TlsError`` (unusable TLS material), ``ClusterRunning`` (node processes of
     ``home`` are alive), ``NodeExited`` or ``NoMasters``; on the last two (and on any other
     failure) every node process it started is stopped again and its pid file removed.
+    The nodes log in ``log_format`` (``net.logs``) and serve their metrics if ``metrics``
+    (None: as the cluster file's ``[metrics]`` says).
     """
     started_at = time.monotonic()
     path, wrote = prepare_config(home, config_file, tls=tls)
@@ -379,7 +398,13 @@ async def up(
                 node_log.write(f"---- {stamp} pxq cluster up: starting {node} ----\n".encode())
                 node_log.flush()
                 proc = subprocess.Popen(
-                    node_command(config_abs, node, home.data_dir(node).resolve()),
+                    node_command(
+                        config_abs,
+                        node,
+                        home.data_dir(node).resolve(),
+                        log_format=log_format,
+                        metrics=metrics,
+                    ),
                     stdin=subprocess.DEVNULL,
                     stdout=node_log,
                     stderr=subprocess.STDOUT,
@@ -388,7 +413,18 @@ async def up(
                 )
             procs[node] = proc
             _write_atomic(home.pid_file(node), f"{proc.pid}\n")
-            nodes.append(NodeProcess(node, info.role, info.service, info.host, info.port, proc.pid))
+            serving = config.metrics.enabled if metrics is None else metrics
+            nodes.append(
+                NodeProcess(
+                    node,
+                    info.role,
+                    info.service,
+                    info.host,
+                    info.port,
+                    proc.pid,
+                    info.metrics_port if serving else None,
+                )
+            )
         _write_atomic(
             home.state_file,
             json.dumps({"config": str(config_abs), "nodes": sorted(procs)}, indent=2) + "\n",

@@ -78,6 +78,14 @@ It implements the driver contract of ``pxq.effects`` the way ``sim.world.NodeHos
   (logged, counted in ``calls_refused``); the node never sees it. Without TLS there is no
   identity and every call is allowed; each node logs a warning at start.
 * Trace events go to the ``pxq.net.trace`` logger (debug level) and to an optional callback.
+  A Paxos group's mastership changes (the core's ``master`` events: lease gained, lease
+  expired, mastership lost) are logged at info level on ``pxq.mastership``, once each, with
+  the node, service, group, ballot and term as fields (``net.logs``); the storage's crossings
+  of its reserve on ``pxq.storage``.
+* What an operator reads off the runner (``net.metrics`` serves it to Prometheus, reading it
+  at scrape time on the loop): ``stats``, the client calls received per request type
+  (``requests``), the writer thread's commit times (``commit_times``, a histogram it fills
+  itself: one ``perf_counter`` pair per commit), the node's own state.
   Alarms (``pxq.effects.ALARM``: evidence about a peer or the group, never a crash) are
   counted in ``stats.alarms`` and logged at error level on ``pxq.net.alarm``, at most
   ``ALARM_LOG_PER_S`` lines per second (a flood is summarised, not written line by line).
@@ -94,6 +102,7 @@ import queue
 import random
 import threading
 import time
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -104,6 +113,7 @@ from typing import Protocol
 from net.clock import mono_ns
 from net.config import NetConfig
 from net.errors import BootFailed, DataDirError, NetError, StorageError
+from net.logs import MASTERSHIP_LOGGER, STORAGE_LOGGER, log_event
 from net.node.storage import (
     DAMAGED_NAME,
     LmdbStorage,
@@ -142,10 +152,18 @@ from pxq.effects import (
     Wake,
     Write,
 )
+from pxq.paxos.ballot import round_of
 
 log = logging.getLogger("pxq.net.runner")
 trace_log = logging.getLogger("pxq.net.trace")
 alarm_log = logging.getLogger("pxq.net.alarm")
+master_log = logging.getLogger(MASTERSHIP_LOGGER)
+storage_log = logging.getLogger(STORAGE_LOGGER)
+
+MASTER_EVENT = "master"
+"""The core's trace event of a mastership change (``pxq.paxos.group``): ``state`` is
+``elected`` (phase 1 won), ``became`` (the lease is held: it serves), ``lapsed`` (the lease
+expired; it keeps trying to renew for one more lease) or ``lost`` (stepped down, ``reason``)."""
 
 ALARM_LOG_PER_S = 10
 """Alarm lines logged per second at most; the rest are counted and summarised."""
@@ -166,6 +184,31 @@ WRITER_IDLE_CHECK_S = 1.0
 was never stopped must not keep the process alive)."""
 
 _MIB = 1024 * 1024
+
+COMMIT_SECONDS_BUCKETS: tuple[float, ...] = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+)  # fmt: skip
+"""Upper bounds of the commit time histogram (an LMDB transaction with its fsync)."""
+
+
+class CommitTimes:
+    """A histogram of the writer thread's commit times (seconds): filled by that thread
+    alone, read by a metrics scrape (``snapshot``; copying the list is atomic under the GIL,
+    and a scrape that races a commit is off by that one commit at most)."""
+
+    __slots__ = ("counts", "sum_s")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(COMMIT_SECONDS_BUCKETS) + 1)  # the last one: +Inf
+        self.sum_s = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(COMMIT_SECONDS_BUCKETS, seconds)] += 1
+        self.sum_s += seconds
+
+    def snapshot(self) -> tuple[list[int], float]:
+        """(count per bucket, not cumulative, the last one above every bound; sum)."""
+        return list(self.counts), self.sum_s
 
 
 class DriverStorage(StorageView, Protocol):
@@ -236,10 +279,12 @@ class _WriterThread:
         loop: asyncio.AbstractEventLoop,
         write: Callable[[SealedBatch], WriteOutcome],
         done: _WriteDone,
+        times: CommitTimes,
     ) -> None:
         self._jobs: queue.SimpleQueue[tuple[SealedBatch, asyncio.Future[None]] | None] = (
             queue.SimpleQueue()
         )
+        self.times = times
         self._loop = loop
         self._write = write
         self._done = done
@@ -257,6 +302,8 @@ class _WriterThread:
     def _run(self) -> None:
         jobs = self._jobs
         write = self._write
+        observe = self.times.observe
+        clock = time.perf_counter
         while True:
             try:
                 job = jobs.get(timeout=WRITER_IDLE_CHECK_S)
@@ -269,10 +316,12 @@ class _WriterThread:
             batch, fut = job
             outcome: WriteOutcome | None = None
             error: BaseException | None = None
+            started = clock()
             try:
                 outcome = write(batch)
             except BaseException as exc:
                 error = exc
+            observe(clock() - started)
             try:
                 self._loop.call_soon_threadsafe(self._done, fut, outcome, error)
             except RuntimeError:  # the loop is closed: nobody is left to tell
@@ -340,11 +389,15 @@ class NodeRunner:
         on_trace: TraceListener | None = None,
         if_blank: BlankStorage = "new",
         access: AccessPolicy | None = None,
+        service: str = "",
     ) -> None:
         if not node_id or not cluster:
             raise ValueError("node_id and cluster must be non-empty")
         self.node_id = node_id
         self.cluster = cluster
+        self.service = service
+        """The service the node is a replica of (a store's name, or the lock service), for
+        logs and metrics; empty if unknown."""
         self.data_dir = Path(data_dir)
         self.config = config or NetConfig()
         self._factory = factory
@@ -365,6 +418,9 @@ class NodeRunner:
         self.state = RunnerState.NEW
         self.crash_reason: str | None = None
         self.stats = RunnerStats()
+        self.requests: dict[type, int] = {}
+        """Client calls received, per request type (refused ones included)."""
+        self.commit_times = CommitTimes()
         self._alarm_second = -1
         self._alarms_logged = 0
         self._alarms_unlogged = 0
@@ -422,6 +478,11 @@ class NodeRunner:
         return self._storage
 
     @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the runner was started on (None before ``start``)."""
+        return self._loop
+
+    @property
     def node(self) -> Node | None:
         return self._node
 
@@ -461,7 +522,7 @@ class NodeRunner:
         self._storage = storage
         self._server = server
         self._writer = _WriterThread(
-            f"pxq-writer-{self.node_id}", loop, storage.write, self._write_done
+            f"pxq-writer-{self.node_id}", loop, storage.write, self._write_done, self.commit_times
         )
         name = server.sockets[0].getsockname()
         self._address = (str(name[0]), int(name[1]))
@@ -648,8 +709,11 @@ class NodeRunner:
 
     def _trace(self, events: tuple[TraceEvent, ...]) -> None:
         for ev in events:
-            if ev.kind == ALARM:
+            kind = ev.kind
+            if kind == ALARM:
                 self._alarm(ev)
+            elif kind == MASTER_EVENT:
+                self._log_master(ev)
         if trace_log.isEnabledFor(logging.DEBUG):
             for ev in events:
                 trace_log.debug("%s %s %s", self.node_id, ev.kind, dict(ev.fields))
@@ -657,6 +721,53 @@ class NodeRunner:
         if listener is not None:
             for ev in events:
                 listener(self.node_id, ev)
+
+    def _log_master(self, ev: TraceEvent) -> None:
+        """One line per mastership change of a group (``MASTER_EVENT``)."""
+        fields = dict(ev.fields)
+        state = fields.get("state")
+        group = fields.get("group")
+        ballot = fields.get("ballot")
+        where = f"{self.service}/{group!s}" if self.service else f"group {group!s}"
+        term = round_of(ballot) if isinstance(ballot, int) else None
+        facts = {
+            "node": self.node_id,
+            "service": self.service,
+            "group": group,
+            "ballot": ballot,
+            "term": term,
+            "state": state,
+        }
+        if state == "became":
+            log_event(
+                master_log,
+                logging.INFO,
+                "node %s is master of %s (ballot %s, term %s): its lease is held, it serves",
+                self.node_id, where, ballot, term, **facts,
+            )  # fmt: skip
+        elif state == "lapsed":
+            log_event(
+                master_log,
+                logging.INFO,
+                "node %s: its master lease of %s expired (ballot %s, term %s); it keeps "
+                "trying to renew it for one more lease",
+                self.node_id, where, ballot, term, **facts,
+            )  # fmt: skip
+        elif state == "lost":
+            reason = fields.get("reason")
+            log_event(
+                master_log,
+                logging.INFO,
+                "node %s is no longer master of %s (ballot %s, term %s): %s",
+                self.node_id, where, ballot, term, reason, reason=reason, **facts,
+            )  # fmt: skip
+        else:  # elected: phase 1 won, the lease follows ("became") or not ("lost")
+            log_event(
+                master_log,
+                logging.DEBUG,
+                "node %s won the election of %s (ballot %s, term %s)",
+                self.node_id, where, ballot, term, **facts,
+            )  # fmt: skip
 
     def _alarm(self, ev: TraceEvent) -> None:
         self.stats.alarms += 1
@@ -1038,6 +1149,8 @@ class NodeRunner:
         self._calls[call_id] = (conn, req_id)
         conn.open_calls.add(call_id)
         self.stats.calls += 1
+        kind = type(request)
+        self.requests[kind] = self.requests.get(kind, 0) + 1
         refusal = self._access.refusal(conn.identity, request)
         if refusal is not None:
             # Refused before the node sees it: a definite error naming the permission, which
@@ -1081,7 +1194,9 @@ class NodeRunner:
             room = f"its LMDB map may grow to {ceiling / _MIB:.1f} MiB for them"
         else:
             room = "the filesystem is the limit: free disk space if its writes fail"
-        log.warning(
+        log_event(
+            storage_log,
+            logging.WARNING,
             "node %s storage is over its limit at start: %s, below the reserve of %.1f MiB; "
             "it starts read-only (enqueues are refused storage_full; reads, cursor commits "
             "and retention go on) and %s, until retention has freed space",
@@ -1089,6 +1204,12 @@ class NodeRunner:
             space.describe(),
             reserve / _MIB,
             room,
+            node=self.node_id,
+            short=True,
+            available_bytes=space.available_bytes,
+            reserve_bytes=reserve,
+            used_bytes=space.used_bytes,
+            limit=space.limit,
         )
 
     def _watch_space(self) -> None:
@@ -1121,25 +1242,40 @@ class NodeRunner:
             if available < resume:
                 return
             self._storage_short = False
-            log.info(
+            log_event(
+                storage_log,
+                logging.INFO,
                 "node %s storage back above its reserve: %.1f MiB available (reserve %.1f "
                 "MiB; %.1f MiB in use); the node accepts enqueues again",
                 self.node_id,
                 available / _MIB,
                 reserve / _MIB,
                 space.used_bytes / _MIB,
+                node=self.node_id,
+                short=False,
+                available_bytes=available,
+                reserve_bytes=reserve,
+                used_bytes=space.used_bytes,
             )
         elif available >= reserve:
             return
         else:
             self._storage_short = True
-            log.warning(
+            log_event(
+                storage_log,
+                logging.WARNING,
                 "node %s storage low: %s, below the reserve of %.1f MiB "
-                "(NetConfig.storage_reserve_bytes); the node refuses enqueues until "
-                "consumers and retention free space",
+                "(NetConfig.storage_reserve_bytes); the node refuses enqueues (storage_full) "
+                "until consumers and retention free space",
                 self.node_id,
                 space.describe(),
                 reserve / _MIB,
+                node=self.node_id,
+                short=True,
+                available_bytes=available,
+                reserve_bytes=reserve,
+                used_bytes=space.used_bytes,
+                limit=space.limit,
             )
         self.stats.storage_crossings += 1
         self._step(

@@ -5,7 +5,7 @@ This module owns what turns a cluster file and a node name into a running replic
 node's role and address in the configuration, building its ``NodeRunner`` (a ``StoreNode`` for
 a store replica, a ``LockNode`` hosting every lock group for a lock replica, both via
 ``pxq.nodes.node_spec``; LMDB in the data dir, the listener bound to exactly the configured
-host and port), stderr logging, and the signal handling of a service: SIGTERM or SIGINT stops
+host and port), its metrics endpoint when on (``net.metrics``), and the signal handling of a service: SIGTERM or SIGINT stops
 the node gracefully (no new connections, the current turn committed and released, LMDB
 closed). It is what a systemd unit executes; ``net.cluster.processes`` starts one such process per
 replica for ``pxq cluster up``.
@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
 from pathlib import Path
 from typing import Final
 
@@ -35,7 +34,6 @@ from pxq.nodes import NodeSpec, node_spec
 log = logging.getLogger("pxq.net.server")
 
 STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
-LOG_FORMAT: Final = "%(asctime)s {node} %(levelname)s %(name)s: %(message)s"
 
 
 class UnknownNode(StartupError):
@@ -86,16 +84,34 @@ def build_runner(
         storage_opener=open_lmdb_replacing if replace else open_lmdb,
         if_blank="replace" if replace else "probe",
         access=AccessPolicy.for_cluster(config),
+        service=spec.info.service,
     )
 
 
-async def serve(runner: NodeRunner) -> str | None:
+async def serve(runner: NodeRunner, metrics: tuple[str, int] | None = None) -> str | None:
     """Start ``runner`` and run it until SIGTERM/SIGINT (then stop it gracefully) or until it
-    stops by itself. Returns the crash reason, or None after a requested stop.
+    stops by itself. Returns the crash reason, or None after a requested stop. With
+    ``metrics`` (host, port), its Prometheus metrics are served there meanwhile
+    (``net.metrics``).
 
-    Raises the runner's ``StartupError`` if it cannot start. Must run in the main thread (it
-    installs the signal handlers, and removes them before returning).
+    Raises the runner's ``StartupError`` if it cannot start (``AddressInUse`` for a busy
+    metrics port too). Must run in the main thread (it installs the signal handlers, and
+    removes them before returning).
     """
+    endpoint = None
+    if metrics is not None:
+        from net.metrics import MetricsServer  # prometheus-client only where metrics are on
+
+        endpoint = MetricsServer.start(runner, *metrics, process=True)
+        log.info("node %s serves its metrics on http://%s:%d/metrics", runner.node_id, *metrics)
+    try:
+        return await _serve(runner)
+    finally:
+        if endpoint is not None:
+            endpoint.close()
+
+
+async def _serve(runner: NodeRunner) -> str | None:
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
 
@@ -123,17 +139,6 @@ async def serve(runner: NodeRunner) -> str | None:
             loop.remove_signal_handler(sig)
 
 
-def configure_logging(node: str, level: int = logging.INFO) -> None:
-    """Log records of every logger to stderr, each line naming the node and the level."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT.replace("{node}", node)))
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(level)
-
-
 def run_node(
     config: ClusterConfig,
     node: str,
@@ -141,9 +146,11 @@ def run_node(
     net_config: NetConfig | None = None,
     *,
     replace: bool = False,
+    metrics: bool = False,
 ) -> str | None:
     """Run ``node`` until it is told to stop (see ``serve``); blocks. Returns the crash reason,
-    or None after a graceful stop. Raises ``StartupError`` if it cannot start."""
+    or None after a graceful stop. Raises ``StartupError`` if it cannot start. ``metrics``:
+    serve its Prometheus metrics on its host and metrics port (``NodeInfo.metrics_port``)."""
     runner = build_runner(config, node, data_dir, net_config, replace=replace)
     info = node_of(config, node)
     log.info(
@@ -155,4 +162,4 @@ def run_node(
         data_dir.resolve(),
     )
     # uvloop when installed (net.wire.loop.new_event_loop), asyncio's own loop otherwise.
-    return run_loop(serve(runner))
+    return run_loop(serve(runner, (info.host, info.metrics_port) if metrics else None))

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, BinaryIO
 import click
 
 from pxq.cli.common import EXIT_FAILED, EXIT_OK, bad_input
+from pxq.cli.log_options import log_options, setup_logging
 from pxq.cli.output import LinePrinter
 from pxq.topics import HEALTH_GROUP
 
@@ -190,19 +191,25 @@ async def _produce(
     help="Stop after this many seconds without a new item (default: never).",
 )
 @CONFIG_OPTION
+@log_options("warning")
 def consume(
+    *,
     group: str,
     topic: str | None,
     count: int | None,
     timeout_s: float | None,
     config_path: Path | None,
+    log_level: str,
+    log_format: str,
 ) -> None:
     """Print items of GROUP, one per line (QUEUE OFFSET KEY PAYLOAD, tab separated; tab,
     newline and backslash escaped), committing each batch once it is printed.
 
     Items arrive in offset order per queue, at least once: an item printed by a consume that
     was killed before its commit is printed again by the next one. Items of the group's
-    retry levels show the retry level's queue and offset."""
+    retry levels show the retry level's queue and offset. Logs go to stderr (--log-level info
+    shows which queues this consumer takes and gives up)."""
+    setup_logging(log_level, log_format)
     config = _load(config_path)
     consumed = [t.name for t in config.topics if t.group(group) is not None]
     if not consumed:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, NoReturn
 import click
 
 from pxq.cli.common import EXIT_FAILED, EXIT_OK, bad_input
+from pxq.cli.log_options import log_format_option
 
 if TYPE_CHECKING:
     from net.cluster.processes import UpResult
@@ -71,7 +72,23 @@ def cluster() -> None:
     help="Write the default configuration with TLS off (benchmarks only: then anyone who "
     "can reach a port can act as a replica or client).",
 )
-def cluster_up(config_file: Path | None, timeout_s: float, home: Path, no_tls: bool) -> None:
+@click.option(
+    "--metrics/--no-metrics",
+    default=True,
+    show_default=True,
+    help="Each node serves Prometheus metrics (plain HTTP) on its metrics port: its port "
+    "plus the cluster file's [metrics] port_offset (1000), or its metrics_port.",
+)
+@log_format_option
+def cluster_up(
+    *,
+    config_file: Path | None,
+    timeout_s: float,
+    home: Path,
+    no_tls: bool,
+    metrics: bool,
+    log_format: str,
+) -> None:
     """Start every replica (stores and lock service) as a process of its own and wait for the
     masters of every Paxos group. With TLS on (the default), the cluster's CA and
     certificates are created in the home's tls directory first if missing."""
@@ -88,7 +105,14 @@ def cluster_up(config_file: Path | None, timeout_s: float, home: Path, no_tls: b
 
     try:
         result = asyncio.run(
-            up(ClusterHome(home), config_file, timeout_s=timeout_s, tls=not no_tls)
+            up(
+                ClusterHome(home),
+                config_file,
+                timeout_s=timeout_s,
+                tls=not no_tls,
+                log_format=log_format,
+                metrics=metrics,
+            )
         )
     except (ConfigError, ClusterRunning, TlsError) as exc:
         _bad_input(str(exc))
@@ -139,6 +163,9 @@ def _print_up(result: UpResult, home: Path, *, default_config: bool) -> None:
             f"  {n.node:<{width}}  {n.service:<{swidth}}  {address:<21}  {n.pid:>7}  {masters}"
         )
     click.echo(f"config {result.config_file}; logs {home}/logs/NODE.log; data {home}/data/NODE")
+    endpoints = [f"{n.node} {n.host}:{n.metrics_port}" for n in result.nodes if n.metrics_port]
+    if endpoints:
+        click.echo(f"metrics (Prometheus, plain HTTP, /metrics): {', '.join(endpoints)}")
     topic = config.topics[0] if config.topics else None
     group = topic.consumer_groups[0].name if topic and topic.consumer_groups else None
     if topic is not None and group is not None:

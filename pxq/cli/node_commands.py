@@ -10,7 +10,6 @@ line on stderr.
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -18,8 +17,7 @@ from typing import NoReturn
 import click
 
 from pxq.cli.common import EXIT_FAILED, EXIT_OK, bad_input
-
-LOG_LEVELS = ("debug", "info", "warning", "error")
+from pxq.cli.log_options import log_options, setup_logging
 
 
 def _bad_input(message: str) -> NoReturn:
@@ -47,12 +45,12 @@ def node() -> None:
     default=None,
     help="The node's data directory (default: ./.pxq/data/NODE).",
 )
+@log_options()
 @click.option(
-    "--log-level",
-    type=click.Choice(LOG_LEVELS),
-    default="info",
-    show_default=True,
-    help="Lowest level logged to stderr.",
+    "--metrics/--no-metrics",
+    default=None,
+    help="Serve the node's Prometheus metrics on its metrics port (plain HTTP; default: the "
+    "cluster file's [metrics] enabled).",
 )
 @click.option(
     "--replace",
@@ -62,7 +60,14 @@ def node() -> None:
     "it as its own replacement, which re-learns from its peers before it votes.",
 )
 def node_run(
-    config_file: Path, node_name: str, data_dir: Path | None, log_level: str, replace: bool
+    *,
+    config_file: Path,
+    node_name: str,
+    data_dir: Path | None,
+    log_level: str,
+    log_format: str,
+    metrics: bool | None,
+    replace: bool,
 ) -> None:
     """Run NODE's replica until SIGTERM or SIGINT.
 
@@ -71,10 +76,12 @@ def node_run(
     gives the node, keeps its state in LMDB under the data directory, and logs to stderr.
     On an empty data directory it asks its peers first and refuses to run if the cluster
     has history (it would vote with amnesia); so does a data directory whose LMDB file is
-    missing. Start such a node with --replace (see docs/operations.md).
+    missing. Start such a node with --replace (see docs/operations.md). With metrics on, it
+    serves Prometheus metrics on its metrics port (docs/operations.md, "Logs and metrics").
     """
     from net.errors import BootFailed, StartupError
-    from net.node.server import configure_logging, default_data_dir, node_of, run_node
+    from net.node.server import default_data_dir, node_of, run_node
+    from pxq.config import PORT_MAX
     from pxq.config.parser import ConfigError, load_config
 
     try:
@@ -82,13 +89,19 @@ def node_run(
     except ConfigError as exc:
         _bad_input(str(exc))
     try:
-        node_of(config, node_name)
+        info = node_of(config, node_name)
     except StartupError as exc:
         _bad_input(f"{config_file}: {exc}")
-    configure_logging(node_name, getattr(logging, log_level.upper()))
+    serve_metrics = config.metrics.enabled if metrics is None else metrics
+    if serve_metrics and not 0 < info.metrics_port <= PORT_MAX:
+        _bad_input(
+            f"{config_file}: the metrics port of {node_name} would be {info.metrics_port}: "
+            "set its metrics_port or the [metrics] port_offset"
+        )
+    setup_logging(log_level, log_format, node_name)
     directory = data_dir if data_dir is not None else default_data_dir(node_name)
     try:
-        crash = run_node(config, node_name, directory, replace=replace)
+        crash = run_node(config, node_name, directory, replace=replace, metrics=serve_metrics)
     except BootFailed as exc:
         click.echo(f"pxq: node {node_name} failed to boot: {exc}", err=True)
         sys.exit(EXIT_FAILED)
@@ -114,14 +127,8 @@ def scheduler() -> None:
     help="The cluster file (TOML); it must have a lock service ([locks]).",
 )
 @click.option("--name", default="scheduler", show_default=True, help="This scheduler's name.")
-@click.option(
-    "--log-level",
-    type=click.Choice(LOG_LEVELS),
-    default="info",
-    show_default=True,
-    help="Lowest level logged to stderr.",
-)
-def scheduler_run(config_file: Path, name: str, log_level: str) -> None:
+@log_options()
+def scheduler_run(config_file: Path, name: str, log_level: str, log_format: str) -> None:
     """Run a scheduler until SIGTERM or SIGINT.
 
     The lock service elects one active scheduler among those running; it reads the consumers'
@@ -134,9 +141,7 @@ def scheduler_run(config_file: Path, name: str, log_level: str) -> None:
     from net.wire.loop import run as run_loop
     from pxq.config.parser import ConfigError, load_config
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(log_level, log_format)
     try:
         config = load_config(config_file)
         client_contexts(config)  # its TLS identity (admin, or $PXQ_IDENTITY) is usable

@@ -49,6 +49,7 @@ Schema (defaults in parentheses)::
     host = "127.0.0.1"                   # ("127.0.0.1")
     port = 7101
     zone = "z0"                          # ("z0")
+    metrics_port = 8101                  # (port + [metrics] port_offset) Prometheus endpoint
     [stores.paxos]                       # optional overrides of pxq.paxos.config.PaxosConfig
     lease_ms = 1000
     [locks]                              # optional: the lock service (absent: none)
@@ -74,6 +75,9 @@ Schema (defaults in parentheses)::
     enabled = true                       # (true) mutual TLS on every connection
     dir = "tls"                          # ("tls") CA and certificates, relative to this file
     identity = "admin"                   # ("admin") client commands' default principal
+    [metrics]                            # optional: each node's Prometheus endpoint (plain HTTP)
+    enabled = false                      # (false) on for every node (pxq node run --metrics)
+    port_offset = 1000                   # (1000) a replica's metrics port: port + this
     [[principals]]                       # optional: a client principal's permissions
     name = "billing"                     # its certificate says client:billing
     produce = ["orders"]                 # topics ("*": any)
@@ -152,6 +156,7 @@ from pxq.config.model import (
     ConsumerGroupConfig,
     Limits,
     LockServiceConfig,
+    MetricsConfig,
     NodeInfo,
     OwnershipConfig,
     PrincipalConfig,
@@ -197,6 +202,7 @@ __all__ = [
     "ConsumerGroupConfig",
     "Limits",
     "LockServiceConfig",
+    "MetricsConfig",
     "NodeInfo",
     "OwnershipConfig",
     "PrincipalConfig",

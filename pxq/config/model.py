@@ -226,6 +226,30 @@ class ReplicaConfig:
     host: str = "127.0.0.1"
     port: int
     zone: str = "z0"
+    metrics_port: int | None = None
+    """Where the node serves its Prometheus metrics (on ``host``); None: ``port`` plus the
+    ``[metrics]`` table's ``port_offset``."""
+
+
+METRICS_PORT_OFFSET_DEFAULT: Final = 1000
+"""A node's metrics port is its port plus this, unless its replica entry says otherwise."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MetricsConfig:
+    """The ``[metrics]`` table: whether every node serves Prometheus metrics over plain HTTP
+    (``net.metrics``; ``pxq node run --metrics`` turns it on for one node, and ``pxq cluster
+    up`` for its nodes) and where: each replica's ``metrics_port``, else its port plus
+    ``port_offset``, on the replica's host."""
+
+    enabled: bool = False
+    port_offset: int = METRICS_PORT_OFFSET_DEFAULT
+
+    def port_of(self, replica: ReplicaConfig) -> int:
+        """The metrics port of ``replica``."""
+        if replica.metrics_port is not None:
+            return replica.metrics_port
+        return replica.port + self.port_offset
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -335,6 +359,8 @@ class NodeInfo:
     host: str
     port: int
     zone: str
+    metrics_port: int = 0
+    """Where the node serves its metrics when they are on (``MetricsConfig.port_of``)."""
 
     @property
     def address(self) -> tuple[str, int]:
@@ -466,6 +492,8 @@ class ClusterConfig:
     """TLS and authentication (``[tls]``; absent: off)."""
     principals: tuple[PrincipalConfig, ...] = ()
     """The client principals' permissions (``[[principals]]``)."""
+    metrics: MetricsConfig = MetricsConfig()
+    """The nodes' Prometheus endpoints (``[metrics]``; absent: off)."""
     _ring: StoreRing | None = field(default=None, repr=False, compare=False)
     _topics: dict[str, TopicInfo] = field(default_factory=dict, repr=False, compare=False)
     _queues_cache: dict[tuple[str, str, int], tuple[int, ...]] = field(
@@ -520,7 +548,13 @@ class ClusterConfig:
         the lock replicas."""
         found = [
             NodeInfo(
-                node=r.node, role="store", service=s.name, host=r.host, port=r.port, zone=r.zone
+                node=r.node,
+                role="store",
+                service=s.name,
+                host=r.host,
+                port=r.port,
+                zone=r.zone,
+                metrics_port=self.metrics.port_of(r),
             )
             for s in self.stores
             for r in s.replicas
@@ -534,6 +568,7 @@ class ClusterConfig:
                     host=r.host,
                     port=r.port,
                     zone=r.zone,
+                    metrics_port=self.metrics.port_of(r),
                 )
                 for r in self.locks.replicas
             ]

@@ -29,6 +29,7 @@ from pxq.config.model import (
     ConsumerGroupConfig,
     Limits,
     LockServiceConfig,
+    MetricsConfig,
     OwnershipConfig,
     PrincipalConfig,
     RateLimit,
@@ -80,6 +81,7 @@ _SECTIONS: Final = (
     "topics",
     "tls",
     "principals",
+    "metrics",
 )
 _NAME: Final = re.compile(r"[A-Za-z0-9_-]+")
 _PAXOS_FIELDS: Final = tuple(
@@ -153,6 +155,7 @@ def _cluster(doc: TomlTable) -> ClusterConfig:
     ]
     if locks is not None:
         nodes += [(f"locks.replicas[{j}]", r) for j, r in enumerate(locks.replicas)]
+    metrics = _metrics(doc.table("metrics", allowed=_METRICS))
     seen_nodes: dict[str, str] = {}
     seen_addrs: dict[tuple[str, int], str] = {}
     for path, r in nodes:
@@ -167,6 +170,21 @@ def _cluster(doc: TomlTable) -> ClusterConfig:
                 f"{path}.port", f"{r.host}:{r.port} is already used by {seen_addrs[addr]}"
             )
         seen_addrs[addr] = path
+    for path, r in nodes:
+        # A metrics port given, or derived while metrics are on, must be free and in range.
+        if r.metrics_port is None and not metrics.enabled:
+            continue
+        port = metrics.port_of(r)
+        key = f"{path}.metrics_port" if r.metrics_port is not None else "metrics.port_offset"
+        if port > PORT_MAX:
+            raise doc.error(key, f"the metrics port of {r.node!r} would be {port} > {PORT_MAX}")
+        if (r.host, port) in seen_addrs:
+            raise doc.error(
+                key,
+                f"the metrics port of {r.node!r}, {r.host}:{port}, is already used by "
+                f"{seen_addrs[(r.host, port)]}",
+            )
+        seen_addrs[(r.host, port)] = f"{path} (metrics)"
     topics_raw = doc.tables("topics", allowed=("name", "queues", "retention", "consumer_groups"))
     topics = tuple(_topic(t, limits) for t in topics_raw)
     _check_unique(doc, "topics", [t.name for t in topics], "topic")
@@ -194,6 +212,7 @@ def _cluster(doc: TomlTable) -> ClusterConfig:
         connections=connections,
         tls=tls,
         principals=principals,
+        metrics=metrics,
     )
 
 
@@ -214,6 +233,17 @@ def _connections(t: TomlTable) -> ConnectionsConfig:
 
 
 _TLS: Final = tuple(f.name for f in dataclasses.fields(TlsConfig))
+_METRICS: Final = tuple(f.name for f in dataclasses.fields(MetricsConfig))
+
+
+def _metrics(t: TomlTable) -> MetricsConfig:
+    """The ``[metrics]`` table (absent: metrics off, the default port offset)."""
+    return MetricsConfig(
+        enabled=t.boolean("enabled", _default(MetricsConfig, "enabled")),
+        port_offset=t.integer(
+            "port_offset", _default(MetricsConfig, "port_offset"), lo=1, hi=PORT_MAX - 1
+        ),
+    )
 
 
 def _tls(t: TomlTable) -> TlsConfig:
@@ -342,7 +372,9 @@ def _store(t: TomlTable, limits: Limits) -> StoreConfig:
 
 def _replicas(t: TomlTable) -> tuple[ReplicaConfig, ...]:
     """The ``replicas`` array of the table ``t``: an odd count from 1."""
-    reps = t.tables("replicas", allowed=("node", "host", "port", "zone"), required=True)
+    reps = t.tables(
+        "replicas", allowed=("node", "host", "port", "zone", "metrics_port"), required=True
+    )
     n = len(reps)
     if n < 1 or n > REPLICAS_PER_STORE_MAX or n % 2 == 0:
         raise t.error("replicas", f"need an odd count from 1 to {REPLICAS_PER_STORE_MAX}, got {n}")
@@ -355,6 +387,7 @@ def _replica(t: TomlTable) -> ReplicaConfig:
         host=t.string("host", _default(ReplicaConfig, "host"), nonempty=True),
         port=t.integer("port", lo=1, hi=PORT_MAX),
         zone=_name(t, "zone", _default(ReplicaConfig, "zone")),
+        metrics_port=t.integer("metrics_port", None, lo=1, hi=PORT_MAX),
     )
 
 

@@ -139,6 +139,9 @@ class ReplicatedService(ABC, Generic[SM]):
         self.storage_low: StorageLow | None = None
         """The driver's last ``StorageLow`` while it says short (None: not short). The service
         decides what to refuse meanwhile (the store: enqueues; the lock service: nothing)."""
+        self.refused: dict[str, int] = {}
+        """Proposals the replica refused, by the error code answered (``too_large``,
+        ``overloaded``), over the node's life (for metrics)."""
 
     # -- hooks ----------------------------------------------------------------------------------
 
@@ -358,6 +361,7 @@ class ReplicatedService(ABC, Generic[SM]):
                 return self.redirect_response(master)
             case ProposeRejected(reason=reason):
                 code = "too_large" if "large" in reason else "overloaded"
+                self.refused[code] = self.refused.get(code, 0) + 1
                 return self.error_response(code, reason, definite=True)
             case ProposeUnknown(reason=reason):
                 return self.error_response("unknown", reason, definite=False)
