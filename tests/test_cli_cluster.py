@@ -23,6 +23,7 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -122,6 +123,14 @@ def test_up_status_kill_down(workdir: Path) -> None:
         assert "all nodes up" in status.stdout
         for group in (0, 1):
             assert re.search(rf"accepting .*store0/{group}\b", status.stdout), status.stdout
+
+        # up turns every node's metrics endpoint on, at its port + 1000 (docs/operations.md).
+        assert f"s0 127.0.0.1:{ports[0] + 1000}" in up.stdout, up.stdout
+        url = f"http://127.0.0.1:{ports[0] + 1000}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as scraped:
+            text = scraped.read().decode()
+        assert 'pxq_node_info{cluster="test",node="s0",service="store0"} 1.0' in text, text
+        assert "process_cpu_seconds_total" in text, "a node process adds its process metrics"
 
         again = pxq("cluster", "up", "--config", "cluster.toml", cwd=workdir)
         assert again.returncode == 2
