@@ -141,7 +141,7 @@ class ReplicatedService(ABC, Generic[SM]):
         decides what to refuse meanwhile (the store: enqueues; the lock service: nothing)."""
         self.refused: dict[str, int] = {}
         """Proposals the replica refused, by the error code answered (``too_large``,
-        ``overloaded``), over the node's life (for metrics)."""
+        ``overloaded``), by this incarnation (for metrics)."""
 
     # -- hooks ----------------------------------------------------------------------------------
 
