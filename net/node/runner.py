@@ -82,13 +82,13 @@ It implements the driver contract of ``pxq.effects`` the way ``sim.world.NodeHos
   expired, mastership lost) are logged at info level on ``pxq.mastership``, once each, with
   the node, service, group, ballot and term as fields (``net.logs``); the storage's crossings
   of its reserve on ``pxq.storage``.
+  Alarms (``pxq.effects.ALARM``: evidence about a peer or the group, never a crash) are
+  counted in ``stats.alarms`` and logged at error level on ``pxq.net.alarm``, at most
+  ``ALARM_LOG_PER_S`` lines per second (a flood is summarised, not written line by line).
 * What an operator reads off the runner (``net.metrics`` serves it to Prometheus, reading it
   at scrape time on the loop): ``stats``, the client calls received per request type
   (``requests``), the writer thread's commit times (``commit_times``, a histogram it fills
   itself: one ``perf_counter`` pair per commit), the node's own state.
-  Alarms (``pxq.effects.ALARM``: evidence about a peer or the group, never a crash) are
-  counted in ``stats.alarms`` and logged at error level on ``pxq.net.alarm``, at most
-  ``ALARM_LOG_PER_S`` lines per second (a flood is summarised, not written line by line).
 
 Peer messages to the node itself are delivered in memory on a later loop callback.
 """

@@ -5,8 +5,8 @@ This module owns what turns a cluster file and a node name into a running replic
 node's role and address in the configuration, building its ``NodeRunner`` (a ``StoreNode`` for
 a store replica, a ``LockNode`` hosting every lock group for a lock replica, both via
 ``pxq.nodes.node_spec``; LMDB in the data dir, the listener bound to exactly the configured
-host and port), its metrics endpoint when on (``net.metrics``), and the signal handling of a service: SIGTERM or SIGINT stops
-the node gracefully (no new connections, the current turn committed and released, LMDB
+host and port), its metrics endpoint when on (``net.metrics``), and the signal handling of a
+service: SIGTERM or SIGINT stops the node gracefully (no new connections, the current turn committed and released, LMDB
 closed). It is what a systemd unit executes; ``net.cluster.processes`` starts one such process per
 replica for ``pxq cluster up``.
 

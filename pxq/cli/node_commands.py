@@ -3,7 +3,8 @@ replica or a lock replica, whichever the node name is in the cluster file.
 
 Exit codes: 0 after a graceful stop (SIGTERM or SIGINT), 1 when the node stopped by itself
 (a storage failure, an invariant violation) or failed while booting from its data, 2 for bad
-input: an unreadable or invalid configuration, an unknown node name, a busy port, a data dir
+input: an unreadable or invalid configuration, an unknown node name, a busy port (the node's,
+or its metrics port with --metrics), a data dir
 that belongs to another cluster or node or is in use by another process. The reason is one
 line on stderr.
 """
