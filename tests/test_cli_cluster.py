@@ -186,6 +186,7 @@ def test_up_reports_a_node_that_cannot_start_and_stops_the_others(workdir: Path)
         ("unknown-node", "nobody"),
         ("busy-port", "s0"),
         ("busy-port", "l1"),
+        ("busy-metrics-port", "s1"),
         ("bad-config", "s0"),
         ("bad-config", "l0"),
         ("foreign-data", "s0"),
@@ -211,6 +212,14 @@ def test_node_run_startup_errors_exit_2_with_the_reason(
             busy.bind(("127.0.0.1", by_node[node]))
             busy.listen()
             expected = f"cannot listen on 127.0.0.1:{by_node[node]}: the port is in use"
+        elif problem == "busy-metrics-port":
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            metrics_port = busy.getsockname()[1]
+            own = f"port = {by_node[node]}\nmetrics_port = {metrics_port}"
+            config.write_text(text.replace(f"port = {by_node[node]}", own), "utf-8")
+            args.append("--metrics")
+            expected = f"cannot serve metrics on 127.0.0.1:{metrics_port}: the port is in use"
         elif problem == "bad-config":
             config.write_text(text.replace(f"port = {by_node[node]}", "port = -1"), "utf-8")
             where = "stores[0].replicas[0]" if node == "s0" else "locks.replicas[0]"
