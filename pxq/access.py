@@ -13,7 +13,7 @@ Permissions (``required_permission``), named as the refusal names them:
   on one of the group's retry levels (named by the base topic).
 * ``redrive:TOPIC/GROUP``: the same on the group's dead-letter topic (reading dead letters
   and moving past them is what a redrive does).
-* ``seek:TOPIC/GROUP``: ``Seek`` (replay, skip).
+* ``seek:TOPIC/GROUP``: ``Seek`` (replay, skip) and ``SeekPreview`` (its dry run).
 * ``locks``: the lock service (``Acquire``, ``Renew``, ``Release``, ``ReadLock``,
   ``ListLocks``); consumers take their queues through it.
 * ``admin``: anything else (requests no node serves, for a start).
@@ -42,7 +42,15 @@ from typing import Final
 from pxq.config import ClusterConfig, PrincipalConfig
 from pxq.config.model import TLS_IDENTITY_DEFAULT
 from pxq.lock.messages import Acquire, ListLocks, LockError, ReadLock, Release, Renew
-from pxq.store.messages import CommitCursor, Enqueue, Get, Retry, Seek, StoreError
+from pxq.store.messages import (
+    CommitCursor,
+    Enqueue,
+    Get,
+    Retry,
+    Seek,
+    SeekPreview,
+    StoreError,
+)
 from pxq.topics import DLQ_MARK, base_topic, retry_level
 
 NODE_PREFIX: Final = "node:"
@@ -72,7 +80,7 @@ def required_permission(request: object) -> str | None:
             return read_permission(topic, group)
         case Retry(topic=topic, group=group):
             return read_permission(topic, group)
-        case Seek(topic=topic, group=group):
+        case Seek(topic=topic, group=group) | SeekPreview(topic=topic, group=group):
             return f"seek:{base_topic(topic)}/{group}"
         case ReadLock(key=key) if key.startswith(LOCK_PROBE_PREFIX) and not request.through_log:
             return None

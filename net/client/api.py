@@ -54,6 +54,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal, overload
 
+from net.client.admin import QueueState, Redriven, group_targets, queue_states, redrive
 from net.client.consumer import AsyncConsumer, Batch, Handler
 from net.client.driver import CALL_TIMEOUT_MARGIN_S, MachineDriver, NodePool
 from net.client.types import (
@@ -69,6 +70,7 @@ from net.client.types import (
     Receipt,
     RequestFailed,
     SeekResult,
+    headers_view,
 )
 from net.config import NetConfig
 from net.errors import CallOutcomeUnknown, NetError
@@ -76,11 +78,22 @@ from pxq.config import ClusterConfig, default_config, load_config
 from pxq.consumer.messages import OwnedQueue
 from pxq.consumer.ownership import ownership_settings
 from pxq.consumer.settings import consumer_settings
+from pxq.headers import Headers, normal_headers
+from pxq.lock.messages import LockError, LockRedirect, group_of_key
 from pxq.producer.machine import Producer
 from pxq.producer.messages import Produce, Produced, ProduceFailed, ProduceUnknown
 from pxq.producer.settings import producer_settings
 from pxq.routing import Router, backoff_ms
-from pxq.store.messages import Get, GetOk, Seek, SeekOk, StoredItem, StoreError, StoreRedirect
+from pxq.store.messages import (
+    Get,
+    GetOk,
+    Seek,
+    SeekOk,
+    SeekPreview,
+    StoredItem,
+    StoreError,
+    StoreRedirect,
+)
 
 __all__ = [
     "AsyncClient",
@@ -96,7 +109,9 @@ __all__ = [
     "OutcomeUnknown",
     "PermissionDenied",
     "PxqError",
+    "QueueState",
     "Receipt",
+    "Redriven",
     "RequestFailed",
     "SeekResult",
     "resolve_config",
@@ -263,20 +278,30 @@ class AsyncClient:
         payload: bytes | bytearray | memoryview,
         key: Key = None,
         kind: str = "",
+        *,
+        headers: Mapping[str, str] | None = None,
     ) -> Receipt:
         """Enqueue one item on ``topic`` and wait until it is durable on a majority.
 
         ``key`` decides the queue (same key, same queue, same order); None (or an empty key)
         is no key: the item is stored without one and the producer spreads keyless items over
-        the queues (no order among them). ``kind`` is the item's kind (consumer groups may subscribe to some kinds only).
+        the queues (no order among them). ``kind`` is the item's kind (consumer groups may
+        subscribe to some kinds only). ``headers``: a small map of str to str delivered with
+        the item (``Item.headers``; limits in ``pxq.headers``: a ``TypeError`` or
+        ``ValueError`` at once when broken).
         Raises ``EnqueueFailed`` (definitely not enqueued: unknown topic, too large, the
         client's bound on held calls, refused everywhere) or ``OutcomeUnknown`` (maybe
         enqueued: no answer within ``call_timeout_ms``, for example with the cluster down)."""
-        fut = self._produce(topic, payload, key, kind)
+        fut = self._produce(topic, payload, key, kind, normal_headers(headers))
         return _receipt(await fut)
 
     def _produce(
-        self, topic: str, payload: bytes | bytearray | memoryview, key: Key, kind: str
+        self,
+        topic: str,
+        payload: bytes | bytearray | memoryview,
+        key: Key,
+        kind: str,
+        headers: Headers = (),
     ) -> asyncio.Future[object]:
         # The common cases inline (the same bytes as _key_bytes and _payload_bytes give).
         key_bytes = b"" if key is None else _key_bytes(key)
@@ -285,6 +310,7 @@ class AsyncClient:
             key=key_bytes,
             payload=payload if type(payload) is bytes else _payload_bytes(payload),
             kind=kind,
+            headers=headers,
         )
         driver = self._producer
         if driver is None or driver.closed or self._closed:
@@ -298,6 +324,7 @@ class AsyncClient:
         items: Iterable[tuple[Key, bytes | bytearray | memoryview]],
         *,
         kind: str = "",
+        headers: Mapping[str, str] | None = None,
         return_exceptions: Literal[False] = False,
     ) -> list[Receipt]: ...
 
@@ -308,6 +335,7 @@ class AsyncClient:
         items: Iterable[tuple[Key, bytes | bytearray | memoryview]],
         *,
         kind: str = "",
+        headers: Mapping[str, str] | None = None,
         return_exceptions: Literal[True],
     ) -> list[Receipt | PxqError]: ...
 
@@ -317,6 +345,7 @@ class AsyncClient:
         items: Iterable[tuple[Key, bytes | bytearray | memoryview]],
         *,
         kind: str = "",
+        headers: Mapping[str, str] | None = None,
         return_exceptions: bool = False,
     ) -> list[Receipt] | list[Receipt | PxqError]:
         """Enqueue ``(key, payload)`` pairs concurrently (batched per queue; items of one key
@@ -325,8 +354,10 @@ class AsyncClient:
         Returns the receipts in input order. Each item succeeds or fails on its own: with
         ``return_exceptions=True`` a failed item's slot holds its ``EnqueueFailed`` /
         ``OutcomeUnknown``; otherwise, after every item finished, the first failure (in input
-        order) is raised, and the other items may have been enqueued."""
-        futures = [self._produce(topic, payload, key, kind) for key, payload in items]
+        order) is raised, and the other items may have been enqueued. ``kind`` and
+        ``headers`` apply to every item."""
+        normal = normal_headers(headers)
+        futures = [self._produce(topic, payload, key, kind, normal) for key, payload in items]
         results: list[Receipt | PxqError] = []
         for fut in futures:
             try:
@@ -431,6 +462,7 @@ class AsyncClient:
         offset: int | None = None,
         time_ms: int | None = None,
         back_ms: int | None = None,
+        dry_run: bool = False,
     ) -> SeekResult:
         """Move ``group``'s cursor on ``queue`` of ``topic`` (None: on every queue the group
         is subscribed to). Exactly one target:
@@ -452,7 +484,10 @@ class AsyncClient:
         group had not consumed (``forward``; empty for a ``back_ms`` rewind). Raises
         ``RequestFailed`` (refused: unknown topic or group, bad queue...) or
         ``OutcomeUnknown`` (no answer; seeking again to the same target is harmless, except
-        that a repeated ``back_ms`` rewind is measured from the later time)."""
+        that a repeated ``back_ms`` rewind is measured from the later time).
+
+        ``dry_run``: move nothing; the result says where each queue would move if the seek
+        were applied now (``SeekPreview``, answered by each queue's master)."""
         if sum(t is not None for t in (offset, time_ms, back_ms)) != 1:
             raise ValueError("seek: give exactly one of offset, time_ms and back_ms")
         if back_ms is not None and back_ms < 0:
@@ -470,7 +505,7 @@ class AsyncClient:
         positions: dict[int, int] = {}
         forward: dict[int, int] = {}
         for q in targets:
-            request = Seek(
+            request: Seek | SeekPreview = (SeekPreview if dry_run else Seek)(
                 topic=topic, group=group, queue=q, offset=offset, time_ms=time_ms, back_ms=back_ms
             )
             answer = await self._admin(topic, q, request)
@@ -513,6 +548,83 @@ class AsyncClient:
         if not isinstance(answer, GetOk):
             raise MachineFailed(f"unexpected answer to Get: {answer!r}")
         return [_stored_item(topic, queue, it) for it in answer.items]
+
+    async def groups(self, group: str | None = None, topic: str | None = None) -> list[QueueState]:
+        """Per consumer group, base topic and subscribed queue: the group's committed cursor,
+        the queue's first and end offsets, lag, seek epoch, and the consumer owning it with
+        its fencing token (from the lock service); ``group`` and ``topic`` select (None: all).
+        See ``net.client.admin``. Raises ``RequestFailed`` (unknown group or topic, a store
+        refusing) or ``OutcomeUnknown``."""
+        return await queue_states(self.config, self._admin, self._lock_call, group, topic)
+
+    async def dead_letters(
+        self, group: str | None = None, topic: str | None = None
+    ) -> list[QueueState]:
+        """Like ``groups``, of the groups' dead-letter topics: per queue, the dead-letter
+        cursor (where redrives stopped), the end, and ``lag``: dead letters waiting."""
+        return await queue_states(
+            self.config, self._admin, self._lock_call, group, topic, dead_letters=True
+        )
+
+    async def redrive(
+        self, topic: str, group: str, queue: int | None = None, *, count_max: int | None = None
+    ) -> list[Redriven]:
+        """Enqueue ``group``'s dead letters of ``topic`` again on ``topic`` (on ``queue``, or
+        every queue the group subscribes to), at most ``count_max`` per queue, and move the
+        dead-letter cursor past them; idempotent (semantics in ``net.client.admin``)."""
+        if count_max is not None and count_max < 0:
+            raise ValueError("redrive: count_max must be >= 0")
+        ((_, _, queues),) = group_targets(self.config, group, topic)
+        if queue is not None:
+            if queue not in queues:
+                raise RequestFailed(
+                    "bad_queue", f"{group!r} is not subscribed to queue {queue} of {topic!r}"
+                )
+            queues = (queue,)
+        return [await redrive(self._admin, topic, group, q, count_max) for q in queues]
+
+    async def _lock_call(self, key: str, request: object) -> object:
+        """Send a lock ``request`` about ``key`` to the master of its lock group, following
+        redirects; bounded by attempts and ``call_timeout_ms``."""
+        locks = self.config.locks
+        if locks is None:
+            raise RequestFailed("unavailable", "the cluster has no lock service")
+        replicas = [r.node for r in locks.replicas]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._call_timeout_ms / 1000
+        target = replicas[group_of_key(key, locks.groups) % len(replicas)]
+        last = "no attempt"
+        for attempt in range(ADMIN_ATTEMPTS_MAX):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                answer = await self._pool.call(
+                    target, request, min(self._request_timeout_ms / 1000, remaining)
+                )
+            except (CallOutcomeUnknown, TimeoutError, NetError, OSError) as exc:
+                last = f"{target}: {exc}"
+                target = replicas[(replicas.index(target) + 1) % len(replicas)]
+            else:
+                match answer:
+                    case LockRedirect(master=master) if master in replicas:
+                        last = f"{target} redirected (master {master})"
+                        target = master
+                        continue
+                    case LockRedirect():
+                        last = f"{target} redirected (no master known)"
+                        target = replicas[(replicas.index(target) + 1) % len(replicas)]
+                    case LockError(code="permission_denied", message=message):
+                        raise PermissionDenied(message)
+                    case LockError(definite=True, code=code, message=message):
+                        raise RequestFailed(code, message)
+                    case LockError(code=code, message=message):
+                        last = f"{code}: {message}"
+                    case _:
+                        return answer
+            delay = backoff_ms(self._rng, attempt + 1, ADMIN_BACKOFF_MS, ADMIN_BACKOFF_MAX_MS)
+            await asyncio.sleep(min(delay / 1000, max(0.0, deadline - loop.time())))
+        raise RequestFailed("unavailable", f"{type(request).__name__} gave up: {last}")
 
     async def _admin(self, topic: str, queue: int, request: object) -> object:
         """Send ``request`` to the master of ``queue``'s Paxos group, following redirects;
@@ -612,4 +724,5 @@ def _stored_item(topic: str, queue: int, it: StoredItem) -> Item:
         kind=it.kind,
         attempt=it.attempt,
         enqueued_ms=it.enqueued_ms,
+        headers=headers_view(it.headers),
     )

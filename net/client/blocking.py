@@ -128,9 +128,11 @@ class Client:
         payload: bytes | bytearray | memoryview,
         key: Key = None,
         kind: str = "",
+        *,
+        headers: Mapping[str, str] | None = None,
     ) -> Receipt:
         """Enqueue one item and wait until it is durable (see ``AsyncClient.enqueue``)."""
-        return self._thread.run(self._client.enqueue(topic, payload, key, kind))
+        return self._thread.run(self._client.enqueue(topic, payload, key, kind, headers=headers))
 
     @overload
     def enqueue_many(
@@ -139,6 +141,7 @@ class Client:
         items: Iterable[tuple[Key, bytes | bytearray | memoryview]],
         *,
         kind: str = "",
+        headers: Mapping[str, str] | None = None,
         return_exceptions: Literal[False] = False,
     ) -> list[Receipt]: ...
 
@@ -149,6 +152,7 @@ class Client:
         items: Iterable[tuple[Key, bytes | bytearray | memoryview]],
         *,
         kind: str = "",
+        headers: Mapping[str, str] | None = None,
         return_exceptions: Literal[True],
     ) -> list[Receipt | PxqError]: ...
 
@@ -158,15 +162,18 @@ class Client:
         items: Iterable[tuple[Key, bytes | bytearray | memoryview]],
         *,
         kind: str = "",
+        headers: Mapping[str, str] | None = None,
         return_exceptions: bool = False,
     ) -> list[Receipt] | list[Receipt | PxqError]:
         """Enqueue many items at once (see ``AsyncClient.enqueue_many``)."""
         pairs = list(items)
         if return_exceptions:
             return self._thread.run(
-                self._client.enqueue_many(topic, pairs, kind=kind, return_exceptions=True)
+                self._client.enqueue_many(
+                    topic, pairs, kind=kind, headers=headers, return_exceptions=True
+                )
             )
-        return self._thread.run(self._client.enqueue_many(topic, pairs, kind=kind))
+        return self._thread.run(self._client.enqueue_many(topic, pairs, kind=kind, headers=headers))
 
     def consumer(
         self,

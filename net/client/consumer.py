@@ -60,7 +60,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Final, TypeAlias
 
 from net.client.driver import MachineDriver, NodePool
-from net.client.types import ClientClosed, Item, MachineFailed, PxqError, RequestFailed
+from net.client.types import (
+    NO_HEADERS,
+    ClientClosed,
+    Item,
+    MachineFailed,
+    PxqError,
+    RequestFailed,
+    headers_view,
+)
 from net.logs import OWNERSHIP_LOGGER, log_event
 from pxq.access import LOCKS, PERMISSION_DENIED, read_permission
 from pxq.consumer.machine import Consumer as ConsumerMachine
@@ -153,6 +161,7 @@ _ITEM_FIELDS: Final = (
     "kind",
     "attempt",
     "enqueued_ms",
+    "headers",
 )
 if (
     tuple(f.name for f in dataclasses.fields(Item)) != _ITEM_FIELDS
@@ -162,9 +171,17 @@ if (
     raise RuntimeError("net.client.types.Item changed: update net.client.consumer._items")
 _NEW = object.__new__
 _SETTERS: Final = tuple(vars(Item)[n].__set__ for n in _ITEM_FIELDS)
-(_SET_TOPIC, _SET_QUEUE, _SET_OFFSET, _SET_KEY, _SET_PAYLOAD, _SET_KIND, _SET_ATTEMPT, _SET_MS) = (
-    _SETTERS
-)
+(
+    _SET_TOPIC,
+    _SET_QUEUE,
+    _SET_OFFSET,
+    _SET_KEY,
+    _SET_PAYLOAD,
+    _SET_KIND,
+    _SET_ATTEMPT,
+    _SET_MS,
+    _SET_HEADERS,
+) = _SETTERS
 
 
 def _items(d: Deliver, stored: Iterable[StoredItem]) -> tuple[Item, ...]:
@@ -187,6 +204,7 @@ def _items(d: Deliver, stored: Iterable[StoredItem]) -> tuple[Item, ...]:
         _SET_KIND(item, it.kind)
         _SET_ATTEMPT(item, it.attempt)
         _SET_MS(item, it.enqueued_ms)
+        _SET_HEADERS(item, headers_view(it.headers) if it.headers else NO_HEADERS)
         append(item)
     return tuple(out)
 

@@ -8,8 +8,10 @@ unknown outcome (``OutcomeUnknown``: it may or may not have taken effect). It ha
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeAlias
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Final, TypeAlias
 
 from pxq.access import PERMISSION_DENIED
 
@@ -17,6 +19,15 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from pxq.config import ClusterConfig
+
+
+NO_HEADERS: Final[Mapping[str, str]] = MappingProxyType({})
+"""The headers of an item without any (one shared read-only empty map)."""
+
+
+def headers_view(pairs: tuple[tuple[str, str], ...]) -> Mapping[str, str]:
+    """The read-only map an ``Item`` carries for stored header pairs."""
+    return MappingProxyType(dict(pairs)) if pairs else NO_HEADERS
 
 
 class PxqError(Exception):
@@ -99,7 +110,9 @@ class Item:
 
     ``topic`` is the topic it was read from: the base topic, or a retry level of the group
     (``"{topic}.retry.{group}.{n}"``) when ``attempt`` is ``n`` > 0. ``offset`` is its offset
-    in that topic's queue; ``enqueued_ms`` the wall time (Unix ms) its store stamped."""
+    in that topic's queue; ``enqueued_ms`` the wall time (Unix ms) its store stamped;
+    ``headers`` the producer's headers (read-only; empty if it gave none), kept through retry
+    levels and dead letters."""
 
     topic: str
     queue: int
@@ -109,6 +122,7 @@ class Item:
     kind: str
     attempt: int
     enqueued_ms: int
+    headers: Mapping[str, str] = field(default_factory=lambda: NO_HEADERS)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -29,6 +29,9 @@ node that exits meanwhile fails the start: the others are stopped and its log ta
 reported. ``status`` reports per node its role, whether its process is alive, its port accepts
 connections and which groups it masters (``store0/1``, ``locks/0``).
 ``down`` sends SIGTERM, waits (bounded), SIGKILLs stragglers and removes the pid files.
+``start_node`` and ``stop_node`` (``pxq cluster start|stop|restart NODE``) do the same for one
+node of the running cluster (the configuration recorded by ``up``), to take a replica down for
+maintenance or a failure drill and bring it back on its data.
 
 A pid is only ever signalled after checking (``/proc/<pid>/cmdline``) that it still is the
 ``pxq node run`` of that node, so a stale pid file never leads to signalling a stranger.
@@ -61,7 +64,7 @@ from net.config import NetConfig
 from net.errors import NetError
 from net.files import DIR_MODE, open_private_append, private_dir, write_private
 from net.tls import ensure_cluster_material
-from pxq.config import ClusterConfig, Role, default_toml, load_config
+from pxq.config import ClusterConfig, NodeInfo, Role, default_toml, load_config
 
 log = logging.getLogger("pxq.net.cluster")
 
@@ -146,14 +149,27 @@ class ClusterHome:
             return {}
         return {p.stem: p for p in sorted(self.run_dir.glob("*.pid"))}
 
-    def recorded_config(self) -> Path | None:
-        """The configuration file the cluster was last started from, if recorded."""
+    def _state(self) -> dict[str, object]:
         try:
             state = json.loads(self.state_file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            return None
-        path = state.get("config") if isinstance(state, dict) else None
+            return {}
+        return state if isinstance(state, dict) else {}
+
+    def recorded_config(self) -> Path | None:
+        """The configuration file the cluster was last started from, if recorded."""
+        path = self._state().get("config")
         return Path(path) if isinstance(path, str) else None
+
+    def recorded_options(self) -> tuple[str, bool | None]:
+        """The log format and metrics switch ``up`` gave its nodes (``start_node`` gives a
+        restarted node the same)."""
+        state = self._state()
+        log_format, metrics = state.get("log_format"), state.get("metrics")
+        return (
+            log_format if isinstance(log_format, str) else "text",
+            metrics if isinstance(metrics, bool) else None,
+        )
 
     def config_for_status(self, explicit: Path | None) -> Path:
         """``explicit``, else the file the running cluster was started from, else the default."""
@@ -392,27 +408,16 @@ async def up(
         env = _child_env()
         for info in config.all_nodes():
             node = info.node
-            log_path = home.log_file(node)
-            with open_private_append(log_path) as node_log:
-                stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-                node_log.write(f"---- {stamp} pxq cluster up: starting {node} ----\n".encode())
-                node_log.flush()
-                proc = subprocess.Popen(
-                    node_command(
-                        config_abs,
-                        node,
-                        home.data_dir(node).resolve(),
-                        log_format=log_format,
-                        metrics=metrics,
-                    ),
-                    stdin=subprocess.DEVNULL,
-                    stdout=node_log,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    start_new_session=True,
-                )
+            proc = _spawn(
+                home,
+                config_abs,
+                node,
+                env,
+                "pxq cluster up",
+                log_format=log_format,
+                metrics=metrics,
+            )
             procs[node] = proc
-            _write_atomic(home.pid_file(node), f"{proc.pid}\n")
             serving = config.metrics.enabled if metrics is None else metrics
             nodes.append(
                 NodeProcess(
@@ -427,7 +432,16 @@ async def up(
             )
         _write_atomic(
             home.state_file,
-            json.dumps({"config": str(config_abs), "nodes": sorted(procs)}, indent=2) + "\n",
+            json.dumps(
+                {
+                    "config": str(config_abs),
+                    "nodes": sorted(procs),
+                    "log_format": log_format,
+                    "metrics": metrics,
+                },
+                indent=2,
+            )
+            + "\n",
         )
 
         def check() -> None:
@@ -464,6 +478,122 @@ async def up(
         wrote_default_config=wrote,
         tls_created=tls_created,
     )
+
+
+def _spawn(
+    home: ClusterHome,
+    config_abs: Path,
+    node: str,
+    env: dict[str, str],
+    why: str,
+    *,
+    log_format: str,
+    metrics: bool | None,
+) -> subprocess.Popen[bytes]:
+    """Start ``node``'s process in a session of its own, logging to its log file (after a
+    header naming ``why``), and write its pid file."""
+    with open_private_append(home.log_file(node)) as node_log:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        node_log.write(f"---- {stamp} {why}: starting {node} ----\n".encode())
+        node_log.flush()
+        proc = subprocess.Popen(
+            node_command(
+                config_abs,
+                node,
+                home.data_dir(node).resolve(),
+                log_format=log_format,
+                metrics=metrics,
+            ),
+            stdin=subprocess.DEVNULL,
+            stdout=node_log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    _write_atomic(home.pid_file(node), f"{proc.pid}\n")
+    return proc
+
+
+# -- one node -------------------------------------------------------------------------------------
+
+
+def _cluster_node(home: ClusterHome, node: str) -> tuple[Path, ClusterConfig, NodeInfo]:
+    """The running cluster's configuration file, configuration and ``node``'s entry in it;
+    ``ClusterError`` when no cluster was started from ``home`` or it has no such node."""
+    path = home.recorded_config()
+    if path is None or not path.exists():
+        raise ClusterError(f"no cluster was started from {home.root} (pxq cluster up first)")
+    config = load_config(path)
+    for info in config.all_nodes():
+        if info.node == node:
+            return path, config, info
+    names = ", ".join(i.node for i in config.all_nodes())
+    raise ClusterError(f"no node {node!r} in {path} (nodes: {names})")
+
+
+async def start_node(
+    home: ClusterHome,
+    node: str,
+    *,
+    timeout_s: float = UP_TIMEOUT_S,
+    net_config: NetConfig | None = None,
+) -> NodeProcess:
+    """Start one node of the cluster running from ``home`` (after ``stop_node``, or after it
+    died) and wait, bounded, until its port accepts connections. It rejoins its groups by
+    itself (catch-up, elections); this does not wait for that. Raises ``ClusterError`` (no
+    such node, no cluster started from ``home``, the node already running), ``NodeExited``
+    (it exited while starting) or ``NoMasters`` (alive but not accepting within
+    ``timeout_s``; it is left running)."""
+    path, config, info = _cluster_node(home, node)
+    pid = live_nodes(home).get(node)
+    if pid is not None:
+        raise ClusterError(f"node {node} is already running (pid {pid})")
+    home.pid_file(node).unlink(missing_ok=True)
+    log_format, metrics = home.recorded_options()
+    proc = _spawn(
+        home,
+        path.resolve(),
+        node,
+        _child_env(),
+        "pxq cluster start",
+        log_format=log_format,
+        metrics=metrics,
+    )
+    net_config = net_config or NetConfig.for_cluster(config)
+    probes = {sp.service: sp.probes for sp in service_probes(config)}[info.service]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        code = proc.poll()
+        if code is not None:
+            home.pid_file(node).unlink(missing_ok=True)
+            log_path = home.log_file(node)
+            raise NodeExited(node, code, log_path, log_tail(log_path))
+        if await node_masters(info, probes, net_config) is not None:
+            serving = config.metrics.enabled if metrics is None else metrics
+            return NodeProcess(
+                node,
+                info.role,
+                info.service,
+                info.host,
+                info.port,
+                proc.pid,
+                info.metrics_port if serving else None,
+            )
+        if time.monotonic() >= deadline:
+            raise NoMasters(
+                f"node {node} (pid {proc.pid}) accepts no connection after {timeout_s:g} s"
+            )
+        await asyncio.sleep(POLL_S)
+
+
+def stop_node(home: ClusterHome, node: str, timeout_s: float = DOWN_TIMEOUT_S) -> NodeStop:
+    """Stop one node of the cluster running from ``home`` as ``down`` stops them all (SIGTERM,
+    SIGKILL after ``timeout_s``), removing its pid file. Raises ``ClusterError`` for a node
+    the cluster does not have."""
+    _cluster_node(home, node)
+    path = home.pid_file(node)
+    stops = _stop(home, {node: path}, timeout_s) if path.exists() else []
+    return stops[0] if stops else NodeStop(node, None, "not running")
 
 
 def _terminate(procs: Iterable[subprocess.Popen[bytes]]) -> None:
@@ -582,9 +712,17 @@ class NodeStop:
 def down(home: ClusterHome, timeout_s: float = DOWN_TIMEOUT_S) -> list[NodeStop]:
     """Stop every node process of ``home``: SIGTERM, wait up to ``timeout_s``, SIGKILL the
     stragglers, remove the pid files. Idempotent: with nothing running it only tidies up."""
+    stops = _stop(home, home.pid_files(), timeout_s)
+    if not any(o.outcome == "survived" for o in stops):
+        home.state_file.unlink(missing_ok=True)
+    return stops
+
+
+def _stop(home: ClusterHome, pid_files: dict[str, Path], timeout_s: float) -> list[NodeStop]:
+    """Stop the node processes of ``pid_files`` (see ``down``), by node name."""
     outcomes: dict[str, NodeStop] = {}
     signalled: dict[str, int] = {}
-    for node, path in home.pid_files().items():
+    for node, path in pid_files.items():
         pid = read_pid(path)
         if pid is None or not is_node_process(pid, node):
             outcomes[node] = NodeStop(node, pid, "not running")
@@ -606,11 +744,9 @@ def down(home: ClusterHome, timeout_s: float = DOWN_TIMEOUT_S) -> list[NodeStop]
         survivors = _wait_gone(remaining, KILL_TIMEOUT_S)
         for node, pid in remaining.items():
             outcomes[node] = NodeStop(node, pid, "survived" if node in survivors else "killed")
-    for node, path in home.pid_files().items():
+    for node, path in pid_files.items():
         if node in outcomes and outcomes[node].outcome != "survived":
             path.unlink(missing_ok=True)
-    if not any(o.outcome == "survived" for o in outcomes.values()):
-        home.state_file.unlink(missing_ok=True)
     return [outcomes[n] for n in sorted(outcomes)]
 
 

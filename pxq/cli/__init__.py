@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from pxq.cli.admin_commands import register as register_admin_commands
 from pxq.cli.bench_commands import register as register_bench_commands
 from pxq.cli.check_commands import register as register_check_commands
 from pxq.cli.client_commands import register as register_client_commands
@@ -27,7 +28,7 @@ _CERT_ENV = "PXQ_TLS_CERT"
 _KEY_ENV = "PXQ_TLS_KEY"
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="pxq")
 @click.option(
     "--identity",
@@ -64,3 +65,4 @@ main.add_command(tls)
 register_client_commands(main)
 register_bench_commands(main)
 register_check_commands(main)
+register_admin_commands(main)

@@ -15,10 +15,14 @@ input (an invalid configuration, an unknown topic or group).
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import json
 import os
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -82,8 +86,108 @@ def _item_line(item: Item) -> str:
     return f"{item.queue}\t{item.offset}\t{_text(item.key)}\t{_text(item.payload)}"
 
 
+def bytes_json(data: bytes, name: str) -> dict[str, str]:
+    """``{name: text}`` for UTF-8 ``data``, else ``{name_b64: base64}`` (JSON holds no
+    bytes; ``pxq produce --format json`` reads both forms)."""
+    try:
+        return {name: data.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {f"{name}_b64": base64.b64encode(data).decode("ascii")}
+
+
+def item_json(item: Item) -> dict[str, object]:
+    """An item as one JSON object (``pxq consume --json`` and ``pxq peek --json``)."""
+    out: dict[str, object] = {"topic": item.topic, "queue": item.queue, "offset": item.offset}
+    out.update(bytes_json(item.key, "key"))
+    out.update(bytes_json(item.payload, "payload"))
+    out.update(
+        kind=item.kind,
+        attempt=item.attempt,
+        enqueued_ms=item.enqueued_ms,
+        headers=dict(item.headers),
+    )
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # produce
+
+LINE_FORMATS = ("text", "kv", "json")
+"""``pxq produce --format``: what one input line is."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LineItem:
+    """One input line of ``pxq produce`` as the item to enqueue."""
+
+    payload: bytes
+    key: bytes | str | None
+    kind: str
+    headers: dict[str, str]
+
+
+def _json_bytes(obj: dict[str, object], name: str) -> bytes | str | None:
+    """Field ``name`` (a str) or ``name_b64`` (base64) of a json line; None if neither."""
+    text, b64 = obj.get(name), obj.get(f"{name}_b64")
+    if text is not None and b64 is not None:
+        raise ValueError(f"give {name} or {name}_b64, not both")
+    if b64 is not None:
+        if not isinstance(b64, str):
+            raise ValueError(f"{name}_b64 must be a base64 string")
+        try:
+            return base64.b64decode(b64, validate=True)
+        except binascii.Error as exc:
+            raise ValueError(f"{name}_b64: {exc}") from None
+    if text is not None and not isinstance(text, str):
+        raise ValueError(f"{name} must be a string (or {name}_b64 for bytes)")
+    return text
+
+
+def parse_line(
+    line: bytes, line_format: str, *, key: str | None, kind: str, headers: dict[str, str]
+) -> LineItem:
+    """The item of one input line (without its newline); ``key``, ``kind`` and ``headers``
+    are the options' values, which a line's own fields override. Raises ``ValueError``
+    saying what is wrong with the line (headers checked against ``pxq.headers``)."""
+    from pxq.headers import normal_headers
+
+    if line_format == "text":
+        return LineItem(payload=line, key=key, kind=kind, headers=headers)
+    if line_format == "kv":
+        kv_key, sep, kv_payload = line.partition(b"\t")
+        if not sep:
+            raise ValueError("no tab between KEY and PAYLOAD")
+        return LineItem(payload=kv_payload, key=kv_key, kind=kind, headers=headers)
+    try:
+        obj = json.loads(line)
+    except ValueError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ValueError("not a JSON object")
+    unknown = sorted(set(obj) - {"payload", "payload_b64", "key", "key_b64", "kind", "headers"})
+    if unknown:
+        raise ValueError(f"unknown field(s) {', '.join(unknown)}")
+    payload = _json_bytes(obj, "payload")
+    if payload is None:
+        raise ValueError("no payload (or payload_b64)")
+    line_key = _json_bytes(obj, "key")
+    line_kind = obj.get("kind", kind)
+    if not isinstance(line_kind, str):
+        raise ValueError("kind must be a string")
+    line_headers = obj.get("headers", {})
+    if not isinstance(line_headers, dict):
+        raise ValueError("headers must be an object of strings")
+    merged = {**headers, **line_headers}
+    try:
+        normal_headers(merged)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
+    return LineItem(
+        payload=payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else payload,
+        key=key if line_key is None else line_key,
+        kind=line_kind,
+        headers=merged,
+    )
 
 
 @click.command("produce")
@@ -93,6 +197,23 @@ def _item_line(item: Item) -> str:
 )
 @click.option("--kind", default="", help="Kind of every item (default: the default kind).")
 @click.option(
+    "--format",
+    "line_format",
+    type=click.Choice(LINE_FORMATS),
+    default="text",
+    show_default=True,
+    help="text: each line is a payload; kv: KEY<TAB>PAYLOAD; json: an object "
+    '{"payload": ..., "key": ..., "kind": ..., "headers": {...}} (payload_b64 and key_b64 '
+    "for bytes; each field but the payload optional).",
+)
+@click.option(
+    "--header",
+    "header_args",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A header of every item (repeatable); a json line's own headers win.",
+)
+@click.option(
     "--call-timeout-ms",
     type=click.IntRange(min=1),
     default=None,
@@ -100,13 +221,35 @@ def _item_line(item: Item) -> str:
 )
 @CONFIG_OPTION
 def produce(
-    topic: str, key: str | None, kind: str, call_timeout_ms: int | None, config_path: Path | None
+    *,
+    topic: str,
+    key: str | None,
+    kind: str,
+    line_format: str,
+    header_args: tuple[str, ...],
+    call_timeout_ms: int | None,
+    config_path: Path | None,
 ) -> None:
     """Enqueue one item per line of stdin; print each receipt (TOPIC QUEUE OFFSET, tab
-    separated) in input order. Items with the same key keep their order."""
+    separated) in input order. Items with the same key keep their order.
+
+    A line that --format cannot read is reported on stderr with its number and not
+    enqueued (exit 1 at the end); the other lines go on."""
     config = _load(config_path)
     if config.base_topic(topic) is None:
         bad_input(f"no topic {topic!r} in the configuration")
+    headers: dict[str, str] = {}
+    for arg in header_args:
+        name, sep, value = arg.partition("=")
+        if not sep:
+            bad_input(f"--header {arg!r}: expected NAME=VALUE")
+        headers[name] = value
+    from pxq.headers import normal_headers
+
+    try:
+        normal_headers(headers)
+    except ValueError as exc:
+        bad_input(f"--header: {exc}")
     failed = asyncio.run(
         _produce(
             config,
@@ -115,6 +258,8 @@ def produce(
             kind=kind,
             call_timeout_ms=call_timeout_ms,
             stdin=sys.stdin.buffer,
+            line_format=line_format,
+            headers=headers,
         )
     )
     sys.exit(EXIT_FAILED if failed else EXIT_OK)
@@ -128,6 +273,8 @@ async def _produce(
     kind: str,
     call_timeout_ms: int | None,
     stdin: BinaryIO,
+    line_format: str = "text",
+    headers: dict[str, str] | None = None,
 ) -> int:
     from net.client.api import AsyncClient, EnqueueFailed, OutcomeUnknown
 
@@ -160,9 +307,24 @@ async def _produce(
             if not line:
                 break
             line_no += 1
-            payload = line.removesuffix(b"\n").removesuffix(b"\r")
+            try:
+                item = parse_line(
+                    line.removesuffix(b"\n").removesuffix(b"\r"),
+                    line_format,
+                    key=key,
+                    kind=kind,
+                    headers=headers or {},
+                )
+            except ValueError as exc:
+                failed += 1
+                click.echo(f"pxq: line {line_no}: not enqueued: {exc}", err=True)
+                continue
             # Tasks start in creation order, so the producer sees the lines in input order.
-            task = loop.create_task(client.enqueue(topic, payload, key=key, kind=kind))
+            task = loop.create_task(
+                client.enqueue(
+                    topic, item.payload, key=item.key, kind=item.kind, headers=item.headers
+                )
+            )
             await window.put((line_no, task))
         await window.put(None)
         await reporter
@@ -190,6 +352,13 @@ async def _produce(
     default=None,
     help="Stop after this many seconds without a new item (default: never).",
 )
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="One JSON object per item (topic, queue, offset, key, payload, kind, attempt, "
+    "enqueued_ms, headers) instead of the tab-separated line.",
+)
 @CONFIG_OPTION
 @log_options("warning")
 def consume(
@@ -198,6 +367,7 @@ def consume(
     topic: str | None,
     count: int | None,
     timeout_s: float | None,
+    as_json: bool,
     config_path: Path | None,
     log_level: str,
     log_format: str,
@@ -217,7 +387,9 @@ def consume(
     if topic is not None and topic not in consumed:
         bad_input(f"consumer group {group!r} does not consume topic {topic!r}")
     try:
-        printed = asyncio.run(_consume(config, group, topic, count, timeout_s))
+        printed = asyncio.run(
+            _consume(config, group, topic, count, timeout_s, item_json_lines=as_json)
+        )
     except ValueError as exc:  # the group's topics need one consumer each (see --topic)
         bad_input(str(exc))
         return
@@ -230,6 +402,8 @@ async def _consume(
     topic: str | None,
     count: int | None,
     timeout_s: float | None,
+    *,
+    item_json_lines: bool = False,
 ) -> int:
     from net.client.api import AsyncClient
 
@@ -268,7 +442,13 @@ async def _consume(
         try:
             async with consumer:
                 async for batch in consumer.batches():
-                    await printer.write("".join(_item_line(item) + "\n" for item in batch))
+                    await printer.write(
+                        "".join(
+                            (json.dumps(item_json(item)) if item_json_lines else _item_line(item))
+                            + "\n"
+                            for item in batch
+                        )
+                    )
                     printed += len(batch)
                     last = loop.time()
                     if count is not None and printed >= count:
@@ -313,6 +493,26 @@ async def _consume(
     default=None,
     help="To the first item stamped at or after this wall time (Unix ms; masters' clocks).",
 )
+@click.option(
+    "--back",
+    "back_text",
+    default=None,
+    metavar="DURATION",
+    help="Like --back-ms, as a duration: 90s, 5m, 1h30m, 2d, 250ms.",
+)
+@click.option(
+    "--time",
+    "time_text",
+    default=None,
+    metavar="TIME",
+    help="Like --time-ms, as an ISO 8601 time (2026-12-07T06:40:00Z; no zone: UTC).",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Move nothing: print where each queue would move if the seek were applied now.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of lines.")
 @CONFIG_OPTION
 def seek(
     *,
@@ -322,14 +522,29 @@ def seek(
     back_ms: int | None,
     offset: int | None,
     time_ms: int | None,
+    back_text: str | None,
+    time_text: str | None,
+    dry_run: bool,
+    as_json: bool,
     config_path: Path | None,
 ) -> None:
-    """Move GROUP's cursor on TOPIC: print each queue that moved (QUEUE CURSOR, tab separated).
+    """Move GROUP's cursor on TOPIC: print each queue it set (QUEUE CURSOR, tab separated).
 
-    Exactly one of --back-ms (a rewind measured on the store's clock, which stamped the items:
-    it never moves a cursor forward, whatever this machine's clock says), --offset or
-    --time-ms (absolute, either way). An absolute seek that moves a cursor forward skips the
-    items the group had not consumed: a warning on stderr names them."""
+    Exactly one of --back-ms/--back (a rewind measured on the store's clock, which stamped
+    the items: it never moves a cursor forward, whatever this machine's clock says),
+    --offset or --time-ms/--time (absolute, either way). An absolute seek that moves a
+    cursor forward skips the items the group had not consumed: a warning on stderr names
+    them. --dry-run asks each queue's master where the seek would move it now."""
+    if back_text is not None:
+        try:
+            back_ms = _both(back_ms, parse_duration_ms(back_text), "--back-ms", "--back")
+        except ValueError as exc:
+            bad_input(f"--back {back_text!r}: {exc}")
+    if time_text is not None:
+        try:
+            time_ms = _both(time_ms, parse_time_ms(time_text), "--time-ms", "--time")
+        except ValueError as exc:
+            bad_input(f"--time {time_text!r}: {exc}")
     config = _load(config_path)
     info = config.topic(topic)
     if info is None or info.level != 0:
@@ -339,7 +554,7 @@ def seek(
     elif queue is not None and not queue < info.queues:
         bad_input(f"topic {topic!r} has queues 0..{info.queues - 1}")
     if sum(t is not None for t in (back_ms, offset, time_ms)) != 1:
-        bad_input("give exactly one of --back-ms, --offset and --time-ms")
+        bad_input("give exactly one of --back-ms (--back), --offset and --time-ms (--time)")
     ok = asyncio.run(
         _seek(
             config,
@@ -349,6 +564,8 @@ def seek(
             back_ms=back_ms,
             offset=offset,
             time_ms=time_ms,
+            dry_run=dry_run,
+            as_json=as_json,
         )
     )
     sys.exit(EXIT_OK if ok else EXIT_FAILED)
@@ -363,27 +580,83 @@ async def _seek(
     back_ms: int | None,
     offset: int | None,
     time_ms: int | None,
+    dry_run: bool = False,
+    as_json: bool = False,
 ) -> bool:
     from net.client.api import AsyncClient, OutcomeUnknown, RequestFailed
 
     async with await AsyncClient.connect(config) as client:
         try:
             result = await client.seek(
-                topic, group, queue, offset=offset, time_ms=time_ms, back_ms=back_ms
+                topic,
+                group,
+                queue,
+                offset=offset,
+                time_ms=time_ms,
+                back_ms=back_ms,
+                dry_run=dry_run,
             )
         except (RequestFailed, OutcomeUnknown) as exc:
             click.echo(f"pxq: seek failed: {exc}", err=True)
             return False
-    for q, cursor in sorted(result.positions.items()):
-        click.echo(f"{q}\t{cursor}")
+    if as_json:
+        doc = {
+            "dry_run": dry_run,
+            "positions": {str(q): c for q, c in sorted(result.positions.items())},
+            "forward": {str(q): c for q, c in sorted(result.forward.items())},
+        }
+        click.echo(json.dumps(doc))
+    else:
+        for q, cursor in sorted(result.positions.items()):
+            click.echo(f"{q}\t{cursor}")
+    if dry_run:
+        click.echo("pxq: dry run: nothing moved", err=True)
+    verb = "would move" if dry_run else "moved"
     for q, before in sorted(result.forward.items()):
         after = result.positions[q]
         click.echo(
-            f"pxq: warning: queue {q} moved forward from {before} to {after}: "
+            f"pxq: warning: queue {q} {verb} forward from {before} to {after}: "
             f"{after - before} items {group!r} had not consumed will not be delivered to it",
             err=True,
         )
     return True
+
+
+_DURATION = re.compile(r"(\d+)(ms|s|m|h|d)")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def parse_duration_ms(text: str) -> int:
+    """Milliseconds of a duration such as ``90s``, ``5m``, ``1h30m``, ``250ms`` (units ms, s,
+    m, h, d; at least one part); raises ``ValueError``."""
+    pos, total = 0, 0
+    for m in _DURATION.finditer(text):
+        if m.start() != pos:
+            break
+        total += int(m.group(1)) * _UNIT_MS[m.group(2)]
+        pos = m.end()
+    if pos == 0 or pos != len(text):
+        raise ValueError("expected a duration such as 90s, 5m, 1h30m, 2d or 250ms")
+    return total
+
+
+def parse_time_ms(text: str) -> int:
+    """Unix ms of an ISO 8601 time (no zone: UTC); raises ``ValueError``."""
+    from datetime import UTC, datetime
+
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError("expected an ISO 8601 time such as 2026-12-07T06:40:00Z") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1000)
+
+
+def _both(given: int | None, parsed: int, name: str, other: str) -> int:
+    if given is not None:
+        raise ValueError(f"give {name} or {other}, not both")
+    return parsed
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""``pxq cluster``: start, inspect and stop a complete local cluster, one process per replica.
+"""``pxq cluster``: start, inspect and stop a complete local cluster, one process per replica,
+or one of its nodes (``start|stop|restart NODE``).
 
 ``up`` with no arguments runs the embedded default (one store of three replicas on
 127.0.0.1:7101-7103 and a lock service of three replicas on 127.0.0.1:7201-7203) from
@@ -9,13 +10,18 @@ service.
 Exit codes: ``up`` 0 once every Paxos group (store and lock groups) has a master, 1 when a node exited while starting
 or no master was elected in time (everything it started is stopped again), 2 for bad input (an
 invalid configuration, a cluster already running); ``status`` 0 when every node's process is
-alive and its port accepts connections, 1 otherwise, 2 for an invalid configuration; ``down``
-0, or 1 if a process survived SIGKILL.
+alive and its port accepts connections, 1 otherwise, 2 for an invalid configuration (with
+``--json`` the same codes, the table as one JSON object); ``down`` 0, or 1 if a process
+survived SIGKILL. ``start NODE`` 0 once the node's port accepts connections, 1 when it exited
+while starting or did not accept in time, 2 for bad input (no cluster started from the home,
+no such node, the node already running); ``stop NODE`` 0 (also when it was not running), 1 if
+it survived SIGKILL, 2 for bad input; ``restart NODE`` as ``stop`` then ``start``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -197,7 +203,8 @@ def _print_up(result: UpResult, home: Path, *, default_config: bool) -> None:
     show_default=True,
     help=HOME_HELP,
 )
-def cluster_status(config_file: Path | None, home: Path) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def cluster_status(config_file: Path | None, home: Path, as_json: bool) -> None:
     """Per node (store and lock replicas): process alive, port accepting, groups it masters."""
     from net.cluster.processes import ClusterHome, status
     from net.errors import TlsError
@@ -207,6 +214,30 @@ def cluster_status(config_file: Path | None, home: Path) -> None:
         st = asyncio.run(status(ClusterHome(home), config_file))
     except (ConfigError, TlsError) as exc:
         _bad_input(str(exc))
+    if as_json:
+        doc = {
+            "cluster": st.config.name,
+            "config": str(st.config_file),
+            "nodes": [
+                {
+                    "node": n.node,
+                    "service": n.service,
+                    "role": str(n.role),
+                    "host": n.host,
+                    "port": n.port,
+                    "pid": n.pid,
+                    "alive": n.alive,
+                    "accepting": n.accepting,
+                    "up": n.up,
+                    "masters": [f"{n.service}/{g}" for g in n.masters],
+                }
+                for n in st.nodes
+            ],
+            "without_master": [f"{s}/{g}" for s, g in st.without_master],
+            "all_up": st.all_up,
+        }
+        click.echo(json.dumps(doc, indent=1))
+        sys.exit(EXIT_OK if st.all_up else EXIT_FAILED)
     width = max(4, *(len(n.node) for n in st.nodes))
     swidth = max(7, *(len(n.service) for n in st.nodes))
     click.echo(f'cluster "{st.config.name}" ({st.config_file})')
@@ -266,4 +297,115 @@ def cluster_down(timeout_s: float, home: Path) -> None:
     if survived:
         click.echo(f"pxq: still running after SIGKILL: {', '.join(survived)}", err=True)
         sys.exit(EXIT_FAILED)
+    sys.exit(EXIT_OK)
+
+
+NODE_TIMEOUT_HELP = "Seconds to wait for the node's port to accept connections."
+
+
+@cluster.command("start")
+@click.argument("node")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0.1, max=3600),
+    default=30.0,
+    show_default=True,
+    help=NODE_TIMEOUT_HELP,
+)
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".pxq"),
+    show_default=True,
+    help=HOME_HELP,
+)
+def cluster_start(node: str, timeout_s: float, home: Path) -> None:
+    """Start NODE of the cluster running from --home (stopped with pxq cluster stop, or
+    dead) on its data, and wait until its port accepts connections; it catches up and
+    rejoins its Paxos groups by itself."""
+    _start(node, timeout_s, home)
+    sys.exit(EXIT_OK)
+
+
+def _start(node: str, timeout_s: float, home: Path) -> None:
+    from net.cluster.processes import ClusterError, ClusterHome, NodeExited, NoMasters, start_node
+    from net.errors import TlsError
+    from pxq.config.parser import ConfigError
+
+    try:
+        proc = asyncio.run(start_node(ClusterHome(home), node, timeout_s=timeout_s))
+    except NodeExited as exc:
+        click.echo(f"pxq: {exc}", err=True)
+        click.echo(f"---- last lines of {exc.log_file} ----", err=True)
+        click.echo(exc.log_tail or "(empty)", err=True)
+        sys.exit(EXIT_FAILED)
+    except NoMasters as exc:
+        click.echo(f"pxq: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    except (ClusterError, ConfigError, TlsError) as exc:
+        _bad_input(str(exc))
+    click.echo(f"  {proc.node} (pid {proc.pid}): started, {proc.host}:{proc.port} accepting")
+
+
+@cluster.command("stop")
+@click.argument("node")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0, max=3600),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait after SIGTERM before sending SIGKILL.",
+)
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".pxq"),
+    show_default=True,
+    help=HOME_HELP,
+)
+def cluster_stop(node: str, timeout_s: float, home: Path) -> None:
+    """Stop NODE of the cluster running from --home (SIGTERM, then SIGKILL after
+    --timeout); the others go on (a majority of each group keeps serving)."""
+    _stop(node, timeout_s, home)
+    sys.exit(EXIT_OK)
+
+
+def _stop(node: str, timeout_s: float, home: Path) -> None:
+    from net.cluster.processes import ClusterError, ClusterHome, stop_node
+    from pxq.config.parser import ConfigError
+
+    try:
+        s = stop_node(ClusterHome(home), node, timeout_s)
+    except (ClusterError, ConfigError) as exc:
+        _bad_input(str(exc))
+    pid = f" (pid {s.pid})" if s.pid is not None else ""
+    click.echo(f"  {s.node}{pid}: {s.outcome}")
+    if s.outcome == "survived":
+        click.echo(f"pxq: still running after SIGKILL: {s.node}", err=True)
+        sys.exit(EXIT_FAILED)
+
+
+@cluster.command("restart")
+@click.argument("node")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0.1, max=3600),
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for the stop (then SIGKILL), and again for the start.",
+)
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".pxq"),
+    show_default=True,
+    help=HOME_HELP,
+)
+def cluster_restart(node: str, timeout_s: float, home: Path) -> None:
+    """Stop NODE (as pxq cluster stop) and start it again (as pxq cluster start)."""
+    _stop(node, timeout_s, home)
+    _start(node, timeout_s, home)
     sys.exit(EXIT_OK)

@@ -84,6 +84,7 @@ from pxq.effects import (
     StorageLow,
     Wake,
 )
+from pxq.headers import headers_problem, headers_size
 from pxq.producer.messages import Produce, Produced, ProduceFailed, ProduceUnknown
 from pxq.producer.settings import ProducerSettings
 from pxq.routing import Location, Router, backoff_ms, queue_of
@@ -232,6 +233,12 @@ class Producer:
             )
             return
         size = len(request.key) + len(request.payload)
+        if request.headers:
+            problem = headers_problem(request.headers)
+            if problem is not None:
+                fx.reply(call_id, ProduceFailed(code="bad_request", message=problem))
+                return
+            size += headers_size(request.headers)
         if size > s.batch_bytes_max:
             fx.reply(
                 call_id,
@@ -256,7 +263,9 @@ class Producer:
                 topic=request.topic, queue=queue, loc=self._router.locate(request.topic, queue)
             )
             self._queues[key] = qs
-        item = Item(key=request.key, payload=request.payload, kind=request.kind)
+        item = Item(
+            key=request.key, payload=request.payload, kind=request.kind, headers=request.headers
+        )
         qs.waiting.append(
             _Call(
                 call_id=call_id,

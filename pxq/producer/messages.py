@@ -29,6 +29,8 @@ class Produce:
     key: bytes
     payload: bytes
     kind: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+    """``pxq.headers`` normal form (the client library normalises an application's map)."""
 
 
 @message(228)

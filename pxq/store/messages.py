@@ -37,6 +37,10 @@ class Item:
     kind: str = ""
     """What the item is about; consumer groups may subscribe to some kinds only (PhxQueue's
     pub ids). Empty: the default kind."""
+    headers: tuple[tuple[str, str], ...] = ()
+    """Application headers in ``pxq.headers`` normal form ((name, value) pairs sorted by
+    name, within its limits; else ``bad_request``). Kept through retry levels and dead
+    letters."""
 
 
 @message(65)
@@ -106,6 +110,8 @@ class StoredItem:
     """Wall ms, on the store's time (the proposing master's wall clock), before which a
     consumer must not hand the item to its handler (retry delay); compared with
     ``GetOk.now_ms``, never with the consumer's own wall clock."""
+    headers: tuple[tuple[str, str], ...] = ()
+    """The headers the producer gave (``Item.headers``)."""
 
 
 @message(69)
@@ -269,5 +275,24 @@ class StoreError:
     definite: bool = True
 
 
-StoreRequest = Enqueue | Get | CommitCursor | Seek | Retry
+@message(78)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SeekPreview:
+    """Where a ``Seek`` of ``group`` on one queue with this target (exactly one of
+    ``offset``, ``time_ms``, ``back_ms``, as in ``Seek``) would move the cursor if it were
+    applied now, without moving it (``pxq seek --dry-run``). Served by the master from its
+    applied state like a ``Get``, nothing proposed; answered with the ``SeekOk`` the seek
+    would give (``positions`` and ``forward``), a ``back_ms`` measured from the master's wall
+    clock now. A seek applied later may land elsewhere (items enqueued, cursors committed,
+    retention in between)."""
+
+    topic: str
+    group: str
+    queue: int
+    offset: int | None = None
+    time_ms: int | None = None
+    back_ms: int | None = None
+
+
+StoreRequest = Enqueue | Get | CommitCursor | Seek | Retry | SeekPreview
 StoreResponse = EnqueueOk | GetOk | CommitOk | SeekOk | RetryOk | StoreRedirect | StoreError

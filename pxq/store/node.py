@@ -12,7 +12,7 @@ owns only what is the store's:
   ``StoreError``, nothing proposed;
 * encoding of the write requests (Enqueue, CommitCursor, Seek, Retry) into commands proposed
   to the queue's Paxos group;
-* reads (``Get``), served by the lease holder of the group from applied state: the master
+* reads (``Get``, ``SeekPreview``), served by the lease holder of the group from applied state: the master
   answers a proposal only after applying it, and a step's reads see every earlier step's
   writes, so a Get after an ``EnqueueOk`` sees the items;
 * a Seek over every queue of a topic: it spans several groups, so it is one proposal per
@@ -43,6 +43,7 @@ from typing import Final
 from pxq import codec
 from pxq.config.model import ClusterConfig, TopicInfo
 from pxq.effects import InvariantViolation, NodeId, Now, Reply, Rng, StorageView
+from pxq.headers import flat_headers, headers_problem, headers_size
 from pxq.paxos.service import Answer, InnerCall, Proposal, ReplicatedService
 from pxq.store.commands import (
     Command,
@@ -60,6 +61,7 @@ from pxq.store.messages import (
     Retry,
     Seek,
     SeekOk,
+    SeekPreview,
     StoreError,
     StoreRedirect,
 )
@@ -145,6 +147,8 @@ class StoreNode(ReplicatedService[QueueStore]):
         match request:
             case Get():
                 return Answer(response=self._get(now, request))
+            case SeekPreview():
+                return Answer(response=self._preview_seek(now, request))
             case Enqueue():
                 cmd_or_error = self._enqueue_cmd(now, request)
                 queue: int | None = request.queue
@@ -223,6 +227,19 @@ class StoreNode(ReplicatedService[QueueStore]):
             return StoreRedirect(master=self.master_hint(group))
         return self.sms[group].get(req, _wall(now))
 
+    def _preview_seek(self, now: Now, req: SeekPreview) -> object:
+        target = self._target(req.topic, req.group, req.queue)
+        if isinstance(target, StoreError):
+            return target
+        if (req.offset is not None and req.offset < 0) or (
+            req.back_ms is not None and req.back_ms < 0
+        ):
+            return _bad("bad_request", "offset and back_ms must be >= 0")
+        group = req.queue % self.groups
+        if not self.replica.is_master(group, now):
+            return StoreRedirect(master=self.master_hint(group))
+        return self.sms[group].preview_seek(req, _wall(now))
+
     def _enqueue_cmd(self, now: Now, req: Enqueue) -> Command | StoreError:
         target = self._target(req.topic, None, req.queue)
         if isinstance(target, StoreError):
@@ -246,17 +263,25 @@ class StoreNode(ReplicatedService[QueueStore]):
                 f"{len(req.items)} items exceed limits.enqueue_items_max = "
                 f"{limits.enqueue_items_max}",
             )
-        triples = []
+        triples: list[tuple[bytes, bytes, str] | tuple[bytes, bytes, str, list[str]]] = []
         for i, item in enumerate(req.items):
             kind = item.kind.encode("utf-8")
             size = len(item.key) + len(item.payload) + len(kind)
+            if item.headers:
+                problem = headers_problem(item.headers)
+                if problem is not None:
+                    return _bad("bad_request", f"item {i}: {problem}")
+                size += headers_size(item.headers)
             if size > limits.item_bytes_max:
                 return _bad(
                     "too_large",
                     f"item {i} has {size} bytes, over limits.item_bytes_max = "
                     f"{limits.item_bytes_max}",
                 )
-            triples.append((item.key, item.payload, item.kind))
+            if item.headers:
+                triples.append((item.key, item.payload, item.kind, flat_headers(item.headers)))
+            else:
+                triples.append((item.key, item.payload, item.kind))
         return EnqueueCmd(
             producer=req.producer,
             seq=req.seq,

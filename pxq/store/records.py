@@ -17,17 +17,22 @@ two names never share a prefix ambiguously.
 A row holds the items of one enqueue (or one retry copy) at consecutive offsets: a 24-byte
 header (enqueue wall ms, attempt, not-before wall ms, item count) followed by the msgpack array
 ``[[key, payload, kind], ...]`` exactly as the enqueue command carried it, so applying an
-enqueue stores the bytes it was given without re-encoding them.
+enqueue stores the bytes it was given without re-encoding them. An item with headers is
+``[key, payload, kind, [name1, value1, ...]]`` (``pxq.headers``: sorted, unique, within the
+limits, never empty); an item without has the three elements rows had before headers, so
+rows written before headers decode unchanged.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from typing import Any, Final
 
 import msgpack
 
 from pxq.effects import InvariantViolation
+from pxq.headers import HEADERS_MAX, headers_problem, pairs_of_flat
 
 Q_QUEUE: Final = "q_queue"
 Q_ITEM: Final = "q_item"
@@ -165,27 +170,30 @@ def row_head(row: bytes) -> tuple[int, int, int, int]:
 
 
 def row_items(row: bytes) -> list[list[Any]]:
-    """The ``[key, payload, kind]`` lists of a row (checked when the enqueue was applied)."""
+    """The ``[key, payload, kind]`` (or ``[key, payload, kind, headers]``) lists of a row
+    (checked when the enqueue was applied)."""
     items: list[list[Any]] = msgpack.unpackb(memoryview(row)[ROW_HEAD_BYTES:], raw=False)
     if len(items) != _ROW_HEAD.unpack_from(row, 0)[3]:
         raise InvariantViolation("a stored row's item count disagrees with its header")
     return items
 
 
-def pack_items(items: list[tuple[bytes, bytes, str]] | list[list[Any]]) -> bytes:
-    """The msgpack array of ``[key, payload, kind]`` triples."""
+def pack_items(items: Sequence[Sequence[Any]]) -> bytes:
+    """The msgpack array of ``[key, payload, kind]`` triples (``[key, payload, kind, flat
+    headers]`` for an item with headers)."""
     data: bytes = msgpack.packb(items, use_bin_type=True)
     return data
 
 
 def unpack_items(blob: bytes, count_max: int) -> list[list[Any]] | None:
     """Decode and check an items array: None unless it is a list of at most ``count_max``
-    ``[bytes, bytes, str]`` lists."""
+    ``[bytes, bytes, str]`` or ``[bytes, bytes, str, headers]`` lists, the headers a
+    non-empty flat array in ``pxq.headers`` normal form."""
     try:
         items = msgpack.unpackb(
             blob,
             raw=False,
-            max_array_len=max(count_max, 3),
+            max_array_len=max(count_max, 2 * HEADERS_MAX, 4),
             max_map_len=0,
             max_ext_len=0,
         )
@@ -196,10 +204,20 @@ def unpack_items(blob: bytes, count_max: int) -> list[list[Any]] | None:
     for it in items:
         if (
             type(it) is not list
-            or len(it) != 3
+            or not 3 <= len(it) <= 4
             or type(it[0]) is not bytes
             or type(it[1]) is not bytes
             or type(it[2]) is not str
         ):
             return None
+        if len(it) == 4 and not _flat_headers_ok(it[3]):
+            return None
     return items
+
+
+def _flat_headers_ok(flat: object) -> bool:
+    if type(flat) is not list or not flat or len(flat) % 2 or len(flat) > 2 * HEADERS_MAX:
+        return False
+    if not all(type(s) is str for s in flat):
+        return False
+    return headers_problem(pairs_of_flat(flat)) is None

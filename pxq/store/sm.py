@@ -65,6 +65,7 @@ from typing import Any, Final, assert_never
 from pxq import codec
 from pxq.config.model import ClusterConfig, ConsumerGroupConfig, TopicInfo
 from pxq.effects import EffectsBuilder, InvariantViolation, StorageView
+from pxq.headers import pairs_of_flat
 from pxq.positional import CommandError
 from pxq.store.commands import (
     CommitCmd,
@@ -81,6 +82,7 @@ from pxq.store.messages import (
     GetOk,
     RetryOk,
     SeekOk,
+    SeekPreview,
     StoredItem,
     StoreError,
 )
@@ -604,17 +606,7 @@ class QueueStore:
             if q is None:
                 continue  # never held anything: every cursor is 0 and stays 0
             cursor, token, epoch = q.cursor_of(cmd.group)
-            if cmd.offset is not None:
-                position = min(max(cmd.offset, q.first), q.end)
-            elif cmd.time_ms is not None:
-                position = self._first_at_or_after(q, cmd.time_ms)
-            else:
-                # A rewind on the store's time: the stamp an enqueue applied now would get.
-                # Only ever back: a target past the cursor (the stamps behind the proposer's
-                # clock, or nothing enqueued lately) leaves it (the floor aside, below).
-                now_ms = max(cmd.wall_ms, q.last_ms)
-                back = self._first_at_or_after(q, now_ms - (cmd.back_ms or 0))
-                position = max(min(back, cursor), q.first)
+            position = self._seek_position(q, cursor, cmd)
             # The epoch moves even if the position stays: a commit based on an earlier Get
             # must not carry the cursor past the seek's target.
             self._save_cursor(q, cmd.group, position, token, epoch + 1)
@@ -625,6 +617,54 @@ class QueueStore:
             SeekOk(
                 topic=cmd.topic, group=cmd.group, positions=tuple(positions), forward=tuple(forward)
             )
+        )
+
+    def _seek_position(self, q: _Queue, cursor: int, cmd: SeekCmd) -> int:
+        """Where a seek ``cmd`` moves a cursor at ``cursor`` on ``q``."""
+        if cmd.offset is not None:
+            return min(max(cmd.offset, q.first), q.end)
+        if cmd.time_ms is not None:
+            return self._first_at_or_after(q, cmd.time_ms)
+        # A rewind on the store's time: the stamp an enqueue applied now would get.
+        # Only ever back: a target past the cursor (the stamps behind the proposer's
+        # clock, or nothing enqueued lately) leaves it (the floor aside, below).
+        now_ms = max(cmd.wall_ms, q.last_ms)
+        back = self._first_at_or_after(q, now_ms - (cmd.back_ms or 0))
+        return max(min(back, cursor), q.first)
+
+    def preview_seek(self, req: SeekPreview, wall_ms: int) -> SeekOk | StoreError:
+        """The ``SeekOk`` a seek of ``req``'s target proposed at ``wall_ms`` would give, from
+        the applied state, writing nothing (``SeekPreview``)."""
+        target = self._cursor_target(req.topic, req.group, req.queue)
+        if isinstance(target, bytes):
+            error = codec.decode(target)
+            if not isinstance(error, StoreError):  # pragma: no cover - _cursor_target's errors
+                raise InvariantViolation("a cursor target error must be a StoreError")
+            return error
+        if sum(t is not None for t in (req.offset, req.time_ms, req.back_ms)) != 1:
+            return StoreError(
+                code="bad_request",
+                message="a seek needs exactly one of offset, time_ms and back_ms",
+            )
+        q = self.queues.get((req.topic, req.queue))
+        if q is None:
+            return SeekOk(topic=req.topic, group=req.group, positions=())
+        cursor = q.cursor_of(req.group)[0]
+        cmd = SeekCmd(
+            topic=req.topic,
+            group=req.group,
+            queue=req.queue,
+            offset=req.offset,
+            time_ms=req.time_ms,
+            back_ms=req.back_ms,
+            wall_ms=wall_ms,
+        )
+        position = self._seek_position(q, cursor, cmd)
+        return SeekOk(
+            topic=req.topic,
+            group=req.group,
+            positions=((req.queue, position),),
+            forward=((req.queue, cursor),) if position > cursor else (),
         )
 
     # -- retry ------------------------------------------------------------------------------------
@@ -778,12 +818,14 @@ class QueueStore:
             head = (stamp, attempt, not_before)
             items: list[list[Any]] = row_items(row)
             for i in range(pos - rstart, count):
-                k, p, kind = items[i]
+                it = items[i]
+                k, p, kind = it[0], it[1], it[2]
                 if kinds is None or kind in kinds:
                     size = len(k) + len(p)
                     if out and nbytes + size > bytes_max:
                         return tuple(out), pos
-                    out.append(_stored_item(rstart + i, k, p, kind, head))
+                    headers = pairs_of_flat(it[3]) if len(it) == 4 else ()
+                    out.append(_stored_item(rstart + i, k, p, kind, head, headers=headers))
                     nbytes += size
                 pos = rstart + i + 1
                 scanned += 1
@@ -800,6 +842,7 @@ _STORED_ITEM_FIELDS: Final = (
     "kind",
     "attempt",
     "not_before_ms",
+    "headers",
 )
 if (
     tuple(f.name for f in dataclasses.fields(StoredItem)) != _STORED_ITEM_FIELDS
@@ -810,13 +853,26 @@ if (
 ):  # pragma: no cover - guards the fast constructor below against a changed StoredItem
     raise InvariantViolation("StoredItem changed: update _stored_item")
 _NEW = object.__new__
-_SET_OFFSET, _SET_MS, _SET_KEY, _SET_PAYLOAD, _SET_KIND, _SET_ATTEMPT, _SET_NOT_BEFORE = (
-    vars(StoredItem)[n].__set__ for n in _STORED_ITEM_FIELDS
-)
+(
+    _SET_OFFSET,
+    _SET_MS,
+    _SET_KEY,
+    _SET_PAYLOAD,
+    _SET_KIND,
+    _SET_ATTEMPT,
+    _SET_NOT_BEFORE,
+    _SET_HEADERS,
+) = (vars(StoredItem)[n].__set__ for n in _STORED_ITEM_FIELDS)
 
 
 def _stored_item(
-    offset: int, key: bytes, payload: bytes, kind: str, head: tuple[int, int, int]
+    offset: int,
+    key: bytes,
+    payload: bytes,
+    kind: str,
+    head: tuple[int, int, int],
+    *,
+    headers: tuple[tuple[str, str], ...],
 ) -> StoredItem:
     """``StoredItem(...)`` at a third of the cost (a Get builds one per item), ``head`` being
     the row's (enqueue stamp, attempt, not_before_ms): the generated ``__init__`` of a frozen
@@ -831,6 +887,7 @@ def _stored_item(
     _SET_KIND(item, kind)
     _SET_ATTEMPT(item, head[1])
     _SET_NOT_BEFORE(item, head[2])
+    _SET_HEADERS(item, headers)
     return item
 
 
