@@ -10,11 +10,14 @@ and is idempotent; a node that cannot start makes ``up`` report its log tail, st
 and exit 1; the home's directories and files, the nodes' data included, are 0700 and 0600.
 ``node run`` (store and lock replicas): startup errors (unknown node, busy port, invalid
 config, a data dir of another cluster) exit 2 with one line naming the problem; SIGTERM stops it gracefully (0).
+``cluster stop|start|restart NODE`` stop one node (the others stay), start it again on its data,
+refuse a node already running or unknown (2); ``status --json`` says which nodes are up.
 Every process is torn down in a ``finally``; every wait is bounded.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -315,4 +318,48 @@ def test_up_starts_the_lock_service_status_lists_its_master_down_stops_all(
         assert home.pid_files() == {}
         assert "SIGTERM received" in home.log_file("l0").read_text(encoding="utf-8")
     finally:
+        kill_all(pids)
+
+
+def test_stop_start_and_restart_one_node_and_status_json(workdir: Path) -> None:
+    (workdir / "cluster.toml").write_text(cluster_toml(free_ports(3)), encoding="utf-8")
+    home = ClusterHome(workdir / ".pxq")
+    pids: dict[str, int] = {}
+    try:
+        up = pxq("cluster", "up", "--config", "cluster.toml", "--timeout", "30", cwd=workdir)
+        assert up.returncode == 0, up.stderr + up.stdout
+        pids = recorded_pids(home)
+
+        stopped = pxq("cluster", "stop", "s1", cwd=workdir)
+        assert (stopped.returncode, stopped.stdout) == (0, f"  s1 (pid {pids['s1']}): stopped\n")
+        assert not is_node_process(pids["s1"], "s1") and "s1" not in home.pid_files()
+        status = pxq("cluster", "status", "--json", cwd=workdir)
+        assert status.returncode == 1, status.stdout
+        doc = json.loads(status.stdout)
+        nodes = {n["node"]: n for n in doc["nodes"]}
+        assert (doc["all_up"], nodes["s1"]["up"], nodes["s1"]["pid"]) == (False, False, None)
+        assert nodes["s0"]["up"] and nodes["s0"]["port"] > 0
+
+        started = pxq("cluster", "start", "s1", cwd=workdir)
+        assert started.returncode == 0, started.stderr
+        assert re.fullmatch(
+            r"  s1 \(pid \d+\): started, 127\.0\.0\.1:\d+ accepting\n", started.stdout
+        )
+        restarted = pxq("cluster", "restart", "s2", cwd=workdir)
+        assert restarted.returncode == 0, restarted.stderr
+        assert "s2 (pid" in restarted.stdout and "stopped" in restarted.stdout
+        assert recorded_pids(home)["s2"] != pids["s2"]
+        pids.update(recorded_pids(home))
+
+        def all_up() -> bool:
+            result = pxq("cluster", "status", "--json", cwd=workdir)
+            return result.returncode == 0 and json.loads(result.stdout)["all_up"] is True
+
+        wait_for(all_up, "every node up again", timeout_s=20.0)
+        running = pxq("cluster", "start", "s0", cwd=workdir)
+        assert running.returncode == 2 and "already running" in running.stderr
+        unknown = pxq("cluster", "stop", "s9", cwd=workdir)
+        assert unknown.returncode == 2 and "no node 's9'" in unknown.stderr
+    finally:
+        pids.update(recorded_pids(home))
         kill_all(pids)

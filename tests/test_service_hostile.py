@@ -2,7 +2,8 @@
 
 A client can send any registered request with any field values the codec allows: unknown
 topics, queues, groups and keys, counters at the edges of every integer format (a cursor of
-2**64 - 1, a negative queue, ``items_max`` of 2**63), empty and odd strings. Sent to masters
+2**64 - 1, a negative queue, ``items_max`` of 2**63), empty and odd strings, item headers
+out of normal form (unsorted, duplicate, empty or oversized names, lone surrogates). Sent to masters
 and followers alike, interleaved with elections, crashes and restarts, each request gets an
 answer or a redirect, no replica raises, and every replica restarts from its disk. What a
 request may do (its permissions) is another matter: ``docs/security.md``.
@@ -16,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pxq.lock.messages import Acquire, ListLocks, ReadLock, Release, Renew
-from pxq.store.messages import CommitCursor, Enqueue, Get, Retry, Seek
+from pxq.store.messages import CommitCursor, Enqueue, Get, Retry, Seek, SeekPreview
 from tests.hostile import ints, messages_of, small
 from tests.test_lock_node import NAMES, LockCluster
 from tests.test_store_node import StoreCluster
@@ -26,15 +27,21 @@ groups = st.sampled_from(("default", "default", "", "nope"))
 queues = st.one_of(small, ints)
 keys = st.sampled_from(("a", "q/g0/t0/1", "", "/", "a" * 300))
 holders = st.sampled_from(("c1", "c2", ""))
+header_texts = st.sampled_from(("a", "b", "trace-id", "", "\udc80", "h" * 70))
 
 store_requests = st.one_of(
     *(
         messages_of(
             cls,
             ints_by_name={"queue": queues},
-            strs_by_name={"topic": topics, "group": groups, "producer": holders},
+            strs_by_name={
+                "topic": topics,
+                "group": groups,
+                "producer": holders,
+                "headers": header_texts,
+            },
         )
-        for cls in (Enqueue, Get, CommitCursor, Seek, Retry)
+        for cls in (Enqueue, Get, CommitCursor, Seek, Retry, SeekPreview)
     )
 )
 lock_requests = st.one_of(
