@@ -234,8 +234,8 @@ def dlq_redrive(
     )
     if others:
         click.echo(
-            f"pxq: warning: {', '.join(others)} also consume {topic!r}: they get the "
-            "redriven items again too",
+            f"pxq: warning: the redriven items go to every group of {topic!r} on their "
+            f"queue: {', '.join(others)} get(s) them again too",
             err=True,
         )
     done = asyncio.run(_redrive(config, topic, group, queue, count_max))

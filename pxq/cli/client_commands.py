@@ -1,12 +1,15 @@
 """``pxq produce``, ``pxq consume``, ``pxq echo`` and ``pxq seek``: the client library on the
-command line.
+command line. ``produce --format`` reads keys, kinds and headers per line (``parse_line``);
+``consume --json`` and ``pxq peek --json`` print items as JSON (``item_json``); ``seek
+--dry-run`` previews a seek (``SeekPreview``).
 
 Each command reads the cluster configuration from ``--config`` (default: ``./.pxq/cluster.toml``
 if it exists, else the embedded default that ``pxq cluster up`` starts) and runs one
 ``pxq.AsyncClient`` on a fresh event loop. The client library (``net.client.api``) is imported
 only when a command runs, so ``pxq --help`` stays fast.
 
-Exit codes: 0 on success; 1 when an item failed or its outcome is unknown (``produce``), when
+Exit codes: 0 on success; 1 when an item failed or its outcome is unknown or a line could not
+be read with ``--format`` (``produce``), when
 fewer than ``--count`` items arrived in time (``consume``), or when the echo item was not seen
 in time (``echo``), or when a seek was refused or its outcome is unknown (``seek``); 2 for bad
 input (an invalid configuration, an unknown topic or group).
