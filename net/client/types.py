@@ -8,9 +8,8 @@ unknown outcome (``OutcomeUnknown``: it may or may not have taken effect). It ha
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from types import MappingProxyType
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, TypeAlias
 
 from pxq.access import PERMISSION_DENIED
@@ -21,13 +20,44 @@ if TYPE_CHECKING:
     from pxq.config import ClusterConfig
 
 
-NO_HEADERS: Final[Mapping[str, str]] = MappingProxyType({})
-"""The headers of an item without any (one shared read-only empty map)."""
+class HeaderMap(Mapping[str, str]):
+    """An item's headers: a read-only, hashable map of str to str (so an ``Item`` stays
+    hashable), equal to any mapping with the same pairs. Iterates in name order."""
+
+    __slots__ = ("_map", "_pairs")
+
+    def __init__(self, pairs: tuple[tuple[str, str], ...] = ()) -> None:
+        self._pairs = pairs
+        self._map = dict(pairs)
+
+    def __getitem__(self, name: str) -> str:
+        return self._map[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._map)
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    def __hash__(self) -> int:
+        return hash(self._pairs)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, HeaderMap):
+            return self._pairs == other._pairs
+        return super().__eq__(other)
+
+    def __repr__(self) -> str:
+        return f"HeaderMap({self._map!r})"
 
 
-def headers_view(pairs: tuple[tuple[str, str], ...]) -> Mapping[str, str]:
-    """The read-only map an ``Item`` carries for stored header pairs."""
-    return MappingProxyType(dict(pairs)) if pairs else NO_HEADERS
+NO_HEADERS: Final = HeaderMap()
+"""The headers of an item without any (one shared empty map)."""
+
+
+def headers_view(pairs: tuple[tuple[str, str], ...]) -> HeaderMap:
+    """The map an ``Item`` carries for stored header pairs (normal form: sorted by name)."""
+    return HeaderMap(pairs) if pairs else NO_HEADERS
 
 
 class PxqError(Exception):
@@ -122,7 +152,7 @@ class Item:
     kind: str
     attempt: int
     enqueued_ms: int
-    headers: Mapping[str, str] = field(default_factory=lambda: NO_HEADERS)
+    headers: Mapping[str, str] = NO_HEADERS
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
