@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import click
 import pytest
@@ -400,3 +401,25 @@ def test_duration_and_time_forms_of_seek() -> None:
     assert parse_time_ms("1970-01-01T00:00:01Z") == 1000
     assert parse_time_ms("1970-01-01T00:00:01") == 1000  # no zone: UTC
     assert parse_time_ms("1970-01-01T01:00:01+01:00") == 1000
+
+
+def test_groups_watch_samples_feed_the_dashboard_plot(
+    cluster: BackgroundCluster, tmp_path: Path
+) -> None:
+    from net.tools.plot import groups_plot
+
+    watched = cli(
+        cluster, "groups", "--topic", "own", "--watch", "0.05", "--samples", "3", "--json"
+    )
+    assert watched.exit_code == 0, watched.output
+    samples = [json.loads(line) for line in watched.stdout.splitlines()]
+    assert [s["type"] for s in samples] == ["groups"] * 3
+    assert samples[0]["t_ms"] < samples[2]["t_ms"]
+    assert {(r["group"], r["topic"], r["queue"]) for r in samples[0]["rows"]} == {
+        ("g", "own", 0),
+        ("g", "own", 1),
+    }
+    (png,) = groups_plot(samples, tmp_path, "watch")
+    assert png.name == "watch-g-own.png" and png.read_bytes().startswith(b"\x89PNG")
+    lone = cli(cluster, "groups", "--samples", "2")
+    assert lone.exit_code == 2 and "--samples needs --watch" in lone.stderr

@@ -6,6 +6,10 @@
 * ``sweep_plot(lines, x, out_dir, stem)``: several runs' summary lines against one parameter
   (``inflight``, ``payload_bytes`` or ``groups``): throughput, latency p50/p99 and CPU µs per
   item against ``x`` (log scale), one PNG (``<stem>-sweep-<x>.png``).
+* ``groups_plot(lines, out_dir, stem)``: ``pxq groups --watch --json`` samples (``"type":
+  "groups"``) as a dashboard, one PNG per consumer group and topic
+  (``<stem>-<group>-<topic>.png``): the lag of each queue over time, and which consumer owned
+  each queue when (a lane per queue, a colour per owner, blank while nobody held it).
 
 Input lines are JSON objects with a ``"type"`` (``"second"``, ``"summary"``, ...; see
 ``net.tools.bench``); lines of other types and blank lines are ignored. Raises ``PlotError`` for
@@ -186,3 +190,55 @@ def sweep_plot(lines: Sequence[dict[str, Any]], x: str, out_dir: Path, stem: str
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def groups_plot(lines: Iterable[dict[str, Any]], out_dir: Path, stem: str) -> list[Path]:
+    """Lag and owners per queue over time from ``pxq groups --watch --json`` samples, one PNG
+    per (consumer group, topic); returns the files written."""
+    samples = sorted(
+        (line for line in lines if line.get("type") == "groups"),
+        key=lambda line: int(line.get("t_ms", 0)),
+    )
+    if not samples:
+        raise PlotError('no pxq groups samples ("type": "groups") to plot')
+    t0 = int(samples[0]["t_ms"])
+    series: dict[tuple[str, str], dict[int, list[tuple[float, int, str]]]] = {}
+    for sample in samples:
+        t = (int(sample["t_ms"]) - t0) / 1000
+        for row in sample.get("rows", []):
+            lanes = series.setdefault((str(row["group"]), str(row["topic"])), {})
+            lanes.setdefault(int(row["queue"]), []).append(
+                (t, int(row["lag"]), str(row.get("owner") or ""))
+            )
+    plt = _pyplot()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for (group, topic), lanes in sorted(series.items()):
+        fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
+        for queue, pts in sorted(lanes.items()):
+            ax1.plot([p[0] for p in pts], [p[1] for p in pts], label=f"queue {queue}", lw=1.2)
+        ax1.set_ylabel("lag (items)")
+        ax1.set_ylim(bottom=0)
+        ax1.grid(True, alpha=0.3)
+        ax1.legend(fontsize=7, ncol=4)
+        ax1.set_title(f"pxq groups: {group} on {topic} ({len(samples)} samples)", fontsize=9)
+        owners = sorted({p[2] for pts in lanes.values() for p in pts if p[2]})
+        colors = {o: plt.get_cmap("tab10")(i % 10) for i, o in enumerate(owners)}
+        for queue, pts in sorted(lanes.items()):
+            for (t, _, owner), nxt in zip(pts, [*pts[1:], None], strict=True):
+                if owner and nxt is not None:
+                    ax2.broken_barh([(t, nxt[0] - t)], (queue - 0.4, 0.8), color=colors[owner])
+        for owner in owners:
+            ax2.plot([], [], color=colors[owner], lw=6, label=owner)
+        if owners:
+            ax2.legend(fontsize=7, loc="upper right")
+        ax2.set_yticks(sorted(lanes))
+        ax2.set_ylabel("queue: owner (blank: none)")
+        ax2.set_xlabel("seconds since the first sample")
+        ax2.grid(True, axis="x", alpha=0.3)
+        fig.tight_layout()
+        path = out_dir / f"{stem}-{group}-{topic}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -72,20 +72,94 @@ def _table(rows: list[QueueState], *, owners: bool) -> None:
 @click.command("groups")
 @click.option("--group", default=None, help="Only this consumer group (default: all).")
 @click.option("--topic", default=None, help="Only this topic (default: all).")
+@click.option(
+    "--watch",
+    "watch_s",
+    type=click.FloatRange(min=0.05),
+    default=None,
+    metavar="SECONDS",
+    help="Sample every SECONDS until --samples or Ctrl-C; with --json one line per sample "
+    '({"type": "groups", "t_ms": ..., "rows": [...]}), what pxq plot --groups draws.',
+)
+@click.option(
+    "--samples",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --watch: stop after this many samples (default: never).",
+)
 @JSON_OPTION
 @CONFIG_OPTION
-def groups(group: str | None, topic: str | None, as_json: bool, config_path: Path | None) -> None:
+def groups(
+    *,
+    group: str | None,
+    topic: str | None,
+    watch_s: float | None,
+    samples: int | None,
+    as_json: bool,
+    config_path: Path | None,
+) -> None:
     """Per consumer group, topic and queue: the committed cursor, the end offset, the lag
     (end - cursor: items the group has not passed yet), and the consumer owning the queue
-    with its fencing token (from the lock service; "-" when no consumer holds it)."""
+    with its fencing token (from the lock service; "-" when no consumer holds it).
+
+    With --watch a sample that fails is reported on stderr and the watch goes on (exit 1 at
+    the end)."""
     config = _load(config_path)
     _check_selection(config, group, topic)
+    if samples is not None and watch_s is None:
+        bad_input("--samples needs --watch")
+    if watch_s is not None:
+        try:
+            failed = asyncio.run(_watch(config, group, topic, watch_s, samples, as_json=as_json))
+        except KeyboardInterrupt:
+            failed = 0
+        sys.exit(EXIT_FAILED if failed else EXIT_OK)
     rows = asyncio.run(_groups(config, group, topic, dead_letters=False))
     if as_json:
         click.echo(json.dumps([r.as_json() for r in rows], indent=1))
     else:
         _table(rows, owners=True)
     sys.exit(EXIT_OK)
+
+
+async def _watch(
+    config: ClusterConfig,
+    group: str | None,
+    topic: str | None,
+    every_s: float,
+    samples: int | None,
+    *,
+    as_json: bool,
+) -> int:
+    """Sample ``groups`` every ``every_s`` (on the loop's clock, without drift); the number
+    of samples that failed."""
+    import time
+
+    from net.client.api import AsyncClient, OutcomeUnknown, RequestFailed
+
+    loop = asyncio.get_running_loop()
+    failed = taken = 0
+    start = loop.time()
+    async with await AsyncClient.connect(config) as client:
+        while samples is None or taken < samples:
+            at_ms = int(time.time() * 1000)
+            try:
+                rows = await client.groups(group, topic)
+            except (RequestFailed, OutcomeUnknown) as exc:
+                failed += 1
+                click.echo(f"pxq: sample at {at_ms}: {exc}", err=True)
+            else:
+                if as_json:
+                    doc = {"type": "groups", "t_ms": at_ms, "rows": [r.as_json() for r in rows]}
+                    click.echo(json.dumps(doc))
+                else:
+                    click.echo(f"-- {time.strftime('%H:%M:%S', time.localtime(at_ms / 1000))}")
+                    _table(rows, owners=True)
+                sys.stdout.flush()
+            taken += 1
+            if samples is None or taken < samples:
+                await asyncio.sleep(max(0.0, start + taken * every_s - loop.time()))
+    return failed
 
 
 async def _groups(

@@ -327,6 +327,13 @@ def bench(
     help="Plot the summary lines of FILE against --x instead of a timeline.",
 )
 @click.option(
+    "--groups",
+    "groups_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Plot `pxq groups --watch --json` samples of FILE: lag and owners per queue over time.",
+)
+@click.option(
     "--x",
     "x",
     type=click.Choice(["inflight", "payload", "payload_bytes", "groups"]),
@@ -342,15 +349,24 @@ def bench(
     show_default=True,
     help="Folder for the PNG files.",
 )
-def plot(bench_file: Path | None, sweep_file: Path | None, x: str, out_dir: Path) -> None:
+def plot(
+    bench_file: Path | None,
+    sweep_file: Path | None,
+    groups_file: Path | None,
+    x: str,
+    out_dir: Path,
+) -> None:
     """PNG charts of `pxq bench` output: throughput and latency over time per run, or with
-    --sweep FILE the runs' summaries against --x (inflight, payload, groups)."""
-    from net.tools.plot import PlotError, read_lines, sweep_plot, timeline_plots
+    --sweep FILE the runs' summaries against --x (inflight, payload, groups), or with
+    --groups FILE a dashboard of `pxq groups --watch --json` samples."""
+    from net.tools.plot import PlotError, groups_plot, read_lines, sweep_plot, timeline_plots
 
-    if (bench_file is None) == (sweep_file is None):
-        _bad_input("give exactly one of BENCH_FILE and --sweep FILE")
+    if sum(f is not None for f in (bench_file, sweep_file, groups_file)) != 1:
+        _bad_input("give exactly one of BENCH_FILE, --sweep FILE and --groups FILE")
     try:
-        if sweep_file is not None:
+        if groups_file is not None:
+            written = groups_plot(read_lines(groups_file), out_dir, groups_file.stem)
+        elif sweep_file is not None:
             key = "payload_bytes" if x == "payload" else x
             written = [sweep_plot(read_lines(sweep_file), key, out_dir, sweep_file.stem)]
         else:
