@@ -19,7 +19,7 @@ import pytest
 from pxq.access import AccessPolicy, refusal_response, required_permission, token_digest
 from pxq.config import ConfigError, default_toml, load_config, loads_config
 from pxq.lock.messages import Acquire, LockError, ReadLock
-from pxq.store.messages import CommitCursor, Enqueue, Get, Retry, Seek, StoreError
+from pxq.store.messages import CommitCursor, Enqueue, Get, Retry, Seek, SeekPreview, StoreError
 
 BASE = """
 [cluster]
@@ -58,6 +58,8 @@ def test_the_permission_each_request_needs() -> None:
     assert required_permission(retry) == "consume:orders/billing"
     seek = Seek(topic="orders", group="billing", queue=None, back_ms=1)
     assert required_permission(seek) == "seek:orders/billing"
+    preview = SeekPreview(topic="orders", group="billing", queue=0, offset=3)  # seek --dry-run
+    assert required_permission(preview) == "seek:orders/billing"
     assert required_permission(Acquire(key="k", holder="h", lease_ms=10)) == "locks"
     assert required_permission(ReadLock(key="k")) == "locks"
     assert required_permission(ReadLock(key="pxq-probe-3")) is None
