@@ -49,6 +49,7 @@ from dataclasses import dataclass
 import simpy
 
 from pxq.effects import Delete, DeleteRange, Put, StorageCorruption, Write
+from pxq.store.records import Q_ITEM, ROW_HEAD_BYTES, pack_items, row_items
 from sim.memstore import MemoryStore
 from sim.network import DelaySpec
 
@@ -98,6 +99,7 @@ class DiskStats:
     torn_batches_trusted: int = 0
     corrupt_reads: int = 0
     bitflips: int = 0
+    altered_items: int = 0
     fsync_errors: int = 0
     full_rejections: int = 0
     wipes: int = 0
@@ -495,3 +497,26 @@ class SimDisk:
             self.visible.tables[table].values[key] = flipped
         self.stats.bitflips += 1
         return table, key
+
+    def alter_item(self) -> tuple[str, bytes] | None:
+        """NEGATIVE CONTROL: change the payload of one item of one random stored queue row,
+        resealed with a valid CRC (as a storage or software defect that writes a wrong but
+        well-formed record would): no checksum catches it, only live reconciliation does.
+        Returns (table, key), or None when no row is stored."""
+        table = self.durable.tables.get(Q_ITEM)
+        if table is None or not table.keys:
+            return None
+        key = table.keys[self.rng.randrange(len(table.keys))]
+        before = table.values[key]
+        row = _unseal(Q_ITEM, key, before)
+        items = row_items(row)
+        item = items[self.rng.randrange(len(items))]
+        payload: bytes = item[1]
+        item[1] = bytes((payload[0] ^ 0xFF,)) + payload[1:] if payload else b"\x00"
+        altered = row[:ROW_HEAD_BYTES] + pack_items(items)
+        sealed = altered + _crc(Q_ITEM, key, altered)
+        table.values[key] = sealed
+        if self.visible.get(Q_ITEM, key) == before:  # not overwritten by a pending batch
+            self.visible.tables[Q_ITEM].values[key] = sealed
+        self.stats.altered_items += 1
+        return Q_ITEM, key

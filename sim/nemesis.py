@@ -404,6 +404,8 @@ class Nemesis:
             match kind:
                 case "bitflip":
                     disk.bitflip()
+                case "alter_item":
+                    disk.alter_item()
                 case "fsync_error":
                     disk.fail_next_fsync = True
                 case "torn":
@@ -418,7 +420,7 @@ class Nemesis:
                     disk.trust_torn = True
         if kind == "full":
             self._check_space(targets)
-        if kind in ("bitflip", "fsync_error"):
+        if kind in ("bitflip", "alter_item", "fsync_error"):
             return None
 
         def undo() -> None:

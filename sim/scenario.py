@@ -67,6 +67,7 @@ TARGETED = {
 }
 DISK_FAULTS = (
     "bitflip",
+    "alter_item",
     "fsync_error",
     "full",
     "slow",

@@ -244,7 +244,7 @@ def test_idle_groups_propose_no_ticks() -> None:
     assert {g: c.nodes[c.masters(g)[0]].applied(g) for g in range(4)} == applied  # type: ignore[union-attr]
 
 
-def test_no_ticks_while_nothing_is_removable() -> None:
+def test_no_ticks_while_nothing_is_removable_or_to_reconcile() -> None:
     c = StoreCluster.make()
     m = c.wait_master(1)
     assert isinstance(c.request_ok(enqueue(queue=1, seq=1, n=4), group=1), EnqueueOk)
@@ -252,14 +252,21 @@ def test_no_ticks_while_nothing_is_removable() -> None:
     node = c.nodes[m]
     assert node is not None
     applied = node.applied(1)
-    c.run(5 * c.config.store(c.store).retention_tick_ms)  # the consumer group never commits
-    assert node.applied(1) == applied
+    tick_ms = c.config.store(c.store).retention_tick_ms
+    c.run(5 * tick_ms)  # the consumer group never commits: nothing to remove
+    # One reconciliation pass over the group's one queue (a slice, then its comparison).
+    assert node.applied(1) == applied + 2
+    assert node.state_machine(1).recon.passes == 1
+    c.run(5 * tick_ms)  # idle: nothing is due
+    assert node.applied(1) == applied + 2
     r = c.request_ok(CommitCursor(topic="events", group="default", queue=1, cursor=4), 1)
     assert isinstance(r, CommitOk)
-    c.run(2 * c.config.store(c.store).retention_tick_ms)
-    assert node.applied(1) == applied + 2  # the commit, then one tick
-    c.run(5 * c.config.store(c.store).retention_tick_ms)
-    assert node.applied(1) == applied + 2
+    c.run(5 * tick_ms)
+    # The commit, one retention tick, then one reconciliation pass of the changed group.
+    assert node.applied(1) == applied + 6
+    assert node.state_machine(1).recon.passes == 2
+    c.run(5 * tick_ms)
+    assert node.applied(1) == applied + 6
 
 
 def test_a_lagging_replica_installs_a_queue_store_snapshot() -> None:

@@ -24,13 +24,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
-from pxq.positional import CommandError, i64, opt_u64, pack, text, u64, unpack
+from pxq.positional import CommandError, blob, i64, opt_u64, pack, text, u64, unpack
 
 OP_ENQUEUE: Final = 1
 OP_COMMIT: Final = 2
 OP_SEEK: Final = 3
 OP_RETRY: Final = 4
 OP_TICK: Final = 5
+OP_RECONCILE: Final = 6
 FIELDS_MAX: Final = 8
 """The longest command array."""
 
@@ -93,7 +94,22 @@ class TickCmd:
     wall_ms: int
 
 
-Command: TypeAlias = EnqueueCmd | CommitCmd | SeekCmd | RetryCmd | TickCmd
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReconcileCmd:
+    """A step of live reconciliation (``pxq.store.reconcile``): compare ``check`` (the
+    proposer's figures of the previous slice) with ours, then compute the figures of the
+    slice starting at (``topic``, ``queue``, ``offset``), if ``topic`` is not None."""
+
+    wall_ms: int
+    proposer: str
+    check: bytes
+    """``pxq.codec`` encoding of a ``SliceFigures``, or empty (a pass starts)."""
+    topic: str | None
+    queue: int = 0
+    offset: int = 0
+
+
+Command: TypeAlias = EnqueueCmd | CommitCmd | SeekCmd | RetryCmd | TickCmd | ReconcileCmd
 
 
 def encode_command(cmd: Command) -> bytes:
@@ -145,6 +161,16 @@ def encode_command(cmd: Command) -> bytes:
             ]
         case TickCmd():
             fields = [OP_TICK, cmd.wall_ms]
+        case ReconcileCmd():
+            fields = [
+                OP_RECONCILE,
+                cmd.wall_ms,
+                cmd.proposer,
+                cmd.check,
+                cmd.topic,
+                cmd.queue,
+                cmd.offset,
+            ]
     return pack(fields)
 
 
@@ -198,4 +224,13 @@ def decode_command(value: bytes) -> Command:
         )
     if op == OP_TICK and n == 2:
         return TickCmd(wall_ms=u64(fields[1]))
+    if op == OP_RECONCILE and n == 7:
+        return ReconcileCmd(
+            wall_ms=u64(fields[1]),
+            proposer=text(fields[2]),
+            check=blob(fields[3]),
+            topic=None if fields[4] is None else text(fields[4]),
+            queue=u64(fields[5]),
+            offset=u64(fields[6]),
+        )
     raise CommandError(f"unknown command {op!r} with {n} fields")

@@ -19,7 +19,9 @@ owns only what is the store's:
   group (the first in this step, the others from the service's outbox, one per step), and
   their answers merge into one;
 * retention ticks: every ``retention_tick_ms`` (staggered over the groups) the master of each
-  group proposes one, if its state says the tick would remove something;
+  group proposes one, if its state says the tick would remove something; the same tick
+  carries live reconciliation (``pxq.store.reconcile``): when both are due, the two take
+  turns; any replica answers ``ReconcileStatus`` with its ``ReconcileReport``;
 * a short storage: while the driver says the space left is below its reserve
   (``StorageLow``, kept by the service in ``storage_low``), an enqueue that this replica
   would propose as the queue's master is answered at once with the definite
@@ -37,6 +39,7 @@ One input drives at most one step of the replica (see ``pxq.paxos.service``).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -65,6 +68,7 @@ from pxq.store.messages import (
     StoreError,
     StoreRedirect,
 )
+from pxq.store.reconcile import ReconcileReport, ReconcileStatus, group_report
 from pxq.store.records import NAME_BYTES_MAX, pack_items
 from pxq.store.sm import QueueStore
 
@@ -104,6 +108,9 @@ class StoreNode(ReplicatedService[QueueStore]):
         )
         self.enqueues_refused = 0
         """Enqueues answered ``storage_full`` by this incarnation."""
+        self.reconciled_last = [False] * self.groups
+        """Per group: the last tick proposed was a reconcile command (the next due retention
+        tick goes first)."""
 
     # -- hooks of ReplicatedService -------------------------------------------------------------
 
@@ -115,9 +122,24 @@ class StoreNode(ReplicatedService[QueueStore]):
             sm.end_step()
 
     def tick_command(self, group: int, time_ms: int) -> bytes | None:
-        if not self.sms[group].retention_due(time_ms):
-            return None
-        return encode_command(TickCmd(wall_ms=time_ms))
+        sm = self.sms[group]
+        retention = sm.retention_due(time_ms)
+        if retention and self.reconciled_last[group]:
+            self.reconciled_last[group] = False
+            return encode_command(TickCmd(wall_ms=time_ms))
+        recon = sm.reconcile_command(time_ms, self.node_id)
+        if recon is not None:
+            value = encode_command(recon)
+            # Figures are bounded (``reconcile.SLICE_QUEUES_MAX``, ``SLICE_BUCKETS_MAX``);
+            # a value limit set below them skips the comparison rather than the tick.
+            if len(value) > self.store.paxos.value_bytes_max:
+                value = encode_command(dataclasses.replace(recon, check=b""))
+            self.reconciled_last[group] = True
+            return value
+        if retention:
+            self.reconciled_last[group] = False
+            return encode_command(TickCmd(wall_ms=time_ms))
+        return None
 
     def decode_result(self, result: bytes) -> object:
         if not result:
@@ -149,6 +171,8 @@ class StoreNode(ReplicatedService[QueueStore]):
                 return Answer(response=self._get(now, request))
             case SeekPreview():
                 return Answer(response=self._preview_seek(now, request))
+            case ReconcileStatus():
+                return Answer(response=self._reconcile_report())
             case Enqueue():
                 cmd_or_error = self._enqueue_cmd(now, request)
                 queue: int | None = request.queue
@@ -239,6 +263,20 @@ class StoreNode(ReplicatedService[QueueStore]):
         if not self.replica.is_master(group, now):
             return StoreRedirect(master=self.master_hint(group))
         return self.sms[group].preview_seek(req, _wall(now))
+
+    def _reconcile_report(self) -> ReconcileReport:
+        """This replica's reconciliation figures and log checksums, per group (a local read:
+        every replica answers, so ``pxq reconcile`` can compare them)."""
+        groups = []
+        for g in self.replica.groups:
+            learner = g.learner
+            sm = self.sms.get(g.group)
+            if sm is None:
+                continue
+            groups.append(
+                group_report(g.group, learner.applied, learner.recent, learner.halted, sm.recon)
+            )
+        return ReconcileReport(node=self.node_id, store=self.store.name, groups=tuple(groups))
 
     def _enqueue_cmd(self, now: Now, req: Enqueue) -> Command | StoreError:
         target = self._target(req.topic, None, req.queue)

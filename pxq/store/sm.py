@@ -70,6 +70,7 @@ from pxq.positional import CommandError
 from pxq.store.commands import (
     CommitCmd,
     EnqueueCmd,
+    ReconcileCmd,
     RetryCmd,
     SeekCmd,
     TickCmd,
@@ -87,6 +88,7 @@ from pxq.store.messages import (
     StoreError,
 )
 from pxq.store.overlay import StepOverlay
+from pxq.store.reconcile import Reconciler, SliceFigures, next_slice, scrub_slice
 from pxq.store.records import (
     NAME_BYTES_MAX,
     Q_CURSOR,
@@ -178,6 +180,7 @@ class QueueStore:
         "owned",
         "producers",
         "queues",
+        "recon",
         "store",
         "view",
     )
@@ -197,12 +200,15 @@ class QueueStore:
         """In least-recently-used-first order (a use moves a producer to the end)."""
         self.owned: dict[tuple[str, int], bool] = {}
         """Cache: does this group of this store hold (base topic, queue)?"""
+        self.recon = Reconciler()
+        """Live reconciliation (``pxq.store.reconcile``): RAM only, reset by load/install."""
 
     # -- StateMachine -------------------------------------------------------------------------
 
     def load(self) -> None:
         lo, hi = group_bounds(self.group)
         self.db.end_step()
+        self.recon = Reconciler()
         self._rebuild(
             self.view.scan(Q_QUEUE, lo, hi),
             self.view.scan(Q_CURSOR, lo, hi),
@@ -215,6 +221,9 @@ class QueueStore:
             cmd = decode_command(value)
         except CommandError as exc:
             return _error("bad_request", str(exc))
+        if type(cmd) is ReconcileCmd:
+            return self._reconcile(instance, slot, cmd, fx)
+        self.recon.changed = True
         match cmd:
             case EnqueueCmd():
                 return self._enqueue(instance, slot, cmd)
@@ -227,6 +236,8 @@ class QueueStore:
             case TickCmd():
                 self._tick(cmd)
                 return b""
+            case ReconcileCmd():  # pragma: no cover - handled above, before the change mark
+                raise InvariantViolation("reconcile command reached the match")
             case _:
                 assert_never(cmd)
 
@@ -255,6 +266,7 @@ class QueueStore:
             self.db.delete_range(table, lo, hi)
         for table, key, value in records:
             self.db.put(table, key, value)
+        self.recon = Reconciler()
         self._rebuild(
             ((k, v) for t, k, v in records if t == Q_QUEUE),
             ((k, v) for t, k, v in records if t == Q_CURSOR),
@@ -327,6 +339,28 @@ class QueueStore:
         """Whether a retention tick proposed at ``wall_ms`` would remove anything (the master
         proposes none otherwise, so an idle or stalled group does not grow its log)."""
         return any(self._retention_target(q, wall_ms) is not None for q in self.queues.values())
+
+    def reconcile_command(self, wall_ms: int, proposer: str) -> ReconcileCmd | None:
+        """The reconcile command this group's master proposes at ``wall_ms``, or None when
+        none is due (``pxq.store.reconcile``)."""
+        recon = self.recon
+        if not recon.due(wall_ms):
+            return None
+        kept = recon.kept
+        at: tuple[str, int, int] | None
+        if kept is not None:
+            at = next_slice(self.queues, kept)
+            check = codec.encode(kept)
+        else:
+            if not self.queues:
+                return None
+            first = min(self.queues)
+            at, check = (*first, self.queues[first].first), b""
+        if at is None:  # the pass ends with this comparison
+            return ReconcileCmd(wall_ms=wall_ms, proposer=proposer, check=check, topic=None)
+        return ReconcileCmd(
+            wall_ms=wall_ms, proposer=proposer, check=check, topic=at[0], queue=at[1], offset=at[2]
+        )
 
     def queue_names(self) -> list[tuple[str, int]]:
         """Every (topic, queue) this group has state for, sorted."""
@@ -739,6 +773,38 @@ class QueueStore:
                 moved_offset=moved_offset,
             )
         )
+
+    # -- reconciliation ---------------------------------------------------------------------------
+
+    def _reconcile(self, instance: int, slot: int, cmd: ReconcileCmd, fx: EffectsBuilder) -> bytes:
+        """Compare the proposer's figures with ours, then scrub the next slice (no writes)."""
+        recon = self.recon
+        if cmd.check:
+            try:
+                theirs = codec.decode(cmd.check)
+            except codec.CodecError as exc:
+                return _error("bad_request", f"reconcile figures: {exc}")
+            if not isinstance(theirs, SliceFigures):
+                return _error("bad_request", "reconcile figures are not a SliceFigures")
+            recon.check(theirs, cmd.proposer, fx)
+        elif cmd.topic is not None:
+            recon.pass_started_ms = cmd.wall_ms
+            recon.changed = False
+        recon.kept = None
+        if cmd.topic is None:
+            recon.passes += 1
+            return b""
+        figures = scrub_slice(
+            self.db,
+            self.queues,
+            start_topic=cmd.topic,
+            start_queue=cmd.queue,
+            start_offset=cmd.offset,
+            instance=instance,
+            slot=slot,
+        )
+        recon.keep(figures, fx)
+        return b""
 
     # -- retention --------------------------------------------------------------------------------
 
