@@ -31,6 +31,7 @@ NEGATIVE = {
     "trusted-torn-write",
     "lock-master-mono-stall",
     "disk-wiped-amnesia",
+    "queue-altered-item",
 }
 
 
@@ -353,3 +354,22 @@ def test_same_seed_gives_the_same_digest_under_different_hash_seeds(name: str) -
     assert _digest_in_subprocess(path, 7, "2") == first
     assert _digest_in_subprocess(path, 7, "random") == first
     assert _digest_in_subprocess(path, 8, "1") != first
+
+
+def test_an_altered_stored_item_is_caught_by_reconciliation_within_the_bound() -> None:
+    """queue-altered-item alters a follower's stored item (valid checksum) at 3 s: the first
+    alarm is the follower's reconcile_mismatch on the item's bucket content, within the bound
+    of docs/operations.md ("Reconciliation"): 2 * (S + 1) store ticks, S = 1 slice here."""
+    scn = scenario.load(ROOT / "scenarios" / "queue-altered-item.toml")
+    trace = io.StringIO()
+    result = runner.run(scn, scn.seed, trace_out=trace)
+    assert result.ok and not result.safety_ok
+    assert [n for n, c in result.checks.items() if not c.ok] == ["invariants"]
+    records = [json.loads(line) for line in trace.getvalue().splitlines()]
+    (fault,) = [r for r in records if r["node"] == "nemesis" and r["kind"] == "disk"]
+    alarms = [r for r in records if r["kind"] == "alarm"]
+    assert alarms and all(a["what"] == "reconcile_mismatch" for a in alarms)
+    assert {a["node"] for a in alarms} == {fault["targets"]}
+    assert alarms[0]["differs"] == "content"
+    tick_ms = 1000  # the default retention_tick_ms the scenario runs with
+    assert alarms[0]["t_us"] - fault["t_us"] <= 2 * (1 + 1) * tick_ms * 1000
