@@ -778,6 +778,40 @@ def test_replay_window_ends_at_the_next_seek_and_ignores_failed_seeks() -> None:
     assert check_replay(h2.ops).details["missing-offsets"] == 2
 
 
+def _cursor_read(h: H, cursor: int, epoch: int) -> None:
+    read: dict[str, JSON] = {"group": "g", "topic": T, "queue": 0, "cursor": cursor}
+    h.time_ms += 1
+    h.w.invoke(h.time_ms, "c1.cursor", "cursor_read", "c1", **read, epoch=epoch)
+    h.w.ok(h.time_ms, "c1.cursor", "cursor_read", "c1", **read, epoch=epoch)
+
+
+def test_replay_window_starts_when_a_consumer_notices_the_seek() -> None:
+    # swarm-queue seed 7: a batch in flight before the seek is delivered after its invoke,
+    # and the next seek is invoked before the consumer noticed the first: the first seek's
+    # window holds only the stale batch, which is no replay (the second seek's covers it).
+    h = H()
+    for i, msg in enumerate("abcdefgh"):
+        h.enqueue(msg, i)
+    _cursor_read(h, 0, 0)
+    _in_order(h, "g", list("abcde"))
+    h.seek("g", [(0, 1)])
+    h.take("g", "f", 5)  # in flight before the seek
+    h.seek("g", [(0, 1)])
+    _cursor_read(h, 1, 2)
+    _in_order(h, "g", list("bcdefgh"), start=1)
+    result = check_replay(h.ops)
+    assert result.ok, result.summary
+    assert result.details["unnoticed-windows"] == 1
+    # A gap after the consumer noticed is still one.
+    h.seek("g", [(0, 2)])
+    _cursor_read(h, 2, 3)
+    h.take("g", "c", 2)
+    h.take("g", "e", 4)
+    result = check_replay(h.ops)
+    assert result.details["missing-offsets"] == 1
+    assert _examples(result, "replay-gap")[0]["first_missing"] == [[3, "d"]]
+
+
 def test_replay_skips_kinds_the_group_does_not_take_and_vacuous_windows() -> None:
     h = H()
     for i, kind in enumerate(["pay", "refund", "pay"]):

@@ -1430,13 +1430,19 @@ def check_replay(ops: Iterable[Op], *, group_kinds: GroupKinds | None = None) ->
     """After a seek, the group replays everything from its new cursor on.
 
     For every ``ok`` seek and every ``[queue, new_cursor]`` of its ``positions``: the group's
-    deliveries on that lane after the seek's invoke (its consumer may replay as soon as the
-    seek applies, before the seek's caller hears of it), and before the next seek that may
-    have set the same queue was invoked, include every required offset (see the module doc)
-    from ``new_cursor`` up to the highest offset among those deliveries. Violation:
-    ``replay-gap``, one offender per seek and queue, with the missing count and the first
-    missing offsets; ``missing-offsets`` counts them all. A window with no delivery at or
-    above the new cursor is vacuous (``vacuous-windows``).
+    deliveries on that lane in the seek's *window* include every required offset (see the
+    module doc) from ``new_cursor`` up to the highest offset among those deliveries. The
+    window ends when the next seek that may have set the same queue is invoked. It starts
+    when a consumer of the lane noticed a seek: at its first ``cursor_read`` after the seek's
+    invoke with a seek epoch above every epoch read on the lane before that invoke (the
+    consumer may replay as soon as the seek applies, before the seek's caller hears of it;
+    deliveries before that read come from a stream started before the seek, such as a batch
+    already in flight). A lane whose history has no ``cursor_read`` at all starts the window
+    at the seek's invoke. Violation: ``replay-gap``, one offender per seek and queue, with the
+    missing count and the first missing offsets; ``missing-offsets`` counts them all. A
+    window with no delivery at or above the new cursor is vacuous (``vacuous-windows``); so
+    is one no consumer noticed before it ended (``unnoticed-windows`` counts those: the next
+    seek's replay covers them).
 
     O(n log n): the windows of one lane are disjoint.
     """
@@ -1447,8 +1453,11 @@ def check_replay(ops: Iterable[Op], *, group_kinds: GroupKinds | None = None) ->
     for d in history.deliveries:
         by_lane.setdefault(d.lane, []).append(d)
     lane_indexes = {lane: [d.index for d in ds] for lane, ds in by_lane.items()}
+    reads: dict[Lane, list[CursorRead]] = {}
+    for r in history.cursor_reads:
+        reads.setdefault(r.lane, []).append(r)
     gaps = Offenders()
-    windows = vacuous = replayed = missing_total = 0
+    windows = vacuous = unnoticed = replayed = missing_total = 0
     for (group, topic), seeks in sorted(_lane_seeks(history).items()):
         # Invoke indexes of the seeks that may have moved each queue; ``None``: every queue.
         moved: dict[int | None, list[int]] = {}
@@ -1471,7 +1480,13 @@ def check_replay(ops: Iterable[Op], *, group_kinds: GroupKinds | None = None) ->
                 lane = (group, topic, queue)
                 ds = by_lane.get(lane, [])
                 indexes = lane_indexes.get(lane, [])
-                lo = bisect.bisect_right(indexes, seek.invoke_index)
+                start = _noticed(reads.get(lane), seek.invoke_index)
+                if start is None or start >= end:
+                    windows += 1
+                    vacuous += 1
+                    unnoticed += 1
+                    continue
+                lo = bisect.bisect_right(indexes, start)
                 hi = bisect.bisect_left(indexes, end)
                 window = ds[lo:hi]
                 windows += 1
@@ -1510,10 +1525,21 @@ def check_replay(ops: Iterable[Op], *, group_kinds: GroupKinds | None = None) ->
             "seeks": len(history.seeks),
             "windows": windows,
             "vacuous-windows": vacuous,
+            "unnoticed-windows": unnoticed,
             "replayed-deliveries": replayed,
             "missing-offsets": missing_total,
         },
     )
+
+
+def _noticed(reads: list[CursorRead] | None, invoke_index: int) -> int | None:
+    """Where a seek invoked at ``invoke_index`` is first seen to have been noticed on a lane
+    with these cursor reads (in index order): the first read after the invoke with an epoch
+    above every epoch read before it. The invoke itself if the lane has no reads at all."""
+    if not reads:
+        return invoke_index
+    before = max((r.epoch for r in reads if r.index < invoke_index), default=-1)
+    return next((r.index for r in reads if r.index > invoke_index and r.epoch > before), None)
 
 
 # --------------------------------------------------------------------------------------------
