@@ -441,7 +441,7 @@ async def _consume(
         # and renews this consumer's leases (pxq.cli.output). A batch is committed once its
         # lines were written; a failed write leaves the loop, uncommitted.
         sys.stdout.flush()
-        printer = LinePrinter(sys.stdout.fileno())
+        printer = LinePrinter.stdout()
         try:
             async with consumer:
                 async for batch in consumer.batches():

@@ -13,26 +13,31 @@ One block is written at a time (``write`` refuses a second while one is pending)
 between the loop and the thread is bounded by construction. A failed write (the reader closed
 the pipe) fails the future and every later ``write``. The thread writes with ``os.write`` to the
 descriptor, not through ``sys.stdout``: a write blocked at exit then holds no lock that the
-interpreter's own flush of ``sys.stdout`` would wait for.
+interpreter's own flush of ``sys.stdout`` would wait for. A standard output without a
+descriptor (a test harness capturing it) is written through its ``buffer`` instead.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import queue
+import sys
 import threading
+from collections.abc import Callable
 
 STOP_JOIN_TIMEOUT_S = 5.0
 """How long ``close`` waits for the writer thread to finish a write in progress."""
 
 
 class LinePrinter:
-    """Writes blocks of text to the file descriptor ``fd`` from a daemon thread, in order."""
+    """Writes blocks of text with ``write_some`` (``os.write`` to a descriptor: it writes a
+    prefix of the bytes and returns its length) from a daemon thread, in order."""
 
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
+    def __init__(self, write_some: Callable[[memoryview], int]) -> None:
+        self._write_some = write_some
         self._blocks: queue.Queue[tuple[bytes, asyncio.Future[None]] | None] = queue.Queue(
             maxsize=1
         )
@@ -40,6 +45,22 @@ class LinePrinter:
         self._error: OSError | None = None
         self._thread = threading.Thread(target=self._main, name="pxq-stdout", daemon=True)
         self._thread.start()
+
+    @classmethod
+    def stdout(cls) -> LinePrinter:
+        """A printer of this process's standard output."""
+        try:
+            fd = sys.stdout.fileno()
+        except (io.UnsupportedOperation, AttributeError, ValueError):
+            stream = sys.stdout.buffer
+
+            def write_all(view: memoryview) -> int:
+                stream.write(view)
+                stream.flush()
+                return len(view)
+
+            return cls(write_all)
+        return cls(lambda view: os.write(fd, view))
 
     async def write(self, text: str) -> None:
         """Write ``text`` (UTF-8); returns once all of it was written. Raises the
@@ -67,7 +88,7 @@ class LinePrinter:
             try:
                 view = memoryview(data)
                 while view:
-                    view = view[os.write(self._fd, view) :]
+                    view = view[self._write_some(view) :]
             except OSError as exc:
                 self._error = exc
                 _resolve(fut, exc)
