@@ -97,3 +97,26 @@ class PeerIdentityMismatch(NotConnected):
 class LoginRefused(NotConnected):
     """The node refused the client's login token (unknown, or TLS off); the connection was
     closed before any call was sent (definite)."""
+
+
+class ConnectRefused(NotConnected):
+    """The connection could not be set up, and no call was sent on it (definite): the connect
+    was refused or timed out, or the node refused the client in its ``Welcome`` (a budget),
+    or closed the connection before answering the ``ClientHello``. The message names the
+    address and the reason."""
+
+
+class ForeignCluster(ConnectRefused):
+    """The node reached belongs to another cluster (another name or id) and refused the
+    client, or is another node than the one meant; nothing was sent (definite). The message
+    names both clusters."""
+
+
+class MetadataMismatch(ConnectRefused):
+    """The node belongs to the client's cluster, but the routing metadata of the client's
+    cluster file differs from the node's (``pxq.config.identity``): the client must not route
+    with it. ``differences`` names what differs; nothing was sent (definite)."""
+
+    def __init__(self, message: str, differences: list[str]) -> None:
+        super().__init__(message)
+        self.differences = differences

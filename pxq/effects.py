@@ -396,6 +396,21 @@ class Response:
     body: object
 
 
+@_fast_init
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Undelivered:
+    """``Request(req_id)`` definitely did not reach node ``src``, received as
+    ``Received(src, Undelivered(req_id, reason))``: the driver could not set up a connection to
+    it, or the node refused the client before reading any of its calls. The node did not see
+    the request (unlike a timeout or a lost connection, which say nothing). ``reason`` names
+    the address and why. Only a driver with connections produces it, and only for a client
+    machine that asks for it (the producer); the simulator's network loses requests
+    silently and never does."""
+
+    req_id: int
+    reason: str
+
+
 # --------------------------------------------------------------------------------------------
 # Storage view and node protocols
 

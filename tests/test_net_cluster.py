@@ -12,7 +12,7 @@ import asyncio
 import socket
 from pathlib import Path
 
-from net.client.connection import NodeClient
+from net.client.connection import ClusterIdentity, NodeClient
 from net.cluster.inprocess import LocalCluster
 from pxq.config import ClusterConfig, loads_config
 from pxq.effects import NodeId
@@ -72,7 +72,9 @@ def three_replicas() -> ClusterConfig:
 
 async def call(cluster: LocalCluster, node: NodeId, request: object) -> object:
     replica = next(r for r in cluster.config.store(STORE).replicas if r.node == node)
-    client = await NodeClient.connect(replica.host, replica.port, config=FAST)
+    client = await NodeClient.connect(
+        replica.host, replica.port, cluster=ClusterIdentity.of(cluster.config), config=FAST
+    )
     try:
         return await client.call(request, timeout_s=T)
     finally:

@@ -21,7 +21,7 @@ from net.client.connection import _ClientProtocol
 from net.config import NetConfig
 from net.errors import ConnectionLost, FrameError
 from net.node.transport import ConnKind, InboundConnection
-from net.wire.envelope import ENVELOPES, Call, CallReply, Hello, Login
+from net.wire.envelope import ENVELOPES, Call, CallReply, ClientHello, Hello, Login, Welcome
 from net.wire.framing import HEADER, FrameDecoder, encode_frame, frame
 from pxq import codec
 from tests.test_net_support import Blob, Count, Incr, Ping
@@ -138,8 +138,9 @@ class FakeHost:
     def accept_login(self, conn: InboundConnection, login: Login) -> str | None:
         return "no logins"
 
-    def accept_client(self, conn: InboundConnection) -> str | None:
-        return None
+    def accept_client(self, conn: InboundConnection, hello: ClientHello) -> Welcome:
+        error = "" if hello.cluster == "c" else "another cluster"
+        return Welcome(node="p0", cluster="c", cluster_id="", error=error)
 
     def peer_message(self, src: str, msg: object) -> None:
         self.messages.append((src, msg))
@@ -201,9 +202,12 @@ def _valid_peer_stream() -> bytes:
     return b"".join(encode_frame(m, frame_bytes_max=LIMIT) for m in msgs)
 
 
+CLIENT_HELLO = ClientHello(cluster="c", cluster_id="", fingerprint="")
+
+
 def _valid_client_stream() -> bytes:
     calls = [Call(req_id=i, request=codec.encode(Incr(by=i))) for i in range(3)]
-    return b"".join(encode_frame(c, frame_bytes_max=LIMIT) for c in calls)
+    return b"".join(encode_frame(c, frame_bytes_max=LIMIT) for c in [CLIENT_HELLO, *calls])
 
 
 _mutation = st.tuples(
@@ -268,10 +272,20 @@ def _frames(*msgs: object) -> bytes:
         (_frames(Hello(node="p1", cluster="other")), "Hello refused"),
         (_frames(Hello(node="p1", cluster="c"), Call(req_id=1, request=b"")), "Call on the peer"),
         (_frames(Hello(node="p1", cluster="c"), Hello(node="p1", cluster="c")), "Hello on the"),
-        (_frames(Call(req_id=1, request=codec.encode(Ping(n=1))), Ping(n=2)), "only Call"),
-        (_frames(Call(req_id=1, request=b"\x93\x01")), "undecodable request"),
+        (_frames(Call(req_id=1, request=codec.encode(Ping(n=1)))), "first frame is Call"),
         (
-            _frames(Call(req_id=1, request=codec.encode(Hello(node="p1", cluster="c")))),
+            _frames(ClientHello(cluster="x", cluster_id="", fingerprint="")),
+            "client refused: another cluster",
+        ),
+        (
+            _frames(CLIENT_HELLO, Call(req_id=1, request=codec.encode(Ping(n=1))), Ping(n=2)),
+            "only Call",
+        ),
+        (_frames(CLIENT_HELLO, Call(req_id=1, request=b"\x93\x01")), "undecodable request"),
+        (
+            _frames(
+                CLIENT_HELLO, Call(req_id=1, request=codec.encode(Hello(node="p1", cluster="c")))
+            ),
             "nests an envelope",
         ),
         (frame(b"\x93\x01\x18\x2a"), "undecodable frame"),  # [1, 24, 42]: unknown tag 24
@@ -295,7 +309,7 @@ def test_first_frame_timeout_closes_a_silent_connection() -> None:
 
     conn = asyncio.run(run())
     assert conn.kind is ConnKind.CLOSED
-    assert conn.close_reason is not None and "no Hello or Call" in conn.close_reason
+    assert conn.close_reason is not None and "no Hello or ClientHello" in conn.close_reason
 
 
 # -- the client's side ----------------------------------------------------------------------

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from net.client.connection import NodeClient
+from net.client.connection import ClusterIdentity, NodeClient
 from net.client.driver import NodePool, node_addresses
 from net.cluster.inprocess import LocalCluster
 from net.cluster.probe import lock_probe_keys, probed_groups
@@ -56,7 +56,9 @@ def lock_cluster_config(lock_groups: int = 1) -> ClusterConfig:
 
 async def call(cluster: LocalCluster, node: NodeId, request: object) -> object:
     host, port = cluster.address_of(node)
-    client = await NodeClient.connect(host, port, config=FAST)
+    client = await NodeClient.connect(
+        host, port, cluster=ClusterIdentity.of(cluster.config), config=FAST
+    )
     try:
         return await client.call(request, timeout_s=T)
     finally:

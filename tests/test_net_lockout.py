@@ -27,12 +27,21 @@ from typing import Any
 import pytest
 
 from net.config import NetConfig
+from net.errors import ConnectRefused
 from net.node.runner import NodeRunner
-from net.wire.envelope import Hello
-from net.wire.framing import encode_frame
+from net.wire.envelope import Hello, Welcome
+from net.wire.framing import FrameDecoder, encode_frame
+from pxq import codec
 from pxq.config import ConnectionsConfig, loads_config
 from tests.test_config import BASE, error
-from tests.test_net_runner import call_frame, connect, decode_replies, pings_from, recv_all
+from tests.test_net_runner import (
+    CLIENT_HELLO,
+    call_frame,
+    connect,
+    decode_replies,
+    pings_from,
+    recv_all,
+)
 from tests.test_net_support import (
     CLUSTER,
     Broadcast,
@@ -89,10 +98,22 @@ def is_open(sock: socket.socket) -> bool:
         return False
 
 
+_greeted: set[socket.socket] = set()
+
+
 async def call_once(sock: socket.socket, req_id: int, request: object) -> object:
-    """Send one call on a raw client socket and read its reply."""
-    sock.send(call_frame(req_id, request))
-    replies = decode_replies(await recv_all(sock, until_closed=False))
+    """Send one call on a raw client socket (its ClientHello first, the first time) and read
+    its reply."""
+    hello = b"" if sock in _greeted else CLIENT_HELLO
+    _greeted.add(sock)
+    sock.send(hello + call_frame(req_id, request))
+    data = b""
+    while True:
+        chunk = await recv_all(sock, until_closed=False)
+        data += chunk
+        replies = decode_replies(data)
+        if replies or not hello or not chunk:  # answered, or closed
+            break
     assert [rid for rid, _ in replies] == [req_id]
     return replies[0][1]
 
@@ -185,7 +206,7 @@ def test_an_idle_client_connection_is_closed_after_the_idle_timeout(
         busy = socket_from(a)
         try:
             assert await call_once(idle, 1, GetCount()) == Count(n=0)
-            busy.send(call_frame(1, Hold()))  # never answered: an open call
+            busy.send(CLIENT_HELLO + call_frame(1, Hold()))  # never answered: an open call
             closed = await recv_all(idle, until_closed=True, timeout_s=2.0)
             assert closed == b""
             await asyncio.sleep(0.3)  # three idle timeouts more
@@ -244,11 +265,20 @@ def test_clients_beyond_the_per_address_limit_are_refused_with_a_logged_reason(
         assert await second.call(Incr(), T) == Count(n=2)
         third = socket_from(runner)
         inputs = node.inputs
-        third.send(call_frame(1, Incr()))
-        assert await recv_all(third, until_closed=True) == b""  # no reply, closed
+        third.send(CLIENT_HELLO + call_frame(1, Incr()))
+        # The refusal is the Welcome's error, then the close: no reply, nothing read.
+        answer = FrameDecoder(frame_bytes_max=1024).feed(await recv_all(third, until_closed=True))
+        welcome = codec.decode(answer[0]) if len(answer) == 1 else answer
+        assert isinstance(welcome, Welcome) and "2 client connections from" in welcome.error
         third.close()
         assert node.inputs == inputs  # the refused call never reached the node
         assert runner.stats.connections_refused == 1
+        # A client refused so knows that nothing was sent: a definite ConnectRefused, not a
+        # lost connection (outcome unknown).
+        with pytest.raises(ConnectRefused, match="2 client connections from 127"):
+            await connect(runner)
+        assert node.inputs == inputs
+        assert runner.stats.connections_refused == 2
         # Another address has its own allowance; the admitted clients carry on.
         elsewhere = socket_from(runner, "127.0.0.2")
         assert await call_once(elsewhere, 1, Incr()) == Count(n=3)

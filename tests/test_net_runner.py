@@ -25,13 +25,14 @@ from typing import Any
 
 import pytest
 
-from net.client.connection import NodeClient
+from net.client.connection import ClusterIdentity, NodeClient
 from net.config import MIB, NetConfig
 from net.errors import (
     AddressInUse,
     BootFailed,
     CallTimeout,
     ConnectionLost,
+    ConnectRefused,
     DataDirError,
     DataDirMismatch,
     NotConnected,
@@ -40,10 +41,11 @@ from net.errors import (
 )
 from net.node.runner import DriverStorage, NodeRunner, RunnerState, StorageOpener
 from net.node.storage import LmdbStorage, SealedBatch, StorageSpace, WriteOutcome
-from net.wire.envelope import Call, CallReply, Hello
+from net.wire.envelope import Call, CallReply, ClientHello, Hello, Welcome
 from net.wire.framing import HEADER, FrameDecoder, encode_frame, frame
 from pxq import codec
 from pxq.config import STORAGE_RESERVE_MIN_BYTES
+from pxq.config.identity import fingerprint
 from pxq.effects import Write
 from tests.test_net_storage import _flip, _tamper
 from tests.test_net_support import (
@@ -70,13 +72,36 @@ T = 5.0  # call timeout in seconds; every wait below is bounded
 
 async def connect(runner: NodeRunner) -> NodeClient:
     host, port = runner.address
-    return await NodeClient.connect(host, port, config=FAST)
+    return await NodeClient.connect(host, port, cluster=ClusterIdentity(name=CLUSTER), config=FAST)
 
 
-def raw_socket(runner: NodeRunner) -> socket.socket:
+CLIENT_HELLO = encode_frame(
+    ClientHello(cluster=CLUSTER, cluster_id="", fingerprint=fingerprint("")), frame_bytes_max=1024
+)
+"""What a client of the test runners (no id, no metadata) sends first."""
+
+
+async def raw_socket(runner: NodeRunner, *, hello: bool = True) -> socket.socket:
+    """A non-blocking socket to ``runner``; with ``hello``, its ClientHello was sent and the
+    node's Welcome read (a client connection ready for calls)."""
     sock = socket.create_connection(runner.address, timeout=T)
     sock.setblocking(False)
+    if hello:
+        sock.send(CLIENT_HELLO)
+        data = await recv_all(sock, until_closed=False)
+        payloads = FrameDecoder(frame_bytes_max=2**20).feed(data)
+        welcome = codec.decode(payloads[0]) if payloads else None
+        assert isinstance(welcome, Welcome) and not welcome.error, welcome
+        assert data == encode_frame(welcome, frame_bytes_max=2**20)  # nothing else came
     return sock
+
+
+def without_welcome(data: bytes) -> bytes:
+    """``data`` read from a raw client socket, without a leading Welcome frame."""
+    payloads = FrameDecoder(frame_bytes_max=2**20).feed(data) if data else []
+    if payloads and isinstance(codec.decode(payloads[0]), Welcome):
+        return data[HEADER.size + len(payloads[0]) :]
+    return data
 
 
 async def recv_all(sock: socket.socket, *, until_closed: bool, timeout_s: float = T) -> bytes:
@@ -108,6 +133,8 @@ def decode_replies(data: bytes) -> list[tuple[int, object]]:
     out = []
     for payload in FrameDecoder(frame_bytes_max=2**20).feed(data):
         reply = codec.decode(payload)
+        if isinstance(reply, Welcome):
+            continue  # the answer to a raw socket's ClientHello
         assert isinstance(reply, CallReply)
         out.append((reply.req_id, codec.decode(reply.response)))
     return out
@@ -133,8 +160,12 @@ class PeekingStorage(LmdbStorage):
         return super().write(batch)
 
 
-def peeking_opener(data_dir: Path, cluster: str, node: str, config: NetConfig) -> DriverStorage:
-    return PeekingStorage.open(data_dir, cluster=cluster, node=node, config=config)
+def peeking_opener(
+    data_dir: Path, cluster: str, node: str, config: NetConfig, *, cluster_id: str = ""
+) -> DriverStorage:
+    return PeekingStorage.open(
+        data_dir, cluster=cluster, node=node, config=config, cluster_id=cluster_id
+    )
 
 
 class ReleasesBeforeCommit(NodeRunner):
@@ -170,7 +201,7 @@ def test_reply_reaches_the_socket_only_after_the_commit(tmp_path: Path, broken: 
         storage = runner.storage
         assert isinstance(storage, PeekingStorage)
         storage.seen_at_commit = []
-        sock = raw_socket(runner)
+        sock = await raw_socket(runner)
         storage.sock = sock
         try:
             for i in range(1, 4):
@@ -203,7 +234,9 @@ class FailingStorage(LmdbStorage):
 
 
 def test_failed_commit_releases_nothing_and_stops_the_node(tmp_path: Path) -> None:
-    def opener(data_dir: Path, cluster: str, node: str, config: NetConfig) -> DriverStorage:
+    def opener(
+        data_dir: Path, cluster: str, node: str, config: NetConfig, *, cluster_id: str = ""
+    ) -> DriverStorage:
         return FailingStorage.open(data_dir, cluster=cluster, node=node, config=config)
 
     async def main() -> None:
@@ -219,7 +252,7 @@ def test_failed_commit_releases_nothing_and_stops_the_node(tmp_path: Path) -> No
         assert await runner.wait_stopped() is not None
         assert runner.state is RunnerState.CRASHED
         assert runner.crash_reason is not None and "disk full" in runner.crash_reason
-        with pytest.raises(OSError):  # the listener is closed
+        with pytest.raises(ConnectRefused):  # the listener is closed
             await connect(runner)
         await client.close()
         # The failed turn's write never became durable.
@@ -252,7 +285,9 @@ class GatedStorage(LmdbStorage):
         return super().write(batch)
 
 
-def gated_opener(data_dir: Path, cluster: str, node: str, config: NetConfig) -> DriverStorage:
+def gated_opener(
+    data_dir: Path, cluster: str, node: str, config: NetConfig, *, cluster_id: str = ""
+) -> DriverStorage:
     storage = GatedStorage.open(data_dir, cluster=cluster, node=node, config=config)
     if not isinstance(storage, GatedStorage):
         raise TypeError("GatedStorage.open returned another class")
@@ -502,10 +537,18 @@ BAD_STREAMS = {
     "hello-claiming-the-node-itself": encode_frame(
         Hello(node="n0", cluster=CLUSTER), frame_bytes_max=1024
     ),
-    "call-with-garbage-request": encode_frame(
-        Call(req_id=1, request=b"\x01"), frame_bytes_max=1024
+    "call-without-client-hello": call_frame(1, GetCount()),
+    "client-hello-of-another-cluster": encode_frame(
+        ClientHello(cluster="x", cluster_id="", fingerprint=""), frame_bytes_max=1024
     ),
-    "call-then-ping": call_frame(1, GetCount()) + encode_frame(Ping(n=1), frame_bytes_max=1024),
+    "client-hello-of-another-cluster-id": encode_frame(
+        ClientHello(cluster=CLUSTER, cluster_id="c-other", fingerprint=""), frame_bytes_max=1024
+    ),
+    "call-with-garbage-request": CLIENT_HELLO
+    + encode_frame(Call(req_id=1, request=b"\x01"), frame_bytes_max=1024),
+    "call-then-ping": CLIENT_HELLO
+    + call_frame(1, GetCount())
+    + encode_frame(Ping(n=1), frame_bytes_max=1024),
 }
 
 
@@ -519,9 +562,9 @@ def test_malformed_input_closes_only_its_connection_and_steps_nothing(tmp_path: 
             for name, stream in BAD_STREAMS.items():
                 steps = a.stats.steps
                 inputs = counter_of(a).inputs
-                sock = raw_socket(a)
+                sock = await raw_socket(a, hello=False)
                 sock.send(stream)
-                rest = await recv_all(sock, until_closed=True)
+                rest = without_welcome(await recv_all(sock, until_closed=True))
                 sock.close()
                 if name == "call-then-ping":  # the valid call before the violation is answered
                     assert decode_replies(rest) == [(1, Count(n=1))]
@@ -548,7 +591,7 @@ def test_silent_connection_is_closed_after_the_first_frame_timeout(tmp_path: Pat
     async def main() -> None:
         runner = make_runner(tmp_path, config=NetConfig(first_frame_timeout_ms=30))
         await runner.start()
-        sock = raw_socket(runner)
+        sock = await raw_socket(runner, hello=False)
         sock.send(b"\x00\x00\x00")  # never completes a frame
         assert await recv_all(sock, until_closed=True) == b""
         sock.close()
@@ -600,7 +643,9 @@ def space_opener(room: int) -> StorageOpener:
     """Opens a ``SpaceStorage`` that reports ``room`` from the start (the runner measures it
     before Boot)."""
 
-    def opener(data_dir: Path, cluster: str, node: str, config: NetConfig) -> DriverStorage:
+    def opener(
+        data_dir: Path, cluster: str, node: str, config: NetConfig, *, cluster_id: str = ""
+    ) -> DriverStorage:
         storage = SpaceStorage.open(data_dir, cluster=cluster, node=node, config=config)
         assert isinstance(storage, SpaceStorage)
         storage.room = room
@@ -930,7 +975,7 @@ def test_a_client_with_too_many_open_calls_is_not_read_from(tmp_path: Path) -> N
         runner = make_runner(tmp_path, config=NetConfig(conn_calls_open_max=2))
         await runner.start()
         node = counter_of(runner)
-        sock = raw_socket(runner)
+        sock = await raw_socket(runner)
         sock.send(call_frame(1, Hold()) + call_frame(2, Hold()))
         await wait_until(lambda: node.inputs == 3, what="Boot and two calls")
         sock.send(call_frame(3, Incr()))

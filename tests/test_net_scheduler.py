@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from net.client.connection import NodeClient
+from net.client.connection import ClusterIdentity, NodeClient
 from net.cluster.inprocess import LocalCluster
 from net.cluster.scheduler import run_scheduler
 from pxq.config import loads_config
@@ -28,7 +28,9 @@ async def lock_call(cluster: LocalCluster, request: object) -> object:
         master = await cluster.lock_master_of(0)
         if master is not None:
             host, port = cluster.address_of(master)
-            client = await NodeClient.connect(host, port, config=FAST)
+            client = await NodeClient.connect(
+                host, port, cluster=ClusterIdentity.of(cluster.config), config=FAST
+            )
             try:
                 answer = await client.call(request, timeout_s=5.0)
             finally:

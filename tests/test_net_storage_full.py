@@ -224,7 +224,7 @@ async def consume_all(client: AsyncClient, acked: Iterable[bytes]) -> None:
 
 def test_a_short_storage_refuses_enqueues_and_serves_gets(tmp_path: Path) -> None:
     """While the storage is short, the store node refuses enqueues and serves a Get."""
-    from net.client.connection import NodeClient
+    from net.client.connection import ClusterIdentity, NodeClient
     from pxq.store.messages import Enqueue, Get, GetOk, StoreError
     from pxq.store.messages import Item as StoreItem
 
@@ -241,7 +241,9 @@ def test_a_short_storage_refuses_enqueues_and_serves_gets(tmp_path: Path) -> Non
         try:
             await cluster.wait_for_masters(timeout_s=10.0)
             host, port = cluster.address_of("s0")
-            client = await NodeClient.connect(host, port, config=FAST)
+            client = await NodeClient.connect(
+                host, port, cluster=ClusterIdentity.of(cluster.config), config=FAST
+            )
             try:
                 item = StoreItem(key=b"k", payload=b"v")
                 enq = Enqueue(topic=TOPIC, queue=0, producer="p", seq=1, items=(item,))

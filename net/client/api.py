@@ -267,7 +267,11 @@ class AsyncClient:
             rng = random.Random(self._rng.getrandbits(128))
             machine = Producer(self._producer_settings, rng, name=self.name)
             driver = MachineDriver(
-                machine, self._pool, request_timeout_ms=self._request_timeout_ms, name="producer"
+                machine,
+                self._pool,
+                request_timeout_ms=self._request_timeout_ms,
+                name="producer",
+                report_undelivered=True,
             )
             self._producer = driver
         return driver

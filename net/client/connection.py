@@ -1,5 +1,15 @@
 """Low-level client: one TCP connection to one node, carrying pipelined request/response calls.
 
+``NodeClient.connect`` opens the connection and says first which cluster it means: a
+``ClientHello`` with the cluster's name and id and its routing metadata's fingerprint
+(``ClusterIdentity``, from the client's cluster file), and the node it meant to reach. It sends
+nothing else until the node's ``Welcome``: a node of another cluster refuses it
+(``ForeignCluster``, naming both), so does a node over its connection budget
+(``ConnectRefused``), and a node whose routing metadata differs answers with its own, which
+the client refuses to use (``MetadataMismatch``, naming what differs). Every failure to set
+a connection up (refused, timed out, TLS handshake, refusals) is a ``ConnectRefused`` (a
+``NotConnected``) naming the address: no call was sent, so it is definite.
+
 ``NodeClient.call(request, timeout_s)`` sends ``Call(req_id, encode(request))`` and waits for
 the ``CallReply`` with the same ``req_id``; any number of calls may be open at once (up to
 ``NetConfig.client_calls_inflight_max``), and the frames of one loop turn go out in one write.
@@ -26,23 +36,50 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass, field
 from typing import cast
 
 from net.config import NetConfig
 from net.errors import (
     CallTimeout,
     ConnectionLost,
+    ConnectRefused,
+    ForeignCluster,
     FrameError,
     LoginRefused,
+    MetadataMismatch,
     NotConnected,
     PeerIdentityMismatch,
 )
 from net.tls import node_identity, peer_identity
-from net.wire.envelope import Call, CallReply, Login, LoginReply
+from net.wire.envelope import Call, CallReply, ClientHello, Login, LoginReply, Welcome
 from net.wire.framing import FrameDecoder, decode_payload, encode_frame
 from pxq import codec
+from pxq.config import ClusterConfig
+from pxq.config.identity import describe_cluster, fingerprint, metadata_differences, metadata_text
 
 log = logging.getLogger("pxq.net.client")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterIdentity:
+    """The cluster a client means: name and id of its cluster file and the routing metadata
+    it routes with (``pxq.config.identity.metadata_text``; "" in tests of bare runners)."""
+
+    name: str
+    id: str = ""
+    metadata: str = ""
+    fingerprint: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fingerprint", fingerprint(self.metadata))
+
+    @classmethod
+    def of(cls, config: ClusterConfig) -> ClusterIdentity:
+        return cls(name=config.name, id=config.id, metadata=metadata_text(config))
+
+    def describe(self) -> str:
+        return describe_cluster(self.name, self.id)
 
 
 class _ClientProtocol(asyncio.Protocol):
@@ -57,6 +94,7 @@ class _ClientProtocol(asyncio.Protocol):
         self._flush_scheduled = False
         self._drained: asyncio.Future[None] | None = None  # set while writing is paused
         self.login: asyncio.Future[LoginReply] | None = None  # a Login's answer, awaited
+        self.welcome: asyncio.Future[Welcome] | None = None  # a ClientHello's answer, awaited
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
@@ -78,6 +116,10 @@ class _ClientProtocol(asyncio.Protocol):
                 if type(reply) is LoginReply and login is not None and not login.done():
                     login.set_result(reply)
                     continue
+                welcome = self.welcome
+                if type(reply) is Welcome and welcome is not None and not welcome.done():
+                    welcome.set_result(reply)
+                    continue
                 if type(reply) is not CallReply:
                     raise codec.CodecError(f"expected CallReply, got {type(reply).__name__}")
                 response = decode_payload(reply.response, frame_bytes_max=self._frame_bytes_max)
@@ -95,6 +137,10 @@ class _ClientProtocol(asyncio.Protocol):
         self._fail_all(reason)
         if self.login is not None and not self.login.done():
             self.login.set_exception(LoginRefused(f"no answer to the Login: {reason}"))
+        if self.welcome is not None and not self.welcome.done():
+            self.welcome.set_exception(
+                ConnectRefused(f"no answer to the ClientHello (no call was sent): {reason}")
+            )
         # Waiters for the write buffer to drain wake up and find the connection closed.
         self.resume_writing()
         if not self.lost.done():
@@ -156,6 +202,70 @@ async def _login(protocol: _ClientProtocol, token: str, config: NetConfig, label
         raise LoginRefused(f"{label} refused the login token: {reply.error}")
 
 
+def _os_reason(exc: OSError) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is the node running?)"
+    text = exc.strerror or str(exc) or type(exc).__name__
+    if type(exc).__module__ == "ssl" or "SSL" in type(exc).__name__:
+        return f"TLS handshake failed: {text} (a node of another cluster, or another CA?)"
+    return text
+
+
+async def _handshake(
+    transport: asyncio.Transport,
+    protocol: _ClientProtocol,
+    *,
+    config: NetConfig,
+    label: str,
+    cluster: ClusterIdentity,
+    node: str | None,
+) -> None:
+    """Everything between the TCP connect and the first call (see the module docstring)."""
+    tls = config.tls
+    if tls is not None:
+        # Who the server is, before anything (a token above all) is sent to it.
+        identity = peer_identity(transport)
+        wanted = node_identity(node) if node is not None else None
+        if identity is None or (
+            identity != wanted if wanted is not None else not identity.startswith("node:")
+        ):
+            raise PeerIdentityMismatch(
+                f"the node at {label} is {identity or 'unauthenticated'}, "
+                f"not {wanted or 'a node of the cluster'}"
+            )
+        if tls.token is not None:
+            await _login(protocol, tls.token, config, label)
+    protocol.welcome = asyncio.get_running_loop().create_future()
+    hello = ClientHello(
+        cluster=cluster.name,
+        cluster_id=cluster.id,
+        fingerprint=cluster.fingerprint,
+        node=node or "",
+    )
+    protocol.queue(encode_frame(hello, frame_bytes_max=config.frame_bytes_max))
+    welcome = await protocol.welcome
+    protocol.welcome = None
+    theirs = describe_cluster(welcome.cluster, welcome.cluster_id)
+    if (welcome.cluster, welcome.cluster_id) != (cluster.name, cluster.id):
+        raise ForeignCluster(
+            f"{label} is node {welcome.node} of {theirs}, not of this client's "
+            f"{cluster.describe()}: {welcome.error or 'another cluster'}"
+        )
+    if welcome.error:
+        refused = ForeignCluster if node and welcome.node != node else ConnectRefused
+        raise refused(f"{label} (node {welcome.node}) refused the client: {welcome.error}")
+    if node is not None and welcome.node != node:
+        raise ForeignCluster(f"{label} is node {welcome.node} of {theirs}, not {node}")
+    if welcome.metadata:
+        differences = metadata_differences(cluster.metadata, welcome.metadata)
+        raise MetadataMismatch(
+            f"the cluster file's routing metadata differs from {theirs}'s (node "
+            f"{welcome.node} at {label}): {'; '.join(differences)}; refusing to route with "
+            f"it (use the cluster's own file)",
+            differences,
+        )
+
+
 class NodeClient:
     """A connection to one node (see the module docstring). Use ``NodeClient.connect``."""
 
@@ -168,37 +278,52 @@ class NodeClient:
 
     @classmethod
     async def connect(
-        cls, host: str, port: int, *, config: NetConfig | None = None, node: str | None = None
+        cls,
+        host: str,
+        port: int,
+        *,
+        cluster: ClusterIdentity,
+        config: NetConfig | None = None,
+        node: str | None = None,
     ) -> NodeClient:
         """Connect to the node at ``host:port`` (named ``node``, if known: with TLS its
-        certificate must say so); ``OSError`` (``ssl.SSLError`` included) or
-        ``TimeoutError`` on failure, ``PeerIdentityMismatch`` for another identity,
-        ``LoginRefused`` for a token the node does not know."""
+        certificate must say so, and the node's ``Welcome`` too) as a client of ``cluster``.
+
+        Raises a ``ConnectRefused`` naming the address for every failure to set the
+        connection up, nothing having been sent: ``ForeignCluster`` (another cluster, or
+        another node than ``node``), ``MetadataMismatch`` (the routing metadata differs),
+        ``PeerIdentityMismatch`` (a certificate of another identity), ``LoginRefused`` (a
+        token the node does not know), or a plain ``ConnectRefused`` (refused, timed out, a
+        TLS handshake failure, a node refusing clients)."""
         config = config or NetConfig()
-        loop = asyncio.get_running_loop()
-        tls = config.tls
-        async with asyncio.timeout(config.client_connect_timeout_ms / 1000):
-            transport, protocol = await loop.create_connection(
-                lambda: _ClientProtocol(config),
-                host,
-                port,
-                ssl=None if tls is None else tls.client,
-            )
-            if tls is not None:
-                # Who the server is, before anything (a token above all) is sent to it.
-                identity = peer_identity(transport)
-                wanted = node_identity(node) if node is not None else None
-                if identity is None or (
-                    identity != wanted if wanted is not None else not identity.startswith("node:")
-                ):
-                    transport.abort()
-                    raise PeerIdentityMismatch(
-                        f"the node at {host}:{port} is {identity or 'unauthenticated'}, "
-                        f"not {wanted or 'a node of the cluster'}"
-                    )
-                if tls.token is not None:
-                    await _login(protocol, tls.token, config, f"{host}:{port}")
-        return cls(protocol, config, f"{host}:{port}")
+        label = f"{host}:{port}"
+        transport: asyncio.Transport | None = None
+        try:
+            async with asyncio.timeout(config.client_connect_timeout_ms / 1000):
+                transport, protocol = await asyncio.get_running_loop().create_connection(
+                    lambda: _ClientProtocol(config),
+                    host,
+                    port,
+                    ssl=None if config.tls is None else config.tls.client,
+                )
+                await _handshake(
+                    transport, protocol, config=config, label=label, cluster=cluster, node=node
+                )
+        except NotConnected:  # ConnectRefused, PeerIdentityMismatch, LoginRefused
+            if transport is not None:
+                transport.abort()
+            raise
+        except TimeoutError:
+            if transport is not None:
+                transport.abort()
+            raise ConnectRefused(
+                f"{label}: no connection within {config.client_connect_timeout_ms} ms"
+            ) from None
+        except OSError as exc:  # refused, unreachable, TLS handshake (ssl.SSLError)
+            if transport is not None:
+                transport.abort()
+            raise ConnectRefused(f"{label}: {_os_reason(exc)}") from exc
+        return cls(protocol, config, label)
 
     @property
     def closed(self) -> bool:

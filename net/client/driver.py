@@ -6,7 +6,10 @@ This module owns two things:
   node name from the cluster configuration: every store replica and every lock replica
   (``node_addresses``, ``NodePool.for_config``), so a client machine sends a ``Request`` to a
   lock node exactly as the producer and consumer send to store nodes. A connection that
-  failed is dropped and re-opened by the next call.
+  failed is dropped and re-opened by the next call. Every connection presents the cluster
+  file's identity (``net.client.connection.ClusterIdentity``); the pool remembers why each
+  node could not be reached (``failures``, for warnings naming the addresses) and whether a
+  node said the file's routing metadata differs from the cluster's (``mismatch``).
 * ``MachineDriver``: runs one pure client machine on the event loop, implementing the driver
   contract of ``pxq.effects`` for client machines:
 
@@ -14,10 +17,14 @@ This module owns two things:
     resolved by the machine's ``Reply``);
   - ``Send(dst=node, msg=Request(req_id, body))`` becomes ``NodeClient.call(body)`` on the
     pool's connection to ``node``; the answer comes back as
-    ``Received(src=node, msg=Response(req_id, body))``. A timeout, a lost connection or a
-    failed connect produces *no* ``Response``: the machine keeps its own deadlines (the call
-    timeout is set a little above the machine's request timeout, so a late answer can still
-    be used). Nothing else is invented on the machine's behalf;
+    ``Received(src=node, msg=Response(req_id, body))``. A timeout or a lost connection
+    produces *no* ``Response``: the machine keeps its own deadlines (the call timeout is set a
+    little above the machine's request timeout, so a late answer can still be used). A request
+    that was never sent (no connection could be set up, or the node refused the client
+    before reading a call: ``NotConnected``) is the same, except for a machine driven with
+    ``report_undelivered`` (the producer), which gets ``Received(src=node,
+    msg=Undelivered(req_id, reason))`` (``pxq.effects``). Nothing else is invented on the
+    machine's behalf;
   - ``Send(dst=HANDLER, msg=...)`` goes to the ``on_handler`` callback (the consumer API),
     which answers later through ``MachineDriver.feed``;
   - exactly one timer (``loop.call_at``) is armed at ``next_deadline()``, re-read after every
@@ -37,11 +44,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 
-from net.client.connection import NodeClient
+from net.client.connection import ClusterIdentity, NodeClient
 from net.client.types import ClientClosed, MachineFailed, OutcomeUnknown
 from net.clock import mono_ns
 from net.config import NetConfig
-from net.errors import NetError, NotConnected
+from net.errors import ConnectRefused, MetadataMismatch, NetError, NotConnected
 from pxq import codec
 from pxq.config import ClusterConfig
 from pxq.consumer.messages import HANDLER
@@ -58,6 +65,7 @@ from pxq.effects import (
     Request,
     Response,
     TraceEvent,
+    Undelivered,
     Wake,
 )
 
@@ -82,40 +90,64 @@ class NodePool:
     """One lazily opened, reused connection per node (see the module docstring)."""
 
     def __init__(
-        self, addresses: Mapping[NodeId, tuple[str, int]], net_config: NetConfig | None = None
+        self,
+        addresses: Mapping[NodeId, tuple[str, int]],
+        net_config: NetConfig | None = None,
+        *,
+        cluster: ClusterIdentity,
     ) -> None:
         self._addresses = dict(addresses)
         self._net_config = net_config or NetConfig()
+        self.cluster = cluster
         self._clients: dict[NodeId, NodeClient] = {}
         self._connecting: dict[NodeId, asyncio.Task[NodeClient]] = {}
         self._closed = False
+        self.failures: dict[NodeId, str] = {}
+        """Per node, why its last connection attempt failed (a ``ConnectRefused``'s message,
+        naming the address); a node leaves it when a connection to it is set up."""
+        self.mismatch: MetadataMismatch | None = None
+        """Set when a node of the cluster said the client's routing metadata differs: every
+        later connection would say the same."""
 
     @classmethod
     def for_config(cls, config: ClusterConfig, net_config: NetConfig | None = None) -> NodePool:
         """A pool that reaches every node of ``config``: store replicas and lock replicas;
         without ``net_config``, the cluster file's (``NetConfig.for_cluster``: its TLS with
         the client identity of the environment or the file)."""
-        return cls(node_addresses(config), net_config or NetConfig.for_cluster(config))
+        return cls(
+            node_addresses(config),
+            net_config or NetConfig.for_cluster(config),
+            cluster=ClusterIdentity.of(config),
+        )
 
     def address_of(self, node: NodeId) -> tuple[str, int] | None:
         """Where ``node`` is reached; None if the pool has no address for it."""
         return self._addresses.get(node)
 
+    def addresses(self) -> dict[NodeId, tuple[str, int]]:
+        """Every node's address, by name."""
+        return dict(self._addresses)
+
     async def call(self, node: NodeId, request: object, timeout_s: float) -> object:
         """Send ``request`` to ``node`` and return its answer.
 
-        Raises ``CallTimeout`` / ``ConnectionLost`` (outcome unknown), ``NotConnected`` or
-        ``OSError`` (not sent: unknown node, connect refused), ``TimeoutError`` from a connect
-        that did not finish within ``timeout_s`` (not sent), ``codec.CodecError`` (not
-        encodable, not sent)."""
+        Raises ``CallTimeout`` / ``ConnectionLost`` (outcome unknown), ``NotConnected``
+        (not sent: a ``ConnectRefused`` naming the address when the connection could not be
+        set up within ``timeout_s``, for whatever reason, an unknown node, the pool closed) or
+        ``codec.CodecError`` (not encodable, not sent)."""
         client = self._clients.get(node)
         if client is not None and not client.closed and not self._closed:
             # Connected: nothing to wait for before the call (what _client would return).
             return await client.call(request, timeout_s)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        async with asyncio.timeout(timeout_s):
-            client = await self._client(node)
+        try:
+            async with asyncio.timeout(timeout_s):
+                client = await self._client(node)
+        except TimeoutError:
+            address = self._addresses.get(node)
+            where = f"{address[0]}:{address[1]}" if address is not None else node
+            raise ConnectRefused(f"{where}: no connection within {timeout_s:.3g} s") from None
         return await client.call(request, max(0.001, deadline - loop.time()))
 
     async def _client(self, node: NodeId) -> NodeClient:
@@ -136,9 +168,17 @@ class NodePool:
 
     async def _open(self, node: NodeId, host: str, port: int) -> NodeClient:
         try:
-            client = await NodeClient.connect(host, port, config=self._net_config, node=node)
+            client = await NodeClient.connect(
+                host, port, cluster=self.cluster, config=self._net_config, node=node
+            )
+        except NotConnected as exc:
+            self.failures[node] = str(exc)
+            if isinstance(exc, MetadataMismatch):
+                self.mismatch = exc
+            raise
         finally:
             self._connecting.pop(node, None)
+        self.failures.pop(node, None)
         if self._closed:
             await client.close()
             raise NotConnected("the client is closed")
@@ -174,8 +214,10 @@ class MachineDriver:
         on_handler: Callable[[object], None] | None = None,
         on_trace: TraceListener | None = None,
         on_failure: Callable[[MachineFailed], None] | None = None,
+        report_undelivered: bool = False,
     ) -> None:
         self.machine = machine
+        self._report_undelivered = report_undelivered
         self.name = name
         self._pool = pool
         self._call_timeout_s = request_timeout_ms / 1000 + CALL_TIMEOUT_MARGIN_S
@@ -284,6 +326,13 @@ class MachineDriver:
     async def _rpc(self, dst: NodeId, req: Request) -> None:
         try:
             body = await self._pool.call(dst, req.body, self._call_timeout_s)
+        except NotConnected as exc:
+            # Never sent (no connection, or refused before any call was read): a machine that
+            # asked for it learns so (pxq.effects.Undelivered); the others wait as for a loss.
+            log.debug("%s: request %d to %s not sent: %s", self.name, req.req_id, dst, exc)
+            if self._report_undelivered:
+                self.feed(Received(src=dst, msg=Undelivered(req_id=req.req_id, reason=str(exc))))
+            return
         except (NetError, OSError, TimeoutError) as exc:
             # No Response: the machine's own deadline decides what happens next.
             log.debug("%s: request %d to %s: %s", self.name, req.req_id, dst, exc)

@@ -20,6 +20,7 @@ from net.node.runner import NodeRunner
 from net.tls import node_contexts
 from pxq.access import AccessPolicy
 from pxq.config import LOCKS_SERVICE, ClusterConfig
+from pxq.config.identity import metadata_text
 from pxq.effects import NodeId
 from pxq.nodes import NodeSpec, node_spec
 
@@ -86,6 +87,8 @@ class LocalCluster:
             config=self.node_net_config(node),
             access=AccessPolicy.for_cluster(self.config),
             service=spec.info.service,
+            cluster_id=self.config.id,
+            metadata=metadata_text(self.config),
         )
         await runner.start()
         self.runners[node] = runner

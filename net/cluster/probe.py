@@ -1,5 +1,10 @@
 """Which replica is the master of each Paxos group now, found by probing the replicas.
 
+Every probe goes out as a client of the configuration's cluster (``ClientHello``), so a node
+of another cluster answering at a replica's address refuses it and the probe fails with
+``ForeignCluster`` instead of counting that node's masters as ours (``pxq cluster up``
+printed "up" that way while all its own nodes had died on busy ports).
+
 Shared by the in-process cluster (``net.cluster.inprocess``), the multi-process local cluster
 (``pxq cluster up``, ``net.cluster.processes``) and the benchmarks. Groups are named
 ``(service, group)``: a store's name, or ``LOCKS_SERVICE`` for the lock service. Only a
@@ -22,9 +27,9 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from net.client.connection import NodeClient
+from net.client.connection import ClusterIdentity, NodeClient
 from net.config import NetConfig
-from net.errors import NetError
+from net.errors import ForeignCluster, MetadataMismatch, NetError
 from pxq.access import LOCK_PROBE_PREFIX
 from pxq.config import LOCKS_SERVICE, ClusterConfig, NodeInfo, ReplicaConfig, StoreConfig
 from pxq.effects import NodeId
@@ -132,15 +137,22 @@ async def node_masters(
     replica: ReplicaConfig | NodeInfo,
     probes: Mapping[int, object],
     net_config: NetConfig | None = None,
+    *,
+    cluster: ClusterIdentity,
 ) -> list[int] | None:
     """The groups (of ``probes``) that ``replica`` masters now, ascending; None if it cannot be
-    reached. The probes go out pipelined on one connection; a group counts as mastered when
-    its probe is answered ``GetOk`` (a store group) or ``LockOk`` (a lock group)."""
+    reached. The probes go out pipelined on one connection, opened as a client of
+    ``cluster``; a group counts as mastered when its probe is answered ``GetOk`` (a store
+    group) or ``LockOk`` (a lock group). Raises ``ForeignCluster`` when what answers at the
+    replica's address is not that replica of ``cluster`` (another cluster holds the port),
+    ``MetadataMismatch`` when its routing metadata differs from ``cluster``'s."""
     net_config = net_config or NetConfig()
     try:
         client = await NodeClient.connect(
-            replica.host, replica.port, config=net_config, node=replica.node
+            replica.host, replica.port, cluster=cluster, config=net_config, node=replica.node
         )
+    except (ForeignCluster, MetadataMismatch):
+        raise  # someone else answers there: not "unreachable"
     except (NetError, OSError):
         return None
     try:
@@ -167,8 +179,11 @@ async def find_masters(
 ) -> dict[GroupKey, NodeId]:
     """One probing pass over every replica, stores and locks (or only ``nodes``, only the
     replicas of ``services``): the master of each group that answered. Replicas are probed
-    concurrently. Without ``net_config``, the cluster file's (its TLS included)."""
+    concurrently. Without ``net_config``, the cluster file's (its TLS included). Raises
+    ``ForeignCluster`` (or ``MetadataMismatch``) when a replica's address is answered by
+    someone else (``node_masters``)."""
     net_config = net_config or NetConfig.for_cluster(config)
+    cluster = ClusterIdentity.of(config)
     jobs: list[tuple[str, ReplicaConfig, dict[int, Get | ReadLock]]] = []
     for sp in service_probes(config):
         if services is not None and sp.service not in services:
@@ -176,7 +191,9 @@ async def find_masters(
         for replica in sp.replicas:
             if sp.probes and (nodes is None or replica.node in nodes):
                 jobs.append((sp.service, replica, sp.probes))
-    results = await asyncio.gather(*(node_masters(r, p, net_config) for _, r, p in jobs))
+    results = await asyncio.gather(
+        *(node_masters(r, p, net_config, cluster=cluster) for _, r, p in jobs)
+    )
     masters: dict[GroupKey, NodeId] = {}
     for (service, replica, _), groups in zip(jobs, results, strict=True):
         for g in groups or ():

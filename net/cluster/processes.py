@@ -21,11 +21,14 @@ one for the ``admin`` client), so the default cluster is authenticated and encry
 extra step; ``up(tls=False)`` (``pxq cluster up --no-tls``) writes the default file with TLS
 off instead.
 
-``up`` starts every replica of every store, then every replica of the lock service (if the
-configuration has ``[locks]``), each as ``python -m pxq.cli node run`` (``net.node.server``) in a
+``up`` first checks that every node's port can be listened on (a busy one fails the start,
+naming each, with nothing started); it writes the default file with a fresh random
+``[cluster] id`` (``pxq.config.identity``). It starts every replica of every store, then every
+replica of the lock service (if the configuration has ``[locks]``), each as ``python -m pxq.cli node run`` (``net.node.server``) in a
 session of its own, so that the nodes outlive the command, then waits (bounded) until every
-Paxos group has a master, store groups and lock groups alike, probed as ``net.cluster.inprocess`` does. A
-node that exits meanwhile fails the start: the others are stopped and its log tail is
+Paxos group has a master, store groups and lock groups alike, probed as ``net.cluster.inprocess`` does
+(as a client of this cluster: a node of another cluster answering at a replica's address
+fails the start, ``NotOurNode``). A node that exits meanwhile fails the start: the others are stopped and its log tail is
 reported. ``status`` reports per node its role, whether its process is alive, its port accepts
 connections and which groups it masters (``store0/1``, ``locks/0``).
 ``down`` sends SIGTERM, waits (bounded), SIGKILLs stragglers and removes the pid files.
@@ -41,10 +44,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -53,6 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from net.client.connection import ClusterIdentity
 from net.cluster.probe import (
     GroupKey,
     node_masters,
@@ -61,7 +67,7 @@ from net.cluster.probe import (
     wait_for_masters,
 )
 from net.config import NetConfig
-from net.errors import NetError
+from net.errors import ForeignCluster, MetadataMismatch, NetError
 from net.files import DIR_MODE, open_private_append, private_dir, write_private
 from net.tls import ensure_cluster_material
 from pxq.config import ClusterConfig, NodeInfo, Role, default_toml, load_config
@@ -103,6 +109,16 @@ class NodeExited(ClusterError):
 
 class NoMasters(ClusterError):
     """Some Paxos group had no master when the start timeout ran out."""
+
+
+class PortsBusy(ClusterError):
+    """Some node's address cannot be listened on (another process holds the port): ``up``
+    started nothing."""
+
+
+class NotOurNode(ClusterError):
+    """While ``up`` waited for its nodes, a replica's address was answered by a node of
+    another cluster (or with other routing metadata): ``up`` stopped what it started."""
 
 
 # -- the cluster home ---------------------------------------------------------------------------
@@ -342,6 +358,44 @@ class UpResult:
     """The TLS files ``up`` created (in ``config.tls.dir``)."""
 
 
+def new_cluster_id() -> str:
+    """A fresh random cluster id (``[cluster] id`` of the file ``up`` writes)."""
+    return f"c-{os.urandom(8).hex()}"
+
+
+def busy_addresses(config: ClusterConfig, *, metrics: bool = False) -> list[str]:
+    """The nodes of ``config`` whose address (and metrics address, with ``metrics``) cannot
+    be listened on now, each as "node (host:port): why"; empty when every port is free. Bound
+    with ``SO_REUSEADDR`` as the node will bind it, so a port in TIME_WAIT is free."""
+    busy: list[str] = []
+    for info in config.all_nodes():
+        ports = [info.port] + ([info.metrics_port] if metrics else [])
+        for port in ports:
+            problem = _bind_problem(info.host, port)
+            if problem is not None:
+                what = "" if port == info.port else "metrics "
+                busy.append(f"{info.node} ({what}{info.host}:{port}): {problem}")
+    return busy
+
+
+def _bind_problem(host: str, port: int) -> str | None:
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        return f"cannot resolve {host}: {exc}"
+    for family, kind, proto, _, address in addresses:
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(address)
+                sock.listen(1)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return "the port is in use (another cluster, or another program?)"
+            return f"cannot listen there: {exc.strerror or exc}"
+    return None
+
+
 def prepare_config(
     home: ClusterHome, config_file: Path | None, *, tls: bool = True
 ) -> tuple[Path, bool]:
@@ -354,7 +408,7 @@ def prepare_config(
     if path.exists():
         return path, False
     _make_home(path.parent)
-    _write_atomic(path, default_toml(tls=tls))
+    _write_atomic(path, default_toml(tls=tls, cluster_id=new_cluster_id()))
     return path, True
 
 
@@ -374,7 +428,9 @@ async def up(
     ``tls`` False (``--no-tls``): the default file is written with TLS off; a file that has
     TLS on is refused (``ClusterError``: edit its ``[tls]``). Raises ``ConfigError`` (invalid
     configuration), ``TlsError`` (unusable TLS material), ``ClusterRunning`` (node processes of
-    ``home`` are alive), ``NodeExited`` or ``NoMasters``; on the last two (and on any other
+    ``home`` are alive), ``PortsBusy`` (some node's port is taken: every port is checked
+    before anything starts), ``NodeExited``, ``NotOurNode`` (a node of another cluster
+    answered at a replica's address) or ``NoMasters``; on the last three (and on any other
     failure) every node process it started is stopped again and its pid file removed.
     The nodes log in ``log_format`` (``net.logs``) and serve their metrics if ``metrics``
     (None: as the cluster file's ``[metrics]`` says).
@@ -394,6 +450,13 @@ async def up(
         raise ClusterRunning(
             f"a cluster is already running from {home.root}: {running}; "
             f"stop it first with `pxq cluster down`"
+        )
+    busy = busy_addresses(config, metrics=config.metrics.enabled if metrics is None else metrics)
+    if busy:
+        raise PortsBusy(
+            f"cannot start cluster {config.name!r}: {'; '.join(busy)}. Nothing was started "
+            f"(`pxq cluster status` shows what answers there; stop it, or give this cluster "
+            f"other ports in {path})"
         )
     for stale in home.pid_files().values():
         stale.unlink(missing_ok=True)
@@ -461,6 +524,11 @@ async def up(
             )
         except ClusterError:
             raise
+        except (ForeignCluster, MetadataMismatch) as exc:
+            raise NotOurNode(
+                f"{exc}; that is not a node this command started, so cluster {config.name!r} "
+                f"is not up"
+            ) from exc
         except NetError as exc:
             raise NoMasters(f"{exc}; see the logs in {home.logs_dir}") from exc
     except BaseException:
@@ -568,7 +636,15 @@ async def start_node(
             home.pid_file(node).unlink(missing_ok=True)
             log_path = home.log_file(node)
             raise NodeExited(node, code, log_path, log_tail(log_path))
-        if await node_masters(info, probes, net_config) is not None:
+        try:
+            answered = await node_masters(
+                info, probes, net_config, cluster=ClusterIdentity.of(config)
+            )
+        except (ForeignCluster, MetadataMismatch) as exc:
+            _terminate([proc])
+            home.pid_file(node).unlink(missing_ok=True)
+            raise ClusterError(f"{node}: {exc}; the node was stopped again") from exc
+        if answered is not None:
             serving = config.metrics.enabled if metrics is None else metrics
             return NodeProcess(
                 node,
@@ -671,9 +747,16 @@ async def status(
     probes = {sp.service: sp.probes for sp in service_probes(config)}
     infos = config.all_nodes()
     net_config = net_config or NetConfig.for_cluster(config)
-    answers = await asyncio.gather(
-        *(node_masters(info, probes[info.service], net_config) for info in infos)
-    )
+    cluster = ClusterIdentity.of(config)
+
+    async def masters_of(info: NodeInfo) -> list[int] | None:
+        try:
+            return await node_masters(info, probes[info.service], net_config, cluster=cluster)
+        except (ForeignCluster, MetadataMismatch) as exc:
+            log.warning("%s: %s", info.node, exc)
+            return None  # not ours: as good as not accepting
+
+    answers = await asyncio.gather(*(masters_of(info) for info in infos))
     nodes: list[NodeStatus] = []
     mastered: set[GroupKey] = set()
     for info, groups in zip(infos, answers, strict=True):

@@ -126,10 +126,11 @@ from net.node.storage import (
 )
 from net.node.transport import InboundConnection, PeerLink, listen
 from net.tls import node_identity
-from net.wire.envelope import CallReply, Hello, Login
+from net.wire.envelope import CallReply, ClientHello, Hello, Login, Welcome
 from net.wire.framing import encode_frame
 from pxq import codec
 from pxq.access import AccessPolicy, refusal_response
+from pxq.config.identity import describe_cluster, fingerprint
 from pxq.effects import (
     ALARM,
     BlankStorage,
@@ -245,20 +246,32 @@ class DriverStorage(StorageView, Protocol):
     def close(self) -> None: ...
 
 
-StorageOpener = Callable[[Path, str, NodeId, NetConfig], DriverStorage]
+class StorageOpener(Protocol):
+    """Opens a node's storage in ``data_dir``, stamped (or checked) with its cluster's name
+    and id and the node's name."""
+
+    def __call__(
+        self, data_dir: Path, cluster: str, node: NodeId, config: NetConfig, *, cluster_id: str
+    ) -> DriverStorage: ...
 
 
-def open_lmdb(data_dir: Path, cluster: str, node: NodeId, config: NetConfig) -> DriverStorage:
+def open_lmdb(
+    data_dir: Path, cluster: str, node: NodeId, config: NetConfig, *, cluster_id: str = ""
+) -> DriverStorage:
     """The default storage: ``LmdbStorage`` in ``data_dir``."""
-    return LmdbStorage.open(data_dir, cluster=cluster, node=node, config=config)
+    return LmdbStorage.open(
+        data_dir, cluster=cluster, node=node, config=config, cluster_id=cluster_id
+    )
 
 
 def open_lmdb_replacing(
-    data_dir: Path, cluster: str, node: NodeId, config: NetConfig
+    data_dir: Path, cluster: str, node: NodeId, config: NetConfig, *, cluster_id: str = ""
 ) -> DriverStorage:
     """``LmdbStorage`` in ``data_dir`` of a node started as a replacement (``--replace``): a
     marker without data is then expected."""
-    return LmdbStorage.open(data_dir, cluster=cluster, node=node, config=config, replace=True)
+    return LmdbStorage.open(
+        data_dir, cluster=cluster, node=node, config=config, replace=True, cluster_id=cluster_id
+    )
 
 
 _WriteDone = Callable[[asyncio.Future[None], WriteOutcome | None, BaseException | None], None]
@@ -390,6 +403,8 @@ class NodeRunner:
         if_blank: BlankStorage = "new",
         access: AccessPolicy | None = None,
         service: str = "",
+        cluster_id: str = "",
+        metadata: str = "",
     ) -> None:
         if not node_id or not cluster:
             raise ValueError("node_id and cluster must be non-empty")
@@ -398,6 +413,12 @@ class NodeRunner:
         self.service = service
         """The service the node is a replica of (a store's name, or the lock service), for
         logs and metrics; empty if unknown."""
+        self.cluster_id = cluster_id
+        """The cluster's id ("" for none), stamped into the data dir at first start and
+        checked in every peer's ``Hello`` and client's ``ClientHello``
+        (``pxq.config.identity``)."""
+        self._metadata = metadata
+        self._fingerprint = fingerprint(metadata)
         self.data_dir = Path(data_dir)
         self.config = config or NetConfig()
         self._factory = factory
@@ -506,7 +527,9 @@ class NodeRunner:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._stopped = loop.create_future()
-        storage = self._storage_opener(self.data_dir, self.cluster, self.node_id, self.config)
+        storage = self._storage_opener(
+            self.data_dir, self.cluster, self.node_id, self.config, cluster_id=self.cluster_id
+        )
         try:
             tls = self.config.tls
             server = await listen(
@@ -1055,8 +1078,11 @@ class NodeRunner:
                 f"the connection's certificate says {conn.identity or 'nothing'}, "
                 f"not {node_identity(hello.node)}"
             )
-        if hello.cluster != self.cluster:
-            return f"cluster {hello.cluster!r} is not {self.cluster!r}"
+        if (hello.cluster, hello.cluster_id) != (self.cluster, self.cluster_id):
+            return (
+                f"{describe_cluster(hello.cluster, hello.cluster_id)} is not this node's "
+                f"{describe_cluster(self.cluster, self.cluster_id)}"
+            )
         if hello.node not in self._peers:
             return f"node {hello.node!r} is not a known peer"
         if hello.node == self.node_id:
@@ -1090,18 +1116,44 @@ class NodeRunner:
         conn.identity = identity
         return None
 
-    def accept_client(self, conn: InboundConnection) -> str | None:
-        config = self.config
-        if config.tls is not None and conn.identity is None:
+    def accept_client(self, conn: InboundConnection, hello: ClientHello) -> Welcome:
+        refusal = self._client_refusal(conn, hello)
+        if refusal is not None:
             self.stats.connections_refused += 1
+            return Welcome(
+                node=self.node_id, cluster=self.cluster, cluster_id=self.cluster_id, error=refusal
+            )
+        self._admit_client(conn)
+        metadata = "" if hello.fingerprint == self._fingerprint else self._metadata
+        return Welcome(
+            node=self.node_id, cluster=self.cluster, cluster_id=self.cluster_id, metadata=metadata
+        )
+
+    def _client_refusal(self, conn: InboundConnection, hello: ClientHello) -> str | None:
+        """Why the client of ``conn`` is refused (checked before any call of it is read)."""
+        config = self.config
+        if (hello.cluster, hello.cluster_id) != (self.cluster, self.cluster_id):
+            return (
+                f"node {self.node_id} belongs to "
+                f"{describe_cluster(self.cluster, self.cluster_id)}, not to the client's "
+                f"{describe_cluster(hello.cluster, hello.cluster_id)} (is the client's "
+                f"cluster file the one of this cluster?)"
+            )
+        if hello.node and hello.node != self.node_id:
+            return f"this is node {self.node_id}, not {hello.node} (check the addresses)"
+        if config.tls is not None and conn.identity is None:
             return "no client certificate and no Login: not authenticated"
         address = conn.address
         if self._clients_by_address.get(address, 0) >= config.connections_per_address_max:
-            self.stats.connections_refused += 1
             return (
                 f"{config.connections_per_address_max} client connections from {address} "
                 f"already (NetConfig.connections_per_address_max)"
             )
+        return None
+
+    def _admit_client(self, conn: InboundConnection) -> None:
+        config = self.config
+        address = conn.address
         self._forget(conn)
         if len(self._clients) >= config.client_connections_max:
             # The least recently active client makes room: a flood of connections that sent
@@ -1114,7 +1166,6 @@ class NodeRunner:
             )
         self._clients[conn] = None
         self._clients_by_address[address] = self._clients_by_address.get(address, 0) + 1
-        return None
 
     def _evict(self, conn: InboundConnection, reason: str) -> None:
         self.stats.connections_evicted += 1

@@ -29,6 +29,7 @@ from net.node.runner import NodeRunner, open_lmdb, open_lmdb_replacing
 from net.wire.loop import run as run_loop
 from pxq.access import AccessPolicy
 from pxq.config import ClusterConfig, NodeInfo
+from pxq.config.identity import metadata_text
 from pxq.nodes import NodeSpec, node_spec
 
 log = logging.getLogger("pxq.net.server")
@@ -85,6 +86,8 @@ def build_runner(
         if_blank="replace" if replace else "probe",
         access=AccessPolicy.for_cluster(config),
         service=spec.info.service,
+        cluster_id=config.id,
+        metadata=metadata_text(config),
     )
 
 

@@ -69,6 +69,7 @@ import lmdb
 from net.config import NetConfig
 from net.errors import DataDirError, DataDirMismatch, StorageError, StorageFull
 from net.files import FILE_MODE, private_dir
+from pxq.config.identity import describe_cluster
 from pxq.effects import Delete, DeleteRange, Put, StorageCorruption, Write
 from pxq.sorted_table import MISSING, PendingTable
 
@@ -306,14 +307,16 @@ class LmdbStorage:
         node: str,
         config: NetConfig,
         replace: bool = False,
+        cluster_id: str = "",
     ) -> LmdbStorage:
-        """Open (creating if needed) the data dir of ``node`` in ``cluster``.
+        """Open (creating if needed) the data dir of ``node`` in ``cluster`` (whose id is
+        ``cluster_id``, "" for none).
 
         Raises ``DataDirError`` if the dir cannot be created, read or written, is locked by
         another opener, holds LMDB data without a marker, or holds a marker without LMDB data
         (the node lost its data: unless ``replace``, the operator's word that the node is
         its own replacement, see ``pxq.paxos.repair``); ``DataDirMismatch`` if its marker
-        names another cluster or node. Once LMDB has created its files, the dir and its
+        names another cluster (name or id) or node. Once LMDB has created its files, the dir and its
         parent are fsynced, so that their entries survive a power loss.
         """
         if not cluster or not node:
@@ -322,7 +325,7 @@ class LmdbStorage:
         _prepare_dir(path)
         lock_fd = _lock_dir(path)
         try:
-            _check_marker(path, cluster=cluster, node=node, replace=replace)
+            _check_marker(path, cluster=cluster, node=node, replace=replace, cluster_id=cluster_id)
             try:
                 env = lmdb.open(
                     str(path),
@@ -871,7 +874,9 @@ def _fsync_dir(path: Path) -> None:
         raise DataDirError(f"cannot fsync the directory {path}: {exc.strerror}") from exc
 
 
-def _check_marker(path: Path, *, cluster: str, node: str, replace: bool = False) -> None:
+def _check_marker(
+    path: Path, *, cluster: str, node: str, replace: bool = False, cluster_id: str = ""
+) -> None:
     marker = path / MARKER_NAME
     try:
         text = marker.read_text(encoding="utf-8")
@@ -881,21 +886,25 @@ def _check_marker(path: Path, *, cluster: str, node: str, replace: bool = False)
                 f"data dir {path} holds LMDB data but no {MARKER_NAME}: refusing to guess "
                 f"which node it belongs to"
             ) from None
-        _write_marker(path, cluster=cluster, node=node)
+        _write_marker(path, cluster=cluster, node=node, cluster_id=cluster_id)
         return
     except (OSError, UnicodeDecodeError) as exc:
         raise DataDirError(f"cannot read {marker}: {exc}") from exc
     try:
         data = json.loads(text)
         found_format, found_cluster, found_node = data["format"], data["cluster"], data["node"]
-    except (ValueError, KeyError, TypeError) as exc:
+        found_id = data.get("cluster_id", "")
+        if not isinstance(found_id, str):
+            raise TypeError(f"cluster_id is {type(found_id).__name__}, not a string")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise DataDirError(f"{marker} is malformed: {exc}") from exc
     if found_format != MARKER_FORMAT:
         raise DataDirError(f"{marker} has format {found_format!r}, expected {MARKER_FORMAT}")
-    if (found_cluster, found_node) != (cluster, node):
+    if (found_cluster, found_node) != (cluster, node) or found_id not in ("", cluster_id):
         raise DataDirMismatch(
-            f"data dir {path} belongs to node {found_node!r} of cluster {found_cluster!r}, "
-            f"not to node {node!r} of cluster {cluster!r}"
+            f"data dir {path} belongs to node {found_node!r} of "
+            f"{describe_cluster(found_cluster, found_id)}, not to node {node!r} of "
+            f"{describe_cluster(cluster, cluster_id)}"
         )
     if not replace and not (path / DATA_NAME).exists():
         raise DataDirError(
@@ -904,12 +913,19 @@ def _check_marker(path: Path, *, cluster: str, node: str, replace: bool = False)
             "rest of the cluster is healthy, start it as a replacement (pxq node run "
             "--replace): it re-learns from its peers before it votes again"
         )
+    if cluster_id and not found_id:
+        # Data from before clusters had ids (or from a file without one): it takes this id.
+        log.warning("data dir %s: stamping cluster id %s into its %s", path, cluster_id, marker)
+        _write_marker(path, cluster=cluster, node=node, cluster_id=cluster_id)
 
 
-def _write_marker(path: Path, *, cluster: str, node: str) -> None:
+def _write_marker(path: Path, *, cluster: str, node: str, cluster_id: str = "") -> None:
     """Write the marker atomically (temp file, fsync, rename); ``open`` fsyncs the dir (and
     its parent) once LMDB has created its files beside it."""
-    body = json.dumps({"format": MARKER_FORMAT, "cluster": cluster, "node": node}) + "\n"
+    fields: dict[str, object] = {"format": MARKER_FORMAT, "cluster": cluster, "node": node}
+    if cluster_id:
+        fields["cluster_id"] = cluster_id
+    body = json.dumps(fields) + "\n"
     tmp = path / (MARKER_NAME + ".tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)

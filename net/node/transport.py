@@ -4,10 +4,12 @@ This module owns the connection-level behaviour of the production wire, on top o
 ``net.wire.framing`` and ``net.wire.envelope``:
 
 * ``InboundConnection``: an accepted connection. Its first frame decides its kind (``Hello``:
-  a peer's one-way message stream; ``Call``: a client, possibly after a ``Login`` with a
-  token that the host checks and answers); the host admits it to that kind's
-  connection budget or refuses it. Any malformed, oversized or unknown frame, a first frame
-  that is neither, a ``Hello`` or a first ``Call`` the host refuses, or no first frame within
+  a peer's one-way message stream; ``ClientHello``: a client, possibly after a ``Login``
+  with a token that the host checks and answers); the host admits it to that kind's
+  connection budget or refuses it (a client's refusal is its ``Welcome``'s error, written
+  before the close: the client knows no call of it was read). Any malformed, oversized or
+  unknown frame, a first frame that is none of these (a ``Call`` included), a ``Hello`` or
+  ``ClientHello`` the host refuses, or no first frame within
   ``first_frame_timeout_ms`` closes *that connection* with a logged reason; nothing of such a
   frame reaches the node. A client connection is also closed (logged) when it stays idle
   (no open call, no complete frame in and no reply out) for ``client_idle_timeout_ms``, or
@@ -52,7 +54,7 @@ from typing import Protocol, cast
 from net.config import NetConfig
 from net.errors import AddressInUse, FrameError, StartupError
 from net.tls import node_identity, peer_identity
-from net.wire.envelope import ENVELOPES, Call, Hello, Login, LoginReply
+from net.wire.envelope import ENVELOPES, Call, ClientHello, Hello, Login, LoginReply, Welcome
 from net.wire.framing import FrameDecoder, decode_payload, encode_frame
 from pxq.codec import CodecError
 from pxq.effects import NodeId
@@ -75,9 +77,9 @@ class InboundHost(Protocol):
         """None to accept the token (the host sets ``conn.identity``), or why not."""
         ...
 
-    def accept_client(self, conn: InboundConnection) -> str | None:
-        """None to accept ``conn`` as a client (its first frame is a Call), or the reason to
-        refuse it (a budget)."""
+    def accept_client(self, conn: InboundConnection, hello: ClientHello) -> Welcome:
+        """The answer to a client's ``ClientHello``: with an ``error`` to refuse it (another
+        cluster, a budget), else ``conn`` is admitted as a client."""
         ...
 
     def peer_message(self, src: NodeId, msg: object) -> None:
@@ -221,17 +223,20 @@ class InboundConnection(asyncio.Protocol):
             self.kind = ConnKind.PEER
             self.peer = msg.node
             log.debug("peer connection from %s (%s)", msg.node, self.label)
-        elif type(msg) is Call:
-            reason = self._host.accept_client(self)
-            if reason is not None:
-                self.close(f"client refused: {reason}", level=logging.WARNING)
+        elif type(msg) is ClientHello:
+            welcome = self._host.accept_client(self, msg)
+            self.queue(encode_frame(welcome, frame_bytes_max=self._frame_bytes_max))
+            if welcome.error:
+                # The Welcome goes out before the close: the client learns that nothing it
+                # sent was read (it sends no call before the Welcome).
+                self.close(f"client refused: {welcome.error}", level=logging.WARNING)
                 return
+            self.flush()
             self._cancel_timer()
             self.kind = ConnKind.CLIENT
             # The rest of this read may hold the start of the next frame.
             self._note_client_bytes(True)
             self._arm_client_timer()
-            self._call(msg)
         elif type(msg) is Login:
             reason = self._host.accept_login(self, msg)
             reply = LoginReply(principal=self.identity or "", error=reason or "")
@@ -242,7 +247,7 @@ class InboundConnection(asyncio.Protocol):
             self.flush()
             self.label = f"{self.label} ({self.identity})"
         else:
-            self.close(f"first frame is {type(msg).__name__}, not Hello, Login or Call")
+            self.close(f"first frame is {type(msg).__name__}, not Hello, Login or ClientHello")
 
     def _call(self, call: Call) -> None:
         try:
@@ -264,7 +269,7 @@ class InboundConnection(asyncio.Protocol):
         self._timer = None
         if self.kind is ConnKind.NEW:
             timeout_ms = self._config.first_frame_timeout_ms
-            self.close(f"no Hello or Call within {timeout_ms} ms", level=logging.INFO)
+            self.close(f"no Hello or ClientHello within {timeout_ms} ms", level=logging.INFO)
 
     # -- client timeouts ----------------------------------------------------------------------
 

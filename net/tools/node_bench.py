@@ -22,12 +22,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from net.client.connection import NodeClient
+from net.client.connection import ClusterIdentity, NodeClient
 from net.config import MIB, NetConfig
 from net.node.runner import NodeRunner
 from net.node.storage import LmdbStorage
 from net.node.transport import InboundConnection
-from net.wire.envelope import Hello, Login
+from net.wire.envelope import ClientHello, Hello, Login, Welcome
 from net.wire.framing import encode_frame
 from pxq.codec import message
 from pxq.effects import (
@@ -83,8 +83,8 @@ class _CountingHost:
     def accept_login(self, conn: InboundConnection, login: Login) -> str | None:
         return "no logins here"
 
-    def accept_client(self, conn: InboundConnection) -> str | None:
-        return None
+    def accept_client(self, conn: InboundConnection, hello: ClientHello) -> Welcome:
+        return Welcome(node="b", cluster=hello.cluster, cluster_id=hello.cluster_id)
 
     def peer_message(self, src: str, msg: object) -> None:
         self.messages += 1
@@ -135,7 +135,7 @@ async def bench_calls(data_dir: Path, calls: int, window: int, write: bool) -> t
     )
     await runner.start()
     host, port = runner.address
-    client = await NodeClient.connect(host, port)
+    client = await NodeClient.connect(host, port, cluster=ClusterIdentity(name="bench"))
     commits_before = runner.stats.commits
     done = 0
 

@@ -2,16 +2,22 @@
 
 A connection to a node starts with one of two frames, which decide what the connection is:
 
-* ``Hello(node, cluster)``: the connection carries peer traffic from ``node``; every later
-  frame is a protocol message of the sender's node (any registered message other than these
-  envelopes) delivered as ``Received(src=node, msg)``. Peer connections are one-way: each
-  node sends on the connections it opened and receives on those it accepted.
-* ``Call(req_id, request)``: the connection is a client's; every frame on it is a ``Call``
-  and the node answers each with one ``CallReply`` carrying the same ``req_id``.
+* ``Hello(node, cluster, cluster_id)``: the connection carries peer traffic from ``node``;
+  every later frame is a protocol message of the sender's node (any registered message other
+  than these envelopes) delivered as ``Received(src=node, msg)``. Peer connections are
+  one-way: each node sends on the connections it opened and receives on those it accepted.
+* ``ClientHello(cluster, cluster_id, fingerprint, node)``: the connection is a client's. The
+  node answers one ``Welcome``: an ``error`` (another cluster, or a connection budget: the
+  node then closes the connection, having read no call) or its acceptance, with its
+  routing metadata when the client's ``fingerprint`` differs from its own
+  (``pxq.config.identity``). The client sends nothing more before the ``Welcome``; then every
+  frame it sends is a ``Call``, and the node answers each with one ``CallReply`` carrying the
+  same ``req_id``. A first frame ``Call`` is refused: a client always says first which
+  cluster it means.
 
 With TLS, a client without a certificate may first send ``Login(token)``; the node answers
-``LoginReply`` (the principal, or why not) and closes the connection on a refusal. Its first
-``Call`` follows the reply.
+``LoginReply`` (the principal, or why not) and closes the connection on a refusal. Its
+``ClientHello`` follows the reply.
 
 The codec has no field type for "any registered message", so requests and responses travel
 nested as the bytes ``codec.encode`` made of them, decoded (with the same limits) on receipt.
@@ -31,6 +37,7 @@ class Hello:
 
     node: str
     cluster: str
+    cluster_id: str = ""
 
 
 @message(225)
@@ -69,6 +76,35 @@ class LoginReply:
     error: str = ""
 
 
-ENVELOPES: tuple[type, ...] = (Hello, Call, CallReply, Login, LoginReply)
+# Tags from the top of the client range: the other envelopes took its bottom.
+@message(254)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientHello:
+    """First frame of a client connection (after a ``Login``, if any): the cluster the client
+    means (name and id of its cluster file), its routing metadata's fingerprint, and the node
+    it meant to reach ("" for any)."""
+
+    cluster: str
+    cluster_id: str
+    fingerprint: str
+    node: str = ""
+
+
+@message(255)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Welcome:
+    """The node's answer to ``ClientHello``: who it is (``node``, ``cluster``,
+    ``cluster_id``); ``error`` says why it refuses the client (it closes the connection, having
+    read no call), else ``metadata`` is its routing metadata when the client's fingerprint
+    differs from its own ("" when they are equal)."""
+
+    node: str
+    cluster: str
+    cluster_id: str
+    metadata: str = ""
+    error: str = ""
+
+
+ENVELOPES: tuple[type, ...] = (Hello, Call, CallReply, Login, LoginReply, ClientHello, Welcome)
 """Messages that are never payloads: a nested or peer message of one of these types is a
 protocol error."""

@@ -7,10 +7,12 @@ or one of its nodes (``start|stop|restart NODE``).
 ``service/group``: ``store0/2`` is group 2 of store ``store0``, ``locks/0`` group 0 of the lock
 service.
 
-Exit codes: ``up`` 0 once every Paxos group (store and lock groups) has a master, 1 when a node exited while starting
-or no master was elected in time (everything it started is stopped again), 2 for bad input (an
-invalid configuration, a cluster already running); ``status`` 0 when every node's process is
-alive and its port accepts connections, 1 otherwise, 2 for an invalid configuration (with
+Exit codes: ``up`` 0 once every Paxos group (store and lock groups) has a master, 1 when a
+node exited while starting, a node of another cluster answered at one of its addresses, or no
+master was elected in time (everything it started is stopped again), 2 for bad input (an
+invalid configuration, a cluster already running, a port in use: every port, metrics ports
+included, is checked before anything starts); ``status`` 0 when every node's process is alive
+and its port accepts connections, 1 otherwise, 2 for an invalid configuration (with
 ``--json`` the same codes, the table as one JSON object); ``down`` 0, or 1 if a process
 survived SIGKILL. ``start NODE`` 0 once the node's port accepts connections, 1 when it exited
 while starting or did not accept in time, 2 for bad input (no cluster started from the home,
@@ -104,6 +106,8 @@ def cluster_up(
         ClusterRunning,
         NodeExited,
         NoMasters,
+        NotOurNode,
+        PortsBusy,
         up,
     )
     from net.errors import TlsError
@@ -120,12 +124,15 @@ def cluster_up(
                 metrics=metrics,
             )
         )
-    except (ConfigError, ClusterRunning, TlsError) as exc:
+    except (ConfigError, ClusterRunning, PortsBusy, TlsError) as exc:
         _bad_input(str(exc))
     except NodeExited as exc:
         click.echo(f"pxq: {exc}; the other nodes were stopped", err=True)
         click.echo(f"---- last lines of {exc.log_file} ----", err=True)
         click.echo(exc.log_tail or "(empty)", err=True)
+        sys.exit(EXIT_FAILED)
+    except NotOurNode as exc:
+        click.echo(f"pxq: {exc}; the nodes it started were stopped", err=True)
         sys.exit(EXIT_FAILED)
     except NoMasters as exc:
         click.echo(f"pxq: {exc}; the nodes were stopped", err=True)
@@ -137,6 +144,7 @@ def cluster_up(
 
 
 def _print_up(result: UpResult, home: Path, *, default_config: bool) -> None:
+    from pxq.config.identity import config_fingerprint
     from pxq.config.model import LOCKS_SERVICE
 
     config = result.config
@@ -155,6 +163,10 @@ def _print_up(result: UpResult, home: Path, *, default_config: bool) -> None:
     click.echo(
         f'cluster "{config.name}" is up: {len(result.nodes)} nodes, a master for each of the '
         f"{groups} Paxos groups{kinds} after {result.elapsed_s:.1f} s"
+    )
+    click.echo(
+        f"  cluster id {config.id or '(none)'}, routing metadata fingerprint "
+        f"{config_fingerprint(config)}"
     )
     by_node: dict[str, list[str]] = {}
     for (service, number), node in sorted(result.masters.items()):

@@ -168,15 +168,18 @@ async def _collect(
     config: ClusterConfig,
 ) -> tuple[list[ReconcileReport], list[tuple[str, str, str]]]:
     """Every store replica's report; and (store, node, why) of those that did not answer."""
-    from net.client.connection import NodeClient
+    from net.client.connection import ClusterIdentity, NodeClient
     from net.config import NetConfig
     from net.errors import NetError
 
     net_config = NetConfig.for_cluster(config)
+    cluster = ClusterIdentity.of(config)
 
     async def ask(store: str, node: str, host: str, port: int) -> ReconcileReport | str:
         try:
-            client = await NodeClient.connect(host, port, config=net_config, node=node)
+            client = await NodeClient.connect(
+                host, port, cluster=cluster, config=net_config, node=node
+            )
         except (NetError, OSError) as exc:
             return f"cannot connect to {host}:{port}: {exc or type(exc).__name__}"
         try:

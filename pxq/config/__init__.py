@@ -17,7 +17,10 @@ with different files could diverge.
 Schema (defaults in parentheses)::
 
     [cluster]
-    name = "local"                       # cluster id
+    name = "local"                       # the cluster's name
+    id = "c-0123456789abcdef"            # ("") the cluster's id: pxq cluster up writes a
+                                         # random one; nodes stamp it into their data dirs,
+                                         # clients present it (pxq.config.identity)
     [limits]                             # every bound of the store, in one place
     consumer_groups_max = 1024           # per topic
     queues_max = 65536                   # per topic
@@ -131,6 +134,7 @@ error.
 
 from pxq.config.default import DEFAULT_TOML, default_config, default_toml
 from pxq.config.model import (
+    CLUSTER_ID_CHARS_MAX,
     ENQUEUE_HEADROOM_BYTES,
     GIB,
     HEALTH_GROUP,
@@ -175,6 +179,7 @@ from pxq.config.model import (
 from pxq.config.parser import ConfigError, load_config, loads_config
 
 __all__ = [
+    "CLUSTER_ID_CHARS_MAX",
     "DEFAULT_TOML",
     "ENQUEUE_HEADROOM_BYTES",
     "GIB",

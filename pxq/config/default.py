@@ -70,9 +70,13 @@ retries = [{ delay_ms = 1000 }, { delay_ms = 10000 }]
 """
 
 
-def default_toml(*, tls: bool = True) -> str:
-    """The embedded default file, with TLS on, or off (``enabled = false``)."""
-    return DEFAULT_TOML if tls else DEFAULT_TOML.replace("[tls]\n", "[tls]\nenabled = false\n", 1)
+def default_toml(*, tls: bool = True, cluster_id: str = "") -> str:
+    """The embedded default file, with TLS on, or off (``enabled = false``), and with
+    ``cluster_id`` as its ``[cluster] id`` (none if empty; ``pxq cluster up`` draws one)."""
+    text = DEFAULT_TOML if tls else DEFAULT_TOML.replace("[tls]\n", "[tls]\nenabled = false\n", 1)
+    if cluster_id:
+        text = text.replace('name = "local"\n', f'name = "local"\nid = "{cluster_id}"\n', 1)
+    return text
 
 
 def default_config() -> ClusterConfig:

@@ -38,6 +38,9 @@ NAME_CHARS_MAX: Final = 64
 """Longest cluster, store, node, topic or consumer group name. Derived topic names embed a
 topic and a group name and must fit the store's one-byte length prefix in keys."""
 
+CLUSTER_ID_CHARS_MAX: Final = 64
+"""Longest cluster id (``[cluster] id``; ``pxq.config.identity``)."""
+
 ENQUEUE_HEADROOM_BYTES: Final = 64 * KIB
 """Room for the command framing around the items of one enqueue (producer id, topic, item
 framing), added to ``item_bytes_max`` to size a store's largest Paxos value."""
@@ -477,6 +480,10 @@ class TopicInfo:
 class ClusterConfig:
     name: str
     stores: tuple[StoreConfig, ...]
+    id: str = ""
+    """The cluster's id (``[cluster] id``, written by ``pxq cluster up``); "" when the file
+    gives none. Nodes stamp it into their data dirs, clients present it on every connection
+    (``pxq.config.identity``)."""
     topics: tuple[TopicConfig, ...] = ()
     limits: Limits = Limits()
     batching: Batching = Batching()

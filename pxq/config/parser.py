@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Final
 
 from pxq.config.model import (
+    CLUSTER_ID_CHARS_MAX,
     ENQUEUE_HEADROOM_BYTES,
     HEALTH_GROUP,
     INFLIGHT_BATCHES_MAX,
@@ -109,6 +110,20 @@ def _name(t: TomlTable, key: str, default: Any = MISSING) -> Any:
     return v
 
 
+def _cluster_id(t: TomlTable) -> str:
+    """The cluster's id (``[cluster] id``): absent is "" (the name alone identifies it)."""
+    v = t.string("id", "")
+    if not v:
+        if t.has("id"):
+            raise t.error("id", "must not be empty (leave it out for no id)")
+        return ""
+    if len(v) > CLUSTER_ID_CHARS_MAX:
+        raise t.error("id", f"longer than {CLUSTER_ID_CHARS_MAX} characters")
+    if not _NAME.fullmatch(v):
+        raise t.error("id", f"{v!r}: only letters, digits, '_' and '-' are allowed")
+    return v
+
+
 def _check_unique(t: TomlTable, array: str, names: list[str], what: str) -> None:
     seen: dict[str, int] = {}
     for i, n in enumerate(names):
@@ -121,8 +136,9 @@ def _check_unique(t: TomlTable, array: str, names: list[str], what: str) -> None
 
 
 def _cluster(doc: TomlTable) -> ClusterConfig:
-    c = doc.table("cluster", allowed=("name",), required=True)
+    c = doc.table("cluster", allowed=("name", "id"), required=True)
     name = _name(c, "name")
+    cluster_id = _cluster_id(c)
     limits = _limits(doc.table("limits", allowed=_LIMITS))
     batching = _batching(
         doc.table("batching", allowed=("linger_ms", "items_max", "bytes_max", "inflight_batches")),
@@ -202,6 +218,7 @@ def _cluster(doc: TomlTable) -> ClusterConfig:
             seen_tokens[digest] = i
     return ClusterConfig(
         name=name,
+        id=cluster_id,
         stores=stores,
         topics=topics,
         limits=limits,

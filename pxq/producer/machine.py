@@ -45,7 +45,10 @@ Semantics:
   cannot make it spin. When either runs out, the
   batch's calls get ``ProduceUnknown`` if any attempt may have been applied (a timeout, an
   indefinite error, or an attempt still in flight), and ``ProduceFailed`` if every attempt was
-  definitely refused (redirects, definite errors). A non-retryable definite error ends the
+  definitely refused (redirects, definite errors) or never delivered (``Undelivered``: the
+  driver could not reach the replica, which it says only when nothing was sent; the next
+  replica is tried after a backoff, counted toward ``retries_max``). So a cluster that refuses
+  every connection gives ``ProduceFailed("unavailable")`` naming the replicas and why. A non-retryable definite error ends the
   batch at once with the same rule.
 * **Dedupe ids across restarts.** ``producer_id`` must never be reused by another incarnation
   (the store would take a fresh batch for a retry of an old one and drop it). By default it
@@ -82,6 +85,7 @@ from pxq.effects import (
     Response,
     Rng,
     StorageLow,
+    Undelivered,
     Wake,
 )
 from pxq.headers import headers_problem, headers_size
@@ -134,6 +138,8 @@ class _Batch:
     the predecessor is finished."""
     last_code: str = "unavailable"
     last_message: str = ""
+    undelivered: dict[NodeId, str] = field(default_factory=dict)
+    """Per replica, why the batch's last attempt to it never reached it (``Undelivered``)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -205,6 +211,8 @@ class Producer:
                 self._on_call(now, call_id, request, fx)
             case Received(src=src, msg=Response() as resp):
                 self._on_response(now, src, resp, fx)
+            case Received(src=src, msg=Undelivered() as undelivered):
+                self._on_undelivered(now, src, undelivered, fx)
             case Received(src=src, msg=msg):
                 fx.event("producer.unexpected", src=src, type=type(msg).__name__)
             case Wake():
@@ -490,6 +498,29 @@ class Producer:
             case _:
                 fx.event("producer.unexpected", src=src, type=type(body).__name__)
                 return  # the attempt's timeout decides
+        self._pump(now, qs, fx)
+        self._rearm(qs)
+
+    def _on_undelivered(
+        self, now: Now, src: NodeId, undelivered: Undelivered, fx: EffectsBuilder
+    ) -> None:
+        """The current attempt never reached ``src``: definitely not applied there. Try the
+        next replica after a backoff, counted toward ``retries_max`` like any failure."""
+        entry = self._reqs.get(undelivered.req_id)
+        if entry is None:
+            return
+        key, seq = entry
+        qs = self._queues.get(key)
+        b = None if qs is None else next((x for x in qs.batches if x.seq == seq), None)
+        if qs is None or b is None or b.req_id != undelivered.req_id:
+            return  # a superseded attempt: says nothing about the current one
+        b.undelivered[src] = undelivered.reason
+        b.last_code = "unavailable"
+        b.last_message = "not delivered to " + "; ".join(
+            f"{node} ({reason})" for node, reason in sorted(b.undelivered.items())
+        )
+        self._router.rotate(qs.loc, src)
+        self._again(now, qs, b, fx, wait=True)
         self._pump(now, qs, fx)
         self._rearm(qs)
 
