@@ -24,6 +24,7 @@ _LAZY: dict[str, str] = {
             "AsyncConsumer",
             "Batch",
             "ClientClosed",
+            "ClusterMismatch",
             "EnqueueFailed",
             "Item",
             "MachineFailed",

@@ -59,6 +59,7 @@ from net.client.consumer import AsyncConsumer, Batch, Handler
 from net.client.driver import CALL_TIMEOUT_MARGIN_S, MachineDriver, NodePool
 from net.client.types import (
     ClientClosed,
+    ClusterMismatch,
     ConfigSource,
     EnqueueFailed,
     Item,
@@ -73,7 +74,7 @@ from net.client.types import (
     headers_view,
 )
 from net.config import NetConfig
-from net.errors import CallOutcomeUnknown, NetError
+from net.errors import CallOutcomeUnknown, MetadataMismatch, NetError
 from pxq.config import ClusterConfig, default_config, load_config
 from pxq.consumer.messages import OwnedQueue
 from pxq.consumer.ownership import ownership_settings
@@ -100,6 +101,7 @@ __all__ = [
     "AsyncConsumer",
     "Batch",
     "ClientClosed",
+    "ClusterMismatch",
     "ConfigSource",
     "EnqueueFailed",
     "Handler",
@@ -146,6 +148,19 @@ def resolve_config(config: ConfigSource = None) -> ClusterConfig:
         )
         return dataclasses.replace(default, tls=tls)
     return load_config(config)
+
+
+def _need_str(name: str, value: object) -> None:
+    if type(value) is not str:
+        raise TypeError(f"{name}: expected str, got {type(value).__name__}")
+
+
+def _need_int(name: str, value: object, *, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if type(value) is not int:  # bool is not an int here
+        expected = "int or None" if optional else "int"
+        raise TypeError(f"{name}: expected {expected}, got {type(value).__name__}")
 
 
 def _key_bytes(key: Key) -> bytes:
@@ -202,6 +217,9 @@ class AsyncClient:
         producer_options: Mapping[str, int] | None = None,
         net_config: NetConfig | None = None,
     ) -> None:
+        _need_str("name", name)
+        _need_int("request_timeout_ms", request_timeout_ms, optional=True)
+        _need_int("call_timeout_ms", call_timeout_ms, optional=True)
         self.config = config
         self.name = name
         self._rng = random.Random(int.from_bytes(os.urandom(16), "big"))
@@ -222,6 +240,8 @@ class AsyncClient:
             {s.name: s.nodes for s in config.stores}, {s.name: s.groups for s in config.stores}
         )
         self._producer: MachineDriver | None = None
+        self._verified = False
+        self._verifying: asyncio.Future[str | None] | None = None
         self._consumers: set[AsyncConsumer] = set()
         self._consumer_count = 0
         self._closed = False
@@ -256,6 +276,42 @@ class AsyncClient:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def unreachable(self) -> dict[str, str]:
+        """Nodes whose last connection attempt failed, with why (each reason names the
+        address): what a command warns about when nothing answers."""
+        return dict(self._pool.failures)
+
+    async def verify(self) -> str | None:
+        """Check, on one connection, that the cluster reached is the one of this client's
+        file: same name and id (else the node refuses the connection) and the same routing
+        metadata (else ``ClusterMismatch``, naming what differs, and every later call raises
+        it too). Returns the node reached, or None when no node could be reached within the
+        request timeout (``unreachable()`` says why). Calls do this by themselves before
+        their first request; commands call it first to report problems early."""
+        if self._closed:
+            raise ClientClosed("the client is closed")
+        mismatch = self._pool.mismatch
+        if mismatch is not None:
+            raise ClusterMismatch(str(mismatch), mismatch.differences)
+        if self._verifying is None:
+            # One check shared by every caller waiting for it: they resume in call order.
+            self._verifying = asyncio.ensure_future(self._verify_once())
+        verifying = self._verifying
+        try:
+            return await asyncio.shield(verifying)
+        finally:
+            if verifying.done() and self._verifying is verifying and not self._verified:
+                self._verifying = None  # nothing reached (or refused): check again next time
+
+    async def _verify_once(self) -> str | None:
+        nodes = [info.node for info in self.config.all_nodes()]
+        try:
+            node = await self._pool.connect_any(nodes, self._request_timeout_ms / 1000)
+        except MetadataMismatch as exc:
+            raise ClusterMismatch(str(exc), exc.differences) from None
+        self._verified = node is not None
+        return node
 
     # -- producing -------------------------------------------------------------------------
 
@@ -295,27 +351,44 @@ class AsyncClient:
         ``ValueError`` at once when broken).
         Raises ``EnqueueFailed`` (definitely not enqueued: unknown topic, too large, the
         client's bound on held calls, refused everywhere) or ``OutcomeUnknown`` (maybe
-        enqueued: no answer within ``call_timeout_ms``, for example with the cluster down)."""
-        fut = self._produce(topic, payload, key, kind, normal_headers(headers))
-        return _receipt(await fut)
+        enqueued: no answer within ``call_timeout_ms``, for example a cluster that accepts
+        connections and then stops answering). A cluster that refuses every connection is a
+        definite ``EnqueueFailed`` (``unavailable``, naming each replica's address and why);
+        a cluster file whose routing metadata differs from the cluster's is
+        ``ClusterMismatch`` (an ``EnqueueFailed``). Arguments of the wrong type raise
+        ``TypeError`` at once, before anything is sent."""
+        request = self._request(topic, payload, key, kind, normal_headers(headers))
+        if not self._verified:
+            await self.verify()
+        return _receipt(await self._submit(request))
 
-    def _produce(
+    def _request(
         self,
         topic: str,
         payload: bytes | bytearray | memoryview,
         key: Key,
         kind: str,
         headers: Headers = (),
-    ) -> asyncio.Future[object]:
+    ) -> Produce:
+        """The validated request (``TypeError`` for a wrong argument type)."""
+        if type(topic) is not str:
+            _need_str("topic", topic)
+        if type(kind) is not str:
+            _need_str("kind", kind)
         # The common cases inline (the same bytes as _key_bytes and _payload_bytes give).
         key_bytes = b"" if key is None else _key_bytes(key)
-        request = Produce(
+        return Produce(
             topic=topic,
             key=key_bytes,
             payload=payload if type(payload) is bytes else _payload_bytes(payload),
             kind=kind,
             headers=headers,
         )
+
+    def _submit(self, request: Produce) -> asyncio.Future[object]:
+        mismatch = self._pool.mismatch
+        if mismatch is not None:
+            raise ClusterMismatch(str(mismatch), mismatch.differences)
         driver = self._producer
         if driver is None or driver.closed or self._closed:
             driver = self._producer_driver()
@@ -361,7 +434,11 @@ class AsyncClient:
         order) is raised, and the other items may have been enqueued. ``kind`` and
         ``headers`` apply to every item."""
         normal = normal_headers(headers)
-        futures = [self._produce(topic, payload, key, kind, normal) for key, payload in items]
+        # Every item is checked before any is handed over: a bad one sends nothing.
+        requests = [self._request(topic, payload, key, kind, normal) for key, payload in items]
+        if not self._verified:
+            await self.verify()
+        futures = [self._submit(request) for request in requests]
         results: list[Receipt | PxqError] = []
         for fut in futures:
             try:
@@ -409,6 +486,27 @@ class AsyncClient:
         group does not consume, or a queue it is not subscribed to."""
         if self._closed:
             raise ClientClosed("the client is closed")
+        mismatch = self._pool.mismatch
+        if mismatch is not None:
+            raise ClusterMismatch(str(mismatch), mismatch.differences)
+        _need_str("group", group)
+        if topic is not None:
+            _need_str("topic", topic)
+        if queues is not None:
+            if isinstance(queues, str | bytes):
+                raise TypeError("queues: expected a sequence of int, got a string")
+            for q in queues:
+                _need_int("queues[]", q)
+        _need_int("concurrency", concurrency)
+        if concurrency < 1:
+            raise ValueError(f"concurrency: must be >= 1, got {concurrency}")
+        if type(close_timeout_s) not in (int, float) or close_timeout_s < 0:
+            raise ValueError(f"close_timeout_s: expected seconds >= 0, got {close_timeout_s!r}")
+        if name is not None:
+            _need_str("name", name)
+        _need_int("weight", weight, optional=True)
+        for option, value in (options or {}).items():
+            _need_int(f"options[{option!r}]", value)
         overrides = dict(self._timeouts)
         overrides.update(options or {})
         subscribed_topics = [t for t in self.config.topics if t.group(group) is not None]
@@ -492,6 +590,15 @@ class AsyncClient:
 
         ``dry_run``: move nothing; the result says where each queue would move if the seek
         were applied now (``SeekPreview``, answered by each queue's master)."""
+        _need_str("topic", topic)
+        _need_str("group", group)
+        for field_name, value in (
+            ("queue", queue),
+            ("offset", offset),
+            ("time_ms", time_ms),
+            ("back_ms", back_ms),
+        ):
+            _need_int(field_name, value, optional=True)
         if sum(t is not None for t in (offset, time_ms, back_ms)) != 1:
             raise ValueError("seek: give exactly one of offset, time_ms and back_ms")
         if back_ms is not None and back_ms < 0:
@@ -504,6 +611,8 @@ class AsyncClient:
             raise RequestFailed("unknown_group", f"{group!r} does not consume {topic!r}")
         if queue is None:
             targets = [q for q in range(info.queues) if cg.subscribes_queue(q)]
+        elif not 0 <= queue < info.queues:
+            raise ValueError(f"queue: {topic!r} has queues 0..{info.queues - 1}, got {queue}")
         else:
             targets = [queue]
         positions: dict[int, int] = {}
@@ -532,6 +641,11 @@ class AsyncClient:
         kinds only), from ``offset`` (None: the group's committed cursor), without
         committing anything. ``topic`` may be a retry-level or dead-letter topic of the
         group (``"{topic}.dlq.{group}"``), which is how dead letters are inspected."""
+        _need_str("topic", topic)
+        _need_str("group", group)
+        _need_int("queue", queue)
+        _need_int("offset", offset, optional=True)
+        _need_int("count", count)
         if not 0 <= count <= PEEK_ITEMS_MAX:
             raise ValueError(f"count: must be in 0..{PEEK_ITEMS_MAX}")
         if offset is None:
@@ -635,12 +749,15 @@ class AsyncClient:
         retry timeouts on the next replica, bounded by attempts and ``call_timeout_ms``."""
         if self._closed:
             raise ClientClosed("the client is closed")
+        if not self._verified:
+            await self.verify()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._call_timeout_ms / 1000
         loc = self._router.locate(topic, queue)
         timeout_s = self._request_timeout_ms / 1000 + CALL_TIMEOUT_MARGIN_S
         maybe_applied = False
         last = "no attempt"
+        unsent: dict[str, str] = {}
         failures = 0
         for _ in range(ADMIN_ATTEMPTS_MAX):
             remaining = deadline - loop.time()
@@ -655,8 +772,12 @@ class AsyncClient:
                 last = f"{target}: {exc}"
                 self._router.rotate(loc, target)
                 wait = isinstance(exc, TimeoutError)
+            except MetadataMismatch as exc:
+                raise ClusterMismatch(str(exc), exc.differences) from None
             except (NetError, OSError) as exc:
+                # Not sent (a connection that could not be set up names its address).
                 last = f"{target}: {exc}"
+                unsent[target] = str(exc)
                 self._router.rotate(loc, target)
                 wait = True
             else:
@@ -682,9 +803,14 @@ class AsyncClient:
                 failures += 1
                 delay = backoff_ms(self._rng, failures, ADMIN_BACKOFF_MS, ADMIN_BACKOFF_MAX_MS)
                 await asyncio.sleep(min(delay / 1000, max(0.0, deadline - loop.time())))
+        what = type(request).__name__
         if maybe_applied:
-            raise OutcomeUnknown(f"{type(request).__name__} gave up: {last}")
-        raise RequestFailed("unavailable", f"{type(request).__name__} gave up: {last}")
+            raise OutcomeUnknown(f"{what} gave up: {last}")
+        if unsent and last.startswith(tuple(f"{node}: " for node in unsent)):
+            # Ended on connections that could not be set up: name every replica's reason.
+            reasons = "; ".join(f"{node} ({why})" for node, why in sorted(unsent.items()))
+            raise RequestFailed("unavailable", f"{what} gave up: not delivered to {reasons}")
+        raise RequestFailed("unavailable", f"{what} gave up: {last}")
 
     # -- lifecycle -------------------------------------------------------------------------
 

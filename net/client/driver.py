@@ -150,6 +150,26 @@ class NodePool:
             raise ConnectRefused(f"{where}: no connection within {timeout_s:.3g} s") from None
         return await client.call(request, max(0.001, deadline - loop.time()))
 
+    async def connect_any(self, nodes: list[NodeId], timeout_s: float) -> NodeId | None:
+        """The first of ``nodes`` (in order) a connection is set up to within ``timeout_s``
+        overall (an open one counts); None if none. ``MetadataMismatch`` is raised at once:
+        the client's file is wrong whichever node says so."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        for node in nodes:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._client(node)
+            except MetadataMismatch:
+                raise
+            except (NotConnected, TimeoutError):
+                continue
+            return node
+        return None
+
     async def _client(self, node: NodeId) -> NodeClient:
         if self._closed:
             raise NotConnected("the client is closed")

@@ -114,6 +114,20 @@ class PermissionDenied(EnqueueFailed, RequestFailed):
         self.permission = message.rpartition(" lacks ")[2]
 
 
+class ClusterMismatch(EnqueueFailed, RequestFailed):
+    """The client's cluster file does not describe the cluster it reached: its routing
+    metadata (topics and their queues, stores and their groups, consumer groups, the lock
+    service: ``pxq.config.identity``) differs from the cluster's, so keys would be routed to
+    other queues than other clients route them to. Definite: nothing was sent. Code
+    ``cluster_mismatch``; ``differences`` lists what differs. Use the cluster's own file."""
+
+    def __init__(self, message: str, differences: list[str]) -> None:
+        PxqError.__init__(self, f"cluster_mismatch: {message}")
+        self.code = "cluster_mismatch"
+        self.message = message
+        self.differences = differences
+
+
 class ClientClosed(PxqError):
     """The client (or consumer) was closed; no new calls are accepted."""
 

@@ -985,6 +985,7 @@ class NodeRunner:
         link = PeerLink(
             local=self.node_id,
             cluster=self.cluster,
+            cluster_id=self.cluster_id,
             peer=peer,
             address=address,
             config=self.config,

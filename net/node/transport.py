@@ -422,9 +422,11 @@ class PeerLink:
         address: tuple[str, int],
         config: NetConfig,
         rng: random.Random,
+        cluster_id: str = "",
     ) -> None:
         self.local = local
         self.cluster = cluster
+        self.cluster_id = cluster_id
         self.peer = peer
         self.address = address
         self._config = config
@@ -562,7 +564,7 @@ class PeerLink:
         transport.set_write_buffer_limits(
             high=self._config.write_buffer_high_bytes, low=self._config.write_buffer_low_bytes
         )
-        hello = Hello(node=self.local, cluster=self.cluster)
+        hello = Hello(node=self.local, cluster=self.cluster, cluster_id=self.cluster_id)
         transport.write(encode_frame(hello, frame_bytes_max=self._config.frame_bytes_max))
         log.debug("%s: connected to peer %s", self.local, self.peer)
         self.flush()
