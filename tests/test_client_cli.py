@@ -186,26 +186,32 @@ def test_produce_without_a_key_sends_none_and_spreads_the_items(cluster: Backgro
     assert {key for _, _, key, _ in lines} == {""}  # stored without a key
 
 
-def test_produce_with_the_cluster_down_exits_1(tmp_path: Path) -> None:
-    done = pxq_cli(
-        "produce",
-        "--topic",
-        "t",
-        "--call-timeout-ms",
-        "300",
-        "--config",
-        str(dead_config(tmp_path)),
-        stdin="x\n",
-    )
-    assert done.returncode == 1
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("produce", "--topic", "t", "--timeout", "0.5"),
+        ("consume", "--group", "g", "--timeout", "0.5"),
+        ("echo", "--timeout", "0.5"),
+        ("seek", "--group", "g", "--topic", "t", "--offset", "0", "--timeout", "0.5"),
+    ],
+    ids=lambda args: args[0],
+)
+def test_a_cluster_that_refuses_every_connection_is_named_and_exits_1(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    # Issue 14: produce said "outcome unknown" (definitely not enqueued), consume hung
+    # silently, echo printed an empty reason. Now each names every address and why, and
+    # gives up after its --timeout.
+    config = dead_config(tmp_path)
+    done = pxq_cli(*args, "--config", str(config), stdin="x\n")
+    assert done.returncode == 1, done.stderr
     assert done.stdout == ""
-    assert "line 1" in done.stderr and "outcome unknown" in done.stderr
-
-
-def test_echo_exits_1_when_the_item_is_not_seen(tmp_path: Path) -> None:
-    done = pxq_cli("echo", "--timeout", "0.5", "--config", str(dead_config(tmp_path)))
-    assert done.returncode == 1
-    assert "echo" in done.stderr
+    text = config.read_text()
+    for port in [line.split("= ")[1] for line in text.splitlines() if line.startswith("port")]:
+        assert f"127.0.0.1:{port}: connection refused" in done.stderr, done.stderr
+    if args[0] == "produce":
+        assert "line 1: not enqueued: unavailable" in done.stderr
+        assert "outcome unknown" not in done.stderr
 
 
 @pytest.mark.parametrize(

@@ -9,10 +9,14 @@ if it exists, else the embedded default that ``pxq cluster up`` starts) and runs
 only when a command runs, so ``pxq --help`` stays fast.
 
 Exit codes: 0 on success; 1 when an item failed or its outcome is unknown or a line could not
-be read with ``--format`` (``produce``), when
-fewer than ``--count`` items arrived in time (``consume``), or when the echo item was not seen
-in time (``echo``), or when a seek was refused or its outcome is unknown (``seek``); 2 for bad
-input (an invalid configuration, an unknown topic or group).
+be read with ``--format`` (``produce``), when fewer than ``--count`` items arrived in time or no
+node of the cluster could be reached before ``--timeout`` (``consume``), or when the echo item
+was not seen in time (``echo``), or when a seek was refused or its outcome is unknown
+(``seek``), or when the cluster file does not match the cluster (any command); 2 for bad input
+(an invalid configuration, an unknown topic or group).
+
+No command waits silently on a cluster it cannot reach: each warns on stderr, naming every
+address it could not connect to and why, and gives up after its ``--timeout``.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from pxq.cli.output import LinePrinter
 from pxq.topics import HEALTH_GROUP
 
 if TYPE_CHECKING:
-    from net.client.api import AsyncConsumer, Item, Receipt
+    from net.client.api import AsyncClient, AsyncConsumer, Item, Receipt
     from pxq.config.model import ClusterConfig
 
 PRODUCE_WINDOW = 1000
@@ -49,6 +53,8 @@ ECHO_POLL_MS = 5
 READY_POLL_S = 0.005
 DENIED_POLL_S = 0.1
 """How often ``pxq consume`` looks for streams the store refused (``permission_denied``)."""
+REACH_POLL_S = 1.0
+"""How often ``pxq consume`` and ``pxq echo`` look again for a node they can reach."""
 
 CONFIG_OPTION = click.option(
     "--config",
@@ -83,6 +89,36 @@ def _text(data: bytes) -> str:
     bytes that are not UTF-8 as ``\\xNN``."""
     text = data.decode("utf-8", "surrogateescape").translate(_ESCAPES)
     return _UNDECODABLE.sub(lambda m: f"\\x{ord(m.group()) - 0xDC00:02x}", text)
+
+
+def _unreachable(client: AsyncClient) -> str:
+    """Every node the client could not connect to, with why (each names its address)."""
+    failures = client.unreachable()
+    return "; ".join(f"{node}: {why}" for node, why in sorted(failures.items())) or "no answer"
+
+
+async def _reach(client: AsyncClient, deadline: float) -> bool:
+    """Wait (until ``deadline``, loop time) for a node of the cluster to accept the client,
+    warning once naming every address that refuses; False if none did. A cluster file that
+    does not match the cluster is an error (exit 1)."""
+    from net.client.api import ClusterMismatch
+
+    loop = asyncio.get_running_loop()
+    warned = False
+    while True:
+        try:
+            if await client.verify() is not None:
+                return True
+        except ClusterMismatch as exc:
+            click.echo(f"pxq: {exc}", err=True)
+            sys.exit(EXIT_FAILED)
+        if not warned:
+            click.echo(f"pxq: warning: cannot reach the cluster: {_unreachable(client)}", err=True)
+            warned = True
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return False
+        await asyncio.sleep(min(REACH_POLL_S, remaining))
 
 
 def _item_line(item: Item) -> str:
@@ -217,10 +253,18 @@ def parse_line(
     help="A header of every item (repeatable); a json line's own headers win.",
 )
 @click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0.001),
+    default=None,
+    help="Give up on an item after this many seconds (default 10): not enqueued if no node "
+    "could be reached (the addresses are named), else its outcome is unknown.",
+)
+@click.option(
     "--call-timeout-ms",
     type=click.IntRange(min=1),
     default=None,
-    help="Give up on an item after this long (outcome unknown); default 10000.",
+    help="The same as --timeout, in ms.",
 )
 @CONFIG_OPTION
 def produce(
@@ -230,6 +274,7 @@ def produce(
     kind: str,
     line_format: str,
     header_args: tuple[str, ...],
+    timeout_s: float | None,
     call_timeout_ms: int | None,
     config_path: Path | None,
 ) -> None:
@@ -238,6 +283,8 @@ def produce(
 
     A line that --format cannot read is reported on stderr with its number and not
     enqueued (exit 1 at the end); the other lines go on."""
+    if timeout_s is not None:
+        call_timeout_ms = max(1, round(timeout_s * 1000))
     config = _load(config_path)
     if config.base_topic(topic) is None:
         bad_input(f"no topic {topic!r} in the configuration")
@@ -303,6 +350,8 @@ async def _produce(
                 click.echo(f"{r.topic}\t{r.queue}\t{r.offset}")
 
     async with await AsyncClient.connect(config, call_timeout_ms=call_timeout_ms) as client:
+        # Say at once when nothing answers (each failed line names the addresses too).
+        await _reach(client, loop.time())
         reporter = loop.create_task(report())
         line_no = 0
         while True:
@@ -417,7 +466,15 @@ async def _consume(
     printed = 0
     last = loop.time()
     async with await AsyncClient.connect(config) as client:
+        # Warn (naming the addresses) when no node answers; keep trying until --timeout.
+        reached = await _reach(client, loop.time())
         consumer = client.consumer(group, topic, options=options)
+
+        async def reach_watch() -> None:
+            nonlocal reached
+            while not reached:
+                await asyncio.sleep(REACH_POLL_S)
+                reached = await client.verify() is not None
 
         async def watchdog() -> None:
             if timeout_s is None:
@@ -442,6 +499,7 @@ async def _consume(
         # lines were written; a failed write leaves the loop, uncommitted.
         sys.stdout.flush()
         printer = LinePrinter.stdout()
+        reach_dog = loop.create_task(reach_watch())
         try:
             async with consumer:
                 async for batch in consumer.batches():
@@ -463,6 +521,14 @@ async def _consume(
             dog.cancel()
             denied_dog.cancel()
             printer.close()
+            reach_dog.cancel()
+        if not reached:
+            click.echo(
+                f"pxq: consume: no node of the cluster could be reached"
+                f"{f' within {timeout_s:g} s' if timeout_s else ''}: {_unreachable(client)}",
+                err=True,
+            )
+            sys.exit(EXIT_FAILED)
     if consumer.denied:
         lacks = ", ".join(consumer.denied)
         click.echo(f"pxq: permission denied: the principal lacks {lacks}", err=True)
@@ -516,6 +582,14 @@ async def _consume(
     help="Move nothing: print where each queue would move if the seek were applied now.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of lines.")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0.001),
+    default=10.0,
+    show_default=True,
+    help="Give up after this many seconds (the addresses that could not be reached are named).",
+)
 @CONFIG_OPTION
 def seek(
     *,
@@ -529,6 +603,7 @@ def seek(
     time_text: str | None,
     dry_run: bool,
     as_json: bool,
+    timeout_s: float,
     config_path: Path | None,
 ) -> None:
     """Move GROUP's cursor on TOPIC: print each queue it set (QUEUE CURSOR, tab separated).
@@ -569,6 +644,7 @@ def seek(
             time_ms=time_ms,
             dry_run=dry_run,
             as_json=as_json,
+            timeout_s=timeout_s,
         )
     )
     sys.exit(EXIT_OK if ok else EXIT_FAILED)
@@ -585,10 +661,13 @@ async def _seek(
     time_ms: int | None,
     dry_run: bool = False,
     as_json: bool = False,
+    timeout_s: float = 10.0,
 ) -> bool:
     from net.client.api import AsyncClient, OutcomeUnknown, RequestFailed
 
-    async with await AsyncClient.connect(config) as client:
+    call_timeout_ms = max(1, round(timeout_s * 1000))
+    async with await AsyncClient.connect(config, call_timeout_ms=call_timeout_ms) as client:
+        await _reach(client, asyncio.get_running_loop().time())
         try:
             result = await client.seek(
                 topic,
@@ -743,6 +822,13 @@ async def _echo(
     seen_at = 0.0
     call_timeout_ms = max(1, int(timeout_s * 1000))
     async with await AsyncClient.connect(config, call_timeout_ms=call_timeout_ms) as client:
+        if not await _reach(client, deadline):
+            click.echo(
+                f"pxq: echo: no node of the cluster could be reached within {timeout_s:g} s: "
+                f"{_unreachable(client)}",
+                err=True,
+            )
+            return False
         consumer = client.consumer(
             group,
             topic,
@@ -768,7 +854,9 @@ async def _echo(
                     client.enqueue(topic, payload, key=key), max(0.001, deadline - loop.time())
                 )
             except (PxqError, TimeoutError) as exc:
-                click.echo(f"pxq: echo: enqueue failed: {exc or 'timed out'}", err=True)
+                # str() of a TimeoutError is empty: the reason must never be.
+                reason = str(exc) or f"no answer within {timeout_s:g} s ({_unreachable(client)})"
+                click.echo(f"pxq: echo: enqueue failed: {reason}", err=True)
                 consumer.stop()
                 await watcher
                 return False
