@@ -11,7 +11,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pxq.codec import decode, encode
-from pxq.effects import Boot, ClientCall, Now, Received, Request, Response
+from pxq.effects import Boot, ClientCall, Now, Received, Request, Response, Undelivered, Wake
 from pxq.producer.machine import Producer
 from pxq.producer.messages import Produce, Produced, ProduceFailed, ProduceUnknown
 from pxq.producer.settings import ProducerSettings
@@ -478,3 +478,51 @@ def test_a_given_up_predecessor_lets_its_successor_go_without_after() -> None:
     b_sends = [e for _, _, e in enqueues(h) if e.seq != a_seq]
     assert b_sends[0].after == a_seq and b_sends[-1].after == 0
     assert [i.payload for i in h.store.items("t", queue_of(b"k", 8))] == [b"1", b"2"]
+
+
+def _drive_undelivered(p: Producer, *, timeout_first: bool) -> object:
+    """One Produce whose every attempt is answered ``Undelivered`` (after, with
+    ``timeout_first``, a first attempt left unanswered past its timeout); its reply."""
+    t = 0
+    fx = p.step(Now(mono_ms=t, wall_ms=t), Boot())
+    fx = p.step(
+        Now(mono_ms=t, wall_ms=t),
+        ClientCall(call_id=1, request=Produce(topic="t", key=b"k", payload=b"x")),
+    )
+    targets: list[str] = []
+    for _ in range(100):
+        if fx.replies:
+            return fx.replies[0].response
+        sends = [s for s in fx.sends if isinstance(s.msg, Request)]
+        if sends and not (timeout_first and not targets):
+            send = sends[0]
+            assert isinstance(send.msg, Request)
+            targets.append(send.dst)
+            fx = p.step(
+                Now(mono_ms=t, wall_ms=t),
+                Received(
+                    src=send.dst,
+                    msg=Undelivered(req_id=send.msg.req_id, reason=f"{send.dst}: refused"),
+                ),
+            )
+            continue
+        if sends:
+            targets.append(sends[0].dst)
+        deadline = p.next_deadline()
+        assert deadline is not None
+        t = deadline
+        fx = p.step(Now(mono_ms=t, wall_ms=t), Wake())
+    raise AssertionError("no reply")
+
+
+def test_attempts_that_never_reached_a_replica_fail_definitely_naming_each() -> None:
+    settings = ProducerSettings(stores=STORES, groups_per_store=GROUPS, topics=TOPICS, linger_ms=0)
+    reply = _drive_undelivered(Producer(settings, random.Random(1), name="p"), timeout_first=False)
+    assert isinstance(reply, ProduceFailed), reply
+    assert reply.code == "unavailable"
+    _, store, _ = Producer(settings, random.Random(1), name="p").route("t", b"k")
+    for node in STORES[store]:  # every replica was tried, and is named
+        assert f"{node} ({node}: refused)" in reply.message
+    # An attempt that may have reached a replica (no answer in time) keeps it unknown.
+    reply = _drive_undelivered(Producer(settings, random.Random(1), name="p"), timeout_first=True)
+    assert isinstance(reply, ProduceUnknown), reply
