@@ -172,13 +172,24 @@ def test_up_reports_a_node_that_cannot_start_and_stops_the_others(workdir: Path)
     ports = free_ports(3)
     (workdir / "cluster.toml").write_text(cluster_toml(ports), encoding="utf-8")
     home = ClusterHome(workdir / ".pxq")
+    # A busy port is found before anything starts (issue 14: "up" was printed while every
+    # node died on busy ports and another cluster answered the probes).
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", ports[2]))
         busy.listen()
         up = pxq("cluster", "up", "--config", "cluster.toml", "--timeout", "20", cwd=workdir)
+    assert up.returncode == 2, up.stdout + up.stderr
+    assert f"s2 (127.0.0.1:{ports[2]}): the port is in use" in up.stderr
+    assert "Nothing was started" in up.stderr
+    assert home.pid_files() == {}
+    # A node that exits while starting (here: its data dir is another cluster's).
+    (workdir / ".pxq" / "data" / "s2").mkdir(parents=True)
+    marker = '{"format": 1, "cluster": "elsewhere", "node": "s2"}\n'
+    (workdir / ".pxq" / "data" / "s2" / "pxq-node.json").write_text(marker)
+    up = pxq("cluster", "up", "--config", "cluster.toml", "--timeout", "20", cwd=workdir)
     assert up.returncode == 1, up.stdout + up.stderr
     assert "node s2 exited with code 2" in up.stderr
-    assert f"127.0.0.1:{ports[2]}" in up.stderr and "in use" in up.stderr  # the log tail
+    assert "of cluster 'elsewhere' (no id)" in up.stderr  # the log tail
     assert home.pid_files() == {}
     assert home.recorded_config() is None
 
