@@ -247,9 +247,10 @@ async def _handshake(
     protocol.welcome = None
     theirs = describe_cluster(welcome.cluster, welcome.cluster_id)
     if (welcome.cluster, welcome.cluster_id) != (cluster.name, cluster.id):
+        # (The node's own refusal says the same.)
         raise ForeignCluster(
-            f"{label} is node {welcome.node} of {theirs}, not of this client's "
-            f"{cluster.describe()}: {welcome.error or 'another cluster'}"
+            f"{label} is node {welcome.node} of {theirs}, not of {cluster.describe()} of the "
+            f"client's cluster file"
         )
     if welcome.error:
         refused = ForeignCluster if node and welcome.node != node else ConnectRefused
