@@ -140,7 +140,13 @@ def test_a_client_of_another_cluster_is_refused_naming_both(tmp_path: Path) -> N
                 with pytest.raises(ForeignCluster):
                     await find_masters(other, FAST)
             async with await AsyncClient.connect(ours, net_config=FAST) as client:
-                assert (await client.enqueue("t", b"ours", key="k")).offset == 0
+                # Calls made while the first one verifies the cluster keep their order.
+                tasks = [
+                    asyncio.create_task(client.enqueue("t", str(i).encode(), key="k"))
+                    for i in range(20)
+                ]
+                receipts = await asyncio.gather(*tasks)
+                assert [r.offset for r in receipts] == list(range(20))
         finally:
             await cluster.stop()
 

@@ -242,6 +242,11 @@ class AsyncClient:
         self._producer: MachineDriver | None = None
         self._verified = False
         self._verifying: asyncio.Future[str | None] | None = None
+        self._verify_attempts = 0
+        # Calls made before the cluster was verified queue here, in call order (asyncio.Lock
+        # is FIFO), so that the producer still sees them in the order they were made.
+        self._gate = asyncio.Lock()
+        self._gate_waiters = 0
         self._consumers: set[AsyncConsumer] = set()
         self._consumer_count = 0
         self._closed = False
@@ -305,6 +310,7 @@ class AsyncClient:
                 self._verifying = None  # nothing reached (or refused): check again next time
 
     async def _verify_once(self) -> str | None:
+        self._verify_attempts += 1
         nodes = [info.node for info in self.config.all_nodes()]
         try:
             node = await self._pool.connect_any(nodes, self._request_timeout_ms / 1000)
@@ -358,9 +364,25 @@ class AsyncClient:
         ``ClusterMismatch`` (an ``EnqueueFailed``). Arguments of the wrong type raise
         ``TypeError`` at once, before anything is sent."""
         request = self._request(topic, payload, key, kind, normal_headers(headers))
-        if not self._verified:
-            await self.verify()
-        return _receipt(await self._submit(request))
+        if self._verified and not self._gate_waiters:
+            fut = self._submit(request)
+        else:
+            (fut,) = await self._submit_verified([request])
+        return _receipt(await fut)
+
+    async def _submit_verified(self, requests: list[Produce]) -> list[asyncio.Future[object]]:
+        """Submit ``requests`` once the cluster is verified (``verify``: the first call made
+        before it is does it, once for every call queued meanwhile), in the order the calls
+        were made."""
+        attempts = self._verify_attempts
+        self._gate_waiters += 1
+        try:
+            async with self._gate:
+                if not self._verified and self._verify_attempts == attempts:
+                    await self.verify()
+                return [self._submit(request) for request in requests]
+        finally:
+            self._gate_waiters -= 1
 
     def _request(
         self,
@@ -436,9 +458,10 @@ class AsyncClient:
         normal = normal_headers(headers)
         # Every item is checked before any is handed over: a bad one sends nothing.
         requests = [self._request(topic, payload, key, kind, normal) for key, payload in items]
-        if not self._verified:
-            await self.verify()
-        futures = [self._submit(request) for request in requests]
+        if self._verified and not self._gate_waiters:
+            futures = [self._submit(request) for request in requests]
+        else:
+            futures = await self._submit_verified(requests)
         results: list[Receipt | PxqError] = []
         for fut in futures:
             try:

@@ -77,6 +77,13 @@ It implements the driver contract of ``pxq.effects`` the way ``sim.world.NodeHos
   answered at once with a definite ``permission_denied`` error naming the missing permission
   (logged, counted in ``calls_refused``); the node never sees it. Without TLS there is no
   identity and every call is allowed; each node logs a warning at start.
+* Cluster identity (``pxq.config.identity``): the runner knows its cluster's name and id and
+  routing metadata. A peer's ``Hello`` and a client's ``ClientHello`` naming another cluster
+  (name or id) are refused, the client's with a ``Welcome`` whose error names both; so is a
+  client over its address's connection budget, before any of its calls is read (definite for
+  the client). An accepted client whose routing fingerprint differs gets the node's metadata
+  in its ``Welcome`` and refuses to route with its own file. The storage opener stamps the id
+  into the data dir (``net.node.storage``).
 * Trace events go to the ``pxq.net.trace`` logger (debug level) and to an optional callback.
   A Paxos group's mastership changes (the core's ``master`` events: lease gained, lease
   expired, mastership lost) are logged at info level on ``pxq.mastership``, once each, with
