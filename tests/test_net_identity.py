@@ -100,7 +100,7 @@ def test_cluster_up_on_the_ports_of_a_running_cluster_fails_and_starts_nothing(
             assert home.pid_files() == {}
             # Were a port taken after the check (a race), the probe would be answered by the
             # other cluster: that fails the start, naming both clusters, instead of "up".
-            monkeypatch.setattr(processes, "busy_addresses", lambda config: [])
+            monkeypatch.setattr(processes, "busy_addresses", lambda config, **_: [])
             with pytest.raises(processes.NotOurNode) as not_ours:
                 await processes.up(home, theirs_file, timeout_s=10.0, tls=False)
             message = str(not_ours.value)
@@ -161,6 +161,13 @@ def test_a_client_whose_file_routes_differently_refuses_to_route(tmp_path: Path)
     async def body() -> None:
         cluster = await started(ours, tmp_path / "data")
         try:
+            async with await AsyncClient.connect(stale, net_config=FAST) as client:
+                # A consumer made before any call learns the mismatch when it starts.
+                consumer = client.consumer("g")
+                with pytest.raises(pxq.ClusterMismatch):
+                    async for _ in consumer.batches():
+                        pass
+                await consumer.close()
             async with await AsyncClient.connect(stale, net_config=FAST) as client:
                 started_at = time.monotonic()
                 with pytest.raises(pxq.ClusterMismatch) as mismatch:

@@ -572,6 +572,7 @@ class AsyncClient:
             concurrency=concurrency,
             close_timeout_s=close_timeout_s,
             on_close=self._consumers.discard,
+            verify=self.verify,
         )
         self._consumers.add(consumer)
         return consumer

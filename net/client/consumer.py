@@ -55,7 +55,7 @@ import functools
 import inspect
 import logging
 import types
-from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Final, TypeAlias
 
@@ -236,6 +236,7 @@ class AsyncConsumer:
         concurrency: int = CONCURRENCY_DEFAULT,
         close_timeout_s: float = CLOSE_TIMEOUT_DEFAULT_S,
         on_close: Callable[[AsyncConsumer], None] | None = None,
+        verify: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency: must be >= 1")
@@ -259,6 +260,10 @@ class AsyncConsumer:
         )
         self._close_timeout_s = close_timeout_s
         self._on_close = on_close
+        self._verify = verify
+        """The client's check that its file matches the cluster (``AsyncClient.verify``),
+        awaited before consuming: a mismatch raises ``ClusterMismatch`` at once instead of a
+        consumer waiting on refused connections without saying why."""
         self._sem = asyncio.Semaphore(concurrency)
         self._concurrency = concurrency
         self._executor: ThreadPoolExecutor | None = None
@@ -302,6 +307,8 @@ class AsyncConsumer:
         """Consume with ``handler`` until ``stop()`` or ``close()`` (see the module docstring).
 
         Raises ``MachineFailed`` if the consumer machine stopped on a broken invariant."""
+        if self._verify is not None:
+            await self._verify()
         await self._wait_ending()
         session = self._begin("run")
         self._handler = handler
@@ -328,6 +335,8 @@ class AsyncConsumer:
             # The previous loop left with a batch out (raised or broke out) and its generator
             # was not closed yet: end that session here, its batch uncommitted.
             await self._end(self._session)
+        if self._verify is not None:
+            await self._verify()
         await self._wait_ending()
         session = self._begin("batches")
         try:
