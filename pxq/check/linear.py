@@ -34,8 +34,8 @@ The search (Wing & Gong 1993, with Lowe's memoisation, as Porcupine does it):
   each illegal partition's counterexample search (there is no clock in the pure core).
   Every partition is decided on its own budget: one that runs out is ``"unknown"``, never a
   hang, and does not keep the others from being decided. The verdict is ``"illegal"`` as
-  soon as any partition is illegal (whatever the others), else ``"unknown"`` if any ran
-  out, else ``"ok"``.
+  soon as a partition is illegal (whatever the ones before it; the ones after it are not
+  searched), else ``"unknown"`` if any ran out, else ``"ok"``.
 * **Counterexample.** For an illegal partition the checker searches for the shortest prefix
   of it (cut at a return) that is already illegal: an operation that returned before the cut
   stays as it was, one that returned after it becomes an info operation. Illegality is
@@ -65,6 +65,10 @@ Verdict: TypeAlias = Literal["ok", "illegal", "unknown"]
 
 MAX_STEPS_DEFAULT: Final = 1_000_000
 """Model steps the search of one partition may take before it is ``"unknown"``."""
+
+DOMINATORS_MAX: Final = 8
+"""Info-operation sets kept per (completed set, state) for the dominance check: the check
+stays O(1) per step, so the step budget bounds the time too."""
 
 COUNTEREXAMPLE_OPS_MAX: Final = 24
 """Operations of the minimal failing prefix listed in a report (the latest ones by call)."""
@@ -178,7 +182,7 @@ class Linearization:
     """Every partition whose search ran out of its budget (any verdict but ``"ok"``: an
     illegal verdict may come with partitions left undecided)."""
     illegal_partitions: tuple[int, ...] = ()
-    """Every partition found illegal."""
+    """The partition found illegal (the search stops there)."""
 
     @property
     def unknown_partition(self) -> int | None:
@@ -216,8 +220,6 @@ class Linearization:
                 "(the step budget ran out while shrinking: the failure lies at or before it)"
             )
             summary = f"{name}: FAILED, partition {cx.partition}: {where}"
-            if len(self.illegal_partitions) > 1:
-                summary += f" ({len(self.illegal_partitions)} partitions illegal)"
             shown = sorted(cx.operations, key=lambda o: o.call_index)[-COUNTEREXAMPLE_OPS_MAX:]
             details["illegal-partitions"] = list(self.illegal_partitions)
             details["counterexample"] = {
@@ -292,8 +294,11 @@ def _search(model: Model[Any], ops: Sequence[Operation], budget: _Budget) -> tup
     step = model.step
     state = model.init()
     done = used = 0
-    # (done, state) -> the ``used`` sets it was reached with (none a superset of another's).
+    # (done, state) -> the first ``used`` sets it was reached with (none a superset of
+    # another's), at most DOMINATORS_MAX of them so that a step costs O(1); every
+    # configuration reached is also in ``exact`` (the plain memo).
     seen: dict[tuple[int, Hashable], list[int]] = {(0, state): [0]}
+    exact: set[tuple[tuple[int, Hashable], int]] = {((0, state), 0)}
     stack: list[tuple[int, Any, int, int]] = []
     longest: list[int] = []
     left = budget.left
@@ -334,11 +339,14 @@ def _search(model: Model[Any], ops: Sequence[Operation], budget: _Budget) -> tup
             reached = seen.get(key)
             if reached is None:
                 seen[key] = [new_used]
-            elif any(u & new_used == u for u in reached):
+                exact.add((key, new_used))
+            elif (key, new_used) in exact or any(u & new_used == u for u in reached):
                 entry = nxt[entry]  # dominated: reached before with no more info ops used
                 continue
             else:
-                reached.append(new_used)
+                exact.add((key, new_used))
+                if len(reached) < DOMINATORS_MAX:
+                    reached.append(new_used)
             stack.append((entry, state, done, used))
             state, done, used = new_state, new_done, new_used
             # Lift the call, then its return.
@@ -427,9 +435,9 @@ def check_operations(
     """Is the concurrent history ``ops`` linearizable with respect to ``model``?
 
     Every partition is searched on its own budget of ``max_steps`` model steps, so one that
-    is hard to decide never hides another that is illegal. The verdict is ``"illegal"`` if
-    any partition is (the counterexample is the first one's, searched on a budget of its
-    own), else ``"unknown"`` if any ran out of budget, else ``"ok"``.
+    is hard to decide never hides another that is illegal. The verdict is ``"illegal"`` as
+    soon as a partition is (its counterexample searched on a budget of its own; the later
+    partitions are not searched), else ``"unknown"`` if any ran out of budget, else ``"ok"``.
     """
     if max_steps < 0:
         raise ValueError("max_steps must be >= 0")
@@ -455,9 +463,9 @@ def check_operations(
         steps += budget.used
         if not ok:
             illegal.append(index)
-            if cx is None:
-                cx, used = _counterexample(model, index, part, max_steps)
-                steps += used
+            cx, used = _counterexample(model, index, part, max_steps)
+            steps += used
+            break  # invalid as soon as any key is: the later keys are not searched
     verdict: Verdict = "illegal" if illegal else "unknown" if unknown else "ok"
     return Linearization(
         verdict=verdict,
