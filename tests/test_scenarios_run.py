@@ -188,8 +188,8 @@ REGRESSION_SEEDS = [
     ("swarm-consumers", 429),
     # The lease lock model's search could not decide this history within its budget (UNKNOWN,
     # 200 M steps needed): it now prunes configurations dominated by one with fewer info
-    # operations used and searches each key on its own budget (pxq/check/linear.py), 0.9 M
-    # steps. (Seeds 584 and 825 are the same case, 1.6 M and 1.7 M steps: docs/checking.md.)
+    # operations used and searches each key on its own budget (pxq/check/linear.py), 1.3 M
+    # steps. (Seeds 584 and 825 are the same case, 2.4 M and 2.5 M steps: docs/checking.md.)
     ("swarm-lock", 1935),
     # replay opened a seek's window at its invoke: a batch in flight before the seek, then a
     # second seek invoked before the consumer noticed the first, left only stale deliveries in

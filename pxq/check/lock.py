@@ -36,7 +36,7 @@ from pxq.check.result import CheckResult
 LINEARIZABLE_STEPS_MAX: Final = 10_000_000
 """Model steps the linearizability search of one key (partition) may take before that key is
 unknown (3-5 µs each). The hardest histories the swarm has produced (``swarm-lock`` seeds 584,
-825 and 1935) take 0.9-1.7 M steps over all their keys (``docs/checking.md``, "How fast")."""
+825 and 1935) take 1.3-2.5 M steps over all their keys (``docs/checking.md``, "How fast")."""
 LOCK_FS: Final = ("acquire", "renew", "release", "read")
 LOCK_OUTCOMES: Final = ("ok", "denied")
 """The ``outcome`` of an ``ok`` completion: the request was granted, or refused."""
