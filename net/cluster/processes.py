@@ -481,18 +481,7 @@ async def up(
                 metrics=metrics,
             )
             procs[node] = proc
-            serving = config.metrics.enabled if metrics is None else metrics
-            nodes.append(
-                NodeProcess(
-                    node,
-                    info.role,
-                    info.service,
-                    info.host,
-                    info.port,
-                    proc.pid,
-                    info.metrics_port if serving else None,
-                )
-            )
+            nodes.append(_node_process(config, info, proc.pid, metrics))
         _write_atomic(
             home.state_file,
             json.dumps(
@@ -545,6 +534,23 @@ async def up(
         elapsed_s=time.monotonic() - started_at,
         wrote_default_config=wrote,
         tls_created=tls_created,
+    )
+
+
+def _node_process(
+    config: ClusterConfig, info: NodeInfo, pid: int, metrics: bool | None
+) -> NodeProcess:
+    """The running ``info`` as ``up`` and ``start_node`` report it (``metrics`` None: as the
+    cluster file's ``[metrics]`` says)."""
+    serving = config.metrics.enabled if metrics is None else metrics
+    return NodeProcess(
+        info.node,
+        info.role,
+        info.service,
+        info.host,
+        info.port,
+        pid,
+        info.metrics_port if serving else None,
     )
 
 
@@ -645,16 +651,7 @@ async def start_node(
             home.pid_file(node).unlink(missing_ok=True)
             raise ClusterError(f"{node}: {exc}; the node was stopped again") from exc
         if answered is not None:
-            serving = config.metrics.enabled if metrics is None else metrics
-            return NodeProcess(
-                node,
-                info.role,
-                info.service,
-                info.host,
-                info.port,
-                proc.pid,
-                info.metrics_port if serving else None,
-            )
+            return _node_process(config, info, proc.pid, metrics)
         if time.monotonic() >= deadline:
             raise NoMasters(
                 f"node {node} (pid {proc.pid}) accepts no connection after {timeout_s:g} s"

@@ -37,6 +37,13 @@ if TYPE_CHECKING:
     from net.cluster.processes import UpResult
 
 HOME_HELP = "The cluster's directory: config, pid files, logs and data."
+HOME_OPTION = click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".pxq"),
+    show_default=True,
+    help=HOME_HELP,
+)
 
 
 def _bad_input(message: str) -> NoReturn:
@@ -67,13 +74,7 @@ def cluster() -> None:
     show_default=True,
     help="Seconds to wait for every Paxos group to have a master.",
 )
-@click.option(
-    "--home",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path(".pxq"),
-    show_default=True,
-    help=HOME_HELP,
-)
+@HOME_OPTION
 @click.option(
     "--no-tls",
     is_flag=True,
@@ -208,13 +209,7 @@ def _print_up(result: UpResult, home: Path, *, default_config: bool) -> None:
     default=None,
     help="The cluster file (default: the one the cluster was started from).",
 )
-@click.option(
-    "--home",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path(".pxq"),
-    show_default=True,
-    help=HOME_HELP,
-)
+@HOME_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def cluster_status(config_file: Path | None, home: Path, as_json: bool) -> None:
     """Per node (store and lock replicas): process alive, port accepting, groups it masters."""
@@ -287,13 +282,7 @@ def cluster_status(config_file: Path | None, home: Path, as_json: bool) -> None:
     show_default=True,
     help="Seconds to wait after SIGTERM before sending SIGKILL.",
 )
-@click.option(
-    "--home",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path(".pxq"),
-    show_default=True,
-    help=HOME_HELP,
-)
+@HOME_OPTION
 def cluster_down(timeout_s: float, home: Path) -> None:
     """Stop every node (SIGTERM, then SIGKILL after --timeout) and remove the pid files."""
     from net.cluster.processes import ClusterHome, down
@@ -325,13 +314,7 @@ NODE_TIMEOUT_HELP = "Seconds to wait for the node's port to accept connections."
     show_default=True,
     help=NODE_TIMEOUT_HELP,
 )
-@click.option(
-    "--home",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path(".pxq"),
-    show_default=True,
-    help=HOME_HELP,
-)
+@HOME_OPTION
 def cluster_start(node: str, timeout_s: float, home: Path) -> None:
     """Start NODE of the cluster running from --home (stopped with pxq cluster stop, or
     dead) on its data, and wait until its port accepts connections; it catches up and
@@ -370,13 +353,7 @@ def _start(node: str, timeout_s: float, home: Path) -> None:
     show_default=True,
     help="Seconds to wait after SIGTERM before sending SIGKILL.",
 )
-@click.option(
-    "--home",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path(".pxq"),
-    show_default=True,
-    help=HOME_HELP,
-)
+@HOME_OPTION
 def cluster_stop(node: str, timeout_s: float, home: Path) -> None:
     """Stop NODE of the cluster running from --home (SIGTERM, then SIGKILL after
     --timeout); the others go on (a majority of each group keeps serving)."""
@@ -409,13 +386,7 @@ def _stop(node: str, timeout_s: float, home: Path) -> None:
     show_default=True,
     help="Seconds to wait for the stop (then SIGKILL), and again for the start.",
 )
-@click.option(
-    "--home",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path(".pxq"),
-    show_default=True,
-    help=HOME_HELP,
-)
+@HOME_OPTION
 def cluster_restart(node: str, timeout_s: float, home: Path) -> None:
     """Stop NODE (as pxq cluster stop) and start it again (as pxq cluster start)."""
     _stop(node, timeout_s, home)
