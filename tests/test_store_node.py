@@ -222,8 +222,12 @@ def test_failover_keeps_acknowledged_items_and_cursors() -> None:
     assert isinstance(final, GetOk) and final.end_offset == 10 and final.committed == 6
 
 
+NO_HOLD = loads_config(DEFAULT_TOML.replace("hold_ms = 3600000\n", ""))
+"""The embedded default without its hour of hold: consumed items are removable at once."""
+
+
 def test_master_proposes_retention_ticks_that_empty_consumed_queues() -> None:
-    c = StoreCluster.make()
+    c = StoreCluster.make(NO_HOLD)
     c.wait_master(1)
     assert isinstance(c.request_ok(enqueue(queue=1, seq=1, n=4), group=1), EnqueueOk)
     r = c.request_ok(CommitCursor(topic="events", group="default", queue=1, cursor=4), 1)
@@ -245,7 +249,7 @@ def test_idle_groups_propose_no_ticks() -> None:
 
 
 def test_no_ticks_while_nothing_is_removable_or_to_reconcile() -> None:
-    c = StoreCluster.make()
+    c = StoreCluster.make(NO_HOLD)
     m = c.wait_master(1)
     assert isinstance(c.request_ok(enqueue(queue=1, seq=1, n=4), group=1), EnqueueOk)
     c.run(300)
