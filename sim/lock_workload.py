@@ -11,7 +11,8 @@ those it reads random keys and lists random directories (locally at the master o
 log; listings of a random size, some starting after a key, so that ``more`` shows). The
 holder name is the client's name, so a later process of the same client is the same holder.
 Requests go to the master of the key's group as far as the client knows, following
-``LockRedirect``; a timeout (``timeout_ms``) is recorded ``info`` and retires the process.
+``LockRedirect``; a timeout (``timeout_ms``) is recorded ``info`` and retires the process, and
+the client's next request for that group goes to the next replica after the silent one.
 
 History (``f`` = ``acquire`` / ``renew`` / ``release`` / ``read`` / ``list``; ``value`` is the
 lock value as text, ``pxq.check.lock.value_text``)::
@@ -310,7 +311,10 @@ class LockClient:
         op = self.op
         if op is None or op.token != token:
             return
-        self.masters.pop(op.group, None)  # ask someone else next time
+        # Ask someone else next time: the next replica after the one that did not answer
+        # (the group's default replica may be the one that is stuck).
+        after = self.replicas[(self.replicas.index(op.target) + 1) % len(self.replicas)]
+        self.masters[op.group] = after
         self._unknown(op, "timeout")
 
     def _unknown(self, op: _Op, reason: str) -> None:

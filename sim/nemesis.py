@@ -72,6 +72,8 @@ class Nemesis:
         self.producers: list[str] = []
         self.locks: list[NodeId] = []
         self.schedulers: list[str] = []
+        self.clients: list[str] = []
+        """The lock workload's client endpoints (``client[i]``)."""
         self.lock_master_of: MasterOf | None = None
         self.on_seek: Callable[[FaultSpec], None] | None = None
         self.consumer_groups: list[str] = []
@@ -123,6 +125,7 @@ class Nemesis:
             (5, self.producers, "producers"),
             (6, self.locks, "lock replicas"),
             (7, self.schedulers, "schedulers"),
+            (8, self.clients, "lock clients"),
         ):
             if m.group(index) is not None:
                 i = int(m.group(index))

@@ -144,7 +144,8 @@ WORKLOADS = ("log", "queue", "lock")
 
 SELECTOR_RE = re.compile(
     r"^(master|any|minority|majority|all|crashed|paused|follower\[(\d+)\]|n(\d+)"
-    r"|consumer\[(\d+)\]|producer\[(\d+)\]|lock\[(\d+)\]|scheduler\[(\d+)\]|lock_master)$"
+    r"|consumer\[(\d+)\]|producer\[(\d+)\]|lock\[(\d+)\]|scheduler\[(\d+)\]|lock_master"
+    r"|client\[(\d+)\])$"
 )
 """Node selectors, resolved when the fault fires: ``master`` (of ``group``), ``follower[i]``
 (the i-th replica that is not the master, in name order), ``any`` (one at random),
@@ -152,12 +153,13 @@ SELECTOR_RE = re.compile(
 most recently crashed node that is still down), ``paused`` (likewise), a node name ``nK``,
 or, with the queue workload, ``consumer[i]`` / ``producer[i]`` (client processes), and with
 consumers owning queues through locks, ``lock[i]`` (a lock replica), ``lock_master`` (the
-master of lock group ``group``) and ``scheduler[i]``. ``master``, ``follower[i]`` and
+master of lock group ``group``) and ``scheduler[i]``; with the lock workload, ``client[i]``
+(a lock client endpoint: network faults only). ``master``, ``follower[i]`` and
 ``lock_master`` wait for their group's first master; ``crashed`` and ``paused`` with nobody
 down fail the run (``Nemesis.resolve``)."""
 AFTER_NODE_SELECTORS = re.compile(
     r"^(master|follower\[\d+\]|n\d+|consumer\[\d+\]|producer\[\d+\]|lock\[\d+\]"
-    r"|scheduler\[\d+\]|lock_master)$"
+    r"|scheduler\[\d+\]|lock_master|client\[\d+\])$"
 )
 """Selectors an ``after`` trigger may filter on: each names one process, resolved again at
 each event (a random selector would draw at every event)."""
@@ -711,6 +713,7 @@ def _check_selector(t: TomlTable, name: str, selector: str, replicas: int, w: Wo
         5: (w.producers if queue else 0, "producer", "producers"),
         6: (w.lock_replicas if locks else 0, "lock", "lock replicas"),
         7: (w.schedulers if locks else 0, "scheduler", "schedulers"),
+        8: (w.clients if w.kind == "lock" else 0, "client", "lock clients"),
     }
     for index, (count, what, plural) in counts.items():
         if m.group(index) is None:
@@ -777,6 +780,8 @@ def _after(t: TomlTable, replicas: int, w: WorkloadSpec) -> AfterSpec:
 
 
 PATH_ACTIONS = ("loss", "duplicate", "delay")
+NETWORK_ACTIONS = ("partition", "clog", "unclog", *PATH_ACTIONS)
+"""Actions on network paths: the only ones a lock client endpoint (``client[i]``) can take."""
 """Network actions that apply to the paths of a ``target`` (and ``peer``) when given one, and
 to every path otherwise."""
 
@@ -806,6 +811,12 @@ def _fault(t: TomlTable, replicas: int, w: WorkloadSpec) -> FaultSpec:
         if shape is not None or sides is not None:
             raise t.error("target", "a partition with shape or sides takes no target")
         _check_selector(t, "target", target, replicas, w)
+        if target.startswith("client[") and action not in NETWORK_ACTIONS:
+            raise t.error(
+                "target",
+                f"{target} is a lock client endpoint: only network faults "
+                f"({', '.join(NETWORK_ACTIONS)}) can target it, not {action!r}",
+            )
     per_path = action in ("clog", "unclog") or (action in PATH_ACTIONS and target is not None)
     peer = _selector(t, "peer", False) if per_path else None
     if peer is not None:

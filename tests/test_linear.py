@@ -512,3 +512,49 @@ def test_queue_log_queues_are_partitions() -> None:
     history = [op(0, 1, 1, ("append", "a", "x"), 0), op(2, 3, 2, ("append", "b", "y"), 0)]
     result = check_operations(QueueLogModel(), history)
     assert (result.verdict, result.partitions) == ("ok", 2)
+
+
+def test_a_read_older_than_a_completed_grant_is_decided_by_its_witness_without_search() -> None:
+    # A deposed master's stale read: it shows version 1 after b's grant of version 2 returned.
+    # Many info acquires around it would make the search explode; the witness needs none.
+    history = [
+        op(0, 1, 1, acq("k", "a", 100, 10), out(True, "a", 1, 110)),
+        op(2, 3, 2, acq("k", "b", 100, 120), out(True, "b", 2, 220)),
+        *[op(4 + i, None, 10 + i, acq("k", f"c{i}", 100, None)) for i in range(40)],
+        op(50, 51, 3, rd("k", 15), out(True, "a", 1, 110)),
+    ]
+    result = check_operations(LeaseLockModel(), lease_alternatives(history))
+    assert result.verdict == "illegal"
+    assert result.steps == 0
+    cx = result.counterexample
+    assert cx is not None and cx.witness is not None
+    assert [o.call_index for o in cx.witness] == [2, 50]
+    assert cx.stuck.call_index == 50
+    text = result.to_check_result(LeaseLockModel()).summary
+    assert "shows an older state than" in text and "(op 2)" in text and "(op 50)" in text
+
+
+def test_a_lower_rank_in_a_concurrent_operation_is_no_witness() -> None:
+    # The same stale-looking read, but called before b's grant returned: it may come first.
+    history = [
+        op(0, 1, 1, acq("k", "a", 100, 10), out(True, "a", 1, 110)),
+        op(2, 6, 2, acq("k", "b", 100, 120), out(True, "b", 2, 220)),
+        op(4, 5, 3, rd("k", 15), out(True, "a", 1, 110)),
+    ]
+    result = check_operations(LeaseLockModel(), lease_alternatives(history))
+    assert result.verdict == "ok"
+    assert result.steps > 0
+
+
+def test_a_witness_in_a_later_partition_is_found_before_an_earlier_one_is_searched() -> None:
+    # Key "j" has a history too wide for the budget; key "k" has a witness: illegal, not unknown.
+    wide = [op(i, None, 100 + i, acq("j", f"w{i}", 100, None)) for i in range(30)]
+    wide.append(op(40, 41, 99, rd("j", 5), out(True, "", 0, 0)))
+    stale = [
+        op(42, 43, 1, acq("k", "a", 100, 10), out(True, "a", 1, 110)),
+        op(44, 45, 2, rd("k", 5), out(True, "", 0, 0)),
+    ]
+    result = check_operations(LeaseLockModel(), lease_alternatives(wide + stale), max_steps=10)
+    assert result.verdict == "illegal"
+    assert result.illegal_partitions == (1,)
+    assert result.unknown_partitions == ()

@@ -76,6 +76,14 @@ duration_ms = 1000
 kind = "queue"
 ownership = "locks"
 """
+LOCK = """
+version = 1
+name = "x"
+duration_ms = 1000
+[workload]
+kind = "lock"
+clients = 4
+"""
 
 
 @pytest.mark.parametrize(
@@ -108,6 +116,21 @@ ownership = "locks"
             QUEUE_LOCKS + '[[faults]]\nat_ms = 1\naction = "crash"\ntarget = "consumer[4]"\n',
             "faults[0].target",
             "consumer[4] does not exist (the scenario has 4 consumers)",
+        ),
+        (
+            LOCK + '[[faults]]\nat_ms = 1\naction = "partition"\ntarget = "client[4]"\n',
+            "faults[0].target",
+            "client[4] does not exist (the scenario has 4 lock clients)",
+        ),
+        (
+            LOCK + '[[faults]]\nat_ms = 1\naction = "crash"\ntarget = "client[0]"\n',
+            "faults[0].target",
+            "client[0] is a lock client endpoint: only network faults",
+        ),
+        (
+            LOG + '[[faults]]\nat_ms = 1\naction = "partition"\nsides = [["n0"], ["client[0]"]]\n',
+            "faults[0].sides[1][0]",
+            "client[0] does not exist (the scenario has 0 lock clients)",
         ),
         (
             LOG + '[[faults]]\nat_ms = 1\naction = "crash"\ntarget = "lock[0]"\n',

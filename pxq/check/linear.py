@@ -36,6 +36,14 @@ The search (Wing & Gong 1993, with Lowe's memoisation, as Porcupine does it):
   hang, and does not keep the others from being decided. The verdict is ``"illegal"`` as
   soon as a partition is illegal (whatever the ones before it; the ones after it are not
   searched), else ``"unknown"`` if any ran out, else ``"ok"``.
+* **Rank witnesses.** A model may name quantities of an operation (``ranks``) that never
+  decrease along any legal sequential history of a partition (the lock service's fencing
+  version and apply time). Before searching a partition the checker looks for two completed
+  operations A and B where A returned before B was called, yet one of B's ranks is lower
+  than A's: every linearization puts A before B, so none is legal. Such a pair decides the
+  partition illegal in O(n log n), however many info operations would make the search
+  explode (a deposed master serving stale reads), and is reported as the counterexample's
+  ``witness``.
 * **Counterexample.** For an illegal partition the checker searches for the shortest prefix
   of it (cut at a return) that is already illegal: an operation that returned before the cut
   stays as it was, one that returned after it becomes an info operation. Illegality is
@@ -148,6 +156,12 @@ class Model(Protocol[S]):
         """A short human-readable form of one operation."""
         ...
 
+    def ranks(self, input: Any, output: Any) -> tuple[int | None, ...]:
+        """Quantities of a completed operation that never decrease along any legal sequential
+        history of its partition, each on its own (None: this operation does not show it);
+        ``()`` when the model has none."""
+        ...
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Counterexample:
@@ -165,6 +179,10 @@ class Counterexample:
     """Whether ``operations`` is the smallest illegal prefix. False when the budget ran out
     while shrinking: the failure lies at or before ``stuck``'s return, not necessarily at
     ``stuck`` itself."""
+    witness: tuple[Operation, Operation] | None = None
+    """A rank witness (A, B), when that is how the partition was decided: A returned before B
+    was called, yet B shows a lower rank; ``stuck`` is B and ``operations`` the partition cut
+    at B's return (not searched for a smaller illegal prefix)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -213,7 +231,9 @@ class Linearization:
             if cx is None:  # pragma: no cover - an illegal verdict always carries one
                 raise ValueError("illegal verdict without a counterexample")
             where = (
-                f"{model.describe(cx.stuck.input, cx.stuck.output)} "
+                _witness_text(model, cx.witness)
+                if cx.witness is not None
+                else f"{model.describe(cx.stuck.input, cx.stuck.output)} "
                 f"(op {cx.stuck.call_index}) cannot be linearized"
                 if cx.minimal
                 else f"not linearizable up to the return of op {cx.stuck.call_index} "
@@ -222,7 +242,7 @@ class Linearization:
             summary = f"{name}: FAILED, partition {cx.partition}: {where}"
             shown = sorted(cx.operations, key=lambda o: o.call_index)[-COUNTEREXAMPLE_OPS_MAX:]
             details["illegal-partitions"] = list(self.illegal_partitions)
-            details["counterexample"] = {
+            counterexample: dict[str, object] = {
                 "partition": cx.partition,
                 "minimal": cx.minimal,
                 "stuck": cx.stuck.to_json(model),
@@ -232,13 +252,56 @@ class Linearization:
                     o.to_json(model) for o in cx.longest[-COUNTEREXAMPLE_OPS_MAX:]
                 ],
             }
+            if cx.witness is not None:
+                counterexample["witness"] = [o.to_json(model) for o in cx.witness]
+            details["counterexample"] = counterexample
         else:
             summary = f"{name}: ok, {self.operations} ops in {self.partitions} partitions"
         return CheckResult(name=name, ok=self.verdict == "ok", summary=summary, details=details)
 
 
+def _witness_text(model: Model[Any], witness: tuple[Operation, Operation]) -> str:
+    first, later = witness
+    return (
+        f"{model.describe(later.input, later.output)} (op {later.call_index}) shows an older "
+        f"state than {model.describe(first.input, first.output)} (op {first.call_index}), "
+        "which returned before it was called"
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # The search
+
+
+def _rank_witness(
+    model: Model[Any], ops: Sequence[Operation]
+) -> tuple[Operation, Operation] | None:
+    """Two completed operations A, B of one partition with A returning before B's call and a
+    rank of B below the same rank of A (module docstring, "Rank witnesses"), the one with the
+    earliest-returning B; None if there is none."""
+    ranked = [(op, model.ranks(op.input, op.output)) for op in ops if op.return_index is not None]
+    if not any(ranks for _, ranks in ranked):
+        return None
+    by_return = sorted(ranked, key=lambda r: r[0].return_index or 0)
+    best: list[tuple[int, Operation]] = []  # per rank: the highest one returned so far
+    found: tuple[Operation, Operation] | None = None
+    i = 0
+    for op, ranks in sorted(ranked, key=lambda r: r[0].call_index):
+        while i < len(by_return) and (by_return[i][0].return_index or 0) < op.call_index:
+            done, done_ranks = by_return[i]
+            for k, rank in enumerate(done_ranks):
+                while len(best) <= k:
+                    best.append((-1, done))
+                if rank is not None and rank > best[k][0]:
+                    best[k] = (rank, done)
+            i += 1
+        if found is not None and (op.return_index or 0) >= (found[1].return_index or 0):
+            continue
+        for k, rank in enumerate(ranks):
+            if rank is not None and k < len(best) and rank < best[k][0]:
+                found = (best[k][1], op)
+                break
+    return found
 
 
 class _BudgetExhausted(Exception):
@@ -453,6 +516,28 @@ def check_operations(
     unknown: list[int] = []
     illegal: list[int] = []
     cx: Counterexample | None = None
+    # A rank witness decides its partition at once (module docstring, "Rank witnesses"):
+    # look for one in every partition before searching any.
+    for index, part in enumerate(parts):
+        witness = _rank_witness(model, part)
+        if witness is not None:
+            cut = witness[1].return_index or 0
+            cx = Counterexample(
+                partition=index,
+                stuck=witness[1],
+                operations=tuple(_truncate(part, cut + 1)),
+                longest=(),
+                minimal=False,
+                witness=witness,
+            )
+            return Linearization(
+                verdict="illegal",
+                steps=0,
+                partitions=len(parts),
+                operations=len(kept),
+                counterexample=cx,
+                illegal_partitions=(index,),
+            )
     for index, part in enumerate(parts):
         budget = _Budget(left=max_steps)
         try:
@@ -590,6 +675,9 @@ class RegisterModel:
         shown = "" if arg is None else repr(arg)
         return f"{op}({shown}) -> {output!r}"
 
+    def ranks(self, input: Any, output: Any) -> tuple[int | None, ...]:
+        return ()
+
 
 class KVModel:
     """A map of independent registers, partitioned per key.
@@ -621,6 +709,9 @@ class KVModel:
         key, op, arg = input
         shown = "" if arg is None else repr(arg)
         return f"{op}({key!r}{', ' if shown else ''}{shown}) -> {output!r}"
+
+    def ranks(self, input: Any, output: Any) -> tuple[int | None, ...]:
+        return ()
 
 
 # --------------------------------------------------------------------------------------------
@@ -689,6 +780,9 @@ class QueueLogModel:
     def describe(self, input: Any, output: Any) -> str:
         op, queue, arg = input
         return f"{op}(q={queue!r}, {arg!r}) -> {output!r}"
+
+    def ranks(self, input: Any, output: Any) -> tuple[int | None, ...]:
+        return ()
 
 
 # --------------------------------------------------------------------------------------------

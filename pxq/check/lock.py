@@ -371,6 +371,12 @@ class LeaseLockModel:
         side = "" if len(input) < 8 or input[7] is None else f" [{input[7]}]"
         return f"{op}({', '.join(args)}) @{at_ms}{side} -> {output!r}"
 
+    def ranks(self, input: Any, output: Any) -> tuple[int | None, ...]:
+        """The key's fencing version (every answer shows the state's, which only grows) and
+        the apply time (the log applies commands in time order)."""
+        version = output[2] if isinstance(output, tuple) else None
+        return (version if isinstance(version, int) else None, input[5])
+
 
 def lease_alternatives(ops: Iterable[Operation]) -> list[Operation]:
     """``LockInput`` operations as ``LeaseLockModel`` inputs (``LeaseInput``): an acquire of
