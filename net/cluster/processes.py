@@ -304,7 +304,7 @@ def node_command(
     return command
 
 
-def _child_env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
     """This environment, with the directory this ``pxq`` was imported from first on the path,
     so that the nodes run the same code as the command that starts them."""
     import pxq
@@ -468,7 +468,7 @@ async def up(
     procs: dict[str, subprocess.Popen[bytes]] = {}
     nodes: list[NodeProcess] = []
     try:
-        env = _child_env()
+        env = child_env()
         for info in config.all_nodes():
             node = info.node
             proc = _spawn(
@@ -628,7 +628,7 @@ async def start_node(
         home,
         path.resolve(),
         node,
-        _child_env(),
+        child_env(),
         "pxq cluster start",
         log_format=log_format,
         metrics=metrics,
