@@ -48,6 +48,7 @@ the room's own. ``python3 -m net.jepsen.hosts`` is the manual tool (``up``, ``do
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -55,6 +56,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -502,3 +504,54 @@ class Hosts:
     def rules(self, name: str) -> str:
         """Host ``name``'s ruleset as ``nft`` prints it (for reports and debugging)."""
         return self.exec(name, ["nft", "list", "ruleset"])
+
+
+# -- the manual tool --------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python3 -m net.jepsen.hosts``: make, fault and remove a room by hand."""
+    parser = argparse.ArgumentParser(
+        prog="python3 -m net.jepsen.hosts",
+        description="Hosts in network namespaces for trying faults by hand "
+        "(docs/testing-netns.md).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    up = commands.add_parser("up", help="make a room of hosts (kept until down)")
+    up.add_argument("--dir", type=Path, required=True, help="the room's directory")
+    up.add_argument("names", nargs="+", help="host names (a-z, 0-9, -, _)")
+    down = commands.add_parser("down", help="remove the room recorded in --dir")
+    down.add_argument("--dir", type=Path, required=True)
+    cut = commands.add_parser("cut", help="drop what SRC sends to DST (--port: only TCP to it)")
+    cut.add_argument("--dir", type=Path, required=True)
+    cut.add_argument("src")
+    cut.add_argument("dst")
+    cut.add_argument("--port", type=int, action="append", default=[])
+    heal = commands.add_parser("heal", help="remove every cut and redirect of the room")
+    heal.add_argument("--dir", type=Path, required=True)
+    commands.add_parser("sweep", help="remove rooms whose owner process died")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "up":
+            hosts = Hosts.up(args.names, args.dir, owner_pid=0)
+            print(f"room {hosts.room}: bridge {hosts.bridge} {hosts.bridge_address}")
+            for host in hosts.hosts.values():
+                print(f"  {host.name}: {host.address}  ip netns exec {host.netns} ...")
+        elif args.command == "down":
+            hosts = Hosts.attach(args.dir)
+            hosts.teardown()
+            print(f"room {hosts.room} removed")
+        elif args.command == "cut":
+            Hosts.attach(args.dir).cut(args.src, args.dst, ports=args.port)
+        elif args.command == "heal":
+            Hosts.attach(args.dir).heal()
+        else:
+            print(f"swept rooms: {sweep() or 'none'}")
+    except HostsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -28,12 +28,14 @@ A pid is signalled only while it still is that node's ``pxq node run``
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
 import os
 import signal
 import subprocess
+import sys
 import time
 import tomllib
 from collections.abc import Sequence
@@ -319,3 +321,54 @@ class NetnsTarget:
 
     async def free_disk(self, node: str) -> None:
         raise UnsupportedFault(self.name, "disk-full")
+
+
+# -- the manual tool --------------------------------------------------------------------------
+
+MANUAL_SECONDS_MAX: Final = 24 * 3600
+
+
+async def _serve_by_hand(target: NetnsTarget, seconds: float) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await target.setup()
+        print(f"cluster file: {target.config_path}")
+        for node in target.nodes:
+            host = target.hosts.host(node)
+            print(f"  {node}: {host.address} (ip netns exec {host.netns} ...; log {host.dir})")
+        print(f"masters: {await target.masters()}")
+        print(f"up for {seconds:g} s at most; Ctrl-C tears it down")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
+    finally:
+        await target.teardown()
+        print("torn down")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python3 -m net.jepsen.netns``: a netns cluster to try faults on by hand."""
+    parser = argparse.ArgumentParser(
+        prog="python3 -m net.jepsen.netns",
+        description="Run a cluster with a node per network namespace until Ctrl-C "
+        "(docs/testing-netns.md); cut it with python3 -m net.jepsen.hosts --dir DIR/hosts.",
+    )
+    parser.add_argument("--dir", type=Path, required=True, help="the cluster's directory")
+    parser.add_argument("--config", type=Path, help="base cluster file (default: embedded)")
+    parser.add_argument("--no-tls", action="store_true", help="the embedded default, TLS off")
+    parser.add_argument("--seconds", type=float, default=3600.0, help="tear down after this")
+    args = parser.parse_args(argv)
+    base = args.config.read_text(encoding="utf-8") if args.config is not None else None
+    target = NetnsTarget(args.dir, base_toml=base, tls=not args.no_tls)
+    try:
+        asyncio.run(_serve_by_hand(target, min(args.seconds, MANUAL_SECONDS_MAX)))
+    except NetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
