@@ -25,7 +25,7 @@ import pytest
 from net.client.connection import ClusterIdentity
 from net.cluster.probe import find_masters, node_masters, service_probes
 from net.config import NetConfig
-from net.jepsen.hosts import Hosts, missing_tools, room_names
+from net.jepsen.hosts import Hosts, HostsError, missing_tools, room_names
 from net.jepsen.netns import NetnsTarget, with_hosts
 from net.jepsen.proxy import DelayProxy
 from net.jepsen.shapes import ShapeError, bridge, halves, isolate, one_way
@@ -145,6 +145,17 @@ def test_netns_target_refuses_the_faults_of_other_rooms() -> None:
         return faults
 
     assert asyncio.run(refused()) == ["clock", "power", "disk-full", "disk-full"]
+
+
+def test_bad_host_names_fail_before_anything_is_made(tmp_path: Path) -> None:
+    for names in (["a", "a"], ["Upper"], ["a b"], []):
+        with pytest.raises(HostsError):
+            Hosts.up(names, tmp_path / "room")
+    base = three_node_toml().replace('"s1"', '"S1"')
+    target = NetnsTarget(tmp_path / "netns", base_toml=base)
+    with pytest.raises(HostsError, match="S1"):
+        asyncio.run(target.setup())
+    assert not (tmp_path / "room").exists()
 
 
 # -- the proxy ----------------------------------------------------------------------------------
@@ -485,22 +496,25 @@ def test_netns_target_isolated_master_loses_its_groups_and_heal_restores(
             await target.slow_links([(a, b), (b, a)], 50)
 
             async def proxied() -> bool:
-                stats = [p.stats for p in target._proxies.values()]
-                return all(s.accepted >= 1 and s.bytes_forwarded > 0 for s in stats)
+                stats = target.slow_link_stats
+                assert set(stats) == {(a, b), (b, a)}
+                return all(s.accepted >= 1 and s.bytes_forwarded > 0 for s in stats.values())
 
             await wait_until("peer links through the proxies", proxied)
             assert len(await target.masters()) == 2
             await target.heal_network()
-            assert target._proxies == {}
+            assert target.slow_link_stats == {}
 
+            killed = target.pid("s2")
             await target.kill("s2")
-            assert not target.is_running("s2")
+            assert not target.is_running("s2") and target.pid("s2") is None
             await target.start("s2")
-            assert target.is_running("s2")
+            assert target.is_running("s2") and target.pid("s2") not in (None, killed)
             await target.pause("s2")
             assert target.is_running("s2")  # paused counts as alive
             await target.resume("s2")
-            pids = [p.pid for p in target._procs.values()]
+            pids = [pid for n in target.nodes if (pid := target.pid(n)) is not None]
+            assert len(pids) == 3
         finally:
             await target.teardown()
         return room, pids

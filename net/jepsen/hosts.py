@@ -288,6 +288,8 @@ class Hosts:
         process; 0: kept until ``down``) is recorded so ``sweep`` can tell abandoned rooms."""
         if len(set(names)) != len(names) or not names:
             raise HostsError(f"host names must be distinct and at least one: {list(names)}")
+        for index, name in enumerate(names):
+            host_of(0, index, name, root)  # names and count checked before claiming a room
         missing = missing_tools()
         if missing:
             raise HostsError(f"cannot make hosts here: missing {', '.join(missing)}")

@@ -54,7 +54,7 @@ from net.config import NetConfig
 from net.errors import NetError
 from net.files import open_private_append
 from net.jepsen.hosts import Hosts
-from net.jepsen.proxy import DelayProxy
+from net.jepsen.proxy import DelayProxy, ProxyStats
 from net.jepsen.target import FaultKind, Link, UnsupportedFault
 from net.tls import ensure_cluster_material
 from pxq.config import ClusterConfig, NodeInfo, default_toml, load_config
@@ -155,6 +155,16 @@ class NetnsTarget:
         if self._config is None:
             raise NetnsError("the netns cluster is not set up")
         return self._config
+
+    def pid(self, node: str) -> int | None:
+        """The pid of ``node``'s current process (None: never started or exited)."""
+        proc = self._procs.get(node)
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    @property
+    def slow_link_stats(self) -> dict[Link, ProxyStats]:
+        """What each slow link's proxy forwarded so far (empty after ``heal_network``)."""
+        return {link: proxy.stats for link, proxy in sorted(self._proxies.items())}
 
     def log_file(self, node: str) -> Path:
         return self.hosts.host(node).dir / "node.log"
