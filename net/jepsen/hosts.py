@@ -44,7 +44,7 @@ it cannot send:
 Nothing here knows about pxq nodes: ``run`` starts any command in a host, so the hosts of
 issue 15 (``pxq deploy`` against real sshd hosts) are a room whose hosts each ``run`` an
 ``/usr/sbin/sshd -D -f <conf>`` listening on the host's address (Debian ``openssh-server``,
-not installed here; see ``/work/shared/reference/real-clusters.md`` for its options).
+not installed here).
 
 Every command is bounded (``COMMAND_TIMEOUT_S``); nothing here contacts an address other than
 the room's own. ``python3 -m net.jepsen.hosts`` is the manual tool (``up``, ``down``, ``cut``,
