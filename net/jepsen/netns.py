@@ -52,7 +52,7 @@ from net.cluster.processes import (
 )
 from net.config import NetConfig
 from net.errors import NetError
-from net.files import open_private_append
+from net.files import open_private_append, write_private
 from net.jepsen.hosts import Hosts
 from net.jepsen.proxy import DelayProxy, ProxyStats
 from net.jepsen.target import FaultKind, Link, UnsupportedFault
@@ -182,7 +182,7 @@ class NetnsTarget:
             hosts = await asyncio.to_thread(Hosts.up, nodes, self.root / "hosts")
             self._hosts = hosts
             addresses = {n: hosts.host(n).address for n in nodes}
-            self.config_path.write_text(with_hosts(base, addresses), encoding="utf-8")
+            write_private(self.config_path, with_hosts(base, addresses).encode())
             config = load_config(self.config_path)
             wrong = [i.node for i in config.all_nodes() if i.host != addresses.get(i.node)]
             if wrong:
