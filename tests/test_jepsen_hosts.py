@@ -491,7 +491,8 @@ def test_netns_target_isolated_master_loses_its_groups_and_heal_restores(
             await wait_until("healed: the old master answers", rejoined)
 
             # Slow links both ways between two nodes: the cluster keeps its masters, and the
-            # nodes' connections went through the proxies.
+            # nodes' connections went through the proxies. The nodes were connected already:
+            # only the reset of their old connections makes them reconnect, through the proxy.
             a, b = "s0", "s1"
             await target.slow_links([(a, b), (b, a)], 50)
 
