@@ -1,0 +1,348 @@
+"""LazyFS (``net.jepsen.lazyfs``): what survives a power cut is exactly what was fsynced.
+
+Unit tests drive ``LazyOps`` directly on two plain directories (a cache and a backing dir, no
+FUSE): dirty pages and sizes reach the backing dir only on ``fsync``, a shrink then a growth
+syncs as zeros, the namespace journal is committed in order by any ``fsync`` or directory
+``fsync``, an unlinked file's dirty data is forgotten, full mode refuses growth only.
+
+Mounted tests (root, ``/dev/fuse``, fuse3 and mfusepy; skipped otherwise, with the reason)
+go through the kernel: a write without fsync is gone after a power cut while reads saw it;
+with fsync it is kept; a rename is kept after a directory fsync and lost without; full mode
+gives ENOSPC and ``statfs`` shows no room, and clears; the node's LMDB storage commits
+(fdatasync plus LMDB's O_DSYNC meta page) survive a power cut in a process killed while
+committing, exactly up to and including every acknowledged commit; and an eatmydata'd
+LMDB (fsync a no-op) loses its committed transactions: the negative control of ``pxq test``.
+Every mount is unmounted in a ``finally``, and the tests check that no mount is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes.util
+import errno
+import os
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from net.config import MIB, NetConfig
+from net.jepsen.lazyfs import (
+    LIBEATMYDATA,
+    PAGE_BYTES,
+    LazyDisk,
+    LazyOps,
+    _is_mount_point,
+    unavailable_reason,
+)
+from net.node.storage import LmdbStorage
+
+CONFIG = NetConfig(map_size_bytes=16 * MIB)
+CHILD_TIMEOUT_S = 30.0
+"""Bound of every child process of these tests."""
+
+# -- LazyOps without FUSE ------------------------------------------------------------------
+
+
+def make_ops(tmp_path: Path) -> tuple[LazyOps, Path, Path]:
+    cache, backing = tmp_path / "cache", tmp_path / "backing"
+    cache.mkdir()
+    backing.mkdir()
+    return (
+        LazyOps(cache=str(cache), backing=str(backing), full=False, ready=lambda: None),
+        cache,
+        backing,
+    )
+
+
+def test_data_reaches_the_backing_dir_only_on_fsync(tmp_path: Path) -> None:
+    ops, cache, backing = make_ops(tmp_path)
+    fh = ops.create("/f", 0o600, os.O_WRONLY)
+    ops.write("/f", b"a" * (PAGE_BYTES + 10), 0, fh)
+    assert (cache / "f").read_bytes() == b"a" * (PAGE_BYTES + 10)
+    assert not (backing / "f").exists()  # the create is in the journal
+    assert ops.status()["dirty_pages"] == 2
+    ops.fsync("/f", 1, fh)
+    assert (backing / "f").read_bytes() == b"a" * (PAGE_BYTES + 10)
+    ops.write("/f", b"b", 5, fh)  # one page dirty again
+    assert (backing / "f").read_bytes()[5:6] == b"a"
+    assert ops.status() == {
+        "full": False,
+        "dirty_files": 1,
+        "dirty_pages": 1,
+        "journal_ops": 0,
+        "syncs": 1,
+    }
+    ops.fsync("/f", 1, fh)
+    assert (backing / "f").read_bytes() == (cache / "f").read_bytes()
+    ops.release("/f", fh)
+
+
+def test_a_shrink_then_growth_syncs_zeros_not_old_bytes(tmp_path: Path) -> None:
+    ops, cache, backing = make_ops(tmp_path)
+    fh = ops.create("/f", 0o600, os.O_WRONLY)
+    ops.write("/f", b"x" * (3 * PAGE_BYTES), 0, fh)
+    ops.fsync("/f", 0, fh)
+    ops.truncate("/f", 100, fh)
+    ops.truncate("/f", 2 * PAGE_BYTES, fh)  # grows again: bytes 100.. are zeros
+    ops.write("/f", b"y", PAGE_BYTES + 7, fh)
+    ops.fsync("/f", 0, fh)
+    expected = b"x" * 100 + bytes(PAGE_BYTES - 100) + bytes(7) + b"y" + bytes(PAGE_BYTES - 8)
+    assert (cache / "f").read_bytes() == expected
+    assert (backing / "f").read_bytes() == expected
+    ops.release("/f", fh)
+
+
+def test_the_namespace_journal_is_committed_in_order_by_any_fsync(tmp_path: Path) -> None:
+    ops, _cache, backing = make_ops(tmp_path)
+    ops.mkdir("/d", 0o700)
+    fh = ops.create("/d/tmp", 0o600, os.O_WRONLY)
+    ops.write("/d/tmp", b"new", 0, fh)
+    ops.fsync("/d/tmp", 0, fh)
+    ops.release("/d/tmp", fh)
+    ops.rename("/d/tmp", "/d/final")
+    ops.symlink("/link", "d/final")
+    ops.chmod("/d/final", 0o640)
+    assert sorted(os.listdir(backing / "d")) == ["tmp"]
+    assert ops.status()["journal_ops"] == 3
+    ops.fsyncdir("/d", 0, 0)
+    assert sorted(os.listdir(backing / "d")) == ["final"]
+    assert (backing / "d" / "final").read_bytes() == b"new"
+    assert (backing / "d" / "final").stat().st_mode & 0o777 == 0o640
+    assert os.readlink(backing / "link") == "d/final"
+    ops.unlink("/link")
+    ops.unlink("/d/final")
+    ops.rmdir("/d")
+    ops.fsyncdir("/", 0, 0)
+    assert os.listdir(backing) == []
+
+
+def test_an_unlinked_file_leaves_no_dirty_data_behind(tmp_path: Path) -> None:
+    ops, _cache, backing = make_ops(tmp_path)
+    fh = ops.create("/f", 0o600, os.O_WRONLY)
+    ops.write("/f", b"gone", 0, fh)
+    ops.release("/f", fh)
+    ops.unlink("/f")
+    assert ops.status()["dirty_files"] == 0
+    fh = ops.create("/g", 0o600, os.O_WRONLY)  # may reuse the inode number
+    ops.write("/g", b"kept", 0, fh)
+    ops.unlink("/g")  # still open: its data stays dirty until released
+    assert ops.status()["dirty_files"] == 1
+    ops.release(None, fh)
+    assert ops.status()["dirty_files"] == 0
+    ops.fsyncdir("/", 0, 0)
+    assert os.listdir(backing) == []
+
+
+def test_full_mode_refuses_growth_and_allows_overwrites_removals_and_syncs(tmp_path: Path) -> None:
+    ops, _cache, backing = make_ops(tmp_path)
+    fh = ops.create("/f", 0o600, os.O_WRONLY)
+    ops.write("/f", b"abcd", 0, fh)
+    ops.set_full(True)
+    refusals: tuple[Callable[[], int], ...] = (
+        lambda: ops.write("/f", b"e", 4, fh),
+        lambda: ops.truncate("/f", 10, fh),
+        lambda: ops.create("/g", 0o600, os.O_WRONLY),
+        lambda: ops.mkdir("/d", 0o700),
+        lambda: ops.link("/h", "/f"),
+        lambda: ops.symlink("/s", "f"),
+    )
+    for refused in refusals:
+        with pytest.raises(OSError) as caught:
+            refused()
+        assert caught.value.errno == errno.ENOSPC
+    assert ops.write("/f", b"X", 1, fh) == 1  # inside the file: no new space
+    ops.fsync("/f", 0, fh)  # the pending data had its space reserved when written
+    assert (backing / "f").read_bytes() == b"aXcd"
+    room = ops.statfs("/")
+    assert room["f_bavail"] == room["f_bfree"] == room["f_favail"] == 0
+    ops.set_full(False)
+    assert ops.write("/f", b"e", 4, fh) == 1
+    assert ops.statfs("/")["f_bavail"] > 0
+    ops.release("/f", fh)
+
+
+# -- through FUSE ---------------------------------------------------------------------------
+
+needs_fuse = pytest.mark.skipif(
+    unavailable_reason() is not None, reason=f"LazyFS cannot mount here: {unavailable_reason()}"
+)
+
+
+def on_lazy_disk(tmp_path: Path, body: Callable[[LazyDisk, Path], Awaitable[None]]) -> None:
+    """Run ``body(disk, mountpoint)`` on a mounted LazyDisk; unmount whatever happens and
+    check that no mount is left."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+
+    async def main() -> None:
+        disk = LazyDisk(tmp_path / "backing", mnt)
+        await disk.mount()
+        try:
+            await body(disk, mnt)
+        finally:
+            await disk.unmount()
+            await disk.unmount()  # idempotent
+
+    asyncio.run(main())
+    assert not _is_mount_point(mnt)
+
+
+def fsynced_write(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@needs_fuse
+def test_a_power_cut_keeps_exactly_what_was_fsynced(tmp_path: Path) -> None:
+    async def body(disk: LazyDisk, mnt: Path) -> None:
+        fsynced_write(mnt / "kept", b"durable")
+        fsync_dir(mnt)
+        (mnt / "kept").write_bytes(b"overwritten, never synced")
+        (mnt / "new").write_bytes(b"never synced")
+        assert (mnt / "kept").read_bytes() == b"overwritten, never synced"  # reads see it
+        assert (mnt / "new").read_bytes() == b"never synced"
+        status = await disk.status()
+        assert status.dirty_files == 2 and status.journal_ops == 1  # the create of "new"
+        await disk.power_cut()
+        assert sorted(os.listdir(mnt)) == ["kept"]
+        assert (mnt / "kept").read_bytes() == b"durable"
+        assert (await disk.status()).dirty_files == 0
+
+    on_lazy_disk(tmp_path, body)
+
+
+@needs_fuse
+def test_a_rename_is_durable_after_a_directory_fsync_only(tmp_path: Path) -> None:
+    async def body(disk: LazyDisk, mnt: Path) -> None:
+        (mnt / "d").mkdir()
+        fsynced_write(mnt / "d" / "a.tmp", b"A")
+        os.rename(mnt / "d" / "a.tmp", mnt / "d" / "a")
+        fsync_dir(mnt / "d")
+        fsynced_write(mnt / "d" / "b.tmp", b"B")
+        os.rename(mnt / "d" / "b.tmp", mnt / "d" / "b")  # no fsync after it
+        await disk.power_cut()
+        assert sorted(os.listdir(mnt / "d")) == ["a", "b.tmp"]
+        assert (mnt / "d" / "a").read_bytes() == b"A"
+
+    on_lazy_disk(tmp_path, body)
+
+
+@needs_fuse
+def test_full_mode_gives_enospc_and_clears(tmp_path: Path) -> None:
+    async def body(disk: LazyDisk, mnt: Path) -> None:
+        fsynced_write(mnt / "f", b"1234")
+        await disk.set_full(True)
+        assert disk.full and (await disk.status()).full
+        assert os.statvfs(mnt).f_bavail == 0
+        with pytest.raises(OSError) as caught:
+            (mnt / "g").write_bytes(b"x")
+        assert caught.value.errno == errno.ENOSPC
+        fd = os.open(mnt / "f", os.O_WRONLY)
+        try:
+            with pytest.raises(OSError) as caught:
+                os.pwrite(fd, b"5", 4)
+            assert caught.value.errno == errno.ENOSPC
+            assert os.pwrite(fd, b"X", 0) == 1
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        await disk.power_cut()  # a full disk stays full
+        assert (mnt / "f").read_bytes() == b"X234"
+        assert os.statvfs(mnt).f_bavail == 0
+        await disk.set_full(False)
+        fsynced_write(mnt / "g", b"x")
+        assert os.statvfs(mnt).f_bavail > 0
+
+    on_lazy_disk(tmp_path, body)
+
+
+COMMITTER = """
+import sys
+from pathlib import Path
+from net.config import MIB, NetConfig
+from net.node.storage import LmdbStorage
+from pxq.effects import Put
+s = LmdbStorage.open(Path(sys.argv[1]), cluster="c", node="n",
+                     config=NetConfig(map_size_bytes=16 * MIB))
+for i in range(int(sys.argv[2]), int(sys.argv[3])):
+    s.apply([Put(table="t", key=b"k%05d" % i, value=b"v" * 200)])
+    s.commit()
+    print(i, flush=True)  # acknowledged: the commit returned
+s.close()
+"""
+
+
+def committer(data: Path, start: int, end: int, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", COMMITTER, str(data), str(start), str(end)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=os.environ | env,
+    )
+
+
+def stored_keys(data: Path) -> list[bytes]:
+    storage = LmdbStorage.open(data, cluster="c", node="n", config=CONFIG)
+    try:
+        return [key for key, _ in storage.scan("t")]
+    finally:
+        storage.close()
+
+
+@needs_fuse
+def test_lmdb_keeps_every_acknowledged_commit_of_a_process_killed_by_a_power_cut(
+    tmp_path: Path,
+) -> None:
+    async def body(disk: LazyDisk, mnt: Path) -> None:
+        data = mnt / "node"
+        proc = committer(data, 0, 100_000, {})
+        acked = -1
+        try:
+            assert proc.stdout is not None
+            while acked < 30:  # bounded: the child commits at most 100,000 and dies
+                line = proc.stdout.readline()
+                assert line, "the committer exited early"
+                acked = int(line)
+        finally:
+            proc.kill()
+            proc.wait(CHILD_TIMEOUT_S)
+        await disk.power_cut()
+        keys = stored_keys(data)
+        assert len(keys) > acked  # every acknowledged commit, in order, and nothing else
+        assert keys == [b"k%05d" % i for i in range(len(keys))]
+
+    on_lazy_disk(tmp_path, body)
+
+
+@needs_fuse
+@pytest.mark.skipif(
+    ctypes.util.find_library("eatmydata") is None, reason="no libeatmydata (Debian eatmydata)"
+)
+def test_an_eatmydata_lmdb_loses_committed_transactions_on_a_power_cut(tmp_path: Path) -> None:
+    async def body(disk: LazyDisk, mnt: Path) -> None:
+        data = mnt / "node"
+        honest = committer(data, 0, 3, {})
+        assert honest.communicate(timeout=CHILD_TIMEOUT_S)[0].split() == ["0", "1", "2"]
+        lying = committer(data, 3, 20, {"LD_PRELOAD": LIBEATMYDATA})
+        assert lying.communicate(timeout=CHILD_TIMEOUT_S)[0].split()[-1] == "19"
+        assert lying.returncode == 0
+        assert len(stored_keys(data)) == 20  # before the cut: all of them
+        await disk.power_cut()
+        assert stored_keys(data) == [b"k00000", b"k00001", b"k00002"]
+
+    on_lazy_disk(tmp_path, body)
