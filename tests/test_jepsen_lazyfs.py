@@ -18,17 +18,23 @@ Every mount is unmounted in a ``finally``, and the tests check that no mount is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes.util
 import errno
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
+from net.client.api import AsyncClient
+from net.cluster.processes import ClusterHome, down, start_node, up
 from net.config import MIB, NetConfig
+from net.errors import NetError
 from net.jepsen.lazyfs import (
     LIBEATMYDATA,
     PAGE_BYTES,
@@ -38,6 +44,8 @@ from net.jepsen.lazyfs import (
     unavailable_reason,
 )
 from net.node.storage import LmdbStorage
+from tests.test_cli_cluster import kill_all
+from tests.test_net_cluster import TOPIC, cluster_toml, free_ports
 
 CONFIG = NetConfig(map_size_bytes=16 * MIB)
 CHILD_TIMEOUT_S = 30.0
@@ -346,3 +354,80 @@ def test_an_eatmydata_lmdb_loses_committed_transactions_on_a_power_cut(tmp_path:
         assert stored_keys(data) == [b"k00000", b"k00001", b"k00002"]
 
     on_lazy_disk(tmp_path, body)
+
+
+NODES = ("s0", "s1", "s2")
+ITEMS = 60
+"""Items enqueued (each acknowledged once durable on a majority) before every node loses its
+power."""
+READ_TIMEOUT_S = 20.0
+"""Bound of reading the items back after the restart (elections, catch-up)."""
+
+
+@needs_fuse
+def test_a_cluster_on_lazy_disks_keeps_every_acknowledged_item_through_a_power_cut_of_every_node(
+    tmp_path: Path,
+) -> None:
+    config_file = tmp_path / "cluster.toml"
+    config_file.write_text(cluster_toml(free_ports(3)), encoding="utf-8")
+    home = ClusterHome(tmp_path / "home")
+    disks = {node: LazyDisk(tmp_path / "disks" / node, home.data_dir(node)) for node in NODES}
+
+    async def enqueue_all() -> list[bytes]:
+        client = await AsyncClient.connect(config_file)
+        try:
+            payloads = [b"item-%03d" % i for i in range(ITEMS)]
+            for start in range(0, ITEMS, 10):  # ten calls in flight: batched proposals
+                await asyncio.gather(
+                    *(client.enqueue(TOPIC, p, key=p[-1:]) for p in payloads[start : start + 10])
+                )
+            return payloads
+        finally:
+            await client.close()
+
+    async def read_all() -> set[bytes]:
+        client = await AsyncClient.connect(config_file)
+        deadline = time.monotonic() + READ_TIMEOUT_S
+        try:
+            while True:
+                try:
+                    found: set[bytes] = set()
+                    for queue in range(4):
+                        items = await client.peek(TOPIC, "default", queue, offset=0, count=ITEMS)
+                        found.update(bytes(item.payload) for item in items)
+                    return found
+                except NetError:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.2)
+        finally:
+            await client.close()
+
+    async def main() -> None:
+        pids: dict[str, int] = {}
+        try:
+            for disk in disks.values():
+                disk.mountpoint.mkdir(parents=True)
+                await disk.mount()
+            started = await up(home, config_file, tls=False)
+            pids = {n.node: n.pid for n in started.nodes}
+            acked = await enqueue_all()
+            for pid in pids.values():
+                os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+            for disk in disks.values():
+                assert (await disk.status()).dirty_files > 0  # something to lose
+                await disk.power_cut()
+            for node in NODES:
+                pids[node] = (await start_node(home, node)).pid
+            found = await read_all()
+            assert set(acked) <= found, sorted(set(acked) - found)
+        finally:
+            down(home, timeout_s=5.0)
+            kill_all(pids)
+            for disk in disks.values():
+                await disk.unmount()
+
+    asyncio.run(main())
+    assert not any(_is_mount_point(disk.mountpoint) for disk in disks.values())

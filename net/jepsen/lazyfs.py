@@ -86,6 +86,10 @@ COMMAND_TIMEOUT_S: Final = 5.0
 LOG_TAIL_BYTES: Final = 2000
 """How much of the file system's log an error message quotes."""
 FUSERMOUNT: Final = "fusermount3"
+CACHE_NAME: Final = "cache"
+"""The cache's directory in the scratch directory."""
+LOG_NAME: Final = "lazyfs.log"
+"""The file system process's standard error, in the scratch directory."""
 LIBEATMYDATA: Final = "libeatmydata.so"
 """Debian ``eatmydata``'s preload library (fsync a no-op): the negative control's node."""
 
@@ -505,12 +509,14 @@ def serve(argv: Sequence[str] | None = None) -> int:
 
     Standard input carries control commands, one per line (``full on``, ``full off``,
     ``status``), each answered by one JSON line on standard output, which first says
-    ``{"ready": true}`` once the kernel talks to the file system. End of input (the
-    controller died) unmounts the file system, so that no mount outlives its controller.
+    ``{"ready": true}`` once the kernel talks to the file system. The cache is
+    ``SCRATCH/cache``. End of input (the controller died) unmounts the file system and
+    removes the scratch directory, so that neither a mount nor its memory outlives the
+    controller.
     """
     parser = argparse.ArgumentParser(prog="python -m net.jepsen.lazyfs")
     parser.add_argument("--backing", required=True)
-    parser.add_argument("--cache", required=True)
+    parser.add_argument("--scratch", required=True)
     parser.add_argument("--mountpoint", required=True)
     parser.add_argument("--full", action="store_true")
     args = parser.parse_args(argv)
@@ -527,13 +533,14 @@ def serve(argv: Sequence[str] | None = None) -> int:
             out.write(json.dumps(message, sort_keys=True) + "\n")
 
     ops = LazyOps(
-        cache=os.path.realpath(args.cache),
+        cache=os.path.realpath(os.path.join(args.scratch, CACHE_NAME)),
         backing=os.path.realpath(args.backing),
         full=args.full,
         ready=lambda: reply({"ready": True}),
     )
+    orphaned = threading.Event()
     control = threading.Thread(
-        target=_control_loop, args=(ops, reply, args.mountpoint), daemon=True
+        target=_control_loop, args=(ops, reply, args.mountpoint, orphaned), daemon=True
     )
     control.start()
     mfusepy.FUSE(
@@ -544,10 +551,12 @@ def serve(argv: Sequence[str] | None = None) -> int:
         fsname="lazyfs",
         hard_remove=True,  # no .fuse_hidden files: an unlinked open file has no path
     )
+    if orphaned.is_set():
+        shutil.rmtree(args.scratch, ignore_errors=True)
     return 0
 
 
-def _control_loop(ops: LazyOps, reply: Any, mountpoint: str) -> None:
+def _control_loop(ops: LazyOps, reply: Any, mountpoint: str, orphaned: threading.Event) -> None:
     for raw in sys.stdin:
         command = raw.split()
         match command:
@@ -559,6 +568,7 @@ def _control_loop(ops: LazyOps, reply: Any, mountpoint: str) -> None:
             case _:
                 reply({"ok": False, "error": f"unknown command {raw.strip()!r}"})
     # The controller is gone: detach the mount; the FUSE loop ends when the kernel lets go.
+    orphaned.set()
     subprocess.run([FUSERMOUNT, "-u", "-z", mountpoint], check=False, timeout=COMMAND_TIMEOUT_S)
 
 
@@ -676,7 +686,7 @@ class LazyDisk:
     def _cache(self) -> Path:
         if self._scratch is None:
             raise LazyFsError("the LazyDisk is not mounted")
-        return self._scratch / "cache"
+        return self._scratch / CACHE_NAME
 
     async def _start(self) -> None:
         """Copy the backing directory to a fresh cache, start the file system, wait for it."""
@@ -685,15 +695,15 @@ class LazyDisk:
             shutil.rmtree(cache)
         shutil.copytree(self.backing, cache, symlinks=True)
         shutil.copystat(self.backing, cache)
-        log_path = self._cache.parent / "lazyfs.log"
+        log_path = self._cache.parent / LOG_NAME
         args = [
             sys.executable,
             "-m",
             "net.jepsen.lazyfs",
             "--backing",
             str(self.backing),
-            "--cache",
-            str(cache),
+            "--scratch",
+            str(cache.parent),
             "--mountpoint",
             str(self.mountpoint),
         ]
@@ -752,7 +762,7 @@ class LazyDisk:
         if self._scratch is None:
             return ""
         try:
-            with open(self._scratch / "lazyfs.log", "rb") as log:
+            with open(self._scratch / LOG_NAME, "rb") as log:
                 log.seek(0, os.SEEK_END)
                 log.seek(max(0, log.tell() - LOG_TAIL_BYTES))
                 tail = log.read().decode(errors="replace").strip()
