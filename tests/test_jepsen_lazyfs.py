@@ -39,9 +39,11 @@ from net.cluster.processes import ClusterHome, down, start_node, up
 from net.config import MIB, NetConfig
 from net.errors import NetError
 from net.jepsen.lazyfs import (
+    FUSERMOUNT,
     LIBEATMYDATA,
     PAGE_BYTES,
     LazyDisk,
+    LazyFsError,
     LazyOps,
     _is_mount_point,
     unavailable_reason,
@@ -229,6 +231,8 @@ def test_a_power_cut_keeps_exactly_what_was_fsynced(tmp_path: Path) -> None:
         assert (mnt / "new").read_bytes() == b"never synced"
         status = await disk.status()
         assert status.dirty_files == 2 and status.journal_ops == 1  # the create of "new"
+        with pytest.raises(LazyFsError, match="already a mount point"):
+            await LazyDisk(disk.backing, mnt).mount()
         await disk.power_cut()
         assert sorted(os.listdir(mnt)) == ["kept"]
         assert (mnt / "kept").read_bytes() == b"durable"
@@ -280,6 +284,51 @@ def test_full_mode_gives_enospc_and_clears(tmp_path: Path) -> None:
         assert os.statvfs(mnt).f_bavail > 0
 
     on_lazy_disk(tmp_path, body)
+
+
+ORPHAN = """
+import asyncio, sys
+from pathlib import Path
+from net.jepsen.lazyfs import LazyDisk
+
+async def main():
+    disk = LazyDisk(Path(sys.argv[1]), Path(sys.argv[2]))
+    await disk.mount()
+    print(disk._cache.parent, flush=True)
+    await asyncio.sleep(60)  # killed before
+
+asyncio.run(main())
+"""
+ORPHAN_GONE_S = 10.0
+"""Bound of the wait for an orphaned file system to unmount and clean up."""
+
+
+@needs_fuse
+def test_a_file_system_whose_controller_died_unmounts_and_removes_its_cache(
+    tmp_path: Path,
+) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", ORPHAN, str(tmp_path / "backing"), str(mnt)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        scratch = Path(proc.stdout.readline().strip())
+        assert scratch.is_dir() and _is_mount_point(mnt)
+    finally:
+        proc.kill()
+        proc.wait(CHILD_TIMEOUT_S)
+    deadline = time.monotonic() + ORPHAN_GONE_S
+    try:
+        while _is_mount_point(mnt) or scratch.exists():
+            assert time.monotonic() < deadline, "the orphaned LazyFS is still there"
+            time.sleep(0.05)
+    finally:
+        if _is_mount_point(mnt):  # the test failed: leave no mount behind
+            subprocess.run([FUSERMOUNT, "-u", "-z", str(mnt)], check=False, timeout=10)
 
 
 COMMITTER = """

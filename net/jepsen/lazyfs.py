@@ -65,6 +65,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,7 +203,7 @@ class LazyOps:
         self._mutex = threading.Lock()
         self.syncs = 0
         self._ready = ready  # called once the kernel talks to us (FUSE init)
-        self._journal: list[_JournalOp] = []
+        self._journal: deque[_JournalOp] = deque()
         self._dirty: dict[int, _Dirty] = {}
         self._fh_ino: dict[int, int] = {}
 
@@ -240,8 +241,10 @@ class LazyOps:
             self._commit_journal()
 
     def _commit_journal(self) -> None:
-        """Replay the namespace changes on the backing directory, in order."""
-        for op in self._journal:
+        """Replay the namespace changes on the backing directory, in order (each leaves the
+        journal once applied: a failure leaves only what is still to do)."""
+        while self._journal:
+            op = self._journal[0]
             match op:
                 case _Create(path=path, mode=mode):
                     fd = os.open(self._b(path), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, mode)
@@ -264,7 +267,7 @@ class LazyOps:
                     os.chown(self._b(path), uid, gid, follow_symlinks=False)
                 case _:
                     assert_never(op)
-        self._journal.clear()
+            self._journal.popleft()
 
     def _mark(self, ino: int, start: int, end: int) -> None:
         """Pages ``[start, end)`` (bytes) of inode ``ino`` are dirty."""
@@ -621,10 +624,13 @@ class LazyDisk:
         reason = unavailable_reason()
         if reason is not None:
             raise LazyFsError(f"cannot mount a LazyFS: {reason}")
+        if _is_mount_point(self.mountpoint):
+            raise LazyFsError(
+                f"{self.mountpoint} is already a mount point (a stale one is removed by "
+                f"{FUSERMOUNT} -u -z {self.mountpoint})"
+            )
         if not self.mountpoint.is_dir():
             raise LazyFsError(f"mount point {self.mountpoint} is not a directory")
-        if _is_mount_point(self.mountpoint):
-            raise LazyFsError(f"{self.mountpoint} is already a mount point")
         self.backing.mkdir(parents=True, exist_ok=True)
         self._scratch = Path(tempfile.mkdtemp(prefix="pxq-lazyfs-", dir=self._scratch_parent))
         try:
