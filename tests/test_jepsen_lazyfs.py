@@ -132,6 +132,21 @@ def test_the_namespace_journal_is_committed_in_order_by_any_fsync(tmp_path: Path
     assert os.listdir(backing) == []
 
 
+def test_a_file_created_before_another_fsync_comes_back_empty_without_its_own(
+    tmp_path: Path,
+) -> None:
+    ops, _cache, backing = make_ops(tmp_path)
+    f = ops.create("/f", 0o600, os.O_WRONLY)
+    ops.write("/f", b"never synced", 0, f)
+    g = ops.create("/g", 0o600, os.O_WRONLY)
+    ops.write("/g", b"synced", 0, g)
+    ops.fsync("/g", 1, g)  # commits the whole journal: both creates
+    assert (backing / "f").read_bytes() == b""
+    assert (backing / "g").read_bytes() == b"synced"
+    ops.release("/f", f)
+    ops.release("/g", g)
+
+
 def test_an_unlinked_file_leaves_no_dirty_data_behind(tmp_path: Path) -> None:
     ops, _cache, backing = make_ops(tmp_path)
     fh = ops.create("/f", 0o600, os.O_WRONLY)

@@ -66,7 +66,7 @@ import sys
 import tempfile
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeAlias, assert_never
@@ -196,7 +196,7 @@ class LazyOps:
 
     use_ns = True  # mfusepy: times in integer nanoseconds
 
-    def __init__(self, *, cache: str, backing: str, full: bool, ready: Any) -> None:
+    def __init__(self, *, cache: str, backing: str, full: bool, ready: Callable[[], None]) -> None:
         self.cache = cache
         self.backing = backing
         self.full = full
@@ -559,7 +559,12 @@ def serve(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _control_loop(ops: LazyOps, reply: Any, mountpoint: str, orphaned: threading.Event) -> None:
+def _control_loop(
+    ops: LazyOps,
+    reply: Callable[[dict[str, Any]], None],
+    mountpoint: str,
+    orphaned: threading.Event,
+) -> None:
     for raw in sys.stdin:
         command = raw.split()
         match command:
