@@ -247,10 +247,19 @@ class Nemesis:
 
     # -- applying ------------------------------------------------------------------------
 
-    def _log(self, action: str, targets: list[NodeId], **extra: object) -> None:
+    def _log(
+        self,
+        action: str,
+        targets: list[NodeId],
+        history_only: dict[str, JSON] | None = None,
+        **extra: object,
+    ) -> None:
+        """Record an action in the history and the trace; ``history_only`` fields go to the
+        history alone (what a record's timeline needs, kept out of the trace digest)."""
         self.applied += 1
         time_ms = self.world.now_us // 1000
         fields: dict[str, JSON] = {k: str(v) for k, v in extra.items()}
+        fields.update(history_only or {})
         value: list[JSON] = list(targets)
         self.history.invoke(time_ms, "nemesis", action, value, **fields)
         self.history.info(time_ms, "nemesis", action, value, **fields)
@@ -284,7 +293,10 @@ class Nemesis:
         ):
             if v is not None:
                 extra[key] = v
-        self._log("seek_requested" if action == "seek" else action, targets, **extra)
+        kind: dict[str, JSON] | None = (
+            {"disk_fault": fault.disk_fault} if action == "disk" else None
+        )
+        self._log("seek_requested" if action == "seek" else action, targets, kind, **extra)
         match action:
             case "partition":
                 rest = peers if peers is not None else self._endpoints()

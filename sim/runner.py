@@ -528,8 +528,11 @@ def run(
     *,
     history_out: TextIO | None = None,
     trace_out: TextIO | None = None,
+    observe: Callable[[World], None] | None = None,
 ) -> RunResult:
-    """Run ``scn`` with ``seed`` (which replaces the file's own seed)."""
+    """Run ``scn`` with ``seed`` (which replaces the file's own seed). ``observe`` is called
+    with the world once its nodes exist, before they boot (to attach a trace listener that
+    only reads, such as ``sim.lanes.NodeLanes``: the digest must not move)."""
     started = time.perf_counter()
     world = World(
         seed=seed,
@@ -596,6 +599,8 @@ def run(
 
     nemesis = Nemesis(world, history, stream(seed, "faults"), replicas, master_of)
     system.attach(nemesis)
+    if observe is not None:
+        observe(world)
     world.start()
     system.start()
     for i, fault in enumerate(scn.faults):

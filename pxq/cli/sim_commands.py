@@ -6,16 +6,23 @@ input (an unreadable or invalid scenario, bad arguments), with the reason on std
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from pxq.cli.common import EXIT_FAILED, EXIT_OK
 from pxq.cli.common import bad_input as _bad_input
+
+if TYPE_CHECKING:
+    from pxq.check.history import Op
+    from sim.lanes import NodeLanes
+    from sim.runner import RunResult
+    from sim.scenario import Scenario
 
 
 @click.group()
@@ -35,11 +42,25 @@ def sim() -> None:
 @click.option(
     "--trace", type=click.Path(dir_okay=False, path_type=Path), help="Write the trace (JSONL)."
 )
-def sim_run(
-    scenario_file: Path, seed: int | None, as_json: bool, history: Path | None, trace: Path | None
+@click.option(
+    "--record",
+    "record_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write the run's record into DIR: history, fault timeline, checks, summary, plots "
+    "(latency, rate, a lane per node) and index.html.",
+)
+def sim_run(  # noqa: PLR0917 - one parameter per click option
+    scenario_file: Path,
+    seed: int | None,
+    as_json: bool,
+    history: Path | None,
+    trace: Path | None,
+    record_dir: Path | None,
 ) -> None:
     """Run SCENARIO_FILE once and check the outcome."""
+    from pxq.check.history import read_history
     from sim import runner, scenario
+    from sim.lanes import NodeLanes
 
     try:
         scn = scenario.load(scenario_file)
@@ -48,26 +69,98 @@ def sim_run(
         _bad_input(str(exc))
         return
     run_seed = scn.seed if seed is None else seed
-    history_out = runner.write_jsonl(history) if history else None
+    # A record needs the history's ops: keep it in memory, written to --history at the end.
+    recorded = io.StringIO() if record_dir is not None else None
+    history_out = (
+        recorded if recorded is not None else runner.write_jsonl(history) if history else None
+    )
     trace_out = runner.write_jsonl(trace) if trace else None
+    lanes: list[NodeLanes] = []
     try:
-        result = runner.run(scn, run_seed, history_out=history_out, trace_out=trace_out)
+        result = runner.run(
+            scn,
+            run_seed,
+            history_out=history_out,
+            trace_out=trace_out,
+            observe=(lambda world: lanes.append(NodeLanes(world))) if record_dir else None,
+        )
     finally:
         for f in (history_out, trace_out):
-            if f is not None:
+            if f is not None and f is not recorded:
                 f.close()
+    text = _run_text(scn, run_seed, result)
+    if recorded is not None and record_dir is not None:
+        if history is not None:
+            with runner.write_jsonl(history) as out:
+                out.write(recorded.getvalue())
+        ops = read_history(recorded.getvalue().splitlines())
+        _record(record_dir, scn, result=result, text=text, ops=ops, lanes=lanes[0])
     if as_json:
         click.echo(json.dumps(result.to_json(), sort_keys=True))
     else:
-        verdict = "OK" if result.ok else "FAILED"
-        click.echo(f"{verdict}: {scn.name} seed {run_seed} (expect safety {scn.expect_safety})")
-        for name, check in result.checks.items():
-            click.echo(f"  {'pass' if check.ok else 'FAIL'} {name}: {check.summary}")
-        click.echo(f"  trace digest {result.trace_digest}")
-        click.echo(f"  simulated {result.sim_time_ms} ms in {result.wall_s:.2f} s wall")
-        if not result.ok:
-            click.echo(f"  reproduce: {result.repro}")
+        click.echo(text, nl=False)
+        if record_dir is not None:
+            click.echo(f"  record: {record_dir / 'index.html'}")
     sys.exit(EXIT_OK if result.ok else EXIT_FAILED)
+
+
+def _run_text(scn: Scenario, run_seed: int, result: RunResult) -> str:
+    """What ``sim run`` prints about a run (and the record keeps as its summary)."""
+    verdict = "OK" if result.ok else "FAILED"
+    lines = [f"{verdict}: {scn.name} seed {run_seed} (expect safety {scn.expect_safety})"]
+    for name, check in result.checks.items():
+        lines.append(f"  {'pass' if check.ok else 'FAIL'} {name}: {check.summary}")
+    lines.append(f"  trace digest {result.trace_digest}")
+    lines.append(f"  simulated {result.sim_time_ms} ms in {result.wall_s:.2f} s wall")
+    if not result.ok:
+        lines.append(f"  reproduce: {result.repro}")
+    return "\n".join(lines) + "\n"
+
+
+def _record(
+    record_dir: Path,
+    scn: Scenario,
+    *,
+    result: RunResult,
+    text: str,
+    ops: list[Op],
+    lanes: NodeLanes,
+) -> None:
+    """Write the record of a simulated run (``net.jepsen.record``): its history, the checks,
+    the node lanes, the first broken invariant as a violation mark."""
+    from net.jepsen.record import write_record
+
+    node_lanes = lanes.close()
+    marks = [(t, f"invariants ({node})") for t, node, _ in lanes.violations[:1]]
+    failed = [name for name, c in result.checks.items() if not c.ok]
+    verdict = f"{'OK' if result.ok else 'FAILED'} (expect safety {scn.expect_safety})" + (
+        f"; failed checks: {', '.join(failed)}" if failed else "; every check passed"
+    )
+    try:
+        write_record(
+            record_dir,
+            ops,
+            result.checks,
+            title=f"{scn.name} seed {result.seed}",
+            node_lanes=node_lanes,
+            marks=marks,
+            summary=text,
+            start_ms=0,
+            end_ms=result.sim_time_ms,
+            verdict=verdict,
+            run_info={
+                "scenario": scn.name,
+                "file": result.file,
+                "seed": result.seed,
+                "ok": result.ok,
+                "expect_safety": scn.expect_safety,
+                "trace_digest": result.trace_digest,
+                "sim_time_ms": result.sim_time_ms,
+                "repro": result.repro,
+            },
+        )
+    except OSError as exc:
+        _bad_input(f"cannot write the record into {record_dir}: {exc}")
 
 
 @sim.command("swarm")
