@@ -217,7 +217,7 @@ def test_an_empty_history_without_nemesis_still_makes_a_record(tmp_path: Path) -
         if name != "history.jsonl":
             assert (tmp_path / name).stat().st_size > 0, name
     summary = (tmp_path / "summary.txt").read_text()
-    assert "operations: 0" in summary and "faults: 0 windows" in summary
+    assert "operations: 0" in summary and "fault windows: 0 (none)" in summary
     assert json.loads((tmp_path / "timeline.json").read_text())["windows"] == []
 
 

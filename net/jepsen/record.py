@@ -476,8 +476,8 @@ def summary_table(
     lines += [
         "",
         f"operations: {sum(counts.values())} ({', '.join(f'{v} {k}' for k, v in counts.items())})",
-        f"faults: {len(tl.windows)} windows ({_kinds(tl.windows)}), {len(tl.events)} other "
-        "nemesis actions",
+        f"fault windows: {len(tl.windows)} ({_kinds(tl.windows)}); other nemesis actions: "
+        f"{len(tl.events)}",
     ]
     failed = [n for n, r in results if not r.ok]
     lines.append(f"verdict: {'FAILED: ' + ', '.join(failed) if failed else 'ok'}")
