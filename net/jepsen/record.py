@@ -162,10 +162,6 @@ class Window:
     """The closing action's ``f``; None: still in force when the run ended."""
     value: JSON = None
 
-    @property
-    def label(self) -> str:
-        return f"{self.f} {','.join(self.nodes)}".strip()
-
     def to_json(self) -> dict[str, JSON]:
         return {
             "f": self.f,
