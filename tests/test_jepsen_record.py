@@ -92,6 +92,14 @@ def test_unfinished_windows_end_at_the_end_of_the_run_and_a_new_clock_offset_end
     assert timeline(ops).end_ms == 805
 
 
+def test_a_clock_offset_may_be_a_field_of_the_op() -> None:
+    h = HistoryWriter()
+    for t, offset in ((100, 2500), (900, 0)):
+        h.invoke(t, NEMESIS, "clock", "n2", offset_ms=offset)
+        h.info(t + 1, NEMESIS, "clock", "n2", offset_ms=offset)
+    assert spans(h.ops) == [("clock", ("n2",), 100, 901, "clock")]
+
+
 def test_the_simulators_vocabulary_pairs_too_and_heal_all_ends_everything() -> None:
     h = HistoryWriter()
     actions: list[tuple[int, str, JSON, dict[str, JSON]]] = [
