@@ -100,6 +100,20 @@ def test_a_clock_offset_may_be_a_field_of_the_op() -> None:
     assert spans(h.ops) == [("clock", ("n2",), 100, 901, "clock")]
 
 
+def test_clock_actions_of_node_offset_pairs_set_each_node_apart() -> None:
+    ops = nemesis_history(
+        [
+            (100, "clock", [["n0", 4000], ["n1", -2500]]),
+            (600, "clock", [["n1", 0]]),
+            (900, "clock", [["n0", 0]]),
+        ]
+    )
+    assert spans(ops) == [
+        ("clock", ("n1",), 100, 605, "clock"),
+        ("clock", ("n0",), 100, 905, "clock"),
+    ]
+
+
 def test_the_simulators_vocabulary_pairs_too_and_heal_all_ends_everything() -> None:
     h = HistoryWriter()
     actions: list[tuple[int, str, JSON, dict[str, JSON]]] = [

@@ -284,6 +284,28 @@ def _offset(action: _Action) -> int | float | None:
     return None
 
 
+def _clock_offsets(action: _Action, nodes: list[str]) -> list[tuple[str, int | float | None]]:
+    """Each node a clock action sets, with its new offset: the value's ``[node, offset_ms]``
+    pairs (``pxq test``'s), else every node it names with the action's one offset."""
+    value = action.value
+    pairs: list[tuple[str, int | float | None]] = []
+    if isinstance(value, list):
+        for p in value:
+            if not isinstance(p, list) or len(p) != 2:
+                break
+            node, offset = p
+            if not isinstance(node, str) or isinstance(offset, bool):
+                break
+            if not isinstance(offset, int | float):
+                break
+            pairs.append((node, offset))
+        else:
+            if pairs:
+                return pairs
+    offset_all = _offset(action)
+    return [(n, offset_all) for n in nodes]
+
+
 def timeline(
     nemesis_ops: Iterable[Op], *, start_ms: int | None = None, end_ms: int | None = None
 ) -> Timeline:
@@ -335,10 +357,15 @@ def timeline(
             close(None, [], action)
             continue
         if f == CLOCK:
-            close(frozenset({CLOCK}), nodes, action)
-            if _offset(action) == 0:
-                continue
-        elif f in CLOSES or f.startswith(CLOSES_DISK_PREFIX):
+            offsets = _clock_offsets(action, nodes)
+            for node, offset in offsets:
+                close(frozenset({CLOCK}), [node], action)
+                if offset != 0:
+                    open_.append((CLOCK, (node,), action.start_ms, action.value))
+            if not offsets:
+                events.append(Event(f=f, time_ms=action.start_ms, value=action.value))
+            continue
+        if f in CLOSES or f.startswith(CLOSES_DISK_PREFIX):
             which = CLOSES.get(f, frozenset({"disk"}))
             if not close(which, nodes, action) and f not in OPENS:
                 events.append(Event(f=f, time_ms=action.start_ms, value=action.value))
