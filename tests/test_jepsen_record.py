@@ -92,6 +92,22 @@ def test_unfinished_windows_end_at_the_end_of_the_run_and_a_new_clock_offset_end
     assert timeline(ops).end_ms == 805
 
 
+def test_overlapping_nemesis_actions_pair_by_f_and_value() -> None:
+    h = HistoryWriter()
+    h.invoke(100, NEMESIS, "kill", ["n0"])
+    h.invoke(110, NEMESIS, "pause", ["n1"])
+    h.info(150, NEMESIS, "pause", ["n1"])
+    h.invoke(160, NEMESIS, "kill", ["n2"])
+    h.info(170, NEMESIS, "kill", ["n2"])
+    h.info(400, NEMESIS, "kill", ["n0"])
+    h.invoke(500, NEMESIS, "start", ["n0", "n2"])  # never completed: done as it started
+    assert spans(h.ops, end_ms=900) == [
+        ("kill", ("n0",), 100, 500, "start"),
+        ("pause", ("n1",), 110, 900, None),
+        ("kill", ("n2",), 160, 500, "start"),
+    ]
+
+
 def test_a_clock_offset_may_be_a_field_of_the_op() -> None:
     h = HistoryWriter()
     for t, offset in ((100, 2500), (900, 0)):

@@ -211,28 +211,27 @@ class _Action:
 
 
 def _actions(nemesis_ops: Iterable[Op]) -> list[_Action]:
-    """The nemesis ops as actions: an invoke with its completion (the next op of the nemesis
-    process), or a lone completion, or an invoke never completed (it counts as done)."""
-    actions: list[_Action] = []
-    pending: Op | None = None
+    """The nemesis ops as actions, in the order they started: an invoke with its completion
+    (the first later completion of the same ``f``, of the same value if one has it: actions
+    may overlap), or a lone completion, or an invoke never completed (done as it started)."""
+    slots: list[tuple[Op, Op]] = []
+    pending: list[int] = []
     for op in nemesis_ops:
         if op.process != NEMESIS:
             continue
         if op.type == "invoke":
-            if pending is not None:
-                actions.append(_action(pending, pending))
-            pending = op
+            pending.append(len(slots))
+            slots.append((op, op))
             continue
-        if pending is not None and pending.f == op.f:
-            actions.append(_action(pending, op))
+        same_f = [i for i in pending if slots[i][0].f == op.f]
+        same_value = [i for i in same_f if slots[i][0].value == op.value]
+        match = (same_value or same_f)[:1]
+        if match:
+            pending.remove(match[0])
+            slots[match[0]] = (slots[match[0]][0], op)
         else:
-            if pending is not None:
-                actions.append(_action(pending, pending))
-            actions.append(_action(op, op))
-        pending = None
-    if pending is not None:
-        actions.append(_action(pending, pending))
-    return actions
+            slots.append((op, op))
+    return [_action(first, last) for first, last in slots]
 
 
 def _action(first: Op, last: Op) -> _Action:
