@@ -15,7 +15,8 @@ Permissions (``required_permission``), named as the refusal names them:
   and moving past them is what a redrive does).
 * ``seek:TOPIC/GROUP``: ``Seek`` (replay, skip) and ``SeekPreview`` (its dry run).
 * ``locks``: the lock service (``Acquire``, ``Renew``, ``Release``, ``ReadLock``,
-  ``ListLocks``); consumers take their queues through it.
+  ``ListLocks``, and its registers: ``ReadRegister``, ``WriteRegister``, ``CasRegister``);
+  consumers take their queues through it.
 * ``admin``: anything else (requests no node serves, for a start).
 
 Open to every authenticated principal (no permission): the master probes of ``pxq cluster
@@ -41,7 +42,7 @@ from typing import Final
 
 from pxq.config import ClusterConfig, PrincipalConfig
 from pxq.config.model import TLS_IDENTITY_DEFAULT
-from pxq.lock.messages import Acquire, ListLocks, LockError, ReadLock, Release, Renew
+from pxq.lock.messages import LockError, LockRequest, ReadLock
 from pxq.store.messages import (
     CommitCursor,
     Enqueue,
@@ -84,7 +85,7 @@ def required_permission(request: object) -> str | None:
             return f"seek:{base_topic(topic)}/{group}"
         case ReadLock(key=key) if key.startswith(LOCK_PROBE_PREFIX) and not request.through_log:
             return None
-        case Acquire() | Renew() | Release() | ReadLock() | ListLocks():
+        case _ if isinstance(request, LockRequest):
             return LOCKS
         case _:
             return ADMIN
@@ -181,6 +182,6 @@ def refusal_response(request: object, refusal: Refusal) -> StoreError | LockErro
     request's ``LockError``, any other a ``StoreError``) with code ``permission_denied`` and a
     message naming the principal and the missing permission. The client machines treat it
     as any definite error; the client library raises ``PermissionDenied``."""
-    if isinstance(request, Acquire | Renew | Release | ReadLock | ListLocks):
+    if isinstance(request, LockRequest):
         return LockError(code=PERMISSION_DENIED, message=refusal.message, definite=True)
     return StoreError(code=PERMISSION_DENIED, message=refusal.message, definite=True)

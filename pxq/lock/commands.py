@@ -9,6 +9,9 @@ as for the store's commands)::
     [4, key, now_ms]                                       read (ordered through the log)
     [5, now_ms]                                            cleanup of expired entries
     [6, prefix, entries_max, start_after, now_ms]          list a directory through the log
+    [7, key, now_ms]                                       register read (through the log)
+    [8, key, value, fence_key | nil, fence_version | nil, now_ms]             register write
+    [9, key, expected | nil, value, fence_key | nil, fence_version | nil, now_ms]  register cas
 
 An acquire or renew without its last field (the encoding before values existed) decodes with
 value ``b""`` (acquire) or nil (renew: keep the value), so logs written before stay readable.
@@ -33,6 +36,9 @@ OP_RELEASE: Final = 3
 OP_READ: Final = 4
 OP_CLEANUP: Final = 5
 OP_LIST: Final = 6
+OP_REG_READ: Final = 7
+OP_REG_WRITE: Final = 8
+OP_REG_CAS: Final = 9
 FIELDS_MAX: Final = 8
 """The longest command array."""
 
@@ -88,7 +94,48 @@ class ListCmd:
     now_ms: int
 
 
-Command: TypeAlias = AcquireCmd | RenewCmd | ReleaseCmd | ReadCmd | CleanupCmd | ListCmd
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegReadCmd:
+    """Read register ``key`` (``pxq.lock.messages.ReadRegister``) through the log."""
+
+    key: str
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegWriteCmd:
+    """Set register ``key`` to ``value``; ``fence`` (lock key, version): only while that lock
+    entry is held with that version at the command's time."""
+
+    key: str
+    value: bytes
+    fence: tuple[str, int] | None
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegCasCmd:
+    """Set register ``key`` to ``value`` if it holds ``expected`` (None: never written);
+    ``fence`` as for ``RegWriteCmd``."""
+
+    key: str
+    expected: bytes | None
+    value: bytes
+    fence: tuple[str, int] | None
+    now_ms: int
+
+
+Command: TypeAlias = (
+    AcquireCmd
+    | RenewCmd
+    | ReleaseCmd
+    | ReadCmd
+    | CleanupCmd
+    | ListCmd
+    | RegReadCmd
+    | RegWriteCmd
+    | RegCasCmd
+)
 
 
 def encode_command(cmd: Command) -> bytes:
@@ -122,7 +169,30 @@ def encode_command(cmd: Command) -> bytes:
             fields = [OP_CLEANUP, cmd.now_ms]
         case ListCmd():
             fields = [OP_LIST, cmd.prefix, cmd.entries_max, cmd.start_after, cmd.now_ms]
+        case RegReadCmd():
+            fields = [OP_REG_READ, cmd.key, cmd.now_ms]
+        case RegWriteCmd():
+            fields = [OP_REG_WRITE, cmd.key, cmd.value, *_fence_fields(cmd.fence), cmd.now_ms]
+        case RegCasCmd():
+            fields = [
+                OP_REG_CAS,
+                cmd.key,
+                cmd.expected,
+                cmd.value,
+                *_fence_fields(cmd.fence),
+                cmd.now_ms,
+            ]
     return pack(fields)
+
+
+def _fence_fields(fence: tuple[str, int] | None) -> list[Any]:
+    return [None, None] if fence is None else [fence[0], fence[1]]
+
+
+def _fence(key: object, version: object) -> tuple[str, int] | None:
+    if key is None and version is None:
+        return None
+    return (text(key), u64(version))
 
 
 def decode_command(value: bytes) -> Command:
@@ -163,5 +233,22 @@ def decode_command(value: bytes) -> Command:
             entries_max=u64(fields[2]),
             start_after=text(fields[3]),
             now_ms=u64(fields[4]),
+        )
+    if op == OP_REG_READ and n == 3:
+        return RegReadCmd(key=text(fields[1]), now_ms=u64(fields[2]))
+    if op == OP_REG_WRITE and n == 6:
+        return RegWriteCmd(
+            key=text(fields[1]),
+            value=blob(fields[2]),
+            fence=_fence(fields[3], fields[4]),
+            now_ms=u64(fields[5]),
+        )
+    if op == OP_REG_CAS and n == 7:
+        return RegCasCmd(
+            key=text(fields[1]),
+            expected=None if fields[2] is None else blob(fields[2]),
+            value=blob(fields[3]),
+            fence=_fence(fields[4], fields[5]),
+            now_ms=u64(fields[6]),
         )
     raise CommandError(f"unknown command {op!r} with {n} fields")

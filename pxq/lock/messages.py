@@ -24,6 +24,18 @@ Values: every entry carries a ``value`` of at most ``VALUE_BYTES_MAX`` bytes (a 
 service: a holder publishes what it owns, an elected scheduler its assignment). A grant sets
 it, a renewal may replace it, a release or an expiry clears it.
 
+Registers: beside the locks, every group holds compare-and-set registers (``ReadRegister``,
+``WriteRegister``, ``CasRegister``): a key maps to a value (at most ``VALUE_BYTES_MAX`` bytes)
+and a version that grows by one at every write (1 at the first; a register never written
+reads as value None, version 0). Registers are not leased: a value stays until overwritten.
+They live apart from the lock entries (a key may name a lock and a register at once, and
+neither touches the other), in the same groups under the same routing (``group_of_key``),
+and count against the same ``keys_max`` and ``values_bytes_max``. A write or cas may carry a
+``fence`` ``(lock key, version)``: it is applied only if that lock is held with that version
+at the command's time (the lock must live in the register's group: the same directory is
+the way to be sure), else refused ``LockError("fenced")``: a lock holder guards its writes
+with its token.
+
 Directories: a key's *directory* is everything up to and including its last ``"/"``
 (``directory_of``); a key without ``"/"`` is its own directory. A key's Paxos group is a
 stable hash of its directory (``group_of_key``), so all keys of one directory live in one
@@ -162,13 +174,15 @@ class LockDenied:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LockError:
     """A request failed. ``definite``: it certainly took no effect. Definite codes:
-    ``bad_request`` (malformed: empty or too long key or holder, a lease outside
-    1..``LEASE_MS_MAX``, a value over ``VALUE_BYTES_MAX``, a bad ``ListLocks`` prefix or
-    ``entries_max``), ``too_many_keys`` (the group holds ``keys_max`` keys and this one is
-    new), ``too_many_bytes`` (the group's values would exceed its ``values_bytes_max``),
-    ``too_large``, ``overloaded``. Indefinite: ``unknown`` (mastership lost while the request
-    was in flight: it may still be applied). ``pxq.lock.client`` adds the indefinite
-    ``timeout`` (no final answer within the call's deadline)."""
+        ``bad_request`` (malformed: empty or too long key or holder, a register fence whose lock
+    lives in another group, a lease outside
+        1..``LEASE_MS_MAX``, a value over ``VALUE_BYTES_MAX``, a bad ``ListLocks`` prefix or
+        ``entries_max``), ``too_many_keys`` (the group holds ``keys_max`` keys and this one is
+        new), ``too_many_bytes`` (the group's values would exceed its ``values_bytes_max``),
+        ``too_large``, ``overloaded``, ``fenced`` (a register write's fence lock is not held with
+    its version). Indefinite: ``unknown`` (mastership lost while the request
+        was in flight: it may still be applied). ``pxq.lock.client`` adds the indefinite
+        ``timeout`` (no final answer within the call's deadline)."""
 
     code: str
     message: str
@@ -226,5 +240,74 @@ class LockList:
     more: bool
 
 
-LockRequest = Acquire | Renew | Release | ReadLock | ListLocks
-LockResponse = LockOk | LockDenied | LockList | LockError | LockRedirect
+@message(139)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReadRegister:
+    """Read register ``key``: ``RegisterOk`` with its value (None if never written) and
+    version (0 then). ``through_log`` as for ``ReadLock`` (both are linearizable: a local read
+    is served by the group's lease holder from its applied state). Safe to re-send."""
+
+    key: str
+    through_log: bool = False
+
+
+@message(140)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WriteRegister:
+    """Set register ``key`` to ``value``: ``RegisterOk`` with the new version. With ``fence``
+    ``(lock key, version)``: only while that lock is held with that version, else the
+    definite ``LockError("fenced")``. Not idempotent: a re-send after an unknown outcome may
+    write twice (a second version)."""
+
+    key: str
+    value: bytes
+    fence: tuple[str, int] | None = None
+
+
+@message(141)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CasRegister:
+    """Set register ``key`` to ``value`` if its value is ``expected`` (None: never written):
+    ``RegisterOk`` with the new version, else ``RegisterMismatch`` with the current value and
+    version (applied and refused: nothing changed). ``fence`` as for ``WriteRegister``."""
+
+    key: str
+    expected: bytes | None
+    value: bytes
+    fence: tuple[str, int] | None = None
+
+
+@message(142)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegisterOk:
+    """The register's value and version as the read saw them, or as the write or cas left
+    them; ``at_ms`` the group's time it was read or applied at."""
+
+    key: str
+    value: bytes | None
+    version: int
+    at_ms: int
+
+
+@message(143)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegisterMismatch:
+    """A cas found another value: nothing changed. The register's current value (None:
+    never written) and version."""
+
+    key: str
+    value: bytes | None
+    version: int
+    at_ms: int
+
+
+FENCED: Final = "fenced"
+"""The ``LockError`` code of a register write or cas whose fence lock is not held with the
+fence's version at the command's time (definite: nothing changed)."""
+
+LockRequest = (
+    Acquire | Renew | Release | ReadLock | ListLocks | ReadRegister | WriteRegister | CasRegister
+)
+LockResponse = (
+    LockOk | LockDenied | LockList | LockError | LockRedirect | RegisterOk | RegisterMismatch
+)

@@ -9,7 +9,8 @@ only what is the lock service's:
 * validation of client requests (empty or too long key or holder, a lease outside
   1..``LEASE_MS_MAX``, a negative version, a value over ``VALUE_BYTES_MAX``, a ``ListLocks``
   prefix that is empty or does not end with "/", ``entries_max`` outside
-  1..``LIST_ENTRIES_MAX``): answered at once with a definite ``LockError`` naming the problem,
+  1..``LIST_ENTRIES_MAX``, a register fence that is not ``(lock key, version)`` of a lock in
+  the register's group): answered at once with a definite ``LockError`` naming the problem,
   nothing proposed;
 * encoding of ``Acquire`` / ``Renew`` / ``Release`` / ``ReadLock(through_log=True)`` /
   ``ListLocks(through_log=True)`` into commands stamped with this master's *term clock* (the
@@ -19,6 +20,10 @@ only what is the lock service's:
   ``LockOk`` / ``LockDenied`` / ``LockList`` (or its ``LockError``), ``Redirect`` ->
   ``LockRedirect``, ``ProposeRejected`` -> a definite ``LockError``, ``ProposeUnknown`` ->
   ``LockError("unknown", definite=False)``;
+* registers (``ReadRegister``, ``WriteRegister``, ``CasRegister``): proposed like the lock
+  commands, stamped the same way (a fence is judged at the stamp's time); a
+  ``ReadRegister(through_log=False)`` is a local read like ``ReadLock``'s, from the applied
+  state of the group's lease holder (a register has no time to be read as of);
 * local reads (``ReadLock`` and ``ListLocks`` with ``through_log=False``), served by the
   lease holder of the group from applied state **as of the group's time** (the time of the
   last applied command), not of this node's wall clock. A read at the local wall clock could
@@ -79,6 +84,9 @@ from pxq.lock.commands import (
     Command,
     ListCmd,
     ReadCmd,
+    RegCasCmd,
+    RegReadCmd,
+    RegWriteCmd,
     ReleaseCmd,
     RenewCmd,
     encode_command,
@@ -89,6 +97,7 @@ from pxq.lock.messages import (
     LEASE_MS_MAX,
     VALUE_BYTES_MAX,
     Acquire,
+    CasRegister,
     ListLocks,
     LockDenied,
     LockError,
@@ -96,8 +105,12 @@ from pxq.lock.messages import (
     LockOk,
     LockRedirect,
     ReadLock,
+    ReadRegister,
+    RegisterMismatch,
+    RegisterOk,
     Release,
     Renew,
+    WriteRegister,
     directory_of,
     group_of_key,
 )
@@ -160,7 +173,9 @@ class LockNode(ReplicatedService[LockTable]):
             decoded = codec.decode(result)
         except codec.CodecError as exc:
             raise InvariantViolation(f"undecodable lock table result: {exc}") from exc
-        if not isinstance(decoded, LockOk | LockDenied | LockList | LockError):
+        if not isinstance(
+            decoded, LockOk | LockDenied | LockList | LockError | RegisterOk | RegisterMismatch
+        ):
             raise InvariantViolation(f"unexpected lock table result {type(decoded).__name__}")
         return decoded
 
@@ -178,6 +193,8 @@ class LockNode(ReplicatedService[LockTable]):
             return Answer(response=self._local_read(now, cmd.key))
         if isinstance(cmd, ListLocks):  # a local listing
             return Answer(response=self._local_list(now, cmd))
+        if isinstance(cmd, ReadRegister):  # a local register read
+            return Answer(response=self._local_register_read(now, cmd.key))
         group = self.group_of(_key_of(cmd))
         if not self.replica.is_master(group, now):
             # Only a master's stamp may be proposed (see "Time across masters"): a leader
@@ -230,6 +247,12 @@ class LockNode(ReplicatedService[LockTable]):
         # As of the group's time (see the module docstring): 0 never raises it.
         return self.sms[group].read(key, 0)
 
+    def _local_register_read(self, now: Now, key: str) -> RegisterOk | LockRedirect:
+        group = self.group_of(key)
+        if not self.replica.is_master(group, now):
+            return LockRedirect(master=self.master_hint(group))
+        return self.sms[group].read_register(key, 0)
+
     def _local_list(self, now: Now, req: ListLocks) -> LockList | LockRedirect:
         group = self.group_of(req.prefix)
         if not self.replica.is_master(group, now):
@@ -239,9 +262,11 @@ class LockNode(ReplicatedService[LockTable]):
 
     # -- requests -------------------------------------------------------------------------------
 
-    def _command(self, now: Now, request: object) -> Command | ReadLock | ListLocks | LockError:
-        """The command for ``request`` (a local ``ReadLock`` or ``ListLocks`` as is), or why
-        it is refused."""
+    def _command(
+        self, now: Now, request: object
+    ) -> Command | ReadLock | ListLocks | ReadRegister | LockError:
+        """The command for ``request`` (a local ``ReadLock``, ``ListLocks`` or
+        ``ReadRegister`` as is), or why it is refused."""
         target = getattr(request, "key", None)
         if target is None:
             target = getattr(request, "prefix", None)
@@ -311,8 +336,50 @@ class LockNode(ReplicatedService[LockTable]):
                 if through_log is not False:
                     return _bad("bad_request", "through_log must be a bool")
                 return request
+            case ReadRegister(key=key, through_log=through_log):
+                if not _name_ok(key, KEY_BYTES_MAX):
+                    return _bad("bad_request", f"key must be 1..{KEY_BYTES_MAX} UTF-8 bytes")
+                if through_log is True:
+                    return RegReadCmd(key=key, now_ms=wall)
+                if through_log is not False:
+                    return _bad("bad_request", "through_log must be a bool")
+                return request
+            case WriteRegister(key=key, value=value, fence=fence):
+                problem = self._register_problem(key, value, fence)
+                if problem is not None:
+                    return problem
+                return RegWriteCmd(key=key, value=value, fence=fence, now_ms=wall)
+            case CasRegister(key=key, expected=expected, value=value, fence=fence):
+                problem = self._register_problem(key, value, fence) or _value_problem(
+                    expected, none_ok=True
+                )
+                if problem is not None:
+                    return problem
+                return RegCasCmd(key=key, expected=expected, value=value, fence=fence, now_ms=wall)
             case _:
                 return _bad("bad_request", f"not a lock request: {type(request).__name__}")
+
+    def _register_problem(self, key: object, value: object, fence: object) -> LockError | None:
+        """Why a register write's key, value or fence is refused, or None."""
+        if not _name_ok(key, KEY_BYTES_MAX):
+            return _bad("bad_request", f"key must be 1..{KEY_BYTES_MAX} UTF-8 bytes")
+        problem = _value_problem(value, none_ok=False)
+        if problem is not None or fence is None:
+            return problem
+        if not (
+            type(fence) is tuple
+            and len(fence) == 2
+            and _name_ok(fence[0], KEY_BYTES_MAX)
+            and _version_ok(fence[1])
+        ):
+            return _bad("bad_request", "fence must be (lock key, version)")
+        if self.group_of(fence[0]) != self.group_of(str(key)):
+            return _bad(
+                "bad_request",
+                f"fence lock {fence[0]!r} lives in another group than register {key!r} "
+                "(keep them in one directory)",
+            )
+        return None
 
 
 CATCH_UP_DIV: Final = 64
@@ -369,7 +436,15 @@ def _value_problem(value: object, *, none_ok: bool) -> LockError | None:
 def _key_of(cmd: Command) -> str:
     """The key whose group the command goes to (a listing: its directory's)."""
     match cmd:
-        case AcquireCmd() | RenewCmd() | ReleaseCmd() | ReadCmd():
+        case (
+            AcquireCmd()
+            | RenewCmd()
+            | ReleaseCmd()
+            | ReadCmd()
+            | RegReadCmd()
+            | RegWriteCmd()
+            | RegCasCmd()
+        ):
             return cmd.key
         case ListCmd():
             return cmd.prefix

@@ -22,14 +22,22 @@ linearizability checker; a differential test keeps the two in agreement):
 * Read: the entry as held at ``t`` (a free or expired entry reads as holder ``""``, expiry 0,
   value ``b""``).
 * List: the entries of one directory held at ``t``, in key order, bounded (``list_dir``).
+* Registers (``pxq.lock.messages``): a map key -> (version, value) beside the lock entries,
+  never leased, never touched by a lock command (nor a lock entry by a register command).
+  A write sets the value and the version + 1 (1 for the first write); a cas does so only if
+  the value is its ``expected`` (None: never written), else answers ``RegisterMismatch``
+  with the current value and version. A fenced write or cas is applied only if its fence
+  lock is held at ``t`` with the fence's version, else refused ``fenced``. A read returns
+  (value, version), (None, 0) for a register never written. A register op advances the
+  group time like any command (the proposer's stamp).
 * Cleanup: frees the expired entries at ``t`` (at most ``CLEANUP_KEYS_MAX`` per command, lowest
   keys first), keeping each key's version as its floor, so versions never go backwards. It is
   invisible to clients: an expired entry already reads and acquires as free, and ``t`` only
   grows; it only drops holders' names and values from the state.
 
 Versions are per key: a free entry is never deleted (its version is the floor of the next
-grant), so the number of keys a group ever saw is bounded by ``keys_max``, and the bytes of
-its values by ``values_bytes_max``.
+grant), so the number of keys a group ever saw (lock entries and registers together) is
+bounded by ``keys_max``, and the bytes of their values by ``values_bytes_max``.
 
 Directories: ``dirs`` maps each directory (``pxq.lock.messages.directory_of``) to the sorted
 list of its keys, so a listing visits only its own directory's keys, in order, and stops
@@ -43,15 +51,20 @@ Persistence (every key starts with the u32 group; integers big-endian):
 | ``lock_key``   | group, key (UTF-8) | u64 version, u64 expiry_ms, holder (UTF-8)   |
 | ``lock_value`` | group, key (UTF-8) | the entry's value (only when not empty)      |
 | ``lock_meta``  | group              | u64 group time                               |
+| ``lock_register`` | group, key (UTF-8) | u64 version, the register's value         |
 
 Values live in their own table so that entries without a value (and every record written
 before values existed) keep their layout. The whole map lives in RAM (a lock group holds few
 keys); writes are puts of final values, so a step that applies several commands needs no
 read-back through the storage view.
 
-Snapshot: ``SNAPSHOT_MAGIC``, u64 group time, then per key in key order ``u16 key length,
+Snapshot: ``SNAPSHOT_MAGIC_V2``, u64 group time, then per key in key order ``u16 key length,
 u16 holder length, u32 value length, u64 version, u64 expiry`` and the three byte strings.
-``install`` also reads the format before values (``SNAPSHOT_MAGIC_V1``).
+A group holding registers writes ``SNAPSHOT_MAGIC`` (v3) instead: the time, a u32 count of
+lock entries, those entries as in v2, then per register in key order ``u16 key length, u32
+value length, u64 version``, the key and the value. A group without registers keeps writing
+v2, so its snapshots stay byte for byte what they were (and readable by a release before
+registers). ``install`` reads all three formats (v1: before values, ``SNAPSHOT_MAGIC_V1``).
 """
 
 from __future__ import annotations
@@ -69,11 +82,15 @@ from pxq.lock.commands import (
     CleanupCmd,
     ListCmd,
     ReadCmd,
+    RegCasCmd,
+    RegReadCmd,
+    RegWriteCmd,
     ReleaseCmd,
     RenewCmd,
     decode_command,
 )
 from pxq.lock.messages import (
+    FENCED,
     HOLDER_BYTES_MAX,
     KEY_BYTES_MAX,
     LEASE_MS_MAX,
@@ -85,6 +102,8 @@ from pxq.lock.messages import (
     LockError,
     LockList,
     LockOk,
+    RegisterMismatch,
+    RegisterOk,
     directory_of,
 )
 from pxq.positional import CommandError
@@ -92,22 +111,26 @@ from pxq.positional import CommandError
 L_KEY: Final = "lock_key"
 L_VALUE: Final = "lock_value"
 L_META: Final = "lock_meta"
-TABLES: Final = (L_KEY, L_VALUE, L_META)
+L_REGISTER: Final = "lock_register"
+TABLES: Final = (L_KEY, L_VALUE, L_META, L_REGISTER)
 
 KEYS_MAX_DEFAULT: Final = 100_000
-"""Keys (held or free) one group may hold; a grant of a new key beyond it is refused."""
+"""Keys (lock entries, held or free, and registers) one group may hold; a grant or first
+write of a new key beyond it is refused."""
 VALUES_BYTES_MAX_DEFAULT: Final = 64 * 1024 * 1024
 """Bytes of values one group may hold in all; a grant or renewal beyond it is refused."""
 CLEANUP_KEYS_MAX: Final = 1_000
 """Expired entries one cleanup command frees at most (the rest wait for the next one)."""
 SNAPSHOT_MAGIC_V1: Final = b"PXQL\x01"
-SNAPSHOT_MAGIC: Final = b"PXQL\x02"
+SNAPSHOT_MAGIC_V2: Final = b"PXQL\x02"
+SNAPSHOT_MAGIC: Final = b"PXQL\x03"
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _ENTRY = struct.Struct(">QQ")
 _SNAP_ENTRY_V1 = struct.Struct(">HHQQ")
 _SNAP_ENTRY = struct.Struct(">HHIQQ")
+_SNAP_REGISTER = struct.Struct(">HIQ")
 
 
 @dataclass(slots=True)
@@ -122,6 +145,14 @@ class TableEntry:
 
     def held_at(self, t: int) -> bool:
         return self.holder != "" and t < self.expiry_ms
+
+
+@dataclass(slots=True)
+class Register:
+    """One register: its version (writes so far) and value."""
+
+    version: int
+    value: bytes
 
 
 def _bad(message: str) -> bytes:
@@ -150,6 +181,7 @@ class LockTable:
         "expiry_high_ms",
         "group",
         "keys_max",
+        "registers",
         "time_ms",
         "values_bytes",
         "values_bytes_max",
@@ -173,11 +205,12 @@ class LockTable:
         self.keys_max = keys_max
         self.values_bytes_max = values_bytes_max
         self.entries: dict[str, TableEntry] = {}
+        self.registers: dict[str, Register] = {}
         self.dirs: dict[str, list[str]] = {}
         """directory -> its keys, sorted."""
         self.values_bytes = 0
+        """Sum of the lengths of the entries' and the registers' values."""
         self.expiry_high_ms = 0
-        """Sum of the lengths of the entries' values."""
         self.time_ms = 0
 
     # -- StateMachine -------------------------------------------------------------------------
@@ -193,7 +226,10 @@ class LockTable:
             if e is None:
                 raise InvariantViolation("a lock value without its entry")
             e.value = value
-        self._set_entries(entries)
+        registers: dict[str, Register] = {}
+        for key, value in self.view.scan(L_REGISTER, prefix, end):
+            registers[key[4:].decode("utf-8")] = _decode_register(value)
+        self._set_entries(entries, registers)
         meta = self.view.get(L_META, prefix)
         self.time_ms = 0 if meta is None else _U64.unpack(meta)[0]
 
@@ -225,11 +261,19 @@ class LockTable:
             case CleanupCmd():
                 self._cleanup(t, fx)
                 return b""
+            case RegReadCmd():
+                if not _name_ok(cmd.key, KEY_BYTES_MAX):
+                    return _bad(f"key must be 1..{KEY_BYTES_MAX} UTF-8 bytes")
+                return codec.encode(self.read_register(cmd.key, t))
+            case RegWriteCmd() | RegCasCmd():
+                return self._register_write(cmd, t, fx)
             case _:
                 assert_never(cmd)
 
     def snapshot(self) -> bytes:
-        parts = [SNAPSHOT_MAGIC, _U64.pack(self.time_ms)]
+        parts = [SNAPSHOT_MAGIC if self.registers else SNAPSHOT_MAGIC_V2, _U64.pack(self.time_ms)]
+        if self.registers:
+            parts.append(_U32.pack(len(self.entries)))
         for key in sorted(self.entries):
             e = self.entries[key]
             raw_key = key.encode("utf-8")
@@ -240,18 +284,27 @@ class LockTable:
                 )
             )
             parts += (raw_key, raw_holder, e.value)
+        for key in sorted(self.registers):
+            r = self.registers[key]
+            raw_key = key.encode("utf-8")
+            parts += (_SNAP_REGISTER.pack(len(raw_key), len(r.value), r.version), raw_key, r.value)
         return b"".join(parts)
 
     def install(self, snapshot: bytes, fx: EffectsBuilder) -> None:
-        time_ms, entries = _parse_snapshot(snapshot)  # all checked before anything is written
+        # All checked before anything is written.
+        time_ms, entries, registers = _parse_snapshot(snapshot)
         prefix = _U32.pack(self.group)
         end = _U32.pack(self.group + 1)
         fx.delete_range(L_KEY, prefix, end)
         fx.delete_range(L_VALUE, prefix, end)
+        if self.registers:  # the table mirrors them: without any there is nothing to delete
+            fx.delete_range(L_REGISTER, prefix, end)
         fx.put(L_META, prefix, _U64.pack(time_ms))
         for key, e in entries.items():
             self._persist(key, e, fx, value_changed=e.value != b"")
-        self._set_entries(entries)
+        for key, r in registers.items():
+            self._persist_register(key, r, fx)
+        self._set_entries(entries, registers)
         self.time_ms = time_ms
 
     # -- queries (outside Paxos) -----------------------------------------------------------------
@@ -272,6 +325,15 @@ class LockTable:
             at_ms=t,
             value=e.value,
         )
+
+    def read_register(self, key: str, now_ms: int) -> RegisterOk:
+        """Register ``key`` (value None and version 0 if never written) as of
+        ``max(now_ms, group time)``."""
+        t = max(now_ms, self.time_ms)
+        r = self.registers.get(key)
+        if r is None:
+            return RegisterOk(key=key, value=None, version=0, at_ms=t)
+        return RegisterOk(key=key, value=r.value, version=r.version, at_ms=t)
 
     def list_dir(self, prefix: str, entries_max: int, start_after: str, now_ms: int) -> LockList:
         """The entries of directory ``prefix`` held at ``max(now_ms, group time)``, with keys
@@ -322,13 +384,16 @@ class LockTable:
 
     # -- commands -------------------------------------------------------------------------------
 
-    def _set_entries(self, entries: dict[str, TableEntry]) -> None:
+    def _set_entries(self, entries: dict[str, TableEntry], registers: dict[str, Register]) -> None:
         self.entries = entries
+        self.registers = registers
         dirs: dict[str, list[str]] = {}
         for key in sorted(entries):
             dirs.setdefault(directory_of(key), []).append(key)
         self.dirs = dirs
-        self.values_bytes = sum(len(e.value) for e in entries.values())
+        self.values_bytes = sum(len(e.value) for e in entries.values()) + sum(
+            len(r.value) for r in registers.values()
+        )
         # No lease of this table lasts past this (a bound: releases do not lower it).
         self.expiry_high_ms = max((e.expiry_ms for e in entries.values() if e.holder), default=0)
 
@@ -351,7 +416,18 @@ class LockTable:
         e.value = value
         return True
 
-    def _too_many_bytes(self, e: TableEntry | None, value: bytes) -> bytes | None:
+    def _too_many_keys(self) -> bytes | None:
+        """The refusal of a new key (lock entry or register) when the group is full."""
+        if len(self.entries) + len(self.registers) < self.keys_max:
+            return None
+        return codec.encode(
+            LockError(
+                code="too_many_keys",
+                message=f"the group holds keys_max = {self.keys_max} keys",
+            )
+        )
+
+    def _too_many_bytes(self, e: TableEntry | Register | None, value: bytes) -> bytes | None:
         old = 0 if e is None else len(e.value)
         if self.values_bytes - old + len(value) <= self.values_bytes_max:
             return None
@@ -412,14 +488,7 @@ class LockTable:
         e = self.entries.get(cmd.key)
         expiry = t + cmd.lease_ms
         if e is None:
-            if len(self.entries) >= self.keys_max:
-                return codec.encode(
-                    LockError(
-                        code="too_many_keys",
-                        message=f"the group holds keys_max = {self.keys_max} keys",
-                    )
-                )
-            full = self._too_many_bytes(None, cmd.value)
+            full = self._too_many_keys() or self._too_many_bytes(None, cmd.value)
             if full is not None:
                 return full
             e = self.entries[cmd.key] = TableEntry(holder=cmd.holder, version=1, expiry_ms=expiry)
@@ -472,6 +541,56 @@ class LockTable:
             changed = self._set_value(e, b"")
             self._persist(key, e, fx, value_changed=changed)
 
+    # -- registers ------------------------------------------------------------------------------
+
+    def _persist_register(self, key: str, r: Register, fx: EffectsBuilder) -> None:
+        raw_key = _U32.pack(self.group) + key.encode("utf-8")
+        fx.put(L_REGISTER, raw_key, _U64.pack(r.version) + r.value)
+
+    def _register_write(self, cmd: RegWriteCmd | RegCasCmd, t: int, fx: EffectsBuilder) -> bytes:
+        """A register write or compare-and-set (see the module docstring)."""
+        key, value, fence = cmd.key, cmd.value, cmd.fence
+        expected = cmd.expected if isinstance(cmd, RegCasCmd) else None
+        if not _name_ok(key, KEY_BYTES_MAX):
+            return _bad(f"key must be 1..{KEY_BYTES_MAX} UTF-8 bytes")
+        if len(value) > VALUE_BYTES_MAX or (
+            expected is not None and len(expected) > VALUE_BYTES_MAX
+        ):
+            return _bad(f"a value exceeds VALUE_BYTES_MAX = {VALUE_BYTES_MAX} bytes")
+        if fence is not None:
+            if not _name_ok(fence[0], KEY_BYTES_MAX):
+                return _bad(f"fence key must be 1..{KEY_BYTES_MAX} UTF-8 bytes")
+            lock = self.entries.get(fence[0])
+            if lock is None or not lock.held_at(t) or lock.version != fence[1]:
+                held = 0 if lock is None or not lock.held_at(t) else lock.version
+                return codec.encode(
+                    LockError(
+                        code=FENCED,
+                        message=f"fence {fence[0]!r} version {fence[1]} is not held "
+                        + (f"(held with version {held})" if held else "(not held)"),
+                    )
+                )
+        r = self.registers.get(key)
+        if isinstance(cmd, RegCasCmd) and (None if r is None else r.value) != expected:
+            current = self.read_register(key, t)
+            return codec.encode(
+                RegisterMismatch(key=key, value=current.value, version=current.version, at_ms=t)
+            )
+        if r is None:
+            full = self._too_many_keys() or self._too_many_bytes(None, value)
+            if full is not None:
+                return full
+            r = self.registers[key] = Register(version=0, value=b"")
+        else:
+            full = self._too_many_bytes(r, value)
+            if full is not None:
+                return full
+        self.values_bytes += len(value) - len(r.value)
+        r.value = value
+        r.version += 1
+        self._persist_register(key, r, fx)
+        return codec.encode(RegisterOk(key=key, value=r.value, version=r.version, at_ms=t))
+
     def _cleanup(self, t: int, fx: EffectsBuilder) -> None:
         expired = sorted(
             key for key, e in self.entries.items() if e.holder != "" and not e.held_at(t)
@@ -504,17 +623,31 @@ def _decode_entry(value: bytes) -> TableEntry:
     )
 
 
-def _parse_snapshot(snapshot: bytes) -> tuple[int, dict[str, TableEntry]]:
+def _decode_register(value: bytes) -> Register:
+    if len(value) < _U64.size:
+        raise InvariantViolation("register record truncated")
+    return Register(version=_U64.unpack_from(value)[0], value=value[_U64.size :])
+
+
+def _parse_snapshot(snapshot: bytes) -> tuple[int, dict[str, TableEntry], dict[str, Register]]:
     head = len(SNAPSHOT_MAGIC)
     magic = snapshot[:head]
-    if magic not in (SNAPSHOT_MAGIC, SNAPSHOT_MAGIC_V1) or len(snapshot) < head + _U64.size:
+    magics = (SNAPSHOT_MAGIC, SNAPSHOT_MAGIC_V2, SNAPSHOT_MAGIC_V1)
+    if magic not in magics or len(snapshot) < head + _U64.size:
         raise InvariantViolation("not a lock table snapshot")
-    layout = _SNAP_ENTRY if magic == SNAPSHOT_MAGIC else _SNAP_ENTRY_V1
+    layout = _SNAP_ENTRY_V1 if magic == SNAPSHOT_MAGIC_V1 else _SNAP_ENTRY
     (time_ms,) = _U64.unpack_from(snapshot, head)
     pos = head + _U64.size
+    count: int | None = None  # lock entries before the registers (v3); None: to the end
+    if magic == SNAPSHOT_MAGIC:
+        if pos + _U32.size > len(snapshot):
+            raise InvariantViolation("lock table snapshot truncated")
+        (count,) = _U32.unpack_from(snapshot, pos)
+        pos += _U32.size
     entries: dict[str, TableEntry] = {}
+    registers: dict[str, Register] = {}
     try:
-        while pos < len(snapshot):
+        while pos < len(snapshot) and (count is None or len(entries) < count):
             if pos + layout.size > len(snapshot):
                 raise InvariantViolation("lock table snapshot truncated")
             if layout is _SNAP_ENTRY:
@@ -532,6 +665,21 @@ def _parse_snapshot(snapshot: bytes) -> tuple[int, dict[str, TableEntry]]:
             if key in entries:
                 raise InvariantViolation(f"lock table snapshot holds key {key!r} twice")
             entries[key] = TableEntry(holder=holder, version=version, expiry_ms=expiry, value=value)
+        if count is not None and len(entries) < count:
+            raise InvariantViolation("lock table snapshot truncated")
+        while pos < len(snapshot):
+            if pos + _SNAP_REGISTER.size > len(snapshot):
+                raise InvariantViolation("lock table snapshot truncated")
+            klen, vlen, version = _SNAP_REGISTER.unpack_from(snapshot, pos)
+            pos += _SNAP_REGISTER.size
+            if pos + klen + vlen > len(snapshot):
+                raise InvariantViolation("lock table snapshot truncated")
+            key = snapshot[pos : pos + klen].decode("utf-8")
+            value = snapshot[pos + klen : pos + klen + vlen]
+            pos += klen + vlen
+            if key in registers:
+                raise InvariantViolation(f"lock table snapshot holds register {key!r} twice")
+            registers[key] = Register(version=version, value=value)
     except UnicodeDecodeError:
         raise InvariantViolation("lock table snapshot holds a name that is not UTF-8") from None
-    return time_ms, entries
+    return time_ms, entries, registers
