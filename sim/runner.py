@@ -4,8 +4,9 @@ heal, check, and report.
 A run has a safety phase (``duration_ms`` with the scripted and random faults) and a
 liveness phase (everything healed and restarted; the workload keeps going for
 ``final.liveness_ms`` and must make progress within that bound), then the clients stop and
-the cluster quiesces before the checkers read the history and the replicas. The log and lock
-workloads quiesce for ``final.quiesce_ms`` (at least one call timeout). The queue workload
+the cluster quiesces before the checkers read the history and the replicas. The log, lock and
+register workloads quiesce for ``final.quiesce_ms`` (at least one call timeout); the register
+workload then reads every key through the log (its final reads, into the history). The queue workload
 quiesces at least ``final.quiesce_ms`` and then until it has settled (every producer call
 resolved, every acknowledged item delivered to every group, every failed item delivered again:
 ``QueueWorkload.settled``), at most ``final.settle_ms`` in all; then it reads the store itself
@@ -28,8 +29,10 @@ from typing import Any, TextIO
 
 from pxq.check.availability import check_availability, group_load
 from pxq.check.history import HistoryWriter, pair_ops
+from pxq.check.linear import MAX_STEPS_DEFAULT
 from pxq.check.lock import check_fencing, check_lock_linearizable, check_lock_liveness
 from pxq.check.log import check_agreement, check_liveness, check_no_loss, check_realtime_order
+from pxq.check.models import check_history
 from pxq.check.ownership import check_failover, check_ownership, check_rate_limit
 from pxq.check.queue import (
     check_cursor_monotonic,
@@ -55,6 +58,7 @@ from sim.availability import HealthMonitor
 from sim.lock_workload import LockClient
 from sim.nemesis import Nemesis
 from sim.queue_workload import TOPIC, QueueWorkload, cluster_config
+from sim.register_workload import RegisterClient
 from sim.rng import stream
 from sim.scenario import LIVENESS_CHECKS, Scenario
 from sim.workload import LogClient, value_id
@@ -265,6 +269,75 @@ class _LockSystem:
         return {k: sum(c.counts[k] for c in self.clients) for k in keys}
 
 
+class _RegisterSystem:
+    """The register workload: lock nodes and clients reading, writing and compare-and-setting
+    their registers (``sim/register_workload.py``), then the final reads."""
+
+    def __init__(self, scn: Scenario, world: World, history: HistoryWriter, seed: int) -> None:
+        self.scn = scn
+        self.world = world
+        self.history = history
+        self.config = paxos_config(scn)
+        self.replicas = list(self.config.replicas)
+        for node_id in self.replicas:
+            world.add_node(node_id, self._factory)
+        w = scn.workload
+        self.registers = [
+            RegisterClient(
+                name=f"c{i}",
+                index=i,
+                clients=w.clients,
+                world=world,
+                history=history,
+                rng=stream(seed, f"register-client/{i}"),
+                replicas=self.replicas,
+                groups=self.config.groups,
+                keys=w.keys,
+                rate_per_s=w.rate_per_s / max(1, w.clients),
+                timeout_ms=w.timeout_ms,
+            )
+            for i in range(w.clients)
+        ]
+
+    def _factory(self, node_id: NodeId, storage: StorageView, rng: Any) -> LockNode:
+        return LockNode(node_id, self.config, storage, rng)
+
+    def attach(self, nemesis: Nemesis) -> None:
+        del nemesis  # the register clients are endpoints, not fault targets
+
+    def quiesce(self) -> None:
+        """Wait ``final.quiesce_ms``, at least one call timeout (every call ends)."""
+        final, w = self.scn.final, self.scn.workload
+        self.world.run_until(self.world.now_us + max(final.quiesce_ms, w.timeout_ms + 1) * 1000)
+
+    def start(self) -> None:
+        for client in self.registers:
+            client.start()
+
+    def stop(self) -> None:
+        for client in self.registers:
+            client.stop()
+
+    def finish(self) -> None:
+        """The first client reads every key through the log (bounded in simulated time)."""
+        if self.registers:
+            _bounded(self.world, self.registers[0].final_reads)
+
+    def checks(self, heal_ms: int) -> dict[str, CheckResult]:
+        ops, names = self.history.ops, self.scn.checks
+        out: dict[str, CheckResult] = {}
+        if "linearizable" in names:
+            # As ``pxq check --model kv`` checks it.
+            (out["linearizable"],) = check_history(ops, "kv", max_steps=MAX_STEPS_DEFAULT).checks
+        if "liveness" in names:
+            out["liveness"] = check_liveness(ops, heal_ms, self.scn.final.liveness_ms, f="write")
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        keys = ("invoke", "ok", "mismatch", "fail", "info", "redirect")
+        return {k: sum(c.counts[k] for c in self.registers) for k in keys}
+
+
 class _QueueSystem:
     """The queue workload: store replicas, producers and consumer groups."""
 
@@ -317,20 +390,8 @@ class _QueueSystem:
     def finish(self) -> None:
         """Read every queue of the store, then the dead-letter queues, into the history (each
         bounded in simulated time)."""
-        self._bounded(self.workload.final_reads)
-        self._bounded(self.workload.drain_dead_letters)
-
-    def _bounded(self, start: Callable[[Callable[[], None]], None]) -> None:
-        finished = False
-
-        def done() -> None:
-            nonlocal finished
-            finished = True
-
-        start(done)
-        deadline = self.world.now_us + DRAIN_BOUND_US
-        while not finished and self.world.now_us < deadline:
-            self.world.run_until(min(deadline, self.world.now_us + SETTLE_STEP_US))
+        _bounded(self.world, self.workload.final_reads)
+        _bounded(self.world, self.workload.drain_dead_letters)
 
     def checks(self, heal_ms: int) -> dict[str, CheckResult]:
         ops, names, w = self.history.ops, self.scn.checks, self.scn.workload
@@ -511,6 +572,21 @@ class _QueueSystem:
         return self.workload.stats() | {"settle": self.settle}
 
 
+def _bounded(world: World, start: Callable[[Callable[[], None]], None]) -> None:
+    """Start a phase that calls its ``done`` when over, and run the world until it is, at
+    most ``DRAIN_BOUND_US`` of simulated time."""
+    finished = False
+
+    def done() -> None:
+        nonlocal finished
+        finished = True
+
+    start(done)
+    deadline = world.now_us + DRAIN_BOUND_US
+    while not finished and world.now_us < deadline:
+        world.run_until(min(deadline, world.now_us + SETTLE_STEP_US))
+
+
 def _live_state_machine(world: World, replicas: list[NodeId], group: int) -> QueueStore | None:
     for node_id in replicas:
         host = world.hosts[node_id]
@@ -542,11 +618,13 @@ def run(
         skew_ms_max=scn.clock.skew_ms_max,
     )
     history = HistoryWriter(history_out if history_out is not None else io.StringIO())
-    system: _LogSystem | _QueueSystem | _LockSystem
+    system: _LogSystem | _QueueSystem | _LockSystem | _RegisterSystem
     if scn.workload.kind == "queue":
         system = _QueueSystem(scn, world, history, seed)
     elif scn.workload.kind == "lock":
         system = _LockSystem(scn, world, history, seed)
+    elif scn.workload.kind == "register":
+        system = _RegisterSystem(scn, world, history, seed)
     else:
         system = _LogSystem(scn, world, history, seed)
     replicas = system.replicas

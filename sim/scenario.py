@@ -139,8 +139,14 @@ OWNERSHIP_CHECKS = ("ownership", "failover", "rate_limit", "balance", "lineariza
 """Queue checks that need consumers owning queues through the lock service (``linearizable``
 and ``fencing`` check the consumers' and schedulers' own lock calls)."""
 LOCK_CHECKS = ("agreement", "linearizable", "fencing", "liveness")
-CHECKS_OF_KIND = {"log": LOG_CHECKS, "queue": QUEUE_CHECKS, "lock": LOCK_CHECKS}
-WORKLOADS = ("log", "queue", "lock")
+REGISTER_CHECKS = ("agreement", "linearizable", "liveness")
+CHECKS_OF_KIND = {
+    "log": LOG_CHECKS,
+    "queue": QUEUE_CHECKS,
+    "lock": LOCK_CHECKS,
+    "register": REGISTER_CHECKS,
+}
+WORKLOADS = ("log", "queue", "lock", "register")
 
 SELECTOR_RE = re.compile(
     r"^(master|any|minority|majority|all|crashed|paused|follower\[(\d+)\]|n(\d+)"
@@ -196,9 +202,10 @@ class ClockSpec:
 class WorkloadSpec:
     """The workload. ``log``: clients append unique values to the replicated log. ``queue``:
     producers enqueue unique items to one topic, consumer groups consume them. ``lock``:
-    clients acquire, renew, release and read locks of the lock service."""
+    clients acquire, renew, release and read locks of the lock service. ``register``:
+    clients read, write and compare-and-set the lock service's registers."""
 
-    kind: Literal["log", "queue", "lock"] = "log"
+    kind: Literal["log", "queue", "lock", "register"] = "log"
     clients: int = 3
     rate_per_s: int = 200
     value_bytes: int = 100
@@ -227,7 +234,7 @@ class WorkloadSpec:
     consumer crash)."""
     # -- lock workload ---------------------------------------------------------------------
     keys: int = 4
-    """Lock keys the clients contend for."""
+    """Lock keys (or register keys) the clients contend for."""
     lease_ms: int = 1000
     """The lease every acquire and renew asks for (the lock workload), or the consumers'
     ownership lease (the queue workload with ``ownership = "locks"``)."""
@@ -550,6 +557,10 @@ def _scenario(t: TomlTable) -> Scenario:
             keys=w.integer("keys", 4, lo=1, hi=10_000),
             lease_ms=w.integer("lease_ms", 1000, lo=1, hi=LEASE_MS_MAX),
             **common,
+        )
+    elif kind == "register":
+        workload = WorkloadSpec(
+            kind="register", keys=w.integer("keys", 4, lo=1, hi=10_000), **common
         )
     else:
         workload = WorkloadSpec(kind="log", **common)
