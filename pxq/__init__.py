@@ -5,7 +5,8 @@ world and ``net`` on real sockets with LMDB. Public names that live in the drive
 re-exported lazily (``__getattr__``) so that importing ``pxq`` never imports a runtime: the
 client API (``pxq.AsyncClient``, ``pxq.Client``, ``pxq.Receipt``, ``pxq.Item``,
 ``pxq.Batch``, and the errors ``pxq.PxqError``, ``pxq.OutcomeUnknown``,
-``pxq.EnqueueFailed``, ``pxq.RequestFailed``, ``pxq.PermissionDenied``, ``pxq.SeekResult``...) is loaded from ``net.client.api`` (the
+``pxq.EnqueueFailed``, ``pxq.RequestFailed``, ``pxq.PermissionDenied``, ``pxq.SeekResult``,
+``pxq.RegisterValue``, ``pxq.CasMismatch``...) is loaded from ``net.client.api`` (the
 blocking ``pxq.Client`` from ``net.client.blocking``) on first access. The module is named as a string on purpose: the pure core has no import of ``net``.
 """
 
@@ -23,6 +24,7 @@ _LAZY: dict[str, str] = {
             "AsyncClient",
             "AsyncConsumer",
             "Batch",
+            "CasMismatch",
             "ClientClosed",
             "ClusterMismatch",
             "EnqueueFailed",
@@ -32,6 +34,7 @@ _LAZY: dict[str, str] = {
             "PermissionDenied",
             "PxqError",
             "Receipt",
+            "RegisterValue",
             "RequestFailed",
             "SeekResult",
         )

@@ -38,6 +38,9 @@ Semantics an application must know:
   never duplicate. Items with the same key keep their order (among acknowledged ones).
 * Concurrent ``enqueue`` calls (and ``enqueue_many``) are batched per queue by the producer
   machine (``[batching]`` of the configuration: ``linger_ms``, ``items_max``, ``bytes_max``).
+* Registers (``register_read``, ``register_write``, ``register_cas``): linearizable
+  compare-and-set registers of the lock service (``[locks]``), small values beside the
+  queue; a write or cas may be fenced by a lock's token (``net.client.registers``).
 * Consumers deliver at least once: an item is delivered again if its consumer stops before
   the commit of its delivery was confirmed, and a handler that failed is retried from the
   retry level. Handlers must be idempotent.
@@ -57,7 +60,17 @@ from typing import Literal, overload
 from net.client.admin import QueueState, Redriven, group_targets, queue_states, redrive
 from net.client.consumer import AsyncConsumer, Batch, Handler
 from net.client.driver import CALL_TIMEOUT_MARGIN_S, MachineDriver, NodePool
+from net.client.registers import (
+    Fence,
+    check_expected,
+    check_fence,
+    check_key,
+    check_value,
+    register_call,
+    register_value,
+)
 from net.client.types import (
+    CasMismatch,
     ClientClosed,
     ClusterMismatch,
     ConfigSource,
@@ -69,6 +82,7 @@ from net.client.types import (
     PermissionDenied,
     PxqError,
     Receipt,
+    RegisterValue,
     RequestFailed,
     SeekResult,
     headers_view,
@@ -80,7 +94,15 @@ from pxq.consumer.messages import OwnedQueue
 from pxq.consumer.ownership import ownership_settings
 from pxq.consumer.settings import consumer_settings
 from pxq.headers import Headers, normal_headers
-from pxq.lock.messages import LockError, LockRedirect, group_of_key
+from pxq.lock.messages import (
+    CasRegister,
+    LockError,
+    LockRedirect,
+    ReadRegister,
+    RegisterOk,
+    WriteRegister,
+    group_of_key,
+)
 from pxq.producer.machine import Producer
 from pxq.producer.messages import Produce, Produced, ProduceFailed, ProduceUnknown
 from pxq.producer.settings import producer_settings
@@ -100,6 +122,7 @@ __all__ = [
     "AsyncClient",
     "AsyncConsumer",
     "Batch",
+    "CasMismatch",
     "ClientClosed",
     "ClusterMismatch",
     "ConfigSource",
@@ -114,6 +137,7 @@ __all__ = [
     "QueueState",
     "Receipt",
     "Redriven",
+    "RegisterValue",
     "RequestFailed",
     "SeekResult",
     "resolve_config",
@@ -724,6 +748,67 @@ class AsyncClient:
                 )
             queues = (queue,)
         return [await redrive(self._admin, topic, group, q, count_max) for q in queues]
+
+    # -- registers ---------------------------------------------------------------------------
+
+    async def register_read(self, key: str, *, through_log: bool = False) -> RegisterValue:
+        """Read register ``key`` of the lock service: its value (None if never written) and
+        version (0 then). Linearizable either way: by default the master of the key's lock
+        group answers from its applied state under its lease; ``through_log`` orders the read
+        through the Paxos log (one more round trip to a majority). Raises ``RequestFailed``
+        (``unavailable``: no master answered within ``call_timeout_ms``)."""
+        check_key(key)
+        if type(through_log) is not bool:
+            raise TypeError(f"through_log: expected bool, got {type(through_log).__name__}")
+        answer = await self._register_call(ReadRegister(key=key, through_log=through_log))
+        return register_value(answer)
+
+    async def register_write(self, key: str, value: bytes, *, fence: Fence | None = None) -> int:
+        """Set register ``key`` to ``value`` (at most 64 KiB); the new version. With ``fence``
+        ``(lock key, version)`` (a lock of the same directory) only while that lock is held
+        with that version: else ``RequestFailed`` with code ``fenced``. ``OutcomeUnknown``
+        when it may or may not have been written (it is never re-sent after that)."""
+        request = WriteRegister(
+            key=check_key(key),
+            value=check_value(value),
+            fence=self._fence(fence, key),
+        )
+        return (await self._register_call(request)).version
+
+    async def register_cas(
+        self, key: str, expected: bytes | None, value: bytes, *, fence: Fence | None = None
+    ) -> int:
+        """Set register ``key`` to ``value`` if it holds ``expected`` (None: never written);
+        the new version. ``CasMismatch`` (definite, naming the current value and version)
+        if it holds anything else; ``fence`` and ``OutcomeUnknown`` as for
+        ``register_write``."""
+        request = CasRegister(
+            key=check_key(key),
+            expected=check_expected(expected),
+            value=check_value(value),
+            fence=self._fence(fence, key),
+        )
+        return (await self._register_call(request)).version
+
+    def _fence(self, fence: object, key: str) -> Fence | None:
+        locks = self.config.locks
+        return check_fence(fence, key, 1 if locks is None else locks.groups)
+
+    async def _register_call(
+        self, request: ReadRegister | WriteRegister | CasRegister
+    ) -> RegisterOk:
+        if self._closed:
+            raise ClientClosed("the client is closed")
+        if not self._verified:
+            await self.verify()
+        return await register_call(
+            self._pool,
+            self.config,
+            self._rng,
+            request,
+            request_timeout_ms=self._request_timeout_ms,
+            call_timeout_ms=self._call_timeout_ms,
+        )
 
     async def _lock_call(self, key: str, request: object) -> object:
         """Send a lock ``request`` about ``key`` to the master of its lock group, following

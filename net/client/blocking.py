@@ -34,10 +34,11 @@ from collections.abc import Awaitable, Coroutine, Iterable, Iterator, Mapping, S
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from net.client.consumer import AsyncConsumer, Batch, Handler, is_async_handler
-from net.client.types import ClientClosed, Item, PxqError, Receipt, SeekResult
+from net.client.types import ClientClosed, Item, PxqError, Receipt, RegisterValue, SeekResult
 from net.wire.loop import new_event_loop
 
 if TYPE_CHECKING:
+    from net.client.registers import Fence
     from net.client.types import ConfigSource, Key
     from net.config import NetConfig
 
@@ -229,6 +230,20 @@ class Client:
     ) -> list[Item]:
         """Read items without committing (see ``AsyncClient.peek``)."""
         return self._thread.run(self._client.peek(topic, group, queue, offset=offset, count=count))
+
+    def register_read(self, key: str, *, through_log: bool = False) -> RegisterValue:
+        """Read a register (see ``AsyncClient.register_read``)."""
+        return self._thread.run(self._client.register_read(key, through_log=through_log))
+
+    def register_write(self, key: str, value: bytes, *, fence: Fence | None = None) -> int:
+        """Write a register; its new version (see ``AsyncClient.register_write``)."""
+        return self._thread.run(self._client.register_write(key, value, fence=fence))
+
+    def register_cas(
+        self, key: str, expected: bytes | None, value: bytes, *, fence: Fence | None = None
+    ) -> int:
+        """Compare-and-set a register; its new version (see ``AsyncClient.register_cas``)."""
+        return self._thread.run(self._client.register_cas(key, expected, value, fence=fence))
 
     def close(self) -> None:
         """Close the client (see ``AsyncClient.close``) and stop its loop thread."""

@@ -114,6 +114,20 @@ class PermissionDenied(EnqueueFailed, RequestFailed):
         self.permission = message.rpartition(" lacks ")[2]
 
 
+class CasMismatch(RequestFailed):
+    """A register compare-and-set found another value than it expected: definite, nothing
+    changed. ``current`` is the register's value when the cas was applied (None: never
+    written) and ``version`` its version (0: never written). Code ``mismatch``."""
+
+    def __init__(self, key: str, current: bytes | None, version: int) -> None:
+        RequestFailed.__init__(
+            self, "mismatch", f"register {key!r} holds another value (version {version})"
+        )
+        self.key = key
+        self.current = current
+        self.version = version
+
+
 class ClusterMismatch(EnqueueFailed, RequestFailed):
     """The client's cluster file does not describe the cluster it reached: its routing
     metadata (topics and their queues, stores and their groups, consumer groups, the lock
@@ -180,6 +194,15 @@ class SeekResult:
 
     positions: dict[int, int]
     forward: dict[int, int]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegisterValue:
+    """A register of the lock service as read: its ``value`` (None if never written) and
+    ``version`` (how many writes it took: 0 if never written)."""
+
+    value: bytes | None
+    version: int
 
 
 ConfigSource: TypeAlias = "ClusterConfig | str | Path | None"

@@ -19,6 +19,7 @@ from pxq.cli.client_commands import register as register_client_commands
 from pxq.cli.cluster_commands import cluster
 from pxq.cli.node_commands import node, scheduler
 from pxq.cli.reconcile_commands import reconcile
+from pxq.cli.register_commands import register
 from pxq.cli.sim_commands import sim
 from pxq.cli.tls_commands import tls
 
@@ -64,6 +65,7 @@ main.add_command(cluster)
 main.add_command(scheduler)
 main.add_command(tls)
 main.add_command(reconcile)
+main.add_command(register)
 register_client_commands(main)
 register_bench_commands(main)
 register_check_commands(main)

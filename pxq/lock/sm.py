@@ -562,13 +562,13 @@ class LockTable:
                 return _bad(f"fence key must be 1..{KEY_BYTES_MAX} UTF-8 bytes")
             lock = self.entries.get(fence[0])
             if lock is None or not lock.held_at(t) or lock.version != fence[1]:
-                held = 0 if lock is None or not lock.held_at(t) else lock.version
+                now = (
+                    "is not held"
+                    if lock is None or not lock.held_at(t)
+                    else f"is held with version {lock.version}"
+                )
                 return codec.encode(
-                    LockError(
-                        code=FENCED,
-                        message=f"fence {fence[0]!r} version {fence[1]} is not held "
-                        + (f"(held with version {held})" if held else "(not held)"),
-                    )
+                    LockError(code=FENCED, message=f"fence lock {fence[0]!r} {now}, not {fence[1]}")
                 )
         r = self.registers.get(key)
         if isinstance(cmd, RegCasCmd) and (None if r is None else r.value) != expected:
