@@ -32,6 +32,7 @@ NEGATIVE = {
     "lock-master-mono-stall",
     "disk-wiped-amnesia",
     "queue-altered-item",
+    "register-lying-fsync-majority",
 }
 
 
@@ -76,6 +77,8 @@ def test_the_scenario_directory_holds_the_families() -> None:
         "queue-follower-pause-availability",
         "queue-undelivered",
         "consumer-crash-lock-failover",
+        "register-lock-master-crash",
+        "register-lock-partition",
     } | NEGATIVE <= names
 
 
