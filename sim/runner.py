@@ -6,12 +6,12 @@ liveness phase (everything healed and restarted; the workload keeps going for
 ``final.liveness_ms`` and must make progress within that bound), then the clients stop and
 the cluster quiesces before the checkers read the history and the replicas. The log, lock and
 register workloads quiesce for ``final.quiesce_ms`` (at least one call timeout); the register
-workload then reads every key through the log (its final reads, into the history). The queue workload
-quiesces at least ``final.quiesce_ms`` and then until it has settled (every producer call
-resolved, every acknowledged item delivered to every group, every failed item delivered again:
-``QueueWorkload.settled``), at most ``final.settle_ms`` in all; then it reads the store itself
-(Jepsen's final reads: every queue from the master and from each replica, into the history)
-and the dead-letter queues.
+workload then reads every key through the log (its final reads, into the history). The queue
+workload quiesces at least ``final.quiesce_ms`` and then until it has settled (every producer
+call resolved, every acknowledged item delivered to every group, every failed item delivered
+again: ``QueueWorkload.settled``), at most ``final.settle_ms`` in all; then it reads the store
+itself (Jepsen's final reads: every queue from the master and from each replica, into the
+history) and the dead-letter queues.
 
 Each check meets its expectation: pass, or fail where ``[check.NAME] expect = "fail"``; a
 negative control without such names passes when any safety check fails.
