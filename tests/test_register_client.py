@@ -9,8 +9,9 @@ value and version; a fenced write is applied while its lock is held with the fen
 and refused ``fenced`` otherwise; arguments are checked before anything is sent. The CLI
 prints what its help says with the documented exit codes (1 for a mismatch or a fenced
 refusal, 2 for bad input); they run in this process (``CliRunner``), as a subprocess would
-run them but without its start-up time. The outcome rules of ``net.client.registers`` (a write is never
-re-sent once it may have been applied; a read is) are checked against a scripted pool.
+run them but without its start-up time. The outcome rules of ``net.client.registers`` (a
+write is never re-sent once it may have been applied; a read is) are checked against a
+scripted pool.
 """
 
 from __future__ import annotations
