@@ -36,6 +36,11 @@ The search (Wing & Gong 1993, with Lowe's memoisation, as Porcupine does it):
   hang, and does not keep the others from being decided. The verdict is ``"illegal"`` as
   soon as a partition is illegal (whatever the ones before it; the ones after it are not
   searched), else ``"unknown"`` if any ran out, else ``"ok"``.
+* **Completed first.** Each configuration offers its completed candidates before its info
+  candidates (a second pass over the same calls): a linearization that needs no more info
+  operations is found before any is tried. The set explored is the same, only its order;
+  on the hardest lock histories the swarm produced this cut the steps from 1.3-2.5 M to a
+  few hundred.
 * **Rank witnesses.** A model may name quantities of an operation (``ranks``) that never
   decrease along any legal sequential history of a partition (the lock service's fencing
   version and apply time). Before searching a partition the checker looks for two completed
@@ -362,18 +367,26 @@ def _search(model: Model[Any], ops: Sequence[Operation], budget: _Budget) -> tup
     # configuration reached is also in ``exact`` (the plain memo).
     seen: dict[tuple[int, Hashable], list[int]] = {(0, state): [0]}
     exact: set[tuple[tuple[int, Hashable], int]] = {((0, state), 0)}
-    stack: list[tuple[int, Any, int, int]] = []
+    stack: list[tuple[int, Any, int, int, bool]] = []
     longest: list[int] = []
     left = budget.left
     steps = 0
     entry = nxt[0]
+    # Each configuration offers its completed candidates first, then (a second pass over the
+    # same calls) its info candidates: a linearization that needs no more info operations is
+    # found before any is tried (the set explored is the same, only the order changes).
+    info_pass = False
     while remaining:
         if entry == -1 or not is_call[entry]:
+            if not info_pass:
+                info_pass = True
+                entry = nxt[0]
+                continue
             if not stack:
                 budget.left = left - steps
                 budget.used += steps
                 return False, longest
-            entry, state, done, used = stack.pop()
+            entry, state, done, used, info_pass = stack.pop()
             i = op_of[entry]
             r = ret_entry[i]
             if r != -1:  # unlift in reverse order: the return, then the call
@@ -387,8 +400,8 @@ def _search(model: Model[Any], ops: Sequence[Operation], budget: _Budget) -> tup
             entry = nxt[entry]
             continue
         i = op_of[entry]
-        if used & used_bit[i]:  # an alternative of this op was linearized
-            entry = nxt[entry]
+        if (done_bit[i] == 0) != info_pass or used & used_bit[i]:
+            entry = nxt[entry]  # not this pass's kind, or an alternative of it was linearized
             continue
         steps += 1
         if steps > left:
@@ -410,7 +423,7 @@ def _search(model: Model[Any], ops: Sequence[Operation], budget: _Budget) -> tup
                 exact.add((key, new_used))
                 if len(reached) < DOMINATORS_MAX:
                     reached.append(new_used)
-            stack.append((entry, state, done, used))
+            stack.append((entry, state, done, used, info_pass))
             state, done, used = new_state, new_done, new_used
             # Lift the call, then its return.
             after = nxt[entry]
@@ -425,13 +438,14 @@ def _search(model: Model[Any], ops: Sequence[Operation], budget: _Budget) -> tup
                 if after != -1:
                     prv[after] = prv[r]
             if len(stack) > len(longest):
-                longest = [op_of[e] for e, _, _, _ in stack]
+                longest = [op_of[e] for e, _, _, _, _ in stack]
             entry = nxt[0]
+            info_pass = False
             continue
         entry = nxt[entry]
     budget.left = left - steps
     budget.used += steps
-    return True, [op_of[e] for e, _, _, _ in stack]
+    return True, [op_of[e] for e, _, _, _, _ in stack]
 
 
 def _truncate(ops: Sequence[Operation], cut: int) -> list[Operation]:
