@@ -53,10 +53,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 from net.client.connection import ClusterIdentity
 from net.cluster.probe import (
@@ -330,6 +330,18 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
 
 
+class NodeLaunch(Protocol):
+    """How a node process is launched beyond the cluster file: extra environment and its data
+    directory (``net.jepsen.local.LocalTarget``). Without one, a node gets this process's
+    environment (``child_env``) and the home's data directory."""
+
+    def env(self, node: str) -> Mapping[str, str]:
+        """Variables added to ``node``'s environment (they replace those of the same name)."""
+
+    def data_dir(self, node: str) -> Path:
+        """``node``'s data directory."""
+
+
 # -- up -----------------------------------------------------------------------------------------
 
 
@@ -421,6 +433,7 @@ async def up(
     tls: bool = True,
     log_format: str = "text",
     metrics: bool | None = None,
+    launch: NodeLaunch | None = None,
 ) -> UpResult:
     """Start every replica (stores', then the lock service's) as a node process and wait
     until every group, store or lock, has a master.
@@ -433,7 +446,9 @@ async def up(
     answered at a replica's address) or ``NoMasters``; on the last three (and on any other
     failure) every node process it started is stopped again and its pid file removed.
     The nodes log in ``log_format`` (``net.logs``) and serve their metrics if ``metrics``
-    (None: as the cluster file's ``[metrics]`` says).
+    (None: as the cluster file's ``[metrics]`` says). ``launch`` gives each node extra
+    environment and its own data directory (``pxq test``'s targets: libfaketime, a file
+    system that loses unsynced writes).
     """
     started_at = time.monotonic()
     path, wrote = prepare_config(home, config_file, tls=tls)
@@ -471,7 +486,7 @@ async def up(
         env = child_env()
         for info in config.all_nodes():
             node = info.node
-            proc = _spawn(
+            proc = spawn_node(
                 home,
                 config_abs,
                 node,
@@ -479,6 +494,7 @@ async def up(
                 "pxq cluster up",
                 log_format=log_format,
                 metrics=metrics,
+                launch=launch,
             )
             procs[node] = proc
             nodes.append(_node_process(config, info, proc.pid, metrics))
@@ -521,7 +537,7 @@ async def up(
         except NetError as exc:
             raise NoMasters(f"{exc}; see the logs in {home.logs_dir}") from exc
     except BaseException:
-        _terminate(procs.values())
+        terminate(procs.values())
         for node in procs:
             home.pid_file(node).unlink(missing_ok=True)
         home.state_file.unlink(missing_ok=True)
@@ -554,7 +570,7 @@ def _node_process(
     )
 
 
-def _spawn(
+def spawn_node(
     home: ClusterHome,
     config_abs: Path,
     node: str,
@@ -563,9 +579,14 @@ def _spawn(
     *,
     log_format: str,
     metrics: bool | None,
+    launch: NodeLaunch | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start ``node``'s process in a session of its own, logging to its log file (after a
-    header naming ``why``), and write its pid file."""
+    header naming ``why``), and write its pid file. ``launch`` adds to ``env`` and chooses
+    the data directory (default: the home's)."""
+    data_dir = home.data_dir(node) if launch is None else launch.data_dir(node)
+    if launch is not None:
+        env = {**env, **launch.env(node)}
     with open_private_append(home.log_file(node)) as node_log:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         node_log.write(f"---- {stamp} {why}: starting {node} ----\n".encode())
@@ -574,7 +595,7 @@ def _spawn(
             node_command(
                 config_abs,
                 node,
-                home.data_dir(node).resolve(),
+                data_dir.resolve(),
                 log_format=log_format,
                 metrics=metrics,
             ),
@@ -624,7 +645,7 @@ async def start_node(
         raise ClusterError(f"node {node} is already running (pid {pid})")
     home.pid_file(node).unlink(missing_ok=True)
     log_format, metrics = home.recorded_options()
-    proc = _spawn(
+    proc = spawn_node(
         home,
         path.resolve(),
         node,
@@ -647,7 +668,7 @@ async def start_node(
                 info, probes, net_config, cluster=ClusterIdentity.of(config)
             )
         except (ForeignCluster, MetadataMismatch) as exc:
-            _terminate([proc])
+            terminate([proc])
             home.pid_file(node).unlink(missing_ok=True)
             raise ClusterError(f"{node}: {exc}; the node was stopped again") from exc
         if answered is not None:
@@ -669,7 +690,7 @@ def stop_node(home: ClusterHome, node: str, timeout_s: float = DOWN_TIMEOUT_S) -
     return stops[0] if stops else NodeStop(node, None, "not running")
 
 
-def _terminate(procs: Iterable[subprocess.Popen[bytes]]) -> None:
+def terminate(procs: Iterable[subprocess.Popen[bytes]]) -> None:
     """SIGTERM our own children, wait (bounded), SIGKILL the rest, reap them all."""
     procs = list(procs)
     for proc in procs:

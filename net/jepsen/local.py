@@ -1,0 +1,346 @@
+"""``LocalTarget``: the cluster under test as processes on 127.0.0.1, in a home of its own.
+
+The target's directory is a cluster home (``net.cluster.processes.ClusterHome``: ``cluster.toml``,
+``run/``, ``logs/``, ``data/``, ``tls/``) plus ``clock/<node>``, the libfaketime offset file of
+each node. The cluster file is the one given, or the embedded default (``pxq cluster up``'s)
+with its six ports moved to ``base_port`` .. ``base_port + 5`` (store replicas, then lock
+replicas) and a second consumer group (``audit``), so that the queue workload reads with two
+groups. The nodes are started as ``pxq cluster up`` starts them (``net.cluster.processes.up``,
+without metrics ports) and restarted as ``pxq cluster start`` does; every pid is checked to
+still be that node's ``pxq node run`` before it is signalled.
+
+Faults: ``kill`` (SIGKILL; ``start`` brings the node back on its data), ``pause`` (SIGSTOP /
+SIGCONT) and, with ``clock=True``, ``clock``. Every other fault of ``net.jepsen.target`` needs
+what processes sharing 127.0.0.1 and one file system cannot give (network namespaces, a FUSE
+layer): ``UnsupportedFault``. ``heal_network`` has nothing to undo and does nothing.
+
+Clocks: with ``clock=True`` every node runs under libfaketime (Debian package ``faketime``):
+``LD_PRELOAD`` of the library, ``FAKETIME_TIMESTAMP_FILE`` = its ``clock/<node>`` file (``+0``
+at start), ``FAKETIME_NO_CACHE=1`` so that a new offset applies at once, and
+``FAKETIME_DONT_FAKE_MONOTONIC=1``: only the **wall clock** moves. Why not the monotonic one:
+pxq measures leases on monotonic time (``net.clock``) and assumes it advances at the real
+rate within a drift bound; a forward jump of one node's monotonic clock is what a pause
+already does to it (the pause nemesis), and a backward one breaks that assumption outright
+(a follower would wait out a lease that ended, an event loop's timers stall), a fault outside
+what a correct cluster must survive. Wall time is what the nodes stamp into records: the
+lock service's command times (``at_ms``, lease expiry in log time) and the enqueue times that
+replay by time reads. (libfaketime also fakes the monotonic clock by default, and then
+blocking waits with a timeout hang; with ``FAKETIME_DONT_FAKE_MONOTONIC`` ``time.sleep``
+fails with EINVAL, which the node processes do not call: they wait in their event loop.)
+
+Hooks for other targets (``NodeLaunch``): ``env(node)`` is what a node's process gets added
+to its environment (libfaketime, plus any ``preload`` libraries such as libeatmydata for a
+negative control), ``data_dir(node)`` where its data lives (a subclass may mount another file
+system there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import signal
+import sysconfig
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Final
+
+from net.client.connection import ClusterIdentity
+from net.cluster.probe import node_masters, service_probes
+from net.cluster.processes import (
+    KILL_TIMEOUT_S,
+    POLL_S,
+    ClusterError,
+    ClusterHome,
+    NodeExited,
+    child_env,
+    down,
+    is_node_process,
+    log_tail,
+    new_cluster_id,
+    spawn_node,
+    up,
+)
+from net.config import NetConfig
+from net.errors import NetError
+from net.files import write_private
+from net.jepsen.target import FaultKind, Link, UnsupportedFault
+from pxq.config import ClusterConfig, NodeInfo, default_toml, load_config
+
+BASE_PORT_DEFAULT: Final = 7500
+NODES_OF_DEFAULT: Final = 6
+"""Ports the embedded default uses (three store replicas, three lock replicas)."""
+AUDIT_GROUP: Final = "audit"
+"""The second consumer group this target adds to the embedded default."""
+START_TIMEOUT_S: Final = 10.0
+"""How long ``start`` waits for a restarted node to accept connections."""
+CLOCK_DIR: Final = "clock"
+FAKETIME_ENV: Final = {"FAKETIME_NO_CACHE": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+
+
+def faketime_library() -> Path | None:
+    """libfaketime of this machine's architecture (Debian's multiarch path), None if absent."""
+    multiarch = sysconfig.get_config_var("MULTIARCH") or "x86_64-linux-gnu"
+    path = Path("/usr/lib") / str(multiarch) / "faketime" / "libfaketime.so.1"
+    return path if path.is_file() else None
+
+
+def faketime_offset(offset_ms: int) -> str:
+    """The content of a libfaketime timestamp file for an offset (``+1.500``, ``-0.250``)."""
+    return f"{offset_ms / 1000:+.3f}\n"
+
+
+def local_cluster_toml(base_port: int, *, cluster_id: str) -> str:
+    """The embedded default with its ports moved to ``base_port`` onwards and the ``audit``
+    consumer group added (the last table of the default is its topic's consumer group, so a
+    second one appended belongs to the same topic)."""
+    if not 1024 <= base_port <= 65535 - NODES_OF_DEFAULT:
+        raise ValueError(f"base port: must be in 1024..{65535 - NODES_OF_DEFAULT}")
+    ports = iter(range(base_port, base_port + NODES_OF_DEFAULT))
+    text, count = re.subn(
+        r"(?m)^port = \d+$", lambda _: f"port = {next(ports)}", default_toml(cluster_id=cluster_id)
+    )
+    if count != NODES_OF_DEFAULT:  # the default changed shape: say so rather than guess
+        raise RuntimeError(f"the embedded default has {count} ports, not {NODES_OF_DEFAULT}")
+    return text + f'\n[[topics.consumer_groups]]\nname = "{AUDIT_GROUP}"\n'
+
+
+class LocalTarget:
+    """Nodes as processes on 127.0.0.1 (see the module docstring)."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        config_file: Path | None = None,
+        base_port: int = BASE_PORT_DEFAULT,
+        clock: bool = False,
+        preload: Sequence[Path] = (),
+        keep_data: bool = False,
+    ) -> None:
+        """``root``: the target's directory (created; a cluster must not be running there).
+        ``config_file``: the cluster to run (default: the embedded default on ``base_port``).
+        ``clock``: run the nodes under libfaketime (``FileNotFoundError`` if it is missing).
+        ``preload``: further libraries every node process preloads. ``keep_data``: leave the
+        nodes' data in place at teardown (the logs always stay)."""
+        self.home = ClusterHome(root)
+        self._faketime = faketime_library() if clock else None
+        if clock and self._faketime is None:
+            raise FileNotFoundError(
+                "clock faults need libfaketime (Debian package faketime); not found"
+            )
+        self._preload = tuple(preload)
+        self._keep_data = keep_data
+        if config_file is None:
+            self._config_path = root / "cluster.toml"
+            self._config_text: str | None = local_cluster_toml(
+                base_port, cluster_id=new_cluster_id()
+            )
+        else:
+            self._config_path = config_file
+            self._config_text = None
+        self._config: ClusterConfig | None = None
+        self._pids: dict[str, int] = {}
+        self._paused: set[str] = set()
+        self._started = False
+
+    # -- the Target protocol: what it is -----------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return "local"
+
+    @property
+    def config_path(self) -> Path:
+        return self._config_path
+
+    @property
+    def config(self) -> ClusterConfig:
+        """The cluster's configuration (after ``setup``)."""
+        if self._config is None:
+            raise RuntimeError("the target is not set up")
+        return self._config
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        return tuple(info.node for info in self.config.all_nodes())
+
+    @property
+    def faults(self) -> frozenset[FaultKind]:
+        kinds: set[FaultKind] = {"kill", "pause"}
+        if self._faketime is not None:
+            kinds.add("clock")
+        return frozenset(kinds)
+
+    # -- NodeLaunch: how a node process starts ------------------------------------------------
+
+    def env(self, node: str) -> Mapping[str, str]:
+        """libfaketime (with ``clock``) and the ``preload`` libraries, and their settings."""
+        preload = [str(p) for p in self._preload]
+        extra: dict[str, str] = {}
+        if self._faketime is not None:
+            preload.insert(0, str(self._faketime))
+            extra.update(FAKETIME_ENV)
+            extra["FAKETIME_TIMESTAMP_FILE"] = str(self._clock_file(node).resolve())
+        if preload:
+            extra["LD_PRELOAD"] = ":".join(preload)
+        return extra
+
+    def data_dir(self, node: str) -> Path:
+        return self.home.data_dir(node)
+
+    def _clock_file(self, node: str) -> Path:
+        return self.home.root / CLOCK_DIR / node
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def setup(self) -> None:
+        if self._started:
+            raise RuntimeError("the target was set up already")
+        self._started = True
+        root = self.home.root
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self._config_text is not None:
+            write_private(self._config_path, self._config_text.encode())
+        config = load_config(self._config_path)
+        self._config = config
+        if self._faketime is not None:
+            (root / CLOCK_DIR).mkdir(mode=0o700, exist_ok=True)
+            for info in config.all_nodes():
+                write_private(self._clock_file(info.node), faketime_offset(0).encode())
+        result = await up(self.home, self._config_path, metrics=False, launch=self)
+        self._pids = {p.node: p.pid for p in result.nodes}
+
+    async def teardown(self) -> None:
+        for node in sorted(self._paused):
+            self._signal(node, signal.SIGCONT)  # a stopped process cannot act on SIGTERM
+        self._paused.clear()
+        await asyncio.to_thread(down, self.home)
+        for pid in self._pids.values():
+            _reap(pid)
+        self._pids.clear()
+        if not self._keep_data and self.home.data_root.is_dir():
+            shutil.rmtree(self.home.data_root, ignore_errors=True)
+
+    # -- faults -------------------------------------------------------------------------------
+
+    def is_running(self, node: str) -> bool:
+        pid = self._pids.get(node)
+        return pid is not None and is_node_process(pid, node)
+
+    def _signal(self, node: str, sig: signal.Signals) -> bool:
+        """Send ``sig`` to ``node``'s process if it is running; whether it was sent."""
+        pid = self._pids.get(node)
+        if pid is None or not is_node_process(pid, node):
+            return False
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return False
+        return True
+
+    async def kill(self, node: str) -> None:
+        self._info(node)
+        pid = self._pids.get(node)
+        if pid is None or not self._signal(node, signal.SIGKILL):
+            return
+        self._paused.discard(node)
+        deadline = time.monotonic() + KILL_TIMEOUT_S
+        while is_node_process(pid, node):
+            _reap(pid)
+            if time.monotonic() > deadline:
+                raise ClusterError(f"{node} (pid {pid}) survived SIGKILL for {KILL_TIMEOUT_S} s")
+            await asyncio.sleep(POLL_S)
+        _reap(pid)
+
+    async def start(self, node: str) -> None:
+        info = self._info(node)
+        if self.is_running(node):
+            return
+        old = self._pids.pop(node, None)
+        if old is not None:
+            _reap(old)
+        self.home.pid_file(node).unlink(missing_ok=True)
+        proc = spawn_node(
+            self.home,
+            self._config_path.resolve(),
+            node,
+            child_env(),
+            "pxq test",
+            log_format="text",
+            metrics=False,
+            launch=self,
+        )
+        self._pids[node] = proc.pid
+        await self._wait_accepting(info, proc.poll)
+
+    async def _wait_accepting(self, info: NodeInfo, poll: Callable[[], int | None]) -> None:
+        """Until ``info``'s node accepts connections (bounded); ``NodeExited`` if it exits."""
+        config = self.config
+        probes = {sp.service: sp.probes for sp in service_probes(config)}[info.service]
+        net_config = NetConfig.for_cluster(config)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            code = poll()
+            if code is not None:
+                log_file = self.home.log_file(info.node)
+                raise NodeExited(info.node, code, log_file, log_tail(log_file))
+            with contextlib.suppress(NetError):
+                answered = await node_masters(
+                    info, probes, net_config, cluster=ClusterIdentity.of(config)
+                )
+                if answered is not None:
+                    return
+            if time.monotonic() > deadline:
+                raise ClusterError(f"{info.node} accepts no connection after {START_TIMEOUT_S} s")
+            await asyncio.sleep(POLL_S)
+
+    async def pause(self, node: str) -> None:
+        self._info(node)
+        if self._signal(node, signal.SIGSTOP):
+            self._paused.add(node)
+
+    async def resume(self, node: str) -> None:
+        self._info(node)
+        self._signal(node, signal.SIGCONT)
+        self._paused.discard(node)
+
+    async def set_clock_offset(self, node: str, offset_ms: int) -> None:
+        self._info(node)
+        if self._faketime is None:
+            raise UnsupportedFault(self.name, "clock")
+        # Replaced whole (write, then rename): libfaketime re-reads it at every clock call.
+        write_private(self._clock_file(node), faketime_offset(offset_ms).encode())
+
+    async def partition(self, cuts: Sequence[Link]) -> None:
+        raise UnsupportedFault(self.name, "partition")
+
+    async def heal_network(self) -> None:
+        """Nothing to heal: this target cuts no link."""
+
+    async def power_cut(self, node: str) -> None:
+        raise UnsupportedFault(self.name, "power")
+
+    async def fill_disk(self, node: str) -> None:
+        raise UnsupportedFault(self.name, "disk-full")
+
+    async def free_disk(self, node: str) -> None:
+        raise UnsupportedFault(self.name, "disk-full")
+
+    async def slow_links(self, links: Sequence[Link], delay_ms: int) -> None:
+        raise UnsupportedFault(self.name, "slow-link")
+
+    def _info(self, node: str) -> NodeInfo:
+        for info in self.config.all_nodes():
+            if info.node == node:
+                return info
+        raise ValueError(f"no node {node!r} in this cluster (nodes: {', '.join(self.nodes)})")
+
+
+def _reap(pid: int) -> None:
+    """Collect ``pid`` if it is a child of ours that exited (no zombie left behind)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
