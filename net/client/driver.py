@@ -86,6 +86,11 @@ def node_addresses(config: ClusterConfig) -> dict[NodeId, tuple[str, int]]:
     return config.node_addresses()
 
 
+def _retrieve(task: asyncio.Task[NodeClient]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 class NodePool:
     """One lazily opened, reused connection per node (see the module docstring)."""
 
@@ -182,6 +187,9 @@ class NodePool:
             if address is None:
                 raise NotConnected(f"no address for node {node!r} in the configuration")
             task = asyncio.get_running_loop().create_task(self._open(node, *address))
+            # Its waiters may all have given up (their timeout) before it fails: the failure
+            # is kept in ``failures``, so it is retrieved here, not reported as unretrieved.
+            task.add_done_callback(_retrieve)
             self._connecting[node] = task
         # Shielded: one waiter giving up does not cancel the connect others wait for.
         return await asyncio.shield(task)

@@ -16,17 +16,23 @@ layer): ``UnsupportedFault``. ``heal_network`` has nothing to undo and does noth
 
 Clocks: with ``clock=True`` every node runs under libfaketime (Debian package ``faketime``):
 ``LD_PRELOAD`` of the library, ``FAKETIME_TIMESTAMP_FILE`` = its ``clock/<node>`` file (``+0``
-at start), ``FAKETIME_NO_CACHE=1`` so that a new offset applies at once, and
-``FAKETIME_DONT_FAKE_MONOTONIC=1``: only the **wall clock** moves. Why not the monotonic one:
+at start), ``FAKETIME_NO_CACHE=1`` so that a new offset applies at once (each wall-clock read
+then costs ~15 µs), and ``FAKETIME_DONT_FAKE_MONOTONIC=1``: only the **wall clock** moves. Why not the monotonic one:
 pxq measures leases on monotonic time (``net.clock``) and assumes it advances at the real
 rate within a drift bound; a forward jump of one node's monotonic clock is what a pause
 already does to it (the pause nemesis), and a backward one breaks that assumption outright
 (a follower would wait out a lease that ended, an event loop's timers stall), a fault outside
 what a correct cluster must survive. Wall time is what the nodes stamp into records: the
 lock service's command times (``at_ms``, lease expiry in log time) and the enqueue times that
-replay by time reads. (libfaketime also fakes the monotonic clock by default, and then
-blocking waits with a timeout hang; with ``FAKETIME_DONT_FAKE_MONOTONIC`` ``time.sleep``
-fails with EINVAL, which the node processes do not call: they wait in their event loop.)
+replay by time reads.
+
+libfaketime 0.9.10 (Debian 12) traps: it applies a "monotonic fix" to timed waits by default on
+this glibc, and with ``FAKETIME_DONT_FAKE_MONOTONIC`` that fix makes a timed semaphore wait
+sleep its whole timeout instead of waking when posted: a node's writer thread then commits
+seconds late and every master loses its lease (measured: no enqueue in 8 s). Hence
+``FAKETIME_FORCE_MONOTONIC_FIX=0``; a test keeps the hand-off prompt. ``time.sleep`` still
+fails with EINVAL under the library; the nodes never call it (they wait in their event loop
+and their writer thread's queue).
 
 Hooks for other targets (``NodeLaunch``): ``env(node)`` is what a node's process gets added
 to its environment (libfaketime, plus any ``preload`` libraries such as libeatmydata for a
@@ -78,7 +84,12 @@ AUDIT_GROUP: Final = "audit"
 START_TIMEOUT_S: Final = 10.0
 """How long ``start`` waits for a restarted node to accept connections."""
 CLOCK_DIR: Final = "clock"
-FAKETIME_ENV: Final = {"FAKETIME_NO_CACHE": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+FAKETIME_ENV: Final = {
+    "FAKETIME_NO_CACHE": "1",
+    "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+    "FAKETIME_FORCE_MONOTONIC_FIX": "0",
+}
+"""libfaketime's settings (see the module docstring)."""
 
 
 def faketime_library() -> Path | None:

@@ -20,6 +20,10 @@ every queue of the topic), and records every operation in the format the queue c
 - ``consumer_crash`` / ``consumer_start`` (nemesis, invoke + info): a consumer that ended by
   itself (its machine failed, ownership refused) is replaced by a new one, which starts again
   from the group's committed cursor.
+- ``seek`` (``replay``): a rewind of one group on every queue by ``back_ms``, a process of its
+  own; the ``ok`` completion carries the ``positions`` set (``pxq.check.queue``'s replay
+  check then wants every item from there on delivered again).
+- ``store_read`` (``read_store``, after the drain): Jepsen's final read of every queue.
 - ``nemesis(f, value)``: the test's own actions (``kill``, ``start`` of a node...), recorded
   with the same wall clock so a test can split the history at them; the checkers ignore them.
 
@@ -56,9 +60,9 @@ from typing import Final
 
 from net.client.api import AsyncClient, resolve_config
 from net.client.consumer import AsyncConsumer
-from net.client.types import EnqueueFailed, Item, OutcomeUnknown, PxqError
+from net.client.types import EnqueueFailed, Item, OutcomeUnknown, PxqError, RequestFailed
 from pxq.check.history import JSON, NEMESIS, HistoryWriter, Op
-from pxq.check.queue import Subscriptions, check_queue_order, check_total_queue
+from pxq.check.queue import READ, SEEK, Subscriptions, check_queue_order, check_total_queue
 from pxq.check.result import CheckResult
 from pxq.config import ClusterConfig, TopicConfig
 from pxq.routing import queue_of
@@ -68,6 +72,9 @@ SEPARATOR: Final = b"|"
 CLOSE_MARGIN_S: Final = 2.0
 """Extra time, beyond the enqueue deadline, that stopping waits for a producer's last call."""
 RESTART_BACKOFF_S: Final = 0.2
+READ_PAGE_ITEMS: Final = 1000
+READ_PAGES_MAX: Final = 10_000
+"""A final read of one queue stops with a failure after this many pages."""
 
 
 def wall_ms() -> int:
@@ -398,6 +405,64 @@ class HistoryRun:
         self.counts.drained = complete
         self.counts.drain_s = round(loop.time() - started, 3)
         return complete
+
+    # -- replay and final reads --------------------------------------------------------------
+
+    async def replay(self, group: str, back_ms: int) -> None:
+        """Rewind ``group`` by ``back_ms`` on every queue it reads (``AsyncClient.seek``), as a
+        ``seek`` op of a process of its own: ``ok`` with the ``positions`` it set, ``fail``
+        (``RequestFailed``: not applied) or ``info``. Its consumer replays from there."""
+        if group not in self.groups:
+            raise ValueError(f"the run has no consumer group {group!r}")
+        process = self._new_process()
+        extra: dict[str, JSON] = {
+            "group": group,
+            "topic": self.topic,
+            "queue": None,
+            "back_ms": back_ms,
+        }
+        w = self.writer
+        w.invoke(wall_ms(), process, SEEK, None, **extra)
+        try:
+            result = await self.client.seek(self.topic, group, back_ms=back_ms)
+        except RequestFailed as exc:
+            w.fail(wall_ms(), process, SEEK, None, **extra, reason=exc.code)
+        except PxqError as exc:
+            w.info(wall_ms(), process, SEEK, None, **extra, reason=repr(exc))
+        else:
+            positions: list[JSON] = [[q, c] for q, c in sorted(result.positions.items())]
+            w.ok(wall_ms(), process, SEEK, None, **extra, positions=positions)
+
+    async def read_store(self) -> None:
+        """Jepsen's final read: every item each queue of the topic holds, read from its master
+        (``peek`` from offset 0, as the first group sees them), one ``store_read`` op per queue
+        (``pxq.check.queue``), so the checkers tell an item no replica holds (lost) from one
+        the consumers did not get (undelivered). A read that fails is recorded ``fail``: the
+        checkers then know less, and say so."""
+        group = self.groups[0]
+        for queue in range(self.queues):
+            process = self._new_process()
+            extra: dict[str, JSON] = {"topic": self.topic, "queue": queue}
+            self.writer.invoke(wall_ms(), process, READ, None, **extra)
+            items: list[JSON] = []
+            offset = 0
+            try:
+                for _ in range(READ_PAGES_MAX):
+                    page = await self.client.peek(
+                        self.topic, group, queue, offset=offset, count=READ_PAGE_ITEMS
+                    )
+                    if not page:
+                        break
+                    items.extend([it.offset, msg_id_of(it.payload)] for it in page)
+                    offset = page[-1].offset + 1
+                else:
+                    raise RequestFailed("too_long", f"more than {READ_PAGES_MAX} pages")
+            except PxqError as exc:
+                self.writer.fail(wall_ms(), process, READ, None, **extra, reason=repr(exc))
+                continue
+            self.writer.ok(
+                wall_ms(), process, READ, None, **extra, first=0, end=offset, items=items, tail=True
+            )
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from pxq.cli.node_commands import node, scheduler
 from pxq.cli.reconcile_commands import reconcile
 from pxq.cli.register_commands import register
 from pxq.cli.sim_commands import sim
+from pxq.cli.test_commands import register as register_test_commands
 from pxq.cli.tls_commands import tls
 
 # The environment variables of net.tls (IDENTITY_ENV, CERT_ENV, KEY_ENV), named here so that
@@ -70,3 +71,4 @@ register_client_commands(main)
 register_bench_commands(main)
 register_check_commands(main)
 register_admin_commands(main)
+register_test_commands(main)
