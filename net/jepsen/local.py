@@ -310,14 +310,33 @@ class LocalTarget:
             await asyncio.sleep(POLL_S)
 
     async def pause(self, node: str) -> None:
+        """SIGSTOP, and return once the process is stopped (a signal is delivered
+        asynchronously)."""
         self._info(node)
         if self._signal(node, signal.SIGSTOP):
             self._paused.add(node)
+            await self._until_state(node, stopped=True)
 
     async def resume(self, node: str) -> None:
         self._info(node)
-        self._signal(node, signal.SIGCONT)
+        if self._signal(node, signal.SIGCONT):
+            await self._until_state(node, stopped=False)
         self._paused.discard(node)
+
+    async def _until_state(self, node: str, *, stopped: bool) -> None:
+        """Until ``node``'s process is stopped (or runs again), bounded; a process that died
+        meanwhile ends the wait too."""
+        pid = self._pids[node]
+        deadline = time.monotonic() + KILL_TIMEOUT_S
+        while (_process_state(pid) == "T") != stopped:
+            if _process_state(pid) in ("", "Z", "X"):
+                return
+            if time.monotonic() > deadline:
+                raise ClusterError(
+                    f"{node} (pid {pid}) is not {'stopped' if stopped else 'running'} after "
+                    f"{KILL_TIMEOUT_S} s"
+                )
+            await asyncio.sleep(POLL_S / 10)
 
     async def set_clock_offset(self, node: str, offset_ms: int) -> None:
         self._info(node)
@@ -349,6 +368,16 @@ class LocalTarget:
             if info.node == node:
                 return info
         raise ValueError(f"no node {node!r} in this cluster (nodes: {', '.join(self.nodes)})")
+
+
+def _process_state(pid: int) -> str:
+    """The state letter of ``/proc/<pid>/stat`` (``T``: stopped), ``""`` if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    fields = stat.rsplit(")", 1)[-1].split()
+    return fields[0] if fields else ""
 
 
 def _reap(pid: int) -> None:

@@ -24,7 +24,8 @@ schedule, ``results.json`` (options, schedule, counts, recovery times, every che
 
 Recovery after each fault: for every heal (a fault's, and the final one) and every workload,
 the time from the heal to the workload's first ``ok`` completion of a progress operation
-(``Workload.progress_fs``) after it; None if there was none before the next fault.
+(``Workload.progress_fs``) after it (the next fault may come first: the time says how long
+the workload waited, whatever the cause).
 """
 
 from __future__ import annotations
@@ -139,6 +140,9 @@ class TestResult:
     target: str
     schedule: tuple[Fault, ...] = ()
     started_ms: int = 0
+    workload_started_ms: int = 0
+    """When the workloads were running and the schedule's clock started: the schedule's and
+    the recoveries' times count from it."""
     counts: dict[str, JSON] = field(default_factory=dict)
     recovery: dict[str, JSON] = field(default_factory=dict)
     """After the final heal: ``masters_ms``, ``workloads_ms`` (per workload), ``ok``."""
@@ -168,6 +172,7 @@ class TestResult:
             "target": self.target,
             "options": self.options.to_json(),
             "started_ms": self.started_ms,
+            "workload_started_ms": self.workload_started_ms,
             "elapsed_s": round(self.elapsed_s, 3),
             "schedule": [f.to_json() for f in self.schedule],
             "counts": self.counts,
@@ -252,6 +257,7 @@ async def run_test(
             nemesis = Nemesis(target=target, config=config, writer=writer)
             loop = asyncio.get_running_loop()
             t0 = loop.time()
+            result.workload_started_ms = wall_ms()
             faults = asyncio.create_task(nemesis.run(result.schedule, t0))
             await asyncio.sleep(options.time_limit_s)
             try:
@@ -277,7 +283,7 @@ async def run_test(
             await target.teardown()
         ops = writer.ops
     result.counts = {w.name: w.counts() for w in workloads}
-    result.recoveries = recoveries(ops, workloads, result.schedule, result.started_ms)
+    result.recoveries = recoveries(ops, workloads, result.schedule, result.workload_started_ms)
     say("checking")
     result.workload_checks = [await asyncio.to_thread(_check, w, ops, options) for w in workloads]
     result.elapsed_s = time.monotonic() - started
@@ -385,18 +391,17 @@ def _check(workload: Workload, ops: Sequence[Op], options: TestOptions) -> Workl
 def recoveries(
     ops: Sequence[Op], workloads: Sequence[Workload], schedule: Sequence[Fault], started_ms: int
 ) -> list[dict[str, JSON]]:
-    """Per heal (each fault's, then the final one): ms from the heal to each workload's first
-    ``ok`` progress operation after it, before the next fault (None: none)."""
+    """Per heal (each fault's, then the final one; its time is when the heal was done, a
+    restarted node accepting connections): ms from it to each workload's first ``ok``
+    progress operation after it (None: none), whatever came next; ``healed_ms`` counts from
+    ``started_ms``."""
     heals: list[tuple[int, int | None]] = []  # (heal time, fault number or None: final)
-    faults_at: list[int] = []
     final_at: int | None = None
     for op in ops:
         if op.process != NEMESIS or op.type != "info":
             continue
         phase = op.get("phase")
-        if phase == "fault":
-            faults_at.append(op.time_ms)
-        elif phase == "heal":
+        if phase == "heal":
             number = op.get("fault_no")
             heals.append((op.time_ms, number if isinstance(number, int) else None))
         elif phase == FINAL:
@@ -405,7 +410,6 @@ def recoveries(
         heals.append((final_at, None))
     out: list[dict[str, JSON]] = []
     for healed, number in heals:
-        until = min((t for t in faults_at if t > healed), default=None)
         per: dict[str, JSON] = {}
         for w in workloads:
             first = next(
@@ -416,7 +420,6 @@ def recoveries(
                     and op.process != NEMESIS
                     and op.f in w.progress_fs
                     and op.time_ms >= healed
-                    and (until is None or op.time_ms < until)
                 ),
                 None,
             )

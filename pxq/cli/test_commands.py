@@ -164,9 +164,11 @@ def test(  # noqa: PLR0917 - one parameter per click option
     else:
         click.echo(summary_text(result), nl=False)
         click.echo(f"run directory: {run_dir}")
+        where = f" --config {config_file}" if config_file is not None else ""
+        where += f" --base-port {base_port}" if base_port is not None else ""
         click.echo(
             f"reproduce: pxq test --workload {','.join(options.workloads)} --nemesis "
-            f"{','.join(kinds) or 'none'} --time-limit {time_limit:g} --seed {seed}"
+            f"{','.join(kinds) or 'none'} --time-limit {time_limit:g} --seed {seed}{where}"
         )
     sys.exit(EXITS[result.verdict])
 
