@@ -295,19 +295,30 @@ class Nemesis:
     writer: HistoryWriter
     errors: list[str] = field(default_factory=list)
     """Every action that failed (also recorded in the history)."""
+    done: int = 0
+    """Faults injected so far."""
     _clocks_moved: set[str] = field(default_factory=set)
     _paused: set[str] = field(default_factory=set)
 
-    async def run(self, schedule: Sequence[Fault], started_at: float) -> None:
-        """Each fault at its time (``started_at`` on the event loop's clock; at once if the
-        previous one ended late), held for its duration from when it was injected, then its
-        heal."""
+    async def run(self, schedule: Sequence[Fault], started_at: float, until: float) -> None:
+        """Each fault at its time (``started_at`` on the event loop's clock), held for its
+        duration from when it was injected, then healed. A heal that took long (a restart)
+        pushes the next fault back, so that the quiet gap drawn before it is kept; a fault
+        that would then start after ``until`` - ``TAIL_MS`` is not injected (``done`` counts
+        the faults injected)."""
         loop = asyncio.get_running_loop()
+        healed_at, planned_heal_ms = started_at, 0
         for number, fault in enumerate(schedule):
-            await asyncio.sleep(max(0.0, started_at + fault.start_ms / 1000 - loop.time()))
+            gap_s = (fault.start_ms - planned_heal_ms) / 1000
+            at = max(started_at + fault.start_ms / 1000, healed_at + gap_s)
+            if at > until - TAIL_MS / 1000:
+                return
+            await asyncio.sleep(max(0.0, at - loop.time()))
             heal = await self._inject(number, fault)
+            self.done += 1
             await asyncio.sleep(fault.duration_ms / 1000)
             await heal()
+            healed_at, planned_heal_ms = loop.time(), fault.heal_ms
 
     async def _inject(self, number: int, fault: Fault) -> Callable[[], Awaitable[None]]:
         """Inject ``fault``; returns its heal."""

@@ -139,6 +139,9 @@ class TestResult:
     options: TestOptions
     target: str
     schedule: tuple[Fault, ...] = ()
+    faults_done: int = 0
+    """The schedule's faults that were injected (the first ones: a slow heal pushes the later
+    ones back, past the time limit)."""
     started_ms: int = 0
     workload_started_ms: int = 0
     """When the workloads were running and the schedule's clock started: the schedule's and
@@ -175,6 +178,7 @@ class TestResult:
             "workload_started_ms": self.workload_started_ms,
             "elapsed_s": round(self.elapsed_s, 3),
             "schedule": [f.to_json() for f in self.schedule],
+            "faults_done": self.faults_done,
             "counts": self.counts,
             "recovery": self.recovery,
             "recoveries": list[JSON](self.recoveries),
@@ -258,13 +262,16 @@ async def run_test(
             loop = asyncio.get_running_loop()
             t0 = loop.time()
             result.workload_started_ms = wall_ms()
-            faults = asyncio.create_task(nemesis.run(result.schedule, t0))
+            faults = asyncio.create_task(
+                nemesis.run(result.schedule, t0, t0 + options.time_limit_s)
+            )
             await asyncio.sleep(options.time_limit_s)
             try:
                 async with asyncio.timeout(NEMESIS_GRACE_S):
                     await faults
             finally:
                 faults.cancel()
+            result.faults_done = nemesis.done
             say("healing")
             await nemesis.heal_all()
             heal_index = len(writer.ops)
@@ -299,9 +306,11 @@ async def _recover(
     options: TestOptions,
 ) -> dict[str, JSON]:
     """Wait (bounded) for a master of every group and an ``ok`` of every workload after the
-    op at ``heal_index``; the times, in ms from the heal."""
+    op at ``heal_index`` (the end of the final heal); the times, in ms from the heal, each
+    workload's from its op's ``time_ms``."""
     loop = asyncio.get_running_loop()
     start = loop.time()
+    healed_ms = wall_ms()
     deadline = start + options.recovery_timeout_s
     masters_ms: int | None = None
     try:
@@ -312,14 +321,16 @@ async def _recover(
     waiting = {w.name: w.progress_fs for w in workloads}
     times: dict[str, JSON] = dict.fromkeys(waiting)
     seen = heal_index
-    while waiting and loop.time() < deadline:
+    while waiting:
         ops = writer.ops
         for op in ops[seen:]:
             for name, fs in list(waiting.items()):
                 if op.type == "ok" and op.f in fs and op.process != NEMESIS:
-                    times[name] = round((loop.time() - start) * 1000)
+                    times[name] = max(0, op.time_ms - healed_ms)
                     del waiting[name]
         seen = len(ops)
+        if not waiting or loop.time() >= deadline:
+            break
         await asyncio.sleep(POLL_S)
     return {
         "masters_ms": masters_ms,
@@ -451,11 +462,16 @@ def summary_text(result: TestResult) -> str:
         f"({result.elapsed_s:.1f} s in all)",
     ]
     kinds: dict[str, int] = {}
-    for f in result.schedule:
+    for f in result.schedule[: result.faults_done]:
         kinds[f.kind] = kinds.get(f.kind, 0) + 1
     lines.append(
-        f"faults: {len(result.schedule)}"
+        f"faults: {result.faults_done}"
         + (f" ({', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))})" if kinds else "")
+        + (
+            f" of {len(result.schedule)} drawn (slow heals pushed the rest past the limit)"
+            if result.faults_done < len(result.schedule)
+            else ""
+        )
     )
     for w in result.workload_checks:
         worst = _recovery_times(result.recoveries, w.workload)
