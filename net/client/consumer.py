@@ -260,6 +260,9 @@ class AsyncConsumer:
         )
         self._close_timeout_s = close_timeout_s
         self._on_close = on_close
+        self.trace_listener: Callable[[TraceEvent], None] | None = None
+        """Hears every trace event of the consumer's machines (a test's history recorder:
+        ``net.tools.history_run`` records the ownership changes)."""
         self._verify = verify
         """The client's check that its file matches the cluster (``AsyncClient.verify``),
         awaited before consuming: a mismatch raises ``ClusterMismatch`` at once instead of a
@@ -578,6 +581,8 @@ class AsyncConsumer:
             )
 
     def _on_trace(self, event: TraceEvent) -> None:
+        if self.trace_listener is not None:
+            self.trace_listener(event)
         if event.kind in ("own.start", "own.stop"):
             # Ownership changes, once each, on their named logger with the facts as fields.
             fields = dict(event.fields)

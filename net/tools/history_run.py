@@ -17,6 +17,9 @@ every queue of the topic), and records every operation in the format the queue c
   ``attempt``. Consumers read with ``batches()``: a batch is one delivery of one queue in
   offset order, recorded item by item as it arrives. (``run(handler)`` hands items of
   different keys to concurrent handler calls, so their calls would not be in offset order.)
+- ``own_start`` / ``own_stop`` (invoke + ok, process = the consumer's name): a queue taken or
+  given up through the lock service (``group``, ``topic``, ``queue``, ``token``, ``holder``,
+  ``why``): the queue checkers excuse the redeliveries that follow, and check the ownership.
 - ``consumer_crash`` / ``consumer_start`` (nemesis, invoke + info): a consumer that ended by
   itself (its machine failed, ownership refused) is replaced by a new one, which starts again
   from the group's committed cursor.
@@ -48,6 +51,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import random
@@ -62,9 +66,18 @@ from net.client.api import AsyncClient, resolve_config
 from net.client.consumer import AsyncConsumer
 from net.client.types import EnqueueFailed, Item, OutcomeUnknown, PxqError, RequestFailed
 from pxq.check.history import JSON, NEMESIS, HistoryWriter, Op
-from pxq.check.queue import READ, SEEK, Subscriptions, check_queue_order, check_total_queue
+from pxq.check.queue import (
+    OWN_START,
+    OWN_STOP,
+    READ,
+    SEEK,
+    Subscriptions,
+    check_queue_order,
+    check_total_queue,
+)
 from pxq.check.result import CheckResult
 from pxq.config import ClusterConfig, TopicConfig
+from pxq.effects import TraceEvent
 from pxq.routing import queue_of
 
 SEPARATOR: Final = b"|"
@@ -337,6 +350,7 @@ class HistoryRun:
         while self._consuming:
             name = f"{group}-c{incarnation}"
             consumer = self.client.consumer(group, self.topic)
+            consumer.trace_listener = functools.partial(self._record_ownership, name)
             self._consumers[group] = consumer
             reason = "ended"
             try:
@@ -358,6 +372,24 @@ class HistoryRun:
             await asyncio.sleep(RESTART_BACKOFF_S)
             incarnation += 1
             self.nemesis("consumer_start", f"{group}-c{incarnation}", group=group)
+
+    def _record_ownership(self, consumer: str, event: TraceEvent) -> None:
+        """A queue taken or given up through the lock service, as ``own_start`` /
+        ``own_stop`` (invoke + ok) of the consumer, with the lock's fencing ``token`` and
+        ``holder`` (and ``why`` for a stop): what was delivered and not committed comes
+        again, from the queue's next owner."""
+        if event.kind not in ("own.start", "own.stop"):
+            return
+        f = OWN_START if event.kind == "own.start" else OWN_STOP
+        extra: dict[str, JSON] = {
+            k: v
+            for k, v in event.fields
+            if k in ("group", "topic", "queue", "token", "holder", "why")
+            and isinstance(v, str | int)
+        }
+        now = wall_ms()
+        self.writer.invoke(now, consumer, f, consumer, **extra)
+        self.writer.ok(now, consumer, f, consumer, **extra)
 
     def _record_delivery(self, consumer: str, group: str, item: Item) -> None:
         msg_id = msg_id_of(item.payload)
