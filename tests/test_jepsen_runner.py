@@ -32,7 +32,9 @@ from net.jepsen.nemesis import (
     CLOCK_JUMP_MS_MAX,
     CLOCK_SKEW_MS_MAX,
     PAUSE_MS,
+    Fault,
     Layout,
+    Nemesis,
     NemesisError,
     check_nemeses,
     draw_schedule,
@@ -158,6 +160,87 @@ def test_the_cli_exits_2_naming_a_bad_nemesis_or_workload(tmp_path: Path) -> Non
         assert message in result.output
     assert not (tmp_path / "run" / "history.jsonl").exists(), "nothing may start"
     assert runner.invoke(main, ["test", "-h"]).exit_code == 0
+
+
+class FakeTarget:
+    """Records what the nemesis asks; ``crashed`` nodes are down without being killed."""
+
+    name = "fake"
+    faults = frozenset({"kill", "pause", "clock"})
+    nodes = ("s0", "s1", "s2")
+    config_path = Path("unused")
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, int]] = []
+        self.down: set[str] = set()
+
+    def is_running(self, node: str) -> bool:
+        return node not in self.down
+
+    async def kill(self, node: str) -> None:
+        self.calls.append(("kill", node, 0))
+        self.down.add(node)
+
+    async def start(self, node: str) -> None:
+        self.calls.append(("start", node, 0))
+        self.down.discard(node)
+
+    async def pause(self, node: str) -> None:
+        self.calls.append(("pause", node, 0))
+
+    async def resume(self, node: str) -> None:
+        self.calls.append(("resume", node, 0))
+
+    async def set_clock_offset(self, node: str, offset_ms: int) -> None:
+        self.calls.append(("clock", node, offset_ms))
+
+
+def test_the_nemesis_injects_heals_and_records_each_action() -> None:
+    target = FakeTarget()
+    config = loads_config(local_cluster_toml(BASE_PORT, cluster_id="c"), file="x")
+    writer = HistoryWriter()
+    schedule = (
+        Fault(kind="kill", start_ms=0, duration_ms=10, nodes=("s0", "s1")),
+        Fault(kind="clock", start_ms=20, duration_ms=10, nodes=("s2",), offsets_ms=(-300,)),
+        Fault(kind="pause", start_ms=40, duration_ms=10_000, nodes=("s1",)),
+    )
+    nemesis = Nemesis(target=target, config=config, writer=writer)  # type: ignore[arg-type]
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        with pytest.raises(TimeoutError):  # the pause outlasts the run: the final heal ends it
+            async with asyncio.timeout(0.2):
+                await nemesis.run(schedule, now, now + 60)
+        target.down.add("s2")  # died by itself
+        await nemesis.heal_all()
+
+    asyncio.run(run())
+    assert target.calls == [
+        ("kill", "s0", 0),
+        ("kill", "s1", 0),
+        ("start", "s0", 0),
+        ("start", "s1", 0),
+        ("clock", "s2", -300),
+        ("clock", "s2", 0),
+        ("pause", "s1", 0),
+        ("resume", "s1", 0),  # the final heal
+        ("start", "s2", 0),
+        ("clock", "s2", 0),
+    ]
+    actions = [op for op in writer.ops if op.process == NEMESIS]
+    assert [op.type for op in actions] == ["invoke", "info"] * 8
+    infos = [(op.f, op.value, op.get("phase"), op.get("fault_no")) for op in actions[1::2]]
+    assert infos[:5] == [
+        ("kill", ["s0", "s1"], "fault", 0),
+        ("start", ["s0", "s1"], "heal", 0),
+        ("clock", [["s2", -300]], "fault", 1),
+        ("clock", [["s2", 0]], "heal", 1),
+        ("pause", ["s1"], "fault", 2),
+    ]
+    assert {phase for _, _, phase, _ in infos[5:]} == {"final-heal"}
+    assert nemesis.done == 3
+    assert nemesis.errors == ["s2 was not running at the final heal, not killed by us"]
 
 
 # -- the local target's pieces ------------------------------------------------------------------

@@ -27,7 +27,8 @@ when it starts, an ``info`` when it is done, ``f`` = ``kill`` / ``start`` / ``pa
 ``fault_no`` (the fault's number in the schedule; absent for the final heal) and, when the
 action failed, ``error``. The final heal (``Nemesis.heal_all``) starts every node that is not
 running, resumes every paused one, sets every clock it moved back to 0 and heals the network
-of a target that can cut it, each recorded likewise.
+of a target that can cut it, each recorded likewise; a node found not running that the
+nemesis did not kill died by itself, and is reported in ``errors``.
 """
 
 from __future__ import annotations
@@ -299,6 +300,8 @@ class Nemesis:
     """Faults injected so far."""
     _clocks_moved: set[str] = field(default_factory=set)
     _paused: set[str] = field(default_factory=set)
+    _killed: set[str] = field(default_factory=set)
+    """Killed and not started again yet (a heal that failed leaves them here)."""
 
     async def run(self, schedule: Sequence[Fault], started_at: float, until: float) -> None:
         """Each fault at its time (``started_at`` on the event loop's clock), held for its
@@ -329,6 +332,7 @@ class Nemesis:
         names: list[JSON] = list(nodes)
         match fault.kind:
             case "kill":
+                self._killed.update(nodes)
                 act = ("kill", names, [partial(t.kill, n) for n in nodes])
                 undo = ("start", names, [partial(t.start, n) for n in nodes])
             case "pause":
@@ -357,6 +361,8 @@ class Nemesis:
             f, value, actions = undo
             if f == "resume":
                 self._paused.difference_update(nodes)
+            if f == "start":
+                self._killed.difference_update(nodes)
             await self._act(f, value, {"phase": "heal", "fault_no": number}, actions)
 
         return heal
@@ -408,6 +414,9 @@ class Nemesis:
             await self._act("resume", list(paused), final, [partial(t.resume, n) for n in paused])
             self._paused.clear()
         stopped = [n for n in t.nodes if not t.is_running(n)]
+        for node in sorted(set(stopped) - self._killed):
+            # Started again below all the same, but a node that died by itself is a finding.
+            self.errors.append(f"{node} was not running at the final heal, not killed by us")
         if stopped:
             await self._act("start", list(stopped), final, [partial(t.start, n) for n in stopped])
         moved = sorted(self._clocks_moved)

@@ -24,7 +24,7 @@ FaultKind: TypeAlias = Literal[
     "kill",  # kill -9 a node's process; ``start`` brings it back on its data
     "pause",  # SIGSTOP / SIGCONT
     "partition",  # drop packets between nodes (one-way pairs), ``heal_network`` undoes
-    "clock",  # shift one node's wall and monotonic clocks while it runs
+    "clock",  # shift one node's wall clock while it runs (monotonic time keeps its rate)
     "power",  # lose every write a node did not fsync, kill -9 it (``start`` brings it back)
     "disk-full",  # a node's data disk answers ENOSPC until ``free_disk``
     "slow-link",  # delay every byte between two nodes (userspace proxy)
@@ -94,8 +94,9 @@ class Target(Protocol):
         """Remove every cut and every slow link."""
 
     async def set_clock_offset(self, node: str, offset_ms: int) -> None:
-        """Make ``node``'s clocks read ``offset_ms`` ahead (negative: behind) of real time,
-        from now on, while it runs."""
+        """Make ``node``'s wall clock read ``offset_ms`` ahead (negative: behind) of real
+        time, from now on, while it runs. Its monotonic clock is not moved: leases assume it
+        runs at the real rate, and a jump of it is what a pause does (``net.jepsen.local``)."""
 
     async def power_cut(self, node: str) -> None:
         """Lose every write ``node`` did not fsync, and kill -9 it."""
