@@ -251,7 +251,10 @@ async def run_test(
                     run_id=run_id,
                     time_limit_ms=time_limit_ms,
                 )
-                workloads.append(WORKLOADS[name](context))
+                try:
+                    workloads.append(WORKLOADS[name](context))
+                except ValueError as exc:  # the cluster lacks what it needs ([locks]...)
+                    raise BadTestInput(f"workload {name}: {exc}") from exc
             for w in workloads:
                 await w.start()
             say(
