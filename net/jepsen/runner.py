@@ -272,6 +272,10 @@ async def run_test(
             try:
                 async with asyncio.timeout(NEMESIS_GRACE_S):
                     await faults
+            except TimeoutError:  # a heal hangs: the final heal tries again, the run fails
+                nemesis.errors.append(
+                    f"the schedule did not end within {NEMESIS_GRACE_S:g} s of the time limit"
+                )
             finally:
                 faults.cancel()
             result.faults_done = nemesis.done
