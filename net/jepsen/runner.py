@@ -49,6 +49,7 @@ from net.jepsen.nemesis import (
     draw_schedule,
     layout_of,
 )
+from net.jepsen.record import write_record
 from net.jepsen.target import FaultKind, Target
 from net.jepsen.workloads import WORKLOADS, Workload, WorkloadContext
 from pxq.check.history import JSON, NEMESIS, HistoryError, HistoryWriter, Op
@@ -301,7 +302,7 @@ async def run_test(
     say("checking")
     result.workload_checks = [await asyncio.to_thread(_check, w, ops, options) for w in workloads]
     result.elapsed_s = time.monotonic() - started
-    finish_run_dir(run_dir, result)
+    finish_run_dir(run_dir, result, ops)
     return result
 
 
@@ -325,14 +326,14 @@ async def _recover(
         masters_ms = round((loop.time() - start) * 1000)
     except NetError:
         pass
-    waiting = {w.name: w.progress_fs for w in workloads}
+    waiting = {w.name: w for w in workloads}
     times: dict[str, JSON] = dict.fromkeys(waiting)
     seen = heal_index
     while waiting:
         ops = writer.ops
         for op in ops[seen:]:
-            for name, fs in list(waiting.items()):
-                if op.type == "ok" and op.f in fs and op.process != NEMESIS:
+            for name, w in list(waiting.items()):
+                if op.type == "ok" and op.f in w.progress_fs and w.owns(op):
                     times[name] = max(0, op.time_ms - healed_ms)
                     del waiting[name]
         seen = len(ops)
@@ -380,7 +381,7 @@ def _nemesis_check(errors: Sequence[str]) -> CheckResult:
 
 
 def _check(workload: Workload, ops: Sequence[Op], options: TestOptions) -> WorkloadChecks:
-    mine = [op for op in ops if op.process == NEMESIS or op.f in workload.fs]
+    mine = [op for op in ops if op.process == NEMESIS or workload.owns(op)]
     try:
         report = check_history(
             mine, workload.model, max_steps=options.max_steps, layout=workload.layout()
@@ -435,8 +436,8 @@ def recoveries(
                     op.time_ms
                     for op in ops
                     if op.type == "ok"
-                    and op.process != NEMESIS
                     and op.f in w.progress_fs
+                    and w.owns(op)
                     and op.time_ms >= healed
                 ),
                 None,
@@ -510,8 +511,22 @@ def _recovery_times(recoveries: Sequence[dict[str, JSON]], workload: str) -> lis
     return times
 
 
-def finish_run_dir(run_dir: Path, result: TestResult) -> None:
-    """Complete the run directory: ``results.json`` and ``summary.txt`` beside the history
-    (the one place a run's files are finished: plots join here)."""
-    (run_dir / RESULTS).write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
-    (run_dir / SUMMARY).write_text(summary_text(result), encoding="utf-8")
+def finish_run_dir(run_dir: Path, result: TestResult, ops: Sequence[Op]) -> None:
+    """Complete the run directory (the one place a run's files are finished): the record of
+    ``net.jepsen.record`` (``history.jsonl``, ``timeline.json``, ``results.json`` with every
+    check and, under ``run``, this result's ``to_json``, ``summary.txt``, the latency and
+    rate plots, a picture per failed check and ``index.html``)."""
+    checks = {f"{w.workload}/{c.name}": c for w in result.workload_checks for c in w.checks}
+    checks.update({f"run/{c.name}": c for c in result.run_checks})
+    options = result.options
+    write_record(
+        run_dir,
+        ops,
+        checks,
+        title=f"pxq test: {result.target} target, seed {options.seed}, "
+        f"{','.join(options.workloads)} under {','.join(options.nemeses) or 'no faults'}",
+        summary=summary_text(result),
+        start_ms=result.workload_started_ms or None,
+        run_info=result.to_json(),
+        verdict=result.verdict,
+    )

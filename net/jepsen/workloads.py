@@ -20,6 +20,15 @@ is the registry (name -> factory) that ``pxq test --workload`` chooses from.
   the log) and directory listings between; each client a Jepsen process at a time, an
   operation of unknown outcome retiring it. Final reads: every key read through the log.
   Checked with the ``lock`` model (linearizability under leases, fencing tokens).
+- ``register``: ``clients`` clients of the lock service's compare-and-set registers (the
+  classic Jepsen register test) over keys of their own (``jepsen/<run>/d0/r0``, ...) through
+  ``AsyncClient.register_read`` / ``register_write`` / ``register_cas``, recorded as
+  ``sim/register_workload.py`` records them (its docstring has the format): reads (local and
+  through the log), writes of values unique in the run, compare-and-sets expecting the value
+  the client last saw (now and then "never written", or a value nobody wrote). A
+  ``CasMismatch`` or any other definite refusal is a ``fail``; ``OutcomeUnknown`` (or any
+  other error of a write or cas) an ``info`` that retires the process. Final reads: every
+  key through the log. Checked with the ``kv`` model (each key a register, initially null).
 """
 
 from __future__ import annotations
@@ -32,10 +41,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
+from net.client.api import AsyncClient
 from net.client.driver import NodePool
+from net.client.types import CasMismatch, PxqError, RequestFailed
 from net.errors import CallOutcomeUnknown, NetError, NotConnected
 from net.tools.history_run import HistoryRun, RunOptions
-from pxq.check.history import JSON, HistoryWriter, Process
+from pxq.check.history import JSON, NEMESIS, HistoryWriter, Op, Process
 from pxq.check.lock import LIST_F, LOCK_FS, value_text
 from pxq.check.models import QUEUE_FS, ModelName, QueueLayout, layout_from_config
 from pxq.check.queue import ENQUEUE
@@ -87,6 +98,10 @@ class Workload(Protocol):
     def progress_fs(self) -> frozenset[str]:
         """The ``f`` whose ``ok`` completions show the cluster serves it."""
 
+    def owns(self, op: Op) -> bool:
+        """Whether ``op`` is one of this workload's operations (workloads may share an ``f``:
+        the lock and register workloads both ``read``; their processes tell them apart)."""
+
     def layout(self) -> QueueLayout | None:
         """What the ``queue`` model needs beyond the history (None for other models)."""
 
@@ -108,6 +123,14 @@ class Workload(Protocol):
 
 def wall_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _owned(op: Op, fs: frozenset[str], prefix: str, final: str) -> bool:
+    """An operation of ``fs`` by a client process named ``<prefix><i>.<n>`` or ``final``."""
+    process = op.process
+    return (
+        op.f in fs and isinstance(process, str) and (process == final or process.startswith(prefix))
+    )
 
 
 # -- queue --------------------------------------------------------------------------------------
@@ -134,6 +157,9 @@ class QueueWorkload:
             RunOptions(seed=self._rng.getrandbits(64), run_id=context.run_id),
         )
         self._replay: asyncio.Task[None] | None = None
+
+    def owns(self, op: Op) -> bool:
+        return op.process != NEMESIS and op.f in self.fs
 
     def layout(self) -> QueueLayout:
         return layout_from_config(self._context.config)
@@ -238,6 +264,9 @@ class LockWorkload:
 
     def layout(self) -> None:
         return None
+
+    def owns(self, op: Op) -> bool:
+        return _owned(op, self.fs, f"{self._context.run_id}-c", FINAL_PROCESS)
 
     @property
     def pool(self) -> NodePool:
@@ -546,10 +575,220 @@ class LockWorkload:
         )
 
 
+# -- register -----------------------------------------------------------------------------------
+
+REGISTER_CLIENTS: Final = 3
+REGISTER_KEYS: Final = 4
+REGISTER_DIRS: Final = 2
+REGISTER_CALL_TIMEOUT_MS: Final = 1500
+"""A call without a definite answer by then: a read is ``fail``-free ``info``, a write or cas
+``info`` (it may still take effect)."""
+REGISTER_GAP_MS_MEAN: Final = 50
+"""Mean pause of a client between two operations (exponential)."""
+REGISTER_FINAL_PROCESS: Final = "register-final"
+
+
+@dataclass(slots=True)
+class _RegisterClient:
+    name: str
+    process: int = 0
+    values_made: int = 0
+    seen: dict[str, str | None] = field(default_factory=dict)
+    """The value this client last saw of each key (None: never written)."""
+
+    @property
+    def process_id(self) -> Process:
+        return f"{self.name}.{self.process}"
+
+
+class RegisterWorkload:
+    """Clients of the compare-and-set registers (see the module docstring)."""
+
+    name: Final = "register"
+    model: Final[ModelName] = "kv"
+    fs: Final = frozenset({"read", "write", "cas"})
+    progress_fs: Final = frozenset({"read", "write", "cas"})
+
+    def __init__(self, context: WorkloadContext) -> None:
+        if context.config.locks is None:
+            raise ValueError("the register workload needs a cluster with a lock service ([locks])")
+        self._context = context
+        self._writer = context.writer
+        self._rng = random.Random(context.seed)
+        self.keys = [
+            f"jepsen/{context.run_id}/d{i % REGISTER_DIRS}/r{i}" for i in range(REGISTER_KEYS)
+        ]
+        self._client: AsyncClient | None = None
+        self._running = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._counts: dict[str, int] = dict.fromkeys(
+            ("invoke", "ok", "fail", "info", "mismatch"), 0
+        )
+
+    def layout(self) -> None:
+        return None
+
+    def owns(self, op: Op) -> bool:
+        return _owned(op, self.fs, f"{self._context.run_id}-r", REGISTER_FINAL_PROCESS)
+
+    @property
+    def client(self) -> AsyncClient:
+        if self._client is None:
+            raise RuntimeError("the register workload is not started")
+        return self._client
+
+    async def start(self) -> None:
+        self._client = AsyncClient(
+            self._context.config,
+            name=f"{self._context.run_id}-registers",
+            call_timeout_ms=REGISTER_CALL_TIMEOUT_MS,
+        )
+        self._running = True
+        for i in range(REGISTER_CLIENTS):
+            client = _RegisterClient(name=f"{self._context.run_id}-r{i}")
+            self._tasks.append(asyncio.create_task(self._run_client(client)))
+
+    async def stop(self) -> None:
+        self._running = False
+        if self._tasks:
+            _, pending = await asyncio.wait(
+                self._tasks, timeout=REGISTER_CALL_TIMEOUT_MS / 1000 + 1
+            )
+            for task in pending:
+                task.cancel()
+            results = await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._tasks = []
+            for result in results:
+                if isinstance(result, Exception):
+                    raise RuntimeError("a register client failed") from result
+
+    async def final_reads(self) -> None:
+        """Every key read through the log, one after the other (Jepsen's final read)."""
+        final = _RegisterClient(name=REGISTER_FINAL_PROCESS)
+        for key in self.keys:
+            if not await self._read(final, key, through_log=True, final=True):
+                return  # an unknown outcome retires the process: no further final read
+
+    async def close(self) -> None:
+        self._running = False
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    def counts(self) -> dict[str, JSON]:
+        return dict(self._counts)
+
+    # -- one client ---------------------------------------------------------------------------
+
+    async def _run_client(self, client: _RegisterClient) -> None:
+        while self._running:
+            await asyncio.sleep(self._rng.expovariate(1.0) * REGISTER_GAP_MS_MEAN / 1000)
+            if not self._running:
+                return
+            key = self._rng.choice(self.keys)
+            r = self._rng.random()
+            if r < 0.4:
+                await self._read(client, key, through_log=self._rng.random() < 0.5)
+            elif r < 0.7:
+                client.values_made += 1
+                await self._write(client, key, f"{client.name}.{client.values_made}")
+            else:
+                client.values_made += 1
+                roll = self._rng.random()
+                expected = (
+                    None
+                    if roll < 0.1
+                    else f"{client.name}.never"
+                    if roll < 0.15
+                    else client.seen.get(key)
+                )
+                await self._cas(client, key, expected, f"{client.name}.{client.values_made}")
+
+    def _retire(self, client: _RegisterClient, f: str, key: str, reason: str) -> None:
+        self._counts["info"] += 1
+        self._writer.info(wall_ms(), client.process_id, f, None, key=key, reason=reason)
+        client.process += 1  # Jepsen: the next operation is a new process
+
+    def _failed(self, client: _RegisterClient, f: str, key: str, exc: RequestFailed) -> None:
+        self._counts["fail"] += 1
+        extra: dict[str, JSON] = {"key": key, "reason": exc.code}
+        if isinstance(exc, CasMismatch):
+            self._counts["mismatch"] += 1
+            current = None if exc.current is None else value_text(exc.current)
+            client.seen[key] = current
+            extra.update(current=current, current_version=exc.version)
+        self._writer.fail(wall_ms(), client.process_id, f, None, **extra)
+
+    async def _read(
+        self, client: _RegisterClient, key: str, *, through_log: bool, final: bool = False
+    ) -> bool:
+        """One read; False when its outcome is unknown (the process is retired)."""
+        extra: dict[str, JSON] = {"key": key, "through_log": through_log}
+        if final:
+            extra["final"] = True
+        self._writer.invoke(wall_ms(), client.process_id, "read", None, **extra)
+        self._counts["invoke"] += 1
+        try:
+            got = await self.client.register_read(key, through_log=through_log)
+        except RequestFailed as exc:  # a read takes no effect: failing is definite
+            self._failed(client, "read", key, exc)
+            return True
+        except PxqError as exc:
+            self._retire(client, "read", key, f"{type(exc).__name__}: {exc}")
+            return False
+        text = None if got.value is None else value_text(got.value)
+        client.seen[key] = text
+        self._counts["ok"] += 1
+        self._writer.ok(wall_ms(), client.process_id, "read", text, key=key, version=got.version)
+        return True
+
+    async def _write(self, client: _RegisterClient, key: str, value: str) -> None:
+        self._writer.invoke(wall_ms(), client.process_id, "write", value, key=key)
+        self._counts["invoke"] += 1
+        try:
+            version = await self.client.register_write(key, value.encode("latin-1"))
+        except RequestFailed as exc:
+            self._failed(client, "write", key, exc)
+            return
+        except PxqError as exc:
+            self._retire(client, "write", key, f"{type(exc).__name__}: {exc}")
+            return
+        client.seen[key] = value
+        self._counts["ok"] += 1
+        self._writer.ok(wall_ms(), client.process_id, "write", value, key=key, version=version)
+
+    async def _cas(
+        self, client: _RegisterClient, key: str, expected: str | None, value: str
+    ) -> None:
+        pair: JSON = [expected, value]
+        self._writer.invoke(wall_ms(), client.process_id, "cas", pair, key=key)
+        self._counts["invoke"] += 1
+        try:
+            version = await self.client.register_cas(
+                key,
+                None if expected is None else expected.encode("latin-1"),
+                value.encode("latin-1"),
+            )
+        except RequestFailed as exc:
+            self._failed(client, "cas", key, exc)
+            return
+        except PxqError as exc:
+            self._retire(client, "cas", key, f"{type(exc).__name__}: {exc}")
+            return
+        client.seen[key] = value
+        self._counts["ok"] += 1
+        self._writer.ok(wall_ms(), client.process_id, "cas", pair, key=key, version=version)
+
+
 WorkloadFactory = Callable[[WorkloadContext], Workload]
 
 WORKLOADS: Final[Mapping[str, WorkloadFactory]] = {
     "queue": QueueWorkload,
     "lock": LockWorkload,
+    "register": RegisterWorkload,
 }
-"""Every workload ``pxq test`` can run, by name (the register workload joins here)."""
+"""Every workload ``pxq test`` can run, by name."""
