@@ -42,8 +42,13 @@ the application), the machine is a ``pxq.consumer.ownership.ConsumerProcess``: a
 starts with ``Join`` (the process takes its share of the group's queues through the lock
 service, fenced, and keeps following membership changes) and ends with ``Leave`` (every queue
 stopped, every lock released at once, so the other consumers take them over without waiting
-for a lease). Without, the consumer owns exactly the queues it was given; two consumers of one
-group that own the same queue both consume it (duplicates, not loss).
+for a lease). A queue given up while the process runs (``own.stop``: its lease lost, say while
+the lock service was out) revokes its deliveries not answered yet: a batch still waiting in
+``batches()`` is never yielded, and a handler of ``run`` gets none of its items that it has
+not started; they come again from the queue's next owner (found by ``pxq test``: the
+``ownership`` check's ``deliver_unowned``). Without, the consumer owns exactly the queues it
+was given; two consumers of one group that own the same queue both consume it (duplicates,
+not loss).
 """
 
 from __future__ import annotations
@@ -280,6 +285,12 @@ class AsyncConsumer:
         self._idle.set()
         self._ready: asyncio.Queue[Deliver | None] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._handling: dict[int, Deliver] = {}
+        """Deliveries handed to the handler side and not answered yet, by delivery id."""
+        self._revoked: set[int] = set()
+        """Deliveries of queues given up since they were handed over (``own.stop``): never
+        yielded, no item of them handed to a handler any more (their items come again from
+        the queue's next owner; the machine ignores their answers)."""
         self._handler: Handler | None = None
         self._handler_async = False
         self._session = 0
@@ -349,6 +360,9 @@ class AsyncConsumer:
                 d = await ready.get()
                 if d is None or self._stopping or session != self._session:
                     break
+                if d.delivery_id in self._revoked:
+                    self._forget_delivery(d.delivery_id)
+                    continue  # its queue was given up while it waited: another owner's now
                 batch = Batch(
                     group=self.group,
                     topic=d.topic,
@@ -426,6 +440,8 @@ class AsyncConsumer:
         self._stopping = False
         self._stop_event.clear()
         self._ready = asyncio.Queue()
+        self._handling.clear()
+        self._revoked.clear()
         return self._session
 
     @property
@@ -478,6 +494,8 @@ class AsyncConsumer:
                     pass  # the driver is being closed: the streams die with it
         finally:
             self._ready = asyncio.Queue()
+            self._handling.clear()
+            self._revoked.clear()
             self._mode = None
             self._idle.set()
 
@@ -515,6 +533,7 @@ class AsyncConsumer:
     def _on_handler(self, msg: object) -> None:
         if not isinstance(msg, Deliver) or not self._accepting:
             return  # not accepting: the queues are being dropped, the delivery comes again
+        self._handling[msg.delivery_id] = msg
         if self._mode == "run":
             task = asyncio.get_running_loop().create_task(self._handle(msg))
             self._tasks.add(task)
@@ -522,7 +541,18 @@ class AsyncConsumer:
         elif self._mode == "batches":
             self._ready.put_nowait(msg)
 
+    def _revoke(self, topic: str, queue: int) -> None:
+        """``queue`` of ``topic`` was given up: its deliveries not answered yet are revoked."""
+        for d in self._handling.values():
+            if d.topic == topic and d.queue == queue:
+                self._revoked.add(d.delivery_id)
+
+    def _forget_delivery(self, delivery_id: int) -> None:
+        self._handling.pop(delivery_id, None)
+        self._revoked.discard(delivery_id)
+
     def _answer(self, delivery_id: int, failed: tuple[int, ...]) -> None:
+        self._forget_delivery(delivery_id)
         self._driver.feed(
             Received(src=HANDLER, msg=Handled(delivery_id=delivery_id, failed=failed))
         )
@@ -540,6 +570,8 @@ class AsyncConsumer:
         async def chain(items: list[StoredItem]) -> None:
             for it in items:
                 async with self._sem:
+                    if d.delivery_id in self._revoked:
+                        return  # its queue was given up: the rest is the next owner's
                     ok = await self._invoke(_item(d, it))
                 if not ok:
                     failed.append(it.offset)
@@ -586,6 +618,8 @@ class AsyncConsumer:
         if event.kind in ("own.start", "own.stop"):
             # Ownership changes, once each, on their named logger with the facts as fields.
             fields = dict(event.fields)
+            if event.kind == "own.stop":
+                self._revoke(str(fields.get("topic")), int(fields.get("queue") or 0))
             why = fields.get("why")
             log_event(
                 ownership_log,
