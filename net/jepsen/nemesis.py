@@ -16,14 +16,23 @@ would outlast the time limit is cut at it (the final heal undoes it). The nemese
 - ``clock``: a jump of one node's wall clock, or a skew of every replica of a service (each
   its own offset), then every clock back to real time. (``LocalTarget`` explains why only
   wall clocks move.)
+- ``partition``: a shape of ``net.jepsen.shapes`` over the replicas of ONE service (store
+  replicas and lock replicas never talk to each other, so a cut between them would do
+  nothing): the master of a random group isolated (found by probing when the fault starts),
+  random halves, a bridge (two halves that both reach one node), or a one-way cut; the heal is
+  ``heal_network``.
+- ``slow-link``: every link of a random replica to the other replicas of its service, both
+  ways, or one random link, delayed by 50-300 ms for a while; the heal is ``heal_network``.
 
 A schedule only holds faults the target supports (``check_nemeses`` refuses the others, naming
 them) and that a drawer exists for.
 
 Each action is a ``nemesis`` operation in the history (``pxq.check.history``): an ``invoke``
 when it starts, an ``info`` when it is done, ``f`` = ``kill`` / ``start`` / ``pause`` /
-``resume`` / ``clock``, ``value`` = the node names (a list), or for ``clock`` the
-``[node, offset_ms]`` pairs; extras ``phase`` (``"fault"``, ``"heal"`` or ``"final-heal"``),
+``resume`` / ``clock`` / ``partition`` / ``slow-link`` / ``heal``, ``value`` = the node names
+(a list), for ``clock`` the ``[node, offset_ms]`` pairs, for ``partition``, ``slow-link`` and
+their ``heal`` the one-way links ``[source, destination]`` (a ``slow-link`` also has the extra
+``delay_ms``); extras ``phase`` (``"fault"``, ``"heal"`` or ``"final-heal"``),
 ``fault_no`` (the fault's number in the schedule; absent for the final heal) and, when the
 action failed, ``error``. The final heal (``Nemesis.heal_all``) starts every node that is not
 running, resumes every paused one, sets every clock it moved back to 0 and heals the network
@@ -44,7 +53,8 @@ from typing import Final
 from net.cluster.probe import find_masters
 from net.config import NetConfig
 from net.errors import NetError
-from net.jepsen.target import FAULT_KINDS, FaultKind, Target, UnsupportedFault
+from net.jepsen.shapes import bridge, cut_between, halves, isolate, one_way
+from net.jepsen.target import FAULT_KINDS, FaultKind, Link, Target, UnsupportedFault
 from pxq.check.history import JSON, NEMESIS, HistoryWriter
 from pxq.config import LOCKS_SERVICE, ClusterConfig
 
@@ -62,6 +72,12 @@ back, so after a forward jump it stands still until real time catches up: leases
 that much longer in real time, a liveness cost that stays within the recovery bound."""
 CLOCK_SKEW_MS_MAX: Final = 2000
 """Largest offset of each node of a skewed service."""
+PARTITION_MS: Final = (2000, 5000)
+"""Longer than a master lease: an isolated master or a minority side loses it."""
+SLOW_LINK_MS: Final = (2000, 5000)
+SLOW_DELAY_MS: Final = (50, 300)
+"""The delay of a slow link, each way: a few round trips of it fit in a master lease."""
+PARTITION_SHAPES: Final = ("master", "halves", "bridge", "one-way")
 TAIL_MS: Final = 500
 """No fault starts later than this before the time limit."""
 FAULTS_MAX: Final = 10_000
@@ -114,6 +130,11 @@ class Fault:
     """``(service, group)``: act on that group's master, found when the fault starts."""
     offsets_ms: tuple[int, ...] = ()
     """``clock``: the offset of each of ``nodes``."""
+    links: tuple[Link, ...] = ()
+    """``partition``, ``slow-link``: the one-way links it cuts or slows (for a master
+    isolated: those of ``nodes[0]``, replaced by the master's when the fault starts)."""
+    delay_ms: int = 0
+    """``slow-link``: the delay of each of ``links``."""
     what: str = ""
     """A short description (``"kill master of store0/2"``)."""
 
@@ -129,6 +150,8 @@ class Fault:
             "nodes": list(self.nodes),
             "master_of": None if self.master_of is None else list(self.master_of),
             "offsets_ms": list(self.offsets_ms),
+            "links": [list(link) for link in self.links],
+            "delay_ms": self.delay_ms,
             "what": self.what,
         }
 
@@ -208,10 +231,78 @@ def _draw_clock(rng: random.Random, layout: Layout, start_ms: int) -> Fault:
     )
 
 
+def _network_service(rng: random.Random, layout: Layout, kind: str) -> str:
+    """A random service with at least two replicas (a link needs two ends)."""
+    services = [s for s in sorted(layout.replicas) if len(layout.replicas[s]) >= 2]
+    if not services:
+        raise NemesisError(f"{kind} faults need a service of at least 2 replicas")
+    return rng.choice(services)
+
+
+def _links_text(links: Sequence[Link]) -> str:
+    return ", ".join(f"{a}->{b}" for a, b in links)
+
+
+def _draw_partition(rng: random.Random, layout: Layout, start_ms: int) -> Fault:
+    duration = rng.randint(*PARTITION_MS)
+    service = _network_service(rng, layout, "partition")
+    replicas = layout.replicas[service]
+    shapes = [s for s in PARTITION_SHAPES if s != "bridge" or len(replicas) >= 3]
+    shape = rng.choice(shapes)
+    if shape == "master":
+        node = rng.choice(replicas)
+        group = rng.randrange(layout.groups[service])
+        return Fault(
+            kind="partition",
+            start_ms=start_ms,
+            duration_ms=duration,
+            nodes=(node,),
+            master_of=(service, group),
+            links=tuple(isolate(node, replicas)),
+            what=f"isolate the master of {service}/{group}",
+        )
+    draw = {"halves": halves, "bridge": bridge, "one-way": one_way}[shape]
+    links = tuple(draw(replicas, rng))
+    return Fault(
+        kind="partition",
+        start_ms=start_ms,
+        duration_ms=duration,
+        nodes=tuple(sorted({n for link in links for n in link})),
+        links=links,
+        what=f"partition {service} ({shape}): cut {_links_text(links)}",
+    )
+
+
+def _draw_slow_link(rng: random.Random, layout: Layout, start_ms: int) -> Fault:
+    duration = rng.randint(*SLOW_LINK_MS)
+    delay = rng.randint(*SLOW_DELAY_MS)
+    service = _network_service(rng, layout, "slow-link")
+    replicas = sorted(layout.replicas[service])
+    if rng.random() < 0.5:
+        node = rng.choice(replicas)
+        links = tuple(cut_between([node], [n for n in replicas if n != node]))
+        what = f"slow every link of {node} by {delay} ms"
+    else:
+        a, b = rng.sample(replicas, 2)
+        links = ((a, b),)
+        what = f"slow {a}->{b} by {delay} ms"
+    return Fault(
+        kind="slow-link",
+        start_ms=start_ms,
+        duration_ms=duration,
+        nodes=tuple(sorted({n for link in links for n in link})),
+        links=links,
+        delay_ms=delay,
+        what=what,
+    )
+
+
 DRAWERS: Final[dict[FaultKind, Drawer]] = {
     "kill": _draw_kill,
     "pause": _draw_pause,
     "clock": _draw_clock,
+    "partition": _draw_partition,
+    "slow-link": _draw_slow_link,
 }
 """The nemeses this module can schedule, by fault kind."""
 
@@ -269,15 +360,7 @@ def draw_schedule(
 
 
 def _cut(fault: Fault, duration_ms: int) -> Fault:
-    return Fault(
-        kind=fault.kind,
-        start_ms=fault.start_ms,
-        duration_ms=duration_ms,
-        nodes=fault.nodes,
-        master_of=fault.master_of,
-        offsets_ms=fault.offsets_ms,
-        what=fault.what,
-    )
+    return replace(fault, duration_ms=duration_ms)
 
 
 # -- carrying it out ----------------------------------------------------------------------------
@@ -285,6 +368,10 @@ def _cut(fault: Fault, duration_ms: int) -> Fault:
 
 def wall_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+_Step = tuple[str, JSON, list[Callable[[], Awaitable[None]]]]
+"""An action of the nemesis: its ``f``, its ``value``, the calls that carry it out."""
 
 
 @dataclass(slots=True)
@@ -330,6 +417,9 @@ class Nemesis:
         if fault.master_of is not None:
             nodes = (await self._master(fault.master_of) or nodes[0],)
         names: list[JSON] = list(nodes)
+        extra: dict[str, JSON] = {}
+        act: _Step
+        undo: _Step
         match fault.kind:
             case "kill":
                 self._killed.update(nodes)
@@ -352,10 +442,23 @@ class Nemesis:
                     [[n, 0] for n in nodes],
                     [partial(t.set_clock_offset, n, 0) for n in nodes],
                 )
+            case "partition":
+                links = fault.links
+                if fault.master_of is not None:  # the master found now, or the fallback
+                    replicas = layout_of(self.config).replicas[fault.master_of[0]]
+                    links = tuple(isolate(nodes[0], replicas))
+                cut: list[JSON] = [[a, b] for a, b in links]
+                act = ("partition", cut, [partial(t.partition, links)])
+                undo = ("heal", cut, [t.heal_network])
+            case "slow-link":
+                slowed: list[JSON] = [[a, b] for a, b in fault.links]
+                extra["delay_ms"] = fault.delay_ms
+                act = ("slow-link", slowed, [partial(t.slow_links, fault.links, fault.delay_ms)])
+                undo = ("heal", slowed, [t.heal_network])
             case _:
                 raise NemesisError(f"no nemesis carries out {fault.kind!r} faults yet")
         f, value, actions = act
-        await self._act(f, value, {"phase": "fault", "fault_no": number}, actions)
+        await self._act(f, value, {"phase": "fault", "fault_no": number, **extra}, actions)
 
         async def heal() -> None:
             f, value, actions = undo

@@ -19,8 +19,10 @@ only that is lost; ``b``'s messages to ``a`` still arrive) and ``slow-link`` (a
 ``net.jepsen.proxy.DelayProxy`` per link on the bridge address, ``a``'s connections to ``b``
 redirected to it with ``Hosts.redirect``; a link already slowed keeps its first delay until
 ``heal_network``). ``heal_network`` removes every rule first and closes the proxies after,
-so the redirected connections end and their senders reconnect directly. Clocks, power cuts
-and full disks are other rooms' faults (``UnsupportedFault``).
+so the redirected connections end and their senders reconnect directly. With ``clock=True``,
+``clock`` too, as ``net.jepsen.local.LocalTarget`` does it: every node runs under libfaketime
+(its settings ``FAKETIME_ENV``, its offset file ``<root>/clock/<node>``); only the wall clock
+moves. Power cuts and full disks are other rooms' faults (``UnsupportedFault``).
 
 A pid is signalled only while it still is that node's ``pxq node run``
 (``net.cluster.processes.is_node_process``).
@@ -54,6 +56,7 @@ from net.config import NetConfig
 from net.errors import NetError
 from net.files import open_private_append, write_private
 from net.jepsen.hosts import Hosts
+from net.jepsen.local import FAKETIME_ENV, faketime_library, faketime_offset
 from net.jepsen.proxy import DelayProxy, ProxyStats
 from net.jepsen.target import FaultKind, Link, UnsupportedFault
 from net.tls import ensure_cluster_material
@@ -66,6 +69,7 @@ UP_TIMEOUT_S: Final = 30.0
 KILL_WAIT_S: Final = 5.0
 REPLICA_TABLES: Final = ("[[stores.replicas]]", "[[locks.replicas]]")
 FAULTS: Final[frozenset[FaultKind]] = frozenset({"kill", "pause", "partition", "slow-link"})
+CLOCK_DIR: Final = "clock"
 
 
 class NetnsError(NetError):
@@ -114,7 +118,14 @@ class NetnsTarget:
         tls: bool = True,
         up_timeout_s: float = UP_TIMEOUT_S,
         log_format: str = "text",
+        clock: bool = False,
     ) -> None:
+        """``clock``: run the nodes under libfaketime (``FileNotFoundError`` if missing)."""
+        self._faketime = faketime_library() if clock else None
+        if clock and self._faketime is None:
+            raise FileNotFoundError(
+                "clock faults need libfaketime (Debian package faketime); not found"
+            )
         self.root = root.resolve()
         self._base_toml = base_toml
         self._tls = tls
@@ -142,7 +153,7 @@ class NetnsTarget:
 
     @property
     def faults(self) -> frozenset[FaultKind]:
-        return FAULTS
+        return FAULTS | {"clock"} if self._faketime is not None else FAULTS
 
     @property
     def hosts(self) -> Hosts:
@@ -191,6 +202,10 @@ class NetnsTarget:
             self._nodes = tuple(i.node for i in config.all_nodes())
             if config.tls.enabled:
                 ensure_cluster_material(config)
+            if self._faketime is not None:
+                (self.root / CLOCK_DIR).mkdir(mode=0o700, exist_ok=True)
+                for node in nodes:
+                    write_private(self._clock_file(node), faketime_offset(0).encode())
             for node in nodes:
                 self._spawn(node, "setup")
             await wait_for_masters(
@@ -247,7 +262,21 @@ class NetnsTarget:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             node_log.write(f"---- {stamp} netns target {why}: starting {node} ----\n".encode())
             node_log.flush()
-            self._procs[node] = self.hosts.run(node, argv, env=child_env(), stdout=node_log)
+            env = child_env() | self._clock_env(node)
+            self._procs[node] = self.hosts.run(node, argv, env=env, stdout=node_log)
+
+    def _clock_file(self, node: str) -> Path:
+        return self.root / CLOCK_DIR / node
+
+    def _clock_env(self, node: str) -> dict[str, str]:
+        """libfaketime's environment for ``node`` (empty without ``clock``)."""
+        if self._faketime is None:
+            return {}
+        return {
+            **FAKETIME_ENV,
+            "LD_PRELOAD": str(self._faketime),
+            "FAKETIME_TIMESTAMP_FILE": str(self._clock_file(node)),
+        }
 
     def is_running(self, node: str) -> bool:
         proc = self._procs.get(node)
@@ -318,10 +347,14 @@ class NetnsTarget:
         for proxy in proxies:
             await proxy.close()
 
-    # -- faults of other rooms ------------------------------------------------------------------
-
     async def set_clock_offset(self, node: str, offset_ms: int) -> None:
-        raise UnsupportedFault(self.name, "clock")
+        self._info(node)
+        if self._faketime is None:
+            raise UnsupportedFault(self.name, "clock")
+        # Replaced whole (write, then rename): libfaketime re-reads it at every clock call.
+        write_private(self._clock_file(node), faketime_offset(offset_ms).encode())
+
+    # -- faults of other rooms ------------------------------------------------------------------
 
     async def power_cut(self, node: str) -> None:
         raise UnsupportedFault(self.name, "power")

@@ -240,9 +240,12 @@ async def run_test(
             await target.setup()
             config = load_config(target.config_path)
             time_limit_ms = round(options.time_limit_s * 1000)
-            result.schedule = draw_schedule(
-                options.seed, options.nemeses, layout_of(config), time_limit_ms
-            )
+            try:
+                result.schedule = draw_schedule(
+                    options.seed, options.nemeses, layout_of(config), time_limit_ms
+                )
+            except NemesisError as exc:  # a cluster too small for a nemesis
+                raise BadTestInput(str(exc)) from exc
             run_id = f"t{options.seed}x{wall_ms() % 100_000_000}"
             for name in options.workloads:
                 context = WorkloadContext(

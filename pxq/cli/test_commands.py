@@ -27,10 +27,12 @@ TESTS_HOME: Final = Path(".pxq") / "tests"
 @click.command("test")
 @click.option(
     "--target",
-    type=click.Choice(["local"]),
+    type=click.Choice(["local", "netns"]),
     default="local",
     show_default=True,
-    help="Where the cluster runs: local = processes on 127.0.0.1.",
+    help="Where the cluster runs: local = processes on 127.0.0.1; netns = each node in a "
+    "network namespace of its own (root, ip and nft), which adds the partition and "
+    "slow-link nemeses.",
 )
 @click.option(
     "--workload",
@@ -47,7 +49,9 @@ TESTS_HOME: Final = Path(".pxq") / "tests"
     show_default=True,
     help="Comma-separated faults, mixed on one schedule: kill (kill -9 of a node, a master "
     "or a majority, then restart), pause (SIGSTOP longer than a lease), clock (wall-clock "
-    "jumps and skews, libfaketime); none for no fault. The target must support each.",
+    "jumps and skews, libfaketime), partition (a master isolated, halves, a bridge, a "
+    "one-way cut, in one service), slow-link (50-300 ms on a node's links or one link); "
+    "none for no fault. The target must support each.",
 )
 @click.option(
     "--time-limit",
@@ -110,9 +114,9 @@ def test(  # noqa: PLR0917 - one parameter per click option
     valid, 1 a violation, 2 bad input, 3 unknown (a checker ran out of budget)."""
     import random
 
-    from net.jepsen.local import BASE_PORT_DEFAULT, LocalTarget
     from net.jepsen.nemesis import NemesisError, parse_nemeses
     from net.jepsen.runner import CLUSTER_DIR, BadTestInput, TestOptions, run_test, summary_text
+    from net.jepsen.targets import BadTarget, make_target
     from pxq.config import ConfigError
 
     if config_file is not None and base_port is not None:
@@ -135,16 +139,15 @@ def test(  # noqa: PLR0917 - one parameter per click option
     )
     try:
         options.validate()
-        the_target = LocalTarget(
+        the_target = make_target(
+            target,
             run_dir / CLUSTER_DIR,
             config_file=None if config_file is None else config_file.resolve(),
-            base_port=BASE_PORT_DEFAULT if base_port is None else base_port,
+            base_port=base_port,
             clock="clock" in kinds,
         )
-    except (BadTestInput, ValueError) as exc:
+    except (BadTestInput, BadTarget) as exc:
         bad_input(str(exc))
-    except FileNotFoundError as exc:
-        bad_input(f"--nemesis clock: {exc}")
 
     def say(message: str) -> None:
         if not as_json:
@@ -152,12 +155,14 @@ def test(  # noqa: PLR0917 - one parameter per click option
 
     say(f"seed {seed}, run directory {run_dir}")
     from net.cluster.processes import ClusterError
+    from net.jepsen.hosts import HostsError
+    from net.jepsen.netns import NetnsError
 
     try:
         result = asyncio.run(run_test(the_target, options, say=say))
     except BadTestInput as exc:
         bad_input(str(exc))
-    except (ClusterError, ConfigError) as exc:
+    except (ClusterError, ConfigError, HostsError, NetnsError) as exc:
         bad_input(f"the {target} cluster did not start: {exc}")
     if as_json:
         click.echo(json.dumps({**result.to_json(), "run_dir": str(run_dir)}))
@@ -167,7 +172,7 @@ def test(  # noqa: PLR0917 - one parameter per click option
         where = f" --config {config_file}" if config_file is not None else ""
         where += f" --base-port {base_port}" if base_port is not None else ""
         click.echo(
-            f"reproduce: pxq test --workload {','.join(options.workloads)} --nemesis "
+            f"reproduce: pxq test --target {target} --workload {','.join(options.workloads)} --nemesis "
             f"{','.join(kinds) or 'none'} --time-limit {time_limit:g} --seed {seed}{where}"
         )
     sys.exit(EXITS[result.verdict])
