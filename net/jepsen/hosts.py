@@ -48,7 +48,7 @@ not installed here).
 
 Every command is bounded (``COMMAND_TIMEOUT_S``); nothing here contacts an address other than
 the room's own. ``python3 -m net.jepsen.hosts`` is the manual tool (``up``, ``down``, ``cut``,
-``heal``, ``sweep``; see ``docs/testing-netns.md``).
+``heal``, ``sweep``; see ``docs/testing-real-clusters.md``).
 """
 
 from __future__ import annotations
@@ -521,7 +521,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python3 -m net.jepsen.hosts",
         description="Hosts in network namespaces for trying faults by hand "
-        "(docs/testing-netns.md).",
+        "(docs/testing-real-clusters.md).",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="make a room of hosts (kept until down)")

@@ -348,9 +348,9 @@ class NetnsTarget:
             await proxy.close()
 
     async def set_clock_offset(self, node: str, offset_ms: int) -> None:
-        self._info(node)
         if self._faketime is None:
             raise UnsupportedFault(self.name, "clock")
+        self._info(node)
         # Replaced whole (write, then rename): libfaketime re-reads it at every clock call.
         write_private(self._clock_file(node), faketime_offset(offset_ms).encode())
 
@@ -396,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python3 -m net.jepsen.netns",
         description="Run a cluster with a node per network namespace until Ctrl-C "
-        "(docs/testing-netns.md); cut it with python3 -m net.jepsen.hosts --dir DIR/hosts.",
+        "(docs/testing-real-clusters.md); cut it with python3 -m net.jepsen.hosts --dir DIR/hosts.",
     )
     parser.add_argument("--dir", type=Path, required=True, help="the cluster's directory")
     parser.add_argument("--config", type=Path, help="base cluster file (default: embedded)")
