@@ -10,9 +10,22 @@ without metrics ports) and restarted as ``pxq cluster start`` does; every pid is
 still be that node's ``pxq node run`` before it is signalled.
 
 Faults: ``kill`` (SIGKILL; ``start`` brings the node back on its data), ``pause`` (SIGSTOP /
-SIGCONT) and, with ``clock=True``, ``clock``. Every other fault of ``net.jepsen.target`` needs
-what processes sharing 127.0.0.1 and one file system cannot give (network namespaces, a FUSE
-layer): ``UnsupportedFault``. ``heal_network`` has nothing to undo and does nothing.
+SIGCONT), with ``clock=True`` ``clock``, and with ``lazy_disks=True`` ``power`` and
+``disk-full``. Partitions and slow links need network namespaces (``net.jepsen.netns``):
+``UnsupportedFault``. ``heal_network`` has nothing to undo and does nothing.
+
+Disks: with ``lazy_disks=True`` each node's data directory (``data/<node>``) is the mount point
+of a ``net.jepsen.lazyfs.LazyDisk`` whose durable state is ``disks/<node>``, mounted before the
+nodes start and unmounted at teardown (also after a failed setup). ``power_cut`` kills the node
+(SIGKILL) and then drops every write it did not fsync (``LazyDisk.power_cut``: the node's
+files on the old mount are stale, so the kill comes first); ``fill_disk`` / ``free_disk``
+switch the disk's ENOSPC mode. A node on a full disk refuses enqueues and stops at its first
+commit that needs its data file to grow (``docs/testing-real-clusters.md``): ``start`` it again
+after ``free_disk``. Lazy disks need root and FUSE (``lazyfs.unavailable_reason``).
+
+The negative control: ``preload`` of ``net.jepsen.lazyfs.LIBEATMYDATA`` (``pxq test
+--unsafe-no-fsync``) makes every fsync of the node processes, and only theirs, a no-op; on lazy
+disks a power cut then loses what they acknowledged.
 
 Clocks: with ``clock=True`` every node runs under libfaketime (Debian package ``faketime``):
 ``LD_PRELOAD`` of the library, ``FAKETIME_TIMESTAMP_FILE`` = its ``clock/<node>`` file (``+0``
@@ -73,6 +86,7 @@ from net.cluster.processes import (
 from net.config import NetConfig
 from net.errors import NetError
 from net.files import write_private
+from net.jepsen.lazyfs import LazyDisk, LazyFsError, unavailable_reason
 from net.jepsen.target import FaultKind, Link, UnsupportedFault
 from pxq.config import ClusterConfig, NodeInfo, default_toml, load_config
 
@@ -84,6 +98,8 @@ AUDIT_GROUP: Final = "audit"
 START_TIMEOUT_S: Final = 10.0
 """How long ``start`` waits for a restarted node to accept connections."""
 CLOCK_DIR: Final = "clock"
+DISKS_DIR: Final = "disks"
+"""Where the lazy disks keep what was made durable (``disks/<node>``)."""
 FAKETIME_ENV: Final = {
     "FAKETIME_NO_CACHE": "1",
     "FAKETIME_DONT_FAKE_MONOTONIC": "1",
@@ -131,13 +147,22 @@ class LocalTarget:
         clock: bool = False,
         preload: Sequence[Path] = (),
         keep_data: bool = False,
+        lazy_disks: bool = False,
     ) -> None:
         """``root``: the target's directory (created; a cluster must not be running there).
         ``config_file``: the cluster to run (default: the embedded default on ``base_port``).
         ``clock``: run the nodes under libfaketime (``FileNotFoundError`` if it is missing).
         ``preload``: further libraries every node process preloads. ``keep_data``: leave the
-        nodes' data in place at teardown (the logs always stay)."""
+        nodes' data in place at teardown (the logs always stay). ``lazy_disks``: each node's
+        data directory on a ``LazyDisk`` (``LazyFsError`` naming what is missing if it cannot
+        be mounted here)."""
         self.home = ClusterHome(root)
+        if lazy_disks:
+            reason = unavailable_reason()
+            if reason is not None:
+                raise LazyFsError(f"lazy disks (power and disk-full faults): {reason}")
+        self._lazy = lazy_disks
+        self._disks: dict[str, LazyDisk] = {}
         self._faketime = faketime_library() if clock else None
         if clock and self._faketime is None:
             raise FileNotFoundError(
@@ -184,6 +209,8 @@ class LocalTarget:
         kinds: set[FaultKind] = {"kill", "pause"}
         if self._faketime is not None:
             kinds.add("clock")
+        if self._lazy:
+            kinds.update(("power", "disk-full"))
         return frozenset(kinds)
 
     # -- NodeLaunch: how a node process starts ------------------------------------------------
@@ -222,19 +249,50 @@ class LocalTarget:
             (root / CLOCK_DIR).mkdir(mode=0o700, exist_ok=True)
             for info in config.all_nodes():
                 write_private(self._clock_file(info.node), faketime_offset(0).encode())
+        if self._lazy:
+            await self._mount_disks(config)
         result = await up(self.home, self._config_path, metrics=False, launch=self)
         self._pids = {p.node: p.pid for p in result.nodes}
 
+    async def _mount_disks(self, config: ClusterConfig) -> None:
+        """A mounted ``LazyDisk`` on every node's data directory (each one registered before
+        it is mounted: teardown unmounts whatever got mounted)."""
+        root = self.home.root
+        for parent in (root / DISKS_DIR, self.home.data_root):  # private, as up makes them
+            parent.mkdir(mode=0o700, exist_ok=True)
+        for info in config.all_nodes():
+            backing = root / DISKS_DIR / info.node
+            backing.mkdir(mode=0o700, parents=True, exist_ok=True)
+            mountpoint = self.data_dir(info.node)
+            mountpoint.mkdir(mode=0o700, parents=True, exist_ok=True)
+            disk = LazyDisk(backing, mountpoint)
+            self._disks[info.node] = disk
+            await disk.mount()
+
     async def teardown(self) -> None:
-        for node in sorted(self._paused):
-            self._signal(node, signal.SIGCONT)  # a stopped process cannot act on SIGTERM
-        self._paused.clear()
-        await asyncio.to_thread(down, self.home)
-        for pid in self._pids.values():
-            _reap(pid)
-        self._pids.clear()
-        if not self._keep_data and self.home.data_root.is_dir():
-            shutil.rmtree(self.home.data_root, ignore_errors=True)
+        try:
+            for node in sorted(self._paused):
+                self._signal(node, signal.SIGCONT)  # a stopped process cannot act on SIGTERM
+            self._paused.clear()
+            await asyncio.to_thread(down, self.home)
+            for pid in self._pids.values():
+                _reap(pid)
+            self._pids.clear()
+        finally:
+            # Unmounted whatever happened above: a mount must not outlive the test.
+            problems: list[str] = []
+            for node, disk in sorted(self._disks.items()):
+                try:
+                    await disk.unmount()
+                except LazyFsError as exc:
+                    problems.append(f"{node}: {exc}")
+            self._disks.clear()
+            if not self._keep_data:
+                for d in (self.home.data_root, self.home.root / DISKS_DIR):
+                    if d.is_dir():
+                        shutil.rmtree(d, ignore_errors=True)
+            if problems:
+                raise LazyFsError("cannot unmount the lazy disks: " + "; ".join(problems))
 
     # -- faults -------------------------------------------------------------------------------
 
@@ -352,13 +410,26 @@ class LocalTarget:
         """Nothing to heal: this target cuts no link."""
 
     async def power_cut(self, node: str) -> None:
-        raise UnsupportedFault(self.name, "power")
+        """SIGKILL, then the disk loses what was not fsynced (in that order: the node must
+        not write to a disk that is being cut)."""
+        disk = self._disk(node, "power")
+        await self.kill(node)
+        await disk.power_cut()
 
     async def fill_disk(self, node: str) -> None:
-        raise UnsupportedFault(self.name, "disk-full")
+        await self._disk(node, "disk-full").set_full(True)
 
     async def free_disk(self, node: str) -> None:
-        raise UnsupportedFault(self.name, "disk-full")
+        await self._disk(node, "disk-full").set_full(False)
+
+    def _disk(self, node: str, fault: FaultKind) -> LazyDisk:
+        if not self._lazy:
+            raise UnsupportedFault(self.name, fault)
+        self._info(node)
+        disk = self._disks.get(node)
+        if disk is None:
+            raise RuntimeError("the target is not set up")
+        return disk
 
     async def slow_links(self, links: Sequence[Link], delay_ms: int) -> None:
         raise UnsupportedFault(self.name, "slow-link")

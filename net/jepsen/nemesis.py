@@ -23,21 +23,29 @@ would outlast the time limit is cut at it (the final heal undoes it). The nemese
   ``heal_network``.
 - ``slow-link``: every link of a random replica to the other replicas of its service, both
   ways, or one random link, delayed by 50-300 ms for a while; the heal is ``heal_network``.
+- ``power``: a power cut (kill -9 and the loss of every write not fsynced) of a random node,
+  of a majority of one service's replicas, or of every replica of one service at once (a
+  whole-service power loss must lose nothing acknowledged); the heal starts them again.
+- ``disk-full``: one node's data disk answers ENOSPC for a while (the node refuses writes,
+  then stops at its first commit that needs its data file to grow); the heal frees the disk
+  (``disk-free``) and starts the node again if it stopped (``start``).
 
 A schedule only holds faults the target supports (``check_nemeses`` refuses the others, naming
 them) and that a drawer exists for.
 
 Each action is a ``nemesis`` operation in the history (``pxq.check.history``): an ``invoke``
 when it starts, an ``info`` when it is done, ``f`` = ``kill`` / ``start`` / ``pause`` /
-``resume`` / ``clock`` / ``partition`` / ``slow-link`` / ``heal``, ``value`` = the node names
-(a list), for ``clock`` the ``[node, offset_ms]`` pairs, for ``partition``, ``slow-link`` and
-their ``heal`` the one-way links ``[source, destination]`` (a ``slow-link`` also has the extra
-``delay_ms``); extras ``phase`` (``"fault"``, ``"heal"`` or ``"final-heal"``),
+``resume`` / ``clock`` / ``partition`` / ``slow-link`` / ``heal`` / ``power-cut`` /
+``disk-full`` / ``disk-free``, ``value`` = the node names (a list), for ``clock`` the
+``[node, offset_ms]`` pairs, for ``partition``, ``slow-link`` and their ``heal`` the one-way
+links ``[source, destination]`` (a ``slow-link`` also has the extra ``delay_ms``); extras
+``phase`` (``"fault"``, ``"heal"`` or ``"final-heal"``),
 ``fault_no`` (the fault's number in the schedule; absent for the final heal) and, when the
 action failed, ``error``. The final heal (``Nemesis.heal_all``) starts every node that is not
-running, resumes every paused one, sets every clock it moved back to 0 and heals the network
-of a target that can cut it, each recorded likewise; a node found not running that the
-nemesis did not kill died by itself, and is reported in ``errors``.
+running (after freeing every disk it filled), resumes every paused one, sets every clock it
+moved back to 0 and heals the network of a target that can cut it, each recorded likewise; a
+node found not running that the nemesis did not kill (or power cut, or whose disk it did not
+fill) died by itself, and is reported in ``errors``.
 """
 
 from __future__ import annotations
@@ -78,6 +86,9 @@ SLOW_LINK_MS: Final = (2000, 5000)
 SLOW_DELAY_MS: Final = (50, 300)
 """The delay of a slow link, each way: a few round trips of it fit in a master lease."""
 PARTITION_SHAPES: Final = ("master", "halves", "bridge", "one-way")
+POWER_MS: Final = (1000, 4000)
+DISK_FULL_MS: Final = (2000, 5000)
+"""Long enough for a node to meet the full disk (it stops within a second or two)."""
 TAIL_MS: Final = 500
 """No fault starts later than this before the time limit."""
 FAULTS_MAX: Final = 10_000
@@ -297,12 +308,42 @@ def _draw_slow_link(rng: random.Random, layout: Layout, start_ms: int) -> Fault:
     )
 
 
+def _draw_power(rng: random.Random, layout: Layout, start_ms: int) -> Fault:
+    duration = rng.randint(*POWER_MS)
+    service = rng.choice(sorted(layout.replicas))
+    replicas = layout.replicas[service]
+    how = rng.choice(("node", "majority", "all"))
+    if how == "node":
+        nodes: tuple[str, ...] = (rng.choice(replicas),)
+        what = f"power cut of {nodes[0]}"
+    elif how == "majority":
+        nodes = tuple(sorted(rng.sample(replicas, len(replicas) // 2 + 1)))
+        what = f"power cut of a majority of {service}: {', '.join(nodes)}"
+    else:
+        nodes = replicas
+        what = f"power cut of every replica of {service}"
+    return Fault(kind="power", start_ms=start_ms, duration_ms=duration, nodes=nodes, what=what)
+
+
+def _draw_disk_full(rng: random.Random, layout: Layout, start_ms: int) -> Fault:
+    node = rng.choice(layout.replicas[rng.choice(sorted(layout.replicas))])
+    return Fault(
+        kind="disk-full",
+        start_ms=start_ms,
+        duration_ms=rng.randint(*DISK_FULL_MS),
+        nodes=(node,),
+        what=f"fill the disk of {node}",
+    )
+
+
 DRAWERS: Final[dict[FaultKind, Drawer]] = {
     "kill": _draw_kill,
     "pause": _draw_pause,
     "clock": _draw_clock,
     "partition": _draw_partition,
     "slow-link": _draw_slow_link,
+    "power": _draw_power,
+    "disk-full": _draw_disk_full,
 }
 """The nemeses this module can schedule, by fault kind."""
 
@@ -389,6 +430,8 @@ class Nemesis:
     _paused: set[str] = field(default_factory=set)
     _killed: set[str] = field(default_factory=set)
     """Killed and not started again yet (a heal that failed leaves them here)."""
+    _filled: set[str] = field(default_factory=set)
+    """Disks filled and not freed yet (their nodes may have stopped: that is no finding)."""
 
     async def run(self, schedule: Sequence[Fault], started_at: float, until: float) -> None:
         """Each fault at its time (``started_at`` on the event loop's clock), held for its
@@ -455,6 +498,14 @@ class Nemesis:
                 extra["delay_ms"] = fault.delay_ms
                 act = ("slow-link", slowed, [partial(t.slow_links, fault.links, fault.delay_ms)])
                 undo = ("heal", slowed, [t.heal_network])
+            case "power":
+                self._killed.update(nodes)
+                act = ("power-cut", names, [partial(t.power_cut, n) for n in nodes])
+                undo = ("start", names, [partial(t.start, n) for n in nodes])
+            case "disk-full":
+                self._filled.update(nodes)
+                act = ("disk-full", names, [partial(t.fill_disk, n) for n in nodes])
+                undo = ("disk-free", names, [partial(t.free_disk, n) for n in nodes])
             case _:
                 raise NemesisError(f"no nemesis carries out {fault.kind!r} faults yet")
         f, value, actions = act
@@ -466,7 +517,15 @@ class Nemesis:
                 self._paused.difference_update(nodes)
             if f == "start":
                 self._killed.difference_update(nodes)
-            await self._act(f, value, {"phase": "heal", "fault_no": number}, actions)
+            if f == "disk-free":
+                self._filled.difference_update(nodes)
+            extra: dict[str, JSON] = {"phase": "heal", "fault_no": number}
+            await self._act(f, value, extra, actions)
+            stopped = [n for n in nodes if f == "disk-free" and not t.is_running(n)]
+            if stopped:  # it met the full disk and stopped, as it should
+                await self._act(
+                    "start", list(stopped), extra, [partial(t.start, n) for n in stopped]
+                )
 
         return heal
 
@@ -516,8 +575,14 @@ class Nemesis:
         if paused:
             await self._act("resume", list(paused), final, [partial(t.resume, n) for n in paused])
             self._paused.clear()
+        filled = sorted(self._filled)
+        if filled:
+            await self._act(
+                "disk-free", list(filled), final, [partial(t.free_disk, n) for n in filled]
+            )
+            self._filled.clear()
         stopped = [n for n in t.nodes if not t.is_running(n)]
-        for node in sorted(set(stopped) - self._killed):
+        for node in sorted(set(stopped) - self._killed - set(filled)):
             # Started again below all the same, but a node that died by itself is a finding.
             self.errors.append(f"{node} was not running at the final heal, not killed by us")
         if stopped:

@@ -14,6 +14,7 @@ run directory's ``cluster/``); the runner tears it down whatever happens.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
@@ -37,10 +38,14 @@ def make_target(
     config_file: Path | None = None,
     base_port: int | None = None,
     clock: bool = False,
+    lazy_disks: bool = False,
+    preload: Sequence[Path] = (),
 ) -> Target:
     """The target ``kind`` with its home in ``root``, nothing started yet. ``BadTarget``
     naming the problem: an unknown kind, a netns target without root/``ip``/``nft``, a
-    clock nemesis without libfaketime, a base port out of range."""
+    clock nemesis without libfaketime, a base port out of range, lazy disks or preloaded
+    libraries on the netns target (only the local target has them); ``LazyFsError`` when
+    lazy disks cannot mount here."""
     if kind not in TARGETS:
         raise BadTarget(f"unknown target {kind!r} (one of {', '.join(TARGETS)})")
     missing = missing_tools() if kind == "netns" else []
@@ -49,7 +54,19 @@ def make_target(
     port = BASE_PORT_DEFAULT if base_port is None else base_port
     try:
         if kind == "local":
-            return LocalTarget(root, config_file=config_file, base_port=port, clock=clock)
+            return LocalTarget(
+                root,
+                config_file=config_file,
+                base_port=port,
+                clock=clock,
+                lazy_disks=lazy_disks,
+                preload=preload,
+            )
+        if lazy_disks or preload:
+            raise BadTarget(
+                "lazy disks (--lazy-disks, the power and disk-full nemeses) and "
+                "--unsafe-no-fsync are on the local target only"
+            )
         if config_file is not None:
             base = config_file.read_text(encoding="utf-8")
         else:

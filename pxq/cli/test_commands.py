@@ -9,6 +9,7 @@ unknown (a linearizability search ran out of its step budget: never reported as 
 from __future__ import annotations
 
 import asyncio
+import ctypes.util
 import json
 import sys
 import time
@@ -50,8 +51,22 @@ TESTS_HOME: Final = Path(".pxq") / "tests"
     help="Comma-separated faults, mixed on one schedule: kill (kill -9 of a node, a master "
     "or a majority, then restart), pause (SIGSTOP longer than a lease), clock (wall-clock "
     "jumps and skews, libfaketime), partition (a master isolated, halves, a bridge, a "
-    "one-way cut, in one service), slow-link (50-300 ms on a node's links or one link); "
-    "none for no fault. The target must support each.",
+    "one-way cut, in one service), slow-link (50-300 ms on a node's links or one link), "
+    "power (power cut of a node, a majority or a whole service: unsynced writes lost; lazy "
+    "disks), disk-full (ENOSPC for a while; lazy disks); none for no fault. The target must "
+    "support each.",
+)
+@click.option(
+    "--lazy-disks",
+    is_flag=True,
+    help="Each node's data directory on a FUSE disk that loses unsynced writes on a power "
+    "cut (root, fuse3). Implied by --nemesis power or disk-full.",
+)
+@click.option(
+    "--unsafe-no-fsync",
+    is_flag=True,
+    help="NEGATIVE CONTROL: run the nodes under eatmydata (every fsync a no-op), so that a "
+    "power cut loses acknowledged writes and the run must fail. Never for a real test.",
 )
 @click.option(
     "--time-limit",
@@ -107,6 +122,8 @@ def test(  # noqa: PLR0917 - one parameter per click option
     config_file: Path | None,
     base_port: int | None,
     recovery_timeout: float,
+    lazy_disks: bool,
+    unsafe_no_fsync: bool,
     as_json: bool,
 ) -> None:
     """Run workloads against a real cluster while a nemesis injects faults on a schedule drawn
@@ -114,6 +131,7 @@ def test(  # noqa: PLR0917 - one parameter per click option
     valid, 1 a violation, 2 bad input, 3 unknown (a checker ran out of budget)."""
     import random
 
+    from net.jepsen.lazyfs import LIBEATMYDATA, LazyFsError
     from net.jepsen.nemesis import NemesisError, parse_nemeses
     from net.jepsen.runner import CLUSTER_DIR, BadTestInput, TestOptions, run_test, summary_text
     from net.jepsen.targets import BadTarget, make_target
@@ -137,6 +155,11 @@ def test(  # noqa: PLR0917 - one parameter per click option
         run_dir=run_dir,
         recovery_timeout_s=recovery_timeout,
     )
+    # The disk faults need lazy disks: asking for them turns the disks on, as clock does
+    # libfaketime (plain disks stay the default: a lazy disk needs root and is faster).
+    lazy = lazy_disks or "power" in kinds or "disk-full" in kinds
+    if unsafe_no_fsync and ctypes.util.find_library("eatmydata") is None:
+        bad_input("--unsafe-no-fsync needs libeatmydata (Debian package eatmydata)")
     try:
         options.validate()
         the_target = make_target(
@@ -145,8 +168,10 @@ def test(  # noqa: PLR0917 - one parameter per click option
             config_file=None if config_file is None else config_file.resolve(),
             base_port=base_port,
             clock="clock" in kinds,
+            lazy_disks=lazy,
+            preload=(Path(LIBEATMYDATA),) if unsafe_no_fsync else (),
         )
-    except (BadTestInput, BadTarget) as exc:
+    except (BadTestInput, BadTarget, LazyFsError) as exc:
         bad_input(str(exc))
 
     def say(message: str) -> None:
@@ -162,7 +187,7 @@ def test(  # noqa: PLR0917 - one parameter per click option
         result = asyncio.run(run_test(the_target, options, say=say))
     except BadTestInput as exc:
         bad_input(str(exc))
-    except (ClusterError, ConfigError, HostsError, NetnsError) as exc:
+    except (ClusterError, ConfigError, HostsError, NetnsError, LazyFsError) as exc:
         bad_input(f"the {target} cluster did not start: {exc}")
     if as_json:
         click.echo(json.dumps({**result.to_json(), "run_dir": str(run_dir)}))
@@ -171,6 +196,8 @@ def test(  # noqa: PLR0917 - one parameter per click option
         click.echo(f"run directory: {run_dir}")
         where = f" --config {config_file}" if config_file is not None else ""
         where += f" --base-port {base_port}" if base_port is not None else ""
+        where += " --lazy-disks" if lazy_disks else ""
+        where += " --unsafe-no-fsync" if unsafe_no_fsync else ""
         click.echo(
             f"reproduce: pxq test --target {target} --workload {','.join(options.workloads)} --nemesis "
             f"{','.join(kinds) or 'none'} --time-limit {time_limit:g} --seed {seed}{where}"
