@@ -15,7 +15,7 @@ is made durable, and a *power cut* drops what was not (Jepsen's LazyFS, in Pytho
   bounded and teardown is idempotent, also after failures (``fusermount3 -u -z``, then
   ``umount -l``: no stale mount left).
 
-What is durable, and when (the model; ``docs/testing-lazyfs.md``):
+What is durable, and when (the model; ``docs/testing-real-clusters.md``, "Disks"):
 
 * file data, per file at page granularity (``PAGE_BYTES``): writes and truncates change the
   cache only; ``fsync`` or ``fdatasync`` of the file copies its dirty pages and its size to
