@@ -33,7 +33,7 @@ from pxq.check.history import NEMESIS, HistoryWriter
 from pxq.cli import main
 from pxq.config import loads_config
 
-BASE_PORT = 7590
+BASE_PORT = 7570
 """The end-to-end runs of ``pxq test`` use 7590-7595 (``tests/test_jepsen_runner.py`` too,
 one run at a time)."""
 CONTROL_SEED = 113

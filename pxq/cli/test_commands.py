@@ -41,7 +41,8 @@ TESTS_HOME: Final = Path(".pxq") / "tests"
     default="queue,lock",
     show_default=True,
     help="Comma-separated workloads: queue (producers, consumers of every group, a replay), "
-    "lock (acquire/renew/release with fencing, reads, listings).",
+    "lock (acquire/renew/release with fencing, reads, listings), register (read/write/cas "
+    "on the lock service's registers).",
 )
 @click.option(
     "--nemesis",
