@@ -152,7 +152,7 @@ def test_the_options_are_validated_before_anything_starts(tmp_path: Path) -> Non
         with pytest.raises(BadTestInput, match=message):
             TestOptions(run_dir=tmp_path, **bad).validate()
     TestOptions(run_dir=tmp_path).validate()
-    assert set(WORKLOADS) == {"queue", "lock"}
+    assert set(WORKLOADS) == {"queue", "lock", "register"}
 
 
 def test_the_cli_exits_2_naming_a_bad_nemesis_or_workload(tmp_path: Path) -> None:
