@@ -202,7 +202,16 @@ REGRESSION_SEEDS = [
 ]
 """Seeds outside the scenario files' own that once found a bug: each must keep passing."""
 
-OPEN_FINDINGS: list[tuple[str, int]] = []
+OPEN_FINDINGS: list[tuple[str, int]] = [
+    # A producer acknowledged an item with another item's offset: after a producer crash and
+    # restart, a late EnqueueOk to the previous incarnation's request matched the new
+    # incarnation's request with the same req_id (the producer machine numbers its requests
+    # from 1 in every incarnation; the simulated network delivers replies by endpoint name,
+    # where a real TCP connection would have died with the old process). Seed 292: two
+    # acknowledged items lost and an invariant violation; seed 435: an inconsistent offset.
+    ("swarm-queue", 292),
+    ("swarm-queue", 435),
+]
 """Seeds that show an open defect. ``strict``: once fixed, the test fails until the seed
 moves to ``REGRESSION_SEEDS``."""
 
