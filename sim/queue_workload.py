@@ -230,7 +230,15 @@ class QueueWorkload:
         }
         if self.scn.workload.batch_items is not None:
             overrides["batch_items_max"] = self.scn.workload.batch_items
-        return Producer(producer_settings(self.config, **overrides), rng, name=node_id)
+        # Each incarnation numbers its requests apart: the simulated network delivers a late
+        # reply to the previous incarnation's request by name (swarm-queue seeds 292, 435).
+        incarnation = self.world.hosts[node_id].incarnation
+        return Producer(
+            producer_settings(self.config, **overrides),
+            rng,
+            name=node_id,
+            req_id_base=incarnation << 32,
+        )
 
     def _consumer_factory(self, node_id: NodeId, storage: StorageView, rng: Rng) -> Node:
         group = self.consumer_group[node_id]

@@ -526,3 +526,22 @@ def test_attempts_that_never_reached_a_replica_fail_definitely_naming_each() -> 
     # An attempt that may have reached a replica (no answer in time) keeps it unknown.
     reply = _drive_undelivered(Producer(settings, random.Random(1), name="p"), timeout_first=True)
     assert isinstance(reply, ProduceUnknown), reply
+
+
+def test_each_incarnation_numbers_its_requests_from_its_own_base() -> None:
+    # A late reply to a previous incarnation's request can then never match this one's
+    # (swarm-queue seeds 292 and 435: a false acknowledgement after a producer restart).
+    s = ProducerSettings(stores=STORES, groups_per_store=GROUPS, topics=TOPICS, linger_ms=0)
+    p = Producer(s, random.Random(1), name="p", req_id_base=7 << 32)
+    h = Harness(p, FakeStore(), latency_ms=1)
+    sent: list[int] = []
+    h.step(Boot())
+    fx = p.step(h.now, ClientCall(call_id=1, request=Produce(topic="t", key=b"k", payload=b"x")))
+    wake = p.next_deadline()
+    if not fx.sends and wake is not None:
+        fx = p.step(Now(mono_ms=wake, wall_ms=wake), Wake())
+    sent = [send.msg.req_id for send in fx.sends if isinstance(send.msg, Request)]
+    assert sent == [(7 << 32) + 1]
+    for bad in (-1, 1 << 62):
+        with pytest.raises(ValueError, match="req_id_base"):
+            Producer(s, random.Random(1), name="p", req_id_base=bad)

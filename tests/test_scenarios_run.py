@@ -199,19 +199,19 @@ REGRESSION_SEEDS = [
     # the first window and the checker required 10..107 there (a replay gap). The window now
     # opens at the first cursor read with a newer seek epoch (pxq/check/queue.py, _noticed).
     ("swarm-queue", 7),
-]
-"""Seeds outside the scenario files' own that once found a bug: each must keep passing."""
-
-OPEN_FINDINGS: list[tuple[str, int]] = [
     # A producer acknowledged an item with another item's offset: after a producer crash and
     # restart, a late EnqueueOk to the previous incarnation's request matched the new
-    # incarnation's request with the same req_id (the producer machine numbers its requests
-    # from 1 in every incarnation; the simulated network delivers replies by endpoint name,
-    # where a real TCP connection would have died with the old process). Seed 292: two
-    # acknowledged items lost and an invariant violation; seed 435: an inconsistent offset.
+    # incarnation's request with the same req_id (the producer numbered its requests from 1 in
+    # every incarnation; the simulated network delivers replies by endpoint name, where a TCP
+    # connection dies with its process). Seed 292: two acknowledged items lost and an
+    # invariant violation; seed 435: an inconsistent offset. Each incarnation now numbers its
+    # requests from its own base (``Producer(req_id_base=...)``).
     ("swarm-queue", 292),
     ("swarm-queue", 435),
 ]
+"""Seeds outside the scenario files' own that once found a bug: each must keep passing."""
+
+OPEN_FINDINGS: list[tuple[str, int]] = []
 """Seeds that show an open defect. ``strict``: once fixed, the test fails until the seed
 moves to ``REGRESSION_SEEDS``."""
 

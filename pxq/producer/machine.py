@@ -69,7 +69,7 @@ from __future__ import annotations
 import dataclasses
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TypeAlias, assert_never
+from typing import Final, TypeAlias, assert_never
 
 from pxq.effects import (
     Boot,
@@ -104,6 +104,10 @@ OUT_OF_ORDER = "out_of_order"
 RETRYABLE_DEFINITE = frozenset({"overloaded"})
 """Definite store errors worth re-sending after a backoff; any other definite error ends the
 batch (the request itself is wrong: unknown topic, bad queue, too large...)."""
+
+
+REQ_ID_BASE_MAX: Final = 1 << 62
+"""Request ids stay below 2**63 (msgpack's signed range) with room for a run's requests."""
 
 
 @dataclass(slots=True, eq=False)
@@ -163,7 +167,15 @@ class Producer:
         *,
         name: str = "producer",
         producer_id: str | None = None,
+        req_id_base: int = 0,
     ) -> None:
+        """``req_id_base``: this incarnation's requests are numbered from ``req_id_base + 1``.
+        A driver whose transport may hand a previous incarnation's late replies to this one
+        (the simulator's network delivers by endpoint name; a TCP connection dies with its
+        process) gives each incarnation a range of its own, so that a late ``EnqueueOk`` can
+        never acknowledge another request that happens to have the same id."""
+        if not 0 <= req_id_base < REQ_ID_BASE_MAX:
+            raise ValueError(f"req_id_base: must be in 0..{REQ_ID_BASE_MAX - 1}, got {req_id_base}")
         self.settings = settings
         self._rng = rng
         self.producer_id = (
@@ -173,7 +185,7 @@ class Producer:
         self._queues: dict[QueueKey, _QueueState] = {}
         self._timers: Timers[QueueKey] = Timers()
         self._reqs: dict[int, tuple[QueueKey, int]] = {}
-        self._next_req_id = 1
+        self._next_req_id = req_id_base + 1
         self._next_seq = 1
         self._held_calls = 0
         self._held_bytes = 0
