@@ -127,7 +127,7 @@ def test_with_hosts_on_a_file_that_sets_hosts_fails_to_load() -> None:
         loads_config(with_hosts(base, {"s1": "10.231.9.3"}))
 
 
-def test_netns_target_refuses_the_faults_of_other_rooms() -> None:
+def test_netns_target_refuses_the_faults_it_was_not_made_for() -> None:
     target = NetnsTarget(Path("/nonexistent-netns-root"))
     assert target.faults == frozenset({"kill", "pause", "partition", "slow-link"})
 

@@ -86,7 +86,8 @@ from net.cluster.processes import (
 from net.config import NetConfig
 from net.errors import NetError
 from net.files import write_private
-from net.jepsen.lazyfs import LazyDisk, LazyFsError, unavailable_reason
+from net.jepsen.disks import NodeDisks
+from net.jepsen.lazyfs import LazyDisk
 from net.jepsen.target import FaultKind, Link, UnsupportedFault
 from pxq.config import ClusterConfig, NodeInfo, default_toml, load_config
 
@@ -157,12 +158,7 @@ class LocalTarget:
         data directory on a ``LazyDisk`` (``LazyFsError`` naming what is missing if it cannot
         be mounted here)."""
         self.home = ClusterHome(root)
-        if lazy_disks:
-            reason = unavailable_reason()
-            if reason is not None:
-                raise LazyFsError(f"lazy disks (power and disk-full faults): {reason}")
-        self._lazy = lazy_disks
-        self._disks: dict[str, LazyDisk] = {}
+        self._disks = NodeDisks(self.name, enabled=lazy_disks)
         self._faketime = faketime_library() if clock else None
         if clock and self._faketime is None:
             raise FileNotFoundError(
@@ -209,9 +205,7 @@ class LocalTarget:
         kinds: set[FaultKind] = {"kill", "pause"}
         if self._faketime is not None:
             kinds.add("clock")
-        if self._lazy:
-            kinds.update(("power", "disk-full"))
-        return frozenset(kinds)
+        return frozenset(kinds) | self._disks.faults
 
     # -- NodeLaunch: how a node process starts ------------------------------------------------
 
@@ -249,7 +243,7 @@ class LocalTarget:
             (root / CLOCK_DIR).mkdir(mode=0o700, exist_ok=True)
             for info in config.all_nodes():
                 write_private(self._clock_file(info.node), faketime_offset(0).encode())
-        if self._lazy:
+        if self._disks.enabled:
             await self._mount_disks(config)
         result = await up(self.home, self._config_path, metrics=False, launch=self)
         self._pids = {p.node: p.pid for p in result.nodes}
@@ -257,17 +251,12 @@ class LocalTarget:
     async def _mount_disks(self, config: ClusterConfig) -> None:
         """A mounted ``LazyDisk`` on every node's data directory (each one registered before
         it is mounted: teardown unmounts whatever got mounted)."""
-        root = self.home.root
-        for parent in (root / DISKS_DIR, self.home.data_root):  # private, as up makes them
-            parent.mkdir(mode=0o700, exist_ok=True)
         for info in config.all_nodes():
-            backing = root / DISKS_DIR / info.node
-            backing.mkdir(mode=0o700, parents=True, exist_ok=True)
-            mountpoint = self.data_dir(info.node)
-            mountpoint.mkdir(mode=0o700, parents=True, exist_ok=True)
-            disk = LazyDisk(backing, mountpoint)
-            self._disks[info.node] = disk
-            await disk.mount()
+            await self._disks.mount(
+                info.node,
+                backing=self.home.root / DISKS_DIR / info.node,
+                mountpoint=self.data_dir(info.node),
+            )
 
     async def teardown(self) -> None:
         try:
@@ -280,19 +269,13 @@ class LocalTarget:
             self._pids.clear()
         finally:
             # Unmounted whatever happened above: a mount must not outlive the test.
-            problems: list[str] = []
-            for node, disk in sorted(self._disks.items()):
-                try:
-                    await disk.unmount()
-                except LazyFsError as exc:
-                    problems.append(f"{node}: {exc}")
-            self._disks.clear()
-            if not self._keep_data:
-                for d in (self.home.data_root, self.home.root / DISKS_DIR):
-                    if d.is_dir():
-                        shutil.rmtree(d, ignore_errors=True)
-            if problems:
-                raise LazyFsError("cannot unmount the lazy disks: " + "; ".join(problems))
+            try:
+                await self._disks.unmount_all()
+            finally:
+                if not self._keep_data:
+                    for d in (self.home.data_root, self.home.root / DISKS_DIR):
+                        if d.is_dir():
+                            shutil.rmtree(d, ignore_errors=True)
 
     # -- faults -------------------------------------------------------------------------------
 
@@ -423,13 +406,7 @@ class LocalTarget:
         await self._disk(node, "disk-full").set_full(False)
 
     def _disk(self, node: str, fault: FaultKind) -> LazyDisk:
-        if not self._lazy:
-            raise UnsupportedFault(self.name, fault)
-        self._info(node)
-        disk = self._disks.get(node)
-        if disk is None:
-            raise RuntimeError("the target is not set up")
-        return disk
+        return self._disks.disk(node, fault)
 
     async def slow_links(self, links: Sequence[Link], delay_ms: int) -> None:
         raise UnsupportedFault(self.name, "slow-link")

@@ -22,7 +22,17 @@ redirected to it with ``Hosts.redirect``; a link already slowed keeps its first 
 so the redirected connections end and their senders reconnect directly. With ``clock=True``,
 ``clock`` too, as ``net.jepsen.local.LocalTarget`` does it: every node runs under libfaketime
 (its settings ``FAKETIME_ENV``, its offset file ``<root>/clock/<node>``); only the wall clock
-moves. Power cuts and full disks are other rooms' faults (``UnsupportedFault``).
+moves.
+
+Disks: with ``lazy_disks=True`` each node's data directory is the mount point of a
+``net.jepsen.lazyfs.LazyDisk`` whose durable state is ``<root>/disks/<node>``
+(``net.jepsen.disks.NodeDisks``, shared with ``LocalTarget``): mounted in the root namespace
+before the nodes start (the network namespaces share its mount namespace, so every node sees
+its disk) and unmounted at teardown after the hosts (and so every node process) are gone,
+also after a failed setup. Faults ``power`` (SIGKILL, then the disk drops what was not
+fsynced) and ``disk-full`` (``fill_disk`` / ``free_disk``: ENOSPC mode; a node that stopped on
+the full disk is started again by the nemesis). ``preload``: further libraries every node
+process preloads (libeatmydata for the negative control ``--unsafe-no-fsync``).
 
 A pid is signalled only while it still is that node's ``pxq node run``
 (``net.cluster.processes.is_node_process``).
@@ -55,7 +65,9 @@ from net.cluster.processes import (
 from net.config import NetConfig
 from net.errors import NetError
 from net.files import open_private_append, write_private
+from net.jepsen.disks import NodeDisks
 from net.jepsen.hosts import Hosts
+from net.jepsen.lazyfs import LazyDisk
 from net.jepsen.local import FAKETIME_ENV, faketime_library, faketime_offset
 from net.jepsen.proxy import DelayProxy, ProxyStats
 from net.jepsen.target import FaultKind, Link, UnsupportedFault
@@ -70,6 +82,7 @@ KILL_WAIT_S: Final = 5.0
 REPLICA_TABLES: Final = ("[[stores.replicas]]", "[[locks.replicas]]")
 FAULTS: Final[frozenset[FaultKind]] = frozenset({"kill", "pause", "partition", "slow-link"})
 CLOCK_DIR: Final = "clock"
+DISKS_DIR: Final = "disks"
 
 
 class NetnsError(NetError):
@@ -119,8 +132,15 @@ class NetnsTarget:
         up_timeout_s: float = UP_TIMEOUT_S,
         log_format: str = "text",
         clock: bool = False,
+        lazy_disks: bool = False,
+        preload: Sequence[Path] = (),
     ) -> None:
-        """``clock``: run the nodes under libfaketime (``FileNotFoundError`` if missing)."""
+        """``clock``: run the nodes under libfaketime (``FileNotFoundError`` if missing).
+        ``lazy_disks``: each node's data directory on a ``LazyDisk`` (``LazyFsError`` naming
+        what is missing if it cannot be mounted here). ``preload``: further libraries every
+        node process preloads."""
+        self._disks = NodeDisks(self.name, enabled=lazy_disks)
+        self._preload = tuple(preload)
         self._faketime = faketime_library() if clock else None
         if clock and self._faketime is None:
             raise FileNotFoundError(
@@ -153,7 +173,8 @@ class NetnsTarget:
 
     @property
     def faults(self) -> frozenset[FaultKind]:
-        return FAULTS | {"clock"} if self._faketime is not None else FAULTS
+        clock: frozenset[FaultKind] = frozenset({"clock"} if self._faketime else ())
+        return FAULTS | clock | self._disks.faults
 
     @property
     def hosts(self) -> Hosts:
@@ -206,6 +227,11 @@ class NetnsTarget:
                 (self.root / CLOCK_DIR).mkdir(mode=0o700, exist_ok=True)
                 for node in nodes:
                     write_private(self._clock_file(node), faketime_offset(0).encode())
+            if self._disks.enabled:
+                for node in nodes:
+                    await self._disks.mount(
+                        node, backing=self.root / DISKS_DIR / node, mountpoint=self._data_dir(node)
+                    )
             for node in nodes:
                 self._spawn(node, "setup")
             await wait_for_masters(
@@ -227,12 +253,16 @@ class NetnsTarget:
                 raise NetnsError(f"node {node} exited with code {code} while starting:\n{tail}")
 
     async def teardown(self) -> None:
-        """Close the proxies, then remove the hosts (which kills every process in them)."""
-        await self._close_proxies()
-        hosts, self._hosts = self._hosts, None
-        self._procs.clear()
-        if hosts is not None:
-            await asyncio.to_thread(hosts.teardown)
+        """Close the proxies, then remove the hosts (which kills every process in them),
+        then unmount the lazy disks (whatever happened before: no mount outlives the test)."""
+        try:
+            await self._close_proxies()
+            hosts, self._hosts = self._hosts, None
+            self._procs.clear()
+            if hosts is not None:
+                await asyncio.to_thread(hosts.teardown)
+        finally:
+            await self._disks.unmount_all()
 
     async def masters(self) -> dict[GroupKey, str]:
         """The master of every group, waiting (bounded) until each has one."""
@@ -252,8 +282,7 @@ class NetnsTarget:
         raise NetnsError(f"no node {node!r} (nodes: {', '.join(self._nodes)})")
 
     def _spawn(self, node: str, why: str) -> None:
-        host = self.hosts.host(node)
-        data_dir = host.dir / "data"
+        data_dir = self._data_dir(node)
         data_dir.mkdir(parents=True, exist_ok=True)
         argv = node_command(
             self.config_path, node, data_dir, log_format=self._log_format, metrics=False
@@ -262,21 +291,27 @@ class NetnsTarget:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             node_log.write(f"---- {stamp} netns target {why}: starting {node} ----\n".encode())
             node_log.flush()
-            env = child_env() | self._clock_env(node)
+            env = child_env() | self._launch_env(node)
             self._procs[node] = self.hosts.run(node, argv, env=env, stdout=node_log)
 
     def _clock_file(self, node: str) -> Path:
         return self.root / CLOCK_DIR / node
 
-    def _clock_env(self, node: str) -> dict[str, str]:
-        """libfaketime's environment for ``node`` (empty without ``clock``)."""
-        if self._faketime is None:
-            return {}
-        return {
-            **FAKETIME_ENV,
-            "LD_PRELOAD": str(self._faketime),
-            "FAKETIME_TIMESTAMP_FILE": str(self._clock_file(node)),
-        }
+    def _data_dir(self, node: str) -> Path:
+        return self.hosts.host(node).dir / "data"
+
+    def _launch_env(self, node: str) -> dict[str, str]:
+        """What ``node``'s process gets added to its environment: libfaketime's settings
+        (with ``clock``) and ``LD_PRELOAD`` of libfaketime and the ``preload`` libraries."""
+        preload = [str(p) for p in self._preload]
+        env: dict[str, str] = {}
+        if self._faketime is not None:
+            preload.insert(0, str(self._faketime))
+            env.update(FAKETIME_ENV)
+            env["FAKETIME_TIMESTAMP_FILE"] = str(self._clock_file(node))
+        if preload:
+            env["LD_PRELOAD"] = ":".join(preload)
+        return env
 
     def is_running(self, node: str) -> bool:
         proc = self._procs.get(node)
@@ -354,16 +389,23 @@ class NetnsTarget:
         # Replaced whole (write, then rename): libfaketime re-reads it at every clock call.
         write_private(self._clock_file(node), faketime_offset(offset_ms).encode())
 
-    # -- faults of other rooms ------------------------------------------------------------------
+    # -- disks --------------------------------------------------------------------------------
 
     async def power_cut(self, node: str) -> None:
-        raise UnsupportedFault(self.name, "power")
+        """SIGKILL, then the disk loses what was not fsynced (in that order: the node must
+        not write to a disk that is being cut)."""
+        disk = self._disk(node, "power")
+        await self.kill(node)
+        await disk.power_cut()
 
     async def fill_disk(self, node: str) -> None:
-        raise UnsupportedFault(self.name, "disk-full")
+        await self._disk(node, "disk-full").set_full(True)
 
     async def free_disk(self, node: str) -> None:
-        raise UnsupportedFault(self.name, "disk-full")
+        await self._disk(node, "disk-full").set_full(False)
+
+    def _disk(self, node: str, fault: FaultKind) -> LazyDisk:
+        return self._disks.disk(node, fault)
 
 
 # -- the manual tool --------------------------------------------------------------------------

@@ -1,10 +1,12 @@
 """The targets ``pxq test --target`` chooses from, and the one factory that builds them.
 
 - ``local`` (``net.jepsen.local.LocalTarget``): every node a process on 127.0.0.1; faults
-  kill, pause and (with libfaketime) clock.
+  kill, pause, (with libfaketime) clock and (with lazy disks) power and disk-full.
 - ``netns`` (``net.jepsen.netns.NetnsTarget``): every node on a host of its own (a network
-  namespace); faults kill, pause, partition, slow-link and (with libfaketime) clock. Needs
-  root, ``ip`` and ``nft``.
+  namespace); faults kill, pause, partition, slow-link, (with libfaketime) clock and (with
+  lazy disks) power and disk-full. Needs root, ``ip`` and ``nft``.
+
+Both take lazy disks and preloaded libraries (the ``--unsafe-no-fsync`` control) alike.
 
 Both run the same cluster file: the one given, or the embedded default with its ports from
 ``base_port`` and the second consumer group ``audit`` (``local_cluster_toml``), so that the
@@ -43,9 +45,8 @@ def make_target(
 ) -> Target:
     """The target ``kind`` with its home in ``root``, nothing started yet. ``BadTarget``
     naming the problem: an unknown kind, a netns target without root/``ip``/``nft``, a
-    clock nemesis without libfaketime, a base port out of range, lazy disks or preloaded
-    libraries on the netns target (only the local target has them); ``LazyFsError`` when
-    lazy disks cannot mount here."""
+    clock nemesis without libfaketime, a base port out of range; ``LazyFsError`` when lazy
+    disks cannot mount here."""
     if kind not in TARGETS:
         raise BadTarget(f"unknown target {kind!r} (one of {', '.join(TARGETS)})")
     missing = missing_tools() if kind == "netns" else []
@@ -62,16 +63,13 @@ def make_target(
                 lazy_disks=lazy_disks,
                 preload=preload,
             )
-        if lazy_disks or preload:
-            raise BadTarget(
-                "lazy disks (--lazy-disks, the power and disk-full nemeses) and "
-                "--unsafe-no-fsync are on the local target only"
-            )
         if config_file is not None:
             base = config_file.read_text(encoding="utf-8")
         else:
             base = local_cluster_toml(port, cluster_id=new_cluster_id())
-        return NetnsTarget(root, base_toml=base, clock=clock)
+        return NetnsTarget(
+            root, base_toml=base, clock=clock, lazy_disks=lazy_disks, preload=preload
+        )
     except FileNotFoundError as exc:  # libfaketime
         raise BadTarget(f"--nemesis clock: {exc}") from exc
     except ValueError as exc:  # the base port
