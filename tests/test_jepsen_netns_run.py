@@ -1,23 +1,33 @@
 """``pxq test --target netns``: the partition and slow-link nemeses (drawn from a seed, carried
-out and recorded on a fake target), the target factory and its refusals, libfaketime's
-environment on the netns target, and one end-to-end run of queue and lock under partitions,
-slow links and kills.
+out and recorded on a fake target), the target factory and its refusals, libfaketime's and the
+preloaded libraries' environment on the netns target, one end-to-end run of queue and lock
+under partitions, slow links and kills, and the netns target on lazy disks (a power cut of a
+node and its restart on what its disk kept, a full disk and its freeing).
 
-The fast tests need nothing; the end-to-end run (about 30 s) needs root, ``ip`` and ``nft``
-and skips naming what is missing.
+The fast tests need nothing; the end-to-end run (about 30 s) needs root, ``ip`` and ``nft``,
+the lazy disks (about 10 s) FUSE too; each skips naming what is missing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import json
+import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from net.client.connection import ClusterIdentity
+from net.cluster.probe import node_masters, service_probes
+from net.config import NetConfig
+from net.errors import NetError
 from net.jepsen.hosts import STATE_NAME, missing_tools
+from net.jepsen.lazyfs import LIBEATMYDATA, unavailable_reason
 from net.jepsen.local import LocalTarget, faketime_library, local_cluster_toml
 from net.jepsen.nemesis import (
     PARTITION_MS,
@@ -40,6 +50,9 @@ from pxq.config import loads_config
 MISSING = missing_tools()
 needs_hosts = pytest.mark.skipif(
     bool(MISSING), reason=f"network namespaces need: {', '.join(MISSING)}"
+)
+needs_fuse = pytest.mark.skipif(
+    unavailable_reason() is not None, reason=f"lazy disks cannot mount here: {unavailable_reason()}"
 )
 PORT = 7600
 E2E_SEED = 181
@@ -181,6 +194,10 @@ def test_the_factory_builds_each_target_or_says_why_not(tmp_path: Path) -> None:
     netns = make_target("netns", tmp_path / "n", base_port=PORT)
     assert isinstance(netns, NetnsTarget)
     assert {"partition", "slow-link"} <= netns.faults and "clock" not in netns.faults
+    assert not {"power", "disk-full"} & netns.faults
+    if unavailable_reason() is None:
+        lazy = make_target("netns", tmp_path / "d", base_port=PORT, lazy_disks=True)
+        assert {"partition", "power", "disk-full"} <= lazy.faults
 
 
 def test_the_netns_target_runs_its_nodes_under_libfaketime_for_clock_faults(
@@ -192,11 +209,17 @@ def test_the_netns_target_runs_its_nodes_under_libfaketime_for_clock_faults(
         return
     target = NetnsTarget(tmp_path, clock=True)
     assert "clock" in target.faults
-    env = target._clock_env("s1")
+    env = target._launch_env("s1")
     assert env["LD_PRELOAD"] == str(faketime_library())
     assert env["FAKETIME_TIMESTAMP_FILE"] == str(tmp_path.resolve() / "clock" / "s1")
     assert env["FAKETIME_DONT_FAKE_MONOTONIC"] == "1"
-    assert NetnsTarget(tmp_path)._clock_env("s1") == {}
+    assert NetnsTarget(tmp_path)._launch_env("s1") == {}
+    eatmydata = Path(LIBEATMYDATA)
+    both = NetnsTarget(tmp_path, clock=True, preload=(eatmydata,))._launch_env("s1")
+    assert both["LD_PRELOAD"] == f"{faketime_library()}:{eatmydata}"  # libfaketime first
+    assert NetnsTarget(tmp_path, preload=(eatmydata,))._launch_env("s1") == {
+        "LD_PRELOAD": str(eatmydata)
+    }
 
 
 def test_the_cli_refuses_network_faults_on_the_local_target(tmp_path: Path) -> None:
@@ -234,3 +257,73 @@ def test_pxq_test_on_netns_passes_under_partitions_slow_links_and_kills(tmp_path
     assert all(isinstance(link, list) and len(link) == 2 for v in cuts for link in v)
     state = run_dir / "cluster" / "hosts" / STATE_NAME
     assert not state.exists(), "the room's record goes only once nothing of it is left"
+
+
+# -- lazy disks -----------------------------------------------------------------------------------
+
+ANSWER_TIMEOUT_S = 15.0
+
+
+def _mounts_under(path: Path) -> list[str]:
+    root = str(path.resolve())
+    with open("/proc/self/mountinfo", encoding="utf-8") as mounts:
+        return [f[4] for line in mounts if (f := line.split(" "))[4].startswith(root)]
+
+
+async def _answers(target: NetnsTarget, node: str) -> bool:
+    """Whether ``node`` answers its service's probe within ``ANSWER_TIMEOUT_S``."""
+    config = target.config
+    info = next(i for i in config.all_nodes() if i.node == node)
+    probes = {sp.service: sp.probes for sp in service_probes(config)}[info.service]
+    deadline = time.monotonic() + ANSWER_TIMEOUT_S
+    while time.monotonic() < deadline:
+        with contextlib.suppress(NetError):
+            answered = await node_masters(
+                info, probes, NetConfig.for_cluster(config), cluster=ClusterIdentity.of(config)
+            )
+            if answered is not None:
+                return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+@needs_hosts
+@needs_fuse
+def test_the_netns_target_cuts_a_nodes_power_and_restarts_it_on_what_its_disk_kept(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "cluster"
+    target = NetnsTarget(root, lazy_disks=True)
+    assert {"power", "disk-full"} <= target.faults
+
+    async def body() -> None:
+        await target.setup()
+        try:
+            data = target.hosts.host("s0").dir / "data"
+            backing = root / "disks" / "s0"
+            assert str(data.resolve()) in _mounts_under(root), "s0's data dir is no lazy disk"
+            (data / "unsynced").write_bytes(b"never fsynced")
+            await target.power_cut("s0")
+            assert not target.is_running("s0")
+            assert not (data / "unsynced").exists(), "the power cut kept an unsynced file"
+            kept = {p.relative_to(backing) for p in backing.rglob("*") if p.is_file()}
+            assert kept, "s0 made nothing durable on its disk before the cut"
+            assert {p.relative_to(data) for p in data.rglob("*") if p.is_file()} == kept
+            await target.start("s0")
+            assert await _answers(target, "s0"), "s0 does not serve after the power cut"
+            assert target.is_running("s0")
+
+            full = target.hosts.host("s1").dir / "data"
+            await target.fill_disk("s1")
+            assert os.statvfs(full).f_bavail == 0
+            with pytest.raises(OSError) as caught:
+                (full / "new").write_bytes(b"x")
+            assert caught.value.errno == errno.ENOSPC
+            await target.free_disk("s1")
+            assert os.statvfs(full).f_bavail > 0
+            await target.masters()  # every group still has a master
+        finally:
+            await target.teardown()
+
+    asyncio.run(body())
+    assert _mounts_under(root) == [], "a lazy disk outlived the teardown"
