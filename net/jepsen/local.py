@@ -301,12 +301,10 @@ class LocalTarget:
             return
         self._paused.discard(node)
         deadline = time.monotonic() + KILL_TIMEOUT_S
-        while is_node_process(pid, node):
-            _reap(pid)
+        while not _exited(pid):
             if time.monotonic() > deadline:
                 raise ClusterError(f"{node} (pid {pid}) survived SIGKILL for {KILL_TIMEOUT_S} s")
             await asyncio.sleep(POLL_S)
-        _reap(pid)
 
     async def start(self, node: str) -> None:
         info = self._info(node)
@@ -426,6 +424,19 @@ def _process_state(pid: int) -> str:
         return ""
     fields = stat.rsplit(")", 1)[-1].split()
     return fields[0] if fields else ""
+
+
+def _exited(pid: int) -> bool:
+    """Whether ``pid`` has finished exiting: reaped (a child of ours: ``waitpid`` returns it
+    once it is a zombie, after its files and sockets are closed) or, another's, gone or a
+    zombie. Its ``/proc/<pid>/cmdline`` empties earlier in the exit, while the process may
+    still hold its listening socket: a restart at that moment failed to bind its port
+    (``NodeExited`` with code 1, seen once in CI under load)."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return _process_state(pid) in ("", "Z", "X")
+    return done == pid
 
 
 def _reap(pid: int) -> None:
