@@ -136,3 +136,52 @@ def test_a_corrupt_record_is_noted_and_repaired_at_the_next_start(tmp_path: Path
             await cluster.stop()
 
     run_async(scenario(), timeout_s=60.0)
+
+
+def test_a_replica_first_started_after_its_peers_joins_and_restarts_as_a_member(
+    tmp_path: Path,
+) -> None:
+    """Real nodes probe an empty data directory (``pxq node run``). A replica started for the
+    first time after its peers formed the cluster is not taken for one that lost its data: no
+    peer recorded it as a member. Once it has joined, a restart finds its member record, even
+    if it never promised or accepted anything; an emptied data dir is refused again."""
+    config = three_replicas()
+    group = 0
+    queue = config.queues_of("events", STORE, group)[0]
+
+    async def start(cluster: LocalCluster, node: NodeId) -> None:
+        runner = build_runner(config, node, tmp_path / node, FAST)
+        await runner.start()
+        cluster.runners[node] = runner
+
+    def joined(cluster: LocalCluster, node: NodeId) -> bool:
+        return all(g.repair.voting() for g in store_node(cluster, node).replica.groups)
+
+    async def scenario() -> None:
+        cluster = LocalCluster(config, tmp_path, FAST)
+        try:
+            for node in ("s0", "s1"):
+                await start(cluster, node)
+            master = (await cluster.wait_for_masters(timeout_s=10.0))[(STORE, group)]
+            await enqueue(cluster, master, queue, seq=1, n=5)
+            await start(cluster, "s2")
+            await wait_until(lambda: joined(cluster, "s2"), timeout_s=10.0, what="s2 to join")
+            await cluster.stop_node("s2")
+            await start(cluster, "s2")
+            assert joined(cluster, "s2")  # a member at once: its storage holds its record
+            await cluster.stop_node(master)
+            async with asyncio.timeout(10.0):
+                while (new := await cluster.master_of(STORE, group)) in (None, master):
+                    await asyncio.sleep(0.02)
+            assert new is not None
+            assert await read_keys(cluster, new, queue) == [f"1.{i}".encode() for i in range(5)]
+            await cluster.stop_node("s2")
+            shutil.rmtree(tmp_path / "s2")
+            runner = build_runner(config, "s2", tmp_path / "s2", FAST)
+            await runner.start()
+            reason = await asyncio.wait_for(runner.wait_stopped(), timeout=10.0)
+            assert reason is not None and "recorded it as a member" in reason, reason
+        finally:
+            await cluster.stop()
+
+    run_async(scenario(), timeout_s=60.0)

@@ -4,13 +4,17 @@ of unknown history refuses to run when the cluster has history."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from pxq.effects import Boot, ReplacementRequired
+from pxq.paxos.group import Group
 from pxq.paxos.logsm import TABLE as RLOG
 from pxq.paxos.messages import Accepted, HeartbeatAck, Promise, RepairQuery
 from pxq.paxos.records import (
     KIND_APPLIED,
+    KIND_MEMBERS,
     KIND_PROMISE,
     KIND_REPAIR,
     LOG,
@@ -217,3 +221,110 @@ def test_blank_storage_of_unknown_history_runs_in_a_new_cluster() -> None:
     _load(c, master, 3)
     c.run(500)
     assert c.converged()
+
+
+def _probe_cluster(seed: int, started: tuple[str, ...]) -> Cluster:
+    """A cluster whose replicas all start on blank storage of unknown history (what a real
+    node sees on an empty data directory); only ``started`` are up."""
+    c = Cluster.make(n=3, seed=seed)
+    for name in c.config.replicas:
+        c.crash(name)
+        c.stores[name] = MemoryStore()
+    for name in started:
+        c.restart(name, Boot(if_blank="probe"))
+    return c
+
+
+def _group(c: Cluster, name: str) -> Group:
+    node = c.nodes[name]
+    assert node is not None
+    return node.groups[0]
+
+
+def _voting(c: Cluster, name: str) -> Callable[[], bool]:
+    def voting() -> bool:
+        return _group(c, name).repair.voting()
+
+    return voting
+
+
+def test_a_replica_first_started_after_its_peers_formed_the_cluster_joins_it() -> None:
+    c = _probe_cluster(10, ("r0", "r1"))
+    master = c.wait_master()
+    _load(c, master, 3)
+    c.restart("r2", Boot(if_blank="probe"))
+    assert not _group(c, "r2").repair.voting()
+    assert c.run_until(_voting(c, "r2"), 3000)
+    assert c.stores["r2"].tables[META].values[meta_key(0, KIND_MEMBERS)]
+    # Its peers recorded it: it voted once one of them had.
+    assert all(_group(c, p).repair.is_member("r2") for p in ("r0", "r1"))
+    c.crash(master)
+    other = c.wait_master()
+    _load(c, other, 2, tag="w")
+    c.restart(master, Boot(if_blank="probe"))
+    c.run(2000)
+    assert c.converged()
+    c.check_agreement()
+    c.check_acknowledged()
+
+
+def test_a_replica_stopped_before_it_voted_restarts_as_a_member_and_a_wiped_one_is_refused() -> (
+    None
+):
+    c = _probe_cluster(11, ("r0", "r1"))
+    master = c.wait_master()
+    _load(c, master, 2)
+    c.restart("r2", Boot(if_blank="probe"))
+    assert c.run_until(_voting(c, "r2"), 3000)
+    c.crash("r2")  # it may never have promised or accepted anything: its member record stays
+    c.restart("r2", Boot(if_blank="probe"))
+    assert _group(c, "r2").repair.voting()
+    c.crash("r2")
+    c.stores["r2"] = MemoryStore()  # now it lost that record too
+    c.restart("r2", Boot(if_blank="probe"))
+    with pytest.raises(ReplacementRequired, match="recorded it as a member"):
+        c.run(1000)
+
+
+def test_a_replica_stopped_before_a_peer_recorded_it_asks_again_before_it_votes() -> None:
+    c = _probe_cluster(12, ("r0", "r1"))
+    master = c.wait_master()
+    _load(c, master, 2)
+    c.sent = []
+    c.restart("r2", Boot(if_blank="probe"))
+    assert c.deliver_where(lambda f: isinstance(f.msg, RepairQuery)) == 2
+    assert c.deliver_where(lambda f: f.dst == "r2") == 2
+    g = _group(c, "r2")
+    assert not g.repair.probing and not g.repair.voting()  # it asks to be recorded
+    assert c.stores["r2"].tables[META].values[meta_key(0, KIND_MEMBERS)]
+    c.crash("r2")
+    dropped = c.drop_where(lambda f: isinstance(f.msg, RepairQuery) and f.msg.join)
+    assert dropped == 2  # no peer recorded it
+    assert not any(_group(c, p).repair.is_member("r2") for p in ("r0", "r1"))
+    mark = c.seq
+    c.restart("r2", Boot(if_blank="probe"))
+    g = _group(c, "r2")
+    assert not g.repair.probing and not g.repair.voting()
+    assert c.run_until(_voting(c, "r2"), 3000)
+    assert any(
+        f.src == "r2" and f.seq > mark and isinstance(f.msg, RepairQuery) and f.msg.join
+        for f in c.sent
+    )
+    _load(c, c.wait_master(), 2, tag="w")
+    c.run(1000)
+    c.check_agreement()
+
+
+def test_a_blank_replica_waits_for_every_peer_before_it_concludes_it_never_joined() -> None:
+    c = _probe_cluster(13, ("r0", "r1"))
+    master = c.wait_master()
+    _load(c, master, 2)
+    c.crash("r1")
+    c.restart("r2", Boot(if_blank="probe"))
+    c.run(3000)
+    g = _group(c, "r2")
+    assert g.repair.probing and not g.repair.voting()
+    assert all(not t.values for t in c.stores["r2"].tables.values())  # it wrote nothing
+    c.restart("r1", Boot(if_blank="probe"))
+    assert c.run_until(_voting(c, "r2"), 5000)
+    c.check_agreement()

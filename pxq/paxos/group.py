@@ -86,6 +86,7 @@ from pxq.paxos.quorum import bit, is_quorum, quorum_impossible
 from pxq.paxos.records import (
     KIND_APPLIED,
     KIND_LOG_START,
+    KIND_MEMBERS,
     KIND_PROMISE,
     LOG,
     META,
@@ -98,7 +99,7 @@ from pxq.paxos.records import (
     log_key,
     meta_key,
 )
-from pxq.paxos.repair import GroupDamage, Repair, log_end, read_flags
+from pxq.paxos.repair import GroupDamage, Repair, log_end, read_flags, read_members
 from pxq.paxos.roles import Inflight, Leadership, Pending, Phase1, PreVoteRound, Role
 from pxq.paxos.sm import StateMachine
 
@@ -157,7 +158,7 @@ class Group:
             snapshots=snapshots,
             host=self,
         )
-        self.repair = Repair(group, config, self.peers)
+        self.repair = Repair(group, config, self.me, self.peers)
         """What this group lost and is re-learning from its peers (``repair.py``)."""
         self.pre_vote: PreVoteRound | None = None
         """A follower's pre-vote round, while it asks whether it may campaign."""
@@ -329,6 +330,10 @@ class Group:
             flags |= REPAIR_STATE
         if d.applied:
             fx.delete(META, meta_key(g, KIND_APPLIED))
+        if d.members:
+            fx.delete(META, meta_key(g, KIND_MEMBERS))  # absent: every replica (cautious)
+        everyone = self.repair.everyone()
+        self.repair.members = everyone if d.members else read_members(self.view, g, everyone)
         acc.load(now, promise_lost=d.promise, start_lost=d.log_start)
         learner.load(state_lost=bool(flags & REPAIR_STATE))
         self.max_seen = acc.promised
@@ -496,9 +501,9 @@ class Group:
             case SnapshotChunk():
                 self.catchup.on_snapshot_chunk(now, src, msg, fx)
             case RepairQuery():
-                self._on_repair_query(src, fx)
+                self._on_repair_query(src, msg, fx)
             case RepairReply():
-                if self.repair.on_reply(src, msg, fx):
+                if self.repair.on_reply(now, src, msg, fx):
                     self._repair_round_done(now, fx)
             case _:
                 assert_never(msg)
@@ -1278,14 +1283,15 @@ class Group:
                 self.catchup.start_snapshot(now, peer, fx)
             rep.deadline = now + self.config.learn_timeout_ms
 
-    def _on_repair_query(self, src: NodeId, fx: EffectsBuilder) -> None:
+    def _on_repair_query(self, src: NodeId, msg: RepairQuery, fx: EffectsBuilder) -> None:
+        rep = self.repair
+        member = rep.record_member(src, fx) if msg.join else rep.is_member(src)
         end = log_end(self.view, self.group)
         lead = self.leadership
         if lead is not None:
             end = max(end, lead.next_instance - 1)
         applied = self.learner.applied
         promised = self.acceptor.promised
-        rep = self.repair
         reply = RepairReply(
             group=self.group,
             promised=promised,
@@ -1293,6 +1299,7 @@ class Group:
             applied=applied,
             blank=promised == NO_BALLOT and end == 0 and applied == 0 and not rep.flags,
             repairing=not rep.voting(),
+            member=member,
         )
         fx.send(src, reply)
 

@@ -212,9 +212,11 @@ class SnapshotChunk:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RepairQuery:
     """A replica that lost acceptor state (a damaged record, a replaced disk) or booted on
-    blank storage of unknown history asks a peer what it holds."""
+    blank storage of unknown history asks a peer what it holds. With ``join``, it has
+    learned that it never joined the group and asks the peer to record it as a member."""
 
     group: int
+    join: bool
 
 
 @message(21)
@@ -222,8 +224,9 @@ class RepairQuery:
 class RepairReply:
     """What the sender holds for ``group``: its promised ballot, the highest instance in its
     log (accepted or chosen) or proposed by it, its applied index, whether it holds nothing
-    at all (``blank``) and whether it is itself repairing lost acceptor state
-    (``repairing``: then its answer does not count)."""
+    at all (``blank``), whether it is itself repairing lost acceptor state
+    (``repairing``: then its answer does not count), and whether it has recorded the asker as
+    a member of the group (``member``: the asker may have voted in it)."""
 
     group: int
     promised: int
@@ -231,6 +234,7 @@ class RepairReply:
     applied: int
     blank: bool
     repairing: bool
+    member: bool
 
 
 # Pre-vote

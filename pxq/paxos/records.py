@@ -8,7 +8,11 @@ Tables (keys are big-endian so bytewise order is numeric order):
     ``R`` repair under way (u64 flags, absent when none): ``REPAIR_VOTES``, the acceptor's
     promise or accepted values were lost (it votes in no quorum until it has re-learned
     them from its peers); ``REPAIR_STATE``, the state machine was damaged (it applies
-    nothing until a peer's snapshot replaced it). See ``repair.py``.
+    nothing until a peer's snapshot replaced it); ``REPAIR_JOIN``, a replica that found
+    blank storage and its peers' word that it never joined the group votes in no quorum
+    until a peer has recorded it as a member. See ``repair.py``.
+    ``M`` members (u64 bitmask over the set's replicas, in configuration order): the
+    replicas this one has recorded as members of the group (absent: every replica).
 ``paxos_log``    key u32 group + u64 instance
     the acceptor's accepted ballot (u64), flags (u8: bit 0 = known chosen) and the value.
 
@@ -43,9 +47,11 @@ KIND_PROMISE = b"P"
 KIND_APPLIED = b"A"
 KIND_LOG_START = b"S"
 KIND_REPAIR = b"R"
+KIND_MEMBERS = b"M"
 
 REPAIR_VOTES = 1
 REPAIR_STATE = 2
+REPAIR_JOIN = 4
 
 FLAG_CHOSEN = 1
 
