@@ -49,6 +49,10 @@ needs_eatmydata = pytest.mark.skipif(
     reason="libeatmydata is not installed (Debian package eatmydata)",
 )
 
+# Fixed ports (75xx-76xx) and, for some, network namespaces: the files that use them run
+# one after another on one pytest-xdist worker.
+pytestmark = pytest.mark.xdist_group("real-clusters")
+
 
 @pytest.fixture(scope="module")
 def layout() -> Layout:

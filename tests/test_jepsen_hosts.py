@@ -37,6 +37,10 @@ needs_hosts = pytest.mark.skipif(
     bool(MISSING), reason=f"network namespaces need: {', '.join(MISSING)}"
 )
 WAIT_S = 15.0
+# Fixed ports (75xx-76xx) and, for some, network namespaces: the files that use them run
+# one after another on one pytest-xdist worker.
+pytestmark = pytest.mark.xdist_group("real-clusters")
+
 PORT = 7611
 
 

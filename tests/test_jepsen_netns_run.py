@@ -54,6 +54,10 @@ needs_hosts = pytest.mark.skipif(
 needs_fuse = pytest.mark.skipif(
     unavailable_reason() is not None, reason=f"lazy disks cannot mount here: {unavailable_reason()}"
 )
+
+# Fixed ports (75xx-76xx) and, for some, network namespaces: the files that use them run
+# one after another on one pytest-xdist worker.
+pytestmark = pytest.mark.xdist_group("real-clusters")
 PORT = 7600
 E2E_SEED = 181
 """With kill,partition,slow-link and 18 s: slow s0->s1, a one-way cut of s1 from the other

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from net.jepsen.workloads import RegisterWorkload, WorkloadContext
@@ -15,6 +16,10 @@ from pxq.check.history import HistoryWriter, Op
 from pxq.cli import main
 from pxq.config import loads_config
 from pxq.config.default import default_toml
+
+# Fixed ports (75xx-76xx) and, for some, network namespaces: the files that use them run
+# one after another on one pytest-xdist worker.
+pytestmark = pytest.mark.xdist_group("real-clusters")
 
 BASE_PORT = 7560
 """This module's local cluster uses 7560-7565."""

@@ -281,6 +281,10 @@ def test_a_node_gets_libfaketime_and_the_preloads_in_its_environment(tmp_path: P
 
 HAND_OFF = """
 import queue, sys, threading, time
+
+# Fixed ports (75xx-76xx) and, for some, network namespaces: the files that use them run
+# one after another on one pytest-xdist worker.
+pytestmark = pytest.mark.xdist_group("real-clusters")
 jobs, done = queue.SimpleQueue(), queue.SimpleQueue()
 def worker():  # as the node's writer thread waits for its commits
     while True:

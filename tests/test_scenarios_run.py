@@ -246,10 +246,10 @@ def test_scenario_at_other_seeds(path: Path) -> None:
     ("name", "seeds"),
     [
         ("swarm-log", 40),
-        ("swarm-queue", 30),
+        ("swarm-queue", 16),
         ("swarm-lock", 30),
-        ("swarm-consumers", 25),
-        ("queue-disk-fills", 10),
+        ("swarm-consumers", 12),
+        ("queue-disk-fills", 6),
     ],
 )
 def test_swarm_of_seeds_with_random_faults_passes(name: str, seeds: int) -> None:
