@@ -50,6 +50,10 @@ from pxq.check.history import NEMESIS, HistoryWriter
 from pxq.cli import main
 from pxq.config import loads_config
 
+# Fixed ports (75xx-76xx) and, for some, network namespaces: the files that use them run
+# one after another on one pytest-xdist worker.
+pytestmark = pytest.mark.xdist_group("real-clusters")
+
 BASE_PORT = 7580
 """The runner's tests use 7580-7585 (the local target) and 7590-7595 (the end-to-end run)."""
 E2E_BASE_PORT = 7590
@@ -281,10 +285,6 @@ def test_a_node_gets_libfaketime_and_the_preloads_in_its_environment(tmp_path: P
 
 HAND_OFF = """
 import queue, sys, threading, time
-
-# Fixed ports (75xx-76xx) and, for some, network namespaces: the files that use them run
-# one after another on one pytest-xdist worker.
-pytestmark = pytest.mark.xdist_group("real-clusters")
 jobs, done = queue.SimpleQueue(), queue.SimpleQueue()
 def worker():  # as the node's writer thread waits for its commits
     while True:
