@@ -56,6 +56,19 @@ from pxq.rendezvous import (
 LOCK_REQ_ID_BASE: Final = 1 << 48
 """Request ids of a consumer's or scheduler's lock calls (``LockCalls(req_id_base=...)``)
 start here, above any id the consumer's ``Consumer`` machine uses."""
+REQ_ID_BASE_MAX: Final = 1 << 47
+"""A consumer's or scheduler's ``req_id_base`` (one range per incarnation) is below this: its
+``Consumer`` machine numbers requests from ``req_id_base + 1`` (below ``LOCK_REQ_ID_BASE``),
+its lock calls from ``LOCK_REQ_ID_BASE + req_id_base + 1``."""
+
+
+def check_req_id_base(req_id_base: int) -> int:
+    """``req_id_base`` if it is in 0..``REQ_ID_BASE_MAX - 1``; else ``ValueError``."""
+    if not 0 <= req_id_base < REQ_ID_BASE_MAX:
+        raise ValueError(f"req_id_base: must be in 0..{REQ_ID_BASE_MAX - 1}, got {req_id_base}")
+    return req_id_base
+
+
 HOLDER_SEP: Final = "#"
 """Between a process's name and its incarnation in a holder's name."""
 LEADER_KEY: Final = "s/leader"

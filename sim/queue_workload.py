@@ -230,21 +230,26 @@ class QueueWorkload:
         }
         if self.scn.workload.batch_items is not None:
             overrides["batch_items_max"] = self.scn.workload.batch_items
-        # Each incarnation numbers its requests apart: the simulated network delivers a late
-        # reply to the previous incarnation's request by name (swarm-queue seeds 292, 435).
-        incarnation = self.world.hosts[node_id].incarnation
         return Producer(
             producer_settings(self.config, **overrides),
             rng,
             name=node_id,
-            req_id_base=incarnation << 32,
+            req_id_base=self._req_id_base(node_id),
         )
+
+    def _req_id_base(self, node_id: NodeId) -> int:
+        """Each incarnation of a client numbers its requests apart: the simulated network
+        delivers a late reply to the previous incarnation's request by name (swarm-queue seeds
+        292, 435)."""
+        return self.world.hosts[node_id].incarnation << 32
 
     def _consumer_factory(self, node_id: NodeId, storage: StorageView, rng: Rng) -> Node:
         group = self.consumer_group[node_id]
         settings = consumer_settings(self.config, group, request_timeout_ms=500, backoff_max_ms=500)
         if self.lock_config is None:
-            return Consumer(settings, rng, owned=self.ownership[node_id])
+            return Consumer(
+                settings, rng, owned=self.ownership[node_id], req_id_base=self._req_id_base(node_id)
+            )
         w = self.scn.workload
         own = OwnershipSettings(
             consumer=node_id,
@@ -258,7 +263,7 @@ class QueueWorkload:
             poll_ms=w.poll_ms,
             use_scheduler=bool(self.schedulers),
         )
-        return ConsumerProcess(settings, own, rng)
+        return ConsumerProcess(settings, own, rng, req_id_base=self._req_id_base(node_id))
 
     def _scheduler_factory(self, node_id: NodeId, storage: StorageView, rng: Rng) -> Scheduler:
         assert self.lock_config is not None
@@ -273,7 +278,7 @@ class QueueWorkload:
             renew_ms=w.renew_ms,
             band_pct=w.band_pct,
         )
-        return Scheduler(settings, rng)
+        return Scheduler(settings, rng, req_id_base=self._req_id_base(node_id))
 
     def _new_process(self) -> int:
         self.next_process += 1

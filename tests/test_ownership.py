@@ -7,6 +7,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+import pytest
+
+from pxq.consumer.machine import Consumer
 from pxq.consumer.ownership import (
     ConsumerProcess,
     Join,
@@ -40,7 +43,13 @@ from pxq.lock.messages import (
     Release,
     Renew,
 )
-from pxq.lockkeys import assignment_key, encode_assignment, encode_member
+from pxq.lockkeys import (
+    LOCK_REQ_ID_BASE,
+    REQ_ID_BASE_MAX,
+    assignment_key,
+    encode_assignment,
+    encode_member,
+)
 from pxq.rendezvous import hash_assign
 
 LOCKS = ("l0", "l1", "l2")
@@ -392,3 +401,26 @@ def test_ownership_settings_from_the_configuration() -> None:
 
     with pytest.raises(ValueError, match="consumer group named 'nope'"):
         ownership_settings(config, "nope", "c1")
+
+
+def test_each_incarnation_numbers_its_requests_and_lock_calls_from_its_own_base() -> None:
+    # Both halves of a consumer process take the incarnation's range, so a late reply to a
+    # previous incarnation's read, commit or lock call (the simulator delivers replies by
+    # name) never matches one of this incarnation's.
+    consumer = ConsumerSettings(
+        group="g", stores={"s": ("n0", "n1", "n2")}, groups_per_store={"s": 1}, topics={"t": 8}
+    )
+    base = 5 << 32
+    p = ConsumerProcess(consumer, settings("a"), random.Random(5), req_id_base=base)
+    fx = p.step(Now(mono_ms=0, wall_ms=0), Boot())
+    lock_ids = [s.msg.req_id for s in fx.sends if isinstance(s.msg, Request) and s.dst in LOCKS]
+    assert lock_ids and min(lock_ids) == LOCK_REQ_ID_BASE + base + 1
+    c = Consumer(consumer, random.Random(5), owned=(("t", 0),), req_id_base=base)
+    fx = c.step(Now(mono_ms=0, wall_ms=0), Boot())
+    ids = [s.msg.req_id for s in fx.sends if isinstance(s.msg, Request)]
+    assert ids and min(ids) == base + 1
+    for bad in (-1, REQ_ID_BASE_MAX):
+        with pytest.raises(ValueError, match="req_id_base"):
+            ConsumerProcess(consumer, settings("a"), random.Random(5), req_id_base=bad)
+        with pytest.raises(ValueError, match="req_id_base"):
+            Consumer(consumer, random.Random(5), req_id_base=bad)

@@ -10,7 +10,7 @@ import pytest
 
 from pxq.effects import Boot, Now, Received, Request, Response, Wake
 from pxq.lock.messages import LockOk, ReadLock
-from pxq.lockkeys import LEADER_KEY
+from pxq.lockkeys import LEADER_KEY, LOCK_REQ_ID_BASE, REQ_ID_BASE_MAX
 from pxq.scheduler.node import Scheduler, SchedulerSettings
 
 
@@ -59,3 +59,18 @@ def test_bad_settings_are_refused(field: str, value: object) -> None:
     }
     with pytest.raises(ValueError, match=field.split("_", maxsplit=1)[0]):
         SchedulerSettings(**kw)  # type: ignore[arg-type]
+
+
+def test_each_incarnation_numbers_its_lock_calls_from_its_own_base() -> None:
+    # A late reply to a previous incarnation's call can never match this one's: the
+    # simulator's network delivers replies by name, across incarnations.
+    settings = SchedulerSettings(
+        name="s", groups={"g": (("t", 0),)}, lock_nodes=("l0",), lock_groups=1
+    )
+    s = Scheduler(settings, random.Random(1), req_id_base=3 << 32)
+    fx = s.step(Now(mono_ms=0, wall_ms=0), Boot())
+    ids = [x.msg.req_id for x in fx.sends if isinstance(x.msg, Request)]
+    assert ids == [LOCK_REQ_ID_BASE + (3 << 32) + 1]
+    for bad in (-1, REQ_ID_BASE_MAX):
+        with pytest.raises(ValueError, match="req_id_base"):
+            Scheduler(settings, random.Random(1), req_id_base=bad)

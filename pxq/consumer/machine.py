@@ -123,6 +123,7 @@ from pxq.effects import (
     StorageLow,
     Wake,
 )
+from pxq.lockkeys import check_req_id_base
 from pxq.routing import Location, Router, backoff_ms
 from pxq.store.messages import (
     CommitCursor,
@@ -249,7 +250,12 @@ class Consumer:
         *,
         owned: Iterable[OwnedQueue | tuple[str, int]] = (),
         share: tuple[int, int] = (1, 1),
+        req_id_base: int = 0,
     ) -> None:
+        """``req_id_base``: this incarnation's requests are numbered from ``req_id_base + 1``
+        (``pxq.lockkeys.REQ_ID_BASE_MAX``). A driver whose transport may hand a previous
+        incarnation's late replies to this one (the simulator's network delivers by endpoint
+        name) gives each incarnation a range of its own, as for the ``Producer``."""
         self.settings = settings
         self._rng = rng
         self._router = Router(settings.stores, settings.groups_per_store)
@@ -260,7 +266,7 @@ class Consumer:
         """req_id -> (stream, gen, is_commit)."""
         self._deliveries: dict[int, tuple[StreamKey, int]] = {}
         self._token_waiters: deque[tuple[StreamKey, int]] = deque()
-        self._next_req_id = 1
+        self._next_req_id = check_req_id_base(req_id_base) + 1
         self._next_delivery_id = 1
         self._next_gen = 1
         self._bucket: TokenBucket | None = None

@@ -91,6 +91,7 @@ from pxq.lockkeys import (
     HOLDER_SEP,
     LOCK_REQ_ID_BASE,
     assignment_key,
+    check_req_id_base,
     decode_assignment,
     decode_member,
     encode_member,
@@ -208,7 +209,11 @@ class _Load:
 class Ownership:
     """The lock-side half of a consumer process (see the module docstring); pure."""
 
-    def __init__(self, settings: OwnershipSettings, rng: Rng, *, active: bool = True) -> None:
+    def __init__(
+        self, settings: OwnershipSettings, rng: Rng, *, active: bool = True, req_id_base: int = 0
+    ) -> None:
+        """``req_id_base``: this incarnation's lock calls are numbered from
+        ``LOCK_REQ_ID_BASE + req_id_base + 1`` (``pxq.lockkeys.REQ_ID_BASE_MAX``)."""
         self.settings = s = settings
         self._rng = rng
         self.holder = self._new_holder()
@@ -218,7 +223,7 @@ class Ownership:
             rng,
             timeout_ms=s.lock_timeout_ms,
             deadline_ms=s.lease_ms - s.margin_ms,
-            req_id_base=LOCK_REQ_ID_BASE,
+            req_id_base=LOCK_REQ_ID_BASE + check_req_id_base(req_id_base),
         )
         self._universe = tuple(sorted(s.queues))
         self._queue_count = len(self._universe)
@@ -597,11 +602,14 @@ class ConsumerProcess:
         rng: Rng,
         *,
         active: bool = True,
+        req_id_base: int = 0,
     ) -> None:
+        """``req_id_base``: this incarnation's range of request ids, for both halves
+        (``pxq.lockkeys.REQ_ID_BASE_MAX``)."""
         if consumer.group != ownership.group:
             raise ValueError(f"group: {consumer.group!r} vs {ownership.group!r}")
-        self.consumer = Consumer(consumer, rng)
-        self.ownership = Ownership(ownership, rng, active=active)
+        self.consumer = Consumer(consumer, rng, req_id_base=req_id_base)
+        self.ownership = Ownership(ownership, rng, active=active, req_id_base=req_id_base)
 
     def next_deadline(self) -> int | None:
         a = self.consumer.next_deadline()

@@ -69,6 +69,7 @@ from pxq.lockkeys import (
     LEADER_KEY,
     LOCK_REQ_ID_BASE,
     assignment_key,
+    check_req_id_base,
     decode_assignment,
     decode_member,
     encode_assignment,
@@ -114,7 +115,11 @@ class SchedulerSettings:
 class Scheduler:
     """The scheduler client machine (a ``Node``): see the module docstring."""
 
-    def __init__(self, settings: SchedulerSettings, rng: Rng) -> None:
+    def __init__(self, settings: SchedulerSettings, rng: Rng, *, req_id_base: int = 0) -> None:
+        """``req_id_base``: this incarnation's lock calls are numbered from
+        ``LOCK_REQ_ID_BASE + req_id_base + 1`` (``pxq.lockkeys.REQ_ID_BASE_MAX``): a driver whose
+        transport may hand a previous incarnation's late replies to this one gives each
+        incarnation a range of its own."""
         self.settings = s = settings
         self.holder = f"{s.name}{HOLDER_SEP}{rng.getrandbits(64):016x}"
         self.calls = LockCalls(
@@ -123,7 +128,7 @@ class Scheduler:
             rng,
             timeout_ms=s.lock_timeout_ms,
             deadline_ms=s.lease_ms - s.margin_ms,
-            req_id_base=LOCK_REQ_ID_BASE,
+            req_id_base=LOCK_REQ_ID_BASE + check_req_id_base(req_id_base),
         )
         self._leader_call: int | None = None
         self._leader_sent_ms = 0
