@@ -106,7 +106,7 @@ class Boot:
     repairs what they held (a Paxos replica from its peers). ``if_blank`` says what blank
     storage means, for a node whose storage holds nothing at all: ``"new"``, a new member
     of a new cluster (nothing to forget); ``"probe"``, unknown (a replica asks its peers
-    and refuses to run, ``ReplacementRequired``, if they have history); ``"replace"``, the
+    and refuses to run, ``ReplacementRequired``, if one recorded it as a member); ``"replace"``, the
     node lost its storage and is its own replacement (a replica takes part in no quorum
     until it has re-learned from its peers what it might have promised or accepted).
     Storage that holds something ignores it.
@@ -428,8 +428,8 @@ class StorageCorruption(Exception):
 
 
 class ReplacementRequired(Exception):
-    """A node booted on blank storage (``Boot(if_blank="probe")``) found that its peers have
-    history: it lost its data and must not run as a new member (it would vote with amnesia).
+    """A node booted on blank storage (``Boot(if_blank="probe")``) found that a peer recorded
+    it as a member: it lost its data and must not run as a new one (it would vote with amnesia).
     The driver stops it and tells the operator to start it as a replacement."""
 
 

@@ -458,14 +458,16 @@ class Nemesis:
         """The node's disk is replaced by a blank one: a node that was up goes down with it
         and boots again at once. ``replaced``: it is told it is a replacement (as
         ``pxq node run --replace``), so it votes in no quorum until it has re-learned what
-        it might have promised or accepted. ``wiped`` (negative control): it boots as a new
-        member and votes at once, with amnesia."""
+        it might have promised or accepted. ``wiped``: it boots as the world's blank storage
+        says: as a new member that votes at once, with amnesia (the negative control), or,
+        in a ``probe`` world (``[cluster] blank``, as ``pxq node run``), it asks its peers
+        and refuses to run, staying down."""
         for n in targets:
             host = self.world.hosts[n]
             was_up = not host.crashed
             host.crash(power_loss=True, reason="disk replaced")
             host.disk.wipe()
-            host.if_blank = "replace" if as_replacement else "new"
+            host.if_blank = "replace" if as_replacement else self.world.blank
             if was_up:
                 host.start()
 

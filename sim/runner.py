@@ -616,6 +616,7 @@ def run(
         disk=scn.disk,
         drift_ppm_max=scn.clock.drift_ppm_max,
         skew_ms_max=scn.clock.skew_ms_max,
+        blank=scn.cluster.blank,
     )
     history = HistoryWriter(history_out if history_out is not None else io.StringIO())
     system: _LogSystem | _QueueSystem | _LockSystem | _RegisterSystem

@@ -190,6 +190,10 @@ class ClusterSpec:
     groups: int = 1
     paxos: tuple[tuple[str, int], ...] = ()
     """Overrides of ``PaxosConfig`` fields (validated against it when the run starts)."""
+    blank: Literal["new", "probe"] = "new"
+    """What a replica's blank storage means at boot (``pxq.effects.Boot.if_blank``): ``new``,
+    a new member; ``probe``, unknown, as ``pxq node run`` sees an empty data directory (the
+    replica asks its peers and refuses to run if one recorded it as a member)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -456,8 +460,9 @@ def _scenario(t: TomlTable) -> Scenario:
     p = c.table("paxos")
     paxos = tuple(sorted((k, p.integer(k, lo=0)) for k in list(p.data)))
     p.done()
+    blank: Literal["new", "probe"] = c.choice("blank", ("new", "probe"), "new")
     c.done()
-    cluster = ClusterSpec(replicas=replicas, groups=groups, paxos=paxos)
+    cluster = ClusterSpec(replicas=replicas, groups=groups, paxos=paxos, blank=blank)
 
     n = t.table("network")
     try:

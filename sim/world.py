@@ -48,6 +48,7 @@ from pxq.effects import (
     NodeFactory,
     NodeId,
     Received,
+    ReplacementRequired,
     Reply,
     Request,
     Response,
@@ -156,7 +157,8 @@ class NodeHost:
     """Records (table, key) that failed their checksum, for the next ``Boot.damaged``: the
     driver's note of them, kept beside the disk (it survives the crash it caused)."""
     if_blank: BlankStorage = "new"
-    """What blank storage means at the next ``Boot`` (``"replace"`` after a disk replaced)."""
+    """What blank storage means at the next ``Boot`` (the world's ``blank``; ``"replace"``
+    after a disk replaced)."""
     booted_damaged: tuple[tuple[str, bytes], ...] = ()
     """The records reported at the last ``Boot``."""
     boot_done: bool = False
@@ -268,6 +270,12 @@ class NodeHost:
             self.world.record(self.node_id, "storage_corruption", (("error", str(exc)),))
             self.crash(power_loss=False, reason="storage corruption")
             self._restart_to_repair(exc)
+            return
+        except ReplacementRequired as exc:
+            # As the runner: the node stops and stays down (an operator must restart it as a
+            # replacement).
+            self.world.record(self.node_id, "replacement_required", (("error", str(exc)),))
+            self.crash(power_loss=False, reason="replacement required")
             return
         self._apply(fx)
         self._arm_timer()
@@ -477,8 +485,12 @@ class World:
         disk: DiskSpec,
         drift_ppm_max: int = 0,
         skew_ms_max: int = 0,
+        blank: BlankStorage = "new",
     ) -> None:
         self.seed = seed
+        self.blank: BlankStorage = blank
+        """What a node's blank storage means at boot, unless it is told it is a replacement
+        (``NodeHost.if_blank``)."""
         self.env = simpy.Environment()
         self.network = Network(self.env, stream(seed, "network"), network, self._deliver)
         self.disk_spec = disk
@@ -504,6 +516,7 @@ class World:
         clock = NodeClock(origin_us=origin_us, drift_ppm=drift, skew_ms=skew)
         disk = SimDisk(self.env, stream(self.seed, f"disk/{node_id}"), self.disk_spec)
         host = NodeHost(world=self, node_id=node_id, factory=factory, disk=disk, clock=clock)
+        host.if_blank = self.blank
         self.hosts[node_id] = host
         return host
 

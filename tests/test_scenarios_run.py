@@ -22,6 +22,7 @@ from pxq.paxos.group import Group
 from pxq.paxos.quorum import bit, is_quorum
 from pxq.store.sm import QueueStore
 from sim import runner, scenario, swarm
+from sim.world import TraceRecord, World
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = sorted((ROOT / "scenarios").glob("*.toml"))
@@ -264,6 +265,31 @@ def test_swarm_of_seeds_with_random_faults_passes(name: str, seeds: int) -> None
     assert bad == []
     counts = swarm.fire_counts(scenario.load(path).random_faults.kinds, outcomes)
     assert [k for k, c in counts.items() if c.faults == 0] == []
+
+
+def test_in_a_probe_world_a_late_replica_joins_and_a_wiped_member_refuses_to_run() -> None:
+    """``blank = "probe"`` (as ``pxq node run``): n2, first started after its peers elected a
+    master, joins once a peer recorded it; wiped later, it refuses to run and stays down
+    (restarted by the final heal, it refuses again). The same faults in the default world are
+    the amnesia negative control."""
+    scn = scenario.load(ROOT / "scenarios" / "disk-wiped-probe.toml")
+    events: list[tuple[int, str, dict[str, object]]] = []
+
+    def observe(world: World) -> None:
+        def listen(rec: TraceRecord) -> None:
+            if rec.node == "n2" and rec.kind in ("repair", "replacement_required"):
+                events.append((rec.time_us // 1000, rec.kind, dict(rec.fields)))
+
+        world.listeners.append(listen)
+
+    result = runner.run(scn, scn.seed, observe=observe)
+    assert result.ok, (result.repro, {n: c.summary for n, c in result.checks.items()})
+    states = [(e[1], e[2].get("state")) for e in events]
+    joined = states.index(("repair", "joined"))
+    assert ("repair", "never_joined") in states[:joined]
+    refusals = [e for e in events if e[1] == "replacement_required"]
+    assert len(refusals) == 2 and all(t > 4500 for t, _, _ in refusals)
+    assert "n1 recorded it as a member" in str(refusals[0][2]["error"])
 
 
 def test_the_disk_fills_scenario_refuses_enqueues_storage_full_and_resumes() -> None:
