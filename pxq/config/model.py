@@ -1,7 +1,8 @@
 """The cluster configuration's model: frozen dataclasses, their limits and defaults, and the
 lookups every component derives from them (a topic by name, derived retry and dead-letter
 topics included; the store of a queue; the consumer groups subscribed to a queue; every node
-with its role and address).
+with its role and address; the deployment inventory: the hosts, the host of a node and the
+nodes of a host).
 
 The file format, its defaults and rules are described in ``pxq.config``; the parser
 (``pxq.config.parser``) builds these objects from it.
@@ -223,15 +224,50 @@ class Batching:
     inflight_batches: int = 4
 
 
+SSH_PORT_DEFAULT: Final = 22
+HOST_BASE_DIR_DEFAULT: Final = "/opt/pxq"
+HOST_PYTHON_DEFAULT: Final = "python3"
+HOST_SSH_USER_DEFAULT: Final = "root"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostConfig:
+    """One ``[[hosts]]`` entry: a machine of a deployment, how to reach it over SSH and where
+    pxq goes on it (``pxq deploy``). Replicas name the host that runs them (``ReplicaConfig
+    .on``) and listen on its ``address``; ``zone`` is the failure domain the placement rule
+    counts (docs/configuration.md, "Hosts and zones")."""
+
+    name: str
+    address: str
+    """An IPv4 or IPv6 address or a DNS name: where SSH goes and where the host's replicas
+    listen (and are reached by peers and clients)."""
+    zone: str
+    ssh_user: str = HOST_SSH_USER_DEFAULT
+    ssh_port: int = SSH_PORT_DEFAULT
+    ssh_key: str | None = None
+    """The private key the deploying machine logs in with; None: asyncssh's defaults (the
+    agent, ``~/.ssh/id_*``). ``load_config`` makes a relative path relative to the cluster
+    file's directory and expands ``~``."""
+    base_dir: str = HOST_BASE_DIR_DEFAULT
+    """Absolute path on the host under which installs and data go."""
+    python: str = HOST_PYTHON_DEFAULT
+    """The Python interpreter on the host (a command name or an absolute path)."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReplicaConfig:
     node: str
     host: str = "127.0.0.1"
+    """The address the node listens on and is reached at; with ``on``, its host's address."""
     port: int
     zone: str = "z0"
+    """With ``on``, its host's zone."""
     metrics_port: int | None = None
     """Where the node serves its Prometheus metrics (on ``host``); None: ``port`` plus the
     ``[metrics]`` table's ``port_offset``."""
+    on: str | None = None
+    """The ``[[hosts]]`` entry that runs the node (the key ``on``); None in a file without
+    hosts, and only there."""
 
 
 METRICS_PORT_OFFSET_DEFAULT: Final = 1000
@@ -266,6 +302,9 @@ class StoreConfig:
     """The ``[stores.paxos]`` table as given (sorted by key)."""
     paxos: PaxosConfig
     """The replica set's Paxos configuration: replicas, groups, defaults and overrides."""
+    allow_zone_majority: bool = False
+    """Accept replicas that put a majority in one zone (``zone_majority``): losing that zone
+    then loses the store. Only checked in a file with ``[[hosts]]``."""
 
     @property
     def nodes(self) -> tuple[str, ...]:
@@ -294,10 +333,25 @@ class LockServiceConfig:
     """The ``[locks.paxos]`` table as given (sorted by key)."""
     paxos: PaxosConfig
     """The replica set's Paxos configuration: replicas, groups, defaults and overrides."""
+    allow_zone_majority: bool = False
+    """As ``StoreConfig.allow_zone_majority``, for the lock service."""
 
     @property
     def nodes(self) -> tuple[str, ...]:
         return tuple(r.node for r in self.replicas)
+
+
+def zone_majority(replicas: tuple[ReplicaConfig, ...]) -> tuple[str, tuple[str, ...]] | None:
+    """The zone holding a majority of ``replicas`` and its replicas' names, or None. A replica
+    set is safe from a zone loss exactly when no zone holds a majority (with an odd count, at
+    most one zone can)."""
+    by_zone: dict[str, list[str]] = {}
+    for r in replicas:
+        by_zone.setdefault(r.zone, []).append(r.node)
+    for zone, nodes in by_zone.items():
+        if len(nodes) > len(replicas) // 2:
+            return zone, tuple(nodes)
+    return None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -364,6 +418,8 @@ class NodeInfo:
     zone: str
     metrics_port: int = 0
     """Where the node serves its metrics when they are on (``MetricsConfig.port_of``)."""
+    on: str | None = None
+    """The name of the ``[[hosts]]`` entry that runs the node; None in a file without hosts."""
 
     @property
     def address(self) -> tuple[str, int]:
@@ -501,6 +557,9 @@ class ClusterConfig:
     """The client principals' permissions (``[[principals]]``)."""
     metrics: MetricsConfig = MetricsConfig()
     """The nodes' Prometheus endpoints (``[metrics]``; absent: off)."""
+    hosts: tuple[HostConfig, ...] = ()
+    """The deployment inventory (``[[hosts]]``, in file order); empty: the file places no node
+    on a host (a local cluster, or a deployment done by other means)."""
     _ring: StoreRing | None = field(default=None, repr=False, compare=False)
     _topics: dict[str, TopicInfo] = field(default_factory=dict, repr=False, compare=False)
     _queues_cache: dict[tuple[str, str, int], tuple[int, ...]] = field(
@@ -562,6 +621,7 @@ class ClusterConfig:
                 port=r.port,
                 zone=r.zone,
                 metrics_port=self.metrics.port_of(r),
+                on=r.on,
             )
             for s in self.stores
             for r in s.replicas
@@ -576,6 +636,7 @@ class ClusterConfig:
                     port=r.port,
                     zone=r.zone,
                     metrics_port=self.metrics.port_of(r),
+                    on=r.on,
                 )
                 for r in self.locks.replicas
             ]
@@ -587,6 +648,31 @@ class ClusterConfig:
             if info.node == node:
                 return info
         return None
+
+    def host(self, name: str) -> HostConfig:
+        """The ``[[hosts]]`` entry ``name``; KeyError if there is none."""
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        raise KeyError(f"no host named {name!r}")
+
+    def host_of(self, node: str) -> HostConfig | None:
+        """The host that runs ``node``; None in a file without hosts. KeyError for a node that
+        is neither a store nor a lock replica."""
+        info = self.node_info(node)
+        if info is None:
+            raise KeyError(f"no node named {node!r}")
+        return None if info.on is None else self.host(info.on)
+
+    def nodes_on(self, host: str) -> tuple[NodeInfo, ...]:
+        """The nodes the host ``host`` runs, in ``all_nodes`` order (store replicas, then lock
+        replicas); empty for a spare host. KeyError for a host the file does not list."""
+        self.host(host)
+        return tuple(info for info in self.all_nodes() if info.on == host)
+
+    def zones(self) -> tuple[str, ...]:
+        """The zones of the hosts, in the order they first appear; empty without hosts."""
+        return tuple(dict.fromkeys(h.zone for h in self.hosts))
 
     def node_addresses(self) -> dict[str, tuple[str, int]]:
         """(host, port) of every node (stores and locks), by node name."""

@@ -6,6 +6,7 @@ keys) is ``pxq.toml_reader``'s; this module owns the rules of the cluster file's
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 from pathlib import Path
 from typing import Any, ClassVar, Final
@@ -28,6 +29,7 @@ from pxq.config.model import (
     ClusterConfig,
     ConnectionsConfig,
     ConsumerGroupConfig,
+    HostConfig,
     Limits,
     LockServiceConfig,
     MetricsConfig,
@@ -41,6 +43,7 @@ from pxq.config.model import (
     StoreConfig,
     TlsConfig,
     TopicConfig,
+    zone_majority,
 )
 from pxq.lock.messages import VALUE_BYTES_MAX
 from pxq.paxos.config import PaxosConfig
@@ -56,12 +59,23 @@ class ConfigError(TomlError):
 
 def load_config(path: str | Path) -> ClusterConfig:
     """Read and validate the cluster file at ``path``; a relative ``[tls] dir`` is made
-    relative to the file's directory."""
+    relative to the file's directory, and so is a host's ``ssh_key`` (after expanding ``~``):
+    paths on the machine that reads the file."""
     config = loads_config(read_text(path, error=ConfigError), file=str(path))
+    here = Path(path).absolute().parent
     tls_dir = Path(config.tls.dir)
     if config.tls.enabled and not tls_dir.is_absolute():
-        resolved = Path(path).absolute().parent / tls_dir
-        config = dataclasses.replace(config, tls=dataclasses.replace(config.tls, dir=str(resolved)))
+        config = dataclasses.replace(
+            config, tls=dataclasses.replace(config.tls, dir=str(here / tls_dir))
+        )
+    if any(h.ssh_key is not None for h in config.hosts):
+        hosts = tuple(
+            h
+            if h.ssh_key is None
+            else dataclasses.replace(h, ssh_key=str(here / Path(h.ssh_key).expanduser()))
+            for h in config.hosts
+        )
+        config = dataclasses.replace(config, hosts=hosts)
     return config
 
 
@@ -83,6 +97,7 @@ _SECTIONS: Final = (
     "tls",
     "principals",
     "metrics",
+    "hosts",
 )
 _NAME: Final = re.compile(r"[A-Za-z0-9_-]+")
 _PAXOS_FIELDS: Final = tuple(
@@ -148,21 +163,21 @@ def _cluster(doc: TomlTable) -> ClusterConfig:
         doc.table("storage", allowed=("map_size_bytes", "map_size_max_bytes", "reserve_bytes"))
     )
     connections = _connections(doc.table("connections", allowed=_CONNECTIONS))
+    hosts = _hosts(doc)
+    by_host = {h.name: h for h in hosts} if hosts else None
     if not doc.has("stores"):
         raise doc.error("stores", "missing (at least one [[stores]])")
-    stores_raw = doc.tables(
-        "stores", allowed=("name", "groups", "retention_tick_ms", "replicas", "paxos")
-    )
+    stores_raw = doc.tables("stores", allowed=_STORE)
     if not stores_raw:
         raise doc.error("stores", "at least one store is needed")
-    stores = tuple(_store(s, limits) for s in stores_raw)
+    stores = tuple(_store(s, limits, by_host) for s in stores_raw)
     _check_unique(doc, "stores", [s.name for s in stores], "store")
     for i, s in enumerate(stores):
         if s.name == LOCKS_SERVICE:
             raise doc.error(
                 f"stores[{i}].name", f"{LOCKS_SERVICE!r} is reserved for the lock service"
             )
-    locks = _locks(doc.table("locks", allowed=_LOCKS)) if doc.has("locks") else None
+    locks = _locks(doc.table("locks", allowed=_LOCKS), by_host) if doc.has("locks") else None
     ownership = _ownership(doc.table("ownership", allowed=_OWNERSHIP))
     nodes = [
         (f"stores[{i}].replicas[{j}]", r)
@@ -173,17 +188,23 @@ def _cluster(doc: TomlTable) -> ClusterConfig:
         nodes += [(f"locks.replicas[{j}]", r) for j, r in enumerate(locks.replicas)]
     metrics = _metrics(doc.table("metrics", allowed=_METRICS))
     seen_nodes: dict[str, str] = {}
-    seen_addrs: dict[tuple[str, int], str] = {}
+    # Addresses in use, by their canonical form (``_address_key``): every node, every metrics
+    # endpoint and every host's SSH server.
+    seen_addrs: dict[tuple[str, int], str] = {
+        (_address_key(h.address), h.ssh_port): f"the SSH server of hosts[{i}] ({h.name!r})"
+        for i, h in enumerate(hosts)
+    }
     for path, r in nodes:
         if r.node in seen_nodes:
             raise doc.error(
                 f"{path}.node", f"{r.node!r} is already a replica at {seen_nodes[r.node]}"
             )
         seen_nodes[r.node] = path
-        addr = (r.host, r.port)
+        addr = (_address_key(r.host), r.port)
         if addr in seen_addrs:
             raise doc.error(
-                f"{path}.port", f"{r.host}:{r.port} is already used by {seen_addrs[addr]}"
+                f"{path}.port",
+                f"{_show_address(r.host, r.port)} is already used by {seen_addrs[addr]}",
             )
         seen_addrs[addr] = path
     for path, r in nodes:
@@ -194,13 +215,14 @@ def _cluster(doc: TomlTable) -> ClusterConfig:
         key = f"{path}.metrics_port" if r.metrics_port is not None else "metrics.port_offset"
         if port > PORT_MAX:
             raise doc.error(key, f"the metrics port of {r.node!r} would be {port} > {PORT_MAX}")
-        if (r.host, port) in seen_addrs:
+        addr = (_address_key(r.host), port)
+        if addr in seen_addrs:
             raise doc.error(
                 key,
-                f"the metrics port of {r.node!r}, {r.host}:{port}, is already used by "
-                f"{seen_addrs[(r.host, port)]}",
+                f"the metrics port of {r.node!r}, {_show_address(r.host, port)}, is already "
+                f"used by {seen_addrs[addr]}",
             )
-        seen_addrs[(r.host, port)] = f"{path} (metrics)"
+        seen_addrs[addr] = f"{path} (metrics)"
     topics_raw = doc.tables("topics", allowed=("name", "queues", "retention", "consumer_groups"))
     topics = tuple(_topic(t, limits) for t in topics_raw)
     _check_unique(doc, "topics", [t.name for t in topics], "topic")
@@ -230,7 +252,125 @@ def _cluster(doc: TomlTable) -> ClusterConfig:
         tls=tls,
         principals=principals,
         metrics=metrics,
+        hosts=hosts,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Hosts: the deployment inventory
+
+_HOST: Final = tuple(f.name for f in dataclasses.fields(HostConfig))
+DNS_NAME_CHARS_MAX: Final = 253
+_DNS_LABEL: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+SSH_USER_CHARS_MAX: Final = 32
+_SSH_USER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+_PATH_SEGMENT: Final = re.compile(r"[A-Za-z0-9_.+@-]+")
+"""What a segment of a host's ``base_dir`` or ``python`` path may contain: deploy puts these
+paths in shell commands and unit files, so nothing needs quoting."""
+HOSTS_NAMED_MAX: Final = 8
+"""Host names an "unknown host" error lists."""
+
+
+def _hosts(doc: TomlTable) -> tuple[HostConfig, ...]:
+    """The ``[[hosts]]`` array: names and addresses unique."""
+    raw = doc.tables("hosts", allowed=_HOST)
+    if doc.has("hosts") and not raw:
+        raise doc.error("hosts", "empty (leave it out for a file without hosts)")
+    hosts = tuple(_host(t) for t in raw)
+    _check_unique(doc, "hosts", [h.name for h in hosts], "host")
+    seen: dict[str, int] = {}
+    for i, h in enumerate(hosts):
+        key = _address_key(h.address)
+        if key in seen:
+            j = seen[key]
+            raise doc.error(
+                f"hosts[{i}].address",
+                f"{h.address!r} is already the address of hosts[{j}] ({hosts[j].name!r})",
+            )
+        seen[key] = i
+    return hosts
+
+
+def _host(t: TomlTable) -> HostConfig:
+    user = t.string("ssh_user", _default(HostConfig, "ssh_user"), nonempty=True)
+    if len(user) > SSH_USER_CHARS_MAX or not _SSH_USER.fullmatch(user):
+        raise t.error(
+            "ssh_user",
+            f"{user!r}: expected a user name (a letter or '_', then letters, digits, '_', '.', "
+            f"'-'; at most {SSH_USER_CHARS_MAX} characters)",
+        )
+    base_dir = t.string("base_dir", _default(HostConfig, "base_dir"), nonempty=True)
+    if not _remote_path(base_dir):
+        raise t.error(
+            "base_dir", f"{base_dir!r}: expected an absolute path such as /opt/pxq{_PATH_RULE}"
+        )
+    python = t.string("python", _default(HostConfig, "python"), nonempty=True)
+    if not (_PATH_SEGMENT.fullmatch(python) or _remote_path(python)):
+        raise t.error(
+            "python",
+            f"{python!r}: expected a command name (python3.11) or an absolute path{_PATH_RULE}",
+        )
+    return HostConfig(
+        name=_name(t, "name"),
+        address=_address(t, "address"),
+        zone=_name(t, "zone"),
+        ssh_user=user,
+        ssh_port=t.integer("ssh_port", _default(HostConfig, "ssh_port"), lo=1, hi=PORT_MAX),
+        ssh_key=t.string("ssh_key", None, nonempty=True),
+        base_dir=base_dir,
+        python=python,
+    )
+
+
+_PATH_RULE: Final = (
+    " (segments of letters, digits, '_', '.', '+', '@' and '-'; no '.' or '..' segment, "
+    "no trailing '/')"
+)
+
+
+def _remote_path(v: str) -> bool:
+    """Whether ``v`` is an absolute POSIX path in the normal form ``_PATH_RULE`` describes."""
+    if not v.startswith("/"):
+        return False
+    segments = v[1:].split("/")
+    return all(_PATH_SEGMENT.fullmatch(p) and p not in (".", "..") for p in segments)
+
+
+def _address(t: TomlTable, key: str) -> str:
+    """An IPv4 or IPv6 address or a DNS name, which peers and clients can connect to."""
+    v = t.string(key, nonempty=True)
+    try:
+        ip = ipaddress.ip_address(v)
+    except ValueError:
+        ip = None
+    if ip is not None:
+        if ip.is_unspecified:
+            raise t.error(key, f"{v!r} is no address to connect to: give the host's own")
+        return v
+    labels = v.split(".")
+    if (
+        len(v) > DNS_NAME_CHARS_MAX
+        or not all(_DNS_LABEL.fullmatch(label) for label in labels)
+        or labels[-1].isdigit()
+    ):
+        raise t.error(
+            key, f"{v!r}: expected an IPv4 or IPv6 address or a DNS name (no port, no brackets)"
+        )
+    return v
+
+
+def _address_key(address: str) -> str:
+    """The form two spellings of one address share: an IP address's canonical text, a DNS
+    name in lowercase."""
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return address.lower()
+
+
+def _show_address(host: str, port: int) -> str:
+    """``host:port``, an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 _LIMITS: Final = tuple(f.name for f in dataclasses.fields(Limits))
@@ -358,11 +498,22 @@ def _batching(t: TomlTable, limits: Limits) -> Batching:
     )
 
 
-def _store(t: TomlTable, limits: Limits) -> StoreConfig:
+_STORE: Final = (
+    "name",
+    "groups",
+    "retention_tick_ms",
+    "replicas",
+    "paxos",
+    "allow_zone_majority",
+)
+
+
+def _store(t: TomlTable, limits: Limits, hosts: dict[str, HostConfig] | None) -> StoreConfig:
     name = _name(t, "name")
     groups = t.integer("groups", lo=1)
     tick = t.integer("retention_tick_ms", _default(StoreConfig, "retention_tick_ms"), lo=1)
-    replicas = _replicas(t)
+    replicas = _replicas(t, hosts)
+    allow = _zone_rule(t, replicas, hosts, f"store {name!r}")
     p = t.table("paxos", allowed=_PAXOS_FIELDS)
     overrides = _paxos_overrides(p)
     # One item of the largest allowed size must fit one proposal.
@@ -384,28 +535,85 @@ def _store(t: TomlTable, limits: Limits) -> StoreConfig:
         retention_tick_ms=tick,
         paxos_overrides=tuple(sorted(overrides.items())),
         paxos=_paxos(p, replicas, groups, kwargs),
+        allow_zone_majority=allow,
     )
 
 
-def _replicas(t: TomlTable) -> tuple[ReplicaConfig, ...]:
+def _replicas(t: TomlTable, hosts: dict[str, HostConfig] | None) -> tuple[ReplicaConfig, ...]:
     """The ``replicas`` array of the table ``t``: an odd count from 1."""
     reps = t.tables(
-        "replicas", allowed=("node", "host", "port", "zone", "metrics_port"), required=True
+        "replicas", allowed=("node", "on", "host", "port", "zone", "metrics_port"), required=True
     )
     n = len(reps)
     if n < 1 or n > REPLICAS_PER_STORE_MAX or n % 2 == 0:
         raise t.error("replicas", f"need an odd count from 1 to {REPLICAS_PER_STORE_MAX}, got {n}")
-    return tuple(_replica(r) for r in reps)
+    return tuple(_replica(r, hosts) for r in reps)
 
 
-def _replica(t: TomlTable) -> ReplicaConfig:
+def _replica(t: TomlTable, hosts: dict[str, HostConfig] | None) -> ReplicaConfig:
+    """A replica; in a file with ``hosts``, placed with ``on`` on one of them, whose address
+    and zone it takes (repeating them is allowed, contradicting them is not)."""
+    node = _name(t, "node")
+    port = t.integer("port", lo=1, hi=PORT_MAX)
+    metrics_port = t.integer("metrics_port", None, lo=1, hi=PORT_MAX)
+    if hosts is None:
+        if t.has("on"):
+            raise t.error("on", "names a host, but the file has no [[hosts]]")
+        return ReplicaConfig(
+            node=node,
+            host=t.string("host", _default(ReplicaConfig, "host"), nonempty=True),
+            port=port,
+            zone=_name(t, "zone", _default(ReplicaConfig, "zone")),
+            metrics_port=metrics_port,
+        )
+    if not t.has("on"):
+        raise t.error("on", "missing: in a file with [[hosts]], every replica names its host")
+    on = _name(t, "on")
+    host = hosts.get(on)
+    if host is None:
+        names = list(hosts)
+        shown = ", ".join(names[:HOSTS_NAMED_MAX]) + (
+            f" and {len(names) - HOSTS_NAMED_MAX} more" if len(names) > HOSTS_NAMED_MAX else ""
+        )
+        raise t.error("on", f"unknown host {on!r} (hosts: {shown})")
+    address = t.string("host", host.address, nonempty=True)
+    if _address_key(address) != _address_key(host.address):
+        raise t.error(
+            "host",
+            f"{address!r} contradicts the address of host {on!r}, {host.address!r} (a replica "
+            f"listens on its host's address: leave host out)",
+        )
+    zone = _name(t, "zone", host.zone)
+    if zone != host.zone:
+        raise t.error(
+            "zone",
+            f"{zone!r} contradicts the zone of host {on!r}, {host.zone!r} (leave zone out)",
+        )
     return ReplicaConfig(
-        node=_name(t, "node"),
-        host=t.string("host", _default(ReplicaConfig, "host"), nonempty=True),
-        port=t.integer("port", lo=1, hi=PORT_MAX),
-        zone=_name(t, "zone", _default(ReplicaConfig, "zone")),
-        metrics_port=t.integer("metrics_port", None, lo=1, hi=PORT_MAX),
+        node=node, host=host.address, port=port, zone=zone, metrics_port=metrics_port, on=on
     )
+
+
+def _zone_rule(
+    t: TomlTable,
+    replicas: tuple[ReplicaConfig, ...],
+    hosts: dict[str, HostConfig] | None,
+    what: str,
+) -> bool:
+    """The table's ``allow_zone_majority``; without it, in a file with hosts, refuse replicas
+    that put a majority in one zone (one zone lost would lose ``what``'s majority)."""
+    allow = t.boolean("allow_zone_majority", False)
+    found = zone_majority(replicas) if hosts is not None and not allow else None
+    if found is not None:
+        zone, nodes = found
+        placed = ", ".join(f"{r.node} on {r.on}" for r in replicas if r.node in nodes)
+        raise t.error(
+            "replicas",
+            f"{what} puts {len(nodes)} of its {len(replicas)} replicas in zone {zone!r} "
+            f"({placed}): losing that zone would lose its majority; spread them over more "
+            f"zones, or accept it with allow_zone_majority = true",
+        )
+    return allow
 
 
 def _paxos_overrides(t: TomlTable) -> dict[str, int]:
@@ -427,17 +635,26 @@ def _paxos(
         raise t.error("", text) from exc
 
 
-_LOCKS: Final = ("groups", "keys_max", "values_bytes_max", "cleanup_tick_ms", "replicas", "paxos")
+_LOCKS: Final = (
+    "groups",
+    "keys_max",
+    "values_bytes_max",
+    "cleanup_tick_ms",
+    "replicas",
+    "paxos",
+    "allow_zone_majority",
+)
 
 
-def _locks(t: TomlTable) -> LockServiceConfig:
+def _locks(t: TomlTable, hosts: dict[str, HostConfig] | None) -> LockServiceConfig:
     groups = t.integer("groups", _default(LockServiceConfig, "groups"), lo=1, hi=LOCK_GROUPS_MAX)
     keys_max = t.integer("keys_max", _default(LockServiceConfig, "keys_max"), lo=1)
     values_bytes_max = t.integer(
         "values_bytes_max", _default(LockServiceConfig, "values_bytes_max"), lo=VALUE_BYTES_MAX
     )
     tick = t.integer("cleanup_tick_ms", _default(LockServiceConfig, "cleanup_tick_ms"), lo=1)
-    replicas = _replicas(t)
+    replicas = _replicas(t, hosts)
+    allow = _zone_rule(t, replicas, hosts, "the lock service")
     p = t.table("paxos", allowed=_PAXOS_FIELDS)
     overrides = _paxos_overrides(p)
     return LockServiceConfig(
@@ -448,6 +665,7 @@ def _locks(t: TomlTable) -> LockServiceConfig:
         cleanup_tick_ms=tick,
         paxos_overrides=tuple(sorted(overrides.items())),
         paxos=_paxos(p, replicas, groups, overrides),
+        allow_zone_majority=allow,
     )
 
 
