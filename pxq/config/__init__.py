@@ -158,6 +158,7 @@ from pxq.config.model import (
     ClusterConfig,
     ConnectionsConfig,
     ConsumerGroupConfig,
+    HostConfig,
     Limits,
     LockServiceConfig,
     MetricsConfig,
@@ -175,6 +176,7 @@ from pxq.config.model import (
     TopicConfig,
     TopicInfo,
     ownership_problem,
+    zone_majority,
 )
 from pxq.config.parser import ConfigError, load_config, loads_config
 
@@ -205,6 +207,7 @@ __all__ = [
     "ConfigError",
     "ConnectionsConfig",
     "ConsumerGroupConfig",
+    "HostConfig",
     "Limits",
     "LockServiceConfig",
     "MetricsConfig",
@@ -226,4 +229,5 @@ __all__ = [
     "load_config",
     "loads_config",
     "ownership_problem",
+    "zone_majority",
 ]
