@@ -450,3 +450,15 @@ def test_hosts_do_not_change_the_routing_fingerprint() -> None:
     unplaced = loads_config('[cluster]\nname = "prod"\n[[stores]]' + unplaced_text)
     assert unplaced.hosts == () and unplaced.node_addresses() == placed.node_addresses()
     assert config_fingerprint(placed) == config_fingerprint(unplaced)
+
+
+def test_the_examples_of_the_configuration_doc_load() -> None:
+    doc = (Path(__file__).parents[1] / "docs" / "configuration.md").read_text()
+    section = doc.split("## Hosts and zones", 1)[1].split("\n## ", 1)[0]
+    three, six = re.findall(r"```toml\n(.*?)```", section, flags=re.S)
+    c = loads_config(three, file="three.toml")
+    assert c.zones() == ("a", "b", "c") and [len(c.nodes_on(h.name)) for h in c.hosts] == [2, 2, 2]
+    header, topics = three.split("[[hosts]]", 1)[0], three[three.index("[[topics]]") :]
+    c = loads_config(header + six + topics, file="six.toml")
+    assert [s.nodes for s in c.stores] == [("s0", "s1", "s2"), ("s3", "s4", "s5")]
+    assert [len(c.nodes_on(h.name)) for h in c.hosts] == [2, 1, 1, 2, 2, 1]

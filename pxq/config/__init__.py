@@ -3,9 +3,10 @@ and the key path.
 
 This package owns the schema of a cluster file (stores and their replicas, topics with their
 retention and consumer groups, the store's hard limits, the producer's batching, the lock
-service and its replicas, the consumers' ownership timing) and the lookups every component
-derives from it: a topic by name (derived retry and dead-letter topics included), the store of
-a queue, the consumer groups subscribed to a queue, every node with its role and address.
+service and its replicas, the consumers' ownership timing, the deployment inventory of hosts)
+and the lookups every component derives from it: a topic by name (derived retry and
+dead-letter topics included), the store of a queue, the consumer groups subscribed to a queue,
+every node with its role and address, the host of a node and the nodes of a host.
 ``model`` holds the dataclasses, their defaults and the lookups; ``parser`` reads a file into
 them (``load_config``, ``loads_config``, ``ConfigError``); ``default`` is the embedded default
 file (``DEFAULT_TOML``, ``default_config``). Every public name is re-exported here.
@@ -43,15 +44,28 @@ Schema (defaults in parentheses)::
     reserve_bytes = 67108864             # (automatic: 5 % of the capacity, >= 64 MiB) below
                                          # this much room, enqueues are refused storage_full;
                                          # at least 2097152 (2 MiB; 0 is refused)
+    [[hosts]]                            # optional: the deployment inventory (pxq deploy)
+    name = "h0"
+    address = "10.0.1.10"                # IPv4, IPv6 or DNS name: SSH and the replicas' address
+    zone = "a"                           # its failure domain (required)
+    ssh_user = "root"                    # ("root")
+    ssh_port = 22                        # (22)
+    ssh_key = "keys/deploy"              # (asyncssh's defaults) relative to this file; ~ expands
+    base_dir = "/opt/pxq"                # ("/opt/pxq") where installs and data go on the host
+    python = "python3"                   # ("python3") command name or absolute path
     [[stores]]
     name = "store0"
     groups = 4                           # Paxos groups; queue q lives in group q mod groups
     retention_tick_ms = 1000             # how often each group's master proposes a retention tick
+    allow_zone_majority = false          # (false) with [[hosts]]: accept a zone holding a
+                                         # majority of the replicas (losing it loses the store)
     [[stores.replicas]]
     node = "s0"
-    host = "127.0.0.1"                   # ("127.0.0.1")
+    on = "h0"                            # with [[hosts]] (required there, refused elsewhere):
+                                         # the host running it; host and zone then follow it
+    host = "127.0.0.1"                   # ("127.0.0.1"; with on: the host's address)
     port = 7101
-    zone = "z0"                          # ("z0")
+    zone = "z0"                          # ("z0"; with on: the host's zone)
     metrics_port = 8101                  # (port + [metrics] port_offset) Prometheus endpoint
     [stores.paxos]                       # optional overrides of pxq.paxos.config.PaxosConfig
     lease_ms = 1000
@@ -60,6 +74,7 @@ Schema (defaults in parentheses)::
     keys_max = 100000                    # (100000) keys one group holds
     values_bytes_max = 67108864          # (64 MiB) value bytes one group holds, >= 65536
     cleanup_tick_ms = 500                # (500) how often a master looks for expired leases
+    allow_zone_majority = false          # (false) as a store's
     [[locks.replicas]]                   # an odd count from 1 to 9, like a store's
     node = "l0"                          # unique across stores and locks
     host = "127.0.0.1"                   # ("127.0.0.1")
@@ -122,7 +137,15 @@ margin_ms) / 2 (two renewals fit in the time a holder trusts its lease), 0 < pol
 1 <= weight <= OWNERSHIP_WEIGHT_MAX. ``margin_ms`` must cover the clock skew between lock
 replicas (the service stamps leases with its master's wall clock) and the holder's drift.
 
-Node names are unique across stores and the lock service, and (host, port) across all nodes.
+Node names are unique across stores and the lock service, and (host, port) across all nodes
+(and the hosts' SSH servers).
+
+Hosts rule (a file with ``[[hosts]]``): host names and addresses are unique; every replica names
+its host with ``on`` and listens on that host's address (a ``host`` or ``zone`` it repeats must
+be the host's); no zone holds a majority of a store's or of the lock service's replicas, so one
+zone lost never loses a majority, unless that store (or ``[locks]``) says
+``allow_zone_majority = true``. A host no replica names is allowed (a spare). A file without
+``[[hosts]]`` is read as before: replicas' zones are labels and are not checked.
 A store may not be named ``"locks"``: that name stands for the lock service wherever Paxos
 groups are named as ``service/group`` (``locks/0``).
 

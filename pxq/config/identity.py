@@ -21,8 +21,9 @@ design, stated once here (docs/operations.md, "Cluster identity"):
   retry levels, dead letters) and the lock service (groups, replicas): ``routing_metadata``.
   Its ``fingerprint`` travels in the ``ClientHello``; a node whose own differs answers with its
   metadata, and the client refuses to route, naming what differs
-  (``metadata_differences``). Everything else in the file (timeouts, limits, addresses)
-  may differ between a client's copy and the nodes'.
+  (``metadata_differences``). Everything else in the file (timeouts, limits, addresses,
+  the ``[[hosts]]`` inventory with its zones and SSH details, which only the deploying
+  machine uses) may differ between a client's copy and the nodes'.
 
 Pure: no I/O, no clock, no randomness.
 """
