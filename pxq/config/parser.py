@@ -292,6 +292,9 @@ def _hosts(doc: TomlTable) -> tuple[HostConfig, ...]:
 
 
 def _host(t: TomlTable) -> HostConfig:
+    name = _name(t, "name")
+    address = _address(t, "address")
+    zone = _name(t, "zone")
     user = t.string("ssh_user", _default(HostConfig, "ssh_user"), nonempty=True)
     if len(user) > SSH_USER_CHARS_MAX or not _SSH_USER.fullmatch(user):
         raise t.error(
@@ -311,9 +314,9 @@ def _host(t: TomlTable) -> HostConfig:
             f"{python!r}: expected a command name (python3.11) or an absolute path{_PATH_RULE}",
         )
     return HostConfig(
-        name=_name(t, "name"),
-        address=_address(t, "address"),
-        zone=_name(t, "zone"),
+        name=name,
+        address=address,
+        zone=zone,
         ssh_user=user,
         ssh_port=t.integer("ssh_port", _default(HostConfig, "ssh_port"), lo=1, hi=PORT_MAX),
         ssh_key=t.string("ssh_key", None, nonempty=True),
@@ -602,7 +605,7 @@ def _zone_rule(
 ) -> bool:
     """The table's ``allow_zone_majority``; without it, in a file with hosts, refuse replicas
     that put a majority in one zone (one zone lost would lose ``what``'s majority)."""
-    allow = t.boolean("allow_zone_majority", False)
+    allow = t.boolean("allow_zone_majority", _default(StoreConfig, "allow_zone_majority"))
     found = zone_majority(replicas) if hosts is not None and not allow else None
     if found is not None:
         zone, nodes = found
