@@ -25,6 +25,7 @@ import pytest
 from net.client.connection import ClusterIdentity
 from net.cluster.probe import find_masters, node_masters, service_probes
 from net.config import NetConfig
+from net.jepsen import hosts as hosts_module
 from net.jepsen.hosts import Hosts, HostsError, missing_tools, room_names
 from net.jepsen.netns import NetnsTarget, with_hosts
 from net.jepsen.proxy import DelayProxy
@@ -401,6 +402,63 @@ def test_hosts_reach_each_other_and_cuts_drop_what_they_say(room: Hosts) -> None
     ).stdout
     assert prefix not in spaces
     hosts.teardown()  # idempotent
+
+
+def sleepers(tag: str) -> list[int]:
+    """The live processes running ``sleep <tag>``."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+            state = (cmdline.parent / "stat").read_text(encoding="utf-8").rsplit(")", 1)[-1]
+        except OSError:
+            continue
+        if argv[:2] == [b"sleep", tag.encode()] and state.split()[0] not in ("Z", "X"):
+            found.append(int(cmdline.parent.name))
+    return found
+
+
+@needs_hosts
+def test_teardown_kills_what_is_forked_while_it_kills(tmp_path: Path) -> None:
+    # Shells that fork a short-lived child every few ms, started by the process ``run``
+    # started (as a session's shell is by sshd): a single pass of kills misses a child forked
+    # between the pass listing the namespace's processes and killing its shell (about half
+    # the time per shell, so nearly always one of eight); teardown goes on until none is left.
+    tag = f"61.{tmp_path.stat().st_ino % 1000:03d}"  # this test's own sleeps
+    shells = 8
+    hosts = Hosts.up(["a"], tmp_path / "room")
+    try:
+        loop = f"while :; do sleep {tag} & sleep 0.002; kill $!; done"
+        script = f"for i in $(seq {shells}); do sh -c '{loop}' & done; sleep 300"
+        hosts.run("a", ["sh", "-c", script])
+        deadline = time.monotonic() + WAIT_S
+        while len(sleepers(tag)) < shells // 2:
+            assert time.monotonic() < deadline, "the forking shells did not start"
+            time.sleep(0.05)
+    finally:
+        hosts.teardown()
+    assert sleepers(tag) == []
+
+
+def test_a_kill_pass_that_finds_new_processes_is_followed_by_another(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The namespace listing is faked: it shows one process, then (forked meanwhile) another,
+    # then none. Both are killed; a listing that never empties is reported.
+    procs = [subprocess.Popen(["sleep", "60"]) for _ in range(2)]
+    listings = [[procs[0].pid], [procs[1].pid], []]
+    monkeypatch.setattr(hosts_module, "_namespace_pids", lambda _ns: listings.pop(0))
+    try:
+        assert hosts_module._kill_namespaces(["pxq-fake"]) == []
+        assert not any(hosts_module._zombie_or_alive(p.pid) for p in procs)
+        assert listings == []
+        never = 2**22 + 1  # above Linux's PID_MAX_LIMIT: no process has it
+        monkeypatch.setattr(hosts_module, "_namespace_pids", lambda _ns: [never])
+        assert hosts_module._kill_namespaces(["pxq-fake"]) == [never]
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(timeout=WAIT_S)
 
 
 def socket_to(address: str) -> socket.socket:

@@ -13,9 +13,10 @@ The bridge is created first and claims the room (``ip link add`` of an existing 
 two tests never share one); its alias records the owner's pid and directory
 (``pxq-room pid=<pid> dir=<dir>``). A room whose owner died (a killed test) is swept by the
 next ``Hosts.up`` that claims it, and by ``sweep()``. ``teardown`` SIGKILLs every process
-started in the hosts (by pid: those ``run`` started and those ``ip netns pids`` lists), then
-deletes the namespaces (their veths, tables and addresses go with them), the root-side veths
-and finally the bridge; it is idempotent and also undoes a half-made ``up``.
+started in the hosts (by pid: those ``run`` started and those ``ip netns pids`` lists, pass
+after pass until a pass finds none), then deletes the namespaces (their veths, tables and
+addresses go with them), the root-side veths and finally the bridge; it is idempotent and
+also undoes a half-made ``up``.
 
 Faults, all as rules in the *sending* host's ``output`` hook, so each host's table says what
 it cannot send:
@@ -38,13 +39,15 @@ it cannot send:
   packets still addressed to ``dst``: only un-NATed ones are, a DNATed packet's destination is
   the proxy by then), so the sender reconnects through the proxy at once. No loop: the proxy
   connects to ``dst`` from the root namespace, whose packets never pass ``src``'s hooks.
+* ``cut_client(name)``: drop every packet from ``name`` to the bridge address, the test
+  client's: the one fault that reaches the client (an SSH connection to a host that stopped
+  answering).
 * ``heal()``: delete every host's table. Connections a redirect made keep their NAT mapping
   (conntrack) until they close, which is why ``NetnsTarget`` closes its proxies after healing.
 
-Nothing here knows about pxq nodes: ``run`` starts any command in a host, so the hosts of
-issue 15 (``pxq deploy`` against real sshd hosts) are a room whose hosts each ``run`` an
-``/usr/sbin/sshd -D -f <conf>`` listening on the host's address (Debian ``openssh-server``,
-not installed here).
+Nothing here knows about pxq nodes: ``run`` starts any command in a host, so the SSH hosts
+of issue 15 (``pxq deploy`` against real hosts, ``net.jepsen.sshd``) are a room whose hosts
+each ``run`` an ``/usr/sbin/sshd -D -f <conf>`` listening on the host's address.
 
 Every command is bounded (``COMMAND_TIMEOUT_S``); nothing here contacts an address other than
 the room's own. ``python3 -m net.jepsen.hosts`` is the manual tool (``up``, ``down``, ``cut``,
@@ -78,6 +81,9 @@ HOSTS_MAX: Final = 252
 NAME_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 COMMAND_TIMEOUT_S: Final = 10.0
 KILL_WAIT_S: Final = 5.0
+KILL_ROUNDS: Final = 10
+"""Passes of killing what runs in a room's namespaces until none is left (see
+``_kill_namespaces``)."""
 POLL_S: Final = 0.02
 TABLE: Final = "pxq_net"
 ALIAS_PREFIX: Final = "pxq-room"
@@ -233,12 +239,27 @@ def _zombie_or_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[:1] not in (["Z"], ["X"])
 
 
-def remove_room(room: int) -> None:
+def _kill_namespaces(spaces: Sequence[str]) -> list[int]:
+    """SIGKILL every process in the namespaces ``spaces``, pass after pass until a pass finds
+    none: a process may fork while the pass kills it (an sshd accepting a connection, a shell
+    starting a command), and its new child, not yet listed, would outlive the pass. Once a
+    pass finds none, nothing is left to fork into them. The pids still there after
+    ``KILL_ROUNDS`` passes (empty: none)."""
+    for _ in range(KILL_ROUNDS):
+        pids = [pid for ns in spaces for pid in _namespace_pids(ns)]
+        if not pids:
+            return []
+        _kill_pids(pids)
+    return [pid for ns in spaces for pid in _namespace_pids(ns)]
+
+
+def remove_room(room: int) -> list[int]:
     """Remove everything of room ``room`` by its names: kill the processes in its namespaces,
-    delete the namespaces, its veths and its bridge. Idempotent."""
+    delete the namespaces, its veths and its bridge. Idempotent. The pids that could not be
+    killed (empty: none; the rest is removed all the same)."""
     bridge, prefix, _ = room_names(room)
     spaces = [ns for ns in _namespaces() if ns.startswith(prefix)]
-    _kill_pids(pid for ns in spaces for pid in _namespace_pids(ns))
+    survivors = _kill_namespaces(spaces)
     for ns in spaces:
         _ip("netns", "del", ns, check=False)
     veth = re.compile(rf"^pxq{room}h\d+$")
@@ -246,6 +267,7 @@ def remove_room(room: int) -> None:
         if veth.match(name):
             _ip("link", "del", name, check=False)
     _ip("link", "del", bridge, check=False)
+    return survivors
 
 
 def _owner(alias: str) -> int | None:
@@ -282,6 +304,7 @@ class Hosts:
         self.bridge, _, self.bridge_address = room_names(room)
         self._procs: list[subprocess.Popen[bytes]] = []
         self._cuts: set[tuple[str, str, tuple[int, ...]]] = set()
+        self._client_cuts: set[str] = set()
         self._redirects: set[tuple[str, str, int, str, int]] = set()
 
     # -- making and removing ------------------------------------------------------------------
@@ -335,7 +358,7 @@ class Hosts:
                 # they are no one's now, and would clash with ours.
                 for ns in _namespaces():
                     if ns.startswith(prefix):
-                        _kill_pids(_namespace_pids(ns))
+                        _kill_namespaces([ns])
                         _ip("netns", "del", ns, check=False)
                 _ip("addr", "add", f"{address}/24", "dev", bridge)
                 _ip("link", "set", bridge, "up")
@@ -391,10 +414,11 @@ class Hosts:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=KILL_WAIT_S)
         self._procs.clear()
-        remove_room(self.room)
+        survivors = remove_room(self.room)
         self._cuts.clear()
+        self._client_cuts.clear()
         self._redirects.clear()
-        left = self.leftovers()
+        left = [f"process {pid}" for pid in survivors] + self.leftovers()
         if left:
             raise HostsError(f"teardown of room {self.room} left {', '.join(left)}")
         with contextlib.suppress(OSError):
@@ -478,6 +502,20 @@ class Hosts:
         _nft(a.netns, self._table() + f"add rule ip {TABLE} cuts {match} drop\n")
         self._cuts.add(key)
 
+    def cut_client(self, name: str) -> None:
+        """Drop every packet host ``name`` sends to the root namespace (the bridge address,
+        where the test client lives): the client's connections to it can no longer be set up
+        (the host's SYN-ACK is lost) and established ones stall, as if the host were gone.
+        The one fault that reaches the test client, for tests of what a client does when a
+        host stops answering (an SSH connection to a dead host). Cutting it again is a
+        no-op; ``heal`` removes it."""
+        host = self.host(name)
+        if name in self._client_cuts:
+            return
+        rule = f"add rule ip {TABLE} cuts ip daddr {self.bridge_address} drop\n"
+        _nft(host.netns, self._table() + rule)
+        self._client_cuts.add(name)
+
     def redirect(self, src: str, dst: str, port: int, to: tuple[str, int]) -> None:
         """Send ``src``'s new TCP connections to ``dst:port`` to ``to`` instead, and reset the
         ones it has (see the module docstring). Redirecting a link already redirected to the
@@ -501,12 +539,18 @@ class Hosts:
             # Declared first so the delete never fails on a host that had no table.
             _nft(host.netns, f"table ip {TABLE} {{}}\ndelete table ip {TABLE}\n")
         self._cuts.clear()
+        self._client_cuts.clear()
         self._redirects.clear()
 
     @property
     def cuts(self) -> frozenset[tuple[str, str, tuple[int, ...]]]:
         """The cuts in place: (source, destination, ports; () for every packet)."""
         return frozenset(self._cuts)
+
+    @property
+    def client_cuts(self) -> frozenset[str]:
+        """The hosts cut from the test client (``cut_client``)."""
+        return frozenset(self._client_cuts)
 
     def rules(self, name: str) -> str:
         """Host ``name``'s ruleset as ``nft`` prints it (for reports and debugging)."""
