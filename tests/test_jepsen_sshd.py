@@ -1,7 +1,7 @@
 """SSH test hosts (``net.jepsen.sshd``): rooms whose hosts each run an OpenSSH server, reached
 with asyncssh from the root namespace.
 
-The first tests run anywhere (the files a room would be made of). The others need root,
+The first tests run anywhere (the files a room would be made of, a directory refused). The others need root,
 ``ip``, ``nft`` and Debian ``openssh-server`` and skip without them, naming what is missing
 (the ``ssh_hosts`` fixture, ``tests/sshd_hosts.py``): root logs into every host with the
 room's key and sees the host's own address; a wrong key and a host key not in known_hosts are
@@ -84,8 +84,6 @@ def test_the_ssh_line_verifies_the_host_key_against_the_room_known_hosts(tmp_pat
 def test_a_room_directory_sshd_config_cannot_hold_is_refused_before_anything_is_made(
     tmp_path: Path,
 ) -> None:
-    if sshd_module.missing_tools():
-        pytest.skip("the path is checked after the tools")
     with pytest.raises(HostsError, match="sshd_config"):
         SshHosts.up(["a"], tmp_path / "with space")
     assert not (tmp_path / "with space").exists()

@@ -246,12 +246,12 @@ class SshHosts:
         """Make a room of hosts named ``names`` under ``root`` (``Hosts.up``, with
         ``owner_pid``), each with its sshd answering. On any failure everything made is torn
         down again."""
-        missing = missing_tools()
-        if missing:
-            raise HostsError(f"cannot make SSH hosts here: missing {', '.join(missing)}")
         unsafe = UNSAFE_PATH_RE.search(str(root.resolve()))
         if unsafe:
             raise HostsError(f"{root}: sshd_config cannot hold a path with {unsafe.group()!r}")
+        missing = missing_tools()
+        if missing:
+            raise HostsError(f"cannot make SSH hosts here: missing {', '.join(missing)}")
         ssh = cls(Hosts.up(names, root, owner_pid=owner_pid))
         try:
             ssh._start()
