@@ -102,7 +102,7 @@ def run_in(ssh: SshHosts, name: str, command: str) -> str:
 
 
 def test_root_logs_into_every_host_with_the_room_key_and_sees_its_own_address(
-    ssh_hosts: SshHostsMaker,
+    ssh_hosts: SshHostsMaker, tmp_path: Path
 ) -> None:
     ssh = ssh_hosts(3)
     addresses = [h.address for h in ssh.hosts.values()]
@@ -116,6 +116,9 @@ def test_root_logs_into_every_host_with_the_room_key_and_sees_its_own_address(
     ):
         assert path.stat().st_mode & 0o777 == 0o600, path
 
+    payload = tmp_path / "payload"
+    payload.write_bytes(bytes(range(256)) * 1000)
+
     async def main() -> dict[str, tuple[str, str]]:
         async def one(host: SshHost) -> tuple[str, str]:
             async with await connect(ssh, host.name) as conn:
@@ -124,6 +127,9 @@ def test_root_logs_into_every_host_with_the_room_key_and_sees_its_own_address(
                 # root namespace (one mount namespace).
                 touch = f"echo {host.name} > {shlex.quote(str(host.base_dir / 'mark'))} && id -u"
                 who = await conn.run(touch, check=True, timeout=TIMEOUT_S)
+                # SFTP (sshd's internal-sftp) carries files, as a deploy's wheelhouse.
+                async with conn.start_sftp_client() as sftp:
+                    await sftp.put(str(payload), str(host.base_dir / "payload"))
             return str(addr.stdout), str(who.stdout).strip()
 
         hosts = list(ssh.hosts.values())
@@ -137,6 +143,7 @@ def test_root_logs_into_every_host_with_the_room_key_and_sees_its_own_address(
         assert sorted(inet) == sorted(["127.0.0.1", host.address]), (name, addr_out)
         assert uid == "0"
         assert (host.base_dir / "mark").read_text(encoding="utf-8") == f"{name}\n"
+        assert (host.base_dir / "payload").read_bytes() == payload.read_bytes()
 
 
 def test_a_wrong_key_and_an_unknown_host_key_are_refused(
