@@ -17,6 +17,7 @@ from pxq.cli.bench_commands import register as register_bench_commands
 from pxq.cli.check_commands import register as register_check_commands
 from pxq.cli.client_commands import register as register_client_commands
 from pxq.cli.cluster_commands import cluster
+from pxq.cli.deploy_commands import deploy
 from pxq.cli.node_commands import node, scheduler
 from pxq.cli.reconcile_commands import reconcile
 from pxq.cli.register_commands import register
@@ -63,6 +64,7 @@ def main(identity: str | None, cert: Path | None, key: Path | None) -> None:
 main.add_command(sim)
 main.add_command(node)
 main.add_command(cluster)
+main.add_command(deploy)
 main.add_command(scheduler)
 main.add_command(tls)
 main.add_command(reconcile)
