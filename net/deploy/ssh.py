@@ -194,6 +194,18 @@ class Session:
                 f"{describe(self.host)}: copying {local} to {remote}: {_why(exc)}"
             ) from exc
 
+    async def put_many(self, files: Sequence[Path], remote_dir: str) -> None:
+        """Copy ``files`` into the existing directory ``remote_dir`` (one SFTP session)."""
+        if not files:
+            return
+        try:
+            async with self.conn.start_sftp_client() as sftp:
+                await sftp.put([str(f) for f in files], remote_dir)
+        except (OSError, asyncssh.Error) as exc:
+            raise DeployError(
+                f"{describe(self.host)}: copying {len(files)} files to {remote_dir}: {_why(exc)}"
+            ) from exc
+
     async def write_file(self, remote: str, data: bytes, *, mode: int = 0o600) -> None:
         """Write ``remote`` atomically with permissions ``mode`` (0600: nothing else may read
         it at any moment): created under a temporary name with that mode, then renamed."""

@@ -111,6 +111,7 @@ def deploy() -> None:
     help="Seconds each host's check may take (login included).",
 )
 def deploy_check(
+    *,
     cluster_file: Path,
     known_hosts: Path,
     accept_new_host_keys: bool,
@@ -165,3 +166,251 @@ def deploy_check(
         sys.exit(EXIT_FAILED)
     click.echo(f"all {len(checks)} hosts ready")
     sys.exit(EXIT_OK)
+
+
+@deploy.command("install")
+@ssh_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of lines.")
+@click.option(
+    "--wheel-cache",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("~/.cache/pxq/wheelhouse"),
+    show_default=True,
+    help="Where wheelhouses are built and kept, one per release.",
+)
+def deploy_install(
+    *,
+    cluster_file: Path,
+    known_hosts: Path,
+    accept_new_host_keys: bool,
+    as_json: bool,
+    wheel_cache: Path,
+) -> None:
+    """Build the wheelhouse of this pxq here (pxq and every dependency; once per release),
+    copy it to every host and install it there into BASE/venv-RELEASE from the wheels alone
+    (no package index); BASE/current points at it. A host that has the release is left
+    alone. Exit 1 if a host fails."""
+    from net.deploy.install import build_wheelhouse, install_all
+    from net.deploy.ssh import DeployError
+
+    config = _load(cluster_file)
+    keys = _keys(known_hosts, accept_new_host_keys)
+    try:
+        with _progress("building the wheelhouse", quiet=as_json):
+            house = build_wheelhouse(wheel_cache)
+    except DeployError as exc:
+        click.echo(f"pxq: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    with _progress(f"installing {house.release} on {len(config.hosts)} hosts", quiet=as_json):
+        results = asyncio.run(install_all(config, keys, house))
+    _echo_added(keys, as_json=as_json)
+    ok = all(r.error is None for r in results)
+    if as_json:
+        doc = {
+            "release": house.release,
+            "wheelhouse": str(house.path),
+            "wheelhouse_built": house.built,
+            "ok": ok,
+            "hosts": [
+                {
+                    "host": r.host.name,
+                    "installed": r.installed,
+                    "elapsed_s": round(r.elapsed_s, 3),
+                    "error": r.error,
+                }
+                for r in results
+            ],
+        }
+        click.echo(json.dumps(doc, indent=1))
+        sys.exit(EXIT_OK if ok else EXIT_FAILED)
+    built = "built" if house.built else "cached"
+    click.echo(f"release {house.release}: wheelhouse {house.path} ({built})")
+    for r in results:
+        if r.error is not None:
+            click.echo(f"  {r.host.name}: FAILED: {r.error}")
+        elif r.installed:
+            click.echo(f"  {r.host.name}: installed in {r.elapsed_s:.1f} s")
+        else:
+            click.echo(f"  {r.host.name}: already installed, nothing to do")
+    sys.exit(EXIT_OK if ok else EXIT_FAILED)
+
+
+SUPERVISOR_OPTION = click.option(
+    "--supervisor",
+    type=click.Choice(["auto", "watchdog", "systemd"]),
+    default="auto",
+    show_default=True,
+    help="How nodes are supervised on their hosts: a systemd unit each, or a watchdog "
+    "process each; auto: systemd where it runs the host and the login is root.",
+)
+
+
+def _print_nodes(result: Any, *, title: str) -> None:
+    nodes = result.nodes
+    if nodes:
+        width = max(4, *(len(n.node) for n in nodes))
+        hwidth = max(4, *(len(n.host) for n in nodes))
+        zwidth = max(4, *(len(n.zone) for n in nodes))
+        click.echo(
+            f"  {'node':<{width}}  {'host':<{hwidth}}  {'zone':<{zwidth}}  {'address':<21}  "
+            f"{title:<11}  {'pid':>7}  masters"
+        )
+        for n in nodes:
+            pid = str(n.node_pid or n.pid or "-")
+            masters = " ".join(n.masters) or "-"
+            click.echo(
+                f"  {n.node:<{width}}  {n.host:<{hwidth}}  {n.zone:<{zwidth}}  "
+                f"{n.address + ':' + str(n.port):<21}  {n.state:<11}  {pid:>7}  {masters}"
+            )
+            if n.error:
+                click.echo(f"    {n.node}: {n.error}")
+    for f in result.failures:
+        click.echo(f"pxq: {f.error}", err=True)
+
+
+def _json_result(result: Any, ok: bool) -> None:
+    doc = {
+        "ok": ok,
+        "elapsed_s": round(result.elapsed_s, 3),
+        "nodes": [n.to_json() for n in result.nodes],
+        "failures": [{"host": f.host, "error": f.error} for f in result.failures],
+        "masters": {f"{s}/{g}": node for (s, g), node in sorted(result.masters.items())},
+        "without_master": [f"{s}/{g}" for s, g in result.without_master],
+        "error": result.error,
+    }
+    click.echo(json.dumps(doc, indent=1))
+
+
+@deploy.command("up")
+@ssh_options
+@SUPERVISOR_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0.1, max=3600),
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for every Paxos group to have a master.",
+)
+def deploy_up(
+    *,
+    cluster_file: Path,
+    known_hosts: Path,
+    accept_new_host_keys: bool,
+    supervisor: str,
+    as_json: bool,
+    timeout_s: float,
+) -> None:
+    """Write each host's cluster file (and its nodes' TLS material), start every node under
+    supervision, and wait until every Paxos group has a master. If a host cannot be reached
+    or has no release installed, nothing starts anywhere. Nodes already running are left
+    alone. Exit 1 on any failure (the nodes that started stay up: pxq deploy down)."""
+    from net.deploy.remote import up
+    from net.errors import TlsError
+
+    config = _load(cluster_file)
+    keys = _keys(known_hosts, accept_new_host_keys)
+    try:
+        with _progress(f"starting {len(config.all_nodes())} nodes", quiet=as_json):
+            result = asyncio.run(
+                up(config, cluster_file, keys, supervisor=supervisor, timeout_s=timeout_s)
+            )
+    except TlsError as exc:
+        _bad_input(str(exc))
+    _echo_added(keys, as_json=as_json)
+    if as_json:
+        _json_result(result, result.ok)
+        sys.exit(EXIT_OK if result.ok else EXIT_FAILED)
+    if result.failures and not result.nodes:
+        for f in result.failures:
+            click.echo(f"pxq: {f.error}", err=True)
+        click.echo("pxq: nothing was started", err=True)
+        sys.exit(EXIT_FAILED)
+    _print_nodes(result, title="state")
+    if result.error is not None:
+        click.echo(f"pxq: {result.error}", err=True)
+        for node, tail in sorted(result.logs.items()):
+            click.echo(f"---- last lines of {node}'s log ----", err=True)
+            click.echo(tail.rstrip() or "(empty)", err=True)
+    if not result.ok:
+        sys.exit(EXIT_FAILED)
+    click.echo(
+        f'cluster "{config.name}" is up on {len({n.host for n in result.nodes})} hosts: '
+        f"a master for each of the {len(result.masters)} Paxos groups after "
+        f"{result.elapsed_s:.1f} s"
+    )
+    click.echo(f"clients: pxq produce --config {cluster_file} ...; status: pxq deploy status")
+    sys.exit(EXIT_OK)
+
+
+@deploy.command("down")
+@ssh_options
+@SUPERVISOR_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0, max=3600),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait after SIGTERM before sending SIGKILL.",
+)
+def deploy_down(
+    *,
+    cluster_file: Path,
+    known_hosts: Path,
+    accept_new_host_keys: bool,
+    supervisor: str,
+    as_json: bool,
+    timeout_s: float,
+) -> None:
+    """Stop every node on its host (SIGTERM: a graceful stop; SIGKILL after --timeout).
+    Data and installs stay. Exit 1 if a host failed or a node survived."""
+    from net.deploy.remote import down
+
+    config = _load(cluster_file)
+    keys = _keys(known_hosts, accept_new_host_keys)
+    with _progress("stopping the nodes", quiet=as_json):
+        result = asyncio.run(down(config, keys, timeout_s=timeout_s, supervisor=supervisor))
+    _echo_added(keys, as_json=as_json)
+    if as_json:
+        _json_result(result, result.ok)
+        sys.exit(EXIT_OK if result.ok else EXIT_FAILED)
+    _print_nodes(result, title="outcome")
+    sys.exit(EXIT_OK if result.ok else EXIT_FAILED)
+
+
+@deploy.command("status")
+@ssh_options
+@SUPERVISOR_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def deploy_status(
+    *,
+    cluster_file: Path,
+    known_hosts: Path,
+    accept_new_host_keys: bool,
+    supervisor: str,
+    as_json: bool,
+) -> None:
+    """Per node: host, zone, running or not, pid, the Paxos groups it masters now. Exit 0
+    when every node runs and every group has a master, 1 otherwise."""
+    from net.deploy.remote import status
+
+    config = _load(cluster_file)
+    keys = _keys(known_hosts, accept_new_host_keys)
+    with _progress("asking every host", quiet=as_json):
+        result = asyncio.run(status(config, keys, supervisor=supervisor))
+    _echo_added(keys, as_json=as_json)
+    all_up = result.ok and all(n.state == "running" for n in result.nodes)
+    if as_json:
+        _json_result(result, all_up)
+        sys.exit(EXIT_OK if all_up else EXIT_FAILED)
+    click.echo(f'cluster "{config.name}" ({cluster_file})')
+    _print_nodes(result, title="process")
+    if result.without_master:
+        click.echo(
+            "groups without a master: " + " ".join(f"{s}/{g}" for s, g in result.without_master)
+        )
+    click.echo("all nodes up" if all_up else "not all up")
+    sys.exit(EXIT_OK if all_up else EXIT_FAILED)
