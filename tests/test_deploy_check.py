@@ -110,3 +110,17 @@ def test_check_refuses_a_file_without_hosts(tmp_path: Path) -> None:
     assert "no [[hosts]]" in result.stderr
     result = CliRunner().invoke(main, ["deploy", "check", str(tmp_path / "absent.toml")])
     assert result.exit_code == 2
+
+
+def test_the_deployment_guide_example_is_a_valid_inventory() -> None:
+    import re
+
+    from pxq.config.parser import loads_config
+
+    guide = (Path(__file__).resolve().parent.parent / "docs" / "deployment.md").read_text()
+    match = re.search(r"```toml\n(.*?)```", guide, re.S)
+    assert match is not None
+    text = "\n".join(line.removeprefix("   ") for line in match.group(1).splitlines())
+    config = loads_config(text)
+    assert [(h.name, h.zone) for h in config.hosts] == [("h0", "a"), ("h1", "b"), ("h2", "c")]
+    assert [n.on for n in config.all_nodes()] == ["h0", "h1", "h2"] * 2
