@@ -1,7 +1,7 @@
 """``pxq deploy`` end to end on three SSH test hosts in three zones (a store of three replicas
 and a lock service of three replicas, TLS on): check, install from a wheelhouse (and again:
 nothing to do), up, produce and consume through the cluster from this machine (the root
-namespace, outside the hosts), status, down (and again), and bad inventories that each fail
+namespace, outside the hosts), status, restart of one node and its log, down (and again), and bad inventories that each fail
 with a clear error while nothing starts: a host no replica may name, a host that cannot be
 reached, a wrong key."""
 
@@ -136,6 +136,27 @@ def test_deploy_three_hosts_in_three_zones(
     assert mastered == ["locks/0", "store0/0", "store0/1"]
     result = deploy("status", str(path), *ssh_args)
     assert "all nodes up" in result.stdout
+
+    # restart one node: a new process on its data; every group has a master again
+    before = {n["node"]: n["node_pid"] for n in doc["nodes"]}
+    result = deploy("restart", str(path), "s1", *ssh_args, "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert [(n["node"], n["state"]) for n in doc["nodes"]] == [("s1", "started")]
+    assert sorted(doc["masters"]) == ["locks/0", "store0/0", "store0/1"]
+    result = deploy("status", str(path), *ssh_args, "--json")
+    after = {n["node"]: n["node_pid"] for n in json.loads(result.stdout)["nodes"]}
+    assert after["s1"] != before["s1"]
+    assert {k: v for k, v in after.items() if k != "s1"} == {
+        k: v for k, v in before.items() if k != "s1"
+    }
+    result = deploy("logs", str(path), "s1", *ssh_args, "--lines", "200")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("watchdog[") >= 3  # started, stopping; started again
+    assert "exited 0; stopping" in result.stdout
+    result = deploy("restart", str(path), "x9", *ssh_args)
+    assert result.exit_code == 2
+    assert "no node 'x9'" in result.stderr
 
     # down, and again
     result = deploy("down", str(path), *ssh_args, "--json")

@@ -16,8 +16,9 @@
    the logs of the nodes that are not running are reported.
 
 ``down`` stops every node (``agent stop``: SIGTERM, then SIGKILL after the timeout); ``status``
-reports each node's host, zone, supervisor, pid and the groups it masters now. All are safe to
-re-run.
+reports each node's host, zone, supervisor, pid and the groups it masters now; ``restart``
+stops and starts one node and waits for every group's master; ``logs`` shows (or follows) one
+node's log. All are safe to re-run.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from net.cluster.probe import GroupKey, find_masters, probed_groups, wait_for_ma
 from net.config import NetConfig
 from net.deploy.agent import CLUSTER_DIR, CONFIG_NAME
 from net.deploy.install import current_python, installed_release
-from net.deploy.ssh import DeployError, HostKeys, Session, connect
+from net.deploy.ssh import DeployError, HostKeys, Session, connect, session
 from net.errors import NetError
 from net.tls import CA_CERT, cert_path, ensure_cluster_material, key_path, node_identity
 from pxq.config import ClusterConfig, HostConfig
@@ -417,3 +418,87 @@ async def status(
         without_master=without,
         elapsed_s=time.monotonic() - started,
     )
+
+
+def node_host(config: ClusterConfig, node: str) -> HostConfig:
+    """The host that runs ``node``; ``KeyError`` naming the nodes for an unknown one."""
+    host = config.host_of(node) if config.node_info(node) is not None else None
+    if host is None:
+        known = ", ".join(n.node for n in config.all_nodes())
+        raise KeyError(f"no node {node!r} in the cluster file (its nodes: {known})")
+    return host
+
+
+async def restart(
+    config: ClusterConfig,
+    keys: HostKeys,
+    node: str,
+    *,
+    supervisor: str = "auto",
+    stop_timeout_s: float = 10.0,
+    timeout_s: float = UP_TIMEOUT_S,
+) -> DeployResult:
+    """Stop ``node`` on its host (as ``down``), start it again (as ``up``) on its data, and
+    wait until every group has a master again."""
+    started = time.monotonic()
+    host = node_host(config, node)
+    try:
+        async with session(host, keys) as s:
+            if await installed_release(s) is None:
+                raise NotInstalled(f"{host.name}: pxq is not installed in {host.base_dir}")
+            await _agent_run(
+                s,
+                config,
+                "stop",
+                [node],
+                "--timeout",
+                str(stop_timeout_s),
+                "--supervisor",
+                supervisor,
+            )
+            reports = await _agent_run(s, config, "start", [node], "--supervisor", supervisor)
+    except DeployError as exc:
+        failure = HostFailure(host=host.name, error=str(exc))
+        return DeployResult(failures=(failure,), elapsed_s=time.monotonic() - started)
+    nodes = [n for n in _states(config, host.name, reports, "state") if n.node == node]
+    error: str | None = None
+    masters: dict[GroupKey, str] = {}
+    if not any(n.state == "failed" for n in nodes):
+        try:
+            masters = await wait_for_masters(
+                config, NetConfig.for_cluster(config), timeout_s=timeout_s
+            )
+        except NetError as exc:
+            error = str(exc)
+    return DeployResult(
+        nodes=tuple(_with_masters(nodes, masters)),
+        masters=masters,
+        elapsed_s=time.monotonic() - started,
+        error=error,
+    )
+
+
+async def logs(
+    config: ClusterConfig,
+    keys: HostKeys,
+    node: str,
+    write: Callable[[str], None],
+    *,
+    lines: int = 50,
+    follow: bool = False,
+) -> None:
+    """Hand the last ``lines`` lines of ``node``'s log on its host to ``write``; with
+    ``follow``, then every line appended, until the caller cancels (or the login ends)."""
+    host = node_host(config, node)
+    log = f"{host.base_dir}/logs/{node}.log"
+    argv = ["tail", "-n", str(lines), *(["-F"] if follow else []), log]
+    async with session(host, keys) as s:
+        if not follow:
+            write((await s.run(argv)).stdout)
+            return
+        process = await s.conn.create_process(shlex.join(argv))
+        try:
+            async for line in process.stdout:
+                write(line)
+        finally:
+            process.close()

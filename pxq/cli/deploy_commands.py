@@ -414,3 +414,103 @@ def deploy_status(
         )
     click.echo("all nodes up" if all_up else "not all up")
     sys.exit(EXIT_OK if all_up else EXIT_FAILED)
+
+
+@deploy.command("restart")
+@ssh_options
+@click.argument("node")
+@SUPERVISOR_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0.1, max=3600),
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for the stop (then SIGKILL), and for every group's master after.",
+)
+def deploy_restart(
+    *,
+    cluster_file: Path,
+    known_hosts: Path,
+    accept_new_host_keys: bool,
+    node: str,
+    supervisor: str,
+    as_json: bool,
+    timeout_s: float,
+) -> None:
+    """Stop NODE on its host and start it again on its data (it catches up from its peers),
+    then wait until every Paxos group has a master. Exit 2 for an unknown node."""
+    from net.deploy.remote import node_host, restart
+
+    config = _load(cluster_file)
+    try:
+        node_host(config, node)
+    except KeyError as exc:
+        _bad_input(f"{cluster_file}: {exc.args[0]}")
+    keys = _keys(known_hosts, accept_new_host_keys)
+    with _progress(f"restarting {node}", quiet=as_json):
+        result = asyncio.run(
+            restart(
+                config,
+                keys,
+                node,
+                supervisor=supervisor,
+                stop_timeout_s=min(timeout_s, 10.0),
+                timeout_s=timeout_s,
+            )
+        )
+    _echo_added(keys, as_json=as_json)
+    if as_json:
+        _json_result(result, result.ok)
+        sys.exit(EXIT_OK if result.ok else EXIT_FAILED)
+    _print_nodes(result, title="state")
+    if result.error is not None:
+        click.echo(f"pxq: {result.error}", err=True)
+    sys.exit(EXIT_OK if result.ok else EXIT_FAILED)
+
+
+@deploy.command("logs")
+@ssh_options
+@click.argument("node")
+@click.option(
+    "--lines",
+    "-n",
+    type=click.IntRange(min=0),
+    default=50,
+    show_default=True,
+    help="How many of the last lines to show.",
+)
+@click.option("--follow", "-f", is_flag=True, help="Then print lines as they are appended.")
+def deploy_logs(
+    *,
+    cluster_file: Path,
+    known_hosts: Path,
+    accept_new_host_keys: bool,
+    node: str,
+    lines: int,
+    follow: bool,
+) -> None:
+    """Print the end of NODE's log on its host (BASE/logs/NODE.log: the node's output and
+    its watchdog's notes); with --follow, until interrupted. Exit 2 for an unknown node."""
+    from net.deploy.remote import logs, node_host
+    from net.deploy.ssh import DeployError
+
+    config = _load(cluster_file)
+    try:
+        node_host(config, node)
+    except KeyError as exc:
+        _bad_input(f"{cluster_file}: {exc.args[0]}")
+    keys = _keys(known_hosts, accept_new_host_keys)
+
+    def write(text: str) -> None:
+        click.echo(text, nl=False)
+
+    try:
+        asyncio.run(logs(config, keys, node, write, lines=lines, follow=follow))
+    except DeployError as exc:
+        click.echo(f"pxq: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    except KeyboardInterrupt:
+        pass
+    sys.exit(EXIT_OK)
