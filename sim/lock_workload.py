@@ -40,36 +40,33 @@ The checks (``check_lock_linearizable``, ``check_fencing``, ``check_lock_livenes
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from typing import Final
 
-from pxq.check.history import JSON, HistoryWriter
+from pxq.check.history import JSON
 from pxq.check.lock import value_text
-from pxq.effects import NodeId
 from pxq.lock.messages import (
     Acquire,
     ListLocks,
     LockDenied,
-    LockError,
     LockList,
     LockOk,
-    LockRedirect,
     ReadLock,
     Release,
     Renew,
     directory_of,
-    group_of_key,
 )
-from sim.world import CallMsg, ReplyMsg, World
+from sim.client import ClientSetup, KeyOp, LockServiceClient
 
-REDIRECT_BACKOFF_US: Final = 20_000
 LIST_F: Final = "list"
 LEASE_MARGIN_MS: Final = 50
 """A client considers its lease lost this long before ``lease_ms`` after sending the request
 (its own drift allowance, as ``pxq.lock.messages`` advises)."""
 DIRS: Final = 2
 """Directories the keys are spread over (``d0/`` and ``d1/`` fall in different groups of two)."""
+
+_Choice = tuple[str, str, object, JSON, dict[str, JSON]]
+"""An operation chosen: ``(f, key, request, value, extra)`` as ``_invoke_key`` takes them."""
 
 
 def key_name(i: int) -> str:
@@ -85,94 +82,25 @@ class _Held:
     release_at_us: int
 
 
-@dataclass(slots=True)
-class _Op:
-    process: int
-    f: str
-    key: str
-    request: object
-    group: int
-    req_id: int
-    target: NodeId
-    token: int
-    sent_us: int
-    extra: dict[str, JSON]
+class LockClient(LockServiceClient):
+    """One client endpoint of the lock workload (the plumbing: ``sim/client.py``)."""
 
+    COUNTS = ("invoke", "ok", "granted", "denied", "fail", "info", "redirect")
 
-class LockClient:
-    """One client endpoint of the lock workload."""
-
-    def __init__(
-        self,
-        *,
-        name: str,
-        index: int,
-        clients: int,
-        world: World,
-        history: HistoryWriter,
-        rng: random.Random,
-        replicas: list[NodeId],
-        groups: int,
-        keys: int,
-        rate_per_s: float,
-        lease_ms: int,
-        timeout_ms: int,
-    ) -> None:
-        self.name = name
-        self.world = world
-        self.history = history
-        self.rng = rng
-        self.replicas = replicas
-        self.groups = groups
+    def __init__(self, setup: ClientSetup, *, keys: int, lease_ms: int) -> None:
+        super().__init__(setup)
         self.keys = [key_name(i) for i in range(keys)]
         self.dirs = sorted({directory_of(k) for k in self.keys})
-        self.mean_gap_us = 1_000_000 / rate_per_s
         self.lease_ms = lease_ms
-        self.timeout_us = timeout_ms * 1000
-        self.process = index
-        self.process_stride = clients
-        self.req_seq = 0
         self.values_made = 0
-        self.op: _Op | None = None
         self.held: dict[str, _Held] = {}
-        self.masters: dict[int, NodeId] = {}
-        self.running = False
-        self.counts = {
-            "invoke": 0,
-            "ok": 0,
-            "granted": 0,
-            "denied": 0,
-            "fail": 0,
-            "info": 0,
-            "redirect": 0,
-        }
-        world.add_endpoint(name, self.receive)
-
-    def start(self) -> None:
-        self.running = True
-        self._schedule_next()
-
-    def stop(self) -> None:
-        """Invoke nothing new; an operation in flight still completes or times out."""
-        self.running = False
-
-    def _schedule_next(self) -> None:
-        gap = int(self.rng.expovariate(1.0) * self.mean_gap_us) + 1
-        self.world.call_later(gap, self._arrival)
-
-    def _arrival(self) -> None:
-        if not self.running:
-            return
-        if self.op is None:
-            self._invoke()
-        self._schedule_next()
-
-    def _now_ms(self) -> int:
-        return self.world.now_us // 1000
 
     # -- choosing an operation -------------------------------------------------------------
 
-    def _choose(self) -> tuple[str, str, object, dict[str, JSON]]:
+    def _invoke_next(self) -> None:
+        self._invoke_key(*self._choose())
+
+    def _choose(self) -> _Choice:
         now = self.world.now_us
         for key in sorted(self.held):
             if self.held[key].valid_until_us <= now:
@@ -194,13 +122,8 @@ class LockClient:
                 "acquire",
                 key,
                 Acquire(key=key, holder=self.name, lease_ms=self.lease_ms, value=value),
-                {
-                    "key": key,
-                    "holder": self.name,
-                    "version": None,
-                    "lease_ms": self.lease_ms,
-                    "value": value_text(value),
-                },
+                value_text(value),
+                {"key": key, "holder": self.name, "version": None, "lease_ms": self.lease_ms},
             )
         if r < 0.7:
             return self._list()
@@ -210,6 +133,7 @@ class LockClient:
                 "read",
                 key,
                 ReadLock(key=key, through_log=through_log),
+                None,
                 {
                     "key": key,
                     "holder": "",
@@ -225,7 +149,7 @@ class LockClient:
         self.values_made += 1
         return f"{self.name}.{self.values_made}".encode()
 
-    def _list(self) -> tuple[str, str, object, dict[str, JSON]]:
+    def _list(self) -> _Choice:
         prefix = self.rng.choice(self.dirs)
         mine = [k for k in self.keys if directory_of(k) == prefix]
         start_after = self.rng.choice(mine) if self.rng.random() < 0.2 else ""
@@ -240,6 +164,7 @@ class LockClient:
                 through_log=through_log,
                 start_after=start_after,
             ),
+            None,
             {
                 "prefix": prefix,
                 "start_after": start_after,
@@ -248,115 +173,52 @@ class LockClient:
             },
         )
 
-    def _renew(self, key: str, version: int) -> tuple[str, str, object, dict[str, JSON]]:
+    def _renew(self, key: str, version: int) -> _Choice:
         value = self._new_value() if self.rng.random() < 0.3 else None
         return (
             "renew",
             key,
             Renew(key=key, holder=self.name, version=version, lease_ms=self.lease_ms, value=value),
-            {
-                "key": key,
-                "holder": self.name,
-                "version": version,
-                "lease_ms": self.lease_ms,
-                "value": None if value is None else value_text(value),
-            },
+            None if value is None else value_text(value),
+            {"key": key, "holder": self.name, "version": version, "lease_ms": self.lease_ms},
         )
 
-    def _release(self, key: str, version: int) -> tuple[str, str, object, dict[str, JSON]]:
+    def _release(self, key: str, version: int) -> _Choice:
         return (
             "release",
             key,
             Release(key=key, holder=self.name, version=version),
+            None,
             {"key": key, "holder": self.name, "version": version, "lease_ms": 0},
         )
 
     # -- the operation in flight -------------------------------------------------------------
 
-    def _invoke(self) -> None:
-        f, key, request, extra = self._choose()
-        group = group_of_key(key, self.groups)
-        target = self.masters.get(group) or self.replicas[group % len(self.replicas)]
-        self.req_seq += 1
-        op = _Op(
-            process=self.process,
-            f=f,
-            key=key,
-            request=request,
-            group=group,
-            req_id=self.req_seq,
-            target=target,
-            token=self.req_seq,
-            sent_us=self.world.now_us,
-            extra=extra,
-        )
-        self.op = op
-        self.counts["invoke"] += 1
-        value = extra.pop("value", None)  # the op's core ``value`` field, not an extra
-        self.history.invoke(self._now_ms(), op.process, f, value, **extra)
-        self._send(op)
-        token = op.token
-        self.world.call_later(self.timeout_us, lambda: self._timeout(token))
-
-    def _send(self, op: _Op) -> None:
-        self.req_seq += 1
-        op.req_id = self.req_seq
-        self.world.network.send(self.name, op.target, CallMsg(op.req_id, op.request))
-
-    def _resend(self, op: _Op) -> None:
-        if self.op is op:
-            self._send(op)
-
-    def _timeout(self, token: int) -> None:
-        op = self.op
-        if op is None or op.token != token:
-            return
+    def _timed_out(self, op: KeyOp) -> None:
         # Ask someone else next time: the next replica after the one that did not answer
         # (the group's default replica may be the one that is stuck).
         after = self.replicas[(self.replicas.index(op.target) + 1) % len(self.replicas)]
         self.masters[op.group] = after
         self._unknown(op, "timeout")
 
-    def _unknown(self, op: _Op, reason: str) -> None:
-        self.op = None
-        self.counts["info"] += 1
-        self.history.info(self._now_ms(), op.process, op.f, None, key=op.key, reason=reason)
-        self.process += self.process_stride  # retire the process (Jepsen semantics)
+    def _unsure(self, op: KeyOp) -> None:
         if op.f == "release":
             self.held.pop(op.key, None)  # stop using it whatever happened
 
-    def receive(self, src: str, payload: object) -> None:
-        op = self.op
-        if not isinstance(payload, ReplyMsg) or op is None or payload.req_id != op.req_id:
-            return  # a late reply to an operation already completed
-        match payload.response:
+    def _complete(self, src: str, op: KeyOp, response: object) -> bool:
+        match response:
             case LockOk() | LockDenied() as answer if op.f != LIST_F:
                 self.masters[op.group] = src
                 self._answered(op, answer)
             case LockList() as listing if op.f == LIST_F:
                 self.masters[op.group] = src
                 self._listed(op, listing)
-            case LockRedirect(master=master):
-                self.counts["redirect"] += 1
-                if master is not None and master != op.target:
-                    self.masters[op.group] = master
-                    op.target = master
-                    self._send(op)
-                else:
-                    self.masters.pop(op.group, None)
-                    op.target = self.rng.choice(self.replicas)
-                    self.world.call_later(REDIRECT_BACKOFF_US, lambda: self._resend(op))
-            case LockError(code=code, definite=True):
-                self.op = None
-                self.counts["fail"] += 1
-                self.history.fail(self._now_ms(), op.process, op.f, None, key=op.key, reason=code)
-            case LockError(code=code):
-                self._unknown(op, code)
-            case other:
-                self._unknown(op, f"unexpected reply {type(other).__name__}")
+            case _:
+                return False
+        self._done()
+        return True
 
-    def _listed(self, op: _Op, listing: LockList) -> None:
-        self.op = None
+    def _listed(self, op: KeyOp, listing: LockList) -> None:
         self.counts["ok"] += 1
         self.history.ok(
             self._now_ms(),
@@ -372,8 +234,7 @@ class LockClient:
             at_ms=listing.at_ms,
         )
 
-    def _answered(self, op: _Op, answer: LockOk | LockDenied) -> None:
-        self.op = None
+    def _answered(self, op: KeyOp, answer: LockOk | LockDenied) -> None:
         granted = isinstance(answer, LockOk)
         self.counts["ok"] += 1
         self.counts["granted" if granted else "denied"] += 1

@@ -22,10 +22,11 @@ from __future__ import annotations
 import io
 import json
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, ClassVar, Generic, TextIO, TypeVar
 
 from pxq.check.availability import check_availability, group_load
 from pxq.check.history import HistoryWriter, pair_ops
@@ -55,6 +56,7 @@ from pxq.scheduler.node import Scheduler
 from pxq.store.node import StoreNode
 from pxq.store.sm import QueueStore
 from sim.availability import HealthMonitor
+from sim.client import ClientSetup, OneOpClient
 from sim.lock_workload import LockClient
 from sim.nemesis import Nemesis
 from sim.queue_workload import TOPIC, QueueWorkload, cluster_config
@@ -132,8 +134,18 @@ def validate(scn: Scenario) -> None:
             raise ValueError(str(exc)) from None
 
 
-class _LogSystem:
-    """The replicated-log workload: Paxos replicas with ``RecordingLog``, appending clients."""
+ClientT = TypeVar("ClientT", bound=OneOpClient[Any])
+
+
+class _ClientSystem(ABC, Generic[ClientT]):
+    """A workload of Paxos nodes and clients with one operation in flight each
+    (``sim/client.py``): what the log, lock and register workloads share. A subclass makes
+    the nodes (``_factory``) and the clients (``_client``), and names its checks."""
+
+    COUNTS: ClassVar[tuple[str, ...]]
+    """What its clients count (``stats`` sums them)."""
+    STREAM: ClassVar[str]
+    """Client ``c<i>`` draws from the run's stream ``<STREAM>/<i>``."""
 
     def __init__(self, scn: Scenario, world: World, history: HistoryWriter, seed: int) -> None:
         self.scn = scn
@@ -143,28 +155,34 @@ class _LogSystem:
         self.replicas = list(self.config.replicas)
         for node_id in self.replicas:
             world.add_node(node_id, self._factory)
-        self.clients = [
-            LogClient(
-                name=f"c{i}",
-                index=i,
-                clients=scn.workload.clients,
-                world=world,
-                history=history,
-                rng=stream(seed, f"client/{i}"),
-                replicas=self.replicas,
-                groups=self.config.groups,
-                rate_per_s=scn.workload.rate_per_s / max(1, scn.workload.clients),
-                value_bytes=scn.workload.value_bytes,
-                timeout_ms=scn.workload.timeout_ms,
-            )
-            for i in range(scn.workload.clients)
-        ]
+        self.clients = [self._client(self._setup(i, seed)) for i in range(scn.workload.clients)]
 
-    def _factory(self, node_id: NodeId, storage: StorageView, rng: Any) -> Replica:
-        return Replica(node_id, self.config, storage, rng, lambda g: RecordingLog(storage, g))
+    @abstractmethod
+    def _factory(self, node_id: NodeId, storage: StorageView, rng: Any) -> Any:
+        """The node ``node_id`` (a ``sim.world.NodeFactory``)."""
+
+    @abstractmethod
+    def _client(self, setup: ClientSetup) -> ClientT:
+        """The client made with ``setup``."""
+
+    def _setup(self, i: int, seed: int) -> ClientSetup:
+        """What client ``c<i>`` is made with."""
+        w = self.scn.workload
+        return ClientSetup(
+            name=f"c{i}",
+            index=i,
+            clients=w.clients,
+            world=self.world,
+            history=self.history,
+            rng=stream(seed, f"{self.STREAM}/{i}"),
+            replicas=self.replicas,
+            groups=self.config.groups,
+            rate_per_s=w.rate_per_s / max(1, w.clients),
+            timeout_ms=w.timeout_ms,
+        )
 
     def attach(self, nemesis: Nemesis) -> None:
-        del nemesis  # the log workload has no client processes to target
+        del nemesis  # the clients are not fault targets (the lock workload's are)
 
     def start(self) -> None:
         for client in self.clients:
@@ -181,6 +199,27 @@ class _LogSystem:
 
     def finish(self) -> None:
         """Nothing to collect after the quiesce."""
+
+    @abstractmethod
+    def checks(self, heal_ms: int) -> dict[str, CheckResult]:
+        """The workload's own checks that the scenario names."""
+
+    def stats(self) -> dict[str, Any]:
+        return {k: sum(c.counts[k] for c in self.clients) for k in self.COUNTS}
+
+
+class _LogSystem(_ClientSystem[LogClient]):
+    """The replicated-log workload: Paxos replicas with ``RecordingLog``, appending clients."""
+
+    COUNTS = LogClient.COUNTS
+    STREAM = "client"
+
+    def _factory(self, node_id: NodeId, storage: StorageView, rng: Any) -> Replica:
+        return Replica(node_id, self.config, storage, rng, lambda g: RecordingLog(storage, g))
+
+    def _client(self, setup: ClientSetup) -> LogClient:
+        w = self.scn.workload
+        return LogClient(setup, value_bytes=w.value_bytes)
 
     def checks(self, heal_ms: int) -> dict[str, CheckResult]:
         ops, names = self.history.ops, self.scn.checks
@@ -194,64 +233,28 @@ class _LogSystem:
             out["liveness"] = check_liveness(ops, heal_ms, self.scn.final.liveness_ms)
         return out
 
-    def stats(self) -> dict[str, Any]:
-        keys = ("invoke", "ok", "fail", "info", "redirect")
-        return {k: sum(c.counts[k] for c in self.clients) for k in keys}
 
-
-class _LockSystem:
-    """The lock workload: lock nodes (``LockNode``) and clients acquiring, renewing,
-    releasing and reading locks (``sim/lock_workload.py``)."""
-
-    def __init__(self, scn: Scenario, world: World, history: HistoryWriter, seed: int) -> None:
-        self.scn = scn
-        self.world = world
-        self.history = history
-        self.config = paxos_config(scn)
-        self.replicas = list(self.config.replicas)
-        for node_id in self.replicas:
-            world.add_node(node_id, self._factory)
-        w = scn.workload
-        self.clients = [
-            LockClient(
-                name=f"c{i}",
-                index=i,
-                clients=w.clients,
-                world=world,
-                history=history,
-                rng=stream(seed, f"lock-client/{i}"),
-                replicas=self.replicas,
-                groups=self.config.groups,
-                keys=w.keys,
-                rate_per_s=w.rate_per_s / max(1, w.clients),
-                lease_ms=w.lease_ms,
-                timeout_ms=w.timeout_ms,
-            )
-            for i in range(w.clients)
-        ]
+class _LockServiceSystem(_ClientSystem[ClientT]):
+    """Lock nodes (``LockNode``) and clients of the lock service."""
 
     def _factory(self, node_id: NodeId, storage: StorageView, rng: Any) -> LockNode:
         return LockNode(node_id, self.config, storage, rng)
 
+
+class _LockSystem(_LockServiceSystem[LockClient]):
+    """The lock workload: lock nodes (``LockNode``) and clients acquiring, renewing,
+    releasing and reading locks (``sim/lock_workload.py``)."""
+
+    COUNTS = LockClient.COUNTS
+    STREAM = "lock-client"
+
+    def _client(self, setup: ClientSetup) -> LockClient:
+        w = self.scn.workload
+        return LockClient(setup, keys=w.keys, lease_ms=w.lease_ms)
+
     def attach(self, nemesis: Nemesis) -> None:
         # The clients are endpoints, not hosts: network faults only (``client[i]``).
         nemesis.clients = [client.name for client in self.clients]
-
-    def start(self) -> None:
-        for client in self.clients:
-            client.start()
-
-    def stop(self) -> None:
-        for client in self.clients:
-            client.stop()
-
-    def quiesce(self) -> None:
-        """Wait ``final.quiesce_ms``, at least one call timeout (every call ends)."""
-        final, w = self.scn.final, self.scn.workload
-        self.world.run_until(self.world.now_us + max(final.quiesce_ms, w.timeout_ms + 1) * 1000)
-
-    def finish(self) -> None:
-        """Nothing to collect after the quiesce."""
 
     def checks(self, heal_ms: int) -> dict[str, CheckResult]:
         ops, names = self.history.ops, self.scn.checks
@@ -264,64 +267,22 @@ class _LockSystem:
             out["liveness"] = check_lock_liveness(ops, heal_ms, self.scn.final.liveness_ms)
         return out
 
-    def stats(self) -> dict[str, Any]:
-        keys = ("invoke", "ok", "granted", "denied", "fail", "info", "redirect")
-        return {k: sum(c.counts[k] for c in self.clients) for k in keys}
 
-
-class _RegisterSystem:
+class _RegisterSystem(_LockServiceSystem[RegisterClient]):
     """The register workload: lock nodes and clients reading, writing and compare-and-setting
     their registers (``sim/register_workload.py``), then the final reads."""
 
-    def __init__(self, scn: Scenario, world: World, history: HistoryWriter, seed: int) -> None:
-        self.scn = scn
-        self.world = world
-        self.history = history
-        self.config = paxos_config(scn)
-        self.replicas = list(self.config.replicas)
-        for node_id in self.replicas:
-            world.add_node(node_id, self._factory)
-        w = scn.workload
-        self.registers = [
-            RegisterClient(
-                name=f"c{i}",
-                index=i,
-                clients=w.clients,
-                world=world,
-                history=history,
-                rng=stream(seed, f"register-client/{i}"),
-                replicas=self.replicas,
-                groups=self.config.groups,
-                keys=w.keys,
-                rate_per_s=w.rate_per_s / max(1, w.clients),
-                timeout_ms=w.timeout_ms,
-            )
-            for i in range(w.clients)
-        ]
+    COUNTS = RegisterClient.COUNTS
+    STREAM = "register-client"
 
-    def _factory(self, node_id: NodeId, storage: StorageView, rng: Any) -> LockNode:
-        return LockNode(node_id, self.config, storage, rng)
-
-    def attach(self, nemesis: Nemesis) -> None:
-        del nemesis  # the register clients are endpoints, not fault targets
-
-    def quiesce(self) -> None:
-        """Wait ``final.quiesce_ms``, at least one call timeout (every call ends)."""
-        final, w = self.scn.final, self.scn.workload
-        self.world.run_until(self.world.now_us + max(final.quiesce_ms, w.timeout_ms + 1) * 1000)
-
-    def start(self) -> None:
-        for client in self.registers:
-            client.start()
-
-    def stop(self) -> None:
-        for client in self.registers:
-            client.stop()
+    def _client(self, setup: ClientSetup) -> RegisterClient:
+        w = self.scn.workload
+        return RegisterClient(setup, keys=w.keys)
 
     def finish(self) -> None:
         """The first client reads every key through the log (bounded in simulated time)."""
-        if self.registers:
-            _bounded(self.world, self.registers[0].final_reads)
+        if self.clients:
+            _bounded(self.world, self.clients[0].final_reads)
 
     def checks(self, heal_ms: int) -> dict[str, CheckResult]:
         ops, names = self.history.ops, self.scn.checks
@@ -332,10 +293,6 @@ class _RegisterSystem:
         if "liveness" in names:
             out["liveness"] = check_liveness(ops, heal_ms, self.scn.final.liveness_ms, f="write")
         return out
-
-    def stats(self) -> dict[str, Any]:
-        keys = ("invoke", "ok", "mismatch", "fail", "info", "redirect")
-        return {k: sum(c.counts[k] for c in self.registers) for k in keys}
 
 
 class _QueueSystem:
