@@ -37,9 +37,9 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from net.client.api import AsyncClient
 from net.client.driver import NodePool
@@ -133,6 +133,70 @@ def _owned(op: Op, fs: frozenset[str], prefix: str, final: str) -> bool:
     )
 
 
+@dataclass(slots=True)
+class _ClientProcess:
+    """One client of the lock or register workload: a Jepsen process at a time, named
+    ``<name>.<n>`` (an operation of unknown outcome retires it: ``process += 1``)."""
+
+    name: str
+    process: int = 0
+    values_made: int = 0
+
+    @property
+    def process_id(self) -> Process:
+        return f"{self.name}.{self.process}"
+
+    def new_value(self) -> str:
+        """A value unique in the run (the client's name is)."""
+        self.values_made += 1
+        return f"{self.name}.{self.values_made}"
+
+
+class _ClientTasks:
+    """The client tasks of the lock or register workload: started together, paced by
+    exponential pauses, stopped with a bound (a client that failed is raised), cancelled at
+    close."""
+
+    def __init__(self, workload: str) -> None:
+        self._workload = workload
+        self.running = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self, clients: Iterable[Coroutine[Any, Any, None]]) -> None:
+        self.running = True
+        self._tasks.extend(asyncio.create_task(client) for client in clients)
+
+    async def paced(self, rng: random.Random, gap_ms_mean: float) -> AsyncIterator[None]:
+        """Until the workload stops: a turn after each pause (exponential, ``gap_ms_mean``)."""
+        while self.running:
+            await asyncio.sleep(rng.expovariate(1.0) * gap_ms_mean / 1000)
+            if not self.running:
+                return
+            yield
+
+    async def stop(self, wait_s: float) -> None:
+        """Start no new turn; wait up to ``wait_s`` for the operations in flight, then cancel
+        the tasks. ``RuntimeError`` from the failure of a client."""
+        self.running = False
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=wait_s)
+            for task in pending:
+                task.cancel()
+            results = await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._tasks = []
+            for result in results:
+                if isinstance(result, Exception):
+                    raise RuntimeError(f"a {self._workload} client failed") from result
+
+    async def cancel(self) -> None:
+        """Cancel every task and wait until they ended."""
+        self.running = False
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+
 # -- queue --------------------------------------------------------------------------------------
 
 REPLAY_BACK_MS: Final = (1000, 3000)
@@ -223,16 +287,8 @@ class _Held:
 
 
 @dataclass(slots=True)
-class _LockClient:
-    name: str
-    index: int
-    process: int = 0
-    values_made: int = 0
+class _LockClient(_ClientProcess):
     held: dict[str, _Held] = field(default_factory=dict)
-
-    @property
-    def process_id(self) -> Process:
-        return f"{self.name}.{self.process}"
 
 
 class LockWorkload:
@@ -256,8 +312,7 @@ class LockWorkload:
         self._dirs = sorted({directory_of(k) for k in self.keys})
         self._masters: dict[int, str] = {}
         self._pool: NodePool | None = None
-        self._running = False
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks = _ClientTasks(self.name)
         self._counts: dict[str, int] = dict.fromkeys(
             ("invoke", "ok", "granted", "denied", "fail", "info"), 0
         )
@@ -276,22 +331,13 @@ class LockWorkload:
 
     async def start(self) -> None:
         self._pool = NodePool.for_config(self._context.config)
-        self._running = True
-        for i in range(LOCK_CLIENTS):
-            client = _LockClient(name=f"{self._context.run_id}-c{i}", index=i)
-            self._tasks.append(asyncio.create_task(self._client(client)))
+        run_id = self._context.run_id
+        self._tasks.start(
+            self._client(_LockClient(name=f"{run_id}-c{i}")) for i in range(LOCK_CLIENTS)
+        )
 
     async def stop(self) -> None:
-        self._running = False
-        if self._tasks:
-            _, pending = await asyncio.wait(self._tasks, timeout=LOCK_OP_TIMEOUT_MS / 1000 + 1)
-            for task in pending:
-                task.cancel()
-            results = await asyncio.gather(*self._tasks, return_exceptions=True)
-            self._tasks = []
-            for result in results:
-                if isinstance(result, Exception):
-                    raise RuntimeError("a lock client failed") from result
+        await self._tasks.stop(LOCK_OP_TIMEOUT_MS / 1000 + 1)
 
     async def final_reads(self) -> None:
         """Every key read through the log, one after the other (Jepsen's final read)."""
@@ -309,11 +355,7 @@ class LockWorkload:
                 return  # an unknown outcome retires the process: no further final read
 
     async def close(self) -> None:
-        self._running = False
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        await self._tasks.cancel()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -325,10 +367,7 @@ class LockWorkload:
 
     async def _client(self, client: _LockClient) -> None:
         loop = asyncio.get_running_loop()
-        while self._running:
-            await asyncio.sleep(self._rng.expovariate(1.0) * LOCK_GAP_MS_MEAN / 1000)
-            if not self._running:
-                return
+        async for _ in self._tasks.paced(self._rng, LOCK_GAP_MS_MEAN):
             f, key, request, value, extra = self._choose(client, loop.time())
             sent = loop.time()
             answer = await self._call(client.process_id, f, key, request, value=value, extra=extra)
@@ -381,7 +420,7 @@ class LockWorkload:
         r = self._rng.random()
         key = self._rng.choice(self.keys)
         if r < 0.6:
-            value = self._new_value(client) if self._rng.random() < 0.7 else b""
+            value = client.new_value().encode() if self._rng.random() < 0.7 else b""
             request = Acquire(key=key, holder=client.name, lease_ms=LOCK_LEASE_MS, value=value)
             extra: dict[str, JSON] = {
                 "key": key,
@@ -404,10 +443,6 @@ class LockWorkload:
             return "read", key, ReadLock(key=key, through_log=through_log), None, extra
         return self._renew(client, self._rng.choice(held))  # an early renewal
 
-    def _new_value(self, client: _LockClient) -> bytes:
-        client.values_made += 1
-        return f"{client.name}.{client.values_made}".encode()
-
     def _list(self) -> tuple[str, str, object, JSON, dict[str, JSON]]:
         prefix = self._rng.choice(self._dirs)
         mine = [k for k in self.keys if directory_of(k) == prefix]
@@ -429,7 +464,7 @@ class LockWorkload:
         self, client: _LockClient, key: str
     ) -> tuple[str, str, object, JSON, dict[str, JSON]]:
         version = client.held[key].version
-        value = self._new_value(client) if self._rng.random() < 0.3 else None
+        value = client.new_value().encode() if self._rng.random() < 0.3 else None
         request = Renew(
             key=key, holder=client.name, version=version, lease_ms=LOCK_LEASE_MS, value=value
         )
@@ -589,16 +624,9 @@ REGISTER_FINAL_PROCESS: Final = "register-final"
 
 
 @dataclass(slots=True)
-class _RegisterClient:
-    name: str
-    process: int = 0
-    values_made: int = 0
+class _RegisterClient(_ClientProcess):
     seen: dict[str, str | None] = field(default_factory=dict)
     """The value this client last saw of each key (None: never written)."""
-
-    @property
-    def process_id(self) -> Process:
-        return f"{self.name}.{self.process}"
 
 
 class RegisterWorkload:
@@ -619,8 +647,7 @@ class RegisterWorkload:
             f"jepsen/{context.run_id}/d{i % REGISTER_DIRS}/r{i}" for i in range(REGISTER_KEYS)
         ]
         self._client: AsyncClient | None = None
-        self._running = False
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks = _ClientTasks(self.name)
         self._counts: dict[str, int] = dict.fromkeys(
             ("invoke", "ok", "fail", "info", "mismatch"), 0
         )
@@ -643,24 +670,14 @@ class RegisterWorkload:
             name=f"{self._context.run_id}-registers",
             call_timeout_ms=REGISTER_CALL_TIMEOUT_MS,
         )
-        self._running = True
-        for i in range(REGISTER_CLIENTS):
-            client = _RegisterClient(name=f"{self._context.run_id}-r{i}")
-            self._tasks.append(asyncio.create_task(self._run_client(client)))
+        run_id = self._context.run_id
+        self._tasks.start(
+            self._run_client(_RegisterClient(name=f"{run_id}-r{i}"))
+            for i in range(REGISTER_CLIENTS)
+        )
 
     async def stop(self) -> None:
-        self._running = False
-        if self._tasks:
-            _, pending = await asyncio.wait(
-                self._tasks, timeout=REGISTER_CALL_TIMEOUT_MS / 1000 + 1
-            )
-            for task in pending:
-                task.cancel()
-            results = await asyncio.gather(*self._tasks, return_exceptions=True)
-            self._tasks = []
-            for result in results:
-                if isinstance(result, Exception):
-                    raise RuntimeError("a register client failed") from result
+        await self._tasks.stop(REGISTER_CALL_TIMEOUT_MS / 1000 + 1)
 
     async def final_reads(self) -> None:
         """Every key read through the log, one after the other (Jepsen's final read)."""
@@ -670,11 +687,7 @@ class RegisterWorkload:
                 return  # an unknown outcome retires the process: no further final read
 
     async def close(self) -> None:
-        self._running = False
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        await self._tasks.cancel()
         if self._client is not None:
             await self._client.close()
             self._client = None
@@ -685,19 +698,15 @@ class RegisterWorkload:
     # -- one client ---------------------------------------------------------------------------
 
     async def _run_client(self, client: _RegisterClient) -> None:
-        while self._running:
-            await asyncio.sleep(self._rng.expovariate(1.0) * REGISTER_GAP_MS_MEAN / 1000)
-            if not self._running:
-                return
+        async for _ in self._tasks.paced(self._rng, REGISTER_GAP_MS_MEAN):
             key = self._rng.choice(self.keys)
             r = self._rng.random()
             if r < 0.4:
                 await self._read(client, key, through_log=self._rng.random() < 0.5)
             elif r < 0.7:
-                client.values_made += 1
-                await self._write(client, key, f"{client.name}.{client.values_made}")
+                await self._write(client, key, client.new_value())
             else:
-                client.values_made += 1
+                value = client.new_value()
                 roll = self._rng.random()
                 expected = (
                     None
@@ -706,7 +715,7 @@ class RegisterWorkload:
                     if roll < 0.15
                     else client.seen.get(key)
                 )
-                await self._cas(client, key, expected, f"{client.name}.{client.values_made}")
+                await self._cas(client, key, expected, value)
 
     def _retire(self, client: _RegisterClient, f: str, key: str, reason: str) -> None:
         self._counts["info"] += 1
