@@ -27,8 +27,9 @@ from net.cluster.probe import node_masters, service_probes
 from net.config import NetConfig
 from net.errors import NetError
 from net.jepsen.hosts import STATE_NAME, missing_tools
+from net.jepsen.launch import faketime_library
 from net.jepsen.lazyfs import LIBEATMYDATA, unavailable_reason
-from net.jepsen.local import LocalTarget, faketime_library, local_cluster_toml
+from net.jepsen.local import LocalTarget, local_cluster_toml
 from net.jepsen.nemesis import (
     PARTITION_MS,
     SLOW_DELAY_MS,
@@ -213,17 +214,15 @@ def test_the_netns_target_runs_its_nodes_under_libfaketime_for_clock_faults(
         return
     target = NetnsTarget(tmp_path, clock=True)
     assert "clock" in target.faults
-    env = target._launch_env("s1")
+    env = target.env("s1")
     assert env["LD_PRELOAD"] == str(faketime_library())
     assert env["FAKETIME_TIMESTAMP_FILE"] == str(tmp_path.resolve() / "clock" / "s1")
     assert env["FAKETIME_DONT_FAKE_MONOTONIC"] == "1"
-    assert NetnsTarget(tmp_path)._launch_env("s1") == {}
+    assert NetnsTarget(tmp_path).env("s1") == {}
     eatmydata = Path(LIBEATMYDATA)
-    both = NetnsTarget(tmp_path, clock=True, preload=(eatmydata,))._launch_env("s1")
+    both = NetnsTarget(tmp_path, clock=True, preload=(eatmydata,)).env("s1")
     assert both["LD_PRELOAD"] == f"{faketime_library()}:{eatmydata}"  # libfaketime first
-    assert NetnsTarget(tmp_path, preload=(eatmydata,))._launch_env("s1") == {
-        "LD_PRELOAD": str(eatmydata)
-    }
+    assert NetnsTarget(tmp_path, preload=(eatmydata,)).env("s1") == {"LD_PRELOAD": str(eatmydata)}
 
 
 def test_the_cli_refuses_network_faults_on_the_local_target(tmp_path: Path) -> None:

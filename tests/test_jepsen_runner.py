@@ -22,14 +22,9 @@ import pytest
 from click.testing import CliRunner
 
 from net.cluster.probe import find_masters
+from net.jepsen.launch import faketime_library, faketime_offset
 from net.jepsen.lazyfs import unavailable_reason
-from net.jepsen.local import (
-    AUDIT_GROUP,
-    LocalTarget,
-    faketime_library,
-    faketime_offset,
-    local_cluster_toml,
-)
+from net.jepsen.local import AUDIT_GROUP, LocalTarget, local_cluster_toml
 from net.jepsen.nemesis import (
     CLOCK_JUMP_MS_MAX,
     CLOCK_SKEW_MS_MAX,

@@ -27,30 +27,14 @@ The negative control: ``preload`` of ``net.jepsen.lazyfs.LIBEATMYDATA`` (``pxq t
 --unsafe-no-fsync``) makes every fsync of the node processes, and only theirs, a no-op; on lazy
 disks a power cut then loses what they acknowledged.
 
-Clocks: with ``clock=True`` every node runs under libfaketime (Debian package ``faketime``):
-``LD_PRELOAD`` of the library, ``FAKETIME_TIMESTAMP_FILE`` = its ``clock/<node>`` file (``+0``
-at start), ``FAKETIME_NO_CACHE=1`` so that a new offset applies at once (each wall-clock read
-then costs ~15 µs), and ``FAKETIME_DONT_FAKE_MONOTONIC=1``: only the **wall clock** moves. Why not the monotonic one:
-pxq measures leases on monotonic time (``net.clock``) and assumes it advances at the real
-rate within a drift bound; a forward jump of one node's monotonic clock is what a pause
-already does to it (the pause nemesis), and a backward one breaks that assumption outright
-(a follower would wait out a lease that ended, an event loop's timers stall), a fault outside
-what a correct cluster must survive. Wall time is what the nodes stamp into records: the
-lock service's command times (``at_ms``, lease expiry in log time) and the enqueue times that
-replay by time reads.
+Clocks: with ``clock=True`` every node runs under libfaketime, and only its wall clock moves
+(``net.jepsen.launch`` says how, and why not the monotonic one).
 
-libfaketime 0.9.10 (Debian 12) traps: it applies a "monotonic fix" to timed waits by default on
-this glibc, and with ``FAKETIME_DONT_FAKE_MONOTONIC`` that fix makes a timed semaphore wait
-sleep its whole timeout instead of waking when posted: a node's writer thread then commits
-seconds late and every master loses its lease (measured: no enqueue in 8 s). Hence
-``FAKETIME_FORCE_MONOTONIC_FIX=0``; a test keeps the hand-off prompt. ``time.sleep`` still
-fails with EINVAL under the library; the nodes never call it (they wait in their event loop
-and their writer thread's queue).
-
-Hooks for other targets (``NodeLaunch``): ``env(node)`` is what a node's process gets added
-to its environment (libfaketime, plus any ``preload`` libraries such as libeatmydata for a
-negative control), ``data_dir(node)`` where its data lives (a subclass may mount another file
-system there).
+Hooks for other targets (``NodeLaunch``, from ``net.jepsen.launch.ProcessTarget``, which also
+holds the clock and disk faults the netns target shares): ``env(node)`` is what a node's
+process gets added to its environment (libfaketime, plus any ``preload`` libraries such as
+libeatmydata for a negative control), ``data_dir(node)`` where its data lives (a subclass may
+mount another file system there).
 """
 
 from __future__ import annotations
@@ -61,9 +45,8 @@ import os
 import re
 import shutil
 import signal
-import sysconfig
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -86,8 +69,7 @@ from net.cluster.processes import (
 from net.config import NetConfig
 from net.errors import NetError
 from net.files import write_private
-from net.jepsen.disks import NodeDisks
-from net.jepsen.lazyfs import LazyDisk
+from net.jepsen.launch import DISKS_DIR, ProcessTarget
 from net.jepsen.target import FaultKind, Link, UnsupportedFault
 from pxq.config import ClusterConfig, NodeInfo, default_toml, load_config
 
@@ -98,27 +80,6 @@ AUDIT_GROUP: Final = "audit"
 """The second consumer group this target adds to the embedded default."""
 START_TIMEOUT_S: Final = 10.0
 """How long ``start`` waits for a restarted node to accept connections."""
-CLOCK_DIR: Final = "clock"
-DISKS_DIR: Final = "disks"
-"""Where the lazy disks keep what was made durable (``disks/<node>``)."""
-FAKETIME_ENV: Final = {
-    "FAKETIME_NO_CACHE": "1",
-    "FAKETIME_DONT_FAKE_MONOTONIC": "1",
-    "FAKETIME_FORCE_MONOTONIC_FIX": "0",
-}
-"""libfaketime's settings (see the module docstring)."""
-
-
-def faketime_library() -> Path | None:
-    """libfaketime of this machine's architecture (Debian's multiarch path), None if absent."""
-    multiarch = sysconfig.get_config_var("MULTIARCH") or "x86_64-linux-gnu"
-    path = Path("/usr/lib") / str(multiarch) / "faketime" / "libfaketime.so.1"
-    return path if path.is_file() else None
-
-
-def faketime_offset(offset_ms: int) -> str:
-    """The content of a libfaketime timestamp file for an offset (``+1.500``, ``-0.250``)."""
-    return f"{offset_ms / 1000:+.3f}\n"
 
 
 def local_cluster_toml(base_port: int, *, cluster_id: str) -> str:
@@ -136,7 +97,7 @@ def local_cluster_toml(base_port: int, *, cluster_id: str) -> str:
     return text + f'\n[[topics.consumer_groups]]\nname = "{AUDIT_GROUP}"\n'
 
 
-class LocalTarget:
+class LocalTarget(ProcessTarget):
     """Nodes as processes on 127.0.0.1 (see the module docstring)."""
 
     def __init__(
@@ -158,13 +119,7 @@ class LocalTarget:
         data directory on a ``LazyDisk`` (``LazyFsError`` naming what is missing if it cannot
         be mounted here)."""
         self.home = ClusterHome(root)
-        self._disks = NodeDisks(self.name, enabled=lazy_disks)
-        self._faketime = faketime_library() if clock else None
-        if clock and self._faketime is None:
-            raise FileNotFoundError(
-                "clock faults need libfaketime (Debian package faketime); not found"
-            )
-        self._preload = tuple(preload)
+        super().__init__(root, clock=clock, preload=preload, lazy_disks=lazy_disks)
         self._keep_data = keep_data
         if config_file is None:
             self._config_path = root / "cluster.toml"
@@ -202,30 +157,11 @@ class LocalTarget:
 
     @property
     def faults(self) -> frozenset[FaultKind]:
-        kinds: set[FaultKind] = {"kill", "pause"}
-        if self._faketime is not None:
-            kinds.add("clock")
-        return frozenset(kinds) | self._disks.faults
-
-    # -- NodeLaunch: how a node process starts ------------------------------------------------
-
-    def env(self, node: str) -> Mapping[str, str]:
-        """libfaketime (with ``clock``) and the ``preload`` libraries, and their settings."""
-        preload = [str(p) for p in self._preload]
-        extra: dict[str, str] = {}
-        if self._faketime is not None:
-            preload.insert(0, str(self._faketime))
-            extra.update(FAKETIME_ENV)
-            extra["FAKETIME_TIMESTAMP_FILE"] = str(self._clock_file(node).resolve())
-        if preload:
-            extra["LD_PRELOAD"] = ":".join(preload)
-        return extra
+        kinds: frozenset[FaultKind] = frozenset({"kill", "pause"})
+        return kinds | self._launch_faults
 
     def data_dir(self, node: str) -> Path:
         return self.home.data_dir(node)
-
-    def _clock_file(self, node: str) -> Path:
-        return self.home.root / CLOCK_DIR / node
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -239,24 +175,9 @@ class LocalTarget:
             write_private(self._config_path, self._config_text.encode())
         config = load_config(self._config_path)
         self._config = config
-        if self._faketime is not None:
-            (root / CLOCK_DIR).mkdir(mode=0o700, exist_ok=True)
-            for info in config.all_nodes():
-                write_private(self._clock_file(info.node), faketime_offset(0).encode())
-        if self._disks.enabled:
-            await self._mount_disks(config)
+        await self._prepare(info.node for info in config.all_nodes())
         result = await up(self.home, self._config_path, metrics=False, launch=self)
         self._pids = {p.node: p.pid for p in result.nodes}
-
-    async def _mount_disks(self, config: ClusterConfig) -> None:
-        """A mounted ``LazyDisk`` on every node's data directory (each one registered before
-        it is mounted: teardown unmounts whatever got mounted)."""
-        for info in config.all_nodes():
-            await self._disks.mount(
-                info.node,
-                backing=self.home.root / DISKS_DIR / info.node,
-                mountpoint=self.data_dir(info.node),
-            )
 
     async def teardown(self) -> None:
         try:
@@ -377,34 +298,11 @@ class LocalTarget:
                 )
             await asyncio.sleep(POLL_S / 10)
 
-    async def set_clock_offset(self, node: str, offset_ms: int) -> None:
-        self._info(node)
-        if self._faketime is None:
-            raise UnsupportedFault(self.name, "clock")
-        # Replaced whole (write, then rename): libfaketime re-reads it at every clock call.
-        write_private(self._clock_file(node), faketime_offset(offset_ms).encode())
-
     async def partition(self, cuts: Sequence[Link]) -> None:
         raise UnsupportedFault(self.name, "partition")
 
     async def heal_network(self) -> None:
         """Nothing to heal: this target cuts no link."""
-
-    async def power_cut(self, node: str) -> None:
-        """SIGKILL, then the disk loses what was not fsynced (in that order: the node must
-        not write to a disk that is being cut)."""
-        disk = self._disk(node, "power")
-        await self.kill(node)
-        await disk.power_cut()
-
-    async def fill_disk(self, node: str) -> None:
-        await self._disk(node, "disk-full").set_full(True)
-
-    async def free_disk(self, node: str) -> None:
-        await self._disk(node, "disk-full").set_full(False)
-
-    def _disk(self, node: str, fault: FaultKind) -> LazyDisk:
-        return self._disks.disk(node, fault)
 
     async def slow_links(self, links: Sequence[Link], delay_ms: int) -> None:
         raise UnsupportedFault(self.name, "slow-link")

@@ -65,12 +65,10 @@ from net.cluster.processes import (
 from net.config import NetConfig
 from net.errors import NetError
 from net.files import open_private_append, write_private
-from net.jepsen.disks import NodeDisks
 from net.jepsen.hosts import Hosts
-from net.jepsen.lazyfs import LazyDisk
-from net.jepsen.local import FAKETIME_ENV, faketime_library, faketime_offset
+from net.jepsen.launch import ProcessTarget
 from net.jepsen.proxy import DelayProxy, ProxyStats
-from net.jepsen.target import FaultKind, Link, UnsupportedFault
+from net.jepsen.target import FaultKind, Link
 from net.tls import ensure_cluster_material
 from pxq.config import ClusterConfig, NodeInfo, default_toml, load_config
 
@@ -81,8 +79,6 @@ UP_TIMEOUT_S: Final = 30.0
 KILL_WAIT_S: Final = 5.0
 REPLICA_TABLES: Final = ("[[stores.replicas]]", "[[locks.replicas]]")
 FAULTS: Final[frozenset[FaultKind]] = frozenset({"kill", "pause", "partition", "slow-link"})
-CLOCK_DIR: Final = "clock"
-DISKS_DIR: Final = "disks"
 
 
 class NetnsError(NetError):
@@ -120,7 +116,7 @@ def replica_names(base_toml: str) -> list[str]:
     return [str(n) for n in names]
 
 
-class NetnsTarget:
+class NetnsTarget(ProcessTarget):
     """A cluster of node processes in network namespaces (see the module docstring)."""
 
     def __init__(
@@ -139,14 +135,8 @@ class NetnsTarget:
         ``lazy_disks``: each node's data directory on a ``LazyDisk`` (``LazyFsError`` naming
         what is missing if it cannot be mounted here). ``preload``: further libraries every
         node process preloads."""
-        self._disks = NodeDisks(self.name, enabled=lazy_disks)
-        self._preload = tuple(preload)
-        self._faketime = faketime_library() if clock else None
-        if clock and self._faketime is None:
-            raise FileNotFoundError(
-                "clock faults need libfaketime (Debian package faketime); not found"
-            )
         self.root = root.resolve()
+        super().__init__(self.root, clock=clock, preload=preload, lazy_disks=lazy_disks)
         self._base_toml = base_toml
         self._tls = tls
         self._up_timeout_s = up_timeout_s
@@ -173,8 +163,7 @@ class NetnsTarget:
 
     @property
     def faults(self) -> frozenset[FaultKind]:
-        clock: frozenset[FaultKind] = frozenset({"clock"} if self._faketime else ())
-        return FAULTS | clock | self._disks.faults
+        return FAULTS | self._launch_faults
 
     @property
     def hosts(self) -> Hosts:
@@ -223,15 +212,7 @@ class NetnsTarget:
             self._nodes = tuple(i.node for i in config.all_nodes())
             if config.tls.enabled:
                 ensure_cluster_material(config)
-            if self._faketime is not None:
-                (self.root / CLOCK_DIR).mkdir(mode=0o700, exist_ok=True)
-                for node in nodes:
-                    write_private(self._clock_file(node), faketime_offset(0).encode())
-            if self._disks.enabled:
-                for node in nodes:
-                    await self._disks.mount(
-                        node, backing=self.root / DISKS_DIR / node, mountpoint=self._data_dir(node)
-                    )
+            await self._prepare(nodes)
             for node in nodes:
                 self._spawn(node, "setup")
             await wait_for_masters(
@@ -282,7 +263,7 @@ class NetnsTarget:
         raise NetnsError(f"no node {node!r} (nodes: {', '.join(self._nodes)})")
 
     def _spawn(self, node: str, why: str) -> None:
-        data_dir = self._data_dir(node)
+        data_dir = self.data_dir(node)
         data_dir.mkdir(parents=True, exist_ok=True)
         argv = node_command(
             self.config_path, node, data_dir, log_format=self._log_format, metrics=False
@@ -291,27 +272,11 @@ class NetnsTarget:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             node_log.write(f"---- {stamp} netns target {why}: starting {node} ----\n".encode())
             node_log.flush()
-            env = child_env() | self._launch_env(node)
+            env = child_env() | self.env(node)
             self._procs[node] = self.hosts.run(node, argv, env=env, stdout=node_log)
 
-    def _clock_file(self, node: str) -> Path:
-        return self.root / CLOCK_DIR / node
-
-    def _data_dir(self, node: str) -> Path:
+    def data_dir(self, node: str) -> Path:
         return self.hosts.host(node).dir / "data"
-
-    def _launch_env(self, node: str) -> dict[str, str]:
-        """What ``node``'s process gets added to its environment: libfaketime's settings
-        (with ``clock``) and ``LD_PRELOAD`` of libfaketime and the ``preload`` libraries."""
-        preload = [str(p) for p in self._preload]
-        env: dict[str, str] = {}
-        if self._faketime is not None:
-            preload.insert(0, str(self._faketime))
-            env.update(FAKETIME_ENV)
-            env["FAKETIME_TIMESTAMP_FILE"] = str(self._clock_file(node))
-        if preload:
-            env["LD_PRELOAD"] = ":".join(preload)
-        return env
 
     def is_running(self, node: str) -> bool:
         proc = self._procs.get(node)
@@ -381,31 +346,6 @@ class NetnsTarget:
         self._proxies.clear()
         for proxy in proxies:
             await proxy.close()
-
-    async def set_clock_offset(self, node: str, offset_ms: int) -> None:
-        if self._faketime is None:
-            raise UnsupportedFault(self.name, "clock")
-        self._info(node)
-        # Replaced whole (write, then rename): libfaketime re-reads it at every clock call.
-        write_private(self._clock_file(node), faketime_offset(offset_ms).encode())
-
-    # -- disks --------------------------------------------------------------------------------
-
-    async def power_cut(self, node: str) -> None:
-        """SIGKILL, then the disk loses what was not fsynced (in that order: the node must
-        not write to a disk that is being cut)."""
-        disk = self._disk(node, "power")
-        await self.kill(node)
-        await disk.power_cut()
-
-    async def fill_disk(self, node: str) -> None:
-        await self._disk(node, "disk-full").set_full(True)
-
-    async def free_disk(self, node: str) -> None:
-        await self._disk(node, "disk-full").set_full(False)
-
-    def _disk(self, node: str, fault: FaultKind) -> LazyDisk:
-        return self._disks.disk(node, fault)
 
 
 # -- the manual tool --------------------------------------------------------------------------
