@@ -1,5 +1,5 @@
 """Fixtures that more than one test file uses: ``ssh_hosts``, a maker of SSH test hosts
-(``tests/sshd_hosts.py``)."""
+(``tests/sshd_hosts.py``), and ``wheel_cache``, the ``pxq deploy`` wheelhouses of a session."""
 
 from __future__ import annotations
 
@@ -17,3 +17,10 @@ def ssh_hosts(tmp_path: Path) -> Iterator[SshHostsMaker]:
     sshd; skipped where they cannot be made; torn down always (``tests/sshd_hosts.py``)."""
     with make_ssh_hosts(tmp_path) as make:
         yield make
+
+
+@pytest.fixture(scope="session")
+def wheel_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One wheelhouse cache for the session's ``pxq deploy`` tests (``--wheel-cache``): a
+    release is built once (a minute or so), whichever test needs it first."""
+    return tmp_path_factory.mktemp("wheels")

@@ -1,7 +1,8 @@
 """Cluster files for the SSH test hosts (``tests/sshd_hosts.py``), shared by the
-``pxq deploy`` tests: ``write_cluster_file`` places a store of three replicas and a lock
-service of three replicas on a room's hosts, one host per zone, logging in with the room's
-key and running this interpreter on the hosts."""
+``pxq deploy`` tests: ``write_cluster_file`` places stores of three replicas each (store k on
+hosts ``3k``..``3k+2``) and a lock service of three replicas (on the first three hosts) on a
+room's hosts, host i in zone ``z<i mod 3>``, logging in with the room's key and running this
+interpreter on the hosts."""
 
 from __future__ import annotations
 
@@ -22,10 +23,16 @@ def cluster_toml(
     cluster_id: str = "c-deploytest",
     python: str = sys.executable,
     tls: bool = True,
+    metrics: bool = False,
+    stores: int = 1,
+    queues: int = 4,
     overrides: dict[str, dict[str, object]] | None = None,
 ) -> str:
-    """Hosts ``names`` (zone ``z<i>``, base directory the room's), replicas ``s<i>`` and
-    ``l<i>`` on host ``names[i]``; ``overrides[name]`` changes fields of a host's entry."""
+    """Hosts ``names`` (zone ``z<i mod 3>``, base directory the room's), store replicas
+    ``s<i>`` and lock replicas ``l<i>`` (i < 3) on host ``names[i]``, ``stores`` stores
+    ``store<k>`` (``3 * stores`` hosts at least); ``overrides[name]`` changes fields of a
+    host's entry; ``metrics`` turns the nodes' metrics endpoints on (``pxq deploy upgrade``
+    reads them)."""
     lines = [
         "[cluster]",
         'name = "deploytest"',
@@ -33,13 +40,14 @@ def cluster_toml(
         "",
         "[tls]" if tls else "[tls]\nenabled = false",
         "",
+        *(["[metrics]", "enabled = true", ""] if metrics else []),
     ]
     for i, name in enumerate(names):
         host = ssh.host(name)
         fields: dict[str, object] = {
             "name": name,
             "address": host.address,
-            "zone": f"z{i}",
+            "zone": f"z{i % 3}",
             "ssh_user": ssh.user,
             "ssh_port": host.port,
             "ssh_key": str(ssh.key),
@@ -50,18 +58,19 @@ def cluster_toml(
         lines.append("[[hosts]]")
         lines += [f"{k} = {json.dumps(v)}" for k, v in fields.items()]
         lines.append("")
-    lines += ["[[stores]]", 'name = "store0"', "groups = 2", ""]
-    for i, name in enumerate(names):
-        lines += ["[[stores.replicas]]", f'node = "s{i}"', f'on = "{name}"']
-        lines += [f"port = {STORE_PORT}", ""]
+    for k in range(stores):
+        lines += ["[[stores]]", f'name = "store{k}"', "groups = 2", ""]
+        for i in range(3 * k, 3 * k + 3):
+            lines += ["[[stores.replicas]]", f'node = "s{i}"', f'on = "{names[i]}"']
+            lines += [f"port = {STORE_PORT}", ""]
     lines += ["[locks]", "groups = 1", ""]
-    for i, name in enumerate(names):
+    for i, name in enumerate(names[:3]):
         lines += ["[[locks.replicas]]", f'node = "l{i}"', f'on = "{name}"']
         lines += [f"port = {LOCK_PORT}", ""]
     lines += [
         "[[topics]]",
         'name = "events"',
-        "queues = 4",
+        f"queues = {queues}",
         "",
         "[[topics.consumer_groups]]",
         'name = "default"',

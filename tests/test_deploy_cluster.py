@@ -44,11 +44,6 @@ def run_pxq(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture(scope="module")
-def wheel_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("wheels")
-
-
 def test_deploy_three_hosts_in_three_zones(
     ssh_hosts: SshHostsMaker, tmp_path: Path, wheel_cache: Path
 ) -> None:

@@ -726,10 +726,13 @@ class NodeStatus:
     """A TCP connection to the node's address succeeded."""
     masters: tuple[int, ...] = ()
     """Groups of its service (its store, or the lock service) this node masters now."""
+    remote: bool = False
+    """The node runs on a host of the file's ``[[hosts]]`` (``pxq deploy``), not from the
+    home: no pid here, its process is not looked at, and it is up when it answers."""
 
     @property
     def up(self) -> bool:
-        return self.alive and self.accepting
+        return self.accepting if self.remote else self.alive and self.accepting
 
 
 @dataclass(frozen=True, slots=True)
@@ -757,8 +760,9 @@ class ClusterStatus:
 async def status(
     home: ClusterHome, config_file: Path | None = None, net_config: NetConfig | None = None
 ) -> ClusterStatus:
-    """Probe every replica of the configuration, store and lock replicas (concurrently).
-    Raises ``ConfigError``."""
+    """Probe every replica of the configuration, store and lock replicas (concurrently); the
+    nodes of a file with ``[[hosts]]`` run on those hosts (``NodeStatus.remote``). Raises
+    ``ConfigError``."""
     path = home.config_for_status(config_file)
     config = load_config(path)
     pid_files = home.pid_files()
@@ -778,7 +782,7 @@ async def status(
     nodes: list[NodeStatus] = []
     mastered: set[GroupKey] = set()
     for info, groups in zip(infos, answers, strict=True):
-        pid_file = pid_files.get(info.node)
+        pid_file = pid_files.get(info.node) if info.on is None else None
         pid = read_pid(pid_file) if pid_file is not None else None
         nodes.append(
             NodeStatus(
@@ -791,6 +795,7 @@ async def status(
                 alive=pid is not None and is_node_process(pid, info.node),
                 accepting=groups is not None,
                 masters=tuple(groups or ()),
+                remote=info.on is not None,
             )
         )
         mastered.update((info.service, g) for g in groups or ())

@@ -17,7 +17,10 @@ detached with its pid file. ``auto`` (the default) takes systemd where it runs t
 (``/run/systemd/system`` exists) and the agent is root, the watchdog otherwise.
 
 ``start`` leaves a running node alone (``running``), ``stop`` a stopped one (``not
-running``): both are idempotent. ``stop`` sends SIGTERM (the node stops gracefully, its
+running``): both are idempotent. ``status`` also reports the release a running node runs (its
+interpreter's ``venv-RELEASE``: ``pxq deploy upgrade`` skips a node already on its release).
+``destroy`` stops a node as ``stop`` does, removes its systemd unit if it has one, and its
+data, log and pid files (``pxq deploy destroy`` removes the rest of ``BASE``). ``stop`` sends SIGTERM (the node stops gracefully, its
 watchdog with it), waits ``--timeout`` and then SIGKILLs what is left (``killed``). A pid is
 signalled only after ``/proc/PID/cmdline`` shows it is still that node's watchdog or node.
 """
@@ -28,6 +31,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -171,6 +175,15 @@ def node_pid(layout: Layout, node: str) -> int | None:
     return None
 
 
+def release_of_pid(pid: int | None) -> str | None:
+    """The release whose interpreter runs ``pid`` (``BASE/venv-RELEASE/bin/python``)."""
+    argv = _cmdline(pid) if pid is not None else []
+    if not argv:
+        return None
+    venv = Path(argv[0]).parent.parent.name
+    return venv.removeprefix("venv-") if venv.startswith("venv-") else None
+
+
 def _alive(pid: int) -> bool:
     # A zombie (exited, not reaped yet) counts as gone.
     try:
@@ -309,6 +322,7 @@ def status(layout: Layout, node: str, *, supervisor: str, prefix: str) -> dict[s
             "pid": pid,
             "node_pid": pid,
             "supervisor": "systemd",
+            "release": release_of_pid(pid) if running else None,
         }
     dog, child = watchdog_pid(layout, node), node_pid(layout, node)
     return {
@@ -317,12 +331,37 @@ def status(layout: Layout, node: str, *, supervisor: str, prefix: str) -> dict[s
         "pid": dog,
         "node_pid": child,
         "supervisor": "watchdog",
+        "release": release_of_pid(child),
     }
+
+
+def destroy(
+    layout: Layout, node: str, *, supervisor: str, prefix: str, timeout_s: float
+) -> dict[str, object]:
+    """Stop ``node`` (as ``stop``), then remove its unit file, data, log and pid files. A
+    node that survived its SIGKILL keeps everything (``survived``)."""
+    result = stop(layout, node, supervisor=supervisor, prefix=prefix, timeout_s=timeout_s)
+    if result["outcome"] in ("failed", "survived"):
+        return result
+    unit = SYSTEMD_DIR / _unit(prefix, node)
+    if unit.is_file():
+        unit.unlink()
+        _systemctl("daemon-reload")
+    removed = [
+        str(p)
+        for p in (layout.data(node), layout.log(node), layout.pidfile(node))
+        if p.exists() or p.is_symlink()
+    ]
+    shutil.rmtree(layout.data(node), ignore_errors=True)
+    layout.log(node).unlink(missing_ok=True)
+    layout.pidfile(node).unlink(missing_ok=True)
+    layout.node_pidfile(node).unlink(missing_ok=True)
+    return {**result, "removed": removed}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m net.deploy.agent")
-    parser.add_argument("action", choices=("start", "stop", "status"))
+    parser.add_argument("action", choices=("start", "stop", "status", "destroy"))
     parser.add_argument("--base", required=True, type=Path)
     parser.add_argument("--supervisor", choices=("auto", "watchdog", "systemd"), default="auto")
     parser.add_argument("--unit-prefix", default="pxq", help="systemd units: PREFIX-NODE.service")
@@ -344,9 +383,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     cluster=args.cluster,
                 )
             )
-        elif args.action == "stop":
+        elif args.action in ("stop", "destroy"):
+            act = stop if args.action == "stop" else destroy
             results.append(
-                stop(
+                act(
                     layout,
                     node,
                     supervisor=args.supervisor,

@@ -19,6 +19,13 @@
 reports each node's host, zone, supervisor, pid and the groups it masters now; ``restart``
 stops and starts one node and waits for every group's master; ``logs`` shows (or follows) one
 node's log. All are safe to re-run.
+
+``destroy`` (only ever called after the user confirmed: ``pxq deploy destroy --yes``) logs into
+every host of the file, stops its nodes (``agent destroy``: as ``stop``, then each node's
+systemd unit, data, log and pid files go), then removes what pxq put under ``base_dir``
+(``DESTROYED``: data, logs, pid files, the cluster file and TLS material, wheelhouses, every
+release's virtual environment, ``current``). ``base_dir`` itself stays, empty. A host where a
+node survived its stop keeps its files. Re-run, it finds nothing and says so.
 """
 
 from __future__ import annotations
@@ -37,13 +44,15 @@ from typing import Final, TypeVar
 from net.cluster.probe import GroupKey, find_masters, probed_groups, wait_for_masters
 from net.config import NetConfig
 from net.deploy.agent import CLUSTER_DIR, CONFIG_NAME
-from net.deploy.install import current_python, installed_release
+from net.deploy.install import CURRENT, current_python, installed_release
 from net.deploy.ssh import DeployError, HostKeys, Session, connect, session
 from net.errors import NetError
 from net.tls import CA_CERT, cert_path, ensure_cluster_material, key_path, node_identity
 from pxq.config import ClusterConfig, HostConfig
 from pxq.config.model import TLS_DIR_DEFAULT
 
+DESTROYED: Final = ("data", "logs", "run", CLUSTER_DIR, "wheelhouse", "venv-*", CURRENT)
+"""What ``destroy`` removes under a host's ``base_dir`` (``venv-*``: every release)."""
 UP_TIMEOUT_S: Final = 60.0
 AGENT_TIMEOUT_S: Final = 120.0
 LOG_TAIL_LINES: Final = 20
@@ -80,6 +89,8 @@ class NodeState:
     pid: int | None = None
     node_pid: int | None = None
     masters: tuple[str, ...] = ()
+    release: str | None = None
+    """``status``: the release the node process runs (its ``venv-RELEASE``)."""
     error: str | None = None
 
     def to_json(self) -> dict[str, object]:
@@ -93,6 +104,7 @@ class NodeState:
             "pid": self.pid,
             "node_pid": self.node_pid,
             "masters": list(self.masters),
+            "release": self.release,
             "error": self.error,
         }
 
@@ -145,7 +157,7 @@ def _agent(
     ]
 
 
-async def _agent_run(
+async def agent_run(
     s: Session, config: ClusterConfig, action: str, nodes: Sequence[str], *args: str
 ) -> list[dict[str, object]]:
     done = await s.run(_agent(s.host, action, config, nodes, *args), timeout_s=AGENT_TIMEOUT_S)
@@ -160,7 +172,7 @@ async def _agent_run(
     return [r for r in results if isinstance(r, dict)]
 
 
-async def _sessions(
+async def open_sessions(
     config: ClusterConfig, keys: HostKeys, names: Sequence[str]
 ) -> tuple[dict[str, Session], list[HostFailure]]:
     """A login to each host of ``names`` in parallel; the failures instead of the sessions
@@ -179,7 +191,7 @@ async def _sessions(
     return sessions, failures
 
 
-async def _each(
+async def on_each(
     sessions: dict[str, Session], job: Callable[[Session], Awaitable[T]]
 ) -> tuple[dict[str, T], list[HostFailure]]:
     names = list(sessions)
@@ -196,7 +208,7 @@ async def _each(
     return done, failures
 
 
-async def _close(sessions: dict[str, Session]) -> None:
+async def close_sessions(sessions: dict[str, Session]) -> None:
     await asyncio.gather(*(s.close() for s in sessions.values()))
 
 
@@ -210,7 +222,7 @@ def remote_tls_dir(cluster_file: Path, host: HostConfig) -> str:
     return posixpath.normpath(posixpath.join(host.base_dir, CLUSTER_DIR, str(raw)))
 
 
-async def _push_config(s: Session, config: ClusterConfig, cluster_file: Path) -> None:
+async def push_config(s: Session, config: ClusterConfig, cluster_file: Path) -> None:
     host = s.host
     cluster_dir = f"{host.base_dir}/{CLUSTER_DIR}"
     await s.make_dirs(cluster_dir)
@@ -237,7 +249,7 @@ def _states(
         state = r.get(key)
         if key == "running":
             state = "running" if state else "stopped"
-        pid, node_pid = r.get("pid"), r.get("node_pid")
+        pid, node_pid, release = r.get("pid"), r.get("node_pid"), r.get("release")
         found.append(
             NodeState(
                 node=info.node,
@@ -249,6 +261,7 @@ def _states(
                 supervisor=str(r.get("supervisor") or ""),
                 pid=pid if isinstance(pid, int) else None,
                 node_pid=node_pid if isinstance(node_pid, int) else None,
+                release=str(release) if release else None,
                 error=str(r["error"]) if r.get("error") else None,
             )
         )
@@ -266,10 +279,10 @@ async def up(
     """See the module docstring."""
     started = time.monotonic()
     names = host_names(config)
-    sessions, failures = await _sessions(config, keys, names)
+    sessions, failures = await open_sessions(config, keys, names)
     try:
         if not failures:
-            releases, failures = await _each(sessions, installed_release)
+            releases, failures = await on_each(sessions, installed_release)
             failures += [
                 HostFailure(
                     host=n,
@@ -284,12 +297,12 @@ async def up(
         ensure_cluster_material(config)
 
         async def start_host(s: Session) -> list[NodeState]:
-            await _push_config(s, config, cluster_file)
+            await push_config(s, config, cluster_file)
             nodes = [n.node for n in config.nodes_on(s.host.name)]
-            reports = await _agent_run(s, config, "start", nodes, "--supervisor", supervisor)
+            reports = await agent_run(s, config, "start", nodes, "--supervisor", supervisor)
             return _states(config, s.host.name, reports, "state")
 
-        per_host, failures = await _each(sessions, start_host)
+        per_host, failures = await on_each(sessions, start_host)
         nodes = [n for name in names for n in per_host.get(name, [])]
         error: str | None = None
         masters: dict[GroupKey, str] = {}
@@ -311,13 +324,13 @@ async def up(
             logs=logs,
         )
     finally:
-        await _close(sessions)
+        await close_sessions(sessions)
 
 
 async def _tails_of_stopped(config: ClusterConfig, sessions: dict[str, Session]) -> dict[str, str]:
     async def tails(s: Session) -> dict[str, str]:
         nodes = [n.node for n in config.nodes_on(s.host.name)]
-        reports = await _agent_run(s, config, "status", nodes)
+        reports = await agent_run(s, config, "status", nodes)
         found: dict[str, str] = {}
         for r in reports:
             if not r.get("running"):
@@ -329,7 +342,7 @@ async def _tails_of_stopped(config: ClusterConfig, sessions: dict[str, Session])
                 found[node] = done.stdout
         return found
 
-    per_host, _ = await _each(sessions, tails)
+    per_host, _ = await on_each(sessions, tails)
     return {node: text for found in per_host.values() for node, text in found.items()}
 
 
@@ -351,6 +364,7 @@ def _with_masters(nodes: Sequence[NodeState], masters: dict[GroupKey, str]) -> l
                 pid=n.pid,
                 node_pid=n.node_pid,
                 masters=tuple(by_node.get(n.node, ())),
+                release=n.release,
                 error=n.error,
             )
         )
@@ -365,7 +379,7 @@ async def _on_hosts(
     *args: str,
 ) -> tuple[list[NodeState], list[HostFailure]]:
     names = host_names(config)
-    sessions, failures = await _sessions(config, keys, names)
+    sessions, failures = await open_sessions(config, keys, names)
     try:
 
         async def job(s: Session) -> list[NodeState]:
@@ -376,12 +390,12 @@ async def _on_hosts(
                     f"{s.host.name}: pxq is not installed in {s.host.base_dir}: nothing runs there"
                 )
             return _states(
-                config, s.host.name, await _agent_run(s, config, action, nodes, *args), key
+                config, s.host.name, await agent_run(s, config, action, nodes, *args), key
             )
 
-        per_host, more = await _each(sessions, job)
+        per_host, more = await on_each(sessions, job)
     finally:
-        await _close(sessions)
+        await close_sessions(sessions)
     nodes = [n for name in names for n in per_host.get(name, [])]
     return nodes, failures + more
 
@@ -446,7 +460,7 @@ async def restart(
         async with session(host, keys) as s:
             if await installed_release(s) is None:
                 raise NotInstalled(f"{host.name}: pxq is not installed in {host.base_dir}")
-            await _agent_run(
+            await agent_run(
                 s,
                 config,
                 "stop",
@@ -456,7 +470,7 @@ async def restart(
                 "--supervisor",
                 supervisor,
             )
-            reports = await _agent_run(s, config, "start", [node], "--supervisor", supervisor)
+            reports = await agent_run(s, config, "start", [node], "--supervisor", supervisor)
     except DeployError as exc:
         failure = HostFailure(host=host.name, error=str(exc))
         return DeployResult(failures=(failure,), elapsed_s=time.monotonic() - started)
@@ -502,3 +516,105 @@ async def logs(
                 write(line)
         finally:
             process.close()
+
+
+def destroy_targets(host: HostConfig) -> list[str]:
+    """What ``destroy`` removes on ``host`` (``DESTROYED`` under its base_dir)."""
+    return [f"{host.base_dir}/{name}" for name in DESTROYED]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostDestroy:
+    host: str
+    nodes: tuple[NodeState, ...]
+    """The host's nodes as ``agent destroy`` left them (state: stopped, not running...)."""
+    removed: tuple[str, ...]
+    """What was there and is gone (empty: nothing was left)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DestroyResult:
+    hosts: tuple[HostDestroy, ...] = ()
+    failures: tuple[HostFailure, ...] = ()
+    elapsed_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def _destroy_script(host: HostConfig) -> str:
+    """Remove ``DESTROYED`` under the host's base_dir, printing each path that was there."""
+    names = " ".join(DESTROYED[:-1]) + f" {CURRENT} {CURRENT}.new"
+    return (
+        f"cd {shlex.quote(host.base_dir)} 2>/dev/null || exit 0\n"
+        f"for p in {names}; do\n"
+        '  if [ -e "$p" ] || [ -L "$p" ]; then echo "$PWD/$p"; rm -rf -- "$p"; fi\n'
+        "done\n"
+    )
+
+
+async def _any_python(s: Session) -> str | None:
+    """An installed interpreter to run the agent with: ``current``'s, else any release's."""
+    if await installed_release(s) is not None:
+        return current_python(s.host)
+    done = await s.run(
+        f"ls -d {shlex.quote(s.host.base_dir)}/venv-*/bin/python 2>/dev/null | head -n 1",
+        check=False,
+    )
+    return done.stdout.strip() or None
+
+
+async def destroy(
+    config: ClusterConfig, keys: HostKeys, *, supervisor: str = "auto", timeout_s: float = 10.0
+) -> DestroyResult:
+    """See the module docstring: every host of ``config``, in parallel."""
+    started = time.monotonic()
+    names = [h.name for h in config.hosts]
+    sessions, failures = await open_sessions(config, keys, names)
+    try:
+
+        async def job(s: Session) -> HostDestroy:
+            nodes = [n.node for n in config.nodes_on(s.host.name)]
+            states: list[NodeState] = []
+            python = await _any_python(s) if nodes else None
+            if python is not None:
+                args = ("--timeout", str(timeout_s), "--supervisor", supervisor)
+                argv = [python, *_agent(s.host, "destroy", config, nodes, *args)[1:]]
+                done = await s.run(argv, timeout_s=AGENT_TIMEOUT_S)
+                try:
+                    reports = json.loads(done.stdout)
+                except ValueError as exc:
+                    raise DeployError(
+                        f"{s.host.name}: the agent printed {done.stdout[:300]!r}"
+                    ) from exc
+                states = _states(config, s.host.name, reports, "outcome")
+                kept = [n.node for n in states if n.state in ("failed", "survived")]
+                if kept:
+                    raise DeployError(
+                        f"{s.host.name}: could not stop {', '.join(kept)}: its files are kept"
+                    )
+            else:
+                states = [
+                    NodeState(
+                        node=n.node,
+                        host=s.host.name,
+                        zone=s.host.zone,
+                        address=n.host,
+                        port=n.port,
+                        state="not installed",
+                    )
+                    for n in config.nodes_on(s.host.name)
+                ]
+            done = await s.run(_destroy_script(s.host), timeout_s=AGENT_TIMEOUT_S)
+            removed = tuple(line for line in done.stdout.splitlines() if line)
+            return HostDestroy(host=s.host.name, nodes=tuple(states), removed=removed)
+
+        per_host, more = await on_each(sessions, job)
+    finally:
+        await close_sessions(sessions)
+    return DestroyResult(
+        hosts=tuple(per_host[n] for n in names if n in per_host),
+        failures=tuple(failures + more),
+        elapsed_s=time.monotonic() - started,
+    )

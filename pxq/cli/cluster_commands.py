@@ -212,7 +212,9 @@ def _print_up(result: UpResult, home: Path, *, default_config: bool) -> None:
 @HOME_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def cluster_status(config_file: Path | None, home: Path, as_json: bool) -> None:
-    """Per node (store and lock replicas): process alive, port accepting, groups it masters."""
+    """Per node (store and lock replicas): process alive, port accepting, groups it masters.
+    With a deployed cluster's file (its [[hosts]]: pxq deploy), from any machine: its nodes
+    are "remote", up when they answer (pxq deploy status shows their processes)."""
     from net.cluster.processes import ClusterHome, status
     from net.errors import TlsError
     from pxq.config.parser import ConfigError
@@ -234,6 +236,7 @@ def cluster_status(config_file: Path | None, home: Path, as_json: bool) -> None:
                     "port": n.port,
                     "pid": n.pid,
                     "alive": n.alive,
+                    "remote": n.remote,
                     "accepting": n.accepting,
                     "up": n.up,
                     "masters": [f"{n.service}/{g}" for g in n.masters],
@@ -255,7 +258,7 @@ def cluster_status(config_file: Path | None, home: Path, as_json: bool) -> None:
     for n in st.nodes:
         address = f"{n.host}:{n.port}"
         pid = str(n.pid) if n.pid is not None else "-"
-        process = "alive" if n.alive else "dead"
+        process = "remote" if n.remote else "alive" if n.alive else "dead"
         port = "accepting" if n.accepting else "closed"
         masters = " ".join(f"{n.service}/{g}" for g in n.masters) or "-"
         click.echo(

@@ -514,3 +514,199 @@ def deploy_logs(
     except KeyboardInterrupt:
         pass
     sys.exit(EXIT_OK)
+
+
+@deploy.command("destroy")
+@ssh_options
+@SUPERVISOR_OPTION
+@click.option("--yes", is_flag=True, help="Really remove everything (without it: only say what).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of lines.")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0, max=3600),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait after SIGTERM before sending SIGKILL.",
+)
+def deploy_destroy(
+    *,
+    cluster_file: Path,
+    known_hosts: Path,
+    accept_new_host_keys: bool,
+    supervisor: str,
+    yes: bool,
+    as_json: bool,
+    timeout_s: float,
+) -> None:
+    """Stop every node, then remove from every host what pxq put under its base_dir: the
+    nodes' data (the queues' items: gone for good), logs, pid files, the cluster file and
+    TLS material, wheelhouses and every release's environment, and systemd units. Only with
+    --yes; without it, print what would be removed and exit 2. Safe to re-run."""
+    from net.deploy.remote import destroy, destroy_targets
+
+    config = _load(cluster_file)
+    if not yes:
+        lines = [f"pxq deploy destroy removes, from the hosts of {cluster_file}:"]
+        for host in config.hosts:
+            nodes = ", ".join(n.node for n in config.nodes_on(host.name)) or "no nodes"
+            lines.append(f"  {host.name} ({host.address}; stops {nodes}):")
+            lines += [f"    {path}" for path in destroy_targets(host)]
+        lines.append("the data of every node is lost; run again with --yes to do it")
+        _bad_input("\n".join(lines))
+    keys = _keys(known_hosts, accept_new_host_keys)
+    with _progress(f"destroying on {len(config.hosts)} hosts", quiet=as_json):
+        result = asyncio.run(destroy(config, keys, supervisor=supervisor, timeout_s=timeout_s))
+    _echo_added(keys, as_json=as_json)
+    if as_json:
+        doc = {
+            "ok": result.ok,
+            "elapsed_s": round(result.elapsed_s, 3),
+            "hosts": [
+                {
+                    "host": h.host,
+                    "nodes": [n.to_json() for n in h.nodes],
+                    "removed": list(h.removed),
+                }
+                for h in result.hosts
+            ],
+            "failures": [{"host": f.host, "error": f.error} for f in result.failures],
+        }
+        click.echo(json.dumps(doc, indent=1))
+        sys.exit(EXIT_OK if result.ok else EXIT_FAILED)
+    for h in result.hosts:
+        stopped = ", ".join(f"{n.node} {n.state}" for n in h.nodes) or "no nodes"
+        what = f"removed {len(h.removed)} paths" if h.removed else "nothing left to remove"
+        click.echo(f"  {h.host}: {stopped}; {what}")
+    for f in result.failures:
+        click.echo(f"pxq: {f.error}", err=True)
+    sys.exit(EXIT_OK if result.ok else EXIT_FAILED)
+
+
+@deploy.command("upgrade")
+@ssh_options
+@SUPERVISOR_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of lines.")
+@click.option(
+    "--wheel-cache",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("~/.cache/pxq/wheelhouse"),
+    show_default=True,
+    help="Where wheelhouses are built and kept, one per release.",
+)
+@click.option(
+    "--source",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="The source tree (a pxq checkout) whose release to deploy; default: the one this "
+    "pxq runs from.",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0.1, max=3600),
+    default=60.0,
+    show_default=True,
+    help="Seconds each wait may take: a group's master, a replica catching up.",
+)
+def deploy_upgrade(
+    *,
+    cluster_file: Path,
+    known_hosts: Path,
+    accept_new_host_keys: bool,
+    supervisor: str,
+    as_json: bool,
+    wheel_cache: Path,
+    source: Path | None,
+    timeout_s: float,
+) -> None:
+    """A rolling upgrade to the release of this pxq (or of --source): installed on every
+    host, the cluster file and TLS material copied again, then one replica at a time
+    stopped, started on the new release and waited for until it has caught up with its
+    group's master and every group has a master. No replica is taken down while another of
+    its service is behind. Stops at the first failure (exit 1); a re-run resumes (nodes on the
+    release already are skipped). Needs [metrics] enabled = true: catching up is read from
+    the nodes' metrics."""
+    from net.deploy.install import build_wheelhouse
+    from net.deploy.ssh import DeployError
+    from net.deploy.upgrade import NodeUpgrade, upgrade
+    from net.errors import TlsError
+
+    config = _load(cluster_file)
+    if not config.metrics.enabled:
+        _bad_input(
+            f"{cluster_file}: pxq deploy upgrade reads how far each replica has applied its "
+            "log from the nodes' metrics: set [metrics] enabled = true (and pxq deploy up "
+            "the nodes with it) first"
+        )
+    keys = _keys(known_hosts, accept_new_host_keys)
+    try:
+        with _progress("building the wheelhouse", quiet=as_json):
+            house = build_wheelhouse(wheel_cache, source.resolve() if source else None)
+    except DeployError as exc:
+        click.echo(f"pxq: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+
+    def progress(step: NodeUpgrade) -> None:
+        if as_json:
+            return
+        if step.state == "current":
+            click.echo(f"  {step.node} ({step.host}): on {house.release} already")
+        elif step.state == "upgraded":
+            click.echo(
+                f"  {step.node} ({step.host}): {step.release_before} -> {house.release}, "
+                f"down {step.down_s:.1f} s, caught up after {step.elapsed_s:.1f} s"
+            )
+        else:
+            click.echo(f"  {step.node} ({step.host}): FAILED: {step.error}")
+
+    if not as_json:
+        click.echo(f"upgrading to {house.release} (wheelhouse {house.path})")
+    try:
+        result = asyncio.run(
+            upgrade(
+                config,
+                cluster_file,
+                keys,
+                house,
+                supervisor=supervisor,
+                stop_timeout_s=min(timeout_s, 10.0),
+                timeout_s=timeout_s,
+                progress=progress,
+            )
+        )
+    except TlsError as exc:
+        _bad_input(str(exc))
+    _echo_added(keys, as_json=as_json)
+    if as_json:
+        doc = {
+            "ok": result.ok,
+            "release": result.release,
+            "elapsed_s": round(result.elapsed_s, 3),
+            "installs": [
+                {
+                    "host": i.host.name,
+                    "installed": i.installed,
+                    "elapsed_s": round(i.elapsed_s, 3),
+                    "error": i.error,
+                }
+                for i in result.installs
+            ],
+            "nodes": [n.to_json() for n in result.nodes],
+            "failures": [{"host": f.host, "error": f.error} for f in result.failures],
+            "masters": {f"{s}/{g}": node for (s, g), node in sorted(result.masters.items())},
+            "error": result.error,
+        }
+        click.echo(json.dumps(doc, indent=1))
+        sys.exit(EXIT_OK if result.ok else EXIT_FAILED)
+    for f in result.failures:
+        click.echo(f"pxq: {f.error}", err=True)
+    if result.error is not None:
+        click.echo(f"pxq: upgrade stopped: {result.error}", err=True)
+        sys.exit(EXIT_FAILED)
+    upgraded = sum(1 for n in result.nodes if n.state == "upgraded")
+    click.echo(
+        f"{upgraded} of {len(result.nodes)} nodes upgraded to {result.release} in "
+        f"{result.elapsed_s:.1f} s; every group has a master"
+    )
+    sys.exit(EXIT_OK)
