@@ -6,7 +6,8 @@
 * ``install``: a wheelhouse built here, a virtual environment per host installed from it alone;
 * ``watchdog`` and ``agent``: what runs on the hosts (the node's supervisor, and the small
   commands ``up``/``down``/``status`` run there through the installed environment);
-* ``remote``: ``up``/``down``/``status``/``restart``/``logs``/``destroy`` from this machine.
+* ``remote``: ``up``/``down``/``status``/``restart``/``logs``/``destroy`` from this machine;
+* ``upgrade``: the rolling upgrade, one replica at a time, each caught up before the next.
 
 docs/deployment.md is the user's guide.
 """
