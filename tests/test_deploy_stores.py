@@ -3,19 +3,27 @@ replicas each (``store0`` on h0-h2, ``store1`` on h3-h5, each store in all three
 lock service (on h0-h2). A topic's queues are spread over both stores by the routing of the
 cluster file; items produced from this machine land in queues of both, and ``pxq cluster
 status`` (from here, with the cluster file) shows each store's groups mastered by its own
-replicas. Then ``destroy --yes``."""
+replicas. Then a replica's disk is lost (its processes SIGKILLed, its data directory
+removed): restarted as it was, it refuses to run (its log says to use ``--replace``);
+``pxq deploy restart NODE --replace`` brings it back, and it catches up with its group's
+master. Then ``destroy --yes``."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
 
+from net.deploy.upgrade import wait_caught_up
 from pxq.cli import main
 from pxq.config.parser import load_config
 from tests.deploy_room import write_cluster_file
@@ -47,7 +55,9 @@ def run_pxq(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
 
 def test_six_hosts_two_stores(ssh_hosts: SshHostsMaker, tmp_path: Path, wheel_cache: Path) -> None:
     ssh = ssh_hosts(names=NAMES)
-    path = write_cluster_file(tmp_path / "cluster", ssh, NAMES, stores=2, queues=QUEUES)
+    path = write_cluster_file(
+        tmp_path / "cluster", ssh, NAMES, stores=2, queues=QUEUES, metrics=True
+    )
     config = load_config(path)
     assert [s.name for s in config.stores] == ["store0", "store1"]
     assert [h.zone for h in config.hosts] == ["z0", "z1", "z2", "z0", "z1", "z2"]
@@ -112,6 +122,32 @@ def test_six_hosts_two_stores(ssh_hosts: SshHostsMaker, tmp_path: Path, wheel_ca
     items = [json.loads(line) for line in consumed.stdout.splitlines()]
     assert sorted(i["payload"] for i in items) == sorted(f"item-{i}" for i in range(KEYS))
     print(f"items per store: {per_store}")
+
+    # s4's disk is lost: its watchdog and node SIGKILLed, its data directory removed
+    nodes = json.loads(deploy("status", str(path), *ssh_args, "--json").stdout)["nodes"]
+    s4 = next(n for n in nodes if n["node"] == "s4")
+    for pid in (s4["pid"], s4["node_pid"]):
+        os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(ssh.host("h4").base_dir / "data" / "s4")
+    produced = run_pxq(
+        "produce", "--config", str(path), "--topic", "events", "--format", "kv", stdin=lines
+    )
+    assert produced.returncode == 0, produced.stderr
+    # started as it was, it refuses to run on blank storage and says what to do
+    result = deploy("restart", str(path), "s4", *ssh_args)
+    assert result.exit_code == 0, result.output
+    deadline = time.monotonic() + 30
+    log = ""
+    while "--replace" not in log and time.monotonic() < deadline:
+        time.sleep(0.5)
+        log = deploy("logs", str(path), "s4", *ssh_args, "--lines", "100").stdout
+    assert "--replace" in log, log
+    # as its own replacement it re-learns what its peers hold and catches up
+    result = deploy("restart", str(path), "s4", *ssh_args, "--replace", "--json")
+    assert result.exit_code == 0, result.output
+    asyncio.run(wait_caught_up(config, ["s4"], timeout_s=60))
+    result = deploy("status", str(path), *ssh_args, "--json")
+    assert result.exit_code == 0, result.output
 
     result = deploy("destroy", str(path), *ssh_args, "--yes")
     assert result.exit_code == 0, result.output

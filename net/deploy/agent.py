@@ -19,7 +19,9 @@ detached with its pid file. ``auto`` (the default) takes systemd where it runs t
 ``start`` leaves a running node alone (``running``), ``stop`` a stopped one (``not
 running``): both are idempotent. ``status`` also reports the release a running node runs (its
 interpreter's ``venv-RELEASE``: ``pxq deploy upgrade`` skips a node already on its release).
-``destroy`` stops a node as ``stop`` does, removes its systemd unit if it has one, and its
+``start --replace`` runs the nodes with ``pxq node run --replace`` (a replica that lost its
+data: ``pxq deploy restart NODE --replace``; the flag is ignored once the data directory holds
+data again, and the next start without it drops it). ``destroy`` stops a node as ``stop`` does, removes its systemd unit if it has one, and its
 data, log and pid files (``pxq deploy destroy`` removes the rest of ``BASE``). ``stop`` sends SIGTERM (the node stops gracefully, its
 watchdog with it), waits ``--timeout`` and then SIGKILLs what is left (``killed``). A pid is
 signalled only after ``/proc/PID/cmdline`` shows it is still that node's watchdog or node.
@@ -82,7 +84,9 @@ def release_python() -> str:
     return str(Path(sys.prefix).resolve() / "bin" / "python")
 
 
-def node_argv(python: str, layout: Layout, node: str) -> list[str]:
+def node_argv(python: str, layout: Layout, node: str, *, replace: bool = False) -> list[str]:
+    """``pxq node run`` of ``node``; ``replace``: as the replacement of a replica that lost
+    its data (``--replace``: it re-learns its promises from its peers before it votes)."""
     return [
         python,
         "-m",
@@ -97,6 +101,7 @@ def node_argv(python: str, layout: Layout, node: str) -> list[str]:
         str(layout.data(node)),
         "--log-format",
         "text",
+        *(["--replace"] if replace else []),
     ]
 
 
@@ -108,10 +113,13 @@ def _systemd_quote(arg: str) -> str:
     return f'"{escaped}"'
 
 
-def unit_text(*, cluster: str, node: str, python: str, layout: Layout) -> str:
+def unit_text(
+    *, cluster: str, node: str, python: str, layout: Layout, replace: bool = False
+) -> str:
     """The systemd unit of ``node``: restarted on failure (5 starts in 60 s at most, as the
     watchdog), stopped with SIGTERM (SIGKILL after 10 s), its output appended to its log."""
-    exec_start = " ".join(_systemd_quote(a) for a in node_argv(python, layout, node))
+    argv = node_argv(python, layout, node, replace=replace)
+    exec_start = " ".join(_systemd_quote(a) for a in argv)
     log = _systemd_quote(str(layout.log(node)))
     return (
         "[Unit]\n"
@@ -234,7 +242,7 @@ def _systemd_state(prefix: str, node: str) -> tuple[bool, int | None]:
 
 
 def start(
-    layout: Layout, node: str, *, supervisor: str, prefix: str, cluster: str
+    layout: Layout, node: str, *, supervisor: str, prefix: str, cluster: str, replace: bool = False
 ) -> dict[str, object]:
     for d in (layout.pidfile(node).parent, layout.log(node).parent, layout.data(node)):
         d.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -244,7 +252,9 @@ def start(
         if running:
             return {"node": node, "state": "running", "pid": pid, "supervisor": "systemd"}
         unit = SYSTEMD_DIR / _unit(prefix, node)
-        unit.write_text(unit_text(cluster=cluster, node=node, python=python, layout=layout))
+        unit.write_text(
+            unit_text(cluster=cluster, node=node, python=python, layout=layout, replace=replace)
+        )
         for args in (("daemon-reload",), ("enable", "--now", _unit(prefix, node))):
             done = _systemctl(*args)
             if done.returncode != 0:
@@ -269,7 +279,7 @@ def start(
         "--log",
         str(layout.log(node)),
         "--",
-        *node_argv(python, layout, node),
+        *node_argv(python, layout, node, replace=replace),
     ]
     done = subprocess.run(
         argv, capture_output=True, text=True, check=False, timeout=60, stdin=subprocess.DEVNULL
@@ -367,6 +377,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--unit-prefix", default="pxq", help="systemd units: PREFIX-NODE.service")
     parser.add_argument("--cluster", default="pxq", help="The cluster's name (unit descriptions).")
     parser.add_argument("--timeout", type=float, default=STOP_TIMEOUT_S)
+    parser.add_argument(
+        "--replace", action="store_true", help="start: the nodes run with --replace"
+    )
     parser.add_argument("nodes", nargs="+")
     args = parser.parse_args(argv)
     os.umask(0o077)
@@ -381,6 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     supervisor=args.supervisor,
                     prefix=args.unit_prefix,
                     cluster=args.cluster,
+                    replace=args.replace,
                 )
             )
         elif args.action in ("stop", "destroy"):

@@ -451,9 +451,11 @@ async def restart(
     supervisor: str = "auto",
     stop_timeout_s: float = 10.0,
     timeout_s: float = UP_TIMEOUT_S,
+    replace: bool = False,
 ) -> DeployResult:
     """Stop ``node`` on its host (as ``down``), start it again (as ``up``) on its data, and
-    wait until every group has a master again."""
+    wait until every group has a master again. ``replace``: the node lost its data and starts
+    as its own replacement (``pxq node run --replace``, docs/operations.md)."""
     started = time.monotonic()
     host = node_host(config, node)
     try:
@@ -470,7 +472,8 @@ async def restart(
                 "--supervisor",
                 supervisor,
             )
-            reports = await agent_run(s, config, "start", [node], "--supervisor", supervisor)
+            start = ["--supervisor", supervisor, *(["--replace"] if replace else [])]
+            reports = await agent_run(s, config, "start", [node], *start)
     except DeployError as exc:
         failure = HostFailure(host=host.name, error=str(exc))
         return DeployResult(failures=(failure,), elapsed_s=time.monotonic() - started)

@@ -429,6 +429,13 @@ def deploy_status(
     show_default=True,
     help="Seconds to wait for the stop (then SIGKILL), and for every group's master after.",
 )
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="NODE lost its data (an emptied data directory, a new disk): start it as its own "
+    "replacement (pxq node run --replace: it re-learns its promises from its peers before it "
+    "votes; docs/operations.md, 'Recovering a replica').",
+)
 def deploy_restart(
     *,
     cluster_file: Path,
@@ -438,6 +445,7 @@ def deploy_restart(
     supervisor: str,
     as_json: bool,
     timeout_s: float,
+    replace: bool,
 ) -> None:
     """Stop NODE on its host and start it again on its data (it catches up from its peers),
     then wait until every Paxos group has a master. Exit 2 for an unknown node."""
@@ -458,6 +466,7 @@ def deploy_restart(
                 supervisor=supervisor,
                 stop_timeout_s=min(timeout_s, 10.0),
                 timeout_s=timeout_s,
+                replace=replace,
             )
         )
     _echo_added(keys, as_json=as_json)
