@@ -165,9 +165,8 @@ async def wait_caught_up(
                 f"the metrics of {master} (master of {service}/{group}) do not answer"
             )
         targets[(service, group)] = applied[group]
-    behind: list[str] = []
     while True:
-        behind = []
+        behind: list[str] = []
         for info in infos:
             applied = await applied_instances(info)
             for (service, group), target in sorted(targets.items()):
