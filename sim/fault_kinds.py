@@ -12,7 +12,8 @@ Faults stay within what a correct cluster survives without losing an acknowledge
 most ``max_down`` replicas of a Paxos service (the store's, or the lock service's) crashed,
 paused or about to crash of an fsync error at once; bit flips on at most a minority of the
 store's replicas over a whole run (a replica that reads a flipped record stops); clocks within
-``[clock]`` bounds; one consumer and one producer always left running.
+``[clock]`` bounds; one consumer and one producer always left running. A zone outage takes
+a whole zone at once, so it is drawn only among the zones whose loss keeps those bounds.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from sim.clock import EPOCH_MS
 from sim.disk import DiskSpec
 from sim.network import DelaySpec
 from sim.scenario import ClockSpec, ClusterSpec, FaultSpec, Scenario, WorkloadSpec
+from sim.zones import ZonesSpec
 
 if TYPE_CHECKING:
     from pxq.effects import NodeId
@@ -46,6 +48,7 @@ class Parts:
     workload: WorkloadSpec
     disk: DiskSpec
     clock: ClockSpec
+    zones: ZonesSpec
 
 
 Drawer = Callable[["Nemesis", Scenario], Fired | None]
@@ -102,6 +105,10 @@ def _drift(p: Parts) -> str | None:
 
 def _skew(p: Parts) -> str | None:
     return None if p.clock.skew_ms_max > 0 else "needs [clock] skew_ms_max > 0"
+
+
+def _zoned(p: Parts) -> str | None:
+    return None if len(p.zones.names) >= 2 else "needs [zones] with two zones or more"
 
 
 def _replicas(least: int) -> Needs:
@@ -330,6 +337,38 @@ def _path(nem: Nemesis, scenario: Scenario) -> Fired | None:
     return Fired(nem.apply(fault, [a], [b]))
 
 
+def _down(nem: Nemesis, n: NodeId) -> bool:
+    host = nem.world.hosts[n]
+    return host.crashed or host.paused or host.disk.fail_next_fsync
+
+
+def _zone_outage(nem: Nemesis, scenario: Scenario) -> Fired | None:
+    """A whole zone out at once: its nodes crashed together (with or without power loss), or
+    it cut off from everyone else. Only a zone whose loss keeps each Paxos service within
+    ``max_down`` (counting what is already down) and leaves a consumer and a producer
+    running elsewhere."""
+    rng = nem.rng
+    zone = rng.choice(sorted(nem.zones))
+    crash = rng.random() < 0.5
+    power_loss = rng.random() < 0.5
+    members = nem.zones[zone]
+    for pool in (nem.replicas, nem.locks):
+        lost = [n for n in pool if n in members or _down(nem, n)]
+        if pool and len(lost) > _limit(scenario, pool):
+            return None
+    for pool in (nem.consumers, nem.producers):
+        if pool and all(n in members or _down(nem, n) for n in pool):
+            return None
+    if not crash:
+        fault = FaultSpec(action="partition", at_ms=0)
+        return Fired(nem.apply(fault, members))
+    hosts = nem.world.hosts
+    targets = [n for n in members if n in hosts and not hosts[n].crashed]
+    if not targets:
+        return None
+    return Fired(nem.apply(FaultSpec(action="crash", at_ms=0, power_loss=power_loss), targets))
+
+
 RANDOM_KINDS: dict[str, RandomKind] = {
     "partition": RandomKind(phrase="partitions", draw=_partition, default=True),
     "crash": RandomKind(phrase="replica crashes", draw=_replica_down("crash"), default=True),
@@ -375,6 +414,7 @@ RANDOM_KINDS: dict[str, RandomKind] = {
     "bridge": RandomKind(phrase="bridge partitions", draw=_shaped("bridge"), needs=_replicas(3)),
     "ring": RandomKind(phrase="ring partitions", draw=_shaped("ring"), needs=_replicas(5)),
     "path": RandomKind(phrase="per-path faults", draw=_path, needs=_replicas(3)),
+    "zone_outage": RandomKind(phrase="zone outages", draw=_zone_outage, needs=_zoned),
 }
 """Every random fault kind, by the name ``[random_faults] kinds`` uses."""
 

@@ -22,7 +22,14 @@ from pxq.check.history import JSON, HistoryWriter
 from pxq.effects import NodeId
 from sim.disk import SimDisk
 from sim.fault_kinds import RANDOM_KINDS
-from sim.scenario import SELECTOR_RE, AfterSpec, FaultSpec, RandomFaultSpec, Scenario
+from sim.scenario import (
+    NETWORK_ACTIONS,
+    SELECTOR_RE,
+    AfterSpec,
+    FaultSpec,
+    RandomFaultSpec,
+    Scenario,
+)
 from sim.world import TraceRecord, World
 
 MasterOf = Callable[[int], NodeId | None]
@@ -74,6 +81,8 @@ class Nemesis:
         self.schedulers: list[str] = []
         self.clients: list[str] = []
         """The lock workload's client endpoints (``client[i]``)."""
+        self.zones: dict[str, list[str]] = {}
+        """The processes placed in each zone (``zone:NAME``), sorted by name."""
         self.lock_master_of: MasterOf | None = None
         self.on_seek: Callable[[FaultSpec], None] | None = None
         self.consumer_groups: list[str] = []
@@ -120,6 +129,12 @@ class Nemesis:
             if master is None:
                 raise WaitForMaster(f"a master of lock group {group}")
             return [master]
+        zone = m.group(9)
+        if zone is not None:
+            placed = self.zones.get(zone, [])
+            if not placed:
+                raise Unresolvable(f"selector {selector!r}: nothing is placed in zone {zone!r}")
+            return list(placed)
         for index, pool, what in (
             (4, self.consumers, "consumers"),
             (5, self.producers, "producers"),
@@ -213,6 +228,11 @@ class Nemesis:
             self._log(fault.action, [], skipped=str(exc))
             return
         self.waiting.pop(label, None)
+        zoned = fault.target is not None and fault.target.startswith("zone:")
+        if zoned and fault.action not in NETWORK_ACTIONS:
+            # The clients of the log, lock and register workloads are endpoints, not nodes:
+            # in a zone they take its network faults only.
+            targets = [n for n in targets if n in self.world.hosts]
         undo = self.apply(fault, targets, peers)
         if fault.duration_ms is not None and undo is not None:
             self.world.call_later(fault.duration_ms * 1000, undo)

@@ -8,7 +8,10 @@ reordered, only lost, blocked or held. A partition blocks directed paths (both w
 is dropped if its path is blocked when it is sent or when it would arrive. A clogged path
 holds its messages (nothing is lost) until it is unclogged, as FoundationDB's clogging does.
 A path may also have its own loss, duplication or delay (``PathFault``), in place of the
-network-wide one.
+network-wide one. With zones (``sim.zones``), a message between endpoints placed in two
+different zones takes the delay of their link (``zone_links``) in place of the network-wide
+one: a link's latency is a property of the link, which a network-wide delay fault leaves alone
+and a path fault overrides.
 Every random draw comes from the network's own stream.
 """
 
@@ -123,6 +126,10 @@ class Network:
         self.stream_endpoints: set[str] = set()
         """Endpoints whose traffic rides a TCP-like stream (clients): never duplicated or
         reordered, though it can still be lost, blocked or held."""
+        self.zone_of: dict[str, str] = {}
+        """The zone of each placed endpoint (none placed: no zones)."""
+        self.zone_links: dict[tuple[str, str], DelaySpec] = {}
+        """The delay of each directed link between two different zones that has its own."""
 
     # -- faults --------------------------------------------------------------------------
 
@@ -201,6 +208,11 @@ class Network:
         spec, rng, stats = self.spec, self.rng, self.stats
         path = (src, dst)
         loss, duplicate, delay = spec.loss, spec.duplicate, spec.delay
+        if self.zone_links:
+            zone_of = self.zone_of
+            link = self.zone_links.get((zone_of.get(src, ""), zone_of.get(dst, "")))
+            if link is not None:
+                delay = link
         pf = self.path_faults.get(path) if self.path_faults else None
         if pf is not None:
             loss = loss if pf.loss is None else pf.loss

@@ -65,6 +65,7 @@ from sim.rng import stream
 from sim.scenario import LIVENESS_CHECKS, Scenario
 from sim.workload import LogClient, value_id
 from sim.world import TraceRecord, World
+from sim.zones import members as zone_members
 
 DRAIN_BOUND_US = 10_000_000
 """How long (simulated) the final reads, and then reading the dead-letter queues, may take."""
@@ -183,6 +184,10 @@ class _ClientSystem(ABC, Generic[ClientT]):
 
     def attach(self, nemesis: Nemesis) -> None:
         del nemesis  # the clients are not fault targets (the lock workload's are)
+
+    def roles(self) -> dict[str, list[str]]:
+        """The processes of each role ``[zones]`` can place (``sim.zones.ROLES``)."""
+        return {"replicas": self.replicas, "clients": [c.name for c in self.clients]}
 
     def start(self) -> None:
         for client in self.clients:
@@ -314,6 +319,18 @@ class _QueueSystem:
         nemesis.lock_master_of = self._lock_master_of
         nemesis.on_seek = self.workload.seek
         nemesis.consumer_groups = list(self.workload.groups)
+
+    def roles(self) -> dict[str, list[str]]:
+        """The processes of each role ``[zones]`` can place (``sim.zones.ROLES``); the
+        operator's endpoint (seeks, final reads) stays outside every zone."""
+        w = self.workload
+        return {
+            "replicas": self.replicas,
+            "locks": list(w.locks),
+            "producers": list(w.producers),
+            "consumers": list(w.consumers),
+            "schedulers": list(w.schedulers),
+        }
 
     def _lock_master_of(self, group: int) -> NodeId | None:
         for node_id in self.workload.locks:
@@ -635,6 +652,11 @@ def run(
 
     nemesis = Nemesis(world, history, stream(seed, "faults"), replicas, master_of)
     system.attach(nemesis)
+    if scn.zones.names:
+        placement = scn.zones.placement(system.roles())
+        world.network.zone_of = placement
+        world.network.zone_links = scn.zones.links()
+        nemesis.zones = zone_members(placement)
     if observe is not None:
         observe(world)
     world.start()

@@ -3,7 +3,8 @@
 A scenario scripts one simulated run: the cluster, the baseline network, disk and clocks,
 the workload, a timed list of faults (each at a time or after a traced event, with an
 optional duration that schedules the inverse), background random faults for swarms, the
-final phase (heal, restart, liveness bound, settling and final reads), the checks (each
+final phase (heal, restart, liveness bound, settling and final reads), the zones the
+processes are placed in and the latency between them (``[zones]``), the checks (each
 optionally scoped to a time window and expected to fail: ``[check.NAME]``), and the
 expectation (``pass``, or ``fail`` for a negative control). Unknown keys and bad values are rejected with the file,
 the key path and the reason. The format is documented in ``docs/simulation.md``.
@@ -28,6 +29,7 @@ from pxq.lock.timing import (
 from pxq.toml_reader import MISSING, TomlError, TomlTable, kind_of, parse, read_text
 from sim.disk import DiskSpec
 from sim.network import DelayDist, DelaySpec, NetworkSpec
+from sim.zones import ROLES, ZONE_NAME_RE, ZonesSpec
 
 SCHEMA_VERSION = 1
 QUEUE_TIMEOUT_MS_DEFAULT = 5000
@@ -151,7 +153,7 @@ WORKLOADS = ("log", "queue", "lock", "register")
 SELECTOR_RE = re.compile(
     r"^(master|any|minority|majority|all|crashed|paused|follower\[(\d+)\]|n(\d+)"
     r"|consumer\[(\d+)\]|producer\[(\d+)\]|lock\[(\d+)\]|scheduler\[(\d+)\]|lock_master"
-    r"|client\[(\d+)\])$"
+    r"|client\[(\d+)\]|zone:([A-Za-z0-9_-]{1,32}))$"
 )
 """Node selectors, resolved when the fault fires: ``master`` (of ``group``), ``follower[i]``
 (the i-th replica that is not the master, in name order), ``any`` (one at random),
@@ -160,7 +162,9 @@ most recently crashed node that is still down), ``paused`` (likewise), a node na
 or, with the queue workload, ``consumer[i]`` / ``producer[i]`` (client processes), and with
 consumers owning queues through locks, ``lock[i]`` (a lock replica), ``lock_master`` (the
 master of lock group ``group``) and ``scheduler[i]``; with the lock workload, ``client[i]``
-(a lock client endpoint: network faults only). ``master``, ``follower[i]`` and
+(a lock client endpoint: network faults only); with ``[zones]``, ``zone:NAME`` (every
+process placed in the zone: a process fault takes its nodes, a network fault its endpoints
+too). ``master``, ``follower[i]`` and
 ``lock_master`` wait for their group's first master; ``crashed`` and ``paused`` with nobody
 down fail the run (``Nemesis.resolve``)."""
 AFTER_NODE_SELECTORS = re.compile(
@@ -370,6 +374,7 @@ class Scenario:
     file: str = "<scenario>"
     check_specs: tuple[tuple[str, CheckSpec], ...] = ()
     """``[check.NAME]`` tables, by check name (sorted)."""
+    zones: ZonesSpec = ZonesSpec()
 
     def check_spec(self, name: str) -> CheckSpec:
         return dict(self.check_specs).get(name, CheckSpec())
@@ -424,7 +429,7 @@ def _selector(t: TomlTable, name: str, required: bool) -> str | None:
             name,
             f"unknown selector {v!r} (expected master, follower[i], any, minority, "
             "majority, all, crashed, paused, a node name nK, consumer[i], producer[i], "
-            "lock[i], lock_master or scheduler[i])",
+            "lock[i], lock_master, scheduler[i] or zone:NAME)",
         )
     return str(v)
 
@@ -571,9 +576,12 @@ def _scenario(t: TomlTable) -> Scenario:
         workload = WorkloadSpec(kind="log", **common)
     w.done()
 
-    faults = tuple(_fault(f, replicas, workload) for f in t.tables("faults"))
+    zones = _zones(t.table("zones"), cluster, workload)
+    faults = tuple(_fault(f, replicas, workload, zones.names) for f in t.tables("faults"))
 
-    random_faults = _random_faults(t.table("random_faults"), cluster, workload, disk, clock)
+    random_faults = _random_faults(
+        t.table("random_faults"), cluster, workload, disk, clock, zones=zones
+    )
 
     f = t.table("final")
     final = FinalSpec(
@@ -646,6 +654,79 @@ def _scenario(t: TomlTable) -> Scenario:
         expect_safety=safety,
         file=t.file,
         check_specs=check_specs,
+        zones=zones,
+    )
+
+
+def _zones(z: TomlTable, cluster: ClusterSpec, w: WorkloadSpec) -> ZonesSpec:
+    """``[zones]``: the zone names, the zone of each process of a role (``sim.zones.ROLES``;
+    the replicas of every Paxos service must be placed), and ``[zones.latency.A.B]``, the
+    delay of the link from A to B (and from B to A, unless ``[zones.latency.B.A]`` is given)."""
+    if not z.data:
+        return ZonesSpec()
+    names: list[str] = []
+    for i, v in enumerate(z.array("names")):
+        if not isinstance(v, str) or not ZONE_NAME_RE.match(v):
+            raise z.error(
+                f"names[{i}]", f"expected a zone name (up to 32 of A-Z a-z 0-9 _ -), got {v!r}"
+            )
+        if v in names:
+            raise z.error(f"names[{i}]", f"zone {v!r} is named twice")
+        names.append(v)
+    if not names:
+        raise z.error("names", "must name at least one zone")
+    queue, locks = w.kind == "queue", w.kind == "queue" and w.ownership == "locks"
+    counts = {
+        "replicas": (cluster.replicas, "[cluster] replicas"),
+        "locks": (w.lock_replicas if locks else 0, 'lock replicas (ownership = "locks")'),
+        "producers": (w.producers if queue else 0, "producers (the queue workload)"),
+        "consumers": (
+            w.consumer_groups * w.consumers_per_group if queue else 0,
+            "consumers (the queue workload)",
+        ),
+        "schedulers": (w.schedulers if locks else 0, "schedulers"),
+        "clients": (0 if queue else w.clients, "clients (the log, lock or register workload)"),
+    }
+    placed: list[tuple[str, tuple[str, ...]]] = []
+    for role in ROLES:
+        count, what = counts[role]
+        if not z.has(role):
+            if role in ("replicas", "locks") and count:
+                raise z.error(role, f"missing: every replica is placed in a zone ({what})")
+            continue
+        if not count:
+            raise z.error(role, f"the scenario has no {what}")
+        v = z.raw(role)
+        zones = [v] * count if isinstance(v, str) else z.array(role)
+        if not isinstance(v, str) and len(zones) != count:
+            raise z.error(role, f"expected {count} zones, one per {what}, got {len(zones)}")
+        for i, zone in enumerate(zones):
+            if zone not in names:
+                key = role if isinstance(v, str) else f"{role}[{i}]"
+                raise z.error(key, f"{zone!r} is not one of names ({', '.join(names)})")
+        placed.append((role, tuple(str(zone) for zone in zones)))
+    given: dict[tuple[str, str], DelaySpec] = {}
+    lt = z.table("latency")
+    for a in sorted(lt.data):
+        if a not in names:
+            raise lt.error(a, f"{a!r} is not one of names ({', '.join(names)})")
+        row = lt.table(a)
+        for b in sorted(row.data):
+            if b not in names:
+                raise row.error(b, f"{b!r} is not one of names ({', '.join(names)})")
+            if b == a:
+                raise row.error(b, "within a zone the [network] delay applies")
+            delay = _delay(row, b, None)
+            if delay is not None:
+                given[(a, b)] = delay
+        row.done()
+    lt.done()
+    z.done()
+    latency = dict(given)
+    for (a, b), delay in given.items():
+        latency.setdefault((b, a), delay)  # symmetric unless both ways are given
+    return ZonesSpec(
+        names=tuple(names), placed=tuple(placed), latency=tuple(sorted(latency.items()))
     )
 
 
@@ -681,11 +762,17 @@ def _check_specs(
 
 
 def _random_faults(
-    r: TomlTable, cluster: ClusterSpec, workload: WorkloadSpec, disk: DiskSpec, clock: ClockSpec
+    r: TomlTable,
+    cluster: ClusterSpec,
+    workload: WorkloadSpec,
+    disk: DiskSpec,
+    clock: ClockSpec,
+    *,
+    zones: ZonesSpec,
 ) -> RandomFaultSpec:
     from sim.fault_kinds import RANDOM_DEFAULT, RANDOM_KINDS, Parts  # it builds on this module
 
-    parts = Parts(cluster=cluster, workload=workload, disk=disk, clock=clock)
+    parts = Parts(cluster=cluster, workload=workload, disk=disk, clock=clock, zones=zones)
 
     def problem(kind: str) -> str | None:
         needs = RANDOM_KINDS[kind].needs
@@ -714,12 +801,24 @@ def _random_faults(
     return spec
 
 
-def _check_selector(t: TomlTable, name: str, selector: str, replicas: int, w: WorkloadSpec) -> None:
-    """Refuse a selector naming a process the scenario does not have (an index never wraps
-    around to someone else)."""
+def _check_selector(
+    t: TomlTable,
+    name: str,
+    selector: str,
+    replicas: int,
+    w: WorkloadSpec,
+    *,
+    zones: tuple[str, ...],
+) -> None:
+    """Refuse a selector naming a process (or a zone) the scenario does not have (an index
+    never wraps around to someone else)."""
     m = SELECTOR_RE.match(selector)
     if m is None:
         return
+    zone = m.group(9)
+    if zone is not None and zone not in zones:
+        have = f"the scenario's zones: {', '.join(zones)}" if zones else "needs [zones]"
+        raise t.error(name, f"zone {zone!r} does not exist ({have})")
     locks = w.kind == "queue" and w.ownership == "locks"
     queue = w.kind == "queue"
     counts = {
@@ -743,7 +842,7 @@ def _check_selector(t: TomlTable, name: str, selector: str, replicas: int, w: Wo
 
 
 def _selectors(
-    t: TomlTable, name: str, replicas: int, w: WorkloadSpec
+    t: TomlTable, name: str, replicas: int, w: WorkloadSpec, zones: tuple[str, ...]
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """``sides = [[selector, ...], [selector, ...]]``: a two-sided partition."""
     raw = t.array(name)
@@ -758,13 +857,13 @@ def _selectors(
             key = f"{name}[{i}][{j}]"
             if not isinstance(v, str) or not SELECTOR_RE.match(v):
                 raise t.error(key, f"unknown selector {v!r}")
-            _check_selector(t, key, v, replicas, w)
+            _check_selector(t, key, v, replicas, w, zones=zones)
             picked.append(v)
         sides.append(tuple(picked))
     return sides[0], sides[1]
 
 
-def _after(t: TomlTable, replicas: int, w: WorkloadSpec) -> AfterSpec:
+def _after(t: TomlTable, replicas: int, w: WorkloadSpec, zones: tuple[str, ...]) -> AfterSpec:
     a = t.table("after")
     node = _selector(a, "node", False)
     if node is not None:
@@ -775,7 +874,7 @@ def _after(t: TomlTable, replicas: int, w: WorkloadSpec) -> AfterSpec:
                 "follower[i], nK, consumer[i], producer[i], lock[i], scheduler[i] or "
                 "lock_master)",
             )
-        _check_selector(a, "node", node, replicas, w)
+        _check_selector(a, "node", node, replicas, w, zones=zones)
     where: list[tuple[str, int | str | bool]] = []
     wt = a.table("where")
     for key in sorted(wt.data):
@@ -802,10 +901,10 @@ NETWORK_ACTIONS = ("partition", "clog", "unclog", *PATH_ACTIONS)
 to every path otherwise."""
 
 
-def _fault(t: TomlTable, replicas: int, w: WorkloadSpec) -> FaultSpec:
+def _fault(t: TomlTable, replicas: int, w: WorkloadSpec, zones: tuple[str, ...]) -> FaultSpec:
     action = t.choice("action", ACTIONS)
     at_ms = t.integer("at_ms", None, lo=0)
-    after = _after(t, replicas, w) if t.has("after") else None
+    after = _after(t, replicas, w, zones=zones) if t.has("after") else None
     if (at_ms is None) == (after is None):
         raise t.error("at_ms", "give exactly one of at_ms or after")
     shape: Literal["bridge", "ring"] | None = None
@@ -818,7 +917,7 @@ def _fault(t: TomlTable, replicas: int, w: WorkloadSpec) -> FaultSpec:
             raise t.error(
                 "shape", f"a bridge needs 3 replicas or more (the cluster has {replicas})"
             )
-        sides = _selectors(t, "sides", replicas, w) if t.has("sides") else None
+        sides = _selectors(t, "sides", replicas, w, zones=zones) if t.has("sides") else None
         if shape is not None and sides is not None:
             raise t.error("sides", "give at most one of shape or sides")
     required = action in TARGETED and action != "unclog" and shape is None and sides is None
@@ -826,7 +925,7 @@ def _fault(t: TomlTable, replicas: int, w: WorkloadSpec) -> FaultSpec:
     if target is not None:
         if shape is not None or sides is not None:
             raise t.error("target", "a partition with shape or sides takes no target")
-        _check_selector(t, "target", target, replicas, w)
+        _check_selector(t, "target", target, replicas, w, zones=zones)
         if target.startswith("client[") and action not in NETWORK_ACTIONS:
             raise t.error(
                 "target",
@@ -836,7 +935,7 @@ def _fault(t: TomlTable, replicas: int, w: WorkloadSpec) -> FaultSpec:
     per_path = action in ("clog", "unclog") or (action in PATH_ACTIONS and target is not None)
     peer = _selector(t, "peer", False) if per_path else None
     if peer is not None:
-        _check_selector(t, "peer", peer, replicas, w)
+        _check_selector(t, "peer", peer, replicas, w, zones=zones)
     fault = FaultSpec(
         action=action,
         at_ms=at_ms,
