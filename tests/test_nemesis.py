@@ -526,11 +526,24 @@ quiesce_ms = 1000
 """
 
 
+ZONES_OF_KIND_SCENARIO = """
+[zones]
+names = ["a", "b", "c"]
+replicas = ["a", "b", "c"]
+locks = ["a", "b", "c"]
+producers = ["a", "b"]
+consumers = ["a", "b", "c", "a"]
+schedulers = "c"
+"""
+
+
 @pytest.mark.parametrize("kind", sorted(RANDOM_KINDS))
 def test_every_random_kind_can_be_drawn_and_fires(kind: str) -> None:
     text = KIND_SCENARIO.replace("{kind}", kind)
     if kind == "ring":
         text = text.replace("[cluster]", "[cluster]\nreplicas = 5")
+    if kind == "zone_outage":
+        text += ZONES_OF_KIND_SCENARIO
     scn = loads(text, file=f"{kind}.toml")
     result = runner.run(scn, 2)
     assert result.stats["random_faults"]["on"] == [kind]
