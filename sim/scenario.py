@@ -375,6 +375,8 @@ class Scenario:
     check_specs: tuple[tuple[str, CheckSpec], ...] = ()
     """``[check.NAME]`` tables, by check name (sorted)."""
     zones: ZonesSpec = ZonesSpec()
+    """``[zones]``: where each process is placed and the latency between zones (default:
+    none, every path has the ``[network]`` delay)."""
 
     def check_spec(self, name: str) -> CheckSpec:
         return dict(self.check_specs).get(name, CheckSpec())
