@@ -80,6 +80,9 @@ def test_the_scenario_directory_holds_the_families() -> None:
         "consumer-crash-lock-failover",
         "register-lock-master-crash",
         "register-lock-partition",
+        "zone-outage-queue",
+        "zone-partition-queue",
+        "zone-slow-link-queue",
     } | NEGATIVE <= names
 
 
