@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -27,6 +27,24 @@ if TYPE_CHECKING:
     from pxq.config import ClusterConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
+_T = TypeVar("_T")
+
+
+def _timeout_option(
+    default: float, help: str, *, minimum: float = 0.1, maximum: float = 3600
+) -> Callable[[F], F]:
+    """The ``--timeout`` (seconds, as ``timeout_s``) of a command."""
+    return click.option(
+        "--timeout",
+        "timeout_s",
+        type=click.FloatRange(min=minimum, max=maximum),
+        default=default,
+        show_default=True,
+        help=help,
+    )
+
+
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
 
 def _bad_input(message: str) -> NoReturn:
@@ -93,6 +111,25 @@ def _echo_added(keys: HostKeys, *, as_json: bool) -> None:
         click.echo(f"added the host keys of {', '.join(keys.added)} to {keys.path}", err=True)
 
 
+def _remote(keys: HostKeys, work: Coroutine[Any, Any, _T], *, message: str, as_json: bool) -> _T:
+    """Run ``work`` (SSH sessions verified with ``keys``) under ``message``'s spinner, then say
+    which host keys it added."""
+    with _progress(message, quiet=as_json):
+        result = asyncio.run(work)
+    _echo_added(keys, as_json=as_json)
+    return result
+
+
+def _check_node(config: ClusterConfig, cluster_file: Path, node: str) -> None:
+    """Exit 2 unless ``node`` is a node of the file, placed on one of its hosts."""
+    from net.deploy.remote import node_host
+
+    try:
+        node_host(config, node)
+    except KeyError as exc:
+        _bad_input(f"{cluster_file}: {exc.args[0]}")
+
+
 @click.group()
 def deploy() -> None:
     """A cluster on many hosts over SSH: the hosts and placement come from the cluster
@@ -101,15 +138,8 @@ def deploy() -> None:
 
 @deploy.command("check")
 @ssh_options
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option(
-    "--timeout",
-    "timeout_s",
-    type=click.FloatRange(min=0.1, max=600),
-    default=30.0,
-    show_default=True,
-    help="Seconds each host's check may take (login included).",
-)
+@JSON_OPTION
+@_timeout_option(30.0, "Seconds each host's check may take (login included).", maximum=600)
 def deploy_check(
     *,
     cluster_file: Path,
@@ -125,10 +155,13 @@ def deploy_check(
 
     config = _load(cluster_file)
     keys = _keys(known_hosts, accept_new_host_keys)
-    with _progress(f"checking {len(config.hosts)} hosts", quiet=as_json):
-        checks = asyncio.run(check_all(config, keys, timeout_s=timeout_s))
+    checks = _remote(
+        keys,
+        check_all(config, keys, timeout_s=timeout_s),
+        message=f"checking {len(config.hosts)} hosts",
+        as_json=as_json,
+    )
     ok = all(c.ok for c in checks)
-    _echo_added(keys, as_json=as_json)
     if as_json:
         doc = {"cluster": config.name, "ok": ok, "hosts": [c.to_json() for c in checks]}
         click.echo(json.dumps(doc, indent=1))
@@ -201,9 +234,12 @@ def deploy_install(
     except DeployError as exc:
         click.echo(f"pxq: {exc}", err=True)
         sys.exit(EXIT_FAILED)
-    with _progress(f"installing {house.release} on {len(config.hosts)} hosts", quiet=as_json):
-        results = asyncio.run(install_all(config, keys, house))
-    _echo_added(keys, as_json=as_json)
+    results = _remote(
+        keys,
+        install_all(config, keys, house),
+        message=f"installing {house.release} on {len(config.hosts)} hosts",
+        as_json=as_json,
+    )
     ok = all(r.error is None for r in results)
     if as_json:
         doc = {
@@ -284,15 +320,8 @@ def _json_result(result: Any, ok: bool) -> None:
 @deploy.command("up")
 @ssh_options
 @SUPERVISOR_OPTION
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option(
-    "--timeout",
-    "timeout_s",
-    type=click.FloatRange(min=0.1, max=3600),
-    default=60.0,
-    show_default=True,
-    help="Seconds to wait for every Paxos group to have a master.",
-)
+@JSON_OPTION
+@_timeout_option(60.0, "Seconds to wait for every Paxos group to have a master.")
 def deploy_up(
     *,
     cluster_file: Path,
@@ -312,13 +341,14 @@ def deploy_up(
     config = _load(cluster_file)
     keys = _keys(known_hosts, accept_new_host_keys)
     try:
-        with _progress(f"starting {len(config.all_nodes())} nodes", quiet=as_json):
-            result = asyncio.run(
-                up(config, cluster_file, keys, supervisor=supervisor, timeout_s=timeout_s)
-            )
+        result = _remote(
+            keys,
+            up(config, cluster_file, keys, supervisor=supervisor, timeout_s=timeout_s),
+            message=f"starting {len(config.all_nodes())} nodes",
+            as_json=as_json,
+        )
     except TlsError as exc:
         _bad_input(str(exc))
-    _echo_added(keys, as_json=as_json)
     if as_json:
         _json_result(result, result.ok)
         sys.exit(EXIT_OK if result.ok else EXIT_FAILED)
@@ -347,15 +377,8 @@ def deploy_up(
 @deploy.command("down")
 @ssh_options
 @SUPERVISOR_OPTION
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option(
-    "--timeout",
-    "timeout_s",
-    type=click.FloatRange(min=0, max=3600),
-    default=10.0,
-    show_default=True,
-    help="Seconds to wait after SIGTERM before sending SIGKILL.",
-)
+@JSON_OPTION
+@_timeout_option(10.0, "Seconds to wait after SIGTERM before sending SIGKILL.", minimum=0)
 def deploy_down(
     *,
     cluster_file: Path,
@@ -371,9 +394,12 @@ def deploy_down(
 
     config = _load(cluster_file)
     keys = _keys(known_hosts, accept_new_host_keys)
-    with _progress("stopping the nodes", quiet=as_json):
-        result = asyncio.run(down(config, keys, timeout_s=timeout_s, supervisor=supervisor))
-    _echo_added(keys, as_json=as_json)
+    result = _remote(
+        keys,
+        down(config, keys, timeout_s=timeout_s, supervisor=supervisor),
+        message="stopping the nodes",
+        as_json=as_json,
+    )
     if as_json:
         _json_result(result, result.ok)
         sys.exit(EXIT_OK if result.ok else EXIT_FAILED)
@@ -384,7 +410,7 @@ def deploy_down(
 @deploy.command("status")
 @ssh_options
 @SUPERVISOR_OPTION
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@JSON_OPTION
 def deploy_status(
     *,
     cluster_file: Path,
@@ -399,9 +425,12 @@ def deploy_status(
 
     config = _load(cluster_file)
     keys = _keys(known_hosts, accept_new_host_keys)
-    with _progress("asking every host", quiet=as_json):
-        result = asyncio.run(status(config, keys, supervisor=supervisor))
-    _echo_added(keys, as_json=as_json)
+    result = _remote(
+        keys,
+        status(config, keys, supervisor=supervisor),
+        message="asking every host",
+        as_json=as_json,
+    )
     all_up = result.ok and all(n.state == "running" for n in result.nodes)
     if as_json:
         _json_result(result, all_up)
@@ -420,14 +449,9 @@ def deploy_status(
 @ssh_options
 @click.argument("node")
 @SUPERVISOR_OPTION
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option(
-    "--timeout",
-    "timeout_s",
-    type=click.FloatRange(min=0.1, max=3600),
-    default=60.0,
-    show_default=True,
-    help="Seconds to wait for the stop (then SIGKILL), and for every group's master after.",
+@JSON_OPTION
+@_timeout_option(
+    60.0, "Seconds to wait for the stop (then SIGKILL), and for every group's master after."
 )
 @click.option(
     "--replace",
@@ -449,27 +473,25 @@ def deploy_restart(
 ) -> None:
     """Stop NODE on its host and start it again on its data (it catches up from its peers),
     then wait until every Paxos group has a master. Exit 2 for an unknown node."""
-    from net.deploy.remote import node_host, restart
+    from net.deploy.remote import restart
 
     config = _load(cluster_file)
-    try:
-        node_host(config, node)
-    except KeyError as exc:
-        _bad_input(f"{cluster_file}: {exc.args[0]}")
+    _check_node(config, cluster_file, node)
     keys = _keys(known_hosts, accept_new_host_keys)
-    with _progress(f"restarting {node}", quiet=as_json):
-        result = asyncio.run(
-            restart(
-                config,
-                keys,
-                node,
-                supervisor=supervisor,
-                stop_timeout_s=min(timeout_s, 10.0),
-                timeout_s=timeout_s,
-                replace=replace,
-            )
-        )
-    _echo_added(keys, as_json=as_json)
+    result = _remote(
+        keys,
+        restart(
+            config,
+            keys,
+            node,
+            supervisor=supervisor,
+            stop_timeout_s=min(timeout_s, 10.0),
+            timeout_s=timeout_s,
+            replace=replace,
+        ),
+        message=f"restarting {node}",
+        as_json=as_json,
+    )
     if as_json:
         _json_result(result, result.ok)
         sys.exit(EXIT_OK if result.ok else EXIT_FAILED)
@@ -502,14 +524,11 @@ def deploy_logs(
 ) -> None:
     """Print the end of NODE's log on its host (BASE/logs/NODE.log: the node's output and
     its watchdog's notes); with --follow, until interrupted. Exit 2 for an unknown node."""
-    from net.deploy.remote import logs, node_host
+    from net.deploy.remote import logs
     from net.deploy.ssh import DeployError
 
     config = _load(cluster_file)
-    try:
-        node_host(config, node)
-    except KeyError as exc:
-        _bad_input(f"{cluster_file}: {exc.args[0]}")
+    _check_node(config, cluster_file, node)
     keys = _keys(known_hosts, accept_new_host_keys)
 
     def write(text: str) -> None:
@@ -530,14 +549,7 @@ def deploy_logs(
 @SUPERVISOR_OPTION
 @click.option("--yes", is_flag=True, help="Really remove everything (without it: only say what).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of lines.")
-@click.option(
-    "--timeout",
-    "timeout_s",
-    type=click.FloatRange(min=0, max=3600),
-    default=10.0,
-    show_default=True,
-    help="Seconds to wait after SIGTERM before sending SIGKILL.",
-)
+@_timeout_option(10.0, "Seconds to wait after SIGTERM before sending SIGKILL.", minimum=0)
 def deploy_destroy(
     *,
     cluster_file: Path,
@@ -564,9 +576,12 @@ def deploy_destroy(
         lines.append("the data of every node is lost; run again with --yes to do it")
         _bad_input("\n".join(lines))
     keys = _keys(known_hosts, accept_new_host_keys)
-    with _progress(f"destroying on {len(config.hosts)} hosts", quiet=as_json):
-        result = asyncio.run(destroy(config, keys, supervisor=supervisor, timeout_s=timeout_s))
-    _echo_added(keys, as_json=as_json)
+    result = _remote(
+        keys,
+        destroy(config, keys, supervisor=supervisor, timeout_s=timeout_s),
+        message=f"destroying on {len(config.hosts)} hosts",
+        as_json=as_json,
+    )
     if as_json:
         doc = {
             "ok": result.ok,
@@ -610,14 +625,7 @@ def deploy_destroy(
     help="The source tree (a pxq checkout) whose release to deploy; default: the one this "
     "pxq runs from.",
 )
-@click.option(
-    "--timeout",
-    "timeout_s",
-    type=click.FloatRange(min=0.1, max=3600),
-    default=60.0,
-    show_default=True,
-    help="Seconds each wait may take: a group's master, a replica catching up.",
-)
+@_timeout_option(60.0, "Seconds each wait may take: a group's master, a replica catching up.")
 def deploy_upgrade(
     *,
     cluster_file: Path,
