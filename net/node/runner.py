@@ -475,6 +475,7 @@ class NodeRunner:
         self._dirty_conns: list[InboundConnection] = []
         self._dirty_links: dict[NodeId, PeerLink] = {}
         self._turn_scheduled = False
+        self._timer_stale = False  # a step ran since the timer was last armed
         self._timer: asyncio.TimerHandle | None = None
         self._armed_deadline: int | None = None  # what the armed timer was set for
         self._deadline: int | None = None  # the node's next_deadline() after its last step
@@ -733,9 +734,10 @@ class NodeRunner:
                 self._outbox.append((horizon, sends, replies))
             else:
                 self._release(sends, replies)
-        if storage.pending or self._outbox or self._dirty_conns or self._dirty_links:
-            self._schedule_turn_end()
-        self._arm_timer()
+        # The timer is re-armed once per loop turn, not per step: with many groups reading
+        # the next deadline walks every group, and a turn steps many inbound frames.
+        self._timer_stale = True
+        self._schedule_turn_end()
 
     def _trace(self, events: tuple[TraceEvent, ...]) -> None:
         for ev in events:
@@ -827,6 +829,9 @@ class NodeRunner:
         if self.state is not RunnerState.RUNNING or storage is None:
             return
         self.stats.turns += 1
+        if self._timer_stale:
+            self._timer_stale = False
+            self._arm_timer()
         if self._writing is None and storage.pending:
             self._start_write(storage)
         self._release_durable(storage)
@@ -1041,6 +1046,9 @@ class NodeRunner:
         self._armed_deadline = None
         if self.state is not RunnerState.RUNNING:
             return
+        node = self._node
+        if self._timer_stale and node is not None:
+            self._deadline = node.next_deadline()  # a step ran this turn: read it afresh
         deadline = self._deadline
         if deadline is None:
             return  # the node wants no Wake any more

@@ -116,13 +116,15 @@ class _Layer:
 
     def add(self, w: Write) -> None:
         self.writes.append(w)
+        if isinstance(w, Put):  # nearly every write: no match statement for it
+            table, key, value = w.table, w.key, w.value
+            t = self.tables.get(table)
+            if t is None:
+                t = self.tables[table] = PendingTable()
+            t.set(key, value)
+            self.bytes += len(key) + len(value)
+            return
         match w:
-            case Put(table=table, key=key, value=value):
-                t = self.tables.get(table)
-                if t is None:
-                    t = self.tables[table] = PendingTable()
-                t.set(key, value)
-                self.bytes += len(key) + len(value)
             case Delete(table=table, key=key):
                 t = self.tables.get(table)
                 if t is None:
@@ -723,20 +725,23 @@ class LmdbStorage:
         new_tables: dict[str, lmdb._Database],
     ) -> None:
         tables = self._tables
+        put = txn.put
+        pack = _CRC.pack
         for w in writes:
+            if isinstance(w, Put):  # nearly every write: no match statement for it
+                table, key, value = w.table, w.key, w.value
+                t = tables.get(table)
+                if t is None:
+                    db = new_tables.get(table)
+                    if db is None:
+                        db = new_tables[table] = self._create_db(table, txn)
+                    seed = crc32(table.encode())
+                else:
+                    db = t.db
+                    seed = t.crc_seed
+                put(key, value + pack(crc32(value, crc32(key, seed))), db=db)
+                continue
             match w:
-                case Put(table=table, key=key, value=value):
-                    t = tables.get(table)
-                    if t is None:
-                        db = new_tables.get(table)
-                        if db is None:
-                            db = new_tables[table] = self._create_db(table, txn)
-                        seed = crc32(table.encode())
-                    else:
-                        db = t.db
-                        seed = t.crc_seed
-                    sealed = value + _CRC.pack(crc32(value, crc32(key, seed)))
-                    txn.put(key, sealed, db=db)
                 case Delete(table=table, key=key):
                     found = tables.get(table)
                     if found is not None:

@@ -57,6 +57,12 @@ class Replica:
         self.rng = rng
         self.state_machines = state_machines
         self.groups: list[Group] = []
+        # Each group's deadline, as of its last step: a group's deadline changes only when it
+        # is stepped, so a step re-reads the deadlines of the groups it touched, not all.
+        self._deadlines: list[int | None] = []
+        self._stale: set[int] = set()  # groups stepped since their deadlines were read
+        self._all_stale = True  # every group's (after a boot or a wake)
+        self._stepped: list[int] = []  # the groups the current step routed to
         self.snapshots = SnapshotCache(config.snapshot_cache_max)
         self.booted = False
         self.peers = Peers(config.replicas, config.index_of(node_id))
@@ -66,14 +72,19 @@ class Replica:
     def step(self, now: Now, inp: Input) -> Effects:
         t = now.mono_ms
         fx = EffectsBuilder()
+        stepped = self._stepped
+        stepped.clear()
+        every_group = False
         match inp:
             case Boot():
+                every_group = True
                 self._boot(t, inp, fx)
             case Received(src=src, msg=msg):
                 self._require_boot()
                 self._on_received(t, src, msg, fx)
             case Wake():
                 self._require_boot()
+                every_group = True
                 for g in self.groups:
                     # A tick may change the group's role and so expose another timer that is
                     # already due (a failed candidate's catch-up retry): handle it now too.
@@ -89,14 +100,29 @@ class Replica:
                 pass  # the log takes what its master proposes; the service decides refusals
             case _:
                 assert_never(inp)
-        for g in self.groups:
-            g.finish(fx)
+        if every_group:
+            self._all_stale = True
+            for g in self.groups:
+                g.finish(fx)
+        else:
+            groups = self.groups
+            for i in stepped:  # the groups this step routed to: no other group changed
+                groups[i].finish(fx)
+            self._stale.update(stepped)
         return fx.build()
 
     def next_deadline(self) -> int | None:
+        groups = self.groups
+        deadlines = self._deadlines
+        if self._all_stale:
+            deadlines[:] = [g.deadline() for g in groups]
+            self._all_stale = False
+        else:
+            for i in self._stale:
+                deadlines[i] = groups[i].deadline()
+        self._stale.clear()
         best: int | None = None
-        for g in self.groups:
-            d = g.deadline()
+        for d in deadlines:
             if d is not None and (best is None or d < best):
                 best = d
         return best
@@ -171,6 +197,7 @@ class Replica:
             # No honest replica sends it: evidence about the sender, never a crash here.
             fx.alarm("invalid_message", source=src, type=type(msg).__name__, problem=bad)
             return
+        self._stepped.append(msg.group)
         self.groups[msg.group].on_message(t, src, msg, fx)
 
     def _on_call(self, t: int, call_id: int, request: object, fx: EffectsBuilder) -> None:
@@ -180,4 +207,5 @@ class Replica:
         if not 0 <= request.group < len(self.groups):
             fx.reply(call_id, ProposeRejected(group=request.group, reason="no such group"))
             return
+        self._stepped.append(request.group)
         self.groups[request.group].on_propose(t, call_id, request.value, fx)
