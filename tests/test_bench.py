@@ -7,7 +7,12 @@ bench, CPU µs per item); a short drain run reports the drained count and the it
 it was given; the RSS mode samples every node's RssAnon before the fill and at each mark and
 reports the growth per million items; ``pxq plot`` writes PNG files for a timeline and for a
 sweep; bad arguments exit 2; the baselines are skipped with a note when their tools are
-absent. No timing assertions.
+absent. Every enqueue run writes a latency line (nearest-rank quantiles of its acks, checked
+against known latencies) that ``pxq plot --cdf`` draws, and a file without one is an error
+(exit 1). The baselines (their runners faked: the real ones need Redis and uvloop) run once per
+(in flight, payload) shape of the runs, each line carrying its shape, R with one client per
+call in flight; each ratios line divides by the baselines of its own shape; the sweep plot
+picks the baselines of the runs' shapes. No timing assertions.
 """
 
 from __future__ import annotations
@@ -23,7 +28,15 @@ import pytest
 
 from net.tools import baselines
 from net.tools.bench import rss_growth
-from net.tools.measure import latency_fields, percentile, proc_cpu_s, proc_status_kb
+from net.tools.measure import (
+    LATENCY_FRACTIONS,
+    latency_fields,
+    latency_quantiles,
+    percentile,
+    proc_cpu_s,
+    proc_status_kb,
+)
+from net.tools.plot import PlotError, _baseline_points, cdf_plot, sweep_plot
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 90.0
@@ -111,6 +124,31 @@ def test_bench_writes_second_and_summary_lines(bench_out: Path) -> None:
     assert set(summary["cpu_s"]) == {*summary["node_pids"], "bench"}
     assert len(summary["node_pids"]) == 3
     assert summary["cpu_us_per_item"] > 0
+    (latency,) = [x for x in lines if x["type"] == "latency"]
+    assert latency["run"] == summary["run"] and latency["inflight"] == 4
+    assert latency["count"] == summary["acked"]
+    assert latency["fractions"] == list(LATENCY_FRACTIONS)
+    quantiles = latency["quantiles_ms"]
+    assert quantiles == sorted(quantiles) and len(quantiles) == len(LATENCY_FRACTIONS)
+    # The same nearest-rank rule as the summary's percentiles, over the same acks.
+    assert quantiles[latency["fractions"].index(0.5)] == summary["p50_ms"]
+    assert quantiles[latency["fractions"].index(0.99)] == summary["p99_ms"]
+    assert latency["max_ms"] == summary["max_ms"] and latency["min_ms"] <= quantiles[0]
+
+
+def test_plot_cdf_writes_png(bench_out: Path, tmp_path: Path) -> None:
+    r = pxq("plot", "--cdf", str(bench_out), "--out", str(tmp_path), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [str(tmp_path / "run-cdf.png")]
+    assert (tmp_path / "run-cdf.png").read_bytes().startswith(PNG_MAGIC)
+    no_latency = tmp_path / "old.jsonl"
+    no_latency.write_text(
+        "".join(
+            line + "\n" for line in bench_out.read_text().splitlines() if '"latency"' not in line
+        )
+    )
+    r = pxq("plot", "--cdf", str(no_latency), "--out", str(tmp_path), cwd=tmp_path)
+    assert r.returncode == 1 and "no latency lines" in r.stderr
 
 
 def test_plot_timeline_writes_png(bench_out: Path, tmp_path: Path) -> None:
@@ -217,6 +255,7 @@ def test_rss_growth_per_million_items() -> None:
         ["bench", "--start-cluster", "--rss", "100", "--drain", "10"],
         ["plot"],
         ["plot", "--sweep", "missing.jsonl"],
+        ["plot", "--cdf", "missing.jsonl"],
     ],
 )
 def test_bad_arguments_exit_2(args: list[str], tmp_path: Path) -> None:
@@ -235,7 +274,7 @@ def test_baselines_skip_with_a_note(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     c = baselines.baseline_c(200, 100, 1.0)
     assert "absent" in c["skipped"]
     monkeypatch.setattr("net.tools.baselines.shutil.which", lambda _name: None)
-    r = baselines.baseline_r(100, 1.0)
+    r = baselines.baseline_r(200, 100, 1.0)
     assert "apt-get install -y redis-server" in r["skipped"]
     lines: list[dict[str, Any]] = []
     summary = {"mode": "enqueue", "run": 0, "inflight": 200, "payload_bytes": 100, "items_s": 1.0}
@@ -262,3 +301,123 @@ def test_the_c_baseline_is_looked_for_beside_the_repository(
     assert baselines.limits_dir() == repo.parent / "shared" / "reference" / "limits"
     monkeypatch.setenv("PXQ_LIMITS_DIR", "/elsewhere")
     assert baselines.limits_dir() == Path("/elsewhere")
+
+
+def test_latency_quantiles_of_known_latencies() -> None:
+    q = latency_quantiles([ms / 1000 for ms in range(2000, 0, -1)])  # 1..2000 ms, shuffled
+    at = dict(zip(q["fractions"], q["quantiles_ms"], strict=True))
+    assert q["count"] == 2000 and q["min_ms"] == 1.0 and q["max_ms"] == 2000.0
+    assert at[0.001] == 2.0 and at[0.5] == 1000.0 and at[0.99] == 1980.0
+    assert at[0.3] == 600.0  # 0.3 * 2000 is 600.0000000000001 in binary: still rank 600
+    assert at[0.9995] == 1999.0 and at[0.9999] == 2000.0
+    one = latency_quantiles([0.004])
+    assert set(one["quantiles_ms"]) == {4.0} and one["count"] == 1
+    none = latency_quantiles([])
+    assert none["count"] == 0 and set(none["quantiles_ms"]) == {None}
+    with pytest.raises(PlotError, match="no latency lines"):
+        cdf_plot([{"type": "latency", "run": 0, **none}], Path("unused"), "x")
+
+
+def fake_baselines(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, int]]:
+    """Replace the C and R runners by fakes whose items/s encode their shape; returns the
+    calls made."""
+    calls: list[tuple[str, int, int]] = []
+
+    def c(inflight: int, payload: int, _duration_s: float) -> dict[str, Any]:
+        calls.append(("C", inflight, payload))
+        line = {"type": "baseline", "name": "C", "inflight": inflight, "payload_bytes": payload}
+        return {**line, "items_s": 1000.0 * inflight, "cpu_us_per_item": 9.0}
+
+    def r(inflight: int, payload: int, _duration_s: float) -> dict[str, Any]:
+        calls.append(("R", inflight, payload))
+        line = {"type": "baseline", "name": "R", "inflight": inflight, "payload_bytes": payload}
+        clients = baselines.r_clients(inflight)
+        return {**line, "clients": clients, "items_s": 500.0 * inflight + payload}
+
+    monkeypatch.setattr(baselines, "baseline_c", c)
+    monkeypatch.setattr(baselines, "baseline_r", r)
+    return calls
+
+
+def enqueue_summary(run: int, inflight: int, payload: int = 100, groups: int = 1) -> dict[str, Any]:
+    return {
+        "type": "summary",
+        "mode": "enqueue",
+        "run": run,
+        "inflight": inflight,
+        "payload_bytes": payload,
+        "groups": groups,
+        "items_s": 100.0 * inflight,
+    }
+
+
+def test_baselines_run_once_per_shape_and_ratios_use_their_shape(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = fake_baselines(monkeypatch)
+    # An in-flight sweep, an inflight-batches repeat of one shape, and a second payload.
+    runs = [enqueue_summary(0, 10), enqueue_summary(1, 200), enqueue_summary(2, 200)]
+    runs.append(enqueue_summary(3, 10, payload=4096))
+    lines: list[dict[str, Any]] = []
+    baselines.run_baselines(runs, 1.0, lines.append, lambda _t: None)
+    shapes = [(10, 100), (200, 100), (10, 4096)]
+    assert calls == [(n, i, p) for i, p in shapes for n in ("C", "R")]
+    base = [x for x in lines if x["type"] == "baseline"]
+    assert [(x["name"], x["inflight"], x["payload_bytes"]) for x in base] == calls
+    ratios = [x for x in lines if x["type"] == "ratios"]
+    assert [x["run"] for x in ratios] == [0, 1, 2, 3]
+    for x, run in zip(ratios, runs, strict=True):
+        assert (x["inflight"], x["payload_bytes"]) == (run["inflight"], run["payload_bytes"])
+        assert x["c_items_s"] == 1000.0 * run["inflight"] and x["pxq_over_c"] == 0.1
+        assert x["r_items_s"] == 500.0 * run["inflight"] + run["payload_bytes"]
+        assert x["r_clients"] == run["inflight"]
+    assert ratios[3]["pxq_over_r"] == round(1000 / (5000 + 4096), 3)
+
+
+def test_a_groups_sweep_has_one_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = fake_baselines(monkeypatch)
+    runs = [enqueue_summary(n, 200, groups=g) for n, g in enumerate((1, 4, 16))]
+    lines: list[dict[str, Any]] = []
+    baselines.run_baselines(runs, 1.0, lines.append, lambda _t: None)
+    assert calls == [("C", 200, 100), ("R", 200, 100)]
+    assert [x["pxq_over_c"] for x in lines if x["type"] == "ratios"] == [0.1, 0.1, 0.1]
+    drain = {**enqueue_summary(0, 500), "mode": "drain"}
+    assert baselines.shapes_of([drain]) == [(500, 100)]
+    assert baselines.shapes_of([]) == [(200, 100)]
+
+
+def test_baseline_lines_state_their_shape(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PXQ_LIMITS_DIR", str(tmp_path / "absent"))
+    c = baselines.baseline_c(50, 4096, 1.0)
+    assert (c["inflight"], c["payload_bytes"], c["prototype_payload_bytes"]) == (50, 4096, 100)
+    assert "fixed at 100 B (pxq ran 4096 B)" in c["note"]
+    assert "note" not in baselines.baseline_c(50, 100, 1.0)
+    monkeypatch.setattr("net.tools.baselines.shutil.which", lambda _name: None)
+    r = baselines.baseline_r(10, 100, 1.0)
+    assert (r["inflight"], r["payload_bytes"], r["clients"]) == (10, 100, 10)
+    assert "note" not in r
+    many = baselines.baseline_r(10_000, 100, 1.0)
+    assert many["clients"] == baselines.R_CLIENTS_MAX and "not 10000" in many["note"]
+    monkeypatch.setattr("net.tools.baselines.resource.getrlimit", lambda _what: (1024, 1024))
+    assert baselines.r_clients(5000) == 1024 - baselines.R_FDS_SPARE
+    assert baselines.r_clients(1) == 1
+
+
+def test_sweep_plot_draws_the_baselines_of_the_runs_shapes(tmp_path: Path) -> None:
+    runs = [enqueue_summary(n, i) for n, i in enumerate((1, 10, 100))]
+    base: list[dict[str, Any]] = []
+    for inflight, payload in ((1, 100), (10, 100), (100, 100), (100, 4096)):
+        for name in ("C", "R"):
+            line = {"type": "baseline", "name": name, "inflight": inflight}
+            base.append({**line, "payload_bytes": payload, "items_s": float(inflight)})
+    base.append({"type": "baseline", "name": "R", "inflight": 10, "skipped": "no redis"})
+    points = _baseline_points([*runs, *base], "inflight", runs)
+    assert {n: sorted(v) for n, v in points.items()} == {"C": [1, 10, 100], "R": [1, 10, 100]}
+    assert all(len(v) == 1 for by_x in points.values() for v in by_x.values())
+    by_groups = [enqueue_summary(n, 100, groups=g) for n, g in enumerate((1, 2))]
+    flat = _baseline_points([*by_groups, *base], "groups", by_groups)
+    assert {n: list(v) for n, v in flat.items()} == {"C": [0.0], "R": [0.0]}
+    assert [b["payload_bytes"] for b in flat["C"][0.0]] == [100]
+    for x, rows in (("inflight", runs), ("groups", by_groups)):
+        png = sweep_plot([*rows, *base], x, tmp_path, "b")
+        assert png.read_bytes().startswith(PNG_MAGIC)

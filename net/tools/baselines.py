@@ -1,5 +1,9 @@
 """``pxq bench --baselines``: the two same-moment baselines the pxq figures are divided by.
 
+They run once per distinct *shape* of the invocation's enqueue runs, (calls in flight, payload
+bytes), so a sweep over ``--inflight`` has C and R at every in-flight value, while a sweep over
+``--groups`` or ``--inflight-batches`` (one shape) has one C and one R:
+
 * **C**, the bare replication prototype of the research notes
   (``../shared/reference/limits/replica_round.py`` beside the repository; its driver
   ``replica_bench.py`` runs a fixed matrix, so this module drives the prototype the same way:
@@ -7,16 +11,20 @@
   folder is absent (or its ``uvloop``/``lmdb``/``msgpack`` imports are missing) C is skipped
   with a note. Concurrency: ``inflight`` items in flight as ``batch = min(100, inflight)``
   items per batch and ``window = inflight / batch`` batches in flight; the prototype's payload
-  is fixed at 100 bytes. CPU: the three processes' rusage (``wait4``), minus a 0.01-s run's
-  (their start-up and tear-down), as in ``anchors-quiet.md``.
+  is fixed at 100 bytes (``prototype_payload_bytes``; the line says so in ``note`` when the
+  pxq runs of its shape carried another size). CPU: the three processes' rusage (``wait4``),
+  minus a 0.01-s run's (their start-up and tear-down), as in ``anchors-quiet.md``.
 * **R**, one Redis (Debian ``redis-server``: ``appendonly yes``, ``appendfsync always``,
   ``save ""``, automatic AOF rewrite off) loaded by ``redis-benchmark`` with ``XADD``, the same
-  payload and 50 clients (``-P 1``). CPU: the server's ``/proc`` utime+stime plus the
-  benchmark's rusage. Skipped with a note when ``redis-server``/``redis-benchmark`` are not
-  installed (``apt-get install -y redis-server``).
+  payload and ``clients`` = the calls in flight (``-c``, ``-P 1``: one command in flight per
+  client, so Redis sees the concurrency pxq sees; capped by ``R_CLIENTS_MAX`` and the open-file
+  limit, with a note). CPU: the server's ``/proc`` utime+stime plus the benchmark's rusage.
+  Skipped with a note when ``redis-server``/``redis-benchmark`` are not installed
+  (``apt-get install -y redis-server``).
 
-Each baseline is one ``"type": "baseline"`` line; one ``"type": "ratios"`` line then gives
-pxq/C and pxq/R for every pxq enqueue run of the invocation.
+Each baseline is one ``"type": "baseline"`` line carrying the ``inflight`` and
+``payload_bytes`` of its shape; one ``"type": "ratios"`` line per pxq enqueue run then gives
+pxq/C and pxq/R against the baselines of that run's own shape.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import importlib.util
 import io
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -44,9 +53,15 @@ C_BATCH_MAX: Final = 100
 C_SECS_MAX: Final = 10.0
 C_CALIBRATION_S: Final = 0.01
 C_PAYLOAD_BYTES: Final = 100
-R_CLIENTS: Final = 50
+R_CLIENTS_MAX: Final = 2_000
+"""Most ``redis-benchmark`` clients (one connection each, in one process)."""
+R_FDS_SPARE: Final = 64
+"""Open files the client count leaves free below the soft ``RLIMIT_NOFILE``."""
 R_SECS_MAX: Final = 10.0
 R_PROBE_ITEMS: Final = 5_000
+R_PROBE_ITEMS_PER_CLIENT: Final = 100
+"""The probe sends this many items per client (up to ``R_PROBE_ITEMS``): 1 client at a slow
+4-ms fsync would take 20 s for the full probe."""
 R_ITEMS_MAX: Final = 2_000_000
 R_PAYLOAD_MAX: Final = 120_000
 """redis-benchmark takes the payload as one argument (Linux: at most 128 KiB)."""
@@ -177,8 +192,17 @@ def _c_once(script: Path, work: Path, batch: int, window: int, secs: float) -> t
 
 
 def baseline_c(inflight: int, payload_bytes: int, duration_s: float) -> Line:
-    """The C baseline line (``skipped`` says why when it could not run)."""
-    line: Line = {"type": "baseline", "name": "C", "inflight": inflight}
+    """The C baseline line for the shape (``inflight``, ``payload_bytes``) of pxq runs
+    (``skipped`` says why when it could not run)."""
+    line: Line = {
+        "type": "baseline",
+        "name": "C",
+        "inflight": inflight,
+        "payload_bytes": payload_bytes,
+        "prototype_payload_bytes": C_PAYLOAD_BYTES,
+    }
+    if payload_bytes != C_PAYLOAD_BYTES:
+        line["note"] = f"the prototype's payload is fixed at 100 B (pxq ran {payload_bytes} B)"
     script = limits_dir() / "replica_round.py"
     if not script.is_file():
         line["skipped"] = f"the replication prototype is absent ({script} not found)"
@@ -191,17 +215,7 @@ def baseline_c(inflight: int, payload_bytes: int, duration_s: float) -> Line:
         return line
     batch, window = c_shape(inflight)
     secs = min(C_SECS_MAX, duration_s)
-    line.update(
-        {
-            "script": str(script),
-            "batch": batch,
-            "window": window,
-            "secs": secs,
-            "payload_bytes": C_PAYLOAD_BYTES,
-        }
-    )
-    if payload_bytes != C_PAYLOAD_BYTES:
-        line["note"] = f"the prototype's payload is fixed at 100 B (pxq ran {payload_bytes} B)"
+    line.update({"script": str(script), "batch": batch, "window": window, "secs": secs})
     line["loadavg_before"] = loadavg()
     with tempfile.TemporaryDirectory(prefix="pxq-bench-c-") as tmp:
         work = Path(tmp)
@@ -249,11 +263,19 @@ def _parse_csv(text: str) -> Line:
     return dict(zip(header, data[-1], strict=False))
 
 
+def r_clients(inflight: int) -> int:
+    """``redis-benchmark`` clients matching ``inflight`` calls in flight, within
+    ``R_CLIENTS_MAX`` and what the open-file limit leaves room for."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    room = R_CLIENTS_MAX if soft == resource.RLIM_INFINITY else soft - R_FDS_SPARE
+    return max(1, min(inflight, R_CLIENTS_MAX, room))
+
+
 def _redis_bench(
-    exe: str, port: int, items: int, payload: str, timeout_s: float
+    exe: str, port: int, *, clients: int, items: int, payload: str, timeout_s: float
 ) -> tuple[Line, float]:
     """One redis-benchmark run: its CSV figures and its own CPU seconds."""
-    cmd = [exe, "-h", "127.0.0.1", "-p", str(port), "-c", str(R_CLIENTS), "-P", "1"]
+    cmd = [exe, "-h", "127.0.0.1", "-p", str(port), "-c", str(clients), "-P", "1"]
     cmd += ["-n", str(items), "--csv", "XADD", "qstream", "*", "payload", payload]
     code, out, err, cpu = run_measured(cmd, timeout_s)
     if code:
@@ -261,9 +283,20 @@ def _redis_bench(
     return _parse_csv(out), cpu
 
 
-def baseline_r(payload_bytes: int, duration_s: float) -> Line:
-    """The R baseline line (``skipped`` says why when it could not run)."""
-    line: Line = {"type": "baseline", "name": "R", "clients": R_CLIENTS}
+def baseline_r(inflight: int, payload_bytes: int, duration_s: float) -> Line:
+    """The R baseline line for the shape (``inflight``, ``payload_bytes``) of pxq runs:
+    ``redis-benchmark`` with one client per call in flight (``skipped`` says why when it could
+    not run)."""
+    clients = r_clients(inflight)
+    line: Line = {
+        "type": "baseline",
+        "name": "R",
+        "inflight": inflight,
+        "payload_bytes": payload_bytes,
+        "clients": clients,
+    }
+    if clients != inflight:
+        line["note"] = f"{clients} clients (the limit here), not {inflight}"
     server = shutil.which("redis-server")
     bench = shutil.which("redis-benchmark")
     if server is None or bench is None:
@@ -277,7 +310,7 @@ def baseline_r(payload_bytes: int, duration_s: float) -> Line:
     payload = "x" * payload_bytes
     port = free_ports(1)[0]
     secs = min(R_SECS_MAX, duration_s)
-    line.update({"payload_bytes": payload_bytes, "secs_target": secs, "fsync": "always"})
+    line.update({"secs_target": secs, "fsync": "always"})
     with tempfile.TemporaryDirectory(prefix="pxq-bench-redis-") as tmp:
         proc = subprocess.Popen(
             [
@@ -315,13 +348,23 @@ def baseline_r(payload_bytes: int, duration_s: float) -> Line:
                     return line
                 time.sleep(0.05)
             # A short probe (also the warm-up) sizes the measured run to about ``secs``.
-            probe, _ = _redis_bench(bench, port, R_PROBE_ITEMS, payload, 60)
-            rate = max(1000.0, float(probe.get("rps", 0) or 0))
-            items = int(min(R_ITEMS_MAX, max(R_PROBE_ITEMS, rate * secs)))
+            probe_items = min(R_PROBE_ITEMS, R_PROBE_ITEMS_PER_CLIENT * clients)
+            probe, _ = _redis_bench(
+                bench, port, clients=clients, items=probe_items, payload=payload, timeout_s=60
+            )
+            rate = max(1.0, float(probe.get("rps", 0) or 0))
+            items = int(min(R_ITEMS_MAX, max(probe_items, rate * secs)))
             line["loadavg_before"] = loadavg()
             server_cpu0 = proc_cpu_s(proc.pid) or 0.0
             t0 = time.perf_counter()
-            result, client_cpu = _redis_bench(bench, port, items, payload, max(60.0, secs * 20))
+            result, client_cpu = _redis_bench(
+                bench,
+                port,
+                clients=clients,
+                items=items,
+                payload=payload,
+                timeout_s=max(60.0, secs * 20),
+            )
             wall = time.perf_counter() - t0
             server_cpu = (proc_cpu_s(proc.pid) or 0.0) - server_cpu0
         except (RuntimeError, OSError, ValueError) as exc:
@@ -350,36 +393,60 @@ def baseline_r(payload_bytes: int, duration_s: float) -> Line:
 # -- both, and the ratios -----------------------------------------------------------------------
 
 
+def shapes_of(summaries: Sequence[Line]) -> list[tuple[int, int]]:
+    """The distinct (inflight, payload bytes) of the enqueue runs, in first-run order; with no
+    enqueue run (drain, rss), the first run's shape, or the headline's (200, 100)."""
+    runs = [s for s in summaries if s.get("mode") == "enqueue"] or list(summaries[:1])
+    shapes = [(int(s["inflight"]), int(s["payload_bytes"])) for s in runs]
+    return list(dict.fromkeys(shapes)) or [(200, 100)]
+
+
+def ratios_line(summary: Line, c: Line, r: Line) -> Line:
+    """pxq/C and pxq/R of one enqueue run against the baselines of its shape."""
+    line: Line = {
+        "type": "ratios",
+        "run": summary["run"],
+        "inflight": summary["inflight"],
+        "payload_bytes": summary["payload_bytes"],
+        "pxq_items_s": summary["items_s"],
+    }
+    for name, base in (("c", c), ("r", r)):
+        value = base.get("items_s")
+        line[f"{name}_items_s"] = value
+        line[f"pxq_over_{name}"] = (
+            round(float(summary["items_s"]) / float(value), 3) if value else None
+        )
+        line[f"{name}_cpu_us_per_item"] = base.get("cpu_us_per_item")
+    line["r_clients"] = r.get("clients")
+    return line
+
+
 def run_baselines(
     summaries: Sequence[Line], duration_s: float, emit: Emit, note: Callable[[str], None]
 ) -> list[Line]:
-    """C and R for the shape of the first pxq run, then the pxq/C and pxq/R ratios."""
-    first = summaries[0] if summaries else {"inflight": 200, "payload_bytes": 100}
-    inflight = int(first["inflight"])
-    payload = int(first["payload_bytes"])
-    note(f"baseline C: replication prototype, {inflight} items in flight")
-    c = baseline_c(inflight, payload, duration_s)
-    emit(c)
-    if "skipped" in c:
-        note(f"baseline C skipped: {c['skipped']}")
-    note(f"baseline R: redis-server AOF always, XADD {payload} B, {R_CLIENTS} clients")
-    r = baseline_r(payload, duration_s)
-    emit(r)
-    if "skipped" in r:
-        note(f"baseline R skipped: {r['skipped']}")
-    ratios: list[Line] = []
+    """C and R once per shape of the pxq runs (``shapes_of``), then one ratios line per enqueue
+    run against the baselines of its own shape; returns every line emitted."""
+    emitted: list[Line] = []
+    by_shape: dict[tuple[int, int], tuple[Line, Line]] = {}
+    for inflight, payload in shapes_of(summaries):
+        note(f"baseline C: replication prototype, {inflight} items in flight")
+        c = baseline_c(inflight, payload, duration_s)
+        emit(c)
+        if "skipped" in c:
+            note(f"baseline C skipped: {c['skipped']}")
+        clients = r_clients(inflight)
+        note(f"baseline R: redis-server AOF always, XADD {payload} B, {clients} clients")
+        r = baseline_r(inflight, payload, duration_s)
+        emit(r)
+        if "skipped" in r:
+            note(f"baseline R skipped: {r['skipped']}")
+        by_shape[(inflight, payload)] = (c, r)
+        emitted += [c, r]
     for s in summaries:
         if s.get("mode") != "enqueue":
             continue
-        line: Line = {"type": "ratios", "run": s["run"], "pxq_items_s": s["items_s"]}
-        for name, base in (("c", c), ("r", r)):
-            value = base.get("items_s")
-            line[f"{name}_items_s"] = value
-            line[f"pxq_over_{name}"] = (
-                round(float(s["items_s"]) / float(value), 3) if value else None
-            )
-            cpu = base.get("cpu_us_per_item")
-            line[f"{name}_cpu_us_per_item"] = cpu
+        c, r = by_shape[(int(s["inflight"]), int(s["payload_bytes"]))]
+        line = ratios_line(s, c, r)
         emit(line)
-        ratios.append(line)
-    return [c, r, *ratios]
+        emitted.append(line)
+    return emitted

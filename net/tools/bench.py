@@ -20,7 +20,9 @@ and ``down``, one process per replica, LMDB with fsync on every replica for ever
 Every run reads the CPU time (``/proc/<pid>/stat`` utime+stime) of every node process and of
 this process before and after the measured window, and reports CPU µs per acknowledged item
 summed over all of them. Output is JSON lines (see ``docs/performance.md`` for the fields):
-one ``"type": "second"`` line per measured second and one ``"type": "summary"`` line per run;
+one ``"type": "second"`` line per measured second, in enqueue mode one ``"type": "latency"``
+line per run (quantiles of every ack latency of the measured window, for a CDF: ``pxq plot
+--cdf``), and one ``"type": "summary"`` line per run;
 ``net.tools.baselines`` adds ``"type": "baseline"`` lines. A rich progress display goes to
 stderr. Every load loop is bounded by a count and by time; traffic goes to 127.0.0.1 only.
 """
@@ -48,6 +50,7 @@ from net.tools.measure import (
     free_ports,
     fsync_probe_ms,
     latency_fields,
+    latency_quantiles,
     loadavg,
     machine_info,
     proc_status_kb,
@@ -290,6 +293,7 @@ async def enqueue_load(
             w.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
     every = [x for b in buckets for x in b]
+    emit({"type": "latency", **tags, **latency_quantiles(every)})
     return {
         "mode": "enqueue",
         "acked": acked,

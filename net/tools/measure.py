@@ -1,5 +1,5 @@
 """Measurement helpers shared by the benchmarks of ``net.tools``: free loopback ports,
-percentiles and latency fields, CPU and memory of processes from ``/proc``, the load average,
+percentiles, latency fields and quantiles, CPU and memory of processes from ``/proc``, the load average,
 an fsync probe of the disk and the machine description every bench output starts with.
 
 ``net.tools.bench`` (``pxq bench``), ``net.tools.baselines`` (its C and R baselines) and
@@ -27,6 +27,14 @@ Emit = Callable[[Line], None]
 FSYNC_PROBE_WRITES: Final = 20
 RSS_FIELDS: Final = ("RssAnon", "RssFile", "VmHWM")
 """What ``--rss`` samples of each node process (``/proc/<pid>/status``, kB)."""
+LATENCY_FRACTIONS: Final = (
+    *(0.001, 0.002, 0.005, 0.01, 0.02),
+    *(0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5),
+    *(0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95),
+    *(0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 0.9999),
+)
+"""The fractions (ascending) a ``"type": "latency"`` line gives quantiles at: dense in
+both tails, so a CDF drawn through them (plus the min at 0 and the max at 1) is smooth."""
 
 
 def free_ports(n: int) -> list[int]:
@@ -60,6 +68,32 @@ def latency_fields(latencies_s: list[float]) -> Line:
         "p999_ms": round(percentile(ordered, 99.9) * 1e3, 3),
         "max_ms": round(ordered[-1] * 1e3, 3),
         "mean_ms": round(sum(ordered) / len(ordered) * 1e3, 3),
+    }
+
+
+def latency_quantiles(latencies_s: Sequence[float]) -> Line:
+    """The latency distribution of a run, compactly: ``count``, ``min_ms``, ``max_ms`` and the
+    nearest-rank quantiles (ms) at ``fractions`` (``LATENCY_FRACTIONS``): the value of rank
+    ceil(f * count). With no samples the quantiles are None."""
+    fractions = list(LATENCY_FRACTIONS)
+    if not latencies_s:
+        return {
+            "count": 0,
+            "min_ms": None,
+            "max_ms": None,
+            "fractions": fractions,
+            "quantiles_ms": [None] * len(fractions),
+        }
+    ordered = sorted(latencies_s)
+    n = len(ordered)
+    # round() first: 0.29 * 100 is 28.999999999999996 in binary floating point.
+    ranks = [min(n, max(1, math.ceil(round(f * n, 9)))) for f in fractions]
+    return {
+        "count": n,
+        "min_ms": round(ordered[0] * 1e3, 3),
+        "max_ms": round(ordered[-1] * 1e3, 3),
+        "fractions": fractions,
+        "quantiles_ms": [round(ordered[k - 1] * 1e3, 3) for k in ranks],
     }
 
 

@@ -5,7 +5,14 @@
   (``<stem>-run<N>.png``).
 * ``sweep_plot(lines, x, out_dir, stem)``: several runs' summary lines against one parameter
   (``inflight``, ``payload_bytes`` or ``groups``): throughput, latency p50/p99 and CPU µs per
-  item against ``x`` (log scale), one PNG (``<stem>-sweep-<x>.png``).
+  item against ``x`` (log scale), one PNG (``<stem>-sweep-<x>.png``). The file's baselines
+  (``"type": "baseline"``, C and R) are drawn on the same axes: against ``inflight`` or
+  ``payload_bytes`` as their own lines through the x of their shape (the median where a file
+  holds several of one name and x), against ``groups`` (one shape for every point) as
+  horizontal lines.
+* ``cdf_plot(lines, out_dir, stem)``: the latency distribution of every enqueue run
+  (``"type": "latency"`` lines), one curve per run (through its quantiles) labelled by the
+  run's tags, on a log latency axis, with the tail (1 - F, log scale) below; one PNG (``<stem>-cdf.png``).
 * ``groups_plot(lines, out_dir, stem)``: ``pxq groups --watch --json`` samples (``"type":
   "groups"``) as a dashboard, one PNG per consumer group and topic
   (``<stem>-<group>-<topic>.png``): the lag of each queue over time, and which consumer owned
@@ -87,6 +94,65 @@ def _label(summary: dict[str, Any] | None, run: int) -> str:
     )
 
 
+def _baseline_points(
+    lines: Sequence[dict[str, Any]], x: str, rows: Sequence[dict[str, Any]]
+) -> dict[str, dict[float, list[dict[str, Any]]]]:
+    """The baselines that ran (no ``skipped``) by name and x, among those of the runs' shapes
+    (an inflight sweep at 100 B ignores baselines of 4 KiB; a shape field a baseline line lacks,
+    as R's ``inflight`` before issue 17, does not exclude it). Against ``groups`` (baselines
+    have none) all sit at x 0, to be drawn as horizontal lines."""
+    shape = ("inflight", "payload_bytes")
+    wanted = {k: {r.get(k) for r in rows} for k in shape if k != x}
+    out: dict[str, dict[float, list[dict[str, Any]]]] = {}
+    for line in lines:
+        if line.get("type") != "baseline" or "skipped" in line or not line.get("items_s"):
+            continue
+        if any(k in line and line[k] not in values for k, values in wanted.items()):
+            continue
+        if x in shape and line.get(x) is None:
+            continue
+        at = float(line[x]) if x in shape else 0.0
+        out.setdefault(str(line.get("name", "?")), {}).setdefault(at, []).append(line)
+    return out
+
+
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+BASELINE_STYLE: Final = {"C": ("tab:green", "s"), "R": ("tab:red", "^")}
+
+
+def _draw_baselines(
+    axes: Sequence[Any], points: dict[str, dict[float, list[dict[str, Any]]]], horizontal: bool
+) -> None:
+    """C and R on the throughput, latency and CPU axes (``axes``): a line through their
+    per-x medians, or a horizontal line each when ``horizontal``."""
+    keys = ("items_s", "p99_ms", "cpu_us_per_item")
+    for name, by_x in sorted(points.items()):
+        color, marker = BASELINE_STYLE.get(name, ("tab:gray", "d"))
+        fixed = any(b.get("note") for bs in by_x.values() for b in bs)
+        per_batch = any(b.get("latency_of") == "batch" for bs in by_x.values() for b in bs)
+        for ax, key in zip(axes, keys, strict=True):
+            pts = [
+                (at, _median([float(b[key]) for b in bs if b.get(key)]))
+                for at, bs in sorted(by_x.items())
+                if any(b.get(key) for b in bs)
+            ]
+            if not pts:
+                continue
+            label = f"{name}{' (100 B payload)' if fixed and name == 'C' else ''}"
+            if key == "p99_ms":
+                label = f"{name} p99{' (per batch)' if per_batch else ''}"
+            if horizontal:
+                ax.axhline(pts[0][1], color=color, linestyle=":", label=label)
+            else:
+                xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+                ax.plot(xs, ys, color=color, marker=marker, linestyle=":", label=label)
+
+
 def timeline_plots(lines: Iterable[dict[str, Any]], out_dir: Path, stem: str) -> list[Path]:
     """One throughput + latency over time PNG per run; returns the files written."""
     seconds: dict[int, list[dict[str, Any]]] = {}
@@ -148,9 +214,8 @@ def sweep_plot(lines: Sequence[dict[str, Any]], x: str, out_dir: Path, stem: str
     plt = _pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     fig, (ax1, ax2, ax3) = plt.subplots(3, 1, figsize=(8, 9), sharex=True)
-    ax1.plot(xs, [float(r.get("items_s") or 0) for r in rows], marker="o")
+    ax1.plot(xs, [float(r.get("items_s") or 0) for r in rows], marker="o", label="pxq")
     ax1.set_ylabel("acked items/s")
-    ax1.set_ylim(bottom=0)
     if x == "payload_bytes":
         ax1b = ax1.twinx()
         mbs = [float(r.get("items_s") or 0) * float(r[x]) / 1e6 for r in rows]
@@ -160,17 +225,24 @@ def sweep_plot(lines: Sequence[dict[str, Any]], x: str, out_dir: Path, stem: str
         pts = [(a, float(r[key])) for a, r in zip(xs, rows, strict=True) if r.get(key)]
         if pts:
             ax2.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=key[:-3])
-    _plain_log_y(ax2)
     ax2.set_ylabel("latency (ms)")
-    ax2.legend(fontsize=8)
     cpu = [
         (a, float(r["cpu_us_per_item"]))
         for a, r in zip(xs, rows, strict=True)
         if r.get("cpu_us_per_item")
     ]
     if cpu:
-        ax3.plot([p[0] for p in cpu], [p[1] for p in cpu], marker="o")
+        ax3.plot([p[0] for p in cpu], [p[1] for p in cpu], marker="o", label="pxq")
+    baselines = _baseline_points(lines, x, rows)
+    _draw_baselines((ax1, ax2, ax3), baselines, horizontal=x == "groups")
+    ax1.set_ylim(bottom=0)  # after every line: a set limit stops autoscaling to later ones
+    if baselines:
+        ax1.legend(fontsize=8)
+        ax3.legend(fontsize=8)
+    if cpu or baselines:
         _plain_log_y(ax3)
+    _plain_log_y(ax2)
+    ax2.legend(fontsize=8)
     ax3.set_ylabel("CPU µs per item (all processes)")
     ax3.set_xlabel(X_LABELS[x])
     for ax in (ax1, ax2, ax3):
@@ -242,3 +314,62 @@ def groups_plot(lines: Iterable[dict[str, Any]], out_dir: Path, stem: str) -> li
         plt.close(fig)
         written.append(path)
     return written
+
+
+CDF_TAGS: Final = {
+    "inflight": "in flight",
+    "payload_bytes": "bytes",
+    "groups": "groups",
+    "inflight_batches": "batches",
+}
+"""The run tags a CDF curve is labelled with (those that differ between the file's runs; all
+of them when they do not)."""
+
+
+def _tags_label(line: dict[str, Any], varying: Sequence[str]) -> str:
+    shown = [k for k in CDF_TAGS if k in varying] or list(CDF_TAGS)
+    parts = [f"{CDF_TAGS[k]}={line.get(k)}" for k in shown if line.get(k) is not None]
+    return f"run {line.get('run', '?')}: {', '.join(parts)}"
+
+
+def cdf_plot(lines: Sequence[dict[str, Any]], out_dir: Path, stem: str) -> Path:
+    """One latency CDF per ``"type": "latency"`` line (x: latency ms, log scale), and the
+    tail 1 - F (log) of the same runs below; returns the file written."""
+    runs = [
+        line
+        for line in lines
+        if line.get("type") == "latency" and line.get("count") and line.get("quantiles_ms")
+    ]
+    if not runs:
+        raise PlotError('no latency lines ("type": "latency", from pxq bench) to plot')
+    varying = [k for k in CDF_TAGS if len({repr(r.get(k)) for r in runs}) > 1]
+    plt = _pyplot()
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 8), sharex=True)
+    for run in runs:
+        fractions = [0.0, *(float(f) for f in run["fractions"]), 1.0]
+        ms = [float(run["min_ms"]), *(float(q) for q in run["quantiles_ms"]), float(run["max_ms"])]
+        label = f"{_tags_label(run, varying)} ({int(run['count']):,} acks)"
+        (curve,) = ax1.plot(ms, fractions, label=label)
+        # The tail: the share of acks slower than x, down to the last quantile below 1.
+        tail = [(m, 1 - f) for m, f in zip(ms, fractions, strict=True) if f < 1]
+        ax2.plot([t[0] for t in tail], [t[1] for t in tail], color=curve.get_color())
+    ax1.set_ylabel("fraction of acks ≤ x")
+    ax1.set_ylim(0, 1)
+    ax1.legend(fontsize=7)
+    ax1.set_title(f"pxq bench: enqueue ack latency, {len(runs)} run(s)", fontsize=9)
+    ax2.set_yscale("log")
+    ax2.set_ylabel("fraction of acks > x")
+    ax2.set_xlabel("ack latency (ms)")
+    for ax in (ax1, ax2):
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.grid(True, alpha=0.3, which="both")
+    fig.tight_layout()
+    path = out_dir / f"{stem}-cdf.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

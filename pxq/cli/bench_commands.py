@@ -173,7 +173,8 @@ class IntList(click.ParamType[tuple[int, ...]]):
 @click.option(
     "--baselines",
     is_flag=True,
-    help="Also run C (the replication prototype) and R (Redis AOF always) now; report ratios.",
+    help="Also run C (the replication prototype) and R (Redis AOF always) now, once per "
+    "(in flight, payload) shape of the runs; report each run's ratios to its shape's.",
 )
 @click.option(
     "--out",
@@ -209,9 +210,10 @@ def bench(
 ) -> None:
     """Closed-loop enqueue load (or a drain) against a cluster; JSON lines out.
 
-    One line per measured second (throughput, latency p50/p99/p999), then a summary per run
-    (throughput, latency, CPU seconds of every node process and of the bench, CPU µs per
-    acknowledged item); with --baselines, C and R lines and the pxq/C, pxq/R ratios."""
+    One line per measured second (throughput, latency p50/p99/p999), the latency quantiles of
+    each enqueue run (for `pxq plot --cdf`), then a summary per run (throughput, latency, CPU
+    seconds of every node process and of the bench, CPU µs per acknowledged item); with
+    --baselines, C and R lines per shape and the pxq/C, pxq/R ratios."""
     from net.cluster.processes import ClusterError
     from net.errors import NetError
     from net.tools.bench import BenchSpec, open_output, run_bench
@@ -334,6 +336,13 @@ def bench(
     help="Plot `pxq groups --watch --json` samples of FILE: lag and owners per queue over time.",
 )
 @click.option(
+    "--cdf",
+    "cdf_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Plot the ack latency CDF of every enqueue run of FILE (its latency lines).",
+)
+@click.option(
     "--x",
     "x",
     type=click.Choice(["inflight", "payload", "payload_bytes", "groups"]),
@@ -351,20 +360,32 @@ def bench(
 )
 def plot(
     bench_file: Path | None,
+    *,
     sweep_file: Path | None,
     groups_file: Path | None,
+    cdf_file: Path | None,
     x: str,
     out_dir: Path,
 ) -> None:
     """PNG charts of `pxq bench` output: throughput and latency over time per run, or with
-    --sweep FILE the runs' summaries against --x (inflight, payload, groups), or with
-    --groups FILE a dashboard of `pxq groups --watch --json` samples."""
-    from net.tools.plot import PlotError, groups_plot, read_lines, sweep_plot, timeline_plots
+    --sweep FILE the runs' summaries against --x (inflight, payload, groups) with the file's
+    C and R baselines, or with --cdf FILE the ack latency CDF of every run, or with --groups
+    FILE a dashboard of `pxq groups --watch --json` samples."""
+    from net.tools.plot import (
+        PlotError,
+        cdf_plot,
+        groups_plot,
+        read_lines,
+        sweep_plot,
+        timeline_plots,
+    )
 
-    if sum(f is not None for f in (bench_file, sweep_file, groups_file)) != 1:
-        _bad_input("give exactly one of BENCH_FILE, --sweep FILE and --groups FILE")
+    if sum(f is not None for f in (bench_file, sweep_file, groups_file, cdf_file)) != 1:
+        _bad_input("give exactly one of BENCH_FILE, --sweep FILE, --cdf FILE and --groups FILE")
     try:
-        if groups_file is not None:
+        if cdf_file is not None:
+            written = [cdf_plot(read_lines(cdf_file), out_dir, cdf_file.stem)]
+        elif groups_file is not None:
             written = groups_plot(read_lines(groups_file), out_dir, groups_file.stem)
         elif sweep_file is not None:
             key = "payload_bytes" if x == "payload" else x
