@@ -251,9 +251,9 @@ def sweep_plot(lines: Sequence[dict[str, Any]], x: str, out_dir: Path, stem: str
             from matplotlib.ticker import NullFormatter, ScalarFormatter
 
             ax.set_xscale("log")
-            ax.set_xticks(sorted(set(xs)))
             ax.xaxis.set_major_formatter(ScalarFormatter())
             ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xticks(sorted(set(xs)))  # the swept values, not 1.2, 1.4 between 1 and 2 groups
     load = [r.get("loadavg_before", [None])[0] for r in rows if r.get("loadavg_before")]
     note = f"1-min load {min(load)}-{max(load)}" if load else ""
     ax1.set_title(f"pxq bench sweep over {X_LABELS[x]} ({len(rows)} runs) {note}", fontsize=9)
