@@ -448,5 +448,9 @@ def run_baselines(
         c, r = by_shape[(int(s["inflight"]), int(s["payload_bytes"]))]
         line = ratios_line(s, c, r)
         emit(line)
+        note(
+            f"run {s['run']} ({s['inflight']} in flight, {s['payload_bytes']} B): "
+            f"pxq/C {line['pxq_over_c']}, pxq/R {line['pxq_over_r']} ({line['r_clients']} clients)"
+        )
         emitted.append(line)
     return emitted

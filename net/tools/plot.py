@@ -236,13 +236,13 @@ def sweep_plot(lines: Sequence[dict[str, Any]], x: str, out_dir: Path, stem: str
     baselines = _baseline_points(lines, x, rows)
     _draw_baselines((ax1, ax2, ax3), baselines, horizontal=x == "groups")
     ax1.set_ylim(bottom=0)  # after every line: a set limit stops autoscaling to later ones
-    if baselines:
-        ax1.legend(fontsize=8)
-        ax3.legend(fontsize=8)
     if cpu or baselines:
         _plain_log_y(ax3)
     _plain_log_y(ax2)
-    ax2.legend(fontsize=8)
+    # A legend where it tells lines apart: latency always has several; the others with C/R.
+    for ax in (ax2, ax1, ax3) if baselines else (ax2,):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     ax3.set_ylabel("CPU µs per item (all processes)")
     ax3.set_xlabel(X_LABELS[x])
     for ax in (ax1, ax2, ax3):
