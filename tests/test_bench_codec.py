@@ -54,4 +54,5 @@ def test_the_benchmark_runs_and_its_drop_in_keeps_the_wire_bytes() -> None:
     }
     for name, row in result["cases"].items():
         assert set(row) >= {"A", "B1", "B2", "msgpack_only", "msgspec_only"}, name
+        assert ("A_no_headers" in row) == name.startswith("enqueue100."), name
         assert row["A"]["min_us"] > 0, name

@@ -25,7 +25,10 @@ The contenders:
   no depth limit and no frame size (none of these messages has a ``__post_init__`` rule;
   see ``docs/performance.md`` for what adopting it would take);
 * ``msgpack_only``/``msgspec_only``: the packer or unpacker alone on the same frame (A's
-  and B1's share of the work: the rest is the converters);
+  and B1's share of the work: the rest is the converters); ``msgpack_packer_only``: a reused
+  ``msgpack.Packer`` (``packb`` builds one per call);
+* ``A_no_headers`` (``enqueue100`` only): A on the same batch of an ``Item`` without its
+  ``headers`` field, which the codec encodes and decodes with its generated flat functions.
 
 Prints one JSON object: per message and operation, the min and median µs per operation of
 each contender over the rounds, and B's saving against A. The CPU count includes the
@@ -40,6 +43,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -128,6 +132,7 @@ def _messages() -> dict[str, object]:
 
 
 _ENCODER = msgspec.msgpack.Encoder()
+_PACKER = msgpack.Packer(use_bin_type=True)  # packb makes a Packer per call
 _DECODER = msgspec.msgpack.Decoder()
 
 
@@ -256,6 +261,44 @@ def _without_version(frame: bytes) -> bytes:
 
 
 # --------------------------------------------------------------------------------------------
+# A on an Item without its headers field: what the converters cost once a class is flat
+
+
+@codec.message(1095)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FlatItem:
+    """``Item`` without ``headers``: every field plain, so the codec's generated flat
+    encoder and decoder apply to it (``Item`` takes the generic path for its tuple field)."""
+
+    key: bytes
+    payload: bytes
+    kind: str = ""
+
+
+@codec.message(1096)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FlatEnqueue:
+    """``Enqueue`` of ``FlatItem``."""
+
+    topic: str
+    queue: int
+    producer: str
+    seq: int
+    items: tuple[FlatItem, ...]
+    after: int = 0
+
+
+def _flat_enqueue(batch: Enqueue) -> FlatEnqueue:
+    return FlatEnqueue(
+        topic=batch.topic,
+        queue=batch.queue,
+        producer=batch.producer,
+        seq=batch.seq,
+        items=tuple(FlatItem(key=i.key, payload=i.payload, kind=i.kind) for i in batch.items),
+    )
+
+
+# --------------------------------------------------------------------------------------------
 # Measurement
 
 
@@ -291,6 +334,7 @@ def measure(rounds: int = 11, budget_s: float = 0.05) -> dict[str, Any]:
                 "B2": partial(_ENCODER.encode, struct),
                 "msgpack_only": partial(msgpack.packb, converted, use_bin_type=True),
                 "msgspec_only": partial(_ENCODER.encode, converted),
+                "msgpack_packer_only": partial(_PACKER.pack, converted),
             },
             "decode": {
                 "A": partial(codec.decode, frame_a),
@@ -309,6 +353,10 @@ def measure(rounds: int = 11, budget_s: float = 0.05) -> dict[str, Any]:
                 "msgspec_only": partial(_DECODER.decode, frame_a),
             },
         }
+        if type(msg) is Enqueue:
+            flat = _flat_enqueue(msg)
+            cases["encode"]["A_no_headers"] = partial(codec.encode, flat)
+            cases["decode"]["A_no_headers"] = partial(codec.decode, codec.encode(flat))
         for op, contenders in cases.items():
             # Size a round so that A's share of it takes about budget_s of CPU.
             probe = _cpu_us_per_op(contenders["A"], 50)
