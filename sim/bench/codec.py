@@ -138,7 +138,8 @@ _DECODER = msgspec.msgpack.Decoder()
 def b1_encode(msg: object) -> bytes:
     """``codec.encode`` (default limits) with msgspec's packer."""
     frame_bytes_max, depth_max = codec.FRAME_BYTES_MAX, codec.DEPTH_MAX
-    converters = codec._codec_for_class(type(msg))
+    # The same compiled-codec lookups as A's (a dict hit once compiled).
+    converters = codec._CODECS.get(type(msg)) or codec._codec_for_class(type(msg))
     data = _ENCODER.encode(converters.encode_frame(msg, depth_max))
     if len(data) > frame_bytes_max:
         raise codec.CodecError("frame too large")
@@ -153,7 +154,9 @@ def b1_decode(data: bytes) -> object:
     frame = _DECODER.decode(data)
     if type(frame) is not list or len(frame) < 2 or frame[0] != codec.FORMAT_VERSION:
         raise codec.CodecError("not a message frame")
-    converters = codec._codec_for_class(codec.class_of(frame[1]))
+    converters = codec._CODECS_BY_TAG.get(frame[1]) or codec._codec_for_class(
+        codec.class_of(frame[1])
+    )
     del frame[0]
     return converters.decode_message(frame, codec.DEPTH_MAX)
 
