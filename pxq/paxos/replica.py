@@ -84,15 +84,19 @@ class Replica:
                 self._on_received(t, src, msg, fx)
             case Wake():
                 self._require_boot()
-                every_group = True
-                for g in self.groups:
+                groups = self.groups
+                for i, due in enumerate(self._fresh_deadlines()):
+                    if due is None or due > t:
+                        continue  # not due: the tick would do nothing
+                    stepped.append(i)
+                    g = groups[i]
                     # A tick may change the group's role and so expose another timer that is
                     # already due (a failed candidate's catch-up retry): handle it now too.
                     for _ in range(_TICKS_PER_WAKE_MAX):
+                        g.tick(t, fx)
                         d = g.deadline()
                         if d is None or d > t:
                             break
-                        g.tick(t, fx)
             case ClientCall(call_id=call_id, request=request):
                 self._require_boot()
                 self._on_call(t, call_id, request, fx)
@@ -112,6 +116,15 @@ class Replica:
         return fx.build()
 
     def next_deadline(self) -> int | None:
+        best: int | None = None
+        for d in self._fresh_deadlines():
+            if d is not None and (best is None or d < best):
+                best = d
+        return best
+
+    def _fresh_deadlines(self) -> list[int | None]:
+        """Each group's ``deadline()``, re-read only for the groups stepped since the last
+        read (a group's deadline depends on its own state alone)."""
         groups = self.groups
         deadlines = self._deadlines
         if self._all_stale:
@@ -121,11 +134,7 @@ class Replica:
             for i in self._stale:
                 deadlines[i] = groups[i].deadline()
         self._stale.clear()
-        best: int | None = None
-        for d in deadlines:
-            if d is not None and (best is None or d < best):
-                best = d
-        return best
+        return deadlines
 
     # -- queries for the node that wraps this one -------------------------------------------------
 

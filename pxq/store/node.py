@@ -119,7 +119,8 @@ class StoreNode(ReplicatedService[QueueStore]):
 
     def end_step(self) -> None:
         for sm in self.sms.values():
-            sm.end_step()
+            if sm.db.fx is not None:  # only the groups this step applied to have writes
+                sm.end_step()
 
     def tick_command(self, group: int, time_ms: int) -> bytes | None:
         sm = self.sms[group]
