@@ -27,7 +27,7 @@ from pathlib import Path
 from net.deploy.install import build_wheelhouse
 from net.jepsen.sshd import SshHosts
 from tests.deploy_room import write_cluster_file
-from tests.test_deploy_upgrade import bumped_source
+from tests.test_deploy_cluster import bumped_source
 
 NAMES = ["h0", "h1", "h2"]
 ROOT = Path(__file__).resolve().parent.parent

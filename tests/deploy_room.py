@@ -26,13 +26,15 @@ def cluster_toml(
     metrics: bool = False,
     stores: int = 1,
     queues: int = 4,
+    history_topic: bool = False,
     overrides: dict[str, dict[str, object]] | None = None,
 ) -> str:
     """Hosts ``names`` (zone ``z<i mod 3>``, base directory the room's), store replicas
-    ``s<i>`` and lock replicas ``l<i>`` (i < 3) on host ``names[i]``, ``stores`` stores
-    ``store<k>`` (``3 * stores`` hosts at least); ``overrides[name]`` changes fields of a
-    host's entry; ``metrics`` turns the nodes' metrics endpoints on (``pxq deploy upgrade``
-    reads them)."""
+        ``s<i>`` and lock replicas ``l<i>`` (i < 3) on host ``names[i]``, ``stores`` stores
+        ``store<k>`` (``3 * stores`` hosts at least); ``overrides[name]`` changes fields of a
+        host's entry; ``metrics`` turns the nodes' metrics endpoints on (``pxq deploy upgrade``
+        reads them); ``history_topic`` adds a topic ``history`` (queues that never held anything,
+    for a Jepsen history run after other traffic)."""
     lines = [
         "[cluster]",
         'name = "deploytest"',
@@ -76,6 +78,9 @@ def cluster_toml(
         'name = "default"',
         "",
     ]
+    if history_topic:
+        lines += ["[[topics]]", 'name = "history"', f"queues = {queues}", ""]
+        lines += ["[[topics.consumer_groups]]", 'name = "default"', ""]
     return "\n".join(lines)
 
 

@@ -16,6 +16,7 @@ condition is bounded.
 from __future__ import annotations
 
 import asyncio
+import io
 import random
 import statistics
 import subprocess
@@ -88,6 +89,12 @@ name = "g"
 
 [[topics]]
 name = "sync"
+queues = 2
+[[topics.consumer_groups]]
+name = "g"
+
+[[topics]]
+name = "held"
 queues = 2
 [[topics.consumer_groups]]
 name = "g"
@@ -561,3 +568,25 @@ def test_import_pxq_stays_light_and_reexports_the_client_lazily() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_a_history_run_refuses_a_topic_whose_queues_held_items(cluster: BackgroundCluster) -> None:
+    """The history checkers need every queue to start at offset 0: ``HistoryRun.start`` looks
+    at the queues' end offsets, so items consumed (or removed by retention) count too."""
+    from net.tools.history_run import HistoryRun, RunOptions
+    from pxq.check.history import HistoryWriter
+
+    async def body() -> None:
+        async with await pxq.AsyncClient.connect(cluster.config_path) as client:
+            receipt = await client.enqueue("held", b"before the run", key="k")
+        run = HistoryRun(
+            cluster.config, HistoryWriter(io.StringIO()), RunOptions(topic="held", producers=1)
+        )
+        try:
+            with pytest.raises(RuntimeError, match=r"held items already \(end offset") as info:
+                await run.start()
+            assert f"queue {receipt.queue} of 'held'" in str(info.value)
+        finally:
+            await run.close()
+
+    run_async(body())
