@@ -8,14 +8,18 @@ temporary directory. It measures:
   stream (4-byte length, codec decode, delivery to a counting host), for small messages;
 * ``calls``: pipelined ``NodeClient.call`` round trips/s to a ``NodeRunner``, for a request
   that writes nothing (``noop``) and for one that writes and is group-committed (``write``);
-* ``commit``: latency of one LMDB transaction holding one 100-byte put (``sync=True``).
+* ``commit``: latency and CPU (user + system, this thread) of one LMDB transaction holding one
+  100-byte put (``sync=True``: the data pages and the meta page each synced), beside the floor
+  of a log file: one 128-byte append plus ``fdatasync`` in the same directory.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
+import resource
 import statistics
 import tempfile
 import time
@@ -154,20 +158,47 @@ async def bench_calls(data_dir: Path, calls: int, window: int, write: bool) -> t
     return calls / elapsed, commits
 
 
-def bench_commit(data_dir: Path, commits: int) -> list[float]:
-    """Latency in ms of ``commits`` transactions of one 100-byte put each."""
+def _thread_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_THREAD)
+    return usage.ru_utime + usage.ru_stime
+
+
+def bench_commit(data_dir: Path, commits: int) -> tuple[list[float], float]:
+    """Latencies in ms of ``commits`` transactions of one 100-byte put each, and the CPU
+    seconds per commit."""
     storage = LmdbStorage.open(data_dir, cluster="bench", node="c0", config=NetConfig())
     rng = random.Random(1)
     latencies = []
     try:
+        cpu = _thread_cpu_s()
         for i in range(commits):
             storage.apply([Put(table="t", key=u64(i), value=rng.randbytes(100))])
             start = time.perf_counter_ns()
             storage.commit()
             latencies.append((time.perf_counter_ns() - start) / 1e6)
+        cpu = _thread_cpu_s() - cpu
     finally:
         storage.close()
-    return latencies
+    return latencies, cpu / commits
+
+
+def bench_append(data_dir: Path, appends: int) -> tuple[list[float], float]:
+    """The same for a 128-byte append plus ``fdatasync`` to one file (a log's floor)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(data_dir / "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    record = random.Random(2).randbytes(128)
+    latencies = []
+    try:
+        cpu = _thread_cpu_s()
+        for _ in range(appends):
+            start = time.perf_counter_ns()
+            os.write(fd, record)
+            os.fdatasync(fd)
+            latencies.append((time.perf_counter_ns() - start) / 1e6)
+        cpu = _thread_cpu_s() - cpu
+    finally:
+        os.close(fd)
+    return latencies, cpu / appends
 
 
 def _pct(values: list[float], p: float) -> float:
@@ -188,11 +219,17 @@ async def main(quick: bool) -> None:
                 )
                 kind = "write" if write else "noop"
                 print(f"calls ({kind}, {window} in flight): {rate:,.0f} calls/s, {commits} commits")
-        lat = bench_commit(Path(tmp) / "commit", 500 * scale)
+        lat, cpu = bench_commit(Path(tmp) / "commit", 500 * scale)
         print(
             f"commit (1 put of 100 B, sync=True): p50 {statistics.median(lat):.3f} ms, "
             f"p90 {_pct(lat, 0.9):.3f} ms, p99 {_pct(lat, 0.99):.3f} ms, "
-            f"{len(lat) / (sum(lat) / 1000):,.0f} commits/s"
+            f"{len(lat) / (sum(lat) / 1000):,.0f} commits/s, {cpu * 1e6:.0f} CPU µs per commit"
+        )
+        lat, cpu = bench_append(Path(tmp) / "append", 500 * scale)
+        print(
+            f"append (128 B + fdatasync): p50 {statistics.median(lat):.3f} ms, "
+            f"p90 {_pct(lat, 0.9):.3f} ms, p99 {_pct(lat, 0.99):.3f} ms, "
+            f"{cpu * 1e6:.0f} CPU µs per append"
         )
 
 
