@@ -26,8 +26,10 @@ This module owns the registry, the wire format and the decoding invariant:
 Each class is compiled at first use (``typing.get_type_hints`` once, resolved against the
 class's module) into closures that check types by comparing the tuple of field types against
 the expected signature in one C-level operation, falling back to per-field checks only to
-report what is wrong. A class whose fields are all plain encodes and decodes with functions
-generated for it (the same checks, unrolled; its slots read and set directly). Compilation
+report what is wrong. Each slotted class encodes and decodes with functions generated for it (the
+same checks, unrolled; its slots read and set directly; a field holding tuples of plain values,
+such as ``Item.headers``, checked by one inline expression, its converter called only for
+what that expression does not accept; see "Generated converters" below). Compilation
 is not guarded by a lock: two threads racing on the first use of a class compile it twice,
 which is harmless.
 
@@ -287,6 +289,10 @@ class _Shape:
     messages: tuple[_MessageCodec, ...] = ()
     tuple_encode: _Convert | None = None
     tuple_decode: _Convert | None = None
+    # The tuple kind's element shapes (one for ``tuple[T, ...]``, which sets tuple_variadic;
+    # one per position for a fixed tuple), for the generated message converters.
+    tuple_items: tuple[_Shape, ...] = ()
+    tuple_variadic: bool = False
 
 
 def _type_text(hint: object) -> str:
@@ -320,13 +326,21 @@ def _shape_of(hint: object, pending: dict[type, _MessageCodec]) -> _Shape:
         return _union_shape([_shape_of(arg, pending) for arg in typing.get_args(hint)], text)
     if origin is tuple:
         args = typing.get_args(hint)
-        if len(args) == 2 and args[1] is Ellipsis:
-            item = _shape_of(args[0], pending)
-            encode, decode = _var_tuple_converters(item, text)
+        variadic = len(args) == 2 and args[1] is Ellipsis
+        if variadic:
+            items = [_shape_of(args[0], pending)]
+            encode, decode = _var_tuple_converters(items[0], text)
         else:
             items = [_shape_of(arg, pending) for arg in args]
             encode, decode = _fixed_tuple_converters(items, text)
-        return _Shape(text, array_types=(tuple,), tuple_encode=encode, tuple_decode=decode)
+        return _Shape(
+            text,
+            array_types=(tuple,),
+            tuple_encode=encode,
+            tuple_decode=decode,
+            tuple_items=tuple(items),
+            tuple_variadic=variadic,
+        )
     if isinstance(hint, type) and hint in _BY_CLASS:
         return _Shape(text, array_types=(hint,), messages=(_compile_message(hint, pending),))
     if dataclasses.is_dataclass(hint):
@@ -342,6 +356,8 @@ def _union_shape(alternatives: list[_Shape], text: str) -> _Shape:
         shape.messages += alt.messages
         shape.tuple_encode = shape.tuple_encode or alt.tuple_encode
         shape.tuple_decode = shape.tuple_decode or alt.tuple_decode
+        shape.tuple_items = shape.tuple_items or alt.tuple_items
+        shape.tuple_variadic = shape.tuple_variadic or alt.tuple_variadic
     arrays = sum(1 for alt in alternatives if alt.array_types and not alt.messages)
     if arrays > 1 or (arrays and shape.messages):
         # On the wire, several array-shaped alternatives can be told apart only by tag.
@@ -546,13 +562,20 @@ def _message_encoder(
         for i, (n, s) in enumerate(zip(names, shapes, strict=True))
         if s.array_types
     )
+    generated = _generated_encoder(
+        cls,
+        name=name,
+        names=names,
+        shapes=shapes,
+        head=head,
+        signature=signature,
+        plain_fields=plain_fields,
+        converted=converted,
+    )
+    if generated is not None:
+        return generated
 
     if not converted:
-        flat = _flat_encoder(
-            cls, name=name, names=names, head=head, signature=signature, plain_fields=plain_fields
-        )
-        if flat is not None:
-            return flat
 
         def encode_flat(obj: Any, left: int) -> Any:
             if type(obj) is not cls:
@@ -585,19 +608,154 @@ def _message_encoder(
     return encode_nested
 
 
-def _flat_encoder(
+# Generated converters. A message class whose field names are plain attributes (and, to
+# decode, slots) gets an encoder and a decoder generated for it, with one statement per field
+# (as ``dataclass`` generates ``__init__``): the checks of ``encode_nested``/``decode_message``
+# unrolled, without a tuple of the value's types, an iterator or a call per plain field.
+#
+# An array-shaped field whose tuple kind holds only plain values and such tuples (``tuple[int,
+# ...]``, ``tuple[tuple[str, str], ...]``, ``tuple[str, int] | None``: a "pure" tuple) is
+# checked inline by one expression that accepts it only if the field's converter would accept
+# it, and then produces what that converter returns: the value itself to encode (msgpack packs
+# a tuple as it packs the converter's list), the same tuples to decode. Anything the
+# expression does not accept (a wrong type, arity or depth, another alternative of a union) is
+# handed to the field's converter, which accepts it or raises the error it always raised: the
+# expression is an accelerator and never decides a rejection. It checks the depth of the
+# deepest tuple the kind can hold (stricter than needed for an empty one: the converter then
+# decides). Other array-shaped fields (messages) call their converter.
+
+
+class _Constants:
+    """The namespace of a generated function, naming the values its source refers to."""
+
+    def __init__(self, namespace: dict[str, Any]) -> None:
+        self.namespace = namespace
+        self.count = 0
+
+    def name(self, value: object) -> str:
+        name = f"c{self.count}"
+        self.count += 1
+        self.namespace[name] = value
+        return name
+
+    def variable(self) -> str:
+        self.count += 1
+        return f"v{self.count}"
+
+
+def _pure_tuple(shape: _Shape) -> bool:
+    """Whether ``shape``'s tuple kind holds only plain values and pure tuples (not unions of
+    a tuple with plain types, below the top level), so an inline expression can check it."""
+    if shape.tuple_encode is None or shape.messages:
+        return False
+    return all(
+        not item.array_types or (not item.plain and _pure_tuple(item)) for item in shape.tuple_items
+    )
+
+
+def _tuple_levels(shape: _Shape) -> int:
+    """The array nesting depth of the deepest value of a pure tuple kind."""
+    return 1 + max((_tuple_levels(i) for i in shape.tuple_items if i.array_types), default=0)
+
+
+def _pure_check(shape: _Shape, value: str, sequence: str, constants: _Constants) -> str:
+    """An expression true if ``value`` is of ``shape``'s pure tuple kind (as a ``sequence``:
+    tuple to encode, list to decode), its depth aside; ``value`` is evaluated more than once."""
+    checks = [f"type({value}) is {sequence}"]
+    if shape.tuple_variadic:
+        (item,) = shape.tuple_items
+        if not item.array_types:
+            allowed = constants.name(frozenset(item.plain))
+            checks.append(f"{allowed}.issuperset(map(type, {value}))")
+        else:
+            element = constants.variable()
+            inner = _pure_check(item, element, sequence, constants)
+            checks.append(f"(not {value} or all([{inner} for {element} in {value}]))")
+    else:
+        checks.append(f"len({value}) == {len(shape.tuple_items)}")
+        for i, item in enumerate(shape.tuple_items):
+            element = f"{value}[{i}]"
+            if item.array_types:
+                checks.append(f"({_pure_check(item, element, sequence, constants)})")
+            elif len(item.plain) == 1:
+                checks.append(f"type({element}) is {constants.name(item.plain[0])}")
+            else:
+                checks.append(f"type({element}) in {constants.name(frozenset(item.plain))}")
+    return " and ".join(checks)
+
+
+def _pure_decoded(shape: _Shape, value: str, constants: _Constants) -> str:
+    """An expression giving what the decoder of ``shape``'s pure tuple kind gives for the
+    list ``value`` that ``_pure_check`` accepted: equal tuples."""
+    if all(not item.array_types for item in shape.tuple_items):
+        return f"tuple({value})"
+    if shape.tuple_variadic:
+        (item,) = shape.tuple_items
+        element = constants.variable()
+        inner = _pure_decoded(item, element, constants)
+        return f"(tuple([{inner} for {element} in {value}]) if {value} else ())"
+    parts = (
+        _pure_decoded(item, f"{value}[{i}]", constants) if item.array_types else f"{value}[{i}]"
+        for i, item in enumerate(shape.tuple_items)
+    )
+    return "(" + "".join(f"{part}, " for part in parts) + ")"
+
+
+def _convert_lines(variable: str, convert: str, where: str) -> list[str]:
+    """Statements converting ``variable`` with its field's converter (``left - 1`` levels),
+    prefixing an error with the field's name as ``encode_nested`` does (indented once)."""
+    return [
+        "    try:",
+        f"        {variable} = {convert}({variable}, left - 1)",
+        "    except CodecError as exc:",
+        f'        raise CodecError(f"{{{where}}}: {{exc}}") from None',
+    ]
+
+
+def _array_field_lines(
+    variable: str,
+    shape: _Shape,
+    convert: _Convert,
+    where: str,
+    constants: _Constants,
+    *,
+    decoding: bool,
+) -> list[str]:
+    """The statements of one array-shaped field: the inline pure check (if the kind is pure),
+    else its converter."""
+    convert_name, where_name = constants.name(convert), constants.name(where)
+    fallback = _convert_lines(variable, convert_name, where_name)
+    if not _pure_tuple(shape):
+        return fallback
+    sequence = "list" if decoding else "tuple"
+    check = _pure_check(shape, variable, sequence, constants)
+    condition = f"left > {_tuple_levels(shape)} and {check}"
+    if not decoding:  # the value itself is what the converter would give
+        return [f"    if not ({condition}):", *("    " + line for line in fallback)]
+    decoded = _pure_decoded(shape, variable, constants)
+    return [
+        f"    if {condition}:",
+        f"        {variable} = {decoded}",
+        "    else:",
+        *("    " + line for line in fallback),
+    ]
+
+
+def _generated_encoder(
     cls: type,
     *,
     name: str,
     names: tuple[str, ...],
+    shapes: list[_Shape],
     head: tuple[int, ...],
     signature: tuple[type, ...],
     plain_fields: tuple[tuple[int, frozenset[type], str], ...],
+    converted: tuple[tuple[int, _Convert, str], ...],
 ) -> _Convert | None:
-    """The encoder of a class whose fields are all plain (None if a field name cannot be
-    read as a plain attribute), generated with one statement per field: the checks of
-    ``encode_flat`` (class, depth, the exact types of the common case, else
-    ``_check_plain_fields``) unrolled, returning the same tuple ``head + fields``."""
+    """The generated encoder of ``cls`` (None if a field name cannot be read as a plain
+    attribute): the checks of ``encode_flat``/``encode_nested`` (class, depth, the exact
+    types of the common case, else ``_check_plain_fields``, then each array-shaped field)
+    unrolled, returning ``head + fields`` with the array-shaped fields converted."""
     if not all(n.isidentifier() and not n.startswith("__") for n in names):
         return None
     namespace: dict[str, Any] = {
@@ -607,29 +765,37 @@ def _flat_encoder(
         "wrong_class": _wrong_class,
         "check_plain": _check_plain_fields,
         "too_deep": _too_deep,
+        "CodecError": CodecError,
+        "tuple": tuple,
+        "type": type,
     }
+    constants = _Constants(namespace)
     skip = len(head)
     variables = [f"f{i}" for i in range(len(names))]
     values = "(" + "".join(f"{h}, " for h in head) + "".join(f"{v}, " for v in variables) + ")"
     lines = [
-        "def encode_flat(obj, left):",
+        "def encode_generated(obj, left):",
         "    if type(obj) is not cls:",
         "        raise wrong_class(name, obj)",
         "    if left < 1:",
         "        raise too_deep(name)",
     ]
-    checks = []
-    for i, n in enumerate(names):
-        namespace[f"t{i}"] = signature[skip + i]
-        lines.append(f"    f{i} = obj.{n}")
-        checks.append(f"type(f{i}) is not t{i}")
+    lines += [f"    f{i} = obj.{n}" for i, n in enumerate(names)]
+    checks = [
+        f"type(f{i - skip}) is not {constants.name(signature[i])}" for i, _, _ in plain_fields
+    ]
     if checks:
         lines.append(f"    if {' or '.join(checks)}:")
         lines.append(f"        check_plain({values}, plain_fields)")
+    for i, convert, where in converted:
+        field = i - skip
+        lines += _array_field_lines(
+            f"f{field}", shapes[field], convert, where, constants, decoding=False
+        )
     lines.append(f"    return {values}")
     exec("\n".join(lines), namespace)
-    encode_flat: _Convert = namespace["encode_flat"]
-    return encode_flat
+    encode_generated: _Convert = namespace["encode_generated"]
+    return encode_generated
 
 
 def _wrong_class(name: str, obj: object) -> CodecError:
@@ -653,14 +819,19 @@ def _message_decoder(
         for i, (n, s) in enumerate(zip(names, shapes, strict=True))
         if s.array_types
     )
+    generated = _generated_decoder(
+        cls,
+        name=name,
+        tag=tag,
+        names=names,
+        shapes=shapes,
+        signature=signature,
+        plain_fields=plain_fields,
+        converted=converted,
+    )
+    if generated is not None:
+        return generated
     build = _builder(cls, names)
-
-    if not converted:
-        flat = _flat_decoder(
-            cls, name=name, tag=tag, names=names, signature=signature, plain_fields=plain_fields
-        )
-        if flat is not None:
-            return flat
 
     def decode_message(value: Any, left: int) -> Any:
         if type(value) is not list or len(value) != size or value[0] != tag:
@@ -679,20 +850,21 @@ def _message_decoder(
     return decode_message
 
 
-def _flat_decoder(
+def _generated_decoder(
     cls: type,
     *,
     name: str,
     tag: int,
     names: tuple[str, ...],
+    shapes: list[_Shape],
     signature: tuple[type, ...],
     plain_fields: tuple[tuple[int, frozenset[type], str], ...],
+    converted: tuple[tuple[int, _Convert, str], ...],
 ) -> _Convert | None:
-    """The decoder of a class whose fields are all plain and slotted (None otherwise),
-    generated with one statement per field: the checks of ``decode_flat`` (head, depth, the
-    exact types of the common case, else ``_check_plain_fields``) and the slot assignments of
-    ``_builder``, without a tuple of the value's types, an iterator or a call per message.
-    """
+    """The generated decoder of ``cls`` if its fields are all slots (None otherwise): the
+    checks of ``decode_message`` (head, depth, the exact types of the common case, else
+    ``_check_plain_fields``, then each array-shaped field) and the slot assignments of
+    ``_builder``, unrolled."""
     setters = _slot_setters(cls, names)
     if setters is None:
         return None
@@ -704,28 +876,35 @@ def _flat_decoder(
         "check_head": _check_message_head,
         "check_plain": _check_plain_fields,
         "too_deep": _too_deep,
+        "CodecError": CodecError,
         "list": list,
+        "tuple": tuple,
+        "type": type,
     }
+    constants = _Constants(namespace)
     variables = [f"f{i}" for i in range(len(names))]
-    checks = []
-    for i, kind in enumerate(signature):  # the tag's type first, then the fields'
-        namespace[f"t{i}"] = kind
-        checks.append(f"type({(['tag_', *variables])[i]}) is not t{i}")
+    size = len(names) + 1
+    # The tag's type, then the plain fields' (array-shaped ones are checked after them).
+    checks = [f"type(tag_) is not {constants.name(int)}"] + [
+        f"type(f{i - 1}) is not {constants.name(signature[i])}" for i, _, _ in plain_fields
+    ]
     lines = [
-        "def decode_flat(value, left):",
-        f"    if type(value) is not list or len(value) != {len(names) + 1} or value[0] != {tag}:",
-        f"        check_head(value, name, {tag}, {len(names) + 1})",
+        "def decode_generated(value, left):",
+        f"    if type(value) is not list or len(value) != {size} or value[0] != {tag}:",
+        f"        check_head(value, name, {tag}, {size})",
         "    if left < 1:",
         "        raise too_deep(name)",
         f"    {', '.join(['tag_', *variables])}, = value",
         f"    if {' or '.join(checks)}:",
         "        check_plain(value, plain_fields)",
-        "    obj = new(cls)",
     ]
-    decode_flat: _Convert = _set_slots_and_compile(
-        lines, namespace, cls, setters, [f"f{i}" for i in range(len(names))]
-    )
-    return decode_flat
+    for i, convert, where in converted:
+        lines += _array_field_lines(
+            f"f{i - 1}", shapes[i - 1], convert, where, constants, decoding=True
+        )
+    lines.append("    obj = new(cls)")
+    decode_generated: _Convert = _set_slots_and_compile(lines, namespace, cls, setters, variables)
+    return decode_generated
 
 
 def _check_message_head(value: Any, name: str, tag: int, size: int) -> None:

@@ -10,11 +10,14 @@ Speed figures (quoted in ``pxq/codec.py``) come from ``python -m tests.test_code
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import types
 import typing
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, NewType
 
 import msgpack
@@ -34,6 +37,12 @@ from pxq.codec import (
     message,
     tag_of,
 )
+from pxq.consumer.messages import Deliver, Handled, SetOwnership
+from pxq.lock.messages import WriteRegister
+from pxq.paxos.messages import LearnReply, Promise
+from pxq.producer.messages import Produce
+from pxq.store.messages import Enqueue, GetOk, Item, SeekOk, StoredItem
+from pxq.store.reconcile import GroupReconcile
 
 INT_MIN = -(2**63)
 UINT_MAX = 2**64 - 1
@@ -135,6 +144,12 @@ class Link:  # recursion through an optional field rather than a tuple
 class LeafTwin:  # the same fields as Leaf: only its class tells them apart
     key: int
     value: bytes
+
+
+@message(1011)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UnionPair:  # a fixed tuple of unions
+    pair: tuple[int | None, str | bytes]
 
 
 @message(1050)
@@ -831,6 +846,258 @@ def test_registering_an_out_of_range_tag_is_a_value_error() -> None:
 def test_registering_the_same_class_twice_is_allowed() -> None:
     assert message(1001)(Leaf) is Leaf
     assert tag_of(Leaf) == 1001
+
+
+# --------------------------------------------------------------------------------------------
+# The generated converters against the generic ones: the same bytes, values and errors
+#
+# Message classes get an encoder and a decoder generated for them (their pure tuple fields,
+# such as Item.headers, checked inline); the closures of ``_message_encoder`` and
+# ``_message_decoder`` are the generic path the generation unrolls. Both must accept and
+# refuse the same inputs, encode to the same bytes, decode to the same values and word their
+# errors the same.
+
+# Classes of pxq with tuple fields of every kind (of messages, of plain values, of pairs, a
+# fixed pair, an optional pair, pairs holding a message), the hot ones first.
+PXQ_CLASSES: list[type] = [
+    Item,
+    StoredItem,
+    Enqueue,
+    GetOk,
+    SeekOk,
+    Produce,
+    Deliver,
+    Handled,
+    SetOwnership,
+    WriteRegister,
+    Promise,
+    LearnReply,
+    GroupReconcile,
+]
+
+
+@contextlib.contextmanager
+def _generic_path() -> Iterator[None]:
+    """Within: the codec without its generated converters, compiled afresh."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(codec, "_CODECS", {})
+        patch.setattr(codec, "_CODECS_BY_TAG", {})
+        patch.setattr(codec, "_generated_encoder", lambda *args, **kwargs: None)
+        patch.setattr(codec, "_generated_decoder", lambda *args, **kwargs: None)
+        yield
+
+
+def _outcome(run: Callable[[], object]) -> tuple[str, str]:
+    """What ``run`` gives (its repr: tells True from 1 and tuples from lists) or the text of
+    the CodecError it raises (anything else propagates and fails the test)."""
+    try:
+        return ("value", repr(run()))
+    except CodecError as exc:
+        return ("error", str(exc))
+
+
+def _both_paths(run: Callable[[], object]) -> tuple[tuple[str, str], tuple[str, str]]:
+    generated = _outcome(run)
+    with _generic_path():
+        generic = _outcome(run)
+    return generated, generic
+
+
+def _raw(cls: type) -> st.SearchStrategy[Any]:
+    """Instances of ``cls`` with values of their declared types, made without ``__init__``
+    (their ``__post_init__`` rules are the decoder's business, the same on both paths)."""
+    hints = typing.get_type_hints(cls)
+    fields = [f.name for f in dataclasses.fields(cls)]
+
+    def build(values: list[object]) -> object:
+        obj: object = object.__new__(cls)
+        for name, value in zip(fields, values, strict=True):
+            object.__setattr__(obj, name, value)
+        return obj
+
+    return st.tuples(*(_typed(hints[name]) for name in fields)).map(lambda v: build(list(v)))
+
+
+def _typed(hint: Any) -> st.SearchStrategy[Any]:
+    if isinstance(hint, NewType):
+        hint = hint.__supertype__
+    if hint is int:
+        return ints
+    if hint is bool:
+        return st.booleans()
+    if hint is str:
+        return st.text(max_size=6)
+    if hint is bytes:
+        return st.binary(max_size=8)
+    if hint is None or hint is type(None):
+        return st.none()
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        return st.one_of(*(_typed(arg) for arg in args))
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return _tuples(_typed(args[0]), 3)
+        return st.tuples(*(_typed(arg) for arg in args))
+    return _raw(hint)  # (none of PXQ_CLASSES refers to itself)
+
+
+pxq_messages = st.one_of(*(_raw(cls) for cls in PXQ_CLASSES))
+headers = _tuples(st.tuples(st.text(max_size=6), st.text(max_size=6)), 3)
+# Items with and without headers, the hot case (most items have none).
+items_with_headers = st.builds(
+    Item, key=blobs, payload=blobs, kind=texts, headers=st.just(()) | headers
+)
+hot_messages = st.one_of(
+    pxq_messages,
+    st.builds(
+        Enqueue,
+        topic=texts,
+        queue=ints,
+        producer=texts,
+        seq=ints,
+        items=_tuples(items_with_headers, 4),
+        after=ints,
+    ),
+    any_message,
+)
+depth_limits = st.sampled_from([1, 2, 3, 4, 5, DEPTH_MAX])
+# Python values of the wrong shape for Item.headers and the like, on top of hostile_python.
+hostile_headers = st.one_of(
+    hostile_python,
+    st.lists(st.tuples(texts, texts), max_size=2),
+    _tuples(st.tuples(texts, texts) | st.tuples(texts) | st.tuples(texts, texts, texts), 3),
+    _tuples(st.tuples(texts, ints) | st.tuples(blobs, texts) | st.lists(texts, max_size=2), 3),
+    _tuples(st.tuples(texts, st.tuples(texts, texts)), 2),
+    st.tuples(st.tuples(texts, texts), st.just(("\ud800", "x"))),
+)
+
+
+def test_the_hot_classes_get_generated_converters() -> None:
+    for cls in [*PXQ_CLASSES, Containers, Wrapper]:
+        compiled = codec._codec_for_class(cls)
+        assert compiled.encode_message.__name__ == "encode_generated", cls
+        assert compiled.decode_message.__name__ == "decode_generated", cls
+    with _generic_path():
+        compiled = codec._codec_for_class(Item)
+        assert compiled.encode_message.__name__ == "encode_nested"
+        assert compiled.decode_message.__name__ == "decode_message"
+
+
+@MODEST
+@given(hot_messages, depth_limits, st.data())
+def test_generated_encoders_give_the_generic_bytes_and_errors(
+    msg: object, depth_max: int, data: st.DataObject
+) -> None:
+    msg = copy.deepcopy(msg)
+    locations = _locations(msg)
+    change = data.draw(st.booleans(), label="hostile")
+    if locations and change:
+        owner, name, index = data.draw(st.sampled_from(locations), label="location")
+        value = data.draw(hostile_headers, label="value")
+        if index is not None:
+            items = getattr(owner, name)
+            value = (*items[:index], value, *items[index + 1 :])
+        object.__setattr__(owner, name, value)  # bypasses the frozen dataclass on purpose
+    generated, generic = _both_paths(lambda: encode(msg, depth_max=depth_max))
+    assert generated == generic
+
+
+@MODEST
+@given(hot_messages, depth_limits, st.data())
+def test_generated_decoders_give_the_generic_values_and_errors(
+    msg: object, depth_max: int, data: st.DataObject
+) -> None:
+    tree = msgpack.unpackb(encode(msg, depth_max=10_000))
+    for _ in range(data.draw(st.integers(min_value=0, max_value=3), label="changes")):
+        path = data.draw(st.sampled_from(_paths(tree)[1:]), label="path")
+        parent = tree
+        for i in path[:-1]:
+            parent = parent[i]
+        last = path[-1]
+        op = data.draw(st.sampled_from(["replace", "drop", "append", "wrap", "swap-bool"]))
+        if op == "replace":
+            parent[last] = data.draw(hostile | msgpack_values, label="value")
+        elif op == "drop":
+            del parent[last]
+        elif op == "append":
+            parent.append(data.draw(hostile, label="value"))
+        elif op == "wrap":
+            parent[last] = [parent[last]]
+        elif type(parent[last]) is bool:
+            parent[last] = int(parent[last])
+        elif type(parent[last]) is int and parent[last] in (0, 1):
+            parent[last] = bool(parent[last])
+        if not _paths(tree)[1:]:
+            break
+    frame = msgpack.packb(tree, use_bin_type=True)
+    generated, generic = _both_paths(lambda: decode(frame, depth_max=depth_max))
+    assert generated == generic
+
+
+def _pure_field_cases() -> list[tuple[object, str, object]]:
+    """(a valid message, the name of one of its pure tuple fields, a value for that field):
+    valid values and values wrong in every way the inline checks look at."""
+    item = Item(key=b"k", payload=b"p")
+    register = WriteRegister(key="k", value=b"v", fence=None)
+    headers_values: list[object] = [
+        (),
+        (("a", "b"),),
+        (("a", "b"), ("c", "")),
+        [("a", "b")],
+        (("a", "b", "c"),),
+        (("a",),),
+        ((),),
+        (("a", 1),),
+        ((b"a", "b"),),
+        (["a", "b"],),
+        (("a", "b"), None),
+        (("a", ("b", "c")),),
+        (("\ud800", "b"),),
+        None,
+        "ab",
+    ]
+    cases: list[tuple[object, str, object]] = [(item, "headers", v) for v in headers_values]
+    cases += [(register, "fence", v) for v in [None, ("a", 1), ("a", True), ("a",), ["a", 1], 1]]
+    wrong: list[tuple[str, list[object]]] = [
+        ("ints", [(), (1, 2), (1, True), (1, "a"), (1, None), [1], (1, (2,)), None]),
+        ("optional_items", [(None, 1), (None, 1.5), (True,), ((1,),), [None]]),
+        ("maybe_ints", [None, (), (1,), (1, None), (False,), [1], 1]),
+        ("pair", [(1, "a"), (1, b"a"), (True, "a"), (1, "a", 2), (1,), [1, "a"], ()]),
+        (
+            "nested_pairs",
+            [((b"", True),), ((b"", 1),), ((b"",),), (("", True),), ([b"", True],)],
+        ),
+    ]
+    cases += [(_containers(), name, v) for name, values in wrong for v in values]
+    pairs: list[object] = [(None, "a"), (1, b"a"), (True, "a"), (1.5, "a"), (None, None), [1, ""]]
+    cases += [(UnionPair(pair=(1, "")), "pair", v) for v in pairs]
+    return cases
+
+
+@pytest.mark.parametrize(("msg", "name", "value"), _pure_field_cases())
+@pytest.mark.parametrize("depth_max", [1, 2, 3, 4, DEPTH_MAX])
+def test_pure_tuple_fields_encode_and_decode_as_on_the_generic_path(
+    msg: Any, name: str, value: object, depth_max: int
+) -> None:
+    changed = copy.copy(msg)
+    object.__setattr__(changed, name, value)  # bypasses the frozen dataclass on purpose
+    messages: list[object] = [changed]
+    if type(changed) is Item:
+        messages.append(Enqueue(topic="t", queue=1, producer="p", seq=1, items=(changed,) * 2))
+    for one in messages:
+        generated, generic = _both_paths(partial(encode, one, depth_max=depth_max))
+        assert generated == generic
+    # The same value in a frame, as a peer could send it.
+    tree = msgpack.unpackb(encode(msg))
+    tree[2 + [f.name for f in dataclasses.fields(msg)].index(name)] = value
+    trees = [tree]
+    if type(msg) is Item:
+        trees.append([FORMAT_VERSION, tag_of(Enqueue), "t", 1, "p", 1, [tree[1:]] * 2, 0])
+    for one in trees:
+        # (a lone surrogate is packed as the invalid UTF-8 a hostile peer would send)
+        frame = msgpack.packb(one, use_bin_type=True, unicode_errors="surrogatepass")
+        generated, generic = _both_paths(partial(decode, frame, depth_max=depth_max))
+        assert generated == generic
 
 
 # --------------------------------------------------------------------------------------------
