@@ -28,7 +28,7 @@ The contenders:
   and B1's share of the work: the rest is the converters); ``msgpack_packer_only``: a reused
   ``msgpack.Packer`` (``packb`` builds one per call);
 * ``A_no_headers`` (``enqueue100`` only): A on the same batch of an ``Item`` without its
-  ``headers`` field, which the codec encodes and decodes with its generated flat functions.
+  ``headers`` field: what the tuple field itself costs (both go through generated functions).
 
 Prints one JSON object: per message and operation, the min and median µs per operation of
 each contender over the rounds, and B's saving against A. The CPU count includes the
