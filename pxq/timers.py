@@ -68,8 +68,17 @@ class Timers(Generic[K]):
 
     def earliest(self) -> int | None:
         """The earliest live deadline, or None when no key is armed."""
-        self._drop_stale()
-        return self._heap[0][0] if self._heap else None
+        # _drop_stale inlined: drivers ask after every step. A generation is pushed once, so
+        # an entry whose generation is its key's live one is live.
+        heap = self._heap
+        live = self._live
+        while heap:
+            ms, gen, key = heap[0]
+            entry = live.get(key)
+            if entry is not None and entry[1] == gen:
+                return ms
+            heapq.heappop(heap)
+        return None
 
     def pop_due(self, now_ms: int) -> list[K]:
         """Disarm and return every key whose deadline is at or before ``now_ms``, earliest

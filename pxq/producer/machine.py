@@ -81,6 +81,7 @@ from pxq.effects import (
     NodeId,
     Now,
     Received,
+    Reply,
     Request,
     Response,
     Rng,
@@ -286,7 +287,9 @@ class Producer:
         item = Item(
             key=request.key, payload=request.payload, kind=request.kind, headers=request.headers
         )
-        qs.waiting.append(
+        waiting = qs.waiting
+        behind = len(waiting)
+        waiting.append(
             _Call(
                 call_id=call_id,
                 item=item,
@@ -299,6 +302,10 @@ class Producer:
         self._held_calls += 1
         self._held_bytes += size
         self._pump(now, qs, fx)
+        if behind and len(waiting) > behind:
+            # The common case under load: the call joined a waiting line and no batch left, so
+            # the line's head and the batches (all the queue's deadlines) are as they were.
+            return
         self._rearm(qs)
 
     # -- batches -------------------------------------------------------------------------------
@@ -402,15 +409,18 @@ class Producer:
             fx.event("producer.unknown", topic=qs.topic, queue=qs.queue, seq=b.seq, why=why)
         else:
             reply = ProduceFailed(code=b.last_code, message=f"{why}: {b.last_message}".rstrip(": "))
-        self._finish(now, qs, b, [reply] * len(b.calls), fx)
+        answers = fx.replies
+        size = 0
+        for call in b.calls:
+            answers.append(Reply(call_id=call.call_id, response=reply))
+            size += call.size
+        self._finish(now, qs, b, size, fx)
 
-    def _finish(
-        self, now: Now, qs: _QueueState, b: _Batch, replies: list[object], fx: EffectsBuilder
-    ) -> None:
-        for call, reply in zip(b.calls, replies, strict=True):
-            fx.reply(call.call_id, reply)
-            self._held_calls -= 1
-            self._held_bytes -= call.size
+    def _finish(self, now: Now, qs: _QueueState, b: _Batch, size: int, fx: EffectsBuilder) -> None:
+        """Forget ``b``, whose calls (``size`` bytes) were just answered, and send the parked
+        batch behind it."""
+        self._held_calls -= len(b.calls)
+        self._held_bytes -= size
         for req_id in b.req_ids:
             self._reqs.pop(req_id, None)
         i = qs.batches.index(b)
@@ -453,18 +463,25 @@ class Producer:
             del self._queues[key]
             self._timers.set(key, None)
             return
-        at: list[int] = []
+        # The earliest of the batches' deadlines (the call's, then the attempt's or the
+        # re-send's) and the waiting line head's (its deadline, and its linger without batches).
+        at: int | None = None
         for b in qs.batches:
-            at.append(b.deadline_ms)
+            t = b.deadline_ms
             if b.req_id is not None:
-                at.append(b.attempt_deadline_ms)
+                t = min(t, b.attempt_deadline_ms)
             elif b.resend_at_ms is not None:
-                at.append(b.resend_at_ms)
+                t = min(t, b.resend_at_ms)
+            if at is None or t < at:
+                at = t
         if qs.waiting:
-            at.append(qs.waiting[0].deadline_ms)
+            head = qs.waiting[0]
+            t = head.deadline_ms
             if not qs.batches:
-                at.append(qs.waiting[0].arrived_ms + self.settings.linger_ms)
-        self._timers.set(key, min(at))
+                t = min(t, head.arrived_ms + self.settings.linger_ms)
+            if at is None or t < at:
+                at = t
+        self._timers.set(key, at)
 
     # -- answers -------------------------------------------------------------------------------
 
@@ -544,8 +561,17 @@ class Producer:
                 f"EnqueueOk {ok} does not match batch seq {b.seq} of {qs.topic}/{qs.queue} "
                 f"with {len(b.calls)} items"
             )
-        replies: list[object] = [
-            Produced(topic=qs.topic, queue=qs.queue, offset=ok.first_offset + i)
-            for i in range(len(b.calls))
-        ]
-        self._finish(now, qs, b, replies, fx)
+        topic, queue = qs.topic, qs.queue
+        offset = ok.first_offset
+        answers = fx.replies
+        size = 0
+        for call in b.calls:
+            answers.append(
+                Reply(
+                    call_id=call.call_id,
+                    response=Produced(topic=topic, queue=queue, offset=offset),
+                )
+            )
+            offset += 1
+            size += call.size
+        self._finish(now, qs, b, size, fx)

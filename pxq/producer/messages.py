@@ -17,9 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pxq.codec import message
+from pxq.effects import fast_init
 
 
 @message(227)
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Produce:
     """Enqueue one item on ``topic``; ``key`` decides the queue (same key, same queue); an
@@ -34,6 +36,7 @@ class Produce:
 
 
 @message(228)
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Produced:
     """The item is durable at ``offset`` of ``queue`` of ``topic``."""

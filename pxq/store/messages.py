@@ -25,9 +25,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pxq.codec import message
+from pxq.effects import fast_init
 
 
 @message(64)
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Item:
     """One item as a producer hands it over."""
