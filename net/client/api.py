@@ -387,7 +387,9 @@ class AsyncClient:
         a cluster file whose routing metadata differs from the cluster's is
         ``ClusterMismatch`` (an ``EnqueueFailed``). Arguments of the wrong type raise
         ``TypeError`` at once, before anything is sent."""
-        request = self._request(topic, payload, key, kind, normal_headers(headers))
+        request = self._request(
+            topic, payload, key, kind, () if headers is None else normal_headers(headers)
+        )
         if self._verified and not self._gate_waiters:
             fut = self._submit(request)
         else:

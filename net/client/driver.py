@@ -27,8 +27,9 @@ This module owns two things:
     machine's behalf;
   - ``Send(dst=HANDLER, msg=...)`` goes to the ``on_handler`` callback (the consumer API),
     which answers later through ``MachineDriver.feed``;
-  - exactly one timer (``loop.call_at``) is armed at ``next_deadline()``, re-read after every
-    step; ``now`` is monotonic ms from ``net.clock.mono_ns`` (counting suspended time) and wall ms from ``time.time_ns``;
+  - exactly one timer (``loop.call_at``) is armed at ``next_deadline()``, re-read once the
+    steps of a loop turn are done (before the loop waits again); ``now`` is monotonic ms from
+    ``net.clock.mono_ns`` (counting suspended time) and wall ms from ``time.time_ns``;
   - client machines write nothing: a step that returns writes, or raises, stops the driver
     (``MachineFailed``) and fails every open call.
 
@@ -260,11 +261,14 @@ class MachineDriver:
         self._rpcs: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._armed: int | None = None
+        self._now = Now(mono_ms=0, wall_ms=0)
+        """The last step's time, reused while the clocks read the same milliseconds."""
+        self._settling = False
         self._closed = False
         self.failure: MachineFailed | None = None
         self.progress = asyncio.Event()
-        """Set after every batch of steps; waiters clear it and wait again (cheap polling of
-        the machine's state, for example commits catching up)."""
+        """Set after the steps of a loop turn; waiters clear it and wait again (cheap polling
+        of the machine's state, for example commits catching up)."""
         self.feed(Boot())
 
     @property
@@ -279,9 +283,9 @@ class MachineDriver:
 
     def call(self, request: object) -> asyncio.Future[object]:
         """Hand ``request`` to the machine as a ``ClientCall``; the future gets its reply."""
-        if self.failure is not None:
-            raise self.failure
-        if self._closed:
+        if self._closed:  # (a failure closes the driver)
+            if self.failure is not None:
+                raise self.failure
             raise ClientClosed(f"{self.name} is closed")
         call_id = self._next_call_id
         self._next_call_id += 1
@@ -306,17 +310,29 @@ class MachineDriver:
         finally:
             self._stepping = False
             self._inputs.clear()
+        if not self._settling:
+            # Once per loop turn, not per step (calls come by the hundred per turn under
+            # load); still before the loop next waits for I/O or timers.
+            self._settling = True
+            self._loop.call_soon(self._settle)
+
+    def _settle(self) -> None:
+        """After the steps of a loop turn: arm the timer at the machine's deadline, tell the
+        waiters of ``progress``."""
+        self._settling = False
         if not self._closed:
             self._arm_timer()
         self.progress.set()
 
     def _step(self, inp: Input) -> None:
+        # net.clock.now(), inlined; calls come many per millisecond under load.
+        mono_ms = mono_ns() // 1_000_000
+        wall_ms = time.time_ns() // 1_000_000
+        now = self._now
+        if now.mono_ms != mono_ms or now.wall_ms != wall_ms:
+            now = self._now = Now(mono_ms=mono_ms, wall_ms=wall_ms)
         try:
-            # now(), inlined
-            fx = self.machine.step(
-                Now(mono_ms=mono_ns() // 1_000_000, wall_ms=time.time_ns() // 1_000_000),
-                inp,
-            )
+            fx = self.machine.step(now, inp)
         except Exception as exc:
             self._fail(f"{type(exc).__name__}: {exc}")
             return
@@ -346,8 +362,9 @@ class MachineDriver:
                 task.add_done_callback(self._rpcs.discard)
             else:
                 log.warning("%s: dropping %s to %s", self.name, type(msg).__name__, send.dst)
+        pop = self._calls.pop
         for reply in fx.replies:
-            fut = self._calls.pop(reply.call_id, None)
+            fut = pop(reply.call_id, None)
             if fut is not None and not fut.done():
                 fut.set_result(reply.response)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, TypeAlias
 
 from pxq.access import PERMISSION_DENIED
+from pxq.effects import fast_init
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -151,6 +152,7 @@ class MachineFailed(PxqError):
     that contradicts the request) and stopped; the client must be closed and re-created."""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Receipt:
     """Where an enqueued item is: durable on a majority of the store's replicas at ``offset``
