@@ -184,6 +184,9 @@ class Producer:
         )
         self._router = Router(settings.stores, settings.groups_per_store)
         self._queues: dict[QueueKey, _QueueState] = {}
+        self._locs: dict[QueueKey, Location] = {}
+        """Where each queue lives (``Router.locate`` hashes): a queue's state goes away when it
+        is idle, at 1 call in flight after every call. Bounded by the configured queues."""
         self._timers: Timers[QueueKey] = Timers()
         self._reqs: dict[int, tuple[QueueKey, int]] = {}
         self._next_req_id = req_id_base + 1
@@ -280,9 +283,10 @@ class Producer:
         key = (request.topic, queue)
         qs = self._queues.get(key)
         if qs is None:
-            qs = _QueueState(
-                topic=request.topic, queue=queue, loc=self._router.locate(request.topic, queue)
-            )
+            loc = self._locs.get(key)
+            if loc is None:
+                loc = self._locs[key] = self._router.locate(request.topic, queue)
+            qs = _QueueState(topic=request.topic, queue=queue, loc=loc)
             self._queues[key] = qs
         item = Item(
             key=request.key, payload=request.payload, kind=request.kind, headers=request.headers
