@@ -437,6 +437,49 @@ def test_lossy_network_never_duplicates_and_keeps_per_key_order(
     assert drop_req + drop_rep > 30 or produced == len(calls)  # low loss: no call runs out
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32),
+    keys=st.lists(st.sampled_from([b"a", b"b", b"", b""]), min_size=1, max_size=60),
+    linger_ms=st.sampled_from([0, 0, 3]),
+    drop=st.integers(0, 30),
+)
+def test_every_queue_timer_is_its_earliest_deadline_after_every_step(
+    seed: int, keys: list[bytes], linger_ms: int, drop: int
+) -> None:
+    # A call that joins a waiting line skips the re-arm (the line's head and the batches are
+    # unchanged): re-arming every queue from scratch after any step must change nothing.
+    rng = random.Random(seed)
+    p, h = make(
+        seed=seed,
+        latency_ms=3,
+        linger_ms=linger_ms,
+        batch_items_max=3,
+        inflight_batches_max=2,
+        request_timeout_ms=20,
+        call_timeout_ms=400,
+    )
+    h.drop_request = lambda node, body: rng.randrange(100) < drop
+    checked = {"steps": 0}
+
+    def same_timers() -> None:
+        before = {key: p._timers.get(key) for key in p._queues}
+        for qs in list(p._queues.values()):
+            p._rearm(qs)
+        assert {key: p._timers.get(key) for key in p._queues} == before
+        assert p.next_deadline() == min((t for t in before.values() if t is not None), default=None)
+        checked["steps"] += 1
+
+    h.after_step = same_timers
+    calls = []
+    for key in keys:
+        calls.append(produce(h, key))
+        if rng.randrange(3) == 0:
+            h.run_for(rng.randrange(5))
+    h.run_until(lambda: all(c in h.replies for c in calls), limit_ms=1_000_000)
+    assert checked["steps"] > len(keys)
+
+
 def test_a_batch_refused_out_of_order_is_parked_and_resent_behind_its_predecessor() -> None:
     _, h = make(batch_items_max=2, request_timeout_ms=50)
     first = produce(h, b"k", b"0")  # batch A leaves alone
