@@ -74,6 +74,23 @@ def run_pxq(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     )
 
 
+def produce_and_consume(path: Path, prefix: str, *, consume_timeout_s: int) -> None:
+    """``pxq produce`` of ITEMS lines ``<prefix>-<i>`` to topic events, then ``pxq consume``
+    of as many by group default: exactly those come back."""
+    lines = "".join(f"{prefix}-{i}\n" for i in range(ITEMS))
+    produced = run_pxq(
+        "produce", "--config", str(path), "--topic", "events", "--timeout", "30", stdin=lines
+    )
+    assert produced.returncode == 0, produced.stderr
+    consumed = run_pxq(
+        "consume", "--config", str(path), "--topic", "events", "--group", "default",
+        "--count", str(ITEMS), "--timeout", str(consume_timeout_s), "--json",
+    )  # fmt: skip
+    assert consumed.returncode == 0, consumed.stderr
+    payloads = sorted(json.loads(line)["payload"] for line in consumed.stdout.splitlines())
+    assert payloads == sorted(f"{prefix}-{i}" for i in range(ITEMS))
+
+
 def bumped_source(directory: Path) -> Path:
     """A copy of this source tree whose version has ``.post1`` appended: a new release."""
     directory.mkdir()
@@ -171,10 +188,10 @@ def test_deploy_three_hosts_in_three_zones_upgrade_crash_and_destroy(
     doc = json.loads(result.stdout)
     install_s = time.monotonic() - started
     assert [h["installed"] for h in doc["hosts"]] == [True, True, True], doc
-    release = first = doc["release"]
+    first = doc["release"]
     for name in NAMES:
         base = ssh.host(name).base_dir
-        assert (base / "current").resolve() == base / f"venv-{release}"
+        assert (base / "current").resolve() == base / f"venv-{first}"
     result = deploy("install", str(path), *ssh_args, "--wheel-cache", str(wheel_cache))
     assert result.exit_code == 0, result.output
     assert result.stdout.count("already installed, nothing to do") == 3
@@ -206,28 +223,7 @@ def test_deploy_three_hosts_in_three_zones_upgrade_crash_and_destroy(
     assert {n["state"] for n in json.loads(result.stdout)["nodes"]} == {"running"}
 
     # produce and consume from here, through the nodes on the hosts
-    lines = "".join(f"item-{i}\n" for i in range(ITEMS))
-    produced = run_pxq(
-        "produce", "--config", str(path), "--topic", "events", "--timeout", "30", stdin=lines
-    )
-    assert produced.returncode == 0, produced.stderr
-    consumed = run_pxq(
-        "consume",
-        "--config",
-        str(path),
-        "--topic",
-        "events",
-        "--group",
-        "default",
-        "--count",
-        str(ITEMS),
-        "--timeout",
-        "30",
-        "--json",
-    )
-    assert consumed.returncode == 0, consumed.stderr
-    payloads = sorted(json.loads(line)["payload"] for line in consumed.stdout.splitlines())
-    assert payloads == sorted(f"item-{i}" for i in range(ITEMS))
+    produce_and_consume(path, "item", consume_timeout_s=30)
 
     # status: every node running, every group mastered by one of them
     result = deploy("status", str(path), *ssh_args, "--json")
@@ -356,19 +352,7 @@ def test_deploy_three_hosts_in_three_zones_upgrade_crash_and_destroy(
     assert {n["state"] for n in json.loads(result.stdout)["nodes"]} == {"current"}
 
     # produce and consume through the upgraded cluster, from here
-    lines = "".join(f"after-{i}\n" for i in range(ITEMS))
-    produced = run_pxq(
-        "produce", "--config", str(path), "--topic", "events", "--timeout", "30", stdin=lines
-    )
-    assert produced.returncode == 0, produced.stderr
-    consumed = run_pxq(
-        "consume", "--config", str(path), "--topic", "events", "--group", "default",
-        "--count", str(ITEMS),
-        "--timeout", "60", "--json",
-    )  # fmt: skip
-    assert consumed.returncode == 0, consumed.stderr
-    payloads = sorted(json.loads(line)["payload"] for line in consumed.stdout.splitlines())
-    assert payloads == sorted(f"after-{i}" for i in range(ITEMS))
+    produce_and_consume(path, "after", consume_timeout_s=60)
 
     # a host crashes: SIGKILL every process of the host mastering store0/0, its watchdogs
     # first (they would restart the nodes); every group is served again within the bound
