@@ -18,6 +18,8 @@ from pxq import codec
 from pxq.config.model import (
     KIB,
     MIB,
+    STORAGE_CHECKPOINT_BATCHES_DEFAULT,
+    STORAGE_CHECKPOINT_BYTES_DEFAULT,
     STORAGE_MAP_BYTES_DEFAULT,
     STORAGE_MAP_BYTES_MAX_DEFAULT,
     STORAGE_RESERVE_AUTO_CAP_PERCENT,
@@ -120,6 +122,13 @@ class NetConfig:
     """The node is told its storage is no longer short (enqueues accepted again) once the
     space available is the reserve plus this share of it (hysteresis: no flapping at the
     boundary)."""
+    checkpoint_batches: int = STORAGE_CHECKPOINT_BATCHES_DEFAULT
+    """Batches made durable by the write-ahead log (one append and one fdatasync each) before
+    a checkpoint commits them to LMDB in one transaction (``net.node.wal``); until then they
+    are read from memory. 1: no log, every batch is an LMDB commit of its own (slower)."""
+    checkpoint_bytes: int = STORAGE_CHECKPOINT_BYTES_DEFAULT
+    """A checkpoint is also due once the batches not yet in LMDB hold this many key and value
+    bytes (what they hold in memory, and what a restart replays, is bounded by it)."""
     tables_max: int = 128
     """LMDB named databases (one per table name) per node."""
     scan_chunk_items: int = 256
@@ -158,6 +167,8 @@ class NetConfig:
             "map_size_max_bytes": self.map_size_max_bytes,
             "storage_space_refresh_ms": self.storage_space_refresh_ms,
             "tables_max": self.tables_max,
+            "checkpoint_batches": self.checkpoint_batches,
+            "checkpoint_bytes": self.checkpoint_bytes,
             "scan_chunk_items": self.scan_chunk_items,
             "client_calls_inflight_max": self.client_calls_inflight_max,
             "client_connect_timeout_ms": self.client_connect_timeout_ms,
@@ -206,6 +217,8 @@ class NetConfig:
             map_size_bytes=storage.map_size_bytes,
             map_size_max_bytes=storage.map_size_max_bytes,
             storage_reserve_bytes=storage.reserve_bytes,
+            checkpoint_batches=storage.checkpoint_batches,
+            checkpoint_bytes=storage.checkpoint_bytes,
             unclassified_connections_max=conns.unclassified_max,
             client_connections_max=conns.clients_max,
             peer_connections_per_node=conns.per_peer_max,

@@ -576,6 +576,14 @@ def test_a_storage_reserve_below_the_minimum_is_refused() -> None:
     assert ok.storage.reserve_bytes == STORAGE_RESERVE_MIN_BYTES == 2 * 1024 * 1024
 
 
+def test_storage_table_sets_the_write_ahead_log_checkpoints() -> None:
+    c = loads_config(BASE + "[storage]\ncheckpoint_batches = 1\ncheckpoint_bytes = 65536\n")
+    assert (c.storage.checkpoint_batches, c.storage.checkpoint_bytes) == (1, 65536)
+    for bad in ("checkpoint_batches = 0", "checkpoint_batches = 1025", "checkpoint_bytes = 0"):
+        e = error(BASE + "[storage]\n" + bad + "\n")
+        assert e.key_path == "storage." + bad.split()[0], (bad, e.key_path)
+
+
 def test_storage_table_sizes_the_map_and_the_reserve() -> None:
     assert loads_config(BASE).storage == StorageConfig()
     c = loads_config(

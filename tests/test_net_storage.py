@@ -8,24 +8,33 @@ StorageFull with nothing partial left, the data-dir marker and lock, and the lay
 not yet durable (reads see sealed and open batches, a batch written on another thread,
 completion in order only, a full map reported by ``write`` and grown on completion); the
 space measurement the runner's storage watch uses (pages in use follow the tables and
-shrink after deletes, the nearer of the map and disk limits) and the reserve's configuration.
+shrink after deletes, the nearer of the map and disk limits) and the reserve's configuration;
+the write-ahead log (batches durable in it survive a crash and are replayed once, checkpoints
+by count and bytes, a torn tail dropped with everything synced kept, damage before the end
+refused, records of an earlier nonce or crafted inside a payload never taken).
 """
 
 from __future__ import annotations
 
+import logging
+import shutil
+import struct
 import tempfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import lmdb
+import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from net.config import KIB, MIB, NetConfig
 from net.errors import DataDirError, DataDirMismatch, StorageError, StorageFull
-from net.node.storage import MARKER_NAME, LmdbStorage, StorageSpace
-from pxq.config import STORAGE_RESERVE_MIN_BYTES
+from net.node.storage import MARKER_NAME, WAL_TABLE, LmdbStorage, StorageSpace
+from net.node.wal import HEAD_BYTES, WAL_NAME, WalCorrupt, encode_record, read_records
+from pxq.config import STORAGE_RESERVE_MIN_BYTES, default_toml, loads_config
 from pxq.effects import Delete, DeleteRange, Put, StorageCorruption, StorageView, Write
 from sim.memstore import MemoryStore
 
@@ -211,6 +220,55 @@ def test_storage_agrees_with_memory_store(
                     assert got == list(model.scan(table, start, end, reverse=reverse))
                 for key, value in model.scan(table):
                     assert s.get(table, key) == value
+        finally:
+            s.close()
+
+
+_log_ops = st.one_of(_ops, st.just("durable"), st.just("crash"))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(_log_ops, max_size=50), batches=st.integers(1, 4))
+def test_writes_durable_in_the_log_or_lmdb_and_only_those_survive_crashes(
+    ops: list[Write | str], batches: int
+) -> None:
+    """``durable`` makes the open batch durable as the runner does (seal, write, written:
+    the log, with a checkpoint every ``batches``), ``commit`` checkpoints everything,
+    ``crash`` closes without either and reopens (replaying the log). After every step the
+    storage reads as the model: everything applied while running, exactly what was durable
+    after a crash."""
+    config = NetConfig(map_size_bytes=4 * MIB, scan_chunk_items=2, checkpoint_batches=batches)
+    with tempfile.TemporaryDirectory() as tmp:
+        s = open_storage(Path(tmp), config)
+        durable: list[Write] = []
+        pending: list[Write] = []
+        try:
+            for op in ops:
+                if op == "durable":
+                    batch = s.seal()
+                    if batch is not None:
+                        s.written(s.write(batch))
+                    durable += pending
+                    pending = []
+                elif op == "commit":
+                    s.commit()
+                    durable += pending
+                    pending = []
+                elif op == "crash":
+                    s.close()
+                    s = open_storage(Path(tmp), config)
+                    pending = []
+                else:
+                    assert not isinstance(op, str)
+                    s.apply([op])
+                    pending.append(op)
+                model = MemoryStore()
+                model.apply(durable + pending)
+                for table in ("a", "b"):
+                    assert list(s.scan(table)) == list(model.scan(table))
+                    assert list(s.scan(table, reverse=True)) == list(
+                        model.scan(table, reverse=True)
+                    )
         finally:
             s.close()
 
@@ -420,7 +478,11 @@ def test_reads_see_sealed_and_open_batches_until_they_are_written(tmp_path: Path
         second = s.seal()
         assert second is not None and second.seq == base + 2
         s.written(s.write(second))
-        assert s.durable_seq == base + 2 and s.overlay_bytes == 0
+        # Durable in the write-ahead log; read from memory until a checkpoint.
+        assert s.durable_seq == base + 2 and s.overlay_bytes > 0
+        assert dict(s.scan("t")) == expected
+        assert s.commit()  # a checkpoint of what is durable only in the log
+        assert s.overlay_bytes == 0 and s.durable_seq == base + 2
         assert dict(s.scan("t")) == expected
     finally:
         s.close()
@@ -465,7 +527,8 @@ def test_a_sealed_batch_dropped_by_close_is_not_durable(tmp_path: Path) -> None:
 
 
 def test_a_full_map_reported_by_write_grows_on_completion(tmp_path: Path) -> None:
-    config = NetConfig(map_size_bytes=256 * KIB, map_size_max_bytes=16 * MIB)
+    # Every batch a checkpoint (no log): the one LMDB commit finds the map full.
+    config = NetConfig(map_size_bytes=256 * KIB, map_size_max_bytes=16 * MIB, checkpoint_batches=1)
     s = open_storage(tmp_path, config)
     try:
         s.apply([Put(table="t", key=k(i), value=b"v" * 1000) for i in range(800)])
@@ -629,3 +692,201 @@ def test_a_marker_without_data_is_refused_unless_replacing(tmp_path: Path) -> No
         LmdbStorage.open(tmp_path, cluster="c", node="n0", config=NetConfig())
     s = LmdbStorage.open(tmp_path, cluster="c", node="n0", config=NetConfig(), replace=True)
     s.close()
+
+
+# -- the write-ahead log (net.node.wal) -----------------------------------------------------
+
+
+def _write_batches(s: LmdbStorage, batches: list[list[Write]]) -> list[bool]:
+    """Seal, write and complete each batch as the runner does; whether each was a checkpoint."""
+    kinds = []
+    for writes in batches:
+        s.apply(writes)
+        batch = s.seal()
+        assert batch is not None
+        kinds.append(batch.checkpoint)
+        outcome = s.write(batch)
+        s.written(outcome)
+        assert outcome.committed and s.durable_seq == batch.seq
+    return kinds
+
+
+def test_batches_in_the_log_survive_a_crash_and_are_replayed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = NetConfig(checkpoint_batches=4)
+    s = open_storage(tmp_path, config)
+    kinds = _write_batches(
+        s,
+        [
+            [Put(table="t", key=k(0), value=b"a"), Put(table="t", key=k(1), value=b"a")],
+            [Delete(table="t", key=k(0)), Put(table="u", key=b"x", value=b"new table")],
+            [DeleteRange(table="t", start=k(1), end=k(2)), Put(table="t", key=k(5), value=b"c")],
+        ],
+    )
+    assert kinds == [False, False, False]  # all three only in the log
+    assert s.checkpoints == 1  # the one of the open, nothing since
+    s.close()  # a crash: no commit
+    caplog.set_level(logging.INFO, logger="pxq.net.storage")
+    s = open_storage(tmp_path, config)
+    try:
+        assert dict(s.scan("t")) == {k(5): b"c"}
+        assert s.get("u", b"x") == b"new table"
+        assert s.overlay_bytes == 0
+    finally:
+        s.close()
+    assert "replaying 3 batch(es) of the write-ahead log (1 to 3)" in caplog.text
+    caplog.clear()
+    s = open_storage(tmp_path, config)  # and again: nothing replayed twice, nothing lost
+    try:
+        assert dict(s.scan("t")) == {k(5): b"c"}
+    finally:
+        s.close()
+    assert "replaying" not in caplog.text
+
+
+def test_a_checkpoint_every_n_batches_moves_the_log_into_lmdb(tmp_path: Path) -> None:
+    config = NetConfig(checkpoint_batches=3)
+    s = open_storage(tmp_path, config)
+    try:
+        kinds = _write_batches(s, [[Put(table="t", key=k(i), value=b"v%d" % i)] for i in range(7)])
+        assert kinds == [False, False, True, False, False, True, False]
+        assert s.checkpoints == 3  # the open's and two
+        assert s.unwritten == 0 and s.overlay_bytes > 0  # batch 7 is in the log
+        assert dict(s.scan("t")) == {k(i): b"v%d" % i for i in range(7)}
+    finally:
+        s.close()
+    s = open_storage(tmp_path, config)
+    try:
+        assert dict(s.scan("t")) == {k(i): b"v%d" % i for i in range(7)}
+    finally:
+        s.close()
+
+
+def test_a_checkpoint_is_due_by_bytes_too(tmp_path: Path) -> None:
+    s = open_storage(tmp_path, NetConfig(checkpoint_batches=100, checkpoint_bytes=3000))
+    try:
+        kinds = _write_batches(s, [[Put(table="t", key=k(i), value=b"v" * 1000)] for i in range(5)])
+        assert kinds == [False, False, True, False, False]
+    finally:
+        s.close()
+
+
+def test_a_torn_tail_is_dropped_and_what_was_synced_is_kept(tmp_path: Path) -> None:
+    config = NetConfig(checkpoint_batches=100)
+    s = open_storage(tmp_path, config)
+    _write_batches(s, [[Put(table="t", key=k(i), value=b"v" * 50)] for i in range(3)])
+    s.close()
+    path = tmp_path / WAL_NAME
+    whole = path.read_bytes()
+    record = len(encode_record(1, [Put(table="t", key=k(0), value=b"v" * 50)], bytes(8)))
+    for cut in (1, HEAD_BYTES - 1, HEAD_BYTES + 1, record - 1):
+        # The third write torn at `cut`: its first bytes made it, the rest did not.
+        path.write_bytes(whole[: 2 * record + cut] + bytes(len(whole) - 2 * record - cut))
+        shutil.copytree(tmp_path, tmp_path.parent / f"copy{cut}")
+        copy = open_storage(tmp_path.parent / f"copy{cut}", config)
+        try:
+            assert dict(copy.scan("t")) == {k(0): b"v" * 50, k(1): b"v" * 50}
+        finally:
+            copy.close()
+
+
+def test_damage_before_the_end_of_the_log_refuses_to_open(tmp_path: Path) -> None:
+    config = NetConfig(checkpoint_batches=100)
+    s = open_storage(tmp_path, config)
+    _write_batches(s, [[Put(table="t", key=k(i), value=b"v" * 50)] for i in range(3)])
+    s.close()
+    path = tmp_path / WAL_NAME
+    data = bytearray(path.read_bytes())
+    data[HEAD_BYTES + 10] ^= 0x01  # a bit of the first record's payload
+    path.write_bytes(bytes(data))
+    with pytest.raises(WalCorrupt, match="synced record was damaged"):
+        open_storage(tmp_path, config)
+
+
+def test_records_of_an_earlier_nonce_and_crafted_payloads_are_not_taken(tmp_path: Path) -> None:
+    config = NetConfig(checkpoint_batches=100)
+    s = open_storage(tmp_path, config)
+    _write_batches(s, [[Put(table="t", key=b"a", value=b"1")]])
+    s.close()
+    path = tmp_path / WAL_NAME
+    stale = path.read_bytes()
+    s = open_storage(tmp_path, config)  # replays, checkpoints under a new nonce, empties
+    try:
+        assert s.get("t", b"a") == b"1"
+    finally:
+        s.close()
+    # A crash between a checkpoint and the emptying of the log leaves its records: under
+    # the old nonce they are not taken again (here, they would undo nothing, but a record
+    # of an overwritten key would).
+    path.write_bytes(stale)
+    s = open_storage(tmp_path, config)
+    try:
+        assert s.get("t", b"a") == b"1"
+        s.apply([Put(table="t", key=b"a", value=b"2")])
+        s.commit()
+    finally:
+        s.close()
+    path.write_bytes(stale)
+    s = open_storage(tmp_path, config)
+    try:
+        assert s.get("t", b"a") == b"2"  # the stale record did not come back
+    finally:
+        s.close()
+    # A record crafted with a guessed nonce inside a torn tail is no record either.
+    forged = encode_record(99, [Put(table="t", key=b"a", value=b"forged")], b"\0" * 8)
+    path.write_bytes(b"PXQW" + bytes(20) + forged)
+    s = open_storage(tmp_path, config)
+    try:
+        assert s.get("t", b"a") == b"2"
+    finally:
+        s.close()
+
+
+def test_read_records_takes_them_in_sequence_only() -> None:
+    nonce = b"12345678"
+    one = encode_record(5, [Put(table="t", key=b"a", value=b"1")], nonce)
+    two = encode_record(6, [Delete(table="t", key=b"a")], nonce)
+    three = encode_record(7, [DeleteRange(table="t", start=b"a", end=b"b")], nonce)
+    records = read_records(one + two + three, after=4, nonce=nonce, where="log")
+    assert [r.seq for r in records] == [5, 6, 7]
+    assert records[2].writes == (DeleteRange(table="t", start=b"a", end=b"b"),)
+    assert read_records(b"", after=4, nonce=nonce, where="log") == []
+    with pytest.raises(WalCorrupt, match="where record 5 belongs"):
+        read_records(two + three, after=4, nonce=nonce, where="log")
+    with pytest.raises(WalCorrupt, match=r"record 7 at byte \d+ where record 6 belongs"):
+        read_records(one + three, after=4, nonce=nonce, where="log")
+    # Another nonce: nothing is a record.
+    assert read_records(one + two, after=4, nonce=b"87654321", where="log") == []
+
+
+def test_a_record_that_checks_but_does_not_decode_is_corruption() -> None:
+    nonce = b"12345678"
+    payload = msgpack.packb([[9, "t", b"k"]], use_bin_type=True)
+    crc = zlib.crc32(payload, zlib.crc32(struct.pack(">QI", 1, len(payload)), zlib.crc32(nonce)))
+    record = b"PXQW" + struct.pack(">QII", 1, len(payload), crc) + payload
+    with pytest.raises(WalCorrupt, match="does not decode"):
+        read_records(record, after=0, nonce=nonce, where="log")
+
+
+def test_the_log_state_table_is_reserved(tmp_path: Path) -> None:
+    s = open_storage(tmp_path)
+    try:
+        with pytest.raises(StorageError, match="reserved"):
+            s.apply([Put(table=WAL_TABLE, key=b"state", value=b"x")])
+    finally:
+        s.close()
+
+
+def test_the_cluster_files_checkpoint_settings_reach_the_storage(tmp_path: Path) -> None:
+    cluster = loads_config(default_toml(tls=False) + "[storage]\ncheckpoint_batches = 2\n")
+    config = NetConfig.for_cluster(cluster, node="s0")
+    assert config.checkpoint_batches == 2
+    s = open_storage(tmp_path, config)
+    try:
+        kinds = _write_batches(s, [[Put(table="t", key=k(i), value=b"v")] for i in range(4)])
+        assert kinds == [False, True, False, True]
+    finally:
+        s.close()
+    with pytest.raises(ValueError, match="checkpoint_batches must be positive"):
+        NetConfig(checkpoint_batches=0)

@@ -12,7 +12,8 @@ It implements the driver contract of ``pxq.effects`` the way ``sim.world.NodeHos
   schedules one end-of-turn callback (``loop.call_soon``). It runs before the I/O callbacks of
   the next loop iteration, so it covers every input the previous poll delivered. If no commit
   is running, it seals the open batch and hands it to the node's one writer thread, which
-  commits it in one LMDB transaction (fsync) while the loop keeps receiving and stepping; the
+  makes it durable (appended to the write-ahead log and synced, or, now and then, a
+  checkpoint into LMDB: ``net.node.storage``) while the loop keeps receiving and stepping; the
   writes of steps taken meanwhile form the next batch, sealed as soon as the running commit
   completes. Batches commit one at a time, in order.
 * Output waits for durability: each step's sends and replies are tagged with the batch that

@@ -15,20 +15,30 @@
 * writes in layers, durable in order. ``apply`` adds one step's writes to the *open batch*,
   an in-memory layer (per table a ``pxq.sorted_table.PendingTable``: values and tombstones
   with sorted keys, plus the deleted ranges). ``seal`` closes it and numbers it (1, 2, ...);
-  ``write`` commits a sealed batch in one LMDB transaction (``sync=True``: fdatasync of the
-  data, then a synchronous meta page write) and may run on a dedicated writer thread;
-  ``written`` (back on the owner's thread) drops the layer from the overlay and advances
-  ``durable_seq``. Reads (``get``, ``scan``) look through the open layer, then the sealed
-  layers newest first, then a read transaction on LMDB renewed after each commit: a node
-  reads its own writes whether they are durable or not (read-your-writes, as ``pxq.effects``
-  requires). ``commit`` does seal, write and written at once on the calling thread (tests,
-  tools, a runner's final turn).
+  ``write`` makes a sealed batch durable and may run on a dedicated writer thread: it
+  appends the batch to the node's write-ahead log and syncs that (``net.node.wal``: one
+  write and one fdatasync), or, every ``NetConfig.checkpoint_batches`` batches (or
+  ``checkpoint_bytes``), commits it with every batch before it that LMDB does not hold yet
+  in one LMDB transaction (``sync=True``: fdatasync of the data, then a synchronous meta
+  page write) that also records the log's state, and starts the log over (a *checkpoint*).
+  ``written`` (back on the owner's thread) advances ``durable_seq``; after a checkpoint it
+  drops its layers from the overlay. Reads (``get``, ``scan``) look through the open layer,
+  then the sealed layers newest first (those durable in the log included), then a read
+  transaction on LMDB renewed after each checkpoint: a node reads its own writes whether
+  they are durable or not (read-your-writes, as ``pxq.effects`` requires). ``commit`` seals
+  and checkpoints everything at once on the calling thread (tests, tools, a runner's final
+  turn, so that a clean stop leaves nothing in the log). Opening a data dir writes the
+  log's batches that the last checkpoint does not hold into LMDB (a checkpoint) before
+  anything else.
   The runner (``net.node.runner``) seals all steps of one loop turn into one batch (group commit)
   and keeps stepping while the writer thread syncs it;
-* a full map: ``write`` reports it before anything is written; ``written`` doubles the map
+* a full map: a checkpoint's ``write`` reports it before anything is written (a batch in the
+  log is durable without LMDB); ``written`` doubles the map
   (up to ``NetConfig.map_size_max_bytes``) on the owner's thread, where no read transaction
   is then open, and the batch is written again; when the map cannot grow, ``StorageFull`` is
-  raised with every batch not yet durable dropped. That is the last resort: the runner
+  raised with every batch not yet durable dropped (the ones durable in the log stay: the
+  next incarnation replays them, growing the map past its maximum if need be). That is the
+  last resort: the runner
   refuses enqueues well before, from ``space()`` (``StorageSpace``): the pages in use by the
   tables (from LMDB's per-database statistics, so space that retention freed counts as free
   again although the file never shrinks), against the map maximum and the filesystem.
@@ -69,6 +79,7 @@ import lmdb
 from net.config import NetConfig
 from net.errors import DataDirError, DataDirMismatch, StorageError, StorageFull
 from net.files import FILE_MODE, private_dir
+from net.node.wal import NONCE_BYTES, WalFile, WalRecord, encode_record
 from pxq.config.identity import describe_cluster
 from pxq.effects import Delete, DeleteRange, Put, StorageCorruption, Write
 from pxq.sorted_table import MISSING, PendingTable
@@ -90,6 +101,13 @@ _MAP_ALIGN_BYTES: Final = 64 * 1024
 
 _CRC = struct.Struct(">I")
 _CRC_BYTES = _CRC.size
+
+WAL_TABLE: Final = "pxq.wal"
+"""The table where each checkpoint records the log's state (no node may use this name)."""
+_WAL_KEY: Final = b"state"
+_WAL_STATE = struct.Struct(">Q")  # the last batch the checkpoint holds; the nonce follows
+_WAL_SEED: Final = crc32(WAL_TABLE.encode())
+_RECOVERY_GROWS_MAX: Final = 40
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,12 +161,20 @@ class _Layer:
 
 
 class SealedBatch:
-    """The writes handed to one transaction (``LmdbStorage.seal``); opaque to callers."""
+    """The writes handed to one ``write`` (``LmdbStorage.seal``); opaque to callers. A
+    checkpoint batch carries every layer not yet in LMDB up to its own (oldest first)."""
 
-    __slots__ = ("_layer",)
+    __slots__ = ("_checkpoint", "_layer")
 
-    def __init__(self, layer: _Layer) -> None:
+    def __init__(self, layer: _Layer, checkpoint: tuple[_Layer, ...] | None = None) -> None:
         self._layer = layer
+        self._checkpoint = checkpoint
+
+    @property
+    def checkpoint(self) -> bool:
+        """Whether ``write`` commits this batch (and the layers before it) to LMDB, rather
+        than appending it to the write-ahead log."""
+        return self._checkpoint is not None
 
     @property
     def seq(self) -> int:
@@ -226,8 +252,9 @@ class StorageSpace:
 
 @dataclass(frozen=True, slots=True)
 class WriteOutcome:
-    """What ``LmdbStorage.write`` did with a batch: committed (with the tables it created),
-    or not, because the map was full (nothing was written; grow and write it again)."""
+    """What ``LmdbStorage.write`` did with a batch: made it durable (a checkpoint: with the
+    tables it created), or not, because the map was full (only a checkpoint; nothing was
+    written: grow and write it again)."""
 
     batch: SealedBatch
     committed: bool
@@ -239,23 +266,32 @@ class LmdbStorage:
     module docstring for the layers and the writer-thread protocol)."""
 
     __slots__ = (
+        "_checkpoint_batches",
+        "_checkpoint_bytes",
         "_chunk",
         "_closed",
         "_env",
         "_failed",
+        "_held_bytes",
         "_key_max",
+        "_lmdb_seq",
         "_lock_fd",
         "_main_db",
         "_map_limit",
         "_map_size",
         "_map_size_max",
         "_next_seq",
+        "_nonce",
         "_open",
         "_pending_tables",
         "_rtxn",
         "_sealed",
         "_tables",
         "_tables_max",
+        "_wal",
+        "_wal_base",
+        "_wal_db",
+        "checkpoints",
         "commits",
         "committed_bytes",
         "durable_seq",
@@ -271,6 +307,10 @@ class LmdbStorage:
         lock_fd: int,
         tables: dict[str, _Table],
         config: NetConfig,
+        wal: WalFile,
+        wal_db: lmdb._Database,
+        wal_seq: int,
+        nonce: bytes,
     ) -> None:
         """Use ``LmdbStorage.open``."""
         self.path = path
@@ -286,7 +326,8 @@ class LmdbStorage:
         self._main_db = env.open_db(None)  # the database naming the tables (for space())
         self._rtxn: lmdb.Transaction[bytes] | None = None
         self._open = _Layer()  # writes applied since the last seal
-        self._sealed: deque[_Layer] = deque()  # sealed, not yet committed; oldest first
+        self._sealed: deque[_Layer] = deque()  # sealed, not yet in LMDB; oldest first
+        self._held_bytes = 0  # the bytes of the layers in _sealed
         self._pending_tables: set[str] = set()  # tables written by a layer, not in LMDB yet
         self._next_seq = 1
         self._failed: str | None = None
@@ -297,6 +338,14 @@ class LmdbStorage:
         self.durable_seq = 0
         """The last batch known durable (``written`` of it returned)."""
         self.map_grows = 0
+        self._wal = wal
+        self._wal_db = wal_db
+        self._wal_base = wal_seq  # the log's number of this incarnation's batch 0
+        self._nonce = nonce  # what the log's records are checksummed with (net.node.wal)
+        self._lmdb_seq = 0  # the last batch LMDB holds (a checkpoint's)
+        self._checkpoint_batches = config.checkpoint_batches
+        self._checkpoint_bytes = config.checkpoint_bytes
+        self.checkpoints = 0
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -332,7 +381,7 @@ class LmdbStorage:
                 env = lmdb.open(
                     str(path),
                     map_size=config.map_size_bytes,
-                    max_dbs=config.tables_max,
+                    max_dbs=config.tables_max + 1,  # and the log's state
                     subdir=True,
                     sync=True,
                     metasync=True,  # an acceptor's promise must survive a crash
@@ -343,16 +392,89 @@ class LmdbStorage:
             except lmdb.Error as exc:
                 raise DataDirError(f"cannot open the LMDB environment in {path}: {exc}") from exc
             try:
-                _fsync_dir(path)
-                _fsync_dir(path.resolve().parent)
                 tables = _existing_tables(env, path)
+                wal_db = _open_wal_db(env, path)
+                wal_seq, nonce = _wal_state(env, wal_db, path)
+                wal, records = WalFile.open(path, after=wal_seq, nonce=nonce, mode=FILE_MODE)
             except BaseException:
+                env.close()
+                raise
+            try:
+                _fsync_dir(path)  # LMDB's files and the log exist durably
+                _fsync_dir(path.resolve().parent)
+                storage = cls(
+                    path=path,
+                    env=env,
+                    lock_fd=lock_fd,
+                    tables=tables,
+                    config=config,
+                    wal=wal,
+                    wal_db=wal_db,
+                    wal_seq=wal_seq,
+                    nonce=nonce,
+                )
+            except BaseException:
+                wal.close()
                 env.close()
                 raise
         except BaseException:
             os.close(lock_fd)
             raise
-        return cls(path=path, env=env, lock_fd=lock_fd, tables=tables, config=config)
+        try:
+            storage._recover(records)
+        except BaseException:
+            storage.close()
+            raise
+        return storage
+
+    def _recover(self, records: list[WalRecord]) -> None:
+        """Write the log's records (what the last checkpoint does not hold) into LMDB in one
+        checkpoint, which draws a new nonce, then start the log over. The map grows as far
+        as the records need, past ``map_size_max_bytes`` if need be: they are acknowledged
+        writes (the node then starts short of space, see ``allow_room``). Without records,
+        nothing is written (opening a data dir to read it syncs nothing), unless the log has
+        no nonce yet (a new data dir, or one from before the log)."""
+        if not records and self._nonce:
+            self._wal.reset()
+            return
+        for record in records:
+            self._open.writes.extend(record.writes)
+        if records:
+            log.info(
+                "%s: replaying %d batch(es) of the write-ahead log (%d to %d) into LMDB",
+                self.path,
+                len(records),
+                records[0].seq,
+                records[-1].seq,
+            )
+            self._wal_base = records[-1].seq
+        layer = self._open
+        layer.seq = 0
+        self._open = _Layer()
+        batch = SealedBatch(layer, checkpoint=(layer,))
+        for _ in range(_RECOVERY_GROWS_MAX):
+            outcome = self._checkpoint_write(batch, self._wal_base)
+            if outcome.committed:
+                break
+            size = self._map_size * 2
+            self._drop_rtxn()
+            try:
+                self._env.set_mapsize(size)
+            except lmdb.Error as exc:
+                raise self._fail(f"cannot grow the LMDB map to {size} bytes: {exc}") from exc
+            self._map_size = size
+            self._map_size_max = max(self._map_size_max, size)
+            self.map_grows += 1
+        else:
+            raise self._fail(
+                f"the write-ahead log's batches do not fit the LMDB map of {self._map_size} bytes",
+                full=True,
+            )
+        self._wal.reset()
+        self._drop_rtxn()
+        for name, db in outcome.new_tables.items():
+            self._tables[name] = _Table(db=db, crc_seed=crc32(name.encode()))
+        self.checkpoints += 1
 
     # -- StorageView --------------------------------------------------------------------------
 
@@ -478,13 +600,14 @@ class LmdbStorage:
 
     @property
     def unwritten(self) -> int:
-        """Sealed batches not yet committed (being written, or waiting for their turn)."""
-        return len(self._sealed)
+        """Sealed batches not yet durable (being written, or waiting for their turn)."""
+        return sum(1 for layer in self._sealed if layer.seq > self.durable_seq)
 
     @property
     def overlay_bytes(self) -> int:
-        """Key and value bytes held in memory until they are durable (all layers)."""
-        return self._open.bytes + sum(layer.bytes for layer in self._sealed)
+        """Key and value bytes held in memory until a checkpoint puts them in LMDB (all
+        layers: the open one, those sealed, those durable in the log)."""
+        return self._open.bytes + self._held_bytes
 
     @property
     def horizon_seq(self) -> int:
@@ -572,6 +695,8 @@ class LmdbStorage:
             layer.add(w)
 
     def _admit_table(self, table: str) -> None:
+        if table == WAL_TABLE:
+            raise self._fail(f"table name {table!r} is reserved for the write-ahead log")
         name = table.encode()
         if not 0 < len(name) <= self._key_max:
             raise self._fail(f"table name {table!r} must be 1 to {self._key_max} bytes")
@@ -584,7 +709,11 @@ class LmdbStorage:
 
     def seal(self) -> SealedBatch | None:
         """Close the open batch (None if it has no writes); later writes go to a new one.
-        The sealed batch stays readable until ``written`` reports it durable."""
+        The sealed batch stays readable until a checkpoint has put it in LMDB.
+
+        It is a checkpoint batch once the layers not in LMDB (this one included) number
+        ``checkpoint_batches`` or hold ``checkpoint_bytes``: ``write`` then commits them all
+        to LMDB instead of appending this one to the log."""
         self._check_usable()
         layer = self._open
         if not layer.writes:
@@ -592,27 +721,57 @@ class LmdbStorage:
         layer.seq = self._next_seq
         self._next_seq += 1
         self._sealed.append(layer)
+        self._held_bytes += layer.bytes
         self._open = _Layer()
+        if (
+            len(self._sealed) >= self._checkpoint_batches
+            or self._held_bytes >= self._checkpoint_bytes
+        ):
+            return SealedBatch(layer, checkpoint=tuple(self._sealed))
         return SealedBatch(layer)
 
     def write(self, batch: SealedBatch) -> WriteOutcome:
-        """Commit ``batch`` in one durable LMDB transaction (fdatasync of the data, then the
-        synchronous meta page write). May run on another thread than every other method (one
-        call at a time, in sealing order); touches no state the other methods change.
+        """Make ``batch`` durable: append it to the write-ahead log and sync that (one
+        fdatasync), or, for a checkpoint batch, commit it with every layer before it that
+        LMDB does not hold in one durable LMDB transaction (fdatasync of the data, then the
+        synchronous meta page write), which records the batch's number and a new nonce, and
+        then empty the log. May run on another thread than every other method (one call at a
+        time, in sealing order); touches no state the other methods change.
 
-        Returns ``committed=False`` if the map is full (nothing written: the caller grows the
-        map with ``written`` and writes the batch again). Raises ``StorageError`` on any other
-        LMDB failure (``StorageFull`` for a full disk); nothing of the batch is then durable
-        as far as the caller can tell, and the storage must not be used again.
+        Returns ``committed=False`` if a checkpoint finds the map full (nothing written: the
+        caller grows the map with ``written`` and writes the batch again). Raises
+        ``StorageError`` on any other failure (``StorageFull`` for a full disk); nothing of
+        the batch is then durable as far as the caller can tell, and the storage must not be
+        used again.
         """
         layer = batch._layer
+        if batch._checkpoint is None:
+            self._wal.append(encode_record(self._wal_base + layer.seq, layer.writes, self._nonce))
+            return WriteOutcome(batch=batch, committed=True, new_tables={})
+        outcome = self._checkpoint_write(batch, self._wal_base + layer.seq)
+        if outcome.committed:
+            self._wal.reset()
+        return outcome
+
+    def _checkpoint_write(self, batch: SealedBatch, wal_seq: int) -> WriteOutcome:
+        """The LMDB transaction of a checkpoint (see ``write``); draws the log's next nonce."""
+        assert batch._checkpoint is not None
+        nonce = os.urandom(NONCE_BYTES)
         new_tables: dict[str, lmdb._Database] = {}
         try:
             txn = self._env.begin(write=True)
         except lmdb.Error as exc:
             raise StorageError(f"cannot begin a transaction: {exc}") from exc
         try:
-            self._write_all(txn, layer.writes, new_tables)
+            for layer in batch._checkpoint:
+                if layer.seq > self._lmdb_seq or layer.seq == 0:
+                    self._write_all(txn, layer.writes, new_tables)
+            state = _WAL_STATE.pack(wal_seq) + nonce
+            txn.put(
+                _WAL_KEY,
+                state + _CRC.pack(crc32(state, crc32(_WAL_KEY, _WAL_SEED))),
+                db=self._wal_db,
+            )
             txn.commit()
         except lmdb.MapFullError:
             with contextlib.suppress(lmdb.Error):
@@ -628,31 +787,48 @@ class LmdbStorage:
             with contextlib.suppress(lmdb.Error):
                 txn.abort()
             raise
+        self._nonce = nonce
         return WriteOutcome(batch=batch, committed=True, new_tables=new_tables)
 
     def written(self, outcome: WriteOutcome) -> None:
         """Take the result of ``write`` into account (on the thread that applies and reads).
 
-        A committed batch leaves the overlay (reads now find it in LMDB) and ``durable_seq``
-        advances to it. For an uncommitted one (full map) the map is doubled, up to
+        ``durable_seq`` advances to a durable batch. A checkpoint's layers leave the overlay
+        (reads now find them in LMDB); a batch in the log stays in it until a checkpoint. For
+        an uncommitted checkpoint (full map) the map is doubled, up to
         ``NetConfig.map_size_max_bytes``; at the maximum ``StorageFull`` is raised and every
-        batch not yet durable is dropped (the storage stays usable at its last commit).
+        batch not yet durable is dropped (the storage stays usable with what is durable).
         """
         self._check_usable()
         batch = outcome.batch
-        if not self._sealed or self._sealed[0] is not batch._layer:
+        checkpoint = batch._checkpoint
+        if checkpoint is None:
+            in_order = batch.seq == self.durable_seq + 1 and batch._layer in self._sealed
+        else:
+            in_order = bool(self._sealed) and self._sealed[0] is checkpoint[0]
+        if not in_order:
             raise self._fail(f"batch {batch.seq} completed out of order")
         if not outcome.committed:
             self._grow()
             return
-        self._sealed.popleft()
+        self.commits += 1
+        if checkpoint is None:
+            self.durable_seq = batch.seq
+            self.committed_bytes += batch._layer.bytes
+            return
+        sealed = self._sealed
+        while sealed and sealed[0].seq <= batch.seq:
+            layer = sealed.popleft()
+            self._held_bytes -= layer.bytes
+            if layer.seq > self.durable_seq:
+                self.committed_bytes += layer.bytes
         self._drop_rtxn()  # the next read sees the new commit
         for name, db in outcome.new_tables.items():
             self._tables[name] = _Table(db=db, crc_seed=crc32(name.encode()))
             self._pending_tables.discard(name)
-        self.durable_seq = batch.seq
-        self.commits += 1
-        self.committed_bytes += batch._layer.bytes
+        self.durable_seq = max(self.durable_seq, batch.seq)
+        self._lmdb_seq = batch.seq
+        self.checkpoints += 1
 
     def commit(self) -> bool:
         """Make every applied write durable now, on this thread; False if there were none.
@@ -666,8 +842,8 @@ class LmdbStorage:
         self.seal()
         if not self._sealed:
             return False
-        while self._sealed:
-            batch = SealedBatch(self._sealed[0])
+        batch = SealedBatch(self._sealed[-1], checkpoint=tuple(self._sealed))
+        while True:  # bounded: a full map doubles, up to its ceiling, then StorageFull
             try:
                 outcome = self.write(batch)
             except StorageFull as exc:
@@ -675,13 +851,19 @@ class LmdbStorage:
             except StorageError as exc:
                 raise self._fail(str(exc)) from exc
             self.written(outcome)
-        return True
+            if outcome.committed:
+                return True
 
     def abort(self) -> None:
-        """Discard every write not yet durable (open and sealed batches)."""
+        """Discard every write not yet durable (the open batch, sealed ones not written);
+        what is durable in the log stays readable."""
         self._open = _Layer()
-        self._sealed.clear()
-        self._pending_tables.clear()
+        sealed = self._sealed
+        while sealed and sealed[-1].seq > self.durable_seq:
+            self._held_bytes -= sealed.pop().bytes
+        self._pending_tables = {
+            table for layer in sealed for table in layer.tables if table not in self._tables
+        }
 
     def close(self) -> None:
         """Drop writes not yet durable, close the environment and release the data dir lock.
@@ -691,6 +873,7 @@ class LmdbStorage:
         self._closed = True
         self.abort()
         self._drop_rtxn()
+        self._wal.close()
         self._env.close()
         os.close(self._lock_fd)
 
@@ -985,6 +1168,35 @@ def clear_damaged(path: Path) -> None:
         (path / DAMAGED_NAME).unlink()
 
 
+def _open_wal_db(env: lmdb.Environment, path: Path) -> lmdb._Database:
+    """The named database of the log's state (created if missing)."""
+    try:
+        return env.open_db(WAL_TABLE.encode(), create=True)
+    except lmdb.Error as exc:
+        raise DataDirError(f"cannot open the write-ahead log's state in {path}: {exc}") from exc
+
+
+def _wal_state(env: lmdb.Environment, db: lmdb._Database, path: Path) -> tuple[int, bytes]:
+    """(the last batch LMDB holds, the log's nonce), as the last checkpoint recorded them;
+    (0, b"") for a data dir from before the log (nothing to replay then)."""
+    try:
+        with env.begin(write=False) as txn:
+            raw = txn.get(_WAL_KEY, db=db)
+    except lmdb.Error as exc:
+        raise DataDirError(f"cannot read the write-ahead log's state in {path}: {exc}") from exc
+    if raw is None:
+        return 0, b""
+    value = _unseal(WAL_TABLE, _WAL_SEED, _WAL_KEY, raw)
+    if len(value) != _WAL_STATE.size + NONCE_BYTES:
+        raise StorageCorruption(
+            f"the write-ahead log's state in {path} is {len(value)} bytes",
+            table=WAL_TABLE,
+            key=_WAL_KEY,
+        )
+    (seq,) = _WAL_STATE.unpack_from(value)
+    return seq, value[_WAL_STATE.size :]
+
+
 def _existing_tables(env: lmdb.Environment, path: Path) -> dict[str, _Table]:
     """Handles of every named database. Opened through a write transaction because LMDB
     keeps the handles a transaction opened only if it commits."""
@@ -992,7 +1204,7 @@ def _existing_tables(env: lmdb.Environment, path: Path) -> dict[str, _Table]:
     try:
         txn = env.begin(write=True)
         try:
-            names = [key for key, _ in txn.cursor()]
+            names = [key for key, _ in txn.cursor() if key != WAL_TABLE.encode()]
             for name in names:
                 db = env.open_db(name, txn=txn, create=False)
                 tables[name.decode()] = _Table(db=db, crc_seed=crc32(name))

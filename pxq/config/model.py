@@ -101,6 +101,12 @@ STORAGE_MAP_BYTES_DEFAULT: Final = 1 * GIB
 """Initial LMDB map size of every node (``[storage] map_size_bytes``)."""
 STORAGE_MAP_BYTES_MAX_DEFAULT: Final = 256 * GIB
 """The map doubles when full, up to this (``[storage] map_size_max_bytes``)."""
+STORAGE_CHECKPOINT_BATCHES_DEFAULT: Final = 16
+"""Batches a node's write-ahead log holds before a checkpoint moves them into LMDB
+(``[storage] checkpoint_batches``; 1: no log)."""
+STORAGE_CHECKPOINT_BATCHES_MAX: Final = 1024
+STORAGE_CHECKPOINT_BYTES_DEFAULT: Final = 8 * MIB
+"""Or once they hold this many bytes (``[storage] checkpoint_bytes``)."""
 STORAGE_MAP_BYTES_MIN: Final = 1 * MIB
 """Smallest map ``[storage]`` accepts (LMDB needs a few pages per table)."""
 STORAGE_RESERVE_MIN_BYTES: Final = 2 * MIB
@@ -138,6 +144,8 @@ class StorageConfig:
     reserve_bytes: int | None = None
     """None: automatic (``net.config.NetConfig.reserve_for``); else at least
     ``STORAGE_RESERVE_MIN_BYTES`` and below ``map_size_max_bytes``."""
+    checkpoint_batches: int = STORAGE_CHECKPOINT_BATCHES_DEFAULT
+    checkpoint_bytes: int = STORAGE_CHECKPOINT_BYTES_DEFAULT
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

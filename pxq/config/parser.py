@@ -21,6 +21,9 @@ from pxq.config.model import (
     NAME_CHARS_MAX,
     PORT_MAX,
     REPLICAS_PER_STORE_MAX,
+    STORAGE_CHECKPOINT_BATCHES_DEFAULT,
+    STORAGE_CHECKPOINT_BATCHES_MAX,
+    STORAGE_CHECKPOINT_BYTES_DEFAULT,
     STORAGE_MAP_BYTES_DEFAULT,
     STORAGE_MAP_BYTES_MAX_DEFAULT,
     STORAGE_MAP_BYTES_MIN,
@@ -160,7 +163,16 @@ def _cluster(doc: TomlTable) -> ClusterConfig:
         limits,
     )
     storage = _storage(
-        doc.table("storage", allowed=("map_size_bytes", "map_size_max_bytes", "reserve_bytes"))
+        doc.table(
+            "storage",
+            allowed=(
+                "map_size_bytes",
+                "map_size_max_bytes",
+                "reserve_bytes",
+                "checkpoint_batches",
+                "checkpoint_bytes",
+            ),
+        )
     )
     connections = _connections(doc.table("connections", allowed=_CONNECTIONS))
     hosts = _hosts(doc)
@@ -480,7 +492,22 @@ def _storage(t: TomlTable) -> StorageConfig:
             f"for cursor commits and retention once its storage is full; see "
             f"docs/configuration.md), got {reserve}",
         )
-    return StorageConfig(map_size_bytes=size, map_size_max_bytes=size_max, reserve_bytes=reserve)
+    checkpoint_batches = t.integer(
+        "checkpoint_batches",
+        STORAGE_CHECKPOINT_BATCHES_DEFAULT,
+        lo=1,
+        hi=STORAGE_CHECKPOINT_BATCHES_MAX,
+    )
+    checkpoint_bytes = t.integer(
+        "checkpoint_bytes", STORAGE_CHECKPOINT_BYTES_DEFAULT, lo=1, hi=size_max - 1
+    )
+    return StorageConfig(
+        map_size_bytes=size,
+        map_size_max_bytes=size_max,
+        reserve_bytes=reserve,
+        checkpoint_batches=checkpoint_batches,
+        checkpoint_bytes=checkpoint_bytes,
+    )
 
 
 def _batching(t: TomlTable, limits: Limits) -> Batching:
