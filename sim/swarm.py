@@ -136,3 +136,118 @@ def parse_seeds(text: str) -> range:
     if lo < 0 or hi < lo:
         raise ValueError(f"seeds range {text!r} is empty or negative")
     return range(lo, hi + 1)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SwarmTotal:
+    """Several swarm reports of one scenario (``pxq sim swarm --json``) summed."""
+
+    scenario: str
+    seeds: tuple[tuple[int, int], ...]
+    """The seed ranges covered, merged where adjacent, ascending."""
+    runs: int
+    failed: tuple[int, ...]
+    wall_s: float
+    sim_time_ms: int
+    fired: dict[str, FireCount]
+    """Per random fault kind: faults fired, and seeds in which any fired."""
+
+    @property
+    def never_fired(self) -> tuple[str, ...]:
+        return tuple(k for k, c in self.fired.items() if c.faults == 0)
+
+
+def sum_reports(reports: Sequence[tuple[str, dict[str, Any]]]) -> list[SwarmTotal]:
+    """Sum swarm reports (each ``(name, the JSON object)``; ``name`` says where it came from
+    in errors), per scenario in first-seen order.
+
+    A report's seed range is its ``seeds`` field ``[first, last]``, else the ``-A-B`` that
+    ends its name (before ``.json``), as chunked runs name their files. Raises ``ValueError``
+    naming the report for a missing or malformed field, a range that does not match the
+    report's run count, or two reports of one scenario whose ranges overlap (a chunk counted
+    twice).
+    """
+    totals: dict[str, list[tuple[str, tuple[int, int], dict[str, Any]]]] = {}
+    for name, report in reports:
+        try:
+            scn = report["scenario"]
+            runs = report["runs"]
+            if not isinstance(scn, str) or not isinstance(runs, int):
+                raise TypeError("scenario or runs has the wrong type")
+            first, last = _report_seeds(name, report)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{name}: not a swarm report: {exc}") from None
+        if last - first + 1 != runs:
+            raise ValueError(f"{name}: seeds {first}-{last} but {runs} runs")
+        totals.setdefault(scn, []).append((name, (first, last), report))
+    out: list[SwarmTotal] = []
+    for scn, parts in totals.items():
+        parts.sort(key=lambda p: p[1])
+        ranges: list[tuple[int, int]] = []
+        for (name, (lo, hi), _), prev in zip(parts, [None, *parts[:-1]], strict=True):
+            if prev is not None and lo <= prev[1][1]:
+                raise ValueError(
+                    f"{name}: seeds {lo}-{hi} overlap {prev[0]} ({prev[1][0]}-{prev[1][1]})"
+                )
+            if ranges and lo == ranges[-1][1] + 1:
+                ranges[-1] = (ranges[-1][0], hi)
+            else:
+                ranges.append((lo, hi))
+        faults: dict[str, int] = {}
+        seeds: dict[str, int] = {}
+        failed: list[int] = []
+        for name, _, report in parts:
+            try:
+                for kind, n in report["fired"].items():
+                    faults[kind] = faults.get(kind, 0) + int(n)
+                    seeds[kind] = seeds.get(kind, 0) + int(report["fired_seeds"][kind])
+                failed += [int(s) for s in report["failed"]]
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise ValueError(f"{name}: not a swarm report: {exc!r}") from None
+        out.append(
+            SwarmTotal(
+                scenario=scn,
+                seeds=tuple(ranges),
+                runs=sum(p[2]["runs"] for p in parts),
+                failed=tuple(sorted(failed)),
+                wall_s=round(sum(float(p[2].get("wall_s", 0.0)) for p in parts), 2),
+                sim_time_ms=sum(int(p[2].get("sim_time_ms", 0)) for p in parts),
+                fired={k: FireCount(faults=faults[k], seeds=seeds[k]) for k in faults},
+            )
+        )
+    return out
+
+
+def _report_seeds(name: str, report: dict[str, Any]) -> tuple[int, int]:
+    seeds = report.get("seeds")
+    if seeds is not None:
+        first, last = seeds
+        if not isinstance(first, int) or not isinstance(last, int):
+            raise TypeError("seeds must be two integers")
+        return first, last
+    stem = name.rsplit("/", 1)[-1].removesuffix(".json")
+    parts = stem.rsplit("-", 2)
+    if len(parts) != 3:
+        raise ValueError("no seeds field, and the name does not end with -A-B")
+    return int(parts[1]), int(parts[2])
+
+
+def totals_table(totals: Sequence[SwarmTotal]) -> str:
+    """A Markdown table: a column per scenario; rows for the seeds run, the failed seeds and
+    each fault kind as ``faults (seeds)`` (blank where the scenario does not enable it)."""
+    kinds = sorted({k for t in totals for k in t.fired})
+    head = "| | " + " | ".join(f"`{t.scenario}`" for t in totals) + " |"
+    rows = [head, "|---" * (len(totals) + 1) + "|"]
+    rows.append("| seeds run | " + " | ".join(f"{t.runs:,}" for t in totals) + " |")
+    rows.append(
+        "| failed | "
+        + " | ".join(", ".join(map(str, t.failed)) if t.failed else "0" for t in totals)
+        + " |"
+    )
+    for kind in kinds:
+        cells = []
+        for t in totals:
+            c = t.fired.get(kind)
+            cells.append("" if c is None else f"{c.faults:,} ({c.seeds:,})")
+        rows.append(f"| {kind} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"

@@ -3,6 +3,7 @@ the key path and the reason, and the CLI exits 2."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -244,3 +245,81 @@ def test_only_the_queue_workload_settles() -> None:
     log = 'version = 1\nname = "l"\nduration_ms = 1000\n[final]\nsettle_ms = 9000\n'
     with pytest.raises(ScenarioError, match=r"final\.settle_ms: only the queue workload"):
         loads(log)
+
+
+def _report(scenario: str, runs: int, fired: dict[str, tuple[int, int]], **extra: object) -> str:
+    body: dict[str, object] = {
+        "scenario": scenario,
+        "runs": runs,
+        "ok": not extra.get("failed"),
+        "failed": [],
+        "failures": [],
+        "wall_s": 1.5,
+        "sim_time_ms": 100 * runs,
+        "fired": {k: f for k, (f, _) in fired.items()},
+        "fired_seeds": {k: s for k, (_, s) in fired.items()},
+        "never_fired": [k for k, (f, _) in fired.items() if f == 0],
+    }
+    body.update(extra)
+    return json.dumps(body)
+
+
+def test_swarm_sum_adds_chunks_per_scenario_and_refuses_overlaps(tmp_path: Path) -> None:
+    a = tmp_path / "queue-1-3.json"  # the range from the name
+    a.write_text(_report("queue", 3, {"crash": (4, 2), "loss": (1, 1)}), encoding="utf-8")
+    b = tmp_path / "anything.json"  # the range from its seeds field
+    b.write_text(
+        _report("queue", 2, {"crash": (1, 1), "loss": (0, 0)}, seeds=[4, 5]), encoding="utf-8"
+    )
+    c = tmp_path / "lock-10-10.json"
+    c.write_text(_report("lock", 1, {"clock": (2, 1)}), encoding="utf-8")
+    result = CliRunner().invoke(main, ["sim", "swarm-sum", str(a), str(b), str(c)])
+    assert result.exit_code == 0, result.output
+    assert "| seeds run | 5 | 1 |" in result.output
+    assert "| crash | 5 (3) |  |" in result.output
+    assert "| clock |  | 2 (1) |" in result.output
+    assert "queue: seeds 1-5; 5 runs, 0 failed" in result.output
+    result = CliRunner().invoke(main, ["sim", "swarm-sum", "--json", str(a), str(b)])
+    total = json.loads(result.output)
+    assert total["seeds"] == [[1, 5]] and total["fired"] == {"crash": 5, "loss": 1}
+    assert total["fired_seeds"] == {"crash": 3, "loss": 1} and total["never_fired"] == []
+    # The same chunk twice, a range that is not the run count, a kind that never fired, a
+    # failed seed, and a file that is no report: each named.
+    for args, message in (
+        ([a, a], "overlap"),
+        ([tmp_path / "bad-1-9.json"], "seeds 1-9 but 3 runs"),
+    ):
+        if not args[0].exists():
+            args[0].write_text(_report("queue", 3, {}), encoding="utf-8")
+        result = CliRunner().invoke(main, ["sim", "swarm-sum", *map(str, args)])
+        assert result.exit_code == 2 and message in result.output, result.output
+    never = tmp_path / "never-1-1.json"
+    never.write_text(_report("x", 1, {"crash": (0, 0)}), encoding="utf-8")
+    result = CliRunner().invoke(main, ["sim", "swarm-sum", str(never)])
+    assert result.exit_code == 1 and "never fired: crash" in result.output
+    failed = tmp_path / "failed-7-8.json"
+    failed.write_text(_report("x", 2, {"crash": (1, 1)}, failed=[8]), encoding="utf-8")
+    result = CliRunner().invoke(main, ["sim", "swarm-sum", str(failed)])
+    assert result.exit_code == 1 and "| failed | 8 |" in result.output
+    junk = tmp_path / "junk.json"
+    junk.write_text("[1, 2]", encoding="utf-8")
+    result = CliRunner().invoke(main, ["sim", "swarm-sum", str(junk)])
+    assert result.exit_code == 2 and "not a swarm report" in result.output
+
+
+def test_a_swarm_report_names_its_seeds_and_sums_with_another(tmp_path: Path) -> None:
+    path = tmp_path / "good.toml"
+    path.write_text(GOOD)
+    for seeds in ("1-2", "3-3"):
+        result = CliRunner().invoke(
+            main, ["sim", "swarm", str(path), "--seeds", seeds, "--jobs", "1", "--json"]
+        )
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.output.strip().splitlines()[-1])
+        assert report["seeds"] == [int(seeds[0]), int(seeds[-1])]
+        (tmp_path / f"r{seeds}.json").write_text(json.dumps(report), encoding="utf-8")
+    result = CliRunner().invoke(
+        main,
+        ["sim", "swarm-sum", "--json", str(tmp_path / "r1-2.json"), str(tmp_path / "r3-3.json")],
+    )
+    assert json.loads(result.output)["seeds"] == [[1, 3]], result.output

@@ -213,6 +213,7 @@ def sim_swarm(scenario_file: Path, seeds_text: str, jobs: int, as_json: bool) ->
             json.dumps(
                 {
                     "scenario": scn.name,
+                    "seeds": [seeds[0], seeds[-1]],
                     "runs": len(outcomes),
                     "ok": not failed,
                     "failed": failed,
@@ -238,6 +239,64 @@ def sim_swarm(scenario_file: Path, seeds_text: str, jobs: int, as_json: bool) ->
             if not o.ok:
                 click.echo(f"  seed {o.seed}: {', '.join(o.failed_checks)}; reproduce: {o.repro}")
     sys.exit(EXIT_FAILED if failed else EXIT_OK)
+
+
+@sim.command("swarm-sum")
+@click.argument("reports", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per scenario.")
+def sim_swarm_sum(reports: tuple[Path, ...], as_json: bool) -> None:
+    """Sum the JSON reports of several `pxq sim swarm --json` runs (chunks of one long
+    swarm): per scenario the seeds covered, the failed seeds, and per random fault kind the
+    faults fired and in how many seeds, as a Markdown table (or JSON). Overlapping chunks are
+    refused; a report without a `seeds` field takes its range from a name ending in
+    `-A-B.json`. Exits 1 if any seed failed or an enabled kind never fired."""
+    from sim import swarm
+
+    loaded: list[tuple[str, dict[str, Any]]] = []
+    for path in reports:
+        try:
+            report = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            _bad_input(f"cannot read the swarm report {path}: {exc}")
+            return
+        if not isinstance(report, dict):
+            _bad_input(f"{path}: not a swarm report (a JSON object)")
+            return
+        loaded.append((str(path), report))
+    try:
+        totals = swarm.sum_reports(loaded)
+    except ValueError as exc:
+        _bad_input(str(exc))
+        return
+    if as_json:
+        for t in totals:
+            click.echo(
+                json.dumps(
+                    {
+                        "scenario": t.scenario,
+                        "seeds": [list(r) for r in t.seeds],
+                        "runs": t.runs,
+                        "ok": not t.failed,
+                        "failed": list(t.failed),
+                        "wall_s": t.wall_s,
+                        "sim_time_ms": t.sim_time_ms,
+                        "fired": {k: c.faults for k, c in t.fired.items()},
+                        "fired_seeds": {k: c.seeds for k, c in t.fired.items()},
+                        "never_fired": list(t.never_fired),
+                    },
+                    sort_keys=True,
+                )
+            )
+    else:
+        click.echo(swarm.totals_table(totals), nl=False)
+        for t in totals:
+            covered = ", ".join(f"{a}-{b}" for a, b in t.seeds)
+            line = f"{t.scenario}: seeds {covered}; {t.runs} runs, {len(t.failed)} failed"
+            if t.never_fired:
+                line += f"; never fired: {', '.join(t.never_fired)}"
+            click.echo(line)
+    bad = any(t.failed or t.never_fired for t in totals)
+    sys.exit(EXIT_FAILED if bad else EXIT_OK)
 
 
 def _stderr_console() -> Any:
