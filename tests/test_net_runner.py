@@ -393,6 +393,52 @@ def test_restart_recovers_from_lmdb_alone(tmp_path: Path) -> None:
     run_async(main())
 
 
+def test_a_crash_keeps_every_acknowledged_write_the_log_made_durable(tmp_path: Path) -> None:
+    """Acknowledged increments live only in the write-ahead log (no checkpoint yet) when the
+    node crashes (its writes not yet durable dropped, its storage closed without a commit);
+    the next incarnation replays them."""
+    config = replace(FAST, checkpoint_batches=1000, checkpoint_interval_ms=60_000)
+
+    async def main() -> None:
+        runner = make_runner(tmp_path, config=config)
+        await runner.start()
+        client = await connect(runner)
+        for i in range(1, 6):
+            assert await client.call(Incr(by=2), T) == Count(n=2 * i)
+        storage = runner.storage
+        assert isinstance(storage, LmdbStorage)
+        assert storage.held >= 5 and storage.checkpoints == 1  # the open's only
+        await client.close()
+        runner._crash("a test's crash", None)
+        assert runner.state is RunnerState.CRASHED
+        runner = make_runner(tmp_path, config=config)
+        await runner.start()
+        client = await connect(runner)
+        assert await client.call(GetCount(), T) == Count(n=10)
+        await client.close()
+        await runner.stop()
+
+    run_async(main())
+
+
+def test_a_quiet_node_checkpoints_its_log_within_the_interval(tmp_path: Path) -> None:
+    config = replace(FAST, checkpoint_batches=1000, checkpoint_interval_ms=50)
+
+    async def main() -> None:
+        runner = make_runner(tmp_path, config=config)
+        await runner.start()
+        client = await connect(runner)
+        assert await client.call(Incr(), T) == Count(n=1)
+        storage = runner.storage
+        assert isinstance(storage, LmdbStorage)
+        await wait_until(lambda: storage.held == 0, what="a checkpoint of the log")
+        assert storage.checkpoints >= 2 and storage.overlay_bytes == 0
+        await client.close()
+        await runner.stop()
+
+    run_async(main())
+
+
 def test_timer_wakes_the_node_at_its_deadline(tmp_path: Path) -> None:
     async def main() -> None:
         runner = make_runner(tmp_path, tick_ms=20)

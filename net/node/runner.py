@@ -241,7 +241,7 @@ class DriverStorage(StorageView, Protocol):
 
     def apply(self, writes: tuple[Write, ...]) -> None: ...
 
-    def seal(self) -> SealedBatch | None: ...
+    def seal(self, *, checkpoint: bool = False) -> SealedBatch | None: ...
 
     def write(self, batch: SealedBatch) -> WriteOutcome: ...
 
@@ -473,6 +473,8 @@ class NodeRunner:
         self._outbox: deque[tuple[int, tuple[Send, ...], tuple[Reply, ...]]] = deque()
         self._writer: _WriterThread | None = None
         self._writing: asyncio.Future[None] | None = None  # the running commit, done with it
+        self._checkpoint_timer: asyncio.TimerHandle | None = None
+        self._checkpoint_wanted = False  # the next batch sealed is a checkpoint
         self._dirty_conns: list[InboundConnection] = []
         self._dirty_links: dict[NodeId, PeerLink] = {}
         self._turn_scheduled = False
@@ -655,6 +657,9 @@ class NodeRunner:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._checkpoint_timer is not None:
+            self._checkpoint_timer.cancel()
+            self._checkpoint_timer = None
         self._armed_deadline = None
         if self._server is not None:
             self._server.close()
@@ -840,12 +845,25 @@ class NodeRunner:
     def _start_write(self, storage: DriverStorage) -> None:
         """Seal the open batch and commit it on the writer thread."""
         try:
-            batch = storage.seal()
+            batch = storage.seal(checkpoint=self._checkpoint_wanted)
         except Exception as exc:
             self._crash(f"sealing the batch failed: {type(exc).__name__}: {exc}", exc)
             return
         if batch is not None:
+            if batch.checkpoint:
+                self._checkpoint_wanted = False
             self._submit(storage, batch)
+
+    def _checkpoint_due(self) -> None:
+        """``checkpoint_interval_ms`` after a batch went to the log: the next batch written
+        is a checkpoint (now, if the writer is idle)."""
+        self._checkpoint_timer = None
+        storage = self._storage
+        if self.state is not RunnerState.RUNNING or storage is None:
+            return
+        self._checkpoint_wanted = True
+        if self._writing is None:
+            self._start_write(storage)
 
     def _submit(self, storage: DriverStorage, batch: SealedBatch) -> None:
         loop = self._loop
@@ -885,6 +903,14 @@ class NodeRunner:
             self._submit(storage, outcome.batch)
             return
         self.stats.commits += 1
+        if outcome.batch.checkpoint:
+            if self._checkpoint_timer is not None:
+                self._checkpoint_timer.cancel()
+                self._checkpoint_timer = None
+        elif self._checkpoint_timer is None and self._loop is not None:
+            self._checkpoint_timer = self._loop.call_later(
+                self.config.checkpoint_interval_ms / 1000, self._checkpoint_due
+            )
         if storage.pending:  # everything stepped while that commit ran: the next group
             self._start_write(storage)
         self._release_durable(storage)

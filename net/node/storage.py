@@ -18,7 +18,8 @@
   ``write`` makes a sealed batch durable and may run on a dedicated writer thread: it
   appends the batch to the node's write-ahead log and syncs that (``net.node.wal``: one
   write and one fdatasync), or, every ``NetConfig.checkpoint_batches`` batches (or
-  ``checkpoint_bytes``), commits it with every batch before it that LMDB does not hold yet
+  ``checkpoint_bytes``, or when the caller asks: the runner does ``checkpoint_interval_ms``
+  after a batch went to the log), commits it with every batch before it that LMDB does not hold yet
   in one LMDB transaction (``sync=True``: fdatasync of the data, then a synchronous meta
   page write) that also records the log's state, and starts the log over (a *checkpoint*).
   ``written`` (back on the owner's thread) advances ``durable_seq``; after a checkpoint it
@@ -599,6 +600,11 @@ class LmdbStorage:
         return bool(self._open.writes)
 
     @property
+    def held(self) -> int:
+        """Sealed batches LMDB does not hold yet (durable in the log, or not yet durable)."""
+        return len(self._sealed)
+
+    @property
     def unwritten(self) -> int:
         """Sealed batches not yet durable (being written, or waiting for their turn)."""
         return sum(1 for layer in self._sealed if layer.seq > self.durable_seq)
@@ -707,16 +713,20 @@ class LmdbStorage:
             )
         self._pending_tables.add(table)
 
-    def seal(self) -> SealedBatch | None:
+    def seal(self, *, checkpoint: bool = False) -> SealedBatch | None:
         """Close the open batch (None if it has no writes); later writes go to a new one.
         The sealed batch stays readable until a checkpoint has put it in LMDB.
 
         It is a checkpoint batch once the layers not in LMDB (this one included) number
-        ``checkpoint_batches`` or hold ``checkpoint_bytes``: ``write`` then commits them all
-        to LMDB instead of appending this one to the log."""
+        ``checkpoint_batches`` or hold ``checkpoint_bytes``, or if ``checkpoint`` is asked:
+        ``write`` then commits them all to LMDB instead of appending this one to the log.
+        With ``checkpoint`` and no open writes, the batch is a checkpoint of the layers
+        already sealed (None if LMDB holds everything)."""
         self._check_usable()
         layer = self._open
         if not layer.writes:
+            if checkpoint and self._sealed:
+                return SealedBatch(self._sealed[-1], checkpoint=tuple(self._sealed))
             return None
         layer.seq = self._next_seq
         self._next_seq += 1
@@ -724,7 +734,8 @@ class LmdbStorage:
         self._held_bytes += layer.bytes
         self._open = _Layer()
         if (
-            len(self._sealed) >= self._checkpoint_batches
+            checkpoint
+            or len(self._sealed) >= self._checkpoint_batches
             or self._held_bytes >= self._checkpoint_bytes
         ):
             return SealedBatch(layer, checkpoint=tuple(self._sealed))
@@ -839,10 +850,9 @@ class LmdbStorage:
         writing anything. Not to be called while a ``write`` runs on another thread.
         """
         self._check_usable()
-        self.seal()
-        if not self._sealed:
+        batch = self.seal(checkpoint=True)
+        if batch is None:
             return False
-        batch = SealedBatch(self._sealed[-1], checkpoint=tuple(self._sealed))
         while True:  # bounded: a full map doubles, up to its ceiling, then StorageFull
             try:
                 outcome = self.write(batch)
