@@ -439,6 +439,36 @@ def test_a_quiet_node_checkpoints_its_log_within_the_interval(tmp_path: Path) ->
     run_async(main())
 
 
+def test_a_checkpoint_due_during_a_write_follows_it_on_a_quiet_node(tmp_path: Path) -> None:
+    """The interval ends while a batch is being written to the log and nothing is written
+    after it: the checkpoint follows that write at once, not at the next write."""
+    config = replace(FAST, checkpoint_batches=1000, checkpoint_interval_ms=50)
+
+    async def main() -> None:
+        runner = make_runner(tmp_path, config=config, storage_opener=gated_opener)
+        await runner.start()
+        storage = runner.storage
+        assert isinstance(storage, GatedStorage)
+        client = await connect(runner)
+        assert await client.call(Incr(), T) == Count(n=1)  # arms the interval (50 ms)
+        # Any interval armed from now on is a minute: only the one armed above can end.
+        runner.config = replace(config, checkpoint_interval_ms=60_000)
+        storage.gate.clear()
+        storage.started.clear()
+        second = asyncio.ensure_future(client.call(Incr(), T))
+        await wait_until(storage.started.is_set, what="the second write to start")
+        await asyncio.sleep(0.1)  # the interval ends meanwhile
+        checkpoints = storage.checkpoints
+        storage.gate.set()
+        assert await second == Count(n=2)
+        await wait_until(lambda: storage.held == 0, what="the checkpoint")
+        assert storage.checkpoints == checkpoints + 1
+        await client.close()
+        await runner.stop()
+
+    run_async(main())
+
+
 def test_timer_wakes_the_node_at_its_deadline(tmp_path: Path) -> None:
     async def main() -> None:
         runner = make_runner(tmp_path, tick_ms=20)

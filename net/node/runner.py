@@ -849,9 +849,9 @@ class NodeRunner:
         except Exception as exc:
             self._crash(f"sealing the batch failed: {type(exc).__name__}: {exc}", exc)
             return
+        if batch is None or batch.checkpoint:
+            self._checkpoint_wanted = False  # done now, or nothing left for LMDB to take
         if batch is not None:
-            if batch.checkpoint:
-                self._checkpoint_wanted = False
             self._submit(storage, batch)
 
     def _checkpoint_due(self) -> None:
@@ -911,7 +911,7 @@ class NodeRunner:
             self._checkpoint_timer = self._loop.call_later(
                 self.config.checkpoint_interval_ms / 1000, self._checkpoint_due
             )
-        if storage.pending:  # everything stepped while that commit ran: the next group
+        if storage.pending or self._checkpoint_wanted:  # the next group, or a checkpoint due
             self._start_write(storage)
         self._release_durable(storage)
 
