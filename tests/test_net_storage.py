@@ -772,12 +772,17 @@ def test_a_checkpoint_is_due_by_bytes_too(tmp_path: Path) -> None:
         s.close()
 
 
-def test_a_torn_tail_is_dropped_and_what_was_synced_is_kept(tmp_path: Path) -> None:
-    config = NetConfig(checkpoint_batches=100)
-    s = open_storage(tmp_path, config)
+def _three_batches_in_the_log(data_dir: Path, config: NetConfig) -> Path:
+    """Three batches durable in the log only (a crash after them); the log's path."""
+    s = open_storage(data_dir, config)
     _write_batches(s, [[Put(table="t", key=k(i), value=b"v" * 50)] for i in range(3)])
     s.close()
-    path = tmp_path / WAL_NAME
+    return data_dir / WAL_NAME
+
+
+def test_a_torn_tail_is_dropped_and_what_was_synced_is_kept(tmp_path: Path) -> None:
+    config = NetConfig(checkpoint_batches=100)
+    path = _three_batches_in_the_log(tmp_path, config)
     whole = path.read_bytes()
     record = len(encode_record(1, [Put(table="t", key=k(0), value=b"v" * 50)], bytes(8)))
     for cut in (1, HEAD_BYTES - 1, HEAD_BYTES + 1, record - 1):
@@ -793,10 +798,7 @@ def test_a_torn_tail_is_dropped_and_what_was_synced_is_kept(tmp_path: Path) -> N
 
 def test_damage_before_the_end_of_the_log_refuses_to_open(tmp_path: Path) -> None:
     config = NetConfig(checkpoint_batches=100)
-    s = open_storage(tmp_path, config)
-    _write_batches(s, [[Put(table="t", key=k(i), value=b"v" * 50)] for i in range(3)])
-    s.close()
-    path = tmp_path / WAL_NAME
+    path = _three_batches_in_the_log(tmp_path, config)
     data = bytearray(path.read_bytes())
     data[HEAD_BYTES + 10] ^= 0x01  # a bit of the first record's payload
     path.write_bytes(bytes(data))
