@@ -222,6 +222,21 @@ class NodeCollector(Collector):
                     value=map_size,
                 )
             )
+        checkpoints = getattr(storage, "checkpoints", None)
+        held = getattr(storage, "held", None)
+        if isinstance(checkpoints, int) and isinstance(held, int):
+            families += [
+                CounterMetricFamily(
+                    "pxq_storage_checkpoints",
+                    "Checkpoints of the write-ahead log into LMDB (this incarnation).",
+                    value=checkpoints,
+                ),
+                GaugeMetricFamily(
+                    "pxq_storage_log_batches",
+                    "Batches sealed that LMDB does not hold yet (most durable in the log).",
+                    value=held,
+                ),
+            ]
         return families
 
     def _paxos(self, node: ReplicatedService[Any], now: Now) -> list[Metric]:

@@ -293,6 +293,8 @@ def test_the_metrics_endpoint_counts_enqueues_and_shows_lag_paxos_and_storage(
     used = one(samples, "pxq_storage_used_bytes")
     assert 0 < used <= one(samples, "pxq_storage_file_bytes")
     assert one(samples, "pxq_storage_map_size_bytes") >= used
+    assert one(samples, "pxq_storage_checkpoints_total") >= 1  # at least the open's
+    assert 0 <= one(samples, "pxq_storage_log_batches") <= NetConfig().checkpoint_batches
     assert one(samples, "pxq_storage_available_bytes") > one(samples, "pxq_storage_reserve_bytes")
     assert one(samples, "pxq_storage_short") == 0
     info = one(samples, "pxq_node_info", cluster="test", node="s0", service=STORE)
