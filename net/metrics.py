@@ -41,7 +41,13 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from net.errors import AddressInUse, StartupError
-from net.node.runner import COMMIT_SECONDS_BUCKETS, NodeRunner, monotonic_ms, wall_ms
+from net.node.runner import (
+    COMMIT_SECONDS_BUCKETS,
+    CommitTimes,
+    NodeRunner,
+    monotonic_ms,
+    wall_ms,
+)
 from pxq.effects import Now
 from pxq.paxos.roles import Role
 from pxq.paxos.service import ReplicatedService
@@ -134,19 +140,20 @@ class NodeCollector(Collector):
                 value=stats.alarms,
             ),
         ]
-        counts, sum_s = runner.commit_times.snapshot()
-        buckets: list[tuple[str, float]] = []
-        cumulative = 0
-        for bound, n in zip((*COMMIT_SECONDS_BUCKETS, float("inf")), counts, strict=True):
-            cumulative += n
-            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
         families.append(
-            HistogramMetricFamily(
+            _histogram(
                 "pxq_commit_seconds",
-                "Time of one storage commit on the writer thread (an LMDB transaction and its "
-                "fsync).",
-                buckets=buckets,
-                sum_value=sum_s,
+                "Time of one storage commit on the writer thread (an append to the "
+                "write-ahead log and its fdatasync, or an LMDB transaction and its fsync).",
+                runner.commit_times,
+            )
+        )
+        families.append(
+            _histogram(
+                "pxq_checkpoint_seconds",
+                "Time of one checkpoint on the checkpoint thread (an LMDB transaction of the "
+                "batches durable in the write-ahead log, and its fsync).",
+                runner.checkpoint_times,
             )
         )
         node = runner.node
@@ -223,13 +230,19 @@ class NodeCollector(Collector):
                 )
             )
         checkpoints = getattr(storage, "checkpoints", None)
+        rewinds = getattr(storage, "rewinds", None)
         held = getattr(storage, "held", None)
-        if isinstance(checkpoints, int) and isinstance(held, int):
+        if isinstance(checkpoints, int) and isinstance(held, int) and isinstance(rewinds, int):
             families += [
                 CounterMetricFamily(
                     "pxq_storage_checkpoints",
                     "Checkpoints of the write-ahead log into LMDB (this incarnation).",
                     value=checkpoints,
+                ),
+                CounterMetricFamily(
+                    "pxq_storage_log_rewinds",
+                    "Checkpoints that also started the write-ahead log over (this incarnation).",
+                    value=rewinds,
                 ),
                 GaugeMetricFamily(
                     "pxq_storage_log_batches",
@@ -324,6 +337,16 @@ class NodeCollector(Collector):
 
 
 _RUNNING_HELP: Final = "1 while the node runs (0 once it stopped or crashed)."
+
+
+def _histogram(name: str, documentation: str, times: CommitTimes) -> HistogramMetricFamily:
+    counts, sum_s = times.snapshot()
+    buckets: list[tuple[str, float]] = []
+    cumulative = 0
+    for bound, n in zip((*COMMIT_SECONDS_BUCKETS, float("inf")), counts, strict=True):
+        cumulative += n
+        buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+    return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=sum_s)
 
 
 class MetricsServer:

@@ -33,6 +33,7 @@ from net.logs import (
     log_event,
 )
 from net.metrics import REFUSAL_REASONS, MetricsServer
+from net.node.storage import BACKLOG_CHECKPOINTS
 from pxq.config import ClusterConfig, loads_config
 from pxq.config.parser import ConfigError
 from tests.test_net_cluster import cluster_toml, free_ports
@@ -294,7 +295,13 @@ def test_the_metrics_endpoint_counts_enqueues_and_shows_lag_paxos_and_storage(
     assert 0 < used <= one(samples, "pxq_storage_file_bytes")
     assert one(samples, "pxq_storage_map_size_bytes") >= used
     assert one(samples, "pxq_storage_checkpoints_total") >= 1  # at least the open's
-    assert 0 <= one(samples, "pxq_storage_log_batches") <= NetConfig().checkpoint_batches
+    assert one(samples, "pxq_storage_log_rewinds_total") >= 1  # the open's
+    # The checkpointer times every checkpoint but the open's (and may be done with one
+    # that the storage has not taken yet).
+    checkpoints = one(samples, "pxq_storage_checkpoints_total")
+    assert checkpoints - 1 <= one(samples, "pxq_checkpoint_seconds_count") <= checkpoints
+    held_max = BACKLOG_CHECKPOINTS * NetConfig().checkpoint_batches
+    assert 0 <= one(samples, "pxq_storage_log_batches") <= held_max
     assert one(samples, "pxq_storage_available_bytes") > one(samples, "pxq_storage_reserve_bytes")
     assert one(samples, "pxq_storage_short") == 0
     info = one(samples, "pxq_node_info", cluster="test", node="s0", service=STORE)

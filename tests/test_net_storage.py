@@ -32,13 +32,14 @@ from hypothesis import strategies as st
 
 from net.config import KIB, MIB, NetConfig
 from net.errors import DataDirError, DataDirMismatch, StorageError, StorageFull
-from net.node.storage import MARKER_NAME, WAL_TABLE, LmdbStorage, StorageSpace
+from net.node.storage import MARKER_NAME, WAL_TABLE, LmdbStorage, SealedBatch, StorageSpace
 from net.node.wal import HEAD_BYTES, WAL_NAME, WalCorrupt, encode_record, read_records
 from pxq.config import STORAGE_RESERVE_MIN_BYTES, default_toml, loads_config
 from pxq.effects import Delete, DeleteRange, Put, StorageCorruption, StorageView, Write
 from sim.memstore import MemoryStore
 
 CONFIG = NetConfig(map_size_bytes=16 * MIB, scan_chunk_items=3)
+T = 10.0  # seconds a test waits for the other thread at most
 
 
 def open_storage(path: Path, config: NetConfig = CONFIG, node: str = "s0") -> LmdbStorage:
@@ -187,14 +188,14 @@ def test_put_of_a_key_lmdb_cannot_store_is_a_storage_error(tmp_path: Path) -> No
 
 _keys = st.binary(min_size=1, max_size=3).map(lambda b: b.replace(b"\x00", b"\x01"))
 _tables = st.sampled_from(["a", "b"])
-_ops = st.one_of(
-    st.builds(
-        lambda t, key, v: Put(table=t, key=key, value=v), _tables, _keys, st.binary(max_size=8)
-    ),
-    st.builds(lambda t, key: Delete(table=t, key=key), _tables, _keys),
-    st.builds(lambda t, a, b: DeleteRange(table=t, start=a, end=b), _tables, _keys, _keys),
-    st.just("commit"),
+_put = st.builds(
+    lambda t, key, v: Put(table=t, key=key, value=v), _tables, _keys, st.binary(max_size=8)
 )
+_delete = st.builds(lambda t, key: Delete(table=t, key=key), _tables, _keys)
+_delete_range = st.builds(
+    lambda t, a, b: DeleteRange(table=t, start=a, end=b), _tables, _keys, _keys
+)
+_ops = st.one_of(_put, _delete, _delete_range, st.just("commit"))
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -224,37 +225,89 @@ def test_storage_agrees_with_memory_store(
             s.close()
 
 
-_log_ops = st.one_of(_ops, st.just("durable"), st.just("crash"))
+_log_rounds = st.lists(
+    st.tuples(
+        st.lists(st.one_of(_put, _put, _put, _delete, _delete_range), min_size=1, max_size=3),
+        st.sampled_from(
+            ["durable"] * 4 + ["ckpt_start", "ckpt_end", "commit", "crash", "crash_late"]
+        ),
+    ),
+    min_size=3,
+    max_size=25,
+).map(lambda rounds: [op for writes, action in rounds for op in (*writes, action)])
+"""A few writes, then what happens to them (mostly ``durable``)."""
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ops=st.lists(_log_ops, max_size=50), batches=st.integers(1, 4))
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    ops=_log_rounds,
+    batches=st.sampled_from([1, 2, 2, 3, 4]),
+    checkpoint_bytes=st.sampled_from([64, 8 * MIB, 8 * MIB]),
+)
 def test_writes_durable_in_the_log_or_lmdb_and_only_those_survive_crashes(
-    ops: list[Write | str], batches: int
+    ops: list[Write | str], batches: int, checkpoint_bytes: int
 ) -> None:
-    """``durable`` makes the open batch durable as the runner does (seal, write, written:
-    the log, with a checkpoint every ``batches``), ``commit`` checkpoints everything,
-    ``crash`` closes without either and reopens (replaying the log). After every step the
-    storage reads as the model: everything applied while running, exactly what was durable
-    after a crash."""
-    config = NetConfig(map_size_bytes=4 * MIB, scan_chunk_items=2, checkpoint_batches=batches)
+    """``durable`` makes the open batch durable as the runner's writer does (seal, write,
+    written: an append to the log, or a checkpoint without a log), ``ckpt_start`` takes the
+    checkpoint ``checkpoint_due`` hands out and ``ckpt_end`` completes it, appends going on
+    meanwhile as on the runner's two threads (a full log or a backlog waits for it and
+    rewinds, as the runner does; after an append the checkpoint then due starts),
+    ``commit`` checkpoints everything, ``crash`` closes
+    without the running checkpoint and ``crash_late`` after its LMDB transaction but before
+    ``written``, and reopens (replaying the log). After every step the storage reads as the
+    model: everything applied while running, exactly what was durable after a crash. A small
+    ``checkpoint_bytes`` makes the log rewind every few batches."""
+    config = NetConfig(
+        map_size_bytes=4 * MIB,
+        scan_chunk_items=2,
+        checkpoint_batches=batches,
+        checkpoint_bytes=checkpoint_bytes,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         s = open_storage(Path(tmp), config)
         durable: list[Write] = []
         pending: list[Write] = []
+        running: SealedBatch | None = None  # the checkpoint on the other thread
         try:
             for op in ops:
+                if (
+                    op in ("durable", "commit")
+                    and running is not None
+                    and (op == "commit" or running.rewind)
+                ):
+                    s.written(s.checkpoint(running))  # an append waits for a rewind
+                    running = None
                 if op == "durable":
+                    if s.log_full or s.backlogged:  # the runner waits, then rewinds
+                        if running is not None:
+                            s.written(s.checkpoint(running))
+                            running = None
+                        due = s.checkpoint_due(writer_idle=True)
+                        if due is not None:
+                            s.written(s.checkpoint(due))
+                        assert not s.log_full and not s.backlogged
                     batch = s.seal()
                     if batch is not None:
                         s.written(s.write(batch))
                     durable += pending
                     pending = []
+                    if running is None:  # the runner hands out the checkpoint now due
+                        running = s.checkpoint_due(writer_idle=True)
+                elif op == "ckpt_start":
+                    if running is None:
+                        running = s.checkpoint_due(force=True, writer_idle=True)
+                elif op == "ckpt_end":
+                    if running is not None:
+                        s.written(s.checkpoint(running))
+                        running = None
                 elif op == "commit":
                     s.commit()
                     durable += pending
                     pending = []
-                elif op == "crash":
+                elif op in ("crash", "crash_late"):
+                    if running is not None and op == "crash_late":
+                        assert s.checkpoint(running).committed
+                    running = None
                     s.close()
                     s = open_storage(Path(tmp), config)
                     pending = []
@@ -698,16 +751,20 @@ def test_a_marker_without_data_is_refused_unless_replacing(tmp_path: Path) -> No
 
 
 def _write_batches(s: LmdbStorage, batches: list[list[Write]]) -> list[bool]:
-    """Seal, write and complete each batch as the runner does; whether each was a checkpoint."""
+    """Seal, write and complete each batch, then take the checkpoint that is due, as the
+    runner does (one after the other); whether a checkpoint followed each batch."""
     kinds = []
     for writes in batches:
         s.apply(writes)
         batch = s.seal()
         assert batch is not None
-        kinds.append(batch.checkpoint)
         outcome = s.write(batch)
         s.written(outcome)
         assert outcome.committed and s.durable_seq == batch.seq
+        due = s.checkpoint_due(writer_idle=True)
+        kinds.append(due is not None)
+        if due is not None:
+            s.written(s.checkpoint(due))
     return kinds
 
 
@@ -850,16 +907,27 @@ def test_read_records_takes_them_in_sequence_only() -> None:
     one = encode_record(5, [Put(table="t", key=b"a", value=b"1")], nonce)
     two = encode_record(6, [Delete(table="t", key=b"a")], nonce)
     three = encode_record(7, [DeleteRange(table="t", start=b"a", end=b"b")], nonce)
-    records = read_records(one + two + three, after=4, nonce=nonce, where="log")
-    assert [r.seq for r in records] == [5, 6, 7]
-    assert records[2].writes == (DeleteRange(table="t", start=b"a", end=b"b"),)
-    assert read_records(b"", after=4, nonce=nonce, where="log") == []
+    found = read_records(one + two + three, base=4, after=4, nonce=nonce, where="log")
+    assert [r.seq for r in found.records] == [5, 6, 7]
+    assert found.records[2].writes == (DeleteRange(table="t", start=b"a", end=b"b"),)
+    assert (found.last, found.end) == (7, len(one + two + three))
+    # The ones a checkpoint holds are checked and left out.
+    found = read_records(one + two + three, base=4, after=6, nonce=nonce, where="log")
+    assert [r.seq for r in found.records] == [7]
+    assert (found.last, found.end) == (7, len(one + two + three))
+    empty = read_records(b"", base=4, after=4, nonce=nonce, where="log")
+    assert (empty.records, empty.last, empty.end) == ((), 4, 0)
     with pytest.raises(WalCorrupt, match="where record 5 belongs"):
-        read_records(two + three, after=4, nonce=nonce, where="log")
+        read_records(two + three, base=4, after=4, nonce=nonce, where="log")
+    with pytest.raises(WalCorrupt, match="where record 5 belongs"):
+        read_records(two + three, base=4, after=6, nonce=nonce, where="log")
     with pytest.raises(WalCorrupt, match=r"record 7 at byte \d+ where record 6 belongs"):
-        read_records(one + three, after=4, nonce=nonce, where="log")
+        read_records(one + three, base=4, after=4, nonce=nonce, where="log")
+    with pytest.raises(WalCorrupt, match="older than the log's base"):
+        read_records(one, base=4, after=3, nonce=nonce, where="log")
     # Another nonce: nothing is a record.
-    assert read_records(one + two, after=4, nonce=b"87654321", where="log") == []
+    other = read_records(one + two, base=4, after=4, nonce=b"87654321", where="log")
+    assert (other.records, other.end) == ((), 0)
 
 
 def test_a_record_that_checks_but_does_not_decode_is_corruption() -> None:
@@ -868,7 +936,193 @@ def test_a_record_that_checks_but_does_not_decode_is_corruption() -> None:
     crc = zlib.crc32(payload, zlib.crc32(struct.pack(">QI", 1, len(payload)), zlib.crc32(nonce)))
     record = b"PXQW" + struct.pack(">QII", 1, len(payload), crc) + payload
     with pytest.raises(WalCorrupt, match="does not decode"):
-        read_records(record, after=0, nonce=nonce, where="log")
+        read_records(record, base=0, after=0, nonce=nonce, where="log")
+
+
+def _append(s: LmdbStorage, writes: list[Write]) -> None:
+    s.apply(writes)
+    batch = s.seal()
+    assert batch is not None and not batch.checkpoint
+    s.written(s.write(batch))
+
+
+def test_a_checkpoint_runs_beside_appends_and_a_crash_replays_only_what_it_lacks(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = NetConfig(checkpoint_batches=100)
+    s = open_storage(tmp_path, config)
+    checkpointer = ThreadPoolExecutor(1)
+    try:
+        _append(s, [Put(table="t", key=k(1), value=b"1")])
+        _append(s, [Put(table="t", key=k(2), value=b"2")])
+        assert s.checkpoint_due() is None  # 2 of 100 batches
+        due = s.checkpoint_due(force=True)
+        assert due is not None and due.checkpoint and not due.rewind and due.seq == 2
+        running = checkpointer.submit(s.checkpoint, due)
+        # Appends go on beside it, and reads see everything.
+        s.apply([Put(table="t", key=k(3), value=b"3"), Delete(table="t", key=k(1))])
+        third = s.seal()
+        assert third is not None and not third.checkpoint
+        s.written(s.write(third))
+        s.written(running.result(T))
+        assert s.held == 1 and s.durable_seq == 3  # batch 3 waits for the next checkpoint
+        assert dict(s.scan("t")) == {k(2): b"2", k(3): b"3"}
+    finally:
+        checkpointer.shutdown()
+        s.close()  # a crash: batch 3 is in the log only
+    caplog.set_level(logging.INFO, logger="pxq.net.storage")
+    s = open_storage(tmp_path, config)
+    try:
+        assert dict(s.scan("t")) == {k(2): b"2", k(3): b"3"}
+    finally:
+        s.close()
+    assert "replaying 1 batch(es) of the write-ahead log (3 to 3)" in caplog.text
+
+
+def test_a_crash_between_a_checkpoint_and_its_completion_loses_and_replays_nothing_twice(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = NetConfig(checkpoint_batches=100)
+    s = open_storage(tmp_path, config)
+    _append(s, [Put(table="t", key=b"n", value=b"1")])
+    _append(s, [Put(table="t", key=b"n", value=b"2")])
+    due = s.checkpoint_due(force=True)
+    assert due is not None
+    assert s.checkpoint(due).committed  # in LMDB, never announced by written()
+    _append(s, [Delete(table="t", key=b"n")])
+    s.close()
+    caplog.set_level(logging.INFO, logger="pxq.net.storage")
+    s = open_storage(tmp_path, config)
+    try:
+        assert s.get("t", b"n") is None  # batch 3 replayed over the checkpoint of 1 and 2
+    finally:
+        s.close()
+    assert "replaying 1 batch(es) of the write-ahead log (3 to 3)" in caplog.text
+
+
+def test_opening_a_log_the_checkpoint_holds_writes_nothing_and_appends_after_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = NetConfig(checkpoint_batches=2)
+    s = open_storage(tmp_path, config)
+    kinds = _write_batches(s, [[Put(table="t", key=k(i), value=b"v")] for i in range(2)])
+    assert kinds == [False, True]  # the checkpoint holds both; the log holds them too
+    log_bytes = (tmp_path / WAL_NAME).read_bytes()
+    s.close()
+    mdb = (tmp_path / "data.mdb").read_bytes()
+    caplog.set_level(logging.INFO, logger="pxq.net.storage")
+    s = open_storage(tmp_path, config)
+    try:
+        assert s.checkpoints == 0 and not s.log_full
+        assert (tmp_path / "data.mdb").read_bytes() == mdb  # nothing written at open
+        assert (tmp_path / WAL_NAME).read_bytes() == log_bytes
+        # The next batch is record 3 of the same log, after the first two.
+        _write_batches(s, [[Put(table="t", key=k(2), value=b"v")]])
+    finally:
+        s.close()
+    assert "replaying" not in caplog.text
+    s = open_storage(tmp_path, config)
+    try:
+        assert dict(s.scan("t")) == {k(i): b"v" for i in range(3)}
+    finally:
+        s.close()
+    assert "replaying 1 batch(es) of the write-ahead log (3 to 3)" in caplog.text
+
+
+def test_a_full_log_is_rewound_by_a_checkpoint_taken_while_no_append_runs(
+    tmp_path: Path,
+) -> None:
+    config = NetConfig(checkpoint_batches=100, checkpoint_bytes=100)
+    s = open_storage(tmp_path, config)
+    wal = tmp_path / WAL_NAME
+    try:
+        value = b"v" * 60
+        for i in range(6):
+            if s.log_full:
+                break
+            _append(s, [Put(table="t", key=k(i), value=value)])
+            due = s.checkpoint_due()  # 60 bytes a batch: every second one is due
+            if due is not None:
+                assert not due.rewind
+                s.written(s.checkpoint(due))
+        assert s.log_full and s.held <= 1  # 4 x 100 bytes of records
+        assert s.checkpoint_due() is None or not s.log_full  # not while an append may run
+        rewind = s.checkpoint_due(writer_idle=True)
+        assert rewind is not None and rewind.rewind
+        s.written(s.checkpoint(rewind))
+        assert not s.log_full and s.held == 0
+        # LMDB holds everything, and the log is full again: the rewind has no layers.
+        written = i
+        for j in range(written, written + 10):
+            if s.log_full:
+                break
+            _append(s, [Put(table="t", key=k(j), value=value)])
+            due = s.checkpoint_due(force=True)
+            if due is not None:
+                s.written(s.checkpoint(due))
+        assert s.log_full and s.held == 0
+        empty = s.checkpoint_due(writer_idle=True)
+        assert empty is not None and empty.rewind
+        s.written(s.checkpoint(empty))
+        assert not s.log_full
+        _append(s, [Put(table="t", key=b"last", value=b"x")])
+        head = wal.read_bytes()[:HEAD_BYTES]
+        assert head[:4] == b"PXQW"
+        assert struct.unpack(">Q", head[4:12])[0] == s.durable_seq  # the log starts with it
+        expected = dict(s.scan("t"))
+    finally:
+        s.close()  # a crash: the last batch is in the log only
+    s = open_storage(tmp_path, config)
+    try:
+        assert dict(s.scan("t")) == expected and s.get("t", b"last") == b"x"
+    finally:
+        s.close()
+
+
+def test_appends_wait_for_a_checkpoint_that_lags_far_behind(tmp_path: Path) -> None:
+    s = open_storage(tmp_path, NetConfig(checkpoint_batches=2, checkpoint_bytes=8 * MIB))
+    try:
+        for i in range(8):
+            assert not s.backlogged
+            _append(s, [Put(table="t", key=k(i), value=b"v")])
+        assert s.backlogged and s.held == 8  # 4 x 2 batches not in LMDB
+        due = s.checkpoint_due()
+        assert due is not None and due.seq == 8
+        s.written(s.checkpoint(due))
+        assert not s.backlogged and s.held == 0
+    finally:
+        s.close()
+
+
+def test_the_log_state_of_before_checkpoints_ran_beside_it_is_read(tmp_path: Path) -> None:
+    """Until checkpoints ran on their own thread, each rewound the log, and the state was the
+    last batch and the nonce alone (16 bytes)."""
+    config = NetConfig(checkpoint_batches=100)
+    s = open_storage(tmp_path, config)
+    _write_batches(s, [[Put(table="t", key=b"a", value=b"1")]])
+    s.close()
+    env = lmdb.open(str(tmp_path), max_dbs=8, map_size=16 * MIB)
+    try:
+        db = env.open_db(WAL_TABLE.encode())
+        with env.begin(write=True) as txn:
+            raw = txn.get(b"state", db=db)
+            assert raw is not None and len(raw) == 8 + 8 + 8 + 4
+            seq, base = struct.unpack(">QQ", raw[:16])
+            assert (seq, base) == (0, 0)
+            old = struct.pack(">Q", seq) + raw[16:24]
+            seed = zlib.crc32(WAL_TABLE.encode())
+            txn.put(
+                b"state",
+                old + struct.pack(">I", zlib.crc32(old, zlib.crc32(b"state", seed))),
+                db=db,
+            )
+    finally:
+        env.close()
+    s = open_storage(tmp_path, config)  # replays record 1 under the old state
+    try:
+        assert s.get("t", b"a") == b"1"
+    finally:
+        s.close()
 
 
 def test_the_log_state_table_is_reserved(tmp_path: Path) -> None:

@@ -12,10 +12,14 @@ It implements the driver contract of ``pxq.effects`` the way ``sim.world.NodeHos
   schedules one end-of-turn callback (``loop.call_soon``). It runs before the I/O callbacks of
   the next loop iteration, so it covers every input the previous poll delivered. If no commit
   is running, it seals the open batch and hands it to the node's one writer thread, which
-  makes it durable (appended to the write-ahead log and synced, or, now and then, a
-  checkpoint into LMDB: ``net.node.storage``) while the loop keeps receiving and stepping; the
-  writes of steps taken meanwhile form the next batch, sealed as soon as the running commit
-  completes. Batches commit one at a time, in order.
+  makes it durable (appended to the write-ahead log and synced: ``net.node.storage``) while
+  the loop keeps receiving and stepping; the writes of steps taken meanwhile form the next
+  batch, sealed as soon as the running commit completes. Batches commit one at a time, in
+  order. A second thread, the checkpointer, moves the batches durable in the log into LMDB
+  (``LmdbStorage.checkpoint_due``: every ``checkpoint_batches`` batches, or
+  ``checkpoint_interval_ms`` after a batch went to the log), one checkpoint at a time,
+  beside the appends; when the log must start over (``log_full``), or checkpoints lag far
+  behind (``backlogged``), appends wait for it.
 * Output waits for durability: each step's sends and replies are tagged with the batch that
   holds the last write applied so far (its own, or an earlier step's that it may have read),
   and are released, in step order, only once that batch is durable; each connection's frames
@@ -241,7 +245,22 @@ class DriverStorage(StorageView, Protocol):
 
     def apply(self, writes: tuple[Write, ...]) -> None: ...
 
+    @property
+    def held(self) -> int: ...
+
+    @property
+    def log_full(self) -> bool: ...
+
+    @property
+    def backlogged(self) -> bool: ...
+
     def seal(self, *, checkpoint: bool = False) -> SealedBatch | None: ...
+
+    def checkpoint_due(
+        self, *, force: bool = False, writer_idle: bool = False
+    ) -> SealedBatch | None: ...
+
+    def checkpoint(self, batch: SealedBatch) -> WriteOutcome: ...
 
     def write(self, batch: SealedBatch) -> WriteOutcome: ...
 
@@ -287,8 +306,9 @@ _WriteDone = Callable[[asyncio.Future[None], WriteOutcome | None, BaseException 
 
 
 class _WriterThread:
-    """The runner's one writer thread: commits the sealed batches it is handed with ``write``,
-    one at a time and in order, then calls ``done(fut, outcome, error)`` on the loop
+    """A thread of the runner that writes to storage: the writer (``write``: the sealed
+    batches) or the checkpointer (``checkpoint``). It commits the batches it is handed, one
+    at a time and in order, then calls ``done(fut, outcome, error)`` on the loop
     (``call_soon_threadsafe``) with the future the batch was submitted with. Cheaper per commit
     than ``loop.run_in_executor``: no executor future with its locks, no chained asyncio
     future. ``shutdown`` lets a running commit finish, then joins the thread; a thread whose
@@ -306,19 +326,35 @@ class _WriterThread:
             queue.SimpleQueue()
         )
         self.times = times
+        self.running: asyncio.Future[None] | None = None
+        """Done once the running batch is (``submit``, ``take``)."""
         self._loop = loop
         self._write = write
         self._done = done
         self._thread = threading.Thread(target=self._run, name=name)
         self._thread.start()
 
-    def submit(self, batch: SealedBatch, fut: asyncio.Future[None]) -> None:
+    def submit(self, batch: SealedBatch) -> None:
+        """Hand ``batch`` over (on the loop); it is ``running`` until ``take`` of it."""
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self.running = fut
         self._jobs.put((batch, fut))
+
+    def take(self, fut: asyncio.Future[None]) -> bool:
+        """On the loop, in ``done``: whether ``fut`` is the running batch's (it no longer
+        runs then), and not one of before a ``shutdown``."""
+        if not fut.done():
+            fut.set_result(None)
+        if fut is not self.running:
+            return False
+        self.running = None
+        return True
 
     def shutdown(self) -> None:
         """Let the running commit finish, then stop and join the thread."""
         self._jobs.put(None)
         self._thread.join()
+        self.running = None
 
     def _run(self) -> None:
         jobs = self._jobs
@@ -364,6 +400,7 @@ class RunnerStats:
     steps: int = 0
     turns: int = 0
     commits: int = 0
+    checkpoints: int = 0
     map_full_rewrites: int = 0
     sends: int = 0
     replies: int = 0
@@ -450,6 +487,7 @@ class NodeRunner:
         self.requests: dict[type, int] = {}
         """Client calls received, per request type (refused ones included)."""
         self.commit_times = CommitTimes()
+        self.checkpoint_times = CommitTimes()
         self._alarm_second = -1
         self._alarms_logged = 0
         self._alarms_unlogged = 0
@@ -472,9 +510,10 @@ class NodeRunner:
         # Output held until durable: (batch it waits for, sends, replies), in step order.
         self._outbox: deque[tuple[int, tuple[Send, ...], tuple[Reply, ...]]] = deque()
         self._writer: _WriterThread | None = None
-        self._writing: asyncio.Future[None] | None = None  # the running commit, done with it
+        self._checkpointer: _WriterThread | None = None
+        self._rewinding = False  # the running checkpoint rewinds the log: no append meanwhile
         self._checkpoint_timer: asyncio.TimerHandle | None = None
-        self._checkpoint_wanted = False  # the next batch sealed is a checkpoint
+        self._checkpoint_wanted = False  # the next checkpoint takes whatever the log holds
         self._dirty_conns: list[InboundConnection] = []
         self._dirty_links: dict[NodeId, PeerLink] = {}
         self._turn_scheduled = False
@@ -557,6 +596,13 @@ class NodeRunner:
         self._server = server
         self._writer = _WriterThread(
             f"pxq-writer-{self.node_id}", loop, storage.write, self._write_done, self.commit_times
+        )
+        self._checkpointer = _WriterThread(
+            f"pxq-checkpoint-{self.node_id}",
+            loop,
+            storage.checkpoint,
+            self._checkpoint_done,
+            self.checkpoint_times,
         )
         name = server.sockets[0].getsockname()
         self._address = (str(name[0]), int(name[1]))
@@ -674,11 +720,12 @@ class NodeRunner:
         self._calls.clear()
         for link in self._links.values():
             link.close()
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            # A commit still running must finish before the environment closes (LMDB).
-            writer.shutdown()
-        self._writing = None
+        for thread in (self._writer, self._checkpointer):
+            if thread is not None:
+                # A commit still running must finish before the environment closes (LMDB).
+                thread.shutdown()
+        self._writer = self._checkpointer = None
+        self._rewinding = False
         if self._storage is not None:
             try:
                 self._storage.close()
@@ -838,55 +885,104 @@ class NodeRunner:
         if self._timer_stale:
             self._timer_stale = False
             self._arm_timer()
-        if self._writing is None and storage.pending:
-            self._start_write(storage)
+        writer = self._writer
+        if storage.pending and writer is not None and writer.running is None:
+            self._start_writes(storage)  # a checkpoint falls due when a write or timer ends
         self._release_durable(storage)
 
-    def _start_write(self, storage: DriverStorage) -> None:
-        """Seal the open batch and commit it on the writer thread."""
-        try:
-            batch = storage.seal(checkpoint=self._checkpoint_wanted)
-        except Exception as exc:
-            self._crash(f"sealing the batch failed: {type(exc).__name__}: {exc}", exc)
+    def _start_writes(self, storage: DriverStorage) -> None:
+        """Start what may start: the next append (seal the open batch and hand it to the
+        writer), and the next checkpoint (to the checkpointer)."""
+        writer, checkpointer = self._writer, self._checkpointer
+        if writer is None or checkpointer is None:
             return
-        if batch is None or batch.checkpoint:
-            self._checkpoint_wanted = False  # done now, or nothing left for LMDB to take
-        if batch is not None:
-            self._submit(storage, batch)
+        if (
+            writer.running is None
+            and not self._rewinding
+            and storage.pending
+            and not storage.log_full
+            and not storage.backlogged
+        ):
+            try:
+                batch = storage.seal()
+            except Exception as exc:
+                self._crash(f"sealing the batch failed: {type(exc).__name__}: {exc}", exc)
+                return
+            if batch is not None:
+                writer.submit(batch)
+        if checkpointer.running is None:
+            try:
+                due = storage.checkpoint_due(
+                    force=self._checkpoint_wanted, writer_idle=writer.running is None
+                )
+            except Exception as exc:
+                self._crash(f"sealing a checkpoint failed: {type(exc).__name__}: {exc}", exc)
+                return
+            if due is not None:
+                self._checkpoint_wanted = False
+                self._rewinding = due.rewind
+                checkpointer.submit(due)
 
     def _checkpoint_due(self) -> None:
-        """``checkpoint_interval_ms`` after a batch went to the log: the next batch written
-        is a checkpoint (now, if the writer is idle)."""
+        """``checkpoint_interval_ms`` after a batch went to the log: the next checkpoint
+        takes whatever the log holds (now, if the checkpointer is idle)."""
         self._checkpoint_timer = None
         storage = self._storage
         if self.state is not RunnerState.RUNNING or storage is None:
             return
         self._checkpoint_wanted = True
-        if self._writing is None:
-            self._start_write(storage)
-
-    def _submit(self, storage: DriverStorage, batch: SealedBatch) -> None:
-        loop = self._loop
-        writer = self._writer
-        if loop is None or writer is None:
-            return
-        fut: asyncio.Future[None] = loop.create_future()
-        self._writing = fut
-        writer.submit(batch, fut)
+        self._start_writes(storage)
 
     def _write_done(
         self, fut: asyncio.Future[None], outcome: WriteOutcome | None, error: BaseException | None
     ) -> None:
         """On the loop, from the writer thread: the commit of ``fut`` finished (``outcome``),
         or ``storage.write`` raised ``error``."""
-        if not fut.done():
-            fut.set_result(None)
-        if fut is not self._writing:
-            return  # the runner stopped meanwhile
-        self._writing = None
+        storage = self._storage
+        if not self._completed(self._writer, fut, outcome, error) or storage is None:
+            return
+        assert outcome is not None
+        self.stats.commits += 1
+        if not outcome.batch.checkpoint and self._checkpoint_timer is None:
+            loop = self._loop
+            if loop is not None:
+                self._checkpoint_timer = loop.call_later(
+                    self.config.checkpoint_interval_ms / 1000, self._checkpoint_due
+                )
+        self._start_writes(storage)
+        self._release_durable(storage)
+
+    def _checkpoint_done(
+        self, fut: asyncio.Future[None], outcome: WriteOutcome | None, error: BaseException | None
+    ) -> None:
+        """On the loop, from the checkpointer: the checkpoint of ``fut`` finished
+        (``outcome``), or ``storage.checkpoint`` raised ``error``."""
+        storage = self._storage
+        if not self._completed(self._checkpointer, fut, outcome, error) or storage is None:
+            return
+        self._rewinding = False
+        self.stats.checkpoints += 1
+        if not storage.held and self._checkpoint_timer is not None:
+            self._checkpoint_timer.cancel()  # LMDB holds everything
+            self._checkpoint_timer = None
+        self._start_writes(storage)
+
+    def _completed(
+        self,
+        thread: _WriterThread | None,
+        fut: asyncio.Future[None],
+        outcome: WriteOutcome | None,
+        error: BaseException | None,
+    ) -> bool:
+        """Hand a thread's ``outcome`` to the storage (``written``); True if the batch is
+        now durable. False if the runner stopped meanwhile, crashed now because the thread
+        failed, or the batch went back to the thread after a full map (grown by
+        ``written``: the same batch again)."""
+        if thread is None or not thread.take(fut):
+            return False  # the runner stopped meanwhile
         storage = self._storage
         if self.state is not RunnerState.RUNNING or storage is None:
-            return
+            return False
         try:
             if error is not None:
                 raise error
@@ -894,26 +990,15 @@ class NodeRunner:
             storage.written(outcome)
         except (StorageError, StorageCorruption) as exc:
             self._crash(f"commit failed: {type(exc).__name__}: {exc}", exc)
-            return
+            return False
         except Exception as exc:
             self._crash(f"commit raised {type(exc).__name__}: {exc}", exc)
-            return
-        if not outcome.committed:  # a full map, grown by written(): the same batch again
+            return False
+        if not outcome.committed:
             self.stats.map_full_rewrites += 1
-            self._submit(storage, outcome.batch)
-            return
-        self.stats.commits += 1
-        if outcome.batch.checkpoint:
-            if self._checkpoint_timer is not None:
-                self._checkpoint_timer.cancel()
-                self._checkpoint_timer = None
-        elif self._checkpoint_timer is None and self._loop is not None:
-            self._checkpoint_timer = self._loop.call_later(
-                self.config.checkpoint_interval_ms / 1000, self._checkpoint_due
-            )
-        if storage.pending or self._checkpoint_wanted:  # the next group, or a checkpoint due
-            self._start_write(storage)
-        self._release_durable(storage)
+            thread.submit(outcome.batch)
+            return False
+        return True
 
     def _release_durable(self, storage: DriverStorage) -> None:
         """Release held output whose batch is durable (in step order), then write it out."""
@@ -933,18 +1018,18 @@ class NodeRunner:
             link.flush()
 
     async def _finish_writes(self) -> None:
-        """For a graceful stop: wait for the running commit, commit the rest on this thread,
-        release everything."""
+        """For a graceful stop: wait for the running commit and checkpoint, commit the rest
+        on this thread, release everything."""
         for _ in range(STOP_WRITE_WAITS_MAX):
-            writing = self._writing
-            if writing is None:
+            running = self._running()
+            if not running:
                 break
-            await asyncio.wait((writing,))
-            await asyncio.sleep(0)  # let _write_done run (it may start the next batch)
+            await asyncio.wait(running)
+            await asyncio.sleep(0)  # let the done callbacks run (they may start the next)
         storage = self._storage
         if self.state is not RunnerState.RUNNING or storage is None:
             return
-        if self._writing is not None:
+        if self._running():
             self._crash("the last commits did not finish while stopping", None)
             return
         try:
@@ -957,6 +1042,11 @@ class NodeRunner:
             self._crash(f"commit raised {type(exc).__name__}: {exc}", exc)
             return
         self._release_durable(storage)
+
+    def _running(self) -> list[asyncio.Future[None]]:
+        """The futures of the batches the writer and the checkpointer are committing."""
+        threads = (self._writer, self._checkpointer)
+        return [t.running for t in threads if t is not None and t.running is not None]
 
     def _release(self, sends: tuple[Send, ...], replies: tuple[Reply, ...]) -> None:
         """Hand durable output to the connections (written at the end of the turn)."""

@@ -17,20 +17,26 @@
   with sorted keys, plus the deleted ranges). ``seal`` closes it and numbers it (1, 2, ...);
   ``write`` makes a sealed batch durable and may run on a dedicated writer thread: it
   appends the batch to the node's write-ahead log and syncs that (``net.node.wal``: one
-  write and one fdatasync), or, every ``NetConfig.checkpoint_batches`` batches (or
-  ``checkpoint_bytes``, or when the caller asks: the runner does ``checkpoint_interval_ms``
-  after a batch went to the log), commits it with every batch before it that LMDB does not hold yet
+  write and one fdatasync). Batches durable in the log move into LMDB in a *checkpoint*:
+  ``checkpoint_due`` hands out one once they number ``NetConfig.checkpoint_batches`` or hold
+  ``checkpoint_bytes`` (or when the caller forces it: the runner does
+  ``checkpoint_interval_ms`` after a batch went to the log), and ``checkpoint`` commits them
   in one LMDB transaction (``sync=True``: fdatasync of the data, then a synchronous meta
-  page write) that also records the log's state, and starts the log over (a *checkpoint*).
-  ``written`` (back on the owner's thread) advances ``durable_seq``; after a checkpoint it
-  drops its layers from the overlay. Reads (``get``, ``scan``) look through the open layer,
-  then the sealed layers newest first (those durable in the log included), then a read
-  transaction on LMDB renewed after each checkpoint: a node reads its own writes whether
-  they are durable or not (read-your-writes, as ``pxq.effects`` requires). ``commit`` seals
-  and checkpoints everything at once on the calling thread (tests, tools, a runner's final
-  turn, so that a clean stop leaves nothing in the log). Opening a data dir writes the
-  log's batches that the last checkpoint does not hold into LMDB (a checkpoint) before
-  anything else.
+  page write) that also records the number of the last one. It may run on a second thread,
+  beside the appends, which it does not wait for. Once the log has grown past
+  ``LOG_REWIND_CHECKPOINTS`` times ``checkpoint_bytes``, the caller stops appending
+  (``log_full``) and the next checkpoint, taken with no append running, *rewinds* the log:
+  it holds every batch the log holds, draws the log's next nonce, and the log starts over.
+  With ``checkpoint_batches = 1`` there is no log: every sealed batch is such a checkpoint,
+  written by ``write``. ``written`` (back on the owner's thread) advances ``durable_seq``;
+  after a checkpoint it drops its layers from the overlay. Reads (``get``, ``scan``) look
+  through the open layer, then the sealed layers newest first (those durable in the log
+  included), then a read transaction on LMDB renewed after each checkpoint: a node reads
+  its own writes whether they are durable or not (read-your-writes, as ``pxq.effects``
+  requires). ``commit`` seals everything and rewinds at once on the calling thread (tests,
+  tools, a runner's final turn, so that a clean stop leaves nothing in the log). Opening a
+  data dir writes the log's batches that the last checkpoint does not hold into LMDB (a
+  rewinding checkpoint) before anything else.
   The runner (``net.node.runner``) seals all steps of one loop turn into one batch (group commit)
   and keeps stepping while the writer thread syncs it;
 * a full map: a checkpoint's ``write`` reports it before anything is written (a batch in the
@@ -49,11 +55,12 @@
   plus the reserve, so that the writes that free space (cursor commits, retention) fit
   instead of stopping the node at its first write of every incarnation.
 
-Threads: ``write`` touches nothing the other methods change, and LMDB is opened with
-``MDB_NOTLS`` (py-lmdb always does), so a read transaction on the owner's thread and the
-write transaction on the writer thread coexist. Everything else belongs to one thread, and at
-most one ``write`` runs at a time, in sealing order; nothing else (``close`` included) may run
-while a ``write`` is running.
+Threads: ``write`` and ``checkpoint`` touch nothing the other methods change, and LMDB is
+opened with ``MDB_NOTLS`` (py-lmdb always does), so a read transaction on the owner's thread
+and the write transaction of a checkpoint on another thread coexist. Everything else belongs
+to one thread. At most one ``write`` runs at a time, in sealing order, and at most one
+``checkpoint``, beside it unless it rewinds; a ``write`` that is a checkpoint (no log) runs
+alone. Nothing else (``close`` included) may run while either is running.
 
 LMDB keys are 1 to 511 bytes: a ``Put`` of an empty or longer key raises ``StorageError``;
 reads and deletes of such keys find nothing.
@@ -80,7 +87,7 @@ import lmdb
 from net.config import NetConfig
 from net.errors import DataDirError, DataDirMismatch, StorageError, StorageFull
 from net.files import FILE_MODE, private_dir
-from net.node.wal import NONCE_BYTES, WalFile, WalRecord, encode_record
+from net.node.wal import NONCE_BYTES, WalContents, WalFile, encode_record
 from pxq.config.identity import describe_cluster
 from pxq.effects import Delete, DeleteRange, Put, StorageCorruption, Write
 from pxq.sorted_table import MISSING, PendingTable
@@ -106,9 +113,15 @@ _CRC_BYTES = _CRC.size
 WAL_TABLE: Final = "pxq.wal"
 """The table where each checkpoint records the log's state (no node may use this name)."""
 _WAL_KEY: Final = b"state"
-_WAL_STATE = struct.Struct(">Q")  # the last batch the checkpoint holds; the nonce follows
+_WAL_STATE = struct.Struct(">QQ")  # the last batch LMDB holds, the log's base; the nonce follows
+_WAL_STATE_V1 = struct.Struct(">Q")  # before checkpoints ran beside the log: base = last batch
 _WAL_SEED: Final = crc32(WAL_TABLE.encode())
 _RECOVERY_GROWS_MAX: Final = 40
+LOG_REWIND_CHECKPOINTS: Final = 4
+"""The log is rewound once it holds this many times ``checkpoint_bytes``."""
+BACKLOG_CHECKPOINTS: Final = 4
+"""Appends wait while the batches not in LMDB number this many times ``checkpoint_batches``
+or hold this many times ``checkpoint_bytes`` (a checkpoint lagging behind the log)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,20 +175,33 @@ class _Layer:
 
 
 class SealedBatch:
-    """The writes handed to one ``write`` (``LmdbStorage.seal``); opaque to callers. A
-    checkpoint batch carries every layer not yet in LMDB up to its own (oldest first)."""
+    """The writes handed to one ``write`` (``LmdbStorage.seal``) or ``checkpoint``
+    (``LmdbStorage.checkpoint_due``); opaque to callers. A checkpoint batch carries the
+    layers it moves into LMDB, up to its own (oldest first)."""
 
-    __slots__ = ("_checkpoint", "_layer")
+    __slots__ = ("_checkpoint", "_layer", "_rewind")
 
-    def __init__(self, layer: _Layer, checkpoint: tuple[_Layer, ...] | None = None) -> None:
+    def __init__(
+        self,
+        layer: _Layer,
+        checkpoint: tuple[_Layer, ...] | None = None,
+        *,
+        rewind: bool = False,
+    ) -> None:
         self._layer = layer
         self._checkpoint = checkpoint
+        self._rewind = rewind
 
     @property
     def checkpoint(self) -> bool:
-        """Whether ``write`` commits this batch (and the layers before it) to LMDB, rather
-        than appending it to the write-ahead log."""
+        """Whether this batch commits its layers to LMDB, rather than appending one to the
+        write-ahead log."""
         return self._checkpoint is not None
+
+    @property
+    def rewind(self) -> bool:
+        """Whether this checkpoint also starts the log over (no append may run beside it)."""
+        return self._rewind
 
     @property
     def seq(self) -> int:
@@ -267,6 +293,8 @@ class LmdbStorage:
     module docstring for the layers and the writer-thread protocol)."""
 
     __slots__ = (
+        "_backlog_batches",
+        "_backlog_bytes",
         "_checkpoint_batches",
         "_checkpoint_bytes",
         "_chunk",
@@ -277,6 +305,8 @@ class LmdbStorage:
         "_key_max",
         "_lmdb_seq",
         "_lock_fd",
+        "_log_base",
+        "_log_rewind_bytes",
         "_main_db",
         "_map_limit",
         "_map_size",
@@ -298,6 +328,7 @@ class LmdbStorage:
         "durable_seq",
         "map_grows",
         "path",
+        "rewinds",
     )
 
     def __init__(
@@ -311,6 +342,7 @@ class LmdbStorage:
         wal: WalFile,
         wal_db: lmdb._Database,
         wal_seq: int,
+        log_base: int,
         nonce: bytes,
     ) -> None:
         """Use ``LmdbStorage.open``."""
@@ -342,11 +374,17 @@ class LmdbStorage:
         self._wal = wal
         self._wal_db = wal_db
         self._wal_base = wal_seq  # the log's number of this incarnation's batch 0
+        self._log_base = log_base  # the log's number of the record before its first
         self._nonce = nonce  # what the log's records are checksummed with (net.node.wal)
         self._lmdb_seq = 0  # the last batch LMDB holds (a checkpoint's)
         self._checkpoint_batches = config.checkpoint_batches
         self._checkpoint_bytes = config.checkpoint_bytes
+        self._log_rewind_bytes = LOG_REWIND_CHECKPOINTS * config.checkpoint_bytes
+        self._backlog_batches = BACKLOG_CHECKPOINTS * config.checkpoint_batches
+        self._backlog_bytes = BACKLOG_CHECKPOINTS * config.checkpoint_bytes
         self.checkpoints = 0
+        self.rewinds = 0
+        """Checkpoints that started the log over (the one at opening included)."""
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -395,8 +433,10 @@ class LmdbStorage:
             try:
                 tables = _existing_tables(env, path)
                 wal_db = _open_wal_db(env, path)
-                wal_seq, nonce = _wal_state(env, wal_db, path)
-                wal, records = WalFile.open(path, after=wal_seq, nonce=nonce, mode=FILE_MODE)
+                wal_seq, log_base, nonce = _wal_state(env, wal_db, path)
+                wal, contents = WalFile.open(
+                    path, base=log_base, after=wal_seq, nonce=nonce, mode=FILE_MODE
+                )
             except BaseException:
                 env.close()
                 raise
@@ -412,6 +452,7 @@ class LmdbStorage:
                     wal=wal,
                     wal_db=wal_db,
                     wal_seq=wal_seq,
+                    log_base=log_base,
                     nonce=nonce,
                 )
             except BaseException:
@@ -422,21 +463,23 @@ class LmdbStorage:
             os.close(lock_fd)
             raise
         try:
-            storage._recover(records)
+            storage._recover(contents)
         except BaseException:
             storage.close()
             raise
         return storage
 
-    def _recover(self, records: list[WalRecord]) -> None:
-        """Write the log's records (what the last checkpoint does not hold) into LMDB in one
-        checkpoint, which draws a new nonce, then start the log over. The map grows as far
-        as the records need, past ``map_size_max_bytes`` if need be: they are acknowledged
-        writes (the node then starts short of space, see ``allow_room``). Without records,
-        nothing is written (opening a data dir to read it syncs nothing), unless the log has
-        no nonce yet (a new data dir, or one from before the log)."""
-        if not records and self._nonce:
-            self._wal.reset()
+    def _recover(self, contents: WalContents) -> None:
+        """Write the log's records that the last checkpoint does not hold into LMDB in one
+        rewinding checkpoint. The map grows as far as the records need, past
+        ``map_size_max_bytes`` if need be: they are acknowledged writes (the node then starts
+        short of space, see ``allow_room``). Without such records, nothing is written
+        (opening a data dir to read it syncs nothing) and the log goes on after its last
+        record, unless the log has no nonce yet (a new data dir, or one from before the
+        log), or its records stop short of the checkpoint (damage in what LMDB holds
+        anyway: the numbering would break)."""
+        records = contents.records
+        if not records and self._nonce and contents.last == self._wal_base:
             return
         for record in records:
             self._open.writes.extend(record.writes)
@@ -452,7 +495,7 @@ class LmdbStorage:
         layer = self._open
         layer.seq = 0
         self._open = _Layer()
-        batch = SealedBatch(layer, checkpoint=(layer,))
+        batch = SealedBatch(layer, checkpoint=(layer,), rewind=True)
         for _ in range(_RECOVERY_GROWS_MAX):
             outcome = self._checkpoint_write(batch, self._wal_base)
             if outcome.committed:
@@ -470,6 +513,7 @@ class LmdbStorage:
         for name, db in outcome.new_tables.items():
             self._tables[name] = _Table(db=db, crc_seed=crc32(name.encode()))
         self.checkpoints += 1
+        self.rewinds += 1
 
     # -- StorageView --------------------------------------------------------------------------
 
@@ -711,37 +755,86 @@ class LmdbStorage:
         """Close the open batch (None if it has no writes); later writes go to a new one.
         The sealed batch stays readable until a checkpoint has put it in LMDB.
 
-        It is a checkpoint batch once the layers not in LMDB (this one included) number
-        ``checkpoint_batches`` or hold ``checkpoint_bytes``, or if ``checkpoint`` is asked:
-        ``write`` then commits them all to LMDB instead of appending this one to the log.
-        With ``checkpoint`` and no open writes, the batch is a checkpoint of the layers
-        already sealed (None if LMDB holds everything)."""
+        ``write`` appends it to the log, unless there is no log (``checkpoint_batches``
+        is 1) or ``checkpoint`` is asked: it is then a rewinding checkpoint of every layer
+        LMDB lacks, which ``write`` commits to LMDB. With ``checkpoint`` and no open
+        writes, the batch is a rewinding checkpoint of the layers already sealed (None if
+        LMDB holds everything and the log is empty). A checkpoint is sealed only when no
+        ``write`` or ``checkpoint`` runs."""
         self._check_usable()
         layer = self._open
         if not layer.writes:
-            if checkpoint and self._sealed:
-                return SealedBatch(self._sealed[-1], checkpoint=tuple(self._sealed))
+            if checkpoint and (self._sealed or self._wal.offset):
+                return self._rewind_batch()
             return None
         layer.seq = self._next_seq
         self._next_seq += 1
         self._sealed.append(layer)
         self._held_bytes += layer.bytes
         self._open = _Layer()
-        if (
-            checkpoint
-            or len(self._sealed) >= self._checkpoint_batches
-            or self._held_bytes >= self._checkpoint_bytes
-        ):
-            return SealedBatch(layer, checkpoint=tuple(self._sealed))
+        if checkpoint or self._checkpoint_batches == 1:
+            return self._rewind_batch()
         return SealedBatch(layer)
 
+    def _rewind_batch(self) -> SealedBatch:
+        """A checkpoint of every sealed layer that also rewinds the log; no append runs."""
+        sealed = self._sealed
+        if sealed:
+            return SealedBatch(sealed[-1], checkpoint=tuple(sealed), rewind=True)
+        # LMDB holds everything: the checkpoint only records that and starts the log over.
+        empty = _Layer()
+        empty.seq = self.durable_seq
+        return SealedBatch(empty, checkpoint=(), rewind=True)
+
+    @property
+    def log_full(self) -> bool:
+        """Whether the log must be rewound before the next append: the caller waits for the
+        running append to finish, then takes the checkpoint ``checkpoint_due`` hands out."""
+        return self._wal.offset >= self._log_rewind_bytes
+
+    @property
+    def backlogged(self) -> bool:
+        """Whether the batches LMDB lacks are so many that appends should wait for the
+        running checkpoint (``BACKLOG_CHECKPOINTS``): reads look through every one."""
+        return len(self._sealed) >= self._backlog_batches or (
+            self._held_bytes >= self._backlog_bytes
+        )
+
+    def checkpoint_due(
+        self, *, force: bool = False, writer_idle: bool = False
+    ) -> SealedBatch | None:
+        """A checkpoint of the batches durable in the log (for ``checkpoint``), if one is
+        due: they number ``checkpoint_batches`` or hold ``checkpoint_bytes``, or ``force``
+        and there is any. If the log is full (``log_full``) and ``writer_idle`` (no
+        ``write`` runs, so every sealed batch is durable), a rewinding checkpoint of all of
+        them, due even if LMDB holds them all. None otherwise, and always without a log
+        (``checkpoint_batches`` 1). Not to be called while a ``checkpoint`` runs."""
+        self._check_usable()
+        if self._checkpoint_batches == 1:
+            return None
+        if writer_idle and self.log_full:
+            if self.unwritten:
+                raise StorageError("a rewind was asked with batches not yet durable")
+            return self._rewind_batch()
+        durable = self.durable_seq
+        layers: list[_Layer] = []
+        size = 0
+        for layer in self._sealed:
+            if layer.seq > durable:
+                break
+            layers.append(layer)
+            size += layer.bytes
+        if not layers:
+            return None
+        if force or len(layers) >= self._checkpoint_batches or size >= self._checkpoint_bytes:
+            return SealedBatch(layers[-1], checkpoint=tuple(layers))
+        return None
+
     def write(self, batch: SealedBatch) -> WriteOutcome:
-        """Make ``batch`` durable: append it to the write-ahead log and sync that (one
-        fdatasync), or, for a checkpoint batch, commit it with every layer before it that
-        LMDB does not hold in one durable LMDB transaction (fdatasync of the data, then the
-        synchronous meta page write), which records the batch's number and a new nonce, and
-        then empty the log. May run on another thread than every other method (one call at a
-        time, in sealing order); touches no state the other methods change.
+        """Make a sealed ``batch`` durable: append it to the write-ahead log and sync that
+        (one fdatasync), or, for a checkpoint batch, ``checkpoint`` it. May run on another
+        thread than every other method (one call at a time, in sealing order); touches no
+        state the other methods change.
 
         Returns ``committed=False`` if a checkpoint finds the map full (nothing written: the
         caller grows the map with ``written`` and writes the batch again). Raises
@@ -749,19 +842,31 @@ class LmdbStorage:
         the batch is then durable as far as the caller can tell, and the storage must not be
         used again.
         """
+        if batch._checkpoint is not None:
+            return self.checkpoint(batch)
         layer = batch._layer
-        if batch._checkpoint is None:
-            self._wal.append(encode_record(self._wal_base + layer.seq, layer.writes, self._nonce))
-            return WriteOutcome(batch=batch, committed=True, new_tables={})
-        outcome = self._checkpoint_write(batch, self._wal_base + layer.seq)
-        if outcome.committed:
+        self._wal.append(encode_record(self._wal_base + layer.seq, layer.writes, self._nonce))
+        return WriteOutcome(batch=batch, committed=True, new_tables={})
+
+    def checkpoint(self, batch: SealedBatch) -> WriteOutcome:
+        """Commit a checkpoint batch's layers to LMDB in one durable transaction (fdatasync
+        of the data, then the synchronous meta page write), recording the number of its
+        last batch; a rewind also records the log's new base and nonce, then starts the log
+        over. May run on another thread, beside a ``write`` unless it rewinds. Returns and
+        raises as ``write`` does."""
+        outcome = self._checkpoint_write(batch, self._wal_base + batch._layer.seq)
+        if outcome.committed and batch._rewind:
             self._wal.reset()
         return outcome
 
     def _checkpoint_write(self, batch: SealedBatch, wal_seq: int) -> WriteOutcome:
-        """The LMDB transaction of a checkpoint (see ``write``); draws the log's next nonce."""
-        assert batch._checkpoint is not None
-        nonce = os.urandom(NONCE_BYTES)
+        """The LMDB transaction of a checkpoint (see ``checkpoint``)."""
+        if batch._checkpoint is None:
+            raise StorageError(f"batch {batch.seq} is not a checkpoint")
+        if batch._rewind:
+            nonce, base = os.urandom(NONCE_BYTES), wal_seq
+        else:
+            nonce, base = self._nonce, self._log_base
         new_tables: dict[str, lmdb._Database] = {}
         try:
             txn = self._env.begin(write=True)
@@ -771,7 +876,7 @@ class LmdbStorage:
             for layer in batch._checkpoint:
                 if layer.seq > self._lmdb_seq or layer.seq == 0:
                     self._write_all(txn, layer.writes, new_tables)
-            state = _WAL_STATE.pack(wal_seq) + nonce
+            state = _WAL_STATE.pack(wal_seq, base) + nonce
             txn.put(
                 _WAL_KEY,
                 state + _CRC.pack(crc32(state, crc32(_WAL_KEY, _WAL_SEED))),
@@ -792,11 +897,12 @@ class LmdbStorage:
             with contextlib.suppress(lmdb.Error):
                 txn.abort()
             raise
-        self._nonce = nonce
+        self._nonce, self._log_base = nonce, base
         return WriteOutcome(batch=batch, committed=True, new_tables=new_tables)
 
     def written(self, outcome: WriteOutcome) -> None:
-        """Take the result of ``write`` into account (on the thread that applies and reads).
+        """Take the result of ``write`` or ``checkpoint`` into account (on the thread that
+        applies and reads).
 
         ``durable_seq`` advances to a durable batch. A checkpoint's layers leave the overlay
         (reads now find them in LMDB); a batch in the log stays in it until a checkpoint. For
@@ -809,8 +915,10 @@ class LmdbStorage:
         checkpoint = batch._checkpoint
         if checkpoint is None:
             in_order = batch.seq == self.durable_seq + 1 and batch._layer in self._sealed
-        else:
+        elif checkpoint:
             in_order = bool(self._sealed) and self._sealed[0] is checkpoint[0]
+        else:  # a rewind of a log that LMDB holds all of
+            in_order = not self._sealed
         if not in_order:
             raise self._fail(f"batch {batch.seq} completed out of order")
         if not outcome.committed:
@@ -834,6 +942,7 @@ class LmdbStorage:
         self.durable_seq = max(self.durable_seq, batch.seq)
         self._lmdb_seq = batch.seq
         self.checkpoints += 1
+        self.rewinds += batch._rewind
 
     def commit(self) -> bool:
         """Make every applied write durable now, on this thread; False if there were none.
@@ -865,6 +974,7 @@ class LmdbStorage:
         sealed = self._sealed
         while sealed and sealed[-1].seq > self.durable_seq:
             self._held_bytes -= sealed.pop().bytes
+        self._next_seq = self.durable_seq + 1  # the dropped numbers are taken again
         self._pending_tables = {
             table for layer in sealed for table in layer.tables if table not in self._tables
         }
@@ -1180,25 +1290,35 @@ def _open_wal_db(env: lmdb.Environment, path: Path) -> lmdb._Database:
         raise DataDirError(f"cannot open the write-ahead log's state in {path}: {exc}") from exc
 
 
-def _wal_state(env: lmdb.Environment, db: lmdb._Database, path: Path) -> tuple[int, bytes]:
-    """(the last batch LMDB holds, the log's nonce), as the last checkpoint recorded them;
-    (0, b"") for a data dir from before the log (nothing to replay then)."""
+def _wal_state(env: lmdb.Environment, db: lmdb._Database, path: Path) -> tuple[int, int, bytes]:
+    """(the last batch LMDB holds, the log's base, the log's nonce), as the last checkpoint
+    recorded them; (0, 0, b"") for a data dir from before the log (nothing to replay then)."""
     try:
         with env.begin(write=False) as txn:
             raw = txn.get(_WAL_KEY, db=db)
     except lmdb.Error as exc:
         raise DataDirError(f"cannot read the write-ahead log's state in {path}: {exc}") from exc
     if raw is None:
-        return 0, b""
+        return 0, 0, b""
     value = _unseal(WAL_TABLE, _WAL_SEED, _WAL_KEY, raw)
-    if len(value) != _WAL_STATE.size + NONCE_BYTES:
-        raise StorageCorruption(
-            f"the write-ahead log's state in {path} is {len(value)} bytes",
-            table=WAL_TABLE,
-            key=_WAL_KEY,
-        )
-    (seq,) = _WAL_STATE.unpack_from(value)
-    return seq, value[_WAL_STATE.size :]
+    if len(value) == _WAL_STATE.size + NONCE_BYTES:
+        seq, base = _WAL_STATE.unpack_from(value)
+        if base > seq:
+            raise StorageCorruption(
+                f"the write-ahead log's state in {path} puts its base {base} after the "
+                f"last batch in LMDB {seq}",
+                table=WAL_TABLE,
+                key=_WAL_KEY,
+            )
+        return seq, base, value[_WAL_STATE.size :]
+    if len(value) == _WAL_STATE_V1.size + NONCE_BYTES:  # each checkpoint rewound the log
+        (seq,) = _WAL_STATE_V1.unpack_from(value)
+        return seq, seq, value[_WAL_STATE_V1.size :]
+    raise StorageCorruption(
+        f"the write-ahead log's state in {path} is {len(value)} bytes",
+        table=WAL_TABLE,
+        key=_WAL_KEY,
+    )
 
 
 def _existing_tables(env: lmdb.Environment, path: Path) -> dict[str, _Table]:

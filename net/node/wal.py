@@ -4,11 +4,13 @@ A synchronous LMDB commit writes the B-tree pages a batch touched and syncs twic
 then the meta page): 1.0-1.4 ms on the disks measured here, against about 0.1 ms for
 writing the same bytes in place into a file and syncing it once (``docs/performance.md``,
 "The write-ahead log"). So ``net.node.storage`` makes a batch durable by adding it here, and
-moves the batches into LMDB in one synchronous transaction now and then (a *checkpoint*),
-which also records the sequence number of the last batch it holds and a new nonce (below).
-After a checkpoint the log starts over at its first byte; after a crash, ``WalFile.open``
-hands back the records the last checkpoint does not hold, and the storage writes them into
-LMDB before anything else.
+moves the batches into LMDB in one synchronous transaction now and then (a *checkpoint*,
+which runs beside the appends, on a thread of its own), which records the sequence number
+of the last batch it holds. Once the log has grown past its bound, a checkpoint taken while
+no append runs also *rewinds* it: it records that every batch of the log is in LMDB, a new
+base (the number of the record before the first) and a new nonce (below), and the log
+starts over at its first byte. After a crash, ``WalFile.open`` hands back the records the
+last checkpoint does not hold, and the storage writes them into LMDB before anything else.
 
 A record is a header and a payload::
 
@@ -16,20 +18,21 @@ A record is a header and a payload::
     payload: msgpack [[0, table, key, value] | [1, table, key] | [2, table, start, end], ...]
              (Put, Delete, DeleteRange, in the batch's order)
 
-The *nonce* is 8 random bytes drawn at each checkpoint and stored in LMDB with it; the
-records written after that checkpoint are checksummed with it. So the records of before the
-checkpoint, which the file still holds past the new ones (it is overwritten, not truncated),
-do not check and are not taken, and bytes inside a record's payload (a client's item, which
-may be crafted to look like a record) cannot pass for a record either: they would have to
-match a checksum keyed by a value that never leaves the node.
+The *nonce* is 8 random bytes drawn at each rewind and stored in LMDB with it; the records
+written after that rewind are checksummed with it. So the records of before the rewind,
+which the file still holds past the new ones (it is overwritten, not truncated), do not
+check and are not taken, and bytes inside a record's payload (a client's item, which may be
+crafted to look like a record) cannot pass for a record either: they would have to match a
+checksum keyed by a value that never leaves the node.
 
 Reading the log back (``read_records``), records are taken in file order while they are
 whole, carry the magic and their CRC matches. The first one that is not ends the log: that
 is the torn tail of a write that a crash interrupted, never acknowledged since its sync had
 not returned. Only the last record can be torn, because each write waits for the sync of the
-one before; so a record that checks *after* the end means a synced record was damaged, and opening fails (``WalCorrupt``) rather than silently
-dropping acknowledged writes. The records must be numbered without a gap from the one after
-the checkpoint's.
+one before; so a record that checks *after* the end means a synced record was damaged, and
+opening fails (``WalCorrupt``) rather than silently dropping acknowledged writes. The
+records must be numbered without a gap from the one after the rewind's base; those the last
+checkpoint holds are checked and skipped.
 """
 
 from __future__ import annotations
@@ -137,17 +140,34 @@ def _bytes(value: object) -> bytes:
     return value
 
 
-def read_records(data: bytes, *, after: int, nonce: bytes, where: str) -> list[WalRecord]:
+@dataclass(frozen=True, slots=True)
+class WalContents:
+    """What ``read_records`` found in a log."""
+
+    records: tuple[WalRecord, ...]
+    """The records the checkpoint does not hold (numbered after it), in order."""
+    last: int
+    """The number of the log's last record (its base if it has none)."""
+    end: int
+    """The offset just past that record: where the next one goes."""
+
+
+def read_records(data: bytes, *, base: int, after: int, nonce: bytes, where: str) -> WalContents:
     """The records of ``data`` (a log's content, checksummed with ``nonce``), which must be
-    numbered ``after + 1``, ``after + 2``, ... in file order.
+    numbered ``base + 1``, ``base + 2``, ... in file order; the ones numbered up to
+    ``after`` (held by the last checkpoint) are checked, not decoded, and left out.
 
     Raises ``WalCorrupt`` if one is out of sequence, or if a well-formed record follows the
     end of the log (damage before it, not a torn tail).
     """
+    if after < base:
+        raise WalCorrupt(
+            f"{where}: the checkpoint (batch {after}) is older than the log's base {base}"
+        )
     nonce_crc = crc32(nonce)
     records: list[WalRecord] = []
     offset = 0
-    last = after
+    last = base
     while True:
         found = _record_at(data, offset, nonce_crc)
         if found is None:
@@ -157,7 +177,8 @@ def read_records(data: bytes, *, after: int, nonce: bytes, where: str) -> list[W
             raise WalCorrupt(
                 f"{where}: record {seq} at byte {offset} where record {last + 1} belongs"
             )
-        records.append(WalRecord(seq=seq, writes=_decode_payload(payload, where)))
+        if seq > after:
+            records.append(WalRecord(seq=seq, writes=_decode_payload(payload, where)))
         last = seq
         offset += HEAD_BYTES + len(payload)
     end = offset
@@ -171,15 +192,16 @@ def read_records(data: bytes, *, after: int, nonce: bytes, where: str) -> list[W
                 f"{later[0]} follows at byte {probe}: a synced record was damaged"
             )
         probe = data.find(MAGIC, probe + 1)
-    return records
+    return WalContents(records=tuple(records), last=last, end=end)
 
 
 class WalFile:
-    """The open log of one data dir. ``append`` and ``reset`` run on the storage's writer
-    thread (one call at a time); ``open`` and ``close`` on the owner's.
+    """The open log of one data dir. ``append`` runs on the storage's writer thread,
+    ``reset`` on the thread of a rewinding checkpoint while no append runs (one call at a
+    time); ``open`` and ``close`` on the owner's.
 
     The file is written in place, never truncated: ``reset`` only moves the write position
-    back to the start (the checkpoint drew a new nonce, under which what the file still holds
+    back to the start (the rewind drew a new nonce, under which what the file still holds
     checks as nothing). It grows, in steps of at least ``GROW_BYTES`` written as zeros and
     synced once, to the most one log has held; so an ``append`` changes no file size and no
     block map, and its fdatasync writes the record alone (not a journal commit of the
@@ -193,17 +215,19 @@ class WalFile:
         self.path = path
         self._fd = fd
         self.offset = 0
-        """Where the next record goes: the bytes appended since the log was last reset."""
+        """Where the next record goes: the bytes appended since the log was last rewound."""
         self.allocated = allocated
         """The file's size."""
 
     @classmethod
     def open(
-        cls, data_dir: Path, *, after: int, nonce: bytes, mode: int
-    ) -> tuple[WalFile, list[WalRecord]]:
-        """Open (creating) the log of ``data_dir`` and read its records (``read_records``:
-        the ones after the last checkpoint, which holds up to ``after`` and drew ``nonce``).
-        The caller writes them into LMDB in a checkpoint, then calls ``reset``."""
+        cls, data_dir: Path, *, base: int, after: int, nonce: bytes, mode: int
+    ) -> tuple[WalFile, WalContents]:
+        """Open (creating) the log of ``data_dir`` and read it (``read_records``: the log
+        was rewound after batch ``base`` under ``nonce``; the last checkpoint holds up to
+        ``after``). The write position is the end of the records read; the caller writes
+        the records the checkpoint lacks into LMDB in a rewinding checkpoint, then calls
+        ``reset``."""
         path = data_dir / WAL_NAME
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, mode)
@@ -219,14 +243,18 @@ class WalFile:
                     break
                 chunks.append(chunk)
                 done += len(chunk)
-            records = read_records(b"".join(chunks), after=after, nonce=nonce, where=str(path))
+            contents = read_records(
+                b"".join(chunks), base=base, after=after, nonce=nonce, where=str(path)
+            )
         except OSError as exc:
             os.close(fd)
             raise StorageError(f"cannot read the write-ahead log {path}: {exc.strerror}") from exc
         except BaseException:
             os.close(fd)
             raise
-        return cls(path, fd, size), records
+        wal = cls(path, fd, size)
+        wal.offset = contents.end
+        return wal, contents
 
     def append(self, record: bytes) -> None:
         """Write one record at the write position and sync it: the batch is durable when
@@ -260,7 +288,7 @@ class WalFile:
 
     def reset(self) -> None:
         """Start the log over (every record in it is in a durable checkpoint, which drew the
-        nonce the next records are checksummed with)."""
+        nonce the next records are checksummed with: a rewind)."""
         self.offset = 0
 
     def close(self) -> None:
