@@ -18,6 +18,7 @@ import asyncio
 import logging
 import socket
 import threading
+import time
 from collections import deque
 from dataclasses import replace
 from pathlib import Path
@@ -421,19 +422,60 @@ def test_a_crash_keeps_every_acknowledged_write_the_log_made_durable(tmp_path: P
     run_async(main())
 
 
+class OverlapStorage(LmdbStorage):
+    """Notes whether an append ever ran while a rewinding checkpoint did (the runner must
+    never let them: the rewind moves the log's write position under the append)."""
+
+    overlaps = 0
+    lock: threading.Lock
+    appending = False
+    rewinding = False
+
+    def write(self, batch: SealedBatch) -> WriteOutcome:
+        with self.lock:
+            self.appending = True
+            self.overlaps += self.rewinding
+        try:
+            return super().write(batch)
+        finally:
+            self.appending = False
+
+    def checkpoint(self, batch: SealedBatch) -> WriteOutcome:
+        if not batch.rewind:
+            return super().checkpoint(batch)
+        with self.lock:
+            self.rewinding = True
+            self.overlaps += self.appending
+        try:
+            time.sleep(0.002)  # a slow rewind: an append started beside it would show
+            return super().checkpoint(batch)
+        finally:
+            self.rewinding = False
+
+
+def overlap_opener(
+    data_dir: Path, cluster: str, node: str, config: NetConfig, *, cluster_id: str = ""
+) -> DriverStorage:
+    storage = OverlapStorage.open(data_dir, cluster=cluster, node=node, config=config)
+    assert isinstance(storage, OverlapStorage)
+    storage.lock = threading.Lock()
+    return storage
+
+
 def test_checkpoints_and_rewinds_under_load_keep_every_acknowledged_write(
     tmp_path: Path,
 ) -> None:
     """Many calls in flight, a checkpoint every 2 batches and a log rewound every few
-    hundred bytes (appends waiting for each rewind): every reply is right, and after a crash
-    the next incarnation has every acknowledged increment."""
+    hundred bytes (appends waiting for each rewind, which is slowed down): no append runs
+    beside a rewind, every reply is right, and after a crash the next incarnation has every
+    acknowledged increment."""
     config = replace(FAST, checkpoint_batches=2, checkpoint_bytes=200)
 
     async def main() -> None:
-        runner = make_runner(tmp_path, config=config)
+        runner = make_runner(tmp_path, config=config, storage_opener=overlap_opener)
         await runner.start()
         storage = runner.storage
-        assert isinstance(storage, LmdbStorage)
+        assert isinstance(storage, OverlapStorage)
         rewinds = storage.rewinds
         client = await connect(runner)
         acked = 0
@@ -442,6 +484,7 @@ def test_checkpoints_and_rewinds_under_load_keep_every_acknowledged_write(
             acked += len(replies)
             assert sorted(r.n for r in replies if isinstance(r, Count))[-1] == acked
         assert storage.rewinds > rewinds + 2 and storage.checkpoints > storage.rewinds
+        assert storage.overlaps == 0
         await client.close()
         runner._crash("a test's crash", None)
         runner = make_runner(tmp_path, config=config)
