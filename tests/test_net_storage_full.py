@@ -148,12 +148,14 @@ def test_full_storage_refuses_enqueues_keeps_every_item_and_recovers_after_reten
     tmp_path: Path, replicas: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     config = loads_config(config_toml(free_ports(replicas)), file="<test>")
+    master_of: list[str] = []
 
     async def scenario() -> None:
         cluster = await LocalCluster.start(config, tmp_path, STORAGE_FULL_NET)
         try:
             masters = await cluster.wait_for_masters(timeout_s=10.0)
             master = masters[("store0", 0)]
+            master_of.append(master)
             async with await AsyncClient.connect(config, net_config=FAST) as client:
                 acked, refused = await fill_until_refused(client)
                 # A clear, definite error naming the limit, and the node still runs.
@@ -198,10 +200,14 @@ def test_full_storage_refuses_enqueues_keeps_every_item_and_recovers_after_reten
     with caplog.at_level(logging.INFO, logger="pxq.storage"):
         run_async(scenario(), timeout_s=90.0)
     messages = [r.getMessage() for r in caplog.records if r.name == "pxq.storage"]
-    starts = [m for m in messages if "storage low" in m]
-    ends = [m for m in messages if "storage back above its reserve" in m]
-    assert len(starts) == 1 and "MiB in use" in starts[0], messages
-    assert len(ends) == 1, messages
+    # Each crossing is logged once per node, by the node that measured it: the master
+    # (which refused the enqueues and accepted them again), and possibly a follower that a
+    # client call reached while it was short too (replicas fill alike), never back and forth.
+    starts = [m.split()[1] for m in messages if "storage low" in m and "MiB in use" in m]
+    ends = [m.split()[1] for m in messages if "storage back above its reserve" in m]
+    assert starts.count(master_of[0]) == 1 and ends.count(master_of[0]) == 1, messages
+    assert len(set(starts)) == len(starts) and len(set(ends)) == len(ends), messages
+    assert len(starts) == len([m for m in messages if "storage low" in m]), messages
 
 
 async def consume_all(client: AsyncClient, acked: Iterable[bytes]) -> None:
