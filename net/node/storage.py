@@ -293,8 +293,6 @@ class LmdbStorage:
     module docstring for the layers and the writer-thread protocol)."""
 
     __slots__ = (
-        "_backlog_batches",
-        "_backlog_bytes",
         "_checkpoint_batches",
         "_checkpoint_bytes",
         "_chunk",
@@ -306,7 +304,6 @@ class LmdbStorage:
         "_lmdb_seq",
         "_lock_fd",
         "_log_base",
-        "_log_rewind_bytes",
         "_main_db",
         "_map_limit",
         "_map_size",
@@ -379,9 +376,6 @@ class LmdbStorage:
         self._lmdb_seq = 0  # the last batch LMDB holds (a checkpoint's)
         self._checkpoint_batches = config.checkpoint_batches
         self._checkpoint_bytes = config.checkpoint_bytes
-        self._log_rewind_bytes = LOG_REWIND_CHECKPOINTS * config.checkpoint_bytes
-        self._backlog_batches = BACKLOG_CHECKPOINTS * config.checkpoint_batches
-        self._backlog_bytes = BACKLOG_CHECKPOINTS * config.checkpoint_bytes
         self.checkpoints = 0
         self.rewinds = 0
         """Checkpoints that started the log over (the one at opening included)."""
@@ -790,14 +784,14 @@ class LmdbStorage:
     def log_full(self) -> bool:
         """Whether the log must be rewound before the next append: the caller waits for the
         running append to finish, then takes the checkpoint ``checkpoint_due`` hands out."""
-        return self._wal.offset >= self._log_rewind_bytes
+        return self._wal.offset >= LOG_REWIND_CHECKPOINTS * self._checkpoint_bytes
 
     @property
     def backlogged(self) -> bool:
         """Whether the batches LMDB lacks are so many that appends should wait for the
         running checkpoint (``BACKLOG_CHECKPOINTS``): reads look through every one."""
-        return len(self._sealed) >= self._backlog_batches or (
-            self._held_bytes >= self._backlog_bytes
+        return len(self._sealed) >= BACKLOG_CHECKPOINTS * self._checkpoint_batches or (
+            self._held_bytes >= BACKLOG_CHECKPOINTS * self._checkpoint_bytes
         )
 
     def checkpoint_due(
@@ -1302,14 +1296,7 @@ def _wal_state(env: lmdb.Environment, db: lmdb._Database, path: Path) -> tuple[i
         return 0, 0, b""
     value = _unseal(WAL_TABLE, _WAL_SEED, _WAL_KEY, raw)
     if len(value) == _WAL_STATE.size + NONCE_BYTES:
-        seq, base = _WAL_STATE.unpack_from(value)
-        if base > seq:
-            raise StorageCorruption(
-                f"the write-ahead log's state in {path} puts its base {base} after the "
-                f"last batch in LMDB {seq}",
-                table=WAL_TABLE,
-                key=_WAL_KEY,
-            )
+        seq, base = _WAL_STATE.unpack_from(value)  # base <= seq: read_records checks it
         return seq, base, value[_WAL_STATE.size :]
     if len(value) == _WAL_STATE_V1.size + NONCE_BYTES:  # each checkpoint rewound the log
         (seq,) = _WAL_STATE_V1.unpack_from(value)
