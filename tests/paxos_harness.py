@@ -54,6 +54,8 @@ class Cluster:
     config: PaxosConfig
     seed: int = 0
     latency_ms: int = 1
+    link_ms: dict[tuple[str, str], int] = field(default_factory=dict)
+    """One-way latency of particular links (source, destination); ``latency_ms`` elsewhere."""
     ppm: dict[str, int] = field(default_factory=dict)
     offset: dict[str, int] = field(default_factory=dict)
     check_lease: bool = True
@@ -132,7 +134,7 @@ class Cluster:
             self.seq += 1
             flight = Flight(
                 seq=self.seq,
-                deliver_at=self.time + self.latency_ms,
+                deliver_at=self.time + self.link_ms.get((name, s.dst), self.latency_ms),
                 src=name,
                 dst=s.dst,
                 msg=s.msg,

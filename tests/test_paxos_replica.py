@@ -200,6 +200,58 @@ def test_mastership_returns_to_the_preferred_replica_after_it_recovers() -> None
     c.check_agreement()
 
 
+def test_during_a_handover_clients_are_redirected_to_the_successor() -> None:
+    """Between the old master's step-down and the successor's election, the old master and
+    the third replica name the successor (not "no master known": a client told that tries
+    the next replica in its list, which may be unreachable; zone-outage-queue, seed 14)."""
+    c = Cluster.make(3, latency_ms=5)
+    assert c.wait_master(0) == "r0"
+    c.crash("r0")
+    c.run(2000)
+    old = c.masters(0)[0]
+    third = next(n for n in c.config.replicas if n not in ("r0", old))
+    c.restart("r0")
+
+    def handed_over() -> bool:
+        return any(
+            e.kind == "master" and dict(e.fields).get("reason") == "handover" for _, _, e in c.trace
+        )
+
+    assert c.run_until(handed_over, within_ms=c.config.handover_after_ms + 2000, step_ms=1)
+    assert c.masters(0) == []  # the successor has not won yet
+    call = c.propose(old, 0, b"x")
+    assert c.calls[call].response == Redirect(group=0, master="r0")
+    c.run(c.latency_ms)  # the Handover reaches the others
+    assert c.masters(0) == []
+    call = c.propose(third, 0, b"y")
+    assert c.calls[call].response == Redirect(group=0, master="r0")
+    c.propose_until_ok(0, b"after handover", start=old)
+    assert c.masters(0) == ["r0"]
+    c.check_agreement()
+
+
+def test_a_majority_across_a_link_slower_than_the_timeouts_still_elects_a_master() -> None:
+    """r1 and r2 are 60 ms apart (a 120 ms round trip, above the default 100 ms round
+    timeout); r0 is near both. With r0 down, every pre-vote and Prepare between r1 and r2
+    used to time out before its answers came back, and no master was ever elected. A late
+    answer measures the round trip, and the next round waits long enough for it."""
+    c = Cluster.make(3)
+    c.link_ms = {("r1", "r2"): 60, ("r2", "r1"): 60}
+    assert c.wait_master(0) == "r0"
+    c.propose_until_ok(0, b"before", start="r0")
+    c.crash("r0")
+    crashed_at = c.time
+    assert c.run_until(lambda: bool(c.masters(0)), within_ms=5000, step_ms=5)
+    elected = c.masters(0)[0]
+    assert c.time - crashed_at < 3000, c.time - crashed_at
+    node = c.nodes[elected]
+    assert node is not None
+    assert node.groups[0].round_trip_ms >= 120  # the slow link's round trip
+    c.propose_until_ok(0, b"after", start=elected)
+    c.check_agreement()
+    c.check_acknowledged()
+
+
 def test_lost_mastership_with_values_in_flight_answers_unknown_then_value_survives() -> None:
     c = Cluster.make(3)
     m = c.wait_master(0)

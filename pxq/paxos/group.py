@@ -50,7 +50,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import assert_never
+from typing import Final, assert_never
 
 from pxq.effects import BlankStorage, EffectsBuilder, InvariantViolation, NodeId, Rng, StorageView
 from pxq.paxos.acceptor import Acceptor
@@ -102,6 +102,13 @@ from pxq.paxos.records import (
 from pxq.paxos.repair import GroupDamage, Repair, log_end, read_flags, read_members
 from pxq.paxos.roles import Inflight, Leadership, Pending, Phase1, PreVoteRound, Role
 from pxq.paxos.sm import StateMachine
+
+ROUND_TRIP_MAX_FRACTION: Final = 4
+"""The round-trip estimate is capped at ``lease_ms`` / this (a late answer after a partition
+must not stretch the timers for long; a link slower than that cannot keep a lease anyway)."""
+
+PRE_VOTE_ROUNDS_TIMED: Final = 4
+"""How many recent pre-vote rounds keep their send time, to time late answers."""
 
 
 @dataclass(slots=True)
@@ -164,6 +171,13 @@ class Group:
         """A follower's pre-vote round, while it asks whether it may campaign."""
         self.pre_vote_seq = 0
         """The last pre-vote round number, over this incarnation."""
+        self.pre_vote_sent: dict[int, int] = {}
+        """When the last few pre-vote rounds were sent (seq -> time): even a late answer
+        measures a round trip."""
+        self.round_trip_ms = 0
+        """The longest round trip to the peers seen lately (pre-vote answers, heartbeat acks),
+        at most ``ROUND_TRIP_MAX_FRACTION`` of the lease: it stretches the retransmission and
+        election timers above a slow link's round trip (``_round_timeout``)."""
         self.phase1: Phase1 | None = None
         """A round of phase 1 (a candidate's, or a leader's next recovery window)."""
         self.leadership: Leadership | None = None
@@ -210,7 +224,7 @@ class Group:
             if self.phase1 is not None:
                 times.append(self.phase1.deadline)
             if lead.inflight:
-                times.append(min(f.sent_at for f in lead.inflight.values()) + cfg.accept_timeout_ms)
+                times.append(min(f.sent_at for f in lead.inflight.values()) + self._round_timeout())
             # Without a valid lease the pump cannot cut a batch: a renewal will.
             if (
                 lead.pending
@@ -419,12 +433,13 @@ class Group:
             self._prepare_retry(now, phase1, fx)
         if self.leadership is not lead:
             return  # stepped down (the heartbeat's pump, or the window's phase 1, failed)
+        timeout = self._round_timeout()
         for instance in sorted(lead.inflight):
             inf = lead.inflight[instance]
             if self.learner.is_chosen(instance):
                 del lead.inflight[instance]
                 continue
-            if now < inf.sent_at + cfg.accept_timeout_ms:
+            if now < inf.sent_at + timeout:
                 continue
             inf.retries += 1
             if inf.retries > cfg.accept_retries_max:
@@ -460,10 +475,28 @@ class Group:
         )
 
     def _draw_election_delay(self) -> int:
-        jitter = self.config.election_jitter_ms
+        # Competing campaigns must be spread wider than a round trip, or candidates on either
+        # side of a slow link preempt each other before either hears the other won.
+        jitter = max(self.config.election_jitter_ms, 2 * self.round_trip_ms)
         if self.my_index == self.preferred_index:
             return self.rng.randint(0, jitter // 4)
         return jitter // 4 + self.rng.randint(0, jitter)
+
+    def _round_timeout(self) -> int:
+        """How long a round (pre-vote, Prepare, Accept) waits for answers before it is
+        retransmitted or given up: ``accept_timeout_ms``, or twice the round trip measured
+        lately if that is longer (a round across a link slower than the setting would
+        otherwise never complete)."""
+        return max(self.config.accept_timeout_ms, 2 * self.round_trip_ms)
+
+    def _note_round_trip(self, sample_ms: int) -> None:
+        """A round trip was measured: the estimate jumps up to it at once and decays towards
+        shorter ones (an eighth of the way per sample)."""
+        rtt = min(sample_ms, self.config.lease_ms // ROUND_TRIP_MAX_FRACTION)
+        if rtt >= self.round_trip_ms:
+            self.round_trip_ms = rtt
+        else:
+            self.round_trip_ms = (7 * self.round_trip_ms + rtt) // 8
 
     # ---------------------------------------------------------------------------------------
     # Messages
@@ -545,7 +578,7 @@ class Group:
             if self.role is Role.FOLLOWER:
                 # Give the candidate time to finish before competing with it.
                 self.pre_vote = None
-                self.not_before = max(self.not_before, now + 2 * self.config.accept_timeout_ms)
+                self.not_before = max(self.not_before, now + 2 * self._round_timeout())
 
     def _on_accept(
         self, now: int, src: NodeId, src_index: int, msg: Accept, fx: EffectsBuilder
@@ -710,6 +743,7 @@ class Group:
         round_ = lead.hb_rounds.get(msg.seq)
         if round_ is None:
             return
+        self._note_round_trip(now - round_[0])
         round_[1] |= bit(src_index)
         if is_quorum(round_[1], self.n):
             self._lease_round_done(now, lead, msg.seq, fx)
@@ -746,8 +780,11 @@ class Group:
         pre_vote = PreVoteRound(
             seq=self.pre_vote_seq,
             granted=bit(self.my_index),
-            deadline=now + self.config.accept_timeout_ms,
+            deadline=now + self._round_timeout(),
         )
+        sent = self.pre_vote_sent
+        sent[pre_vote.seq] = now
+        sent.pop(pre_vote.seq - PRE_VOTE_ROUNDS_TIMED, None)
         self.pre_vote = pre_vote
         fx.event("pre_vote", group=self.group, seq=pre_vote.seq)
         if is_quorum(pre_vote.granted, self.n):
@@ -777,9 +814,12 @@ class Group:
         self, now: int, src_index: int, msg: PreVoteReply, fx: EffectsBuilder
     ) -> None:
         self._see_ballot(msg.promised)
+        sent_at = self.pre_vote_sent.get(msg.seq)
+        if sent_at is not None:
+            self._note_round_trip(now - sent_at)
         pre_vote = self.pre_vote
         if pre_vote is None or msg.seq != pre_vote.seq:
-            return  # a late answer to a round already over
+            return  # a late answer to a round already over (it measured the round trip)
         if msg.granted:
             pre_vote.granted |= bit(src_index)
             if is_quorum(pre_vote.granted, self.n):
@@ -840,7 +880,7 @@ class Group:
             from_instance=start,
             ok=bit(self.my_index),
             promises={self.my_index: own},
-            deadline=now + self.config.accept_timeout_ms,
+            deadline=now + self._round_timeout(),
         )
         self.phase1 = phase1
         msg = Prepare(group=self.group, ballot=self.ballot, from_instance=start)
@@ -854,7 +894,7 @@ class Group:
         if phase1.retries > self.config.accept_retries_max:
             self._phase1_failed(now, phase1, fx)
             return
-        phase1.deadline = now + self.config.accept_timeout_ms
+        phase1.deadline = now + self._round_timeout()
         msg = Prepare(group=self.group, ballot=self.ballot, from_instance=phase1.from_instance)
         answered = phase1.ok | phase1.rejects
         for i, peer in enumerate(self.config.replicas):
@@ -1250,6 +1290,11 @@ class Group:
         # Stop serving first (step_down drops the lease), then release the acceptors' lease
         # promises: nobody can rely on this ballot's lease any more.
         self._step_down(now, "handover", fx)
+        # Redirect clients to the successor from now on (it campaigns on the Handover), not
+        # "no master known": a client told that would try the next replica in its list,
+        # perhaps an unreachable one, and wait out its request timeout. The hint stays until a
+        # master is heard (``_follow``) or this replica campaigns.
+        self.known_master = self.preferred_index
         self.acceptor.release_lease(ballot)
         msg = Handover(group=g, ballot=ballot, successor=successor)
         for peer in self.peers:
@@ -1259,14 +1304,16 @@ class Group:
         if msg.ballot < self.acceptor.promised:
             return  # stale: a newer ballot is in charge
         self.acceptor.release_lease(msg.ballot)
-        if self.known_master is not None and self.known_master == owner_index(msg.ballot):
-            self.known_master = None
         if self.role is not Role.FOLLOWER:
+            if self.known_master is not None and self.known_master == owner_index(msg.ballot):
+                self.known_master = None
             return
         if msg.successor == self.me:
             self._campaign(now, fx)
         else:
-            self.heard_master_at = now  # let the successor win
+            # Let the successor win, and send clients to it meanwhile (as the old master does).
+            self.known_master = self.config.index_of(msg.successor)
+            self.heard_master_at = now
 
     # -- repair (``repair.py``) -----------------------------------------------------------------
 
