@@ -14,9 +14,16 @@ liveness checks bound; a window stays open across a change of master among healt
 fault the nemesis applies or undoes, every crash and boot, and every change of master; the
 evaluation runs in a zero-delay event after the record (the nemesis records a fault before
 applying it) and only reads state, so the run's trace is the same with or without it.
+
+It also keeps, per group, the *leaderless* windows the election check
+(``pxq.check.availability.check_election``) bounds: no healthy master (none yet, or its host
+down or cut off from a majority), while a majority of the replicas is up, not paused and
+connected both ways pair by pair, so that it could elect one.
 """
 
 from __future__ import annotations
+
+from itertools import combinations
 
 from pxq.effects import NodeId
 from sim.world import TraceRecord, World
@@ -36,6 +43,9 @@ class HealthMonitor:
         self.since: dict[int, int | None] = dict.fromkeys(range(groups))
         """Per group: when the current healthy window started (None: not healthy now)."""
         self.windows: dict[int, list[tuple[int, int]]] = {g: [] for g in range(groups)}
+        self.leaderless_since: dict[int, int | None] = dict.fromkeys(range(groups))
+        """Per group: when the current leaderless window started (None: not leaderless)."""
+        self.leaderless: dict[int, list[tuple[int, int]]] = {g: [] for g in range(groups)}
         self._pending = False
         world.listeners.append(self._listen)
 
@@ -50,26 +60,38 @@ class HealthMonitor:
                 self._pending = True
                 self.world.call_later(0, self._evaluate)
 
+    def _up(self, n: NodeId) -> bool:
+        host = self.world.hosts[n]
+        return not host.crashed and not host.paused
+
+    def _linked(self, a: NodeId, b: NodeId) -> bool:
+        """Both directions between ``a`` and ``b`` open (neither partitioned nor clogged)."""
+        net = self.world.network
+        return all(
+            (x, y) not in net.blocked and (x, y) not in net.clogged for x, y in ((a, b), (b, a))
+        )
+
     def _healthy(self, node: NodeId) -> bool:
-        hosts, net = self.world.hosts, self.world.network
-
-        def up(n: NodeId) -> bool:
-            host = hosts[n]
-            return not host.crashed and not host.paused
-
-        def path(a: NodeId, b: NodeId) -> bool:
-            return (a, b) not in net.blocked and (a, b) not in net.clogged
-
-        if not up(node):
+        if not self._up(node):
             return False
         reach = sum(
-            1 for n in self.replicas if n == node or (up(n) and path(node, n) and path(n, node))
+            1 for n in self.replicas if n == node or (self._up(n) and self._linked(node, n))
         )
         return 2 * reach > len(self.replicas)
+
+    def _electable(self) -> bool:
+        """A majority of the replicas is up and connected pair by pair."""
+        up = [n for n in self.replicas if self._up(n)]
+        size = len(self.replicas) // 2 + 1
+        return any(
+            all(self._linked(a, b) for a, b in combinations(members, 2))
+            for members in combinations(up, size)
+        )
 
     def _evaluate(self) -> None:
         self._pending = False
         now = self.world.now_us // 1000
+        electable: bool | None = None
         for group, since in self.since.items():
             master = self.master.get(group)
             healthy = master is not None and self._healthy(master)
@@ -77,15 +99,31 @@ class HealthMonitor:
                 self.since[group] = now + SETTLE_MS
             elif not healthy and since is not None:
                 self._end(group, since, now)
+            if not healthy and electable is None:
+                electable = self._electable()
+            leaderless = not healthy and bool(electable)
+            started = self.leaderless_since[group]
+            if leaderless and started is None:
+                self.leaderless_since[group] = now
+            elif not leaderless and started is not None:
+                self._end_leaderless(group, started, now)
 
     def close(self) -> dict[int, list[tuple[int, int]]]:
-        """End the open windows now; the windows per group."""
+        """End the open windows now; the healthy windows per group (the leaderless ones are
+        in ``leaderless``)."""
         self._evaluate()
         now = self.world.now_us // 1000
         for group, since in self.since.items():
             if since is not None:
                 self._end(group, since, now)
+        for group, started in self.leaderless_since.items():
+            if started is not None:
+                self._end_leaderless(group, started, now)
         return self.windows
+
+    def _end_leaderless(self, group: int, started: int, now: int) -> None:
+        self.leaderless[group].append((started, now))
+        self.leaderless_since[group] = None
 
     def _end(self, group: int, since: int, now: int) -> None:
         if since < now:

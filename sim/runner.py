@@ -28,7 +28,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TextIO, TypeVar
 
-from pxq.check.availability import check_availability, group_load
+from pxq.check.availability import (
+    check_availability,
+    check_election,
+    election_bound_ms,
+    group_load,
+)
 from pxq.check.history import HistoryWriter, pair_ops
 from pxq.check.linear import MAX_STEPS_DEFAULT
 from pxq.check.lock import check_fencing, check_lock_linearizable, check_lock_liveness
@@ -634,7 +639,9 @@ def run(
 
     world.listeners.append(listen)
     health = (
-        HealthMonitor(world, replicas, scn.cluster.groups) if "availability" in scn.checks else None
+        HealthMonitor(world, replicas, scn.cluster.groups)
+        if {"availability", "election"} & set(scn.checks)
+        else None
     )
 
     def master_of(group: int) -> NodeId | None:
@@ -684,9 +691,14 @@ def run(
         checks["agreement"] = check_agreement(checksums)
     checks |= system.checks(heal_ms)
     if health is not None:
-        f = "enqueue" if scn.workload.kind == "queue" else "append"
-        load = group_load(history.ops, f, scn.cluster.groups)
-        checks["availability"] = check_availability(load, health.close())
+        healthy = health.close()
+        if "availability" in scn.checks:
+            f = "enqueue" if scn.workload.kind == "queue" else "append"
+            load = group_load(history.ops, f, scn.cluster.groups)
+            checks["availability"] = check_availability(load, healthy)
+        if "election" in scn.checks:
+            bound = election_bound_ms(paxos_config(scn).lease_ms)
+            checks["election"] = check_election(health.leaderless, bound_ms=bound)
     # Last: the system's checks read the replicas' disks too, and what they found corrupt counts.
     checks["corruption"] = _corruption(world)
     # A scenario whose faults did not happen as written proves nothing either way, a negative

@@ -98,17 +98,19 @@ CHECKS = (
     "storage_full",
     "retry_delay",
     "availability",
+    "election",
     "delivery",
     "read_after_ack",
     "cursor_monotonic",
 )
-LIVENESS_CHECKS = ("liveness", "delivery", "availability")
+LIVENESS_CHECKS = ("liveness", "delivery", "availability", "election")
 """Checks of progress, not of safety: a negative control's ``safety = "fail"`` needs another
 check to fail (``delivery``: every stored item reached every group by the end;
-``availability``: a group under a healthy master kept acknowledging)."""
+``availability``: a group under a healthy master kept acknowledging; ``election``: a group
+that could elect a master did so in time)."""
 WINDOWED_CHECKS = ("total_queue", "delivery", "read_after_ack", "cursor_monotonic", "failover")
 """Checks that ``[check.NAME] window_ms`` can scope to a span of the run."""
-LOG_CHECKS = ("agreement", "no_loss", "realtime_order", "liveness", "availability")
+LOG_CHECKS = ("agreement", "no_loss", "realtime_order", "liveness", "availability", "election")
 QUEUE_CHECKS = (
     "agreement",
     "total_queue",
@@ -126,17 +128,20 @@ QUEUE_CHECKS = (
     "storage_full",
     "retry_delay",
     "availability",
+    "election",
     "delivery",
     "read_after_ack",
     "cursor_monotonic",
 )
-OPT_IN_CHECKS = ("storage_full", "retry_delay", "availability")
+OPT_IN_CHECKS = ("storage_full", "retry_delay", "availability", "election")
 """Checks a scenario must name: ``storage_full`` (enqueues were refused for a short storage,
 then acknowledged again) holds only where a disk is made to fill; ``retry_delay`` (a failed
 item reaches the next retry level within its delay plus a small bound) only where no fault
 holds requests up or moves masters; ``availability`` (a group whose master stays healthy
 never stops acknowledging for over 200 ms) only where the faults spare the master and the
-network (no loss, no storms)."""
+network (no loss, no storms); ``election`` (a group without a healthy master gets one within
+two leases and a second while a majority of its replicas is up and connected) only where no
+fault keeps a majority from voting (blank or repairing replicas, slowed disks)."""
 OWNERSHIP_CHECKS = ("ownership", "failover", "rate_limit", "balance", "linearizable", "fencing")
 """Queue checks that need consumers owning queues through the lock service (``linearizable``
 and ``fencing`` check the consumers' and schedulers' own lock calls)."""

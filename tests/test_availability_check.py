@@ -1,10 +1,18 @@
 """The availability checker (``pxq/check/availability.py``) on constructed histories: it
 fails on a stall under a healthy master, and ignores what it must ignore (a stall outside a
-healthy window, a lull without demand, calls invoked before the window opened)."""
+healthy window, a lull without demand, calls invoked before the window opened). The election
+checker on constructed leaderless windows, and the simulator's windows in a real run."""
 
 from __future__ import annotations
 
-from pxq.check.availability import check_availability, group_load
+from pathlib import Path
+
+from pxq.check.availability import (
+    check_availability,
+    check_election,
+    election_bound_ms,
+    group_load,
+)
 from pxq.check.history import HistoryWriter, Op
 
 
@@ -74,3 +82,35 @@ def test_a_lull_without_demand_and_calls_from_before_the_window_do_not_count() -
 def test_nothing_measured_fails() -> None:
     result = check_availability(group_load([], "append", 1), {0: [(0, 3000)]})
     assert not result.ok and result.details["nothing-measured"] == 1
+
+
+def test_election_bound_is_two_leases_and_a_second() -> None:
+    assert election_bound_ms(1000) == 3000
+
+
+def test_a_long_stretch_without_a_master_fails_the_election_check() -> None:
+    ok = check_election({0: [(0, 1100), (3000, 4400)], 1: [(0, 1050)]}, bound_ms=3000)
+    assert ok.ok and ok.details["longest_ms"] == 1400 and ok.details["stretches"] == 3
+    bad = check_election({0: [(0, 1100)], 1: [(0, 1050), (3300, 7000)]}, bound_ms=3000)
+    assert not bad.ok and bad.details["leaderless-over-bound"] == 1
+    none = check_election({0: [], 1: []}, bound_ms=3000)
+    assert not none.ok and none.details["nothing-measured"] == 1
+
+
+def test_the_simulator_measures_the_failover_of_a_crashed_master() -> None:
+    """master-crash.toml with the election check: the leaderless windows are each group's
+    first election and group 0's failover after its master crashed, each a little over a
+    lease (the master's return, a handover, opens none)."""
+    from sim import runner, scenario
+
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "scenarios" / "master-crash.toml").read_text()
+    old = 'checks = ["agreement", "no_loss", "realtime_order", "liveness"]'
+    assert old in text
+    scn = scenario.loads(text.replace(old, 'checks = ["agreement", "election"]'))
+    result = runner.run(scn, scn.seed)
+    election = result.checks["election"]
+    assert result.ok and election.ok, election.summary
+    assert election.details["stretches"] == 3, election.details
+    longest = election.details["longest_ms"]
+    assert isinstance(longest, int) and 1000 <= longest <= 2000, election.details

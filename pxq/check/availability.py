@@ -1,4 +1,6 @@
-"""The availability checker: a group whose master stays healthy keeps acknowledging writes.
+"""The availability checker: a group whose master stays healthy keeps acknowledging writes;
+and the election checker: a group without a healthy master gets one within a bound while a
+majority of its replicas could elect it (``check_election``, at the end).
 
 A fault on a replica that leads nothing (paused, cut off, flapping, restarted) must not
 stall the groups whose master is up and reaches a majority: the longest gap between two
@@ -124,5 +126,50 @@ def check_availability(
             "longest_gap_ms_per_group": {str(g): v for g, v in sorted(longest.items())},
             "gaps_measured": measured,
             "healthy_ms": {str(g): sum(e - s for s, e in ws) for g, ws in sorted(healthy.items())},
+        },
+    )
+
+
+ELECTION_SLACK_MS: Final = 1000
+"""What an election may take beyond two leases (``election_bound_ms``)."""
+
+
+def election_bound_ms(lease_ms: int) -> int:
+    """The longest a group may stay without a healthy master while a majority could elect
+    one: the followers wait out a lease since they last heard the master (a restarted
+    acceptor promises nothing for a lease either), then a campaign's rounds and the new
+    master's first lease round."""
+    return 2 * lease_ms + ELECTION_SLACK_MS
+
+
+def check_election(leaderless: Mapping[int, Sequence[Window]], *, bound_ms: int) -> CheckResult:
+    """Per group, every stretch without a healthy master while a majority of the replicas was
+    up and connected (the driver computes them: ``sim/availability.py``) ended within
+    ``bound_ms``: a majority that can elect a master does. The first stretch of a run (no
+    master yet) counts too, so a run always measures at least one."""
+    longest: dict[int, int] = {}
+    slow = Offenders()
+    unmeasured = Offenders()
+    measured = 0
+    for group in sorted(leaderless):
+        for start, end in sorted(leaderless[group]):
+            measured += 1
+            length = end - start
+            longest[group] = max(longest.get(group, 0), length)
+            if length > bound_ms:
+                slow.add({"group": group, "from_ms": start, "to_ms": end, "ms": length})
+    if measured == 0:
+        unmeasured.add("no stretch without a master was seen (not even the first election)")
+    worst = max(longest.values(), default=0)
+    return verdict(
+        "election",
+        {"leaderless-over-bound": slow, "nothing-measured": unmeasured},
+        passed=f"longest stretch without a master while a majority could elect one {worst} ms "
+        f"(bound {bound_ms} ms)",
+        details={
+            "bound_ms": bound_ms,
+            "longest_ms": worst,
+            "longest_ms_per_group": {str(g): v for g, v in sorted(longest.items())},
+            "stretches": measured,
         },
     )
